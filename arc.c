@@ -1,0 +1,4966 @@
+/* arc -- local-first coordination hub for AI coding agents.
+ *
+ * One file, one binary: an HTTP/1.1 + SSE hub on a single poll() loop over
+ * SQLite, plus the client commands that talk to it. The wire contract is Arc
+ * Protocol v1 as described in docs/PROTOCOL.md; code cites its sections as
+ * "PROTOCOL §N".
+ *
+ * Sections, in order (grep -n '^/\* ==== ' arc.c):
+ *   base   limits, core types, die/log, Str, Buf, clock, sha256, options
+ *   json   strict RFC 8259 token reader, writer into Buf, coercions
+ *   http   incremental request parser, query/path decoding, responses
+ *   store  schema, prepared statements, group-commit transactions, rows
+ *   hub    sessions, channels, messages, claims, locks, tasks, threads;
+ *          request routing and the JSON envelopes
+ *   loop   poll loop, Conn lifecycle, timer heap, parking, SSE fan-out
+ *   main   command table, option parsing, arc_main(), main()
+ */
+
+/* ==== base: limits, types, log, Str, Buf, clock, sha256 ================== */
+
+/* C11 plus POSIX.1-2008 with the XSI bits (realpath). Everything else we use
+ * is plain POSIX; nothing here needs _GNU_SOURCE. */
+#define _XOPEN_SOURCE 700
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sqlite3.h"
+
+#define ARC_VERSION "0.1.0"
+
+/* Every limit is a macro so a test build can shrink it (-DARC_MAX_HEAD=512)
+ * and reach the overflow paths with small inputs. PROTOCOL §4 names them. */
+#ifndef ARC_MAX_URL
+#define ARC_MAX_URL 8192          /* request line bytes; beyond: 414 */
+#endif
+#ifndef ARC_MAX_HEAD
+#define ARC_MAX_HEAD 16384        /* request line + headers; beyond: 431 */
+#endif
+#ifndef ARC_MAX_HEADERS
+#define ARC_MAX_HEADERS 100       /* header lines; beyond: 431 */
+#endif
+#ifndef ARC_JSON_DEPTH
+#define ARC_JSON_DEPTH 128        /* nesting of arrays/objects; beyond: 400 */
+#endif
+#ifndef ARC_MAX_CONNS
+#define ARC_MAX_CONNS 10000       /* open client sockets; beyond: 503 */
+#endif
+#ifndef ARC_IDLE_MS
+#define ARC_IDLE_MS 60000         /* keep-alive idle, or a stalled writer */
+#endif
+#ifndef ARC_REQ_MS
+#define ARC_REQ_MS 30000          /* a started request must be complete */
+#endif
+#ifndef ARC_MAX_OUT
+#define ARC_MAX_OUT (4u << 20)    /* unsent bytes per conn before we drop it */
+#endif
+#ifndef ARC_BUF_MIN
+#define ARC_BUF_MIN 256           /* first allocation of a Buf */
+#endif
+#ifndef ARC_HEARTBEAT_MS
+#define ARC_HEARTBEAT_MS 15000    /* SSE comment line while a stream idles */
+#endif
+#ifndef ARC_DATA_VERSION_MS
+#define ARC_DATA_VERSION_MS 100   /* foreign-commit check while anyone waits */
+#endif
+#define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
+#define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
+#define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
+#define ARC_MAX_ID 9007199254740991LL /* 2^53 - 1, PROTOCOL §3 */
+#define ARC_ERRLEN 256
+#define ARC_AGAIN (-2)            /* parser: need more input */
+#define ARC_BAD (-1)              /* parser: malformed input */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ARC_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define ARC_NORETURN __attribute__((noreturn))
+#else
+#define ARC_PRINTF(f, a)
+#define ARC_NORETURN
+#endif
+
+int arc_main(int argc, char **argv);
+
+/* Set by signal handlers; read by the loop once per turn. */
+static volatile sig_atomic_t g_stop;
+static int g_quiet;                /* --quiet: only warnings on stderr */
+
+/* Borrowed byte range: never owns memory, never assumed NUL-terminated. */
+typedef struct {
+    const char *p;
+    size_t n;
+} Str;
+#define STR_LIT(s) ((Str){ (s), sizeof(s) - 1 })
+
+static Str str_c(const char *s) { return (Str){ s, s ? strlen(s) : 0 }; }
+
+static int str_eq(Str a, const char *b) {
+    size_t n = strlen(b);
+    return a.n == n && memcmp(a.p, b, n) == 0;
+}
+
+/* Case-insensitive compare against an ASCII literal (header names). */
+static int str_ieq(Str a, const char *b) {
+    size_t n = strlen(b);
+    if (a.n != n) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (tolower((unsigned char)a.p[i]) != tolower((unsigned char)b[i]))
+            return 0;
+    return 1;
+}
+
+/* Strip ASCII whitespace (the set Python's str.strip() removes for ASCII). */
+static Str str_trim(Str s) {
+    while (s.n && isspace((unsigned char)s.p[0])) s.p++, s.n--;
+    while (s.n && isspace((unsigned char)s.p[s.n - 1])) s.n--;
+    return s;
+}
+
+ARC_NORETURN ARC_PRINTF(1, 2) static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("arc: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static void log_v(const char *level, const char *fmt, va_list ap) {
+    char stamp[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    fprintf(stderr, "[arc %s] %s", stamp, level);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+ARC_PRINTF(1, 2) static void log_info(const char *fmt, ...) {
+    if (g_quiet) return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_v("", fmt, ap);
+    va_end(ap);
+}
+
+ARC_PRINTF(1, 2) static void log_warn(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_v("warning: ", fmt, ap);
+    va_end(ap);
+}
+
+static void *xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) die("out of memory (%zu bytes)", n);
+    return q;
+}
+
+static char *xstrndup(const char *p, size_t n) {
+    char *s = xrealloc(NULL, n + 1);
+    memcpy(s, p, n);
+    s[n] = 0;
+    return s;
+}
+
+/* Growable byte buffer, NUL-terminated after every append. Appends return
+ * void: past `max` they drop data and set the sticky `err`; check it once
+ * at the end. Out of memory is fatal. */
+typedef struct {
+    char *p;        /* owned; NULL until the first append */
+    size_t len;     /* bytes used, not counting the NUL */
+    size_t cap;     /* bytes allocated */
+    size_t max;     /* 0 = unlimited */
+    int err;        /* a limit was hit and data was dropped */
+} Buf;
+
+static int buf_reserve(Buf *b, size_t extra) {
+    if (b->max && b->len + extra > b->max) {
+        b->err = 1;
+        return -1;
+    }
+    if (b->len + extra + 1 <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : ARC_BUF_MIN;
+    while (cap < b->len + extra + 1) cap *= 2;
+    b->p = xrealloc(b->p, cap);
+    b->cap = cap;
+    return 0;
+}
+
+static void buf_add(Buf *b, const void *p, size_t n) {
+    if (buf_reserve(b, n)) return;
+    if (n) memcpy(b->p + b->len, p, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+static void buf_adds(Buf *b, const char *s) { buf_add(b, s, strlen(s)); }
+static void buf_addstr(Buf *b, Str s) { buf_add(b, s.p, s.n); }
+static void buf_addc(Buf *b, char c) { buf_add(b, &c, 1); }
+
+ARC_PRINTF(2, 3) static void buf_addf(Buf *b, const char *fmt, ...) {
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n < sizeof tmp) {
+        buf_add(b, tmp, (size_t)n);
+        return;
+    }
+    if (buf_reserve(b, (size_t)n)) return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+static void buf_reset(Buf *b) {
+    b->len = 0;
+    b->err = 0;
+    if (b->p) b->p[0] = 0;
+}
+
+static void buf_free(Buf *b) {
+    free(b->p);
+    *b = (Buf){ .max = b->max };
+}
+
+/* Drop the first n bytes (consumed input). */
+static void buf_consume(Buf *b, size_t n) {
+    if (n >= b->len) {
+        buf_reset(b);
+        return;
+    }
+    memmove(b->p, b->p + n, b->len - n);
+    b->len -= n;
+    b->p[b->len] = 0;
+}
+
+static Str buf_str(const Buf *b) { return (Str){ b->p ? b->p : "", b->len }; }
+static const char *buf_cstr(const Buf *b) { return b->p ? b->p : ""; }
+
+/* Monotonic milliseconds, for deadlines and intervals. */
+static int64_t clock_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wall-clock microseconds since the epoch, for stored timestamps. */
+static int64_t clock_wall_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* RFC 3339 UTC with microseconds: "2026-11-21T07:00:00.123456Z". Microseconds
+ * (not whole seconds as in the reference) so that a storage file recreated at
+ * the same path within one second still gets a new instance id (§10). */
+#define ISO_LEN 32
+static void iso_format(int64_t us, char out[ISO_LEN]) {
+    time_t t = (time_t)(us / 1000000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    size_t n = strftime(out, ISO_LEN, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, ISO_LEN - n, ".%06dZ", (int)(us % 1000000));
+}
+
+/* Parse an RFC 3339 UTC timestamp as either hub writes it ("...:SSZ" or
+ * "...:SS.ffffffZ", "+00:00" accepted too) into microseconds since the
+ * epoch. Returns 0, or -1 when s is not such a timestamp. */
+static int iso_parse(Str s, int64_t *us) {
+    int y, mo, d, hh, mi, ss;
+    if (s.n < 19 || s.p[4] != '-' || s.p[7] != '-' ||
+        (s.p[10] != 'T' && s.p[10] != ' ') || s.p[13] != ':' || s.p[16] != ':')
+        return -1;
+    char tmp[20];
+    memcpy(tmp, s.p, 19);
+    tmp[19] = 0;
+    if (sscanf(tmp, "%4d-%2d-%2d%*c%2d:%2d:%2d", &y, &mo, &d, &hh, &mi, &ss) != 6)
+        return -1;
+    int64_t frac = 0, scale = 100000;
+    size_t i = 19;
+    if (i < s.n && s.p[i] == '.')
+        for (i++; i < s.n && isdigit((unsigned char)s.p[i]); i++, scale /= 10)
+            frac += scale ? (s.p[i] - '0') * scale : 0;
+    /* Days from the civil date (Howard Hinnant's algorithm). */
+    int64_t yy = mo <= 2 ? y - 1 : y;
+    int64_t era = (yy >= 0 ? yy : yy - 399) / 400;
+    int64_t yoe = yy - era * 400;
+    int64_t doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    int64_t days = era * 146097 + doe - 719468;
+    *us = ((days * 86400) + hh * 3600 + mi * 60 + ss) * 1000000 + frac;
+    return 0;
+}
+
+/* Fill p with n unpredictable bytes. */
+static void rand_bytes(unsigned char *p, size_t n) {
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    size_t got = 0;
+    while (fd >= 0 && got < n) {
+        ssize_t r = read(fd, p + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    if (fd >= 0) close(fd);
+    if (got < n) die("cannot read /dev/urandom");
+}
+
+/* A random (version 4) UUID in its canonical 36-character text form. */
+static void uuid4(char out[37]) {
+    unsigned char b[16];
+    rand_bytes(b, sizeof b);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    static const char hex[] = "0123456789abcdef";
+    int o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+    out[o] = 0;
+}
+
+/* SHA-256 (FIPS 180-4), used only for the instance id (PROTOCOL §10). */
+typedef struct {
+    uint32_t h[8];
+    unsigned char blk[64];
+    uint64_t total;
+    size_t fill;
+} Sha256;
+
+static const uint32_t sha_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,
+    0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
+    0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
+    0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
+    0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+#define SHA_ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_block(Sha256 *s, const unsigned char *p) {
+    uint32_t w[64], a[8];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = SHA_ROR(w[i - 15], 7) ^ SHA_ROR(w[i - 15], 18) ^
+                      (w[i - 15] >> 3);
+        uint32_t s1 = SHA_ROR(w[i - 2], 17) ^ SHA_ROR(w[i - 2], 19) ^
+                      (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    memcpy(a, s->h, sizeof a);
+    for (int i = 0; i < 64; i++) {
+        uint32_t e = a[4], x = a[0];
+        uint32_t t1 = a[7] + (SHA_ROR(e, 6) ^ SHA_ROR(e, 11) ^ SHA_ROR(e, 25)) +
+                      ((e & a[5]) ^ (~e & a[6])) + sha_k[i] + w[i];
+        uint32_t t2 = (SHA_ROR(x, 2) ^ SHA_ROR(x, 13) ^ SHA_ROR(x, 22)) +
+                      ((x & a[1]) ^ (x & a[2]) ^ (a[1] & a[2]));
+        memmove(a + 1, a, 7 * sizeof a[0]);
+        a[4] += t1;
+        a[0] = t1 + t2;
+    }
+    for (int i = 0; i < 8; i++) s->h[i] += a[i];
+}
+
+static void sha256_init(Sha256 *s) {
+    static const uint32_t h0[8] = { 0x6a09e667, 0xbb67ae85, 0x3c6ef372,
+                                    0xa54ff53a, 0x510e527f, 0x9b05688c,
+                                    0x1f83d9ab, 0x5be0cd19 };
+    memcpy(s->h, h0, sizeof h0);
+    s->total = 0;
+    s->fill = 0;
+}
+
+static void sha256_add(Sha256 *s, const void *data, size_t n) {
+    const unsigned char *p = data;
+    s->total += n;
+    while (n) {
+        size_t k = 64 - s->fill < n ? 64 - s->fill : n;
+        memcpy(s->blk + s->fill, p, k);
+        s->fill += k, p += k, n -= k;
+        if (s->fill == 64) {
+            sha256_block(s, s->blk);
+            s->fill = 0;
+        }
+    }
+}
+
+/* Finish and write the digest as 64 lowercase hex characters plus NUL. */
+static void sha256_hex(Sha256 *s, char out[65]) {
+    uint64_t bits = s->total * 8;
+    unsigned char pad = 0x80, zero = 0, len[8];
+    sha256_add(s, &pad, 1);
+    while (s->fill != 56) sha256_add(s, &zero, 1);
+    for (int i = 0; i < 8; i++) len[i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_add(s, len, 8);
+    for (int i = 0; i < 8; i++) snprintf(out + 8 * i, 9, "%08x", s->h[i]);
+}
+
+/* ==== json: strict reader, writer into Buf, Python-compatible coercions == */
+
+/* The reader follows jsmn's model: one pass fills a flat token array over the
+ * borrowed source, no allocation per node. It is strict RFC 8259: UTF-8 is
+ * validated inside strings (outside them only ASCII is legal anyway), \u
+ * escapes must form whole characters (a lone surrogate is an error), numbers
+ * follow the grammar exactly (no NaN/Infinity), and nesting is capped at
+ * ARC_JSON_DEPTH. Objects keep duplicate keys in the token array; lookups
+ * return the last one, as Python's json module does. */
+typedef enum {
+    JSON_NULL = 1, JSON_FALSE, JSON_TRUE, JSON_NUM, JSON_STR, JSON_ARR, JSON_OBJ
+} JsonType;
+
+typedef struct {
+    unsigned char type;   /* JsonType */
+    unsigned char esc;    /* STR: contains backslash escapes */
+    unsigned char frac;   /* NUM: has a fraction or exponent */
+    uint32_t off, len;    /* STR: bytes between the quotes; else whole text */
+    uint32_t n;           /* ARR: elements; OBJ: members (key/value pairs) */
+    uint32_t next;        /* index of the first token after this subtree */
+} JsonTok;
+
+typedef struct {
+    const char *src;      /* borrowed from the caller; must outlive the Json */
+    size_t srclen;
+    JsonTok *t;           /* owned */
+    uint32_t nt, cap;
+    size_t pos;           /* reader position */
+    char err[ARC_ERRLEN];
+} Json;
+
+static void json_free(Json *j) {
+    free(j->t);
+    j->t = NULL;
+    j->nt = j->cap = 0;
+}
+
+ARC_PRINTF(2, 3) static int json_fail(Json *j, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(j->err, sizeof j->err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static uint32_t json_push(Json *j, JsonType type, size_t off) {
+    if (j->nt == j->cap) {
+        j->cap = j->cap ? j->cap * 2 : 16;
+        j->t = xrealloc(j->t, j->cap * sizeof *j->t);
+    }
+    j->t[j->nt] = (JsonTok){ .type = (unsigned char)type, .off = (uint32_t)off };
+    return j->nt++;
+}
+
+static void json_skip_ws(Json *j) {
+    while (j->pos < j->srclen) {
+        char c = j->src[j->pos];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+        j->pos++;
+    }
+}
+
+/* Length of the UTF-8 sequence at p (n bytes available), or 0 if it is not
+ * well formed: no overlongs, no encoded surrogates, nothing past U+10FFFF. */
+static size_t utf8_len(const unsigned char *p, size_t n) {
+    unsigned c = p[0];
+    if (c < 0x80) return 1;
+    if (c < 0xc2 || c > 0xf4) return 0;
+    size_t k = c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+    if (n < k) return 0;
+    for (size_t i = 1; i < k; i++)
+        if ((p[i] & 0xc0) != 0x80) return 0;
+    if (c == 0xe0 && p[1] < 0xa0) return 0;    /* overlong */
+    if (c == 0xed && p[1] > 0x9f) return 0;    /* surrogate */
+    if (c == 0xf0 && p[1] < 0x90) return 0;    /* overlong */
+    if (c == 0xf4 && p[1] > 0x8f) return 0;    /* > U+10FFFF */
+    return k;
+}
+
+static int utf8_valid(const char *p, size_t n) {
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_len((const unsigned char *)p + i, n - i);
+        if (!k) return 0;
+        i += k;
+    }
+    return 1;
+}
+
+/* Code points in a valid UTF-8 string: what Python's len() counts. */
+static size_t utf8_chars(const char *p, size_t n) {
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        if (((unsigned char)p[i] & 0xc0) != 0x80) c++;
+    return c;
+}
+
+static int hex4(const char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int json_parse_str(Json *j) {
+    size_t start = ++j->pos;     /* past the opening quote */
+    uint32_t ti = json_push(j, JSON_STR, start);
+    const char *s = j->src;
+    while (j->pos < j->srclen) {
+        unsigned char c = (unsigned char)s[j->pos];
+        if (c == '"') {
+            j->t[ti].len = (uint32_t)(j->pos - start);
+            j->t[ti].next = j->nt;
+            j->pos++;
+            return 0;
+        }
+        if (c < 0x20) return json_fail(j, "control character in string");
+        if (c == '\\') {
+            j->t[ti].esc = 1;
+            if (j->pos + 1 >= j->srclen) break;
+            char e = s[j->pos + 1];
+            if (strchr("\"\\/bfnrt", e) && e) {
+                j->pos += 2;
+                continue;
+            }
+            if (e != 'u') return json_fail(j, "invalid escape in string");
+            unsigned u, lo;
+            if (j->pos + 6 > j->srclen || hex4(s + j->pos + 2, &u))
+                return json_fail(j, "invalid \\u escape");
+            j->pos += 6;
+            if (u >= 0xdc00 && u <= 0xdfff)
+                return json_fail(j, "lone surrogate in \\u escape");
+            if (u >= 0xd800 && u <= 0xdbff) {
+                if (j->pos + 6 > j->srclen || s[j->pos] != '\\' ||
+                    s[j->pos + 1] != 'u' || hex4(s + j->pos + 2, &lo) ||
+                    lo < 0xdc00 || lo > 0xdfff)
+                    return json_fail(j, "lone surrogate in \\u escape");
+                j->pos += 6;
+            }
+            continue;
+        }
+        size_t k = utf8_len((const unsigned char *)s + j->pos,
+                            j->srclen - j->pos);
+        if (!k) return json_fail(j, "invalid UTF-8 in string");
+        j->pos += k;
+    }
+    return json_fail(j, "unterminated string");
+}
+
+static int json_parse_num(Json *j) {
+    const char *s = j->src;
+    size_t p = j->pos, n = j->srclen, start = p;
+    int frac = 0;
+    if (p < n && s[p] == '-') p++;
+    if (p < n && s[p] == '0') p++;
+    else if (p < n && s[p] >= '1' && s[p] <= '9')
+        while (p < n && isdigit((unsigned char)s[p])) p++;
+    else return json_fail(j, "invalid number");
+    if (p < n && s[p] == '.') {
+        p++, frac = 1;
+        if (p >= n || !isdigit((unsigned char)s[p]))
+            return json_fail(j, "invalid number");
+        while (p < n && isdigit((unsigned char)s[p])) p++;
+    }
+    if (p < n && (s[p] == 'e' || s[p] == 'E')) {
+        p++, frac = 1;
+        if (p < n && (s[p] == '+' || s[p] == '-')) p++;
+        if (p >= n || !isdigit((unsigned char)s[p]))
+            return json_fail(j, "invalid number");
+        while (p < n && isdigit((unsigned char)s[p])) p++;
+    }
+    uint32_t ti = json_push(j, JSON_NUM, start);
+    j->t[ti].len = (uint32_t)(p - start);
+    j->t[ti].frac = (unsigned char)frac;
+    j->t[ti].next = j->nt;
+    j->pos = p;
+    return 0;
+}
+
+static int json_parse_value(Json *j, int depth);
+
+/* Arrays and objects share one routine: `obj` adds the key and colon. */
+static int json_parse_container(Json *j, int depth, int obj) {
+    if (depth >= ARC_JSON_DEPTH)
+        return json_fail(j, "JSON nested deeper than %d levels", ARC_JSON_DEPTH);
+    uint32_t ti = json_push(j, obj ? JSON_OBJ : JSON_ARR, j->pos);
+    char close = obj ? '}' : ']';
+    uint32_t count = 0;
+    j->pos++;
+    json_skip_ws(j);
+    if (j->pos < j->srclen && j->src[j->pos] == close) {
+        j->pos++;
+    } else {
+        for (;;) {
+            json_skip_ws(j);
+            if (obj) {
+                if (j->pos >= j->srclen || j->src[j->pos] != '"')
+                    return json_fail(j, "expected a string key");
+                if (json_parse_str(j)) return -1;
+                json_skip_ws(j);
+                if (j->pos >= j->srclen || j->src[j->pos] != ':')
+                    return json_fail(j, "expected ':' after key");
+                j->pos++;
+            }
+            if (json_parse_value(j, depth + 1)) return -1;
+            count++;
+            json_skip_ws(j);
+            if (j->pos >= j->srclen) return json_fail(j, "unexpected end");
+            char c = j->src[j->pos++];
+            if (c == close) break;
+            if (c != ',') return json_fail(j, "expected ',' or '%c'", close);
+        }
+    }
+    j->t[ti].n = count;
+    j->t[ti].len = (uint32_t)(j->pos - j->t[ti].off);
+    j->t[ti].next = j->nt;
+    return 0;
+}
+
+static int json_parse_lit(Json *j, const char *lit, JsonType type) {
+    size_t n = strlen(lit);
+    if (j->srclen - j->pos < n || memcmp(j->src + j->pos, lit, n))
+        return json_fail(j, "invalid literal");
+    uint32_t ti = json_push(j, type, j->pos);
+    j->t[ti].len = (uint32_t)n;
+    j->t[ti].next = j->nt;
+    j->pos += n;
+    return 0;
+}
+
+static int json_parse_value(Json *j, int depth) {
+    json_skip_ws(j);
+    if (j->pos >= j->srclen) return json_fail(j, "unexpected end of JSON");
+    switch (j->src[j->pos]) {
+    case '{': return json_parse_container(j, depth, 1);
+    case '[': return json_parse_container(j, depth, 0);
+    case '"': return json_parse_str(j);
+    case 't': return json_parse_lit(j, "true", JSON_TRUE);
+    case 'f': return json_parse_lit(j, "false", JSON_FALSE);
+    case 'n': return json_parse_lit(j, "null", JSON_NULL);
+    default: return json_parse_num(j);
+    }
+}
+
+/* Parse one JSON text. Returns 0 with tokens in j->t (root at index 0), or
+ * -1 with a message in j->err. The source must stay alive and unchanged. */
+static int json_parse(Json *j, const char *src, size_t n) {
+    j->src = src;
+    j->srclen = n;
+    j->nt = 0;
+    j->pos = 0;
+    j->err[0] = 0;
+    if (n > UINT32_MAX) return json_fail(j, "JSON text too large");
+    if (json_parse_value(j, 0)) return -1;
+    json_skip_ws(j);
+    if (j->pos != n) return json_fail(j, "trailing data after JSON value");
+    return 0;
+}
+
+/* Append the decoded contents of string token i to b. */
+static void json_unescape(const Json *j, uint32_t i, Buf *b) {
+    const JsonTok *t = &j->t[i];
+    const char *s = j->src + t->off;
+    if (!t->esc) {
+        buf_add(b, s, t->len);
+        return;
+    }
+    for (uint32_t k = 0; k < t->len;) {
+        if (s[k] != '\\') {
+            buf_addc(b, s[k++]);
+            continue;
+        }
+        char e = s[k + 1];
+        k += 2;
+        unsigned u, lo;
+        switch (e) {
+        case 'b': buf_addc(b, '\b'); continue;
+        case 'f': buf_addc(b, '\f'); continue;
+        case 'n': buf_addc(b, '\n'); continue;
+        case 'r': buf_addc(b, '\r'); continue;
+        case 't': buf_addc(b, '\t'); continue;
+        case 'u': break;
+        default: buf_addc(b, e); continue;
+        }
+        hex4(s + k, &u);
+        k += 4;
+        if (u >= 0xd800 && u <= 0xdbff) {   /* validated pair */
+            hex4(s + k + 2, &lo);
+            k += 6;
+            u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+        }
+        char o[4];
+        int on;
+        if (u < 0x80) o[0] = (char)u, on = 1;
+        else if (u < 0x800)
+            o[0] = (char)(0xc0 | u >> 6), o[1] = (char)(0x80 | (u & 63)), on = 2;
+        else if (u < 0x10000)
+            o[0] = (char)(0xe0 | u >> 12), o[1] = (char)(0x80 | (u >> 6 & 63)),
+            o[2] = (char)(0x80 | (u & 63)), on = 3;
+        else
+            o[0] = (char)(0xf0 | u >> 18), o[1] = (char)(0x80 | (u >> 12 & 63)),
+            o[2] = (char)(0x80 | (u >> 6 & 63)), o[3] = (char)(0x80 | (u & 63)),
+            on = 4;
+        buf_add(b, o, (size_t)on);
+    }
+}
+
+/* Does string token i decode to exactly `s`? */
+static int json_str_is(const Json *j, uint32_t i, Str s) {
+    const JsonTok *t = &j->t[i];
+    if (t->type != JSON_STR) return 0;
+    if (!t->esc) return t->len == s.n && memcmp(j->src + t->off, s.p, s.n) == 0;
+    Buf b = { 0 };
+    json_unescape(j, i, &b);
+    int eq = b.len == s.n && memcmp(buf_cstr(&b), s.p, s.n) == 0;
+    buf_free(&b);
+    return eq;
+}
+
+/* Value token of the last member named `key` in object `obj`, or 0 (the
+ * root can never be a member, so 0 means absent). */
+static uint32_t json_get(const Json *j, uint32_t obj, const char *key) {
+    if (!j->t || j->t[obj].type != JSON_OBJ) return 0;
+    Str k = str_c(key);
+    uint32_t found = 0, i = obj + 1;
+    for (uint32_t m = 0; m < j->t[obj].n; m++) {
+        if (json_str_is(j, i, k)) found = i + 1;
+        i = j->t[i + 1].next;
+    }
+    return found;
+}
+
+/* Like json_get, but JSON null counts as absent, as `body.get(k)` is None
+ * in the reference. */
+static uint32_t json_get_val(const Json *j, uint32_t obj, const char *key) {
+    uint32_t v = json_get(j, obj, key);
+    return v && j->t[v].type != JSON_NULL ? v : 0;
+}
+
+/* Python truthiness of a JSON value: false for null, false, 0, "", [], {}. */
+static int json_truthy(const Json *j, uint32_t i) {
+    const JsonTok *t = &j->t[i];
+    switch (t->type) {
+    case JSON_NULL: case JSON_FALSE: return 0;
+    case JSON_TRUE: return 1;
+    case JSON_STR: return t->len > 0;
+    case JSON_ARR: case JSON_OBJ: return t->n > 0;
+    default: return strtod(j->src + t->off, NULL) != 0.0;
+    }
+}
+
+/* Parse a decimal integer the way Python's int(str) does for ASCII input:
+ * surrounding whitespace, an optional sign, digits with single underscores
+ * between them. Returns 0 and *out, or -1 (not an integer, or out of the
+ * int64 range). */
+static int parse_int_text(Str s, int64_t *out) {
+    s = str_trim(s);
+    size_t i = 0;
+    int neg = 0;
+    if (i < s.n && (s.p[i] == '+' || s.p[i] == '-')) neg = s.p[i++] == '-';
+    if (i >= s.n) return -1;
+    uint64_t v = 0, lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    int prev_digit = 0;
+    for (; i < s.n; i++) {
+        char c = s.p[i];
+        if (c == '_' && prev_digit && i + 1 < s.n &&
+            isdigit((unsigned char)s.p[i + 1])) {
+            prev_digit = 0;
+            continue;
+        }
+        if (!isdigit((unsigned char)c)) return -1;
+        unsigned d = (unsigned)(c - '0');
+        if (v > (lim - d) / 10) return -1;
+        v = v * 10 + d;
+        prev_digit = 1;
+    }
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return 0;
+}
+
+/* Coerce a value to an integer as the reference's int(x) does: integers,
+ * finite numbers with a fraction (truncated toward zero), numeric strings,
+ * and booleans. Returns 0 and *out, or -1. */
+static int json_to_i64(const Json *j, uint32_t i, int64_t *out) {
+    const JsonTok *t = &j->t[i];
+    switch (t->type) {
+    case JSON_TRUE: *out = 1; return 0;
+    case JSON_FALSE: *out = 0; return 0;
+    case JSON_NUM:
+        if (!t->frac)
+            return parse_int_text((Str){ j->src + t->off, t->len }, out);
+        {
+            char tmp[64];
+            if (t->len >= sizeof tmp) {
+                /* Longer than any double needs; strtod still copes. */
+                char *s = xstrndup(j->src + t->off, t->len);
+                double d = strtod(s, NULL);
+                free(s);
+                if (!isfinite(d) || d >= 9.2e18 || d <= -9.2e18) return -1;
+                *out = (int64_t)d;
+                return 0;
+            }
+            memcpy(tmp, j->src + t->off, t->len);
+            tmp[t->len] = 0;
+            double d = strtod(tmp, NULL);
+            if (!isfinite(d) || d >= 9.2e18 || d <= -9.2e18) return -1;
+            *out = (int64_t)d;
+            return 0;
+        }
+    case JSON_STR: {
+        Buf b = { 0 };
+        json_unescape(j, i, &b);
+        int rc = parse_int_text(buf_str(&b), out);
+        buf_free(&b);
+        return rc;
+    }
+    default: return -1;
+    }
+}
+
+/* Write s as a JSON string literal. Input that is not valid UTF-8 (only
+ * possible from a foreign database row) is repaired with U+FFFD, so the
+ * output is always valid JSON. */
+static void json_str(Buf *b, const char *s, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    buf_addc(b, '"');
+    size_t run = 0;              /* start of the pending verbatim run */
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k = c < 0x80 ? 1 : utf8_len((const unsigned char *)s + i, n - i);
+        if (k > 1) {
+            i += k;
+            continue;
+        }
+        buf_add(b, s + run, i - run);
+        if (k == 0) buf_adds(b, "\xef\xbf\xbd");
+        else if (c == '"') buf_adds(b, "\\\"");
+        else if (c == '\\') buf_adds(b, "\\\\");
+        else if (c == '\n') buf_adds(b, "\\n");
+        else if (c == '\r') buf_adds(b, "\\r");
+        else if (c == '\t') buf_adds(b, "\\t");
+        else {
+            char u[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+            buf_add(b, u, 6);
+        }
+        run = ++i;
+    }
+    buf_add(b, s + run, n - run);
+    buf_addc(b, '"');
+}
+
+static void json_strs(Buf *b, Str s) { json_str(b, s.p, s.n); }
+static void json_cstr(Buf *b, const char *s) { json_str(b, s, strlen(s)); }
+
+/* Mark, for object `obj`, which members survive duplicate-key resolution:
+ * keep[m] is 0 for every member whose key appears again later (the last
+ * value wins, as in Python). Quadratic, so only for objects of sane size;
+ * larger ones are deduplicated by sorting. */
+typedef struct {
+    Str key;
+    uint32_t m;
+} JsonKeyRef;
+
+static int json_keyref_cmp(const void *a, const void *b) {
+    const JsonKeyRef *x = a, *y = b;
+    size_t n = x->key.n < y->key.n ? x->key.n : y->key.n;
+    int c = memcmp(x->key.p, y->key.p, n);
+    if (c) return c;
+    if (x->key.n != y->key.n) return x->key.n < y->key.n ? -1 : 1;
+    return x->m < y->m ? -1 : x->m > y->m;
+}
+
+static unsigned char *json_obj_keep(const Json *j, uint32_t obj) {
+    uint32_t n = j->t[obj].n;
+    unsigned char *keep = xrealloc(NULL, n);
+    memset(keep, 1, n);
+    if (n < 2) return keep;
+    JsonKeyRef *refs = xrealloc(NULL, n * sizeof *refs);
+    Buf *dec = xrealloc(NULL, n * sizeof *dec);
+    uint32_t i = obj + 1;
+    for (uint32_t m = 0; m < n; m++) {
+        dec[m] = (Buf){ 0 };
+        if (j->t[i].esc) {
+            json_unescape(j, i, &dec[m]);
+            refs[m].key = buf_str(&dec[m]);
+        } else {
+            refs[m].key = (Str){ j->src + j->t[i].off, j->t[i].len };
+        }
+        refs[m].m = m;
+        i = j->t[i + 1].next;
+    }
+    qsort(refs, n, sizeof *refs, json_keyref_cmp);
+    for (uint32_t k = 0; k + 1 < n; k++)
+        if (refs[k].key.n == refs[k + 1].key.n &&
+            memcmp(refs[k].key.p, refs[k + 1].key.p, refs[k].key.n) == 0)
+            keep[refs[k].m] = 0;
+    for (uint32_t m = 0; m < n; m++) buf_free(&dec[m]);
+    free(dec);
+    free(refs);
+    return keep;
+}
+
+/* Write token i (and its subtree) as compact JSON: strings re-escaped,
+ * numbers verbatim, duplicate keys resolved. `skip`, if non-NULL, names an
+ * object key to leave out at the top level (it is about to be replaced). */
+static void json_write_skip(Buf *b, const Json *j, uint32_t i, const char *skip) {
+    const JsonTok *t = &j->t[i];
+    switch (t->type) {
+    case JSON_STR: {
+        if (!t->esc) {
+            json_str(b, j->src + t->off, t->len);
+            break;
+        }
+        Buf tmp = { 0 };
+        json_unescape(j, i, &tmp);
+        json_strs(b, buf_str(&tmp));
+        buf_free(&tmp);
+        break;
+    }
+    case JSON_ARR: {
+        buf_addc(b, '[');
+        uint32_t c = i + 1;
+        for (uint32_t m = 0; m < t->n; m++) {
+            if (m) buf_addc(b, ',');
+            json_write_skip(b, j, c, NULL);
+            c = j->t[c].next;
+        }
+        buf_addc(b, ']');
+        break;
+    }
+    case JSON_OBJ: {
+        unsigned char *keep = json_obj_keep(j, i);
+        int first = 1;
+        uint32_t c = i + 1;
+        for (uint32_t m = 0; m < t->n; m++) {
+            if (keep[m] && !(skip && json_str_is(j, c, str_c(skip)))) {
+                if (!first) buf_addc(b, ',');
+                first = 0;
+                json_write_skip(b, j, c, NULL);
+                buf_addc(b, ':');
+                json_write_skip(b, j, c + 1, NULL);
+            }
+            c = j->t[c + 1].next;
+        }
+        free(keep);
+        buf_addc(b, '}');
+        break;
+    }
+    default:
+        buf_add(b, j->src + t->off, t->len);
+    }
+}
+
+static void json_write(Buf *b, const Json *j, uint32_t i) {
+    json_write_skip(b, j, i, NULL);
+}
+
+/* The text Python's str() gives a value that the reference expects to be a
+ * string: strings as themselves, true/false as True/False, null as None,
+ * anything else as its compact JSON. */
+static void json_as_text(Buf *b, const Json *j, uint32_t i) {
+    switch (j->t[i].type) {
+    case JSON_STR: json_unescape(j, i, b); break;
+    case JSON_TRUE: buf_adds(b, "True"); break;
+    case JSON_FALSE: buf_adds(b, "False"); break;
+    case JSON_NULL: buf_adds(b, "None"); break;
+    default: json_write(b, j, i);
+    }
+}
+
+/* Length of Python's json.dumps(value) with its defaults (ASCII escapes,
+ * ", " and ": " separators): the reference measures attachment size this
+ * way (PROTOCOL §6), so we count the same. Numbers count as written. */
+static size_t json_pylen(const Json *j, uint32_t i) {
+    const JsonTok *t = &j->t[i];
+    switch (t->type) {
+    case JSON_STR: {
+        Buf tmp = { 0 };
+        json_unescape(j, i, &tmp);
+        size_t len = 2;
+        const unsigned char *s = (const unsigned char *)buf_cstr(&tmp);
+        for (size_t k = 0; k < tmp.len;) {
+            unsigned char c = s[k];
+            if (c >= 0x80) {
+                size_t q = utf8_len(s + k, tmp.len - k);
+                len += q == 4 ? 12 : 6;
+                k += q ? q : 1;
+                continue;
+            }
+            if (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' ||
+                c == '\b' || c == '\f')
+                len += 2;
+            else if (c < 0x20 || c == 0x7f)
+                len += 6;
+            else
+                len += 1;
+            k++;
+        }
+        buf_free(&tmp);
+        return len;
+    }
+    case JSON_ARR: case JSON_OBJ: {
+        size_t len = 2;
+        uint32_t c = i + 1;
+        for (uint32_t m = 0; m < t->n; m++) {
+            if (m) len += 2;
+            if (t->type == JSON_OBJ) {
+                len += json_pylen(j, c) + 2;
+                c++;
+            }
+            len += json_pylen(j, c);
+            c = j->t[c].next;
+        }
+        return len;
+    }
+    case JSON_TRUE: return 4;
+    case JSON_FALSE: return 5;
+    case JSON_NULL: return 4;
+    default: return t->len;
+    }
+}
+
+/* ==== http: request parsing, query decoding, responses ==================== */
+
+/* The parser never allocates and never keeps state between calls: the loop
+ * hands it everything received so far, and it either finds a complete head
+ * (returns its length), asks for more (ARC_AGAIN), or rejects the request
+ * (ARC_BAD, with the status and message to answer with). Re-parsing a short
+ * head on each read is cheaper than keeping a resumable state machine, and
+ * heads are capped at ARC_MAX_HEAD. Bare LF line ends are accepted. */
+typedef struct {
+    Str method, target, path, query;  /* borrowed from the input buffer */
+    int minor;                        /* 0 or 1: HTTP/1.minor */
+    int64_t content_length;           /* -1 when absent */
+    unsigned keep_alive : 1;          /* connection may serve another request */
+    unsigned transfer_encoding : 1;   /* body framing we refuse (chunked) */
+    Str host, origin, last_event_id, sec_fetch_site, authorization;
+    int n_headers;
+    int err_status;                   /* with ARC_BAD: status to answer */
+    const char *err_msg;              /* with ARC_BAD: static text */
+} HttpReq;
+
+static int http_bad(HttpReq *r, int status, const char *msg) {
+    r->err_status = status;
+    r->err_msg = msg;
+    return ARC_BAD;
+}
+
+static int http_tchar(unsigned char c) {
+    return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* Find the end of the line starting at p[i]: index of its '\n' or -1. */
+static long http_eol(const char *p, size_t n, size_t i) {
+    const char *nl = memchr(p + i, '\n', n - i);
+    return nl ? (long)(nl - p) : -1;
+}
+
+static Str http_line(const char *p, size_t from, size_t nl) {
+    size_t end = nl;
+    if (end > from && p[end - 1] == '\r') end--;
+    return (Str){ p + from, end - from };
+}
+
+static int http_parse_request_line(Str line, HttpReq *r) {
+    const char *sp1 = memchr(line.p, ' ', line.n);
+    if (!sp1) return http_bad(r, 400, "malformed request line");
+    r->method = (Str){ line.p, (size_t)(sp1 - line.p) };
+    Str rest = { sp1 + 1, line.n - r->method.n - 1 };
+    const char *sp2 = memchr(rest.p, ' ', rest.n);
+    if (!sp2 || r->method.n == 0) return http_bad(r, 400, "malformed request line");
+    for (size_t i = 0; i < r->method.n; i++)
+        if (!http_tchar((unsigned char)r->method.p[i]))
+            return http_bad(r, 400, "malformed request method");
+    r->target = (Str){ rest.p, (size_t)(sp2 - rest.p) };
+    Str ver = { sp2 + 1, rest.n - r->target.n - 1 };
+    if (str_eq(ver, "HTTP/1.1")) r->minor = 1;
+    else if (str_eq(ver, "HTTP/1.0")) r->minor = 0;
+    else if (ver.n == 8 && memcmp(ver.p, "HTTP/", 5) == 0)
+        return http_bad(r, 505, "HTTP version not supported");
+    else return http_bad(r, 400, "malformed request line");
+    if (r->target.n == 0 || r->target.p[0] != '/')
+        return http_bad(r, 400, "request target must start with '/'");
+    for (size_t i = 0; i < r->target.n; i++) {
+        unsigned char c = (unsigned char)r->target.p[i];
+        if (c <= 0x20 || c >= 0x7f)
+            return http_bad(r, 400, "request target has invalid characters");
+    }
+    const char *q = memchr(r->target.p, '?', r->target.n);
+    r->path = (Str){ r->target.p, q ? (size_t)(q - r->target.p) : r->target.n };
+    r->query = q ? (Str){ q + 1, r->target.n - r->path.n - 1 } : (Str){ "", 0 };
+    r->keep_alive = r->minor == 1;
+    return 0;
+}
+
+/* Is `tok` one of the comma-separated tokens of header value v? */
+static int http_has_token(Str v, const char *tok) {
+    while (v.n) {
+        const char *c = memchr(v.p, ',', v.n);
+        Str part = { v.p, c ? (size_t)(c - v.p) : v.n };
+        if (str_ieq(str_trim(part), tok)) return 1;
+        if (!c) break;
+        v.n -= part.n + 1;
+        v.p = c + 1;
+    }
+    return 0;
+}
+
+static int http_header(HttpReq *r, Str line) {
+    const char *colon = memchr(line.p, ':', line.n);
+    if (!colon || colon == line.p) return http_bad(r, 400, "malformed header line");
+    Str name = { line.p, (size_t)(colon - line.p) };
+    for (size_t i = 0; i < name.n; i++)
+        if (!http_tchar((unsigned char)name.p[i]))
+            return http_bad(r, 400, "malformed header name");
+    Str v = str_trim((Str){ colon + 1, line.n - name.n - 1 });
+    for (size_t i = 0; i < v.n; i++)
+        if ((unsigned char)v.p[i] < 0x20 && v.p[i] != '\t')
+            return http_bad(r, 400, "control character in header value");
+    if (str_ieq(name, "content-length")) {
+        int64_t n;
+        if (v.n == 0 || v.n > 15) return http_bad(r, 400, "invalid Content-Length");
+        for (size_t i = 0; i < v.n; i++)
+            if (!isdigit((unsigned char)v.p[i]))
+                return http_bad(r, 400, "invalid Content-Length");
+        parse_int_text(v, &n);
+        if (r->content_length >= 0 && r->content_length != n)
+            return http_bad(r, 400, "conflicting Content-Length headers");
+        r->content_length = n;
+    } else if (str_ieq(name, "transfer-encoding")) {
+        r->transfer_encoding = 1;
+    } else if (str_ieq(name, "connection")) {
+        if (http_has_token(v, "close")) r->keep_alive = 0;
+        else if (http_has_token(v, "keep-alive")) r->keep_alive = 1;
+    } else if (str_ieq(name, "host")) {
+        r->host = v;
+    } else if (str_ieq(name, "origin")) {
+        r->origin = v;
+    } else if (str_ieq(name, "last-event-id")) {
+        r->last_event_id = v;
+    } else if (str_ieq(name, "sec-fetch-site")) {
+        r->sec_fetch_site = v;
+    } else if (str_ieq(name, "authorization")) {
+        r->authorization = v;
+    }
+    return 0;
+}
+
+/* Parse the head of one request at p[0..n). Returns the head's length in
+ * bytes (the body, if any, follows), ARC_AGAIN, or ARC_BAD. */
+static int http_parse(const char *p, size_t n, HttpReq *r) {
+    *r = (HttpReq){ .content_length = -1 };
+    size_t i = 0;
+    while (i < n && (p[i] == '\r' || p[i] == '\n')) i++;  /* RFC 9112 §2.2 */
+    long nl = http_eol(p, n, i);
+    if (nl < 0) {
+        if (n - i > ARC_MAX_URL) return http_bad(r, 414, "request line too long");
+        if (n > ARC_MAX_HEAD) return http_bad(r, 431, "request head too large");
+        return ARC_AGAIN;
+    }
+    if ((size_t)nl - i > ARC_MAX_URL) return http_bad(r, 414, "request line too long");
+    Str line = http_line(p, i, (size_t)nl);
+    /* Find the blank line that ends the head before judging anything else,
+     * so that a complete but invalid head is answered only once it is all
+     * here and its length is known. */
+    size_t pos = (size_t)nl + 1, head_end = 0;
+    int lines = 0;
+    for (;;) {
+        long e = http_eol(p, n, pos);
+        if (e < 0) {
+            if (n > ARC_MAX_HEAD) return http_bad(r, 431, "request head too large");
+            return ARC_AGAIN;
+        }
+        Str h = http_line(p, pos, (size_t)e);
+        pos = (size_t)e + 1;
+        if (h.n == 0) {
+            head_end = pos;
+            break;
+        }
+        if (++lines > ARC_MAX_HEADERS)
+            return http_bad(r, 431, "too many header lines");
+        if (pos > ARC_MAX_HEAD) return http_bad(r, 431, "request head too large");
+    }
+    if (head_end > ARC_MAX_HEAD) return http_bad(r, 431, "request head too large");
+    if (http_parse_request_line(line, r)) return ARC_BAD;
+    pos = (size_t)nl + 1;
+    while (pos < head_end) {
+        long e = http_eol(p, n, pos);
+        Str h = http_line(p, pos, (size_t)e);
+        pos = (size_t)e + 1;
+        if (h.n == 0) break;
+        if (h.p[0] == ' ' || h.p[0] == '\t')
+            return http_bad(r, 400, "obsolete header line folding");
+        if (http_header(r, h)) return ARC_BAD;
+        r->n_headers++;
+    }
+    if (r->transfer_encoding)
+        return http_bad(r, 411, "Transfer-Encoding (chunked) request bodies "
+                                "are not supported; send Content-Length");
+    return (int)head_end;
+}
+
+static int http_hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decode s into out (appending). `plus` turns '+' into a space, as
+ * in query strings. A '%' not followed by two hex digits stays as it is.
+ * Returns 0, or -1 when the result is not valid UTF-8. */
+static int http_unquote(Str s, int plus, Buf *out) {
+    size_t start = out->len;
+    for (size_t i = 0; i < s.n; i++) {
+        char c = s.p[i];
+        if (c == '%' && i + 2 < s.n && http_hexval(s.p[i + 1]) >= 0 &&
+            http_hexval(s.p[i + 2]) >= 0) {
+            buf_addc(out, (char)(http_hexval(s.p[i + 1]) * 16 +
+                                 http_hexval(s.p[i + 2])));
+            i += 2;
+        } else {
+            buf_addc(out, plus && c == '+' ? ' ' : c);
+        }
+    }
+    return utf8_valid(out->p + start, out->len - start) ? 0 : -1;
+}
+
+/* Find query parameter `name` and decode its first non-empty value into out
+ * (reset first). Empty values count as absent, as with Python's parse_qs.
+ * Returns 1 found, 0 absent, -1 not valid UTF-8. */
+static int http_query_get(Str q, const char *name, Buf *out) {
+    Buf key = { 0 };
+    int rc = 0;
+    while (q.n && rc == 0) {
+        const char *amp = memchr(q.p, '&', q.n);
+        Str part = { q.p, amp ? (size_t)(amp - q.p) : q.n };
+        q.p += part.n + (amp ? 1 : 0);
+        q.n -= part.n + (amp ? 1 : 0);
+        const char *eq = memchr(part.p, '=', part.n);
+        if (!eq || eq == part.p + part.n - 1) continue;
+        buf_reset(&key);
+        if (http_unquote((Str){ part.p, (size_t)(eq - part.p) }, 1, &key))
+            continue;
+        if (strcmp(buf_cstr(&key), name) != 0) continue;
+        buf_reset(out);
+        rc = http_unquote((Str){ eq + 1, part.n - (size_t)(eq - part.p) - 1 },
+                          1, out) ? -1 : 1;
+    }
+    buf_free(&key);
+    return rc;
+}
+
+static const char *http_reason(int status) {
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+/* Append a response head. `len` < 0 means no Content-Length (a stream that
+ * ends when the connection closes). `extra` is zero or more complete
+ * "Name: value\r\n" lines. */
+static void http_head(Buf *out, int status, const char *ctype, long long len,
+                      int keep_alive, const char *extra) {
+    buf_addf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status,
+             http_reason(status), ctype);
+    if (len >= 0) buf_addf(out, "Content-Length: %lld\r\n", len);
+    buf_adds(out, keep_alive ? "Connection: keep-alive\r\n"
+                             : "Connection: close\r\n");
+    if (extra) buf_adds(out, extra);
+    buf_adds(out, "\r\n");
+}
+
+/* ==== store: schema, statements, transactions, row emitters =============== */
+
+/* The schema is the reference's (PROTOCOL §10), index names included, so a
+ * file written by either hub is served by the other without migration. JSON
+ * columns hold serialized text; the API returns them decoded. */
+static const char store_schema[] =
+    "CREATE TABLE IF NOT EXISTS channels(name TEXT PRIMARY KEY,"
+    " created_at TEXT NOT NULL, created_by TEXT,"
+    " metadata_json TEXT NOT NULL DEFAULT '{}');"
+    "CREATE TABLE IF NOT EXISTS messages(id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " ts TEXT NOT NULL, from_agent TEXT NOT NULL, to_agent TEXT,"
+    " channel TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,"
+    " attachments_json TEXT NOT NULL DEFAULT '[]', reply_to INTEGER,"
+    " thread_id TEXT, metadata_json TEXT NOT NULL DEFAULT '{}');"
+    "CREATE INDEX IF NOT EXISTS ix_m_ch ON messages(channel,id);"
+    "CREATE INDEX IF NOT EXISTS ix_m_to ON messages(to_agent,id);"
+    "CREATE INDEX IF NOT EXISTS ix_m_th ON messages(thread_id,id);"
+    "CREATE TABLE IF NOT EXISTS sessions(session_id TEXT PRIMARY KEY,"
+    " agent_id TEXT NOT NULL, display_name TEXT NOT NULL,"
+    " capabilities_json TEXT NOT NULL DEFAULT '[]',"
+    " metadata_json TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL,"
+    " last_seen TEXT NOT NULL, active INTEGER NOT NULL DEFAULT 1);"
+    "CREATE INDEX IF NOT EXISTS ix_s_ag ON sessions(agent_id);"
+    "CREATE INDEX IF NOT EXISTS ix_s_ac ON sessions(active,last_seen);"
+    "CREATE TABLE IF NOT EXISTS claims(claim_key TEXT PRIMARY KEY,"
+    " thread_id TEXT, task_message_id INTEGER, owner_agent_id TEXT NOT NULL,"
+    " claimed_at TEXT NOT NULL, expires_at TEXT NOT NULL, released_at TEXT,"
+    " metadata_json TEXT NOT NULL DEFAULT '{}');"
+    "CREATE INDEX IF NOT EXISTS ix_c_th ON claims(thread_id);"
+    "CREATE TABLE IF NOT EXISTS locks(file_path TEXT PRIMARY KEY,"
+    " agent_id TEXT NOT NULL, locked_at TEXT NOT NULL,"
+    " expires_at TEXT NOT NULL, released_at TEXT,"
+    " metadata_json TEXT NOT NULL DEFAULT '{}');"
+    "CREATE INDEX IF NOT EXISTS ix_l_ag ON locks(agent_id);"
+    "CREATE TABLE IF NOT EXISTS tasks(task_id INTEGER PRIMARY KEY,"
+    " parent_task_id INTEGER, channel TEXT NOT NULL, thread_id TEXT,"
+    " status TEXT NOT NULL DEFAULT 'open', created_at TEXT NOT NULL,"
+    " completed_at TEXT, FOREIGN KEY(parent_task_id) REFERENCES tasks(task_id));"
+    "CREATE INDEX IF NOT EXISTS ix_t_par ON tasks(parent_task_id);"
+    "CREATE INDEX IF NOT EXISTS ix_t_st ON tasks(status);";
+
+/* Column lists in the order the row emitters read them. */
+#define M_COLS "id,ts,from_agent,to_agent,channel,kind,body,attachments_json," \
+               "reply_to,thread_id,metadata_json"
+#define S_COLS "session_id,agent_id,display_name,capabilities_json," \
+               "metadata_json,created_at,last_seen,active"
+#define C_COLS "claim_key,thread_id,task_message_id,owner_agent_id," \
+               "claimed_at,expires_at,released_at,metadata_json"
+#define L_COLS "file_path,agent_id,locked_at,expires_at,released_at," \
+               "metadata_json"
+#define T_COLS "task_id,parent_task_id,channel,thread_id,status,created_at," \
+               "completed_at"
+#define CH_COLS "name,created_at,created_by,metadata_json"
+
+#define STORE_MAX_STMTS 96
+
+/* Prepared statements are cached by the address of their SQL text: every
+ * query is a string literal, so the pointer is a cheap, unique key. */
+typedef struct {
+    const char *sql;       /* borrowed: a string literal */
+    sqlite3_stmt *st;      /* owned */
+} StoreStmt;
+
+typedef struct {
+    sqlite3 *db;                        /* owned; loop thread only */
+    char path[PATH_MAX];                /* absolute, resolved */
+    char instance_id[32];               /* "mh1-" + 20 hex, PROTOCOL §10 */
+    char journal_mode[16];
+    StoreStmt stmts[STORE_MAX_STMTS];
+    int n_stmts;
+    int in_tx;                          /* a batch transaction is open */
+    int64_t data_version;               /* last PRAGMA data_version seen */
+    Json scratch;                       /* reused to validate JSON columns */
+} Store;
+
+/* A statement for `sql`, reset and with no bindings; NULL on failure (the
+ * error is logged). */
+static sqlite3_stmt *store_stmt(Store *s, const char *sql) {
+    for (int i = 0; i < s->n_stmts; i++)
+        if (s->stmts[i].sql == sql) {
+            sqlite3_stmt *st = s->stmts[i].st;
+            sqlite3_reset(st);
+            sqlite3_clear_bindings(st);
+            return st;
+        }
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st,
+                           NULL) != SQLITE_OK) {
+        log_warn("store: prepare failed: %s: %s", sqlite3_errmsg(s->db), sql);
+        return NULL;
+    }
+    if (s->n_stmts == STORE_MAX_STMTS) die("store: statement cache full");
+    s->stmts[s->n_stmts++] = (StoreStmt){ sql, st };
+    return st;
+}
+
+/* Bind a borrowed string, or NULL when s.p is NULL. */
+static void store_bind(sqlite3_stmt *st, int i, Str s) {
+    if (s.p) sqlite3_bind_text(st, i, s.p, (int)s.n, SQLITE_STATIC);
+    else sqlite3_bind_null(st, i);
+}
+
+static void store_bind_c(sqlite3_stmt *st, int i, const char *s) {
+    store_bind(st, i, str_c(s));
+}
+
+static int store_exec(Store *s, const char *sql) {
+    char *err = NULL;
+    if (sqlite3_exec(s->db, sql, NULL, NULL, &err) != SQLITE_OK) {
+        log_warn("store: %s: %s", sql, err ? err : "?");
+        sqlite3_free(err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Step a write statement to completion. Returns 0 or -1. */
+static int store_done(Store *s, sqlite3_stmt *st) {
+    if (!st) return -1;
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        log_warn("store: %s", sqlite3_errmsg(s->db));
+        return -1;
+    }
+    return 0;
+}
+
+/* Text column i as a Str (p == NULL for SQL NULL); valid until the next
+ * step or reset of st. */
+static Str store_col(sqlite3_stmt *st, int i) {
+    const char *p = (const char *)sqlite3_column_text(st, i);
+    return (Str){ p, p ? (size_t)sqlite3_column_bytes(st, i) : 0 };
+}
+
+/* Open the batch transaction if none is open. All writes of one loop turn
+ * share it and are committed together by store_commit() (group commit);
+ * their responses are sent only after that commit. */
+static int store_begin(Store *s) {
+    if (s->in_tx) return 0;
+    if (store_exec(s, "BEGIN IMMEDIATE")) return -1;
+    s->in_tx = 1;
+    return 0;
+}
+
+static int store_commit(Store *s) {
+    if (!s->in_tx) return 0;
+    s->in_tx = 0;
+    if (store_exec(s, "COMMIT") == 0) return 0;
+    store_exec(s, "ROLLBACK");
+    return -1;
+}
+
+/* Emit a stored JSON column, falling back to `dflt` when the stored text is
+ * not valid JSON (a foreign writer could have put anything there). */
+static void store_emit_json(Store *s, Buf *b, Str v, const char *dflt) {
+    if (v.p && v.n && json_parse(&s->scratch, v.p, v.n) == 0) buf_addstr(b, v);
+    else buf_adds(b, dflt);
+}
+
+static void store_emit_text(Buf *b, Str v) {
+    if (v.p) json_strs(b, v);
+    else buf_adds(b, "null");
+}
+
+static void store_emit_int(Buf *b, sqlite3_stmt *st, int i) {
+    if (sqlite3_column_type(st, i) == SQLITE_NULL) buf_adds(b, "null");
+    else buf_addf(b, "%lld", (long long)sqlite3_column_int64(st, i));
+}
+
+/* Row emitters: one JSON object per row, fields in PROTOCOL §5 order. */
+static void store_emit_message(Store *s, Buf *b, sqlite3_stmt *st) {
+    buf_adds(b, "{\"id\":");
+    store_emit_int(b, st, 0);
+    buf_adds(b, ",\"ts\":");
+    store_emit_text(b, store_col(st, 1));
+    buf_adds(b, ",\"from_agent\":");
+    store_emit_text(b, store_col(st, 2));
+    buf_adds(b, ",\"to_agent\":");
+    store_emit_text(b, store_col(st, 3));
+    buf_adds(b, ",\"channel\":");
+    store_emit_text(b, store_col(st, 4));
+    buf_adds(b, ",\"kind\":");
+    store_emit_text(b, store_col(st, 5));
+    buf_adds(b, ",\"body\":");
+    store_emit_text(b, store_col(st, 6));
+    buf_adds(b, ",\"attachments\":");
+    store_emit_json(s, b, store_col(st, 7), "[]");
+    buf_adds(b, ",\"reply_to\":");
+    store_emit_int(b, st, 8);
+    buf_adds(b, ",\"thread_id\":");
+    store_emit_text(b, store_col(st, 9));
+    buf_adds(b, ",\"metadata\":");
+    store_emit_json(s, b, store_col(st, 10), "{}");
+    buf_addc(b, '}');
+}
+
+static void store_emit_session(Store *s, Buf *b, sqlite3_stmt *st) {
+    buf_adds(b, "{\"session_id\":");
+    store_emit_text(b, store_col(st, 0));
+    buf_adds(b, ",\"agent_id\":");
+    store_emit_text(b, store_col(st, 1));
+    buf_adds(b, ",\"display_name\":");
+    store_emit_text(b, store_col(st, 2));
+    buf_adds(b, ",\"capabilities\":");
+    store_emit_json(s, b, store_col(st, 3), "[]");
+    buf_adds(b, ",\"metadata\":");
+    store_emit_json(s, b, store_col(st, 4), "{}");
+    buf_adds(b, ",\"created_at\":");
+    store_emit_text(b, store_col(st, 5));
+    buf_adds(b, ",\"last_seen\":");
+    store_emit_text(b, store_col(st, 6));
+    buf_adds(b, sqlite3_column_int(st, 7) ? ",\"active\":true}"
+                                          : ",\"active\":false}");
+}
+
+static void store_emit_claim(Store *s, Buf *b, sqlite3_stmt *st) {
+    buf_adds(b, "{\"claim_key\":");
+    store_emit_text(b, store_col(st, 0));
+    buf_adds(b, ",\"thread_id\":");
+    store_emit_text(b, store_col(st, 1));
+    buf_adds(b, ",\"task_message_id\":");
+    store_emit_int(b, st, 2);
+    buf_adds(b, ",\"owner_agent_id\":");
+    store_emit_text(b, store_col(st, 3));
+    buf_adds(b, ",\"claimed_at\":");
+    store_emit_text(b, store_col(st, 4));
+    buf_adds(b, ",\"expires_at\":");
+    store_emit_text(b, store_col(st, 5));
+    buf_adds(b, ",\"released_at\":");
+    store_emit_text(b, store_col(st, 6));
+    buf_adds(b, ",\"metadata\":");
+    store_emit_json(s, b, store_col(st, 7), "{}");
+    buf_addc(b, '}');
+}
+
+static void store_emit_lock(Store *s, Buf *b, sqlite3_stmt *st) {
+    buf_adds(b, "{\"file_path\":");
+    store_emit_text(b, store_col(st, 0));
+    buf_adds(b, ",\"agent_id\":");
+    store_emit_text(b, store_col(st, 1));
+    buf_adds(b, ",\"locked_at\":");
+    store_emit_text(b, store_col(st, 2));
+    buf_adds(b, ",\"expires_at\":");
+    store_emit_text(b, store_col(st, 3));
+    buf_adds(b, ",\"released_at\":");
+    store_emit_text(b, store_col(st, 4));
+    buf_adds(b, ",\"metadata\":");
+    store_emit_json(s, b, store_col(st, 5), "{}");
+    buf_addc(b, '}');
+}
+
+static void store_emit_task(Store *s, Buf *b, sqlite3_stmt *st) {
+    (void)s;
+    buf_adds(b, "{\"task_id\":");
+    store_emit_int(b, st, 0);
+    buf_adds(b, ",\"parent_task_id\":");
+    store_emit_int(b, st, 1);
+    buf_adds(b, ",\"channel\":");
+    store_emit_text(b, store_col(st, 2));
+    buf_adds(b, ",\"thread_id\":");
+    store_emit_text(b, store_col(st, 3));
+    buf_adds(b, ",\"status\":");
+    store_emit_text(b, store_col(st, 4));
+    buf_adds(b, ",\"created_at\":");
+    store_emit_text(b, store_col(st, 5));
+    buf_adds(b, ",\"completed_at\":");
+    store_emit_text(b, store_col(st, 6));
+    buf_addc(b, '}');
+}
+
+static void store_emit_channel(Store *s, Buf *b, sqlite3_stmt *st) {
+    buf_adds(b, "{\"name\":");
+    store_emit_text(b, store_col(st, 0));
+    buf_adds(b, ",\"created_at\":");
+    store_emit_text(b, store_col(st, 1));
+    buf_adds(b, ",\"created_by\":");
+    store_emit_text(b, store_col(st, 2));
+    buf_adds(b, ",\"metadata\":");
+    store_emit_json(s, b, store_col(st, 3), "{}");
+    buf_addc(b, '}');
+}
+
+typedef void (*StoreEmit)(Store *, Buf *, sqlite3_stmt *);
+
+/* Step st to the end, emitting every row as a JSON array element. Returns
+ * the number of rows, or -1 on a database error. */
+static int store_emit_rows(Store *s, Buf *b, sqlite3_stmt *st, StoreEmit emit) {
+    int n = 0, rc;
+    buf_addc(b, '[');
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n++) buf_addc(b, ',');
+        emit(s, b, st);
+    }
+    buf_addc(b, ']');
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        log_warn("store: %s", sqlite3_errmsg(s->db));
+        return -1;
+    }
+    return n;
+}
+
+/* Step st once; emit the row as an object or "null". Returns 1, 0 or -1. */
+static int store_emit_one(Store *s, Buf *b, sqlite3_stmt *st, StoreEmit emit) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) emit(s, b, st);
+    else buf_adds(b, "null");
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+static int64_t store_data_version(Store *s) {
+    sqlite3_stmt *st = store_stmt(s, "PRAGMA data_version");
+    int64_t v = -1;
+    if (st && sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
+    if (st) sqlite3_reset(st);
+    return v;
+}
+
+/* Open (creating if needed) the storage file, apply the schema, make the
+ * default channels and derive the instance id. Fills err on failure. */
+static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full,
+                      char err[ARC_ERRLEN]) {
+    memset(s, 0, sizeof *s);
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        snprintf(err, ARC_ERRLEN, "storage path is a directory: %s", path);
+        return -1;
+    }
+    int rc = sqlite3_open_v2(path, &s->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                             SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, ARC_ERRLEN, "cannot open storage %s: %s", path,
+                 s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        return -1;
+    }
+    sqlite3_busy_timeout(s->db, (int)busy_ms);
+    char *e = NULL;
+    const char *sync = sync_full ? "PRAGMA synchronous=FULL;"
+                                 : "PRAGMA synchronous=NORMAL;";
+    if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL;", NULL, NULL, &e) ||
+        sqlite3_exec(s->db, sync, NULL, NULL, &e) ||
+        sqlite3_exec(s->db, store_schema, NULL, NULL, &e)) {
+        snprintf(err, ARC_ERRLEN, "cannot initialise storage %s: %s", path,
+                 e ? e : sqlite3_errmsg(s->db));
+        sqlite3_free(e);
+        return -1;
+    }
+    if (!realpath(path, s->path)) {
+        snprintf(err, ARC_ERRLEN, "cannot resolve %s: %s", path, strerror(errno));
+        return -1;
+    }
+    sqlite3_stmt *st = store_stmt(s, "PRAGMA journal_mode");
+    if (st && sqlite3_step(st) == SQLITE_ROW)
+        snprintf(s->journal_mode, sizeof s->journal_mode, "%s",
+                 (const char *)sqlite3_column_text(st, 0));
+    if (st) sqlite3_reset(st);
+    char now[ISO_LEN];
+    iso_format(clock_wall_us(), now);
+    static const char ins[] =
+        "INSERT OR IGNORE INTO channels VALUES(?,?,'system','{}')";
+    static const char *const defaults[] = { "general", "direct" };
+    for (int i = 0; i < 2; i++) {
+        st = store_stmt(s, ins);
+        if (!st) break;
+        store_bind_c(st, 1, defaults[i]);
+        store_bind_c(st, 2, now);
+        if (store_done(s, st)) {
+            snprintf(err, ARC_ERRLEN, "cannot write storage %s: %s", path,
+                     sqlite3_errmsg(s->db));
+            return -1;
+        }
+    }
+    /* PROTOCOL §10: the id names the state, not the process, so two hubs on
+     * one file agree and a recreated file gets a new one. */
+    Buf marker = { 0 };
+    st = store_stmt(s, "SELECT created_at FROM channels WHERE name='general'");
+    if (st && sqlite3_step(st) == SQLITE_ROW) buf_addstr(&marker, store_col(st, 0));
+    else buf_adds(&marker, "unknown");
+    if (st) sqlite3_reset(st);
+    Sha256 h;
+    char hex[65];
+    sha256_init(&h);
+    sha256_add(&h, s->path, strlen(s->path));
+    sha256_add(&h, "|", 1);
+    sha256_add(&h, buf_cstr(&marker), marker.len);
+    sha256_hex(&h, hex);
+    buf_free(&marker);
+    snprintf(s->instance_id, sizeof s->instance_id, "mh1-%.20s", hex);
+    s->data_version = store_data_version(s);
+    return 0;
+}
+
+static void store_close(Store *s) {
+    if (!s->db) return;
+    if (s->in_tx) store_commit(s);
+    for (int i = 0; i < s->n_stmts; i++) sqlite3_finalize(s->stmts[i].st);
+    s->n_stmts = 0;
+    /* Closing the last connection checkpoints the WAL into the main file. */
+    if (sqlite3_close(s->db) != SQLITE_OK)
+        log_warn("store: close: %s", sqlite3_errmsg(s->db));
+    s->db = NULL;
+    json_free(&s->scratch);
+}
+
+/* ==== hub: the coordination model and the request handlers ================ */
+
+/* Handlers are pure request -> response functions over the Store. They never
+ * touch sockets: the loop hands them a parsed Req and gets back a Res, which
+ * may ask to park (a long-poll with nothing to return yet) or to stream
+ * (SSE). Writes go into the loop turn's batch transaction (store_begin) under
+ * a per-request savepoint, so a failed request rolls back alone while the
+ * rest of the batch commits together. PROTOCOL §7 defines each endpoint. */
+
+typedef struct {
+    const char *host;              /* listen address */
+    int port;
+    const char *storage;           /* SQLite file */
+    const char *spool_dir;         /* relay spool (reported only, for now) */
+    int allow_remote;              /* may bind a non-loopback address */
+    int64_t max_body_chars;        /* message body, in code points */
+    int64_t max_attachment_chars;  /* one attachment's JSON-encoded content */
+    int64_t max_attachments;       /* per message */
+    int64_t presence_ttl_s;        /* a session idle this long expires */
+    int sync_full;                 /* PRAGMA synchronous=FULL (default) */
+} HubConfig;
+
+/* A message committed in this loop turn, kept until the turn ends to answer
+ * parked long-polls and streams without going back to SQLite. */
+typedef struct {
+    int64_t id;
+    char *from, *to, *channel, *thread;  /* owned; to/thread NULL if unset */
+    char *json;                          /* owned: the message object */
+    size_t json_len;
+} NewMsg;
+
+/* What a parked request or a stream waits for (PROTOCOL §8). */
+typedef enum { WAIT_EVENTS = 1, WAIT_MESSAGES, WAIT_STREAM } WaitKind;
+
+typedef struct {
+    WaitKind kind;
+    char *agent;          /* owned; events/stream: whose view */
+    char *channel;        /* owned or NULL: channel filter */
+    char *thread;         /* owned or NULL: thread filter */
+    char **channels;      /* owned, stream only: channels=a,b */
+    int n_channels;
+    int64_t since_id;     /* answer only ids above this */
+    int limit;
+    int exclude_self;
+} Wait;
+
+static void wait_free(Wait *w) {
+    free(w->agent);
+    free(w->channel);
+    free(w->thread);
+    for (int i = 0; i < w->n_channels; i++) free(w->channels[i]);
+    free(w->channels);
+    memset(w, 0, sizeof *w);
+}
+
+typedef struct Conn Conn;   /* loop: one client socket */
+
+typedef struct {
+    HubConfig cfg;
+    Store store;
+    int64_t max_request_bytes;   /* body cap, PROTOCOL §4 */
+    NewMsg *batch;               /* messages written in this turn */
+    int n_batch, cap_batch;
+    int64_t shutdown_at_ms;      /* pending shutdown deadline, 0 = none */
+    int64_t shutdown_delay_s;
+    int shutdown_now;            /* leave the loop at the end of this turn */
+    /* loop state (see the loop section) */
+    int listen_fd, wake_rd, wake_wr;
+    Conn *conns;                 /* all client connections */
+    int n_conns;
+    Conn **heap;                 /* min-heap of conns by deadline_ms */
+    int n_heap, cap_heap;
+    struct pollfd *pfd;
+    int cap_pfd;
+    int n_parked;                /* conns parked or streaming */
+    int64_t now_ms;
+    int64_t next_prune_ms, next_touch_ms, next_dv_ms;
+    Conn **held;                 /* conns whose responses await the commit */
+    int n_held, cap_held;
+} Hub;
+
+/* One request as the handlers see it. */
+typedef struct {
+    Str method;
+    Str query;           /* raw query string */
+    Buf arg;             /* decoded path argument ({agent_id}, {id}), if any */
+    Json body;           /* POST: parsed body, root object at token 0 */
+    int has_body;
+    Str last_event_id;   /* SSE resume header */
+    int sp_open;         /* a savepoint is open for this request */
+    int batch_mark;      /* h->n_batch when the savepoint opened */
+    Buf tmp;             /* scratch for query parameters */
+} Req;
+
+typedef struct {
+    int status;
+    Buf body;            /* the response body (a JSON envelope, usually) */
+    const char *ctype;   /* NULL: application/json */
+    const char *extra;   /* extra header lines, static */
+    int park;            /* parked: wait holds the filter */
+    int stream;          /* SSE: wait holds the filter */
+    int64_t wait_ms;     /* park: how long */
+    Wait wait;
+} Res;
+
+ARC_PRINTF(3, 4) static void hub_fail(Res *r, int status, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    r->status = status;
+    buf_reset(&r->body);
+    buf_adds(&r->body, "{\"ok\":false,\"error\":");
+    json_cstr(&r->body, msg);
+    buf_addc(&r->body, '}');
+}
+
+/* Success envelope: hub_ok() opens it, the handler writes the result value,
+ * hub_ok_end() closes it. */
+static void hub_ok(Res *r, int status) {
+    r->status = status;
+    buf_reset(&r->body);
+    buf_adds(&r->body, "{\"ok\":true,\"result\":");
+}
+
+static void hub_ok_end(Res *r) { buf_addc(&r->body, '}'); }
+
+static void hub_db_fail(Hub *h, Res *r) {
+    hub_fail(r, 503, "storage error: %s", sqlite3_errmsg(h->store.db));
+}
+
+static void hub_now(char out[ISO_LEN]) { iso_format(clock_wall_us(), out); }
+
+/* Open the batch transaction and this request's savepoint before its first
+ * write. Returns 0, or -1 with a 503 in r. */
+static int hub_tx(Hub *h, Req *q, Res *r) {
+    if (q->sp_open) return 0;
+    if (store_begin(&h->store) || store_exec(&h->store, "SAVEPOINT req")) {
+        hub_db_fail(h, r);
+        return -1;
+    }
+    q->sp_open = 1;
+    q->batch_mark = h->n_batch;
+    return 0;
+}
+
+static void hub_newmsg_free(NewMsg *m) {
+    free(m->from);
+    free(m->to);
+    free(m->channel);
+    free(m->thread);
+    free(m->json);
+}
+
+/* Drop batch entries from index `from` on (their savepoint rolled back, or
+ * the turn's commit failed). */
+static void hub_batch_truncate(Hub *h, int from) {
+    while (h->n_batch > from) hub_newmsg_free(&h->batch[--h->n_batch]);
+}
+
+/* Close the request's savepoint: keep its writes if it succeeded. */
+static void hub_tx_end(Hub *h, Req *q, int ok) {
+    if (!q->sp_open) return;
+    q->sp_open = 0;
+    if (!ok) {
+        store_exec(&h->store, "ROLLBACK TO req");
+        hub_batch_truncate(h, q->batch_mark);
+    }
+    store_exec(&h->store, "RELEASE req");
+}
+
+/* ---- request fields, coerced as the reference coerces them ---- */
+
+/* String field: absent or null -> 0 (or "NAME is required" when required);
+ * present -> its text, trimmed, in out, 1. A required field that trims to
+ * nothing is missing too. Returns 1, 0, or -1 with r failed. */
+static int hub_str(Req *q, Res *r, const char *name, int required, Buf *out) {
+    buf_reset(out);
+    uint32_t v = q->has_body ? json_get_val(&q->body, 0, name) : 0;
+    if (v) {
+        json_as_text(out, &q->body, v);
+        Str t = str_trim(buf_str(out));
+        memmove(out->p, t.p, t.n);
+        out->len = t.n;
+        out->p[t.n] = 0;
+        if (t.n || !required) return 1;
+    }
+    if (!required) return 0;
+    hub_fail(r, 400, "%s is required", name);
+    return -1;
+}
+
+/* Integer field; absent or null -> 0, present -> 1 with *out, or -1. */
+static int hub_int(Req *q, Res *r, const char *name, int64_t *out) {
+    uint32_t v = q->has_body ? json_get_val(&q->body, 0, name) : 0;
+    if (!v) return 0;
+    if (json_to_i64(&q->body, v, out) == 0) return 1;
+    hub_fail(r, 400, "%s must be an integer", name);
+    return -1;
+}
+
+/* Object field: token index (0 = absent or null), or -1 with r failed. */
+static long hub_obj(Req *q, Res *r, const char *name) {
+    uint32_t v = q->has_body ? json_get_val(&q->body, 0, name) : 0;
+    if (!v) return 0;
+    if (q->body.t[v].type == JSON_OBJ) return (long)v;
+    hub_fail(r, 400, "%s must be a JSON object", name);
+    return -1;
+}
+
+/* A ttl_sec field (claims, locks): default 300, at least 5, at most ten
+ * years so that expiry stays a printable date. */
+static int hub_ttl(Req *q, Res *r, int64_t *ttl) {
+    *ttl = 300;
+    int rc = hub_int(q, r, "ttl_sec", ttl);
+    if (rc < 0) return -1;
+    if (rc && *ttl < 5) {
+        hub_fail(r, 400, "ttl_sec must be at least 5");
+        return -1;
+    }
+    if (rc && *ttl > ARC_MAX_TTL_S) {
+        hub_fail(r, 400, "ttl_sec must be at most %d", ARC_MAX_TTL_S);
+        return -1;
+    }
+    return 0;
+}
+
+/* Query parameter into q->tmp: 1 present (non-empty), 0 absent, -1 (r
+ * failed) when it does not decode to UTF-8. */
+static int hub_qp(Req *q, Res *r, const char *name) {
+    int rc = http_query_get(q->query, name, &q->tmp);
+    if (rc < 0) hub_fail(r, 400, "query parameter %s is not valid UTF-8", name);
+    return rc;
+}
+
+/* Query parameter copied out (owned), or NULL when absent. */
+static char *hub_qdup(Req *q, Res *r, const char *name, int *err) {
+    int rc = hub_qp(q, r, name);
+    if (rc < 0) *err = 1;
+    return rc > 0 ? xstrndup(q->tmp.p, q->tmp.len) : NULL;
+}
+
+static int hub_qbool(Req *q, const char *name) {
+    Buf b = { 0 };
+    int v = 0;
+    if (http_query_get(q->query, name, &b) > 0) {
+        Str s = buf_str(&b);
+        v = str_ieq(s, "true") || str_eq(s, "1") || str_ieq(s, "yes");
+    }
+    buf_free(&b);
+    return v;
+}
+
+/* Integer query parameter with a default; -1 with r failed on bad input. */
+static int hub_qint(Req *q, Res *r, const char *name, int64_t dflt,
+                    int64_t *out) {
+    *out = dflt;
+    int rc = hub_qp(q, r, name);
+    if (rc < 0) return -1;
+    if (rc == 0) return 0;
+    if (parse_int_text(buf_str(&q->tmp), out)) {
+        hub_fail(r, 400, "%s must be an integer", name);
+        return -1;
+    }
+    return 0;
+}
+
+static int hub_since_limit(Req *q, Res *r, int64_t *since, int *limit) {
+    int64_t l;
+    if (hub_qint(q, r, "since_id", 0, since)) return -1;
+    if (*since < 0) {
+        hub_fail(r, 400, "since_id must be >= 0");
+        return -1;
+    }
+    if (hub_qint(q, r, "limit", 100, &l)) return -1;
+    if (l < 1) {
+        hub_fail(r, 400, "limit must be at least 1");
+        return -1;
+    }
+    *limit = l > ARC_MAX_LIMIT ? ARC_MAX_LIMIT : (int)l;
+    return 0;
+}
+
+/* Long-poll timeout in milliseconds, clamped to [0, 60 s]. */
+static int hub_timeout(Req *q, Res *r, int64_t *ms) {
+    *ms = 0;
+    int rc = hub_qp(q, r, "timeout");
+    if (rc <= 0) return rc;
+    char *end;
+    errno = 0;
+    double t = strtod(buf_cstr(&q->tmp), &end);
+    while (*end && isspace((unsigned char)*end)) end++;
+    if (end == q->tmp.p || *end || isnan(t)) {
+        hub_fail(r, 400, "timeout must be a number");
+        return -1;
+    }
+    if (t < 0) t = 0;
+    if (t > ARC_MAX_WAIT_S) t = ARC_MAX_WAIT_S;
+    *ms = (int64_t)(t * 1000);
+    return 0;
+}
+
+/* ---- sessions and presence ---- */
+
+static void hub_touch(Hub *h, Req *q, Res *r, Str agent) {
+    static const char sql[] =
+        "UPDATE sessions SET last_seen=? WHERE agent_id=? AND active=1";
+    if (!agent.n || hub_tx(h, q, r)) return;
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return;
+    store_bind_c(st, 1, now);
+    store_bind(st, 2, agent);
+    store_done(&h->store, st);
+}
+
+/* Is a stored timestamp at or after `cutoff_us`? Unparseable counts as old. */
+static int hub_ts_at_least(Str ts, int64_t cutoff_us) {
+    int64_t us;
+    return ts.p && iso_parse(ts, &us) == 0 && us >= cutoff_us;
+}
+
+static int hub_post_system(Hub *h, Req *q, Res *r, Str channel, Str body,
+                           int64_t reply_to, Str thread, const char *meta);
+static int hub_thread_channel(Hub *h, Str thread, Buf *out);
+
+/* Release every active claim and lock of an agent whose session expired,
+ * posting a recovery notice for each (PROTOCOL §9). */
+static void hub_recover(Hub *h, Req *q, Res *r, Str agent) {
+    static const char claims_sql[] =
+        "SELECT claim_key,thread_id,task_message_id FROM claims"
+        " WHERE owner_agent_id=? AND released_at IS NULL"
+        " AND julianday(expires_at)>=julianday(?) ORDER BY claimed_at";
+    static const char locks_sql[] =
+        "SELECT file_path,metadata_json FROM locks WHERE agent_id=?"
+        " AND released_at IS NULL AND julianday(expires_at)>=julianday(?)"
+        " ORDER BY locked_at";
+    static const char rel_claim[] =
+        "UPDATE claims SET released_at=? WHERE claim_key=?";
+    static const char rel_lock[] =
+        "UPDATE locks SET released_at=? WHERE file_path=?";
+    char now[ISO_LEN];
+    hub_now(now);
+    /* Collect first: posting notices reuses statements. */
+    typedef struct { char *key, *thread; int64_t task; int has_task; } Item;
+    Item *items = NULL;
+    int n = 0;
+    sqlite3_stmt *st = store_stmt(&h->store, claims_sql);
+    if (!st) return;
+    store_bind(st, 1, agent);
+    store_bind_c(st, 2, now);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        items = xrealloc(items, (size_t)(n + 1) * sizeof *items);
+        Str k = store_col(st, 0), t = store_col(st, 1);
+        items[n].key = xstrndup(k.p ? k.p : "", k.n);
+        items[n].thread = t.p ? xstrndup(t.p, t.n) : NULL;
+        items[n].has_task = sqlite3_column_type(st, 2) != SQLITE_NULL;
+        items[n].task = sqlite3_column_int64(st, 2);
+        n++;
+    }
+    sqlite3_reset(st);
+    Buf body = { 0 }, meta = { 0 }, chan = { 0 };
+    for (int i = 0; i < n; i++) {
+        st = store_stmt(&h->store, rel_claim);
+        if (st) {
+            store_bind_c(st, 1, now);
+            store_bind_c(st, 2, items[i].key);
+            store_done(&h->store, st);
+        }
+        buf_reset(&chan);
+        if (!items[i].thread || !hub_thread_channel(h, str_c(items[i].thread), &chan))
+            buf_adds(&chan, "general");
+        buf_reset(&body);
+        buf_addf(&body, "Recovered stale claim %s from ", items[i].key);
+        buf_addstr(&body, agent);
+        buf_adds(&body, ". Work is available for pickup.");
+        buf_reset(&meta);
+        buf_adds(&meta, "{\"recovery\":true,\"stale_agent_id\":");
+        json_strs(&meta, agent);
+        buf_adds(&meta, ",\"claim_key\":");
+        json_cstr(&meta, items[i].key);
+        buf_adds(&meta, ",\"task_message_id\":");
+        if (items[i].has_task) buf_addf(&meta, "%lld", (long long)items[i].task);
+        else buf_adds(&meta, "null");
+        buf_addc(&meta, '}');
+        hub_post_system(h, q, r, buf_str(&chan), buf_str(&body),
+                        items[i].has_task ? items[i].task : -1,
+                        str_c(items[i].thread), buf_cstr(&meta));
+        free(items[i].key);
+        free(items[i].thread);
+    }
+    n = 0;
+    st = store_stmt(&h->store, locks_sql);
+    if (st) {
+        store_bind(st, 1, agent);
+        store_bind_c(st, 2, now);
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            items = xrealloc(items, (size_t)(n + 1) * sizeof *items);
+            Str k = store_col(st, 0), m = store_col(st, 1);
+            items[n].key = xstrndup(k.p ? k.p : "", k.n);
+            items[n].thread = m.p ? xstrndup(m.p, m.n) : NULL; /* metadata */
+            n++;
+        }
+        sqlite3_reset(st);
+    }
+    Json mj = { 0 };
+    for (int i = 0; i < n; i++) {
+        st = store_stmt(&h->store, rel_lock);
+        if (st) {
+            store_bind_c(st, 1, now);
+            store_bind_c(st, 2, items[i].key);
+            store_done(&h->store, st);
+        }
+        /* Channel: the lock's thread's channel, else metadata.channel, else
+         * general; thread: metadata.thread_id. */
+        Buf thread = { 0 };
+        int has_thread = 0;
+        buf_reset(&chan);
+        const char *mt = items[i].thread;
+        if (mt && json_parse(&mj, mt, strlen(mt)) == 0) {
+            uint32_t v = json_get_val(&mj, 0, "channel");
+            if (v) json_as_text(&chan, &mj, v);
+            v = json_get_val(&mj, 0, "thread_id");
+            if (v) {
+                json_as_text(&thread, &mj, v);
+                has_thread = 1;
+            }
+        }
+        if (!chan.len) buf_adds(&chan, "general");
+        if (has_thread) {
+            Buf tc = { 0 };
+            if (hub_thread_channel(h, buf_str(&thread), &tc)) {
+                buf_reset(&chan);
+                buf_addstr(&chan, buf_str(&tc));
+            }
+            buf_free(&tc);
+        }
+        buf_reset(&body);
+        buf_addf(&body, "Recovered stale lock on %s from ", items[i].key);
+        buf_addstr(&body, agent);
+        buf_adds(&body, ". The file is available for pickup.");
+        buf_reset(&meta);
+        buf_adds(&meta, "{\"recovery\":true,\"stale_agent_id\":");
+        json_strs(&meta, agent);
+        buf_adds(&meta, ",\"file_path\":");
+        json_cstr(&meta, items[i].key);
+        buf_addc(&meta, '}');
+        hub_post_system(h, q, r, buf_str(&chan), buf_str(&body), -1,
+                        has_thread ? buf_str(&thread) : (Str){ NULL, 0 },
+                        buf_cstr(&meta));
+        buf_free(&thread);
+        free(items[i].key);
+        free(items[i].thread);
+    }
+    json_free(&mj);
+    free(items);
+    buf_free(&body);
+    buf_free(&meta);
+    buf_free(&chan);
+}
+
+/* Deactivate sessions idle past the presence TTL and recover their work.
+ * Runs on the prune tick and before listing agents. Returns how many. */
+static int hub_expire_sessions(Hub *h, Req *q, Res *r) {
+    static const char find[] =
+        "SELECT session_id,agent_id,last_seen FROM sessions WHERE active=1";
+    static const char deact[] =
+        "UPDATE sessions SET active=0 WHERE session_id=?";
+    int64_t cutoff = clock_wall_us() - h->cfg.presence_ttl_s * 1000000;
+    char **ids = NULL, **agents = NULL;
+    int n = 0;
+    sqlite3_stmt *st = store_stmt(&h->store, find);
+    if (!st) return 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if (hub_ts_at_least(store_col(st, 2), cutoff)) continue;
+        ids = xrealloc(ids, (size_t)(n + 1) * sizeof *ids);
+        agents = xrealloc(agents, (size_t)(n + 1) * sizeof *agents);
+        Str a = store_col(st, 0), b = store_col(st, 1);
+        ids[n] = xstrndup(a.p ? a.p : "", a.n);
+        agents[n] = xstrndup(b.p ? b.p : "", b.n);
+        n++;
+    }
+    sqlite3_reset(st);
+    if (n && hub_tx(h, q, r) == 0) {
+        for (int i = 0; i < n; i++) {
+            st = store_stmt(&h->store, deact);
+            if (!st) break;
+            store_bind_c(st, 1, ids[i]);
+            store_done(&h->store, st);
+            log_info("session expired: agent=%s session=%s", agents[i], ids[i]);
+        }
+        for (int i = 0; i < n; i++) hub_recover(h, q, r, str_c(agents[i]));
+    }
+    for (int i = 0; i < n; i++) free(ids[i]), free(agents[i]);
+    free(ids);
+    free(agents);
+    return n;
+}
+
+/* ---- messages ---- */
+
+/* A message to store, already validated and normalised. Str fields with
+ * p == NULL are SQL NULL. */
+typedef struct {
+    Str from, to, channel, kind, body, thread;
+    Str attachments;   /* compact JSON array */
+    Str metadata;      /* compact JSON object */
+    int64_t reply_to;  /* -1: none */
+} MsgIn;
+
+/* Insert a message and remember it for this turn's wake-ups. On success the
+ * message object is appended to out (if non-NULL) and its id stored in *id.
+ * Returns 0, or -1 with r failed. */
+static int hub_insert_message(Hub *h, Req *q, Res *r, const MsgIn *m, Buf *out,
+                              int64_t *id) {
+    static const char sql[] =
+        "INSERT INTO messages(ts,from_agent,to_agent,channel,kind,body,"
+        "attachments_json,reply_to,thread_id,metadata_json)"
+        " VALUES(?,?,?,?,?,?,?,?,?,?)";
+    if (hub_tx(h, q, r)) return -1;
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) {
+        hub_db_fail(h, r);
+        return -1;
+    }
+    store_bind_c(st, 1, now);
+    store_bind(st, 2, m->from);
+    store_bind(st, 3, m->to);
+    store_bind(st, 4, m->channel);
+    store_bind(st, 5, m->kind);
+    store_bind(st, 6, m->body.p ? m->body : STR_LIT(""));
+    store_bind(st, 7, m->attachments);
+    if (m->reply_to >= 0 || m->reply_to < -1) sqlite3_bind_int64(st, 8, m->reply_to);
+    store_bind(st, 9, m->thread);
+    store_bind(st, 10, m->metadata);
+    if (store_done(&h->store, st)) {
+        hub_db_fail(h, r);
+        return -1;
+    }
+    *id = sqlite3_last_insert_rowid(h->store.db);
+    if (*id > ARC_MAX_ID) {   /* PROTOCOL §3: never mint past 2^53-1 */
+        hub_fail(r, 500, "message id space exhausted");
+        return -1;
+    }
+    Buf j = { 0 };
+    buf_addf(&j, "{\"id\":%lld,\"ts\":", (long long)*id);
+    json_cstr(&j, now);
+    buf_adds(&j, ",\"from_agent\":");
+    json_strs(&j, m->from);
+    buf_adds(&j, ",\"to_agent\":");
+    store_emit_text(&j, m->to);
+    buf_adds(&j, ",\"channel\":");
+    json_strs(&j, m->channel);
+    buf_adds(&j, ",\"kind\":");
+    json_strs(&j, m->kind);
+    buf_adds(&j, ",\"body\":");
+    json_strs(&j, m->body.p ? m->body : STR_LIT(""));
+    buf_adds(&j, ",\"attachments\":");
+    buf_addstr(&j, m->attachments);
+    buf_adds(&j, ",\"reply_to\":");
+    if (m->reply_to != -1) buf_addf(&j, "%lld", (long long)m->reply_to);
+    else buf_adds(&j, "null");
+    buf_adds(&j, ",\"thread_id\":");
+    store_emit_text(&j, m->thread);
+    buf_adds(&j, ",\"metadata\":");
+    buf_addstr(&j, m->metadata);
+    buf_addc(&j, '}');
+    if (out) buf_addstr(out, buf_str(&j));
+    if (h->n_batch == h->cap_batch) {
+        h->cap_batch = h->cap_batch ? h->cap_batch * 2 : 16;
+        h->batch = xrealloc(h->batch, (size_t)h->cap_batch * sizeof *h->batch);
+    }
+    NewMsg *nm = &h->batch[h->n_batch++];
+    nm->id = *id;
+    nm->from = xstrndup(m->from.p, m->from.n);
+    nm->to = m->to.p ? xstrndup(m->to.p, m->to.n) : NULL;
+    nm->channel = xstrndup(m->channel.p, m->channel.n);
+    nm->thread = m->thread.p ? xstrndup(m->thread.p, m->thread.n) : NULL;
+    nm->json_len = j.len;
+    nm->json = j.p ? j.p : xstrndup("", 0);   /* hand-off: the batch owns it */
+    return 0;
+}
+
+/* Post a notice from "system" (rollups, recoveries, shutdown). */
+static int hub_post_system(Hub *h, Req *q, Res *r, Str channel, Str body,
+                           int64_t reply_to, Str thread, const char *meta) {
+    MsgIn m = { .from = STR_LIT("system"), .to = { NULL, 0 },
+                .channel = channel, .kind = STR_LIT("notice"), .body = body,
+                .thread = thread, .attachments = STR_LIT("[]"),
+                .metadata = str_c(meta), .reply_to = reply_to };
+    int64_t id;
+    return hub_insert_message(h, q, r, &m, NULL, &id);
+}
+
+static int hub_channel_exists(Hub *h, Str name) {
+    sqlite3_stmt *st = store_stmt(&h->store,
+                                  "SELECT 1 FROM channels WHERE name=?");
+    if (!st) return 0;
+    store_bind(st, 1, name);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    return found;
+}
+
+static const char *const hub_kinds[] = {
+    "artifact", "chat", "claim", "notice", "release", "task", "task_request",
+    "task_result",
+};
+
+/* Normalise one attachment into out (PROTOCOL §6): only the keys its type
+ * defines are kept. Returns 0 or -1 with r failed. */
+static int hub_attachment(Hub *h, Json *j, uint32_t a, Res *r, Buf *out) {
+    if (j->t[a].type != JSON_OBJ) {
+        hub_fail(r, 400, "attachments must contain JSON objects");
+        return -1;
+    }
+    Buf type = { 0 }, tmp = { 0 };
+    int rc = -1;
+    uint32_t v = json_get_val(j, a, "type");
+    if (v) json_as_text(&type, j, v);
+    Str t = str_trim(buf_str(&type));
+    int inline_ = str_eq(t, "text") || str_eq(t, "json") || str_eq(t, "code");
+    int ref = str_eq(t, "file_ref") || str_eq(t, "diff_ref");
+    if (!inline_ && !ref) {
+        hub_fail(r, 400, "unsupported attachment type: %.*s", (int)t.n, t.p);
+        goto done;
+    }
+    buf_adds(out, "{\"type\":");
+    json_strs(out, t);
+    if (inline_) {
+        uint32_t c = json_get(j, a, "content");
+        if (!c) {
+            hub_fail(r, 400, "attachment type %.*s requires content", (int)t.n, t.p);
+            goto done;
+        }
+        if ((int64_t)json_pylen(j, c) > h->cfg.max_attachment_chars) {
+            hub_fail(r, 400, "attachment type %.*s exceeds max size", (int)t.n, t.p);
+            goto done;
+        }
+        buf_adds(out, ",\"content\":");
+        json_write(out, j, c);
+        if (str_eq(t, "code") && (v = json_get_val(j, a, "language"))) {
+            json_as_text(&tmp, j, v);
+            buf_adds(out, ",\"language\":");
+            json_strs(out, buf_str(&tmp));
+        }
+    } else {
+        v = json_get_val(j, a, "path");
+        if (v) json_as_text(&tmp, j, v);
+        Str p = str_trim(buf_str(&tmp));
+        if (!v || !p.n) {
+            hub_fail(r, 400, "attachment type %.*s requires path", (int)t.n, t.p);
+            goto done;
+        }
+        buf_adds(out, ",\"path\":");
+        json_strs(out, p);
+        static const char *const opt[] = { "description", "base", "head" };
+        for (int i = 0; i < 3; i++)
+            if ((v = json_get_val(j, a, opt[i]))) {
+                buf_addf(out, ",\"%s\":", opt[i]);
+                json_write(out, j, v);
+            }
+        static const char *const lines[] = { "start_line", "end_line" };
+        for (int i = 0; i < 2; i++)
+            if ((v = json_get_val(j, a, lines[i]))) {
+                int64_t n;
+                if (json_to_i64(j, v, &n)) {
+                    hub_fail(r, 400, "%s must be an integer", lines[i]);
+                    goto done;
+                }
+                buf_addf(out, ",\"%s\":%lld", lines[i], (long long)n);
+            }
+    }
+    buf_addc(out, '}');
+    rc = 0;
+done:
+    buf_free(&type);
+    buf_free(&tmp);
+    return rc;
+}
+
+/* Is message `id` an open task_request? */
+static int hub_open_request(Hub *h, int64_t id) {
+    static const char sql[] =
+        "SELECT 1 FROM messages m JOIN tasks t ON t.task_id=m.id"
+        " WHERE m.id=? AND m.kind='task_request' AND t.status='open'";
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return 0;
+    sqlite3_bind_int64(st, 1, id);
+    int yes = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    return yes;
+}
+
+static int hub_task_exists(Hub *h, int64_t id) {
+    sqlite3_stmt *st = store_stmt(&h->store, "SELECT 1 FROM tasks WHERE task_id=?");
+    if (!st) return 0;
+    sqlite3_bind_int64(st, 1, id);
+    int yes = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    return yes;
+}
+
+static int hub_complete_task_row(Hub *h, int64_t id) {
+    static const char sql[] =
+        "UPDATE tasks SET status='done',completed_at=?"
+        " WHERE task_id=? AND status!='done'";
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return -1;
+    store_bind_c(st, 1, now);
+    sqlite3_bind_int64(st, 2, id);
+    return store_done(&h->store, st);
+}
+
+/* POST /v1/messages (PROTOCOL §7.4). Validation order follows the
+ * reference so the first error reported is the same. */
+static void hub_post_message(Hub *h, Req *q, Res *r) {
+    Buf from = { 0 }, to = { 0 }, chan = { 0 }, kind = { 0 }, body = { 0 },
+        thread = { 0 }, atts = { 0 }, meta = { 0 }, out = { 0 };
+    Json *j = &q->body;
+    int64_t parent = -1, reply = -1, id;
+    int rc, has_to, has_thread;
+    uint32_t v;
+    if ((rc = hub_int(q, r, "parent_task_id", &parent)) < 0) goto done;
+    if (rc && !hub_task_exists(h, parent)) {
+        hub_fail(r, 400, "parent_task_id references unknown task");
+        goto done;
+    }
+    if (!rc) parent = -1;
+    if (hub_str(q, r, "from_agent", 0, &from) <= 0 || from.len == 0) {
+        hub_fail(r, 400, "from_agent is required");
+        goto done;
+    }
+    has_to = hub_str(q, r, "to_agent", 0, &to) > 0 && to.len > 0;
+    v = json_get(j, 0, "channel");
+    if (v && json_truthy(j, v)) {
+        json_as_text(&chan, j, v);
+        Str c = str_trim(buf_str(&chan));
+        if (!c.n) {
+            hub_fail(r, 400, "channel must be non-empty");
+            goto done;
+        }
+        memmove(chan.p, c.p, c.n);
+        chan.len = c.n;
+    } else {
+        buf_adds(&chan, has_to ? "direct" : "general");
+    }
+    v = json_get(j, 0, "kind");
+    if (v) json_as_text(&kind, j, v);
+    else buf_adds(&kind, "chat");
+    {
+        Str k = str_trim(buf_str(&kind));
+        Buf low = { 0 };
+        for (size_t i = 0; i < k.n; i++)
+            buf_addc(&low, (char)tolower((unsigned char)k.p[i]));
+        buf_free(&kind);
+        kind = low;
+    }
+    rc = 0;
+    for (size_t i = 0; i < sizeof hub_kinds / sizeof *hub_kinds; i++)
+        if (str_eq(buf_str(&kind), hub_kinds[i])) rc = 1;
+    if (!rc) {
+        hub_fail(r, 400, "unsupported kind: %s", buf_cstr(&kind));
+        goto done;
+    }
+    v = json_get_val(j, 0, "body");
+    if (v) json_as_text(&body, j, v);
+    v = json_get(j, 0, "attachments");
+    buf_addc(&atts, '[');
+    int n_atts = 0;
+    if (v && json_truthy(j, v)) {
+        if (j->t[v].type != JSON_ARR) {
+            hub_fail(r, 400, "attachments must be a list");
+            goto done;
+        }
+        if ((int64_t)j->t[v].n > h->cfg.max_attachments) {
+            hub_fail(r, 400, "too many attachments");
+            goto done;
+        }
+        uint32_t a = v + 1;
+        for (uint32_t i = 0; i < j->t[v].n; i++, n_atts++) {
+            if (i) buf_addc(&atts, ',');
+            if (hub_attachment(h, j, a, r, &atts)) goto done;
+            a = j->t[a].next;
+        }
+    }
+    buf_addc(&atts, ']');
+    if (body.len == 0 && n_atts == 0) {
+        hub_fail(r, 400, "body or attachments is required");
+        goto done;
+    }
+    if ((int64_t)utf8_chars(body.p, body.len) > h->cfg.max_body_chars) {
+        hub_fail(r, 400, "body exceeds max size");
+        goto done;
+    }
+    if ((rc = hub_int(q, r, "reply_to", &reply)) < 0) goto done;
+    if (!rc) reply = -1;
+    v = json_get_val(j, 0, "thread_id");
+    has_thread = v != 0;
+    if (v) json_as_text(&thread, j, v);
+    v = json_get(j, 0, "metadata");
+    int complete = str_eq(buf_str(&kind), "task_result") && reply != -1 &&
+                   hub_open_request(h, reply);
+    if (v && json_truthy(j, v)) {
+        if (j->t[v].type != JSON_OBJ) {
+            hub_fail(r, 400, "metadata must be a JSON object");
+            goto done;
+        }
+        json_write_skip(&meta, j, v, complete ? "task_completed" : NULL);
+    } else {
+        buf_adds(&meta, "{}");
+    }
+    if (complete) {   /* PROTOCOL §7.2: stored with the message, atomically */
+        meta.len--;
+        buf_addf(&meta, "%s\"task_completed\":%lld}", meta.len > 1 ? "," : "",
+                 (long long)reply);
+    }
+    if (!has_to && !hub_channel_exists(h, buf_str(&chan))) {
+        hub_fail(r, 400, "channel does not exist: %s", buf_cstr(&chan));
+        goto done;
+    }
+    MsgIn m = {
+        .from = buf_str(&from), .to = has_to ? buf_str(&to) : (Str){ NULL, 0 },
+        .channel = buf_str(&chan), .kind = buf_str(&kind), .body = buf_str(&body),
+        .thread = has_thread ? buf_str(&thread) : (Str){ NULL, 0 },
+        .attachments = buf_str(&atts), .metadata = buf_str(&meta),
+        .reply_to = reply,
+    };
+    if (hub_insert_message(h, q, r, &m, &out, &id)) goto done;
+    if (str_eq(m.kind, "task") || str_eq(m.kind, "task_request")) {
+        static const char sql[] =
+            "INSERT OR IGNORE INTO tasks VALUES(?,?,?,?,'open',?,NULL)";
+        char now[ISO_LEN];
+        hub_now(now);
+        sqlite3_stmt *st = store_stmt(&h->store, sql);
+        if (!st) goto db;
+        sqlite3_bind_int64(st, 1, id);
+        if (parent >= 0 || parent < -1) sqlite3_bind_int64(st, 2, parent);
+        store_bind(st, 3, m.channel);
+        store_bind(st, 4, m.thread);
+        store_bind_c(st, 5, now);
+        if (store_done(&h->store, st)) goto db;
+    } else if (complete && hub_complete_task_row(h, reply)) {
+        goto db;
+    }
+    hub_touch(h, q, r, m.from);
+    hub_ok(r, 201);
+    buf_addstr(&r->body, buf_str(&out));
+    hub_ok_end(r);
+    goto done;
+db:
+    hub_db_fail(h, r);
+done:
+    buf_free(&from), buf_free(&to), buf_free(&chan), buf_free(&kind);
+    buf_free(&body), buf_free(&thread), buf_free(&atts), buf_free(&meta);
+    buf_free(&out);
+}
+
+/* ---- threads ---- */
+
+/* A thread's summary (PROTOCOL §5.7), gathered with a few aggregate
+ * queries instead of loading every row. */
+typedef struct {
+    int64_t n_msgs, latest_id, latest_artifact, n_tasks, n_open, root_task;
+    int64_t n_claims, active_claims, n_locks, active_locks;
+    Buf latest_ts, channel;
+    int has_channel;
+} ThreadInfo;
+
+/* Locks belong to a thread through metadata.thread_id (a string). */
+#define LOCK_IN_THREAD \
+    "json_valid(metadata_json) AND json_type(metadata_json,'$.thread_id')=" \
+    "'text' AND json_extract(metadata_json,'$.thread_id')=?1"
+#define ACTIVE_AT_2 "released_at IS NULL AND julianday(expires_at)>=julianday(?2)"
+
+static int64_t hub_col_i64(sqlite3_stmt *st, int i) {
+    return sqlite3_column_type(st, i) == SQLITE_NULL ? -1
+                                                     : sqlite3_column_int64(st, i);
+}
+
+/* Fill ti for thread `tid`. Returns 1 if the thread exists (has messages,
+ * tasks, claims or locks), 0 if not, -1 on a database error. */
+static int hub_thread_info(Hub *h, Str tid, ThreadInfo *ti) {
+    static const char q_msgs[] =
+        "SELECT count(*),max(id),max(CASE WHEN kind='artifact' THEN id END),"
+        " (SELECT ts FROM messages WHERE thread_id=?1 ORDER BY id DESC LIMIT 1),"
+        " (SELECT channel FROM messages WHERE thread_id=?1 ORDER BY id LIMIT 1)"
+        " FROM messages WHERE thread_id=?1";
+    static const char q_tasks[] =
+        "SELECT count(*),sum(status='open'),"
+        " (SELECT min(task_id) FROM tasks WHERE thread_id=?1 AND"
+        "  parent_task_id IS NULL),"
+        " (SELECT channel FROM tasks WHERE thread_id=?1 AND"
+        "  parent_task_id IS NULL ORDER BY task_id LIMIT 1),"
+        " (SELECT channel FROM tasks WHERE thread_id=?1 ORDER BY task_id LIMIT 1)"
+        " FROM tasks WHERE thread_id=?1";
+    static const char q_claims[] =
+        "SELECT count(*),coalesce(sum(" ACTIVE_AT_2 "),0)"
+        " FROM claims WHERE thread_id=?1";
+    static const char q_locks[] =
+        "SELECT count(*),coalesce(sum(" ACTIVE_AT_2 "),0)"
+        " FROM locks WHERE " LOCK_IN_THREAD;
+    char now[ISO_LEN];
+    hub_now(now);
+    memset(ti, 0, sizeof *ti);
+    Str msg_chan = { NULL, 0 }, root_chan = { NULL, 0 }, task_chan = { NULL, 0 };
+    Buf mc = { 0 }, rc_ = { 0 }, tc = { 0 };
+    int ok = -1;
+    sqlite3_stmt *st = store_stmt(&h->store, q_msgs);
+    if (!st) goto done;
+    store_bind(st, 1, tid);
+    if (sqlite3_step(st) != SQLITE_ROW) goto done_reset;
+    ti->n_msgs = sqlite3_column_int64(st, 0);
+    ti->latest_id = hub_col_i64(st, 1);
+    ti->latest_artifact = hub_col_i64(st, 2);
+    if (store_col(st, 3).p) buf_addstr(&ti->latest_ts, store_col(st, 3));
+    if ((msg_chan = store_col(st, 4)).p) buf_addstr(&mc, msg_chan), msg_chan = buf_str(&mc);
+    sqlite3_reset(st);
+    st = store_stmt(&h->store, q_tasks);
+    if (!st) goto done;
+    store_bind(st, 1, tid);
+    if (sqlite3_step(st) != SQLITE_ROW) goto done_reset;
+    ti->n_tasks = sqlite3_column_int64(st, 0);
+    ti->n_open = sqlite3_column_int64(st, 1);
+    ti->root_task = hub_col_i64(st, 2);
+    if ((root_chan = store_col(st, 3)).p) buf_addstr(&rc_, root_chan), root_chan = buf_str(&rc_);
+    if ((task_chan = store_col(st, 4)).p) buf_addstr(&tc, task_chan), task_chan = buf_str(&tc);
+    sqlite3_reset(st);
+    static const char *const counts[] = { q_claims, q_locks };
+    for (int i = 0; i < 2; i++) {
+        st = store_stmt(&h->store, counts[i]);
+        if (!st) goto done;
+        store_bind(st, 1, tid);
+        store_bind_c(st, 2, now);
+        if (sqlite3_step(st) != SQLITE_ROW) goto done_reset;
+        int64_t total = sqlite3_column_int64(st, 0), act = sqlite3_column_int64(st, 1);
+        if (i == 0) ti->n_claims = total, ti->active_claims = act;
+        else ti->n_locks = total, ti->active_locks = act;
+        sqlite3_reset(st);
+    }
+    Str chan = root_chan.p ? root_chan : msg_chan.p ? msg_chan : task_chan;
+    if (chan.p) {
+        buf_addstr(&ti->channel, chan);
+        ti->has_channel = 1;
+    }
+    ok = ti->n_msgs || ti->n_tasks || ti->n_claims || ti->n_locks;
+    goto done;
+done_reset:
+    sqlite3_reset(st);
+done:
+    buf_free(&mc), buf_free(&rc_), buf_free(&tc);
+    return ok;
+}
+
+static void hub_thread_info_free(ThreadInfo *ti) {
+    buf_free(&ti->latest_ts);
+    buf_free(&ti->channel);
+}
+
+static void hub_emit_opt_id(Buf *b, int64_t v) {
+    if (v < 0) buf_adds(b, "null");
+    else buf_addf(b, "%lld", (long long)v);
+}
+
+static void hub_emit_thread(Buf *b, Str tid, const ThreadInfo *ti) {
+    const char *status = ti->n_tasks > 0 && ti->n_open == 0 ? "completed"
+                         : ti->active_claims || ti->active_locks ? "open"
+                                                                 : "waiting";
+    buf_adds(b, "{\"thread_id\":");
+    json_strs(b, tid);
+    buf_adds(b, ",\"channel\":");
+    if (ti->has_channel) json_strs(b, buf_str(&ti->channel));
+    else buf_adds(b, "null");
+    buf_adds(b, ",\"root_task_id\":");
+    hub_emit_opt_id(b, ti->root_task);
+    buf_adds(b, ",\"latest_message_id\":");
+    hub_emit_opt_id(b, ti->n_msgs ? ti->latest_id : -1);
+    buf_adds(b, ",\"latest_message_ts\":");
+    if (ti->n_msgs) json_strs(b, buf_str(&ti->latest_ts));
+    else buf_adds(b, "null");
+    buf_adds(b, ",\"latest_artifact_id\":");
+    hub_emit_opt_id(b, ti->latest_artifact);
+    buf_addf(b, ",\"message_count\":%lld,\"total_task_count\":%lld,"
+             "\"open_task_count\":%lld,\"active_claim_count\":%lld,"
+             "\"active_lock_count\":%lld,\"status\":\"%s\"}",
+             (long long)ti->n_msgs, (long long)ti->n_tasks,
+             (long long)ti->n_open, (long long)ti->active_claims,
+             (long long)ti->active_locks, status);
+}
+
+/* The thread's derived channel into out; returns 1 if it has one. */
+static int hub_thread_channel(Hub *h, Str thread, Buf *out) {
+    ThreadInfo ti;
+    int ok = hub_thread_info(h, thread, &ti) > 0 && ti.has_channel;
+    if (ok) buf_addstr(out, buf_str(&ti.channel));
+    hub_thread_info_free(&ti);
+    return ok;
+}
+
+typedef struct {
+    int64_t latest;   /* sort key: latest message id, -1 if none */
+    char *tid;        /* owned */
+    Buf json;
+} ThreadRow;
+
+static int hub_thread_row_cmp(const void *a, const void *b) {
+    const ThreadRow *x = a, *y = b;
+    if (x->latest != y->latest) return x->latest < y->latest ? 1 : -1;
+    return -strcmp(x->tid, y->tid);   /* both keys descending */
+}
+
+/* GET /v1/threads */
+static void hub_list_threads(Hub *h, Req *q, Res *r) {
+    static const char sql[] =
+        "SELECT thread_id FROM messages WHERE thread_id IS NOT NULL UNION"
+        " SELECT thread_id FROM tasks WHERE thread_id IS NOT NULL UNION"
+        " SELECT thread_id FROM claims WHERE thread_id IS NOT NULL";
+    (void)q;
+    ThreadRow *rows = NULL;
+    int n = 0;
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) { hub_db_fail(h, r); return; }
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        rows = xrealloc(rows, (size_t)(n + 1) * sizeof *rows);
+        Str t = store_col(st, 0);
+        rows[n++] = (ThreadRow){ .tid = xstrndup(t.p, t.n) };
+    }
+    sqlite3_reset(st);
+    for (int i = 0; i < n; i++) {
+        ThreadInfo ti;
+        if (hub_thread_info(h, str_c(rows[i].tid), &ti) > 0)
+            hub_emit_thread(&rows[i].json, str_c(rows[i].tid), &ti);
+        rows[i].latest = ti.n_msgs ? ti.latest_id : -1;
+        hub_thread_info_free(&ti);
+    }
+    qsort(rows, (size_t)n, sizeof *rows, hub_thread_row_cmp);
+    hub_ok(r, 200);
+    buf_addc(&r->body, '[');
+    int first = 1;
+    for (int i = 0; i < n; i++) {
+        if (rows[i].json.len) {
+            if (!first) buf_addc(&r->body, ',');
+            first = 0;
+            buf_addstr(&r->body, buf_str(&rows[i].json));
+        }
+        buf_free(&rows[i].json);
+        free(rows[i].tid);
+    }
+    free(rows);
+    buf_addc(&r->body, ']');
+    hub_ok_end(r);
+}
+
+/* GET /v1/threads/{thread_id} */
+static void hub_get_thread(Hub *h, Req *q, Res *r) {
+    static const char q_msgs[] =
+        "SELECT " M_COLS " FROM messages WHERE thread_id=? ORDER BY id";
+    static const char q_tasks[] =
+        "SELECT " T_COLS " FROM tasks WHERE thread_id=? ORDER BY task_id";
+    static const char q_claims[] =
+        "SELECT " C_COLS " FROM claims WHERE thread_id=? ORDER BY claimed_at";
+    static const char q_locks[] =
+        "SELECT " L_COLS " FROM locks WHERE " LOCK_IN_THREAD
+        " ORDER BY locked_at";
+    Str tid = buf_str(&q->arg);
+    ThreadInfo ti;
+    int ok = hub_thread_info(h, tid, &ti);
+    if (ok <= 0) {
+        hub_thread_info_free(&ti);
+        if (ok < 0) { hub_db_fail(h, r); return; }
+        { hub_fail(r, 404, "thread not found"); return; }
+    }
+    hub_ok(r, 200);
+    buf_adds(&r->body, "{\"thread\":");
+    hub_emit_thread(&r->body, tid, &ti);
+    hub_thread_info_free(&ti);
+    static const char *const names[] = { "messages", "tasks", "claims", "locks" };
+    static const char *const sqls[] = { q_msgs, q_tasks, q_claims, q_locks };
+    static const StoreEmit emits[] = { store_emit_message, store_emit_task,
+                                       store_emit_claim, store_emit_lock };
+    for (int i = 0; i < 4; i++) {
+        sqlite3_stmt *st = store_stmt(&h->store, sqls[i]);
+        if (!st) { hub_db_fail(h, r); return; }
+        store_bind(st, 1, tid);
+        buf_addf(&r->body, ",\"%s\":", names[i]);
+        if (store_emit_rows(&h->store, &r->body, st, emits[i]) < 0)
+            { hub_db_fail(h, r); return; }
+    }
+    buf_addc(&r->body, '}');
+    hub_ok_end(r);
+}
+
+/* ---- sessions, agents, channels ---- */
+
+static const char hub_active_session_sql[] =
+    "SELECT " S_COLS " FROM sessions WHERE agent_id=? AND active=1"
+    " ORDER BY created_at DESC LIMIT 1";
+
+/* POST /v1/sessions (PROTOCOL §7.1) */
+static void hub_create_session(Hub *h, Req *q, Res *r) {
+    Buf agent = { 0 }, name = { 0 }, caps = { 0 }, meta = { 0 }, tmp = { 0 };
+    Json *j = &q->body;
+    if (hub_str(q, r, "agent_id", 1, &agent) < 0) goto done;
+    if (hub_str(q, r, "display_name", 0, &name) < 0) goto done;
+    uint32_t v = json_get_val(j, 0, "capabilities");
+    buf_addc(&caps, '[');
+    if (v) {
+        if (j->t[v].type != JSON_ARR) {
+            hub_fail(r, 400, "capabilities must be a list");
+            goto done;
+        }
+        uint32_t c = v + 1;
+        for (uint32_t i = 0; i < j->t[v].n; i++, c = j->t[c].next) {
+            if (i) buf_addc(&caps, ',');
+            buf_reset(&tmp);
+            json_as_text(&tmp, j, c);
+            json_strs(&caps, buf_str(&tmp));
+        }
+    }
+    buf_addc(&caps, ']');
+    long mo = hub_obj(q, r, "metadata");
+    if (mo < 0) goto done;
+    if (mo) json_write(&meta, j, (uint32_t)mo);
+    else buf_adds(&meta, "{}");
+    v = json_get_val(j, 0, "replace");
+    int replace = v && json_truthy(j, v);
+    if (hub_tx(h, q, r)) goto done;
+    sqlite3_stmt *st = store_stmt(&h->store, hub_active_session_sql);
+    if (!st) goto db;
+    store_bind(st, 1, buf_str(&agent));
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        int64_t cutoff = clock_wall_us() - h->cfg.presence_ttl_s * 1000000;
+        int fresh = hub_ts_at_least(store_col(st, 6), cutoff);
+        buf_reset(&tmp);
+        buf_addstr(&tmp, store_col(st, 0));
+        sqlite3_reset(st);
+        if (fresh && !replace) {
+            hub_fail(r, 409, "agent_id already has an active session");
+            goto done;
+        }
+        st = store_stmt(&h->store, "UPDATE sessions SET active=0 WHERE session_id=?");
+        if (!st) goto db;
+        store_bind(st, 1, buf_str(&tmp));
+        if (store_done(&h->store, st)) goto db;
+    } else {
+        sqlite3_reset(st);
+    }
+    char sid[37], now[ISO_LEN];
+    uuid4(sid);
+    hub_now(now);
+    Str dn = name.len ? buf_str(&name) : buf_str(&agent);
+    st = store_stmt(&h->store, "INSERT INTO sessions VALUES(?,?,?,?,?,?,?,1)");
+    if (!st) goto db;
+    store_bind_c(st, 1, sid);
+    store_bind(st, 2, buf_str(&agent));
+    store_bind(st, 3, dn);
+    store_bind(st, 4, buf_str(&caps));
+    store_bind(st, 5, buf_str(&meta));
+    store_bind_c(st, 6, now);
+    store_bind_c(st, 7, now);
+    if (store_done(&h->store, st)) goto db;
+    hub_ok(r, 201);
+    Buf *b = &r->body;
+    buf_adds(b, "{\"session_id\":");
+    json_cstr(b, sid);
+    buf_adds(b, ",\"agent_id\":");
+    json_strs(b, buf_str(&agent));
+    buf_adds(b, ",\"display_name\":");
+    json_strs(b, dn);
+    buf_adds(b, ",\"capabilities\":");
+    buf_addstr(b, buf_str(&caps));
+    buf_adds(b, ",\"metadata\":");
+    buf_addstr(b, buf_str(&meta));
+    buf_adds(b, ",\"created_at\":");
+    json_cstr(b, now);
+    buf_adds(b, ",\"last_seen\":");
+    json_cstr(b, now);
+    buf_adds(b, ",\"active\":true}");
+    hub_ok_end(r);
+    goto done;
+db:
+    hub_db_fail(h, r);
+done:
+    buf_free(&agent), buf_free(&name), buf_free(&caps), buf_free(&meta);
+    buf_free(&tmp);
+}
+
+/* POST /v1/sessions/{agent_id}/rename */
+static void hub_rename_session(Hub *h, Req *q, Res *r) {
+    Buf name = { 0 };
+    if (hub_str(q, r, "display_name", 1, &name) < 0) goto done;
+    if (utf8_chars(name.p, name.len) > 64) {
+        hub_fail(r, 400, "display_name must be 64 characters or fewer");
+        goto done;
+    }
+    if (hub_tx(h, q, r)) goto done;
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store,
+        "UPDATE sessions SET display_name=?, last_seen=?"
+        " WHERE agent_id=? AND active=1");
+    if (!st) goto db;
+    store_bind(st, 1, buf_str(&name));
+    store_bind_c(st, 2, now);
+    store_bind(st, 3, buf_str(&q->arg));
+    if (store_done(&h->store, st)) goto db;
+    if (sqlite3_changes(h->store.db) == 0) {
+        hub_fail(r, 404, "no active session for agent_id");
+        goto done;
+    }
+    st = store_stmt(&h->store, hub_active_session_sql);
+    if (!st) goto db;
+    store_bind(st, 1, buf_str(&q->arg));
+    hub_ok(r, 200);
+    if (store_emit_one(&h->store, &r->body, st, store_emit_session) < 0) goto db;
+    hub_ok_end(r);
+    goto done;
+db:
+    hub_db_fail(h, r);
+done:
+    buf_free(&name);
+}
+
+/* DELETE /v1/sessions/{session_id} */
+static void hub_delete_session(Hub *h, Req *q, Res *r) {
+    if (hub_tx(h, q, r)) return;
+    sqlite3_stmt *st = store_stmt(&h->store,
+        "UPDATE sessions SET active=0 WHERE session_id=? AND active=1");
+    if (!st) { hub_db_fail(h, r); return; }
+    store_bind(st, 1, buf_str(&q->arg));
+    if (store_done(&h->store, st)) { hub_db_fail(h, r); return; }
+    if (sqlite3_changes(h->store.db) == 0) {
+        hub_fail(r, 404, "session not found");
+        return;
+    }
+    hub_ok(r, 200);
+    buf_adds(&r->body, "{\"session_id\":");
+    json_strs(&r->body, buf_str(&q->arg));
+    buf_adds(&r->body, ",\"deleted\":true}");
+    hub_ok_end(r);
+}
+
+static const char hub_live_sql[] =
+    "SELECT " S_COLS " FROM sessions WHERE active=1 ORDER BY agent_id";
+static const char hub_live_cap_sql[] =
+    "SELECT " S_COLS " FROM sessions WHERE active=1 AND json_valid"
+    "(capabilities_json) AND EXISTS(SELECT 1 FROM json_each(capabilities_json)"
+    " WHERE type='text' AND value=?) ORDER BY agent_id";
+
+/* GET /v1/agents (PROTOCOL §7.1) */
+static void hub_list_agents(Hub *h, Req *q, Res *r) {
+    int err = 0;
+    char *cap = hub_qdup(q, r, "capability", &err);
+    char *as = err ? NULL : hub_qdup(q, r, "as", &err);
+    if (err) goto done;
+    if (as) hub_touch(h, q, r, str_c(as));
+    hub_expire_sessions(h, q, r);
+    sqlite3_stmt *st = store_stmt(&h->store, cap ? hub_live_cap_sql : hub_live_sql);
+    if (!st) { hub_db_fail(h, r); goto done; }
+    if (cap) store_bind_c(st, 1, cap);
+    hub_ok(r, 200);
+    if (store_emit_rows(&h->store, &r->body, st, store_emit_session) < 0)
+        hub_db_fail(h, r);
+    else
+        hub_ok_end(r);
+done:
+    free(cap);
+    free(as);
+}
+
+/* GET /v1/bootstrap (PROTOCOL §7.4) */
+static void hub_bootstrap(Hub *h, Req *q, Res *r) {
+    static const char latest[] =
+        "SELECT coalesce(max(id),0) FROM messages"
+        " WHERE to_agent IS NULL OR to_agent=?";
+    int rc = hub_qp(q, r, "agent_id");
+    if (rc < 0) return;
+    if (rc == 0) { hub_fail(r, 400, "agent_id query parameter is required"); return; }
+    char *agent = xstrndup(q->tmp.p, q->tmp.len);
+    hub_expire_sessions(h, q, r);
+    hub_ok(r, 200);
+    Buf *b = &r->body;
+    buf_adds(b, "{\"agent_id\":");
+    json_cstr(b, agent);
+    buf_adds(b, ",\"session\":");
+    sqlite3_stmt *st = store_stmt(&h->store, hub_active_session_sql);
+    if (!st) goto db;
+    store_bind_c(st, 1, agent);
+    if (store_emit_one(&h->store, b, st, store_emit_session) < 0) goto db;
+    st = store_stmt(&h->store, latest);
+    if (!st) goto db;
+    store_bind_c(st, 1, agent);
+    if (sqlite3_step(st) != SQLITE_ROW) { sqlite3_reset(st); goto db; }
+    buf_addf(b, ",\"latest_visible_id\":%lld,\"live_agents\":",
+             (long long)sqlite3_column_int64(st, 0));
+    sqlite3_reset(st);
+    st = store_stmt(&h->store, hub_live_sql);
+    if (!st || store_emit_rows(&h->store, b, st, store_emit_session) < 0) goto db;
+    buf_adds(b, ",\"default_channel\":\"general\"}");
+    hub_ok_end(r);
+    free(agent);
+    return;
+db:
+    free(agent);
+    hub_db_fail(h, r);
+}
+
+/* GET /v1/channels */
+static void hub_list_channels(Hub *h, Req *q, Res *r) {
+    (void)q;
+    sqlite3_stmt *st = store_stmt(&h->store,
+        "SELECT " CH_COLS " FROM channels ORDER BY name");
+    hub_ok(r, 200);
+    if (!st || store_emit_rows(&h->store, &r->body, st, store_emit_channel) < 0)
+        hub_db_fail(h, r);
+    else
+        hub_ok_end(r);
+}
+
+/* POST /v1/channels: 201 when created, 200 when it already existed. */
+static void hub_create_channel(Hub *h, Req *q, Res *r) {
+    Buf name = { 0 }, by = { 0 }, meta = { 0 };
+    if (hub_str(q, r, "name", 1, &name) < 0) goto done;
+    int has_by = hub_str(q, r, "created_by", 0, &by) > 0;
+    long mo = hub_obj(q, r, "metadata");
+    if (mo < 0) goto done;
+    if (mo) json_write(&meta, &q->body, (uint32_t)mo);
+    else buf_adds(&meta, "{}");
+    int created = 0;
+    if (!hub_channel_exists(h, buf_str(&name))) {
+        if (hub_tx(h, q, r)) goto done;
+        char now[ISO_LEN];
+        hub_now(now);
+        sqlite3_stmt *st = store_stmt(&h->store,
+            "INSERT OR IGNORE INTO channels VALUES(?,?,?,?)");
+        if (!st) goto db;
+        store_bind(st, 1, buf_str(&name));
+        store_bind_c(st, 2, now);
+        store_bind(st, 3, has_by ? buf_str(&by) : (Str){ NULL, 0 });
+        store_bind(st, 4, buf_str(&meta));
+        if (store_done(&h->store, st)) goto db;
+        created = sqlite3_changes(h->store.db) > 0;
+    }
+    sqlite3_stmt *st = store_stmt(&h->store,
+        "SELECT " CH_COLS " FROM channels WHERE name=?");
+    if (!st) goto db;
+    store_bind(st, 1, buf_str(&name));
+    hub_ok(r, created ? 201 : 200);
+    if (store_emit_one(&h->store, &r->body, st, store_emit_channel) < 0) goto db;
+    hub_ok_end(r);
+    goto done;
+db:
+    hub_db_fail(h, r);
+done:
+    buf_free(&name), buf_free(&by), buf_free(&meta);
+}
+
+/* ---- reading messages; the filters parked requests wait on ---- */
+
+/* Channel and thread reads (GET /v1/messages) and the visible stream of one
+ * agent (GET /v1/events, /v1/stream). Parameters: ?1 channel, ?2 thread,
+ * ?3 since_id, ?4 limit, ?5 agent, ?6 exclude_self. Separate statements
+ * per shape keep each on its index. */
+static const char q_ch[] = "SELECT " M_COLS " FROM messages WHERE channel=?1"
+    " AND to_agent IS NULL AND id>?3 ORDER BY id LIMIT ?4";
+static const char q_th[] = "SELECT " M_COLS " FROM messages WHERE thread_id=?2"
+    " AND to_agent IS NULL AND id>?3 ORDER BY id LIMIT ?4";
+static const char q_thch[] = "SELECT " M_COLS " FROM messages WHERE"
+    " thread_id=?2 AND channel=?1 AND to_agent IS NULL AND id>?3"
+    " ORDER BY id LIMIT ?4";
+static const char q_ch_tail[] = "SELECT * FROM (SELECT " M_COLS
+    " FROM messages WHERE channel=?1 AND to_agent IS NULL"
+    " ORDER BY id DESC LIMIT ?4) ORDER BY id";
+static const char q_th_tail[] = "SELECT * FROM (SELECT " M_COLS
+    " FROM messages WHERE thread_id=?2 AND to_agent IS NULL"
+    " ORDER BY id DESC LIMIT ?4) ORDER BY id";
+static const char q_thch_tail[] = "SELECT * FROM (SELECT " M_COLS
+    " FROM messages WHERE thread_id=?2 AND channel=?1 AND to_agent IS NULL"
+    " ORDER BY id DESC LIMIT ?4) ORDER BY id";
+static const char q_events[] = "SELECT " M_COLS " FROM messages WHERE id>?3"
+    " AND (to_agent IS NULL OR to_agent=?5)"
+    " AND (?1 IS NULL OR channel=?1) AND (?2 IS NULL OR thread_id=?2)"
+    " AND (?6=0 OR from_agent!=?5) ORDER BY id LIMIT ?4";
+
+/* Does a newly committed message match what w waits for? */
+static int hub_wait_match(const Wait *w, const NewMsg *m) {
+    if (m->id <= w->since_id) return 0;
+    if (w->channel && strcmp(m->channel, w->channel) != 0) return 0;
+    if (w->thread && (!m->thread || strcmp(m->thread, w->thread) != 0)) return 0;
+    if (w->kind == WAIT_MESSAGES) return m->to == NULL;
+    if (m->to && strcmp(m->to, w->agent) != 0) return 0;
+    if (w->exclude_self && strcmp(m->from, w->agent) == 0) return 0;
+    if (w->n_channels) {
+        for (int i = 0; i < w->n_channels; i++)
+            if (strcmp(m->channel, w->channels[i]) == 0) return 1;
+        return 0;
+    }
+    return 1;
+}
+
+/* Run w's query and append the matching rows as a JSON array to b; with
+ * tail, the newest `limit` rows. Returns the row count, -1 on error. For a
+ * stream with several channels the filter is applied here, after SQL. */
+static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
+    const char *sql;
+    if (w->kind == WAIT_MESSAGES) {
+        if (w->thread)
+            sql = w->channel ? (tail ? q_thch_tail : q_thch) : (tail ? q_th_tail : q_th);
+        else
+            sql = tail ? q_ch_tail : q_ch;
+    } else {
+        sql = q_events;
+    }
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return -1;
+    /* Unused parameter numbers simply fail to bind (SQLITE_RANGE). */
+    store_bind_c(st, 1, w->channel);
+    store_bind_c(st, 2, w->thread);
+    sqlite3_bind_int64(st, 3, w->since_id);
+    sqlite3_bind_int(st, 4, w->limit);
+    if (w->kind != WAIT_MESSAGES) {
+        store_bind_c(st, 5, w->agent);
+        sqlite3_bind_int(st, 6, w->exclude_self);
+    }
+    if (!w->n_channels) return store_emit_rows(&h->store, b, st, store_emit_message);
+    int n = 0, rc;
+    buf_addc(b, '[');
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        Str ch = store_col(st, 4);
+        int keep = 0;
+        for (int i = 0; i < w->n_channels && !keep; i++)
+            keep = str_eq(ch, w->channels[i]);
+        if (!keep) continue;
+        if (n++) buf_addc(b, ',');
+        store_emit_message(&h->store, b, st);
+    }
+    buf_addc(b, ']');
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? n : -1;
+}
+
+/* Answer a read with rows now, or park it when it asked to wait and there
+ * is nothing yet (PROTOCOL §8). The Wait moves into r on parking. */
+static void hub_answer_or_park(Hub *h, Res *r, Wait *w, int tail, int64_t wait_ms) {
+    hub_ok(r, 200);
+    int n = hub_wait_query(h, w, tail, &r->body);
+    if (n < 0) {
+        hub_db_fail(h, r);
+        wait_free(w);
+        return;
+    }
+    hub_ok_end(r);
+    if (n == 0 && wait_ms > 0) {
+        r->park = 1;
+        r->wait_ms = wait_ms;
+        r->wait = *w;                        /* hand-off: r owns it now */
+        memset(w, 0, sizeof *w);
+        return;
+    }
+    wait_free(w);
+}
+
+/* GET /v1/messages (PROTOCOL §7.5) */
+static void hub_get_messages(Hub *h, Req *q, Res *r) {
+    Wait w = { .kind = WAIT_MESSAGES };
+    int err = 0;
+    int64_t wait_ms;
+    w.channel = hub_qdup(q, r, "channel", &err);
+    if (!err) w.thread = hub_qdup(q, r, "thread_id", &err);
+    if (err) goto fail;
+    if (!w.channel && !w.thread) {
+        hub_fail(r, 400, "channel or thread_id query parameter is required");
+        goto fail;
+    }
+    if (w.channel && !hub_channel_exists(h, str_c(w.channel))) {
+        hub_fail(r, 404, "channel not found");
+        goto fail;
+    }
+    if (hub_since_limit(q, r, &w.since_id, &w.limit) || hub_timeout(q, r, &wait_ms))
+        goto fail;
+    int tail = hub_qbool(q, "tail") && w.since_id <= 0;
+    hub_answer_or_park(h, r, &w, tail, wait_ms);
+    return;
+fail:
+    wait_free(&w);
+}
+
+/* GET /v1/events (PROTOCOL §7.6): what one agent can see. */
+static void hub_get_events(Hub *h, Req *q, Res *r) {
+    Wait w = { .kind = WAIT_EVENTS };
+    int err = 0;
+    int64_t wait_ms;
+    w.agent = hub_qdup(q, r, "agent_id", &err);
+    if (!err && !w.agent) {
+        hub_fail(r, 400, "agent_id query parameter is required");
+        err = 1;
+    }
+    if (!err) w.channel = hub_qdup(q, r, "channel", &err);
+    if (!err) w.thread = hub_qdup(q, r, "thread_id", &err);
+    if (err) goto fail;
+    if (w.channel && !hub_channel_exists(h, str_c(w.channel))) {
+        hub_fail(r, 404, "channel not found");
+        goto fail;
+    }
+    w.exclude_self = hub_qbool(q, "exclude_self");
+    if (hub_since_limit(q, r, &w.since_id, &w.limit) || hub_timeout(q, r, &wait_ms))
+        goto fail;
+    hub_touch(h, q, r, str_c(w.agent));  /* PROTOCOL §9: waiting is presence */
+    hub_answer_or_park(h, r, &w, 0, wait_ms);
+    return;
+fail:
+    wait_free(&w);
+}
+
+/* GET /v1/inbox/{agent_id}: direct messages only. */
+static void hub_get_inbox(Hub *h, Req *q, Res *r) {
+    static const char sql[] = "SELECT " M_COLS " FROM messages"
+        " WHERE to_agent=?1 AND id>?2 ORDER BY id LIMIT ?3";
+    static const char sql_tail[] = "SELECT * FROM (SELECT " M_COLS
+        " FROM messages WHERE to_agent=?1 ORDER BY id DESC LIMIT ?3)"
+        " ORDER BY id";
+    int64_t since;
+    int limit;
+    if (hub_since_limit(q, r, &since, &limit)) return;
+    int tail = hub_qbool(q, "tail") && since <= 0;
+    sqlite3_stmt *st = store_stmt(&h->store, tail ? sql_tail : sql);
+    if (!st) { hub_db_fail(h, r); return; }
+    store_bind(st, 1, buf_str(&q->arg));
+    sqlite3_bind_int64(st, 2, since);
+    sqlite3_bind_int(st, 3, limit);
+    hub_ok(r, 200);
+    if (store_emit_rows(&h->store, &r->body, st, store_emit_message) < 0)
+        hub_db_fail(h, r);
+    else
+        hub_ok_end(r);
+}
+
+/* GET /v1/stream (PROTOCOL §8.2): validate, then hand the filter to the
+ * loop, which writes the head, the backlog and every later match. */
+static void hub_stream(Hub *h, Req *q, Res *r) {
+    Wait w = { .kind = WAIT_STREAM, .limit = 256 };
+    int err = 0;
+    (void)h;
+    w.agent = hub_qdup(q, r, "agent_id", &err);
+    if (!err && !w.agent) {
+        hub_fail(r, 400, "agent_id query parameter is required");
+        err = 1;
+    }
+    char *chans = err ? NULL : hub_qdup(q, r, "channels", &err);
+    if (err) goto fail;
+    if (hub_qint(q, r, "since_id", 0, &w.since_id)) goto fail;
+    if (w.since_id < 0) {
+        hub_fail(r, 400, "since_id must be >= 0");
+        goto fail;
+    }
+    int64_t last;
+    if (q->last_event_id.n && parse_int_text(q->last_event_id, &last) == 0 &&
+        last > w.since_id)
+        w.since_id = last;
+    w.exclude_self = hub_qbool(q, "exclude_self");
+    for (char *c = chans; c && *c;) {
+        char *comma = strchr(c, ',');
+        size_t n = comma ? (size_t)(comma - c) : strlen(c);
+        Str t = str_trim((Str){ c, n });
+        if (t.n) {
+            w.channels = xrealloc(w.channels, (size_t)(w.n_channels + 1) * sizeof *w.channels);
+            w.channels[w.n_channels++] = xstrndup(t.p, t.n);
+        }
+        c = comma ? comma + 1 : c + n;
+    }
+    if (w.n_channels == 1) {   /* one channel: let SQL filter */
+        w.channel = w.channels[0];
+        free(w.channels);
+        w.channels = NULL;
+        w.n_channels = 0;
+    }
+    free(chans);
+    r->status = 200;
+    r->stream = 1;
+    r->wait = w;
+    return;
+fail:
+    free(chans);
+    wait_free(&w);
+}
+
+/* ---- claims and locks: TTL leases (PROTOCOL §7.16-§7.23) ---- */
+
+/* Claims and locks are the same lease keyed differently; this table holds
+ * what differs, so acquire/refresh/release are written once. */
+typedef struct {
+    const char *noun;          /* "claim" / "lock", for error messages */
+    const char *state_sql;     /* owner, released_at, expires_at by key */
+    const char *row_sql;       /* the full row by key */
+    const char *extend_sql;    /* ?1 expires_at, ?2 key */
+    const char *release_sql;   /* ?1 released_at, ?2 key */
+    const char *insert_sql;    /* ?1 key ?2 owner ?3 now ?4 expires ?5 meta
+                                  ?6 thread ?7 task (claims only) */
+    const char *reown_sql;     /* same parameters, for a dead lease */
+    StoreEmit emit;
+} LeaseKind;
+
+static const LeaseKind lease_claim = {
+    "claim",
+    "SELECT owner_agent_id,released_at,expires_at FROM claims WHERE claim_key=?",
+    "SELECT " C_COLS " FROM claims WHERE claim_key=?",
+    "UPDATE claims SET expires_at=?1 WHERE claim_key=?2",
+    "UPDATE claims SET released_at=?1 WHERE claim_key=?2",
+    "INSERT INTO claims VALUES(?1,?6,?7,?2,?3,?4,NULL,?5)",
+    "UPDATE claims SET thread_id=?6,task_message_id=?7,owner_agent_id=?2,"
+    "claimed_at=?3,expires_at=?4,released_at=NULL,metadata_json=?5"
+    " WHERE claim_key=?1",
+    store_emit_claim,
+};
+
+static const LeaseKind lease_lock = {
+    "lock",
+    "SELECT agent_id,released_at,expires_at FROM locks WHERE file_path=?",
+    "SELECT " L_COLS " FROM locks WHERE file_path=?",
+    "UPDATE locks SET expires_at=?1 WHERE file_path=?2",
+    "UPDATE locks SET released_at=?1 WHERE file_path=?2",
+    "INSERT INTO locks VALUES(?1,?2,?3,?4,NULL,?5)",
+    "UPDATE locks SET agent_id=?2,locked_at=?3,expires_at=?4,released_at=NULL,"
+    "metadata_json=?5 WHERE file_path=?1",
+    store_emit_lock,
+};
+
+/* Look up a lease: returns 1 (exists; *owned = held by `owner`, *alive =
+ * not released and not expired), 0 (no row), -1 (database error). */
+static int hub_lease_state(Hub *h, const LeaseKind *lk, Str key, Str owner,
+                           int *owned, int *alive) {
+    sqlite3_stmt *st = store_stmt(&h->store, lk->state_sql);
+    if (!st) return -1;
+    store_bind(st, 1, key);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        Str o = store_col(st, 0);
+        *owned = o.p && o.n == owner.n && memcmp(o.p, owner.p, o.n) == 0;
+        *alive = !store_col(st, 1).p &&
+                 hub_ts_at_least(store_col(st, 2), clock_wall_us());
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* Emit {"ok":true,"acquired":X,"result":row} (acquired < 0: no flag). */
+static void hub_lease_reply(Hub *h, Res *r, const LeaseKind *lk, Str key,
+                            int status, int acquired) {
+    sqlite3_stmt *st = store_stmt(&h->store, lk->row_sql);
+    if (!st) { hub_db_fail(h, r); return; }
+    store_bind(st, 1, key);
+    r->status = status;
+    buf_reset(&r->body);
+    buf_adds(&r->body, "{\"ok\":true,");
+    if (acquired >= 0)
+        buf_adds(&r->body, acquired ? "\"acquired\":true," : "\"acquired\":false,");
+    buf_adds(&r->body, "\"result\":");
+    if (store_emit_one(&h->store, &r->body, st, lk->emit) < 0) hub_db_fail(h, r);
+    else hub_ok_end(r);
+}
+
+static int hub_lease_set(Hub *h, const LeaseKind *lk, const char *sql, Str key,
+                         const char *when) {
+    sqlite3_stmt *st = store_stmt(&h->store, sql ? sql : lk->extend_sql);
+    if (!st) return -1;
+    store_bind_c(st, 1, when);
+    store_bind(st, 2, key);
+    return store_done(&h->store, st);
+}
+
+/* Acquire (or re-acquire) a lease. thread/task are claims only. */
+static void hub_lease_acquire(Hub *h, Req *q, Res *r, const LeaseKind *lk,
+                              Str key, Str owner, int64_t ttl, Str meta,
+                              Str thread, int64_t task, int has_task) {
+    int owned = 0, alive = 0;
+    if (hub_tx(h, q, r)) return;
+    int ex = hub_lease_state(h, lk, key, owner, &owned, &alive);
+    if (ex < 0) { hub_db_fail(h, r); return; }
+    char now[ISO_LEN], exp[ISO_LEN];
+    int64_t now_us = clock_wall_us();
+    iso_format(now_us, now);
+    iso_format(now_us + ttl * 1000000, exp);
+    if (ex && alive && !owned) {
+        hub_lease_reply(h, r, lk, key, 200, 0);
+        hub_touch(h, q, r, owner);
+        return;
+    }
+    if (ex && alive) {
+        if (hub_lease_set(h, lk, NULL, key, exp)) { hub_db_fail(h, r); return; }
+    } else {
+        sqlite3_stmt *st = store_stmt(&h->store, ex ? lk->reown_sql : lk->insert_sql);
+        if (!st) { hub_db_fail(h, r); return; }
+        store_bind(st, 1, key);
+        store_bind(st, 2, owner);
+        store_bind_c(st, 3, now);
+        store_bind_c(st, 4, exp);
+        store_bind(st, 5, meta);
+        store_bind(st, 6, thread);
+        if (has_task) sqlite3_bind_int64(st, 7, task);
+        else sqlite3_bind_null(st, 7);
+        if (store_done(&h->store, st)) { hub_db_fail(h, r); return; }
+    }
+    hub_lease_reply(h, r, lk, key, 201, 1);
+    hub_touch(h, q, r, owner);
+}
+
+/* Refresh (release == 0) or release a live lease held by owner. */
+static void hub_lease_update(Hub *h, Req *q, Res *r, const LeaseKind *lk,
+                             Str key, Str owner, int64_t ttl, int release,
+                             const char *owner_field) {
+    int owned = 0, alive = 0;
+    int ex = hub_lease_state(h, lk, key, owner, &owned, &alive);
+    if (ex < 0) { hub_db_fail(h, r); return; }
+    if (!ex || !owned || !alive) {
+        hub_fail(r, 404, "%s not found or not owned by %s", lk->noun, owner_field);
+        return;
+    }
+    char when[ISO_LEN];
+    int64_t now_us = clock_wall_us();
+    iso_format(release ? now_us : now_us + ttl * 1000000, when);
+    if (hub_tx(h, q, r)) return;
+    if (hub_lease_set(h, lk, release ? lk->release_sql : NULL, key, when)) {
+        hub_db_fail(h, r);
+        return;
+    }
+    hub_lease_reply(h, r, lk, key, 200, release ? -1 : 1);
+    hub_touch(h, q, r, owner);
+}
+
+/* POST /v1/claims */
+static void hub_claim(Hub *h, Req *q, Res *r) {
+    Buf owner = { 0 }, key = { 0 }, thread = { 0 }, meta = { 0 };
+    int64_t task = 0, ttl;
+    int has_task;
+    if (hub_str(q, r, "owner_agent_id", 1, &owner) < 0) goto done;
+    if (hub_str(q, r, "claim_key", 0, &key) < 0) goto done;
+    if ((has_task = hub_int(q, r, "task_message_id", &task)) < 0) goto done;
+    int has_thread = hub_str(q, r, "thread_id", 0, &thread) > 0 && thread.len;
+    if (hub_ttl(q, r, &ttl)) goto done;
+    long mo = hub_obj(q, r, "metadata");
+    if (mo < 0) goto done;
+    if (mo) json_write(&meta, &q->body, (uint32_t)mo);
+    else buf_adds(&meta, "{}");
+    if (!key.len) {
+        if (!has_task) {
+            hub_fail(r, 400, "claim_key or task_message_id is required");
+            goto done;
+        }
+        buf_addf(&key, "task-%lld", (long long)task);
+    }
+    hub_lease_acquire(h, q, r, &lease_claim, buf_str(&key), buf_str(&owner), ttl,
+                      buf_str(&meta), has_thread ? buf_str(&thread) : (Str){ NULL, 0 },
+                      task, has_task);
+done:
+    buf_free(&owner), buf_free(&key), buf_free(&thread), buf_free(&meta);
+}
+
+/* POST /v1/locks */
+static void hub_lock(Hub *h, Req *q, Res *r) {
+    Buf agent = { 0 }, path = { 0 }, meta = { 0 };
+    int64_t ttl;
+    if (hub_str(q, r, "agent_id", 1, &agent) < 0) goto done;
+    if (hub_str(q, r, "file_path", 1, &path) < 0) goto done;
+    if (hub_ttl(q, r, &ttl)) goto done;
+    long mo = hub_obj(q, r, "metadata");
+    if (mo < 0) goto done;
+    if (mo) json_write(&meta, &q->body, (uint32_t)mo);
+    else buf_adds(&meta, "{}");
+    hub_lease_acquire(h, q, r, &lease_lock, buf_str(&path), buf_str(&agent), ttl,
+                      buf_str(&meta), (Str){ NULL, 0 }, 0, 0);
+done:
+    buf_free(&agent), buf_free(&path), buf_free(&meta);
+}
+
+/* The four refresh/release endpoints differ only in field names. */
+static void hub_lease_op(Hub *h, Req *q, Res *r, const LeaseKind *lk,
+                         const char *key_f, const char *owner_f, int release) {
+    Buf key = { 0 }, owner = { 0 };
+    int64_t ttl = 300;
+    if (hub_str(q, r, key_f, 1, &key) < 0) goto done;
+    if (hub_str(q, r, owner_f, 1, &owner) < 0) goto done;
+    if (!release && hub_ttl(q, r, &ttl)) goto done;
+    hub_lease_update(h, q, r, lk, buf_str(&key), buf_str(&owner), ttl, release,
+                     owner_f);
+done:
+    buf_free(&key), buf_free(&owner);
+}
+
+static void hub_claim_refresh(Hub *h, Req *q, Res *r) {
+    hub_lease_op(h, q, r, &lease_claim, "claim_key", "owner_agent_id", 0);
+}
+static void hub_claim_release(Hub *h, Req *q, Res *r) {
+    hub_lease_op(h, q, r, &lease_claim, "claim_key", "agent_id", 1);
+}
+static void hub_lock_refresh(Hub *h, Req *q, Res *r) {
+    hub_lease_op(h, q, r, &lease_lock, "file_path", "agent_id", 0);
+}
+static void hub_lock_release(Hub *h, Req *q, Res *r) {
+    hub_lease_op(h, q, r, &lease_lock, "file_path", "agent_id", 1);
+}
+
+/* GET /v1/claims and GET /v1/locks: one optional filter plus active_only. */
+static void hub_lease_list(Hub *h, Req *q, Res *r, const char *param,
+                           const char *sql, const char *sql_active, StoreEmit emit) {
+    int err = 0;
+    char *filter = hub_qdup(q, r, param, &err);
+    if (err) return;
+    int active = hub_qbool(q, "active_only");
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store, active ? sql_active : sql);
+    if (!st) { free(filter); hub_db_fail(h, r); return; }
+    store_bind_c(st, 1, filter);
+    if (active) store_bind_c(st, 2, now);
+    hub_ok(r, 200);
+    if (store_emit_rows(&h->store, &r->body, st, emit) < 0) hub_db_fail(h, r);
+    else hub_ok_end(r);
+    free(filter);
+}
+
+static void hub_list_claims(Hub *h, Req *q, Res *r) {
+    hub_lease_list(h, q, r, "thread_id",
+        "SELECT " C_COLS " FROM claims WHERE (?1 IS NULL OR thread_id=?1)"
+        " ORDER BY claimed_at",
+        "SELECT " C_COLS " FROM claims WHERE (?1 IS NULL OR thread_id=?1) AND "
+        ACTIVE_AT_2 " ORDER BY claimed_at",
+        store_emit_claim);
+}
+
+static void hub_list_locks(Hub *h, Req *q, Res *r) {
+    hub_lease_list(h, q, r, "agent_id",
+        "SELECT " L_COLS " FROM locks WHERE (?1 IS NULL OR agent_id=?1)"
+        " ORDER BY locked_at",
+        "SELECT " L_COLS " FROM locks WHERE (?1 IS NULL OR agent_id=?1) AND "
+        ACTIVE_AT_2 " ORDER BY locked_at",
+        store_emit_lock);
+}
+
+/* ---- tasks ---- */
+
+/* GET /v1/tasks */
+static void hub_list_tasks(Hub *h, Req *q, Res *r) {
+    static const char sql[] = "SELECT " T_COLS " FROM tasks WHERE"
+        " (?1 IS NULL OR parent_task_id=?1) AND (?2 IS NULL OR status=?2) AND"
+        " (?3 IS NULL OR channel=?3) AND (?4 IS NULL OR thread_id=?4)"
+        " ORDER BY task_id";
+    int err = 0;
+    int64_t parent;
+    int has_parent = hub_qp(q, r, "parent_id");
+    if (has_parent < 0) return;
+    if (has_parent && parse_int_text(buf_str(&q->tmp), &parent)) {
+        hub_fail(r, 400, "parent_id must be an integer");
+        return;
+    }
+    char *status = hub_qdup(q, r, "status", &err);
+    char *chan = err ? NULL : hub_qdup(q, r, "channel", &err);
+    char *thread = err ? NULL : hub_qdup(q, r, "thread_id", &err);
+    if (err) goto done;
+    if (status && strcmp(status, "open") && strcmp(status, "done")) {
+        hub_fail(r, 400, "status must be 'open' or 'done'");
+        goto done;
+    }
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) { hub_db_fail(h, r); goto done; }
+    if (has_parent) sqlite3_bind_int64(st, 1, parent);
+    store_bind_c(st, 2, status);
+    store_bind_c(st, 3, chan);
+    store_bind_c(st, 4, thread);
+    hub_ok(r, 200);
+    if (store_emit_rows(&h->store, &r->body, st, store_emit_task) < 0)
+        hub_db_fail(h, r);
+    else
+        hub_ok_end(r);
+done:
+    free(status), free(chan), free(thread);
+}
+
+/* POST /v1/tasks/{id}/complete (PROTOCOL §7.25): completing the last open
+ * child completes its parent (one level) and posts a notice. */
+static void hub_complete_task(Hub *h, Req *q, Res *r) {
+    static const char get[] = "SELECT " T_COLS " FROM tasks WHERE task_id=?";
+    static const char siblings[] =
+        "SELECT count(*),sum(status='done') FROM tasks WHERE parent_task_id=?";
+    int64_t id, parent = -1;
+    if (parse_int_text(buf_str(&q->arg), &id)) {
+        hub_fail(r, 404, "task not found");
+        return;
+    }
+    if (!hub_task_exists(h, id)) {
+        hub_fail(r, 404, "task not found");
+        return;
+    }
+    if (hub_tx(h, q, r) || hub_complete_task_row(h, id)) {
+        hub_db_fail(h, r);
+        return;
+    }
+    sqlite3_stmt *st = store_stmt(&h->store, get);
+    if (!st) { hub_db_fail(h, r); return; }
+    sqlite3_bind_int64(st, 1, id);
+    Buf task = { 0 };
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        store_emit_task(&h->store, &task, st);
+        parent = hub_col_i64(st, 1);
+    }
+    sqlite3_reset(st);
+    int rolled = 0;
+    if (parent >= 0 && (st = store_stmt(&h->store, siblings))) {
+        sqlite3_bind_int64(st, 1, parent);
+        int64_t n = 0, done = 0;
+        if (sqlite3_step(st) == SQLITE_ROW)
+            n = sqlite3_column_int64(st, 0), done = sqlite3_column_int64(st, 1);
+        sqlite3_reset(st);
+        Buf chan = { 0 }, thread = { 0 };
+        int has_thread = 0, open = 0;
+        if (n > 0 && n == done && (st = store_stmt(&h->store, get))) {
+            sqlite3_bind_int64(st, 1, parent);
+            if (sqlite3_step(st) == SQLITE_ROW) {
+                open = str_eq(store_col(st, 4), "open");
+                buf_addstr(&chan, store_col(st, 2));
+                has_thread = store_col(st, 3).p != NULL;
+                buf_addstr(&thread, store_col(st, 3));
+            }
+            sqlite3_reset(st);
+        }
+        if (open) {
+            char body[128], meta[128];
+            snprintf(body, sizeof body,
+                     "All %lld subtasks of task %lld are complete.",
+                     (long long)n, (long long)parent);
+            snprintf(meta, sizeof meta,
+                     "{\"auto_rollup\":true,\"parent_task_id\":%lld}",
+                     (long long)parent);
+            if (hub_complete_task_row(h, parent) ||
+                hub_post_system(h, q, r, buf_str(&chan), str_c(body), parent,
+                                has_thread ? buf_str(&thread) : (Str){ NULL, 0 },
+                                meta)) {
+                buf_free(&chan), buf_free(&thread), buf_free(&task);
+                hub_db_fail(h, r);
+                return;
+            }
+            rolled = 1;
+        }
+        buf_free(&chan), buf_free(&thread);
+    }
+    hub_ok(r, 200);
+    buf_addstr(&r->body, buf_str(&task));
+    if (rolled) buf_adds(&r->body, ",\"parent_completed\":true");
+    hub_ok_end(r);
+    buf_free(&task);
+}
+
+/* ---- admin surface and hub info ---- */
+
+static void hub_emit_shutdown(Hub *h, Buf *b) {
+    int64_t left = (h->shutdown_at_ms - clock_ms()) / 1000;
+    buf_addf(b, "{\"remaining_sec\":%lld,\"delay_sec\":%lld}",
+             (long long)(left < 0 ? 0 : left), (long long)h->shutdown_delay_s);
+}
+
+static void hub_shutdown_status(Hub *h, Req *q, Res *r) {
+    (void)q;
+    hub_ok(r, 200);
+    if (h->shutdown_at_ms) hub_emit_shutdown(h, &r->body);
+    else buf_adds(&r->body, "null");
+    hub_ok_end(r);
+}
+
+static void hub_notice_general(Hub *h, Req *q, Res *r, const char *body,
+                               const char *meta) {
+    hub_post_system(h, q, r, STR_LIT("general"), str_c(body), -1,
+                    (Str){ NULL, 0 }, meta);
+}
+
+/* POST /v1/shutdown: arm the timer (delay 0 = at the end of this turn). */
+static void hub_shutdown(Hub *h, Req *q, Res *r) {
+    int64_t delay = 60;
+    int rc = hub_int(q, r, "delay_sec", &delay);
+    if (rc < 0) return;
+    if (rc && delay < 0) { hub_fail(r, 400, "delay_sec must be >= 0"); return; }
+    if (rc && delay > 3600) { hub_fail(r, 400, "delay_sec must be <= 3600"); return; }
+    if (h->shutdown_at_ms || h->shutdown_now) {
+        hub_fail(r, 400, "shutdown already pending");
+        return;
+    }
+    char body[128], meta[96];
+    if (delay == 0) {
+        hub_notice_general(h, q, r, "Hub is shutting down now.",
+                           "{\"shutdown\":true,\"delay_sec\":0}");
+        h->shutdown_now = 1;
+        log_info("shutdown initiated (immediate)");
+        hub_ok(r, 200);
+        buf_adds(&r->body, "{\"status\":\"shutdown_initiated\"}");
+        hub_ok_end(r);
+        return;
+    }
+    snprintf(body, sizeof body,
+             "Hub shutdown initiated. Shutting down in %lld seconds.",
+             (long long)delay);
+    snprintf(meta, sizeof meta, "{\"shutdown\":true,\"delay_sec\":%lld}",
+             (long long)delay);
+    hub_notice_general(h, q, r, body, meta);
+    h->shutdown_at_ms = clock_ms() + delay * 1000;
+    h->shutdown_delay_s = delay;
+    log_info("shutdown initiated (delay=%llds)", (long long)delay);
+    hub_ok(r, 200);
+    buf_adds(&r->body, "{\"status\":\"shutdown_initiated\",");
+    Buf s = { 0 };
+    hub_emit_shutdown(h, &s);
+    buf_add(&r->body, s.p + 1, s.len - 1);   /* merge the two objects */
+    buf_free(&s);
+    hub_ok_end(r);
+}
+
+static void hub_shutdown_cancel(Hub *h, Req *q, Res *r) {
+    if (!h->shutdown_at_ms) { hub_fail(r, 400, "no shutdown pending"); return; }
+    h->shutdown_at_ms = 0;
+    h->shutdown_delay_s = 0;
+    hub_notice_general(h, q, r, "Hub shutdown cancelled.",
+                       "{\"shutdown_cancelled\":true}");
+    log_info("shutdown cancelled");
+    hub_ok(r, 200);
+    buf_adds(&r->body, "{\"status\":\"shutdown_cancelled\"}");
+    hub_ok_end(r);
+}
+
+static int hub_is_loopback(const char *host) {
+    return !strcmp(host, "127.0.0.1") || !strcmp(host, "localhost") ||
+           !strcmp(host, "::1");
+}
+
+/* POST /v1/network: the socket is bound once, so turning remote access on
+ * for a loopback-bound hub would be a lie; refuse it (PROTOCOL §7.30). */
+static void hub_network(Hub *h, Req *q, Res *r) {
+    uint32_t v = q->has_body ? json_get(&q->body, 0, "allow_remote") : 0;
+    if (v) {
+        int want = json_truthy(&q->body, v);
+        if (want && hub_is_loopback(h->cfg.host)) {
+            hub_fail(r, 400, "cannot enable remote access at runtime: hub is "
+                     "bound to %s and the listening socket cannot be rebound. "
+                     "Restart the hub with `--host 0.0.0.0 --allow-remote` to "
+                     "expose it on the LAN.", h->cfg.host);
+            return;
+        }
+        h->cfg.allow_remote = want;
+    }
+    hub_ok(r, 200);
+    buf_addf(&r->body, "{\"allow_remote\":%s,\"listen_host\":",
+             h->cfg.allow_remote ? "true" : "false");
+    json_cstr(&r->body, h->cfg.host);
+    buf_addc(&r->body, '}');
+    hub_ok_end(r);
+}
+
+/* The v1 feature tokens arc implements (PROTOCOL §7.9). */
+static const char hub_features[] =
+    "[\"sse\",\"long_poll_keepalive\",\"subtask_rollup\",\"rpc_kinds\","
+    "\"capability_filter\",\"shutdown_control\",\"session_rename\"]";
+
+static void hub_info(Hub *h, Req *q, Res *r) {
+    (void)q;
+    Store *s = &h->store;
+    hub_ok(r, 200);
+    Buf *b = &r->body;
+    buf_adds(b, "{\"instance_id\":");
+    json_cstr(b, s->instance_id);
+    buf_adds(b, ",\"protocol_version\":\"1\",\"implementation\":\"arc\","
+                "\"implementation_version\":\"" ARC_VERSION "\","
+                "\"default_channel\":\"general\",");
+    buf_addf(b, "\"max_body_chars\":%lld,\"max_attachment_chars\":%lld,"
+             "\"max_attachments\":%lld,\"features\":%s,\"message_kinds\":[",
+             (long long)h->cfg.max_body_chars,
+             (long long)h->cfg.max_attachment_chars,
+             (long long)h->cfg.max_attachments, hub_features);
+    for (size_t i = 0; i < sizeof hub_kinds / sizeof *hub_kinds; i++)
+        buf_addf(b, "%s\"%s\"", i ? "," : "", hub_kinds[i]);
+    buf_adds(b, "],\"storage_path\":");
+    json_cstr(b, s->path);
+    buf_adds(b, ",\"journal_mode\":");
+    json_cstr(b, s->journal_mode);
+    buf_addf(b, ",\"wal_mode\":%s,\"allow_remote\":%s}",
+             strcmp(s->journal_mode, "wal") ? "false" : "true",
+             h->cfg.allow_remote ? "true" : "false");
+    hub_ok_end(r);
+}
+
+/* ---- the dashboard (data only; served by GET /) ---- */
+
+/* A placeholder page until the live dashboard lands; it already uses only
+ * the public API. */
+static const char dash_html[] =
+    "<!doctype html>\n"
+    "<html lang='en'><head><meta charset='utf-8'><title>arc</title>\n"
+    "<meta name='viewport' content='width=device-width,initial-scale=1'>\n"
+    "</head><body><h1>arc</h1><p>The hub is running. API: <code>/v1/</code>"
+    " (see docs/PROTOCOL.md).</p></body></html>\n";
+
+static void hub_root(Hub *h, Req *q, Res *r) {
+    (void)h, (void)q;
+    r->status = 200;
+    r->ctype = "text/html; charset=utf-8";
+    r->extra = "Content-Security-Policy: default-src 'self'; "
+               "style-src 'self' 'unsafe-inline'; script-src 'self' "
+               "'unsafe-inline'\r\nX-Content-Type-Options: nosniff\r\n";
+    buf_reset(&r->body);
+    buf_add(&r->body, dash_html, sizeof dash_html - 1);
+}
+
+/* ---- routing ---- */
+
+typedef void (*HubHandler)(Hub *, Req *, Res *);
+
+/* Patterns match whole path segments: '*' is one non-empty segment and
+ * '#' one all-digit segment, captured (percent-decoded) into Req.arg. */
+typedef struct {
+    const char *method;
+    const char *pattern;
+    HubHandler fn;
+} Route;
+
+static const Route hub_routes[] = {
+    { "GET", "/", hub_root },
+    { "GET", "/v1/hub-info", hub_info },
+    { "GET", "/v1/agents", hub_list_agents },
+    { "GET", "/v1/channels", hub_list_channels },
+    { "POST", "/v1/channels", hub_create_channel },
+    { "POST", "/v1/sessions", hub_create_session },
+    { "POST", "/v1/sessions/*/rename", hub_rename_session },
+    { "DELETE", "/v1/sessions/*", hub_delete_session },
+    { "GET", "/v1/bootstrap", hub_bootstrap },
+    { "POST", "/v1/messages", hub_post_message },
+    { "GET", "/v1/messages", hub_get_messages },
+    { "GET", "/v1/events", hub_get_events },
+    { "GET", "/v1/stream", hub_stream },
+    { "GET", "/v1/inbox/*", hub_get_inbox },
+    { "GET", "/v1/threads", hub_list_threads },
+    { "GET", "/v1/threads/*", hub_get_thread },
+    { "POST", "/v1/claims", hub_claim },
+    { "POST", "/v1/claims/refresh", hub_claim_refresh },
+    { "POST", "/v1/claims/release", hub_claim_release },
+    { "GET", "/v1/claims", hub_list_claims },
+    { "POST", "/v1/locks", hub_lock },
+    { "POST", "/v1/locks/refresh", hub_lock_refresh },
+    { "POST", "/v1/locks/release", hub_lock_release },
+    { "GET", "/v1/locks", hub_list_locks },
+    { "GET", "/v1/tasks", hub_list_tasks },
+    { "POST", "/v1/tasks/#/complete", hub_complete_task },
+    { "GET", "/v1/shutdown", hub_shutdown_status },
+    { "POST", "/v1/shutdown", hub_shutdown },
+    { "POST", "/v1/shutdown/cancel", hub_shutdown_cancel },
+    { "POST", "/v1/network", hub_network },
+};
+
+/* Match path against pattern; on a wildcard, decode the segment into arg.
+ * Returns 1 on a match, 0 otherwise. */
+static int hub_route_match(const char *pat, Str path, Buf *arg) {
+    size_t i = 0;
+    for (const char *p = pat; *p; p++) {
+        if (*p == '*' || *p == '#') {
+            size_t start = i;
+            while (i < path.n && path.p[i] != '/') i++;
+            if (i == start) return 0;
+            Str seg = { path.p + start, i - start };
+            if (*p == '#')
+                for (size_t k = 0; k < seg.n; k++)
+                    if (!isdigit((unsigned char)seg.p[k])) return 0;
+            buf_reset(arg);
+            if (http_unquote(seg, 0, arg)) return 0;
+            continue;
+        }
+        if (i >= path.n || path.p[i] != *p) return 0;
+        i++;
+    }
+    return i == path.n;
+}
+
+/* Handle one request: route it, parse a POST body, run the handler, and
+ * settle its savepoint. Shared by every transport (HTTP, and later the file
+ * relay), so they behave identically. Req fields are filled by the caller;
+ * r must be zeroed. */
+static void hub_handle(Hub *h, Req *q, Str path, Str body, Res *r) {
+    const Route *rt = NULL;
+    int known = str_eq(q->method, "GET") || str_eq(q->method, "POST") ||
+                str_eq(q->method, "DELETE");
+    if (!known) {
+        hub_fail(r, 501, "method not supported: %.*s", (int)q->method.n,
+                 q->method.p);
+        return;
+    }
+    for (size_t i = 0; i < sizeof hub_routes / sizeof *hub_routes && !rt; i++)
+        if (str_eq(q->method, hub_routes[i].method) &&
+            hub_route_match(hub_routes[i].pattern, path, &q->arg))
+            rt = &hub_routes[i];
+    if (!rt) {
+        hub_fail(r, 404, "not found");
+        return;
+    }
+    if (str_eq(q->method, "POST")) {
+        if (!utf8_valid(body.p, body.n)) {
+            hub_fail(r, 400, "request body must be valid UTF-8");
+            return;
+        }
+        Str b = body.n ? body : STR_LIT("{}");
+        if (json_parse(&q->body, b.p, b.n)) {
+            hub_fail(r, 400, "malformed JSON: %s", q->body.err);
+            return;
+        }
+        if (q->body.t[0].type != JSON_OBJ) {
+            hub_fail(r, 400, "request body must be a JSON object");
+            return;
+        }
+        q->has_body = 1;
+    }
+    rt->fn(h, q, r);
+    hub_tx_end(h, q, r->status < 400);
+}
+
+static void req_free(Req *q) {
+    buf_free(&q->arg);
+    buf_free(&q->tmp);
+    json_free(&q->body);
+}
+
+static void res_free(Res *r) {
+    buf_free(&r->body);
+    wait_free(&r->wait);
+}
+
+/* ==== loop: poll(), connections, timers, parking, fan-out ================ */
+
+/* One thread runs everything. Each turn: poll; read what arrived; parse and
+ * handle complete requests (their writes join one batch transaction);
+ * fire timers; COMMIT the batch; wake the parked requests and streams that
+ * the committed messages match, from memory; then write. Writing after the
+ * commit is what makes an acknowledged write durable, and one commit per
+ * turn is what makes durability cheap under load (group commit). */
+
+typedef enum {
+    CONN_READ,     /* serving requests (and writing their responses) */
+    CONN_PARKED,   /* long-poll: waiting for a message or its deadline */
+    CONN_STREAM,   /* SSE: writes whenever a matching message commits */
+    CONN_DEAD      /* freed by loop_reap(), never earlier */
+} ConnState;
+
+struct Conn {
+    Conn *next;
+    int fd;
+    int pidx;                /* slot in Hub.pfd this turn, or -1 */
+    ConnState state;
+    Buf in, out;             /* in: unconsumed input; out: out_off sent */
+    size_t out_off;
+    int64_t deadline_ms;     /* next timer for this conn; 0 = none */
+    int heap_idx;            /* position in Hub.heap, -1 if absent */
+    int64_t active_ms;       /* last read/write progress */
+    int64_t req_ms;          /* first byte of an incomplete request, or 0 */
+    int64_t park_until_ms;   /* PARKED: when to answer [] */
+    Wait wait;               /* PARKED/STREAM filter */
+    size_t held_from;        /* out offset where uncommitted answers start */
+    unsigned keep_alive : 1; /* the current request allows reuse */
+    unsigned close_after : 1;/* close once out is drained */
+    unsigned peer_closed : 1;/* read returned 0 */
+    unsigned held : 1;       /* in Hub.held this turn */
+    unsigned behind : 1;     /* STREAM: backlog not yet fully queued */
+};
+
+/* ---- timer heap: every conn with a deadline, earliest on top ---- */
+
+static void heap_swap(Hub *h, int a, int b) {
+    Conn *t = h->heap[a];
+    h->heap[a] = h->heap[b];
+    h->heap[b] = t;
+    h->heap[a]->heap_idx = a;
+    h->heap[b]->heap_idx = b;
+}
+
+static void heap_up(Hub *h, int i) {
+    while (i > 0) {
+        int p = (i - 1) / 2;
+        if (h->heap[p]->deadline_ms <= h->heap[i]->deadline_ms) break;
+        heap_swap(h, p, i);
+        i = p;
+    }
+}
+
+static void heap_down(Hub *h, int i) {
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < h->n_heap && h->heap[l]->deadline_ms < h->heap[m]->deadline_ms) m = l;
+        if (r < h->n_heap && h->heap[r]->deadline_ms < h->heap[m]->deadline_ms) m = r;
+        if (m == i) break;
+        heap_swap(h, i, m);
+        i = m;
+    }
+}
+
+static void heap_remove(Hub *h, Conn *c) {
+    int i = c->heap_idx;
+    if (i < 0) return;
+    c->heap_idx = -1;
+    if (--h->n_heap == i) return;
+    h->heap[i] = h->heap[h->n_heap];
+    h->heap[i]->heap_idx = i;
+    heap_up(h, i);
+    heap_down(h, h->heap[i]->heap_idx);
+}
+
+/* Set (or clear, with 0) a conn's deadline and restore the heap order. */
+static void heap_set(Hub *h, Conn *c, int64_t deadline) {
+    if (!deadline) {
+        heap_remove(h, c);
+        c->deadline_ms = 0;
+        return;
+    }
+    c->deadline_ms = deadline;
+    if (c->heap_idx < 0) {
+        if (h->n_heap == h->cap_heap) {
+            h->cap_heap = h->cap_heap ? h->cap_heap * 2 : 64;
+            h->heap = xrealloc(h->heap, (size_t)h->cap_heap * sizeof *h->heap);
+        }
+        c->heap_idx = h->n_heap++;
+        h->heap[c->heap_idx] = c;
+    }
+    heap_up(h, c->heap_idx);
+    heap_down(h, c->heap_idx);
+}
+
+/* Derive a conn's deadline from its state (PROTOCOL §4 timeouts). */
+static void conn_schedule(Hub *h, Conn *c) {
+    int64_t d;
+    switch (c->state) {
+    case CONN_DEAD: d = 0; break;
+    case CONN_PARKED: d = c->park_until_ms; break;
+    case CONN_STREAM: d = c->active_ms + ARC_HEARTBEAT_MS; break;
+    default:
+        if (c->out_off < c->out.len) d = c->active_ms + ARC_IDLE_MS;
+        else if (c->req_ms) d = c->req_ms + ARC_REQ_MS;
+        else d = c->active_ms + ARC_IDLE_MS;
+    }
+    if (d != c->deadline_ms || (d && c->heap_idx < 0)) heap_set(h, c, d);
+}
+
+/* ---- connections ---- */
+
+static void conn_kill(Hub *h, Conn *c) {
+    if (c->state == CONN_PARKED || c->state == CONN_STREAM) h->n_parked--;
+    c->state = CONN_DEAD;
+    heap_remove(h, c);
+}
+
+/* Queue a complete response. The connection closes after it unless the
+ * request allowed keep-alive. */
+static void conn_respond(Hub *h, Conn *c, int status, const char *ctype,
+                         const char *extra, Str body) {
+    char hdr[640];
+    snprintf(hdr, sizeof hdr, "X-Arc-Instance: %s\r\n%s", h->store.instance_id,
+             extra ? extra : "");
+    if (!c->keep_alive) c->close_after = 1;
+    http_head(&c->out, status, ctype ? ctype : "application/json",
+              (long long)body.n, !c->close_after, hdr);
+    buf_addstr(&c->out, body);
+}
+
+/* A framing error: answer with the JSON envelope and close (PROTOCOL §4). */
+static void conn_error(Hub *h, Conn *c, int status, const char *msg) {
+    Buf b = { 0 };
+    buf_adds(&b, "{\"ok\":false,\"error\":");
+    json_cstr(&b, msg);
+    buf_addc(&b, '}');
+    c->close_after = 1;
+    c->keep_alive = 0;
+    conn_respond(h, c, status, NULL, NULL, buf_str(&b));
+    buf_free(&b);
+    buf_reset(&c->in);
+    c->req_ms = 0;
+}
+
+/* Remember that c's output since `mark` depends on this turn's commit. */
+static void loop_hold(Hub *h, Conn *c, size_t mark) {
+    if (c->held) return;
+    c->held = 1;
+    c->held_from = mark;
+    if (h->n_held == h->cap_held) {
+        h->cap_held = h->cap_held ? h->cap_held * 2 : 16;
+        h->held = xrealloc(h->held, (size_t)h->cap_held * sizeof *h->held);
+    }
+    h->held[h->n_held++] = c;
+}
+
+static void loop_stream_fill(Hub *h, Conn *c);
+
+/* Append one SSE event (PROTOCOL §8.2). */
+static void loop_sse_event(Conn *c, int64_t id, Str json) {
+    buf_addf(&c->out, "id: %lld\ndata: ", (long long)id);
+    buf_addstr(&c->out, json);
+    buf_adds(&c->out, "\n\n");
+    if (id > c->wait.since_id) c->wait.since_id = id;
+}
+
+/* Turn a handler's Res into output, a parked wait, or a stream. */
+static void loop_finish(Hub *h, Conn *c, Res *r) {
+    if (r->stream) {
+        Buf extra = { 0 };
+        buf_addf(&extra, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                 "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
+                 "X-Arc-Instance: %s\r\nConnection: close\r\n\r\nretry: 1000\n\n",
+                 h->store.instance_id);
+        buf_addstr(&c->out, buf_str(&extra));
+        buf_free(&extra);
+        c->state = CONN_STREAM;
+        c->wait = r->wait;                 /* hand-off: the conn owns it */
+        memset(&r->wait, 0, sizeof r->wait);
+        c->close_after = 0;
+        h->n_parked++;
+        loop_stream_fill(h, c);
+        return;
+    }
+    if (r->park) {
+        c->state = CONN_PARKED;
+        c->wait = r->wait;                 /* hand-off: the conn owns it */
+        memset(&r->wait, 0, sizeof r->wait);
+        c->park_until_ms = h->now_ms + r->wait_ms;
+        h->n_parked++;
+        return;
+    }
+    conn_respond(h, c, r->status, r->ctype, r->extra, buf_str(&r->body));
+}
+
+/* Parse and handle every complete request in c->in, in order, until one
+ * parks, the input runs out, or enough output is queued. */
+static void loop_process(Hub *h, Conn *c) {
+    while (c->state == CONN_READ && !c->close_after && c->in.len &&
+           c->out.len - c->out_off < ARC_MAX_OUT / 4) {
+        HttpReq hr;
+        int n = http_parse(c->in.p, c->in.len, &hr);
+        if (n == ARC_AGAIN) {
+            if (!c->req_ms) c->req_ms = h->now_ms;
+            break;
+        }
+        if (n == ARC_BAD) {
+            conn_error(h, c, hr.err_status, hr.err_msg);
+            break;
+        }
+        int64_t cl = hr.content_length < 0 ? 0 : hr.content_length;
+        if (cl > h->max_request_bytes) {
+            conn_error(h, c, 400, "request body exceeds max size");
+            break;
+        }
+        if ((int64_t)c->in.len < n + cl) {
+            if (!c->req_ms) c->req_ms = h->now_ms;
+            break;
+        }
+        c->keep_alive = hr.keep_alive;
+        Req q = { .method = hr.method, .query = hr.query,
+                  .last_event_id = hr.last_event_id };
+        Res r = { 0 };
+        size_t mark = c->out.len;
+        int known = str_eq(hr.method, "GET") || str_eq(hr.method, "POST") ||
+                    str_eq(hr.method, "DELETE");
+        if (!known) c->keep_alive = 0;   /* its body, if any, is not ours */
+        hub_handle(h, &q, hr.path, (Str){ c->in.p + n, (size_t)cl }, &r);
+        loop_finish(h, c, &r);
+        if (h->store.in_tx) loop_hold(h, c, mark);
+        req_free(&q);
+        res_free(&r);
+        buf_consume(&c->in, (size_t)(n + cl));
+        c->req_ms = 0;
+    }
+}
+
+/* Write as much of c->out as the socket takes. */
+static void loop_write(Hub *h, Conn *c) {
+    while (c->out_off < c->out.len) {
+        ssize_t w = write(c->fd, c->out.p + c->out_off, c->out.len - c->out_off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        if (w <= 0) {
+            conn_kill(h, c);
+            return;
+        }
+        c->out_off += (size_t)w;
+        c->active_ms = h->now_ms;
+    }
+    if (c->out_off == c->out.len) {
+        buf_reset(&c->out);
+        c->out_off = 0;
+        if (c->close_after) {
+            conn_kill(h, c);
+            return;
+        }
+        if (c->state == CONN_STREAM && c->behind) loop_stream_fill(h, c);
+    } else if (c->out.len - c->out_off > ARC_MAX_OUT) {
+        log_info("dropping a client that stopped reading (%zu bytes queued)",
+                 c->out.len - c->out_off);
+        conn_kill(h, c);
+    }
+}
+
+/* Read everything available. Returns 0, or -1 if the conn died. */
+static int loop_read(Hub *h, Conn *c) {
+    size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
+    while (c->in.len < cap) {
+        if (buf_reserve(&c->in, 16384)) break;
+        ssize_t n = read(c->fd, c->in.p + c->in.len, 16384);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        if (n <= 0) {
+            c->peer_closed = 1;
+            break;
+        }
+        c->in.len += (size_t)n;
+        c->in.p[c->in.len] = 0;
+        c->active_ms = h->now_ms;
+    }
+    if (c->peer_closed && c->state != CONN_READ) {
+        conn_kill(h, c);   /* a waiter that hung up is dropped at once */
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- parked requests and streams ---- */
+
+typedef struct {
+    Buf *out;
+    int n;
+    Conn *c;      /* streams: where events go */
+} RowSink;
+
+/* Queue the backlog of a stream, at most one query's worth per call; the
+ * rest follows as the client drains its output (Conn.behind). */
+static void loop_stream_fill(Hub *h, Conn *c) {
+    Buf arr = { 0 };
+    c->behind = 0;
+    int n = hub_wait_query(h, &c->wait, 0, &arr);
+    if (n < 0) {
+        buf_free(&arr);
+        return;
+    }
+    Json j = { 0 };
+    if (n > 0 && json_parse(&j, arr.p, arr.len) == 0) {
+        uint32_t i = 1;
+        for (int k = 0; k < n; k++) {
+            uint32_t idv = json_get(&j, i, "id");
+            int64_t id = 0;
+            if (idv) json_to_i64(&j, idv, &id);
+            loop_sse_event(c, id, (Str){ arr.p + j.t[i].off, j.t[i].len });
+            i = j.t[i].next;
+        }
+    }
+    json_free(&j);
+    buf_free(&arr);
+    if (n >= c->wait.limit) c->behind = 1;
+}
+
+/* Answer a parked request with `result` (a JSON array) and resume reading
+ * any requests it had pipelined behind it. */
+static void loop_unpark(Hub *h, Conn *c, Str result) {
+    Buf b = { 0 };
+    buf_adds(&b, "{\"ok\":true,\"result\":");
+    buf_addstr(&b, result);
+    buf_addc(&b, '}');
+    wait_free(&c->wait);
+    c->state = CONN_READ;
+    h->n_parked--;
+    conn_respond(h, c, 200, NULL, NULL, buf_str(&b));
+    buf_free(&b);
+}
+
+/* Wake from this turn's committed batch, without touching SQLite. */
+static void loop_wake_batch(Hub *h, Conn *c) {
+    Buf res = { 0 };
+    int n = 0;
+    for (int i = 0; i < h->n_batch; i++) {
+        NewMsg *m = &h->batch[i];
+        if (!hub_wait_match(&c->wait, m)) continue;
+        if (c->state == CONN_STREAM) {
+            if (!c->behind) loop_sse_event(c, m->id, (Str){ m->json, m->json_len });
+            continue;
+        }
+        if (n >= c->wait.limit) break;
+        buf_adds(&res, n++ ? "," : "[");
+        buf_add(&res, m->json, m->json_len);
+    }
+    if (n) {
+        buf_addc(&res, ']');
+        loop_unpark(h, c, buf_str(&res));
+    }
+    buf_free(&res);
+}
+
+/* Wake by asking SQLite again: after another process committed. */
+static void loop_wake_query(Hub *h, Conn *c) {
+    if (c->state == CONN_STREAM) {
+        if (!c->behind) loop_stream_fill(h, c);
+        return;
+    }
+    Buf res = { 0 };
+    if (hub_wait_query(h, &c->wait, 0, &res) > 0) loop_unpark(h, c, buf_str(&res));
+    buf_free(&res);
+}
+
+/* After the commit: answer every waiter that something new matches. If
+ * another process committed since we last looked, new rows may exist that
+ * are not in our batch, so everyone re-queries instead (PROTOCOL §8.3). */
+static void loop_fanout(Hub *h, int check_foreign) {
+    int foreign = 0;
+    if (check_foreign && h->n_parked) {
+        int64_t v = store_data_version(&h->store);
+        foreign = v != h->store.data_version;
+        h->store.data_version = v;
+    }
+    if (!foreign && !h->n_batch) return;
+    for (Conn *c = h->conns; c; c = c->next) {
+        if (c->state != CONN_PARKED && c->state != CONN_STREAM) continue;
+        if (foreign) loop_wake_query(h, c);
+        else loop_wake_batch(h, c);
+    }
+}
+
+/* ---- timers ---- */
+
+/* Run a hub action outside any request (prune tick, presence, shutdown),
+ * in the turn's batch transaction under its own savepoint. */
+typedef void (*HubTask)(Hub *, Req *, Res *);
+
+static void loop_hub_task(Hub *h, HubTask fn) {
+    Req q = { .method = STR_LIT("TIMER") };
+    Res r = { .status = 200 };
+    fn(h, &q, &r);
+    hub_tx_end(h, &q, r.status < 400);
+    req_free(&q);
+    res_free(&r);
+}
+
+static void task_prune(Hub *h, Req *q, Res *r) { hub_expire_sessions(h, q, r); }
+
+static int agent_cmp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* PROTOCOL §9: an agent waiting in a long-poll or stream stays present.
+ * One UPDATE per distinct waiting agent per tick bounds the write load. */
+static void task_touch_waiters(Hub *h, Req *q, Res *r) {
+    const char **agents = NULL;
+    int n = 0;
+    for (Conn *c = h->conns; c; c = c->next)
+        if ((c->state == CONN_PARKED || c->state == CONN_STREAM) && c->wait.agent) {
+            agents = xrealloc(agents, (size_t)(n + 1) * sizeof *agents);
+            agents[n++] = c->wait.agent;
+        }
+    qsort(agents, (size_t)n, sizeof *agents, agent_cmp);
+    for (int i = 0; i < n; i++)
+        if (i == 0 || strcmp(agents[i], agents[i - 1]))
+            hub_touch(h, q, r, str_c(agents[i]));
+    free(agents);
+}
+
+static void task_shutdown(Hub *h, Req *q, Res *r) {
+    hub_notice_general(h, q, r, "Hub is shutting down now.",
+                       "{\"shutdown\":true,\"final\":true}");
+    log_info("executing shutdown");
+    h->shutdown_at_ms = 0;
+    h->shutdown_now = 1;
+}
+
+static int64_t loop_tick_ms(Hub *h) {
+    int64_t t = h->cfg.presence_ttl_s / 3;
+    return (t < 1 ? 1 : t) * 1000;
+}
+
+/* Fire due conn deadlines and hub timers. */
+static void loop_timers(Hub *h) {
+    while (h->n_heap && h->heap[0]->deadline_ms <= h->now_ms) {
+        Conn *c = h->heap[0];
+        heap_remove(h, c);
+        c->deadline_ms = 0;
+        switch (c->state) {
+        case CONN_PARKED:
+            loop_unpark(h, c, STR_LIT("[]"));
+            break;
+        case CONN_STREAM:
+            buf_adds(&c->out, ": keepalive\n\n");
+            c->active_ms = h->now_ms;
+            break;
+        case CONN_READ:
+            if (c->req_ms && c->out_off == c->out.len)
+                conn_error(h, c, 408, "request not completed in time");
+            else
+                conn_kill(h, c);
+            break;
+        default: break;
+        }
+        if (c->state != CONN_DEAD) conn_schedule(h, c);
+    }
+    if (h->now_ms >= h->next_prune_ms) {
+        loop_hub_task(h, task_prune);
+        h->next_prune_ms = h->now_ms + loop_tick_ms(h);
+    }
+    if (h->now_ms >= h->next_touch_ms) {
+        if (h->n_parked) loop_hub_task(h, task_touch_waiters);
+        int64_t t = loop_tick_ms(h);
+        h->next_touch_ms = h->now_ms + (t > 30000 ? 30000 : t);
+    }
+    if (h->shutdown_at_ms && clock_ms() >= h->shutdown_at_ms)
+        loop_hub_task(h, task_shutdown);
+}
+
+/* Commit the turn's batch. If the commit fails, nothing of it happened:
+ * replace every held answer with a 503 and forget the batch. */
+static void loop_commit(Hub *h) {
+    if (h->store.in_tx && store_commit(&h->store)) {
+        const char *why = sqlite3_errmsg(h->store.db);
+        log_warn("commit failed: %s", why);
+        for (int i = 0; i < h->n_held; i++) {
+            Conn *c = h->held[i];
+            if (c->state == CONN_DEAD) continue;
+            c->out.len = c->held_from;
+            if (c->state == CONN_PARKED || c->state == CONN_STREAM) {
+                h->n_parked--;
+                wait_free(&c->wait);
+                c->state = CONN_READ;
+            }
+            char msg[300];
+            snprintf(msg, sizeof msg, "storage error: %s", why);
+            conn_error(h, c, 503, msg);
+        }
+        hub_batch_truncate(h, 0);
+    }
+    for (int i = 0; i < h->n_held; i++) h->held[i]->held = 0;
+    h->n_held = 0;
+}
+
+/* ---- accept, poll set, reap ---- */
+
+static int loop_nonblock(int fd) {
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static int64_t g_accept_pause_until;   /* loop only: EMFILE back-off */
+
+static void loop_accept(Hub *h) {
+    for (;;) {
+        int fd = accept(h->listen_fd, NULL, NULL);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                errno == ENOMEM) {
+                /* Out of descriptors: the listener stays readable, so stop
+                 * polling it for a moment instead of spinning. */
+                log_warn("accept: %s", strerror(errno));
+                g_accept_pause_until = h->now_ms + 100;
+            }
+            return;
+        }
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        if (h->n_conns >= ARC_MAX_CONNS) {
+            static const char busy[] =
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                "application/json\r\nContent-Length: 51\r\nConnection: close"
+                "\r\n\r\n{\"ok\":false,\"error\":\"too many open connections\"}";
+            ssize_t w = write(fd, busy, sizeof busy - 1);
+            (void)w;
+            close(fd);
+            continue;
+        }
+        loop_nonblock(fd);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        Conn *c = xrealloc(NULL, sizeof *c);
+        *c = (Conn){ .fd = fd, .pidx = -1, .heap_idx = -1, .state = CONN_READ,
+                     .active_ms = h->now_ms };
+        c->next = h->conns;
+        h->conns = c;
+        h->n_conns++;
+        conn_schedule(h, c);
+    }
+}
+
+/* Build the poll set from the conns' state. Returns the count. */
+static int loop_fill_pollfds(Hub *h) {
+    int need = h->n_conns + 2;
+    if (need > h->cap_pfd) {
+        h->cap_pfd = need * 2;
+        h->pfd = xrealloc(h->pfd, (size_t)h->cap_pfd * sizeof *h->pfd);
+    }
+    int n = 0;
+    h->pfd[n++] = (struct pollfd){ .fd = h->wake_rd, .events = POLLIN };
+    h->pfd[n++] = (struct pollfd){
+        .fd = h->listen_fd,
+        .events = h->now_ms >= g_accept_pause_until ? POLLIN : 0 };
+    size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
+    for (Conn *c = h->conns; c; c = c->next) {
+        short ev = 0;
+        if (c->in.len < cap && !c->peer_closed) ev |= POLLIN;
+        if (c->out_off < c->out.len) ev |= POLLOUT;
+        c->pidx = n;
+        h->pfd[n++] = (struct pollfd){ .fd = c->fd, .events = ev };
+    }
+    return n;
+}
+
+static int loop_timeout_ms(Hub *h, int pending) {
+    if (pending || g_stop) return 0;
+    int64_t t = h->next_prune_ms;
+    if (h->n_heap && h->heap[0]->deadline_ms < t) t = h->heap[0]->deadline_ms;
+    if (h->n_parked && h->next_touch_ms < t) t = h->next_touch_ms;
+    if (h->n_parked && h->next_dv_ms < t) t = h->next_dv_ms;
+    if (h->shutdown_at_ms && h->shutdown_at_ms < t) t = h->shutdown_at_ms;
+    if (g_accept_pause_until > h->now_ms && g_accept_pause_until < t)
+        t = g_accept_pause_until;
+    t -= h->now_ms;
+    return t < 0 ? 0 : t > 60000 ? 60000 : (int)t;
+}
+
+static void loop_reap(Hub *h) {
+    Conn **pp = &h->conns;
+    while (*pp) {
+        Conn *c = *pp;
+        if (c->state != CONN_DEAD) {
+            pp = &c->next;
+            continue;
+        }
+        *pp = c->next;
+        close(c->fd);
+        buf_free(&c->in);
+        buf_free(&c->out);
+        wait_free(&c->wait);
+        free(c);
+        h->n_conns--;
+    }
+}
+
+/* The signal handler's half of the self-pipe. */
+static int g_wake_wr = -1;
+
+static void loop_on_signal(int sig) {
+    (void)sig;
+    int saved = errno;
+    g_stop = 1;
+    if (g_wake_wr >= 0) {
+        ssize_t w = write(g_wake_wr, "s", 1);
+        (void)w;
+    }
+    errno = saved;
+}
+
+/* One turn of the loop. Returns 0 to go on, 1 when the hub should stop. */
+static int loop_turn(Hub *h) {
+    int pending = 0;
+    for (Conn *c = h->conns; c; c = c->next)
+        if (c->state == CONN_READ && c->in.len && !c->req_ms && !c->close_after &&
+            c->out_off == c->out.len)
+            pending = 1;   /* pipelined input left over from a park */
+    int n = loop_fill_pollfds(h);
+    if (poll(h->pfd, (nfds_t)n, loop_timeout_ms(h, pending)) < 0 && errno != EINTR)
+        die("poll: %s", strerror(errno));
+    h->now_ms = clock_ms();
+    if (h->pfd[0].revents & POLLIN) {
+        char tmp[64];
+        while (read(h->wake_rd, tmp, sizeof tmp) > 0) {}
+    }
+    if (h->pfd[1].revents & POLLIN) loop_accept(h);
+    for (Conn *c = h->conns; c; c = c->next) {
+        if (c->pidx < 0 || c->state == CONN_DEAD) continue;
+        short re = h->pfd[c->pidx].revents;
+        c->pidx = -1;
+        if (re & (POLLIN | POLLHUP | POLLERR)) {
+            if (loop_read(h, c)) continue;
+        }
+        if (re & POLLOUT) loop_write(h, c);
+    }
+    for (Conn *c = h->conns; c; c = c->next) {
+        if (c->state != CONN_READ) continue;
+        loop_process(h, c);
+        if (c->peer_closed && c->state == CONN_READ) {
+            if (c->out_off < c->out.len) c->close_after = 1;
+            else conn_kill(h, c);
+        }
+    }
+    loop_timers(h);
+    int had_batch = h->n_batch > 0;
+    loop_commit(h);
+    int dv_due = h->n_parked && h->now_ms >= h->next_dv_ms;
+    loop_fanout(h, had_batch || dv_due);
+    if (dv_due || !h->n_parked) h->next_dv_ms = h->now_ms + ARC_DATA_VERSION_MS;
+    hub_batch_truncate(h, 0);
+    for (Conn *c = h->conns; c; c = c->next) {
+        if (c->state == CONN_DEAD) continue;
+        if (c->out_off < c->out.len) loop_write(h, c);
+        if (c->state != CONN_DEAD) conn_schedule(h, c);
+    }
+    loop_reap(h);
+    return g_stop || h->shutdown_now;
+}
+
+/* Stop serving: answer parked long-polls with what they have (nothing),
+ * end streams, and give every client a short, bounded chance to receive
+ * what is queued for it. */
+static void loop_drain(Hub *h) {
+    for (Conn *c = h->conns; c; c = c->next) {
+        if (c->state == CONN_PARKED) loop_unpark(h, c, STR_LIT("[]"));
+        else if (c->state == CONN_STREAM) conn_kill(h, c);
+        if (c->state != CONN_DEAD) c->close_after = 1;
+        if (c->state != CONN_DEAD && c->out_off == c->out.len) conn_kill(h, c);
+    }
+    int64_t until = clock_ms() + 1000;
+    while (h->n_conns && clock_ms() < until) {
+        loop_reap(h);
+        int n = 0;
+        for (Conn *c = h->conns; c; c = c->next) {
+            c->pidx = n;
+            if (n == h->cap_pfd) break;
+            h->pfd[n++] = (struct pollfd){ .fd = c->fd, .events = POLLOUT };
+        }
+        if (!n || poll(h->pfd, (nfds_t)n, 100) < 0) break;
+        h->now_ms = clock_ms();
+        for (Conn *c = h->conns; c; c = c->next)
+            if (c->pidx >= 0 && c->pidx < n && h->pfd[c->pidx].revents)
+                loop_write(h, c);
+    }
+    for (Conn *c = h->conns; c; c = c->next) conn_kill(h, c);
+    loop_reap(h);
+}
+
+/* ==== main: options, serve, command table ================================ */
+
+/* Match option `name` at argv[*i], as "--name value" or "--name=value".
+ * Returns 1 and sets *val (advancing *i past a separate value), 0 if argv[*i]
+ * is another option, or -1 when the value is missing. */
+static int opt_val(int argc, char **argv, int *i, const char *name,
+                   const char **val) {
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (strncmp(a, name, n) != 0) return 0;
+    if (a[n] == '=') {
+        *val = a + n + 1;
+        return 1;
+    }
+    if (a[n] != 0) return 0;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "arc: %s needs a value\n", name);
+        return -1;
+    }
+    *val = argv[++*i];
+    return 1;
+}
+
+/* Parse a whole-number option value within [lo, hi]; exits 2 if invalid. */
+static int64_t opt_int(const char *name, const char *v, int64_t lo, int64_t hi) {
+    int64_t n;
+    if (parse_int_text(str_c(v), &n) || n < lo || n > hi) {
+        fprintf(stderr, "arc: %s must be a whole number from %lld to %lld\n",
+                name, (long long)lo, (long long)hi);
+        exit(2);
+    }
+    return n;
+}
+
+static const char serve_usage[] =
+    "usage: arc [serve] [options]\n"
+    "Run the hub in the foreground.\n"
+    "  --host ADDR                 listen address (default 127.0.0.1)\n"
+    "  --port N                    listen port (default 6969; 0 = any free)\n"
+    "  --storage FILE              SQLite file (default arc.sqlite3)\n"
+    "  --spool-dir DIR             file relay spool (default .arc-relay)\n"
+    "  --allow-remote              allow a non-loopback --host (no auth in v1!)\n"
+    "  --quiet                     log only warnings\n"
+    "  --max-body-chars N          message body limit (default 128000)\n"
+    "  --max-attachment-chars N    per-attachment limit (default 256000)\n"
+    "  --max-attachments N         attachments per message (default 32)\n"
+    "  --presence-ttl SEC          idle session expiry (default 120, min 5)\n"
+    "  --sync full|normal          full (default): a write is on disk before\n"
+    "                              it is acknowledged; normal: faster, but the\n"
+    "                              last commits can be lost on power failure\n";
+
+/* Parse the serve options into cfg. Returns 0, or exits 2 on bad usage. */
+static void serve_options(int argc, char **argv, HubConfig *cfg) {
+    *cfg = (HubConfig){ .host = "127.0.0.1", .port = 6969,
+                        .storage = "arc.sqlite3", .spool_dir = ".arc-relay",
+                        .max_body_chars = 128000, .max_attachment_chars = 256000,
+                        .max_attachments = 32, .presence_ttl_s = 120,
+                        .sync_full = 1 };
+    for (int i = 0; i < argc; i++) {
+        const char *v = NULL, *a = argv[i];
+        int rc;
+        if (!strcmp(a, "--allow-remote")) cfg->allow_remote = 1;
+        else if (!strcmp(a, "--quiet")) g_quiet = 1;
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(serve_usage, stdout);
+            exit(0);
+        } else if ((rc = opt_val(argc, argv, &i, "--host", &v))) {
+            if (rc < 0) exit(2);
+            cfg->host = v;
+        } else if ((rc = opt_val(argc, argv, &i, "--port", &v))) {
+            if (rc < 0) exit(2);
+            cfg->port = (int)opt_int("--port", v, 0, 65535);
+        } else if ((rc = opt_val(argc, argv, &i, "--storage", &v))) {
+            if (rc < 0) exit(2);
+            cfg->storage = v;
+        } else if ((rc = opt_val(argc, argv, &i, "--spool-dir", &v))) {
+            if (rc < 0) exit(2);
+            cfg->spool_dir = v;
+        } else if ((rc = opt_val(argc, argv, &i, "--max-body-chars", &v))) {
+            if (rc < 0) exit(2);
+            cfg->max_body_chars = opt_int("--max-body-chars", v, 1, 1 << 30);
+        } else if ((rc = opt_val(argc, argv, &i, "--max-attachment-chars", &v))) {
+            if (rc < 0) exit(2);
+            cfg->max_attachment_chars =
+                opt_int("--max-attachment-chars", v, 1, 1 << 30);
+        } else if ((rc = opt_val(argc, argv, &i, "--max-attachments", &v))) {
+            if (rc < 0) exit(2);
+            cfg->max_attachments = opt_int("--max-attachments", v, 0, 1000);
+        } else if ((rc = opt_val(argc, argv, &i, "--presence-ttl", &v))) {
+            if (rc < 0) exit(2);
+            cfg->presence_ttl_s = opt_int("--presence-ttl", v, 5, 86400 * 365);
+        } else if ((rc = opt_val(argc, argv, &i, "--sync", &v))) {
+            if (rc < 0) exit(2);
+            if (strcmp(v, "full") && strcmp(v, "normal")) {
+                fputs("arc: --sync must be full or normal\n", stderr);
+                exit(2);
+            }
+            cfg->sync_full = !strcmp(v, "full");
+        } else {
+            fprintf(stderr, "arc: unknown option %s (see arc --help)\n", a);
+            exit(2);
+        }
+    }
+}
+
+/* Bind and listen on host:port. Returns the fd, or -1 with err filled. */
+static int serve_listen(const char *host, int port, int *bound_port,
+                        char err[ARC_ERRLEN]) {
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_PASSIVE }, *res = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int rc = getaddrinfo(host, ps, &hints, &res);
+    if (rc) {
+        snprintf(err, ARC_ERRLEN, "cannot resolve %s: %s", host, gai_strerror(rc));
+        return -1;
+    }
+    int fd = -1;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0) continue;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, 1024) == 0)
+            break;
+        snprintf(err, ARC_ERRLEN, "cannot listen on %s:%d: %s", host, port,
+                 strerror(errno));
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) return -1;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    *bound_port = ntohs(ss.ss_family == AF_INET6
+                            ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                            : ((struct sockaddr_in *)&ss)->sin_port);
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    loop_nonblock(fd);
+    return fd;
+}
+
+/* The URL clients should use for a hub bound to host:port. */
+static void serve_url(const char *host, int port, char *out, size_t n) {
+    if (!strcmp(host, "0.0.0.0") || !strcmp(host, "::")) host = "127.0.0.1";
+    if (strchr(host, ':')) snprintf(out, n, "http://[%s]:%d", host, port);
+    else snprintf(out, n, "http://%s:%d", host, port);
+}
+
+/* The pidfile beside the storage file: {"pid","port","url"}. */
+static void serve_pidfile_path(const Store *s, char *out, size_t n) {
+    const char *slash = strrchr(s->path, '/');
+    int dir = slash ? (int)(slash - s->path) : 0;
+    snprintf(out, n, "%.*s/.arc.pid", dir, s->path);
+}
+
+static int cmd_serve(int argc, char **argv) {
+    Hub *h = xrealloc(NULL, sizeof *h);
+    memset(h, 0, sizeof *h);
+    char err[ARC_ERRLEN];
+    serve_options(argc, argv, &h->cfg);
+    HubConfig *cfg = &h->cfg;
+    if (!cfg->allow_remote && !hub_is_loopback(cfg->host)) {
+        fprintf(stderr, "arc: refusing to listen on %s without --allow-remote "
+                "(Arc v1 has no authentication)\n", cfg->host);
+        return 2;
+    }
+    h->max_request_bytes = cfg->max_body_chars +
+                           cfg->max_attachment_chars * cfg->max_attachments + 65536;
+    signal(SIGPIPE, SIG_IGN);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (store_open(&h->store, cfg->storage, 5000, cfg->sync_full, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 1;
+    }
+    int port = 0;
+    h->listen_fd = serve_listen(cfg->host, cfg->port, &port, err);
+    if (h->listen_fd < 0) {
+        fprintf(stderr, "arc: %s\n", err);
+        store_close(&h->store);
+        return 1;
+    }
+    int pipefd[2];
+    if (pipe(pipefd)) die("pipe: %s", strerror(errno));
+    h->wake_rd = pipefd[0];
+    h->wake_wr = g_wake_wr = pipefd[1];
+    loop_nonblock(h->wake_rd);
+    loop_nonblock(h->wake_wr);
+    struct sigaction sa = { .sa_handler = loop_on_signal };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    char url[300], pidpath[PATH_MAX + 16];
+    serve_url(cfg->host, port, url, sizeof url);
+    serve_pidfile_path(&h->store, pidpath, sizeof pidpath);
+    FILE *pf = fopen(pidpath, "w");
+    if (pf) {
+        fprintf(pf, "{\"pid\": %d, \"port\": %d, \"url\": \"%s\"}", (int)getpid(),
+                port, url);
+        fclose(pf);
+    }
+    if (cfg->allow_remote)
+        log_warn("--allow-remote: any host that reaches %s can read and write "
+                 "everything (Arc v1 has no authentication)", url);
+    log_info("listening on %s (storage=%s, journal_mode=%s, instance=%s)", url,
+             h->store.path, h->store.journal_mode, h->store.instance_id);
+    h->now_ms = clock_ms();
+    h->next_prune_ms = h->now_ms + loop_tick_ms(h);
+    h->next_touch_ms = h->now_ms + loop_tick_ms(h);
+    while (!loop_turn(h)) {}
+    log_info("shutting down");
+    loop_drain(h);
+    close(h->listen_fd);
+    /* Remove the pidfile only if it is still ours. */
+    char buf[512] = "";
+    pf = fopen(pidpath, "r");
+    if (pf) {
+        size_t n = fread(buf, 1, sizeof buf - 1, pf);
+        buf[n] = 0;
+        fclose(pf);
+        char mine[64];
+        snprintf(mine, sizeof mine, "{\"pid\": %d,", (int)getpid());
+        if (!strncmp(buf, mine, strlen(mine))) unlink(pidpath);
+    }
+    store_close(&h->store);
+    close(h->wake_rd);
+    close(h->wake_wr);
+    g_wake_wr = -1;
+    hub_batch_truncate(h, 0);
+    free(h->batch);
+    free(h->heap);
+    free(h->pfd);
+    free(h->held);
+    free(h);
+    return 0;
+}
+
+static int cmd_version(int argc, char **argv) {
+    (void)argc, (void)argv;
+    printf("arc %s (SQLite %s)\n", ARC_VERSION, sqlite3_libversion());
+    return 0;
+}
+
+static int cmd_help(int argc, char **argv);
+
+typedef struct {
+    const char *name;
+    int (*run)(int, char **);
+    const char *help;
+} Cmd;
+
+static const Cmd cmds[] = {
+    { "serve", cmd_serve, "run the hub in the foreground (the default)" },
+    { "version", cmd_version, "print the version" },
+    { "help", cmd_help, "list the commands" },
+};
+
+static int cmd_help(int argc, char **argv) {
+    (void)argc, (void)argv;
+    printf("arc %s -- local-first coordination hub for AI coding agents\n\n"
+           "usage: arc [COMMAND] [options]   (no command: serve)\n\n"
+           "commands:\n", ARC_VERSION);
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
+        printf("  %-10s %s\n", cmds[i].name, cmds[i].help);
+    printf("\nRun 'arc COMMAND --help' for a command's options.\n");
+    return 0;
+}
+
+int arc_main(int argc, char **argv) {
+    if (argc < 2 || argv[1][0] == '-') {
+        if (argc >= 2 && !strcmp(argv[1], "--version")) return cmd_version(0, NULL);
+        if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+            cmd_help(0, NULL);
+            printf("\n");
+            fputs(serve_usage, stdout);
+            return 0;
+        }
+        return cmd_serve(argc - 1, argv + 1);
+    }
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
+        if (!strcmp(argv[1], cmds[i].name)) return cmds[i].run(argc - 2, argv + 2);
+    fprintf(stderr, "arc: unknown command '%s' (see arc help)\n", argv[1]);
+    return 2;
+}
+
+#ifndef ARC_NO_MAIN
+int main(int argc, char **argv) { return arc_main(argc, argv); }
+#endif
