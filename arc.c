@@ -979,6 +979,7 @@ static void json_write_skip(Buf *b, const Json *j, uint32_t i, const char *skip)
     case JSON_OBJ: {
         unsigned char *keep = json_obj_keep(j, i);
         int first = 1;
+        buf_addc(b, '{');
         uint32_t c = i + 1;
         for (uint32_t m = 0; m < t->n; m++) {
             if (keep[m] && !(skip && json_str_is(j, c, str_c(skip)))) {
