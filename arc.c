@@ -91,7 +91,7 @@
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
 #define ARC_MAX_ID 9007199254740991LL /* 2^53 - 1, PROTOCOL §3 */
-#define ARC_ERRLEN 256
+#define ARC_ERRLEN 512
 #define ARC_AGAIN (-2)            /* parser: need more input */
 #define ARC_BAD (-1)              /* parser: malformed input */
 
@@ -1805,6 +1805,7 @@ typedef struct {
     int64_t max_request_bytes;   /* body cap, PROTOCOL §4 */
     NewMsg *batch;               /* messages written in this turn */
     int n_batch, cap_batch;
+    char started_at[ISO_LEN];    /* when this process began serving */
     int64_t shutdown_at_ms;      /* pending shutdown deadline, 0 = none */
     int64_t shutdown_delay_s;
     int shutdown_now;            /* leave the loop at the end of this turn */
@@ -3827,9 +3828,15 @@ static void hub_info(Hub *h, Req *q, Res *r) {
     json_cstr(b, s->path);
     buf_adds(b, ",\"journal_mode\":");
     json_cstr(b, s->journal_mode);
-    buf_addf(b, ",\"wal_mode\":%s,\"allow_remote\":%s}",
+    buf_addf(b, ",\"wal_mode\":%s,\"allow_remote\":%s,\"started_at\":\"%s\"",
              strcmp(s->journal_mode, "wal") ? "false" : "true",
-             h->cfg.allow_remote ? "true" : "false");
+             h->cfg.allow_remote ? "true" : "false", h->started_at);
+    sqlite3_stmt *st = store_stmt(s, "SELECT coalesce(max(id),0) FROM messages");
+    if (st && sqlite3_step(st) == SQLITE_ROW)
+        buf_addf(b, ",\"latest_message_id\":%lld",
+                 (long long)sqlite3_column_int64(st, 0));
+    if (st) sqlite3_reset(st);
+    buf_addc(b, '}');
     hub_ok_end(r);
 }
 
@@ -4672,7 +4679,7 @@ static void loop_drain(Hub *h) {
     loop_reap(h);
 }
 
-/* ==== main: options, serve, command table ================================ */
+/* ---- serve: options, the listening socket, pidfile, the hub's life ---- */
 
 /* Match option `name` at argv[*i], as "--name value" or "--name=value".
  * Returns 1 and sets *val (advancing *i past a separate value), 0 if argv[*i]
@@ -4883,6 +4890,7 @@ static int cmd_serve(int argc, char **argv) {
                  "everything (Arc v1 has no authentication)", url);
     log_info("listening on %s (storage=%s, journal_mode=%s, instance=%s)", url,
              h->store.path, h->store.journal_mode, h->store.instance_id);
+    hub_now(h->started_at);
     h->now_ms = clock_ms();
     h->next_prune_ms = h->now_ms + loop_tick_ms(h);
     h->next_touch_ms = h->now_ms + loop_tick_ms(h);
@@ -4914,6 +4922,907 @@ static int cmd_serve(int argc, char **argv) {
     return 0;
 }
 
+/* ==== cli: HTTP client, lifecycle commands, post/poll/whoami ============= */
+
+/* The client side of arc, shared by the lifecycle commands and the agent
+ * commands (and, later, MCP and the smoke agents). One blocking HTTP/1.1
+ * client with keep-alive and a deadline on every call: a one-shot command
+ * has nothing else to do while it waits. Exit codes: 0 ok, 1 the hub said
+ * no (its error is printed), 2 usage or no hub to talk to. */
+
+typedef struct {
+    char host[128];
+    int port;
+    char base[200];        /* "http://host:port", no trailing slash */
+    int fd;                /* kept open between calls; -1 when closed */
+    Buf in;                /* response bytes read ahead */
+} Client;
+
+static int cli_url(Client *c, const char *url, char err[ARC_ERRLEN]) {
+    memset(c, 0, sizeof *c);
+    c->fd = -1;
+    const char *p = url;
+    if (strncmp(p, "http://", 7) != 0) {
+        snprintf(err, ARC_ERRLEN, "unsupported URL (want http://HOST:PORT): %s", url);
+        return -1;
+    }
+    p += 7;
+    const char *end = p + strcspn(p, "/");
+    const char *hs = p, *he, *colon;
+    if (*p == '[') {
+        hs = p + 1;
+        he = memchr(p, ']', (size_t)(end - p));
+        if (!he) goto bad;
+        colon = he + 1 < end && he[1] == ':' ? he + 1 : NULL;
+    } else {
+        colon = memchr(p, ':', (size_t)(end - p));
+        he = colon ? colon : end;
+    }
+    if (he == hs || (size_t)(he - hs) >= sizeof c->host) goto bad;
+    memcpy(c->host, hs, (size_t)(he - hs));
+    c->port = 80;
+    if (colon) {
+        int64_t port;
+        if (parse_int_text((Str){ colon + 1, (size_t)(end - colon - 1) }, &port) ||
+            port < 1 || port > 65535)
+            goto bad;
+        c->port = (int)port;
+    }
+    snprintf(c->base, sizeof c->base, "%.*s", (int)(end - url), url);
+    return 0;
+bad:
+    snprintf(err, ARC_ERRLEN, "invalid URL: %s", url);
+    return -1;
+}
+
+static void cli_close(Client *c) {
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    buf_reset(&c->in);
+}
+
+static void cli_free(Client *c) {
+    cli_close(c);
+    buf_free(&c->in);
+}
+
+/* Wait until fd is ready for `events` or the deadline passes. */
+static int cli_wait(int fd, short events, int64_t deadline_ms) {
+    for (;;) {
+        int64_t left = deadline_ms - clock_ms();
+        if (left <= 0) return -1;
+        struct pollfd p = { .fd = fd, .events = events };
+        int rc = poll(&p, 1, (int)left);
+        if (rc > 0) return 0;
+        if (rc < 0 && errno != EINTR) return -1;
+    }
+}
+
+static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM },
+                    *res = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", c->port);
+    int rc = getaddrinfo(c->host, ps, &hints, &res);
+    if (rc) {
+        snprintf(err, ARC_ERRLEN, "cannot resolve %s: %s", c->host, gai_strerror(rc));
+        return -1;
+    }
+    snprintf(err, ARC_ERRLEN, "cannot connect to %s", c->base);
+    for (struct addrinfo *ai = res; ai && c->fd < 0; ai = ai->ai_next) {
+        int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+        if (fd < 0) continue;
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        loop_nonblock(fd);
+        int ok = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
+        if (!ok && errno == EINPROGRESS && cli_wait(fd, POLLOUT, deadline_ms) == 0) {
+            int e = 0;
+            socklen_t el = sizeof e;
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el);
+            ok = e == 0;
+            if (e) errno = e;
+        }
+        if (ok) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            c->fd = fd;
+        } else {
+            snprintf(err, ARC_ERRLEN, "cannot connect to %s: %s", c->base,
+                     strerror(errno));
+            close(fd);
+        }
+    }
+    freeaddrinfo(res);
+    return c->fd >= 0 ? 0 : -1;
+}
+
+/* Send one request and read its response. Returns 0 with the status and
+ * body, or -1 with err (no response). Reuses the kept-alive connection and,
+ * if the hub had closed it meanwhile, retries once on a fresh one. */
+static int cli_call(Client *c, const char *method, const char *path, Str body,
+                    int64_t timeout_ms, int *status, Buf *out,
+                    char err[ARC_ERRLEN]) {
+    int64_t deadline = clock_ms() + timeout_ms;
+    Buf req = { 0 };
+    buf_addf(&req, "%s %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: arc/"
+             ARC_VERSION "\r\n", method, path, c->host, c->port);
+    if (body.p)
+        buf_addf(&req, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
+                 body.n);
+    buf_adds(&req, "\r\n");
+    if (body.p) buf_addstr(&req, body);
+    int rc = -1;
+    for (int attempt = 0; attempt < 2 && rc < 0; attempt++) {
+        int reused = c->fd >= 0;
+        if (!reused && cli_connect(c, deadline, err)) break;
+        buf_reset(&c->in);
+        size_t off = 0;
+        while (off < req.len) {
+            ssize_t w = write(c->fd, req.p + off, req.len - off);
+            if (w > 0) { off += (size_t)w; continue; }
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0 && errno == EAGAIN && cli_wait(c->fd, POLLOUT, deadline) == 0)
+                continue;
+            break;
+        }
+        if (off < req.len) {
+            snprintf(err, ARC_ERRLEN, "cannot send to %s: %s", c->base, strerror(errno));
+            cli_close(c);
+            if (reused) continue;
+            break;
+        }
+        /* Read the head, then Content-Length bytes (or to EOF). */
+        long head = -1, clen = -1;
+        int keep = 1, eof = 0;
+        for (;;) {
+            if (head < 0) {
+                char *e = c->in.p ? strstr(c->in.p, "\r\n\r\n") : NULL;
+                if (e) {
+                    head = (long)(e - c->in.p) + 4;
+                    int st = 0;
+                    if (sscanf(c->in.p, "HTTP/1.%*d %d", &st) != 1) break;
+                    *status = st;
+                    for (char *l = strstr(c->in.p, "\r\n"); l && l < e; l = strstr(l + 2, "\r\n")) {
+                        Str line = { l + 2, (size_t)(strcspn(l + 2, "\r")) };
+                        if (line.n > 15 && str_ieq((Str){ line.p, 15 }, "content-length:"))
+                            clen = strtol(line.p + 15, NULL, 10);
+                        if (line.n > 11 && str_ieq((Str){ line.p, 11 }, "connection:") &&
+                            http_has_token((Str){ line.p + 11, line.n - 11 }, "close"))
+                            keep = 0;
+                    }
+                }
+            }
+            if (head >= 0 && clen >= 0 && (long)c->in.len >= head + clen) break;
+            if (eof) break;
+            if (cli_wait(c->fd, POLLIN, deadline)) {
+                snprintf(err, ARC_ERRLEN, "no answer from %s within %lld ms",
+                         c->base, (long long)timeout_ms);
+                break;
+            }
+            if (buf_reserve(&c->in, 65536)) break;
+            ssize_t n = read(c->fd, c->in.p + c->in.len, 65536);
+            if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+            if (n <= 0) {
+                eof = 1;
+                continue;
+            }
+            c->in.len += (size_t)n;
+            c->in.p[c->in.len] = 0;
+        }
+        if (head >= 0 && (clen < 0 ? eof : (long)c->in.len >= head + clen)) {
+            size_t blen = clen >= 0 ? (size_t)clen : c->in.len - (size_t)head;
+            buf_reset(out);
+            buf_add(out, c->in.p + head, blen);
+            rc = 0;
+            if (!keep || clen < 0) cli_close(c);
+            else buf_consume(&c->in, (size_t)head + blen);
+        } else {
+            if (head < 0 && eof && c->in.len == 0 && reused) {
+                cli_close(c);   /* the hub closed an idle connection: retry */
+                continue;
+            }
+            if (!err[0] || eof)
+                snprintf(err, ARC_ERRLEN, "connection to %s closed mid-response",
+                         c->base);
+            cli_close(c);
+            break;
+        }
+    }
+    buf_free(&req);
+    return rc;
+}
+
+/* Write a JSON value the way Python's json.dumps(indent=2) lays it out, so
+ * lifecycle output matches the reference's. */
+static void cli_pretty(Buf *b, const Json *j, uint32_t i, int depth) {
+    const JsonTok *t = &j->t[i];
+    if ((t->type != JSON_ARR && t->type != JSON_OBJ) || t->n == 0) {
+        json_write(b, j, i);
+        return;
+    }
+    int obj = t->type == JSON_OBJ;
+    buf_addc(b, obj ? '{' : '[');
+    uint32_t c = i + 1;
+    for (uint32_t m = 0; m < t->n; m++) {
+        buf_adds(b, m ? ",\n" : "\n");
+        for (int k = 0; k <= depth; k++) buf_adds(b, "  ");
+        if (obj) {
+            json_write(b, j, c);
+            buf_adds(b, ": ");
+            c++;
+        }
+        cli_pretty(b, j, c, depth + 1);
+        c = j->t[c].next;
+    }
+    buf_addc(b, '\n');
+    for (int k = 0; k < depth; k++) buf_adds(b, "  ");
+    buf_addc(b, obj ? '}' : ']');
+}
+
+/* Print a JSON text pretty on stdout (or verbatim if it does not parse). */
+static void cli_print_json(Str s) {
+    Json j = { 0 };
+    Buf b = { 0 };
+    if (json_parse(&j, s.p, s.n) == 0) cli_pretty(&b, &j, 0, 0);
+    else buf_addstr(&b, s);
+    printf("%s\n", buf_cstr(&b));
+    buf_free(&b);
+    json_free(&j);
+}
+
+/* ---- finding a running hub ---- */
+
+typedef struct {
+    int pid;            /* 0 if unknown */
+    char url[320];
+    char path[PATH_MAX + 16];   /* the pidfile */
+} HubRef;
+
+/* Does a hub answer at url? */
+static int cli_probe(const char *url, int64_t timeout_ms) {
+    Client c;
+    char err[ARC_ERRLEN] = "";
+    Buf body = { 0 };
+    int status = 0, ok = 0;
+    if (cli_url(&c, url, err) == 0 &&
+        cli_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, timeout_ms, &status,
+                 &body, err) == 0)
+        ok = status == 200 && strstr(buf_cstr(&body), "\"instance_id\"") != NULL;
+    cli_free(&c);
+    buf_free(&body);
+    return ok;
+}
+
+/* Read a pidfile; returns 0 if it holds a pid and a url. */
+static int cli_read_pidfile(const char *path, HubRef *ref) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    Json j = { 0 };
+    int rc = -1;
+    int64_t pid;
+    uint32_t vp, vu;
+    if (json_parse(&j, buf, n) == 0 && (vp = json_get(&j, 0, "pid")) &&
+        (vu = json_get(&j, 0, "url")) && j.t[vu].type == JSON_STR &&
+        json_to_i64(&j, vp, &pid) == 0 && pid > 0 && pid < INT_MAX) {
+        Buf u = { 0 };
+        json_unescape(&j, vu, &u);
+        snprintf(ref->url, sizeof ref->url, "%s", buf_cstr(&u));
+        buf_free(&u);
+        ref->pid = (int)pid;
+        snprintf(ref->path, sizeof ref->path, "%s", path);
+        rc = 0;
+    }
+    json_free(&j);
+    return rc;
+}
+
+/* The directory holding the storage file, made absolute (it need not
+ * exist yet). */
+static void cli_storage_dir(const char *storage, char *out, size_t n) {
+    char cwd[PATH_MAX] = ".";
+    if (!getcwd(cwd, sizeof cwd)) snprintf(cwd, sizeof cwd, ".");
+    const char *slash = strrchr(storage, '/');
+    if (storage[0] == '/') snprintf(out, n, "%.*s", slash == storage ? 1 : (int)(slash - storage), storage);
+    else if (slash) snprintf(out, n, "%s/%.*s", cwd, (int)(slash - storage), storage);
+    else snprintf(out, n, "%s", cwd);
+    char real[PATH_MAX];
+    if (realpath(out, real)) snprintf(out, n, "%s", real);
+}
+
+/* Look for a live hub's pidfile in the current directory and its parents,
+ * then beside the storage file and its parents (as the reference does). A
+ * pidfile whose process is gone, or whose URL does not answer as an arc hub,
+ * is stale and skipped. Returns 1 with ref filled, or 0. */
+static int cli_discover(const char *storage, HubRef *ref) {
+    char roots[2][PATH_MAX];
+    if (!getcwd(roots[0], sizeof roots[0])) snprintf(roots[0], PATH_MAX, "/");
+    cli_storage_dir(storage, roots[1], sizeof roots[1]);
+    for (int r = 0; r < 2; r++) {
+        char dir[PATH_MAX];
+        memcpy(dir, roots[r], sizeof dir);
+        for (;;) {
+            char path[PATH_MAX + 16];
+            snprintf(path, sizeof path, "%s/.arc.pid", strcmp(dir, "/") ? dir : "");
+            if (cli_read_pidfile(path, ref) == 0 &&
+                (kill(ref->pid, 0) == 0 || errno == EPERM) &&
+                cli_probe(ref->url, 2000))
+                return 1;
+            char *slash = strrchr(dir, '/');
+            if (!slash || slash == dir) {
+                if (strcmp(dir, "/") == 0) break;
+                snprintf(dir, sizeof dir, "/");
+                continue;
+            }
+            *slash = 0;
+        }
+    }
+    return 0;
+}
+
+/* ---- lifecycle: ensure, stop, reset, status ---- */
+
+typedef struct {
+    HubConfig hub;          /* what a started hub gets */
+    double timeout_s;       /* ensure: how long to wait for it */
+    const char *argv0;
+} LifeOpts;
+
+static const char *g_argv0 = "arc";
+
+static const char life_usage[] =
+    "usage: arc %s [options]\n"
+    "  --host ADDR --port N --storage FILE   which hub (defaults 127.0.0.1,\n"
+    "                                        6969, arc.sqlite3)\n"
+    "%s";
+
+/* Parse lifecycle options; serve options pass through to the hub. */
+static void life_options(const char *cmd, const char *extra_help, int argc,
+                         char **argv, LifeOpts *o) {
+    char **pass = xrealloc(NULL, (size_t)(argc + 1) * sizeof *pass);
+    int n = 0;
+    o->timeout_s = 60;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        int rc;
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            printf(life_usage, cmd, extra_help);
+            exit(0);
+        }
+        if ((rc = opt_val(argc, argv, &i, "--timeout", &v))) {
+            if (rc < 0) exit(2);
+            char *end;
+            o->timeout_s = strtod(v, &end);
+            if (*end || !(o->timeout_s > 0) || o->timeout_s > 86400) {
+                fputs("arc: --timeout must be a number of seconds > 0\n", stderr);
+                exit(2);
+            }
+            continue;
+        }
+        pass[n++] = argv[i];
+    }
+    serve_options(n, pass, &o->hub);
+    free(pass);
+}
+
+static void life_base_url(const HubConfig *cfg, char *out, size_t n) {
+    serve_url(cfg->host, cfg->port, out, n);
+}
+
+/* Print the last lines of a log file on stderr. */
+static void life_log_tail(const char *path, int lines) {
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char buf[8192];
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    long from = size > (long)sizeof buf - 1 ? size - (long)sizeof buf + 1 : 0;
+    fseek(f, from, SEEK_SET);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = buf + n;
+    for (int k = 0; p > buf && k <= lines;)
+        if (*--p == '\n' && p + 1 < buf + n) k++;
+    fprintf(stderr, "--- last lines of %s ---\n%s", path, *p == '\n' ? p + 1 : p);
+}
+
+/* Start `arc serve` detached: its own session, stdin from /dev/null, output
+ * appended to `log`. Returns the child's pid or -1. */
+static pid_t life_spawn(const LifeOpts *o, const char *log) {
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) exe[n] = 0;
+    else if (!realpath(o->argv0, exe)) snprintf(exe, sizeof exe, "%s", o->argv0);
+    char port[16], mb[24], ma[24], mn[24], ttl[24];
+    snprintf(port, sizeof port, "%d", o->hub.port);
+    snprintf(mb, sizeof mb, "%lld", (long long)o->hub.max_body_chars);
+    snprintf(ma, sizeof ma, "%lld", (long long)o->hub.max_attachment_chars);
+    snprintf(mn, sizeof mn, "%lld", (long long)o->hub.max_attachments);
+    snprintf(ttl, sizeof ttl, "%lld", (long long)o->hub.presence_ttl_s);
+    const char *args[32] = { exe, "serve", "--host", o->hub.host, "--port", port,
+                             "--storage", o->hub.storage, "--spool-dir",
+                             o->hub.spool_dir, "--max-body-chars", mb,
+                             "--max-attachment-chars", ma, "--max-attachments",
+                             mn, "--presence-ttl", ttl, "--sync",
+                             o->hub.sync_full ? "full" : "normal" };
+    int k = 20;
+    if (o->hub.allow_remote) args[k++] = "--allow-remote";
+    if (g_quiet) args[k++] = "--quiet";
+    args[k] = NULL;
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    setsid();
+    int in = open("/dev/null", O_RDONLY);
+    int out = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (in >= 0) dup2(in, 0);
+    if (out >= 0) dup2(out, 1), dup2(out, 2);
+    execv(exe, (char *const *)args);
+    fprintf(stderr, "arc: cannot run %s: %s\n", exe, strerror(errno));
+    _exit(127);
+}
+
+/* Serialise concurrent `arc ensure`s for one storage file with a POSIX
+ * record lock on a file beside it, so two at once start one hub. */
+static int life_lock(const char *storage) {
+    char dir[PATH_MAX], path[PATH_MAX + 16];
+    cli_storage_dir(storage, dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/.arc.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return -1;
+    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+    while (fcntl(fd, F_SETLKW, &fl) < 0 && errno == EINTR) {}
+    return fd;   /* closing it releases the lock */
+}
+
+static void life_print(int running, int started, const char *url, const char *error) {
+    Buf b = { 0 };
+    buf_addf(&b, "{\n  \"running\": %s,\n  \"started\": %s,\n  \"url\": ",
+             running ? "true" : "false", started ? "true" : "false");
+    json_cstr(&b, url);
+    if (error) {
+        buf_adds(&b, ",\n  \"error\": ");
+        json_cstr(&b, error);
+    }
+    buf_adds(&b, "\n}");
+    printf("%s\n", b.p);
+    buf_free(&b);
+}
+
+static int cmd_ensure(int argc, char **argv) {
+    LifeOpts o = { .argv0 = g_argv0 };
+    life_options("ensure", "  --timeout SEC                         wait this long for a new hub (default 60)\n"
+                 "  and every 'arc serve' option, passed to a started hub\n"
+                 "Start a hub in the background unless one is already running.\n",
+                 argc, argv, &o);
+    char base[320];
+    life_base_url(&o.hub, base, sizeof base);
+    HubRef ref;
+    if (cli_discover(o.hub.storage, &ref)) {
+        life_print(1, 0, ref.url, NULL);
+        return 0;
+    }
+    if (cli_probe(base, 2000)) {
+        life_print(1, 0, base, NULL);
+        return 0;
+    }
+    int lock = life_lock(o.hub.storage);
+    /* Whoever held the lock before us may have just started it. */
+    if (cli_discover(o.hub.storage, &ref) || cli_probe(base, 2000)) {
+        life_print(1, 0, cli_discover(o.hub.storage, &ref) ? ref.url : base, NULL);
+        if (lock >= 0) close(lock);
+        return 0;
+    }
+    char dir[PATH_MAX], log[PATH_MAX + 16];
+    cli_storage_dir(o.hub.storage, dir, sizeof dir);
+    mkdir(dir, 0700);
+    snprintf(log, sizeof log, "%s/arc.log", dir);
+    pid_t pid = life_spawn(&o, log);
+    if (pid < 0) {
+        life_print(0, 0, base, "spawn failed");
+        if (lock >= 0) close(lock);
+        return 1;
+    }
+    int64_t deadline = clock_ms() + (int64_t)(o.timeout_s * 1000);
+    int rc = 1;
+    char why[300] = "timeout";
+    while (clock_ms() < deadline) {
+        if (cli_probe(base, 1000)) {
+            rc = 0;
+            break;
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            snprintf(why, sizeof why, "hub exited with status %d before answering",
+                     WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+            break;
+        }
+        struct timespec ts = { 0, 10 * 1000000 };
+        nanosleep(&ts, NULL);
+    }
+    if (lock >= 0) close(lock);
+    life_print(rc == 0, 1, base, rc ? why : NULL);
+    if (rc) life_log_tail(log, 10);
+    return rc;
+}
+
+/* Find the hub for these options: pidfile first, then host:port. */
+static int life_find(const LifeOpts *o, HubRef *ref) {
+    if (cli_discover(o->hub.storage, ref)) return 1;
+    memset(ref, 0, sizeof *ref);
+    life_base_url(&o->hub, ref->url, sizeof ref->url);
+    return cli_probe(ref->url, 2000) ? 2 : 0;
+}
+
+/* SIGTERM the hub and wait (bounded) until its process is gone. */
+static int life_stop(const HubRef *ref, char *err, size_t n) {
+    if (kill(ref->pid, SIGTERM) < 0) {
+        snprintf(err, n, "failed to stop pid %d: %s", ref->pid, strerror(errno));
+        return -1;
+    }
+    int64_t deadline = clock_ms() + 10000;
+    while (clock_ms() < deadline) {
+        waitpid(ref->pid, NULL, WNOHANG);   /* in case it is our child */
+        if (kill(ref->pid, 0) < 0 && errno == ESRCH) return 0;
+        struct timespec ts = { 0, 10 * 1000000 };
+        nanosleep(&ts, NULL);
+    }
+    snprintf(err, n, "pid %d did not exit within 10 s", ref->pid);
+    return -1;
+}
+
+static int cmd_stop(int argc, char **argv) {
+    LifeOpts o = { .argv0 = g_argv0 };
+    life_options("stop", "Stop the running hub (SIGTERM) and wait for it to exit.\n",
+                 argc, argv, &o);
+    HubRef ref;
+    int found = life_find(&o, &ref);
+    char err[300];
+    if (!found) {
+        printf("{\n  \"stopped\": false,\n  \"error\": \"no running hub found\"\n}\n");
+        fprintf(stderr, "arc: no running hub found\n");
+        return 1;
+    }
+    if (found == 2) {
+        printf("{\n  \"stopped\": false,\n  \"error\": \"hub is responding but no "
+               "pidfile found to identify process\"\n}\n");
+        return 1;
+    }
+    if (life_stop(&ref, err, sizeof err)) {
+        Buf b = { 0 };
+        json_cstr(&b, err);
+        printf("{\n  \"stopped\": false,\n  \"error\": %s\n}\n", b.p);
+        buf_free(&b);
+        return 1;
+    }
+    Buf u = { 0 };
+    json_cstr(&u, ref.url);
+    printf("{\n  \"stopped\": true,\n  \"pid\": %d,\n  \"url\": %s\n}\n", ref.pid, u.p);
+    buf_free(&u);
+    return 0;
+}
+
+static int cmd_reset(int argc, char **argv) {
+    LifeOpts o = { .argv0 = g_argv0 };
+    life_options("reset", "Stop the hub if it runs, then delete the storage file\n"
+                 "with its -wal and -shm files. Everything stored is lost.\n",
+                 argc, argv, &o);
+    HubRef ref;
+    int found = life_find(&o, &ref);
+    char err[300];
+    if (found == 2 || (found == 1 && life_stop(&ref, err, sizeof err))) {
+        if (found == 2) snprintf(err, sizeof err, "hub is responding but no pidfile "
+                                 "found to identify process");
+        Buf b = { 0 };
+        json_cstr(&b, err);
+        printf("{\n  \"reset\": false,\n  \"error\": %s\n}\n", b.p);
+        buf_free(&b);
+        return 1;
+    }
+    Buf removed = { 0 };
+    static const char *const suffix[] = { "", "-wal", "-shm" };
+    for (int i = 0; i < 3; i++) {
+        char p[PATH_MAX + 8];
+        snprintf(p, sizeof p, "%s%s", o.hub.storage, suffix[i]);
+        if (unlink(p) == 0) {
+            const char *base = strrchr(p, '/');
+            buf_adds(&removed, removed.len ? ",\n    " : "\n    ");
+            json_cstr(&removed, base ? base + 1 : p);
+        } else if (errno != ENOENT) {
+            fprintf(stderr, "arc: cannot remove %s: %s\n", p, strerror(errno));
+            printf("{\n  \"reset\": false,\n  \"error\": \"failed to remove storage\"\n}\n");
+            buf_free(&removed);
+            return 1;
+        }
+    }
+    if (removed.len)
+        printf("{\n  \"reset\": true,\n  \"removed\": [%s\n  ]\n}\n", removed.p);
+    else
+        printf("{\n  \"reset\": true,\n  \"note\": \"database did not exist\"\n}\n");
+    buf_free(&removed);
+    return 0;
+}
+
+static int cmd_status(int argc, char **argv) {
+    LifeOpts o = { .argv0 = g_argv0 };
+    life_options("status", "Print whether a hub runs for this storage/port, with its\n"
+                 "url, pid, uptime and counts. Exit 0 if running, 1 if not.\n",
+                 argc, argv, &o);
+    HubRef ref;
+    int found = life_find(&o, &ref);
+    if (!found) {
+        Buf u = { 0 };
+        life_base_url(&o.hub, ref.url, sizeof ref.url);
+        json_cstr(&u, ref.url);
+        printf("{\n  \"running\": false,\n  \"url\": %s\n}\n", u.p);
+        buf_free(&u);
+        return 1;
+    }
+    Client c;
+    char err[ARC_ERRLEN] = "";
+    Buf info = { 0 }, agents = { 0 }, out = { 0 };
+    int st = 0;
+    cli_url(&c, ref.url, err);
+    cli_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, 5000, &st, &info, err);
+    cli_call(&c, "GET", "/v1/agents", (Str){ NULL, 0 }, 5000, &st, &agents, err);
+    cli_free(&c);
+    Json ji = { 0 }, ja = { 0 };
+    buf_adds(&out, "{\"running\":true,\"url\":");
+    json_cstr(&out, ref.url);
+    if (ref.pid) buf_addf(&out, ",\"pid\":%d", ref.pid);
+    if (json_parse(&ji, info.p ? info.p : "", info.len) == 0) {
+        uint32_t r = json_get(&ji, 0, "result");
+        static const char *const keys[] = { "instance_id", "implementation",
+            "implementation_version", "storage_path", "started_at",
+            "latest_message_id" };
+        for (int i = 0; r && i < 6; i++) {
+            uint32_t v = json_get(&ji, r, keys[i]);
+            if (!v) continue;
+            buf_addf(&out, ",\"%s\":", keys[i]);
+            json_write(&out, &ji, v);
+            int64_t us;
+            if (i == 4 && iso_parse((Str){ ji.src + ji.t[v].off, ji.t[v].len }, &us) == 0)
+                buf_addf(&out, ",\"uptime_sec\":%lld",
+                         (long long)((clock_wall_us() - us) / 1000000));
+        }
+    }
+    if (json_parse(&ja, agents.p ? agents.p : "", agents.len) == 0) {
+        uint32_t r = json_get(&ja, 0, "result");
+        if (r && ja.t[r].type == JSON_ARR) buf_addf(&out, ",\"agents\":%u", ja.t[r].n);
+    }
+    buf_addc(&out, '}');
+    cli_print_json(buf_str(&out));
+    json_free(&ji), json_free(&ja);
+    buf_free(&info), buf_free(&agents), buf_free(&out);
+    return 0;
+}
+
+/* ---- agent commands: post, poll, whoami ---- */
+
+typedef struct {
+    const char *agent, *base_url, *channel, *to, *kind, *thread, *body;
+    double timeout_s;
+    int64_t since_id;
+    int include_self;
+} AgentOpts;
+
+static const char agent_usage[] =
+    "usage:\n"
+    "  arc post   --agent ID [--channel general] [--to AGENT] [--kind chat]\n"
+    "             [--thread-id T] [--base-url URL] BODY   (BODY - reads stdin)\n"
+    "  arc poll   --agent ID [--channel C] [--thread-id T] [--timeout 30]\n"
+    "             [--since-id N] [--include-self] [--base-url URL]\n"
+    "  arc whoami --agent ID [--base-url URL]\n"
+    "Each registers the agent (replacing its session) and then acts as it.\n"
+    "poll prints one JSON message per line; by default it skips the agent's\n"
+    "own messages. Defaults: ARC_AGENT for --agent, ARC_URL for --base-url\n"
+    "(else http://127.0.0.1:6969). Exit: 0 ok, 1 the hub refused, 2 usage or\n"
+    "no hub.\n";
+
+static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) {
+    *o = (AgentOpts){ .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
+                      .channel = NULL, .kind = "chat", .timeout_s = 30 };
+    if (!o->base_url || !*o->base_url) o->base_url = "http://127.0.0.1:6969";
+    int is_post = !strcmp(cmd, "post"), is_poll = !strcmp(cmd, "poll");
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        int rc = 0;
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(agent_usage, stdout);
+            exit(0);
+        }
+        if ((rc = opt_val(argc, argv, &i, "--agent", &v))) o->agent = v;
+        else if ((rc = opt_val(argc, argv, &i, "--base-url", &v))) o->base_url = v;
+        else if ((is_post || is_poll) && (rc = opt_val(argc, argv, &i, "--channel", &v))) o->channel = v;
+        else if ((is_post || is_poll) && (rc = opt_val(argc, argv, &i, "--thread-id", &v))) o->thread = v;
+        else if (is_post && (rc = opt_val(argc, argv, &i, "--to", &v))) o->to = v;
+        else if (is_post && (rc = opt_val(argc, argv, &i, "--kind", &v))) o->kind = v;
+        else if (is_poll && (rc = opt_val(argc, argv, &i, "--timeout", &v))) {
+            char *end;
+            o->timeout_s = strtod(v, &end);
+            if (*end || !(o->timeout_s >= 0) || o->timeout_s > 60) {
+                fputs("arc: --timeout must be 0 to 60 seconds\n", stderr);
+                exit(2);
+            }
+        } else if (is_poll && (rc = opt_val(argc, argv, &i, "--since-id", &v)))
+            o->since_id = opt_int("--since-id", v, 0, ARC_MAX_ID);
+        else if (is_poll && !strcmp(a, "--include-self")) o->include_self = 1;
+        else if (is_post && !o->body && (a[0] != '-' || !strcmp(a, "-"))) o->body = a;
+        else {
+            fprintf(stderr, "arc %s: unexpected argument %s (see arc %s --help)\n",
+                    cmd, a, cmd);
+            exit(2);
+        }
+        if (rc < 0) exit(2);
+    }
+    if (!o->agent || !*o->agent) {
+        fprintf(stderr, "arc %s: --agent is required (or set ARC_AGENT)\n", cmd);
+        exit(2);
+    }
+    if (is_post && !o->body) {
+        fprintf(stderr, "arc post: BODY is required (use - to read stdin)\n");
+        exit(2);
+    }
+}
+
+/* Call the hub; on success leave the response body in out and return 0.
+ * Otherwise print why and return the exit code (1 hub error, 2 no hub). */
+static int agent_call(Client *c, const char *method, const char *path, Str body,
+                      int64_t timeout_ms, Buf *out) {
+    char err[ARC_ERRLEN] = "";
+    int status = 0;
+    if (cli_call(c, method, path, body, timeout_ms, &status, out, err)) {
+        fprintf(stderr, "arc: no hub at %s (run: arc ensure): %s\n", c->base, err);
+        return 2;
+    }
+    Json j = { 0 };
+    int rc = 0;
+    uint32_t ok = 0;
+    if (json_parse(&j, out->p ? out->p : "", out->len) || !(ok = json_get(&j, 0, "ok"))) {
+        fprintf(stderr, "arc: unexpected answer from %s (HTTP %d)\n", c->base, status);
+        rc = 1;
+    } else if (j.t[ok].type != JSON_TRUE) {
+        uint32_t e = json_get(&j, 0, "error");
+        Buf m = { 0 };
+        if (e) json_as_text(&m, &j, e);
+        fprintf(stderr, "arc: %s\n", m.len ? m.p : "hub error");
+        buf_free(&m);
+        rc = 1;
+    }
+    json_free(&j);
+    return rc;
+}
+
+/* Append "&name=value" with the value percent-encoded. */
+static void agent_qparam(Buf *b, const char *name, const char *value) {
+    buf_addf(b, "&%s=", name);
+    for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+        if (isalnum(*p) || strchr("-._~", *p)) buf_addc(b, (char)*p);
+        else buf_addf(b, "%%%02X", *p);
+    }
+}
+
+/* Register (replace) and return the client ready for more calls. */
+static int agent_start(const char *cmd, int argc, char **argv, AgentOpts *o,
+                       Client *c) {
+    agent_options(cmd, argc, argv, o);
+    char err[ARC_ERRLEN];
+    if (cli_url(c, o->base_url, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 2;
+    }
+    Buf body = { 0 }, out = { 0 };
+    buf_adds(&body, "{\"agent_id\":");
+    json_cstr(&body, o->agent);
+    buf_adds(&body, ",\"replace\":true}");
+    int rc = agent_call(c, "POST", "/v1/sessions", buf_str(&body), 15000, &out);
+    buf_free(&body);
+    buf_free(&out);
+    return rc;
+}
+
+/* Print the "result" member of a hub envelope, pretty or as one line. */
+static void agent_print_result(Buf *env, int one_line_items) {
+    Json j = { 0 };
+    if (json_parse(&j, env->p, env->len) == 0) {
+        uint32_t r = json_get(&j, 0, "result");
+        Buf b = { 0 };
+        if (r && one_line_items && j.t[r].type == JSON_ARR) {
+            uint32_t m = r + 1;
+            for (uint32_t i = 0; i < j.t[r].n; i++, m = j.t[m].next) {
+                buf_reset(&b);
+                json_write(&b, &j, m);
+                printf("%s\n", b.p);
+            }
+        } else if (r) {
+            cli_pretty(&b, &j, r, 0);
+            printf("%s\n", b.p);
+        }
+        buf_free(&b);
+    }
+    json_free(&j);
+}
+
+static int cmd_post(int argc, char **argv) {
+    AgentOpts o;
+    Client c;
+    int rc = agent_start("post", argc, argv, &o, &c);
+    Buf text = { 0 }, body = { 0 }, out = { 0 };
+    if (rc) goto done;
+    if (!strcmp(o.body, "-")) {
+        char chunk[4096];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof chunk, stdin)) > 0) buf_add(&text, chunk, n);
+        while (text.len && (text.p[text.len - 1] == '\n')) text.p[--text.len] = 0;
+    } else {
+        buf_adds(&text, o.body);
+    }
+    if (!utf8_valid(text.p ? text.p : "", text.len)) {
+        fprintf(stderr, "arc post: BODY is not valid UTF-8\n");
+        rc = 2;
+        goto done;
+    }
+    buf_adds(&body, "{\"from_agent\":");
+    json_cstr(&body, o.agent);
+    buf_adds(&body, ",\"channel\":");
+    json_cstr(&body, o.channel ? o.channel : o.to ? "direct" : "general");
+    if (o.to) buf_adds(&body, ",\"to_agent\":"), json_cstr(&body, o.to);
+    buf_adds(&body, ",\"kind\":");
+    json_cstr(&body, o.kind);
+    if (o.thread) buf_adds(&body, ",\"thread_id\":"), json_cstr(&body, o.thread);
+    buf_adds(&body, ",\"body\":");
+    json_strs(&body, buf_str(&text));
+    buf_addc(&body, '}');
+    rc = agent_call(&c, "POST", "/v1/messages", buf_str(&body), 15000, &out);
+    if (!rc) agent_print_result(&out, 0);
+done:
+    buf_free(&text), buf_free(&body), buf_free(&out);
+    cli_free(&c);
+    return rc;
+}
+
+static int cmd_poll(int argc, char **argv) {
+    AgentOpts o;
+    Client c;
+    int rc = agent_start("poll", argc, argv, &o, &c);
+    Buf path = { 0 }, out = { 0 };
+    if (rc) goto done;
+    buf_adds(&path, "/v1/events?limit=100");
+    agent_qparam(&path, "agent_id", o.agent);
+    buf_addf(&path, "&since_id=%lld&timeout=%g", (long long)o.since_id, o.timeout_s);
+    if (!o.include_self) buf_adds(&path, "&exclude_self=1");
+    if (o.channel) agent_qparam(&path, "channel", o.channel);
+    if (o.thread) agent_qparam(&path, "thread_id", o.thread);
+    rc = agent_call(&c, "GET", path.p, (Str){ NULL, 0 },
+                    (int64_t)(o.timeout_s * 1000) + 15000, &out);
+    if (!rc) agent_print_result(&out, 1);
+done:
+    buf_free(&path), buf_free(&out);
+    cli_free(&c);
+    return rc;
+}
+
+static int cmd_whoami(int argc, char **argv) {
+    AgentOpts o;
+    Client c;
+    int rc = agent_start("whoami", argc, argv, &o, &c);
+    Buf path = { 0 }, out = { 0 };
+    if (rc) goto done;
+    buf_adds(&path, "/v1/bootstrap?x=1");
+    agent_qparam(&path, "agent_id", o.agent);
+    rc = agent_call(&c, "GET", path.p, (Str){ NULL, 0 }, 15000, &out);
+    if (!rc) agent_print_result(&out, 0);
+done:
+    buf_free(&path), buf_free(&out);
+    cli_free(&c);
+    return rc;
+}
+
+/* ==== main: the command table, arc_main(), main() ======================== */
+
 static int cmd_version(int argc, char **argv) {
     (void)argc, (void)argv;
     printf("arc %s (SQLite %s)\n", ARC_VERSION, sqlite3_libversion());
@@ -4930,6 +5839,13 @@ typedef struct {
 
 static const Cmd cmds[] = {
     { "serve", cmd_serve, "run the hub in the foreground (the default)" },
+    { "ensure", cmd_ensure, "start a hub in the background unless one runs" },
+    { "stop", cmd_stop, "stop the running hub" },
+    { "reset", cmd_reset, "stop the hub and delete its storage" },
+    { "status", cmd_status, "is a hub running? url, pid, uptime, counts" },
+    { "post", cmd_post, "post a message (or a DM with --to) as an agent" },
+    { "poll", cmd_poll, "wait for messages visible to an agent" },
+    { "whoami", cmd_whoami, "register an agent and print its bootstrap" },
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
 };
@@ -4946,6 +5862,7 @@ static int cmd_help(int argc, char **argv) {
 }
 
 int arc_main(int argc, char **argv) {
+    if (argc > 0) g_argv0 = argv[0];
     if (argc < 2 || argv[1][0] == '-') {
         if (argc >= 2 && !strcmp(argv[1], "--version")) return cmd_version(0, NULL);
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
