@@ -789,7 +789,13 @@ static int json_truthy(const Json *j, uint32_t i) {
     case JSON_TRUE: return 1;
     case JSON_STR: return t->len > 0;
     case JSON_ARR: case JSON_OBJ: return t->n > 0;
-    default: return strtod(j->src + t->off, NULL) != 0.0;
+    default: {
+        /* strtod on a bounded copy: the token need not end the source. */
+        char *tmp = xstrndup(j->src + t->off, t->len);
+        int truthy = strtod(tmp, NULL) != 0.0;
+        free(tmp);
+        return truthy;
+    }
     }
 }
 
@@ -1049,17 +1055,22 @@ static size_t json_pylen(const Json *j, uint32_t i) {
         return len;
     }
     case JSON_ARR: case JSON_OBJ: {
+        /* Python sees an object after duplicate keys collapsed. */
+        unsigned char *keep = t->type == JSON_OBJ ? json_obj_keep(j, i) : NULL;
         size_t len = 2;
+        int first = 1;
         uint32_t c = i + 1;
         for (uint32_t m = 0; m < t->n; m++) {
-            if (m) len += 2;
-            if (t->type == JSON_OBJ) {
-                len += json_pylen(j, c) + 2;
-                c++;
+            uint32_t v = keep ? c + 1 : c;
+            if (!keep || keep[m]) {
+                len += first ? 0 : 2;
+                first = 0;
+                if (keep) len += json_pylen(j, c) + 2;
+                len += json_pylen(j, v);
             }
-            len += json_pylen(j, c);
-            c = j->t[c].next;
+            c = j->t[v].next;
         }
+        free(keep);
         return len;
     }
     case JSON_TRUE: return 4;

@@ -243,6 +243,21 @@ def raw(port, data, until_close=False, timeout=10):
 
 # ── Hub process ─────────────────────────────────────────────────────────
 
+# Sanitizer findings in any hub's log (make asan): collected here and
+# reported by tests/pyrun.py, which fails the run if there are any.
+SANITIZER_REPORTS = []
+_SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                      "runtime error:", "ThreadSanitizer")
+
+
+def check_sanitizer_log(text):
+    for marker in _SANITIZER_MARKERS:
+        i = text.find(marker)
+        if i >= 0:
+            SANITIZER_REPORTS.append(text[max(0, i - 200):i + 3000])
+            return
+
+
 class Hub:
     """A hub child process on a free port with its own temp directory."""
 
@@ -370,6 +385,7 @@ class Hub:
         if self._logf is not None:
             self._logf.close()
             self._logf = None
+            check_sanitizer_log(self.log_text())
 
     def __enter__(self):
         if self.proc is None:

@@ -12,6 +12,10 @@ sys.path.insert(0, here)
 suite = unittest.defaultTestLoader.discover(here, pattern="test_*.py")
 result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
 failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+import hubtest  # noqa: E402  (imported by the tests; holds their findings)
+for report in hubtest.SANITIZER_REPORTS:
+    print("SANITIZER REPORT in a hub log:\n" + report)
+failed += len(hubtest.SANITIZER_REPORTS)
 skipped = len(result.skipped)
 passed = result.testsRun - failed - skipped
 print(f"integration: {passed} passed, {failed} failed, {skipped} skipped")
