@@ -25,6 +25,7 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -34,6 +35,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -47,6 +49,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/inotify.h>
+#endif
 
 #include "sqlite3.h"
 
@@ -266,6 +271,16 @@ static void buf_consume(Buf *b, size_t n) {
 
 static Str buf_str(const Buf *b) { return (Str){ b->p ? b->p : "", b->len }; }
 static const char *buf_cstr(const Buf *b) { return b->p ? b->p : ""; }
+
+static int fd_nonblock(int fd) {
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* qsort comparator for an array of C strings. */
+static int cstr_cmp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 /* Monotonic milliseconds, for deadlines and intervals. */
 static int64_t clock_ms(void) {
@@ -1832,6 +1847,7 @@ typedef struct {
     int64_t now_ms;
     int64_t next_prune_ms, next_touch_ms, next_dv_ms;
     Conn **held;                 /* conns whose responses await the commit */
+    struct Relay *relay;         /* the spool thread, or NULL */
     int n_held, cap_held;
 } Hub;
 
@@ -3815,7 +3831,7 @@ static void hub_network(Hub *h, Req *q, Res *r) {
 
 /* The v1 feature tokens arc implements (PROTOCOL §7.9). */
 static const char hub_features[] =
-    "[\"sse\",\"long_poll_keepalive\",\"subtask_rollup\",\"rpc_kinds\","
+    "[\"sse\",\"relay\",\"long_poll_keepalive\",\"subtask_rollup\",\"rpc_kinds\","
     "\"capability_filter\",\"shutdown_control\",\"session_rename\"]";
 
 static void hub_info(Hub *h, Req *q, Res *r) {
@@ -3993,6 +4009,489 @@ static void res_free(Res *r) {
     wait_free(&r->wait);
 }
 
+/* ==== relay: the file-spool binding for sandboxed agents ================== */
+
+/* Agents that can write files in a shared workspace but cannot reach the
+ * hub's socket talk through a spool (PROTOCOL §11):
+ *   requests/<agent>/<id>.json   written by the client (atomically, by rename)
+ *   requests/<agent>/<id>.work   the same file once the hub has claimed it
+ *   responses/<agent>/<id>.json  the answer, written atomically by the hub
+ * One thread watches the spool (inotify on Linux, plus a periodic scan that
+ * also catches files written while no hub ran). It only moves bytes: it
+ * claims and reads a request, hands it to the loop through a mutex-guarded
+ * queue and one byte on the loop's wake pipe, and writes the answer file
+ * when the loop hands the response back. The loop serves a relayed request
+ * exactly like an HTTP one, parking it if it is a long-poll, so one agent's
+ * long wait never delays another's request, and SQLite stays on the loop
+ * thread. Nothing is read or written outside the spool: agent directories
+ * that are symlinks are ignored, and files are opened with O_NOFOLLOW. */
+
+#ifndef ARC_RELAY_SCAN_MS
+#define ARC_RELAY_SCAN_MS 1000    /* full rescan interval (inotify backup) */
+#endif
+#define ARC_RELAY_MAX_FILE (16u << 20)  /* a request file larger is refused */
+
+/* One relayed request, owned by whichever side's queue holds it. */
+typedef struct RelayReq {
+    struct RelayReq *next;
+    char *agent;          /* owned: the agent's directory name */
+    char *file_id;        /* owned: the file's stem, names the answer file */
+    char *request_id;     /* owned: echoed in the answer */
+    char *method, *path;  /* owned */
+    char *body;           /* owned JSON text, or NULL */
+    int status;           /* the answer, filled by the loop */
+    Buf answer;           /* the hub's JSON envelope */
+} RelayReq;
+
+typedef struct Relay {
+    pthread_t thread;
+    pthread_mutex_t mu;        /* guards the two queues and stop */
+    RelayReq *to_loop;         /* shared: requests for the loop (LIFO) */
+    RelayReq *to_files;        /* shared: answers to write */
+    int stop;                  /* shared: leave the thread */
+    int loop_wake;             /* the loop's wake pipe (write end) */
+    int wake_rd, wake_wr;      /* the relay's own wake pipe */
+    char root[PATH_MAX];       /* the spool directory */
+    int inotify_fd;            /* -1 without inotify */
+    int req_wd;                /* watch on requests/ */
+    struct { int wd; char name[256]; } *watches;   /* relay thread only */
+    int n_watches;
+} Relay;
+
+static void relay_req_free(RelayReq *r) {
+    free(r->agent), free(r->file_id), free(r->request_id);
+    free(r->method), free(r->path), free(r->body);
+    buf_free(&r->answer);
+    free(r);
+}
+
+/* The reference's rule for agent directory names: every run of characters
+ * outside [A-Za-z0-9._-] becomes one '_'; empty becomes "agent". */
+static void relay_safe_name(const char *agent, Buf *out) {
+    Str a = str_trim(str_c(agent));
+    int in_bad = 0;
+    for (size_t i = 0; i < a.n; i++) {
+        unsigned char c = (unsigned char)a.p[i];
+        if (isalnum(c) || c == '.' || c == '_' || c == '-') {
+            buf_addc(out, (char)c);
+            in_bad = 0;
+        } else if (!in_bad) {
+            buf_addc(out, '_');
+            in_bad = 1;
+        }
+    }
+    if (!out->len) buf_adds(out, "agent");
+}
+
+/* mkdir -p for the spool's own directories, mode 0700. */
+static int relay_mkdirs(const char *path) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(tmp, 0700) && errno != EEXIST) return -1;
+        *p = '/';
+    }
+    return mkdir(tmp, 0700) && errno != EEXIST ? -1 : 0;
+}
+
+/* Is `name` a real directory under `parent` (not a symlink)? */
+static int relay_is_dir(const char *parent, const char *name) {
+    Buf p = { 0 };
+    struct stat sb;
+    buf_addf(&p, "%s/%s", parent, name);
+    int yes = lstat(p.p, &sb) == 0 && S_ISDIR(sb.st_mode);
+    buf_free(&p);
+    return yes;
+}
+
+/* Write `data` to dir/name atomically: a temporary file, then rename. */
+static int relay_write_file(const char *dir, const char *name, Str data) {
+    Buf tmp = { 0 }, dst = { 0 };
+    unsigned char r[6];
+    rand_bytes(r, sizeof r);
+    buf_addf(&tmp, "%s/.%s.%02x%02x%02x%02x%02x%02x.tmp", dir, name, r[0], r[1],
+             r[2], r[3], r[4], r[5]);
+    buf_addf(&dst, "%s/%s", dir, name);
+    int rc = -1;
+    int fd = open(tmp.p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) goto done;
+    size_t off = 0;
+    while (off < data.n) {
+        ssize_t w = write(fd, data.p + off, data.n - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    int ok = off == data.n && close(fd) == 0;
+    if (ok && rename(tmp.p, dst.p) == 0) rc = 0;
+    else unlink(tmp.p);
+done:
+    buf_free(&tmp);
+    buf_free(&dst);
+    return rc;
+}
+
+/* Write the answer file for r: the reference's response envelope. */
+static void relay_answer(Relay *rl, RelayReq *r, const char *error) {
+    char dir[PATH_MAX + 300], now[ISO_LEN], name[300];
+    snprintf(dir, sizeof dir, "%s/responses/%s", rl->root, r->agent);
+    if (relay_mkdirs(dir) || !relay_is_dir(rl->root, "responses")) {
+        log_warn("relay: cannot create %s", dir);
+        return;
+    }
+    struct stat sb;
+    if (lstat(dir, &sb) || !S_ISDIR(sb.st_mode)) return;   /* symlink: refuse */
+    Buf b = { 0 };
+    Json j = { 0 };
+    int ok = 0;
+    Buf err = { 0 };
+    if (error) buf_adds(&err, error);
+    if (!error && json_parse(&j, buf_cstr(&r->answer), r->answer.len) == 0 &&
+        j.t[0].type == JSON_OBJ) {
+        uint32_t v = json_get(&j, 0, "ok");
+        ok = v && json_truthy(&j, v);
+        v = json_get(&j, 0, "error");
+        if (v && j.t[v].type == JSON_STR) json_unescape(&j, v, &err);
+    }
+    iso_format(clock_wall_us(), now);
+    buf_adds(&b, "{\"request_id\":");
+    json_cstr(&b, r->request_id ? r->request_id : r->file_id);
+    buf_addf(&b, ",\"ok\":%s,\"status\":%d,", ok ? "true" : "false", r->status);
+    if (!error) {
+        buf_adds(&b, "\"body\":");
+        buf_addstr(&b, buf_str(&r->answer));
+        buf_addc(&b, ',');
+    }
+    buf_adds(&b, "\"completed_at\":");
+    json_cstr(&b, now);
+    if (err.len) {
+        buf_adds(&b, ",\"error\":");
+        json_strs(&b, buf_str(&err));
+    }
+    buf_addc(&b, '}');
+    snprintf(name, sizeof name, "%s.json", r->file_id);
+    if (relay_write_file(dir, name, buf_str(&b)))
+        log_warn("relay: cannot write %s/%s: %s", dir, name, strerror(errno));
+    json_free(&j);
+    buf_free(&b);
+    buf_free(&err);
+}
+
+/* Read and check a claimed request (PROTOCOL §11.2). Returns 0 with r
+ * filled, or -1 with the reason in err. */
+static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, ARC_ERRLEN, "cannot read request: %s", strerror(errno));
+        return -1;
+    }
+    Buf data = { .max = ARC_RELAY_MAX_FILE };
+    char chunk[16384];
+    ssize_t n;
+    while ((n = read(fd, chunk, sizeof chunk)) > 0) buf_add(&data, chunk, (size_t)n);
+    close(fd);
+    Json j = { 0 };
+    int rc = -1;
+    if (data.err) {
+        snprintf(err, ARC_ERRLEN, "request file larger than %u bytes",
+                 ARC_RELAY_MAX_FILE);
+        goto done;
+    }
+    if (!utf8_valid(buf_cstr(&data), data.len) ||
+        json_parse(&j, buf_cstr(&data), data.len)) {
+        snprintf(err, ARC_ERRLEN, "invalid relay request: not valid JSON%s%.300s",
+                 j.err[0] ? ": " : "", j.err);
+        goto done;
+    }
+    if (j.t[0].type != JSON_OBJ) {
+        snprintf(err, ARC_ERRLEN, "invalid relay request: request envelope must "
+                 "be a JSON object");
+        goto done;
+    }
+    Buf v = { 0 };
+    uint32_t t = json_get_val(&j, 0, "request_id");
+    if (t && json_truthy(&j, t)) {
+        json_as_text(&v, &j, t);
+        Str s = str_trim(buf_str(&v));
+        if (s.n) r->request_id = xstrndup(s.p, s.n);
+    }
+    buf_reset(&v);
+    if ((t = json_get_val(&j, 0, "method")) && json_truthy(&j, t)) json_as_text(&v, &j, t);
+    for (size_t i = 0; i < v.len; i++) v.p[i] = (char)toupper((unsigned char)v.p[i]);
+    if (!v.len) {
+        snprintf(err, ARC_ERRLEN, "invalid relay request: request envelope "
+                 "missing method");
+        buf_free(&v);
+        goto done;
+    }
+    r->method = xstrndup(v.p, v.len);
+    buf_reset(&v);
+    if ((t = json_get_val(&j, 0, "path")) && json_truthy(&j, t)) json_as_text(&v, &j, t);
+    if (!v.len || v.p[0] != '/') {
+        snprintf(err, ARC_ERRLEN, "invalid relay request: request path must "
+                 "start with '/'");
+        buf_free(&v);
+        goto done;
+    }
+    r->path = xstrndup(v.p, v.len);
+    buf_free(&v);
+    if ((t = json_get_val(&j, 0, "body"))) {
+        if (j.t[t].type != JSON_OBJ) {
+            snprintf(err, ARC_ERRLEN, "invalid relay request: request body must "
+                     "be a JSON object when provided");
+            goto done;
+        }
+        Buf b = { 0 };
+        json_write(&b, &j, t);
+        r->body = b.p;   /* hand-off: r owns it */
+    }
+    rc = 0;
+done:
+    json_free(&j);
+    buf_free(&data);
+    return rc;
+}
+
+/* Claim one request file (rename .json -> .work) and either queue it for
+ * the loop or answer a malformed one with 400 at once. */
+static void relay_take(Relay *rl, const char *agent, const char *file) {
+    size_t n = strlen(file);
+    if (n < 6 || strcmp(file + n - 5, ".json") != 0 || file[0] == '.') return;
+    char src[PATH_MAX + 600], dst[PATH_MAX + 600];
+    snprintf(src, sizeof src, "%s/requests/%s/%s", rl->root, agent, file);
+    snprintf(dst, sizeof dst, "%.*s.work", (int)strlen(src) - 5, src);
+    struct stat sb;
+    if (lstat(src, &sb) || !S_ISREG(sb.st_mode)) return;
+    if (rename(src, dst)) return;   /* another relay took it, or it is gone */
+    RelayReq *r = xrealloc(NULL, sizeof *r);
+    memset(r, 0, sizeof *r);
+    r->agent = xstrndup(agent, strlen(agent));
+    r->file_id = xstrndup(file, n - 5);
+    char err[ARC_ERRLEN];
+    if (relay_parse(dst, r, err)) {
+        r->status = 400;
+        relay_answer(rl, r, err);
+        relay_req_free(r);
+        return;
+    }
+    pthread_mutex_lock(&rl->mu);
+    r->next = rl->to_loop;
+    rl->to_loop = r;
+    pthread_mutex_unlock(&rl->mu);
+    ssize_t w = write(rl->loop_wake, "r", 1);
+    (void)w;
+}
+
+static void relay_watch(Relay *rl, const char *agent) {
+#ifdef __linux__
+    if (rl->inotify_fd < 0) return;
+    for (int i = 0; i < rl->n_watches; i++)
+        if (!strcmp(rl->watches[i].name, agent)) return;
+    char p[PATH_MAX + 300];
+    snprintf(p, sizeof p, "%s/requests/%s", rl->root, agent);
+    int wd = inotify_add_watch(rl->inotify_fd, p,
+                               IN_MOVED_TO | IN_CLOSE_WRITE | IN_DONT_FOLLOW |
+                               IN_ONLYDIR);
+    if (wd < 0) return;
+    rl->watches = xrealloc(rl->watches, (size_t)(rl->n_watches + 1) * sizeof *rl->watches);
+    rl->watches[rl->n_watches].wd = wd;
+    snprintf(rl->watches[rl->n_watches].name, 256, "%s", agent);
+    rl->n_watches++;
+#else
+    (void)rl, (void)agent;
+#endif
+}
+
+/* Scan every agent directory for waiting requests, oldest name first. */
+static void relay_scan(Relay *rl) {
+    char reqs[PATH_MAX + 16];
+    snprintf(reqs, sizeof reqs, "%s/requests", rl->root);
+    DIR *d = opendir(reqs);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || strlen(e->d_name) > 255) continue;
+        if (!relay_is_dir(reqs, e->d_name)) continue;
+        relay_watch(rl, e->d_name);
+        char dir[PATH_MAX + 300];
+        snprintf(dir, sizeof dir, "%s/%s", reqs, e->d_name);
+        DIR *ad = opendir(dir);
+        if (!ad) continue;
+        char **names = NULL;
+        int n = 0;
+        struct dirent *f;
+        while ((f = readdir(ad))) {
+            size_t len = strlen(f->d_name);
+            if (len < 6 || strcmp(f->d_name + len - 5, ".json")) continue;
+            names = xrealloc(names, (size_t)(n + 1) * sizeof *names);
+            names[n++] = xstrndup(f->d_name, len);
+        }
+        closedir(ad);
+        qsort(names, (size_t)n, sizeof *names, cstr_cmp);
+        for (int i = 0; i < n; i++) {
+            relay_take(rl, e->d_name, names[i]);
+            free(names[i]);
+        }
+        free(names);
+    }
+    closedir(d);
+}
+
+/* Write every answer the loop has handed back. */
+static void relay_flush(Relay *rl) {
+    pthread_mutex_lock(&rl->mu);
+    RelayReq *list = rl->to_files;
+    rl->to_files = NULL;
+    pthread_mutex_unlock(&rl->mu);
+    while (list) {
+        RelayReq *r = list;
+        list = r->next;
+        relay_answer(rl, r, NULL);
+        relay_req_free(r);
+    }
+}
+
+/* Handle inotify events: new agent directories and new request files. */
+static void relay_events(Relay *rl) {
+#ifdef __linux__
+    char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
+    ssize_t n;
+    while ((n = read(rl->inotify_fd, buf, sizeof buf)) > 0) {
+        for (char *p = buf; p < buf + n;) {
+            struct inotify_event *ev = (struct inotify_event *)(void *)p;
+            p += sizeof *ev + ev->len;
+            if (ev->mask & IN_Q_OVERFLOW) {
+                relay_scan(rl);
+                continue;
+            }
+            if (!ev->len) continue;
+            if (ev->wd == rl->req_wd) {
+                if ((ev->mask & IN_ISDIR) && ev->name[0] != '.') relay_scan(rl);
+                continue;
+            }
+            for (int i = 0; i < rl->n_watches; i++)
+                if (rl->watches[i].wd == ev->wd) {
+                    relay_take(rl, rl->watches[i].name, ev->name);
+                    break;
+                }
+        }
+    }
+#else
+    (void)rl;
+#endif
+}
+
+static void *relay_main(void *arg) {
+    Relay *rl = arg;
+    int64_t next_scan = 0;
+    for (;;) {
+        pthread_mutex_lock(&rl->mu);
+        int stop = rl->stop;
+        pthread_mutex_unlock(&rl->mu);
+        relay_flush(rl);
+        if (stop) break;
+        int64_t now = clock_ms();
+        if (now >= next_scan) {
+            relay_scan(rl);
+            next_scan = now + ARC_RELAY_SCAN_MS;
+        }
+        struct pollfd p[2] = { { .fd = rl->wake_rd, .events = POLLIN },
+                               { .fd = rl->inotify_fd, .events = POLLIN } };
+        int np = rl->inotify_fd >= 0 ? 2 : 1;
+        int64_t wait = next_scan - clock_ms();
+        if (poll(p, (nfds_t)np, wait < 0 ? 0 : (int)wait) < 0 && errno != EINTR) break;
+        if (p[0].revents) {
+            char tmp[64];
+            while (read(rl->wake_rd, tmp, sizeof tmp) > 0) {}
+        }
+        if (np == 2 && p[1].revents) relay_events(rl);
+    }
+    return NULL;
+}
+
+/* Create the spool directories and start the thread. */
+static Relay *relay_start(const char *spool, int loop_wake, char err[ARC_ERRLEN]) {
+    Relay *rl = xrealloc(NULL, sizeof *rl);
+    memset(rl, 0, sizeof *rl);
+    rl->loop_wake = loop_wake;
+    rl->inotify_fd = -1;
+    char reqs[PATH_MAX + 16], resp[PATH_MAX + 16];
+    snprintf(reqs, sizeof reqs, "%s/requests", spool);
+    snprintf(resp, sizeof resp, "%s/responses", spool);
+    if (relay_mkdirs(reqs) || relay_mkdirs(resp) || !realpath(spool, rl->root)) {
+        snprintf(err, ARC_ERRLEN, "cannot create relay spool %s: %s", spool,
+                 strerror(errno));
+        free(rl);
+        return NULL;
+    }
+    int pfd[2];
+    if (pipe(pfd)) die("pipe: %s", strerror(errno));
+    rl->wake_rd = pfd[0], rl->wake_wr = pfd[1];
+    fd_nonblock(rl->wake_rd);
+    fd_nonblock(rl->wake_wr);
+#ifdef __linux__
+    snprintf(reqs, sizeof reqs, "%s/requests", rl->root);
+    rl->inotify_fd = inotify_init();
+    if (rl->inotify_fd >= 0) {
+        fd_nonblock(rl->inotify_fd);
+        fcntl(rl->inotify_fd, F_SETFD, FD_CLOEXEC);
+        rl->req_wd = inotify_add_watch(rl->inotify_fd, reqs,
+                                       IN_CREATE | IN_MOVED_TO | IN_ONLYDIR);
+    }
+#endif
+    pthread_mutex_init(&rl->mu, NULL);
+    if (pthread_create(&rl->thread, NULL, relay_main, rl)) die("pthread_create");
+    return rl;
+}
+
+/* Loop side: hand an answered request back to the thread. */
+static void relay_done(Relay *rl, RelayReq *r) {
+    pthread_mutex_lock(&rl->mu);
+    r->next = rl->to_files;
+    rl->to_files = r;
+    pthread_mutex_unlock(&rl->mu);
+    ssize_t w = write(rl->wake_wr, "d", 1);
+    (void)w;
+}
+
+/* Loop side: take every queued request (oldest first). */
+static RelayReq *relay_intake(Relay *rl) {
+    pthread_mutex_lock(&rl->mu);
+    RelayReq *lifo = rl->to_loop, *fifo = NULL;
+    rl->to_loop = NULL;
+    pthread_mutex_unlock(&rl->mu);
+    while (lifo) {
+        RelayReq *r = lifo;
+        lifo = r->next;
+        r->next = fifo;
+        fifo = r;
+    }
+    return fifo;
+}
+
+/* Stop the thread after it has written every pending answer. */
+static void relay_stop(Relay *rl) {
+    if (!rl) return;
+    pthread_mutex_lock(&rl->mu);
+    rl->stop = 1;
+    pthread_mutex_unlock(&rl->mu);
+    ssize_t w = write(rl->wake_wr, "q", 1);
+    (void)w;
+    pthread_join(rl->thread, NULL);
+    for (RelayReq *r = relay_intake(rl); r;) {   /* never served: no answer */
+        RelayReq *next = r->next;
+        relay_req_free(r);
+        r = next;
+    }
+    if (rl->inotify_fd >= 0) close(rl->inotify_fd);
+    close(rl->wake_rd), close(rl->wake_wr);
+    pthread_mutex_destroy(&rl->mu);
+    free(rl->watches);
+    free(rl);
+}
+
 /* ==== loop: poll(), connections, timers, parking, fan-out ================ */
 
 /* One thread runs everything. Each turn: poll; read what arrived; parse and
@@ -4022,6 +4521,7 @@ struct Conn {
     int64_t req_ms;          /* first byte of an incomplete request, or 0 */
     int64_t park_until_ms;   /* PARKED: when to answer [] */
     Wait wait;               /* PARKED/STREAM filter */
+    RelayReq *relay;         /* owned: a relayed request (fd is -1) */
     size_t held_from;        /* out offset where uncommitted answers start */
     unsigned keep_alive : 1; /* the current request allows reuse */
     unsigned close_after : 1;/* close once out is drained */
@@ -4094,6 +4594,10 @@ static void heap_set(Hub *h, Conn *c, int64_t deadline) {
 /* Derive a conn's deadline from its state (PROTOCOL §4 timeouts). */
 static void conn_schedule(Hub *h, Conn *c) {
     int64_t d;
+    if (c->relay && c->state != CONN_PARKED) {
+        heap_set(h, c, 0);   /* a relayed request has no socket to time out */
+        return;
+    }
     switch (c->state) {
     case CONN_DEAD: d = 0; break;
     case CONN_PARKED: d = c->park_until_ms; break;
@@ -4118,6 +4622,13 @@ static void conn_kill(Hub *h, Conn *c) {
  * request allowed keep-alive. */
 static void conn_respond(Hub *h, Conn *c, int status, const char *ctype,
                          const char *extra, Str body) {
+    if (c->relay) {          /* the relay writes the answer file, no head */
+        c->relay->status = status;
+        buf_reset(&c->out);
+        buf_addstr(&c->out, body);
+        c->close_after = 1;
+        return;
+    }
     char hdr[640];
     snprintf(hdr, sizeof hdr, "X-Arc-Instance: %s\r\n%s", h->store.instance_id,
              extra ? extra : "");
@@ -4236,6 +4747,17 @@ static void loop_process(Hub *h, Conn *c) {
 
 /* Write as much of c->out as the socket takes. */
 static void loop_write(Hub *h, Conn *c) {
+    if (c->relay) {   /* answered: hand the envelope to the relay thread */
+        if (c->state == CONN_READ && c->close_after) {
+            RelayReq *r = c->relay;
+            c->relay = NULL;
+            r->answer = c->out;        /* hand-off: the request owns it now */
+            c->out = (Buf){ 0 };
+            relay_done(h->relay, r);
+            conn_kill(h, c);
+        }
+        return;
+    }
     while (c->out_off < c->out.len) {
         ssize_t w = write(c->fd, c->out.p + c->out_off, c->out.len - c->out_off);
         if (w < 0 && errno == EINTR) continue;
@@ -4401,10 +4923,6 @@ static void loop_hub_task(Hub *h, HubTask fn) {
 
 static void task_prune(Hub *h, Req *q, Res *r) { hub_expire_sessions(h, q, r); }
 
-static int agent_cmp(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* PROTOCOL §9: an agent waiting in a long-poll or stream stays present.
  * One UPDATE per distinct waiting agent per tick bounds the write load. */
 static void task_touch_waiters(Hub *h, Req *q, Res *r) {
@@ -4415,7 +4933,7 @@ static void task_touch_waiters(Hub *h, Req *q, Res *r) {
             agents = xrealloc(agents, (size_t)(n + 1) * sizeof *agents);
             agents[n++] = c->wait.agent;
         }
-    qsort(agents, (size_t)n, sizeof *agents, agent_cmp);
+    qsort(agents, (size_t)n, sizeof *agents, cstr_cmp);
     for (int i = 0; i < n; i++)
         if (i == 0 || strcmp(agents[i], agents[i - 1]))
             hub_touch(h, q, r, str_c(agents[i]));
@@ -4499,11 +5017,6 @@ static void loop_commit(Hub *h) {
 
 /* ---- accept, poll set, reap ---- */
 
-static int loop_nonblock(int fd) {
-    int fl = fcntl(fd, F_GETFL);
-    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-}
-
 static int64_t g_accept_pause_until;   /* loop only: EMFILE back-off */
 
 static void loop_accept(Hub *h) {
@@ -4531,7 +5044,7 @@ static void loop_accept(Hub *h) {
             close(fd);
             continue;
         }
-        loop_nonblock(fd);
+        fd_nonblock(fd);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         Conn *c = xrealloc(NULL, sizeof *c);
@@ -4558,6 +5071,8 @@ static int loop_fill_pollfds(Hub *h) {
         .events = h->now_ms >= g_accept_pause_until ? POLLIN : 0 };
     size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
     for (Conn *c = h->conns; c; c = c->next) {
+        c->pidx = -1;
+        if (c->fd < 0) continue;   /* relayed: no socket */
         short ev = 0;
         if (c->in.len < cap && !c->peer_closed) ev |= POLLIN;
         if (c->out_off < c->out.len) ev |= POLLOUT;
@@ -4589,7 +5104,8 @@ static void loop_reap(Hub *h) {
             continue;
         }
         *pp = c->next;
-        close(c->fd);
+        if (c->fd >= 0) close(c->fd);
+        if (c->relay) relay_req_free(c->relay);
         buf_free(&c->in);
         buf_free(&c->out);
         wait_free(&c->wait);
@@ -4612,6 +5128,35 @@ static void loop_on_signal(int sig) {
     errno = saved;
 }
 
+/* Serve one request from the spool exactly as an HTTP request: through a
+ * socketless Conn, so parking, group commit and fan-out all apply. */
+static void loop_relay_request(Hub *h, RelayReq *r) {
+    Conn *c = xrealloc(NULL, sizeof *c);
+    *c = (Conn){ .fd = -1, .pidx = -1, .heap_idx = -1, .state = CONN_READ,
+                 .active_ms = h->now_ms, .relay = r };
+    c->next = h->conns;
+    h->conns = c;
+    h->n_conns++;
+    const char *qm = strchr(r->path, '?');
+    Str path = { r->path, qm ? (size_t)(qm - r->path) : strlen(r->path) };
+    Req q = { .method = str_c(r->method), .query = str_c(qm ? qm + 1 : "") };
+    Res res = { 0 };
+    if (r->body && (int64_t)strlen(r->body) > h->max_request_bytes)
+        hub_fail(&res, 400, "request body exceeds max size");
+    else
+        hub_handle(h, &q, path, str_c(r->body ? r->body : ""), &res);
+    if (res.stream) {
+        wait_free(&res.wait);
+        res.stream = 0;
+        hub_fail(&res, 400, "GET /v1/stream is not available through the relay; "
+                 "use /v1/events with a timeout");
+    }
+    loop_finish(h, c, &res);
+    if (h->store.in_tx) loop_hold(h, c, 0);
+    req_free(&q);
+    res_free(&res);
+}
+
 /* One turn of the loop. Returns 0 to go on, 1 when the hub should stop. */
 static int loop_turn(Hub *h) {
     int pending = 0;
@@ -4627,6 +5172,11 @@ static int loop_turn(Hub *h) {
         char tmp[64];
         while (read(h->wake_rd, tmp, sizeof tmp) > 0) {}
     }
+    if (h->relay)
+        for (RelayReq *r = relay_intake(h->relay), *next; r; r = next) {
+            next = r->next;
+            loop_relay_request(h, r);
+        }
     if (h->pfd[1].revents & POLLIN) loop_accept(h);
     for (Conn *c = h->conns; c; c = c->next) {
         if (c->pidx < 0 || c->state == CONN_DEAD) continue;
@@ -4668,6 +5218,7 @@ static void loop_drain(Hub *h) {
     for (Conn *c = h->conns; c; c = c->next) {
         if (c->state == CONN_PARKED) loop_unpark(h, c, STR_LIT("[]"));
         else if (c->state == CONN_STREAM) conn_kill(h, c);
+        if (c->relay) loop_write(h, c);
         if (c->state != CONN_DEAD) c->close_after = 1;
         if (c->state != CONN_DEAD && c->out_off == c->out.len) conn_kill(h, c);
     }
@@ -4829,7 +5380,7 @@ static int serve_listen(const char *host, int port, int *bound_port,
                             ? ((struct sockaddr_in6 *)&ss)->sin6_port
                             : ((struct sockaddr_in *)&ss)->sin_port);
     fcntl(fd, F_SETFD, FD_CLOEXEC);
-    loop_nonblock(fd);
+    fd_nonblock(fd);
     return fd;
 }
 
@@ -4881,8 +5432,8 @@ static int cmd_serve(int argc, char **argv) {
     if (pipe(pipefd)) die("pipe: %s", strerror(errno));
     h->wake_rd = pipefd[0];
     h->wake_wr = g_wake_wr = pipefd[1];
-    loop_nonblock(h->wake_rd);
-    loop_nonblock(h->wake_wr);
+    fd_nonblock(h->wake_rd);
+    fd_nonblock(h->wake_wr);
     struct sigaction sa = { .sa_handler = loop_on_signal };
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
@@ -4899,8 +5450,16 @@ static int cmd_serve(int argc, char **argv) {
     if (cfg->allow_remote)
         log_warn("--allow-remote: any host that reaches %s can read and write "
                  "everything (Arc v1 has no authentication)", url);
-    log_info("listening on %s (storage=%s, journal_mode=%s, instance=%s)", url,
-             h->store.path, h->store.journal_mode, h->store.instance_id);
+    h->relay = relay_start(cfg->spool_dir, h->wake_wr, err);
+    if (!h->relay) {
+        fprintf(stderr, "arc: %s\n", err);
+        unlink(pidpath);
+        store_close(&h->store);
+        return 1;
+    }
+    log_info("listening on %s (storage=%s, journal_mode=%s, instance=%s, "
+             "relay=%s)", url, h->store.path, h->store.journal_mode,
+             h->store.instance_id, h->relay->root);
     hub_now(h->started_at);
     h->now_ms = clock_ms();
     h->next_prune_ms = h->now_ms + loop_tick_ms(h);
@@ -4908,6 +5467,7 @@ static int cmd_serve(int argc, char **argv) {
     while (!loop_turn(h)) {}
     log_info("shutting down");
     loop_drain(h);
+    relay_stop(h->relay);
     close(h->listen_fd);
     /* Remove the pidfile only if it is still ours. */
     char buf[512] = "";
@@ -4947,6 +5507,8 @@ typedef struct {
     char base[200];        /* "http://host:port", no trailing slash */
     int fd;                /* kept open between calls; -1 when closed */
     Buf in;                /* response bytes read ahead */
+    const char *relay_dir; /* borrowed: talk through this spool instead */
+    const char *agent;     /* borrowed: whose spool directories (relay) */
 } Client;
 
 static int cli_url(Client *c, const char *url, char err[ARC_ERRLEN]) {
@@ -5024,7 +5586,7 @@ static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
         int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
         if (fd < 0) continue;
         fcntl(fd, F_SETFD, FD_CLOEXEC);
-        loop_nonblock(fd);
+        fd_nonblock(fd);
         int ok = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
         if (!ok && errno == EINPROGRESS && cli_wait(fd, POLLOUT, deadline_ms) == 0) {
             int e = 0;
@@ -5047,12 +5609,118 @@ static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
     return c->fd >= 0 ? 0 : -1;
 }
 
+/* The same call through the file spool (PROTOCOL §11): write the request
+ * file atomically, then wait for the answer file. Transport failures use
+ * the reference's statuses: 597 the spool could not be written, 598 no
+ * answer in time; both return -1 like an unreachable hub. */
+static int cli_relay_call(Client *c, const char *method, const char *path,
+                          Str body, int64_t timeout_ms, int *status, Buf *out,
+                          char err[ARC_ERRLEN]) {
+    int64_t deadline = clock_ms() + timeout_ms;
+    Buf agent = { 0 }, reqdir = { 0 }, respdir = { 0 }, env = { 0 }, resp = { 0 };
+    char id[33], now[ISO_LEN];
+    unsigned char rnd[16];
+    int rc = -1, ino = -1;
+    rand_bytes(rnd, sizeof rnd);
+    for (int i = 0; i < 16; i++) snprintf(id + 2 * i, 3, "%02x", rnd[i]);
+    relay_safe_name(c->agent, &agent);
+    buf_addf(&reqdir, "%s/requests/%s", c->relay_dir, agent.p);
+    buf_addf(&respdir, "%s/responses/%s", c->relay_dir, agent.p);
+    if (relay_mkdirs(reqdir.p) || relay_mkdirs(respdir.p)) {
+        *status = 597;
+        snprintf(err, ARC_ERRLEN, "relay spool write failed: %s: %s", reqdir.p,
+                 strerror(errno));
+        goto done;
+    }
+#ifdef __linux__
+    ino = inotify_init();
+    if (ino >= 0) fd_nonblock(ino);
+    if (ino >= 0 && inotify_add_watch(ino, respdir.p, IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
+        close(ino);
+        ino = -1;
+    }
+#endif
+    iso_format(clock_wall_us(), now);
+    buf_addf(&env, "{\"request_id\":\"%s\",\"agent_id\":", id);
+    json_cstr(&env, c->agent);
+    buf_adds(&env, ",\"method\":");
+    json_cstr(&env, method);
+    buf_adds(&env, ",\"path\":");
+    json_cstr(&env, path);
+    buf_adds(&env, ",\"body\":");
+    if (body.p) buf_addstr(&env, body);
+    else buf_adds(&env, "null");
+    buf_addf(&env, ",\"created_at\":\"%s\"}", now);
+    char name[48];
+    snprintf(name, sizeof name, "%s.json", id);
+    if (relay_write_file(reqdir.p, name, buf_str(&env))) {
+        *status = 597;
+        snprintf(err, ARC_ERRLEN, "relay spool write failed: %s", strerror(errno));
+        goto done;
+    }
+    buf_addf(&resp, "%s/%s", respdir.p, name);
+    for (;;) {
+        int fd = open(resp.p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd >= 0) {
+            Buf data = { 0 };
+            char chunk[16384];
+            ssize_t n;
+            while ((n = read(fd, chunk, sizeof chunk)) > 0) buf_add(&data, chunk, (size_t)n);
+            close(fd);
+            Json j = { 0 };
+            uint32_t st, b;
+            if (json_parse(&j, buf_cstr(&data), data.len) == 0 &&
+                (st = json_get(&j, 0, "status")) && (b = json_get(&j, 0, "body")) &&
+                j.t[b].type == JSON_OBJ) {
+                int64_t s64 = 0;
+                json_to_i64(&j, st, &s64);
+                *status = (int)s64;
+                buf_reset(out);
+                json_write(out, &j, b);
+                rc = 0;
+            } else {
+                uint32_t e = json_parse(&j, buf_cstr(&data), data.len) == 0
+                                 ? json_get(&j, 0, "error") : 0;
+                Buf m = { 0 };
+                if (e) json_as_text(&m, &j, e);
+                snprintf(err, ARC_ERRLEN, "relay answered without a hub response: %s",
+                         m.len ? m.p : "invalid response file");
+                buf_free(&m);
+            }
+            json_free(&j);
+            buf_free(&data);
+            break;
+        }
+        int64_t left = deadline - clock_ms();
+        if (left <= 0) {
+            *status = 598;
+            snprintf(err, ARC_ERRLEN, "relay timed out waiting for response in %s",
+                     respdir.p);
+            break;
+        }
+        struct pollfd p = { .fd = ino, .events = POLLIN };
+        poll(&p, ino >= 0 ? 1 : 0, ino >= 0 ? (int)(left < 1000 ? left : 1000)
+                                             : (int)(left < 10 ? left : 10));
+        if (ino >= 0 && p.revents) {
+            char tmp[4096];
+            while (read(ino, tmp, sizeof tmp) > 0) {}
+        }
+    }
+done:
+    if (ino >= 0) close(ino);
+    buf_free(&agent), buf_free(&reqdir), buf_free(&respdir);
+    buf_free(&env), buf_free(&resp);
+    return rc;
+}
+
 /* Send one request and read its response. Returns 0 with the status and
  * body, or -1 with err (no response). Reuses the kept-alive connection and,
  * if the hub had closed it meanwhile, retries once on a fresh one. */
 static int cli_call(Client *c, const char *method, const char *path, Str body,
                     int64_t timeout_ms, int *status, Buf *out,
                     char err[ARC_ERRLEN]) {
+    if (c->relay_dir)
+        return cli_relay_call(c, method, path, body, timeout_ms, status, out, err);
     int64_t deadline = clock_ms() + timeout_ms;
     Buf req = { 0 };
     buf_addf(&req, "%s %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: arc/"
@@ -5613,7 +6281,7 @@ static int cmd_status(int argc, char **argv) {
 /* ---- agent commands: post, poll, whoami ---- */
 
 typedef struct {
-    const char *agent, *base_url, *channel, *to, *kind, *thread, *body;
+    const char *agent, *base_url, *relay_dir, *channel, *to, *kind, *thread, *body;
     double timeout_s;
     int64_t since_id;
     int include_self;
@@ -5626,6 +6294,8 @@ static const char agent_usage[] =
     "  arc poll   --agent ID [--channel C] [--thread-id T] [--timeout 30]\n"
     "             [--since-id N] [--include-self] [--base-url URL]\n"
     "  arc whoami --agent ID [--base-url URL]\n"
+    "Every command also takes --relay-dir DIR (or ARC_RELAY_DIR) to talk\n"
+    "through a hub's file spool instead of HTTP, for sandboxed agents.\n"
     "Each registers the agent (replacing its session) and then acts as it.\n"
     "poll prints one JSON message per line; by default it skips the agent's\n"
     "own messages. Defaults: ARC_AGENT for --agent, ARC_URL for --base-url\n"
@@ -5634,6 +6304,7 @@ static const char agent_usage[] =
 
 static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) {
     *o = (AgentOpts){ .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
+                      .relay_dir = getenv("ARC_RELAY_DIR"),
                       .channel = NULL, .kind = "chat", .timeout_s = 30 };
     if (!o->base_url || !*o->base_url) o->base_url = "http://127.0.0.1:6969";
     int is_post = !strcmp(cmd, "post"), is_poll = !strcmp(cmd, "poll");
@@ -5647,6 +6318,7 @@ static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) 
         }
         if ((rc = opt_val(argc, argv, &i, "--agent", &v))) o->agent = v;
         else if ((rc = opt_val(argc, argv, &i, "--base-url", &v))) o->base_url = v;
+        else if ((rc = opt_val(argc, argv, &i, "--relay-dir", &v))) o->relay_dir = v;
         else if ((is_post || is_poll) && (rc = opt_val(argc, argv, &i, "--channel", &v))) o->channel = v;
         else if ((is_post || is_poll) && (rc = opt_val(argc, argv, &i, "--thread-id", &v))) o->thread = v;
         else if (is_post && (rc = opt_val(argc, argv, &i, "--to", &v))) o->to = v;
@@ -5669,6 +6341,7 @@ static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) 
         }
         if (rc < 0) exit(2);
     }
+    if (o->relay_dir && !*o->relay_dir) o->relay_dir = NULL;
     if (!o->agent || !*o->agent) {
         fprintf(stderr, "arc %s: --agent is required (or set ARC_AGENT)\n", cmd);
         exit(2);
@@ -5686,7 +6359,11 @@ static int agent_call(Client *c, const char *method, const char *path, Str body,
     char err[ARC_ERRLEN] = "";
     int status = 0;
     if (cli_call(c, method, path, body, timeout_ms, &status, out, err)) {
-        fprintf(stderr, "arc: no hub at %s (run: arc ensure): %s\n", c->base, err);
+        if (c->relay_dir)
+            fprintf(stderr, "arc: no answer through the relay at %s (is a hub "
+                    "serving --spool-dir %s?): %s\n", c->relay_dir, c->relay_dir, err);
+        else
+            fprintf(stderr, "arc: no hub at %s (run: arc ensure): %s\n", c->base, err);
         return 2;
     }
     Json j = { 0 };
@@ -5725,6 +6402,8 @@ static int agent_start(const char *cmd, int argc, char **argv, AgentOpts *o,
         fprintf(stderr, "arc: %s\n", err);
         return 2;
     }
+    c->relay_dir = o->relay_dir;
+    c->agent = o->agent;
     Buf body = { 0 }, out = { 0 };
     buf_adds(&body, "{\"agent_id\":");
     json_cstr(&body, o->agent);
