@@ -45,6 +45,55 @@ asan: arc-asan tests/unit-asan
 	 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	 sh tests/run.sh ./arc-asan tests/unit-asan
 
+# libFuzzer targets (clang; `make fuzz FUZZ_CC=clang-15` to pick one). The
+# limits are shrunk so short inputs reach the overflow paths; the replay
+# build uses the same ones, so a saved input means the same thing to both.
+FUZZ_CC = clang
+FUZZ_SECONDS = 20
+FUZZ_LIMITS = -DARC_MAX_URL=256 -DARC_MAX_HEAD=1024 -DARC_MAX_HEADERS=16 \
+              -DARC_JSON_DEPTH=16
+FUZZ_FLAGS = -g -O1 -fno-omit-frame-pointer \
+             -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_BINS = tests/fuzz_json tests/fuzz_http tests/fuzz-replay-json \
+            tests/fuzz-replay-http
+
+.PHONY: fuzz fuzz-run fuzz-replay
+
+fuzz: tests/fuzz_json tests/fuzz_http
+
+tests/fuzz_json: tests/fuzz_json.c tests/replay.h arc.c sqlite3.o
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DARC_NO_MAIN $(FUZZ_LIMITS) -o $@ \
+	    tests/fuzz_json.c sqlite3.o -pthread -lm
+
+tests/fuzz_http: tests/fuzz_http.c tests/replay.h arc.c sqlite3.o
+	$(FUZZ_CC) $(FUZZ_FLAGS) -DARC_NO_MAIN $(FUZZ_LIMITS) -o $@ \
+	    tests/fuzz_http.c sqlite3.o -pthread -lm
+
+# make fuzz-run: each target for FUZZ_SECONDS seconds. New inputs go to
+# tests/out/fuzz-NAME (the checked-in corpus is only read), crashes to
+# tests/out/fuzz-NAME-crash-*; any crash fails the target.
+fuzz-run: fuzz
+	@for t in json http; do \
+	    mkdir -p tests/out/fuzz-$$t || exit 1; \
+	    echo "fuzz-run: $$t for $(FUZZ_SECONDS) s"; \
+	    ./tests/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -artifact_prefix=tests/out/fuzz-$$t- \
+	        tests/out/fuzz-$$t tests/corpus/$$t || exit 1; \
+	done
+
+# Replay: the same targets as plain programs, any compiler, no libFuzzer.
+tests/fuzz-replay-json: tests/fuzz_json.c tests/replay.h arc.c sqlite3.o
+	$(CC) $(WARN) $(CFLAGS) -DFUZZ_REPLAY -DARC_NO_MAIN $(FUZZ_LIMITS) -o $@ \
+	    tests/fuzz_json.c sqlite3.o -pthread -lm
+
+tests/fuzz-replay-http: tests/fuzz_http.c tests/replay.h arc.c sqlite3.o
+	$(CC) $(WARN) $(CFLAGS) -DFUZZ_REPLAY -DARC_NO_MAIN $(FUZZ_LIMITS) -o $@ \
+	    tests/fuzz_http.c sqlite3.o -pthread -lm
+
+fuzz-replay: tests/fuzz-replay-json tests/fuzz-replay-http
+	./tests/fuzz-replay-json tests/corpus/json
+	./tests/fuzz-replay-http tests/corpus/http
+
 install: arc
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 755 arc $(DESTDIR)$(PREFIX)/bin/arc
@@ -55,3 +104,4 @@ uninstall:
 clean:
 	rm -f arc arc-asan sqlite3.o tests/unit tests/unit-asan
 	rm -rf tests/__pycache__ tests/out
+	rm -f $(FUZZ_BINS)

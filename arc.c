@@ -1809,6 +1809,7 @@ typedef struct {
     char *thread;         /* owned or NULL: thread filter */
     char **channels;      /* owned, stream only: channels=a,b */
     int n_channels;
+    char *channel_set;    /* owned: ",a,b," for SQL, or NULL */
     int64_t since_id;     /* answer only ids above this */
     int limit;
     int exclude_self;
@@ -1820,6 +1821,7 @@ static void wait_free(Wait *w) {
     free(w->thread);
     for (int i = 0; i < w->n_channels; i++) free(w->channels[i]);
     free(w->channels);
+    free(w->channel_set);
     memset(w, 0, sizeof *w);
 }
 
@@ -3158,7 +3160,8 @@ static const char q_thch_tail[] = "SELECT * FROM (SELECT " M_COLS
 static const char q_events[] = "SELECT " M_COLS " FROM messages WHERE id>?3"
     " AND (to_agent IS NULL OR to_agent=?5)"
     " AND (?1 IS NULL OR channel=?1) AND (?2 IS NULL OR thread_id=?2)"
-    " AND (?6=0 OR from_agent!=?5) ORDER BY id LIMIT ?4";
+    " AND (?6=0 OR from_agent!=?5)"
+    " AND (?7 IS NULL OR instr(?7, ','||channel||',')>0) ORDER BY id LIMIT ?4";
 
 /* Does a newly committed message match what w waits for? */
 static int hub_wait_match(const Wait *w, const NewMsg *m) {
@@ -3177,8 +3180,7 @@ static int hub_wait_match(const Wait *w, const NewMsg *m) {
 }
 
 /* Run w's query and append the matching rows as a JSON array to b; with
- * tail, the newest `limit` rows. Returns the row count, -1 on error. For a
- * stream with several channels the filter is applied here, after SQL. */
+ * tail, the newest `limit` rows. Returns the row count, -1 on error. */
 static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
     const char *sql;
     if (w->kind == WAIT_MESSAGES) {
@@ -3199,22 +3201,9 @@ static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
     if (w->kind != WAIT_MESSAGES) {
         store_bind_c(st, 5, w->agent);
         sqlite3_bind_int(st, 6, w->exclude_self);
+        store_bind_c(st, 7, w->channel_set);
     }
-    if (!w->n_channels) return store_emit_rows(&h->store, b, st, store_emit_message);
-    int n = 0, rc;
-    buf_addc(b, '[');
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        Str ch = store_col(st, 4);
-        int keep = 0;
-        for (int i = 0; i < w->n_channels && !keep; i++)
-            keep = str_eq(ch, w->channels[i]);
-        if (!keep) continue;
-        if (n++) buf_addc(b, ',');
-        store_emit_message(&h->store, b, st);
-    }
-    buf_addc(b, ']');
-    sqlite3_reset(st);
-    return rc == SQLITE_DONE ? n : -1;
+    return store_emit_rows(&h->store, b, st, store_emit_message);
 }
 
 /* Answer a read with rows now, or park it when it asked to wait and there
@@ -3346,11 +3335,16 @@ static void hub_stream(Hub *h, Req *q, Res *r) {
         }
         c = comma ? comma + 1 : c + n;
     }
-    if (w.n_channels == 1) {   /* one channel: let SQL filter */
+    if (w.n_channels == 1) {   /* one channel: the indexed filter */
         w.channel = w.channels[0];
         free(w.channels);
         w.channels = NULL;
         w.n_channels = 0;
+    } else if (w.n_channels) {
+        Buf set = { 0 };
+        for (int i = 0; i < w.n_channels; i++) buf_addf(&set, ",%s", w.channels[i]);
+        buf_addc(&set, ',');
+        w.channel_set = set.p;   /* hand-off: the Wait owns it */
     }
     free(chans);
     r->status = 200;
@@ -5469,7 +5463,9 @@ static int cmd_serve(int argc, char **argv) {
     loop_drain(h);
     relay_stop(h->relay);
     close(h->listen_fd);
-    /* Remove the pidfile only if it is still ours. */
+    store_close(&h->store);
+    /* Remove the pidfile only if it is still ours, and only now that the
+     * storage is closed: `arc stop` takes its removal as the end. */
     char buf[512] = "";
     pf = fopen(pidpath, "r");
     if (pf) {
@@ -5480,7 +5476,6 @@ static int cmd_serve(int argc, char **argv) {
         snprintf(mine, sizeof mine, "{\"pid\": %d,", (int)getpid());
         if (!strncmp(buf, mine, strlen(mine))) unlink(pidpath);
     }
-    store_close(&h->store);
     close(h->wake_rd);
     close(h->wake_wr);
     g_wake_wr = -1;
@@ -6145,6 +6140,9 @@ static int life_stop(const HubRef *ref, char *err, size_t n) {
     while (clock_ms() < deadline) {
         waitpid(ref->pid, NULL, WNOHANG);   /* in case it is our child */
         if (kill(ref->pid, 0) < 0 && errno == ESRCH) return 0;
+        /* The hub removes its pidfile after closing the storage, as its
+         * last act; an exited process may linger as a zombie a while. */
+        if (access(ref->path, F_OK) != 0 && !cli_probe(ref->url, 200)) return 0;
         struct timespec ts = { 0, 10 * 1000000 };
         nanosleep(&ts, NULL);
     }

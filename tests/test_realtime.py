@@ -528,21 +528,22 @@ class StreamTests(Case):
         self.assertEqual(s.next_event(), sentinel)
 
     def test_channels_filter_backlog_past_many_other_rows(self):
-        # The backlog of a filtered stream must not stop at rows of other
-        # channels: 300 messages elsewhere, then 5 in the wanted channel.
-        want, other = self.channel(), self.channel()
+        # The backlog of a stream filtered to several channels must not stop
+        # at rows of other channels: 300 messages elsewhere, then 5 wanted.
+        want, want2, other = self.channel(), self.channel(), self.channel()
         since = self.mark()
         for i in range(300):
             self.msg("p", "noise %d" % i, channel=other)
-        wanted = [self.msg("p", "wanted %d" % i, channel=want) for i in range(5)]
-        s = self.stream(agent_id=uid("x"), channels=want, since_id=since)
+        wanted = [self.msg("p", "wanted %d" % i, channel=(want, want2)[i % 2]) for i in range(5)]
+        s = self.stream(agent_id=uid("x"), channels="%s,%s" % (want, want2), since_id=since)
+        sentinel = self.msg("p", "live sentinel", channel=want)
         got = []
-        try:
-            for _ in wanted:
-                got.append(s.next_event(timeout=3))
-        except socket.timeout:
-            pass
-        self.assertEqual([m["id"] for m in got], [m["id"] for m in wanted])
+        while True:
+            ev = s.next_event(timeout=3)
+            got.append(ev["id"])
+            if ev["id"] == sentinel["id"]:
+                break
+        self.assertEqual(got, [m["id"] for m in wanted] + [sentinel["id"]])
 
     def test_keepalive_comment(self):
         ch = self.channel()
@@ -792,8 +793,8 @@ class ShutdownTests(unittest.TestCase):
             db.close()
         self.assertEqual(rows, [("keep me",)])
         wal = hub.storage + "-wal"
-        self.assertTrue(not os.path.exists(wal) or os.path.getsize(wal) == 0,
-                        "-wal left behind with %d bytes" % os.path.getsize(wal))
+        wal_size = os.path.getsize(wal) if os.path.exists(wal) else 0
+        self.assertEqual(wal_size, 0, "-wal left behind with %d bytes" % wal_size)
         hub.restart()
         self.assertIn(kept, self.general(hub))
 
