@@ -491,13 +491,50 @@ class AgentNameTests(RelayCase):
     def test_whitespace_trimmed(self):
         self.check_agent("  padded id \t", "padded_id")
 
+    # BUG (the binding itself; arc and the reference alike): the sanitising
+    # rule keeps dots, so "." and ".." name requests/ itself and the spool
+    # root, and a leading dot makes a directory the hub skips. A request is
+    # then never answered -- for ".." requests/.. and responses/.. are the
+    # same directory, so the client even reads its own request back as the
+    # "answer". `arc whoami --agent .. --relay-dir S` exits 2 at once
+    # ("relay answered without a hub response"), `--agent .` and
+    # `--agent .hidden` exit 2 after 15 s. Marked expectedFailure; if the
+    # rule is changed (say, a leading "." becomes "_"), update safe_agent()
+    # and the expected names here and drop the decorators.
+
+    @unittest.expectedFailure
     def test_dotdot(self):
-        # BUG (arc and the reference alike): ".." is left as ".." by the
-        # sanitising rule, so requests/../<id>.json is the spool root; the
-        # hub only looks inside requests/<dir>/ and skips dot-directories,
-        # so the request is never answered (the CLI's `--agent ..` times
-        # out the same way). Kept as a failing test on purpose.
         self.check_agent("..", "..", timeout=2 * RELAY_SCAN_WAIT)
+
+    @unittest.expectedFailure
+    def test_dot(self):
+        self.check_agent(".", ".", timeout=2 * RELAY_SCAN_WAIT)
+
+    @unittest.expectedFailure
+    def test_leading_dot(self):
+        self.check_agent(".hidden", ".hidden", timeout=2 * RELAY_SCAN_WAIT)
+
+    @arc_only
+    @unittest.expectedFailure
+    def test_recreated_agent_dir_is_watched_again(self):
+        # BUG: after an agent's requests/<dir> is removed and created again,
+        # arc keeps the dead inotify watch under that name (IN_IGNORED is not
+        # handled; relay_watch() skips names it already has), so requests
+        # there are only found by the 1 s rescan: ~1000 ms per call instead
+        # of ~5 ms.
+        c = self.client(uid("again"))
+        for _ in range(2):
+            self.rcall(c, "GET", "/v1/hub-info", status=200)
+        shutil.rmtree(c.req_dir)
+        shutil.rmtree(c.resp_dir)
+        c.ensure_dirs()
+        self.rcall(c, "GET", "/v1/hub-info", status=200)   # the new dir is scanned once
+        times = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            self.rcall(c, "GET", "/v1/hub-info", status=200)
+            times.append(time.monotonic() - t0)
+        self.assertLess(max(times), 0.5, times)
 
 
 # ── many agents at once ─────────────────────────────────────────────────
@@ -663,6 +700,45 @@ class OfflineSpoolTests(unittest.TestCase):
         self.assertEqual(a2["status"], 200, a2)
         _, _, payload = hub.get("/v1/messages", channel=ch)
         self.assertEqual([m["body"] for m in payload["result"]], ["while down"])
+
+    @arc_only
+    @unittest.expectedFailure
+    def test_no_request_lost_across_sigterm(self):
+        # BUG: while a SIGTERMed hub drains, its relay thread keeps claiming
+        # request files (.json -> .work) that the loop will never serve;
+        # relay_stop() frees them unanswered and a restarted hub ignores
+        # .work files, so those clients wait for ever. Seen: hundreds of
+        # the requests written in the last moments (5 of 5 trials).
+        d = self.make_dir()
+        spool = os.path.join(d, "spool")
+        hub = self.start_hub(d)
+        clients = [RelayClient(spool, "flood-%d" % k) for k in range(4)]
+        sent, stop = [], threading.Event()
+
+        def flood(c):
+            while not stop.is_set():
+                sent.append((c, c.submit("GET", "/v1/hub-info")))
+
+        threads = [threading.Thread(target=flood, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: len(sent) > 200 and any(c.answered(r) for c, r in sent[:50]),
+                     5, 0.01)
+            hub.stop_process()
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        hub.start(hub.extra_args, storage=hub.storage)
+        try:
+            wait_for(lambda: all(c.answered(r) for c, r in sent), 3, 0.05)
+        except AssertionError:
+            lost = [r for c, r in sent if not c.answered(r)]
+            self.fail("%d of %d requests never answered (%d left as .work)"
+                      % (len(lost), len(sent),
+                         sum(os.path.exists(os.path.join(c.req_dir, r + ".work"))
+                             for c, r in sent if not c.answered(r))))
 
     @arc_only
     def test_parked_relay_request_answered_on_shutdown(self):
