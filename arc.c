@@ -102,6 +102,7 @@
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
 #define ARC_MAX_ID 9007199254740991LL /* 2^53 - 1, PROTOCOL §3 */
+#define ARC_NO_ID INT64_MIN       /* "no id" where any int64 is a valid id */
 #define ARC_ERRLEN 512
 #define ARC_AGAIN (-2)            /* parser: need more input */
 #define ARC_BAD (-1)              /* parser: malformed input */
@@ -1815,7 +1816,7 @@ typedef struct {
     char *thread;         /* owned or NULL: thread filter */
     char **channels;      /* owned, stream only: channels=a,b */
     int n_channels;
-    char *channel_set;    /* owned: ",a,b," for SQL, or NULL */
+    char *channel_set;    /* owned: the channels as a JSON array, or NULL */
     int64_t since_id;     /* answer only ids above this */
     int limit;
     int exclude_self;
@@ -2074,7 +2075,7 @@ static int hub_timeout(Req *q, Res *r, int64_t *ms) {
     errno = 0;
     double t = strtod(buf_cstr(&q->tmp), &end);
     while (*end && isspace((unsigned char)*end)) end++;
-    if (end == q->tmp.p || *end || isnan(t)) {
+    if (end == q->tmp.p || *end || isnan(t) || strpbrk(q->tmp.p, "xX")) {
         hub_fail(r, 400, "timeout must be a number");
         return -1;
     }
@@ -2169,7 +2170,7 @@ static void hub_recover(Hub *h, Req *q, Res *r, Str agent) {
         else buf_adds(&meta, "null");
         buf_addc(&meta, '}');
         hub_post_system(h, q, r, buf_str(&chan), buf_str(&body),
-                        items[i].has_task ? items[i].task : -1,
+                        items[i].has_task ? items[i].task : ARC_NO_ID,
                         str_c(items[i].thread), buf_cstr(&meta));
         free(items[i].key);
         free(items[i].thread);
@@ -2230,7 +2231,7 @@ static void hub_recover(Hub *h, Req *q, Res *r, Str agent) {
         buf_adds(&meta, ",\"file_path\":");
         json_cstr(&meta, items[i].key);
         buf_addc(&meta, '}');
-        hub_post_system(h, q, r, buf_str(&chan), buf_str(&body), -1,
+        hub_post_system(h, q, r, buf_str(&chan), buf_str(&body), ARC_NO_ID,
                         has_thread ? buf_str(&thread) : (Str){ NULL, 0 },
                         buf_cstr(&meta));
         buf_free(&thread);
@@ -2290,7 +2291,7 @@ typedef struct {
     Str from, to, channel, kind, body, thread;
     Str attachments;   /* compact JSON array */
     Str metadata;      /* compact JSON object */
-    int64_t reply_to;  /* -1: none */
+    int64_t reply_to;  /* ARC_NO_ID: none */
 } MsgIn;
 
 /* Insert a message and remember it for this turn's wake-ups. On success the
@@ -2317,7 +2318,7 @@ static int hub_insert_message(Hub *h, Req *q, Res *r, const MsgIn *m, Buf *out,
     store_bind(st, 5, m->kind);
     store_bind(st, 6, m->body.p ? m->body : STR_LIT(""));
     store_bind(st, 7, m->attachments);
-    if (m->reply_to >= 0 || m->reply_to < -1) sqlite3_bind_int64(st, 8, m->reply_to);
+    if (m->reply_to != ARC_NO_ID) sqlite3_bind_int64(st, 8, m->reply_to);
     store_bind(st, 9, m->thread);
     store_bind(st, 10, m->metadata);
     if (store_done(&h->store, st)) {
@@ -2345,7 +2346,7 @@ static int hub_insert_message(Hub *h, Req *q, Res *r, const MsgIn *m, Buf *out,
     buf_adds(&j, ",\"attachments\":");
     buf_addstr(&j, m->attachments);
     buf_adds(&j, ",\"reply_to\":");
-    if (m->reply_to != -1) buf_addf(&j, "%lld", (long long)m->reply_to);
+    if (m->reply_to != ARC_NO_ID) buf_addf(&j, "%lld", (long long)m->reply_to);
     else buf_adds(&j, "null");
     buf_adds(&j, ",\"thread_id\":");
     store_emit_text(&j, m->thread);
@@ -2501,13 +2502,13 @@ static int hub_complete_task_row(Hub *h, int64_t id) {
     return store_done(&h->store, st);
 }
 
-/* POST /v1/messages (PROTOCOL §7.4). Validation order follows the
+/* POST /v1/messages (PROTOCOL §7.10). Validation order follows the
  * reference so the first error reported is the same. */
 static void hub_post_message(Hub *h, Req *q, Res *r) {
     Buf from = { 0 }, to = { 0 }, chan = { 0 }, kind = { 0 }, body = { 0 },
         thread = { 0 }, atts = { 0 }, meta = { 0 }, out = { 0 };
     Json *j = &q->body;
-    int64_t parent = -1, reply = -1, id;
+    int64_t parent = ARC_NO_ID, reply = ARC_NO_ID, id;
     int rc, has_to, has_thread;
     uint32_t v;
     if ((rc = hub_int(q, r, "parent_task_id", &parent)) < 0) goto done;
@@ -2515,7 +2516,7 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         hub_fail(r, 400, "parent_task_id references unknown task");
         goto done;
     }
-    if (!rc) parent = -1;
+    if (!rc) parent = ARC_NO_ID;
     if (hub_str(q, r, "from_agent", 0, &from) <= 0 || from.len == 0) {
         hub_fail(r, 400, "from_agent is required");
         goto done;
@@ -2583,12 +2584,12 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         goto done;
     }
     if ((rc = hub_int(q, r, "reply_to", &reply)) < 0) goto done;
-    if (!rc) reply = -1;
+    if (!rc) reply = ARC_NO_ID;
     v = json_get_val(j, 0, "thread_id");
     has_thread = v != 0;
     if (v) json_as_text(&thread, j, v);
     v = json_get(j, 0, "metadata");
-    int complete = str_eq(buf_str(&kind), "task_result") && reply != -1 &&
+    int complete = str_eq(buf_str(&kind), "task_result") && reply != ARC_NO_ID &&
                    hub_open_request(h, reply);
     if (v && json_truthy(j, v)) {
         if (j->t[v].type != JSON_OBJ) {
@@ -2599,7 +2600,7 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
     } else {
         buf_adds(&meta, "{}");
     }
-    if (complete) {   /* PROTOCOL §7.2: stored with the message, atomically */
+    if (complete) {   /* PROTOCOL §7.10: stored with the message, atomically */
         meta.len--;
         buf_addf(&meta, "%s\"task_completed\":%lld}", meta.len > 1 ? "," : "",
                  (long long)reply);
@@ -2624,7 +2625,7 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         sqlite3_stmt *st = store_stmt(&h->store, sql);
         if (!st) goto db;
         sqlite3_bind_int64(st, 1, id);
-        if (parent >= 0 || parent < -1) sqlite3_bind_int64(st, 2, parent);
+        if (parent != ARC_NO_ID) sqlite3_bind_int64(st, 2, parent);
         store_bind(st, 3, m.channel);
         store_bind(st, 4, m.thread);
         store_bind_c(st, 5, now);
@@ -2885,7 +2886,7 @@ static const char hub_active_session_sql[] =
     "SELECT " S_COLS " FROM sessions WHERE agent_id=? AND active=1"
     " ORDER BY created_at DESC LIMIT 1";
 
-/* POST /v1/sessions (PROTOCOL §7.1) */
+/* POST /v1/sessions (PROTOCOL §7.3) */
 static void hub_create_session(Hub *h, Req *q, Res *r) {
     Buf agent = { 0 }, name = { 0 }, caps = { 0 }, meta = { 0 }, tmp = { 0 };
     Json *j = &q->body;
@@ -3036,7 +3037,7 @@ static const char hub_live_cap_sql[] =
     "(capabilities_json) AND EXISTS(SELECT 1 FROM json_each(capabilities_json)"
     " WHERE type='text' AND value=?) ORDER BY agent_id";
 
-/* GET /v1/agents (PROTOCOL §7.1) */
+/* GET /v1/agents (PROTOCOL §7.6) */
 static void hub_list_agents(Hub *h, Req *q, Res *r) {
     int err = 0;
     char *cap = hub_qdup(q, r, "capability", &err);
@@ -3044,6 +3045,7 @@ static void hub_list_agents(Hub *h, Req *q, Res *r) {
     if (err) goto done;
     if (as) hub_touch(h, q, r, str_c(as));
     hub_expire_sessions(h, q, r);
+    if (r->status >= 400) goto done;   /* storage error from the above */
     sqlite3_stmt *st = store_stmt(&h->store, cap ? hub_live_cap_sql : hub_live_sql);
     if (!st) { hub_db_fail(h, r); goto done; }
     if (cap) store_bind_c(st, 1, cap);
@@ -3057,7 +3059,7 @@ done:
     free(as);
 }
 
-/* GET /v1/bootstrap (PROTOCOL §7.4) */
+/* GET /v1/bootstrap (PROTOCOL §7.13) */
 static void hub_bootstrap(Hub *h, Req *q, Res *r) {
     static const char latest[] =
         "SELECT coalesce(max(id),0) FROM messages"
@@ -3067,6 +3069,10 @@ static void hub_bootstrap(Hub *h, Req *q, Res *r) {
     if (rc == 0) { hub_fail(r, 400, "agent_id query parameter is required"); return; }
     char *agent = xstrndup(q->tmp.p, q->tmp.len);
     hub_expire_sessions(h, q, r);
+    if (r->status >= 400) {
+        free(agent);
+        return;
+    }
     hub_ok(r, 200);
     Buf *b = &r->body;
     buf_adds(b, "{\"agent_id\":");
@@ -3170,7 +3176,8 @@ static const char q_events[] = "SELECT " M_COLS " FROM messages WHERE id>?3"
     " AND (to_agent IS NULL OR to_agent=?5)"
     " AND (?1 IS NULL OR channel=?1) AND (?2 IS NULL OR thread_id=?2)"
     " AND (?6=0 OR from_agent!=?5)"
-    " AND (?7 IS NULL OR instr(?7, ','||channel||',')>0) ORDER BY id LIMIT ?4";
+    " AND (?7 IS NULL OR channel IN (SELECT value FROM json_each(?7)))"
+    " ORDER BY id LIMIT ?4";
 
 /* Does a newly committed message match what w waits for? */
 static int hub_wait_match(const Wait *w, const NewMsg *m) {
@@ -3236,7 +3243,7 @@ static void hub_answer_or_park(Hub *h, Res *r, Wait *w, int tail, int64_t wait_m
     wait_free(w);
 }
 
-/* GET /v1/messages (PROTOCOL §7.5) */
+/* GET /v1/messages (PROTOCOL §7.11) */
 static void hub_get_messages(Hub *h, Req *q, Res *r) {
     Wait w = { .kind = WAIT_MESSAGES };
     int err = 0;
@@ -3261,7 +3268,7 @@ fail:
     wait_free(&w);
 }
 
-/* GET /v1/events (PROTOCOL §7.6): what one agent can see. */
+/* GET /v1/events (PROTOCOL §7.12): what one agent can see. */
 static void hub_get_events(Hub *h, Req *q, Res *r) {
     Wait w = { .kind = WAIT_EVENTS };
     int err = 0;
@@ -3282,6 +3289,7 @@ static void hub_get_events(Hub *h, Req *q, Res *r) {
     if (hub_since_limit(q, r, &w.since_id, &w.limit) || hub_timeout(q, r, &wait_ms))
         goto fail;
     hub_touch(h, q, r, str_c(w.agent));  /* PROTOCOL §9: waiting is presence */
+    if (r->status >= 400) goto fail;
     hub_answer_or_park(h, r, &w, 0, wait_ms);
     return;
 fail:
@@ -3311,12 +3319,11 @@ static void hub_get_inbox(Hub *h, Req *q, Res *r) {
         hub_ok_end(r);
 }
 
-/* GET /v1/stream (PROTOCOL §8.2): validate, then hand the filter to the
+/* GET /v1/stream (PROTOCOL §7.27): validate, then hand the filter to the
  * loop, which writes the head, the backlog and every later match. */
 static void hub_stream(Hub *h, Req *q, Res *r) {
     Wait w = { .kind = WAIT_STREAM, .limit = 256 };
     int err = 0;
-    (void)h;
     w.agent = hub_qdup(q, r, "agent_id", &err);
     if (!err && !w.agent) {
         hub_fail(r, 400, "agent_id query parameter is required");
@@ -3334,6 +3341,8 @@ static void hub_stream(Hub *h, Req *q, Res *r) {
         last > w.since_id)
         w.since_id = last;
     w.exclude_self = hub_qbool(q, "exclude_self");
+    hub_touch(h, q, r, str_c(w.agent));  /* PROTOCOL §9: streaming is presence */
+    if (r->status >= 400) goto fail;
     for (char *c = chans; c && *c;) {
         char *comma = strchr(c, ',');
         size_t n = comma ? (size_t)(comma - c) : strlen(c);
@@ -3351,8 +3360,11 @@ static void hub_stream(Hub *h, Req *q, Res *r) {
         w.n_channels = 0;
     } else if (w.n_channels) {
         Buf set = { 0 };
-        for (int i = 0; i < w.n_channels; i++) buf_addf(&set, ",%s", w.channels[i]);
-        buf_addc(&set, ',');
+        for (int i = 0; i < w.n_channels; i++) {
+            buf_addc(&set, i ? ',' : '[');
+            json_cstr(&set, w.channels[i]);
+        }
+        buf_addc(&set, ']');
         w.channel_set = set.p;   /* hand-off: the Wait owns it */
     }
     free(chans);
@@ -3365,7 +3377,7 @@ fail:
     wait_free(&w);
 }
 
-/* ---- claims and locks: TTL leases (PROTOCOL §7.16-§7.23) ---- */
+/* ---- claims and locks: TTL leases (PROTOCOL §7.17-§7.24) ---- */
 
 /* Claims and locks are the same lease keyed differently; this table holds
  * what differs, so acquire/refresh/release are written once. */
@@ -3490,6 +3502,7 @@ static void hub_lease_update(Hub *h, Req *q, Res *r, const LeaseKind *lk,
                              Str key, Str owner, int64_t ttl, int release,
                              const char *owner_field) {
     int owned = 0, alive = 0;
+    if (hub_tx(h, q, r)) return;   /* the write lock first: check, then act */
     int ex = hub_lease_state(h, lk, key, owner, &owned, &alive);
     if (ex < 0) { hub_db_fail(h, r); return; }
     if (!ex || !owned || !alive) {
@@ -3499,7 +3512,6 @@ static void hub_lease_update(Hub *h, Req *q, Res *r, const LeaseKind *lk,
     char when[ISO_LEN];
     int64_t now_us = clock_wall_us();
     iso_format(release ? now_us : now_us + ttl * 1000000, when);
-    if (hub_tx(h, q, r)) return;
     if (hub_lease_set(h, lk, release ? lk->release_sql : NULL, key, when)) {
         hub_db_fail(h, r);
         return;
@@ -3656,7 +3668,7 @@ done:
     free(status), free(chan), free(thread);
 }
 
-/* POST /v1/tasks/{id}/complete (PROTOCOL §7.25): completing the last open
+/* POST /v1/tasks/{id}/complete (PROTOCOL §7.26): completing the last open
  * child completes its parent (one level) and posts a notice. */
 static void hub_complete_task(Hub *h, Req *q, Res *r) {
     static const char get[] = "SELECT " T_COLS " FROM tasks WHERE task_id=?";
@@ -3748,7 +3760,7 @@ static void hub_shutdown_status(Hub *h, Req *q, Res *r) {
 
 static void hub_notice_general(Hub *h, Req *q, Res *r, const char *body,
                                const char *meta) {
-    hub_post_system(h, q, r, STR_LIT("general"), str_c(body), -1,
+    hub_post_system(h, q, r, STR_LIT("general"), str_c(body), ARC_NO_ID,
                     (Str){ NULL, 0 }, meta);
 }
 
@@ -3810,7 +3822,7 @@ static int hub_is_loopback(const char *host) {
 }
 
 /* POST /v1/network: the socket is bound once, so turning remote access on
- * for a loopback-bound hub would be a lie; refuse it (PROTOCOL §7.30). */
+ * for a loopback-bound hub would be a lie; refuse it (PROTOCOL §7.31). */
 static void hub_network(Hub *h, Req *q, Res *r) {
     uint32_t v = q->has_body ? json_get(&q->body, 0, "allow_remote") : 0;
     if (v) {
@@ -4046,7 +4058,15 @@ typedef struct RelayReq {
     Buf answer;           /* the hub's JSON envelope */
 } RelayReq;
 
+struct Relay;
+/* Where a claimed request goes: NULL means the hub's own loop; `arc relay`
+ * forwards it over HTTP instead (cli section). */
+typedef void (*RelayDispatch)(struct Relay *, RelayReq *);
+
 typedef struct Relay {
+    RelayDispatch dispatch;    /* NULL: queue for the loop */
+    const char *forward_url;   /* borrowed: `arc relay --base-url` */
+    int n_forwarding;          /* shared: forwards in flight */
     pthread_t thread;
     pthread_mutex_t mu;        /* guards the two queues and stop */
     RelayReq *to_loop;         /* shared: requests for the loop (LIFO) */
@@ -4182,7 +4202,7 @@ static void relay_answer(Relay *rl, RelayReq *r, const char *error) {
     buf_free(&err);
 }
 
-/* Read and check a claimed request (PROTOCOL §11.2). Returns 0 with r
+/* Read and check a claimed request (PROTOCOL §11). Returns 0 with r
  * filled, or -1 with the reason in err. */
 static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -4277,6 +4297,10 @@ static void relay_take(Relay *rl, const char *agent, const char *file) {
         r->status = 400;
         relay_answer(rl, r, err);
         relay_req_free(r);
+        return;
+    }
+    if (rl->dispatch) {
+        rl->dispatch(rl, r);
         return;
     }
     pthread_mutex_lock(&rl->mu);
@@ -4415,10 +4439,13 @@ static void *relay_main(void *arg) {
 }
 
 /* Create the spool directories and start the thread. */
-static Relay *relay_start(const char *spool, int loop_wake, char err[ARC_ERRLEN]) {
+static Relay *relay_start(const char *spool, int loop_wake, RelayDispatch dispatch,
+                          const char *forward_url, char err[ARC_ERRLEN]) {
     Relay *rl = xrealloc(NULL, sizeof *rl);
     memset(rl, 0, sizeof *rl);
     rl->loop_wake = loop_wake;
+    rl->dispatch = dispatch;
+    rl->forward_url = forward_url;
     rl->inotify_fd = -1;
     char reqs[PATH_MAX + 16], resp[PATH_MAX + 16];
     snprintf(reqs, sizeof reqs, "%s/requests", spool);
@@ -4483,6 +4510,21 @@ static void relay_stop(Relay *rl) {
     ssize_t w = write(rl->wake_wr, "q", 1);
     (void)w;
     pthread_join(rl->thread, NULL);
+    /* `arc relay`: let forwards in flight finish (bounded), then write
+     * their answers here. */
+    for (int64_t until = clock_ms() + 2000; clock_ms() < until;) {
+        pthread_mutex_lock(&rl->mu);
+        int busy = rl->n_forwarding;
+        pthread_mutex_unlock(&rl->mu);
+        if (!busy) break;
+        struct timespec ts = { 0, 5 * 1000000 };
+        nanosleep(&ts, NULL);
+    }
+    relay_flush(rl);
+    pthread_mutex_lock(&rl->mu);
+    int stuck = rl->n_forwarding;
+    pthread_mutex_unlock(&rl->mu);
+    if (stuck) return;   /* the process is exiting; forwards still use rl */
     for (RelayReq *r = relay_intake(rl); r;) {   /* never served: no answer */
         RelayReq *next = r->next;
         relay_req_free(r);
@@ -4669,7 +4711,7 @@ static void loop_hold(Hub *h, Conn *c, size_t mark) {
 
 static void loop_stream_fill(Hub *h, Conn *c);
 
-/* Append one SSE event (PROTOCOL §8.2). */
+/* Append one SSE event (PROTOCOL §8.4). */
 static void loop_sse_event(Conn *c, int64_t id, Str json) {
     buf_addf(&c->out, "id: %lld\ndata: ", (long long)id);
     buf_addstr(&c->out, json);
@@ -4780,7 +4822,9 @@ static void loop_write(Hub *h, Conn *c) {
             return;
         }
         if (c->state == CONN_STREAM && c->behind) loop_stream_fill(h, c);
-    } else if (c->out.len - c->out_off > ARC_MAX_OUT) {
+    } else if (c->state == CONN_STREAM && c->out.len - c->out_off > ARC_MAX_OUT) {
+        /* Only a stream grows without a request; a reader that stalls on
+         * ordinary responses is bounded by loop_process and ARC_IDLE_MS. */
         log_info("dropping a client that stopped reading (%zu bytes queued)",
                  c->out.len - c->out_off);
         conn_kill(h, c);
@@ -4853,6 +4897,7 @@ static void loop_unpark(Hub *h, Conn *c, Str result) {
     buf_addc(&b, '}');
     wait_free(&c->wait);
     c->state = CONN_READ;
+    c->active_ms = h->now_ms;   /* the idle clock restarts with the answer */
     h->n_parked--;
     conn_respond(h, c, 200, NULL, NULL, buf_str(&b));
     buf_free(&b);
@@ -4893,7 +4938,7 @@ static void loop_wake_query(Hub *h, Conn *c) {
 
 /* After the commit: answer every waiter that something new matches. If
  * another process committed since we last looked, new rows may exist that
- * are not in our batch, so everyone re-queries instead (PROTOCOL §8.3). */
+ * are not in our batch, so everyone re-queries instead (PROTOCOL §8.2). */
 static void loop_fanout(Hub *h, int check_foreign) {
     int foreign = 0;
     if (check_foreign && h->n_parked) {
@@ -5040,7 +5085,7 @@ static void loop_accept(Hub *h) {
         if (h->n_conns >= ARC_MAX_CONNS) {
             static const char busy[] =
                 "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
-                "application/json\r\nContent-Length: 51\r\nConnection: close"
+                "application/json\r\nContent-Length: 48\r\nConnection: close"
                 "\r\n\r\n{\"ok\":false,\"error\":\"too many open connections\"}";
             ssize_t w = write(fd, busy, sizeof busy - 1);
             (void)w;
@@ -5502,7 +5547,7 @@ static int cmd_serve(int argc, char **argv) {
     if (cfg->allow_remote)
         log_warn("--allow-remote: any host that reaches %s can read and write "
                  "everything (Arc v1 has no authentication)", url);
-    h->relay = relay_start(cfg->spool_dir, h->wake_wr, err);
+    h->relay = relay_start(cfg->spool_dir, h->wake_wr, NULL, NULL, err);
     if (!h->relay) {
         fprintf(stderr, "arc: %s\n", err);
         unlink(pidpath);
@@ -6189,6 +6234,21 @@ static int life_find(const LifeOpts *o, HubRef *ref) {
     return cli_probe(ref->url, 2000) ? 2 : 0;
 }
 
+/* Has pid exited? A zombie has (its parent may take a while to reap it:
+ * PID 1 in some containers is slow), so on Linux look at its state. */
+static int life_pid_gone(int pid) {
+    if (kill(pid, 0) < 0 && errno == ESRCH) return 1;
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *close_paren = strrchr(buf, ')');
+    return close_paren && close_paren[1] == ' ' && close_paren[2] == 'Z';
+}
+
 /* SIGTERM the hub and wait (bounded) until its process is gone. */
 static int life_stop(const HubRef *ref, char *err, size_t n) {
     if (kill(ref->pid, SIGTERM) < 0) {
@@ -6198,10 +6258,7 @@ static int life_stop(const HubRef *ref, char *err, size_t n) {
     int64_t deadline = clock_ms() + 10000;
     while (clock_ms() < deadline) {
         waitpid(ref->pid, NULL, WNOHANG);   /* in case it is our child */
-        if (kill(ref->pid, 0) < 0 && errno == ESRCH) return 0;
-        /* The hub removes its pidfile after closing the storage, as its
-         * last act; an exited process may linger as a zombie a while. */
-        if (access(ref->path, F_OK) != 0 && !cli_probe(ref->url, 200)) return 0;
+        if (life_pid_gone(ref->pid)) return 0;
         struct timespec ts = { 0, 10 * 1000000 };
         nanosleep(&ts, NULL);
     }
@@ -6568,6 +6625,221 @@ done:
     return rc;
 }
 
+
+/* ---- arc relay: the standalone spool relay, and relay-gc ---- */
+
+#define ARC_RELAY_MAX_FORWARDS 256   /* concurrent forwards of `arc relay` */
+
+/* One forward: its own thread and HTTP connection, so a long-poll waits
+ * without holding up anyone else's request. */
+static void *relay_forward_main(void *arg) {
+    RelayReq *r = arg;
+    Relay *rl = (Relay *)r->next;   /* smuggled in `next` until queued */
+    r->next = NULL;
+    Client c;
+    char err[ARC_ERRLEN] = "";
+    int status = 0;
+    Buf out = { 0 };
+    /* A long-poll may take 60 s; allow for it plus margin. */
+    if (cli_url(&c, rl->forward_url, err) ||
+        cli_call(&c, r->method, r->path, r->body ? str_c(r->body) : (Str){ NULL, 0 },
+                 75000, &status, &out, err)) {
+        status = 599;   /* the reference's "connection error" status */
+        buf_reset(&out);
+        buf_adds(&out, "{\"ok\":false,\"error\":");
+        Buf m = { 0 };
+        buf_addf(&m, "connection error: %s", err);
+        json_strs(&out, buf_str(&m));
+        buf_free(&m);
+        buf_addc(&out, '}');
+    } else if (json_parse(&(Json){ 0 }, out.p ? out.p : "", out.len)) {
+        Buf wrapped = { 0 };   /* not JSON: pass it on as an error string */
+        buf_adds(&wrapped, "{\"ok\":false,\"error\":");
+        json_strs(&wrapped, buf_str(&out));
+        buf_addc(&wrapped, '}');
+        buf_free(&out);
+        out = wrapped;
+    }
+    cli_free(&c);
+    r->status = status;
+    r->answer = out;   /* hand-off */
+    pthread_mutex_lock(&rl->mu);
+    rl->n_forwarding--;
+    pthread_mutex_unlock(&rl->mu);
+    relay_done(rl, r);
+    return NULL;
+}
+
+static void relay_forward(Relay *rl, RelayReq *r) {
+    pthread_mutex_lock(&rl->mu);
+    int busy = rl->n_forwarding >= ARC_RELAY_MAX_FORWARDS;
+    if (!busy) rl->n_forwarding++;
+    pthread_mutex_unlock(&rl->mu);
+    r->next = (RelayReq *)(void *)rl;
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (busy || pthread_create(&t, &attr, relay_forward_main, r)) {
+        if (!busy) {
+            pthread_mutex_lock(&rl->mu);
+            rl->n_forwarding--;
+            pthread_mutex_unlock(&rl->mu);
+        }
+        pthread_mutex_lock(&rl->mu);
+        rl->n_forwarding++;
+        pthread_mutex_unlock(&rl->mu);
+        relay_forward_main(r);   /* at the cap: serve it on this thread */
+    }
+    pthread_attr_destroy(&attr);
+}
+
+static const char relay_usage[] =
+    "usage: arc relay [--base-url http://127.0.0.1:6969] [--spool-dir .arc-relay]\n"
+    "Serve a file spool by forwarding each request to a hub over HTTP, each\n"
+    "in its own thread (at most 256 at once). Only needed when the hub runs\n"
+    "elsewhere: a hub already serves its own --spool-dir. Stop with SIGTERM.\n"
+    "(--poll-interval-sec and --request-timeout-sec are accepted for\n"
+    "compatibility and ignored: arc watches the spool with inotify.)\n";
+
+static int cmd_relay(int argc, char **argv) {
+    const char *url = getenv("ARC_URL"), *spool = ".arc-relay";
+    if (!url || !*url) url = "http://127.0.0.1:6969";
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        int rc;
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(relay_usage, stdout);
+            return 0;
+        }
+        if ((rc = opt_val(argc, argv, &i, "--base-url", &v))) url = v;
+        else if ((rc = opt_val(argc, argv, &i, "--spool-dir", &v))) spool = v;
+        else if ((rc = opt_val(argc, argv, &i, "--poll-interval-sec", &v)) ||
+                 (rc = opt_val(argc, argv, &i, "--request-timeout-sec", &v))) {}
+        else {
+            fprintf(stderr, "arc relay: unknown option %s\n", argv[i]);
+            return 2;
+        }
+        if (rc < 0) return 2;
+    }
+    char err[ARC_ERRLEN];
+    Client probe;
+    if (cli_url(&probe, url, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    int pipefd[2];
+    if (pipe(pipefd)) die("pipe: %s", strerror(errno));
+    g_wake_wr = pipefd[1];
+    struct sigaction sa = { .sa_handler = loop_on_signal };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    Relay *rl = relay_start(spool, -1, relay_forward, url, err);
+    if (!rl) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 1;
+    }
+    log_info("relay: %s -> %s", rl->root, url);
+    while (!g_stop) {
+        struct pollfd p = { .fd = pipefd[0], .events = POLLIN };
+        poll(&p, 1, -1);
+    }
+    relay_stop(rl);
+    g_wake_wr = -1;
+    close(pipefd[0]), close(pipefd[1]);
+    return 0;
+}
+
+/* Parse "90", "90s", "15m", "2h", "7d" into seconds; -1 if invalid. */
+static int64_t parse_duration(const char *s) {
+    char *end;
+    errno = 0;
+    long long n = strtoll(s, &end, 10);
+    if (end == s || n < 0 || errno) return -1;
+    int64_t mul = !*end || !strcmp(end, "s") ? 1 : !strcmp(end, "m") ? 60
+                : !strcmp(end, "h") ? 3600 : !strcmp(end, "d") ? 86400 : -1;
+    return mul < 0 || n > INT64_MAX / 86400 ? -1 : n * mul;
+}
+
+/* Remove files older than `cutoff` (epoch seconds) from each agent
+ * directory under spool/sub whose names end in one of the suffixes. */
+static int relay_gc_dir(const char *spool, const char *sub, const char *const *suffixes,
+                        time_t cutoff) {
+    Buf root = { 0 };
+    buf_addf(&root, "%s/%s", spool, sub);
+    int removed = 0;
+    DIR *d = opendir(root.p);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.' || !relay_is_dir(root.p, e->d_name)) continue;
+        Buf dir = { 0 };
+        buf_addf(&dir, "%s/%s", root.p, e->d_name);
+        DIR *ad = opendir(dir.p);
+        struct dirent *f;
+        while (ad && (f = readdir(ad))) {
+            size_t n = strlen(f->d_name);
+            int match = 0;
+            for (int i = 0; suffixes[i]; i++) {
+                size_t k = strlen(suffixes[i]);
+                match |= n > k && !strcmp(f->d_name + n - k, suffixes[i]);
+            }
+            if (!match) continue;
+            Buf p = { 0 };
+            struct stat sb;
+            buf_addf(&p, "%s/%s", dir.p, f->d_name);
+            if (lstat(p.p, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_mtime < cutoff &&
+                unlink(p.p) == 0)
+                removed++;
+            buf_free(&p);
+        }
+        if (ad) closedir(ad);
+        buf_free(&dir);
+    }
+    if (d) closedir(d);
+    buf_free(&root);
+    return removed;
+}
+
+static int cmd_relay_gc(int argc, char **argv) {
+    const char *spool = ".arc-relay";
+    int64_t age = -1;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        int rc;
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            puts("usage: arc relay-gc --older-than DURATION [--spool-dir .arc-relay]\n"
+                 "Delete claimed requests (.work), answers and stray temporary\n"
+                 "files older than DURATION (e.g. 3600, 30m, 12h, 7d). Requests\n"
+                 "not yet claimed (.json under requests/) are never deleted.");
+            return 0;
+        }
+        if ((rc = opt_val(argc, argv, &i, "--spool-dir", &v))) spool = v;
+        else if ((rc = opt_val(argc, argv, &i, "--older-than", &v))) {
+            if ((age = parse_duration(v)) < 0) {
+                fprintf(stderr, "arc relay-gc: bad duration %s (try 30m, 12h, 7d)\n", v);
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "arc relay-gc: unknown option %s\n", argv[i]);
+            return 2;
+        }
+        if (rc < 0) return 2;
+    }
+    if (age < 0) {
+        fputs("arc relay-gc: --older-than is required\n", stderr);
+        return 2;
+    }
+    time_t cutoff = time(NULL) - (time_t)age;
+    static const char *const req_sfx[] = { ".work", ".tmp", NULL };
+    static const char *const resp_sfx[] = { ".json", ".tmp", NULL };
+    int n = relay_gc_dir(spool, "requests", req_sfx, cutoff) +
+            relay_gc_dir(spool, "responses", resp_sfx, cutoff);
+    printf("{\n  \"removed\": %d\n}\n", n);
+    return 0;
+}
+
 /* ==== main: the command table, arc_main(), main() ======================== */
 
 static int cmd_version(int argc, char **argv) {
@@ -6593,6 +6865,8 @@ static const Cmd cmds[] = {
     { "post", cmd_post, "post a message (or a DM with --to) as an agent" },
     { "poll", cmd_poll, "wait for messages visible to an agent" },
     { "whoami", cmd_whoami, "register an agent and print its bootstrap" },
+    { "relay", cmd_relay, "forward a file spool to a hub over HTTP" },
+    { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
 };
