@@ -36,7 +36,7 @@ tests/unit-asan: tests/unit.c arc.c sqlite3.o
 	    -DARC_BUF_MIN=1 -o $@ tests/unit.c sqlite3.o -pthread -lm
 
 # make test: unit tests, then the integration suite against ./arc.
-test: arc tests/unit
+test: arc tests/unit tests/fuzz-replay-json tests/fuzz-replay-http
 	@sh tests/run.sh ./arc tests/unit
 
 # make asan: the same suite against the sanitizer build.

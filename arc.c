@@ -162,7 +162,7 @@ ARC_NORETURN ARC_PRINTF(1, 2) static void die(const char *fmt, ...) {
     exit(1);
 }
 
-static void log_v(const char *level, const char *fmt, va_list ap) {
+ARC_PRINTF(2, 0) static void log_v(const char *level, const char *fmt, va_list ap) {
     char stamp[32];
     time_t t = time(NULL);
     struct tm tm;
@@ -1305,7 +1305,7 @@ static int http_unquote(Str s, int plus, Buf *out) {
             buf_addc(out, plus && c == '+' ? ' ' : c);
         }
     }
-    return utf8_valid(out->p + start, out->len - start) ? 0 : -1;
+    return utf8_valid(buf_cstr(out) + start, out->len - start) ? 0 : -1;
 }
 
 /* Find query parameter `name` and decode its first non-empty value into out

@@ -22,6 +22,20 @@ fi
 tail -n 20 "$out/unit.log"
 count "$(grep 'passed' "$out/unit.log" | tail -n 1)"
 
+echo "== fuzz corpus replay"
+for t in json http; do
+    if [ -x "tests/fuzz-replay-$t" ]; then
+        if r=$("tests/fuzz-replay-$t" "tests/corpus/$t" 2>&1); then
+            echo "$r"
+            pass=$((pass + 1))
+        else
+            echo "$r" | tail -n 20
+            echo "fuzz replay $t: FAILED"
+            fail=$((fail + 1))
+        fi
+    fi
+done
+
 echo "== integration tests (ARC=$arc)"
 ARC="$(pwd)/$arc" python3 tests/pyrun.py > "$out/integration.log" 2>&1
 tail -n 30 "$out/integration.log"
