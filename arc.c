@@ -2823,7 +2823,7 @@ static void hub_list_threads(Hub *h, Req *q, Res *r) {
         rows[i].latest = ti.n_msgs ? ti.latest_id : -1;
         hub_thread_info_free(&ti);
     }
-    qsort(rows, (size_t)n, sizeof *rows, hub_thread_row_cmp);
+    if (n) qsort(rows, (size_t)n, sizeof *rows, hub_thread_row_cmp);
     hub_ok(r, 200);
     buf_addc(&r->body, '[');
     int first = 1;
@@ -4068,6 +4068,7 @@ typedef struct Relay {
     const char *forward_url;   /* borrowed: `arc relay --base-url` */
     int n_forwarding;          /* shared: forwards in flight */
     pthread_t thread;
+    int thread_live;           /* creator only: the thread is not joined */
     pthread_mutex_t mu;        /* guards the two queues and stop */
     RelayReq *to_loop;         /* shared: requests for the loop (LIFO) */
     RelayReq *to_files;        /* shared: answers to write */
@@ -4104,6 +4105,10 @@ static void relay_safe_name(const char *agent, Buf *out) {
         }
     }
     if (!out->len) buf_adds(out, "agent");
+    /* Unlike the reference, never a name starting with '.': "." and ".."
+     * would name the spool's own directories, and the hub skips hidden
+     * ones. */
+    if (out->p[0] == '.') out->p[0] = '_';
 }
 
 /* mkdir -p for the spool's own directories, mode 0700. */
@@ -4117,6 +4122,11 @@ static int relay_mkdirs(const char *path) {
         *p = '/';
     }
     return mkdir(tmp, 0700) && errno != EEXIST ? -1 : 0;
+}
+
+/* "." and "..": the only directory entries that are never agents. */
+static int relay_dot_name(const char *name) {
+    return !strcmp(name, ".") || !strcmp(name, "..");
 }
 
 /* Is `name` a real directory under `parent` (not a symlink)? */
@@ -4281,7 +4291,7 @@ done:
  * the loop or answer a malformed one with 400 at once. */
 static void relay_take(Relay *rl, const char *agent, const char *file) {
     size_t n = strlen(file);
-    if (n < 6 || strcmp(file + n - 5, ".json") != 0 || file[0] == '.') return;
+    if (n < 6 || strcmp(file + n - 5, ".json") != 0) return;
     char src[PATH_MAX + 600], dst[PATH_MAX + 600];
     snprintf(src, sizeof src, "%s/requests/%s/%s", rl->root, agent, file);
     snprintf(dst, sizeof dst, "%.*s.work", (int)strlen(src) - 5, src);
@@ -4339,7 +4349,7 @@ static void relay_scan(Relay *rl) {
     if (!d) return;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.' || strlen(e->d_name) > 255) continue;
+        if (relay_dot_name(e->d_name) || strlen(e->d_name) > 255) continue;
         if (!relay_is_dir(reqs, e->d_name)) continue;
         relay_watch(rl, e->d_name);
         char dir[PATH_MAX + 300];
@@ -4356,7 +4366,7 @@ static void relay_scan(Relay *rl) {
             names[n++] = xstrndup(f->d_name, len);
         }
         closedir(ad);
-        qsort(names, (size_t)n, sizeof *names, cstr_cmp);
+        if (n) qsort(names, (size_t)n, sizeof *names, cstr_cmp);
         for (int i = 0; i < n; i++) {
             relay_take(rl, e->d_name, names[i]);
             free(names[i]);
@@ -4393,9 +4403,15 @@ static void relay_events(Relay *rl) {
                 relay_scan(rl);
                 continue;
             }
+            if (ev->mask & IN_IGNORED) {   /* the directory went away */
+                for (int i = 0; i < rl->n_watches; i++)
+                    if (rl->watches[i].wd == ev->wd)
+                        rl->watches[i] = rl->watches[--rl->n_watches];
+                continue;
+            }
             if (!ev->len) continue;
             if (ev->wd == rl->req_wd) {
-                if ((ev->mask & IN_ISDIR) && ev->name[0] != '.') relay_scan(rl);
+                if ((ev->mask & IN_ISDIR) && !relay_dot_name(ev->name)) relay_scan(rl);
                 continue;
             }
             for (int i = 0; i < rl->n_watches; i++)
@@ -4473,6 +4489,7 @@ static Relay *relay_start(const char *spool, int loop_wake, RelayDispatch dispat
 #endif
     pthread_mutex_init(&rl->mu, NULL);
     if (pthread_create(&rl->thread, NULL, relay_main, rl)) die("pthread_create");
+    rl->thread_live = 1;
     return rl;
 }
 
@@ -4502,14 +4519,23 @@ static RelayReq *relay_intake(Relay *rl) {
 }
 
 /* Stop the thread after it has written every pending answer. */
-static void relay_stop(Relay *rl) {
-    if (!rl) return;
+/* Stop the thread: no file is claimed after this returns, so whatever it
+ * claimed is in the queue for the loop to serve before the hub exits. */
+static void relay_halt(Relay *rl) {
+    if (!rl || !rl->thread_live) return;
     pthread_mutex_lock(&rl->mu);
     rl->stop = 1;
     pthread_mutex_unlock(&rl->mu);
     ssize_t w = write(rl->wake_wr, "q", 1);
     (void)w;
     pthread_join(rl->thread, NULL);
+    rl->thread_live = 0;
+}
+
+/* Halt, write every answer still pending, and free. */
+static void relay_stop(Relay *rl) {
+    if (!rl) return;
+    relay_halt(rl);
     /* `arc relay`: let forwards in flight finish (bounded), then write
      * their answers here. */
     for (int64_t until = clock_ms() + 2000; clock_ms() < until;) {
@@ -4981,7 +5007,7 @@ static void task_touch_waiters(Hub *h, Req *q, Res *r) {
             agents = xrealloc(agents, (size_t)(n + 1) * sizeof *agents);
             agents[n++] = c->wait.agent;
         }
-    qsort(agents, (size_t)n, sizeof *agents, cstr_cmp);
+    if (n) qsort(agents, (size_t)n, sizeof *agents, cstr_cmp);
     for (int i = 0; i < n; i++)
         if (i == 0 || strcmp(agents[i], agents[i - 1]))
             hub_touch(h, q, r, str_c(agents[i]));
@@ -5563,6 +5589,10 @@ static int cmd_serve(int argc, char **argv) {
     h->next_touch_ms = h->now_ms + loop_tick_ms(h);
     while (!loop_turn(h)) {}
     log_info("shutting down");
+    /* No request file is claimed from here on; one more turn serves those
+     * already claimed, so none is left unanswered. */
+    relay_halt(h->relay);
+    loop_turn(h);
     loop_drain(h);
     relay_stop(h->relay);
     close(h->listen_fd);
@@ -6773,7 +6803,7 @@ static int relay_gc_dir(const char *spool, const char *sub, const char *const *s
     DIR *d = opendir(root.p);
     struct dirent *e;
     while (d && (e = readdir(d))) {
-        if (e->d_name[0] == '.' || !relay_is_dir(root.p, e->d_name)) continue;
+        if (relay_dot_name(e->d_name) || !relay_is_dir(root.p, e->d_name)) continue;
         Buf dir = { 0 };
         buf_addf(&dir, "%s/%s", root.p, e->d_name);
         DIR *ad = opendir(dir.p);
