@@ -6528,9 +6528,10 @@ static int agent_call(Client *c, const char *method, const char *path, Str body,
     return rc;
 }
 
-/* Append "&name=value" with the value percent-encoded. */
+/* Append "?name=value" (or "&..." after the first) with the value
+ * percent-encoded. */
 static void agent_qparam(Buf *b, const char *name, const char *value) {
-    buf_addf(b, "&%s=", name);
+    buf_addf(b, "%c%s=", b->p && strchr(b->p, '?') ? '&' : '?', name);
     for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
         if (isalnum(*p) || strchr("-._~", *p)) buf_addc(b, (char)*p);
         else buf_addf(b, "%%%02X", *p);
@@ -6624,8 +6625,9 @@ static int cmd_poll(int argc, char **argv) {
     int rc = agent_start("poll", argc, argv, &o, &c);
     Buf path = { 0 }, out = { 0 };
     if (rc) goto done;
-    buf_adds(&path, "/v1/events?limit=100");
+    buf_adds(&path, "/v1/events");
     agent_qparam(&path, "agent_id", o.agent);
+    buf_adds(&path, "&limit=100");
     buf_addf(&path, "&since_id=%lld&timeout=%g", (long long)o.since_id, o.timeout_s);
     if (!o.include_self) buf_adds(&path, "&exclude_self=1");
     if (o.channel) agent_qparam(&path, "channel", o.channel);
@@ -6645,7 +6647,7 @@ static int cmd_whoami(int argc, char **argv) {
     int rc = agent_start("whoami", argc, argv, &o, &c);
     Buf path = { 0 }, out = { 0 };
     if (rc) goto done;
-    buf_adds(&path, "/v1/bootstrap?x=1");
+    buf_adds(&path, "/v1/bootstrap");
     agent_qparam(&path, "agent_id", o.agent);
     rc = agent_call(&c, "GET", path.p, (Str){ NULL, 0 }, 15000, &out);
     if (!rc) agent_print_result(&out, 0);
