@@ -1,0 +1,97 @@
+"""The smoke agents: `arc smoke` and `arc smoke-agent` roles in mixed
+transports against a real hub (arc-only: the binary's own subcommands).
+
+Run from the repository root:
+  ARC=$PWD/arc python3 -m unittest tests.test_smoke -v
+"""
+
+import os
+import shlex
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from hubtest import Hub, arc_only, hub_command, uid  # noqa: E402
+
+
+@arc_only
+class SmokeAgentTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.hub = Hub()
+        cls.hub.start()
+        cls.spool = os.path.join(cls.hub.dir, "spool")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.hub.stop()
+
+    def role(self, role, transport, thread, timeout=30, extra=()):
+        argv = self.cmd() + ["smoke-agent", "--role", role, "--transport", transport,
+                             "--base-url", self.hub.url, "--relay-dir", self.spool,
+                             "--thread-id", thread, "--claim-key", thread + "-k",
+                             "--timeout-sec", str(timeout), "--poll-interval-sec", "0.2"]
+        return subprocess.Popen(argv + list(extra), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=self.hub.dir)
+
+    def cmd(self):
+        c = hub_command()
+        return shlex.split(c) if isinstance(c, str) else list(c)
+
+    def run_mix(self, transports):
+        thread = uid("mix")
+        procs = [self.role("smoke-" + r, t, thread) for r, t in zip("abc", transports)]
+        outs = [p.communicate(timeout=60) for p in procs]
+        for p, (out, err) in zip(procs, outs):
+            self.assertEqual(p.returncode, 0, (transports, out, err))
+
+    def test_mixed_transports(self):
+        for transports in (("http", "relay", "http"), ("relay", "http", "relay"),
+                           ("http", "http", "http"), ("relay", "relay", "relay")):
+            with self.subTest(transports=transports):
+                self.run_mix(transports)
+
+    def test_role_alone_times_out_with_the_step(self):
+        p = self.role("smoke-c", "http", uid("alone"), timeout=1)
+        out, _ = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn(b"Smoke test failed: timed out waiting for task and artifact", out)
+
+    def test_claim_held_by_another_is_reported(self):
+        thread = uid("held")
+        status, _, _ = self.hub.post("/v1/claims", {"claim_key": thread + "-k",
+                                                    "owner_agent_id": "squatter"})
+        self.assertEqual(status, 201)
+        a = self.role("smoke-a", "http", thread, timeout=3)
+        b = self.role("smoke-b", "relay", thread, timeout=3)
+        out, _ = b.communicate(timeout=30)
+        a.communicate(timeout=30)
+        self.assertEqual(b.returncode, 1)
+        self.assertIn(b"claim denied to smoke-b", out)
+
+    def test_bad_role_is_usage_error(self):
+        p = subprocess.run(self.cmd() + ["smoke-agent", "--role", "smoke-z",
+                                         "--transport", "http"], capture_output=True)
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(b"--role", p.stderr)
+
+    def test_arc_smoke(self):
+        argv = self.cmd() + ["smoke", "--port", str(self.hub.port), "--storage",
+                             self.hub.storage, "--spool-dir", self.spool]
+        p = subprocess.run(argv, capture_output=True, cwd=self.hub.dir, timeout=60)
+        out = p.stdout.decode()
+        self.assertEqual(p.returncode, 0, (out, p.stderr))
+        lines = out.strip().splitlines()
+        self.assertRegex(lines[-1], r"^smoke: ok in \d+ ms$")
+        for step in ("smoke-a: post task ok", "smoke-b: acquire claim ok",
+                     "smoke-b: post artifact ok", "smoke-c: post verifier notice ok",
+                     "smoke-a: post final notice ok"):
+            self.assertIn(step, lines)
+        # smoke-b really went through the relay
+        self.assertTrue(os.path.isdir(os.path.join(self.spool, "responses", "smoke-b")))
+
+
+if __name__ == "__main__":
+    unittest.main()
