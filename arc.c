@@ -12,8 +12,13 @@
  *   store  schema, prepared statements, group-commit transactions, rows
  *   hub    sessions, channels, messages, claims, locks, tasks, threads;
  *          request routing and the JSON envelopes
- *   loop   poll loop, Conn lifecycle, timer heap, parking, SSE fan-out
- *   main   command table, option parsing, arc_main(), main()
+ *   relay  the file-spool thread: inotify, claim, hand to the loop, answer
+ *   loop   poll loop, Conn lifecycle, timer heap, parking, SSE fan-out;
+ *          then `serve`: options, listening socket, pidfile, the hub's life
+ *   cli    blocking HTTP/relay client, ensure/stop/reset/status,
+ *          post/poll/whoami, the standalone relay and relay-gc
+ *   smoke  the reference's three smoke roles and `arc smoke`
+ *   main   command table, arc_main(), main()
  */
 
 /* ==== base: limits, types, log, Str, Buf, clock, sha256 ================== */

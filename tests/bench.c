@@ -208,7 +208,7 @@ struct Cl {
     struct pollfd *pfd;
     int *pmap;
     struct sockaddr_in sa;
-    char hostport[64];
+    char hostport[96];
     /* answer complete (status 0: the connection failed); may send again */
     void (*on_resp)(Cl *, HC *, int status, Str body, int64_t t);
     /* SSE: one event's data (the text after "data:"), as it arrives */
