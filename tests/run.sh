@@ -36,6 +36,9 @@ for t in json http; do
     fi
 done
 
+echo "== browser for the dashboard test"
+sh tests/setup-browser.sh
+
 echo "== integration tests (ARC=$arc)"
 ARC="$(pwd)/$arc" python3 tests/pyrun.py > "$out/integration.log" 2>&1
 tail -n 30 "$out/integration.log"

@@ -1,0 +1,150 @@
+"""The live dashboard (GET /) in a real headless Chromium (arc-only).
+
+tests/dashboard.spec.mjs drives the page with the npm package playwright-core
+against /usr/bin/chromium; this file starts the hub, runs that script with
+node, and restarts the hub on the same port when the script asks for it.
+When chromium or playwright-core is missing, tests/setup-browser.sh is run
+once to install it (set ARC_NO_BROWSER_INSTALL=1 to forbid that); the test
+skips, saying why, only when they still cannot be had.
+
+Run from the repository root:
+  ARC=$PWD/arc python3 -m unittest tests.test_dashboard -v
+Screenshots: tests/out/dashboard.png (1280 px), dashboard-360*.png (360 px).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import hubtest  # noqa: E402
+from hubtest import Hub, arc_only  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "out")
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+PLAYWRIGHT = os.path.join(HERE, "node_modules", "playwright-core", "package.json")
+SPEC = os.path.join(HERE, "dashboard.spec.mjs")
+SPEC_DEADLINE = 300  # seconds for the whole browser script
+
+
+def missing():
+    """Why the browser test cannot run, or None."""
+    if not shutil.which("node"):
+        return "node is not installed"
+    if not os.access(CHROMIUM, os.X_OK):
+        return "%s is missing (tests/setup-browser.sh installs it with apt-get)" % CHROMIUM
+    if not os.path.exists(PLAYWRIGHT):
+        return ("tests/node_modules/playwright-core is missing "
+                "(tests/setup-browser.sh installs it with npm)")
+    return None
+
+
+def ensure_browser():
+    """None when the test can run, else the reason, after one install try."""
+    reason = missing()
+    if reason is None or os.environ.get("ARC_NO_BROWSER_INSTALL") == "1":
+        return reason
+    subprocess.run(["sh", os.path.join(HERE, "setup-browser.sh")],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
+    reason = missing()
+    return reason and reason + "; tests/setup-browser.sh could not install it"
+
+
+class SamePortHub(Hub):
+    """A Hub that can come back on the port it had (the page's origin)."""
+
+    keep_port = None
+
+    def _spawn(self):
+        if self.keep_port is None:
+            return super()._spawn()
+        saved = hubtest.free_port
+        hubtest.free_port = lambda: self.keep_port
+        try:
+            return super()._spawn()
+        finally:
+            hubtest.free_port = saved
+
+    def restart_same_port(self):
+        self.keep_port = self.port
+        try:
+            self.restart()
+        finally:
+            self.keep_port = None
+
+
+@arc_only
+class DashboardPageTest(hubtest.HubCase):
+    """The page as served, without a browser."""
+
+    def test_served_self_contained(self):
+        status, headers, page = self.hub.request("GET", "/")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers.get("content-type"), "text/html; charset=utf-8")
+        self.assertIn("default-src 'self'", headers.get("content-security-policy", ""))
+        self.assertEqual(headers.get("x-content-type-options"), "nosniff")
+        self.assertIn("new EventSource('/v1/stream?", page)
+        # Nothing from elsewhere, and no HTML parsing of strings at run time.
+        for bad in ("http://", "https://", "src='//", "href='//", "@import",
+                    "innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
+                    "eval(", "new Function"):
+            self.assertNotIn(bad, page)
+
+    def test_source_in_sync(self):
+        """arc.c's dash_html is what tests/gen_dash.py makes of tests/dash.html."""
+        src = os.path.join(HERE, "dash.html")
+        if not os.path.exists(src):
+            self.skipTest("tests/dash.html (the page's HTML source) is not in the tree")
+        gen = subprocess.run([sys.executable, os.path.join(HERE, "gen_dash.py"), src,
+                              "--check", os.path.join(HERE, "..", "arc.c")],
+                             capture_output=True, text=True)
+        self.assertEqual(gen.returncode, 0, gen.stderr)
+
+
+@arc_only
+class DashboardBrowserTest(unittest.TestCase):
+    def test_dashboard_in_chromium(self):
+        reason = ensure_browser()
+        if reason:
+            self.skipTest(reason)
+        os.makedirs(OUT, exist_ok=True)
+        hub = SamePortHub().start()
+        self.addCleanup(hub.stop)
+        env = dict(os.environ, ARC_URL=hub.url, OUT_DIR=OUT, CHROMIUM=CHROMIUM)
+        proc = subprocess.Popen(["node", SPEC], cwd=HERE, env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+        timer = threading.Timer(SPEC_DEADLINE, proc.kill)
+        timer.start()
+        lines = []
+        try:
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))
+                if line.strip() == "@@restart":
+                    hub.restart_same_port()
+                    proc.stdin.write("restarted\n")
+                    proc.stdin.flush()
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdin.close()
+            proc.stdout.close()
+        log = "\n".join(lines)
+        with open(os.path.join(OUT, "dashboard.log"), "w") as f:
+            f.write(log + "\n")
+        self.assertEqual(rc, 0, "dashboard.spec.mjs failed (exit %s):\n%s\nhub log:\n%s"
+                         % (rc, log, hub.log_text()[-3000:]))
+        self.assertIn("dashboard: all checks passed", log)
+        self.assertTrue(os.path.getsize(os.path.join(OUT, "dashboard.png")) > 10000)
+
+
+if __name__ == "__main__":
+    unittest.main()
