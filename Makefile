@@ -94,6 +94,19 @@ fuzz-replay: tests/fuzz-replay-json tests/fuzz-replay-http
 	./tests/fuzz-replay-json tests/corpus/json
 	./tests/fuzz-replay-http tests/corpus/http
 
+# make bench: the load generator against a fresh ./arc per run; REF="python3
+# path/to/arc.py" adds the same measurements against another hub. Prints one
+# table; raw figures go to tests/out/bench.json.
+.PHONY: bench
+REF ?=
+
+tests/bench: tests/bench.c arc.c sqlite3.o
+	$(CC) $(WARN) -Wno-missing-prototypes $(CFLAGS) -DARC_NO_MAIN -o $@ \
+	    tests/bench.c sqlite3.o -pthread -lm
+
+bench: arc tests/bench
+	@ARC=./arc BENCH=tests/bench REF="$(REF)" python3 tests/bench.py
+
 install: arc
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 755 arc $(DESTDIR)$(PREFIX)/bin/arc
@@ -102,6 +115,6 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/arc
 
 clean:
-	rm -f arc arc-asan sqlite3.o tests/unit tests/unit-asan
+	rm -f arc arc-asan sqlite3.o tests/unit tests/unit-asan tests/bench
 	rm -rf tests/__pycache__ tests/out
 	rm -f $(FUZZ_BINS)

@@ -14,11 +14,15 @@
  * "keep-alive" client simply reconnects, as a real client would.
  *
  *   bench post   --url URL [--conns N] [--seconds S | --count N] [--close]
+ *                [--idle N [--batch K]]
  *   bench get    --url URL [--conns N] [--seconds S] [--path P] [--close]
+ *                [--idle N [--batch K]]
  *       Closed-loop throughput: each connection sends its next request as
  *       soon as the previous answer is in. Reports req/s (2xx answers per
  *       second), errors, and latency percentiles (from queueing the request,
  *       including the connect with --close, to the last byte of the answer).
+ *       --idle N first parks N more connections in a long-poll on a channel
+ *       nobody posts to, and keeps them open during the run.
  *   bench wake   --url URL [--count N] [--gap-ms G] [--sse]
  *       One waiter parked on GET /v1/events?timeout=30 (or an open
  *       GET /v1/stream with --sse); a second connection posts; the latency
@@ -31,9 +35,14 @@
  *       Park N long-polls (distinct agents), then post once; time until
  *       every waiter has its answer. A waiter refused at connect time (503,
  *       e.g. past the hub's connection limit) is counted, not waited for.
- *   bench park   --url URL --pid PID --steps N[,N...] [--seconds S]
+ *       Waiters connect K at a time (default 256), each batch once the hub
+ *       has accept()ed the previous one (a short listen backlog, like the
+ *       reference's 5, would otherwise drop handshakes).
+ *   bench park   --url URL --pid PID --steps N[,N...] [--seconds S] [--batch K]
+ *                [--path P]
  *       Hub RSS (VmRSS) idle, then with N parked long-polls for each step,
  *       and the hub's CPU time (utime+stime) over S seconds at each step.
+ *       --path: the waiters' request (default: GET /v1/events per agent).
  *   bench relay  --spool DIR [--count N] [--gap-ms G]
  *       File-relay round trip of GET /v1/hub-info: write the request file
  *       atomically into DIR/requests/<agent>/, wait (inotify) for
@@ -584,7 +593,7 @@ static int64_t result_max_id(Str body) {
 
 typedef struct {
     const char *url, *path, *spool, *dir, *cwd, *steps;
-    int conns, count, runs, sse, close_it, waiters, pid, batch;
+    int conns, count, runs, sse, close_it, waiters, pid, batch, idle;
     double seconds, gap_ms, settle_ms, poll_timeout;
     char **cmd;          /* after "--" */
     int ncmd;
@@ -614,6 +623,7 @@ static void opts_parse(int argc, char **argv, Opts *o) {
         else if (!strcmp(a, "--waiters")) o->waiters = atoi(v);
         else if (!strcmp(a, "--pid")) o->pid = atoi(v);
         else if (!strcmp(a, "--batch")) o->batch = atoi(v);
+        else if (!strcmp(a, "--idle")) o->idle = atoi(v);
         else if (!strcmp(a, "--seconds")) o->seconds = atof(v);
         else if (!strcmp(a, "--gap-ms")) o->gap_ms = atof(v);
         else if (!strcmp(a, "--settle-ms")) o->settle_ms = atof(v);
@@ -634,6 +644,15 @@ static void emit(Buf *b) {
 }
 
 /* ==== post / get: closed-loop throughput ================================= */
+
+typedef struct {
+    int n;                /* waiters (connections 1..n of the Cl) */
+    int64_t parked, refused, early, failed;
+} Park;
+
+static const char *g_wait_path;   /* --path (park): what waiters ask instead */
+static void park_waiters(Cl *cl, Park *pk, int from, int to, int64_t since,
+                         int timeout_s, int batch, double settle_ms);
 
 typedef struct {
     int post, close_it;
@@ -695,11 +714,23 @@ static int bench_load(Opts *o, int post) {
     double secs = o->seconds > 0 ? o->seconds : (o->count ? 3600 : 5);
     cl.ctx = &L;
     cl.on_resp = load_resp;
+    /* --idle N: first park N long-polls on a channel nobody posts to; they
+     * stay open (and unread) for the whole run. */
+    Cl idle;
+    Park ipk = { .n = o->idle };
+    if (o->idle > 0) {
+        cl_init(&idle, o->url, o->idle + 1);
+        hc_call(&idle, &idle.c[0], "POST", "/v1/channels",
+                STR_LIT("{\"name\":\"bench-idle\",\"created_by\":\"bench\"}"), 10000);
+        g_wait_path = "/v1/messages?channel=bench-idle&timeout=50";
+        park_waiters(&idle, &ipk, 1, o->idle, 0, 50, o->batch > 0 ? o->batch : 256,
+                     o->settle_ms > 0 ? o->settle_ms : 300);
+    }
     int64_t start = now_ns();
     L.end_ns = start + (int64_t)(secs * 1e9);
     L.last_ns = start;
     for (int i = 0; i < o->conns; i++) load_issue(&cl, &cl.c[i]);
-    int64_t hard_end = L.end_ns + 10 * (int64_t)1000000000;
+    int64_t hard_end = L.end_ns + 5 * (int64_t)1000000000;   /* drain */
     while ((L.inflight > 0 || L.retry > 0) && now_ns() < hard_end) {
         cl_poll(&cl, 100);
         for (int i = 0; i < o->conns; i++)
@@ -721,6 +752,10 @@ static int bench_load(Opts *o, int post) {
     buf_addf(&b, "\"errors_by_class\":{\"conn\":%lld,\"4xx\":%lld,\"5xx\":%lld},",
              (long long)L.err_status[0], (long long)L.err_status[4],
              (long long)L.err_status[5]);
+    if (o->idle > 0) {
+        buf_addf(&b, "\"idle\":%d,\"idle_parked\":%lld,", o->idle, (long long)ipk.parked);
+        cl_free(&idle);
+    }
     samples_json(&b, &L.lat);
     emit(&b);
     free(L.lat.v);
@@ -873,43 +908,66 @@ static int bench_wake(Opts *o) {
 
 /* ==== parking many connections (fanout, park) ============================= */
 
-typedef struct {
-    int n;                /* waiters (connections 1..n of the Cl) */
-    int64_t parked, refused, early, failed;
-} Park;
+/* Connections that completed the handshake but that the hub has not yet
+ * accept()ed: the accept queue of its listening socket on `port` (Linux
+ * reports it as rx_queue in /proc/net/tcp). -1 if unknown. */
+static long listen_queue(int port) {
+    static const char *files[] = { "/proc/net/tcp", "/proc/net/tcp6" };
+    for (int f = 0; f < 2; f++) {
+        FILE *fp = fopen(files[f], "r");
+        if (!fp) continue;
+        char line[512];
+        long q = -1;
+        while (fgets(line, sizeof line, fp)) {
+            char local[128];
+            unsigned st;
+            unsigned long txq, rxq;
+            if (sscanf(line, " %*d: %127s %*s %x %lx:%lx", local, &st, &txq, &rxq) != 4)
+                continue;
+            const char *colon = strrchr(local, ':');
+            if (st == 0x0A && colon && strtol(colon + 1, NULL, 16) == port) {
+                q = (long)rxq;
+                break;
+            }
+        }
+        fclose(fp);
+        if (q >= 0) return q;
+    }
+    return -1;
+}
 
-/* Open waiters 1..n on cl (connection 0 is the control connection) and
- * send each a long-poll; at most `batch` connects in flight. Then make sure
- * the hub has read them: a round trip on the control connection and a
+/* Open waiters from..to on cl (connection 0 is the control connection) and
+ * send each a long-poll, `batch` connections at a time: a batch is sent
+ * only once the previous one is connected, written and accept()ed by the
+ * hub (its accept queue is empty again), so a hub with a short listen
+ * backlog (the reference's is 5) drops no handshakes. Then make sure the
+ * hub has read the requests: a round trip on the control connection and a
  * settle period in which early answers (a 503 past the hub's connection
  * limit, or anything else) are collected. */
 static void park_waiters(Cl *cl, Park *pk, int from, int to, int64_t since,
                          int timeout_s, int batch, double settle_ms) {
     char path[200];
-    int next = from;
+    int port = ntohs(cl->sa.sin_port);
     int64_t dl = now_ns() + 120 * (int64_t)1000000000;
-    for (;;) {
-        int connecting = 0;
-        for (int i = from; i < next; i++)
-            if (cl->c[i].state == HC_CONNECTING) connecting++;
-        while (next <= to && connecting < batch) {
+    for (int next = from; next <= to && now_ns() < dl;) {
+        int first = next;
+        for (; next <= to && next - first < batch; next++) {
             HC *c = &cl->c[next];
             snprintf(path, sizeof path,
                      "/v1/events?agent_id=bench-w%d&since_id=%lld&timeout=%d", next,
                      (long long)since, timeout_s);
-            c->tag = 0;
-            hc_send(cl, c, "GET", path, (Str){ "", 0 }, 0);
-            next++;
-            connecting++;
+            hc_send(cl, c, "GET", g_wait_path ? g_wait_path : path, (Str){ "", 0 }, 0);
         }
-        int busy = 0;
-        for (int i = from; i < next; i++)
-            if (cl->c[i].state == HC_CONNECTING ||
-                (cl->c[i].fd >= 0 && cl->c[i].out.len))
-                busy = 1;
-        if (next > to && !busy) break;
-        if (now_ns() > dl) break;
-        cl_poll(cl, 50);
+        for (;;) {
+            int busy = 0;
+            for (int i = first; i < next && !busy; i++)
+                if (cl->c[i].state == HC_CONNECTING ||
+                    (cl->c[i].fd >= 0 && cl->c[i].out.len))
+                    busy = 1;
+            if (!busy && listen_queue(port) <= 0) break;
+            if (now_ns() > dl) break;
+            cl_poll(cl, busy ? 20 : 1);
+        }
     }
     HC *ctl = &cl->c[0];
     hc_call(cl, ctl, "GET", "/v1/hub-info", (Str){ "", 0 }, 30000);
@@ -951,7 +1009,7 @@ static int bench_fanout(Opts *o) {
     for (int i = 1; i <= n; i++) base += cl.c[i].n_done;
     int64_t t0 = now_ns();
     hc_send(&cl, P, "POST", "/v1/messages", pb, 0);
-    int64_t p_want = P->n_done + 1, dl = t0 + 60 * (int64_t)1000000000;
+    int64_t p_want = P->n_done + 1, dl = t0 + 35 * (int64_t)1000000000;
     int64_t answered = 0, got = 0, post_t = 0;
     for (;;) {
         answered = 0;
@@ -1003,6 +1061,7 @@ static int bench_park(Opts *o) {
         if (*p == ',') p++;
     }
     double secs = o->seconds > 0 ? o->seconds : 5;
+    g_wait_path = o->path;
     Cl cl;
     cl_init(&cl, o->url, max + 1);
     HC *P = &cl.c[0];
