@@ -2143,9 +2143,19 @@ static int hub_post_system(Hub *h, Req *q, Res *r, Str channel, Str body,
                            int64_t reply_to, Str thread, const char *meta);
 static int hub_thread_channel(Hub *h, Str thread, Buf *out);
 
-/* Release every active claim and lock of an agent whose session expired,
- * posting a recovery notice for each (PROTOCOL §9). */
-static void hub_recover(Hub *h, Req *q, Res *r, Str agent) {
+/* A claim or lock of an expired agent, collected before any notice is
+ * posted (posting reuses the statements being stepped). */
+typedef struct {
+    char *key;       /* owned: claim_key or file_path */
+    char *thread;    /* owned or NULL: the thread it belongs to */
+    char *channel;   /* owned or NULL: a lock's metadata.channel */
+    int64_t task;    /* a claim's task_message_id, or ARC_NO_ID */
+} Stale;
+
+/* Collect an agent's live claims (is_lock 0) or locks (1). Returns the
+ * count; *out is owned by the caller. */
+static int hub_stale_collect(Hub *h, Str agent, const char *now, int is_lock,
+                             Stale **out) {
     static const char claims_sql[] =
         "SELECT claim_key,thread_id,task_message_id FROM claims"
         " WHERE owner_agent_id=? AND released_at IS NULL"
@@ -2154,128 +2164,94 @@ static void hub_recover(Hub *h, Req *q, Res *r, Str agent) {
         "SELECT file_path,metadata_json FROM locks WHERE agent_id=?"
         " AND released_at IS NULL AND julianday(expires_at)>=julianday(?)"
         " ORDER BY locked_at";
+    Stale *items = NULL;
+    int n = 0;
+    Json mj = { 0 };
+    Buf tmp = { 0 };
+    sqlite3_stmt *st = store_stmt(&h->store, is_lock ? locks_sql : claims_sql);
+    if (st) {
+        store_bind(st, 1, agent);
+        store_bind_c(st, 2, now);
+    }
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        items = xrealloc(items, (size_t)(n + 1) * sizeof *items);
+        Stale *it = &items[n++];
+        Str k = store_col(st, 0), t = store_col(st, 1);
+        *it = (Stale){ .key = xstrndup(k.p ? k.p : "", k.n), .task = ARC_NO_ID };
+        if (!is_lock) {
+            it->thread = t.p ? xstrndup(t.p, t.n) : NULL;
+            if (sqlite3_column_type(st, 2) != SQLITE_NULL)
+                it->task = sqlite3_column_int64(st, 2);
+        } else if (t.p && json_parse(&mj, t.p, t.n) == 0) {   /* metadata */
+            static const char *const keys[] = { "thread_id", "channel" };
+            char **dst[] = { &it->thread, &it->channel };
+            for (int i = 0; i < 2; i++) {
+                uint32_t v = json_get_val(&mj, 0, keys[i]);
+                if (!v) continue;
+                buf_reset(&tmp);
+                json_as_text(&tmp, &mj, v);
+                *dst[i] = xstrndup(buf_cstr(&tmp), tmp.len);
+            }
+        }
+    }
+    if (st) sqlite3_reset(st);
+    json_free(&mj);
+    buf_free(&tmp);
+    *out = items;
+    return n;
+}
+
+/* Release one stale claim or lock and post its recovery notice: in the
+ * thread's channel, else the lock's metadata.channel, else general. */
+static void hub_stale_release(Hub *h, Req *q, Res *r, Str agent, const char *now,
+                              const Stale *it, int is_lock) {
     static const char rel_claim[] =
         "UPDATE claims SET released_at=? WHERE claim_key=?";
     static const char rel_lock[] =
         "UPDATE locks SET released_at=? WHERE file_path=?";
+    sqlite3_stmt *st = store_stmt(&h->store, is_lock ? rel_lock : rel_claim);
+    if (st) {
+        store_bind_c(st, 1, now);
+        store_bind_c(st, 2, it->key);
+        store_done(&h->store, st);
+    }
+    Buf chan = { 0 }, body = { 0 }, meta = { 0 };
+    if (!it->thread || !hub_thread_channel(h, str_c(it->thread), &chan))
+        buf_adds(&chan, it->channel && *it->channel ? it->channel : "general");
+    buf_addf(&body, is_lock ? "Recovered stale lock on %s from "
+                            : "Recovered stale claim %s from ", it->key);
+    buf_addstr(&body, agent);
+    buf_adds(&body, is_lock ? ". The file is available for pickup."
+                            : ". Work is available for pickup.");
+    buf_adds(&meta, "{\"recovery\":true,\"stale_agent_id\":");
+    json_strs(&meta, agent);
+    buf_adds(&meta, is_lock ? ",\"file_path\":" : ",\"claim_key\":");
+    json_cstr(&meta, it->key);
+    if (!is_lock) {
+        buf_adds(&meta, ",\"task_message_id\":");
+        if (it->task != ARC_NO_ID) buf_add_i64(&meta, it->task);
+        else buf_adds(&meta, "null");
+    }
+    buf_addc(&meta, '}');
+    hub_post_system(h, q, r, buf_str(&chan), buf_str(&body), it->task,
+                    str_c(it->thread), buf_cstr(&meta));
+    buf_free(&chan), buf_free(&body), buf_free(&meta);
+}
+
+/* Release every active claim and lock of an agent whose session expired,
+ * posting a recovery notice for each (PROTOCOL §9). */
+static void hub_recover(Hub *h, Req *q, Res *r, Str agent) {
     char now[ISO_LEN];
     hub_now(now);
-    /* Collect first: posting notices reuses statements. */
-    typedef struct { char *key, *thread; int64_t task; int has_task; } Item;
-    Item *items = NULL;
-    int n = 0;
-    sqlite3_stmt *st = store_stmt(&h->store, claims_sql);
-    if (!st) return;
-    store_bind(st, 1, agent);
-    store_bind_c(st, 2, now);
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        items = xrealloc(items, (size_t)(n + 1) * sizeof *items);
-        Str k = store_col(st, 0), t = store_col(st, 1);
-        items[n].key = xstrndup(k.p ? k.p : "", k.n);
-        items[n].thread = t.p ? xstrndup(t.p, t.n) : NULL;
-        items[n].has_task = sqlite3_column_type(st, 2) != SQLITE_NULL;
-        items[n].task = sqlite3_column_int64(st, 2);
-        n++;
+    for (int is_lock = 0; is_lock < 2; is_lock++) {
+        Stale *items;
+        int n = hub_stale_collect(h, agent, now, is_lock, &items);
+        for (int i = 0; i < n; i++) {
+            hub_stale_release(h, q, r, agent, now, &items[i], is_lock);
+            free(items[i].key), free(items[i].thread), free(items[i].channel);
+        }
+        free(items);
     }
-    sqlite3_reset(st);
-    Buf body = { 0 }, meta = { 0 }, chan = { 0 };
-    for (int i = 0; i < n; i++) {
-        st = store_stmt(&h->store, rel_claim);
-        if (st) {
-            store_bind_c(st, 1, now);
-            store_bind_c(st, 2, items[i].key);
-            store_done(&h->store, st);
-        }
-        buf_reset(&chan);
-        if (!items[i].thread || !hub_thread_channel(h, str_c(items[i].thread), &chan))
-            buf_adds(&chan, "general");
-        buf_reset(&body);
-        buf_addf(&body, "Recovered stale claim %s from ", items[i].key);
-        buf_addstr(&body, agent);
-        buf_adds(&body, ". Work is available for pickup.");
-        buf_reset(&meta);
-        buf_adds(&meta, "{\"recovery\":true,\"stale_agent_id\":");
-        json_strs(&meta, agent);
-        buf_adds(&meta, ",\"claim_key\":");
-        json_cstr(&meta, items[i].key);
-        buf_adds(&meta, ",\"task_message_id\":");
-        if (items[i].has_task) buf_addf(&meta, "%lld", (long long)items[i].task);
-        else buf_adds(&meta, "null");
-        buf_addc(&meta, '}');
-        hub_post_system(h, q, r, buf_str(&chan), buf_str(&body),
-                        items[i].has_task ? items[i].task : ARC_NO_ID,
-                        str_c(items[i].thread), buf_cstr(&meta));
-        free(items[i].key);
-        free(items[i].thread);
-    }
-    n = 0;
-    st = store_stmt(&h->store, locks_sql);
-    if (st) {
-        store_bind(st, 1, agent);
-        store_bind_c(st, 2, now);
-        while (sqlite3_step(st) == SQLITE_ROW) {
-            items = xrealloc(items, (size_t)(n + 1) * sizeof *items);
-            Str k = store_col(st, 0), m = store_col(st, 1);
-            items[n].key = xstrndup(k.p ? k.p : "", k.n);
-            items[n].thread = m.p ? xstrndup(m.p, m.n) : NULL; /* metadata */
-            n++;
-        }
-        sqlite3_reset(st);
-    }
-    Json mj = { 0 };
-    for (int i = 0; i < n; i++) {
-        st = store_stmt(&h->store, rel_lock);
-        if (st) {
-            store_bind_c(st, 1, now);
-            store_bind_c(st, 2, items[i].key);
-            store_done(&h->store, st);
-        }
-        /* Channel: the lock's thread's channel, else metadata.channel, else
-         * general; thread: metadata.thread_id. */
-        Buf thread = { 0 };
-        int has_thread = 0;
-        buf_reset(&chan);
-        const char *mt = items[i].thread;
-        if (mt && json_parse(&mj, mt, strlen(mt)) == 0) {
-            uint32_t v = json_get_val(&mj, 0, "channel");
-            if (v) json_as_text(&chan, &mj, v);
-            v = json_get_val(&mj, 0, "thread_id");
-            if (v) {
-                json_as_text(&thread, &mj, v);
-                has_thread = 1;
-            }
-        }
-        if (!chan.len) buf_adds(&chan, "general");
-        if (has_thread) {
-            Buf tc = { 0 };
-            if (hub_thread_channel(h, buf_str(&thread), &tc)) {
-                buf_reset(&chan);
-                buf_addstr(&chan, buf_str(&tc));
-            }
-            buf_free(&tc);
-        }
-        buf_reset(&body);
-        buf_addf(&body, "Recovered stale lock on %s from ", items[i].key);
-        buf_addstr(&body, agent);
-        buf_adds(&body, ". The file is available for pickup.");
-        buf_reset(&meta);
-        buf_adds(&meta, "{\"recovery\":true,\"stale_agent_id\":");
-        json_strs(&meta, agent);
-        buf_adds(&meta, ",\"file_path\":");
-        json_cstr(&meta, items[i].key);
-        buf_addc(&meta, '}');
-        hub_post_system(h, q, r, buf_str(&chan), buf_str(&body), ARC_NO_ID,
-                        has_thread ? buf_str(&thread) : (Str){ NULL, 0 },
-                        buf_cstr(&meta));
-        buf_free(&thread);
-        free(items[i].key);
-        free(items[i].thread);
-    }
-    json_free(&mj);
-    free(items);
-    buf_free(&body);
-    buf_free(&meta);
-    buf_free(&chan);
 }
 
 /* Deactivate sessions idle past the presence TTL and recover their work.
@@ -3230,7 +3206,8 @@ static int hub_wait_match(const Wait *w, const NewMsg *m) {
 
 /* Run w's query and append the matching rows as a JSON array to b; with
  * tail, the newest `limit` rows. Returns the row count, -1 on error. */
-static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
+/* The statement for w's query, bound and ready to step; NULL on error. */
+static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
     const char *sql;
     if (w->kind == WAIT_MESSAGES) {
         if (w->thread)
@@ -3241,7 +3218,7 @@ static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
         sql = q_events;
     }
     sqlite3_stmt *st = store_stmt(&h->store, sql);
-    if (!st) return -1;
+    if (!st) return NULL;
     /* Unused parameter numbers simply fail to bind (SQLITE_RANGE). */
     store_bind_c(st, 1, w->channel);
     store_bind_c(st, 2, w->thread);
@@ -3252,7 +3229,12 @@ static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
         sqlite3_bind_int(st, 6, w->exclude_self);
         store_bind_c(st, 7, w->channel_set);
     }
-    return store_emit_rows(&h->store, b, st, store_emit_message);
+    return st;
+}
+
+static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
+    sqlite3_stmt *st = hub_wait_stmt(h, w, tail);
+    return st ? store_emit_rows(&h->store, b, st, store_emit_message) : -1;
 }
 
 /* Answer a read with rows now, or park it when it asked to wait and there
@@ -4692,36 +4674,29 @@ static const char dash_html[] =
     "  });\n"
     "  return d;\n"
     "}\n"
-    "function claimRow(c) {\n"
+    "// Claims and locks are both leases: key, owner, expiry, a few facts.\n"
+    "function leaseRow(key, keyCls, owner, expiresAt, facts, thread) {\n"
     "  const d = el('div', 'item');\n"
-    "  const o = el('span', '', String(c.owner_agent_id));\n"
-    "  o.style.color = nickColor(String(c.owner_agent_id));\n"
-    "  d.append(el('span', 'key', c.claim_key + '  '), o);\n"
+    "  const o = el('span', '', String(owner));\n"
+    "  o.style.color = nickColor(String(owner));\n"
+    "  d.append(el('span', keyCls, key + '  '), o);\n"
     "  const meta = el('div', 'meta');\n"
     "  const e = el('span');\n"
-    "  expiry(e, c.expires_at);\n"
+    "  expiry(e, expiresAt);\n"
     "  meta.append(e);\n"
-    "  if (has(c.task_message_id))\n"
-    "    meta.append(el('span', '', 'task #' + c.task_message_id));\n"
-    "  if (has(c.thread_id)) meta.append(el('span', '', 'thread ' + c.thread_id));\n"
+    "  for (const f of facts) meta.append(el('span', '', f));\n"
+    "  if (has(thread)) meta.append(el('span', '', 'thread ' + thread));\n"
     "  d.append(meta);\n"
-    "  if (c.thread_id) d.addEventListener('click', () => switchThread(String(c.thread_id)));\n"
+    "  if (thread) d.addEventListener('click', () => switchThread(String(thread)));\n"
     "  return d;\n"
     "}\n"
+    "function claimRow(c) {\n"
+    "  const facts = has(c.task_message_id) ? ['task #' + c.task_message_id] : [];\n"
+    "  return leaseRow(c.claim_key, 'key', c.owner_agent_id, c.expires_at, facts, c.thread_id);\n"
+    "}\n"
     "function lockRow(l) {\n"
-    "  const d = el('div', 'item');\n"
-    "  const o = el('span', '', String(l.agent_id));\n"
-    "  o.style.color = nickColor(String(l.agent_id));\n"
-    "  d.append(el('span', 'key mono', l.file_path + '  '), o);\n"
-    "  const meta = el('div', 'meta');\n"
-    "  const e = el('span');\n"
-    "  expiry(e, l.expires_at);\n"
-    "  meta.append(e);\n"
     "  const tid = isObj(l.metadata) ? l.metadata.thread_id : undefined;\n"
-    "  if (tid !== undefined && tid !== null) meta.append(el('span', '', 'thread ' + tid));\n"
-    "  d.append(meta);\n"
-    "  if (tid) d.addEventListener('click', () => switchThread(String(tid)));\n"
-    "  return d;\n"
+    "  return leaseRow(l.file_path, 'key mono', l.agent_id, l.expires_at, [], tid);\n"
     "}\n"
     "function renderWork() {\n"
     "  fill('tasks', 'nTasks', S.tasks, taskRow, 'no open tasks');\n"
@@ -5966,8 +5941,6 @@ static void loop_hold(Hub *h, Conn *c, size_t mark) {
     h->held[h->n_held++] = c;
 }
 
-static void loop_stream_fill(Hub *h, Conn *c);
-
 /* Append one SSE event (PROTOCOL §8.4). */
 static void loop_sse_event(Conn *c, int64_t id, Str json) {
     buf_addf(&c->out, "id: %lld\ndata: ", (long long)id);
@@ -5976,16 +5949,32 @@ static void loop_sse_event(Conn *c, int64_t id, Str json) {
     if (id > c->wait.since_id) c->wait.since_id = id;
 }
 
+/* Queue the backlog of a stream, at most one query's worth per call; the
+ * rest follows as the client drains its output (Conn.behind). Each row is
+ * rendered once, straight into its event. */
+static void loop_stream_fill(Hub *h, Conn *c) {
+    sqlite3_stmt *st = hub_wait_stmt(h, &c->wait, 0);
+    Buf msg = { 0 };
+    int n = 0;
+    c->behind = 0;
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        buf_reset(&msg);
+        store_emit_message(&h->store, &msg, st);
+        loop_sse_event(c, sqlite3_column_int64(st, 0), buf_str(&msg));
+        n++;
+    }
+    if (st) sqlite3_reset(st);
+    buf_free(&msg);
+    if (n >= c->wait.limit) c->behind = 1;
+}
+
 /* Turn a handler's Res into output, a parked wait, or a stream. */
 static void loop_finish(Hub *h, Conn *c, Res *r) {
     if (r->stream) {
-        Buf extra = { 0 };
-        buf_addf(&extra, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        buf_addf(&c->out, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                  "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
                  "X-Arc-Instance: %s\r\nConnection: close\r\n\r\nretry: 1000\n\n",
                  h->store.instance_id);
-        buf_addstr(&c->out, buf_str(&extra));
-        buf_free(&extra);
         c->state = CONN_STREAM;
         c->wait = r->wait;                 /* hand-off: the conn owns it */
         memset(&r->wait, 0, sizeof r->wait);
@@ -6112,38 +6101,6 @@ static int loop_read(Hub *h, Conn *c) {
 }
 
 /* ---- parked requests and streams ---- */
-
-typedef struct {
-    Buf *out;
-    int n;
-    Conn *c;      /* streams: where events go */
-} RowSink;
-
-/* Queue the backlog of a stream, at most one query's worth per call; the
- * rest follows as the client drains its output (Conn.behind). */
-static void loop_stream_fill(Hub *h, Conn *c) {
-    Buf arr = { 0 };
-    c->behind = 0;
-    int n = hub_wait_query(h, &c->wait, 0, &arr);
-    if (n < 0) {
-        buf_free(&arr);
-        return;
-    }
-    Json j = { 0 };
-    if (n > 0 && json_parse(&j, arr.p, arr.len) == 0) {
-        uint32_t i = 1;
-        for (int k = 0; k < n; k++) {
-            uint32_t idv = json_get(&j, i, "id");
-            int64_t id = 0;
-            if (idv) json_to_i64(&j, idv, &id);
-            loop_sse_event(c, id, (Str){ arr.p + j.t[i].off, j.t[i].len });
-            i = j.t[i].next;
-        }
-    }
-    json_free(&j);
-    buf_free(&arr);
-    if (n >= c->wait.limit) c->behind = 1;
-}
 
 /* Answer a parked request with `result` (a JSON array) and resume reading
  * any requests it had pipelined behind it. */
