@@ -3888,6 +3888,7 @@ static void hub_info(Hub *h, Req *q, Res *r) {
     buf_addf(b, ",\"wal_mode\":%s,\"allow_remote\":%s,\"started_at\":\"%s\"",
              strcmp(s->journal_mode, "wal") ? "false" : "true",
              h->cfg.allow_remote ? "true" : "false", h->started_at);
+    buf_addf(b, ",\"presence_ttl_sec\":%lld", (long long)h->cfg.presence_ttl_s);
     sqlite3_stmt *st = store_stmt(s, "SELECT coalesce(max(id),0) FROM messages");
     if (st && sqlite3_step(st) == SQLITE_ROW)
         buf_addf(b, ",\"latest_message_id\":%lld",
@@ -6827,11 +6828,12 @@ typedef struct {
     Buf in;                /* response bytes read ahead */
     const char *relay_dir; /* borrowed: talk through this spool instead */
     const char *agent;     /* borrowed: whose spool directories (relay) */
+    int cancel_fd;         /* readable = give up waiting (MCP cancellation) */
 } Client;
 
 static int cli_url(Client *c, const char *url, char err[ARC_ERRLEN]) {
     memset(c, 0, sizeof *c);
-    c->fd = -1;
+    c->fd = c->cancel_fd = -1;
     const char *p = url;
     if (strncmp(p, "http://", 7) != 0) {
         snprintf(err, ARC_ERRLEN, "unsupported URL (want http://HOST:PORT): %s", url);
@@ -6877,13 +6879,16 @@ static void cli_free(Client *c) {
     buf_free(&c->in);
 }
 
-/* Wait until fd is ready for `events` or the deadline passes. */
-static int cli_wait(int fd, short events, int64_t deadline_ms) {
+/* Wait until fd is ready for `events`. -1 when the deadline passes or
+ * cancel_fd (if not -1) becomes readable first. */
+static int cli_wait(int fd, short events, int cancel_fd, int64_t deadline_ms) {
     for (;;) {
         int64_t left = deadline_ms - clock_ms();
         if (left <= 0) return -1;
-        struct pollfd p = { .fd = fd, .events = events };
-        int rc = poll(&p, 1, (int)left);
+        struct pollfd p[2] = { { .fd = fd, .events = events },
+                               { .fd = cancel_fd, .events = POLLIN } };
+        int rc = poll(p, cancel_fd >= 0 ? 2 : 1, (int)left);
+        if (rc > 0 && p[1].revents) return -1;
         if (rc > 0) return 0;
         if (rc < 0 && errno != EINTR) return -1;
     }
@@ -6906,7 +6911,7 @@ static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         fd_nonblock(fd);
         int ok = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
-        if (!ok && errno == EINPROGRESS && cli_wait(fd, POLLOUT, deadline_ms) == 0) {
+        if (!ok && errno == EINPROGRESS && cli_wait(fd, POLLOUT, c->cancel_fd, deadline_ms) == 0) {
             int e = 0;
             socklen_t el = sizeof e;
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el);
@@ -7016,10 +7021,17 @@ static int cli_relay_call(Client *c, const char *method, const char *path,
                      respdir.p);
             break;
         }
-        struct pollfd p = { .fd = ino, .events = POLLIN };
-        poll(&p, ino >= 0 ? 1 : 0, ino >= 0 ? (int)(left < 1000 ? left : 1000)
-                                             : (int)(left < 10 ? left : 10));
-        if (ino >= 0 && p.revents) {
+        /* Without inotify, look every 10 ms; the cancel fd stays in slot 1. */
+        struct pollfd p[2] = { { .fd = ino, .events = POLLIN },
+                               { .fd = c->cancel_fd, .events = POLLIN } };
+        poll(p, 2, ino >= 0 ? (int)(left < 1000 ? left : 1000)
+                            : (int)(left < 10 ? left : 10));
+        if (p[1].revents) {
+            *status = 598;
+            snprintf(err, ARC_ERRLEN, "cancelled");
+            break;
+        }
+        if (ino >= 0 && p[0].revents) {
             char tmp[4096];
             while (read(ino, tmp, sizeof tmp) > 0) {}
         }
@@ -7058,7 +7070,7 @@ static int cli_call(Client *c, const char *method, const char *path, Str body,
             ssize_t w = write(c->fd, req.p + off, req.len - off);
             if (w > 0) { off += (size_t)w; continue; }
             if (w < 0 && errno == EINTR) continue;
-            if (w < 0 && errno == EAGAIN && cli_wait(c->fd, POLLOUT, deadline) == 0)
+            if (w < 0 && errno == EAGAIN && cli_wait(c->fd, POLLOUT, c->cancel_fd, deadline) == 0)
                 continue;
             break;
         }
@@ -7091,9 +7103,12 @@ static int cli_call(Client *c, const char *method, const char *path, Str body,
             }
             if (head >= 0 && clen >= 0 && (long)c->in.len >= head + clen) break;
             if (eof) break;
-            if (cli_wait(c->fd, POLLIN, deadline)) {
-                snprintf(err, ARC_ERRLEN, "no answer from %s within %lld ms",
-                         c->base, (long long)timeout_ms);
+            if (cli_wait(c->fd, POLLIN, c->cancel_fd, deadline)) {
+                if (clock_ms() < deadline)
+                    snprintf(err, ARC_ERRLEN, "cancelled");
+                else
+                    snprintf(err, ARC_ERRLEN, "no answer from %s within %lld ms",
+                             c->base, (long long)timeout_ms);
                 break;
             }
             if (buf_reserve(&c->in, 65536)) break;
@@ -7388,43 +7403,44 @@ static void life_print(int running, int started, const char *url, const char *er
     buf_free(&b);
 }
 
-static int cmd_ensure(int argc, char **argv) {
-    LifeOpts o = { .argv0 = g_argv0 };
-    life_options("ensure", "  --timeout SEC                         wait this long for a new hub (default 60)\n"
-                 "  and every 'arc serve' option, passed to a started hub\n"
-                 "Start a hub in the background unless one is already running.\n",
-                 argc, argv, &o);
+/* Make sure a hub answers for these options, starting one in the
+ * background if needed. Returns 0 with its URL in url (and *started set
+ * when we started it), or -1 with why; writes nothing to stdout, so the MCP
+ * server can use it too. */
+static int life_ensure(const LifeOpts *o, char url[320], int *started,
+                       char why[300], char log[PATH_MAX + 16]) {
     char base[320];
-    life_base_url(&o.hub, base, sizeof base);
+    life_base_url(&o->hub, base, sizeof base);
     HubRef ref;
-    if (cli_discover(o.hub.storage, &ref)) {
-        life_print(1, 0, ref.url, NULL);
+    *started = 0;
+    log[0] = 0;
+    snprintf(url, 320, "%s", base);
+    if (cli_discover(o->hub.storage, &ref)) {
+        snprintf(url, 320, "%s", ref.url);
         return 0;
     }
-    if (cli_probe(base, 2000)) {
-        life_print(1, 0, base, NULL);
-        return 0;
-    }
-    int lock = life_lock(o.hub.storage);
+    if (cli_probe(base, 2000)) return 0;
+    int lock = life_lock(o->hub.storage);
     /* Whoever held the lock before us may have just started it. */
-    if (cli_discover(o.hub.storage, &ref) || cli_probe(base, 2000)) {
-        life_print(1, 0, cli_discover(o.hub.storage, &ref) ? ref.url : base, NULL);
+    if (cli_discover(o->hub.storage, &ref) || cli_probe(base, 2000)) {
+        if (cli_discover(o->hub.storage, &ref)) snprintf(url, 320, "%s", ref.url);
         if (lock >= 0) close(lock);
         return 0;
     }
-    char dir[PATH_MAX], log[PATH_MAX + 16];
-    cli_storage_dir(o.hub.storage, dir, sizeof dir);
+    char dir[PATH_MAX];
+    cli_storage_dir(o->hub.storage, dir, sizeof dir);
     mkdir(dir, 0700);
-    snprintf(log, sizeof log, "%s/arc.log", dir);
-    pid_t pid = life_spawn(&o, log);
+    snprintf(log, PATH_MAX + 16, "%s/arc.log", dir);
+    pid_t pid = life_spawn(o, log);
     if (pid < 0) {
-        life_print(0, 0, base, "spawn failed");
+        snprintf(why, 300, "spawn failed");
         if (lock >= 0) close(lock);
-        return 1;
+        return -1;
     }
-    int64_t deadline = clock_ms() + (int64_t)(o.timeout_s * 1000);
-    int rc = 1;
-    char why[300] = "timeout";
+    *started = 1;
+    int64_t deadline = clock_ms() + (int64_t)(o->timeout_s * 1000);
+    int rc = -1;
+    snprintf(why, 300, "timeout");
     while (clock_ms() < deadline) {
         if (cli_probe(base, 1000)) {
             rc = 0;
@@ -7432,7 +7448,7 @@ static int cmd_ensure(int argc, char **argv) {
         }
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
-            snprintf(why, sizeof why, "hub exited with status %d before answering",
+            snprintf(why, 300, "hub exited with status %d before answering",
                      WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
             break;
         }
@@ -7440,9 +7456,21 @@ static int cmd_ensure(int argc, char **argv) {
         nanosleep(&ts, NULL);
     }
     if (lock >= 0) close(lock);
-    life_print(rc == 0, 1, base, rc ? why : NULL);
-    if (rc) life_log_tail(log, 10);
     return rc;
+}
+
+static int cmd_ensure(int argc, char **argv) {
+    LifeOpts o = { .argv0 = g_argv0 };
+    life_options("ensure", "  --timeout SEC                         wait this long for a new hub (default 60)\n"
+                 "  and every 'arc serve' option, passed to a started hub\n"
+                 "Start a hub in the background unless one is already running.\n",
+                 argc, argv, &o);
+    char url[320], why[300], log[PATH_MAX + 16];
+    int started;
+    int rc = life_ensure(&o, url, &started, why, log);
+    life_print(rc == 0, started, url, rc ? why : NULL);
+    if (rc && log[0]) life_log_tail(log, 10);
+    return rc ? 1 : 0;
 }
 
 /* Find the hub for these options: pidfile first, then host:port. */
