@@ -7745,14 +7745,19 @@ static int agent_call(Client *c, const char *method, const char *path, Str body,
     return rc;
 }
 
+/* Append s percent-encoded: fit for a query value or a path segment. */
+static void cli_pct(Buf *b, const char *s) {
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (isalnum(*p) || strchr("-._~", *p)) buf_addc(b, (char)*p);
+        else buf_addf(b, "%%%02X", *p);
+    }
+}
+
 /* Append "?name=value" (or "&..." after the first) with the value
  * percent-encoded. */
 static void agent_qparam(Buf *b, const char *name, const char *value) {
     buf_addf(b, "%c%s=", b->p && strchr(b->p, '?') ? '&' : '?', name);
-    for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
-        if (isalnum(*p) || strchr("-._~", *p)) buf_addc(b, (char)*p);
-        else buf_addf(b, "%%%02X", *p);
-    }
+    cli_pct(b, value);
 }
 
 /* Register (replace) and return the client ready for more calls. */
@@ -8559,6 +8564,1822 @@ static int cmd_smoke(int argc, char **argv) {
     return 0;
 }
 
+/* ==== mcp: the MCP stdio server (`arc mcp --agent NAME`) ================= */
+
+/* An MCP client (Claude Code, Codex, Cursor, Gemini CLI, ...) runs
+ * `arc mcp --agent NAME` and speaks JSON-RPC 2.0 over its stdin and stdout.
+ * The server is one agent: it registers a session, keeps it present with a
+ * heartbeat for as long as the process lives (so claims and locks survive
+ * a model that thinks for minutes), and turns tool calls into hub requests
+ * through the shared Client, over HTTP or the file relay.
+ *
+ * Threads: the main thread reads stdin, frames and parses messages and
+ * answers the quick methods itself; every tools/call runs on a thread of
+ * its own with its own hub connection, so a poll waiting 50 s never holds
+ * up a ping, a tools/list or another call, and notifications/cancelled can
+ * interrupt it (Client.cancel_fd); the heartbeat thread touches the
+ * session. Every message goes to stdout as one line under g_mcp.out_mu;
+ * nothing else is ever written there. Logs go to stderr.
+ *
+ * Both protocol eras are served from one dispatcher. The handshake era
+ * (2024-11-05 .. 2025-11-25) negotiates a version with `initialize`; the
+ * stateless era (2026-07-28) sends its version and capabilities in every
+ * request's _meta, asks `server/discover` instead, and wants `resultType`
+ * on results. Shapes that differ by version (annotations, outputSchema and
+ * structuredContent, batches) follow the version of each request. */
+
+#define MCP_MAX_MSG (4 << 20)        /* one JSON-RPC message on stdin */
+#define MCP_MAX_CALLS 64             /* tool calls in flight at once */
+#define MCP_MAX_WAIT_S 50            /* waiting tools; clients cut at 60 s */
+#define MCP_SLICE_MS 5000            /* long-poll slice between progress notes */
+#define MCP_RETRY_MS 2000            /* re-register attempts while the hub is away */
+#define MCP_HUB_MS 15000             /* one ordinary hub request */
+
+#define MCP_V_STATELESS "2026-07-28"
+#define MCP_V_LEGACY "2025-11-25"    /* newest version with a handshake */
+static const char *const mcp_versions[] = {
+    MCP_V_STATELESS, MCP_V_LEGACY, "2025-06-18", "2025-03-26", "2024-11-05"
+};
+
+/* JSON-RPC and MCP error codes. */
+enum {
+    MCP_PARSE = -32700, MCP_INVALID = -32600, MCP_NO_METHOD = -32601,
+    MCP_BAD_PARAMS = -32602, MCP_INTERNAL = -32603,
+    MCP_BAD_VERSION = -32022          /* UnsupportedProtocolVersionError */
+};
+
+typedef struct McpBatch McpBatch;
+typedef struct McpCall McpCall;
+typedef struct McpCursor McpCursor;
+
+/* The answers of one JSON-RPC batch, written as one array once the last of
+ * them (tool calls finish on their own threads) is in. */
+struct McpBatch {
+    Buf out;
+    int pending;      /* answers still to come, +1 while being dispatched */
+};
+
+/* A tools/call in flight. */
+struct McpCall {
+    McpCall *next;
+    char *msg;            /* the request text (owned; parsed again by the worker) */
+    Buf id;               /* its id, as JSON */
+    Buf progress;         /* _meta.progressToken as JSON, empty if none */
+    char version[16];     /* protocol version the answer is shaped for */
+    int cancel[2];        /* pipe: written to cancel the call's waits */
+    int cancelled;        /* no answer is sent (notifications/cancelled) */
+    McpBatch *batch;
+};
+
+/* Where a filtered poll (channel and/or thread) has read up to. Polls with
+ * different filters keep separate cursors: the reference moves one cursor
+ * for all, so a poll of one thread silently skips the other channels'
+ * messages up to that point. */
+struct McpCursor {
+    McpCursor *next;
+    char *key;            /* channel \x1f thread */
+    int64_t since;
+};
+
+typedef struct {
+    /* Set once at start. */
+    const char *agent, *display_name, *caps, *url, *relay_dir;
+    /* Guarded by mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t cond;          /* a call ended; closing; wake the heartbeat */
+    char session_id[128];
+    int registered;               /* our session was active at last look */
+    int warned_replaced;          /* logged that another process took the name */
+    int64_t cursor;               /* since_id of unfiltered polls */
+    McpCursor *cursors;
+    char version[16];             /* from initialize; "" before */
+    McpCall *calls;
+    int ncalls;
+    int closing;                  /* stdin reached EOF */
+    int64_t beat_ms;              /* heartbeat interval */
+    pthread_mutex_t reg_mu;       /* one registration at a time */
+    pthread_mutex_t out_mu;       /* stdout */
+} Mcp;
+
+static Mcp g_mcp = { .mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER,
+                     .reg_mu = PTHREAD_MUTEX_INITIALIZER,
+                     .out_mu = PTHREAD_MUTEX_INITIALIZER, .beat_ms = 30000 };
+
+ARC_PRINTF(1, 2) static void mcp_log(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("arc mcp: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---- output: one message per line ---- */
+
+static void mcp_write_line(Buf *b) {
+    buf_addc(b, '\n');
+    pthread_mutex_lock(&g_mcp.out_mu);
+    for (size_t off = 0; off < b->len;) {
+        ssize_t w = write(1, b->p + off, b->len - off);
+        if (w > 0) off += (size_t)w;
+        else if (w < 0 && errno == EINTR) continue;
+        else if (w < 0 && errno == EAGAIN) {
+            struct pollfd p = { .fd = 1, .events = POLLOUT };
+            poll(&p, 1, 1000);
+        } else break;   /* the client went away; EOF on stdin follows */
+    }
+    pthread_mutex_unlock(&g_mcp.out_mu);
+}
+
+/* Send one answer, or add it to its batch (and send the batch when it is
+ * the last one). `msg` is consumed. */
+static void mcp_emit(McpBatch *bt, Buf *msg) {
+    if (!bt) {
+        mcp_write_line(msg);
+        buf_free(msg);
+        return;
+    }
+    pthread_mutex_lock(&g_mcp.mu);
+    if (msg->len) {
+        buf_addc(&bt->out, bt->out.len ? ',' : '[');
+        buf_addstr(&bt->out, buf_str(msg));
+    }
+    int last = --bt->pending == 0;
+    pthread_mutex_unlock(&g_mcp.mu);
+    buf_free(msg);
+    if (!last) return;
+    if (bt->out.len) {
+        buf_addc(&bt->out, ']');
+        mcp_write_line(&bt->out);
+    }
+    buf_free(&bt->out);
+    free(bt);
+}
+
+static void mcp_error(McpBatch *bt, Str id, int code, const char *msg,
+                      const char *data_json) {
+    Buf b = { 0 };
+    /* An unknown id is left out rather than null: the SDKs reject null. */
+    buf_adds(&b, "{\"jsonrpc\":\"2.0\",");
+    if (id.n) buf_adds(&b, "\"id\":"), buf_addstr(&b, id), buf_addc(&b, ',');
+    buf_addf(&b, "\"error\":{\"code\":%d,\"message\":", code);
+    json_cstr(&b, msg);
+    if (data_json) buf_adds(&b, ",\"data\":"), buf_adds(&b, data_json);
+    buf_adds(&b, "}}");
+    mcp_emit(bt, &b);
+}
+
+/* Start a result: {"jsonrpc":"2.0","id":ID,"result":{ ...; the caller adds
+ * members (each preceded by a comma) and calls mcp_result_end. */
+static void mcp_result_begin(Buf *b, Str id, const char *version) {
+    buf_adds(b, "{\"jsonrpc\":\"2.0\",\"id\":");
+    buf_addstr(b, id);
+    buf_adds(b, ",\"result\":{");
+    if (!strcmp(version, MCP_V_STATELESS))
+        buf_adds(b, "\"resultType\":\"complete\",\"_meta\":{\"io.modelcontextprotocol/"
+                    "serverInfo\":{\"name\":\"arc\",\"version\":\"" ARC_VERSION "\"}}");
+}
+
+static void mcp_result_end(McpBatch *bt, Buf *b) {
+    buf_adds(b, "}}");
+    mcp_emit(bt, b);
+}
+
+/* Members after mcp_result_begin: a comma unless the object is empty. */
+static void mcp_member(Buf *b, const char *key) {
+    if (b->p[b->len - 1] != '{') buf_addc(b, ',');
+    json_cstr(b, key);
+    buf_addc(b, ':');
+}
+
+/* Cache hints, which the stateless revision requires on list results: the
+ * tool list never changes while this process runs. */
+static void mcp_cache_hint(Buf *b, const char *version) {
+    if (strcmp(version, MCP_V_STATELESS)) return;
+    mcp_member(b, "ttlMs");
+    buf_adds(b, "3600000");
+    mcp_member(b, "cacheScope");
+    buf_adds(b, "\"public\"");
+}
+
+static void mcp_notify_progress(const McpCall *call, double progress, double total,
+                                const char *message) {
+    if (!call->progress.len) return;
+    Buf b = { 0 };
+    buf_adds(&b, "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\","
+                 "\"params\":{\"progressToken\":");
+    buf_addstr(&b, buf_str(&call->progress));
+    buf_addf(&b, ",\"progress\":%.0f,\"total\":%.0f,\"message\":", progress, total);
+    json_cstr(&b, message);
+    buf_adds(&b, "}}");
+    mcp_write_line(&b);
+    buf_free(&b);
+}
+
+/* Does this protocol version have feature `since` (a version date)? The
+ * versions are dates, so they compare as strings. */
+static int mcp_has(const char *version, const char *since) {
+    return strcmp(version, since) >= 0;
+}
+
+static int mcp_known_version(const char *v) {
+    for (size_t i = 0; i < sizeof mcp_versions / sizeof *mcp_versions; i++)
+        if (!strcmp(v, mcp_versions[i])) return 1;
+    return 0;
+}
+
+static void mcp_versions_json(Buf *b) {
+    buf_addc(b, '[');
+    for (size_t i = 0; i < sizeof mcp_versions / sizeof *mcp_versions; i++)
+        buf_addf(b, "%s\"%s\"", i ? "," : "", mcp_versions[i]);
+    buf_addc(b, ']');
+}
+
+/* ---- the agent's session: register, heartbeat, re-register ---- */
+
+/* A hub connection for one thread. */
+static int mcp_client(Client *c, int cancel_fd) {
+    char err[ARC_ERRLEN];
+    if (cli_url(c, g_mcp.url, err)) return -1;
+    c->relay_dir = g_mcp.relay_dir;
+    c->agent = g_mcp.agent;
+    c->cancel_fd = cancel_fd;
+    return 0;
+}
+
+/* One hub request; the envelope is parsed into *j over *out (which must
+ * outlive it). Returns the HTTP status (the hub's refusals included), or -1
+ * with err when no answer came. */
+static int mcp_request(Client *c, const char *method, const char *path, Str body,
+                       int64_t timeout_ms, Buf *out, Json *j, char err[ARC_ERRLEN]) {
+    int status = 0;
+    err[0] = 0;
+    if (cli_call(c, method, path, body, timeout_ms, &status, out, err)) return -1;
+    if (json_parse(j, buf_cstr(out), out->len) || j->t[0].type != JSON_OBJ) {
+        snprintf(err, ARC_ERRLEN, "unexpected answer from the hub (HTTP %d)", status);
+        return -1;
+    }
+    return status;
+}
+
+static void mcp_set_registered(int on) {
+    pthread_mutex_lock(&g_mcp.mu);
+    g_mcp.registered = on;
+    pthread_mutex_unlock(&g_mcp.mu);
+}
+
+static int mcp_is_registered(void) {
+    pthread_mutex_lock(&g_mcp.mu);
+    int on = g_mcp.registered;
+    pthread_mutex_unlock(&g_mcp.mu);
+    return on;
+}
+
+/* Register (replacing any earlier session of the agent), learn the hub's
+ * presence TTL, and start the unfiltered cursor at the newest message the
+ * agent can see, as the reference's quickstart does: a fresh agent should
+ * not replay history. On a re-registration the cursor only moves back (a
+ * hub that came back on fresh storage has smaller ids). */
+static int mcp_register(Client *c, char err[ARC_ERRLEN]) {
+    pthread_mutex_lock(&g_mcp.reg_mu);
+    if (mcp_is_registered()) {   /* another thread just did it */
+        pthread_mutex_unlock(&g_mcp.reg_mu);
+        return 0;
+    }
+    Buf body = { 0 }, out = { 0 }, path = { 0 };
+    Json j = { 0 };
+    int rc = -1;
+    buf_adds(&body, "{\"agent_id\":");
+    json_cstr(&body, g_mcp.agent);
+    buf_adds(&body, ",\"replace\":true,\"display_name\":");
+    json_cstr(&body, g_mcp.display_name ? g_mcp.display_name : g_mcp.agent);
+    if (g_mcp.caps) {
+        buf_adds(&body, ",\"capabilities\":[");
+        const char *p = g_mcp.caps;
+        for (int n = 0; *p; n++) {
+            size_t k = strcspn(p, ",");
+            Str cap = str_trim((Str){ p, k });
+            if (cap.n) {
+                if (body.p[body.len - 1] != '[') buf_addc(&body, ',');
+                json_strs(&body, cap);
+            }
+            p += k + (p[k] == ',');
+        }
+        buf_addc(&body, ']');
+    }
+    buf_addc(&body, '}');
+    int st = mcp_request(c, "POST", "/v1/sessions", buf_str(&body), MCP_HUB_MS,
+                         &out, &j, err);
+    uint32_t r, sid;
+    if (st != 201 && st != 200) {
+        if (st > 0) snprintf(err, ARC_ERRLEN, "registration refused (HTTP %d)", st);
+        goto done;
+    }
+    r = json_get(&j, 0, "result");
+    sid = r ? json_get(&j, r, "session_id") : 0;
+    Buf sidb = { 0 };
+    if (sid) json_unescape(&j, sid, &sidb);
+    json_free(&j);
+
+    int64_t ttl = 120, latest = -1;
+    if (mcp_request(c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, MCP_HUB_MS, &out,
+                    &j, err) == 200 && (r = json_get(&j, 0, "result"))) {
+        uint32_t t = json_get(&j, r, "presence_ttl_sec");
+        if (t) json_to_i64(&j, t, &ttl);
+    }
+    json_free(&j);
+    buf_adds(&path, "/v1/bootstrap");
+    agent_qparam(&path, "agent_id", g_mcp.agent);
+    if (mcp_request(c, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS, &out, &j, err) == 200 &&
+        (r = json_get(&j, 0, "result"))) {
+        uint32_t t = json_get(&j, r, "latest_visible_id");
+        if (t) json_to_i64(&j, t, &latest);
+    }
+    pthread_mutex_lock(&g_mcp.mu);
+    snprintf(g_mcp.session_id, sizeof g_mcp.session_id, "%s", buf_cstr(&sidb));
+    int first = !g_mcp.registered && g_mcp.cursor < 0;
+    if (latest >= 0 && (first || latest < g_mcp.cursor)) {
+        g_mcp.cursor = latest;
+        for (McpCursor *k = g_mcp.cursors; k; k = k->next)
+            if (k->since > latest) k->since = latest;
+    }
+    /* Touch well inside the TTL: a third of it, at most every 30 s. */
+    g_mcp.beat_ms = ttl / 3 * 1000;
+    if (g_mcp.beat_ms < 1000) g_mcp.beat_ms = 1000;
+    if (g_mcp.beat_ms > 30000) g_mcp.beat_ms = 30000;
+    g_mcp.registered = 1;
+    g_mcp.warned_replaced = 0;
+    pthread_mutex_unlock(&g_mcp.mu);
+    buf_free(&sidb);
+    rc = 0;
+done:
+    json_free(&j);
+    buf_free(&body), buf_free(&out), buf_free(&path);
+    pthread_mutex_unlock(&g_mcp.reg_mu);
+    return rc;
+}
+
+/* One heartbeat: GET /v1/agents?as=AGENT touches the agent (PROTOCOL §9.1)
+ * and lists who is live. If our session is gone (expired while the machine
+ * slept, or the hub restarted on other storage), register again. If the
+ * agent is live under another session, another process took the name:
+ * say so once and do not fight over it. */
+static void mcp_beat(Client *c) {
+    char err[ARC_ERRLEN];
+    if (!mcp_is_registered()) {
+        if (mcp_register(c, err) == 0)
+            mcp_log("registered as %s at %s", g_mcp.agent,
+                    g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url);
+        return;
+    }
+    Buf path = { 0 }, out = { 0 };
+    Json j = { 0 };
+    buf_adds(&path, "/v1/agents");
+    agent_qparam(&path, "as", g_mcp.agent);
+    int st = mcp_request(c, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS, &out, &j, err);
+    uint32_t r = st == 200 ? json_get(&j, 0, "result") : 0;
+    if (st < 0) {
+        mcp_log("hub unreachable (%s); retrying every %d s", err, MCP_RETRY_MS / 1000);
+        mcp_set_registered(0);
+    } else if (r && j.t[r].type == JSON_ARR) {
+        int ours = 0, taken = 0;
+        pthread_mutex_lock(&g_mcp.mu);
+        uint32_t e = r + 1;
+        for (uint32_t i = 0; i < j.t[r].n; i++, e = j.t[e].next) {
+            uint32_t a = json_get(&j, e, "agent_id"), s = json_get(&j, e, "session_id");
+            if (!a || !json_str_is(&j, a, str_c(g_mcp.agent))) continue;
+            if (s && json_str_is(&j, s, str_c(g_mcp.session_id))) ours = 1;
+            else taken = 1;
+        }
+        int warn = taken && !ours && !g_mcp.warned_replaced;
+        if (warn) g_mcp.warned_replaced = 1;
+        if (!ours && !taken) g_mcp.registered = 0;
+        pthread_mutex_unlock(&g_mcp.mu);
+        if (warn)
+            mcp_log("another process registered agent %s; not taking it back",
+                    g_mcp.agent);
+        if (!ours && !taken && mcp_register(c, err) == 0)
+            mcp_log("session had expired; registered %s again", g_mcp.agent);
+    }
+    json_free(&j);
+    buf_free(&path), buf_free(&out);
+}
+
+static void *mcp_heartbeat_main(void *arg) {
+    (void)arg;
+    Client c;
+    if (mcp_client(&c, -1)) return NULL;
+    pthread_mutex_lock(&g_mcp.mu);
+    while (!g_mcp.closing) {
+        pthread_mutex_unlock(&g_mcp.mu);
+        mcp_beat(&c);
+        pthread_mutex_lock(&g_mcp.mu);
+        int64_t wait = g_mcp.registered ? g_mcp.beat_ms : MCP_RETRY_MS;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += (time_t)(wait / 1000);
+        ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        int rc = 0;
+        while (!g_mcp.closing && rc != ETIMEDOUT)
+            rc = pthread_cond_timedwait(&g_mcp.cond, &g_mcp.mu, &ts);
+    }
+    pthread_mutex_unlock(&g_mcp.mu);
+    cli_free(&c);
+    return NULL;
+}
+
+/* ---- tool calls: arguments, hub requests, readable results ---- */
+
+typedef struct {
+    McpCall *call;
+    Json req;             /* the request, over call->msg */
+    uint32_t args;        /* its params.arguments object, 0 if none */
+    Client c;
+    Buf out;              /* the last hub answer ... */
+    Json j;               /* ... parsed */
+    uint32_t res;         /* its "result" token */
+    int status;           /* its HTTP status */
+    Buf text;             /* the readable result (content[0].text) */
+    Buf data;             /* structuredContent, an object */
+    int failed;           /* isError */
+} McpCtx;
+
+ARC_PRINTF(2, 3) static int mcp_fail(McpCtx *x, const char *fmt, ...) {
+    va_list ap;
+    char msg[1024];
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    buf_reset(&x->text);
+    buf_adds(&x->text, msg);
+    buf_reset(&x->data);
+    x->failed = 1;
+    return -1;
+}
+
+/* Argument `name` as text: 1 present (numbers are taken as their text;
+ * models often quote or unquote ids), 0 absent or null, -1 wrong type. */
+static int mcp_arg_str(McpCtx *x, const char *name, Buf *out) {
+    uint32_t v = x->args ? json_get_val(&x->req, x->args, name) : 0;
+    buf_reset(out);
+    if (!v) return 0;
+    int type = x->req.t[v].type;
+    if (type != JSON_STR && type != JSON_NUM)
+        return mcp_fail(x, "argument %s must be a string", name);
+    json_as_text(out, &x->req, v);
+    return 1;
+}
+
+/* A required string argument, not blank. */
+static int mcp_arg_need(McpCtx *x, const char *name, Buf *out) {
+    int rc = mcp_arg_str(x, name, out);
+    if (rc == 0 || (rc > 0 && !str_trim(buf_str(out)).n))
+        return mcp_fail(x, "argument %s is required", name);
+    return rc;
+}
+
+/* A number argument (a numeric string is accepted): 1, 0 absent, -1 bad. */
+static int mcp_arg_num(McpCtx *x, const char *name, double *out) {
+    Buf t = { 0 };
+    int rc = mcp_arg_str(x, name, &t);
+    if (rc > 0) {
+        char *end;
+        errno = 0;
+        *out = strtod(buf_cstr(&t), &end);
+        if (end == t.p || *end || errno || *out != *out)
+            rc = mcp_fail(x, "argument %s must be a number", name);
+    }
+    buf_free(&t);
+    return rc;
+}
+
+static int mcp_arg_int(McpCtx *x, const char *name, int64_t *out) {
+    Buf t = { 0 };
+    int rc = mcp_arg_str(x, name, &t);
+    if (rc > 0 && parse_int_text(buf_str(&t), out))
+        rc = mcp_fail(x, "argument %s must be a whole number", name);
+    buf_free(&t);
+    return rc;
+}
+
+/* A waiting tool's timeout in seconds: the argument, else `dflt`, clamped
+ * to 0..MCP_MAX_WAIT_S. */
+static int mcp_arg_wait(McpCtx *x, double dflt, double *out) {
+    *out = dflt;
+    if (mcp_arg_num(x, "timeout", out) < 0) return -1;
+    if (*out < 0) *out = 0;
+    if (*out > MCP_MAX_WAIT_S) *out = MCP_MAX_WAIT_S;
+    return 0;
+}
+
+/* One hub request for a tool: 0 with x->res (the hub said ok), else -1 and
+ * the failure as the tool's error text. A hub that cannot be reached is
+ * re-registered with first, so a call made just after it came back works. */
+static int mcp_ready(McpCtx *x) {
+    char err[ARC_ERRLEN];
+    if (mcp_is_registered() || mcp_register(&x->c, err) == 0) return 0;
+    return mcp_fail(x, "arc hub not reachable at %s: %s. Start it with `arc ensure`; "
+                    "this server keeps retrying and re-registers when it is back.",
+                    g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url, err);
+}
+
+static int mcp_hub(McpCtx *x, const char *method, const char *path, Str body,
+                   int64_t timeout_ms) {
+    char err[ARC_ERRLEN];
+    const char *where = g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url;
+    if (mcp_ready(x)) return -1;
+    json_free(&x->j);
+    x->res = 0;
+    x->status = mcp_request(&x->c, method, path, body, timeout_ms, &x->out, &x->j, err);
+    if (x->status < 0) {
+        if (!strcmp(err, "cancelled")) return mcp_fail(x, "cancelled");
+        mcp_set_registered(0);
+        return mcp_fail(x, "arc hub not reachable at %s: %s", where, err);
+    }
+    uint32_t ok = json_get(&x->j, 0, "ok");
+    if (!ok || x->j.t[ok].type != JSON_TRUE) {
+        uint32_t e = json_get(&x->j, 0, "error");
+        Buf m = { 0 };
+        if (e) json_as_text(&m, &x->j, e);
+        mcp_fail(x, "arc hub refused (HTTP %d): %s", x->status,
+                 m.len ? m.p : "no error message");
+        buf_free(&m);
+        return -1;
+    }
+    x->res = json_get(&x->j, 0, "result");
+    if (!x->res) return mcp_fail(x, "arc hub answered without a result");
+    return 0;
+}
+
+/* Members of a JSON object token, rendered readably for the model. */
+static void mcp_text_field(Buf *t, const Json *j, uint32_t obj, const char *key) {
+    uint32_t v = json_get_val(j, obj, key);
+    if (v) json_as_text(t, j, v);
+    else buf_adds(t, "-");
+}
+
+/* "#12 [general] alice -> bob (task_request, thread t1, reply to #10):"
+ * then the body, every line indented. */
+static void mcp_render_msg(Buf *t, const Json *j, uint32_t m) {
+    uint32_t v;
+    buf_adds(t, "#");
+    mcp_text_field(t, j, m, "id");
+    buf_adds(t, " [");
+    mcp_text_field(t, j, m, "channel");
+    buf_adds(t, "] ");
+    mcp_text_field(t, j, m, "from_agent");
+    if ((v = json_get_val(j, m, "to_agent"))) buf_adds(t, " -> "), json_as_text(t, j, v);
+    buf_adds(t, " (");
+    mcp_text_field(t, j, m, "kind");
+    if ((v = json_get_val(j, m, "thread_id"))) buf_adds(t, ", thread "), json_as_text(t, j, v);
+    if ((v = json_get_val(j, m, "reply_to"))) buf_adds(t, ", reply to #"), json_as_text(t, j, v);
+    if ((v = json_get_val(j, m, "attachments")) && j->t[v].type == JSON_ARR && j->t[v].n)
+        buf_addf(t, ", %u attachment%s", j->t[v].n, j->t[v].n == 1 ? "" : "s");
+    buf_adds(t, ", ");
+    mcp_text_field(t, j, m, "ts");
+    buf_adds(t, "):");
+    Buf body = { 0 };
+    if ((v = json_get_val(j, m, "body"))) json_as_text(&body, j, v);
+    for (const char *p = buf_cstr(&body); *p;) {
+        size_t k = strcspn(p, "\n");
+        buf_adds(t, "\n    ");
+        buf_add(t, p, k);
+        p += k + (p[k] == '\n');
+    }
+    buf_free(&body);
+}
+
+/* A list of messages (array token `arr`), newest last. */
+static void mcp_render_msgs(Buf *t, const Json *j, uint32_t arr) {
+    uint32_t m = arr + 1;
+    for (uint32_t i = 0; i < j->t[arr].n; i++, m = j->t[m].next) {
+        buf_addc(t, '\n');
+        mcp_render_msg(t, j, m);
+    }
+}
+
+/* structuredContent: {"key": <token>} */
+static void mcp_data_one(McpCtx *x, const char *key, uint32_t tok) {
+    buf_reset(&x->data);
+    buf_addc(&x->data, '{');
+    json_cstr(&x->data, key);
+    buf_addc(&x->data, ':');
+    json_write(&x->data, &x->j, tok);
+    buf_addc(&x->data, '}');
+}
+
+/* The "from_agent"/"agent_id"... member that starts most request bodies. */
+static void mcp_body_begin(Buf *b, const char *agent_key) {
+    buf_addf(b, "{\"%s\":", agent_key);
+    json_cstr(b, g_mcp.agent);
+}
+
+/* Add "key": <string argument> to a body if the argument is there. */
+static int mcp_body_str(McpCtx *x, Buf *b, const char *name, const char *key) {
+    Buf v = { 0 };
+    int rc = mcp_arg_str(x, name, &v);
+    if (rc > 0) {
+        buf_addf(b, ",\"%s\":", key ? key : name);
+        json_strs(b, buf_str(&v));
+    }
+    buf_free(&v);
+    return rc < 0 ? -1 : 0;
+}
+
+static int mcp_body_int(McpCtx *x, Buf *b, const char *name) {
+    int64_t v;
+    int rc = mcp_arg_int(x, name, &v);
+    if (rc > 0) buf_addf(b, ",\"%s\":%lld", name, (long long)v);
+    return rc < 0 ? -1 : 0;
+}
+
+/* Post a message built in body (an object missing its closing brace) and
+ * report it. */
+static int mcp_post(McpCtx *x, Buf *body, const char *what) {
+    buf_addc(body, '}');
+    if (mcp_hub(x, "POST", "/v1/messages", buf_str(body), MCP_HUB_MS)) return -1;
+    buf_addf(&x->text, "%s:\n", what);
+    mcp_render_msg(&x->text, &x->j, x->res);
+    mcp_data_one(x, "message", x->res);
+    return 0;
+}
+
+/* Advance a cursor to the highest id in a message array. */
+static int64_t mcp_max_id(const Json *j, uint32_t arr, int64_t since) {
+    uint32_t m = arr + 1;
+    for (uint32_t i = 0; i < j->t[arr].n; i++, m = j->t[m].next) {
+        int64_t id;
+        uint32_t v = json_get(j, m, "id");
+        if (v && json_to_i64(j, v, &id) == 0 && id > since) since = id;
+    }
+    return since;
+}
+
+/* The cursor for a poll filter, created from the unfiltered one. */
+static int64_t *mcp_cursor(const char *channel, const char *thread) {
+    if (!*channel && !*thread) return &g_mcp.cursor;
+    Buf key = { 0 };
+    buf_addf(&key, "%s\x1f%s", channel, thread);
+    McpCursor *k = g_mcp.cursors;
+    while (k && strcmp(k->key, key.p)) k = k->next;
+    if (!k) {
+        k = xrealloc(NULL, sizeof *k);
+        k->key = xstrndup(key.p, key.len);
+        k->since = g_mcp.cursor;
+        k->next = g_mcp.cursors;
+        g_mcp.cursors = k;
+    }
+    buf_free(&key);
+    return &k->since;
+}
+
+/* Long-poll GET /v1/events from `since` for up to wait_s seconds, in
+ * slices of MCP_SLICE_MS with a progress notification between slices when
+ * the client asked for them. `extra` is appended to the query (filters).
+ * Returns 0 with the answer in x (possibly an empty array), or -1. */
+static int mcp_wait_events(McpCtx *x, int64_t since, double wait_s, const char *extra,
+                           int exclude_self, const char *what) {
+    int64_t t0 = clock_ms(), deadline = t0 + (int64_t)(wait_s * 1000);
+    for (;;) {
+        int64_t left = deadline - clock_ms();
+        if (left < 0) left = 0;
+        if (x->call->progress.len && left > MCP_SLICE_MS) left = MCP_SLICE_MS;
+        Buf path = { 0 };
+        buf_adds(&path, "/v1/events");
+        agent_qparam(&path, "agent_id", g_mcp.agent);
+        buf_addf(&path, "&since_id=%lld&limit=100&timeout=%.3f%s%s", (long long)since,
+                 (double)left / 1000.0, exclude_self ? "&exclude_self=1" : "", extra);
+        int rc = mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, left + MCP_HUB_MS);
+        buf_free(&path);
+        if (rc) return -1;
+        if (x->j.t[x->res].type != JSON_ARR) return mcp_fail(x, "arc hub sent no list");
+        if (x->j.t[x->res].n || clock_ms() >= deadline) return 0;
+        char note[128];
+        snprintf(note, sizeof note, "%s (%.0f s of %.0f s)", what,
+                 (double)(clock_ms() - t0) / 1000.0, wait_s);
+        mcp_notify_progress(x->call, (double)(clock_ms() - t0) / 1000.0, wait_s, note);
+    }
+}
+
+/* ---- the tools ---- */
+
+/* The reference's six come first, with its names and arguments, so a
+ * client configured for the reference keeps working; the rest cover what
+ * else an agent does on arc. Few tools, each with a precise description:
+ * every schema costs the model context on every turn. */
+
+static int mcp_t_post(McpCtx *x) {
+    Buf body = { 0 }, ch = { 0 };
+    int rc = -1;
+    if (mcp_arg_need(x, "channel", &ch) < 0) goto done;
+    mcp_body_begin(&body, "from_agent");
+    buf_adds(&body, ",\"channel\":");
+    json_strs(&body, buf_str(&ch));
+    if (mcp_body_str(x, &body, "body", NULL) || mcp_body_str(x, &body, "kind", NULL) ||
+        mcp_body_str(x, &body, "thread_id", NULL) ||
+        mcp_body_str(x, &body, "to_agent", NULL) || mcp_body_int(x, &body, "reply_to"))
+        goto done;
+    rc = mcp_post(x, &body, "Posted");
+done:
+    buf_free(&body), buf_free(&ch);
+    return rc;
+}
+
+static int mcp_t_dm(McpCtx *x) {
+    Buf body = { 0 }, to = { 0 };
+    int rc = -1;
+    if (mcp_arg_need(x, "to_agent", &to) < 0) goto done;
+    mcp_body_begin(&body, "from_agent");
+    buf_adds(&body, ",\"channel\":\"direct\",\"kind\":\"chat\",\"to_agent\":");
+    json_strs(&body, buf_str(&to));
+    if (mcp_body_str(x, &body, "body", NULL)) goto done;
+    rc = mcp_post(x, &body, "Sent");
+done:
+    buf_free(&body), buf_free(&to);
+    return rc;
+}
+
+static int mcp_t_poll(McpCtx *x) {
+    Buf ch = { 0 }, th = { 0 }, extra = { 0 };
+    double wait_s;
+    int rc = -1;
+    if (mcp_arg_str(x, "channel", &ch) < 0 || mcp_arg_str(x, "thread_id", &th) < 0 ||
+        mcp_arg_wait(x, 5, &wait_s) || mcp_ready(x))
+        goto done;
+    if (ch.len) buf_adds(&extra, "&channel="), cli_pct(&extra, ch.p);
+    if (th.len) buf_adds(&extra, "&thread_id="), cli_pct(&extra, th.p);
+    pthread_mutex_lock(&g_mcp.mu);
+    int64_t since = *mcp_cursor(buf_cstr(&ch), buf_cstr(&th));
+    pthread_mutex_unlock(&g_mcp.mu);
+    if (since < 0) since = 0;   /* registered, but the bootstrap failed */
+    if (mcp_wait_events(x, since, wait_s, buf_cstr(&extra), 1, "waiting for messages"))
+        goto done;
+    int64_t next = mcp_max_id(&x->j, x->res, since);
+    pthread_mutex_lock(&g_mcp.mu);
+    int64_t *cur = mcp_cursor(buf_cstr(&ch), buf_cstr(&th));
+    if (*cur < next) *cur = next;
+    pthread_mutex_unlock(&g_mcp.mu);
+    uint32_t n = x->j.t[x->res].n;
+    if (n) buf_addf(&x->text, "%u new message%s:", n, n == 1 ? "" : "s");
+    else buf_addf(&x->text, "No new messages (waited %.0f s).", wait_s);
+    mcp_render_msgs(&x->text, &x->j, x->res);
+    buf_adds(&x->data, "{\"messages\":");
+    json_write(&x->data, &x->j, x->res);
+    buf_addf(&x->data, ",\"cursor\":%lld}", (long long)next);
+    rc = 0;
+done:
+    buf_free(&ch), buf_free(&th), buf_free(&extra);
+    return rc;
+}
+
+static int mcp_t_agents(McpCtx *x) {
+    if (mcp_hub(x, "GET", "/v1/agents", (Str){ NULL, 0 }, MCP_HUB_MS)) return -1;
+    uint32_t arr = x->res, n = x->j.t[arr].n, e = arr + 1;
+    buf_addf(&x->text, "%u live agent%s:", n, n == 1 ? "" : "s");
+    for (uint32_t i = 0; i < n; i++, e = x->j.t[e].next) {
+        uint32_t v;
+        buf_adds(&x->text, "\n- ");
+        mcp_text_field(&x->text, &x->j, e, "agent_id");
+        if ((v = json_get_val(&x->j, e, "display_name"))) {
+            buf_adds(&x->text, " (");
+            json_as_text(&x->text, &x->j, v);
+            buf_adds(&x->text, ")");
+        }
+        if ((v = json_get_val(&x->j, e, "capabilities")) && x->j.t[v].n) {
+            buf_adds(&x->text, " capabilities ");
+            json_write(&x->text, &x->j, v);
+        }
+        buf_adds(&x->text, ", last seen ");
+        mcp_text_field(&x->text, &x->j, e, "last_seen");
+    }
+    mcp_data_one(x, "agents", arr);
+    return 0;
+}
+
+static int mcp_t_channel(McpCtx *x) {
+    Buf name = { 0 }, body = { 0 };
+    int rc = -1;
+    if (mcp_arg_need(x, "name", &name) < 0) goto done;
+    buf_adds(&body, "{\"name\":");
+    json_strs(&body, buf_str(&name));
+    buf_adds(&body, ",\"created_by\":");
+    json_cstr(&body, g_mcp.agent);
+    buf_addc(&body, '}');
+    if (mcp_hub(x, "POST", "/v1/channels", buf_str(&body), MCP_HUB_MS)) goto done;
+    buf_adds(&x->text, "Channel ");
+    mcp_text_field(&x->text, &x->j, x->res, "name");
+    buf_adds(&x->text, " is ready (created by ");
+    mcp_text_field(&x->text, &x->j, x->res, "created_by");
+    buf_adds(&x->text, ").");
+    mcp_data_one(x, "channel", x->res);
+    rc = 0;
+done:
+    buf_free(&name), buf_free(&body);
+    return rc;
+}
+
+/* Send a task_request and wait for the task_result that replies to it:
+ * long-polls on our own feed (broadcasts and DMs to us), so the answer
+ * arrives the moment it is posted; the reference re-queries once a second. */
+static int mcp_t_rpc(McpCtx *x) {
+    Buf to = { 0 }, body = { 0 }, req = { 0 };
+    double wait_s;
+    int rc = -1;
+    if (mcp_arg_need(x, "to_agent", &to) < 0 || mcp_arg_wait(x, 30, &wait_s)) goto done;
+    mcp_body_begin(&body, "from_agent");
+    buf_adds(&body, ",\"channel\":\"direct\",\"kind\":\"task_request\",\"to_agent\":");
+    json_strs(&body, buf_str(&to));
+    if (mcp_body_str(x, &body, "body", NULL)) goto done;
+    buf_addc(&body, '}');
+    if (mcp_hub(x, "POST", "/v1/messages", buf_str(&body), MCP_HUB_MS)) goto done;
+    int64_t req_id = 0;
+    json_to_i64(&x->j, json_get(&x->j, x->res, "id"), &req_id);
+    json_write(&req, &x->j, x->res);
+    int64_t since = req_id, deadline = clock_ms() + (int64_t)(wait_s * 1000);
+    for (;;) {
+        double left = (double)(deadline - clock_ms()) / 1000.0;
+        if (mcp_wait_events(x, since, left > 0 ? left : 0, "", 1, "waiting for the result"))
+            goto done;
+        uint32_t arr = x->res, m = arr + 1;
+        for (uint32_t i = 0; i < x->j.t[arr].n; i++, m = x->j.t[m].next) {
+            uint32_t k = json_get(&x->j, m, "kind"), r = json_get(&x->j, m, "reply_to");
+            int64_t rid;
+            if (k && json_str_is(&x->j, k, str_c("task_result")) && r &&
+                json_to_i64(&x->j, r, &rid) == 0 && rid == req_id) {
+                buf_addf(&x->text, "Result of task #%lld from %s:\n", (long long)req_id,
+                         to.p);
+                mcp_render_msg(&x->text, &x->j, m);
+                buf_adds(&x->data, "{\"request\":");
+                buf_addstr(&x->data, buf_str(&req));
+                buf_adds(&x->data, ",\"result\":");
+                json_write(&x->data, &x->j, m);
+                buf_addc(&x->data, '}');
+                rc = 0;
+                goto done;
+            }
+        }
+        since = mcp_max_id(&x->j, arr, since);
+        if (clock_ms() >= deadline) break;
+    }
+    mcp_fail(x, "no task_result from %s within %.0f s; task #%lld stays open. Its answer "
+             "will reach you through arc_poll_messages.", to.p, wait_s, (long long)req_id);
+done:
+    buf_free(&to), buf_free(&body), buf_free(&req);
+    return rc;
+}
+
+static int mcp_t_inbox(McpCtx *x) {
+    int64_t since = -1, limit = 20;
+    if (mcp_arg_int(x, "since_id", &since) < 0 || mcp_arg_int(x, "limit", &limit) < 0)
+        return -1;
+    if (limit < 1 || limit > 500) return mcp_fail(x, "argument limit must be 1 to 500");
+    Buf path = { 0 };
+    buf_adds(&path, "/v1/inbox/");
+    cli_pct(&path, g_mcp.agent);
+    if (since >= 0) buf_addf(&path, "?since_id=%lld&limit=%lld", (long long)since,
+                             (long long)limit);
+    else buf_addf(&path, "?tail=1&limit=%lld", (long long)limit);
+    int rc = mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS);
+    buf_free(&path);
+    if (rc) return -1;
+    uint32_t n = x->j.t[x->res].n;
+    if (n) buf_addf(&x->text, "%u direct message%s to %s:", n, n == 1 ? "" : "s", g_mcp.agent);
+    else buf_addf(&x->text, "No direct messages to %s.", g_mcp.agent);
+    mcp_render_msgs(&x->text, &x->j, x->res);
+    mcp_data_one(x, "messages", x->res);
+    return 0;
+}
+
+static int mcp_t_thread(McpCtx *x) {
+    Buf id = { 0 }, path = { 0 };
+    int64_t limit = 50;
+    int rc = -1;
+    if (mcp_arg_need(x, "thread_id", &id) < 0 || mcp_arg_int(x, "limit", &limit) < 0)
+        goto done;
+    if (limit < 1) limit = 1;
+    buf_adds(&path, "/v1/threads/");
+    cli_pct(&path, id.p);
+    if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
+    uint32_t th = json_get(&x->j, x->res, "thread"), msgs = json_get(&x->j, x->res, "messages");
+    buf_addf(&x->text, "Thread %s: status ", id.p);
+    if (th) {
+        mcp_text_field(&x->text, &x->j, th, "status");
+        buf_adds(&x->text, ", channel ");
+        mcp_text_field(&x->text, &x->j, th, "channel");
+        buf_adds(&x->text, ", open tasks ");
+        mcp_text_field(&x->text, &x->j, th, "open_task_count");
+        buf_adds(&x->text, ", active claims ");
+        mcp_text_field(&x->text, &x->j, th, "active_claim_count");
+        buf_adds(&x->text, ", active locks ");
+        mcp_text_field(&x->text, &x->j, th, "active_lock_count");
+    }
+    if (msgs && x->j.t[msgs].type == JSON_ARR) {
+        uint32_t n = x->j.t[msgs].n, m = msgs + 1;
+        buf_addf(&x->text, ".\n%u message%s", n, n == 1 ? "" : "s");
+        if (n > (uint32_t)limit) buf_addf(&x->text, " (the last %lld shown)", (long long)limit);
+        buf_adds(&x->text, ":");
+        for (uint32_t i = 0; i < n; i++, m = x->j.t[m].next) {
+            if (n - i > (uint32_t)limit) continue;
+            buf_addc(&x->text, '\n');
+            mcp_render_msg(&x->text, &x->j, m);
+        }
+    }
+    buf_reset(&x->data);
+    json_write(&x->data, &x->j, x->res);
+    rc = 0;
+done:
+    buf_free(&id), buf_free(&path);
+    return rc;
+}
+
+/* Which of acquire/refresh/release; -1 (and the tool error) otherwise. */
+static int mcp_arg_action(McpCtx *x) {
+    Buf a = { 0 };
+    int rc = mcp_arg_str(x, "action", &a), act = 0;
+    if (rc > 0) {
+        act = !strcmp(a.p, "acquire") ? 0 : !strcmp(a.p, "refresh") ? 1
+            : !strcmp(a.p, "release") ? 2 : -1;
+        if (act < 0) mcp_fail(x, "argument action must be acquire, refresh or release");
+    }
+    buf_free(&a);
+    return rc < 0 ? -1 : act;
+}
+
+/* Report a claim or lock answer: {"acquired": bool, "<what>": row}. */
+static void mcp_lease_result(McpCtx *x, const char *what, const char *key_field,
+                             const char *verb) {
+    uint32_t acq = json_get(&x->j, x->res, "acquired");
+    int granted = !acq || x->j.t[acq].type == JSON_TRUE;
+    buf_addf(&x->text, "%s ", what);
+    mcp_text_field(&x->text, &x->j, x->res, key_field);
+    if (!granted) {
+        buf_adds(&x->text, " is held by ");
+        mcp_text_field(&x->text, &x->j, x->res, !strcmp(what, "Claim") ? "owner_agent_id"
+                                                                       : "agent_id");
+        buf_adds(&x->text, " until ");
+        mcp_text_field(&x->text, &x->j, x->res, "expires_at");
+        buf_adds(&x->text, "; not acquired.");
+    } else {
+        buf_addf(&x->text, " %s", verb);
+        if (strcmp(verb, "released")) {
+            buf_adds(&x->text, " until ");
+            mcp_text_field(&x->text, &x->j, x->res, "expires_at");
+        }
+        buf_addc(&x->text, '.');
+    }
+    buf_reset(&x->data);
+    buf_addf(&x->data, "{\"acquired\":%s,\"%s\":", granted ? "true" : "false",
+             !strcmp(what, "Claim") ? "claim" : "lock");
+    json_write(&x->data, &x->j, x->res);
+    buf_addc(&x->data, '}');
+}
+
+static int mcp_t_claim(McpCtx *x) {
+    static const char *const paths[] = { "/v1/claims", "/v1/claims/refresh",
+                                         "/v1/claims/release" };
+    static const char *const verbs[] = { "acquired", "refreshed", "released" };
+    Buf body = { 0 };
+    int rc = -1, act = mcp_arg_action(x);
+    if (act < 0) goto done;
+    mcp_body_begin(&body, act == 2 ? "agent_id" : "owner_agent_id");
+    if (mcp_body_str(x, &body, "claim_key", NULL) || mcp_body_int(x, &body, "ttl_sec") ||
+        (act == 0 && (mcp_body_int(x, &body, "task_message_id") ||
+                      mcp_body_str(x, &body, "thread_id", NULL))))
+        goto done;
+    buf_addc(&body, '}');
+    if (mcp_hub(x, "POST", paths[act], buf_str(&body), MCP_HUB_MS)) goto done;
+    mcp_lease_result(x, "Claim", "claim_key", verbs[act]);
+    rc = 0;
+done:
+    buf_free(&body);
+    return rc;
+}
+
+static int mcp_t_lock(McpCtx *x) {
+    static const char *const paths[] = { "/v1/locks", "/v1/locks/refresh",
+                                         "/v1/locks/release" };
+    static const char *const verbs[] = { "locked", "refreshed", "released" };
+    Buf body = { 0 };
+    int rc = -1, act = mcp_arg_action(x);
+    if (act < 0) goto done;
+    mcp_body_begin(&body, "agent_id");
+    if (mcp_body_str(x, &body, "file_path", NULL) || mcp_body_int(x, &body, "ttl_sec"))
+        goto done;
+    buf_addc(&body, '}');
+    if (mcp_hub(x, "POST", paths[act], buf_str(&body), MCP_HUB_MS)) goto done;
+    mcp_lease_result(x, "Lock on", "file_path", verbs[act]);
+    rc = 0;
+done:
+    buf_free(&body);
+    return rc;
+}
+
+static int mcp_t_tasks(McpCtx *x) {
+    Buf path = { 0 }, v = { 0 };
+    int64_t id;
+    int rc = -1, has_id = mcp_arg_int(x, "complete_task_id", &id);
+    if (has_id < 0) goto done;
+    if (has_id) {
+        buf_addf(&path, "/v1/tasks/%lld/complete", (long long)id);
+        if (mcp_hub(x, "POST", path.p, str_c("{}"), MCP_HUB_MS)) goto done;
+        uint32_t pc = json_get(&x->j, 0, "parent_completed");
+        int parent = pc && x->j.t[pc].type == JSON_TRUE;
+        buf_addf(&x->text, "Task #%lld is done%s.", (long long)id,
+                 parent ? "; that was its parent's last open subtask, so the parent "
+                          "is done too" : "");
+        buf_adds(&x->data, "{\"tasks\":[");
+        json_write(&x->data, &x->j, x->res);
+        buf_addf(&x->data, "],\"parent_completed\":%s}", parent ? "true" : "false");
+        rc = 0;
+        goto done;
+    }
+    buf_adds(&path, "/v1/tasks?status=");
+    if (mcp_arg_str(x, "status", &v) < 0) goto done;
+    cli_pct(&path, v.len ? v.p : "open");
+    static const char *const filters[] = { "channel", "thread_id" };
+    for (int i = 0; i < 2; i++) {
+        if (mcp_arg_str(x, filters[i], &v) < 0) goto done;
+        if (v.len) buf_addf(&path, "&%s=", filters[i]), cli_pct(&path, v.p);
+    }
+    if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
+    uint32_t arr = x->res, n = x->j.t[arr].n, t = arr + 1;
+    buf_addf(&x->text, "%u task%s:", n, n == 1 ? "" : "s");
+    for (uint32_t i = 0; i < n; i++, t = x->j.t[t].next) {
+        buf_adds(&x->text, "\n- #");
+        mcp_text_field(&x->text, &x->j, t, "task_id");
+        buf_adds(&x->text, " ");
+        mcp_text_field(&x->text, &x->j, t, "status");
+        buf_adds(&x->text, " in ");
+        mcp_text_field(&x->text, &x->j, t, "channel");
+        uint32_t f;
+        if ((f = json_get_val(&x->j, t, "thread_id")))
+            buf_adds(&x->text, ", thread "), json_as_text(&x->text, &x->j, f);
+        if ((f = json_get_val(&x->j, t, "parent_task_id")))
+            buf_adds(&x->text, ", subtask of #"), json_as_text(&x->text, &x->j, f);
+    }
+    mcp_data_one(x, "tasks", arr);
+    rc = 0;
+done:
+    buf_free(&path), buf_free(&v);
+    return rc;
+}
+
+/* Answer a task_request: a task_result replying to it, sent to whoever
+ * asked (found in our inbox) unless to_agent says otherwise. */
+static int mcp_t_result(McpCtx *x) {
+    Buf body = { 0 }, to = { 0 }, ch = { 0 }, path = { 0 };
+    int64_t id;
+    int rc = -1;
+    if (mcp_arg_int(x, "task_id", &id) <= 0) {
+        if (!x->failed) mcp_fail(x, "argument task_id is required");
+        goto done;
+    }
+    if (mcp_arg_str(x, "to_agent", &to) < 0 || mcp_arg_str(x, "channel", &ch) < 0) goto done;
+    if (!to.len) {
+        buf_adds(&path, "/v1/inbox/");
+        cli_pct(&path, g_mcp.agent);
+        buf_addf(&path, "?since_id=%lld&limit=1", (long long)(id - 1));
+        if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
+        uint32_t m = x->res + 1, f;
+        int64_t got = 0;
+        if (x->j.t[x->res].n && json_to_i64(&x->j, json_get(&x->j, m, "id"), &got) == 0 &&
+            got == id && (f = json_get_val(&x->j, m, "from_agent"))) {
+            json_as_text(&to, &x->j, f);
+            if (!ch.len && (f = json_get_val(&x->j, m, "channel"))) json_as_text(&ch, &x->j, f);
+        }
+    }
+    mcp_body_begin(&body, "from_agent");
+    buf_addf(&body, ",\"kind\":\"task_result\",\"reply_to\":%lld,\"channel\":", (long long)id);
+    json_cstr(&body, ch.len ? ch.p : to.len ? "direct" : "general");
+    if (to.len) buf_adds(&body, ",\"to_agent\":"), json_strs(&body, buf_str(&to));
+    if (mcp_body_str(x, &body, "body", NULL)) goto done;
+    rc = mcp_post(x, &body, "Answered");
+done:
+    buf_free(&body), buf_free(&to), buf_free(&ch), buf_free(&path);
+    return rc;
+}
+
+static int mcp_t_whoami(McpCtx *x) {
+    Buf path = { 0 };
+    buf_adds(&path, "/v1/bootstrap");
+    agent_qparam(&path, "agent_id", g_mcp.agent);
+    int rc = mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS);
+    buf_free(&path);
+    if (rc) return -1;
+    pthread_mutex_lock(&g_mcp.mu);
+    int64_t cursor = g_mcp.cursor;
+    char sid[sizeof g_mcp.session_id];
+    memcpy(sid, g_mcp.session_id, sizeof sid);
+    pthread_mutex_unlock(&g_mcp.mu);
+    uint32_t live = json_get(&x->j, x->res, "live_agents");
+    buf_addf(&x->text, "You are %s (session %s) on the arc hub at %s. Messages up to #%lld "
+             "have been read by arc_poll_messages; the newest you can see is #",
+             g_mcp.agent, sid[0] ? sid : "-", g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url,
+             (long long)cursor);
+    mcp_text_field(&x->text, &x->j, x->res, "latest_visible_id");
+    buf_addf(&x->text, ". Live agents: %u.", live ? x->j.t[live].n : 0);
+    buf_adds(&x->data, "{\"agent_id\":");
+    json_cstr(&x->data, g_mcp.agent);
+    buf_adds(&x->data, ",\"session_id\":");
+    json_cstr(&x->data, sid);
+    buf_adds(&x->data, ",\"hub\":");
+    json_cstr(&x->data, g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url);
+    buf_addf(&x->data, ",\"cursor\":%lld,\"bootstrap\":", (long long)cursor);
+    json_write(&x->data, &x->j, x->res);
+    buf_addc(&x->data, '}');
+    return 0;
+}
+
+/* ---- the tool table ---- */
+
+#define MCP_S(props, req) "{\"type\":\"object\",\"properties\":{" props "},\"required\":[" req "]}"
+#define MCP_STR(name, desc) "\"" name "\":{\"type\":\"string\",\"description\":\"" desc "\"}"
+#define MCP_INT(name, desc) "\"" name "\":{\"type\":\"integer\",\"description\":\"" desc "\"}"
+#define MCP_OBJ(name) "\"" name "\":{\"type\":\"object\"}"
+#define MCP_ARR(name) "\"" name "\":{\"type\":\"array\",\"items\":{\"type\":\"object\"}}"
+#define MCP_ACTION "\"action\":{\"type\":\"string\",\"enum\":[\"acquire\",\"refresh\"," \
+                   "\"release\"],\"default\":\"acquire\"}"
+#define MCP_TTL MCP_INT("ttl_sec", "Lease length in seconds (default 300, at least 5).")
+
+typedef struct {
+    const char *name, *title, *description;
+    const char *input, *output;        /* JSON Schemas */
+    int read_only, idempotent;
+    int (*run)(McpCtx *);
+} McpTool;
+
+static const McpTool mcp_tools[] = {
+    { "arc_post_message", "Post a message",
+      "Post a message to an arc channel (or, with to_agent, a direct message). Returns the "
+      "stored message with its id.",
+      MCP_S(MCP_STR("channel", "Channel name, e.g. general; must exist unless to_agent is set.") ","
+            MCP_STR("body", "Message text.") ","
+            "\"kind\":{\"type\":\"string\",\"default\":\"chat\",\"description\":\"chat, task, "
+            "task_request, task_result, artifact, notice, claim or release.\"}" ","
+            MCP_STR("thread_id", "Thread to post in; any string, a new one starts a thread.") ","
+            MCP_STR("to_agent", "Make it a direct message to this agent.") ","
+            MCP_INT("reply_to", "Id of the message this one answers."),
+            "\"channel\",\"body\""),
+      MCP_S(MCP_OBJ("message"), "\"message\""), 0, 0, mcp_t_post },
+    { "arc_poll_messages", "Wait for new messages",
+      "Return messages you have not seen yet (broadcasts and direct messages to you, not "
+      "your own), waiting up to timeout seconds for the first one. Each channel/thread "
+      "filter keeps its own read position.",
+      MCP_S(MCP_STR("channel", "Only this channel.") ","
+            "\"timeout\":{\"type\":\"number\",\"default\":5,\"description\":\"Seconds to wait "
+            "when nothing is new (0 to 50).\"}" ","
+            MCP_STR("thread_id", "Only this thread."), ""),
+      MCP_S(MCP_ARR("messages") "," MCP_INT("cursor", "Highest id read."), "\"messages\""),
+      1, 0, mcp_t_poll },
+    { "arc_dm", "Direct message",
+      "Send a direct message to another agent.",
+      MCP_S(MCP_STR("to_agent", "Recipient agent id.") "," MCP_STR("body", "Message text."),
+            "\"to_agent\",\"body\""),
+      MCP_S(MCP_OBJ("message"), "\"message\""), 0, 0, mcp_t_dm },
+    { "arc_list_agents", "List live agents",
+      "List the agents currently live on the hub, with their capabilities.",
+      MCP_S("", ""), MCP_S(MCP_ARR("agents"), "\"agents\""), 1, 1, mcp_t_agents },
+    { "arc_create_channel", "Create a channel",
+      "Create a channel (nothing changes if it exists).",
+      MCP_S(MCP_STR("name", "Channel name."), "\"name\""),
+      MCP_S(MCP_OBJ("channel"), "\"channel\""), 0, 1, mcp_t_channel },
+    { "arc_rpc_call", "Ask another agent and wait",
+      "Send a task_request to another agent and wait for its task_result (answered with "
+      "arc_task_result on their side).",
+      MCP_S(MCP_STR("to_agent", "Agent to ask.") "," MCP_STR("body", "The request.") ","
+            "\"timeout\":{\"type\":\"number\",\"default\":30,\"description\":\"Seconds to "
+            "wait for the answer (0 to 50).\"}",
+            "\"to_agent\",\"body\""),
+      MCP_S(MCP_OBJ("request") "," MCP_OBJ("result"), "\"request\",\"result\""),
+      0, 0, mcp_t_rpc },
+    { "arc_inbox", "Read direct messages",
+      "Direct messages sent to you, read or not: the newest ones, or those after since_id.",
+      MCP_S(MCP_INT("since_id", "Only messages with a larger id.") ","
+            MCP_INT("limit", "At most this many (default 20, up to 500)."), ""),
+      MCP_S(MCP_ARR("messages"), "\"messages\""), 1, 1, mcp_t_inbox },
+    { "arc_read_thread", "Read a thread",
+      "A thread's status, open tasks, claims and locks, and its messages.",
+      MCP_S(MCP_STR("thread_id", "The thread.") ","
+            MCP_INT("limit", "Show at most this many of the latest messages (default 50)."),
+            "\"thread_id\""),
+      MCP_S(MCP_OBJ("thread") "," MCP_ARR("messages"), "\"thread\""), 1, 1, mcp_t_thread },
+    { "arc_claim", "Claim work",
+      "Claim a piece of work so no one else takes it (acquire), extend your claim (refresh) "
+      "or give it back (release). A claim held by someone else is reported, not taken.",
+      MCP_S(MCP_STR("claim_key", "What you claim, e.g. a task key; default task-<task_message_id>.") ","
+            MCP_ACTION "," MCP_INT("task_message_id", "The task message being claimed.") ","
+            MCP_STR("thread_id", "Thread the work belongs to.") "," MCP_TTL, ""),
+      MCP_S("\"acquired\":{\"type\":\"boolean\"}," MCP_OBJ("claim"), "\"acquired\",\"claim\""),
+      0, 1, mcp_t_claim },
+    { "arc_lock", "Lock a file",
+      "Lock a file path before editing it (acquire), extend the lock (refresh) or unlock "
+      "it (release). A lock held by someone else is reported, not taken.",
+      MCP_S(MCP_STR("file_path", "The path, as the team names it.") "," MCP_ACTION ","
+            MCP_TTL, "\"file_path\""),
+      MCP_S("\"acquired\":{\"type\":\"boolean\"}," MCP_OBJ("lock"), "\"acquired\",\"lock\""),
+      0, 1, mcp_t_lock },
+    { "arc_tasks", "List or complete tasks",
+      "List tasks (open ones unless status says done), or mark one done with "
+      "complete_task_id.",
+      MCP_S("\"status\":{\"type\":\"string\",\"enum\":[\"open\",\"done\"],\"default\":\"open\"}"
+            "," MCP_STR("channel", "Only this channel.") ","
+            MCP_STR("thread_id", "Only this thread.") ","
+            MCP_INT("complete_task_id", "Mark this task done instead of listing."), ""),
+      MCP_S(MCP_ARR("tasks") ",\"parent_completed\":{\"type\":\"boolean\"}", "\"tasks\""),
+      0, 1, mcp_t_tasks },
+    { "arc_task_result", "Answer a task request",
+      "Answer a task_request (e.g. from arc_rpc_call) with a task_result; this completes "
+      "the task and wakes the asker.",
+      MCP_S(MCP_INT("task_id", "Id of the task_request message.") ","
+            MCP_STR("body", "The answer.") ","
+            MCP_STR("to_agent", "Who to send it to; default: whoever asked you directly.") ","
+            MCP_STR("channel", "Channel; default that of the request."),
+            "\"task_id\",\"body\""),
+      MCP_S(MCP_OBJ("message"), "\"message\""), 0, 0, mcp_t_result },
+    { "arc_whoami", "Who am I",
+      "Your agent id and session, the hub, and how far you have read.",
+      MCP_S("", ""),
+      MCP_S(MCP_STR("agent_id", "") "," MCP_STR("session_id", "") "," MCP_STR("hub", "") ","
+            MCP_INT("cursor", "") "," MCP_OBJ("bootstrap"), "\"agent_id\""),
+      1, 1, mcp_t_whoami },
+};
+
+static const char mcp_instructions[] =
+    "arc connects you with the other coding agents working on this project. You are "
+    "registered as one agent and stay present while this server runs. Check for news with "
+    "arc_poll_messages (it waits briefly when nothing is new), talk with arc_post_message "
+    "and arc_dm, ask another agent and wait for the answer with arc_rpc_call, and answer "
+    "requests sent to you with arc_task_result. Before working on a shared task, claim it "
+    "with arc_claim; before editing a file others may edit, take arc_lock; release both "
+    "when done.";
+
+static const McpTool *mcp_tool(Str name) {
+    for (size_t i = 0; i < sizeof mcp_tools / sizeof *mcp_tools; i++)
+        if (str_eq(name, mcp_tools[i].name)) return &mcp_tools[i];
+    return NULL;
+}
+
+/* tools/list, shaped for the request's protocol version. */
+static void mcp_tools_json(Buf *b, const char *version) {
+    buf_adds(b, "[");
+    for (size_t i = 0; i < sizeof mcp_tools / sizeof *mcp_tools; i++) {
+        const McpTool *t = &mcp_tools[i];
+        buf_addf(b, "%s{\"name\":\"%s\"", i ? "," : "", t->name);
+        if (mcp_has(version, "2025-06-18")) buf_addf(b, ",\"title\":\"%s\"", t->title);
+        buf_adds(b, ",\"description\":");
+        json_cstr(b, t->description);
+        buf_addf(b, ",\"inputSchema\":%s", t->input);
+        if (mcp_has(version, "2025-06-18")) buf_addf(b, ",\"outputSchema\":%s", t->output);
+        if (mcp_has(version, "2025-03-26"))
+            buf_addf(b, ",\"annotations\":{\"title\":\"%s\",\"readOnlyHint\":%s,"
+                     "\"destructiveHint\":false,\"idempotentHint\":%s,"
+                     "\"openWorldHint\":false}", t->title,
+                     t->read_only ? "true" : "false", t->idempotent ? "true" : "false");
+        buf_addc(b, '}');
+    }
+    buf_addc(b, ']');
+}
+
+/* ---- calls in flight ---- */
+
+static void mcp_call_free(McpCall *call) {
+    free(call->msg);
+    buf_free(&call->id);
+    buf_free(&call->progress);
+    close(call->cancel[0]);
+    close(call->cancel[1]);
+    free(call);
+}
+
+/* Answer a finished call (unless it was cancelled) and forget it. */
+static void mcp_call_done(McpCall *call, McpCtx *x) {
+    Buf b = { 0 };
+    pthread_mutex_lock(&g_mcp.mu);
+    int cancelled = call->cancelled;
+    pthread_mutex_unlock(&g_mcp.mu);
+    if (!cancelled) {
+        mcp_result_begin(&b, buf_str(&call->id), call->version);
+        mcp_member(&b, "content");
+        buf_adds(&b, "[{\"type\":\"text\",\"text\":");
+        json_strs(&b, buf_str(&x->text));
+        buf_adds(&b, "}]");
+        if (x->failed) {
+            mcp_member(&b, "isError");
+            buf_adds(&b, "true");
+        } else if (x->data.len && mcp_has(call->version, "2025-06-18")) {
+            mcp_member(&b, "structuredContent");
+            buf_addstr(&b, buf_str(&x->data));
+        }
+        buf_adds(&b, "}}");
+    }
+    mcp_emit(call->batch, &b);
+    pthread_mutex_lock(&g_mcp.mu);
+    McpCall **pp = &g_mcp.calls;
+    while (*pp != call) pp = &(*pp)->next;
+    *pp = call->next;
+    g_mcp.ncalls--;
+    pthread_cond_broadcast(&g_mcp.cond);
+    pthread_mutex_unlock(&g_mcp.mu);
+    mcp_call_free(call);
+}
+
+static void *mcp_call_main(void *arg) {
+    McpCall *call = arg;
+    McpCtx x = { .call = call };
+    /* The dispatcher checked the shape: params.name names a tool and
+     * params.arguments, if present, is an object. */
+    json_parse(&x.req, call->msg, strlen(call->msg));
+    uint32_t params = json_get(&x.req, 0, "params");
+    uint32_t name = json_get(&x.req, params, "name");
+    x.args = json_get_val(&x.req, params, "arguments");
+    const McpTool *tool = mcp_tool((Str){ x.req.src + x.req.t[name].off, x.req.t[name].len });
+    if (mcp_client(&x.c, call->cancel[0]))
+        mcp_fail(&x, "invalid hub URL: %s", g_mcp.url);
+    else if (tool->run(&x) && !x.failed)
+        mcp_fail(&x, "%s failed", tool->name);
+    mcp_call_done(call, &x);
+    json_free(&x.req);
+    json_free(&x.j);
+    cli_free(&x.c);
+    buf_free(&x.out), buf_free(&x.text), buf_free(&x.data);
+    return NULL;
+}
+
+/* Start a tools/call on its own thread. The request was validated. */
+static void mcp_call_start(McpBatch *bt, Str id, Str msg, const Json *j, uint32_t m,
+                           const char *version) {
+    pthread_mutex_lock(&g_mcp.mu);
+    int busy = g_mcp.ncalls >= MCP_MAX_CALLS;
+    pthread_mutex_unlock(&g_mcp.mu);
+    if (busy) {
+        mcp_error(bt, id, MCP_INTERNAL, "too many tool calls in flight (at most "
+                  "64); retry when one has finished", NULL);
+        return;
+    }
+    McpCall *call = xrealloc(NULL, sizeof *call);
+    *call = (McpCall){ .msg = xstrndup(msg.p, msg.n), .batch = bt };
+    buf_addstr(&call->id, id);
+    snprintf(call->version, sizeof call->version, "%s", version);
+    uint32_t params = json_get(j, m, "params"), meta = json_get(j, params, "_meta");
+    uint32_t tok = meta ? json_get_val(j, meta, "progressToken") : 0;
+    if (tok) json_write(&call->progress, j, tok);
+    if (pipe(call->cancel)) {
+        call->cancel[0] = call->cancel[1] = -1;
+    } else {
+        fcntl(call->cancel[0], F_SETFD, FD_CLOEXEC);
+        fcntl(call->cancel[1], F_SETFD, FD_CLOEXEC);
+    }
+    pthread_mutex_lock(&g_mcp.mu);
+    call->next = g_mcp.calls;
+    g_mcp.calls = call;
+    g_mcp.ncalls++;
+    pthread_mutex_unlock(&g_mcp.mu);
+    pthread_t t;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &at, mcp_call_main, call)) {
+        McpCtx x = { .call = call };
+        mcp_fail(&x, "cannot start a thread for the call: %s", strerror(errno));
+        mcp_call_done(call, &x);
+        buf_free(&x.text);
+    }
+    pthread_attr_destroy(&at);
+}
+
+/* Cancel calls: the one whose id is `id`, or all of them (id.p NULL). The
+ * waiting thread wakes through its pipe; no answer is sent. */
+static void mcp_cancel(Str id) {
+    pthread_mutex_lock(&g_mcp.mu);
+    for (McpCall *c = g_mcp.calls; c; c = c->next) {
+        if (id.p && !str_eq(id, buf_cstr(&c->id))) continue;
+        c->cancelled = 1;
+        if (c->cancel[1] >= 0 && write(c->cancel[1], "x", 1) < 0) {}
+    }
+    pthread_mutex_unlock(&g_mcp.mu);
+}
+
+/* ---- dispatch ---- */
+
+/* The protocol version a request is answered in: its _meta's (stateless
+ * era), else the one initialize negotiated, else the newest handshake one.
+ * 1: _meta lacks the client capabilities the stateless era requires with
+ * the version; -1: a version we do not speak (its JSON in bad). */
+static int mcp_request_version(const Json *j, uint32_t params, char out[16], Buf *bad) {
+    pthread_mutex_lock(&g_mcp.mu);
+    snprintf(out, 16, "%s", g_mcp.version[0] ? g_mcp.version : MCP_V_LEGACY);
+    pthread_mutex_unlock(&g_mcp.mu);
+    uint32_t meta = params ? json_get(j, params, "_meta") : 0;
+    uint32_t v = meta ? json_get(j, meta, "io.modelcontextprotocol/protocolVersion") : 0;
+    if (!v) return 0;
+    uint32_t caps = json_get(j, meta, "io.modelcontextprotocol/clientCapabilities");
+    if (!caps || j->t[caps].type != JSON_OBJ) return 1;
+    Buf s = { 0 };
+    if (j->t[v].type == JSON_STR) json_unescape(j, v, &s);
+    int ok = j->t[v].type == JSON_STR && mcp_known_version(buf_cstr(&s));
+    if (ok) snprintf(out, 16, "%s", s.p);
+    else json_write(bad, j, v);
+    buf_free(&s);
+    return ok ? 0 : -1;
+}
+
+static void mcp_server_info(Buf *b, const char *version) {
+    mcp_member(b, "capabilities");
+    buf_adds(b, "{\"tools\":{\"listChanged\":false}}");
+    mcp_member(b, "serverInfo");
+    buf_adds(b, "{\"name\":\"arc\",\"version\":\"" ARC_VERSION "\"");
+    if (mcp_has(version, "2025-06-18")) buf_adds(b, ",\"title\":\"arc coordination hub\"");
+    buf_addc(b, '}');
+    mcp_member(b, "instructions");
+    json_cstr(b, mcp_instructions);
+}
+
+static void mcp_initialize(McpBatch *bt, Str id, const Json *j, uint32_t params) {
+    uint32_t pv = params ? json_get(j, params, "protocolVersion") : 0;
+    Buf want = { 0 };
+    if (pv && j->t[pv].type == JSON_STR) json_unescape(j, pv, &want);
+    /* The stateless revision has no handshake; a client asking for it in
+     * initialize gets the newest version that has one. */
+    const char *v = mcp_known_version(buf_cstr(&want)) && strcmp(want.p, MCP_V_STATELESS)
+                        ? want.p : MCP_V_LEGACY;
+    pthread_mutex_lock(&g_mcp.mu);
+    snprintf(g_mcp.version, sizeof g_mcp.version, "%s", v);
+    pthread_mutex_unlock(&g_mcp.mu);
+    Buf b = { 0 };
+    mcp_result_begin(&b, id, v);
+    mcp_member(&b, "protocolVersion");
+    json_cstr(&b, v);
+    mcp_server_info(&b, v);
+    mcp_result_end(bt, &b);
+    buf_free(&want);
+}
+
+/* A JSON-RPC message (object token m of j, whose text is msg). Requests get
+ * exactly one answer through bt (or directly); notifications none. */
+static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
+    uint32_t idt = j->t[m].type == JSON_OBJ ? json_get(j, m, "id") : 0;
+    uint32_t method = j->t[m].type == JSON_OBJ ? json_get(j, m, "method") : 0;
+    int notification = j->t[m].type == JSON_OBJ && !idt;
+    if (notification && !method) return;   /* a response or junk: nothing to answer */
+    if (bt && !notification) {
+        pthread_mutex_lock(&g_mcp.mu);
+        bt->pending++;
+        pthread_mutex_unlock(&g_mcp.mu);
+    }
+    Buf idb = { 0 }, name = { 0 }, bad = { 0 };
+    if (idt && (j->t[idt].type == JSON_STR || j->t[idt].type == JSON_NUM))
+        json_write(&idb, j, idt);
+    Str id = buf_str(&idb);
+    uint32_t jv = j->t[m].type == JSON_OBJ ? json_get(j, m, "jsonrpc") : 0;
+    uint32_t params = j->t[m].type == JSON_OBJ ? json_get(j, m, "params") : 0;
+    char version[16];
+    if (j->t[m].type != JSON_OBJ || !jv || !json_str_is(j, jv, str_c("2.0")) ||
+        (idt && !idb.len) || !method || j->t[method].type != JSON_STR) {
+        if (!notification)
+            mcp_error(bt, id, MCP_INVALID, "Invalid Request: want a JSON-RPC 2.0 object "
+                      "with a string method and a string or number id", NULL);
+        goto done;
+    }
+    json_unescape(j, method, &name);
+    if (params && j->t[params].type != JSON_OBJ) {
+        if (!notification)
+            mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: params must be an object", NULL);
+        goto done;
+    }
+    if (notification) {
+        uint32_t rid;
+        if (!strcmp(name.p, "notifications/cancelled") && params &&
+            (rid = json_get(j, params, "requestId"))) {
+            Buf r = { 0 };
+            json_write(&r, j, rid);
+            mcp_cancel(buf_str(&r));
+            buf_free(&r);
+        }
+        goto done;   /* initialized, progress, roots/list_changed ...: nothing to do */
+    }
+    int vrc = mcp_request_version(j, params, version, &bad);
+    if (vrc > 0) {
+        mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: _meta has a protocolVersion "
+                  "but no io.modelcontextprotocol/clientCapabilities object", NULL);
+        goto done;
+    }
+    if (vrc < 0) {
+        Buf data = { 0 };
+        buf_adds(&data, "{\"supported\":");
+        mcp_versions_json(&data);
+        buf_adds(&data, ",\"requested\":");
+        buf_addstr(&data, buf_str(&bad));
+        buf_addc(&data, '}');
+        mcp_error(bt, id, MCP_BAD_VERSION, "Unsupported protocol version", data.p);
+        buf_free(&data);
+        goto done;
+    }
+    Buf b = { 0 };
+    if (!strcmp(name.p, "initialize")) {
+        mcp_initialize(bt, id, j, params);
+    } else if (!strcmp(name.p, "ping")) {
+        mcp_result_begin(&b, id, version);
+        mcp_result_end(bt, &b);
+    } else if (!strcmp(name.p, "server/discover")) {
+        mcp_result_begin(&b, id, MCP_V_STATELESS);
+        mcp_member(&b, "supportedVersions");
+        mcp_versions_json(&b);
+        mcp_server_info(&b, MCP_V_STATELESS);
+        mcp_cache_hint(&b, MCP_V_STATELESS);
+        mcp_result_end(bt, &b);
+    } else if (!strcmp(name.p, "tools/list")) {
+        mcp_result_begin(&b, id, version);
+        mcp_member(&b, "tools");
+        mcp_tools_json(&b, version);
+        mcp_cache_hint(&b, version);
+        mcp_result_end(bt, &b);
+    } else if (!strcmp(name.p, "tools/call")) {
+        uint32_t tn = params ? json_get(j, params, "name") : 0;
+        uint32_t args = params ? json_get_val(j, params, "arguments") : 0;
+        Buf tname = { 0 };
+        if (tn && j->t[tn].type == JSON_STR) json_unescape(j, tn, &tname);
+        if (!tn || j->t[tn].type != JSON_STR)
+            mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: name (a string) is required",
+                      NULL);
+        else if (!mcp_tool(buf_str(&tname)) || tname.len != strlen(tname.p)) {
+            Buf e = { 0 };
+            buf_adds(&e, "Unknown tool: ");
+            buf_addstr(&e, buf_str(&tname));
+            mcp_error(bt, id, MCP_BAD_PARAMS, e.p, NULL);
+            buf_free(&e);
+        } else if (args && j->t[args].type != JSON_OBJ)
+            mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: arguments must be an object",
+                      NULL);
+        else
+            mcp_call_start(bt, id, msg, j, m, version);
+        buf_free(&tname);
+    } else {
+        Buf e = { 0 };
+        buf_adds(&e, "Method not found: ");
+        buf_addstr(&e, buf_str(&name));
+        mcp_error(bt, id, MCP_NO_METHOD, e.p, NULL);
+        buf_free(&e);
+    }
+done:
+    buf_free(&idb), buf_free(&name), buf_free(&bad);
+}
+
+/* One framed message: a request, a notification or (where the negotiated
+ * version has them, 2025-03-26 only) a batch. */
+static void mcp_handle(Str msg) {
+    Json j = { 0 };
+    if (json_parse(&j, msg.p, msg.n)) {
+        char e[ARC_ERRLEN + 16];
+        snprintf(e, sizeof e, "Parse error: %s", j.err);
+        mcp_error(NULL, (Str){ NULL, 0 }, MCP_PARSE, e, NULL);
+    } else if (j.t[0].type != JSON_ARR) {
+        mcp_dispatch(NULL, &j, 0, msg);
+    } else {
+        pthread_mutex_lock(&g_mcp.mu);
+        int batches = !strcmp(g_mcp.version, "2025-03-26");
+        pthread_mutex_unlock(&g_mcp.mu);
+        if (!batches || j.t[0].n == 0) {
+            mcp_error(NULL, (Str){ NULL, 0 }, MCP_INVALID, j.t[0].n
+                      ? "Invalid Request: batches exist only in protocol version 2025-03-26"
+                      : "Invalid Request: empty batch", NULL);
+        } else {
+            McpBatch *bt = xrealloc(NULL, sizeof *bt);
+            *bt = (McpBatch){ .pending = 1 };
+            uint32_t e = 1;
+            for (uint32_t i = 0; i < j.t[0].n; i++, e = j.t[e].next)
+                mcp_dispatch(bt, &j, e, (Str){ msg.p + j.t[e].off, j.t[e].len });
+            Buf none = { 0 };
+            mcp_emit(bt, &none);   /* drop the dispatcher's hold */
+        }
+    }
+    json_free(&j);
+}
+
+/* ---- framing: newline-delimited, or Content-Length from older clients ---- */
+
+/* Find the next message in p[0..n). Returns 1 with it at [*off, *off+*len),
+ * 0 when more input is needed, -1 on a framing error (err says why). In
+ * every case *used bytes may be dropped. `eof`: no more input will come.
+ * A line longer than MCP_MAX_MSG sets *skip: drop input up to the next
+ * newline. Pure, so it is unit-tested and fuzzed. */
+static int mcp_frame(const char *p, size_t n, int eof, size_t *off, size_t *len,
+                     size_t *used, int *skip, const char **err) {
+    static const char cl[] = "content-length";
+    size_t i = 0;
+    *used = 0;
+    *skip = 0;
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n')) i++;
+    *used = i;
+    if (i == n) return 0;
+    size_t avail = n - i < sizeof cl - 1 ? n - i : sizeof cl - 1, same = 0;
+    while (same < avail && tolower((unsigned char)p[i + same]) == cl[same]) same++;
+    if (same == avail) {
+        if (avail < sizeof cl - 1) return eof ? (*used = n, *err = "truncated header", -1) : 0;
+        /* Headers end at an empty line, \r\n or \n style. */
+        size_t h = i, body = 0;
+        int64_t clen = -1;
+        while (h < n) {
+            size_t e = h;
+            while (e < n && p[e] != '\n') e++;
+            if (e == n) break;
+            Str line = { p + h, e - h };
+            if (line.n && line.p[line.n - 1] == '\r') line.n--;
+            h = e + 1;
+            if (!line.n) {
+                body = h;
+                break;
+            }
+            if (line.n > 15 && str_ieq((Str){ line.p, 15 }, "content-length:")) {
+                Str v = str_trim((Str){ line.p + 15, line.n - 15 });
+                clen = 0;
+                for (size_t k = 0; k < v.n && clen >= 0; k++)
+                    clen = v.p[k] >= '0' && v.p[k] <= '9' && clen <= MCP_MAX_MSG
+                               ? clen * 10 + (v.p[k] - '0') : -1;
+                if (!v.n) clen = -1;
+            }
+        }
+        if (!body) {
+            if (n - i > 8192 || eof)
+                return *used = n, *err = "unterminated Content-Length header", -1;
+            return 0;
+        }
+        if (clen < 0 || clen > MCP_MAX_MSG)
+            return *used = body, *err = "bad Content-Length header", -1;
+        if (n - body < (size_t)clen)
+            return eof ? (*used = n, *err = "message shorter than its Content-Length", -1) : 0;
+        *off = body, *len = (size_t)clen, *used = body + (size_t)clen;
+        return 1;
+    }
+    const char *nl = memchr(p + i, '\n', n - i);
+    if (!nl && !eof) {
+        if (n - i <= MCP_MAX_MSG) return 0;
+        *used = n, *skip = 1, *err = "message larger than 4 MiB";
+        return -1;
+    }
+    size_t e = nl ? (size_t)(nl - p) : n;
+    *off = i, *len = e - i, *used = nl ? e + 1 : n;
+    if (*len && p[e - 1] == '\r') (*len)--;
+    if (*len > MCP_MAX_MSG) return *err = "message larger than 4 MiB", -1;
+    return 1;
+}
+
+/* Read stdin until EOF, handling each message as it is framed. */
+static void mcp_read_stdin(void) {
+    Buf in = { 0 };
+    int eof = 0, skipping = 0;
+    while (!eof) {
+        if (buf_reserve(&in, 65536)) break;
+        ssize_t r = read(0, in.p + in.len, 65536);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) eof = 1;
+        else in.len += (size_t)r;
+        for (;;) {
+            if (skipping) {
+                char *nl = memchr(in.p, '\n', in.len);
+                buf_consume(&in, nl ? (size_t)(nl - in.p) + 1 : in.len);
+                if (!nl) break;
+                skipping = 0;
+            }
+            size_t off = 0, len = 0, used = 0;
+            const char *err = NULL;
+            int rc = mcp_frame(buf_cstr(&in), in.len, eof, &off, &len, &used, &skipping, &err);
+            if (rc > 0) mcp_handle((Str){ in.p + off, len });
+            if (rc < 0) {
+                char e[128];
+                snprintf(e, sizeof e, "Parse error: %s", err);
+                mcp_error(NULL, (Str){ NULL, 0 }, MCP_PARSE, e, NULL);
+            }
+            buf_consume(&in, used);
+            if (rc == 0 || (rc < 0 && !used)) break;
+        }
+    }
+    buf_free(&in);
+}
+
+/* ---- arc mcp ---- */
+
+static const char mcp_usage[] =
+    "usage: arc mcp --agent NAME [options]\n"
+    "Serve MCP over stdin/stdout (JSON-RPC, one message per line) as agent NAME,\n"
+    "for a client's .mcp.json: {\"command\": \"arc\", \"args\": [\"mcp\", \"--agent\", \"NAME\"]}.\n"
+    "  --agent NAME          agent id (default ARC_AGENT, else mcp-client)\n"
+    "  --base-url URL        hub (default ARC_URL, else http://127.0.0.1:6969)\n"
+    "  --relay-dir DIR       talk through this file spool instead (ARC_RELAY_DIR)\n"
+    "  --display-name TEXT   shown to other agents (default NAME)\n"
+    "  --capabilities A,B    advertised capabilities\n"
+    "  --no-autostart        do not start a hub when none answers at a local URL\n"
+    "Registers on start (replacing an earlier session of NAME), stays present while\n"
+    "it runs, re-registers when the hub comes back, and closes the session at EOF.\n"
+    "Protocol versions: 2024-11-05, 2025-03-26, 2025-06-18, 2025-11-25, 2026-07-28.\n";
+
+/* When the URL is local and nothing answers, start a hub as `arc ensure`
+ * would (same storage default, relative to the client's working directory,
+ * which is the project). Done before any thread exists: it forks. */
+static void mcp_autostart(int explicit_url) {
+    Client c;
+    char err[ARC_ERRLEN];
+    if (cli_url(&c, g_mcp.url, err)) return;
+    int local = hub_is_loopback(c.host);
+    cli_free(&c);
+    if (!local || cli_probe(g_mcp.url, 1000)) return;
+    LifeOpts o = { .argv0 = g_argv0, .timeout_s = 15 };
+    serve_options(0, NULL, &o.hub);
+    o.hub.host = c.host;
+    o.hub.port = c.port;
+    char url[320], why[300], log[PATH_MAX + 16];
+    int started;
+    if (life_ensure(&o, url, &started, why, log)) {
+        mcp_log("could not start a hub at %s: %s%s%s", g_mcp.url, why,
+                log[0] ? "; see " : "", log);
+        return;
+    }
+    if (started) mcp_log("started a hub at %s (log: %s)", url, log);
+    if (strcmp(url, g_mcp.url)) {
+        if (explicit_url) mcp_log("a hub runs at %s, not at --base-url %s", url, g_mcp.url);
+        else g_mcp.url = xstrndup(url, strlen(url));
+    }
+}
+
+/* EOF: cancel what is waiting, give the calls a moment to finish (clients
+ * kill the server 2 s after closing its stdin), close the session. */
+static void mcp_shutdown(pthread_t beat) {
+    mcp_cancel((Str){ NULL, 0 });
+    pthread_mutex_lock(&g_mcp.mu);
+    g_mcp.closing = 1;
+    pthread_cond_broadcast(&g_mcp.cond);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 1;
+    while (g_mcp.ncalls && pthread_cond_timedwait(&g_mcp.cond, &g_mcp.mu, &ts) != ETIMEDOUT) {}
+    char sid[sizeof g_mcp.session_id];
+    memcpy(sid, g_mcp.session_id, sizeof sid);
+    int registered = g_mcp.registered;
+    pthread_mutex_unlock(&g_mcp.mu);
+    pthread_join(beat, NULL);
+    Client c;
+    if (registered && sid[0] && mcp_client(&c, -1) == 0) {
+        Buf path = { 0 }, out = { 0 };
+        int status;
+        char err[ARC_ERRLEN];
+        buf_adds(&path, "/v1/sessions/");
+        cli_pct(&path, sid);
+        cli_call(&c, "DELETE", path.p, (Str){ NULL, 0 }, 800, &status, &out, err);
+        buf_free(&path), buf_free(&out);
+        cli_free(&c);
+    }
+}
+
+static int cmd_mcp(int argc, char **argv) {
+    const char *agent = getenv("ARC_AGENT"), *url = getenv("ARC_URL");
+    const char *relay = getenv("ARC_RELAY_DIR");
+    int autostart = 1, explicit_url = url && *url;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        int rc = 0;
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            fputs(mcp_usage, stdout);
+            return 0;
+        }
+        if (!strcmp(argv[i], "--no-autostart")) autostart = 0;
+        else if ((rc = opt_val(argc, argv, &i, "--agent", &v))) agent = v;
+        else if ((rc = opt_val(argc, argv, &i, "--base-url", &v))) url = v, explicit_url = 1;
+        else if ((rc = opt_val(argc, argv, &i, "--relay-dir", &v))) relay = v;
+        else if ((rc = opt_val(argc, argv, &i, "--display-name", &v))) g_mcp.display_name = v;
+        else if ((rc = opt_val(argc, argv, &i, "--capabilities", &v))) g_mcp.caps = v;
+        else {
+            fprintf(stderr, "arc mcp: unexpected argument %s (see arc mcp --help)\n", argv[i]);
+            return 2;
+        }
+        if (rc < 0) return 2;
+    }
+    g_mcp.agent = agent && *agent ? agent : "mcp-client";
+    g_mcp.url = url && *url ? url : "http://127.0.0.1:6969";
+    g_mcp.relay_dir = relay && *relay ? relay : NULL;
+    g_mcp.cursor = -1;
+    Client probe;
+    char err[ARC_ERRLEN];
+    if (cli_url(&probe, g_mcp.url, err)) {
+        fprintf(stderr, "arc mcp: %s\n", err);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (autostart && !g_mcp.relay_dir) mcp_autostart(explicit_url);
+    mcp_log("serving agent %s through %s", g_mcp.agent,
+            g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url);
+    /* The heartbeat thread registers at once: stdin is served meanwhile,
+     * so a client's initialize never waits for the hub. */
+    g_mcp.beat_ms = 0;
+    pthread_t beat;
+    if (pthread_create(&beat, NULL, mcp_heartbeat_main, NULL)) {
+        fprintf(stderr, "arc mcp: cannot start the heartbeat thread\n");
+        return 1;
+    }
+    mcp_read_stdin();
+    mcp_shutdown(beat);
+    return 0;
+}
+
 /* ==== main: the command table, arc_main(), main() ======================== */
 
 static int cmd_version(int argc, char **argv) {
@@ -8586,6 +10407,7 @@ static const Cmd cmds[] = {
     { "whoami", cmd_whoami, "register an agent and print its bootstrap" },
     { "smoke", cmd_smoke, "check an installation: three agents, HTTP + relay" },
     { "smoke-agent", cmd_smoke_agent, "run one deterministic smoke role" },
+    { "mcp", cmd_mcp, "serve MCP tools over stdio as one agent" },
     { "relay", cmd_relay, "forward a file spool to a hub over HTTP" },
     { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
     { "version", cmd_version, "print the version" },
