@@ -21,9 +21,11 @@ if [ ! -x /usr/bin/chromium ]; then
     fi
 fi
 
-if [ ! -f node_modules/playwright-core/package.json ]; then
+if [ ! -f node_modules/playwright-core/package.json ] ||
+   [ ! -f node_modules/@modelcontextprotocol/sdk/package.json ] ||
+   [ ! -f node_modules/@modelcontextprotocol/client/package.json ]; then
     if command -v npm >/dev/null 2>&1; then
-        echo "setup-browser: installing playwright-core (npm ci)"
+        echo "setup-browser: installing tests/package.json (npm ci)"
         PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund \
             > out/setup-browser-npm.log 2>&1 ||
             echo "setup-browser: npm ci failed (see tests/out/setup-browser-npm.log)"
