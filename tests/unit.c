@@ -1146,6 +1146,86 @@ static void test_http_query(void) {
     buf_free(&out);
 }
 
+/* The MCP stdio framer: newline-delimited messages and Content-Length
+ * headers, fed whole and byte by byte. */
+typedef struct {
+    const char *in;
+    int eof, rc;
+    const char *msg;    /* the framed message when rc == 1 */
+    size_t used;
+    int skip;
+} FrameCase;
+
+static void test_mcp_frame(void) {
+    static const FrameCase cases[] = {
+        { "{\"a\":1}\n", 0, 1, "{\"a\":1}", 8, 0 },
+        { "{\"a\":1}\r\n", 0, 1, "{\"a\":1}", 9, 0 },
+        { "\n\r\n  {}\nrest", 0, 1, "{}", 8, 0 },
+        { "{\"a\":", 0, 0, NULL, 0, 0 },
+        { "{\"a\":1}", 1, 1, "{\"a\":1}", 7, 0 },
+        { "   ", 0, 0, NULL, 3, 0 },
+        { "Content-Length: 2\r\n\r\n{}x", 0, 1, "{}", 23, 0 },
+        { "content-length:2\n\n{}", 0, 1, "{}", 20, 0 },
+        /* Only a first line naming Content-Length opens a header block;
+         * anything else is a line (which will not parse as JSON). */
+        { "Content-Type: x\r\nContent-Length: 3\r\n\r\n[1]", 0, 1, "Content-Type: x", 17, 0 },
+        { "Content-Len", 0, 0, NULL, 0, 0 },
+        { "Content-Len", 1, -1, NULL, 11, 0 },
+        { "Content-Length: 5\r\n\r\n{}", 0, 0, NULL, 0, 0 },
+        { "Content-Length: 5\r\n\r\n{}", 1, -1, NULL, 23, 0 },
+        { "Content-Length: x\r\n\r\n{}\n", 0, -1, NULL, 21, 0 },
+        { "Content-Length: 99999999999999999999\r\n\r\n", 0, -1, NULL, 40, 0 },
+        { "Content-Length: \r\n\r\n", 0, -1, NULL, 20, 0 },
+        { "Content-Length: 2\r\n", 0, 0, NULL, 0, 0 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const FrameCase *c = &cases[i];
+        size_t n = strlen(c->in), off = 0, len = 0, used = 0;
+        int skip = 0;
+        const char *err = NULL;
+        const char *g = ut_guard(c->in, n);
+        int rc = mcp_frame(g, n, c->eof, &off, &len, &used, &skip, &err);
+        CHECKM(rc == c->rc, c->in);
+        if (rc == 1) CHECKM(len == strlen(c->msg) && !memcmp(g + off, c->msg, len), c->in);
+        if (rc != 0) CHECKM(used == c->used, c->in);
+        if (rc < 0) CHECKM(err != NULL, c->in);
+        CHECKM(skip == c->skip, c->in);
+    }
+    /* The two framings mixed in one stream. */
+    size_t off, len, used;
+    int skip;
+    const char *err;
+    const char *two = "{\"a\":1}\nContent-Length: 2\r\n\r\n{}";
+    size_t n = strlen(two);
+    CHECK(mcp_frame(two, n, 0, &off, &len, &used, &skip, &err) == 1 && used == 8);
+    CHECK(mcp_frame(two + used, n - used, 0, &off, &len, &used, &skip, &err) == 1 &&
+          len == 2 && used == n - 8);
+    /* A line longer than MCP_MAX_MSG without a newline yet: drop and skip. */
+    size_t big = (size_t)MCP_MAX_MSG + 10;
+    char *huge = malloc(big);
+    memset(huge, 'x', big);
+    CHECK(mcp_frame(huge, big, 0, &off, &len, &used, &skip, &err) == -1 && skip == 1 &&
+          used == big);
+    free(huge);
+}
+
+/* Every tool's schemas are JSON objects of type object. */
+static void test_mcp_tools(void) {
+    for (size_t i = 0; i < sizeof mcp_tools / sizeof *mcp_tools; i++) {
+        const char *s[2] = { mcp_tools[i].input, mcp_tools[i].output };
+        for (int k = 0; k < 2; k++) {
+            Json j = { 0 };
+            CHECKM(json_parse(&j, s[k], strlen(s[k])) == 0, mcp_tools[i].name);
+            uint32_t t = json_get(&j, 0, "type");
+            CHECKM(t && json_str_is(&j, t, str_c("object")), mcp_tools[i].name);
+            json_free(&j);
+        }
+        CHECK(mcp_tool(str_c(mcp_tools[i].name)) == &mcp_tools[i]);
+    }
+    CHECK(mcp_tool(str_c("arc_nope")) == NULL);
+    CHECK(mcp_has("2025-11-25", "2025-06-18") && !mcp_has("2025-03-26", "2025-06-18"));
+}
+
 int main(void) {
     test_buf();
     test_str();
@@ -1162,6 +1242,8 @@ int main(void) {
     test_http_valid();
     test_http_errors();
     test_http_query();
+    test_mcp_frame();
+    test_mcp_tools();
     ut_guard_free();
     printf("unit: %d passed, %d failed\n", ut_pass, ut_fail);
     return ut_fail > 0;

@@ -1,0 +1,90 @@
+/* fuzz_mcp -- libFuzzer target for the MCP stdio framer (mcp_frame).
+ *
+ * The input is a byte stream as `arc mcp` reads it from stdin. It is framed
+ * twice: all at once, and fed in pieces whose sizes come from the input's
+ * first byte, as short reads would deliver it. Both must yield the same
+ * messages and the same errors in the same order, every message must lie
+ * inside the buffer, and every call must either frame something or ask for
+ * more (no loop without progress). Each framed message is parsed as JSON.
+ *
+ * Build: make fuzz (clang libFuzzer + ASan/UBSan); replay: make fuzz-replay
+ * (any compiler, -DFUZZ_REPLAY, see tests/replay.h). */
+
+#include "../arc.c"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define FUZZ_CHECK(c)                                                       \
+    do {                                                                    \
+        if (!(c)) {                                                         \
+            fprintf(stderr, "%s:%d: FUZZ_CHECK(%s) failed\n", __FILE__,     \
+                    __LINE__, #c);                                          \
+            abort();                                                        \
+        }                                                                   \
+    } while (0)
+
+/* Frame a stream delivered in chunks of `step` bytes (0: all at once) the
+ * way mcp_read_stdin does, recording "M<len>:<bytes>" per message and "E"
+ * per error into log. */
+static void fuzz_frame(const char *p, size_t n, size_t step, Buf *log) {
+    Buf in = { 0 };
+    size_t fed = 0;
+    int skipping = 0;
+    for (;;) {
+        size_t chunk = step ? step : n;
+        if (chunk > n - fed) chunk = n - fed;
+        buf_add(&in, p + fed, chunk);
+        fed += chunk;
+        int eof = fed == n;
+        for (int guard = 0;; guard++) {
+            FUZZ_CHECK(guard <= (int)n + 2);
+            if (skipping) {
+                char *nl = in.len ? memchr(in.p, '\n', in.len) : NULL;
+                buf_consume(&in, nl ? (size_t)(nl - in.p) + 1 : in.len);
+                if (!nl) break;
+                skipping = 0;
+            }
+            size_t off = 0, len = 0, used = 0;
+            const char *err = NULL;
+            int rc = mcp_frame(buf_cstr(&in), in.len, eof, &off, &len, &used, &skipping, &err);
+            FUZZ_CHECK(used <= in.len);
+            if (rc > 0) {
+                FUZZ_CHECK(off + len <= used && len <= MCP_MAX_MSG);
+                buf_addf(log, "M%zu:", len);
+                buf_add(log, in.p + off, len);
+                Json j = { 0 };
+                json_parse(&j, in.p + off, len);
+                json_free(&j);
+            } else if (rc < 0) {
+                FUZZ_CHECK(err != NULL);
+                buf_adds(log, "E");
+            }
+            buf_consume(&in, used);
+            if (rc == 0 || (rc < 0 && !used)) break;
+        }
+        if (eof) break;
+    }
+    /* At EOF everything but whitespace has been consumed. */
+    for (size_t i = 0; i < in.len; i++)
+        FUZZ_CHECK(skipping || strchr(" \t\r\n", in.p[i]));
+    buf_free(&in);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size == 0) return 0;
+    size_t step = 1 + data[0] % 7;
+    const char *p = (const char *)data + 1;
+    size_t n = size - 1;
+    Buf whole = { 0 }, pieces = { 0 };
+    fuzz_frame(p, n, 0, &whole);
+    fuzz_frame(p, n, step, &pieces);
+    /* Pieces may split an over-long line's error differently only when a
+     * line exceeds MCP_MAX_MSG or a header block 8 KiB, which inputs of the
+     * default -max_len (4096) never reach. */
+    FUZZ_CHECK(whole.len == pieces.len && !memcmp(buf_cstr(&whole), buf_cstr(&pieces), whole.len));
+    buf_free(&whole);
+    buf_free(&pieces);
+    return 0;
+}
+
+#include "replay.h"
