@@ -8927,9 +8927,16 @@ done:
 static void mcp_beat(Client *c) {
     char err[ARC_ERRLEN];
     if (!mcp_is_registered()) {
-        if (mcp_register(c, err) == 0)
+        static int said_down;   /* only this thread reads or writes it */
+        if (mcp_register(c, err) == 0) {
             mcp_log("registered as %s at %s", g_mcp.agent,
                     g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url);
+            said_down = 0;
+        } else if (!said_down) {
+            mcp_log("cannot register at %s (%s); retrying every %d s",
+                    g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url, err, MCP_RETRY_MS / 1000);
+            said_down = 1;
+        }
         return;
     }
     Buf path = { 0 }, out = { 0 };
@@ -8939,8 +8946,7 @@ static void mcp_beat(Client *c) {
     int st = mcp_request(c, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS, &out, &j, err);
     uint32_t r = st == 200 ? json_get(&j, 0, "result") : 0;
     if (st < 0) {
-        mcp_log("hub unreachable (%s); retrying every %d s", err, MCP_RETRY_MS / 1000);
-        mcp_set_registered(0);
+        mcp_set_registered(0);   /* the next beat retries, and says so once */
     } else if (r && j.t[r].type == JSON_ARR) {
         int ours = 0, taken = 0;
         pthread_mutex_lock(&g_mcp.mu);
@@ -9891,9 +9897,11 @@ static void *mcp_call_main(void *arg) {
      * params.arguments, if present, is an object. */
     json_parse(&x.req, call->msg, strlen(call->msg));
     uint32_t params = json_get(&x.req, 0, "params");
-    uint32_t name = json_get(&x.req, params, "name");
+    Buf name = { 0 };
+    json_unescape(&x.req, json_get(&x.req, params, "name"), &name);
     x.args = json_get_val(&x.req, params, "arguments");
-    const McpTool *tool = mcp_tool((Str){ x.req.src + x.req.t[name].off, x.req.t[name].len });
+    const McpTool *tool = mcp_tool(buf_str(&name));
+    buf_free(&name);
     if (mcp_client(&x.c, call->cancel[0]))
         mcp_fail(&x, "invalid hub URL: %s", g_mcp.url);
     else if (tool->run(&x) && !x.failed)
@@ -10232,6 +10240,11 @@ static void mcp_read_stdin(void) {
         if (buf_reserve(&in, 65536)) break;
         ssize_t r = read(0, in.p + in.len, 65536);
         if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && errno == EAGAIN) {   /* a client left stdin non-blocking */
+            struct pollfd p = { .fd = 0, .events = POLLIN };
+            poll(&p, 1, -1);
+            continue;
+        }
         if (r <= 0) eof = 1;
         else in.len += (size_t)r;
         for (;;) {
