@@ -8695,7 +8695,7 @@ static void mcp_write_line(Buf *b) {
  * the last one). `msg` is consumed. */
 static void mcp_emit(McpBatch *bt, Buf *msg) {
     if (!bt) {
-        mcp_write_line(msg);
+        if (msg->len) mcp_write_line(msg);   /* a cancelled call says nothing */
         buf_free(msg);
         return;
     }
@@ -9099,7 +9099,12 @@ static int mcp_hub(McpCtx *x, const char *method, const char *path, Str body,
     x->res = 0;
     x->status = mcp_request(&x->c, method, path, body, timeout_ms, &x->out, &x->j, err);
     if (x->status < 0) {
-        if (!strcmp(err, "cancelled")) return mcp_fail(x, "cancelled");
+        /* A cancel that lands while connecting fails the connect: that
+         * says nothing about the hub. */
+        pthread_mutex_lock(&g_mcp.mu);
+        int cancelled = x->call->cancelled;
+        pthread_mutex_unlock(&g_mcp.mu);
+        if (cancelled || !strcmp(err, "cancelled")) return mcp_fail(x, "cancelled");
         mcp_set_registered(0);
         return mcp_fail(x, "arc hub not reachable at %s: %s", where, err);
     }
@@ -9515,7 +9520,7 @@ static int mcp_arg_action(McpCtx *x) {
 /* Report a claim or lock answer: {"acquired": bool, "<what>": row}. */
 static void mcp_lease_result(McpCtx *x, const char *what, const char *key_field,
                              const char *verb) {
-    uint32_t acq = json_get(&x->j, x->res, "acquired");
+    uint32_t acq = json_get(&x->j, 0, "acquired");   /* in the envelope */
     int granted = !acq || x->j.t[acq].type == JSON_TRUE;
     buf_addf(&x->text, "%s ", what);
     mcp_text_field(&x->text, &x->j, x->res, key_field);
@@ -9631,10 +9636,12 @@ done:
     return rc;
 }
 
-/* Answer a task_request: a task_result replying to it, sent to whoever
- * asked (found in our inbox) unless to_agent says otherwise. */
+/* Answer a task_request: a task_result replying to it, in the request's
+ * channel and thread, addressed to the asker when the request was a direct
+ * message to us (to_agent and channel override). The request is looked up
+ * in our own feed, which holds both broadcasts and our DMs. */
 static int mcp_t_result(McpCtx *x) {
-    Buf body = { 0 }, to = { 0 }, ch = { 0 }, path = { 0 };
+    Buf body = { 0 }, to = { 0 }, ch = { 0 }, path = { 0 }, thread = { 0 };
     int64_t id;
     int rc = -1;
     if (mcp_arg_int(x, "task_id", &id) <= 0) {
@@ -9642,27 +9649,29 @@ static int mcp_t_result(McpCtx *x) {
         goto done;
     }
     if (mcp_arg_str(x, "to_agent", &to) < 0 || mcp_arg_str(x, "channel", &ch) < 0) goto done;
-    if (!to.len) {
-        buf_adds(&path, "/v1/inbox/");
-        cli_pct(&path, g_mcp.agent);
-        buf_addf(&path, "?since_id=%lld&limit=1", (long long)(id - 1));
-        if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
-        uint32_t m = x->res + 1, f;
-        int64_t got = 0;
-        if (x->j.t[x->res].n && json_to_i64(&x->j, json_get(&x->j, m, "id"), &got) == 0 &&
-            got == id && (f = json_get_val(&x->j, m, "from_agent"))) {
+    buf_adds(&path, "/v1/events");
+    agent_qparam(&path, "agent_id", g_mcp.agent);
+    buf_addf(&path, "&since_id=%lld&limit=1", (long long)(id > 0 ? id - 1 : 0));
+    if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
+    uint32_t m = x->res + 1, f;
+    int64_t got = 0;
+    if (x->j.t[x->res].n && json_to_i64(&x->j, json_get(&x->j, m, "id"), &got) == 0 &&
+        got == id) {
+        if (!to.len && json_get_val(&x->j, m, "to_agent") &&
+            (f = json_get_val(&x->j, m, "from_agent")))
             json_as_text(&to, &x->j, f);
-            if (!ch.len && (f = json_get_val(&x->j, m, "channel"))) json_as_text(&ch, &x->j, f);
-        }
+        if (!ch.len && (f = json_get_val(&x->j, m, "channel"))) json_as_text(&ch, &x->j, f);
+        if ((f = json_get_val(&x->j, m, "thread_id"))) json_as_text(&thread, &x->j, f);
     }
     mcp_body_begin(&body, "from_agent");
     buf_addf(&body, ",\"kind\":\"task_result\",\"reply_to\":%lld,\"channel\":", (long long)id);
     json_cstr(&body, ch.len ? ch.p : to.len ? "direct" : "general");
     if (to.len) buf_adds(&body, ",\"to_agent\":"), json_strs(&body, buf_str(&to));
+    if (thread.len) buf_adds(&body, ",\"thread_id\":"), json_strs(&body, buf_str(&thread));
     if (mcp_body_str(x, &body, "body", NULL)) goto done;
     rc = mcp_post(x, &body, "Answered");
 done:
-    buf_free(&body), buf_free(&to), buf_free(&ch), buf_free(&path);
+    buf_free(&body), buf_free(&to), buf_free(&ch), buf_free(&path), buf_free(&thread);
     return rc;
 }
 
@@ -9972,8 +9981,9 @@ static void mcp_cancel(Str id) {
 
 /* The protocol version a request is answered in: its _meta's (stateless
  * era), else the one initialize negotiated, else the newest handshake one.
- * 1: _meta lacks the client capabilities the stateless era requires with
- * the version; -1: a version we do not speak (its JSON in bad). */
+ * 1: _meta is malformed (a version that is not a string, or no client
+ * capabilities object beside it); -1: a version we do not speak (its JSON
+ * in bad). */
 static int mcp_request_version(const Json *j, uint32_t params, char out[16], Buf *bad) {
     pthread_mutex_lock(&g_mcp.mu);
     snprintf(out, 16, "%s", g_mcp.version[0] ? g_mcp.version : MCP_V_LEGACY);
@@ -9983,9 +9993,10 @@ static int mcp_request_version(const Json *j, uint32_t params, char out[16], Buf
     if (!v) return 0;
     uint32_t caps = json_get(j, meta, "io.modelcontextprotocol/clientCapabilities");
     if (!caps || j->t[caps].type != JSON_OBJ) return 1;
+    if (j->t[v].type != JSON_STR) return 1;
     Buf s = { 0 };
-    if (j->t[v].type == JSON_STR) json_unescape(j, v, &s);
-    int ok = j->t[v].type == JSON_STR && mcp_known_version(buf_cstr(&s));
+    json_unescape(j, v, &s);
+    int ok = mcp_known_version(buf_cstr(&s));
     if (ok) snprintf(out, 16, "%s", s.p);
     else json_write(bad, j, v);
     buf_free(&s);
@@ -10029,7 +10040,10 @@ static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
     uint32_t idt = j->t[m].type == JSON_OBJ ? json_get(j, m, "id") : 0;
     uint32_t method = j->t[m].type == JSON_OBJ ? json_get(j, m, "method") : 0;
     int notification = j->t[m].type == JSON_OBJ && !idt;
-    if (notification && !method) return;   /* a response or junk: nothing to answer */
+    /* A response (to a request we never send) or junk: nothing to answer. */
+    if (j->t[m].type == JSON_OBJ && !method &&
+        (notification || json_get(j, m, "result") || json_get(j, m, "error")))
+        return;
     if (bt && !notification) {
         pthread_mutex_lock(&g_mcp.mu);
         bt->pending++;
@@ -10068,8 +10082,9 @@ static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
     }
     int vrc = mcp_request_version(j, params, version, &bad);
     if (vrc > 0) {
-        mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: _meta has a protocolVersion "
-                  "but no io.modelcontextprotocol/clientCapabilities object", NULL);
+        mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: _meta needs a string "
+                  "io.modelcontextprotocol/protocolVersion and an "
+                  "io.modelcontextprotocol/clientCapabilities object", NULL);
         goto done;
     }
     if (vrc < 0) {
@@ -10314,15 +10329,21 @@ static void mcp_autostart(int explicit_url) {
     }
 }
 
-/* EOF: cancel what is waiting, give the calls a moment to finish (clients
- * kill the server 2 s after closing its stdin), close the session. */
+/* EOF: give calls just sent half a second to finish and answer, cancel
+ * what still waits (clients kill the server 2 s after closing its stdin),
+ * close the session. */
 static void mcp_shutdown(pthread_t beat) {
-    mcp_cancel((Str){ NULL, 0 });
     pthread_mutex_lock(&g_mcp.mu);
     g_mcp.closing = 1;
     pthread_cond_broadcast(&g_mcp.cond);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 500 * 1000000L;   /* quick calls just sent still get answers */
+    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    while (g_mcp.ncalls && pthread_cond_timedwait(&g_mcp.cond, &g_mcp.mu, &ts) != ETIMEDOUT) {}
+    pthread_mutex_unlock(&g_mcp.mu);
+    mcp_cancel((Str){ NULL, 0 });   /* then stop what waits */
+    pthread_mutex_lock(&g_mcp.mu);
     ts.tv_sec += 1;
     while (g_mcp.ncalls && pthread_cond_timedwait(&g_mcp.cond, &g_mcp.mu, &ts) != ETIMEDOUT) {}
     char sid[sizeof g_mcp.session_id];

@@ -1,0 +1,1059 @@
+"""The MCP stdio server, `arc mcp --agent NAME`, over raw pipes (arc-only).
+
+Each test starts `arc mcp` as a child process with pipes for stdin and
+stdout, and speaks JSON-RPC to it byte for byte. The areas covered:
+- framing: newline-delimited input, and Content-Length input from older
+  clients;
+- batches;
+- malformed and invalid messages;
+- notifications;
+- concurrency: a ping while a poll waits, and cancellation;
+- the lifecycle: EOF, the hub going down and coming back, the heartbeat,
+  and autostart;
+- the relay transport;
+- both protocol eras: the handshake era (2024-11-05 to 2025-11-25) and the
+  stateless era (2026-07-28).
+The official SDK clients are driven by test_mcp_sdk.py.
+
+The server's stderr goes to a file. Under `make asan` that file is checked
+for sanitizer reports, like a hub's log.
+
+Run from the repository root:
+  ARC=$PWD/arc python3 -m unittest tests.test_mcp -v
+"""
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import hubtest  # noqa: E402
+from hubtest import (KEEP, Hub, HubCase, arc_only, free_port, hub_command, request,  # noqa: E402
+                     uid, wait_for)
+
+ANSWER = 15.0          # the longest any answer may take (generous for make asan)
+STATELESS = "2026-07-28"
+LEGACY = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+META = {  # the per-request envelope of the stateless era
+    "io.modelcontextprotocol/protocolVersion": STATELESS,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
+}
+TOOLS = {
+    "arc_post_message", "arc_poll_messages", "arc_dm", "arc_list_agents",
+    "arc_create_channel", "arc_rpc_call", "arc_inbox", "arc_read_thread", "arc_claim",
+    "arc_lock", "arc_tasks", "arc_task_result", "arc_whoami",
+}
+READ_ONLY = {"arc_poll_messages", "arc_list_agents", "arc_inbox", "arc_read_thread",
+             "arc_whoami"}
+
+
+def mcp_env():
+    """The test's environment without the variables that pick a hub or agent."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("ARC_URL", "ARC_AGENT", "ARC_RELAY_DIR")}
+
+
+class McpProc:
+    """One `arc mcp` child. A thread reads stdout: every raw line is kept
+    (for checking that stdout is clean), and each line that parses as JSON
+    is queued for the test."""
+
+    def __init__(self, args, cwd=None, stderr_pipe=False):
+        self.dir = tempfile.mkdtemp(prefix="arc-mcp-")
+        self.err_path = os.path.join(self.dir, "mcp.err")
+        self.argv = hub_command() + ["mcp"] + [str(a) for a in args]
+        self._errf = open(self.err_path, "wb")
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if stderr_pipe else self._errf,
+            cwd=cwd or self.dir, env=mcp_env())
+        self.raw_lines = []
+        self.pending = []           # messages read but not yet taken by the test
+        self.q = queue.Queue()
+        self.stdout_eof = threading.Event()
+        self.stderr_eof = threading.Event()
+        self._next_id = 1
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        if stderr_pipe:
+            threading.Thread(target=self._read_stderr, daemon=True).start()
+        else:
+            self.stderr_eof.set()
+
+    def _read_stdout(self):
+        for line in iter(self.proc.stdout.readline, b""):
+            with self._lock:
+                self.raw_lines.append(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue    # kept in raw_lines; assert_clean_stdout reports it
+            self.q.put(msg)
+        self.stdout_eof.set()
+
+    def _read_stderr(self):
+        for chunk in iter(lambda: self.proc.stderr.read1(65536), b""):
+            self._errf.write(chunk)
+            self._errf.flush()
+        self.stderr_eof.set()
+
+    # sending
+    def send_raw(self, data):
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send(self, obj):
+        self.send_raw(json.dumps(obj).encode() + b"\n")
+
+    def new_id(self):
+        self._next_id += 1
+        return self._next_id
+
+    def send_request(self, method, params=None, id=None):
+        """Send a request without waiting; returns its id."""
+        id = self.new_id() if id is None else id
+        msg = {"jsonrpc": "2.0", "id": id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(msg)
+        return id
+
+    def notify(self, method, params=None):
+        msg = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(msg)
+
+    # receiving
+    def next_message(self, timeout=ANSWER):
+        """The next message not yet taken, in arrival order."""
+        if self.pending:
+            return self.pending.pop(0)
+        try:
+            return self.q.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("no message from arc mcp within %.1fs; stderr:\n%s"
+                                 % (timeout, self.stderr_text()[-3000:])) from None
+
+    def answer(self, id, timeout=ANSWER):
+        """The answer (result or error) to request `id`; other messages that
+        arrive first are kept for later."""
+        for i, m in enumerate(self.pending):
+            if isinstance(m, dict) and m.get("id") == id and "method" not in m:
+                return self.pending.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                m = self.q.get(timeout=max(left, 0.001))
+            except queue.Empty:
+                raise AssertionError("no answer to id %r within %.1fs; stderr:\n%s"
+                                     % (id, timeout, self.stderr_text()[-3000:])) from None
+            if isinstance(m, dict) and m.get("id") == id and "method" not in m:
+                return m
+            self.pending.append(m)
+
+    def request(self, method, params=None, id=None, timeout=ANSWER):
+        return self.answer(self.send_request(method, params, id), timeout)
+
+    def result(self, method, params=None, timeout=ANSWER):
+        a = self.request(method, params, timeout=timeout)
+        if "result" not in a:
+            raise AssertionError("%s failed: %r" % (method, a))
+        return a["result"]
+
+    def initialize(self, version="2025-11-25"):
+        r = self.result("initialize", {"protocolVersion": version, "capabilities": {},
+                                       "clientInfo": {"name": "raw-test", "version": "1"}})
+        self.notify("notifications/initialized")
+        return r
+
+    def call(self, name, arguments=None, meta=None, timeout=ANSWER):
+        """tools/call; returns the result (a tool result, isError or not)."""
+        params = {"name": name, "arguments": arguments or {}}
+        if meta:
+            params["_meta"] = meta
+        return self.result("tools/call", params, timeout=timeout)
+
+    def assert_silent(self, seconds):
+        """Nothing arrives within `seconds` (a short window: used only to
+        show that something does NOT happen)."""
+        if self.pending:
+            raise AssertionError("unexpected message: %r" % (self.pending[0],))
+        try:
+            m = self.q.get(timeout=seconds)
+        except queue.Empty:
+            return
+        raise AssertionError("unexpected message: %r" % (m,))
+
+    def lines(self):
+        with self._lock:
+            return list(self.raw_lines)
+
+    def stderr_text(self):
+        try:
+            with open(self.err_path, "rb") as f:
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    # lifecycle
+    def close_stdin(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def wait(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            self.close_stdin()
+            if self.wait(5) is None:
+                self.proc.kill()
+                self.proc.wait()
+        self.stdout_eof.wait(5)
+        self.stderr_eof.wait(5)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self._errf.close()
+        hubtest.check_sanitizer_log(self.stderr_text())
+        if not KEEP:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def tool_text(result):
+    """The text of a tool result's first content block."""
+    content = result.get("content")
+    assert isinstance(content, list) and content, result
+    assert content[0].get("type") == "text", result
+    return content[0]["text"]
+
+
+def agents_live(hub):
+    status, _, payload = hub.get("/v1/agents")
+    assert status == 200, payload
+    return {s["agent_id"]: s for s in payload["result"]}
+
+
+def port_closed(port):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect(("127.0.0.1", port))
+        return False
+    except OSError:
+        return True
+    finally:
+        s.close()
+
+
+class McpCase(HubCase):
+    """One hub per class; `arc mcp` children per test."""
+
+    def spawn(self, agent=None, *extra, hub=None, cwd=None, stderr_pipe=False):
+        agent = agent or uid("mcp")
+        hub = hub or self.hub
+        p = McpProc(["--agent", agent, "--base-url", hub.url, "--no-autostart"] + list(extra),
+                    cwd=cwd, stderr_pipe=stderr_pipe)
+        p.agent = agent
+        self.addCleanup(p.cleanup)
+        return p
+
+    def ready(self, p, version="2025-11-25"):
+        """Initialize, then one tool call: a finished call means the
+        server's registration (and cursor bootstrap) is done."""
+        p.initialize(version)
+        r = p.call("arc_whoami")
+        self.assertNotIn("isError", r, r)
+        return r
+
+    def post(self, frm, body, channel="general", **fields):
+        msg = {"from_agent": frm, "channel": channel, "body": body}
+        msg.update(fields)
+        return self.assertOk(self.hub.post("/v1/messages", msg), 201)
+
+    def assert_clean_stdout(self, p):
+        """Every stdout line is one JSON-RPC 2.0 message (or batch answer),
+        newline-terminated, with nothing else at all."""
+        lines = p.lines()
+        self.assertTrue(lines, "no output at all")
+        for line in lines:
+            self.assertTrue(line.endswith(b"\n"), "unterminated line %r" % line[:200])
+            self.assertNotIn(b"\r", line, "carriage return in %r" % line[:200])
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                self.fail("stdout line is not JSON: %r" % line[:200])
+            items = msg if isinstance(msg, list) else [msg]
+            self.assertTrue(items, "empty batch answer on stdout")
+            for m in items:
+                self.assertIsInstance(m, dict, line[:200])
+                self.assertEqual(m.get("jsonrpc"), "2.0", line[:200])
+                if "method" in m:       # a notification from the server
+                    self.assertNotIn("id", m, line[:200])
+                else:                   # an answer
+                    self.assertEqual(("result" in m) + ("error" in m), 1, line[:200])
+                    self.assertIsNot(m.get("id", 0), None, "null id: %r" % line[:200])
+
+    def assert_error(self, answer, code, id=None):
+        self.assertIn("error", answer, answer)
+        self.assertNotIn("result", answer, answer)
+        self.assertEqual(answer["error"]["code"], code, answer)
+        self.assertIsInstance(answer["error"].get("message"), str, answer)
+        if id is None:
+            self.assertNotIn("id", answer, answer)
+        else:
+            self.assertEqual(answer["id"], id, answer)
+
+
+# ── framing, JSON-RPC validity, notifications ────────────────────────────
+
+@arc_only
+class McpWireTest(McpCase):
+
+    def test_newline_delimited_handshake(self):
+        """initialize echoes each supported version (else gives the newest
+        handshake one), with tools, serverInfo and instructions; notifications
+        get no reply; ping answers exactly {}."""
+        for want, got in [(v, v) for v in LEGACY] + [("1999-01-01", "2025-11-25"),
+                                                      (STATELESS, "2025-11-25")]:
+            with self.subTest(version=want):
+                p = self.spawn()
+                r = p.initialize(want)
+                self.assertEqual(r["protocolVersion"], got, r)
+                self.assertIsInstance(r["capabilities"].get("tools"), dict, r)
+                self.assertEqual(r["serverInfo"]["name"], "arc", r)
+                self.assertIsInstance(r["serverInfo"]["version"], str, r)
+                self.assertTrue(r["instructions"].strip(), r)
+                self.assertNotIn("resultType", r)
+                # the notifications/initialized sent by initialize() got no
+                # reply: the next line is the ping's answer
+                pid = p.send_request("ping")
+                a = p.next_message()
+                self.assertEqual(a, {"jsonrpc": "2.0", "id": pid, "result": {}})
+                self.assert_clean_stdout(p)
+
+    def test_content_length_framed_input(self):
+        """Content-Length framing (\\r\\n\\r\\n and \\n\\n header ends, any
+        header case, a pretty-printed multi-line body, two frames in one
+        write) is read; every answer is one newline-terminated line."""
+        p = self.spawn()
+
+        def frame(obj, sep=b"\r\n\r\n", header=b"Content-Length", indent=None):
+            body = json.dumps(obj, indent=indent).encode()
+            return header + b": " + str(len(body)).encode() + sep + body
+
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2024-11-05", "capabilities": {},
+                           "clientInfo": {"name": "old", "version": "1"}}}
+        p.send_raw(frame(init))
+        r = p.answer(1)
+        self.assertEqual(r["result"]["protocolVersion"], "2024-11-05", r)
+        p.send_raw(frame({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        p.send_raw(frame({"jsonrpc": "2.0", "id": 2, "method": "ping"}, sep=b"\n\n"))
+        self.assertEqual(p.next_message(), {"jsonrpc": "2.0", "id": 2, "result": {}})
+        p.send_raw(frame({"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+                         header=b"content-length", indent=2))
+        self.assertEqual(len(p.answer(3)["result"]["tools"]), len(TOOLS))
+        # two frames in one write, then a newline-delimited message
+        p.send_raw(frame({"jsonrpc": "2.0", "id": 4, "method": "ping"}) +
+                   frame({"jsonrpc": "2.0", "id": 5, "method": "ping"}, sep=b"\n\n"))
+        p.send({"jsonrpc": "2.0", "id": 6, "method": "ping"})
+        for i in (4, 5, 6):
+            self.assertEqual(p.answer(i), {"jsonrpc": "2.0", "id": i, "result": {}})
+        for line in p.lines():
+            self.assertFalse(line.lower().startswith(b"content-length"), line)
+        self.assert_clean_stdout(p)
+
+    def test_batches(self):
+        """Batches only after initialize with 2025-03-26: one array with the
+        requests' answers only; otherwise a single -32600."""
+        p = self.spawn()
+        pings = [{"jsonrpc": "2.0", "id": i, "method": "ping"} for i in (1, 2)]
+        p.send(pings)                       # before initialize
+        self.assert_error(p.next_message(), -32600)
+        p.initialize("2025-06-18")
+        p.send(pings)                       # a version without batches
+        self.assert_error(p.next_message(), -32600)
+
+        p = self.spawn()
+        p.initialize("2025-03-26")
+        p.call("arc_whoami")
+        p.send([
+            {"jsonrpc": "2.0", "id": 10, "method": "ping"},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": "ten-1", "method": "tools/list"},
+            {"jsonrpc": "2.0", "method": "notifications/progress",
+             "params": {"progressToken": 1, "progress": 1}},
+            {"jsonrpc": "2.0", "id": 12, "method": "tools/call",
+             "params": {"name": "arc_whoami", "arguments": {}}},
+            {"jsonrpc": "2.0", "id": 13, "method": "no/such/method"},
+        ])
+        batch = p.next_message()
+        self.assertIsInstance(batch, list, batch)
+        self.assertEqual(sorted(str(a["id"]) for a in batch), ["10", "12", "13", "ten-1"])
+        by_id = {a["id"]: a for a in batch}
+        self.assertEqual(by_id[10]["result"], {})
+        self.assertEqual(len(by_id["ten-1"]["result"]["tools"]), len(TOOLS))
+        self.assertIn(p.agent, tool_text(by_id[12]["result"]))
+        self.assert_error(by_id[13], -32601, 13)
+        # only notifications: no answer at all; then [] and [1]
+        p.send([{"jsonrpc": "2.0", "method": "notifications/initialized"}])
+        p.send([])
+        self.assert_error(p.next_message(), -32600)
+        p.send([1])
+        a = p.next_message()
+        self.assertIsInstance(a, list, a)
+        self.assertEqual(len(a), 1, a)
+        self.assert_error(a[0], -32600)
+        self.assert_clean_stdout(p)
+
+    def test_malformed_lines(self):
+        """Lines that are not JSON get -32700 (no id) and the process goes
+        on; blank lines are skipped."""
+        p = self.spawn()
+        for bad in (b"{not json\n", b'{"jsonrpc":"2.0","id":1,"method":"ping"\n',
+                    b"\xff\xfe\n", b"nul\x00l\n", b"\n", b"   \t  \r\n"):
+            p.send_raw(bad)
+        for _ in range(4):
+            self.assert_error(p.next_message(), -32700)
+        pid = p.send_request("ping")
+        self.assertEqual(p.next_message(), {"jsonrpc": "2.0", "id": pid, "result": {}})
+        self.assertIsNone(p.proc.poll())
+        self.assert_clean_stdout(p)
+
+    def test_invalid_requests(self):
+        """-32600 for what is not a JSON-RPC 2.0 request, -32602 for bad
+        params, an unknown tool or non-object arguments."""
+        p = self.spawn()
+        p.initialize()
+        cases = [
+            ({"jsonrpc": "1.0", "id": 1, "method": "ping"}, -32600, 1),
+            ({"id": 2, "method": "ping"}, -32600, 2),
+            ({"jsonrpc": "2.0", "id": 3, "method": 5}, -32600, 3),
+            ({"jsonrpc": "2.0", "id": {"x": 1}, "method": "ping"}, -32600, None),
+            ({"jsonrpc": "2.0", "id": None, "method": "ping"}, -32600, None),
+            ("a string", -32600, None),
+            (7, -32600, None),
+            ({"jsonrpc": "2.0", "id": 6, "method": "tools/list", "params": [1]}, -32602, 6),
+            ({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {}}, -32602, 7),
+            ({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+              "params": {"name": "no_such_tool", "arguments": {}}}, -32602, 8),
+            ({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+              "params": {"name": "arc_whoami", "arguments": [1]}}, -32602, 9),
+            ({"jsonrpc": "2.0", "id": 10, "method": "tools/call",
+              "params": {"name": 42}}, -32602, 10),
+        ]
+        for msg, code, id in cases:
+            with self.subTest(msg=msg):
+                p.send(msg)
+                self.assert_error(p.next_message(), code, id)
+        self.assertEqual(p.request("ping")["result"], {})
+        self.assert_clean_stdout(p)
+
+    def test_responses_from_client_not_answered(self):
+        """A response-shaped message (result or error with an id) is not a
+        request: answering it with an error would hand the client an answer
+        for one of its own request ids."""
+        p = self.spawn()
+        p.initialize()
+        p.send({"jsonrpc": "2.0", "id": 41, "result": {}})
+        p.send({"jsonrpc": "2.0", "id": 42, "error": {"code": -32601, "message": "no"}})
+        pid = p.send_request("ping")
+        self.assertEqual(p.next_message(), {"jsonrpc": "2.0", "id": pid, "result": {}})
+
+    def test_notifications_get_no_reply(self):
+        """Known, unknown and malformed notifications are never answered:
+        the next line is the answer to the ping sent after them."""
+        p = self.spawn()
+        p.initialize()
+        p.notify("notifications/initialized")
+        p.notify("notifications/progress", {"progressToken": 1, "progress": 1})
+        p.notify("notifications/roots/list_changed")
+        p.notify("notifications/cancelled", {"requestId": 999, "reason": "nothing"})
+        p.notify("notifications/cancelled")
+        p.notify("no/such/notification", {"x": 1})
+        p.notify("ping")
+        p.send({"jsonrpc": "2.0", "method": "tools/list", "params": [1]})
+        pid = p.send_request("ping")
+        self.assertEqual(p.next_message(), {"jsonrpc": "2.0", "id": pid, "result": {}})
+        self.assert_clean_stdout(p)
+
+    def test_unknown_methods_before_initialize(self):
+        """Unknown methods get -32601 before initialize (clients probe), the
+        process keeps running, and initialize then works."""
+        p = self.spawn()
+        for method in ("resources/list", "prompts/list", "sampling/whatever"):
+            a = p.request(method)
+            self.assert_error(a, -32601, a.get("id"))
+        self.assertEqual(p.request("ping")["result"], {})
+        self.assertEqual(p.initialize()["protocolVersion"], "2025-11-25")
+        self.assert_error(p.request("resources/templates/list"), -32601, p._next_id)
+        self.assertEqual(len(p.result("tools/list")["tools"]), len(TOOLS))
+        self.assert_clean_stdout(p)
+
+    def test_oversized_line(self):
+        """A line over 4 MiB gets -32700 and is skipped whole; so is a
+        Content-Length over 4 MiB; the process goes on."""
+        p = self.spawn()
+        p.initialize()
+        big = (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' +
+               b"a" * (4 * 1024 * 1024 + 1000) + b'"}}\n')
+        p.send_raw(big)
+        self.assert_error(p.next_message(), -32700)
+        pid = p.send_request("ping")
+        self.assertEqual(p.next_message(), {"jsonrpc": "2.0", "id": pid, "result": {}})
+        p.send_raw(b"Content-Length: 5000000\r\n\r\n")
+        self.assert_error(p.next_message(), -32700)
+        pid = p.send_request("ping")
+        self.assertEqual(p.next_message(), {"jsonrpc": "2.0", "id": pid, "result": {}})
+        self.assertIsNone(p.proc.poll())
+        self.assert_clean_stdout(p)
+
+
+# ── tools and protocol eras ───────────────────────────────────────────────
+
+@arc_only
+class McpToolTest(McpCase):
+
+    def check_tool_schemas(self, tools):
+        self.assertEqual({t["name"] for t in tools}, TOOLS)
+        for t in tools:
+            self.assertTrue(t["description"].strip(), t)
+            s = t["inputSchema"]
+            self.assertEqual(s["type"], "object", t)
+            self.assertIsInstance(s.get("properties"), dict, t)
+            for req in s.get("required", []):
+                self.assertIn(req, s["properties"], t)
+
+    def test_tools_list_shape_per_version(self):
+        """2024-11-05: no annotations, title or outputSchema, and no
+        structuredContent; 2025-03-26 adds annotations; 2025-06-18 and
+        later add title, outputSchema and structuredContent."""
+        for v in LEGACY:
+            with self.subTest(version=v):
+                p = self.spawn()
+                p.initialize(v)
+                res = p.result("tools/list")
+                self.assertNotIn("resultType", res)
+                self.assertNotIn("ttlMs", res)
+                tools = res["tools"]
+                self.check_tool_schemas(tools)
+                for t in tools:
+                    if v >= "2025-03-26":
+                        a = t["annotations"]
+                        self.assertIs(a["readOnlyHint"], t["name"] in READ_ONLY, t)
+                        self.assertIs(a["destructiveHint"], False, t)
+                    else:
+                        self.assertNotIn("annotations", t)
+                    if v >= "2025-06-18":
+                        self.assertTrue(t["title"].strip(), t)
+                        self.assertEqual(t["outputSchema"]["type"], "object", t)
+                    else:
+                        self.assertNotIn("title", t)
+                        self.assertNotIn("outputSchema", t)
+                r = p.call("arc_whoami")
+                self.assertNotIn("isError", r)
+                self.assertNotIn("resultType", r)
+                self.assertIn(p.agent, tool_text(r))
+                if v >= "2025-06-18":
+                    self.assertEqual(r["structuredContent"]["agent_id"], p.agent, r)
+                else:
+                    self.assertNotIn("structuredContent", r)
+                self.assert_clean_stdout(p)
+
+    def test_denied_claim_and_lock_reported(self):
+        """A claim or lock held by another agent is reported as not acquired
+        (the hub's envelope says acquired:false), naming the holder."""
+        p = self.spawn()
+        self.ready(p)
+        other = uid("holder")
+        key, path = uid("key"), "src/%s.c" % uid("f")
+        self.assertOk(self.hub.post("/v1/claims", {"owner_agent_id": other,
+                                                   "claim_key": key}), 201)
+        self.assertOk(self.hub.post("/v1/locks", {"agent_id": other, "file_path": path}), 201)
+        for tool, args, row, owner in (
+                ("arc_claim", {"claim_key": key}, "claim", "owner_agent_id"),
+                ("arc_lock", {"file_path": path}, "lock", "agent_id")):
+            with self.subTest(tool=tool):
+                r = p.call(tool, args)
+                self.assertNotIn("isError", r, r)
+                self.assertIs(r["structuredContent"]["acquired"], False, r)
+                self.assertEqual(r["structuredContent"][row][owner], other, r)
+                self.assertIn("held by " + other, tool_text(r))
+
+    def test_message_text_and_arguments(self):
+        """Unicode and multi-line bodies survive both ways; the readable text
+        shows each body line indented; numbers given as strings are taken;
+        a missing required argument or a hub refusal is an isError result
+        carrying the reason."""
+        p = self.spawn()
+        self.ready(p)
+        body = "l\u00ednea 1 \u2713\nline 2 \U0001f600 \"quoted\""
+        r = p.call("arc_post_message", {"channel": "general", "body": body,
+                                        "thread_id": 12345})
+        m = r["structuredContent"]["message"]
+        self.assertEqual((m["body"], m["thread_id"]), (body, "12345"), r)
+        self.assertIn("\n    line 2 \U0001f600", tool_text(r))
+        self.post(uid("poster"), body)
+        r = p.call("arc_poll_messages", {"timeout": "5"})
+        self.assertEqual([x["body"] for x in r["structuredContent"]["messages"]], [body])
+        r = p.call("arc_dm", {"body": "to nobody"})
+        self.assertIs(r.get("isError"), True, r)
+        self.assertIn("to_agent", tool_text(r))
+        r = p.call("arc_post_message", {"channel": "general"})
+        self.assertIs(r.get("isError"), True, r)
+        self.assertIn("body or attachments is required", tool_text(r))
+        r = p.call("arc_inbox", {"limit": "x"})
+        self.assertIs(r.get("isError"), True, r)
+        self.assertIn("limit", tool_text(r))
+
+    def test_task_result_defaults(self):
+        """arc_task_result without to_agent/channel: a direct task_request is
+        answered to the asker in direct; a broadcast one in the request's
+        channel (as the tool's schema says). Both tasks become done."""
+        p = self.spawn()
+        self.ready(p)
+        asker, ch = uid("asker"), self.channel()
+        dm = self.post(asker, "direct job", channel="direct", to_agent=p.agent,
+                       kind="task_request")
+        bc = self.post(asker, "broadcast job", channel=ch, kind="task_request")
+        for req, channel, to in ((dm, "direct", asker), (bc, ch, None)):
+            with self.subTest(channel=req["channel"]):
+                r = p.call("arc_task_result", {"task_id": req["id"], "body": "done"})
+                self.assertNotIn("isError", r, r)
+                m = r["structuredContent"]["message"]
+                self.assertEqual((m["kind"], m["reply_to"], m["channel"], m["to_agent"]),
+                                 ("task_result", req["id"], channel, to), m)
+                status, _, env = self.hub.get("/v1/tasks", status="done")
+                self.assertIn(req["id"], [t["task_id"] for t in env["result"]])
+
+    def test_stateless_era(self):
+        """2026-07-28 with no handshake: server/discover, resultType on every
+        result, cache hints on lists, -32022 for an unknown _meta version,
+        -32602 for a version without clientCapabilities; a request without
+        _meta on the same process is still served in the legacy era."""
+        p = self.spawn()
+        d = p.result("server/discover", {"_meta": META})
+        self.assertEqual(d["resultType"], "complete", d)
+        for v in (STATELESS,) + LEGACY:
+            self.assertIn(v, d["supportedVersions"], d)
+        self.assertIsInstance(d["capabilities"].get("tools"), dict, d)
+        self.assertIsInstance(d["ttlMs"], int, d)
+        self.assertGreaterEqual(d["ttlMs"], 0, d)
+        self.assertIn(d["cacheScope"], ("public", "private"), d)
+        self.assertEqual(d["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "arc", d)
+        self.assertTrue(d["instructions"].strip(), d)
+
+        lst = p.result("tools/list", {"_meta": META})
+        self.assertEqual(lst["resultType"], "complete", lst)
+        self.assertIsInstance(lst["ttlMs"], int, lst)
+        self.assertIn(lst["cacheScope"], ("public", "private"), lst)
+        self.check_tool_schemas(lst["tools"])
+        for t in lst["tools"]:
+            self.assertIn("outputSchema", t)
+            self.assertIn("annotations", t)
+
+        r = p.call("arc_whoami", meta=META)
+        self.assertEqual(r["resultType"], "complete", r)
+        self.assertNotIn("isError", r, r)
+        self.assertEqual(r["structuredContent"]["agent_id"], p.agent, r)
+        self.assertIn(p.agent, tool_text(r))
+        r = p.call("arc_post_message", {"channel": "no-such-" + uid(), "body": "x"}, meta=META)
+        self.assertEqual(r["resultType"], "complete", r)
+        self.assertIs(r["isError"], True, r)
+
+        bad = dict(META)
+        bad["io.modelcontextprotocol/protocolVersion"] = "1900-01-01"
+        a = p.request("tools/list", {"_meta": bad})
+        self.assert_error(a, -32022, a.get("id"))
+        self.assertNotIn("resultType", a)
+        self.assertEqual(a["error"]["data"]["requested"], "1900-01-01", a)
+        self.assertIn(STATELESS, a["error"]["data"]["supported"], a)
+        a = p.request("tools/list", {"_meta": {
+            "io.modelcontextprotocol/protocolVersion": STATELESS}})
+        self.assert_error(a, -32602, a.get("id"))
+
+        legacy = p.result("tools/list")
+        self.assertNotIn("resultType", legacy)
+        self.assertEqual({t["name"] for t in legacy["tools"]}, TOOLS)
+        self.assert_clean_stdout(p)
+
+
+# ── concurrency: ping while waiting, cancellation ─────────────────────────
+
+@arc_only
+class McpConcurrencyTest(McpCase):
+
+    def test_ping_while_poll_waits(self):
+        """While arc_poll_messages waits, ping, tools/list and another tool
+        call are answered; a message posted over HTTP then wakes the poll at
+        once."""
+        p = self.spawn()
+        self.ready(p)
+        poll = p.send_request("tools/call", {"name": "arc_poll_messages",
+                                             "arguments": {"timeout": 30}})
+        ping = p.send_request("ping")
+        self.assertEqual(p.next_message(), {"jsonrpc": "2.0", "id": ping, "result": {}})
+        self.assertEqual(len(p.result("tools/list")["tools"]), len(TOOLS))
+        self.assertEqual(p.call("arc_whoami")["structuredContent"]["agent_id"], p.agent)
+        body = "wake up " + uid()
+        posted = self.post(uid("poster"), body)
+        t0 = time.monotonic()
+        a = p.answer(poll, timeout=10)    # the poll would otherwise last 30 s
+        took = time.monotonic() - t0
+        r = a["result"]
+        self.assertNotIn("isError", r, r)
+        self.assertIn(body, tool_text(r))
+        self.assertEqual([m["id"] for m in r["structuredContent"]["messages"]], [posted["id"]])
+        self.assertLess(took, 10)
+        self.assert_clean_stdout(p)
+
+    def test_cancel_waiting_call(self):
+        """notifications/cancelled ends a waiting call: no answer for its id
+        ever comes (and nothing else is written for it), and later calls
+        work."""
+        p = self.spawn()
+        self.ready(p)
+        waits = [p.send_request("tools/call", {"name": "arc_poll_messages",
+                                               "arguments": {"timeout": 30}}, id=id)
+                 for id in (501, "w-502")]
+        self.assertEqual(p.request("ping")["result"], {})     # both are in flight
+        for id in waits:
+            p.notify("notifications/cancelled", {"requestId": id, "reason": "test"})
+        p.assert_silent(1.5)
+        body = "after cancel " + uid()
+        self.post(uid("poster"), body)
+        r = p.call("arc_poll_messages", {"timeout": 10})
+        self.assertIn(body, tool_text(r))
+        p.close_stdin()
+        self.assertEqual(p.wait(10), 0)
+        self.assertTrue(p.stdout_eof.wait(5))
+        ids = [json.loads(line).get("id") for line in p.lines() if line.strip()]
+        for id in waits:
+            self.assertNotIn(id, ids)
+        self.assert_clean_stdout(p)
+
+
+    def test_cancel_at_once_keeps_session(self):
+        """A call cancelled at once (while it is still connecting to the hub)
+        is not taken for an unreachable hub: the session stays the same and
+        no re-registration happens."""
+        p = self.spawn()
+        session = self.ready(p)["structuredContent"]["session_id"]
+        for _ in range(5):
+            wid = p.send_request("tools/call", {"name": "arc_poll_messages",
+                                                "arguments": {"timeout": 30}})
+            p.notify("notifications/cancelled", {"requestId": wid})
+            r = p.call("arc_whoami")
+            self.assertEqual(r["structuredContent"]["session_id"], session, r)
+        self.assertEqual(agents_live(self.hub)[p.agent]["session_id"], session)
+
+
+# ── lifecycle ─────────────────────────────────────────────────────────────
+
+@arc_only
+class McpLifecycleTest(McpCase):
+
+    def test_eof_ends_process_and_session(self):
+        """EOF on stdin ends the process with status 0 at once and closes the
+        agent's session."""
+        p = self.spawn()
+        self.ready(p)
+        self.assertIn(p.agent, agents_live(self.hub))
+        t0 = time.monotonic()
+        p.close_stdin()
+        self.assertEqual(p.wait(10), 0, p.stderr_text())
+        print("\n    exit after EOF took %.0f ms" % ((time.monotonic() - t0) * 1000))
+        self.assertTrue(p.stdout_eof.wait(5))
+        self.assertNotIn(p.agent, agents_live(self.hub))
+        self.assert_clean_stdout(p)
+
+    def test_eof_with_calls_in_flight(self):
+        """EOF while tool calls are starting or waiting: the process still
+        exits with 0 at once, writes nothing for the abandoned calls, and
+        closes the session (an abandoned call is not a hub failure)."""
+        for round in range(3):
+            with self.subTest(round=round):
+                p = self.spawn()
+                self.ready(p)
+                p.send_request("tools/call", {"name": "arc_poll_messages",
+                                              "arguments": {"timeout": 40}})
+                self.assertEqual(p.request("ping")["result"], {})
+                p.send_request("tools/call", {"name": "arc_poll_messages",
+                                              "arguments": {"timeout": 40}})
+                p.close_stdin()
+                self.assertEqual(p.wait(10), 0, p.stderr_text())
+                self.assertTrue(p.stdout_eof.wait(5))
+                self.assertNotIn(p.agent, agents_live(self.hub))
+                self.assert_clean_stdout(p)
+
+    def test_stdout_carries_only_jsonrpc(self):
+        """A busy session (every kind of answer, a tool error, a parse error,
+        a cancelled call, a batch) leaves nothing on stdout but JSON-RPC
+        lines; the logs are on stderr."""
+        p = self.spawn()
+        p.initialize("2025-03-26")
+        p.call("arc_whoami")
+        p.call("arc_post_message", {"channel": "no-such-" + uid(), "body": "x"})
+        p.call("arc_list_agents")
+        p.send_raw(b"garbage\n")
+        p.request("no/such")
+        p.send([{"jsonrpc": "2.0", "id": 90, "method": "ping"},
+                {"jsonrpc": "2.0", "id": 91, "method": "tools/list"}])
+        wid = p.send_request("tools/call", {"name": "arc_poll_messages",
+                                            "arguments": {"timeout": 30}})
+        p.request("ping")
+        p.notify("notifications/cancelled", {"requestId": wid})
+        p.request("ping")
+        p.result("server/discover", {"_meta": META})
+        p.close_stdin()
+        self.assertEqual(p.wait(10), 0)
+        self.assertTrue(p.stdout_eof.wait(5))
+        self.assert_clean_stdout(p)
+        self.assertIn("arc mcp", p.stderr_text())
+
+    def test_registration_options(self):
+        """--display-name and --capabilities reach the session; a second
+        server for the same agent replaces the first one's session."""
+        agent = uid("opts")
+        p = self.spawn(agent, "--display-name", "Nice Name", "--capabilities", "review, c,,tests")
+        self.ready(p)
+        s = agents_live(self.hub)[agent]
+        self.assertEqual(s["display_name"], "Nice Name")
+        self.assertEqual(s["capabilities"], ["review", "c", "tests"])
+        r = p.call("arc_list_agents")
+        self.assertIn("Nice Name", tool_text(r))
+        q = self.spawn(agent)
+        who = self.ready(q)
+        wait_for(lambda: agents_live(self.hub)[agent]["session_id"]
+                 == who["structuredContent"]["session_id"], timeout=10)
+        self.assertEqual(agents_live(self.hub)[agent]["display_name"], agent)
+
+    def test_relay_transport(self):
+        """--relay-dir: the server talks to the hub through its file spool;
+        posting, polling, cancelling a waiting poll and closing the session
+        at EOF work."""
+        spool = os.path.join(self.hub.dir, "spool")
+        agent = uid("relay")
+        p = McpProc(["--agent", agent, "--relay-dir", spool, "--no-autostart"])
+        self.addCleanup(p.cleanup)
+        p.initialize()
+        who = p.call("arc_whoami")
+        self.assertNotIn("isError", who, who)
+        self.assertEqual(who["structuredContent"]["hub"], spool, who)
+        self.assertIn(agent, agents_live(self.hub))
+        body = "via the spool " + uid()
+        r = p.call("arc_post_message", {"channel": "general", "body": body})
+        self.assertNotIn("isError", r, r)
+        status, _, env = self.hub.get("/v1/messages", channel="general", since_id=0,
+                                      limit=500)
+        self.assertEqual(status, 200)
+        mine = [m for m in env["result"] if m["body"] == body]
+        self.assertEqual(len(mine), 1, env)
+        self.assertEqual(mine[0]["from_agent"], agent)
+        reply = "to the relay agent " + uid()
+        self.post(uid("poster"), reply, channel="direct", to_agent=agent)
+        r = p.call("arc_poll_messages", {"timeout": 10})
+        self.assertIn(reply, tool_text(r))
+        self.assertEqual([m["body"] for m in r["structuredContent"]["messages"]], [reply])
+        wid = p.send_request("tools/call", {"name": "arc_poll_messages",
+                                            "arguments": {"timeout": 30}})
+        self.assertEqual(p.request("ping")["result"], {})
+        p.notify("notifications/cancelled", {"requestId": wid})
+        self.assertNotIn("isError", p.call("arc_whoami"))
+        p.close_stdin()
+        self.assertEqual(p.wait(10), 0)
+        self.assertNotIn(agent, agents_live(self.hub))
+        self.assertTrue(p.stdout_eof.wait(5))
+        ids = [json.loads(line).get("id") for line in p.lines() if line.strip()]
+        self.assertNotIn(wid, ids)
+        self.assert_clean_stdout(p)
+
+
+@arc_only
+class McpHeartbeatTest(McpCase):
+    hub_args = ("--presence-ttl", "5")
+
+    def test_heartbeat_keeps_agent_present(self):
+        """With a 5 s presence TTL and no tool calls for 8 s, the agent stays
+        live and its claim is not recovered."""
+        p = self.spawn()
+        self.ready(p)
+        key = uid("claim")
+        r = p.call("arc_claim", {"claim_key": key, "ttl_sec": 300})
+        self.assertIs(r["structuredContent"]["acquired"], True, r)
+        end = time.monotonic() + 8
+        while time.monotonic() < end:   # asserting that expiry does NOT happen
+            self.assertIn(p.agent, agents_live(self.hub))   # (this also prunes)
+            time.sleep(0.5)
+        status, _, env = self.hub.get("/v1/claims", active_only="true")
+        self.assertEqual(status, 200)
+        self.assertIn(key, [c["claim_key"] for c in env["result"]])
+        status, _, env = self.hub.get("/v1/messages", channel="general", since_id=0,
+                                      limit=500)
+        recoveries = [m for m in env["result"]
+                      if (m.get("metadata") or {}).get("claim_key") == key]
+        self.assertEqual(recoveries, [])
+
+
+class SamePortHub(Hub):
+    """A Hub that can come back on the port it had."""
+
+    keep_port = None
+
+    def _spawn(self):
+        if self.keep_port is None:
+            return super()._spawn()
+        saved = hubtest.free_port
+        hubtest.free_port = lambda: self.keep_port
+        try:
+            return super()._spawn()
+        finally:
+            hubtest.free_port = saved
+
+
+@arc_only
+class McpHubDownTest(McpCase):
+    # a short TTL makes the heartbeat (a third of it) retry quickly
+    hub_args = ("--presence-ttl", "6")
+
+    @classmethod
+    def setUpClass(cls):
+        unittest.TestCase.setUpClass()
+        cls.hub = SamePortHub().start(cls.hub_args)
+
+    def test_hub_down_and_back(self):
+        """Hub gone: tool calls give an isError result saying the hub is not
+        reachable, ping is still answered. Hub back on the same port and
+        storage: the server re-registers by itself and calls work again."""
+        p = self.spawn()
+        who = self.ready(p)
+        old_session = who["structuredContent"]["session_id"]
+        self.hub.stop_process()
+        r = p.call("arc_list_agents")
+        self.assertIs(r.get("isError"), True, r)
+        self.assertIn("not reachable", tool_text(r))
+        r = p.call("arc_post_message", {"channel": "general", "body": "lost"})
+        self.assertIs(r.get("isError"), True, r)
+        self.assertEqual(p.request("ping")["result"], {})
+        self.assertEqual(len(p.result("tools/list")["tools"]), len(TOOLS))
+        self.assertIsNone(p.proc.poll())
+
+        self.hub.keep_port = self.hub.port
+        try:
+            self.hub.start(self.hub.extra_args, storage=self.hub.storage)
+        finally:
+            self.hub.keep_port = None
+        # no tool call: the server must notice and register on its own
+        wait_for(lambda: (agents_live(self.hub).get(p.agent) or {}).get("session_id")
+                 not in (None, old_session), timeout=20,
+                 msg="arc mcp did not re-register after the hub came back")
+        r = p.call("arc_whoami")
+        self.assertNotIn("isError", r, r)
+        self.assertNotEqual(r["structuredContent"]["session_id"], old_session)
+        body = "back " + uid()
+        r = p.call("arc_post_message", {"channel": "general", "body": body})
+        self.assertNotIn("isError", r, r)
+        self.assertEqual(r["structuredContent"]["message"]["body"], body)
+        self.assert_clean_stdout(p)
+
+
+@arc_only
+class McpAutostartTest(McpCase):
+    """No class hub is needed; these start (or refuse to start) their own."""
+
+    @classmethod
+    def setUpClass(cls):
+        unittest.TestCase.setUpClass()
+
+    @classmethod
+    def tearDownClass(cls):
+        unittest.TestCase.tearDownClass()
+
+    def setUp(self):
+        self.cwd = tempfile.mkdtemp(prefix="arc-mcp-cwd-")
+        if not KEEP:
+            self.addCleanup(shutil.rmtree, self.cwd, True)
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def stop_hub(self):
+        storage = os.path.join(self.cwd, "arc.sqlite3")
+        subprocess.run(hub_command() + ["stop", "--port", str(self.port), "--storage", storage],
+                       cwd=self.cwd, env=mcp_env(), capture_output=True, timeout=30)
+        pidfile = os.path.join(self.cwd, ".arc.pid")
+        if os.path.exists(pidfile):    # stop failed: kill what the pidfile names
+            try:
+                with open(pidfile) as f:
+                    os.kill(json.load(f)["pid"], signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass
+        for name in os.listdir(self.cwd):
+            if name.endswith(".log"):
+                with open(os.path.join(self.cwd, name), "rb") as f:
+                    hubtest.check_sanitizer_log(f.read().decode("utf-8", errors="replace"))
+
+    def test_autostart(self):
+        """A local URL where no hub answers: `arc mcp` starts one (as `arc
+        ensure` would, storage in its working directory) and works; the hub
+        it started does not hold the server's stdout or stderr open."""
+        agent = uid("auto")
+        p = McpProc(["--agent", agent, "--base-url", self.url], cwd=self.cwd,
+                    stderr_pipe=True)
+        self.addCleanup(p.cleanup)
+        self.addCleanup(self.stop_hub)
+        p.initialize()
+        r = p.call("arc_whoami")
+        self.assertNotIn("isError", r, r)
+        status, _, env = request(self.port, "GET", "/v1/agents")
+        self.assertEqual(status, 200)
+        self.assertIn(agent, [s["agent_id"] for s in env["result"]])
+        self.assertTrue(os.path.exists(os.path.join(self.cwd, ".arc.pid")))
+        self.assertTrue(os.path.exists(os.path.join(self.cwd, "arc.sqlite3")))
+        p.close_stdin()
+        self.assertEqual(p.wait(10), 0)
+        self.assertTrue(p.stdout_eof.wait(5), "stdout still open after exit (hub holds it?)")
+        self.assertTrue(p.stderr_eof.wait(5), "stderr still open after exit (hub holds it?)")
+        self.assertEqual(request(self.port, "GET", "/v1/hub-info")[0], 200)
+        self.assert_clean_stdout(p)
+
+    def test_no_autostart(self):
+        """--no-autostart: no hub is started; tool calls say the hub is not
+        reachable."""
+        p = McpProc(["--agent", uid("noauto"), "--base-url", self.url, "--no-autostart"],
+                    cwd=self.cwd)
+        self.addCleanup(p.cleanup)
+        self.addCleanup(self.stop_hub)
+        p.initialize()
+        r = p.call("arc_whoami")
+        self.assertIs(r.get("isError"), True, r)
+        self.assertIn("not reachable", tool_text(r))
+        self.assertTrue(port_closed(self.port))
+        self.assertFalse(os.path.exists(os.path.join(self.cwd, ".arc.pid")))
+        self.assertFalse(os.path.exists(os.path.join(self.cwd, "arc.sqlite3")))
+        self.assert_clean_stdout(p)
+
+
+if __name__ == "__main__":
+    unittest.main()
