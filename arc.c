@@ -8229,6 +8229,7 @@ static void *relay_forward_main(void *arg) {
     char err[ARC_ERRLEN] = "";
     int status = 0;
     Buf out = { 0 };
+    Json parsed = { 0 };   /* only to check that the answer is JSON */
     /* A long-poll may take 60 s; allow for it plus margin. */
     int bad_url = cli_url(&c, rl->forward_url, err);
     c.token = rl->forward_token;
@@ -8243,7 +8244,7 @@ static void *relay_forward_main(void *arg) {
         json_strs(&out, buf_str(&m));
         buf_free(&m);
         buf_addc(&out, '}');
-    } else if (json_parse(&(Json){ 0 }, out.p ? out.p : "", out.len)) {
+    } else if (json_parse(&parsed, out.p ? out.p : "", out.len)) {
         Buf wrapped = { 0 };   /* not JSON: pass it on as an error string */
         buf_adds(&wrapped, "{\"ok\":false,\"error\":");
         json_strs(&wrapped, buf_str(&out));
@@ -8251,6 +8252,7 @@ static void *relay_forward_main(void *arg) {
         buf_free(&out);
         out = wrapped;
     }
+    json_free(&parsed);
     cli_free(&c);
     r->status = status;
     r->answer = out;   /* hand-off */
