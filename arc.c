@@ -11,7 +11,7 @@
  *   http   incremental request parser, query/path decoding, responses
  *   store  schema, prepared statements, group-commit transactions, rows
  *   hub    sessions, channels, messages, claims, locks, tasks, threads;
- *          request routing and the JSON envelopes
+ *          access checks (Host, Origin, token), routing, JSON envelopes
  *   relay  the file-spool thread: inotify, claim, hand to the loop, answer
  *   loop   poll loop, Conn lifecycle, timer heap, parking, SSE fan-out;
  *          then `serve`: options, listening socket, pidfile, the hub's life
@@ -102,6 +102,12 @@
 #endif
 #ifndef ARC_WAL_WATCH_MS
 #define ARC_WAL_WATCH_MS 1000     /* how long to re-check after a -wal write */
+#endif
+#ifndef ARC_MAX_TOKEN
+#define ARC_MAX_TOKEN 256         /* bearer token characters (PROTOCOL §2.4) */
+#endif
+#ifndef ARC_MAX_ALLOWED_HOSTS
+#define ARC_MAX_ALLOWED_HOSTS 16  /* --allowed-host names (PROTOCOL §2.2) */
 #endif
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
@@ -461,6 +467,32 @@ static void sha256_hex(Sha256 *s, char out[65]) {
     for (int i = 0; i < 8; i++) len[i] = (unsigned char)(bits >> (56 - 8 * i));
     sha256_add(s, len, 8);
     for (int i = 0; i < 8; i++) snprintf(out + 8 * i, 9, "%08x", s->h[i]);
+}
+
+/* SHA-256 of s as 64 lowercase hex characters plus NUL. */
+static void sha256_str(Str s, char out[65]) {
+    Sha256 h;
+    sha256_init(&h);
+    sha256_add(&h, s.p, s.n);
+    sha256_hex(&h, out);
+}
+
+/* Are the n bytes at a and b the same? No early exit: the time taken does
+ * not depend on where (or whether) they differ. */
+static int ct_memeq(const void *a, const void *b, size_t n) {
+    const volatile unsigned char *x = a, *y = b;
+    unsigned char d = 0;
+    for (size_t i = 0; i < n; i++) d |= (unsigned char)(x[i] ^ y[i]);
+    return d == 0;
+}
+
+/* Is `given` the secret whose SHA-256 (hex) is `want_sha`? Hashing first
+ * and comparing the digests with ct_memeq() means neither the secret's
+ * bytes nor its length show in the time an attempt takes. */
+static int token_matches(Str given, const char want_sha[65]) {
+    char got[65];
+    sha256_str(given, got);
+    return ct_memeq(got, want_sha, 64);
 }
 
 /* ==== json: strict reader, writer into Buf, Python-compatible coercions == */
@@ -1121,6 +1153,8 @@ typedef struct {
     int64_t content_length;           /* -1 when absent */
     unsigned keep_alive : 1;          /* connection may serve another request */
     unsigned transfer_encoding : 1;   /* body framing we refuse (chunked) */
+    unsigned has_host : 1;            /* a Host header was sent ... */
+    unsigned dup_host : 1;            /* ... more than once (PROTOCOL §2.2) */
     Str host, origin, last_event_id, sec_fetch_site, authorization;
     int n_headers;
     int err_status;                   /* with ARC_BAD: status to answer */
@@ -1220,6 +1254,8 @@ static int http_header(HttpReq *r, Str line) {
         if (http_has_token(v, "close")) r->keep_alive = 0;
         else if (http_has_token(v, "keep-alive")) r->keep_alive = 1;
     } else if (str_ieq(name, "host")) {
+        if (r->has_host) r->dup_host = 1;
+        r->has_host = 1;
         r->host = v;
     } else if (str_ieq(name, "origin")) {
         r->origin = v;
@@ -1718,6 +1754,11 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         snprintf(err, ARC_ERRLEN, "storage path is a directory: %s", path);
         return -1;
     }
+    /* Create the file ourselves, 0600: SQLite would make it 0644 (less the
+     * umask), and gives the -wal and -shm files the main file's mode. An
+     * existing file keeps its mode. */
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) close(fd);
     int rc = sqlite3_open_v2(path, &s->db,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                              SQLITE_OPEN_NOMUTEX, NULL);
@@ -1822,6 +1863,10 @@ typedef struct {
     const char *storage;           /* SQLite file */
     const char *spool_dir;         /* relay spool (reported only, for now) */
     int allow_remote;              /* may bind a non-loopback address */
+    int insecure_no_auth;          /* ... even without a token */
+    char token[ARC_MAX_TOKEN + 1]; /* bearer token; "" = none (§2.4) */
+    const char *allowed_hosts[ARC_MAX_ALLOWED_HOSTS];  /* borrowed from argv */
+    int n_allowed_hosts;           /* --allowed-host names (§2.2) */
     int64_t max_body_chars;        /* message body, in code points */
     int64_t max_attachment_chars;  /* one attachment's JSON-encoded content */
     int64_t max_attachments;       /* per message */
@@ -1868,6 +1913,7 @@ typedef struct Conn Conn;   /* loop: one client socket */
 
 typedef struct {
     HubConfig cfg;
+    char token_sha[65];          /* SHA-256 of cfg.token (hex), if set */
     Store store;
     int64_t max_request_bytes;   /* body cap, PROTOCOL §4 */
     NewMsg *batch;               /* messages written in this turn */
@@ -3859,10 +3905,12 @@ static void hub_network(Hub *h, Req *q, Res *r) {
     hub_ok_end(r);
 }
 
-/* The v1 feature tokens arc implements (PROTOCOL §7.9). */
+/* The feature tokens arc implements (PROTOCOL §7.9): the v1 ones, then
+ * arc's vendor tokens; arc:auth only while a token is required. */
 static const char hub_features[] =
     "[\"sse\",\"relay\",\"long_poll_keepalive\",\"subtask_rollup\",\"rpc_kinds\","
-    "\"capability_filter\",\"shutdown_control\",\"session_rename\"]";
+    "\"capability_filter\",\"shutdown_control\",\"session_rename\","
+    "\"arc:origin_check\"";
 
 static void hub_info(Hub *h, Req *q, Res *r) {
     (void)q;
@@ -3875,10 +3923,11 @@ static void hub_info(Hub *h, Req *q, Res *r) {
                 "\"implementation_version\":\"" ARC_VERSION "\","
                 "\"default_channel\":\"general\",");
     buf_addf(b, "\"max_body_chars\":%lld,\"max_attachment_chars\":%lld,"
-             "\"max_attachments\":%lld,\"features\":%s,\"message_kinds\":[",
+             "\"max_attachments\":%lld,\"features\":%s%s],\"message_kinds\":[",
              (long long)h->cfg.max_body_chars,
              (long long)h->cfg.max_attachment_chars,
-             (long long)h->cfg.max_attachments, hub_features);
+             (long long)h->cfg.max_attachments, hub_features,
+             h->cfg.token[0] ? ",\"arc:auth\"" : "");
     for (size_t i = 0; i < sizeof hub_kinds / sizeof *hub_kinds; i++)
         buf_addf(b, "%s\"%s\"", i ? "," : "", hub_kinds[i]);
     buf_adds(b, "],\"storage_path\":");
@@ -4046,6 +4095,17 @@ static const char dash_html[] =
     "#me{margin-left:0}\n"
     "#jump{bottom:70px}\n"
     "}\n"
+    "#auth{position:fixed;inset:0;z-index:10;display:flex;align-items:center;\n"
+    "justify-content:center;background:#0d1117e6;padding:16px}\n"
+    "#auth div{background:var(--pa);border:1px solid var(--bd);border-radius:8px;\n"
+    "padding:18px 20px;width:100%;max-width:380px;display:flex;flex-direction:column;gap:10px}\n"
+    "#auth b{font-size:15px}\n"
+    "#auth p{margin:0;font-size:13px;color:var(--dim)}\n"
+    "#auth p.err{color:var(--bad)}\n"
+    "#auth input{background:var(--bg);border:1px solid var(--bd);border-radius:6px;\n"
+    "padding:7px 9px;min-width:0}\n"
+    "#auth button{align-self:flex-end;background:#1f3b5c;border:1px solid #2f5f93;\n"
+    "border-radius:6px;padding:5px 16px;color:#cfe4ff}\n"
     "@media (max-width:480px){\n"
     "#top{padding:6px 8px;gap:5px 8px}\n"
     ".msg,.local{padding-left:8px;padding-right:8px}\n"
@@ -4105,6 +4165,14 @@ static const char dash_html[] =
     "</section>\n"
     "</aside>\n"
     "</main>\n"
+    "<form id='auth' hidden><div>\n"
+    "<b>This hub requires a token</b>\n"
+    "<p id='autherr'>Enter the hub's token (its --token-file or ARC_TOKEN). It is kept in this\n"
+    "tab only, and sent to this hub only.</p>\n"
+    "<input id='token' type='password' autocomplete='off' spellcheck='false'\n"
+    "aria-label='token' required>\n"
+    "<button type='submit'>Connect</button>\n"
+    "</div></form>\n"
     "<script>\n"
     "'use strict';\n"
     "/* Live dashboard: one EventSource on /v1/stream feeds everything; the lists\n"
@@ -4124,7 +4192,7 @@ static const char dash_html[] =
     "  channel: '', thread: '', cursor: 0, es: null, esTimer: 0, backoff: 1000, fails: 0,\n"
     "  live: false, wasDown: false, channels: [], chanSet: new Set(), unread: {},\n"
     "  threads: [], agents: [], agentSet: new Set(), taskBody: new Map(),\n"
-    "  tasks: [], claims: [], locks: [], info: null,\n"
+    "  tasks: [], claims: [], locks: [], info: null, started: false,\n"
     "};\n"
     "const F = {              /* the feed window: rows first..last of the view */\n"
     "  rows: $('rows'), box: $('feed'), first: 0, last: 0, count: 0, gen: 0,\n"
@@ -4135,6 +4203,16 @@ static const char dash_html[] =
     "\n"
     "function load(k) { try { return localStorage.getItem(k); } catch (e) { return null; } }\n"
     "function save(k, v) { try { localStorage.setItem(k, v); } catch (e) { /* private mode */ } }\n"
+    "/* The hub's token, if it wants one: in sessionStorage (this tab only, gone\n"
+    " * when it closes), sent as a header, never as a cookie (no other site or\n"
+    " * port ever gets it); the stream, which cannot send headers, gets it as\n"
+    " * access_token (PROTOCOL.md section 2.4). */\n"
+    "function token() {\n"
+    "  try { return sessionStorage.getItem('arc.token') || ''; } catch (e) { return ''; }\n"
+    "}\n"
+    "function setToken(t) {\n"
+    "  try { sessionStorage.setItem('arc.token', t); } catch (e) { /* private mode */ }\n"
+    "}\n"
     "function has(v) { return v !== null && v !== undefined; }\n"
     "function isObj(v) { return v !== null && typeof v === 'object' && !Array.isArray(v); }\n"
     "function enc(s) { return encodeURIComponent(s); }\n"
@@ -4154,11 +4232,13 @@ static const char dash_html[] =
     "    opt.body = JSON.stringify(body);\n"
     "    opt.headers['Content-Type'] = 'application/json';\n"
     "  }\n"
+    "  if (token()) opt.headers['Authorization'] = 'Bearer ' + token();\n"
     "  let r, j = null;\n"
     "  try { r = await fetch(path, opt); } catch (e) {\n"
     "    return { ok: false, status: 0, error: 'hub unreachable' };\n"
     "  }\n"
     "  try { j = await r.json(); } catch (e) { j = null; }\n"
+    "  if (r.status === 401) askToken();\n"
     "  if (!isObj(j)) return { ok: false, status: r.status, error: 'HTTP ' + r.status };\n"
     "  return { ok: j.ok === true, status: r.status, result: j.result,\n"
     "           error: String(j.error || 'HTTP ' + r.status) };\n"
@@ -4778,7 +4858,7 @@ static const char dash_html[] =
     "function setConn(state) {\n"
     "  const c = $('conn');\n"
     "  c.className = 'conn ' + state;\n"
-    "  $('conntx').textContent = state === 'live' ? 'live' :\n"
+    "  $('conntx').textContent = state === 'live' ? 'live' : state === 'auth' ? 'token needed' :\n"
     "    state === 'down' ? 'disconnected - retrying' : 'connecting';\n"
     "  c.title = state === 'live' ? 'event stream open' : 'no event stream';\n"
     "  S.live = state === 'live';\n"
@@ -4806,7 +4886,8 @@ static const char dash_html[] =
     "  if (S.es) S.es.close();\n"
     "  clearTimeout(S.esTimer);\n"
     "  const es = new EventSource('/v1/stream?agent_id=' + enc(S.nick) +\n"
-    "                             '&since_id=' + S.cursor);\n"
+    "                             '&since_id=' + S.cursor +\n"
+    "                             (token() ? '&access_token=' + enc(token()) : ''));\n"
     "  S.es = es;\n"
     "  es.onopen = () => {\n"
     "    if (es !== S.es) return;\n"
@@ -4829,8 +4910,10 @@ static const char dash_html[] =
     "    if (es !== S.es) return;\n"
     "    setConn('down');\n"
     "    S.wasDown = true;\n"
-    "    if (es.readyState === EventSource.CLOSED || ++S.fails >= 3) {\n"
+    "    const refused = es.readyState === EventSource.CLOSED;   /* not a stream */\n"
+    "    if (refused || ++S.fails >= 3) {\n"
     "      es.close();\n"
+    "      if (refused) api('GET', '/v1/hub-info');   /* a 401 brings up the form */\n"
     "      S.esTimer = setTimeout(openStream, S.backoff);\n"
     "      S.backoff = Math.min(S.backoff * 2, 8000);\n"
     "    }\n"
@@ -5070,10 +5153,33 @@ static const char dash_html[] =
     "  if (!document.hidden && S.live) refreshAll();\n"
     "});\n"
     "\n"
+    "/* Show the token form (the hub answered 401); once a token is entered,\n"
+    " * start, or reconnect and catch up as after a dropped stream. */\n"
+    "function askToken() {\n"
+    "  const f = $('auth');\n"
+    "  if (!f.hidden) return;\n"
+    "  const had = token() !== '';\n"
+    "  $('autherr').className = had ? 'err' : '';\n"
+    "  if (had) $('autherr').textContent = 'The hub refused that token. Enter the current one.';\n"
+    "  f.hidden = false;\n"
+    "  $('token').value = '';\n"
+    "  $('token').focus();\n"
+    "}\n"
+    "$('auth').addEventListener('submit', e => {\n"
+    "  e.preventDefault();\n"
+    "  setToken($('token').value.trim());\n"
+    "  $('auth').hidden = true;\n"
+    "  if (!S.started) { init(); return; }\n"
+    "  S.wasDown = true;\n"
+    "  openStream();\n"
+    "});\n"
+    "\n"
     "async function init() {\n"
     "  setConn('connecting');\n"
     "  const info = await api('GET', '/v1/hub-info');\n"
+    "  if (info.status === 401) { setConn('auth'); return; }   /* the form restarts us */\n"
     "  if (!info.ok) { setConn('down'); setTimeout(init, 2000); return; }\n"
+    "  S.started = true;\n"
     "  showInfo(info.result);\n"
     "  S.instance = info.result.instance_id;\n"
     "  S.def = String(info.result.default_channel || 'general');\n"
@@ -5109,6 +5215,151 @@ static void hub_root(Hub *h, Req *q, Res *r) {
                "'unsafe-inline'\r\nX-Content-Type-Options: nosniff\r\n";
     buf_reset(&r->body);
     buf_add(&r->body, dash_html, sizeof dash_html - 1);
+}
+
+/* ---- access: Host, Origin and bearer token (PROTOCOL §2) ---- */
+
+/* Every HTTP request passes hub_admit() before it is routed; the file relay
+ * does not (file access is its trust boundary). The Host check stops DNS
+ * rebinding, which needs a domain name that now resolves to us; the Origin
+ * and Sec-Fetch-Site checks stop pages of other origins, whose requests a
+ * browser sends (and, without CORS headers from us, only hides the answers
+ * of); the token keeps everyone else out in network mode. */
+
+/* Case-insensitive equality of two byte ranges (host names). */
+static int str_ieqs(Str a, Str b) {
+    if (a.n != b.n) return 0;
+    for (size_t i = 0; i < a.n; i++)
+        if (tolower((unsigned char)a.p[i]) != tolower((unsigned char)b.p[i]))
+            return 0;
+    return 1;
+}
+
+/* May a Host header name this hub? Host is "name[:port]" or "[v6][:port]"
+ * (RFC 9110 §7.2). Allowed are IP literals, `localhost` and the
+ * --allowed-host names; the port is not compared (a proxy may change it).
+ * Returns 1 allowed, 0 not allowed (*name is the host), -1 malformed. */
+static int hub_host_allowed(const Hub *h, Str v, Str *name) {
+    char tmp[256];
+    Str port = { "", 0 };
+    *name = v;
+    if (v.n && v.p[0] == '[') {
+        const char *end = memchr(v.p, ']', v.n);
+        if (!end) return -1;
+        *name = (Str){ v.p + 1, (size_t)(end - v.p - 1) };
+        size_t rest = v.n - (size_t)(end - v.p) - 1;
+        if (rest && end[1] != ':') return -1;
+        if (rest) port = (Str){ end + 2, rest - 1 };
+    } else {
+        const char *colon = memchr(v.p, ':', v.n);
+        if (colon) {
+            *name = (Str){ v.p, (size_t)(colon - v.p) };
+            port = (Str){ colon + 1, v.n - name->n - 1 };
+        }
+    }
+    if (name->n == 0 || name->n >= sizeof tmp || port.n > 5) return -1;
+    for (size_t i = 0; i < port.n; i++)
+        if (!isdigit((unsigned char)port.p[i])) return -1;
+    memcpy(tmp, name->p, name->n);
+    tmp[name->n] = 0;
+    unsigned char addr[16];
+    if (v.p[0] == '[') return inet_pton(AF_INET6, tmp, addr) == 1 ? 1 : -1;
+    for (size_t i = 0; i < name->n; i++) {   /* RFC 3986 reg-name */
+        unsigned char c = (unsigned char)tmp[i];
+        if (!isalnum(c) && !strchr("-._~%!$&'()*+,;=", c)) return -1;
+    }
+    if (inet_pton(AF_INET, tmp, addr) == 1 || str_ieqs(*name, STR_LIT("localhost")))
+        return 1;
+    for (int i = 0; i < h->cfg.n_allowed_hosts; i++)
+        if (str_ieqs(*name, str_c(h->cfg.allowed_hosts[i]))) return 1;
+    return 0;
+}
+
+/* Does an Origin header name the origin the Host header names, i.e. the
+ * page that sent the request was served by this hub under that name? */
+static int hub_same_origin(Str origin, Str host) {
+    Str rest;
+    if (origin.n > 7 && str_ieqs((Str){ origin.p, 7 }, STR_LIT("http://")))
+        rest = (Str){ origin.p + 7, origin.n - 7 };
+    else if (origin.n > 8 && str_ieqs((Str){ origin.p, 8 }, STR_LIT("https://")))
+        rest = (Str){ origin.p + 8, origin.n - 8 };
+    else
+        return 0;   /* "null" (sandboxed frames, file: pages) and the like */
+    return host.n && str_ieqs(rest, host);
+}
+
+/* The token a request carries: "Authorization: Bearer T", or for
+ * GET /v1/stream, which an EventSource opens without headers, the query
+ * parameter access_token (RFC 6750 §2.3). Returns 1 found, 0 none. */
+static int hub_request_token(const HttpReq *hr, Buf *tmp, Str *tok) {
+    Str a = hr->authorization;
+    if (a.p) {
+        if (a.n < 7 || !str_ieqs((Str){ a.p, 6 }, STR_LIT("bearer")) ||
+            (a.p[6] != ' ' && a.p[6] != '\t')) {
+            *tok = (Str){ "", 0 };   /* another scheme: a wrong token */
+            return 1;
+        }
+        *tok = str_trim((Str){ a.p + 7, a.n - 7 });
+        return 1;
+    }
+    if (str_eq(hr->method, "GET") && str_eq(hr->path, "/v1/stream") &&
+        http_query_get(hr->query, "access_token", tmp) == 1) {
+        *tok = buf_str(tmp);
+        return 1;
+    }
+    return 0;
+}
+
+/* Decide whether an HTTP request may be served at all. Returns 0, or -1
+ * with the refusal in r: 400 a missing or malformed Host, 403 a Host not
+ * allowed or another origin's request, 401 no or a wrong token. GET / (the
+ * dashboard page, which holds no data) needs no token and may be opened
+ * from a link on any site. */
+static int hub_admit(Hub *h, const HttpReq *hr, Res *r) {
+    Str name;
+    int page = str_eq(hr->method, "GET") && str_eq(hr->path, "/");
+    if (hr->dup_host) {
+        hub_fail(r, 400, "multiple Host headers");
+        return -1;
+    }
+    if (!hr->has_host && hr->minor == 1) {
+        hub_fail(r, 400, "missing Host header");
+        return -1;
+    }
+    int allowed = hr->has_host ? hub_host_allowed(h, hr->host, &name) : 1;
+    if (allowed < 0) {
+        hub_fail(r, 400, "invalid Host header");
+        return -1;
+    }
+    if (!allowed) {
+        hub_fail(r, 403, "Host not allowed: %.*s (use an IP address or localhost, "
+                 "or start the hub with --allowed-host %.*s)", (int)name.n, name.p,
+                 (int)name.n, name.p);
+        return -1;
+    }
+    Str site = hr->sec_fetch_site;
+    if (!page && site.p && !str_ieq(site, "same-origin") && !str_ieq(site, "none")) {
+        hub_fail(r, 403, "cross-origin request refused (Sec-Fetch-Site: %.*s)",
+                 (int)site.n, site.p);
+        return -1;
+    }
+    if (!page && hr->origin.p && !hub_same_origin(hr->origin, hr->host)) {
+        hub_fail(r, 403, "cross-origin request refused (Origin: %.*s)",
+                 (int)hr->origin.n, hr->origin.p);
+        return -1;
+    }
+    if (!h->cfg.token[0] || page) return 0;
+    Buf tmp = { 0 };
+    Str tok;
+    int has = hub_request_token(hr, &tmp, &tok);
+    int ok = has && token_matches(tok, h->token_sha);
+    buf_free(&tmp);
+    if (ok) return 0;
+    if (has) hub_fail(r, 401, "invalid token");
+    else hub_fail(r, 401, "this hub requires a token: send Authorization: Bearer "
+                  "TOKEN (arc commands take --token, --token-file or ARC_TOKEN)");
+    r->extra = "WWW-Authenticate: Bearer realm=\"arc\"\r\n";
+    return -1;
 }
 
 /* ---- routing ---- */
@@ -5273,6 +5524,7 @@ typedef void (*RelayDispatch)(struct Relay *, RelayReq *);
 typedef struct Relay {
     RelayDispatch dispatch;    /* NULL: queue for the loop */
     const char *forward_url;   /* borrowed: `arc relay --base-url` */
+    const char *forward_token; /* borrowed: that hub's token, or NULL */
     int n_forwarding;          /* shared: forwards in flight */
     pthread_t thread;
     int thread_live;           /* creator only: the thread is not joined */
@@ -5663,12 +5915,14 @@ static void *relay_main(void *arg) {
 
 /* Create the spool directories and start the thread. */
 static Relay *relay_start(const char *spool, int loop_wake, RelayDispatch dispatch,
-                          const char *forward_url, char err[ARC_ERRLEN]) {
+                          const char *forward_url, const char *forward_token,
+                          char err[ARC_ERRLEN]) {
     Relay *rl = xrealloc(NULL, sizeof *rl);
     memset(rl, 0, sizeof *rl);
     rl->loop_wake = loop_wake;
     rl->dispatch = dispatch;
     rl->forward_url = forward_url;
+    rl->forward_token = forward_token;
     rl->inotify_fd = -1;
     char reqs[PATH_MAX + 16], resp[PATH_MAX + 16];
     snprintf(reqs, sizeof reqs, "%s/requests", spool);
@@ -6027,7 +6281,8 @@ static void loop_process(Hub *h, Conn *c) {
         int known = str_eq(hr.method, "GET") || str_eq(hr.method, "POST") ||
                     str_eq(hr.method, "DELETE");
         if (!known) c->keep_alive = 0;   /* its body, if any, is not ours */
-        hub_handle(h, &q, hr.path, (Str){ c->in.p + n, (size_t)cl }, &r);
+        if (hub_admit(h, &hr, &r) == 0)
+            hub_handle(h, &q, hr.path, (Str){ c->in.p + n, (size_t)cl }, &r);
         loop_finish(h, c, &r);
         if (h->store.in_tx) loop_hold(h, c, mark);
         req_free(&q);
@@ -6563,6 +6818,59 @@ static int64_t opt_int(const char *name, const char *v, int64_t lo, int64_t hi) 
     return n;
 }
 
+/* The bearer token a command uses (PROTOCOL §2.4): --token, else the first
+ * line of --token-file, else $ARC_TOKEN; "" when none is set. Both flags at
+ * once, an unreadable or empty file, or a token that is not 1 to
+ * ARC_MAX_TOKEN visible ASCII characters is an error. Serve, the CLI and
+ * any other client command resolve their token here. Returns 0 with out
+ * filled (always NUL-terminated), or -1 with err. */
+static int opt_token(const char *flag_token, const char *flag_file,
+                     char out[ARC_MAX_TOKEN + 1], char err[ARC_ERRLEN]) {
+    char line[ARC_MAX_TOKEN + 64];
+    const char *what = "--token";
+    Str t = str_c(flag_token);
+    out[0] = 0;
+    if (flag_token && flag_file) {
+        snprintf(err, ARC_ERRLEN, "give --token or --token-file, not both");
+        return -1;
+    }
+    if (flag_file) {
+        what = "--token-file";
+        FILE *f = fopen(flag_file, "r");
+        struct stat sb;
+        if (!f) {
+            snprintf(err, ARC_ERRLEN, "--token-file %s: %s", flag_file, strerror(errno));
+            return -1;
+        }
+        if (fstat(fileno(f), &sb) == 0 && (sb.st_mode & 077))
+            fprintf(stderr, "arc: warning: token file %s can be read by other users "
+                    "(chmod 600 it)\n", flag_file);
+        size_t n = fread(line, 1, sizeof line - 1, f);
+        fclose(f);
+        line[n] = 0;
+        t = (Str){ line, strcspn(line, "\n") };
+    } else if (!flag_token) {
+        what = "ARC_TOKEN";
+        t = str_c(getenv("ARC_TOKEN"));
+        if (!t.n) return 0;
+    }
+    t = str_trim(t);
+    if (t.n == 0 || t.n > ARC_MAX_TOKEN) {
+        snprintf(err, ARC_ERRLEN, "%s: the token must be 1 to %d characters", what,
+                 ARC_MAX_TOKEN);
+        return -1;
+    }
+    for (size_t i = 0; i < t.n; i++)
+        if ((unsigned char)t.p[i] <= 0x20 || (unsigned char)t.p[i] >= 0x7f) {
+            snprintf(err, ARC_ERRLEN, "%s: the token may hold only visible ASCII "
+                     "characters (no spaces)", what);
+            return -1;
+        }
+    memcpy(out, t.p, t.n);
+    out[t.n] = 0;
+    return 0;
+}
+
 static const char serve_usage[] =
     "usage: arc [serve] [options]\n"
     "Run the hub in the foreground.\n"
@@ -6570,7 +6878,13 @@ static const char serve_usage[] =
     "  --port N                    listen port (default 6969; 0 = any free)\n"
     "  --storage FILE              SQLite file (default arc.sqlite3)\n"
     "  --spool-dir DIR             file relay spool (default .arc-relay)\n"
-    "  --allow-remote              allow a non-loopback --host (no auth in v1!)\n"
+    "  --token-file FILE           require this bearer token (its first line)\n"
+    "                              on every request but GET /; or ARC_TOKEN\n"
+    "  --token TOKEN               the same (visible in ps: prefer the others)\n"
+    "  --allow-remote              allow a non-loopback --host; needs a token\n"
+    "  --insecure-no-auth          ... or this, to serve the network without one\n"
+    "  --allowed-host NAME         accept Host: NAME besides IP addresses and\n"
+    "                              localhost (repeatable; DNS rebinding guard)\n"
     "  --quiet                     log only warnings\n"
     "  --max-body-chars N          message body limit (default 128000)\n"
     "  --max-attachment-chars N    per-attachment limit (default 256000)\n"
@@ -6587,10 +6901,13 @@ static void serve_options(int argc, char **argv, HubConfig *cfg) {
                         .max_body_chars = 128000, .max_attachment_chars = 256000,
                         .max_attachments = 32, .presence_ttl_s = 120,
                         .sync_full = 1 };
+    const char *token = NULL, *token_file = NULL;
+    char err[ARC_ERRLEN];
     for (int i = 0; i < argc; i++) {
         const char *v = NULL, *a = argv[i];
         int rc;
         if (!strcmp(a, "--allow-remote")) cfg->allow_remote = 1;
+        else if (!strcmp(a, "--insecure-no-auth")) cfg->insecure_no_auth = 1;
         else if (!strcmp(a, "--quiet")) g_quiet = 1;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(serve_usage, stdout);
@@ -6627,10 +6944,29 @@ static void serve_options(int argc, char **argv, HubConfig *cfg) {
                 exit(2);
             }
             cfg->sync_full = !strcmp(v, "full");
+        } else if ((rc = opt_val(argc, argv, &i, "--token", &v))) {
+            if (rc < 0) exit(2);
+            token = v;
+        } else if ((rc = opt_val(argc, argv, &i, "--token-file", &v))) {
+            if (rc < 0) exit(2);
+            token_file = v;
+        } else if ((rc = opt_val(argc, argv, &i, "--allowed-host", &v))) {
+            if (rc < 0) exit(2);
+            if (!*v || strpbrk(v, ":/[] \t") ||
+                cfg->n_allowed_hosts == ARC_MAX_ALLOWED_HOSTS) {
+                fprintf(stderr, "arc: --allowed-host takes a host name without a "
+                        "port, at most %d times\n", ARC_MAX_ALLOWED_HOSTS);
+                exit(2);
+            }
+            cfg->allowed_hosts[cfg->n_allowed_hosts++] = v;
         } else {
             fprintf(stderr, "arc: unknown option %s (see arc --help)\n", a);
             exit(2);
         }
+    }
+    if (opt_token(token, token_file, cfg->token, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        exit(2);
     }
 }
 
@@ -6718,8 +7054,25 @@ static int cmd_serve(int argc, char **argv) {
     HubConfig *cfg = &h->cfg;
     if (!cfg->allow_remote && !hub_is_loopback(cfg->host)) {
         fprintf(stderr, "arc: refusing to listen on %s without --allow-remote "
-                "(Arc v1 has no authentication)\n", cfg->host);
+                "(network mode; it needs a token too, see arc --help)\n", cfg->host);
+        free(h);
         return 2;
+    }
+    if (!hub_is_loopback(cfg->host) && !cfg->token[0] && !cfg->insecure_no_auth) {
+        fprintf(stderr,
+                "arc: refusing to listen on %s without a token: everyone who can\n"
+                "arc: reach it could read and write every agent's messages.\n"
+                "arc: Set one with --token-file FILE or ARC_TOKEN (clients then\n"
+                "arc: need the same), or add --insecure-no-auth to run without.\n",
+                cfg->host);
+        free(h);
+        return 2;
+    }
+    if (cfg->token[0]) {
+        sha256_str(str_c(cfg->token), h->token_sha);
+        if (strlen(cfg->token) < 16)
+            log_warn("the token is only %zu characters long; use a long random "
+                     "one (openssl rand -hex 32)", strlen(cfg->token));
     }
     h->max_request_bytes = cfg->max_body_chars +
                            cfg->max_attachment_chars * cfg->max_attachments + 65536;
@@ -6754,16 +7107,30 @@ static int cmd_serve(int argc, char **argv) {
     char url[300], pidpath[PATH_MAX + 16];
     serve_url(cfg->host, port, url, sizeof url);
     serve_pidfile_path(&h->store, pidpath, sizeof pidpath);
-    FILE *pf = fopen(pidpath, "w");
+    /* 0600 even if an older pidfile was created wider. */
+    int pfd = open(pidpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FILE *pf = pfd >= 0 && fchmod(pfd, 0600) == 0 ? fdopen(pfd, "w") : NULL;
     if (pf) {
         fprintf(pf, "{\"pid\": %d, \"port\": %d, \"url\": \"%s\"}", (int)getpid(),
                 port, url);
         fclose(pf);
+    } else if (pfd >= 0) {
+        close(pfd);
     }
-    if (cfg->allow_remote)
-        log_warn("--allow-remote: any host that reaches %s can read and write "
-                 "everything (Arc v1 has no authentication)", url);
-    h->relay = relay_start(cfg->spool_dir, h->wake_wr, NULL, NULL, err);
+    int remote = !hub_is_loopback(cfg->host);
+    if (remote && !cfg->token[0])
+        log_warn("\n"
+                 "  ****************************************************************\n"
+                 "  * NO AUTHENTICATION (--insecure-no-auth): listening on %s\n"
+                 "  * port %d without a token. Every host that can reach it can read\n"
+                 "  * and write every message, claim, lock and task, and stop it.\n"
+                 "  ****************************************************************",
+                 cfg->host, port);
+    else if (remote)
+        log_info("network mode: every request but GET / needs the bearer token; "
+                 "plain HTTP is not encrypted, so use it on trusted networks or "
+                 "behind TLS");
+    h->relay = relay_start(cfg->spool_dir, h->wake_wr, NULL, NULL, NULL, err);
     if (!h->relay) {
         fprintf(stderr, "arc: %s\n", err);
         unlink(pidpath);
@@ -6829,6 +7196,8 @@ typedef struct {
     const char *relay_dir; /* borrowed: talk through this spool instead */
     const char *agent;     /* borrowed: whose spool directories (relay) */
     int cancel_fd;         /* readable = give up waiting (MCP cancellation) */
+    const char *token;     /* borrowed: bearer token (opt_token), or NULL;
+                            * never sent through the relay (PROTOCOL §2.4) */
 } Client;
 
 static int cli_url(Client *c, const char *url, char err[ARC_ERRLEN]) {
@@ -7053,8 +7422,12 @@ static int cli_call(Client *c, const char *method, const char *path, Str body,
         return cli_relay_call(c, method, path, body, timeout_ms, status, out, err);
     int64_t deadline = clock_ms() + timeout_ms;
     Buf req = { 0 };
-    buf_addf(&req, "%s %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: arc/"
-             ARC_VERSION "\r\n", method, path, c->host, c->port);
+    int v6 = strchr(c->host, ':') != NULL;
+    buf_addf(&req, "%s %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: arc/"
+             ARC_VERSION "\r\n", method, path, v6 ? "[" : "", c->host, v6 ? "]" : "",
+             c->port);
+    if (c->token && c->token[0])
+        buf_addf(&req, "Authorization: Bearer %s\r\n", c->token);
     if (body.p)
         buf_addf(&req, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
                  body.n);
@@ -7188,21 +7561,37 @@ typedef struct {
     int pid;            /* 0 if unknown */
     char url[320];
     char path[PATH_MAX + 16];   /* the pidfile */
+    int refused;        /* it answers, but refuses our token (401) */
 } HubRef;
 
-/* Does a hub answer at url? */
-static int cli_probe(const char *url, int64_t timeout_ms) {
+/* Does a hub answer at url, given our token (or none)? Returns PROBE_OK,
+ * PROBE_REFUSED when a hub answers 401 (it wants another token), or 0. */
+enum { PROBE_OK = 1, PROBE_REFUSED = 2 };
+static int cli_probe(const char *url, const char *token, int64_t timeout_ms) {
     Client c;
     char err[ARC_ERRLEN] = "";
     Buf body = { 0 };
     int status = 0, ok = 0;
-    if (cli_url(&c, url, err) == 0 &&
-        cli_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, timeout_ms, &status,
-                 &body, err) == 0)
-        ok = status == 200 && strstr(buf_cstr(&body), "\"instance_id\"") != NULL;
+    if (cli_url(&c, url, err) == 0) {
+        c.token = token;
+        if (cli_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, timeout_ms,
+                     &status, &body, err) == 0) {
+            if (status == 200 && strstr(buf_cstr(&body), "\"instance_id\""))
+                ok = PROBE_OK;
+            else if (status == 401 && strstr(buf_cstr(&body), "\"ok\":false"))
+                ok = PROBE_REFUSED;
+        }
+    }
     cli_free(&c);
     buf_free(&body);
     return ok;
+}
+
+/* The message for a hub that refused our token. */
+static void cli_refused_msg(const char *url, const char *token, char *out, size_t n) {
+    snprintf(out, n, "the hub at %s %s (give it with --token-file, ARC_TOKEN or "
+             "--token)", url, token && *token ? "refused the token"
+                                              : "requires a token");
 }
 
 /* Read a pidfile; returns 0 if it holds a pid and a url. */
@@ -7248,7 +7637,7 @@ static void cli_storage_dir(const char *storage, char *out, size_t n) {
  * then beside the storage file and its parents (as the reference does). A
  * pidfile whose process is gone, or whose URL does not answer as an arc hub,
  * is stale and skipped. Returns 1 with ref filled, or 0. */
-static int cli_discover(const char *storage, HubRef *ref) {
+static int cli_discover(const char *storage, const char *token, HubRef *ref) {
     char roots[2][PATH_MAX];
     if (!getcwd(roots[0], sizeof roots[0])) snprintf(roots[0], PATH_MAX, "/");
     cli_storage_dir(storage, roots[1], sizeof roots[1]);
@@ -7258,10 +7647,13 @@ static int cli_discover(const char *storage, HubRef *ref) {
         for (;;) {
             char path[PATH_MAX + 16];
             snprintf(path, sizeof path, "%s/.arc.pid", strcmp(dir, "/") ? dir : "");
+            int probe;
             if (cli_read_pidfile(path, ref) == 0 &&
                 (kill(ref->pid, 0) == 0 || errno == EPERM) &&
-                cli_probe(ref->url, 2000))
+                (probe = cli_probe(ref->url, token, 2000))) {
+                ref->refused = probe == PROBE_REFUSED;
                 return 1;
+            }
             char *slash = strrchr(dir, '/');
             if (!slash || slash == dir) {
                 if (strcmp(dir, "/") == 0) break;
@@ -7288,6 +7680,7 @@ static const char life_usage[] =
     "usage: arc %s [options]\n"
     "  --host ADDR --port N --storage FILE   which hub (defaults 127.0.0.1,\n"
     "                                        6969, arc.sqlite3)\n"
+    "  --token-file FILE | --token TOKEN     the hub's token (or ARC_TOKEN)\n"
     "%s";
 
 /* Parse lifecycle options; serve options pass through to the hub. */
@@ -7354,7 +7747,8 @@ static pid_t life_spawn(const LifeOpts *o, const char *log) {
     snprintf(ma, sizeof ma, "%lld", (long long)o->hub.max_attachment_chars);
     snprintf(mn, sizeof mn, "%lld", (long long)o->hub.max_attachments);
     snprintf(ttl, sizeof ttl, "%lld", (long long)o->hub.presence_ttl_s);
-    const char *args[32] = { exe, "serve", "--host", o->hub.host, "--port", port,
+    const char *args[26 + 2 * ARC_MAX_ALLOWED_HOSTS] = {
+                             exe, "serve", "--host", o->hub.host, "--port", port,
                              "--storage", o->hub.storage, "--spool-dir",
                              o->hub.spool_dir, "--max-body-chars", mb,
                              "--max-attachment-chars", ma, "--max-attachments",
@@ -7362,11 +7756,19 @@ static pid_t life_spawn(const LifeOpts *o, const char *log) {
                              o->hub.sync_full ? "full" : "normal" };
     int k = 20;
     if (o->hub.allow_remote) args[k++] = "--allow-remote";
+    if (o->hub.insecure_no_auth) args[k++] = "--insecure-no-auth";
+    for (int i = 0; i < o->hub.n_allowed_hosts; i++) {
+        args[k++] = "--allowed-host";
+        args[k++] = o->hub.allowed_hosts[i];
+    }
     if (g_quiet) args[k++] = "--quiet";
     args[k] = NULL;
     pid_t pid = fork();
     if (pid != 0) return pid;
     setsid();
+    /* The token goes by environment, not argv, where every local user
+     * could read it (ps). The caller is single-threaded here. */
+    if (o->hub.token[0]) setenv("ARC_TOKEN", o->hub.token, 1);
     int in = open("/dev/null", O_RDONLY);
     int out = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
     if (in >= 0) dup2(in, 0);
@@ -7389,6 +7791,17 @@ static int life_lock(const char *storage) {
     return fd;   /* closing it releases the lock */
 }
 
+/* Find the hub for these options: pidfile first (1), then host:port (2);
+ * 0 if none answers. ref->refused: it wants another token. */
+static int life_find(const LifeOpts *o, HubRef *ref) {
+    if (cli_discover(o->hub.storage, o->hub.token, ref)) return 1;
+    memset(ref, 0, sizeof *ref);
+    life_base_url(&o->hub, ref->url, sizeof ref->url);
+    int probe = cli_probe(ref->url, o->hub.token, 2000);
+    ref->refused = probe == PROBE_REFUSED;
+    return probe ? 2 : 0;
+}
+
 static void life_print(int running, int started, const char *url, const char *error) {
     Buf b = { 0 };
     buf_addf(&b, "{\n  \"running\": %s,\n  \"started\": %s,\n  \"url\": ",
@@ -7404,28 +7817,29 @@ static void life_print(int running, int started, const char *url, const char *er
 }
 
 /* Make sure a hub answers for these options, starting one in the
- * background if needed. Returns 0 with its URL in url (and *started set
- * when we started it), or -1 with why; writes nothing to stdout, so the MCP
- * server can use it too. */
+ * background if needed. Returns 0 with its URL in url (*started set when
+ * we started it); 1 when a hub runs there but refuses our token; -1 when
+ * none could be started. why says what went wrong. Writes nothing to
+ * stdout, so the MCP server can use it too. */
 static int life_ensure(const LifeOpts *o, char url[320], int *started,
-                       char why[300], char log[PATH_MAX + 16]) {
+                       char why[600], char log[PATH_MAX + 16]) {
     char base[320];
     life_base_url(&o->hub, base, sizeof base);
     HubRef ref;
+    int lock = -1;
     *started = 0;
     log[0] = 0;
     snprintf(url, 320, "%s", base);
-    if (cli_discover(o->hub.storage, &ref)) {
-        snprintf(url, 320, "%s", ref.url);
-        return 0;
-    }
-    if (cli_probe(base, 2000)) return 0;
-    int lock = life_lock(o->hub.storage);
-    /* Whoever held the lock before us may have just started it. */
-    if (cli_discover(o->hub.storage, &ref) || cli_probe(base, 2000)) {
-        if (cli_discover(o->hub.storage, &ref)) snprintf(url, 320, "%s", ref.url);
-        if (lock >= 0) close(lock);
-        return 0;
+    for (int pass = 0; pass < 2; pass++) {
+        /* Whoever held the lock before our second look may have just
+         * started it. */
+        if (life_find(o, &ref)) {
+            snprintf(url, 320, "%s", ref.url);
+            if (ref.refused) cli_refused_msg(ref.url, o->hub.token, why, 600);
+            if (lock >= 0) close(lock);
+            return ref.refused ? 1 : 0;
+        }
+        if (!pass) lock = life_lock(o->hub.storage);
     }
     char dir[PATH_MAX];
     cli_storage_dir(o->hub.storage, dir, sizeof dir);
@@ -7433,22 +7847,22 @@ static int life_ensure(const LifeOpts *o, char url[320], int *started,
     snprintf(log, PATH_MAX + 16, "%s/arc.log", dir);
     pid_t pid = life_spawn(o, log);
     if (pid < 0) {
-        snprintf(why, 300, "spawn failed");
+        snprintf(why, 600, "spawn failed");
         if (lock >= 0) close(lock);
         return -1;
     }
     *started = 1;
     int64_t deadline = clock_ms() + (int64_t)(o->timeout_s * 1000);
     int rc = -1;
-    snprintf(why, 300, "timeout");
+    snprintf(why, 600, "timeout");
     while (clock_ms() < deadline) {
-        if (cli_probe(base, 1000)) {
+        if (cli_probe(base, o->hub.token, 1000) == PROBE_OK) {
             rc = 0;
             break;
         }
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
-            snprintf(why, 300, "hub exited with status %d before answering",
+            snprintf(why, 600, "hub exited with status %d before answering",
                      WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
             break;
         }
@@ -7465,20 +7879,12 @@ static int cmd_ensure(int argc, char **argv) {
                  "  and every 'arc serve' option, passed to a started hub\n"
                  "Start a hub in the background unless one is already running.\n",
                  argc, argv, &o);
-    char url[320], why[300], log[PATH_MAX + 16];
+    char url[320], why[600], log[PATH_MAX + 16];
     int started;
     int rc = life_ensure(&o, url, &started, why, log);
-    life_print(rc == 0, started, url, rc ? why : NULL);
-    if (rc && log[0]) life_log_tail(log, 10);
+    life_print(rc >= 0, started, url, rc ? why : NULL);
+    if (rc < 0 && log[0]) life_log_tail(log, 10);
     return rc ? 1 : 0;
-}
-
-/* Find the hub for these options: pidfile first, then host:port. */
-static int life_find(const LifeOpts *o, HubRef *ref) {
-    if (cli_discover(o->hub.storage, ref)) return 1;
-    memset(ref, 0, sizeof *ref);
-    life_base_url(&o->hub, ref->url, sizeof ref->url);
-    return cli_probe(ref->url, 2000) ? 2 : 0;
 }
 
 /* Has pid exited? A zombie has (its parent may take a while to reap it:
@@ -7605,13 +8011,22 @@ static int cmd_status(int argc, char **argv) {
     Buf info = { 0 }, agents = { 0 }, out = { 0 };
     int st = 0;
     cli_url(&c, ref.url, err);
-    cli_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, 5000, &st, &info, err);
-    cli_call(&c, "GET", "/v1/agents", (Str){ NULL, 0 }, 5000, &st, &agents, err);
+    c.token = o.hub.token;
+    if (!ref.refused) {
+        cli_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, 5000, &st, &info, err);
+        cli_call(&c, "GET", "/v1/agents", (Str){ NULL, 0 }, 5000, &st, &agents, err);
+    }
     cli_free(&c);
     Json ji = { 0 }, ja = { 0 };
     buf_adds(&out, "{\"running\":true,\"url\":");
     json_cstr(&out, ref.url);
     if (ref.pid) buf_addf(&out, ",\"pid\":%d", ref.pid);
+    if (ref.refused) {   /* running, but we may not ask it anything */
+        cli_refused_msg(ref.url, o.hub.token, err, sizeof err);
+        fprintf(stderr, "arc: %s\n", err);
+        buf_adds(&out, ",\"error\":");
+        json_cstr(&out, err);
+    }
     if (json_parse(&ji, info.p ? info.p : "", info.len) == 0) {
         uint32_t r = json_get(&ji, 0, "result");
         static const char *const keys[] = { "instance_id", "implementation",
@@ -7636,7 +8051,7 @@ static int cmd_status(int argc, char **argv) {
     cli_print_json(buf_str(&out));
     json_free(&ji), json_free(&ja);
     buf_free(&info), buf_free(&agents), buf_free(&out);
-    return 0;
+    return ref.refused ? 1 : 0;
 }
 
 /* ---- agent commands: post, poll, whoami ---- */
@@ -7646,6 +8061,7 @@ typedef struct {
     double timeout_s;
     int64_t since_id;
     int include_self;
+    char token[ARC_MAX_TOKEN + 1];   /* the hub's token, "" = none */
 } AgentOpts;
 
 static const char agent_usage[] =
@@ -7656,7 +8072,9 @@ static const char agent_usage[] =
     "             [--since-id N] [--include-self] [--base-url URL]\n"
     "  arc whoami --agent ID [--base-url URL]\n"
     "Every command also takes --relay-dir DIR (or ARC_RELAY_DIR) to talk\n"
-    "through a hub's file spool instead of HTTP, for sandboxed agents.\n"
+    "through a hub's file spool instead of HTTP, for sandboxed agents, and\n"
+    "--token-file FILE or --token TOKEN (or ARC_TOKEN) for a hub that\n"
+    "requires a token (not needed through the relay).\n"
     "Each registers the agent (replacing its session) and then acts as it.\n"
     "poll prints one JSON message per line; by default it skips the agent's\n"
     "own messages. Defaults: ARC_AGENT for --agent, ARC_URL for --base-url\n"
@@ -7669,6 +8087,7 @@ static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) 
                       .channel = NULL, .kind = "chat", .timeout_s = 30 };
     if (!o->base_url || !*o->base_url) o->base_url = "http://127.0.0.1:6969";
     int is_post = !strcmp(cmd, "post"), is_poll = !strcmp(cmd, "poll");
+    const char *token = NULL, *token_file = NULL;
     for (int i = 0; i < argc; i++) {
         const char *v;
         int rc = 0;
@@ -7680,6 +8099,8 @@ static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) 
         if ((rc = opt_val(argc, argv, &i, "--agent", &v))) o->agent = v;
         else if ((rc = opt_val(argc, argv, &i, "--base-url", &v))) o->base_url = v;
         else if ((rc = opt_val(argc, argv, &i, "--relay-dir", &v))) o->relay_dir = v;
+        else if ((rc = opt_val(argc, argv, &i, "--token", &v))) token = v;
+        else if ((rc = opt_val(argc, argv, &i, "--token-file", &v))) token_file = v;
         else if ((is_post || is_poll) && (rc = opt_val(argc, argv, &i, "--channel", &v))) o->channel = v;
         else if ((is_post || is_poll) && (rc = opt_val(argc, argv, &i, "--thread-id", &v))) o->thread = v;
         else if (is_post && (rc = opt_val(argc, argv, &i, "--to", &v))) o->to = v;
@@ -7703,6 +8124,11 @@ static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) 
         if (rc < 0) exit(2);
     }
     if (o->relay_dir && !*o->relay_dir) o->relay_dir = NULL;
+    char err[ARC_ERRLEN];
+    if (opt_token(token, token_file, o->token, err)) {
+        fprintf(stderr, "arc %s: %s\n", cmd, err);
+        exit(2);
+    }
     if (!o->agent || !*o->agent) {
         fprintf(stderr, "arc %s: --agent is required (or set ARC_AGENT)\n", cmd);
         exit(2);
@@ -7771,6 +8197,7 @@ static int agent_start(const char *cmd, int argc, char **argv, AgentOpts *o,
     }
     c->relay_dir = o->relay_dir;
     c->agent = o->agent;
+    c->token = o->token;
     Buf body = { 0 }, out = { 0 };
     buf_adds(&body, "{\"agent_id\":");
     json_cstr(&body, o->agent);
@@ -7894,8 +8321,11 @@ static void *relay_forward_main(void *arg) {
     char err[ARC_ERRLEN] = "";
     int status = 0;
     Buf out = { 0 };
+    Json parsed = { 0 };   /* only to check that the answer is JSON */
     /* A long-poll may take 60 s; allow for it plus margin. */
-    if (cli_url(&c, rl->forward_url, err) ||
+    int bad_url = cli_url(&c, rl->forward_url, err);
+    c.token = rl->forward_token;
+    if (bad_url ||
         cli_call(&c, r->method, r->path, r->body ? str_c(r->body) : (Str){ NULL, 0 },
                  75000, &status, &out, err)) {
         status = 599;   /* the reference's "connection error" status */
@@ -7906,7 +8336,7 @@ static void *relay_forward_main(void *arg) {
         json_strs(&out, buf_str(&m));
         buf_free(&m);
         buf_addc(&out, '}');
-    } else if (json_parse(&(Json){ 0 }, out.p ? out.p : "", out.len)) {
+    } else if (json_parse(&parsed, out.p ? out.p : "", out.len)) {
         Buf wrapped = { 0 };   /* not JSON: pass it on as an error string */
         buf_adds(&wrapped, "{\"ok\":false,\"error\":");
         json_strs(&wrapped, buf_str(&out));
@@ -7914,6 +8344,7 @@ static void *relay_forward_main(void *arg) {
         buf_free(&out);
         out = wrapped;
     }
+    json_free(&parsed);
     cli_free(&c);
     r->status = status;
     r->answer = out;   /* hand-off */
@@ -7950,14 +8381,19 @@ static void relay_forward(Relay *rl, RelayReq *r) {
 
 static const char relay_usage[] =
     "usage: arc relay [--base-url http://127.0.0.1:6969] [--spool-dir .arc-relay]\n"
+    "                 [--token-file FILE | --token TOKEN]\n"
     "Serve a file spool by forwarding each request to a hub over HTTP, each\n"
     "in its own thread (at most 256 at once). Only needed when the hub runs\n"
     "elsewhere: a hub already serves its own --spool-dir. Stop with SIGTERM.\n"
+    "A hub that requires a token gets this one (or ARC_TOKEN) with every\n"
+    "forwarded request: whoever can write the spool acts with it.\n"
     "(--poll-interval-sec and --request-timeout-sec are accepted for\n"
     "compatibility and ignored: arc watches the spool with inotify.)\n";
 
 static int cmd_relay(int argc, char **argv) {
     const char *url = getenv("ARC_URL"), *spool = ".arc-relay";
+    const char *token_flag = NULL, *token_file = NULL;
+    char token[ARC_MAX_TOKEN + 1];
     if (!url || !*url) url = "http://127.0.0.1:6969";
     for (int i = 0; i < argc; i++) {
         const char *v;
@@ -7968,6 +8404,8 @@ static int cmd_relay(int argc, char **argv) {
         }
         if ((rc = opt_val(argc, argv, &i, "--base-url", &v))) url = v;
         else if ((rc = opt_val(argc, argv, &i, "--spool-dir", &v))) spool = v;
+        else if ((rc = opt_val(argc, argv, &i, "--token", &v))) token_flag = v;
+        else if ((rc = opt_val(argc, argv, &i, "--token-file", &v))) token_file = v;
         else if ((rc = opt_val(argc, argv, &i, "--poll-interval-sec", &v)) ||
                  (rc = opt_val(argc, argv, &i, "--request-timeout-sec", &v))) {}
         else {
@@ -7978,7 +8416,7 @@ static int cmd_relay(int argc, char **argv) {
     }
     char err[ARC_ERRLEN];
     Client probe;
-    if (cli_url(&probe, url, err)) {
+    if (cli_url(&probe, url, err) || opt_token(token_flag, token_file, token, err)) {
         fprintf(stderr, "arc: %s\n", err);
         return 2;
     }
@@ -7990,7 +8428,7 @@ static int cmd_relay(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    Relay *rl = relay_start(spool, -1, relay_forward, url, err);
+    Relay *rl = relay_start(spool, -1, relay_forward, url, token, err);
     if (!rl) {
         fprintf(stderr, "arc: %s\n", err);
         return 1;
@@ -8113,6 +8551,7 @@ typedef struct {
     char err[ARC_ERRLEN];    /* why it failed */
     Buf msgs;                /* the thread's messages seen so far (JSON) */
     void (*step)(const char *role, const char *what);   /* may be NULL */
+    char token[ARC_MAX_TOKEN + 1];   /* smoke-agent: the hub's token */
 } Smoke;
 
 /* One hub call; a hub error or transport failure fails the role. Returns
@@ -8374,6 +8813,7 @@ static const char smoke_agent_usage[] =
     "       [--base-url URL] [--relay-dir .arc-relay] [--channel smoke-room]\n"
     "       [--thread-id smoke-relay-001] [--claim-key smoke-claim-001]\n"
     "       [--timeout-sec 120] [--poll-interval-sec 1]\n"
+    "       [--token-file FILE | --token TOKEN]   (default: ARC_TOKEN)\n"
     "Run one deterministic smoke role (the reference's). Exit 0 on success;\n"
     "1 with 'Smoke test failed: ...' otherwise.\n";
 
@@ -8384,7 +8824,7 @@ static int smoke_options(int argc, char **argv, Smoke *s, const char **transport
     s->channel = "smoke-room", s->thread = "smoke-relay-001";
     s->claim_key = "smoke-claim-001";
     s->poll_ms = 1000;
-    const char *relay = ".arc-relay";
+    const char *relay = ".arc-relay", *token = NULL, *token_file = NULL;
     char **pass = xrealloc(NULL, (size_t)(argc + 1) * sizeof *pass);
     int n = 0;
     for (int i = 0; i < argc; i++) {
@@ -8417,8 +8857,12 @@ static int smoke_options(int argc, char **argv, Smoke *s, const char **transport
             }
             s->poll_ms = (int64_t)(p * 1000);
         } else if (hub) {
-            pass[n++] = argv[i];   /* `arc smoke`: hub options */
+            pass[n++] = argv[i];   /* `arc smoke`: hub options, --token too */
             continue;
+        } else if ((rc = opt_val(argc, argv, &i, "--token", &v))) {
+            token = v;
+        } else if ((rc = opt_val(argc, argv, &i, "--token-file", &v))) {
+            token_file = v;
         } else {
             fprintf(stderr, "arc: unknown option %s\n", argv[i]);
             exit(2);
@@ -8432,6 +8876,10 @@ static int smoke_options(int argc, char **argv, Smoke *s, const char **transport
     }
     free(pass);
     char err[ARC_ERRLEN], base[320];
+    if (!hub && opt_token(token, token_file, s->token, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        exit(2);
+    }
     if (!url || !*url) {
         if (hub) serve_url(hub->host, hub->port, base, sizeof base);
         else snprintf(base, sizeof base, "http://127.0.0.1:6969");
@@ -8442,6 +8890,7 @@ static int smoke_options(int argc, char **argv, Smoke *s, const char **transport
         exit(2);
     }
     s->client.relay_dir = relay;
+    s->client.token = hub ? hub->token : s->token;
     return 0;
 }
 
@@ -8498,7 +8947,8 @@ static const char smoke_usage[] =
     "ensure would), then run the three smoke roles at once -- smoke-a over\n"
     "HTTP, smoke-b through the hub's file relay, smoke-c over HTTP -- on a\n"
     "fresh thread. Prints one line per step and 'smoke: ok in N ms', or\n"
-    "the failing step. Exit 0 ok, 1 failed.\n";
+    "the failing step. Exit 0 ok, 1 failed. A hub that requires a token\n"
+    "gets it from --token-file, --token or ARC_TOKEN, as with arc ensure.\n";
 
 static int cmd_smoke(int argc, char **argv) {
     Smoke roles[3] = { { .role = "smoke-a" }, { .role = "smoke-b" },
@@ -8515,7 +8965,7 @@ static int cmd_smoke(int argc, char **argv) {
     snprintf(thread, sizeof thread, "smoke-%02x%02x%02x%02x%02x%02x", r[0], r[1],
              r[2], r[3], r[4], r[5]);
     snprintf(claim, sizeof claim, "%s-claim", thread);
-    if (!cli_probe(roles[0].client.base, 2000)) {
+    if (!cli_probe(roles[0].client.base, o.hub.token, 2000)) {
         printf("smoke: no hub at %s, starting one\n", roles[0].client.base);
         fflush(stdout);
         char dir[PATH_MAX], log[PATH_MAX + 16];
@@ -8524,7 +8974,8 @@ static int cmd_smoke(int argc, char **argv) {
         g_quiet = 1;
         pid_t pid = life_spawn(&o, log);
         int64_t until = clock_ms() + 10000;
-        while (pid > 0 && clock_ms() < until && !cli_probe(roles[0].client.base, 500)) {
+        while (pid > 0 && clock_ms() < until &&
+               !cli_probe(roles[0].client.base, o.hub.token, 500)) {
             struct timespec ts = { 0, 10 * 1000000 };
             nanosleep(&ts, NULL);
         }
@@ -8644,6 +9095,7 @@ struct McpCursor {
 typedef struct {
     /* Set once at start. */
     const char *agent, *display_name, *caps, *url, *relay_dir;
+    char token[ARC_MAX_TOKEN + 1];   /* the hub's bearer token, "" = none */
     /* Guarded by mu. */
     pthread_mutex_t mu;
     pthread_cond_t cond;          /* a call ended; closing; wake the heartbeat */
@@ -8803,6 +9255,7 @@ static int mcp_client(Client *c, int cancel_fd) {
     if (cli_url(c, g_mcp.url, err)) return -1;
     c->relay_dir = g_mcp.relay_dir;
     c->agent = g_mcp.agent;
+    c->token = g_mcp.token;
     c->cancel_fd = cancel_fd;
     return 0;
 }
@@ -10297,6 +10750,8 @@ static const char mcp_usage[] =
     "  --display-name TEXT   shown to other agents (default NAME)\n"
     "  --capabilities A,B    advertised capabilities\n"
     "  --no-autostart        do not start a hub when none answers at a local URL\n"
+    "  --token-file FILE     bearer token for a hub that requires one (or\n"
+    "  --token TOKEN         ARC_TOKEN); a started hub gets it too\n"
     "Registers on start (replacing an earlier session of NAME), stays present while\n"
     "it runs, re-registers when the hub comes back, and closes the session at EOF.\n"
     "Protocol versions: 2024-11-05, 2025-03-26, 2025-06-18, 2025-11-25, 2026-07-28.\n";
@@ -10310,12 +10765,13 @@ static void mcp_autostart(int explicit_url) {
     if (cli_url(&c, g_mcp.url, err)) return;
     int local = hub_is_loopback(c.host);
     cli_free(&c);
-    if (!local || cli_probe(g_mcp.url, 1000)) return;
+    if (!local || cli_probe(g_mcp.url, g_mcp.token, 1000)) return;
     LifeOpts o = { .argv0 = g_argv0, .timeout_s = 15 };
     serve_options(0, NULL, &o.hub);
     o.hub.host = c.host;
     o.hub.port = c.port;
-    char url[320], why[300], log[PATH_MAX + 16];
+    memcpy(o.hub.token, g_mcp.token, sizeof o.hub.token);
+    char url[320], why[600], log[PATH_MAX + 16];
     int started;
     if (life_ensure(&o, url, &started, why, log)) {
         mcp_log("could not start a hub at %s: %s%s%s", g_mcp.url, why,
@@ -10367,6 +10823,7 @@ static void mcp_shutdown(pthread_t beat) {
 static int cmd_mcp(int argc, char **argv) {
     const char *agent = getenv("ARC_AGENT"), *url = getenv("ARC_URL");
     const char *relay = getenv("ARC_RELAY_DIR");
+    const char *token = NULL, *token_file = NULL;
     int autostart = 1, explicit_url = url && *url;
     for (int i = 0; i < argc; i++) {
         const char *v;
@@ -10381,6 +10838,8 @@ static int cmd_mcp(int argc, char **argv) {
         else if ((rc = opt_val(argc, argv, &i, "--relay-dir", &v))) relay = v;
         else if ((rc = opt_val(argc, argv, &i, "--display-name", &v))) g_mcp.display_name = v;
         else if ((rc = opt_val(argc, argv, &i, "--capabilities", &v))) g_mcp.caps = v;
+        else if ((rc = opt_val(argc, argv, &i, "--token", &v))) token = v;
+        else if ((rc = opt_val(argc, argv, &i, "--token-file", &v))) token_file = v;
         else {
             fprintf(stderr, "arc mcp: unexpected argument %s (see arc mcp --help)\n", argv[i]);
             return 2;
@@ -10393,7 +10852,7 @@ static int cmd_mcp(int argc, char **argv) {
     g_mcp.cursor = -1;
     Client probe;
     char err[ARC_ERRLEN];
-    if (cli_url(&probe, g_mcp.url, err)) {
+    if (cli_url(&probe, g_mcp.url, err) || opt_token(token, token_file, g_mcp.token, err)) {
         fprintf(stderr, "arc mcp: %s\n", err);
         return 2;
     }

@@ -1353,7 +1353,7 @@ static int probe_once(const struct sockaddr_in *sa) {
     int ok = 0, one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) == 0) {
-        static const char req[] = "GET /v1/hub-info HTTP/1.1\r\nHost: x\r\n"
+        static const char req[] = "GET /v1/hub-info HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                   "Connection: close\r\n\r\n";
         if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) == (ssize_t)sizeof req - 1) {
             char buf[4096];

@@ -11,6 +11,8 @@ Environment:
             implementation; tests decorated with @arc_only are skipped.
   ARC_KEEP  set to "1" to keep hub temp directories (logs, storage) after
             the tests finish.
+ARC_TOKEN is removed from the environment: a token set by the caller would
+be required by every hub and command the tests start.
 """
 
 import http.client
@@ -28,6 +30,7 @@ import urllib.parse
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+os.environ.pop("ARC_TOKEN", None)
 REF = os.environ.get("ARC_REF", "") == "1"
 KEEP = os.environ.get("ARC_KEEP", "") == "1"
 
@@ -259,10 +262,15 @@ def check_sanitizer_log(text):
 
 
 class Hub:
-    """A hub child process on a free port with its own temp directory."""
+    """A hub child process on a free port with its own temp directory.
 
-    def __init__(self, cmd=None):
+    With token=T the hub is started with ARC_TOKEN=T, and its request
+    helpers send "Authorization: Bearer T" unless given one.
+    """
+
+    def __init__(self, cmd=None, token=None):
         self.cmd = list(cmd) if cmd else hub_command()
+        self.token = token
         self.proc = None
         self.port = None
         self.url = None
@@ -300,8 +308,9 @@ class Hub:
         self._logf = open(self.log_path, "ab")
         self._logf.write(("\n$ %s\n" % " ".join(shlex.quote(a) for a in argv)).encode())
         self._logf.flush()
+        env = dict(os.environ, ARC_TOKEN=self.token) if self.token else None
         self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.dir)
+                                     stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
         deadline = time.monotonic() + START_DEADLINE
         while True:
             if self.proc.poll() is not None:
@@ -312,7 +321,7 @@ class Hub:
                 raise AssertionError("hub exited with %s during startup:\n%s"
                                      % (self.proc.returncode, log[-4000:]))
             try:
-                status, _, _ = request(self.port, "GET", "/v1/hub-info", timeout=2)
+                status, _, _ = self.request("GET", "/v1/hub-info", timeout=2)
                 if status == 200:
                     return
             except (OSError, http.client.HTTPException):
@@ -398,6 +407,9 @@ class Hub:
 
     # requests
     def request(self, method, path, body=None, raw_body=None, headers=None, timeout=10):
+        headers = dict(headers or {})
+        if self.token and not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = "Bearer " + self.token
         return request(self.port, method, path, body=body, raw_body=raw_body,
                        headers=headers, timeout=timeout)
 

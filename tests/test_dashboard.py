@@ -3,6 +3,8 @@
 tests/dashboard.spec.mjs drives the page with the npm package playwright-core
 against /usr/bin/chromium; this file starts the hub, runs that script with
 node, and restarts the hub on the same port when the script asks for it.
+tests/security.spec.mjs has pages of other origins (and a DNS-rebinding
+page) attack a hub, and uses the dashboard of a hub that requires a token.
 When chromium or playwright-core is missing, tests/setup-browser.sh is run
 once to install it (set ARC_NO_BROWSER_INSTALL=1 to forbid that); the test
 skips, saying why, only when they still cannot be had.
@@ -29,7 +31,35 @@ OUT = os.path.join(HERE, "out")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 PLAYWRIGHT = os.path.join(HERE, "node_modules", "playwright-core", "package.json")
 SPEC = os.path.join(HERE, "dashboard.spec.mjs")
+SECURITY_SPEC = os.path.join(HERE, "security.spec.mjs")
 SPEC_DEADLINE = 300  # seconds for the whole browser script
+
+
+def run_spec(spec, env, commands):
+    """Run a playwright script with node; `commands` maps a line it prints
+    ("@@restart") to a function returning the line to answer. Returns
+    (exit status, output)."""
+    proc = subprocess.Popen(["node", spec], cwd=HERE, env=dict(os.environ, **env),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    timer = threading.Timer(SPEC_DEADLINE, proc.kill)
+    timer.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.strip() in commands:
+                proc.stdin.write(commands[line.strip()]() + "\n")
+                proc.stdin.flush()
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+    return rc, "\n".join(lines)
 
 
 def missing():
@@ -115,35 +145,47 @@ class DashboardBrowserTest(unittest.TestCase):
         os.makedirs(OUT, exist_ok=True)
         hub = SamePortHub().start()
         self.addCleanup(hub.stop)
-        env = dict(os.environ, ARC_URL=hub.url, OUT_DIR=OUT, CHROMIUM=CHROMIUM)
-        proc = subprocess.Popen(["node", SPEC], cwd=HERE, env=env, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
-        timer = threading.Timer(SPEC_DEADLINE, proc.kill)
-        timer.start()
-        lines = []
-        try:
-            for line in proc.stdout:
-                lines.append(line.rstrip("\n"))
-                if line.strip() == "@@restart":
-                    hub.restart_same_port()
-                    proc.stdin.write("restarted\n")
-                    proc.stdin.flush()
-            rc = proc.wait()
-        finally:
-            timer.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdin.close()
-            proc.stdout.close()
-        log = "\n".join(lines)
+        rc, log = run_spec(SPEC, dict(ARC_URL=hub.url, OUT_DIR=OUT, CHROMIUM=CHROMIUM),
+                           {"@@restart": lambda: hub.restart_same_port() or "restarted"})
         with open(os.path.join(OUT, "dashboard.log"), "w") as f:
             f.write(log + "\n")
         self.assertEqual(rc, 0, "dashboard.spec.mjs failed (exit %s):\n%s\nhub log:\n%s"
                          % (rc, log, hub.log_text()[-3000:]))
         self.assertIn("dashboard: all checks passed", log)
         self.assertTrue(os.path.getsize(os.path.join(OUT, "dashboard.png")) > 10000)
+
+
+@arc_only
+class SecurityBrowserTest(unittest.TestCase):
+    """Pages of other origins cannot post to the hub (a cross-site and a
+    same-site page, a DNS-rebinding page); a hub in network mode with a token
+    works from the dashboard (PROTOCOL.md §2)."""
+
+    def test_security_in_chromium(self):
+        reason = ensure_browser()
+        if reason:
+            self.skipTest(reason)
+        os.makedirs(OUT, exist_ok=True)
+        plain = SamePortHub().start()
+        self.addCleanup(plain.stop)
+        token = "dash-" + os.urandom(16).hex()
+        net = Hub(token=token).start(["--host", "0.0.0.0", "--allow-remote"])
+        self.addCleanup(net.stop)
+        env = dict(ARC_URL=plain.url, TOKEN_URL=net.url, TOKEN=token, OUT_DIR=OUT,
+                   CHROMIUM=CHROMIUM)
+        rc, log = run_spec(SECURITY_SPEC, env, {
+            "@@stop": lambda: plain.stop_process() or "stopped",
+            "@@start": lambda: plain.restart_same_port() or "started"})
+        with open(os.path.join(OUT, "security.log"), "w") as f:
+            f.write(log + "\n")
+        self.assertEqual(rc, 0, "security.spec.mjs failed (exit %s):\n%s\nhub logs:\n%s\n%s"
+                         % (rc, log, plain.log_text()[-2000:], net.log_text()[-2000:]))
+        self.assertIn("security: all checks passed", log)
+        for name in ("xsite", "samesite"):
+            self.assertIn("ok - %s: fetch (no-cors, text/plain), beacon and form post "
+                          "answered 403" % name, log)
+        self.assertIn("ok - rebinding page", log)
+        self.assertIn("ok - right token: live", log)
 
 
 if __name__ == "__main__":

@@ -307,6 +307,28 @@ static void test_sha256(void) {
     free(a);
 }
 
+/* The token compare: right answers for equal, unequal, prefix, longer,
+ * empty and high-byte inputs (its timing is not asserted). */
+static void test_token_compare(void) {
+    CHECK(ct_memeq("abc", "abc", 3));
+    CHECK(!ct_memeq("abc", "abd", 3));
+    CHECK(!ct_memeq("\200bc", "\000bc", 3));
+    CHECK(ct_memeq("x", "y", 0));
+    char want[65];
+    sha256_str(STR_LIT("s3cret-token"), want);
+    CHECK(token_matches(STR_LIT("s3cret-token"), want));
+    CHECK(!token_matches(STR_LIT("s3cret-tokeN"), want));
+    CHECK(!token_matches(STR_LIT("s3cret-toke"), want));      /* a prefix */
+    CHECK(!token_matches(STR_LIT("s3cret-token2"), want));    /* longer */
+    CHECK(!token_matches(STR_LIT(""), want));
+    CHECK(!token_matches(STR_LIT("s3cret-token\n"), want));
+    char empty[65];
+    sha256_str(STR_LIT(""), empty);
+    CHECK(strcmp(empty, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") == 0);
+    CHECK(token_matches(STR_LIT(""), empty));
+    CHECK(!token_matches(STR_LIT("a"), empty));
+}
+
 static void test_uuid(void) {
     char u[37], w[37];
     uuid4(u);
@@ -1226,12 +1248,127 @@ static void test_mcp_tools(void) {
     CHECK(mcp_has("2025-11-25", "2025-06-18") && !mcp_has("2025-03-26", "2025-06-18"));
 }
 
+/* ==== hub: access checks (PROTOCOL §2) ================================= */
+
+/* Parse raw request text and run hub_admit() on it; returns the status it
+ * refused with, or 0 when admitted. */
+static int ut_admit(Hub *h, const char *req) {
+    HttpReq hr;
+    size_t n = strlen(req);
+    const char *p = ut_guard(req, n);
+    if (http_parse(p, n, &hr) <= 0) return -1;
+    Res r = { 0 };
+    int status = hub_admit(h, &hr, &r) ? r.status : 0;
+    if (status == 401)
+        CHECK(r.extra && strstr(r.extra, "WWW-Authenticate: Bearer") != NULL);
+    res_free(&r);
+    return status;
+}
+
+static void test_admit(void) {
+    Hub *h = xrealloc(NULL, sizeof *h);
+    memset(h, 0, sizeof *h);
+    h->cfg.allowed_hosts[0] = "arc.lan";
+    h->cfg.n_allowed_hosts = 1;
+    static const struct { const char *host; int status; } hosts[] = {
+        { "127.0.0.1", 0 }, { "127.0.0.1:6969", 0 }, { "10.1.2.3:80", 0 },
+        { "localhost", 0 }, { "LocalHost:6969", 0 }, { "[::1]:6969", 0 },
+        { "[::1]", 0 }, { "[fe80::1]:1", 0 }, { "arc.lan", 0 }, { "ARC.LAN:9", 0 },
+        { "127.0.0.1:", 0 },
+        { "evil.com", 403 }, { "evil.com:6969", 403 }, { "127.0.0.1.nip.io", 403 },
+        { "localhost.evil.com", 403 }, { "localhost.", 403 }, { "arc.lan.evil", 403 },
+        { "127.1", 403 }, { "0x7f000001", 403 },
+        { "", 400 }, { ":6969", 400 }, { "a b", 400 }, { "[::1", 400 },
+        { "[::1]x", 400 }, { "::1", 400 }, { "[evil.com]", 400 }, { "h:1:2", 400 },
+        { "h:abc", 400 }, { "h:123456", 400 }, { "a/b", 400 }, { "u@h", 400 },
+    };
+    char req[512];
+    for (size_t i = 0; i < sizeof hosts / sizeof *hosts; i++) {
+        snprintf(req, sizeof req, "GET /v1/channels HTTP/1.1\r\nHost: %s\r\n\r\n",
+                 hosts[i].host);
+        CHECKM(ut_admit(h, req) == hosts[i].status, hosts[i].host);
+    }
+    /* Host is required by HTTP/1.1 only, and only once. */
+    CHECK(ut_admit(h, "GET / HTTP/1.1\r\n\r\n") == 400);
+    CHECK(ut_admit(h, "GET /v1/channels HTTP/1.0\r\n\r\n") == 0);
+    CHECK(ut_admit(h, "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n") == 400);
+    CHECK(ut_admit(h, "GET / HTTP/1.1\r\nHost: evil.com\r\n\r\n") == 403);
+    /* Other origins: refused everywhere but GET /. */
+    static const struct { const char *hdr; int status; } origin[] = {
+        { "Origin: http://127.0.0.1:6969", 0 }, { "Origin: HTTP://127.0.0.1:6969", 0 },
+        { "Origin: https://127.0.0.1:6969", 0 },
+        { "Origin: http://127.0.0.1:6970", 403 }, { "Origin: http://127.0.0.1", 403 },
+        { "Origin: http://localhost:6969", 403 }, { "Origin: null", 403 },
+        { "Origin: http://evil.com", 403 }, { "Origin: http://127.0.0.1:6969/", 403 },
+        { "Origin: ", 403 },
+        { "Sec-Fetch-Site: same-origin", 0 }, { "Sec-Fetch-Site: none", 0 },
+        { "Sec-Fetch-Site: same-site", 403 }, { "Sec-Fetch-Site: cross-site", 403 },
+        { "Sec-Fetch-Site: bogus", 403 },
+    };
+    static const char *const methods[] = { "POST /v1/messages", "DELETE /v1/sessions/x",
+                                            "GET /v1/messages", "GET /v1/stream" };
+    for (size_t i = 0; i < sizeof origin / sizeof *origin; i++) {
+        for (size_t m = 0; m < 4; m++) {
+            snprintf(req, sizeof req, "%s HTTP/1.1\r\nHost: 127.0.0.1:6969\r\n%s\r\n\r\n",
+                     methods[m], origin[i].hdr);
+            CHECKM(ut_admit(h, req) == origin[i].status, req);
+        }
+        snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: 127.0.0.1:6969\r\n%s\r\n\r\n",
+                 origin[i].hdr);
+        CHECKM(ut_admit(h, req) == 0, req);
+    }
+    CHECK(ut_admit(h, "POST /v1/messages HTTP/1.0\r\nOrigin: http://127.0.0.1\r\n\r\n")
+          == 403);
+    /* The token: every request but GET /; the query parameter only on the
+     * stream; other schemes and near misses are wrong tokens. */
+    CHECK(ut_admit(h, "GET /v1/channels HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") == 0);
+    snprintf(h->cfg.token, sizeof h->cfg.token, "%s", "tok-123456789abcdef");
+    sha256_str(str_c(h->cfg.token), h->token_sha);
+    static const struct { const char *req; int status; } tok[] = {
+        { "GET /v1/channels HTTP/1.1\r\nHost: localhost\r\n\r\n", 401 },
+        { "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", 0 },
+        { "GET /?access_token=x HTTP/1.1\r\nHost: localhost\r\n\r\n", 0 },
+        { "GET /v1/channels HTTP/1.1\r\nHost: localhost\r\n"
+          "Authorization: Bearer tok-123456789abcdef\r\n\r\n", 0 },
+        { "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\n"
+          "authorization: bearer   tok-123456789abcdef\r\n\r\n", 0 },
+        { "GET /v1/channels HTTP/1.1\r\nHost: localhost\r\n"
+          "Authorization: Bearer tok-123456789abcdeF\r\n\r\n", 401 },
+        { "GET /v1/channels HTTP/1.1\r\nHost: localhost\r\n"
+          "Authorization: Bearer tok-123456789abcde\r\n\r\n", 401 },
+        { "GET /v1/channels HTTP/1.1\r\nHost: localhost\r\n"
+          "Authorization: Bearer\r\n\r\n", 401 },
+        { "GET /v1/channels HTTP/1.1\r\nHost: localhost\r\n"
+          "Authorization: Basic dG9rLTEyMzQ1Njc4OWFiY2RlZg==\r\n\r\n", 401 },
+        { "GET /v1/channels HTTP/1.1\r\nHost: localhost\r\n"
+          "Authorization: Bearertok-123456789abcdef\r\n\r\n", 401 },
+        { "GET /v1/stream?agent_id=a&access_token=tok-123456789abcdef HTTP/1.1\r\n"
+          "Host: localhost\r\n\r\n", 0 },
+        { "GET /v1/stream?access_token=tok-123456789abcde%66 HTTP/1.1\r\n"
+          "Host: localhost\r\n\r\n", 0 },
+        { "GET /v1/stream?access_token=nope HTTP/1.1\r\nHost: localhost\r\n\r\n", 401 },
+        { "GET /v1/events?access_token=tok-123456789abcdef HTTP/1.1\r\n"
+          "Host: localhost\r\n\r\n", 401 },
+        { "POST /v1/stream?access_token=tok-123456789abcdef HTTP/1.1\r\n"
+          "Host: localhost\r\n\r\n", 401 },
+        /* Host and origin are judged before the token. */
+        { "GET /v1/channels HTTP/1.1\r\nHost: evil.com\r\n"
+          "Authorization: Bearer tok-123456789abcdef\r\n\r\n", 403 },
+        { "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nOrigin: http://x\r\n"
+          "Authorization: Bearer tok-123456789abcdef\r\n\r\n", 403 },
+    };
+    for (size_t i = 0; i < sizeof tok / sizeof *tok; i++)
+        CHECKM(ut_admit(h, tok[i].req) == tok[i].status, tok[i].req);
+    free(h);
+}
+
 int main(void) {
     test_buf();
     test_str();
     test_iso();
     test_parse_int_text();
     test_sha256();
+    test_token_compare();
     test_uuid();
     test_utf8();
     test_json_corpus();
@@ -1244,6 +1381,7 @@ int main(void) {
     test_http_query();
     test_mcp_frame();
     test_mcp_tools();
+    test_admit();
     ut_guard_free();
     printf("unit: %d passed, %d failed\n", ut_pass, ut_fail);
     return ut_fail > 0;
