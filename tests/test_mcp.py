@@ -1057,3 +1057,38 @@ class McpAutostartTest(McpCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+@arc_only
+class McpTokenTest(McpCase):
+    """A hub that requires a bearer token (PROTOCOL §2.4): `arc mcp` passes
+    --token-file / --token, and without one every tool says the hub refused."""
+
+    TOKEN = "mcp-" + "7c1e" * 8
+
+    @classmethod
+    def setUpClass(cls):
+        unittest.TestCase.setUpClass()
+        cls.hub = Hub(token=cls.TOKEN).start(cls.hub_args)
+
+    def test_token_file_and_flag(self):
+        path = os.path.join(self.hub.dir, "mcp-token")
+        with open(path, "w") as f:
+            f.write(self.TOKEN + "\n")
+        os.chmod(path, 0o600)
+        for extra in (["--token-file", path], ["--token", self.TOKEN]):
+            p = self.spawn(None, *extra)
+            self.ready(p)
+            r = p.call("arc_post_message", {"channel": "general", "body": "with a token"})
+            self.assertNotIn("isError", r, r)
+            self.assertEqual(r["structuredContent"]["message"]["from_agent"], p.agent)
+            self.assert_clean_stdout(p)
+
+    def test_without_token_refused(self):
+        p = self.spawn()
+        p.initialize()
+        r = p.call("arc_whoami")
+        self.assertTrue(r.get("isError"), r)
+        self.assertIn("401", tool_text(r))
+        self.assertEqual(p.request("ping")["result"], {})
+        self.assert_clean_stdout(p)
