@@ -469,30 +469,19 @@ static void sha256_hex(Sha256 *s, char out[65]) {
     for (int i = 0; i < 8; i++) snprintf(out + 8 * i, 9, "%08x", s->h[i]);
 }
 
-/* SHA-256 of s as 64 lowercase hex characters plus NUL. */
-static void sha256_str(Str s, char out[65]) {
-    Sha256 h;
-    sha256_init(&h);
-    sha256_add(&h, s.p, s.n);
-    sha256_hex(&h, out);
-}
-
-/* Are the n bytes at a and b the same? No early exit: the time taken does
- * not depend on where (or whether) they differ. */
-static int ct_memeq(const void *a, const void *b, size_t n) {
-    const volatile unsigned char *x = a, *y = b;
-    unsigned char d = 0;
-    for (size_t i = 0; i < n; i++) d |= (unsigned char)(x[i] ^ y[i]);
+/* Is `given` the secret `want` (want_n bytes, then NUL bytes up to
+ * ARC_MAX_TOKEN)? Constant time: always ARC_MAX_TOKEN steps with no early
+ * exit and no branch on the secret, so the time a guess takes reveals
+ * neither the secret's bytes nor its length (only the guess's own length
+ * steers a branch). */
+static int token_eq(Str given, const char want[ARC_MAX_TOKEN + 1], size_t want_n) {
+    const volatile unsigned char *w = (const unsigned char *)want;
+    unsigned d = (unsigned)(given.n != want_n) | (unsigned)(given.n > ARC_MAX_TOKEN);
+    for (size_t i = 0; i < ARC_MAX_TOKEN; i++) {
+        unsigned char g = i < given.n ? (unsigned char)given.p[i] : 0;
+        d |= (unsigned)(g ^ w[i]);
+    }
     return d == 0;
-}
-
-/* Is `given` the secret whose SHA-256 (hex) is `want_sha`? Hashing first
- * and comparing the digests with ct_memeq() means neither the secret's
- * bytes nor its length show in the time an attempt takes. */
-static int token_matches(Str given, const char want_sha[65]) {
-    char got[65];
-    sha256_str(given, got);
-    return ct_memeq(got, want_sha, 64);
 }
 
 /* ==== json: strict reader, writer into Buf, Python-compatible coercions == */
@@ -1913,7 +1902,7 @@ typedef struct Conn Conn;   /* loop: one client socket */
 
 typedef struct {
     HubConfig cfg;
-    char token_sha[65];          /* SHA-256 of cfg.token (hex), if set */
+    size_t token_n;              /* strlen(cfg.token) */
     Store store;
     int64_t max_request_bytes;   /* body cap, PROTOCOL §4 */
     NewMsg *batch;               /* messages written in this turn */
@@ -5352,7 +5341,7 @@ static int hub_admit(Hub *h, const HttpReq *hr, Res *r) {
     Buf tmp = { 0 };
     Str tok;
     int has = hub_request_token(hr, &tmp, &tok);
-    int ok = has && token_matches(tok, h->token_sha);
+    int ok = has && token_eq(tok, h->cfg.token, h->token_n);
     buf_free(&tmp);
     if (ok) return 0;
     if (has) hub_fail(r, 401, "invalid token");
@@ -6823,13 +6812,14 @@ static int64_t opt_int(const char *name, const char *v, int64_t lo, int64_t hi) 
  * once, an unreadable or empty file, or a token that is not 1 to
  * ARC_MAX_TOKEN visible ASCII characters is an error. Serve, the CLI and
  * any other client command resolve their token here. Returns 0 with out
- * filled (always NUL-terminated), or -1 with err. */
+ * filled and NUL-padded to its end (as token_eq() wants it), or -1 with
+ * err. */
 static int opt_token(const char *flag_token, const char *flag_file,
                      char out[ARC_MAX_TOKEN + 1], char err[ARC_ERRLEN]) {
     char line[ARC_MAX_TOKEN + 64];
     const char *what = "--token";
     Str t = str_c(flag_token);
-    out[0] = 0;
+    memset(out, 0, ARC_MAX_TOKEN + 1);
     if (flag_token && flag_file) {
         snprintf(err, ARC_ERRLEN, "give --token or --token-file, not both");
         return -1;
@@ -7068,8 +7058,8 @@ static int cmd_serve(int argc, char **argv) {
         free(h);
         return 2;
     }
+    h->token_n = strlen(cfg->token);   /* cfg->token is NUL-padded (opt_token) */
     if (cfg->token[0]) {
-        sha256_str(str_c(cfg->token), h->token_sha);
         if (strlen(cfg->token) < 16)
             log_warn("the token is only %zu characters long; use a long random "
                      "one (openssl rand -hex 32)", strlen(cfg->token));
