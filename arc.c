@@ -2108,7 +2108,10 @@ static int hub_timeout(Req *q, Res *r, int64_t *ms) {
     errno = 0;
     double t = strtod(buf_cstr(&q->tmp), &end);
     while (*end && isspace((unsigned char)*end)) end++;
-    if (end == q->tmp.p || *end || isnan(t) || strpbrk(q->tmp.p, "xX")) {
+    /* The number must run to the end of the value: a decoded %00 would
+     * otherwise end it early for strtod and strpbrk alike. */
+    if (end == q->tmp.p || end != q->tmp.p + q->tmp.len || isnan(t) ||
+        strpbrk(q->tmp.p, "xX")) {
         hub_fail(r, 400, "timeout must be a number");
         return -1;
     }
@@ -5418,28 +5421,21 @@ static void relay_answer(Relay *rl, RelayReq *r, const char *error) {
     buf_free(&err);
 }
 
-/* Read and check a claimed request (PROTOCOL §11). Returns 0 with r
- * filled, or -1 with the reason in err. */
-static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(err, ARC_ERRLEN, "cannot read request: %s", strerror(errno));
-        return -1;
-    }
-    Buf data = { .max = ARC_RELAY_MAX_FILE };
-    char chunk[16384];
-    ssize_t n;
-    while ((n = read(fd, chunk, sizeof chunk)) > 0) buf_add(&data, chunk, (size_t)n);
-    close(fd);
+/* Check a request envelope (PROTOCOL §11) held in data and fill r's
+ * request_id, method, path and body. Pure: no file or socket is touched,
+ * so the fuzzer drives it directly (tests/fuzz_relay.c). Returns 0, or -1
+ * with the reason in err (r may then hold some fields; the caller frees
+ * it whole). */
+static int relay_parse_envelope(Str data, RelayReq *r, char err[ARC_ERRLEN]) {
     Json j = { 0 };
+    Buf v = { 0 };
     int rc = -1;
-    if (data.err) {
+    if (data.n > ARC_RELAY_MAX_FILE) {
         snprintf(err, ARC_ERRLEN, "request file larger than %u bytes",
                  ARC_RELAY_MAX_FILE);
         goto done;
     }
-    if (!utf8_valid(buf_cstr(&data), data.len) ||
-        json_parse(&j, buf_cstr(&data), data.len)) {
+    if (!utf8_valid(data.p, data.n) || json_parse(&j, data.p, data.n)) {
         snprintf(err, ARC_ERRLEN, "invalid relay request: not valid JSON%s%.300s",
                  j.err[0] ? ": " : "", j.err);
         goto done;
@@ -5449,7 +5445,6 @@ static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
                  "be a JSON object");
         goto done;
     }
-    Buf v = { 0 };
     uint32_t t = json_get_val(&j, 0, "request_id");
     if (t && json_truthy(&j, t)) {
         json_as_text(&v, &j, t);
@@ -5462,7 +5457,12 @@ static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
     if (!v.len) {
         snprintf(err, ARC_ERRLEN, "invalid relay request: request envelope "
                  "missing method");
-        buf_free(&v);
+        goto done;
+    }
+    /* The loop reads method and path as C strings: a NUL inside would
+     * silently cut them short ("GET\u0000X" served as GET). */
+    if (memchr(v.p, 0, v.len)) {
+        snprintf(err, ARC_ERRLEN, "invalid relay request: method contains NUL");
         goto done;
     }
     r->method = xstrndup(v.p, v.len);
@@ -5471,11 +5471,13 @@ static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
     if (!v.len || v.p[0] != '/') {
         snprintf(err, ARC_ERRLEN, "invalid relay request: request path must "
                  "start with '/'");
-        buf_free(&v);
+        goto done;
+    }
+    if (memchr(v.p, 0, v.len)) {
+        snprintf(err, ARC_ERRLEN, "invalid relay request: path contains NUL");
         goto done;
     }
     r->path = xstrndup(v.p, v.len);
-    buf_free(&v);
     if ((t = json_get_val(&j, 0, "body"))) {
         if (j.t[t].type != JSON_OBJ) {
             snprintf(err, ARC_ERRLEN, "invalid relay request: request body must "
@@ -5489,6 +5491,40 @@ static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
     rc = 0;
 done:
     json_free(&j);
+    buf_free(&v);
+    return rc;
+}
+
+/* Read a claimed request file and check it. Returns 0 with r filled, or -1
+ * with the reason in err. */
+static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, ARC_ERRLEN, "cannot read request: %s", strerror(errno));
+        return -1;
+    }
+    /* One byte over the limit is enough to refuse the file. */
+    Buf data = { .max = ARC_RELAY_MAX_FILE + 1 };
+    char chunk[16384];
+    ssize_t n = 0;
+    while (!data.err) {
+        n = read(fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        buf_add(&data, chunk, (size_t)n);
+    }
+    int rc;
+    if (n < 0) {
+        snprintf(err, ARC_ERRLEN, "cannot read request: %s", strerror(errno));
+        rc = -1;
+    } else if (data.err) {
+        snprintf(err, ARC_ERRLEN, "request file larger than %u bytes",
+                 ARC_RELAY_MAX_FILE);
+        rc = -1;
+    } else {
+        rc = relay_parse_envelope(buf_str(&data), r, err);
+    }
+    close(fd);
     buf_free(&data);
     return rc;
 }
