@@ -76,14 +76,19 @@
 #ifndef ARC_JSON_DEPTH
 #define ARC_JSON_DEPTH 128        /* nesting of arrays/objects; beyond: 400 */
 #endif
+/* The connection limits below are defaults: `arc serve` can change each
+ * (--max-conns, --idle-timeout-ms, --head-timeout-ms, --body-timeout-ms). */
 #ifndef ARC_MAX_CONNS
 #define ARC_MAX_CONNS 10000       /* open client sockets; beyond: 503 */
 #endif
 #ifndef ARC_IDLE_MS
 #define ARC_IDLE_MS 60000         /* keep-alive idle, or a stalled writer */
 #endif
-#ifndef ARC_REQ_MS
-#define ARC_REQ_MS 30000          /* a started request must be complete */
+#ifndef ARC_HEAD_MS
+#define ARC_HEAD_MS 10000         /* a head, from its first byte: else 408 */
+#endif
+#ifndef ARC_BODY_MS
+#define ARC_BODY_MS 30000         /* a body, from the end of its head: 408 */
 #endif
 #ifndef ARC_MAX_OUT
 #define ARC_MAX_OUT (4u << 20)    /* unsent bytes per conn before we drop it */
@@ -102,6 +107,12 @@
 #endif
 #ifndef ARC_WAL_WATCH_MS
 #define ARC_WAL_WATCH_MS 1000     /* how long to re-check after a -wal write */
+#endif
+#ifndef ARC_BUSY_MS
+#define ARC_BUSY_MS 5000          /* a write waits this long for the lock */
+#endif
+#ifndef ARC_BUSY_TURN_MS
+#define ARC_BUSY_TURN_MS 10       /* the loop blocks on locks per turn */
 #endif
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
@@ -1446,6 +1457,13 @@ typedef struct {
     int in_tx;                          /* a batch transaction is open */
     int64_t data_version;               /* last PRAGMA data_version seen */
     Json scratch;                       /* reused to validate JSON columns */
+    int busy;                           /* the last BEGIN found it locked */
+    int64_t busy_budget_ms;             /* most blocking per turn on locks */
+    int64_t busy_until_ms;              /* this turn's limit; 0 = not set */
+    dev_t dev, wal_dev;                 /* the files we opened, to notice */
+    ino_t ino, wal_ino;                 /* them removed or replaced */
+    int gone;                           /* they were: refuse every write */
+    char err[256];                      /* why the last store call failed */
 } Store;
 
 /* A statement for `sql`, reset and with no bindings; NULL on failure (the
@@ -1513,21 +1531,77 @@ static Str store_col(sqlite3_stmt *st, int i) {
     return (Str){ p, p ? (size_t)sqlite3_column_bytes(st, i) : 0 };
 }
 
+/* Is the file at `path` the one we opened (dev, ino)? */
+static int store_same_file(const char *path, dev_t dev, ino_t ino) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && sb.st_dev == dev && sb.st_ino == ino;
+}
+
+/* Before each write transaction: are the storage file and its -wal still
+ * the files we have open? If someone removed or replaced them, SQLite
+ * would go on writing into unlinked files that vanish when we close, so
+ * every acknowledged write would be lost. Writes are refused from then on
+ * (503); reads go on from what is open. One stat per file per write turn. */
+static int store_check_files(Store *s) {
+    if (!s->gone && s->ino && !store_same_file(s->path, s->dev, s->ino))
+        s->gone = 1;
+    if (!s->gone && s->wal_ino) {
+        char wal[PATH_MAX + 8];
+        snprintf(wal, sizeof wal, "%s-wal", s->path);
+        if (!store_same_file(wal, s->wal_dev, s->wal_ino)) s->gone = 1;
+    }
+    if (!s->gone) return 0;
+    if (s->gone == 1) {
+        log_warn("storage file %s (or its -wal) was removed or replaced while "
+                 "in use; refusing writes until arc is restarted", s->path);
+        s->gone = 2;
+    }
+    snprintf(s->err, sizeof s->err, "storage file was removed or replaced "
+             "while the hub was running; restart the hub");
+    return -1;
+}
+
+/* Busy handler: wait for another process's lock, but never block the loop
+ * for more than busy_budget_ms in one turn, however many statements ask
+ * (the loop resets busy_until_ms every turn). A write that finds the lock
+ * taken is retried on later turns instead (PROTOCOL §10.2). */
+static int store_on_busy(void *arg, int n) {
+    Store *s = arg;
+    int64_t now = clock_ms();
+    (void)n;
+    if (!s->busy_until_ms) s->busy_until_ms = now + s->busy_budget_ms;
+    if (now >= s->busy_until_ms) return 0;
+    struct timespec ts = { 0, 1000000 };   /* 1 ms */
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
 /* Open the batch transaction if none is open. All writes of one loop turn
  * share it and are committed together by store_commit() (group commit);
- * their responses are sent only after that commit. */
+ * their responses are sent only after that commit. On failure s->err says
+ * why and s->busy whether the lock was taken by someone else. */
 static int store_begin(Store *s) {
     if (s->in_tx) return 0;
-    if (store_exec(s, "BEGIN IMMEDIATE")) return -1;
+    s->busy = 0;
+    if (store_check_files(s)) return -1;
+    if (store_exec(s, "BEGIN IMMEDIATE")) {
+        s->busy = (sqlite3_errcode(s->db) & 0xff) == SQLITE_BUSY;
+        snprintf(s->err, sizeof s->err, "%s", sqlite3_errmsg(s->db));
+        return -1;
+    }
     s->in_tx = 1;
     return 0;
 }
 
+/* Commit the batch. On failure s->err holds COMMIT's error (not that of
+ * the ROLLBACK after it: SQLite may already have rolled back, on a full
+ * disk for instance). */
 static int store_commit(Store *s) {
     if (!s->in_tx) return 0;
     s->in_tx = 0;
     if (store_exec(s, "COMMIT") == 0) return 0;
-    store_exec(s, "ROLLBACK");
+    snprintf(s->err, sizeof s->err, "%s", sqlite3_errmsg(s->db));
+    if (!sqlite3_get_autocommit(s->db)) store_exec(s, "ROLLBACK");
     return -1;
 }
 
@@ -1726,7 +1800,8 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
                  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
         return -1;
     }
-    sqlite3_busy_timeout(s->db, (int)busy_ms);
+    s->busy_budget_ms = busy_ms;
+    sqlite3_busy_handler(s->db, store_on_busy, s);
     /* Keep plans stable: otherwise every re-bound LIMIT ? re-prepares the
      * statement (seen as ~9% of a GET /v1/messages). */
     sqlite3_db_config(s->db, SQLITE_DBCONFIG_ENABLE_QPSG, 1, (int *)NULL);
@@ -1792,6 +1867,14 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     buf_free(&marker);
     snprintf(s->instance_id, sizeof s->instance_id, "mh1-%.20s", hex);
     s->data_version = store_data_version(s);
+    /* Remember which files these are (store_check_files). */
+    struct stat fs;
+    Buf wal = { 0 };
+    buf_addf(&wal, "%s-wal", s->path);
+    if (stat(s->path, &fs) == 0) s->dev = fs.st_dev, s->ino = fs.st_ino;
+    if (!strcmp(s->journal_mode, "wal") && stat(wal.p, &fs) == 0)
+        s->wal_dev = fs.st_dev, s->wal_ino = fs.st_ino;
+    buf_free(&wal);
     return 0;
 }
 
@@ -1827,6 +1910,10 @@ typedef struct {
     int64_t max_attachments;       /* per message */
     int64_t presence_ttl_s;        /* a session idle this long expires */
     int sync_full;                 /* PRAGMA synchronous=FULL (default) */
+    int max_conns;                 /* client sockets, ARC_MAX_CONNS */
+    int64_t idle_ms;               /* ARC_IDLE_MS */
+    int64_t head_ms;               /* ARC_HEAD_MS */
+    int64_t body_ms;               /* ARC_BODY_MS */
 } HubConfig;
 
 /* A message committed in this loop turn, kept until the turn ends to answer
@@ -1880,7 +1967,10 @@ typedef struct {
     int listen_fd, wake_rd, wake_wr;
     Conn *conns;                 /* all client connections */
     int n_conns;                 /* conns, relayed ones included */
-    int n_sockets;               /* conns with a socket: ARC_MAX_CONNS */
+    int n_sockets;               /* conns with a socket: cfg.max_conns */
+    int spare_fd;                /* held open to shed load on EMFILE, or -1 */
+    int64_t accept_pause_until;  /* EMFILE back-off without a spare fd */
+    int64_t accept_warned_ms;    /* last EMFILE warning (rate limit) */
     Conn **heap;                 /* min-heap of conns by deadline_ms */
     int n_heap, cap_heap;
     struct pollfd *pfd;
@@ -1905,6 +1995,7 @@ typedef struct {
     int has_body;
     Str last_event_id;   /* SSE resume header */
     int sp_open;         /* a savepoint is open for this request */
+    int busy;            /* its write found the lock taken: retry later */
     int batch_mark;      /* h->n_batch when the savepoint opened */
     Buf tmp;             /* scratch for query parameters */
 } Req;
@@ -1953,7 +2044,12 @@ static void hub_now(char out[ISO_LEN]) { iso_format(clock_wall_us(), out); }
  * write. Returns 0, or -1 with a 503 in r. */
 static int hub_tx(Hub *h, Req *q, Res *r) {
     if (q->sp_open) return 0;
-    if (store_begin(&h->store) || store_exec(&h->store, "SAVEPOINT req")) {
+    if (store_begin(&h->store)) {
+        q->busy = h->store.busy;
+        hub_fail(r, 503, "storage error: %s", h->store.err);
+        return -1;
+    }
+    if (store_exec(&h->store, "SAVEPOINT req")) {
         hub_db_fail(h, r);
         return -1;
     }
@@ -5831,7 +5927,10 @@ struct Conn {
     int64_t deadline_ms;     /* next timer for this conn; 0 = none */
     int heap_idx;            /* position in Hub.heap, -1 if absent */
     int64_t active_ms;       /* last read/write progress */
-    int64_t req_ms;          /* first byte of an incomplete request, or 0 */
+    int64_t req_ms;          /* first byte of an incomplete head, or 0 */
+    int64_t body_ms;         /* end of the head of an incomplete body, or 0 */
+    int64_t retry_ms;        /* its write found the lock taken: retry then */
+    int64_t busy_since_ms;   /* first try of the request being retried */
     int64_t park_until_ms;   /* PARKED: when to answer [] */
     Wait wait;               /* PARKED/STREAM filter */
     RelayReq *relay;         /* owned: a relayed request (fd is -1) */
@@ -5904,9 +6003,16 @@ static void heap_set(Hub *h, Conn *c, int64_t deadline) {
     heap_down(h, c->heap_idx);
 }
 
-/* Derive a conn's deadline from its state (PROTOCOL §4 timeouts). */
+/* Derive a conn's deadline from its state (PROTOCOL §4.3 timeouts). A head
+ * or body deadline counts from when it started, not from the last byte, so
+ * a client trickling bytes cannot stretch it. */
 static void conn_schedule(Hub *h, Conn *c) {
     int64_t d;
+    if (c->retry_ms && c->state == CONN_READ) {
+        d = c->retry_ms;
+        if (d != c->deadline_ms || c->heap_idx < 0) heap_set(h, c, d);
+        return;
+    }
     if (c->relay && c->state != CONN_PARKED) {
         heap_set(h, c, 0);   /* a relayed request has no socket to time out */
         return;
@@ -5916,9 +6022,10 @@ static void conn_schedule(Hub *h, Conn *c) {
     case CONN_PARKED: d = c->park_until_ms; break;
     case CONN_STREAM: d = c->active_ms + ARC_HEARTBEAT_MS; break;
     default:
-        if (c->out_off < c->out.len) d = c->active_ms + ARC_IDLE_MS;
-        else if (c->req_ms) d = c->req_ms + ARC_REQ_MS;
-        else d = c->active_ms + ARC_IDLE_MS;
+        if (c->out_off < c->out.len) d = c->active_ms + h->cfg.idle_ms;
+        else if (c->body_ms) d = c->body_ms + h->cfg.body_ms;
+        else if (c->req_ms) d = c->req_ms + h->cfg.head_ms;
+        else d = c->active_ms + h->cfg.idle_ms;
     }
     if (d != c->deadline_ms || (d && c->heap_idx < 0)) heap_set(h, c, d);
 }
@@ -5962,7 +6069,7 @@ static void conn_error(Hub *h, Conn *c, int status, const char *msg) {
     conn_respond(h, c, status, NULL, NULL, buf_str(&b));
     buf_free(&b);
     buf_reset(&c->in);
-    c->req_ms = 0;
+    c->req_ms = c->body_ms = 0;
 }
 
 /* Remember that c's output since `mark` depends on this turn's commit. */
@@ -6030,11 +6137,32 @@ static void loop_finish(Hub *h, Conn *c, Res *r) {
     conn_respond(h, c, r->status, r->ctype, r->extra, buf_str(&r->body));
 }
 
+/* A request whose write found the storage locked by another process (a
+ * second hub, a sqlite3 shell) is not answered 503 at once: its answer is
+ * dropped and it is handled again ARC_BUSY_RETRY_MS later, for up to
+ * ARC_BUSY_MS, without blocking the loop meanwhile (PROTOCOL §10.2). Only
+ * a failed BEGIN sets q->busy, so the request wrote nothing. Returns 1
+ * when c is to retry. */
+#define ARC_BUSY_RETRY_MS 10
+static int loop_retry_busy(Hub *h, Conn *c, const Req *q, const Res *r) {
+    if (!q->busy || r->status != 503) {
+        c->busy_since_ms = 0;
+        return 0;
+    }
+    if (!c->busy_since_ms) c->busy_since_ms = h->now_ms;
+    if (h->now_ms - c->busy_since_ms >= ARC_BUSY_MS) {
+        c->busy_since_ms = 0;   /* waited long enough: answer the 503 */
+        return 0;
+    }
+    c->retry_ms = h->now_ms + ARC_BUSY_RETRY_MS;
+    return 1;
+}
+
 /* Parse and handle every complete request in c->in, in order, until one
  * parks, the input runs out, or enough output is queued. */
 static void loop_process(Hub *h, Conn *c) {
     while (c->state == CONN_READ && !c->close_after && c->in.len &&
-           c->out.len - c->out_off < ARC_MAX_OUT / 4) {
+           !c->retry_ms && c->out.len - c->out_off < ARC_MAX_OUT / 4) {
         HttpReq hr;
         int n = http_parse(c->in.p, c->in.len, &hr);
         if (n == ARC_AGAIN) {
@@ -6051,7 +6179,7 @@ static void loop_process(Hub *h, Conn *c) {
             break;
         }
         if ((int64_t)c->in.len < n + cl) {
-            if (!c->req_ms) c->req_ms = h->now_ms;
+            if (!c->body_ms) c->body_ms = h->now_ms;
             break;
         }
         c->keep_alive = hr.keep_alive;
@@ -6063,12 +6191,18 @@ static void loop_process(Hub *h, Conn *c) {
                     str_eq(hr.method, "DELETE");
         if (!known) c->keep_alive = 0;   /* its body, if any, is not ours */
         hub_handle(h, &q, hr.path, (Str){ c->in.p + n, (size_t)cl }, &r);
+        if (loop_retry_busy(h, c, &q, &r)) {   /* keep the input, no answer */
+            req_free(&q);
+            res_free(&r);
+            c->req_ms = c->body_ms = 0;
+            break;
+        }
         loop_finish(h, c, &r);
         if (h->store.in_tx) loop_hold(h, c, mark);
         req_free(&q);
         res_free(&r);
         buf_consume(&c->in, (size_t)(n + cl));
-        c->req_ms = 0;
+        c->req_ms = c->body_ms = 0;
     }
 }
 
@@ -6106,7 +6240,8 @@ static void loop_write(Hub *h, Conn *c) {
         if (c->state == CONN_STREAM && c->behind) loop_stream_fill(h, c);
     } else if (c->state == CONN_STREAM && c->out.len - c->out_off > ARC_MAX_OUT) {
         /* Only a stream grows without a request; a reader that stalls on
-         * ordinary responses is bounded by loop_process and ARC_IDLE_MS. */
+         * ordinary responses is bounded by loop_process and the idle
+         * timeout (PROTOCOL §4.1). */
         log_info("dropping a client that stopped reading (%zu bytes queued)",
                  c->out.len - c->out_off);
         conn_kill(h, c);
@@ -6266,10 +6401,14 @@ static void loop_timers(Hub *h) {
             c->active_ms = h->now_ms;
             break;
         case CONN_READ:
-            if (c->req_ms && c->out_off == c->out.len)
-                conn_error(h, c, 408, "request not completed in time");
+            if (c->retry_ms)
+                c->retry_ms = 0;   /* loop_process (or the relay) retries */
+            else if (c->out_off < c->out.len || (!c->req_ms && !c->body_ms))
+                conn_kill(h, c);   /* stalled reader, or idle keep-alive */
+            else if (c->body_ms)
+                conn_error(h, c, 408, "request body not received in time");
             else
-                conn_kill(h, c);
+                conn_error(h, c, 408, "request head not received in time");
             break;
         default: break;
         }
@@ -6292,7 +6431,7 @@ static void loop_timers(Hub *h) {
  * replace every held answer with a 503 and forget the batch. */
 static void loop_commit(Hub *h) {
     if (h->store.in_tx && store_commit(&h->store)) {
-        const char *why = sqlite3_errmsg(h->store.db);
+        const char *why = h->store.err;
         log_warn("commit failed: %s", why);
         for (int i = 0; i < h->n_held; i++) {
             Conn *c = h->held[i];
@@ -6315,31 +6454,63 @@ static void loop_commit(Hub *h) {
 
 /* ---- accept, poll set, reap ---- */
 
-static int64_t g_accept_pause_until;   /* loop only: EMFILE back-off */
+/* The fixed answer to a connection beyond the limit: it is sent before the
+ * conn exists, so without X-Arc-Instance (PROTOCOL §4.4). */
+static const char loop_busy[] =
+    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+    "application/json\r\nContent-Length: 48\r\nConnection: close"
+    "\r\n\r\n{\"ok\":false,\"error\":\"too many open connections\"}";
+
+/* Answer 503 and close, without reading: one write into an empty socket
+ * buffer always fits, and a client that is gone costs nothing (EPIPE is
+ * an error return, SIGPIPE being ignored). */
+static void loop_refuse(int fd) {
+    ssize_t w;
+    do w = write(fd, loop_busy, sizeof loop_busy - 1);
+    while (w < 0 && errno == EINTR);
+    close(fd);
+}
+
+/* Out of descriptors (EMFILE/ENFILE). The listener stays readable, so
+ * ignoring the error would spin the loop. Instead: give back the spare
+ * descriptor, accept the waiting client on it to refuse it with 503, and
+ * take the spare again. Without a spare, stop polling the listener for
+ * 100 ms. Returns 1 when a client was taken off the queue. */
+static int loop_accept_emfile(Hub *h, int err) {
+    if (h->now_ms - h->accept_warned_ms >= 1000) {   /* at most 1 a second */
+        log_warn("accept: %s (%d connections open); refusing new ones",
+                 strerror(err), h->n_sockets);
+        h->accept_warned_ms = h->now_ms;
+    }
+    int taken = 0;
+    if (h->spare_fd >= 0) {
+        close(h->spare_fd);
+        int fd = accept(h->listen_fd, NULL, NULL);
+        if (fd >= 0) {
+            loop_refuse(fd);
+            taken = 1;
+        }
+        h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    if (!taken) h->accept_pause_until = h->now_ms + 100;
+    return taken;
+}
 
 static void loop_accept(Hub *h) {
     for (;;) {
         int fd = accept(h->listen_fd, NULL, NULL);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-                errno == ENOMEM) {
-                /* Out of descriptors: the listener stays readable, so stop
-                 * polling it for a moment instead of spinning. */
-                log_warn("accept: %s", strerror(errno));
-                g_accept_pause_until = h->now_ms + 100;
+            if (errno == EMFILE || errno == ENFILE) {
+                if (loop_accept_emfile(h, errno)) continue;
+            } else if (errno == ENOBUFS || errno == ENOMEM) {
+                h->accept_pause_until = h->now_ms + 100;
             }
-            return;
+            return;   /* EAGAIN: the queue is empty */
         }
         fcntl(fd, F_SETFD, FD_CLOEXEC);
-        if (h->n_sockets >= ARC_MAX_CONNS) {
-            static const char busy[] =
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
-                "application/json\r\nContent-Length: 48\r\nConnection: close"
-                "\r\n\r\n{\"ok\":false,\"error\":\"too many open connections\"}";
-            ssize_t w = write(fd, busy, sizeof busy - 1);
-            (void)w;
-            close(fd);
+        if (h->n_sockets >= h->cfg.max_conns) {
+            loop_refuse(fd);
             continue;
         }
         fd_nonblock(fd);
@@ -6367,7 +6538,7 @@ static int loop_fill_pollfds(Hub *h) {
     h->pfd[n++] = (struct pollfd){ .fd = h->wake_rd, .events = POLLIN };
     h->pfd[n++] = (struct pollfd){
         .fd = h->listen_fd,
-        .events = h->now_ms >= g_accept_pause_until ? POLLIN : 0 };
+        .events = h->now_ms >= h->accept_pause_until ? POLLIN : 0 };
     h->pfd[n++] = (struct pollfd){ .fd = h->wal_watch, .events = POLLIN };
     size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
     for (Conn *c = h->conns; c; c = c->next) {
@@ -6391,8 +6562,8 @@ static int loop_timeout_ms(Hub *h, int pending) {
         h->next_dv_ms < t)
         t = h->next_dv_ms;
     if (h->shutdown_at_ms && h->shutdown_at_ms < t) t = h->shutdown_at_ms;
-    if (g_accept_pause_until > h->now_ms && g_accept_pause_until < t)
-        t = g_accept_pause_until;
+    if (h->accept_pause_until > h->now_ms && h->accept_pause_until < t)
+        t = h->accept_pause_until;
     t -= h->now_ms;
     return t < 0 ? 0 : t > 60000 ? 60000 : (int)t;
 }
@@ -6430,15 +6601,9 @@ static void loop_on_signal(int sig) {
     errno = saved;
 }
 
-/* Serve one request from the spool exactly as an HTTP request: through a
- * socketless Conn, so parking, group commit and fan-out all apply. */
-static void loop_relay_request(Hub *h, RelayReq *r) {
-    Conn *c = xrealloc(NULL, sizeof *c);
-    *c = (Conn){ .fd = -1, .pidx = -1, .heap_idx = -1, .state = CONN_READ,
-                 .active_ms = h->now_ms, .relay = r };
-    c->next = h->conns;
-    h->conns = c;
-    h->n_conns++;
+/* Handle the relayed request of socketless conn c (again, after a retry). */
+static void loop_relay_serve(Hub *h, Conn *c) {
+    RelayReq *r = c->relay;
     const char *qm = strchr(r->path, '?');
     Str path = { r->path, qm ? (size_t)(qm - r->path) : strlen(r->path) };
     Req q = { .method = str_c(r->method), .query = str_c(qm ? qm + 1 : "") };
@@ -6453,23 +6618,39 @@ static void loop_relay_request(Hub *h, RelayReq *r) {
         hub_fail(&res, 400, "GET /v1/stream is not available through the relay; "
                  "use /v1/events with a timeout");
     }
-    loop_finish(h, c, &res);
-    if (h->store.in_tx) loop_hold(h, c, 0);
+    if (!loop_retry_busy(h, c, &q, &res)) {
+        loop_finish(h, c, &res);
+        if (h->store.in_tx) loop_hold(h, c, 0);
+    }
     req_free(&q);
     res_free(&res);
+}
+
+/* Serve one request from the spool exactly as an HTTP request: through a
+ * socketless Conn, so parking, group commit and fan-out all apply. */
+static void loop_relay_request(Hub *h, RelayReq *r) {
+    Conn *c = xrealloc(NULL, sizeof *c);
+    *c = (Conn){ .fd = -1, .pidx = -1, .heap_idx = -1, .state = CONN_READ,
+                 .active_ms = h->now_ms, .relay = r };
+    c->next = h->conns;
+    h->conns = c;
+    h->n_conns++;
+    loop_relay_serve(h, c);
 }
 
 /* One turn of the loop. Returns 0 to go on, 1 when the hub should stop. */
 static int loop_turn(Hub *h) {
     int pending = 0;
     for (Conn *c = h->conns; c; c = c->next)
-        if (c->state == CONN_READ && c->in.len && !c->req_ms && !c->close_after &&
-            c->out_off == c->out.len)
-            pending = 1;   /* pipelined input left over from a park */
+        if (c->state == CONN_READ && !c->req_ms && !c->body_ms && !c->retry_ms &&
+            !c->close_after && c->out_off == c->out.len &&
+            (c->in.len || c->relay))
+            pending = 1;   /* input left over from a park, or a retry due */
     int n = loop_fill_pollfds(h);
     if (poll(h->pfd, (nfds_t)n, loop_timeout_ms(h, pending)) < 0 && errno != EINTR)
         die("poll: %s", strerror(errno));
     h->now_ms = clock_ms();
+    h->store.busy_until_ms = 0;   /* a new turn's budget for lock waits */
     if (h->pfd[0].revents & POLLIN) {
         char tmp[64];
         while (read(h->wake_rd, tmp, sizeof tmp) > 0) {}
@@ -6491,6 +6672,7 @@ static int loop_turn(Hub *h) {
     }
     for (Conn *c = h->conns; c; c = c->next) {
         if (c->state != CONN_READ) continue;
+        if (c->relay && !c->close_after && !c->retry_ms) loop_relay_serve(h, c);
         loop_process(h, c);
         if (c->peer_closed && c->state == CONN_READ) {
             if (c->out_off < c->out.len) c->close_after = 1;
@@ -6613,7 +6795,15 @@ static const char serve_usage[] =
     "  --presence-ttl SEC          idle session expiry (default 120, min 5)\n"
     "  --sync full|normal          full (default): a write is on disk before\n"
     "                              it is acknowledged; normal: faster, but the\n"
-    "                              last commits can be lost on power failure\n";
+    "                              last commits can be lost on power failure\n"
+    "connection limits (PROTOCOL.md 4.3):\n"
+    "  --max-conns N               open client connections (default 10000)\n"
+    "  --idle-timeout-ms N         close an idle keep-alive connection, or one\n"
+    "                              that stopped reading (default 60000)\n"
+    "  --head-timeout-ms N         408 unless a request head is complete this\n"
+    "                              long after its first byte (default 10000)\n"
+    "  --body-timeout-ms N         408 unless a request body is complete this\n"
+    "                              long after its head (default 30000)\n";
 
 /* Parse the serve options into cfg. Returns 0, or exits 2 on bad usage. */
 static void serve_options(int argc, char **argv, HubConfig *cfg) {
@@ -6621,7 +6811,9 @@ static void serve_options(int argc, char **argv, HubConfig *cfg) {
                         .storage = "arc.sqlite3", .spool_dir = ".arc-relay",
                         .max_body_chars = 128000, .max_attachment_chars = 256000,
                         .max_attachments = 32, .presence_ttl_s = 120,
-                        .sync_full = 1 };
+                        .sync_full = 1, .max_conns = ARC_MAX_CONNS,
+                        .idle_ms = ARC_IDLE_MS, .head_ms = ARC_HEAD_MS,
+                        .body_ms = ARC_BODY_MS };
     for (int i = 0; i < argc; i++) {
         const char *v = NULL, *a = argv[i];
         int rc;
@@ -6662,6 +6854,18 @@ static void serve_options(int argc, char **argv, HubConfig *cfg) {
                 exit(2);
             }
             cfg->sync_full = !strcmp(v, "full");
+        } else if ((rc = opt_val(argc, argv, &i, "--max-conns", &v))) {
+            if (rc < 0) exit(2);
+            cfg->max_conns = (int)opt_int("--max-conns", v, 1, 1000000);
+        } else if ((rc = opt_val(argc, argv, &i, "--idle-timeout-ms", &v))) {
+            if (rc < 0) exit(2);
+            cfg->idle_ms = opt_int("--idle-timeout-ms", v, 100, 86400000);
+        } else if ((rc = opt_val(argc, argv, &i, "--head-timeout-ms", &v))) {
+            if (rc < 0) exit(2);
+            cfg->head_ms = opt_int("--head-timeout-ms", v, 100, 86400000);
+        } else if ((rc = opt_val(argc, argv, &i, "--body-timeout-ms", &v))) {
+            if (rc < 0) exit(2);
+            cfg->body_ms = opt_int("--body-timeout-ms", v, 100, 86400000);
         } else {
             fprintf(stderr, "arc: unknown option %s (see arc --help)\n", a);
             exit(2);
@@ -6758,16 +6962,22 @@ static int cmd_serve(int argc, char **argv) {
     }
     h->max_request_bytes = cfg->max_body_chars +
                            cfg->max_attachment_chars * cfg->max_attachments + 65536;
-    signal(SIGPIPE, SIG_IGN);
+    /* Every connection is a descriptor: take all the kernel allows. */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (store_open(&h->store, cfg->storage, 5000, cfg->sync_full, err)) {
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur < (rlim_t)cfg->max_conns + 64)
+        log_warn("the open-file limit (%llu) is below --max-conns (%d) plus "
+                 "arc's own files; connections beyond it get 503",
+                 (unsigned long long)rl.rlim_cur, cfg->max_conns);
+    if (store_open(&h->store, cfg->storage, ARC_BUSY_MS, cfg->sync_full, err)) {
         fprintf(stderr, "arc: %s\n", err);
         return 1;
     }
+    h->store.busy_budget_ms = ARC_BUSY_TURN_MS;   /* see loop_retry_busy */
     int port = 0;
     h->listen_fd = serve_listen(cfg->host, cfg->port, &port, err);
     if (h->listen_fd < 0) {
@@ -6812,6 +7022,7 @@ static int cmd_serve(int argc, char **argv) {
     h->now_ms = clock_ms();
     h->next_prune_ms = h->now_ms + loop_tick_ms(h);
     h->next_touch_ms = h->now_ms + loop_tick_ms(h);
+    h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     while (!loop_turn(h)) {}
     log_info("shutting down");
     /* No request file is claimed from here on; one more turn serves those
@@ -6837,6 +7048,7 @@ static int cmd_serve(int argc, char **argv) {
     close(h->wake_rd);
     close(h->wake_wr);
     if (h->wal_watch >= 0) close(h->wal_watch);
+    if (h->spare_fd >= 0) close(h->spare_fd);
     g_wake_wr = -1;
     hub_batch_truncate(h, 0);
     free(h->batch);
@@ -7019,7 +7231,10 @@ static int cli_relay_call(Client *c, const char *method, const char *path,
             Buf data = { 0 };
             char chunk[16384];
             ssize_t n;
-            while ((n = read(fd, chunk, sizeof chunk)) > 0) buf_add(&data, chunk, (size_t)n);
+            while ((n = read(fd, chunk, sizeof chunk)) != 0) {
+                if (n > 0) buf_add(&data, chunk, (size_t)n);
+                else if (errno != EINTR) break;
+            }
             close(fd);
             Json j = { 0 };
             uint32_t st, b;
@@ -7985,7 +8200,6 @@ static int cmd_relay(int argc, char **argv) {
         fprintf(stderr, "arc: %s\n", err);
         return 2;
     }
-    signal(SIGPIPE, SIG_IGN);
     int pipefd[2];
     if (pipe(pipefd)) die("pipe: %s", strerror(errno));
     g_wake_wr = pipefd[1];
@@ -8613,6 +8827,9 @@ static int cmd_help(int argc, char **argv) {
 
 int arc_main(int argc, char **argv) {
     if (argc > 0) g_argv0 = argv[0];
+    /* A peer that closes early (a hub, a client, a pipe) must turn into an
+     * EPIPE error return, never a silent death. */
+    signal(SIGPIPE, SIG_IGN);
     if (argc < 2 || argv[1][0] == '-') {
         if (argc >= 2 && !strcmp(argv[1], "--version")) return cmd_version(0, NULL);
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
