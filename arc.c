@@ -6513,6 +6513,15 @@ static void loop_accept(Hub *h) {
             loop_refuse(fd);
             continue;
         }
+        /* The spare was lost (the relay thread took the descriptor while it
+         * was free): take it back before anything else, even if that means
+         * refusing this client, or the next EMFILE would find none. */
+        if (h->spare_fd < 0 &&
+            (h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+            loop_refuse(fd);
+            h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            continue;
+        }
         fd_nonblock(fd);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
