@@ -360,17 +360,26 @@ static int iso_parse(Str s, int64_t *us) {
     return 0;
 }
 
+/* /dev/urandom, opened once (arc_main opens it first thing) and kept: a
+ * hub out of descriptors must still make session ids and relay file
+ * names, and opening it per call then failed fatally. Shared by threads:
+ * read() on it needs no lock. */
+static int g_urandom = -1;
+
+static void rand_open(void) {
+    if (g_urandom < 0) g_urandom = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+}
+
 /* Fill p with n unpredictable bytes. */
 static void rand_bytes(unsigned char *p, size_t n) {
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    rand_open();
     size_t got = 0;
-    while (fd >= 0 && got < n) {
-        ssize_t r = read(fd, p + got, n - got);
+    while (g_urandom >= 0 && got < n) {
+        ssize_t r = read(g_urandom, p + got, n - got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) break;
         got += (size_t)r;
     }
-    if (fd >= 0) close(fd);
     if (got < n) die("cannot read /dev/urandom");
 }
 
@@ -1970,7 +1979,7 @@ typedef struct {
     int n_sockets;               /* conns with a socket: cfg.max_conns */
     int spare_fd;                /* held open to shed load on EMFILE, or -1 */
     int64_t accept_pause_until;  /* EMFILE back-off without a spare fd */
-    int64_t accept_warned_ms;    /* last EMFILE warning (rate limit) */
+    int64_t warned_ms;           /* last EMFILE/poll warning (rate limit) */
     Conn **heap;                 /* min-heap of conns by deadline_ms */
     int n_heap, cap_heap;
     struct pollfd *pfd;
@@ -5385,6 +5394,8 @@ typedef struct Relay {
     int req_wd;                /* watch on requests/ */
     struct { int wd; char name[256]; } *watches;   /* relay thread only */
     int n_watches;
+    int64_t starved_until;     /* relay thread only: out of descriptors, so
+                                  take nothing until then (the next scan) */
 } Relay;
 
 static void relay_req_free(RelayReq *r) {
@@ -5591,11 +5602,13 @@ done:
     return rc;
 }
 
-/* Read a claimed request file and check it. Returns 0 with r filled, or -1
- * with the reason in err. */
+/* Read a claimed request file and check it. Returns 0 with r filled, -1
+ * with the reason in err, or ARC_AGAIN when the process is out of
+ * descriptors or memory for now (the request is fine; try it later). */
 static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOMEM) return ARC_AGAIN;
         snprintf(err, ARC_ERRLEN, "cannot read request: %s", strerror(errno));
         return -1;
     }
@@ -5634,6 +5647,7 @@ static void relay_take(Relay *rl, const char *agent, const char *file) {
     snprintf(src, sizeof src, "%s/requests/%s/%s", rl->root, agent, file);
     snprintf(dst, sizeof dst, "%.*s.work", (int)strlen(src) - 5, src);
     struct stat sb;
+    if (clock_ms() < rl->starved_until) return;
     if (lstat(src, &sb) || !S_ISREG(sb.st_mode)) return;
     if (rename(src, dst)) return;   /* another relay took it, or it is gone */
     RelayReq *r = xrealloc(NULL, sizeof *r);
@@ -5641,7 +5655,17 @@ static void relay_take(Relay *rl, const char *agent, const char *file) {
     r->agent = xstrndup(agent, strlen(agent));
     r->file_id = xstrndup(file, n - 5);
     char err[ARC_ERRLEN];
-    if (relay_parse(dst, r, err)) {
+    int rc = relay_parse(dst, r, err);
+    if (rc == ARC_AGAIN) {
+        /* Unclaim it for a later scan. The rename back is itself an inotify
+         * event: without the pause it would be taken again at once, for
+         * as long as descriptors are short, spinning this thread. */
+        rl->starved_until = clock_ms() + ARC_RELAY_SCAN_MS / 2;
+        if (rename(dst, src)) log_warn("relay: cannot unclaim %s", dst);
+        relay_req_free(r);
+        return;
+    }
+    if (rc) {
         r->status = 400;
         relay_answer(rl, r, err);
         relay_req_free(r);
@@ -6477,10 +6501,10 @@ static void loop_refuse(int fd) {
  * take the spare again. Without a spare, stop polling the listener for
  * 100 ms. Returns 1 when a client was taken off the queue. */
 static int loop_accept_emfile(Hub *h, int err) {
-    if (h->now_ms - h->accept_warned_ms >= 1000) {   /* at most 1 a second */
+    if (h->now_ms - h->warned_ms >= 1000) {   /* at most 1 a second */
         log_warn("accept: %s (%d connections open); refusing new ones",
                  strerror(err), h->n_sockets);
-        h->accept_warned_ms = h->now_ms;
+        h->warned_ms = h->now_ms;
     }
     int taken = 0;
     if (h->spare_fd >= 0) {
@@ -6647,6 +6671,19 @@ static void loop_relay_request(Hub *h, RelayReq *r) {
     loop_relay_serve(h, c);
 }
 
+/* poll() failed with something other than EINTR: only ENOMEM can happen
+ * with a well-formed set. Nothing is lost by waiting; the turn goes on
+ * with no events, which is harmless. */
+static void loop_poll_failed(Hub *h) {
+    if (h->now_ms - h->warned_ms >= 1000) {
+        log_warn("poll: %s", strerror(errno));
+        h->warned_ms = h->now_ms;
+    }
+    for (int i = 0; i < h->cap_pfd; i++) h->pfd[i].revents = 0;
+    struct timespec ts = { 0, 10 * 1000000 };
+    nanosleep(&ts, NULL);
+}
+
 /* One turn of the loop. Returns 0 to go on, 1 when the hub should stop. */
 static int loop_turn(Hub *h) {
     int pending = 0;
@@ -6657,7 +6694,7 @@ static int loop_turn(Hub *h) {
             pending = 1;   /* input left over from a park, or a retry due */
     int n = loop_fill_pollfds(h);
     if (poll(h->pfd, (nfds_t)n, loop_timeout_ms(h, pending)) < 0 && errno != EINTR)
-        die("poll: %s", strerror(errno));
+        loop_poll_failed(h);
     h->now_ms = clock_ms();
     h->store.busy_until_ms = 0;   /* a new turn's budget for lock waits */
     if (h->pfd[0].revents & POLLIN) {
@@ -6745,7 +6782,11 @@ static void loop_drain(Hub *h) {
             if (n == h->cap_pfd) break;
             h->pfd[n++] = (struct pollfd){ .fd = c->fd, .events = POLLOUT };
         }
-        if (!n || poll(h->pfd, (nfds_t)n, 100) < 0) break;
+        if (!n) break;
+        if (poll(h->pfd, (nfds_t)n, 100) < 0) {
+            if (errno == EINTR) continue;   /* a second SIGTERM, say */
+            break;
+        }
         h->now_ms = clock_ms();
         for (Conn *c = h->conns; c; c = c->next)
             if (c->pidx >= 0 && c->pidx < n && h->pfd[c->pidx].revents)
@@ -8839,6 +8880,7 @@ int arc_main(int argc, char **argv) {
     /* A peer that closes early (a hub, a client, a pipe) must turn into an
      * EPIPE error return, never a silent death. */
     signal(SIGPIPE, SIG_IGN);
+    rand_open();
     if (argc < 2 || argv[1][0] == '-') {
         if (argc >= 2 && !strcmp(argv[1], "--version")) return cmd_version(0, NULL);
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {

@@ -307,6 +307,27 @@ static void test_sha256(void) {
     free(a);
 }
 
+/* Found by tests/test_hostile.py: a hub out of descriptors died in
+ * rand_bytes() ("cannot read /dev/urandom") making a relay file name or a
+ * session id. Ids must still come with no descriptor left. */
+static void test_rand_without_descriptors(void) {
+    char a[37], b[37];
+    uuid4(a);                             /* opens /dev/urandom (once) */
+    struct rlimit old, low;
+    CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0);
+    int fds[64], n = 0;
+    low = old;
+    low.rlim_cur = 64;
+    if (old.rlim_cur > 64 && setrlimit(RLIMIT_NOFILE, &low) == 0) {
+        while (n < 64 && (fds[n] = open("/dev/null", O_RDONLY)) >= 0) n++;
+        CHECK(open("/dev/null", O_RDONLY) < 0 && errno == EMFILE);
+        uuid4(b);                         /* died here before the fix */
+        CHECK(strlen(b) == 36 && strcmp(a, b) != 0);
+        while (n) close(fds[--n]);
+        CHECK(setrlimit(RLIMIT_NOFILE, &old) == 0);
+    }
+}
+
 static void test_uuid(void) {
     char u[37], w[37];
     uuid4(u);
@@ -1224,6 +1245,7 @@ int main(void) {
     test_parse_int_text();
     test_sha256();
     test_uuid();
+    test_rand_without_descriptors();
     test_utf8();
     test_json_corpus();
     test_json_reader();
