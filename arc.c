@@ -7634,8 +7634,13 @@ static pid_t life_spawn(const LifeOpts *o, const char *log) {
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n > 0) exe[n] = 0;
     else if (!realpath(o->argv0, exe)) snprintf(exe, sizeof exe, "%s", o->argv0);
-    char port[16], mb[24], ma[24], mn[24], ttl[24];
+    char port[16], mb[24], ma[24], mn[24], ttl[24], mc[24], idle[24], hd[24],
+        bd[24];
     snprintf(port, sizeof port, "%d", o->hub.port);
+    snprintf(mc, sizeof mc, "%d", o->hub.max_conns);
+    snprintf(idle, sizeof idle, "%lld", (long long)o->hub.idle_ms);
+    snprintf(hd, sizeof hd, "%lld", (long long)o->hub.head_ms);
+    snprintf(bd, sizeof bd, "%lld", (long long)o->hub.body_ms);
     snprintf(mb, sizeof mb, "%lld", (long long)o->hub.max_body_chars);
     snprintf(ma, sizeof ma, "%lld", (long long)o->hub.max_attachment_chars);
     snprintf(mn, sizeof mn, "%lld", (long long)o->hub.max_attachments);
@@ -7645,8 +7650,10 @@ static pid_t life_spawn(const LifeOpts *o, const char *log) {
                              o->hub.spool_dir, "--max-body-chars", mb,
                              "--max-attachment-chars", ma, "--max-attachments",
                              mn, "--presence-ttl", ttl, "--sync",
-                             o->hub.sync_full ? "full" : "normal" };
-    int k = 20;
+                             o->hub.sync_full ? "full" : "normal",
+                             "--max-conns", mc, "--idle-timeout-ms", idle,
+                             "--head-timeout-ms", hd, "--body-timeout-ms", bd };
+    int k = 28;
     if (o->hub.allow_remote) args[k++] = "--allow-remote";
     if (g_quiet) args[k++] = "--quiet";
     args[k] = NULL;
