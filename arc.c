@@ -114,6 +114,7 @@
 #ifndef ARC_BUSY_TURN_MS
 #define ARC_BUSY_TURN_MS 10       /* the loop blocks on locks per turn */
 #endif
+#define ARC_BUSY_RETRY_MS 10      /* a write blocked by a lock: next try */
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
@@ -6167,7 +6168,6 @@ static void loop_finish(Hub *h, Conn *c, Res *r) {
  * ARC_BUSY_MS, without blocking the loop meanwhile (PROTOCOL §10.2). Only
  * a failed BEGIN sets q->busy, so the request wrote nothing. Returns 1
  * when c is to retry. */
-#define ARC_BUSY_RETRY_MS 10
 static int loop_retry_busy(Hub *h, Conn *c, const Req *q, const Res *r) {
     if (!q->busy || r->status != 503) {
         c->busy_since_ms = 0;
@@ -6767,6 +6767,12 @@ static int loop_turn(Hub *h) {
  * what is queued for it. */
 static void loop_drain(Hub *h) {
     for (Conn *c = h->conns; c; c = c->next) {
+        if (c->relay && c->retry_ms) {   /* waiting for a lock: give up now */
+            c->retry_ms = 0;
+            conn_respond(h, c, 503, NULL, NULL,
+                         STR_LIT("{\"ok\":false,\"error\":\"storage error: "
+                                 "database is locked\"}"));
+        }
         if (c->state == CONN_PARKED) loop_unpark(h, c, STR_LIT("[]"));
         else if (c->state == CONN_STREAM) conn_kill(h, c);
         if (c->relay) loop_write(h, c);

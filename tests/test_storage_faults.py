@@ -25,7 +25,8 @@ import threading
 import time
 import unittest
 
-from hubtest import Hub, arc_only, hub_command, qs, wait_for
+from hubtest import Hub, arc_only, hub_command
+from test_relay import RelayClient
 
 ROUNDS = int(os.environ.get("ARC_DURABILITY_ROUNDS", "3"))
 N_CLIENTS = 16
@@ -342,6 +343,16 @@ class LockedStorageTests(unittest.TestCase):
         status, _, payload = result[0]
         self.assertEqual(status, 201, payload)
         self.assertIn("waited", [m["body"] for m in all_messages(self.hub)])
+
+    def test_relayed_write_waits_for_the_lock_too(self):
+        relay = RelayClient(os.path.join(self.hub.dir, "spool"), "relayed")
+        t, released = self.hold_lock(1.5)
+        rid = relay.submit("POST", "/v1/messages", {"from_agent": "relayed",
+                                                    "body": "through the spool"})
+        answer = relay.wait(rid, timeout=20)
+        self.assertEqual(answer["status"], 201, answer)
+        self.assertEqual(len(released), 1, "committed while the lock was held?")
+        t.join(20)
 
     def test_write_gives_up_with_503_after_the_busy_timeout(self):
         t, released = self.hold_lock(7)
