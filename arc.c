@@ -1792,6 +1792,18 @@ static int64_t store_data_version(Store *s) {
     return v;
 }
 
+static void store_close(Store *s) {
+    if (!s->db) return;
+    if (s->in_tx) store_commit(s);
+    for (int i = 0; i < s->n_stmts; i++) sqlite3_finalize(s->stmts[i].st);
+    s->n_stmts = 0;
+    /* Closing the last connection checkpoints the WAL into the main file. */
+    if (sqlite3_close(s->db) != SQLITE_OK)
+        log_warn("store: close: %s", sqlite3_errmsg(s->db));
+    s->db = NULL;
+    json_free(&s->scratch);
+}
+
 /* Open (creating if needed) the storage file, apply the schema, make the
  * default channels and derive the instance id. Fills err on failure. */
 static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full,
@@ -1808,7 +1820,7 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     if (rc != SQLITE_OK) {
         snprintf(err, ARC_ERRLEN, "cannot open storage %s: %s", path,
                  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
-        return -1;
+        goto fail;   /* SQLite returns a handle even then: close it */
     }
     s->busy_budget_ms = busy_ms;
     sqlite3_busy_handler(s->db, store_on_busy, s);
@@ -1827,11 +1839,11 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         snprintf(err, ARC_ERRLEN, "cannot initialise storage %s: %s", path,
                  e ? e : sqlite3_errmsg(s->db));
         sqlite3_free(e);
-        return -1;
+        goto fail;
     }
     if (!realpath(path, s->path)) {
         snprintf(err, ARC_ERRLEN, "cannot resolve %s: %s", path, strerror(errno));
-        return -1;
+        goto fail;
     }
     sqlite3_stmt *st = store_stmt(s, "PRAGMA journal_mode");
     if (st && sqlite3_step(st) == SQLITE_ROW)
@@ -1851,14 +1863,14 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         if (store_done(s, st)) {
             snprintf(err, ARC_ERRLEN, "cannot write storage %s: %s", path,
                      sqlite3_errmsg(s->db));
-            return -1;
+            goto fail;
         }
     }
     if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, &e)) {
         snprintf(err, ARC_ERRLEN, "cannot write storage %s: %s", path,
                  e ? e : sqlite3_errmsg(s->db));
         sqlite3_free(e);
-        return -1;
+        goto fail;
     }
     /* PROTOCOL §10: the id names the state, not the process, so two hubs on
      * one file agree and a recreated file gets a new one. */
@@ -1886,19 +1898,12 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         s->wal_dev = fs.st_dev, s->wal_ino = fs.st_ino;
     buf_free(&wal);
     return 0;
+fail:
+    s->in_tx = 0;   /* closing rolls back a BEGIN left open */
+    store_close(s);
+    return -1;
 }
 
-static void store_close(Store *s) {
-    if (!s->db) return;
-    if (s->in_tx) store_commit(s);
-    for (int i = 0; i < s->n_stmts; i++) sqlite3_finalize(s->stmts[i].st);
-    s->n_stmts = 0;
-    /* Closing the last connection checkpoints the WAL into the main file. */
-    if (sqlite3_close(s->db) != SQLITE_OK)
-        log_warn("store: close: %s", sqlite3_errmsg(s->db));
-    s->db = NULL;
-    json_free(&s->scratch);
-}
 
 /* ==== hub: the coordination model and the request handlers ================ */
 
@@ -7014,6 +7019,7 @@ static int cmd_serve(int argc, char **argv) {
     if (!cfg->allow_remote && !hub_is_loopback(cfg->host)) {
         fprintf(stderr, "arc: refusing to listen on %s without --allow-remote "
                 "(Arc v1 has no authentication)\n", cfg->host);
+        free(h);
         return 2;
     }
     h->max_request_bytes = cfg->max_body_chars +
@@ -7031,6 +7037,7 @@ static int cmd_serve(int argc, char **argv) {
                  (unsigned long long)rl.rlim_cur, cfg->max_conns);
     if (store_open(&h->store, cfg->storage, ARC_BUSY_MS, cfg->sync_full, err)) {
         fprintf(stderr, "arc: %s\n", err);
+        free(h);
         return 1;
     }
     h->store.busy_budget_ms = ARC_BUSY_TURN_MS;   /* see loop_retry_busy */
@@ -7039,6 +7046,7 @@ static int cmd_serve(int argc, char **argv) {
     if (h->listen_fd < 0) {
         fprintf(stderr, "arc: %s\n", err);
         store_close(&h->store);
+        free(h);
         return 1;
     }
     h->wal_watch = serve_watch_wal(&h->store);
@@ -7069,6 +7077,7 @@ static int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "arc: %s\n", err);
         unlink(pidpath);
         store_close(&h->store);
+        free(h);
         return 1;
     }
     log_info("listening on %s (storage=%s, journal_mode=%s, instance=%s, "
