@@ -12,6 +12,9 @@ SQLDEFS = -DSQLITE_THREADSAFE=2 -DSQLITE_ENABLE_FTS5 -DSQLITE_DQS=0 \
           -DSQLITE_OMIT_DEPRECATED -DSQLITE_DEFAULT_WAL_SYNCHRONOUS=2
 SAN = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
       -fno-sanitize-recover=all
+# libFuzzer targets, tests/fuzz_NAME.c with seeds in tests/fuzz/NAME/:
+# JSON, HTTP framing, query strings, relay envelopes, the MCP stdio framer.
+FUZZ_TARGETS = json http query relay mcp
 
 .PHONY: all test asan clean install uninstall
 
@@ -35,64 +38,67 @@ tests/unit-asan: tests/unit.c arc.c sqlite3.o
 	$(CC) $(WARN) -Wno-missing-prototypes $(SAN) -DARC_NO_MAIN \
 	    -DARC_BUF_MIN=1 -o $@ tests/unit.c sqlite3.o -pthread -lm
 
-# make test: unit tests, then the integration suite against ./arc.
-test: arc tests/unit tests/fuzz-replay-json tests/fuzz-replay-http
-	@sh tests/run.sh ./arc tests/unit
+# make test: the unit tests, the fuzz corpus replay, each libFuzzer target
+# for FUZZ_TEST_SECONDS (tests/setup-fuzz.sh installs clang if it can; the
+# targets are skipped if not), then the integration suite against ./arc and,
+# unit tests included, once more against the sanitizer build (what `make
+# asan` runs alone). TEST_ASAN= leaves the sanitizer half out.
+FUZZ_TEST_SECONDS = 20
+TEST_ASAN = arc-asan tests/unit-asan
+test: arc tests/unit $(TEST_ASAN) $(FUZZ_TARGETS:%=tests/fuzz-replay-%)
+	@FUZZ_TARGETS="$(FUZZ_TARGETS)" FUZZ_CC="$(FUZZ_CC)" \
+	 FUZZ_TEST_SECONDS=$(FUZZ_TEST_SECONDS) \
+	 sh tests/run.sh ./arc tests/unit $(TEST_ASAN:%=./%)
 
-# make asan: the same suite against the sanitizer build.
-asan: arc-asan tests/unit-asan
+# make asan: the unit and integration suites against the sanitizer build.
+asan: arc-asan tests/unit-asan $(FUZZ_TARGETS:%=tests/fuzz-replay-%)
 	@ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 \
 	 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	 sh tests/run.sh ./arc-asan tests/unit-asan
+	 FUZZ_TARGETS="$(FUZZ_TARGETS)" sh tests/run.sh ./arc-asan tests/unit-asan
 
-# libFuzzer targets (clang; `make fuzz FUZZ_CC=clang-15` to pick one). The
-# limits are shrunk so short inputs reach the overflow paths; the replay
-# build uses the same ones, so a saved input means the same thing to both.
+# libFuzzer targets (clang; `make fuzz FUZZ_CC=clang-15` to pick one): one
+# tests/fuzz_NAME.c and one seed corpus tests/fuzz/NAME/ per name in
+# FUZZ_TARGETS (at the top); adding a name is all the rules below need. The limits are shrunk so short inputs reach the overflow
+# paths; the replay build uses the same ones, so a saved input means the
+# same thing to both.
 FUZZ_CC = clang
 FUZZ_SECONDS = 20
 FUZZ_LIMITS = -DARC_MAX_URL=256 -DARC_MAX_HEAD=1024 -DARC_MAX_HEADERS=16 \
               -DARC_JSON_DEPTH=16
 FUZZ_FLAGS = -g -O1 -fno-omit-frame-pointer \
              -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-FUZZ_BINS = tests/fuzz_json tests/fuzz_http tests/fuzz-replay-json \
-            tests/fuzz-replay-http
+FUZZ_BINS = $(FUZZ_TARGETS:%=tests/fuzz_%) $(FUZZ_TARGETS:%=tests/fuzz-replay-%)
+FUZZ_DEPS = tests/fuzz.h tests/replay.h arc.c sqlite3.o
 
 .PHONY: fuzz fuzz-run fuzz-replay
 
-fuzz: tests/fuzz_json tests/fuzz_http
+fuzz: $(FUZZ_TARGETS:%=tests/fuzz_%)
 
-tests/fuzz_json: tests/fuzz_json.c tests/replay.h arc.c sqlite3.o
+tests/fuzz_%: tests/fuzz_%.c $(FUZZ_DEPS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -DARC_NO_MAIN $(FUZZ_LIMITS) -o $@ \
-	    tests/fuzz_json.c sqlite3.o -pthread -lm
+	    tests/fuzz_$*.c sqlite3.o -pthread -lm
 
-tests/fuzz_http: tests/fuzz_http.c tests/replay.h arc.c sqlite3.o
-	$(FUZZ_CC) $(FUZZ_FLAGS) -DARC_NO_MAIN $(FUZZ_LIMITS) -o $@ \
-	    tests/fuzz_http.c sqlite3.o -pthread -lm
-
-# make fuzz-run: each target for FUZZ_SECONDS seconds. New inputs go to
-# tests/out/fuzz-NAME (the checked-in corpus is only read), crashes to
-# tests/out/fuzz-NAME-crash-*; any crash fails the target.
+# make fuzz-run: each target for FUZZ_SECONDS seconds (FUZZ_TARGETS=http
+# for one). New inputs go to tests/out/fuzz-NAME (the checked-in corpus is
+# only read), crashes to tests/out/fuzz-NAME-crash-*; any crash fails it.
 fuzz-run: fuzz
-	@for t in json http; do \
+	@for t in $(FUZZ_TARGETS); do \
 	    mkdir -p tests/out/fuzz-$$t || exit 1; \
 	    echo "fuzz-run: $$t for $(FUZZ_SECONDS) s"; \
 	    ./tests/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	        -artifact_prefix=tests/out/fuzz-$$t- \
-	        tests/out/fuzz-$$t tests/corpus/$$t || exit 1; \
+	        tests/out/fuzz-$$t tests/fuzz/$$t || exit 1; \
 	done
 
 # Replay: the same targets as plain programs, any compiler, no libFuzzer.
-tests/fuzz-replay-json: tests/fuzz_json.c tests/replay.h arc.c sqlite3.o
+tests/fuzz-replay-%: tests/fuzz_%.c $(FUZZ_DEPS)
 	$(CC) $(WARN) $(CFLAGS) -DFUZZ_REPLAY -DARC_NO_MAIN $(FUZZ_LIMITS) -o $@ \
-	    tests/fuzz_json.c sqlite3.o -pthread -lm
+	    tests/fuzz_$*.c sqlite3.o -pthread -lm
 
-tests/fuzz-replay-http: tests/fuzz_http.c tests/replay.h arc.c sqlite3.o
-	$(CC) $(WARN) $(CFLAGS) -DFUZZ_REPLAY -DARC_NO_MAIN $(FUZZ_LIMITS) -o $@ \
-	    tests/fuzz_http.c sqlite3.o -pthread -lm
-
-fuzz-replay: tests/fuzz-replay-json tests/fuzz-replay-http
-	./tests/fuzz-replay-json tests/corpus/json
-	./tests/fuzz-replay-http tests/corpus/http
+fuzz-replay: $(FUZZ_TARGETS:%=tests/fuzz-replay-%)
+	@for t in $(FUZZ_TARGETS); do \
+	    ./tests/fuzz-replay-$$t tests/fuzz/$$t || exit 1; \
+	done
 
 # make bench: the load generator against a fresh ./arc per run; REF="python3
 # path/to/arc.py" adds the same measurements against another hub. Prints one

@@ -76,14 +76,19 @@
 #ifndef ARC_JSON_DEPTH
 #define ARC_JSON_DEPTH 128        /* nesting of arrays/objects; beyond: 400 */
 #endif
+/* The connection limits below are defaults: `arc serve` can change each
+ * (--max-conns, --idle-timeout-ms, --head-timeout-ms, --body-timeout-ms). */
 #ifndef ARC_MAX_CONNS
 #define ARC_MAX_CONNS 10000       /* open client sockets; beyond: 503 */
 #endif
 #ifndef ARC_IDLE_MS
 #define ARC_IDLE_MS 60000         /* keep-alive idle, or a stalled writer */
 #endif
-#ifndef ARC_REQ_MS
-#define ARC_REQ_MS 30000          /* a started request must be complete */
+#ifndef ARC_HEAD_MS
+#define ARC_HEAD_MS 10000         /* a head, from its first byte: else 408 */
+#endif
+#ifndef ARC_BODY_MS
+#define ARC_BODY_MS 30000         /* a body, from the end of its head: 408 */
 #endif
 #ifndef ARC_MAX_OUT
 #define ARC_MAX_OUT (4u << 20)    /* unsent bytes per conn before we drop it */
@@ -109,6 +114,13 @@
 #ifndef ARC_MAX_ALLOWED_HOSTS
 #define ARC_MAX_ALLOWED_HOSTS 16  /* --allowed-host names (PROTOCOL §2.2) */
 #endif
+#ifndef ARC_BUSY_MS
+#define ARC_BUSY_MS 5000          /* a write waits this long for the lock */
+#endif
+#ifndef ARC_BUSY_TURN_MS
+#define ARC_BUSY_TURN_MS 10       /* the loop blocks on locks per turn */
+#endif
+#define ARC_BUSY_RETRY_MS 10      /* a write blocked by a lock: next try */
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
@@ -355,17 +367,26 @@ static int iso_parse(Str s, int64_t *us) {
     return 0;
 }
 
+/* /dev/urandom, opened once (arc_main opens it first thing) and kept: a
+ * hub out of descriptors must still make session ids and relay file
+ * names, and opening it per call then failed fatally. Shared by threads:
+ * read() on it needs no lock. */
+static int g_urandom = -1;
+
+static void rand_open(void) {
+    if (g_urandom < 0) g_urandom = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+}
+
 /* Fill p with n unpredictable bytes. */
 static void rand_bytes(unsigned char *p, size_t n) {
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    rand_open();
     size_t got = 0;
-    while (fd >= 0 && got < n) {
-        ssize_t r = read(fd, p + got, n - got);
+    while (g_urandom >= 0 && got < n) {
+        ssize_t r = read(g_urandom, p + got, n - got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) break;
         got += (size_t)r;
     }
-    if (fd >= 0) close(fd);
     if (got < n) die("cannot read /dev/urandom");
 }
 
@@ -1471,6 +1492,13 @@ typedef struct {
     int in_tx;                          /* a batch transaction is open */
     int64_t data_version;               /* last PRAGMA data_version seen */
     Json scratch;                       /* reused to validate JSON columns */
+    int busy;                           /* the last BEGIN found it locked */
+    int64_t busy_budget_ms;             /* most blocking per turn on locks */
+    int64_t busy_until_ms;              /* this turn's limit; 0 = not set */
+    dev_t dev, wal_dev;                 /* the files we opened, to notice */
+    ino_t ino, wal_ino;                 /* them removed or replaced */
+    int gone;                           /* they were: refuse every write */
+    char err[256];                      /* why the last store call failed */
 } Store;
 
 /* A statement for `sql`, reset and with no bindings; NULL on failure (the
@@ -1538,21 +1566,77 @@ static Str store_col(sqlite3_stmt *st, int i) {
     return (Str){ p, p ? (size_t)sqlite3_column_bytes(st, i) : 0 };
 }
 
+/* Is the file at `path` the one we opened (dev, ino)? */
+static int store_same_file(const char *path, dev_t dev, ino_t ino) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && sb.st_dev == dev && sb.st_ino == ino;
+}
+
+/* Before each write transaction: are the storage file and its -wal still
+ * the files we have open? If someone removed or replaced them, SQLite
+ * would go on writing into unlinked files that vanish when we close, so
+ * every acknowledged write would be lost. Writes are refused from then on
+ * (503); reads go on from what is open. One stat per file per write turn. */
+static int store_check_files(Store *s) {
+    if (!s->gone && s->ino && !store_same_file(s->path, s->dev, s->ino))
+        s->gone = 1;
+    if (!s->gone && s->wal_ino) {
+        char wal[PATH_MAX + 8];
+        snprintf(wal, sizeof wal, "%s-wal", s->path);
+        if (!store_same_file(wal, s->wal_dev, s->wal_ino)) s->gone = 1;
+    }
+    if (!s->gone) return 0;
+    if (s->gone == 1) {
+        log_warn("storage file %s (or its -wal) was removed or replaced while "
+                 "in use; refusing writes until arc is restarted", s->path);
+        s->gone = 2;
+    }
+    snprintf(s->err, sizeof s->err, "storage file was removed or replaced "
+             "while the hub was running; restart the hub");
+    return -1;
+}
+
+/* Busy handler: wait for another process's lock, but never block the loop
+ * for more than busy_budget_ms in one turn, however many statements ask
+ * (the loop resets busy_until_ms every turn). A write that finds the lock
+ * taken is retried on later turns instead (PROTOCOL §10.2). */
+static int store_on_busy(void *arg, int n) {
+    Store *s = arg;
+    int64_t now = clock_ms();
+    (void)n;
+    if (!s->busy_until_ms) s->busy_until_ms = now + s->busy_budget_ms;
+    if (now >= s->busy_until_ms) return 0;
+    struct timespec ts = { 0, 1000000 };   /* 1 ms */
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
 /* Open the batch transaction if none is open. All writes of one loop turn
  * share it and are committed together by store_commit() (group commit);
- * their responses are sent only after that commit. */
+ * their responses are sent only after that commit. On failure s->err says
+ * why and s->busy whether the lock was taken by someone else. */
 static int store_begin(Store *s) {
     if (s->in_tx) return 0;
-    if (store_exec(s, "BEGIN IMMEDIATE")) return -1;
+    s->busy = 0;
+    if (store_check_files(s)) return -1;
+    if (store_exec(s, "BEGIN IMMEDIATE")) {
+        s->busy = (sqlite3_errcode(s->db) & 0xff) == SQLITE_BUSY;
+        snprintf(s->err, sizeof s->err, "%s", sqlite3_errmsg(s->db));
+        return -1;
+    }
     s->in_tx = 1;
     return 0;
 }
 
+/* Commit the batch. On failure s->err holds COMMIT's error (not that of
+ * the ROLLBACK after it: SQLite may already have rolled back, on a full
+ * disk for instance). */
 static int store_commit(Store *s) {
     if (!s->in_tx) return 0;
     s->in_tx = 0;
     if (store_exec(s, "COMMIT") == 0) return 0;
-    store_exec(s, "ROLLBACK");
+    snprintf(s->err, sizeof s->err, "%s", sqlite3_errmsg(s->db));
+    if (!sqlite3_get_autocommit(s->db)) store_exec(s, "ROLLBACK");
     return -1;
 }
 
@@ -1733,6 +1817,18 @@ static int64_t store_data_version(Store *s) {
     return v;
 }
 
+static void store_close(Store *s) {
+    if (!s->db) return;
+    if (s->in_tx) store_commit(s);
+    for (int i = 0; i < s->n_stmts; i++) sqlite3_finalize(s->stmts[i].st);
+    s->n_stmts = 0;
+    /* Closing the last connection checkpoints the WAL into the main file. */
+    if (sqlite3_close(s->db) != SQLITE_OK)
+        log_warn("store: close: %s", sqlite3_errmsg(s->db));
+    s->db = NULL;
+    json_free(&s->scratch);
+}
+
 /* Open (creating if needed) the storage file, apply the schema, make the
  * default channels and derive the instance id. Fills err on failure. */
 static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full,
@@ -1754,9 +1850,10 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     if (rc != SQLITE_OK) {
         snprintf(err, ARC_ERRLEN, "cannot open storage %s: %s", path,
                  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
-        return -1;
+        goto fail;   /* SQLite returns a handle even then: close it */
     }
-    sqlite3_busy_timeout(s->db, (int)busy_ms);
+    s->busy_budget_ms = busy_ms;
+    sqlite3_busy_handler(s->db, store_on_busy, s);
     /* Keep plans stable: otherwise every re-bound LIMIT ? re-prepares the
      * statement (seen as ~9% of a GET /v1/messages). */
     sqlite3_db_config(s->db, SQLITE_DBCONFIG_ENABLE_QPSG, 1, (int *)NULL);
@@ -1772,11 +1869,11 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         snprintf(err, ARC_ERRLEN, "cannot initialise storage %s: %s", path,
                  e ? e : sqlite3_errmsg(s->db));
         sqlite3_free(e);
-        return -1;
+        goto fail;
     }
     if (!realpath(path, s->path)) {
         snprintf(err, ARC_ERRLEN, "cannot resolve %s: %s", path, strerror(errno));
-        return -1;
+        goto fail;
     }
     sqlite3_stmt *st = store_stmt(s, "PRAGMA journal_mode");
     if (st && sqlite3_step(st) == SQLITE_ROW)
@@ -1796,14 +1893,14 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         if (store_done(s, st)) {
             snprintf(err, ARC_ERRLEN, "cannot write storage %s: %s", path,
                      sqlite3_errmsg(s->db));
-            return -1;
+            goto fail;
         }
     }
     if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, &e)) {
         snprintf(err, ARC_ERRLEN, "cannot write storage %s: %s", path,
                  e ? e : sqlite3_errmsg(s->db));
         sqlite3_free(e);
-        return -1;
+        goto fail;
     }
     /* PROTOCOL §10: the id names the state, not the process, so two hubs on
      * one file agree and a recreated file gets a new one. */
@@ -1822,20 +1919,21 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     buf_free(&marker);
     snprintf(s->instance_id, sizeof s->instance_id, "mh1-%.20s", hex);
     s->data_version = store_data_version(s);
+    /* Remember which files these are (store_check_files). */
+    struct stat fs;
+    Buf wal = { 0 };
+    buf_addf(&wal, "%s-wal", s->path);
+    if (stat(s->path, &fs) == 0) s->dev = fs.st_dev, s->ino = fs.st_ino;
+    if (!strcmp(s->journal_mode, "wal") && stat(wal.p, &fs) == 0)
+        s->wal_dev = fs.st_dev, s->wal_ino = fs.st_ino;
+    buf_free(&wal);
     return 0;
+fail:
+    s->in_tx = 0;   /* closing rolls back a BEGIN left open */
+    store_close(s);
+    return -1;
 }
 
-static void store_close(Store *s) {
-    if (!s->db) return;
-    if (s->in_tx) store_commit(s);
-    for (int i = 0; i < s->n_stmts; i++) sqlite3_finalize(s->stmts[i].st);
-    s->n_stmts = 0;
-    /* Closing the last connection checkpoints the WAL into the main file. */
-    if (sqlite3_close(s->db) != SQLITE_OK)
-        log_warn("store: close: %s", sqlite3_errmsg(s->db));
-    s->db = NULL;
-    json_free(&s->scratch);
-}
 
 /* ==== hub: the coordination model and the request handlers ================ */
 
@@ -1861,6 +1959,10 @@ typedef struct {
     int64_t max_attachments;       /* per message */
     int64_t presence_ttl_s;        /* a session idle this long expires */
     int sync_full;                 /* PRAGMA synchronous=FULL (default) */
+    int max_conns;                 /* client sockets, ARC_MAX_CONNS */
+    int64_t idle_ms;               /* ARC_IDLE_MS */
+    int64_t head_ms;               /* ARC_HEAD_MS */
+    int64_t body_ms;               /* ARC_BODY_MS */
 } HubConfig;
 
 /* A message committed in this loop turn, kept until the turn ends to answer
@@ -1915,7 +2017,10 @@ typedef struct {
     int listen_fd, wake_rd, wake_wr;
     Conn *conns;                 /* all client connections */
     int n_conns;                 /* conns, relayed ones included */
-    int n_sockets;               /* conns with a socket: ARC_MAX_CONNS */
+    int n_sockets;               /* conns with a socket: cfg.max_conns */
+    int spare_fd;                /* held open to shed load on EMFILE, or -1 */
+    int64_t accept_pause_until;  /* EMFILE back-off without a spare fd */
+    int64_t warned_ms;           /* last EMFILE/poll warning (rate limit) */
     Conn **heap;                 /* min-heap of conns by deadline_ms */
     int n_heap, cap_heap;
     struct pollfd *pfd;
@@ -1940,6 +2045,7 @@ typedef struct {
     int has_body;
     Str last_event_id;   /* SSE resume header */
     int sp_open;         /* a savepoint is open for this request */
+    int busy;            /* its write found the lock taken: retry later */
     int batch_mark;      /* h->n_batch when the savepoint opened */
     Buf tmp;             /* scratch for query parameters */
 } Req;
@@ -1988,7 +2094,12 @@ static void hub_now(char out[ISO_LEN]) { iso_format(clock_wall_us(), out); }
  * write. Returns 0, or -1 with a 503 in r. */
 static int hub_tx(Hub *h, Req *q, Res *r) {
     if (q->sp_open) return 0;
-    if (store_begin(&h->store) || store_exec(&h->store, "SAVEPOINT req")) {
+    if (store_begin(&h->store)) {
+        q->busy = h->store.busy;
+        hub_fail(r, 503, "storage error: %s", h->store.err);
+        return -1;
+    }
+    if (store_exec(&h->store, "SAVEPOINT req")) {
         hub_db_fail(h, r);
         return -1;
     }
@@ -2143,7 +2254,10 @@ static int hub_timeout(Req *q, Res *r, int64_t *ms) {
     errno = 0;
     double t = strtod(buf_cstr(&q->tmp), &end);
     while (*end && isspace((unsigned char)*end)) end++;
-    if (end == q->tmp.p || *end || isnan(t) || strpbrk(q->tmp.p, "xX")) {
+    /* The number must run to the end of the value: a decoded %00 would
+     * otherwise end it early for strtod and strpbrk alike. */
+    if (end == q->tmp.p || end != q->tmp.p + q->tmp.len || isnan(t) ||
+        strpbrk(q->tmp.p, "xX")) {
         hub_fail(r, 400, "timeout must be a number");
         return -1;
     }
@@ -5528,6 +5642,8 @@ typedef struct Relay {
     int req_wd;                /* watch on requests/ */
     struct { int wd; char name[256]; } *watches;   /* relay thread only */
     int n_watches;
+    int64_t starved_until;     /* relay thread only: out of descriptors, so
+                                  take nothing until then (the next scan) */
 } Relay;
 
 static void relay_req_free(RelayReq *r) {
@@ -5660,28 +5776,21 @@ static void relay_answer(Relay *rl, RelayReq *r, const char *error) {
     buf_free(&err);
 }
 
-/* Read and check a claimed request (PROTOCOL §11). Returns 0 with r
- * filled, or -1 with the reason in err. */
-static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(err, ARC_ERRLEN, "cannot read request: %s", strerror(errno));
-        return -1;
-    }
-    Buf data = { .max = ARC_RELAY_MAX_FILE };
-    char chunk[16384];
-    ssize_t n;
-    while ((n = read(fd, chunk, sizeof chunk)) > 0) buf_add(&data, chunk, (size_t)n);
-    close(fd);
+/* Check a request envelope (PROTOCOL §11) held in data and fill r's
+ * request_id, method, path and body. Pure: no file or socket is touched,
+ * so the fuzzer drives it directly (tests/fuzz_relay.c). Returns 0, or -1
+ * with the reason in err (r may then hold some fields; the caller frees
+ * it whole). */
+static int relay_parse_envelope(Str data, RelayReq *r, char err[ARC_ERRLEN]) {
     Json j = { 0 };
+    Buf v = { 0 };
     int rc = -1;
-    if (data.err) {
+    if (data.n > ARC_RELAY_MAX_FILE) {
         snprintf(err, ARC_ERRLEN, "request file larger than %u bytes",
                  ARC_RELAY_MAX_FILE);
         goto done;
     }
-    if (!utf8_valid(buf_cstr(&data), data.len) ||
-        json_parse(&j, buf_cstr(&data), data.len)) {
+    if (!utf8_valid(data.p, data.n) || json_parse(&j, data.p, data.n)) {
         snprintf(err, ARC_ERRLEN, "invalid relay request: not valid JSON%s%.300s",
                  j.err[0] ? ": " : "", j.err);
         goto done;
@@ -5691,7 +5800,6 @@ static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
                  "be a JSON object");
         goto done;
     }
-    Buf v = { 0 };
     uint32_t t = json_get_val(&j, 0, "request_id");
     if (t && json_truthy(&j, t)) {
         json_as_text(&v, &j, t);
@@ -5704,7 +5812,12 @@ static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
     if (!v.len) {
         snprintf(err, ARC_ERRLEN, "invalid relay request: request envelope "
                  "missing method");
-        buf_free(&v);
+        goto done;
+    }
+    /* The loop reads method and path as C strings: a NUL inside would
+     * silently cut them short ("GET\u0000X" served as GET). */
+    if (memchr(v.p, 0, v.len)) {
+        snprintf(err, ARC_ERRLEN, "invalid relay request: method contains NUL");
         goto done;
     }
     r->method = xstrndup(v.p, v.len);
@@ -5713,11 +5826,13 @@ static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
     if (!v.len || v.p[0] != '/') {
         snprintf(err, ARC_ERRLEN, "invalid relay request: request path must "
                  "start with '/'");
-        buf_free(&v);
+        goto done;
+    }
+    if (memchr(v.p, 0, v.len)) {
+        snprintf(err, ARC_ERRLEN, "invalid relay request: path contains NUL");
         goto done;
     }
     r->path = xstrndup(v.p, v.len);
-    buf_free(&v);
     if ((t = json_get_val(&j, 0, "body"))) {
         if (j.t[t].type != JSON_OBJ) {
             snprintf(err, ARC_ERRLEN, "invalid relay request: request body must "
@@ -5731,6 +5846,42 @@ static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
     rc = 0;
 done:
     json_free(&j);
+    buf_free(&v);
+    return rc;
+}
+
+/* Read a claimed request file and check it. Returns 0 with r filled, -1
+ * with the reason in err, or ARC_AGAIN when the process is out of
+ * descriptors or memory for now (the request is fine; try it later). */
+static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == EMFILE || errno == ENFILE || errno == ENOMEM) return ARC_AGAIN;
+        snprintf(err, ARC_ERRLEN, "cannot read request: %s", strerror(errno));
+        return -1;
+    }
+    /* One byte over the limit is enough to refuse the file. */
+    Buf data = { .max = ARC_RELAY_MAX_FILE + 1 };
+    char chunk[16384];
+    ssize_t n = 0;
+    while (!data.err) {
+        n = read(fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        buf_add(&data, chunk, (size_t)n);
+    }
+    int rc;
+    if (n < 0) {
+        snprintf(err, ARC_ERRLEN, "cannot read request: %s", strerror(errno));
+        rc = -1;
+    } else if (data.err) {
+        snprintf(err, ARC_ERRLEN, "request file larger than %u bytes",
+                 ARC_RELAY_MAX_FILE);
+        rc = -1;
+    } else {
+        rc = relay_parse_envelope(buf_str(&data), r, err);
+    }
+    close(fd);
     buf_free(&data);
     return rc;
 }
@@ -5744,6 +5895,7 @@ static void relay_take(Relay *rl, const char *agent, const char *file) {
     snprintf(src, sizeof src, "%s/requests/%s/%s", rl->root, agent, file);
     snprintf(dst, sizeof dst, "%.*s.work", (int)strlen(src) - 5, src);
     struct stat sb;
+    if (clock_ms() < rl->starved_until) return;
     if (lstat(src, &sb) || !S_ISREG(sb.st_mode)) return;
     if (rename(src, dst)) return;   /* another relay took it, or it is gone */
     RelayReq *r = xrealloc(NULL, sizeof *r);
@@ -5751,7 +5903,17 @@ static void relay_take(Relay *rl, const char *agent, const char *file) {
     r->agent = xstrndup(agent, strlen(agent));
     r->file_id = xstrndup(file, n - 5);
     char err[ARC_ERRLEN];
-    if (relay_parse(dst, r, err)) {
+    int rc = relay_parse(dst, r, err);
+    if (rc == ARC_AGAIN) {
+        /* Unclaim it for a later scan. The rename back is itself an inotify
+         * event: without the pause it would be taken again at once, for
+         * as long as descriptors are short, spinning this thread. */
+        rl->starved_until = clock_ms() + ARC_RELAY_SCAN_MS / 2;
+        if (rename(dst, src)) log_warn("relay: cannot unclaim %s", dst);
+        relay_req_free(r);
+        return;
+    }
+    if (rc) {
         r->status = 400;
         relay_answer(rl, r, err);
         relay_req_free(r);
@@ -6039,7 +6201,10 @@ struct Conn {
     int64_t deadline_ms;     /* next timer for this conn; 0 = none */
     int heap_idx;            /* position in Hub.heap, -1 if absent */
     int64_t active_ms;       /* last read/write progress */
-    int64_t req_ms;          /* first byte of an incomplete request, or 0 */
+    int64_t req_ms;          /* first byte of an incomplete head, or 0 */
+    int64_t body_ms;         /* end of the head of an incomplete body, or 0 */
+    int64_t retry_ms;        /* its write found the lock taken: retry then */
+    int64_t busy_since_ms;   /* first try of the request being retried */
     int64_t park_until_ms;   /* PARKED: when to answer [] */
     Wait wait;               /* PARKED/STREAM filter */
     RelayReq *relay;         /* owned: a relayed request (fd is -1) */
@@ -6112,9 +6277,16 @@ static void heap_set(Hub *h, Conn *c, int64_t deadline) {
     heap_down(h, c->heap_idx);
 }
 
-/* Derive a conn's deadline from its state (PROTOCOL §4 timeouts). */
+/* Derive a conn's deadline from its state (PROTOCOL §4.3 timeouts). A head
+ * or body deadline counts from when it started, not from the last byte, so
+ * a client trickling bytes cannot stretch it. */
 static void conn_schedule(Hub *h, Conn *c) {
     int64_t d;
+    if (c->retry_ms && c->state == CONN_READ) {
+        d = c->retry_ms;
+        if (d != c->deadline_ms || c->heap_idx < 0) heap_set(h, c, d);
+        return;
+    }
     if (c->relay && c->state != CONN_PARKED) {
         heap_set(h, c, 0);   /* a relayed request has no socket to time out */
         return;
@@ -6124,9 +6296,10 @@ static void conn_schedule(Hub *h, Conn *c) {
     case CONN_PARKED: d = c->park_until_ms; break;
     case CONN_STREAM: d = c->active_ms + ARC_HEARTBEAT_MS; break;
     default:
-        if (c->out_off < c->out.len) d = c->active_ms + ARC_IDLE_MS;
-        else if (c->req_ms) d = c->req_ms + ARC_REQ_MS;
-        else d = c->active_ms + ARC_IDLE_MS;
+        if (c->out_off < c->out.len) d = c->active_ms + h->cfg.idle_ms;
+        else if (c->body_ms) d = c->body_ms + h->cfg.body_ms;
+        else if (c->req_ms) d = c->req_ms + h->cfg.head_ms;
+        else d = c->active_ms + h->cfg.idle_ms;
     }
     if (d != c->deadline_ms || (d && c->heap_idx < 0)) heap_set(h, c, d);
 }
@@ -6170,7 +6343,7 @@ static void conn_error(Hub *h, Conn *c, int status, const char *msg) {
     conn_respond(h, c, status, NULL, NULL, buf_str(&b));
     buf_free(&b);
     buf_reset(&c->in);
-    c->req_ms = 0;
+    c->req_ms = c->body_ms = 0;
 }
 
 /* Remember that c's output since `mark` depends on this turn's commit. */
@@ -6238,11 +6411,31 @@ static void loop_finish(Hub *h, Conn *c, Res *r) {
     conn_respond(h, c, r->status, r->ctype, r->extra, buf_str(&r->body));
 }
 
+/* A request whose write found the storage locked by another process (a
+ * second hub, a sqlite3 shell) is not answered 503 at once: its answer is
+ * dropped and it is handled again ARC_BUSY_RETRY_MS later, for up to
+ * ARC_BUSY_MS, without blocking the loop meanwhile (PROTOCOL §10.2). Only
+ * a failed BEGIN sets q->busy, so the request wrote nothing. Returns 1
+ * when c is to retry. */
+static int loop_retry_busy(Hub *h, Conn *c, const Req *q, const Res *r) {
+    if (!q->busy || r->status != 503) {
+        c->busy_since_ms = 0;
+        return 0;
+    }
+    if (!c->busy_since_ms) c->busy_since_ms = h->now_ms;
+    if (h->now_ms - c->busy_since_ms >= ARC_BUSY_MS) {
+        c->busy_since_ms = 0;   /* waited long enough: answer the 503 */
+        return 0;
+    }
+    c->retry_ms = h->now_ms + ARC_BUSY_RETRY_MS;
+    return 1;
+}
+
 /* Parse and handle every complete request in c->in, in order, until one
  * parks, the input runs out, or enough output is queued. */
 static void loop_process(Hub *h, Conn *c) {
     while (c->state == CONN_READ && !c->close_after && c->in.len &&
-           c->out.len - c->out_off < ARC_MAX_OUT / 4) {
+           !c->retry_ms && c->out.len - c->out_off < ARC_MAX_OUT / 4) {
         HttpReq hr;
         int n = http_parse(c->in.p, c->in.len, &hr);
         if (n == ARC_AGAIN) {
@@ -6259,7 +6452,7 @@ static void loop_process(Hub *h, Conn *c) {
             break;
         }
         if ((int64_t)c->in.len < n + cl) {
-            if (!c->req_ms) c->req_ms = h->now_ms;
+            if (!c->body_ms) c->body_ms = h->now_ms;
             break;
         }
         c->keep_alive = hr.keep_alive;
@@ -6270,14 +6463,21 @@ static void loop_process(Hub *h, Conn *c) {
         int known = str_eq(hr.method, "GET") || str_eq(hr.method, "POST") ||
                     str_eq(hr.method, "DELETE");
         if (!known) c->keep_alive = 0;   /* its body, if any, is not ours */
-        if (hub_admit(h, &hr, &r) == 0)
+        if (hub_admit(h, &hr, &r) == 0) {
             hub_handle(h, &q, hr.path, (Str){ c->in.p + n, (size_t)cl }, &r);
+            if (loop_retry_busy(h, c, &q, &r)) {   /* keep the input, no answer */
+                req_free(&q);
+                res_free(&r);
+                c->req_ms = c->body_ms = 0;
+                break;
+            }
+        }
         loop_finish(h, c, &r);
         if (h->store.in_tx) loop_hold(h, c, mark);
         req_free(&q);
         res_free(&r);
         buf_consume(&c->in, (size_t)(n + cl));
-        c->req_ms = 0;
+        c->req_ms = c->body_ms = 0;
     }
 }
 
@@ -6315,7 +6515,8 @@ static void loop_write(Hub *h, Conn *c) {
         if (c->state == CONN_STREAM && c->behind) loop_stream_fill(h, c);
     } else if (c->state == CONN_STREAM && c->out.len - c->out_off > ARC_MAX_OUT) {
         /* Only a stream grows without a request; a reader that stalls on
-         * ordinary responses is bounded by loop_process and ARC_IDLE_MS. */
+         * ordinary responses is bounded by loop_process and the idle
+         * timeout (PROTOCOL §4.1). */
         log_info("dropping a client that stopped reading (%zu bytes queued)",
                  c->out.len - c->out_off);
         conn_kill(h, c);
@@ -6475,10 +6676,14 @@ static void loop_timers(Hub *h) {
             c->active_ms = h->now_ms;
             break;
         case CONN_READ:
-            if (c->req_ms && c->out_off == c->out.len)
-                conn_error(h, c, 408, "request not completed in time");
+            if (c->retry_ms)
+                c->retry_ms = 0;   /* loop_process (or the relay) retries */
+            else if (c->out_off < c->out.len || (!c->req_ms && !c->body_ms))
+                conn_kill(h, c);   /* stalled reader, or idle keep-alive */
+            else if (c->body_ms)
+                conn_error(h, c, 408, "request body not received in time");
             else
-                conn_kill(h, c);
+                conn_error(h, c, 408, "request head not received in time");
             break;
         default: break;
         }
@@ -6501,7 +6706,7 @@ static void loop_timers(Hub *h) {
  * replace every held answer with a 503 and forget the batch. */
 static void loop_commit(Hub *h) {
     if (h->store.in_tx && store_commit(&h->store)) {
-        const char *why = sqlite3_errmsg(h->store.db);
+        const char *why = h->store.err;
         log_warn("commit failed: %s", why);
         for (int i = 0; i < h->n_held; i++) {
             Conn *c = h->held[i];
@@ -6524,31 +6729,72 @@ static void loop_commit(Hub *h) {
 
 /* ---- accept, poll set, reap ---- */
 
-static int64_t g_accept_pause_until;   /* loop only: EMFILE back-off */
+/* The fixed answer to a connection beyond the limit: it is sent before the
+ * conn exists, so without X-Arc-Instance (PROTOCOL §4.4). */
+static const char loop_busy[] =
+    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+    "application/json\r\nContent-Length: 48\r\nConnection: close"
+    "\r\n\r\n{\"ok\":false,\"error\":\"too many open connections\"}";
+
+/* Answer 503 and close, without reading: one write into an empty socket
+ * buffer always fits, and a client that is gone costs nothing (EPIPE is
+ * an error return, SIGPIPE being ignored). */
+static void loop_refuse(int fd) {
+    ssize_t w;
+    do w = write(fd, loop_busy, sizeof loop_busy - 1);
+    while (w < 0 && errno == EINTR);
+    close(fd);
+}
+
+/* Out of descriptors (EMFILE/ENFILE). The listener stays readable, so
+ * ignoring the error would spin the loop. Instead: give back the spare
+ * descriptor, accept the waiting client on it to refuse it with 503, and
+ * take the spare again. Without a spare, stop polling the listener for
+ * 100 ms. Returns 1 when a client was taken off the queue. */
+static int loop_accept_emfile(Hub *h, int err) {
+    if (h->now_ms - h->warned_ms >= 1000) {   /* at most 1 a second */
+        log_warn("accept: %s (%d connections open); refusing new ones",
+                 strerror(err), h->n_sockets);
+        h->warned_ms = h->now_ms;
+    }
+    int taken = 0;
+    if (h->spare_fd >= 0) {
+        close(h->spare_fd);
+        int fd = accept(h->listen_fd, NULL, NULL);
+        if (fd >= 0) {
+            loop_refuse(fd);
+            taken = 1;
+        }
+        h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    if (!taken) h->accept_pause_until = h->now_ms + 100;
+    return taken;
+}
 
 static void loop_accept(Hub *h) {
     for (;;) {
         int fd = accept(h->listen_fd, NULL, NULL);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
-            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-                errno == ENOMEM) {
-                /* Out of descriptors: the listener stays readable, so stop
-                 * polling it for a moment instead of spinning. */
-                log_warn("accept: %s", strerror(errno));
-                g_accept_pause_until = h->now_ms + 100;
+            if (errno == EMFILE || errno == ENFILE) {
+                if (loop_accept_emfile(h, errno)) continue;
+            } else if (errno == ENOBUFS || errno == ENOMEM) {
+                h->accept_pause_until = h->now_ms + 100;
             }
-            return;
+            return;   /* EAGAIN: the queue is empty */
         }
         fcntl(fd, F_SETFD, FD_CLOEXEC);
-        if (h->n_sockets >= ARC_MAX_CONNS) {
-            static const char busy[] =
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
-                "application/json\r\nContent-Length: 48\r\nConnection: close"
-                "\r\n\r\n{\"ok\":false,\"error\":\"too many open connections\"}";
-            ssize_t w = write(fd, busy, sizeof busy - 1);
-            (void)w;
-            close(fd);
+        if (h->n_sockets >= h->cfg.max_conns) {
+            loop_refuse(fd);
+            continue;
+        }
+        /* The spare was lost (the relay thread took the descriptor while it
+         * was free): take it back before anything else, even if that means
+         * refusing this client, or the next EMFILE would find none. */
+        if (h->spare_fd < 0 &&
+            (h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+            loop_refuse(fd);
+            h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
             continue;
         }
         fd_nonblock(fd);
@@ -6576,7 +6822,7 @@ static int loop_fill_pollfds(Hub *h) {
     h->pfd[n++] = (struct pollfd){ .fd = h->wake_rd, .events = POLLIN };
     h->pfd[n++] = (struct pollfd){
         .fd = h->listen_fd,
-        .events = h->now_ms >= g_accept_pause_until ? POLLIN : 0 };
+        .events = h->now_ms >= h->accept_pause_until ? POLLIN : 0 };
     h->pfd[n++] = (struct pollfd){ .fd = h->wal_watch, .events = POLLIN };
     size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
     for (Conn *c = h->conns; c; c = c->next) {
@@ -6600,8 +6846,8 @@ static int loop_timeout_ms(Hub *h, int pending) {
         h->next_dv_ms < t)
         t = h->next_dv_ms;
     if (h->shutdown_at_ms && h->shutdown_at_ms < t) t = h->shutdown_at_ms;
-    if (g_accept_pause_until > h->now_ms && g_accept_pause_until < t)
-        t = g_accept_pause_until;
+    if (h->accept_pause_until > h->now_ms && h->accept_pause_until < t)
+        t = h->accept_pause_until;
     t -= h->now_ms;
     return t < 0 ? 0 : t > 60000 ? 60000 : (int)t;
 }
@@ -6639,15 +6885,9 @@ static void loop_on_signal(int sig) {
     errno = saved;
 }
 
-/* Serve one request from the spool exactly as an HTTP request: through a
- * socketless Conn, so parking, group commit and fan-out all apply. */
-static void loop_relay_request(Hub *h, RelayReq *r) {
-    Conn *c = xrealloc(NULL, sizeof *c);
-    *c = (Conn){ .fd = -1, .pidx = -1, .heap_idx = -1, .state = CONN_READ,
-                 .active_ms = h->now_ms, .relay = r };
-    c->next = h->conns;
-    h->conns = c;
-    h->n_conns++;
+/* Handle the relayed request of socketless conn c (again, after a retry). */
+static void loop_relay_serve(Hub *h, Conn *c) {
+    RelayReq *r = c->relay;
     const char *qm = strchr(r->path, '?');
     Str path = { r->path, qm ? (size_t)(qm - r->path) : strlen(r->path) };
     Req q = { .method = str_c(r->method), .query = str_c(qm ? qm + 1 : "") };
@@ -6662,23 +6902,52 @@ static void loop_relay_request(Hub *h, RelayReq *r) {
         hub_fail(&res, 400, "GET /v1/stream is not available through the relay; "
                  "use /v1/events with a timeout");
     }
-    loop_finish(h, c, &res);
-    if (h->store.in_tx) loop_hold(h, c, 0);
+    if (!loop_retry_busy(h, c, &q, &res)) {
+        loop_finish(h, c, &res);
+        if (h->store.in_tx) loop_hold(h, c, 0);
+    }
     req_free(&q);
     res_free(&res);
+}
+
+/* Serve one request from the spool exactly as an HTTP request: through a
+ * socketless Conn, so parking, group commit and fan-out all apply. */
+static void loop_relay_request(Hub *h, RelayReq *r) {
+    Conn *c = xrealloc(NULL, sizeof *c);
+    *c = (Conn){ .fd = -1, .pidx = -1, .heap_idx = -1, .state = CONN_READ,
+                 .active_ms = h->now_ms, .relay = r };
+    c->next = h->conns;
+    h->conns = c;
+    h->n_conns++;
+    loop_relay_serve(h, c);
+}
+
+/* poll() failed with something other than EINTR: only ENOMEM can happen
+ * with a well-formed set. Nothing is lost by waiting; the turn goes on
+ * with no events, which is harmless. */
+static void loop_poll_failed(Hub *h) {
+    if (h->now_ms - h->warned_ms >= 1000) {
+        log_warn("poll: %s", strerror(errno));
+        h->warned_ms = h->now_ms;
+    }
+    for (int i = 0; i < h->cap_pfd; i++) h->pfd[i].revents = 0;
+    struct timespec ts = { 0, 10 * 1000000 };
+    nanosleep(&ts, NULL);
 }
 
 /* One turn of the loop. Returns 0 to go on, 1 when the hub should stop. */
 static int loop_turn(Hub *h) {
     int pending = 0;
     for (Conn *c = h->conns; c; c = c->next)
-        if (c->state == CONN_READ && c->in.len && !c->req_ms && !c->close_after &&
-            c->out_off == c->out.len)
-            pending = 1;   /* pipelined input left over from a park */
+        if (c->state == CONN_READ && !c->req_ms && !c->body_ms && !c->retry_ms &&
+            !c->close_after && c->out_off == c->out.len &&
+            (c->in.len || c->relay))
+            pending = 1;   /* input left over from a park, or a retry due */
     int n = loop_fill_pollfds(h);
     if (poll(h->pfd, (nfds_t)n, loop_timeout_ms(h, pending)) < 0 && errno != EINTR)
-        die("poll: %s", strerror(errno));
+        loop_poll_failed(h);
     h->now_ms = clock_ms();
+    h->store.busy_until_ms = 0;   /* a new turn's budget for lock waits */
     if (h->pfd[0].revents & POLLIN) {
         char tmp[64];
         while (read(h->wake_rd, tmp, sizeof tmp) > 0) {}
@@ -6700,6 +6969,7 @@ static int loop_turn(Hub *h) {
     }
     for (Conn *c = h->conns; c; c = c->next) {
         if (c->state != CONN_READ) continue;
+        if (c->relay && !c->close_after && !c->retry_ms) loop_relay_serve(h, c);
         loop_process(h, c);
         if (c->peer_closed && c->state == CONN_READ) {
             if (c->out_off < c->out.len) c->close_after = 1;
@@ -6748,6 +7018,12 @@ static int loop_turn(Hub *h) {
  * what is queued for it. */
 static void loop_drain(Hub *h) {
     for (Conn *c = h->conns; c; c = c->next) {
+        if (c->relay && c->retry_ms) {   /* waiting for a lock: give up now */
+            c->retry_ms = 0;
+            conn_respond(h, c, 503, NULL, NULL,
+                         STR_LIT("{\"ok\":false,\"error\":\"storage error: "
+                                 "database is locked\"}"));
+        }
         if (c->state == CONN_PARKED) loop_unpark(h, c, STR_LIT("[]"));
         else if (c->state == CONN_STREAM) conn_kill(h, c);
         if (c->relay) loop_write(h, c);
@@ -6763,7 +7039,11 @@ static void loop_drain(Hub *h) {
             if (n == h->cap_pfd) break;
             h->pfd[n++] = (struct pollfd){ .fd = c->fd, .events = POLLOUT };
         }
-        if (!n || poll(h->pfd, (nfds_t)n, 100) < 0) break;
+        if (!n) break;
+        if (poll(h->pfd, (nfds_t)n, 100) < 0) {
+            if (errno == EINTR) continue;   /* a second SIGTERM, say */
+            break;
+        }
         h->now_ms = clock_ms();
         for (Conn *c = h->conns; c; c = c->next)
             if (c->pidx >= 0 && c->pidx < n && h->pfd[c->pidx].revents)
@@ -6882,7 +7162,15 @@ static const char serve_usage[] =
     "  --presence-ttl SEC          idle session expiry (default 120, min 5)\n"
     "  --sync full|normal          full (default): a write is on disk before\n"
     "                              it is acknowledged; normal: faster, but the\n"
-    "                              last commits can be lost on power failure\n";
+    "                              last commits can be lost on power failure\n"
+    "connection limits (PROTOCOL.md 4.3):\n"
+    "  --max-conns N               open client connections (default 10000)\n"
+    "  --idle-timeout-ms N         close an idle keep-alive connection, or one\n"
+    "                              that stopped reading (default 60000)\n"
+    "  --head-timeout-ms N         408 unless a request head is complete this\n"
+    "                              long after its first byte (default 10000)\n"
+    "  --body-timeout-ms N         408 unless a request body is complete this\n"
+    "                              long after its head (default 30000)\n";
 
 /* Parse the serve options into cfg. Returns 0, or exits 2 on bad usage. */
 static void serve_options(int argc, char **argv, HubConfig *cfg) {
@@ -6890,7 +7178,9 @@ static void serve_options(int argc, char **argv, HubConfig *cfg) {
                         .storage = "arc.sqlite3", .spool_dir = ".arc-relay",
                         .max_body_chars = 128000, .max_attachment_chars = 256000,
                         .max_attachments = 32, .presence_ttl_s = 120,
-                        .sync_full = 1 };
+                        .sync_full = 1, .max_conns = ARC_MAX_CONNS,
+                        .idle_ms = ARC_IDLE_MS, .head_ms = ARC_HEAD_MS,
+                        .body_ms = ARC_BODY_MS };
     const char *token = NULL, *token_file = NULL;
     char err[ARC_ERRLEN];
     for (int i = 0; i < argc; i++) {
@@ -6949,6 +7239,18 @@ static void serve_options(int argc, char **argv, HubConfig *cfg) {
                 exit(2);
             }
             cfg->allowed_hosts[cfg->n_allowed_hosts++] = v;
+        } else if ((rc = opt_val(argc, argv, &i, "--max-conns", &v))) {
+            if (rc < 0) exit(2);
+            cfg->max_conns = (int)opt_int("--max-conns", v, 1, 1000000);
+        } else if ((rc = opt_val(argc, argv, &i, "--idle-timeout-ms", &v))) {
+            if (rc < 0) exit(2);
+            cfg->idle_ms = opt_int("--idle-timeout-ms", v, 100, 86400000);
+        } else if ((rc = opt_val(argc, argv, &i, "--head-timeout-ms", &v))) {
+            if (rc < 0) exit(2);
+            cfg->head_ms = opt_int("--head-timeout-ms", v, 100, 86400000);
+        } else if ((rc = opt_val(argc, argv, &i, "--body-timeout-ms", &v))) {
+            if (rc < 0) exit(2);
+            cfg->body_ms = opt_int("--body-timeout-ms", v, 100, 86400000);
         } else {
             fprintf(stderr, "arc: unknown option %s (see arc --help)\n", a);
             exit(2);
@@ -7066,21 +7368,29 @@ static int cmd_serve(int argc, char **argv) {
     }
     h->max_request_bytes = cfg->max_body_chars +
                            cfg->max_attachment_chars * cfg->max_attachments + 65536;
-    signal(SIGPIPE, SIG_IGN);
+    /* Every connection is a descriptor: take all the kernel allows. */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (store_open(&h->store, cfg->storage, 5000, cfg->sync_full, err)) {
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur < (rlim_t)cfg->max_conns + 64)
+        log_warn("the open-file limit (%llu) is below --max-conns (%d) plus "
+                 "arc's own files; connections beyond it get 503",
+                 (unsigned long long)rl.rlim_cur, cfg->max_conns);
+    if (store_open(&h->store, cfg->storage, ARC_BUSY_MS, cfg->sync_full, err)) {
         fprintf(stderr, "arc: %s\n", err);
+        free(h);
         return 1;
     }
+    h->store.busy_budget_ms = ARC_BUSY_TURN_MS;   /* see loop_retry_busy */
     int port = 0;
     h->listen_fd = serve_listen(cfg->host, cfg->port, &port, err);
     if (h->listen_fd < 0) {
         fprintf(stderr, "arc: %s\n", err);
         store_close(&h->store);
+        free(h);
         return 1;
     }
     h->wal_watch = serve_watch_wal(&h->store);
@@ -7125,6 +7435,7 @@ static int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "arc: %s\n", err);
         unlink(pidpath);
         store_close(&h->store);
+        free(h);
         return 1;
     }
     log_info("listening on %s (storage=%s, journal_mode=%s, instance=%s, "
@@ -7134,6 +7445,7 @@ static int cmd_serve(int argc, char **argv) {
     h->now_ms = clock_ms();
     h->next_prune_ms = h->now_ms + loop_tick_ms(h);
     h->next_touch_ms = h->now_ms + loop_tick_ms(h);
+    h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     while (!loop_turn(h)) {}
     log_info("shutting down");
     /* No request file is claimed from here on; one more turn serves those
@@ -7159,6 +7471,7 @@ static int cmd_serve(int argc, char **argv) {
     close(h->wake_rd);
     close(h->wake_wr);
     if (h->wal_watch >= 0) close(h->wal_watch);
+    if (h->spare_fd >= 0) close(h->spare_fd);
     g_wake_wr = -1;
     hub_batch_truncate(h, 0);
     free(h->batch);
@@ -7347,7 +7660,10 @@ static int cli_relay_call(Client *c, const char *method, const char *path,
             Buf data = { 0 };
             char chunk[16384];
             ssize_t n;
-            while ((n = read(fd, chunk, sizeof chunk)) > 0) buf_add(&data, chunk, (size_t)n);
+            while ((n = read(fd, chunk, sizeof chunk)) != 0) {
+                if (n > 0) buf_add(&data, chunk, (size_t)n);
+                else if (errno != EINTR) break;
+            }
             close(fd);
             Json j = { 0 };
             uint32_t st, b;
@@ -7731,8 +8047,13 @@ static pid_t life_spawn(const LifeOpts *o, const char *log) {
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n > 0) exe[n] = 0;
     else if (!realpath(o->argv0, exe)) snprintf(exe, sizeof exe, "%s", o->argv0);
-    char port[16], mb[24], ma[24], mn[24], ttl[24];
+    char port[16], mb[24], ma[24], mn[24], ttl[24], mc[24], idle[24], hd[24],
+        bd[24];
     snprintf(port, sizeof port, "%d", o->hub.port);
+    snprintf(mc, sizeof mc, "%d", o->hub.max_conns);
+    snprintf(idle, sizeof idle, "%lld", (long long)o->hub.idle_ms);
+    snprintf(hd, sizeof hd, "%lld", (long long)o->hub.head_ms);
+    snprintf(bd, sizeof bd, "%lld", (long long)o->hub.body_ms);
     snprintf(mb, sizeof mb, "%lld", (long long)o->hub.max_body_chars);
     snprintf(ma, sizeof ma, "%lld", (long long)o->hub.max_attachment_chars);
     snprintf(mn, sizeof mn, "%lld", (long long)o->hub.max_attachments);
@@ -7743,8 +8064,10 @@ static pid_t life_spawn(const LifeOpts *o, const char *log) {
                              o->hub.spool_dir, "--max-body-chars", mb,
                              "--max-attachment-chars", ma, "--max-attachments",
                              mn, "--presence-ttl", ttl, "--sync",
-                             o->hub.sync_full ? "full" : "normal" };
-    int k = 20;
+                             o->hub.sync_full ? "full" : "normal",
+                             "--max-conns", mc, "--idle-timeout-ms", idle,
+                             "--head-timeout-ms", hd, "--body-timeout-ms", bd };
+    int k = 28;
     if (o->hub.allow_remote) args[k++] = "--allow-remote";
     if (o->hub.insecure_no_auth) args[k++] = "--insecure-no-auth";
     for (int i = 0; i < o->hub.n_allowed_hosts; i++) {
@@ -8410,7 +8733,6 @@ static int cmd_relay(int argc, char **argv) {
         fprintf(stderr, "arc: %s\n", err);
         return 2;
     }
-    signal(SIGPIPE, SIG_IGN);
     int pipefd[2];
     if (pipe(pipefd)) die("pipe: %s", strerror(errno));
     g_wake_wr = pipefd[1];
@@ -10910,6 +11232,10 @@ static int cmd_help(int argc, char **argv) {
 
 int arc_main(int argc, char **argv) {
     if (argc > 0) g_argv0 = argv[0];
+    /* A peer that closes early (a hub, a client, a pipe) must turn into an
+     * EPIPE error return, never a silent death. */
+    signal(SIGPIPE, SIG_IGN);
+    rand_open();
     if (argc < 2 || argv[1][0] == '-') {
         if (argc >= 2 && !strcmp(argv[1], "--version")) return cmd_version(0, NULL);
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {

@@ -1,29 +1,18 @@
-/* fuzz_http -- libFuzzer target for arc's request parser and query decoding.
+/* fuzz_http -- libFuzzer target for arc's request parser, as the loop uses it.
  *
  * The input is parsed whole with http_parse(), then again as a prefix cut at
  * two places derived from its first byte, each prefix in a buffer of exactly
  * its size. A prefix may ask for more (ARC_AGAIN); otherwise it must agree
  * with the whole input: the same head, or an error the whole input has too.
- * Pipelined heads after the first are parsed in turn. The input is also used
- * as a query string for http_query_get() and http_unquote().
+ * Pipelined heads after the first are parsed in turn. Then the input is fed
+ * as a connection's byte stream, whole, one byte at a time and in random
+ * chunks, through the loop's framing (fuzz_stream): all three must make the
+ * same requests. Query strings have their own target (fuzz_query.c).
  *
  * Build: make fuzz (clang libFuzzer + ASan/UBSan); replay: make fuzz-replay
  * (any compiler, -DFUZZ_REPLAY, see tests/replay.h). */
 
-#include "../arc.c"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* A property that does not hold: say which, then crash so the fuzzer keeps
- * the input. Not assert(): it must survive -DNDEBUG. */
-#define FUZZ_CHECK(c)                                                       \
-    do {                                                                    \
-        if (!(c)) {                                                         \
-            fprintf(stderr, "%s:%d: FUZZ_CHECK(%s) failed\n", __FILE__,     \
-                    __LINE__, #c);                                          \
-            abort();                                                        \
-        }                                                                   \
-    } while (0)
+#include "fuzz.h"
 
 /* Does s lie inside p[0..n)? */
 static int fuzz_inside(Str s, const char *p, size_t n) {
@@ -101,51 +90,102 @@ static void fuzz_prefix(const char *s, size_t k, int n, const HttpReq *r) {
     free(c);
 }
 
-/* The input as a query string. */
-static void fuzz_query(const char *s, size_t size) {
-    Str q = { s, size };
-    Buf a = { 0 }, b = { 0 };
-    int ra = http_unquote(q, 1, &a);
-    int rb = http_unquote(q, 0, &b);
-    FUZZ_CHECK(ra == rb && a.len == b.len && !a.err && !b.err);
-    FUZZ_CHECK(a.len <= size && a.len * 3 >= size);
-    if (ra == 0) FUZZ_CHECK(utf8_valid(buf_cstr(&a), a.len));
-    if (!memchr(s, '%', size) && !memchr(s, '+', size))
-        FUZZ_CHECK(a.len == size && (size == 0 || memcmp(a.p, s, size) == 0));
+/* ---- the loop's framing, fed in chunks ---- */
 
-    static const char *const names[] = { "a", "", "agent_id", "since_id" };
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
-        buf_reset(&a);
-        int rc = http_query_get(q, names[i], &a);
-        FUZZ_CHECK(rc >= -1 && rc <= 1);
-        if (rc == 1) FUZZ_CHECK(a.len > 0 && utf8_valid(a.p, a.len));
-    }
+/* The loop keeps no parser state between reads: after every read it parses
+ * what is buffered, and consumes a request once its head and its declared
+ * body are all there (loop_process). fuzz_stream() does the same with the
+ * input cut into chunks and writes what happens as a transcript: one line
+ * per request (method, target, body length, keep-alive, a hash of the
+ * body), then either "more" (waiting for input) or the error that ended
+ * the connection. However the input is cut, the transcript must be the
+ * same, except that a head too long for the limits may be refused as 414
+ * or 431 depending on where it was cut (both close the connection). */
+#define FUZZ_MAX_BODY 4096   /* stands in for max_request_bytes */
 
-    /* The first parameter, if it has a value, is found under its own
-     * (decoded) name, with that value. */
-    const char *amp = memchr(s, '&', size);
-    Str part = { s, amp ? (size_t)(amp - s) : size };
-    const char *eq = memchr(part.p, '=', part.n);
-    if (eq && eq < part.p + part.n - 1) {
-        Buf key = { 0 }, want = { 0 };
-        Str kv = { part.p, (size_t)(eq - part.p) };
-        Str vv = { eq + 1, part.n - kv.n - 1 };
-        if (http_unquote(kv, 1, &key) == 0 &&
-            !memchr(buf_cstr(&key), 0, key.len)) {
-            int wrc = http_unquote(vv, 1, &want);
-            buf_reset(&a);
-            int rc = http_query_get(q, buf_cstr(&key), &a);
-            if (wrc == 0)
-                FUZZ_CHECK(rc == 1 && a.len == want.len &&
-                           memcmp(a.p, want.p, a.len) == 0);
-            else
-                FUZZ_CHECK(rc == -1);
+static uint32_t fuzz_hash(const char *p, size_t n) {
+    uint32_t h = 2166136261u;                      /* FNV-1a */
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 16777619u;
+    return h;
+}
+
+/* xorshift32: chunk sizes from a seed, reproducible for a saved input. */
+static uint32_t fuzz_rand(uint32_t *x) {
+    *x ^= *x << 13;
+    *x ^= *x >> 17;
+    *x ^= *x << 5;
+    return *x;
+}
+
+/* Feed s[0..size) in chunks: mode 0 whole, 1 one byte at a time (7 bytes
+ * past 2 KiB, to keep long inputs fast), 2 random sizes from seed. Appends the transcript to t; returns the status of the
+ * error that ended it, or 0. */
+static int fuzz_stream(const char *s, size_t size, int mode, uint32_t seed,
+                       Buf *t) {
+    Buf in = { 0 };
+    size_t fed = 0;
+    int err = 0;
+    while (fed < size && !err) {
+        size_t k = size - fed;
+        if (mode == 1) k = fed < 2048 || k < 7 ? 1 : 7;
+        else if (mode == 2) k = 1 + fuzz_rand(&seed) % (k < 64 ? k : 64);
+        buf_add(&in, s + fed, k);
+        fed += k;
+        /* The loop parses in place, in a buffer that has grown to hold
+         * what has been read: copy to an exact-size allocation so that an
+         * over-read is caught by ASan here too. */
+        for (;;) {
+            char *c = xrealloc(NULL, in.len);
+            if (in.len) memcpy(c, in.p, in.len);
+            HttpReq r;
+            int n = http_parse(c, in.len, &r);
+            if (n == ARC_AGAIN) {
+                FUZZ_CHECK(in.len <= ARC_MAX_HEAD);
+                free(c);
+                break;
+            }
+            if (n == ARC_BAD) {
+                buf_addf(t, "error %d\n", r.err_status);
+                err = r.err_status;
+                free(c);
+                break;
+            }
+            fuzz_check_req(&r, c, in.len, n);
+            int64_t cl = r.content_length < 0 ? 0 : r.content_length;
+            if (cl > FUZZ_MAX_BODY) {
+                buf_adds(t, "error body\n");
+                err = 400;
+                free(c);
+                break;
+            }
+            if (in.len < (size_t)n + (size_t)cl) {
+                free(c);
+                break;
+            }
+            buf_addf(t, "%.*s %.*s %lld %d %08x\n", (int)r.method.n, r.method.p,
+                     (int)r.target.n, r.target.p, (long long)cl, r.keep_alive,
+                     (unsigned)fuzz_hash(c + n, (size_t)cl));
+            free(c);
+            buf_consume(&in, (size_t)n + (size_t)cl);
         }
-        buf_free(&key);
-        buf_free(&want);
     }
-    buf_free(&a);
-    buf_free(&b);
+    if (!err) buf_addf(t, "more %zu\n", in.len);
+    buf_free(&in);
+    return err;
+}
+
+/* Transcripts a and b (ended by statuses ea, eb) tell the same story. */
+static void fuzz_same_story(const Buf *a, int ea, const Buf *b, int eb) {
+    if (ea == eb) {
+        FUZZ_CHECK(a->len == b->len && (!a->len || memcmp(a->p, b->p, a->len) == 0));
+        return;
+    }
+    /* Only the limit errors may differ, and only in their last line. */
+    FUZZ_CHECK((ea == 414 || ea == 431) && (eb == 414 || eb == 431));
+    const char *la = strrchr(a->p, '\n'), *lb = strrchr(b->p, '\n');
+    while (la > a->p && la[-1] != '\n') la--;
+    while (lb > b->p && lb[-1] != '\n') lb--;
+    FUZZ_CHECK(la - a->p == lb - b->p && memcmp(a->p, b->p, (size_t)(la - a->p)) == 0);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -178,7 +218,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (n > 0) fuzz_check_req(&r, s + off, size - off, n);
     }
 
-    fuzz_query(s, size);
+    /* The same bytes arriving whole, a byte at a time, and in random
+     * chunks make the same requests. */
+    Buf whole = { 0 }, bytes = { 0 }, chunks = { 0 };
+    int ew = fuzz_stream(s, size, 0, 0, &whole);
+    int eb = fuzz_stream(s, size, 1, 0, &bytes);
+    int ec = fuzz_stream(s, size, 2, fuzz_hash(s, size) | 1, &chunks);
+    fuzz_same_story(&whole, ew, &bytes, eb);
+    fuzz_same_story(&whole, ew, &chunks, ec);
+    buf_free(&whole);
+    buf_free(&bytes);
+    buf_free(&chunks);
     return 0;
 }
 

@@ -10,18 +10,7 @@
  * Build: make fuzz (clang libFuzzer + ASan/UBSan); replay: make fuzz-replay
  * (any compiler, -DFUZZ_REPLAY, see tests/replay.h). */
 
-#include "../arc.c"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define FUZZ_CHECK(c)                                                       \
-    do {                                                                    \
-        if (!(c)) {                                                         \
-            fprintf(stderr, "%s:%d: FUZZ_CHECK(%s) failed\n", __FILE__,     \
-                    __LINE__, #c);                                          \
-            abort();                                                        \
-        }                                                                   \
-    } while (0)
+#include "fuzz.h"
 
 /* Frame a stream delivered in chunks of `step` bytes (0: all at once) the
  * way mcp_read_stdin does, recording "M<len>:<bytes>" per message and "E"

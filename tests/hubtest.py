@@ -265,12 +265,14 @@ class Hub:
     """A hub child process on a free port with its own temp directory.
 
     With token=T the hub is started with ARC_TOKEN=T, and its request
-    helpers send "Authorization: Bearer T" unless given one.
+    helpers send "Authorization: Bearer T" unless given one. preexec_fn
+    runs in the child before exec (resource limits).
     """
 
-    def __init__(self, cmd=None, token=None):
+    def __init__(self, cmd=None, token=None, preexec_fn=None):
         self.cmd = list(cmd) if cmd else hub_command()
         self.token = token
+        self.preexec_fn = preexec_fn
         self.proc = None
         self.port = None
         self.url = None
@@ -310,7 +312,8 @@ class Hub:
         self._logf.flush()
         env = dict(os.environ, ARC_TOKEN=self.token) if self.token else None
         self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.dir, env=env)
+                                     stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
+                                     preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + START_DEADLINE
         while True:
             if self.proc.poll() is not None:
@@ -425,6 +428,22 @@ class Hub:
 
     def raw(self, data, until_close=False, timeout=10):
         return raw(self.port, data, until_close=until_close, timeout=timeout)
+
+
+def proc_cpu_seconds(pid):
+    """User + system CPU time of process pid so far, in seconds (Linux)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_kib(pid):
+    """Resident set size of process pid, in KiB (Linux)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 class _PortLost(Exception):

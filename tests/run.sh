@@ -1,11 +1,17 @@
 #!/bin/sh
 # Run every test stage and end with one "N passed, M failed" line.
-# usage: tests/run.sh ARC_BINARY UNIT_BINARY
-arc=$1 unit=$2
+# usage: tests/run.sh ARC_BINARY UNIT_BINARY [ASAN_ARC_BINARY ASAN_UNIT_BINARY]
+# The optional pair runs the unit and integration stages once more against
+# the sanitizer build. Environment: FUZZ_TARGETS (names whose corpus
+# tests/fuzz/NAME is replayed), FUZZ_TEST_SECONDS (run each libFuzzer target
+# that long; 0 or unset: no fuzzing), FUZZ_CC (the clang to build with).
+arc=$1 unit=$2 asan_arc=$3 asan_unit=$4
 cd "$(dirname "$0")/.." || exit 2
 out=tests/out
 mkdir -p "$out"
 pass=0 fail=0 skip=0
+san_env="ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=1}"
+san_env="$san_env UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
 
 # count LINE: add the "N passed, M failed[, K skipped]" figures of a stage.
 count() {
@@ -15,17 +21,38 @@ count() {
     pass=$((pass + ${p:-0})) fail=$((fail + ${f:-0})) skip=$((skip + ${s:-0}))
 }
 
-echo "== unit tests ($unit)"
-if "$unit" > "$out/unit.log" 2>&1; then :; else
-    grep -q "passed" "$out/unit.log" || fail=$((fail + 1))
-fi
-tail -n 20 "$out/unit.log"
-count "$(grep 'passed' "$out/unit.log" | tail -n 1)"
+# unit_stage BINARY LOG [ENV...]: the C unit tests.
+unit_stage() {
+    bin=$1 log=$2
+    shift 2
+    echo "== unit tests ($bin)"
+    if env "$@" "$bin" > "$log" 2>&1; then :; else
+        grep -q "passed" "$log" || fail=$((fail + 1))
+    fi
+    tail -n 20 "$log"
+    count "$(grep 'passed' "$log" | tail -n 1)"
+}
+
+# integration_stage BINARY LOG [ENV...]: tests/test_*.py against BINARY.
+integration_stage() {
+    bin=$1 log=$2
+    shift 2
+    echo "== integration tests (ARC=$bin)"
+    env "$@" ARC="$(pwd)/$bin" python3 tests/pyrun.py > "$log" 2>&1
+    tail -n 30 "$log"
+    line=$(grep -E '^integration: [0-9]+ passed' "$log" | tail -n 1)
+    [ -n "$line" ] || fail=$((fail + 1))
+    count "$line"
+}
+
+unit_stage "$unit" "$out/unit.log"
+# shellcheck disable=SC2086
+[ -n "$asan_unit" ] && unit_stage "$asan_unit" "$out/unit-asan.log" $san_env
 
 echo "== fuzz corpus replay"
-for t in json http; do
+for t in $FUZZ_TARGETS; do
     if [ -x "tests/fuzz-replay-$t" ]; then
-        if r=$("tests/fuzz-replay-$t" "tests/corpus/$t" 2>&1); then
+        if r=$("tests/fuzz-replay-$t" "tests/fuzz/$t" 2>&1); then
             echo "$r"
             pass=$((pass + 1))
         else
@@ -36,15 +63,47 @@ for t in json http; do
     fi
 done
 
+# Each libFuzzer target for a short while, so that CI keeps them building
+# and running; new inputs collect in tests/out/fuzz-NAME, a crash fails the
+# stage and leaves tests/out/fuzz-NAME-crash-*. Without a usable clang the
+# targets count as skipped.
+secs=${FUZZ_TEST_SECONDS:-0}
+if [ "$secs" -gt 0 ] && [ -n "$FUZZ_TARGETS" ]; then
+    echo "== fuzzing, $secs s per target"
+    n=$(echo $FUZZ_TARGETS | wc -w)
+    if ! why=$(sh tests/setup-fuzz.sh "${FUZZ_CC:-clang}"); then
+        echo "$why"
+        echo "fuzz: $n targets skipped"
+        skip=$((skip + n))
+    elif ! ${MAKE:-make} -s fuzz FUZZ_TARGETS="$FUZZ_TARGETS" \
+            FUZZ_CC="${FUZZ_CC:-clang}" > "$out/fuzz-build.log" 2>&1; then
+        tail -n 20 "$out/fuzz-build.log"
+        echo "fuzz: build FAILED"
+        fail=$((fail + 1))
+    else
+        for t in $FUZZ_TARGETS; do
+            mkdir -p "$out/fuzz-$t"
+            if "tests/fuzz_$t" -max_total_time="$secs" -print_final_stats=1 \
+                   -artifact_prefix="$out/fuzz-$t-" "$out/fuzz-$t" "tests/fuzz/$t" \
+                   > "$out/fuzz-$t.log" 2>&1; then
+                runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out/fuzz-$t.log")
+                echo "fuzz $t: ${runs:-?} runs, no crash"
+                pass=$((pass + 1))
+            else
+                tail -n 40 "$out/fuzz-$t.log"
+                echo "fuzz $t: FAILED (input saved as $out/fuzz-$t-*)"
+                fail=$((fail + 1))
+            fi
+        done
+    fi
+fi
+
 echo "== browser for the dashboard test"
 sh tests/setup-browser.sh
 
-echo "== integration tests (ARC=$arc)"
-ARC="$(pwd)/$arc" python3 tests/pyrun.py > "$out/integration.log" 2>&1
-tail -n 30 "$out/integration.log"
-line=$(grep -E '^integration: [0-9]+ passed' "$out/integration.log" | tail -n 1)
-[ -n "$line" ] || fail=$((fail + 1))
-count "$line"
+integration_stage "$arc" "$out/integration.log"
+# shellcheck disable=SC2086
+[ -n "$asan_arc" ] && integration_stage "$asan_arc" "$out/integration-asan.log" $san_env
 
 echo
 if [ "$skip" -gt 0 ]; then

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -194,6 +195,25 @@ class LifecycleTests(CliCase):
 
         st = self.ok_json(self.arc("status", "--port", port, "--storage", storage), code=1)
         self.assertIs(st["running"], False)
+
+    def test_ensure_passes_connection_limits_on(self):
+        port, sdir, storage = self.state()
+        self.ok_json(self.ensure(port, storage, "--head-timeout-ms", "500",
+                                 "--max-conns", "50"))
+        # 5 s: well before the default head timeout (10 s) would answer.
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            s.sendall(b"GET /v1/hub-info HTTP/1.1\r\n")      # and nothing more
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            s.close()
+        self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data)
+        self.ok_json(self.arc("stop", "--port", port, "--storage", storage))
 
     def test_concurrent_ensure_starts_one_hub(self):
         port, sdir, storage = self.state()

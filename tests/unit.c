@@ -343,6 +343,27 @@ static void test_token_compare(void) {
     CHECK(opt_token("a", "/nonexistent", out, err) == -1);
 }
 
+/* Found by tests/test_hostile.py: a hub out of descriptors died in
+ * rand_bytes() ("cannot read /dev/urandom") making a relay file name or a
+ * session id. Ids must still come with no descriptor left. */
+static void test_rand_without_descriptors(void) {
+    char a[37], b[37];
+    uuid4(a);                             /* opens /dev/urandom (once) */
+    struct rlimit old, low;
+    CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0);
+    int fds[64], n = 0;
+    low = old;
+    low.rlim_cur = 64;
+    if (old.rlim_cur > 64 && setrlimit(RLIMIT_NOFILE, &low) == 0) {
+        while (n < 64 && (fds[n] = open("/dev/null", O_RDONLY)) >= 0) n++;
+        CHECK(open("/dev/null", O_RDONLY) < 0 && errno == EMFILE);
+        uuid4(b);                         /* died here before the fix */
+        CHECK(strlen(b) == 36 && strcmp(a, b) != 0);
+        while (n) close(fds[--n]);
+        CHECK(setrlimit(RLIMIT_NOFILE, &old) == 0);
+    }
+}
+
 static void test_uuid(void) {
     char u[37], w[37];
     uuid4(u);
@@ -1376,6 +1397,77 @@ static void test_admit(void) {
     free(h);
 }
 
+/* The handlers' query readers, without a hub (fuzz_query drives them too). */
+static void test_query_readers(void) {
+    static const struct { const char *q; int rc; int64_t ms; } ts[] = {
+        { "timeout=2.5", 0, 2500 },
+        { "timeout=+2.5+", 0, 2500 },     /* '+' is a space; spaces trimmed */
+        { "timeout=-1", 0, 0 },
+        { "timeout=1e9", 0, 60000 },
+        { "timeout=", 0, 0 },             /* empty counts as absent */
+        { "timeout=x", -1, 0 },
+        { "timeout=0x10", -1, 0 },
+        { "timeout=nan", -1, 0 },
+        { "timeout=5%00x", -1, 0 },       /* seen writing fuzz_query: a decoded */
+        { "timeout=5%00", -1, 0 },        /* NUL ended the number early */
+    };
+    for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) {
+        Req q = { .query = str_c(ts[i].q) };
+        Res r = { 0 };
+        int64_t ms = -1;
+        int rc = hub_timeout(&q, &r, &ms);
+        CHECKM(rc == ts[i].rc, ts[i].q);
+        if (rc == 0) CHECKM(ms == ts[i].ms, ts[i].q);
+        else CHECKM(r.status == 400 && strstr(buf_cstr(&r.body), "timeout"), ts[i].q);
+        req_free(&q);
+        res_free(&r);
+    }
+    Req q = { .query = str_c("since_id=5&limit=9999") };
+    Res r = { 0 };
+    int64_t since;
+    int limit;
+    CHECK(hub_since_limit(&q, &r, &since, &limit) == 0 && since == 5 &&
+          limit == ARC_MAX_LIMIT);
+    q.query = str_c("since_id=1%002");
+    CHECK(hub_since_limit(&q, &r, &since, &limit) == -1 && r.status == 400);
+    req_free(&q);
+    res_free(&r);
+}
+
+/* The relay's envelope reader, on bytes (no file). */
+static void test_relay_envelope(void) {
+    static const struct { const char *env; const char *err; } bad[] = {
+        { "", "not valid JSON" },
+        { "[]", "must be a JSON object" },
+        { "{\"path\":\"/\"}", "missing method" },
+        { "{\"method\":\"GET\",\"path\":\"x\"}", "must start with '/'" },
+        { "{\"method\":\"GET\",\"path\":\"/\",\"body\":[]}", "must be a JSON object" },
+        /* A NUL would cut the C strings the loop reads them as. */
+        { "{\"method\":\"GET\\u0000X\",\"path\":\"/\"}", "method contains NUL" },
+        { "{\"method\":\"GET\",\"path\":\"/\\u0000\"}", "path contains NUL" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        RelayReq *r = xrealloc(NULL, sizeof *r);
+        memset(r, 0, sizeof *r);
+        char err[ARC_ERRLEN] = "";
+        Str env = str_c(bad[i].env);
+        const char *g = ut_guard(env.p, env.n);
+        CHECKM(relay_parse_envelope((Str){ g, env.n }, r, err) == -1, bad[i].env);
+        CHECKM(strstr(err, bad[i].err) != NULL, bad[i].env);
+        relay_req_free(r);
+    }
+    RelayReq *r = xrealloc(NULL, sizeof *r);
+    memset(r, 0, sizeof *r);
+    char err[ARC_ERRLEN] = "";
+    Str env = str_c("{\"request_id\":\" 7 \",\"method\":\"post\",\"path\":\"/v1/x\","
+                    "\"body\":{\"a\":1,\"a\":2}}");
+    const char *g = ut_guard(env.p, env.n);
+    CHECK(relay_parse_envelope((Str){ g, env.n }, r, err) == 0);
+    CHECK(!strcmp(r->request_id, "7") && !strcmp(r->method, "POST") &&
+          !strcmp(r->path, "/v1/x") && !strcmp(r->body, "{\"a\":2}"));
+    relay_req_free(r);
+}
+
 int main(void) {
     test_buf();
     test_str();
@@ -1384,6 +1476,7 @@ int main(void) {
     test_sha256();
     test_token_compare();
     test_uuid();
+    test_rand_without_descriptors();
     test_utf8();
     test_json_corpus();
     test_json_reader();
@@ -1396,6 +1489,8 @@ int main(void) {
     test_mcp_frame();
     test_mcp_tools();
     test_admit();
+    test_query_readers();
+    test_relay_envelope();
     ut_guard_free();
     printf("unit: %d passed, %d failed\n", ut_pass, ut_fail);
     return ut_fail > 0;
