@@ -92,7 +92,7 @@ def hub_holds(hub_port, client_sock):
 def get_latency(conn_sock, reader, path="/v1/hub-info"):
     """One keep-alive GET on a raw socket: (status, seconds)."""
     t0 = time.perf_counter()
-    conn_sock.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+    conn_sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode())
     resp = reader.read_response()
     return resp.status, time.perf_counter() - t0
 
@@ -131,7 +131,7 @@ class SlowClientTests(unittest.TestCase):
         cls.hub.stop()
 
     def test_head_one_byte_per_second_gets_408_and_never_delays_others(self):
-        head = b"GET /v1/hub-info HTTP/1.1\r\nHost: x\r\n\r\n"
+        head = b"GET /v1/hub-info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         s = connect(self.hub.port)
         reader = HTTPReader(s, timeout=10)
         t0 = time.monotonic()
@@ -187,7 +187,7 @@ class SlowClientTests(unittest.TestCase):
         s = connect(self.hub.port)
         reader = HTTPReader(s, timeout=10)
         try:
-            s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                       b"application/json\r\nContent-Length: 100\r\n\r\n{\"from_agent\":")
             resp = reader.read_response()
             self.assertTrue(reader.closed_by_peer(timeout=5))
@@ -200,7 +200,7 @@ class SlowClientTests(unittest.TestCase):
         s = connect(self.hub.port)
         reader = HTTPReader(s, timeout=10)
         try:
-            s.sendall(b"GET /v1/hub-info HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /v1/hub-info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             self.assertEqual(reader.read_response().status, 200)
             t0 = time.monotonic()
             self.assertTrue(reader.closed_by_peer(timeout=8))
@@ -226,7 +226,7 @@ class SlowClientTests(unittest.TestCase):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             path = ("/v1/messages?channel=%s&limit=500" % ch if i % 2 == 0
                     else "/v1/stream?agent_id=%s" % uid("r"))
-            s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+            s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode())
             time.sleep(0.02)
             s.close()
         self.assertEqual(self.hub.get("/v1/hub-info")[0], 200)
@@ -337,7 +337,7 @@ class ConnectionFloodTests(unittest.TestCase):
                 for _ in range(20):
                     c = connect(hub.port)
                     rd = HTTPReader(c)
-                    c.sendall(b"GET /v1/hub-info HTTP/1.1\r\nHost: x\r\n\r\n")
+                    c.sendall(b"GET /v1/hub-info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                     self.assertEqual(rd.read_response().status, 200)
                     held.append(c)
                 # The 21st: a fixed 503, then the hub closes it.
@@ -379,7 +379,7 @@ class ConnectionFloodTests(unittest.TestCase):
             # closed the socket with the request still unread).
             for _ in range(limit + 20):
                 c = connect(hub.port)
-                c.sendall(b"GET /v1/hub-info HTTP/1.1\r\nHost: x\r\n\r\n")
+                c.sendall(b"GET /v1/hub-info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 held.append(c)
             n_ok = n_503 = 0
             for c in held:
@@ -398,7 +398,7 @@ class ConnectionFloodTests(unittest.TestCase):
             # session (its id needs random bytes: the hub used to die here).
             ok_conn = next(c for c in held if c.fileno() >= 0 and hub_holds(hub.port, c))
             body = b'{"agent_id":"starved"}'
-            ok_conn.sendall(b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            ok_conn.sendall(b"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
                             + str(len(body)).encode() + b"\r\n\r\n" + body)
             self.assertEqual(HTTPReader(ok_conn).read_response().status, 201)
             # A relayed request arriving now (in a directory the relay
@@ -412,7 +412,7 @@ class ConnectionFloodTests(unittest.TestCase):
             knocks = 0
             while time.monotonic() - t0 < 2.0:
                 c = connect(hub.port)
-                c.sendall(b"GET /v1/hub-info HTTP/1.1\r\nHost: x\r\n\r\n")
+                c.sendall(b"GET /v1/hub-info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 try:
                     resp = HTTPReader(c, timeout=5).read_response()
                 except ConnectionResetError:
@@ -461,7 +461,7 @@ class StalledReaderTests(unittest.TestCase):
     def test_stream_that_stops_reading_is_dropped(self):
         s = small_rcvbuf_socket(self.hub.port)
         try:
-            s.sendall(("GET /v1/stream?agent_id=%s HTTP/1.1\r\nHost: x\r\n\r\n"
+            s.sendall(("GET /v1/stream?agent_id=%s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
                        % uid("stalled")).encode())
             wait_for(lambda: hub_holds(self.hub.port, s), timeout=5)
             ch = make_channel(self.hub)
@@ -489,7 +489,7 @@ class StalledReaderTests(unittest.TestCase):
                 "from_agent": "big", "channel": ch, "body": "z" * 120000})[0], 201)
         pid = self.hub.proc.pid
         rss0 = proc_rss_kib(pid)
-        one = ("GET /v1/messages?channel=%s&limit=500 HTTP/1.1\r\nHost: x\r\n\r\n"
+        one = ("GET /v1/messages?channel=%s&limit=500 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
                % ch).encode()
         s = small_rcvbuf_socket(self.hub.port)
         wait_for(lambda: hub_holds(self.hub.port, s), timeout=5)
