@@ -10282,74 +10282,73 @@ static int mcp_arg_action(McpCtx *x) {
     return rc < 0 ? -1 : act;
 }
 
-/* Report a claim or lock answer: {"acquired": bool, "<what>": row}. */
-static void mcp_lease_result(McpCtx *x, const char *what, const char *key_field,
-                             const char *verb) {
+/* arc_claim and arc_lock: the same three requests on two kinds of lease. */
+typedef struct {
+    const char *paths[3], *verbs[3];   /* acquire, refresh, release */
+    const char *what, *key, *holder;   /* "Claim", its key and owner fields */
+    const char *data;                  /* structuredContent member */
+    int claim;                         /* claims name their owner differently
+                                        * and take task fields on acquire */
+} McpLease;
+
+static const McpLease mcp_claims = {
+    { "/v1/claims", "/v1/claims/refresh", "/v1/claims/release" },
+    { "acquired", "refreshed", "released" },
+    "Claim", "claim_key", "owner_agent_id", "claim", 1
+};
+static const McpLease mcp_locks = {
+    { "/v1/locks", "/v1/locks/refresh", "/v1/locks/release" },
+    { "locked", "refreshed", "released" },
+    "Lock on", "file_path", "agent_id", "lock", 0
+};
+
+/* Report the answer: {"acquired": bool, "<data>": row}. A denial is not an
+ * error: the row says who holds it and until when. */
+static void mcp_lease_result(McpCtx *x, const McpLease *l, int act) {
     uint32_t acq = json_get(&x->j, 0, "acquired");   /* in the envelope */
     int granted = !acq || x->j.t[acq].type == JSON_TRUE;
-    buf_addf(&x->text, "%s ", what);
-    mcp_text_field(&x->text, &x->j, x->res, key_field);
+    buf_addf(&x->text, "%s ", l->what);
+    mcp_text_field(&x->text, &x->j, x->res, l->key);
     if (!granted) {
         buf_adds(&x->text, " is held by ");
-        mcp_text_field(&x->text, &x->j, x->res, !strcmp(what, "Claim") ? "owner_agent_id"
-                                                                       : "agent_id");
+        mcp_text_field(&x->text, &x->j, x->res, l->holder);
         buf_adds(&x->text, " until ");
         mcp_text_field(&x->text, &x->j, x->res, "expires_at");
         buf_adds(&x->text, "; not acquired.");
     } else {
-        buf_addf(&x->text, " %s", verb);
-        if (strcmp(verb, "released")) {
+        buf_addf(&x->text, " %s", l->verbs[act]);
+        if (act != 2) {
             buf_adds(&x->text, " until ");
             mcp_text_field(&x->text, &x->j, x->res, "expires_at");
         }
         buf_addc(&x->text, '.');
     }
     buf_reset(&x->data);
-    buf_addf(&x->data, "{\"acquired\":%s,\"%s\":", granted ? "true" : "false",
-             !strcmp(what, "Claim") ? "claim" : "lock");
+    buf_addf(&x->data, "{\"acquired\":%s,\"%s\":", granted ? "true" : "false", l->data);
     json_write(&x->data, &x->j, x->res);
     buf_addc(&x->data, '}');
 }
 
-static int mcp_t_claim(McpCtx *x) {
-    static const char *const paths[] = { "/v1/claims", "/v1/claims/refresh",
-                                         "/v1/claims/release" };
-    static const char *const verbs[] = { "acquired", "refreshed", "released" };
+static int mcp_lease(McpCtx *x, const McpLease *l) {
     Buf body = { 0 };
     int rc = -1, act = mcp_arg_action(x);
     if (act < 0) goto done;
-    mcp_body_begin(&body, act == 2 ? "agent_id" : "owner_agent_id");
-    if (mcp_body_str(x, &body, "claim_key", NULL) || mcp_body_int(x, &body, "ttl_sec") ||
-        (act == 0 && (mcp_body_int(x, &body, "task_message_id") ||
-                      mcp_body_str(x, &body, "thread_id", NULL))))
+    mcp_body_begin(&body, l->claim && act != 2 ? "owner_agent_id" : "agent_id");
+    if (mcp_body_str(x, &body, l->key, NULL) || mcp_body_int(x, &body, "ttl_sec") ||
+        (l->claim && act == 0 && (mcp_body_int(x, &body, "task_message_id") ||
+                                  mcp_body_str(x, &body, "thread_id", NULL))))
         goto done;
     buf_addc(&body, '}');
-    if (mcp_hub(x, "POST", paths[act], buf_str(&body), MCP_HUB_MS)) goto done;
-    mcp_lease_result(x, "Claim", "claim_key", verbs[act]);
+    if (mcp_hub(x, "POST", l->paths[act], buf_str(&body), MCP_HUB_MS)) goto done;
+    mcp_lease_result(x, l, act);
     rc = 0;
 done:
     buf_free(&body);
     return rc;
 }
 
-static int mcp_t_lock(McpCtx *x) {
-    static const char *const paths[] = { "/v1/locks", "/v1/locks/refresh",
-                                         "/v1/locks/release" };
-    static const char *const verbs[] = { "locked", "refreshed", "released" };
-    Buf body = { 0 };
-    int rc = -1, act = mcp_arg_action(x);
-    if (act < 0) goto done;
-    mcp_body_begin(&body, "agent_id");
-    if (mcp_body_str(x, &body, "file_path", NULL) || mcp_body_int(x, &body, "ttl_sec"))
-        goto done;
-    buf_addc(&body, '}');
-    if (mcp_hub(x, "POST", paths[act], buf_str(&body), MCP_HUB_MS)) goto done;
-    mcp_lease_result(x, "Lock on", "file_path", verbs[act]);
-    rc = 0;
-done:
-    buf_free(&body);
-    return rc;
-}
+static int mcp_t_claim(McpCtx *x) { return mcp_lease(x, &mcp_claims); }
+static int mcp_t_lock(McpCtx *x) { return mcp_lease(x, &mcp_locks); }
 
 static int mcp_t_tasks(McpCtx *x) {
     Buf path = { 0 }, v = { 0 };
@@ -11012,6 +11011,40 @@ static int mcp_frame(const char *p, size_t n, int eof, size_t *off, size_t *len,
     return 1;
 }
 
+/* Frame and hand on every complete message in `in`, dropping what was
+ * used; `*skipping` carries an over-long line's state between reads. The
+ * stdin loop and the fuzz target share it. */
+static void mcp_drain(Buf *in, int eof, int *skipping, void (*on_msg)(Str, void *),
+                      void (*on_err)(const char *, void *), void *arg) {
+    for (;;) {
+        if (*skipping) {
+            char *nl = in->len ? memchr(in->p, '\n', in->len) : NULL;
+            buf_consume(in, nl ? (size_t)(nl - in->p) + 1 : in->len);
+            if (!nl) break;
+            *skipping = 0;
+        }
+        size_t off = 0, len = 0, used = 0;
+        const char *err = NULL;
+        int rc = mcp_frame(buf_cstr(in), in->len, eof, &off, &len, &used, skipping, &err);
+        if (rc > 0) on_msg((Str){ in->p + off, len }, arg);
+        if (rc < 0) on_err(err, arg);
+        buf_consume(in, used);
+        if (rc == 0 || (rc < 0 && !used)) break;
+    }
+}
+
+static void mcp_on_msg(Str msg, void *arg) {
+    (void)arg;
+    mcp_handle(msg);
+}
+
+static void mcp_on_frame_error(const char *why, void *arg) {
+    char e[128];
+    (void)arg;
+    snprintf(e, sizeof e, "Parse error: %s", why);
+    mcp_error(NULL, (Str){ NULL, 0 }, MCP_PARSE, e, NULL);
+}
+
 /* Read stdin until EOF, handling each message as it is framed. */
 static void mcp_read_stdin(void) {
     Buf in = { 0 };
@@ -11027,25 +11060,7 @@ static void mcp_read_stdin(void) {
         }
         if (r <= 0) eof = 1;
         else in.len += (size_t)r;
-        for (;;) {
-            if (skipping) {
-                char *nl = memchr(in.p, '\n', in.len);
-                buf_consume(&in, nl ? (size_t)(nl - in.p) + 1 : in.len);
-                if (!nl) break;
-                skipping = 0;
-            }
-            size_t off = 0, len = 0, used = 0;
-            const char *err = NULL;
-            int rc = mcp_frame(buf_cstr(&in), in.len, eof, &off, &len, &used, &skipping, &err);
-            if (rc > 0) mcp_handle((Str){ in.p + off, len });
-            if (rc < 0) {
-                char e[128];
-                snprintf(e, sizeof e, "Parse error: %s", err);
-                mcp_error(NULL, (Str){ NULL, 0 }, MCP_PARSE, e, NULL);
-            }
-            buf_consume(&in, used);
-            if (rc == 0 || (rc < 0 && !used)) break;
-        }
+        mcp_drain(&in, eof, &skipping, mcp_on_msg, mcp_on_frame_error, NULL);
     }
     buf_free(&in);
 }

@@ -5,16 +5,31 @@
  * first byte, as short reads would deliver it. Both must yield the same
  * messages and the same errors in the same order, every message must lie
  * inside the buffer, and every call must either frame something or ask for
- * more (no loop without progress). Each framed message is parsed as JSON.
+ * more (mcp_drain() would spin otherwise). Each message is parsed as JSON.
  *
  * Build: make fuzz (clang libFuzzer + ASan/UBSan); replay: make fuzz-replay
  * (any compiler, -DFUZZ_REPLAY, see tests/replay.h). */
 
 #include "fuzz.h"
 
-/* Frame a stream delivered in chunks of `step` bytes (0: all at once) the
- * way mcp_read_stdin does, recording "M<len>:<bytes>" per message and "E"
- * per error into log. */
+static void fuzz_on_msg(Str msg, void *arg) {
+    Buf *log = arg;
+    FUZZ_CHECK(msg.n <= MCP_MAX_MSG);
+    buf_addf(log, "M%zu:", msg.n);
+    buf_addstr(log, msg);
+    Json j = { 0 };
+    json_parse(&j, msg.p, msg.n);
+    json_free(&j);
+}
+
+static void fuzz_on_err(const char *why, void *arg) {
+    FUZZ_CHECK(why != NULL);
+    buf_adds(arg, "E");
+}
+
+/* Frame a stream delivered in chunks of `step` bytes (0: all at once)
+ * through mcp_drain(), as the stdin loop does, recording "M<len>:<bytes>"
+ * per message and "E" per error into log. */
 static void fuzz_frame(const char *p, size_t n, size_t step, Buf *log) {
     Buf in = { 0 };
     size_t fed = 0;
@@ -24,34 +39,8 @@ static void fuzz_frame(const char *p, size_t n, size_t step, Buf *log) {
         if (chunk > n - fed) chunk = n - fed;
         buf_add(&in, p + fed, chunk);
         fed += chunk;
-        int eof = fed == n;
-        for (int guard = 0;; guard++) {
-            FUZZ_CHECK(guard <= (int)n + 2);
-            if (skipping) {
-                char *nl = in.len ? memchr(in.p, '\n', in.len) : NULL;
-                buf_consume(&in, nl ? (size_t)(nl - in.p) + 1 : in.len);
-                if (!nl) break;
-                skipping = 0;
-            }
-            size_t off = 0, len = 0, used = 0;
-            const char *err = NULL;
-            int rc = mcp_frame(buf_cstr(&in), in.len, eof, &off, &len, &used, &skipping, &err);
-            FUZZ_CHECK(used <= in.len);
-            if (rc > 0) {
-                FUZZ_CHECK(off + len <= used && len <= MCP_MAX_MSG);
-                buf_addf(log, "M%zu:", len);
-                buf_add(log, in.p + off, len);
-                Json j = { 0 };
-                json_parse(&j, in.p + off, len);
-                json_free(&j);
-            } else if (rc < 0) {
-                FUZZ_CHECK(err != NULL);
-                buf_adds(log, "E");
-            }
-            buf_consume(&in, used);
-            if (rc == 0 || (rc < 0 && !used)) break;
-        }
-        if (eof) break;
+        mcp_drain(&in, fed == n, &skipping, fuzz_on_msg, fuzz_on_err, log);
+        if (fed == n) break;
     }
     /* At EOF everything but whitespace has been consumed. */
     for (size_t i = 0; i < in.len; i++)
