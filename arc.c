@@ -5499,16 +5499,19 @@ done:
     return rc;
 }
 
-/* Write the answer file for r: the reference's response envelope. */
-static void relay_answer(Relay *rl, RelayReq *r, const char *error) {
+/* Write the answer file for r: the reference's response envelope. Returns
+ * 0 (written, or refused for good), or ARC_AGAIN when the process is out
+ * of descriptors: the caller keeps r and tries again later. */
+static int relay_answer(Relay *rl, RelayReq *r, const char *error) {
     char dir[PATH_MAX + 300], now[ISO_LEN], name[300];
     snprintf(dir, sizeof dir, "%s/responses/%s", rl->root, r->agent);
     if (relay_mkdirs(dir) || !relay_is_dir(rl->root, "responses")) {
         log_warn("relay: cannot create %s", dir);
-        return;
+        return 0;
     }
     struct stat sb;
-    if (lstat(dir, &sb) || !S_ISDIR(sb.st_mode)) return;   /* symlink: refuse */
+    if (lstat(dir, &sb) || !S_ISDIR(sb.st_mode)) return 0;   /* symlink: refuse */
+    int rc = 0;
     Buf b = { 0 };
     Json j = { 0 };
     int ok = 0;
@@ -5538,11 +5541,14 @@ static void relay_answer(Relay *rl, RelayReq *r, const char *error) {
     }
     buf_addc(&b, '}');
     snprintf(name, sizeof name, "%s.json", r->file_id);
-    if (relay_write_file(dir, name, buf_str(&b)))
-        log_warn("relay: cannot write %s/%s: %s", dir, name, strerror(errno));
+    if (relay_write_file(dir, name, buf_str(&b))) {
+        if (errno == EMFILE || errno == ENFILE) rc = ARC_AGAIN;
+        else log_warn("relay: cannot write %s/%s: %s", dir, name, strerror(errno));
+    }
     json_free(&j);
     buf_free(&b);
     buf_free(&err);
+    return rc;
 }
 
 /* Check a request envelope (PROTOCOL §11) held in data and fill r's
@@ -5758,15 +5764,27 @@ static void relay_scan(Relay *rl) {
 /* Write every answer the loop has handed back. */
 static void relay_flush(Relay *rl) {
     pthread_mutex_lock(&rl->mu);
-    RelayReq *list = rl->to_files;
+    RelayReq *list = rl->to_files, *again = NULL;
     rl->to_files = NULL;
     pthread_mutex_unlock(&rl->mu);
     while (list) {
         RelayReq *r = list;
         list = r->next;
-        relay_answer(rl, r, NULL);
+        if (relay_answer(rl, r, NULL) == ARC_AGAIN) {
+            r->next = again;   /* out of descriptors: the next tick retries */
+            again = r;
+            continue;
+        }
         relay_req_free(r);
     }
+    if (!again) return;
+    pthread_mutex_lock(&rl->mu);
+    for (RelayReq *r = again, *next; r; r = next) {
+        next = r->next;
+        r->next = rl->to_files;
+        rl->to_files = r;
+    }
+    pthread_mutex_unlock(&rl->mu);
 }
 
 /* Handle inotify events: new agent directories and new request files. */
@@ -5932,6 +5950,12 @@ static void relay_stop(Relay *rl) {
     if (stuck) return;   /* the process is exiting; forwards still use rl */
     for (RelayReq *r = relay_intake(rl); r;) {   /* never served: no answer */
         RelayReq *next = r->next;
+        relay_req_free(r);
+        r = next;
+    }
+    for (RelayReq *r = rl->to_files; r;) {   /* still out of descriptors */
+        RelayReq *next = r->next;
+        log_warn("relay: no answer written for %s/%s", r->agent, r->file_id);
         relay_req_free(r);
         r = next;
     }
