@@ -1,6 +1,6 @@
 /* arc -- local-first coordination hub for AI coding agents.
  *
- * One file, one binary: an HTTP/1.1 + SSE hub on a single poll() loop over
+ * One file, one binary: an HTTP/1.1 + SSE hub on a single event loop over
  * SQLite, plus the client commands that talk to it. The wire contract is Arc
  * Protocol v1 as described in docs/PROTOCOL.md; code cites its sections as
  * "PROTOCOL §N".
@@ -13,7 +13,7 @@
  *   hub    sessions, channels, messages, claims, locks, tasks, threads;
  *          access checks (Host, Origin, token), routing, JSON envelopes
  *   relay  the file-spool thread: inotify, claim, hand to the loop, answer
- *   loop   poll loop, Conn lifecycle, timer heap, parking, SSE fan-out;
+ *   loop   epoll/poll loop, Conn lifecycle, timer heap, parking, fan-out;
  *          then `serve`: options, listening socket, pidfile, the hub's life
  *   cli    blocking HTTP/relay client, ensure/stop/reset/status,
  *          post/poll/whoami, the standalone relay and relay-gc
@@ -56,6 +56,12 @@
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/inotify.h>
+#endif
+/* The loop waits with epoll on Linux, with poll() elsewhere or when built
+ * with -DARC_NO_EPOLL (which keeps that path testable here). */
+#if defined(__linux__) && !defined(ARC_NO_EPOLL)
+#define ARC_EPOLL 1
+#include <sys/epoll.h>
 #endif
 
 #include "sqlite3.h"
@@ -2023,8 +2029,13 @@ typedef struct {
     int64_t warned_ms;           /* last EMFILE/poll warning (rate limit) */
     Conn **heap;                 /* min-heap of conns by deadline_ms */
     int n_heap, cap_heap;
-    struct pollfd *pfd;
+    struct pollfd *pfd;          /* poll() set (no epoll; and the drain) */
     int cap_pfd;
+    int epfd;                    /* epoll instance (Linux), or -1: poll() */
+    Conn **ready;                /* conns with socket events this turn */
+    int n_ready, cap_ready;
+    int ready_wake, ready_listen, ready_wal;   /* the hub's own fds, too */
+    int listen_ev;               /* epoll: events registered for listen_fd */
     int n_parked;                /* conns parked or streaming */
     int64_t now_ms;
     int64_t next_prune_ms, next_touch_ms, next_dv_ms;
@@ -5730,16 +5741,19 @@ done:
     return rc;
 }
 
-/* Write the answer file for r: the reference's response envelope. */
-static void relay_answer(Relay *rl, RelayReq *r, const char *error) {
+/* Write the answer file for r: the reference's response envelope. Returns
+ * 0 (written, or refused for good), or ARC_AGAIN when the process is out
+ * of descriptors: the caller keeps r and tries again later. */
+static int relay_answer(Relay *rl, RelayReq *r, const char *error) {
     char dir[PATH_MAX + 300], now[ISO_LEN], name[300];
     snprintf(dir, sizeof dir, "%s/responses/%s", rl->root, r->agent);
     if (relay_mkdirs(dir) || !relay_is_dir(rl->root, "responses")) {
         log_warn("relay: cannot create %s", dir);
-        return;
+        return 0;
     }
     struct stat sb;
-    if (lstat(dir, &sb) || !S_ISDIR(sb.st_mode)) return;   /* symlink: refuse */
+    if (lstat(dir, &sb) || !S_ISDIR(sb.st_mode)) return 0;   /* symlink: refuse */
+    int rc = 0;
     Buf b = { 0 };
     Json j = { 0 };
     int ok = 0;
@@ -5769,11 +5783,14 @@ static void relay_answer(Relay *rl, RelayReq *r, const char *error) {
     }
     buf_addc(&b, '}');
     snprintf(name, sizeof name, "%s.json", r->file_id);
-    if (relay_write_file(dir, name, buf_str(&b)))
-        log_warn("relay: cannot write %s/%s: %s", dir, name, strerror(errno));
+    if (relay_write_file(dir, name, buf_str(&b))) {
+        if (errno == EMFILE || errno == ENFILE) rc = ARC_AGAIN;
+        else log_warn("relay: cannot write %s/%s: %s", dir, name, strerror(errno));
+    }
     json_free(&j);
     buf_free(&b);
     buf_free(&err);
+    return rc;
 }
 
 /* Check a request envelope (PROTOCOL §11) held in data and fill r's
@@ -5989,15 +6006,27 @@ static void relay_scan(Relay *rl) {
 /* Write every answer the loop has handed back. */
 static void relay_flush(Relay *rl) {
     pthread_mutex_lock(&rl->mu);
-    RelayReq *list = rl->to_files;
+    RelayReq *list = rl->to_files, *again = NULL;
     rl->to_files = NULL;
     pthread_mutex_unlock(&rl->mu);
     while (list) {
         RelayReq *r = list;
         list = r->next;
-        relay_answer(rl, r, NULL);
+        if (relay_answer(rl, r, NULL) == ARC_AGAIN) {
+            r->next = again;   /* out of descriptors: the next tick retries */
+            again = r;
+            continue;
+        }
         relay_req_free(r);
     }
+    if (!again) return;
+    pthread_mutex_lock(&rl->mu);
+    for (RelayReq *r = again, *next; r; r = next) {
+        next = r->next;
+        r->next = rl->to_files;
+        rl->to_files = r;
+    }
+    pthread_mutex_unlock(&rl->mu);
 }
 
 /* Handle inotify events: new agent directories and new request files. */
@@ -6168,6 +6197,12 @@ static void relay_stop(Relay *rl) {
         relay_req_free(r);
         r = next;
     }
+    for (RelayReq *r = rl->to_files; r;) {   /* still out of descriptors */
+        RelayReq *next = r->next;
+        log_warn("relay: no answer written for %s/%s", r->agent, r->file_id);
+        relay_req_free(r);
+        r = next;
+    }
     if (rl->inotify_fd >= 0) close(rl->inotify_fd);
     close(rl->wake_rd), close(rl->wake_wr);
     pthread_mutex_destroy(&rl->mu);
@@ -6175,9 +6210,10 @@ static void relay_stop(Relay *rl) {
     free(rl);
 }
 
-/* ==== loop: poll(), connections, timers, parking, fan-out ================ */
+/* ==== loop: epoll/poll, connections, timers, parking, fan-out ============ */
 
-/* One thread runs everything. Each turn: poll; read what arrived; parse and
+/* One thread runs everything. Each turn: wait for events (loop_wait: epoll
+ * on Linux, poll() elsewhere); read what arrived; parse and
  * handle complete requests (their writes join one batch transaction);
  * fire timers; COMMIT the batch; wake the parked requests and streams that
  * the committed messages match, from memory; then write. Writing after the
@@ -6195,6 +6231,8 @@ struct Conn {
     Conn *next;
     int fd;
     int pidx;                /* slot in Hub.pfd this turn, or -1 */
+    int ev_set;              /* epoll: events registered, -1 = not yet */
+    int revents;             /* this turn's events (POLLIN, POLLOUT, ...) */
     ConnState state;
     Buf in, out;             /* in: unconsumed input; out: out_off sent */
     size_t out_off;
@@ -6214,6 +6252,7 @@ struct Conn {
     unsigned peer_closed : 1;/* read returned 0 */
     unsigned held : 1;       /* in Hub.held this turn */
     unsigned behind : 1;     /* STREAM: backlog not yet fully queued */
+    unsigned fed : 1;        /* input arrived since the parser asked for more */
 };
 
 /* ---- timer heap: every conn with a deadline, earliest on top ---- */
@@ -6434,6 +6473,10 @@ static int loop_retry_busy(Hub *h, Conn *c, const Req *q, const Res *r) {
 /* Parse and handle every complete request in c->in, in order, until one
  * parks, the input runs out, or enough output is queued. */
 static void loop_process(Hub *h, Conn *c) {
+    /* An incomplete request with no new input is as incomplete as before:
+     * re-parsing it every turn is what a thousand slow clients would cost. */
+    if ((c->req_ms || c->body_ms) && !c->fed) return;
+    c->fed = 0;
     while (c->state == CONN_READ && !c->close_after && c->in.len &&
            !c->retry_ms && c->out.len - c->out_off < ARC_MAX_OUT / 4) {
         HttpReq hr;
@@ -6538,6 +6581,7 @@ static int loop_read(Hub *h, Conn *c) {
         c->in.len += (size_t)n;
         c->in.p[c->in.len] = 0;
         c->active_ms = h->now_ms;
+        c->fed = 1;
     }
     if (c->peer_closed && c->state != CONN_READ) {
         conn_kill(h, c);   /* a waiter that hung up is dropped at once */
@@ -6801,8 +6845,8 @@ static void loop_accept(Hub *h) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         Conn *c = xrealloc(NULL, sizeof *c);
-        *c = (Conn){ .fd = fd, .pidx = -1, .heap_idx = -1, .state = CONN_READ,
-                     .active_ms = h->now_ms };
+        *c = (Conn){ .fd = fd, .pidx = -1, .ev_set = -1, .heap_idx = -1,
+                     .state = CONN_READ, .active_ms = h->now_ms };
         c->next = h->conns;
         h->conns = c;
         h->n_conns++;
@@ -6811,8 +6855,83 @@ static void loop_accept(Hub *h) {
     }
 }
 
-/* Build the poll set from the conns' state. Returns the count. */
-static int loop_fill_pollfds(Hub *h) {
+/* poll() or epoll_wait() failed with something other than EINTR: only
+ * ENOMEM can happen with a well-formed set. Nothing is lost by waiting;
+ * the turn goes on with no events, which is harmless. */
+static void loop_poll_failed(Hub *h) {
+    if (h->now_ms - h->warned_ms >= 1000) {
+        log_warn("poll: %s", strerror(errno));
+        h->warned_ms = h->now_ms;
+    }
+    for (int i = 0; i < h->cap_pfd; i++) h->pfd[i].revents = 0;
+    struct timespec ts = { 0, 10 * 1000000 };
+    nanosleep(&ts, NULL);
+}
+
+/* The events a conn waits for: input while its buffer has room and the
+ * peer has not closed, output while some is unsent. */
+static int loop_conn_events(Hub *h, const Conn *c) {
+    size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
+    int ev = 0;
+    if (c->in.len < cap && !c->peer_closed) ev |= POLLIN;
+    if (c->out_off < c->out.len) ev |= POLLOUT;
+    return ev;
+}
+
+static void loop_ready(Hub *h, Conn *c, int revents) {
+    if (h->n_ready == h->cap_ready) {
+        h->cap_ready = h->cap_ready ? h->cap_ready * 2 : 64;
+        h->ready = xrealloc(h->ready, (size_t)h->cap_ready * sizeof *h->ready);
+    }
+    c->revents = revents;
+    h->ready[h->n_ready++] = c;
+}
+
+/* Wait up to timeout ms for socket events and collect them: conns into
+ * h->ready (with their revents), the wake pipe, listener and -wal watch
+ * into h->ready_*. Linux: epoll, whose cost does not grow with idle
+ * connections (poll() over 1,000 slow clients was most of a turn); the
+ * interest of a conn is changed only when its events change. Elsewhere:
+ * poll() over every conn, the set rebuilt each turn. */
+static void loop_wait(Hub *h, int timeout) {
+    h->n_ready = h->ready_wake = h->ready_listen = h->ready_wal = 0;
+    int listen_ev = h->now_ms >= h->accept_pause_until ? POLLIN : 0;
+#ifdef ARC_EPOLL
+    if (h->epfd >= 0) {
+        struct epoll_event ev[256];
+        if (listen_ev != h->listen_ev) {
+            ev[0] = (struct epoll_event){ .events = (uint32_t)listen_ev,
+                                          .data.ptr = &h->listen_fd };
+            epoll_ctl(h->epfd, EPOLL_CTL_MOD, h->listen_fd, &ev[0]);
+            h->listen_ev = listen_ev;
+        }
+        for (Conn *c = h->conns; c; c = c->next) {
+            if (c->fd < 0 || c->state == CONN_DEAD) continue;
+            int want = loop_conn_events(h, c);
+            if (want == c->ev_set) continue;
+            ev[0] = (struct epoll_event){ .events = (uint32_t)want, .data.ptr = c };
+            if (epoll_ctl(h->epfd, c->ev_set < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD,
+                          c->fd, &ev[0]) == 0)
+                c->ev_set = want;
+            else
+                conn_kill(h, c);   /* ENOMEM: cannot watch it, so drop it */
+        }
+        int n = epoll_wait(h->epfd, ev, (int)(sizeof ev / sizeof *ev), timeout);
+        if (n < 0 && errno != EINTR) loop_poll_failed(h);
+        for (int i = 0; i < n; i++) {
+            void *p = ev[i].data.ptr;
+            int re = (ev[i].events & EPOLLIN ? POLLIN : 0) |
+                     (ev[i].events & EPOLLOUT ? POLLOUT : 0) |
+                     (ev[i].events & EPOLLERR ? POLLERR : 0) |
+                     (ev[i].events & EPOLLHUP ? POLLHUP : 0);
+            if (p == &h->wake_rd) h->ready_wake = 1;
+            else if (p == &h->listen_fd) h->ready_listen = 1;
+            else if (p == &h->wal_watch) h->ready_wal = 1;
+            else loop_ready(h, p, re);
+        }
+        return;
+    }
+#endif
     int need = h->n_conns + 3;
     if (need > h->cap_pfd) {
         h->cap_pfd = need * 2;
@@ -6820,21 +6939,21 @@ static int loop_fill_pollfds(Hub *h) {
     }
     int n = 0;
     h->pfd[n++] = (struct pollfd){ .fd = h->wake_rd, .events = POLLIN };
-    h->pfd[n++] = (struct pollfd){
-        .fd = h->listen_fd,
-        .events = h->now_ms >= h->accept_pause_until ? POLLIN : 0 };
+    h->pfd[n++] = (struct pollfd){ .fd = h->listen_fd, .events = (short)listen_ev };
     h->pfd[n++] = (struct pollfd){ .fd = h->wal_watch, .events = POLLIN };
-    size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
     for (Conn *c = h->conns; c; c = c->next) {
         c->pidx = -1;
         if (c->fd < 0) continue;   /* relayed: no socket */
-        short ev = 0;
-        if (c->in.len < cap && !c->peer_closed) ev |= POLLIN;
-        if (c->out_off < c->out.len) ev |= POLLOUT;
         c->pidx = n;
-        h->pfd[n++] = (struct pollfd){ .fd = c->fd, .events = ev };
+        h->pfd[n++] = (struct pollfd){ .fd = c->fd, .events = (short)loop_conn_events(h, c) };
     }
-    return n;
+    if (poll(h->pfd, (nfds_t)n, timeout) < 0 && errno != EINTR) loop_poll_failed(h);
+    h->ready_wake = (h->pfd[0].revents & POLLIN) != 0;
+    h->ready_listen = (h->pfd[1].revents & POLLIN) != 0;
+    h->ready_wal = (h->pfd[2].revents & POLLIN) != 0;
+    for (Conn *c = h->conns; c; c = c->next)
+        if (c->pidx >= 0 && h->pfd[c->pidx].revents)
+            loop_ready(h, c, h->pfd[c->pidx].revents);
 }
 
 static int loop_timeout_ms(Hub *h, int pending) {
@@ -6914,25 +7033,12 @@ static void loop_relay_serve(Hub *h, Conn *c) {
  * socketless Conn, so parking, group commit and fan-out all apply. */
 static void loop_relay_request(Hub *h, RelayReq *r) {
     Conn *c = xrealloc(NULL, sizeof *c);
-    *c = (Conn){ .fd = -1, .pidx = -1, .heap_idx = -1, .state = CONN_READ,
-                 .active_ms = h->now_ms, .relay = r };
+    *c = (Conn){ .fd = -1, .pidx = -1, .ev_set = -1, .heap_idx = -1,
+                 .state = CONN_READ, .active_ms = h->now_ms, .relay = r };
     c->next = h->conns;
     h->conns = c;
     h->n_conns++;
     loop_relay_serve(h, c);
-}
-
-/* poll() failed with something other than EINTR: only ENOMEM can happen
- * with a well-formed set. Nothing is lost by waiting; the turn goes on
- * with no events, which is harmless. */
-static void loop_poll_failed(Hub *h) {
-    if (h->now_ms - h->warned_ms >= 1000) {
-        log_warn("poll: %s", strerror(errno));
-        h->warned_ms = h->now_ms;
-    }
-    for (int i = 0; i < h->cap_pfd; i++) h->pfd[i].revents = 0;
-    struct timespec ts = { 0, 10 * 1000000 };
-    nanosleep(&ts, NULL);
 }
 
 /* One turn of the loop. Returns 0 to go on, 1 when the hub should stop. */
@@ -6943,12 +7049,10 @@ static int loop_turn(Hub *h) {
             !c->close_after && c->out_off == c->out.len &&
             (c->in.len || c->relay))
             pending = 1;   /* input left over from a park, or a retry due */
-    int n = loop_fill_pollfds(h);
-    if (poll(h->pfd, (nfds_t)n, loop_timeout_ms(h, pending)) < 0 && errno != EINTR)
-        loop_poll_failed(h);
+    loop_wait(h, loop_timeout_ms(h, pending));
     h->now_ms = clock_ms();
     h->store.busy_until_ms = 0;   /* a new turn's budget for lock waits */
-    if (h->pfd[0].revents & POLLIN) {
+    if (h->ready_wake) {
         char tmp[64];
         while (read(h->wake_rd, tmp, sizeof tmp) > 0) {}
     }
@@ -6957,11 +7061,11 @@ static int loop_turn(Hub *h) {
             next = r->next;
             loop_relay_request(h, r);
         }
-    if (h->pfd[1].revents & POLLIN) loop_accept(h);
-    for (Conn *c = h->conns; c; c = c->next) {
-        if (c->pidx < 0 || c->state == CONN_DEAD) continue;
-        short re = h->pfd[c->pidx].revents;
-        c->pidx = -1;
+    if (h->ready_listen) loop_accept(h);
+    for (int i = 0; i < h->n_ready; i++) {
+        Conn *c = h->ready[i];
+        if (c->state == CONN_DEAD) continue;
+        int re = c->revents;
         if (re & (POLLIN | POLLHUP | POLLERR)) {
             if (loop_read(h, c)) continue;
         }
@@ -6987,7 +7091,7 @@ static int loop_turn(Hub *h) {
      * becomes visible after its fsync: a commit is seen at most about twice
      * its fsync time late, with ~10 checks per write. Idle, nothing runs. */
     int wal_touched = 0;
-    if (h->wal_watch >= 0 && (h->pfd[2].revents & POLLIN)) {
+    if (h->wal_watch >= 0 && h->ready_wal) {
         char tmp[4096];
         while (read(h->wal_watch, tmp, sizeof tmp) > 0) {}
         wal_touched = 1;
@@ -7031,6 +7135,10 @@ static void loop_drain(Hub *h) {
         if (c->state != CONN_DEAD && c->out_off == c->out.len) conn_kill(h, c);
     }
     int64_t until = clock_ms() + 1000;
+    if (h->cap_pfd < h->n_conns) {   /* with epoll, poll() was never used */
+        h->cap_pfd = h->n_conns;
+        h->pfd = xrealloc(h->pfd, (size_t)h->cap_pfd * sizeof *h->pfd);
+    }
     while (h->n_conns && clock_ms() < until) {
         loop_reap(h);
         int n = 0;
@@ -7338,9 +7446,29 @@ static int serve_watch_wal(const Store *s) {
 #endif
 }
 
+/* Set up epoll (Linux) with the hub's own descriptors; conns join in
+ * loop_wait(). Without it h->epfd stays -1 and the loop uses poll(). */
+static void serve_epoll(Hub *h) {
+#ifdef ARC_EPOLL
+    h->epfd = epoll_create1(EPOLL_CLOEXEC);
+    int *fds[] = { &h->wake_rd, &h->listen_fd, &h->wal_watch };
+    for (size_t i = 0; i < sizeof fds / sizeof *fds && h->epfd >= 0; i++) {
+        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = fds[i] };
+        if (*fds[i] >= 0 && epoll_ctl(h->epfd, EPOLL_CTL_ADD, *fds[i], &ev)) {
+            close(h->epfd);
+            h->epfd = -1;
+        }
+    }
+    h->listen_ev = POLLIN;
+#else
+    (void)h;
+#endif
+}
+
 static int cmd_serve(int argc, char **argv) {
     Hub *h = xrealloc(NULL, sizeof *h);
     memset(h, 0, sizeof *h);
+    h->epfd = -1;
     char err[ARC_ERRLEN];
     serve_options(argc, argv, &h->cfg);
     HubConfig *cfg = &h->cfg;
@@ -7400,6 +7528,7 @@ static int cmd_serve(int argc, char **argv) {
     h->wake_wr = g_wake_wr = pipefd[1];
     fd_nonblock(h->wake_rd);
     fd_nonblock(h->wake_wr);
+    serve_epoll(h);
     struct sigaction sa = { .sa_handler = loop_on_signal };
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
@@ -7472,11 +7601,13 @@ static int cmd_serve(int argc, char **argv) {
     close(h->wake_wr);
     if (h->wal_watch >= 0) close(h->wal_watch);
     if (h->spare_fd >= 0) close(h->spare_fd);
+    if (h->epfd >= 0) close(h->epfd);
     g_wake_wr = -1;
     hub_batch_truncate(h, 0);
     free(h->batch);
     free(h->heap);
     free(h->pfd);
+    free(h->ready);
     free(h->held);
     free(h);
     return 0;

@@ -295,18 +295,20 @@ class ManySlowClientsTests(unittest.TestCase):
         deadline = time.monotonic() + 20
         pending = {c.fileno(): c for c in slow}
         bufs = {fd: b"" for fd in pending}
+        poller = select.poll()      # select() stops at descriptor 1023
+        for fd in pending:
+            poller.register(fd, select.POLLIN)
         while pending and time.monotonic() < deadline:
-            r, _, _ = select.select(list(pending.values()), [], [], 0.5)
-            for c in r:
-                fd = c.fileno()
+            for fd, _ in poller.poll(500):
                 try:
-                    data = c.recv(65536)
+                    data = pending[fd].recv(65536)
                 except OSError:
                     data = b""
                 if data:
                     bufs[fd] += data
                     continue
                 got[fd] = bufs[fd]
+                poller.unregister(fd)
                 del pending[fd]
         for c in slow:
             c.close()
