@@ -427,6 +427,8 @@ class ConnectionFloodTests(unittest.TestCase):
                 time.sleep(0.05)
             cpu = proc_cpu_seconds(pid) - cpu0
             wall = time.monotonic() - t0
+            print("\nhostile: out of descriptors, hub CPU %.2f s in %.2f s (%d knocks)"
+                  % (cpu, wall, knocks), flush=True)
             self.assertLess(cpu, 0.5 * wall, "hub burnt %.2f s CPU in %.2f s" % (cpu, wall))
             self.assertIn("Too many open files", hub.log_text())
             # Descriptors come back: normal service resumes.
