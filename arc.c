@@ -9,7 +9,8 @@
  *   base   limits, core types, die/log, Str, Buf, clock, sha256, options
  *   json   strict RFC 8259 token reader, writer into Buf, coercions
  *   http   incremental request parser, query/path decoding, responses
- *   store  schema, prepared statements, group-commit transactions, rows
+ *   store  schema, prepared statements, group-commit transactions, rows,
+ *          the rendered-message cache
  *   hub    sessions, channels, messages, claims, locks, tasks, threads;
  *          request routing and the JSON envelopes
  *   relay  the file-spool thread: inotify, claim, hand to the loop, answer
@@ -103,6 +104,11 @@
 #ifndef ARC_WAL_WATCH_MS
 #define ARC_WAL_WATCH_MS 1000     /* how long to re-check after a -wal write */
 #endif
+#ifndef ARC_MSG_CACHE_BYTES
+#define ARC_MSG_CACHE_BYTES (4u << 20)  /* rendered-message cache, in all */
+#endif
+#define ARC_MSG_CACHE_SLOTS 4096  /* ... direct-mapped by message id */
+#define ARC_MSG_CACHE_ENTRY 16384 /* ... larger messages are not cached */
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
@@ -217,7 +223,8 @@ typedef struct {
     int err;        /* a limit was hit and data was dropped */
 } Buf;
 
-static int buf_reserve(Buf *b, size_t extra) {
+/* The slow half of buf_reserve(): enforce max, grow. */
+static int buf_grow(Buf *b, size_t extra) {
     if (b->max && b->len + extra > b->max) {
         b->err = 1;
         return -1;
@@ -230,16 +237,33 @@ static int buf_reserve(Buf *b, size_t extra) {
     return 0;
 }
 
-static void buf_add(Buf *b, const void *p, size_t n) {
+/* Make room for `extra` more bytes (and the NUL). Returns 0, or -1 past
+ * max. Inline: every append starts here, and rendering a page of rows is
+ * mostly appends (the fast path is one comparison). */
+static inline int buf_reserve(Buf *b, size_t extra) {
+    if (b->len + extra < b->cap && !b->max) return 0;
+    return buf_grow(b, extra);
+}
+
+static inline void buf_add(Buf *b, const void *p, size_t n) {
     if (buf_reserve(b, n)) return;
     if (n) memcpy(b->p + b->len, p, n);
     b->len += n;
     b->p[b->len] = 0;
 }
 
-static void buf_adds(Buf *b, const char *s) { buf_add(b, s, strlen(s)); }
-static void buf_addstr(Buf *b, Str s) { buf_add(b, s.p, s.n); }
-static void buf_addc(Buf *b, char c) { buf_add(b, &c, 1); }
+static inline void buf_adds(Buf *b, const char *s) { buf_add(b, s, strlen(s)); }
+static inline void buf_addstr(Buf *b, Str s) { buf_add(b, s.p, s.n); }
+static inline void buf_addc(Buf *b, char c) { buf_add(b, &c, 1); }
+
+/* Decimal digits of v, without printf (hot: every id of every row). */
+static void buf_add_i64(Buf *b, int64_t v) {
+    char tmp[24], *p = tmp + sizeof tmp;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do *--p = (char)('0' + u % 10); while (u /= 10);
+    if (v < 0) *--p = '-';
+    buf_add(b, p, (size_t)(tmp + sizeof tmp - p));
+}
 
 ARC_PRINTF(2, 3) static void buf_addf(Buf *b, const char *fmt, ...) {
     char tmp[256];
@@ -313,11 +337,32 @@ static int64_t clock_wall_us(void) {
  * the same path within one second still gets a new instance id (§10). */
 #define ISO_LEN 32
 static void iso_format(int64_t us, char out[ISO_LEN]) {
-    time_t t = (time_t)(us / 1000000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    size_t n = strftime(out, ISO_LEN, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, ISO_LEN - n, ".%06dZ", (int)(us % 1000000));
+    int64_t s = us >= 0 ? us / 1000000 : -((-us + 999999) / 1000000);
+    int64_t frac = us - s * 1000000, days = s >= 0 ? s / 86400 : -((-s + 86399) / 86400);
+    int64_t sod = s - days * 86400;
+    /* Civil date from days since 1970-01-01 (Howard Hinnant's algorithm):
+     * written out because this runs for every write, and gmtime_r plus
+     * strftime plus snprintf showed up in profiles. */
+    int64_t z = days + 719468, era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153, d = doy - (153 * mp + 2) / 5 + 1;
+    int64_t m = mp < 10 ? mp + 3 : mp - 9, y = yoe + era * 400 + (m <= 2);
+    if (y < 0 || y > 9999) {   /* not reachable from a sane clock */
+        snprintf(out, ISO_LEN, "%04d-01-01T00:00:00.000000Z", y < 0 ? 0 : 9999);
+        return;
+    }
+    int64_t f[] = { y, m, d, sod / 3600, sod / 60 % 60, sod % 60, frac };
+    static const int width[] = { 4, 2, 2, 2, 2, 2, 6 };
+    static const char sep[] = "--T::.Z";
+    char *p = out;
+    for (int i = 0; i < 7; i++) {
+        for (int k = width[i] - 1; k >= 0; k--, f[i] /= 10) p[k] = (char)('0' + f[i] % 10);
+        p += width[i];
+        *p++ = sep[i];
+    }
+    *p = 0;
 }
 
 /* Parse an RFC 3339 UTC timestamp as either hub writes it ("...:SSZ" or
@@ -895,14 +940,56 @@ static int json_to_i64(const Json *j, uint32_t i, int64_t *out) {
     }
 }
 
+/* Does any of the eight bytes in w need escaping (< 0x20, >= 0x80, '"' or
+ * '\\')? SWAR: such a byte leaves its high bit set in the result. */
+static int json_bad8(uint64_t w) {
+    const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
+    uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
+    return (((w - ones * 0x20) | w | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & high) != 0;
+}
+
+/* How many leading bytes of s need no escaping: printable ASCII other
+ * than '"' and '\\'. Eight bytes at a time (the tail padded with 'a');
+ * byte by byte only from the word that has one. */
+static size_t json_plain_len(const char *s, size_t n) {
+    size_t i = 0;
+    uint64_t w;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, s + i, 8);
+        if (json_bad8(w)) goto bytewise;
+    }
+    if (i == n) return n;
+    w = 0x6161616161616161u;
+    memcpy(&w, s + i, n - i);
+    if (!json_bad8(w)) return n;
+bytewise:
+    while (i < n && (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x80 &&
+           s[i] != '"' && s[i] != '\\')
+        i++;
+    return i;
+}
+
 /* Write s as a JSON string literal. Input that is not valid UTF-8 (only
  * possible from a foreign database row) is repaired with U+FFFD, so the
  * output is always valid JSON. */
 static void json_str(Buf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
+    /* Fast path, and the common case: printable ASCII without '"' or '\\'
+     * is copied as it is, with one reservation for the whole literal. */
+    size_t i = json_plain_len(s, n);
+    if (i == n) {
+        if (buf_reserve(b, n + 2)) return;
+        char *d = b->p + b->len;
+        d[0] = '"';
+        memcpy(d + 1, s, n);
+        d[n + 1] = '"';
+        d[n + 2] = 0;
+        b->len += n + 2;
+        return;
+    }
     buf_addc(b, '"');
     size_t run = 0;              /* start of the pending verbatim run */
-    for (size_t i = 0; i < n;) {
+    while (i < n) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
             i++;
@@ -1364,9 +1451,17 @@ static const char *http_reason(int status) {
  * "Name: value\r\n" lines. */
 static void http_head(Buf *out, int status, const char *ctype, long long len,
                       int keep_alive, const char *extra) {
-    buf_addf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status,
-             http_reason(status), ctype);
-    if (len >= 0) buf_addf(out, "Content-Length: %lld\r\n", len);
+    buf_adds(out, "HTTP/1.1 ");
+    buf_add_i64(out, status);
+    buf_addc(out, ' ');
+    buf_adds(out, http_reason(status));
+    buf_adds(out, "\r\nContent-Type: ");
+    buf_adds(out, ctype);
+    if (len >= 0) {
+        buf_adds(out, "\r\nContent-Length: ");
+        buf_add_i64(out, len);
+    }
+    buf_adds(out, "\r\n");
     buf_adds(out, keep_alive ? "Connection: keep-alive\r\n"
                              : "Connection: close\r\n");
     if (extra) buf_adds(out, extra);
@@ -1436,6 +1531,13 @@ typedef struct {
     sqlite3_stmt *st;      /* owned */
 } StoreStmt;
 
+/* One rendered message in the store's cache (store_cache_get). */
+typedef struct {
+    int64_t id;
+    char *json;            /* owned, NUL-terminated; NULL: empty slot */
+    size_t len;
+} StoreCached;
+
 typedef struct {
     sqlite3 *db;                        /* owned; loop thread only */
     char path[PATH_MAX];                /* absolute, resolved */
@@ -1446,6 +1548,9 @@ typedef struct {
     int in_tx;                          /* a batch transaction is open */
     int64_t data_version;               /* last PRAGMA data_version seen */
     Json scratch;                       /* reused to validate JSON columns */
+    StoreCached *cache;                 /* owned: ARC_MSG_CACHE_SLOTS, or NULL */
+    size_t cache_bytes;                 /* JSON bytes the cache holds */
+    int64_t cache_version;              /* data_version the cache is valid at */
 } Store;
 
 /* A statement for `sql`, reset and with no bindings; NULL on failure (the
@@ -1507,10 +1612,13 @@ static int store_done(Store *s, sqlite3_stmt *st) {
 }
 
 /* Text column i as a Str (p == NULL for SQL NULL); valid until the next
- * step or reset of st. */
+ * step or reset of st. Through the column's value: one statement lookup
+ * instead of two per column (the value is "unprotected", which only
+ * matters to a connection shared between threads). */
 static Str store_col(sqlite3_stmt *st, int i) {
-    const char *p = (const char *)sqlite3_column_text(st, i);
-    return (Str){ p, p ? (size_t)sqlite3_column_bytes(st, i) : 0 };
+    sqlite3_value *v = sqlite3_column_value(st, i);
+    const char *p = (const char *)sqlite3_value_text(v);
+    return (Str){ p, p ? (size_t)sqlite3_value_bytes(v) : 0 };
 }
 
 /* Open the batch transaction if none is open. All writes of one loop turn
@@ -1544,22 +1652,89 @@ static void store_emit_text(Buf *b, Str v) {
     else buf_adds(b, "null");
 }
 
-/* Decimal digits of v, without printf (hot: every id of every row). */
-static void buf_add_i64(Buf *b, int64_t v) {
-    char tmp[24], *p = tmp + sizeof tmp;
-    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-    do *--p = (char)('0' + u % 10); while (u /= 10);
-    if (v < 0) *--p = '-';
-    buf_add(b, p, (size_t)(tmp + sizeof tmp - p));
-}
-
 static void store_emit_int(Buf *b, sqlite3_stmt *st, int i) {
-    if (sqlite3_column_type(st, i) == SQLITE_NULL) buf_adds(b, "null");
-    else buf_add_i64(b, sqlite3_column_int64(st, i));
+    sqlite3_value *v = sqlite3_column_value(st, i);
+    if (sqlite3_value_type(v) == SQLITE_NULL) buf_adds(b, "null");
+    else buf_add_i64(b, sqlite3_value_int64(v));
 }
 
-/* Row emitters: one JSON object per row, fields in PROTOCOL §5 order. */
+static int64_t store_data_version(Store *s) {
+    sqlite3_stmt *st = store_stmt(s, "PRAGMA data_version");
+    int64_t v = -1;
+    if (st && sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
+    if (st) sqlite3_reset(st);
+    return v;
+}
+
+/* ---- rendered messages: a cache of their JSON ---- */
+
+/* Rendering rows as JSON was most of the work of a GET /v1/messages page,
+ * and readers mostly ask for the same recent messages. arc never changes a
+ * committed message: it inserts messages and never updates or deletes one
+ * (keep it so, or flush the cache there), and AUTOINCREMENT never reuses
+ * an id. So a message's JSON is cached by id, direct-mapped, under rules
+ * that keep it exact:
+ *  - only committed rows go in: the turn's new messages once their commit
+ *    succeeded (the very JSON their POST answered with), and rows read while
+ *    no transaction is open; a failed commit flushes it all anyway;
+ *  - another process may change rows (the reference hub rewrites a new
+ *    task_result's metadata in a second transaction). Any commit by another
+ *    connection changes PRAGMA data_version, which each query reads inside
+ *    its own snapshot (store_cache_sync), flushing the cache if it moved;
+ *  - memory is bounded: ARC_MSG_CACHE_BYTES in all (flushed when full),
+ *    nothing over ARC_MSG_CACHE_ENTRY, nothing allocated before first use. */
+static void store_cache_flush(Store *s) {
+    if (!s->cache) return;
+    for (int i = 0; i < ARC_MSG_CACHE_SLOTS; i++) {
+        free(s->cache[i].json);
+        s->cache[i].json = NULL;
+    }
+    s->cache_bytes = 0;
+}
+
+static void store_cache_put(Store *s, int64_t id, const char *json, size_t len) {
+    if (len > ARC_MSG_CACHE_ENTRY) return;
+    if (!s->cache) {
+        s->cache = xrealloc(NULL, ARC_MSG_CACHE_SLOTS * sizeof *s->cache);
+        memset(s->cache, 0, ARC_MSG_CACHE_SLOTS * sizeof *s->cache);
+    }
+    StoreCached *c = &s->cache[(uint64_t)id % ARC_MSG_CACHE_SLOTS];
+    if (c->json && c->id == id) return;
+    if (s->cache_bytes + len > ARC_MSG_CACHE_BYTES) store_cache_flush(s);
+    if (c->json) s->cache_bytes -= c->len;
+    free(c->json);
+    c->json = xstrndup(json, len);
+    c->id = id;
+    c->len = len;
+    s->cache_bytes += len;
+}
+
+static const StoreCached *store_cache_get(const Store *s, int64_t id) {
+    if (!s->cache) return NULL;
+    const StoreCached *c = &s->cache[(uint64_t)id % ARC_MSG_CACHE_SLOTS];
+    return c->json && c->id == id ? c : NULL;
+}
+
+/* Call once per query that renders messages, after its first step (so
+ * inside its read snapshot): drop the cache if another connection has
+ * committed since it was last valid. */
+static void store_cache_sync(Store *s) {
+    int64_t v = store_data_version(s);
+    if (v == s->cache_version) return;
+    store_cache_flush(s);
+    s->cache_version = v;
+}
+
+/* Row emitters: one JSON object per row, fields in PROTOCOL §5 order. A
+ * message comes from the cache when it can, and goes in when it may. */
 static void store_emit_message(Store *s, Buf *b, sqlite3_stmt *st) {
+    int64_t id = sqlite3_column_int64(st, 0);
+    const StoreCached *c = store_cache_get(s, id);
+    if (c) {
+        buf_add(b, c->json, c->len);
+        return;
+    }
+    size_t mark = b->len;
     buf_adds(b, "{\"id\":");
     store_emit_int(b, st, 0);
     buf_adds(b, ",\"ts\":");
@@ -1583,6 +1758,7 @@ static void store_emit_message(Store *s, Buf *b, sqlite3_stmt *st) {
     buf_adds(b, ",\"metadata\":");
     store_emit_json(s, b, store_col(st, 10), "{}");
     buf_addc(b, '}');
+    if (!s->in_tx && !b->err) store_cache_put(s, id, b->p + mark, b->len - mark);
 }
 
 static void store_emit_session(Store *s, Buf *b, sqlite3_stmt *st) {
@@ -1680,6 +1856,7 @@ static int store_emit_rows(Store *s, Buf *b, sqlite3_stmt *st, StoreEmit emit) {
     buf_addc(b, '[');
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n++) buf_addc(b, ',');
+        else if (emit == store_emit_message) store_cache_sync(s);
         emit(s, b, st);
     }
     buf_addc(b, ']');
@@ -1698,14 +1875,6 @@ static int store_emit_one(Store *s, Buf *b, sqlite3_stmt *st, StoreEmit emit) {
     else buf_adds(b, "null");
     sqlite3_reset(st);
     return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
-}
-
-static int64_t store_data_version(Store *s) {
-    sqlite3_stmt *st = store_stmt(s, "PRAGMA data_version");
-    int64_t v = -1;
-    if (st && sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
-    if (st) sqlite3_reset(st);
-    return v;
 }
 
 /* Open (creating if needed) the storage file, apply the schema, make the
@@ -1791,7 +1960,7 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     sha256_hex(&h, hex);
     buf_free(&marker);
     snprintf(s->instance_id, sizeof s->instance_id, "mh1-%.20s", hex);
-    s->data_version = store_data_version(s);
+    s->data_version = s->cache_version = store_data_version(s);
     return 0;
 }
 
@@ -1805,6 +1974,9 @@ static void store_close(Store *s) {
         log_warn("store: close: %s", sqlite3_errmsg(s->db));
     s->db = NULL;
     json_free(&s->scratch);
+    store_cache_flush(s);
+    free(s->cache);
+    s->cache = NULL;
 }
 
 /* ==== hub: the coordination model and the request handlers ================ */
@@ -5931,7 +6103,10 @@ static void conn_error(Hub *h, Conn *c, int status, const char *msg) {
 
 /* Remember that c's output since `mark` depends on this turn's commit. */
 static void loop_hold(Hub *h, Conn *c, size_t mark) {
-    if (c->held) return;
+    if (c->held) {
+        if (mark < c->held_from) c->held_from = mark;
+        return;
+    }
     c->held = 1;
     c->held_from = mark;
     if (h->n_held == h->cap_held) {
@@ -5949,19 +6124,24 @@ static void loop_sse_event(Conn *c, int64_t id, Str json) {
     if (id > c->wait.since_id) c->wait.since_id = id;
 }
 
-/* Queue the backlog of a stream, at most one query's worth per call; the
- * rest follows as the client drains its output (Conn.behind). Each row is
- * rendered once, straight into its event. */
+/* Queue the backlog of a stream, at most one query's worth (and about
+ * ARC_MAX_OUT / 4 bytes) per call; the rest follows as the client drains
+ * its output (Conn.behind), so a long backlog of large messages never
+ * trips the slow-reader limit by itself. */
 static void loop_stream_fill(Hub *h, Conn *c) {
     sqlite3_stmt *st = hub_wait_stmt(h, &c->wait, 0);
     Buf msg = { 0 };
     int n = 0;
     c->behind = 0;
     while (st && sqlite3_step(st) == SQLITE_ROW) {
+        if (!n) store_cache_sync(&h->store);
         buf_reset(&msg);
         store_emit_message(&h->store, &msg, st);
         loop_sse_event(c, sqlite3_column_int64(st, 0), buf_str(&msg));
-        n++;
+        if (++n < c->wait.limit && c->out.len - c->out_off > ARC_MAX_OUT / 4) {
+            c->behind = 1;
+            break;
+        }
     }
     if (st) sqlite3_reset(st);
     buf_free(&msg);
@@ -6272,6 +6452,11 @@ static void loop_commit(Hub *h) {
             conn_error(h, c, 503, msg);
         }
         hub_batch_truncate(h, 0);
+        store_cache_flush(&h->store);
+    } else {
+        for (int i = 0; i < h->n_batch; i++)   /* committed: now cacheable */
+            store_cache_put(&h->store, h->batch[i].id, h->batch[i].json,
+                            h->batch[i].json_len);
     }
     for (int i = 0; i < h->n_held; i++) h->held[i]->held = 0;
     h->n_held = 0;

@@ -448,6 +448,58 @@ class MessageLimitTests(HubCase):
 
 class MessageReadTests(HubCase):
 
+    def raw_json(self, method, path, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.hub.port, timeout=10)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data,
+                         headers={"Content-Type": "application/json"} if data else {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    @arc_only
+    def test_read_renders_exactly_what_post_answered(self):
+        # arc caches rendered messages (PROTOCOL §10.5): a page, read once
+        # from rows and again from the cache, holds the bytes the POST
+        # answered with, escapes and all.
+        ch = self.channel()
+        parent = self.msg(channel=ch, body="parent")
+        body = {"from_agent": "caf\u00e9", "channel": ch, "kind": "task",
+                "body": 'tab\there "quoted" back\\slash \u2603 \U0001F600 \x01',
+                "attachments": [{"type": "json", "content": {"a": [1, 2.5, None]}}],
+                "metadata": {"k": "v", "n": 1}, "thread_id": "th-" + ch,
+                "reply_to": parent["id"]}
+        status, raw = self.raw_json("POST", "/v1/messages", body)
+        self.assertEqual(status, 201, raw)
+        prefix = b'{"ok":true,"result":'
+        self.assertTrue(raw.startswith(prefix) and raw.endswith(b"}"), raw)
+        posted = raw[len(prefix):-1]
+        mid = json.loads(posted)["id"]
+        for _ in range(2):
+            status, page = self.raw_json("GET", qs("/v1/messages", channel=ch))
+            self.assertEqual(status, 200, page)
+            self.assertTrue(page.endswith(b"," + posted + b"]}"), page)
+
+    @arc_only
+    def test_row_changed_by_another_process_is_read_fresh(self):
+        import sqlite3
+        ch = self.channel()
+        m = self.msg(channel=ch, body="before")
+        rows = self.assertOk(self.hub.get("/v1/messages", channel=ch))
+        self.assertEqual(rows[-1]["metadata"], {})
+        db = sqlite3.connect(self.hub.storage, timeout=10)
+        try:
+            db.execute("UPDATE messages SET metadata_json=? WHERE id=?",
+                       ('{"changed":true}', m["id"]))
+            db.commit()
+        finally:
+            db.close()
+        rows = self.assertOk(self.hub.get("/v1/messages", channel=ch))
+        self.assertEqual(rows[-1]["id"], m["id"])
+        self.assertEqual(rows[-1]["metadata"], {"changed": True})
+
     def test_channel_or_thread_required(self):
         err = self.assertErr(self.hub.get("/v1/messages"), 400)
         self.assertIn("channel", err)
