@@ -9,11 +9,14 @@ import json
 import os
 import re
 import shlex
+import shutil
+import signal
 import threading
 import time
 import unittest
 
-from hubtest import (REF, Hub, HubCase, arc_only, parse_ts, qs, uid, wait_for)
+from hubtest import (REF, Hub, HubCase, arc_only, hub_command, parse_ts, qs, uid,
+                     wait_for)
 
 MESSAGE_FIELDS = {"id", "ts", "from_agent", "to_agent", "channel", "kind", "body",
                   "attachments", "reply_to", "thread_id", "metadata"}
@@ -259,6 +262,74 @@ class RestartTests(HubCase):
         self.assertEqual(headers.get("x-arc-instance"), info["instance_id"])
         rows = self.assertOk(self.hub.get("/v1/messages", channel=ch))
         self.assertEqual(rows, [m])
+
+
+@arc_only
+@unittest.skipUnless(shutil.which("strace"), "strace is not installed")
+class DurabilityTests(unittest.TestCase):
+    """Group commit (PROTOCOL §10.2): no answer leaves before the fsync()
+    that makes what it reports durable, and a commit that cannot be synced
+    is a 503 whose writes never happened. strace delays or fails the hub's
+    fsync calls (a SIGKILL test could not show either: killed or not, the
+    kernel keeps the page cache). The traced hub opens a file written by an
+    earlier one, which needs no fsync, so only request commits are hit."""
+
+    DELAY_S = 0.4
+
+    def strace_hub(self, inject):
+        plain = Hub().start()
+        plain.stop_process()
+        hub = Hub(["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync",
+                   "-e", "inject=fsync:" + inject] + hub_command())
+        hub.dir = plain.dir
+        hub.start(storage=plain.storage)
+        self.addCleanup(plain.cleanup)
+        self.addCleanup(self.stop_traced, hub)
+        return hub
+
+    def stop_traced(self, hub):
+        # SIGTERM goes to the hub itself (its pidfile names it), not to strace,
+        # which then exits with it.
+        try:
+            with open(os.path.join(hub.dir, ".arc.pid")) as f:
+                os.kill(json.load(f)["pid"], signal.SIGTERM)
+        except (OSError, ValueError, KeyError):
+            pass
+        hub.wait_exit()
+        hub.stop_process()
+
+    def test_answers_wait_for_the_commit_fsync(self):
+        hub = self.strace_hub("delay_exit=%d" % int(self.DELAY_S * 1e6))
+        woken = {}
+
+        def wait():
+            status, _, payload = hub.get("/v1/messages", http_timeout=30,
+                                         channel="general", since_id=0, timeout=20)
+            woken["t"], woken["rows"] = time.monotonic(), payload["result"]
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        t0 = time.monotonic()
+        status, _, payload = hub.post("/v1/messages", {"from_agent": "a", "body": "x"})
+        t_post = time.monotonic() - t0
+        self.assertEqual(status, 201, payload)
+        waiter.join(30)
+        self.assertIn("t", woken, "the long-poll was not answered")
+        self.assertEqual([m["id"] for m in woken["rows"]], [payload["result"]["id"]])
+        # Both answers left only after the (delayed) fsync had returned.
+        self.assertGreaterEqual(t_post, self.DELAY_S)
+        self.assertGreaterEqual(woken["t"] - t0, self.DELAY_S)
+
+    def test_failed_commit_is_503_and_undone(self):
+        hub = self.strace_hub("error=EIO")
+        status, _, payload = hub.post("/v1/messages",
+                                      {"from_agent": "a", "body": "never stored"})
+        self.assertEqual(status, 503, payload)
+        self.assertIn("storage error: disk I/O error", payload["error"])
+        status, _, payload = hub.get("/v1/messages", channel="general")
+        self.assertEqual(status, 200, payload)
+        self.assertNotIn("never stored", [m["body"] for m in payload["result"]])
+        self.assertTrue(hub.alive())
 
 
 # ── posting messages ────────────────────────────────────────────────────
