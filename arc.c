@@ -103,6 +103,9 @@
 #ifndef ARC_WAL_SETTLE_MS
 #define ARC_WAL_SETTLE_MS 2       /* re-check interval after a -wal write */
 #endif
+#ifndef ARC_GATHER_PASSES
+#define ARC_GATHER_PASSES 8       /* more reads before a turn's commit */
+#endif
 #ifndef ARC_WAL_WATCH_MS
 #define ARC_WAL_WATCH_MS 1000     /* how long to re-check after a -wal write */
 #endif
@@ -7038,10 +7041,19 @@ static void loop_relay_request(Hub *h, RelayReq *r) {
     res_free(&res);
 }
 
-/* One turn of the loop. Returns 0 to go on, 1 when the hub should stop. */
-static int loop_turn(Hub *h) {
-    int n = poller_wait(h->poller, loop_timeout_ms(h));
-    h->now_ms = clock_ms();
+/* Handle what c has read: its complete requests, then its hang-up. */
+static void loop_serve(Hub *h, Conn *c) {
+    if (c->state != CONN_READ) return;
+    loop_process(h, c);
+    if (c->peer_closed && c->state == CONN_READ) {
+        if (c->out_off < c->out.len) c->close_after = 1;
+        else conn_kill(h, c);
+    }
+}
+
+/* Act on n ready events: read and serve conns, write what they may send,
+ * accept, drain the wake pipe. Returns 1 if the -wal watch fired. */
+static int loop_events(Hub *h, int n) {
     int wal_touched = 0;
     for (int i = 0; i < n; i++) {
         PollEv *e = &h->poller->ev[i];
@@ -7062,21 +7074,31 @@ static int loop_turn(Hub *h) {
                 if (loop_read(h, c)) continue;
             }
             if (e->revents & POLLOUT) loop_write(h, c);
+            if (c->state != CONN_DEAD) loop_serve(h, c);
         }
     }
+    return wal_touched;
+}
+
+/* One turn of the loop. Returns 0 to go on, 1 when the hub should stop. */
+static int loop_turn(Hub *h) {
+    for (int i = 0; i < h->n_touched; i++)   /* left over from the last turn */
+        loop_serve(h, h->touched[i]);
+    int n = poller_wait(h->poller, loop_timeout_ms(h));
+    h->now_ms = clock_ms();
+    int wal_touched = loop_events(h, n);
     if (h->relay)
         for (RelayReq *r = relay_intake(h->relay), *next; r; r = next) {
             next = r->next;
             loop_relay_request(h, r);
         }
-    for (int i = 0; i < h->n_touched; i++) {
-        Conn *c = h->touched[i];
-        if (c->state != CONN_READ) continue;
-        loop_process(h, c);
-        if (c->peer_closed && c->state == CONN_READ) {
-            if (c->out_off < c->out.len) c->close_after = 1;
-            else conn_kill(h, c);
-        }
+    /* Requests that arrived while this turn's were handled join its commit
+     * instead of waiting a whole commit for the next: clients answered by
+     * one commit come back at about the same time, and each commit waits
+     * for an fsync (group commit, PROTOCOL §10.2). */
+    for (int pass = 0; pass < ARC_GATHER_PASSES && h->store.in_tx; pass++) {
+        if (!(n = poller_wait(h->poller, 0))) break;
+        wal_touched |= loop_events(h, n);
     }
     loop_timers(h);
     int had_batch = h->n_batch > 0;
