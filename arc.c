@@ -6501,6 +6501,9 @@ static void loop_process(Hub *h, Conn *c) {
         buf_consume(&c->in, (size_t)(n + cl));
         c->req_ms = 0;
     }
+    /* A waiter with nothing pipelined keeps no input buffer: 10,000 parked
+     * long-polls would otherwise hold 16 KiB each. */
+    if (c->state != CONN_READ && !c->in.len) buf_free(&c->in);
 }
 
 /* Write as much of c->out as the socket takes (and may be sent). */
@@ -6556,8 +6559,11 @@ static void loop_flush(Hub *h, Conn *c) {
 static int loop_read(Hub *h, Conn *c) {
     size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
     while (c->in.len < cap) {
-        if (buf_reserve(&c->in, 16384)) break;
-        ssize_t n = read(c->fd, c->in.p + c->in.len, 16384);
+        /* Read into all the room there is, at least 16 KiB (a fresh buffer
+         * is exactly that; a parked conn keeps none, see loop_process). */
+        if (c->in.cap - c->in.len < 4096 + 1 && buf_reserve(&c->in, 16383)) break;
+        size_t room = c->in.cap - c->in.len - 1;
+        ssize_t n = read(c->fd, c->in.p + c->in.len, room);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
         if (n <= 0) {
@@ -6570,7 +6576,7 @@ static int loop_read(Hub *h, Conn *c) {
         /* A short read emptied the socket: the poller is level-triggered,
          * so more input (or the end) is reported again; no read to learn
          * EAGAIN (one syscall per request saved). */
-        if (n < 16384) break;
+        if ((size_t)n < room) break;
     }
     if (c->peer_closed && c->state != CONN_READ) {
         conn_kill(h, c);   /* a waiter that hung up is dropped at once */
