@@ -13,7 +13,7 @@ SQLDEFS = -DSQLITE_THREADSAFE=2 -DSQLITE_ENABLE_FTS5 -DSQLITE_DQS=0 \
 SAN = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
       -fno-sanitize-recover=all
 
-.PHONY: all test asan clean install uninstall
+.PHONY: all test test-poll asan clean install uninstall
 
 all: arc
 
@@ -38,6 +38,14 @@ tests/unit-asan: tests/unit.c arc.c sqlite3.o
 # make test: unit tests, then the integration suite against ./arc.
 test: arc tests/unit tests/fuzz-replay-json tests/fuzz-replay-http
 	@sh tests/run.sh ./arc tests/unit
+
+# make test-poll: the same suite against the poll() backend of the event
+# loop, which Linux builds otherwise replace with epoll.
+arc-poll: arc.c sqlite3.o
+	$(CC) $(WARN) $(CFLAGS) -DARC_POLL -o $@ arc.c sqlite3.o $(LDFLAGS) -pthread -lm
+
+test-poll: arc-poll tests/unit tests/fuzz-replay-json tests/fuzz-replay-http
+	@sh tests/run.sh ./arc-poll tests/unit
 
 # make asan: the same suite against the sanitizer build.
 asan: arc-asan tests/unit-asan
@@ -115,6 +123,6 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/arc
 
 clean:
-	rm -f arc arc-asan sqlite3.o tests/unit tests/unit-asan tests/bench
+	rm -f arc arc-asan arc-poll sqlite3.o tests/unit tests/unit-asan tests/bench
 	rm -rf tests/__pycache__ tests/out
 	rm -f $(FUZZ_BINS)
