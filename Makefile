@@ -16,7 +16,7 @@ SAN = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 # JSON, HTTP framing, query strings, relay envelopes, the MCP stdio framer.
 FUZZ_TARGETS = json http query relay mcp
 
-.PHONY: all test asan clean install uninstall
+.PHONY: all test test-poll asan clean install uninstall
 
 all: arc
 
@@ -49,6 +49,15 @@ test: arc tests/unit $(TEST_ASAN) $(FUZZ_TARGETS:%=tests/fuzz-replay-%)
 	@FUZZ_TARGETS="$(FUZZ_TARGETS)" FUZZ_CC="$(FUZZ_CC)" \
 	 FUZZ_TEST_SECONDS=$(FUZZ_TEST_SECONDS) \
 	 sh tests/run.sh ./arc tests/unit $(TEST_ASAN:%=./%)
+
+# make test-poll: the unit tests, the corpus replay and the integration
+# suite against the poll() backend of the event loop (-DARC_POLL), which
+# Linux builds otherwise replace with epoll.
+arc-poll: arc.c sqlite3.o
+	$(CC) $(WARN) $(CFLAGS) -DARC_POLL -o $@ arc.c sqlite3.o $(LDFLAGS) -pthread -lm
+
+test-poll: arc-poll tests/unit $(FUZZ_TARGETS:%=tests/fuzz-replay-%)
+	@FUZZ_TARGETS="$(FUZZ_TARGETS)" sh tests/run.sh ./arc-poll tests/unit
 
 # make asan: the unit and integration suites against the sanitizer build.
 asan: arc-asan tests/unit-asan $(FUZZ_TARGETS:%=tests/fuzz-replay-%)
@@ -121,6 +130,6 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/arc
 
 clean:
-	rm -f arc arc-asan sqlite3.o tests/unit tests/unit-asan tests/bench
+	rm -f arc arc-asan arc-poll sqlite3.o tests/unit tests/unit-asan tests/bench
 	rm -rf tests/__pycache__ tests/out
 	rm -f $(FUZZ_BINS)

@@ -9,11 +9,13 @@
  *   base   limits, core types, die/log, Str, Buf, clock, sha256, options
  *   json   strict RFC 8259 token reader, writer into Buf, coercions
  *   http   incremental request parser, query/path decoding, responses
- *   store  schema, prepared statements, group-commit transactions, rows
+ *   store  schema, prepared statements, group-commit transactions, rows,
+ *          the rendered-message cache
  *   hub    sessions, channels, messages, claims, locks, tasks, threads;
  *          access checks (Host, Origin, token), routing, JSON envelopes
  *   relay  the file-spool thread: inotify, claim, hand to the loop, answer
- *   loop   epoll/poll loop, Conn lifecycle, timer heap, parking, fan-out;
+ *   loop   event loop (epoll or poll()), Conn lifecycle, timer heap,
+ *          parking in wait buckets, fan-out;
  *          then `serve`: options, listening socket, pidfile, the hub's life
  *   cli    blocking HTTP/relay client, ensure/stop/reset/status,
  *          post/poll/whoami, the standalone relay and relay-gc
@@ -58,8 +60,8 @@
 #include <sys/inotify.h>
 #endif
 /* The loop waits with epoll on Linux, with poll() elsewhere or when built
- * with -DARC_NO_EPOLL (which keeps that path testable here). */
-#if defined(__linux__) && !defined(ARC_NO_EPOLL)
+ * with -DARC_POLL (which keeps that path testable here: make test-poll). */
+#if defined(__linux__) && !defined(ARC_POLL)
 #define ARC_EPOLL 1
 #include <sys/epoll.h>
 #endif
@@ -111,6 +113,9 @@
 #ifndef ARC_WAL_SETTLE_MS
 #define ARC_WAL_SETTLE_MS 2       /* re-check interval after a -wal write */
 #endif
+#ifndef ARC_GATHER_PASSES
+#define ARC_GATHER_PASSES 8       /* more reads before a turn's commit */
+#endif
 #ifndef ARC_WAL_WATCH_MS
 #define ARC_WAL_WATCH_MS 1000     /* how long to re-check after a -wal write */
 #endif
@@ -127,6 +132,11 @@
 #define ARC_BUSY_TURN_MS 10       /* the loop blocks on locks per turn */
 #endif
 #define ARC_BUSY_RETRY_MS 10      /* a write blocked by a lock: next try */
+#ifndef ARC_MSG_CACHE_BYTES
+#define ARC_MSG_CACHE_BYTES (4u << 20)  /* rendered-message cache, in all */
+#endif
+#define ARC_MSG_CACHE_SLOTS 4096  /* ... direct-mapped by message id */
+#define ARC_MSG_CACHE_ENTRY 16384 /* ... larger messages are not cached */
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
@@ -241,7 +251,8 @@ typedef struct {
     int err;        /* a limit was hit and data was dropped */
 } Buf;
 
-static int buf_reserve(Buf *b, size_t extra) {
+/* The slow half of buf_reserve(): enforce max, grow. */
+static int buf_grow(Buf *b, size_t extra) {
     if (b->max && b->len + extra > b->max) {
         b->err = 1;
         return -1;
@@ -254,16 +265,33 @@ static int buf_reserve(Buf *b, size_t extra) {
     return 0;
 }
 
-static void buf_add(Buf *b, const void *p, size_t n) {
+/* Make room for `extra` more bytes (and the NUL). Returns 0, or -1 past
+ * max. Inline: every append starts here, and rendering a page of rows is
+ * mostly appends (the fast path is one comparison). */
+static inline int buf_reserve(Buf *b, size_t extra) {
+    if (b->len + extra < b->cap && !b->max) return 0;
+    return buf_grow(b, extra);
+}
+
+static inline void buf_add(Buf *b, const void *p, size_t n) {
     if (buf_reserve(b, n)) return;
     if (n) memcpy(b->p + b->len, p, n);
     b->len += n;
     b->p[b->len] = 0;
 }
 
-static void buf_adds(Buf *b, const char *s) { buf_add(b, s, strlen(s)); }
-static void buf_addstr(Buf *b, Str s) { buf_add(b, s.p, s.n); }
-static void buf_addc(Buf *b, char c) { buf_add(b, &c, 1); }
+static inline void buf_adds(Buf *b, const char *s) { buf_add(b, s, strlen(s)); }
+static inline void buf_addstr(Buf *b, Str s) { buf_add(b, s.p, s.n); }
+static inline void buf_addc(Buf *b, char c) { buf_add(b, &c, 1); }
+
+/* Decimal digits of v, without printf (hot: every id of every row). */
+static void buf_add_i64(Buf *b, int64_t v) {
+    char tmp[24], *p = tmp + sizeof tmp;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do *--p = (char)('0' + u % 10); while (u /= 10);
+    if (v < 0) *--p = '-';
+    buf_add(b, p, (size_t)(tmp + sizeof tmp - p));
+}
 
 ARC_PRINTF(2, 3) static void buf_addf(Buf *b, const char *fmt, ...) {
     char tmp[256];
@@ -337,11 +365,32 @@ static int64_t clock_wall_us(void) {
  * the same path within one second still gets a new instance id (§10). */
 #define ISO_LEN 32
 static void iso_format(int64_t us, char out[ISO_LEN]) {
-    time_t t = (time_t)(us / 1000000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    size_t n = strftime(out, ISO_LEN, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, ISO_LEN - n, ".%06dZ", (int)(us % 1000000));
+    int64_t s = us >= 0 ? us / 1000000 : -((-us + 999999) / 1000000);
+    int64_t frac = us - s * 1000000, days = s >= 0 ? s / 86400 : -((-s + 86399) / 86400);
+    int64_t sod = s - days * 86400;
+    /* Civil date from days since 1970-01-01 (Howard Hinnant's algorithm):
+     * written out because this runs for every write, and gmtime_r plus
+     * strftime plus snprintf showed up in profiles. */
+    int64_t z = days + 719468, era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153, d = doy - (153 * mp + 2) / 5 + 1;
+    int64_t m = mp < 10 ? mp + 3 : mp - 9, y = yoe + era * 400 + (m <= 2);
+    if (y < 0 || y > 9999) {   /* not reachable from a sane clock */
+        snprintf(out, ISO_LEN, "%04d-01-01T00:00:00.000000Z", y < 0 ? 0 : 9999);
+        return;
+    }
+    int64_t f[] = { y, m, d, sod / 3600, sod / 60 % 60, sod % 60, frac };
+    static const int width[] = { 4, 2, 2, 2, 2, 2, 6 };
+    static const char sep[] = "--T::.Z";
+    char *p = out;
+    for (int i = 0; i < 7; i++) {
+        for (int k = width[i] - 1; k >= 0; k--, f[i] /= 10) p[k] = (char)('0' + f[i] % 10);
+        p += width[i];
+        *p++ = sep[i];
+    }
+    *p = 0;
 }
 
 /* Parse an RFC 3339 UTC timestamp as either hub writes it ("...:SSZ" or
@@ -943,14 +992,56 @@ static int json_to_i64(const Json *j, uint32_t i, int64_t *out) {
     }
 }
 
+/* Does any of the eight bytes in w need escaping (< 0x20, >= 0x80, '"' or
+ * '\\')? SWAR: such a byte leaves its high bit set in the result. */
+static int json_bad8(uint64_t w) {
+    const uint64_t ones = 0x0101010101010101u, high = 0x8080808080808080u;
+    uint64_t q = w ^ (ones * '"'), bs = w ^ (ones * '\\');
+    return (((w - ones * 0x20) | w | ((q - ones) & ~q) | ((bs - ones) & ~bs)) & high) != 0;
+}
+
+/* How many leading bytes of s need no escaping: printable ASCII other
+ * than '"' and '\\'. Eight bytes at a time (the tail padded with 'a');
+ * byte by byte only from the word that has one. */
+static size_t json_plain_len(const char *s, size_t n) {
+    size_t i = 0;
+    uint64_t w;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, s + i, 8);
+        if (json_bad8(w)) goto bytewise;
+    }
+    if (i == n) return n;
+    w = 0x6161616161616161u;
+    memcpy(&w, s + i, n - i);
+    if (!json_bad8(w)) return n;
+bytewise:
+    while (i < n && (unsigned char)s[i] >= 0x20 && (unsigned char)s[i] < 0x80 &&
+           s[i] != '"' && s[i] != '\\')
+        i++;
+    return i;
+}
+
 /* Write s as a JSON string literal. Input that is not valid UTF-8 (only
  * possible from a foreign database row) is repaired with U+FFFD, so the
  * output is always valid JSON. */
 static void json_str(Buf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
+    /* Fast path, and the common case: printable ASCII without '"' or '\\'
+     * is copied as it is, with one reservation for the whole literal. */
+    size_t i = json_plain_len(s, n);
+    if (i == n) {
+        if (buf_reserve(b, n + 2)) return;
+        char *d = b->p + b->len;
+        d[0] = '"';
+        memcpy(d + 1, s, n);
+        d[n + 1] = '"';
+        d[n + 2] = 0;
+        b->len += n + 2;
+        return;
+    }
     buf_addc(b, '"');
     size_t run = 0;              /* start of the pending verbatim run */
-    for (size_t i = 0; i < n;) {
+    while (i < n) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
             i++;
@@ -1416,9 +1507,17 @@ static const char *http_reason(int status) {
  * "Name: value\r\n" lines. */
 static void http_head(Buf *out, int status, const char *ctype, long long len,
                       int keep_alive, const char *extra) {
-    buf_addf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n", status,
-             http_reason(status), ctype);
-    if (len >= 0) buf_addf(out, "Content-Length: %lld\r\n", len);
+    buf_adds(out, "HTTP/1.1 ");
+    buf_add_i64(out, status);
+    buf_addc(out, ' ');
+    buf_adds(out, http_reason(status));
+    buf_adds(out, "\r\nContent-Type: ");
+    buf_adds(out, ctype);
+    if (len >= 0) {
+        buf_adds(out, "\r\nContent-Length: ");
+        buf_add_i64(out, len);
+    }
+    buf_adds(out, "\r\n");
     buf_adds(out, keep_alive ? "Connection: keep-alive\r\n"
                              : "Connection: close\r\n");
     if (extra) buf_adds(out, extra);
@@ -1488,6 +1587,13 @@ typedef struct {
     sqlite3_stmt *st;      /* owned */
 } StoreStmt;
 
+/* One rendered message in the store's cache (store_cache_get). */
+typedef struct {
+    int64_t id;
+    char *json;            /* owned, NUL-terminated; NULL: empty slot */
+    size_t len;
+} StoreCached;
+
 typedef struct {
     sqlite3 *db;                        /* owned; loop thread only */
     char path[PATH_MAX];                /* absolute, resolved */
@@ -1505,6 +1611,9 @@ typedef struct {
     ino_t ino, wal_ino;                 /* them removed or replaced */
     int gone;                           /* they were: refuse every write */
     char err[256];                      /* why the last store call failed */
+    StoreCached *cache;                 /* owned: ARC_MSG_CACHE_SLOTS, or NULL */
+    size_t cache_bytes;                 /* JSON bytes the cache holds */
+    int64_t cache_version;              /* data_version the cache is valid at */
 } Store;
 
 /* A statement for `sql`, reset and with no bindings; NULL on failure (the
@@ -1566,10 +1675,13 @@ static int store_done(Store *s, sqlite3_stmt *st) {
 }
 
 /* Text column i as a Str (p == NULL for SQL NULL); valid until the next
- * step or reset of st. */
+ * step or reset of st. Through the column's value: one statement lookup
+ * instead of two per column (the value is "unprotected", which only
+ * matters to a connection shared between threads). */
 static Str store_col(sqlite3_stmt *st, int i) {
-    const char *p = (const char *)sqlite3_column_text(st, i);
-    return (Str){ p, p ? (size_t)sqlite3_column_bytes(st, i) : 0 };
+    sqlite3_value *v = sqlite3_column_value(st, i);
+    const char *p = (const char *)sqlite3_value_text(v);
+    return (Str){ p, p ? (size_t)sqlite3_value_bytes(v) : 0 };
 }
 
 /* Is the file at `path` the one we opened (dev, ino)? */
@@ -1659,22 +1771,103 @@ static void store_emit_text(Buf *b, Str v) {
     else buf_adds(b, "null");
 }
 
-/* Decimal digits of v, without printf (hot: every id of every row). */
-static void buf_add_i64(Buf *b, int64_t v) {
-    char tmp[24], *p = tmp + sizeof tmp;
-    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-    do *--p = (char)('0' + u % 10); while (u /= 10);
-    if (v < 0) *--p = '-';
-    buf_add(b, p, (size_t)(tmp + sizeof tmp - p));
-}
-
 static void store_emit_int(Buf *b, sqlite3_stmt *st, int i) {
-    if (sqlite3_column_type(st, i) == SQLITE_NULL) buf_adds(b, "null");
-    else buf_add_i64(b, sqlite3_column_int64(st, i));
+    sqlite3_value *v = sqlite3_column_value(st, i);
+    if (sqlite3_value_type(v) == SQLITE_NULL) buf_adds(b, "null");
+    else buf_add_i64(b, sqlite3_value_int64(v));
 }
 
-/* Row emitters: one JSON object per row, fields in PROTOCOL §5 order. */
+static int64_t store_data_version(Store *s) {
+    sqlite3_stmt *st = store_stmt(s, "PRAGMA data_version");
+    int64_t v = -1;
+    if (st && sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
+    if (st) sqlite3_reset(st);
+    return v;
+}
+
+/* ---- rendered messages: a cache of their JSON ---- */
+
+/* Rendering rows as JSON was most of the work of a GET /v1/messages page,
+ * and readers mostly ask for the same recent messages. arc never changes a
+ * committed message: it inserts messages and never updates or deletes one
+ * (keep it so, or flush the cache there), and AUTOINCREMENT never reuses
+ * an id. So a message's JSON is cached by id, direct-mapped, under rules
+ * that keep it exact:
+ *  - only committed rows go in: the turn's new messages once their commit
+ *    succeeded (the very JSON their POST answered with), and rows read while
+ *    no transaction is open; a failed commit flushes it all anyway;
+ *  - another process may change rows (the reference hub rewrites a new
+ *    task_result's metadata in a second transaction). Any commit by another
+ *    connection changes PRAGMA data_version, which each query reads inside
+ *    its own snapshot (store_cache_sync), flushing the cache if it moved;
+ *  - memory is bounded: ARC_MSG_CACHE_BYTES in all (flushed when full),
+ *    nothing over ARC_MSG_CACHE_ENTRY, nothing allocated before first use. */
+static void store_cache_flush(Store *s) {
+    if (!s->cache) return;
+    for (int i = 0; i < ARC_MSG_CACHE_SLOTS; i++) {
+        free(s->cache[i].json);
+        s->cache[i].json = NULL;
+    }
+    s->cache_bytes = 0;
+}
+
+static void store_cache_put(Store *s, int64_t id, const char *json, size_t len) {
+    if (len > ARC_MSG_CACHE_ENTRY) return;
+    if (!s->cache) {
+        s->cache = xrealloc(NULL, ARC_MSG_CACHE_SLOTS * sizeof *s->cache);
+        memset(s->cache, 0, ARC_MSG_CACHE_SLOTS * sizeof *s->cache);
+    }
+    StoreCached *c = &s->cache[(uint64_t)id % ARC_MSG_CACHE_SLOTS];
+    if (c->json && c->id == id) return;
+    if (s->cache_bytes + len > ARC_MSG_CACHE_BYTES) store_cache_flush(s);
+    if (c->json) s->cache_bytes -= c->len;
+    free(c->json);
+    c->json = xstrndup(json, len);
+    c->id = id;
+    c->len = len;
+    s->cache_bytes += len;
+}
+
+static const StoreCached *store_cache_get(const Store *s, int64_t id) {
+    if (!s->cache) return NULL;
+    const StoreCached *c = &s->cache[(uint64_t)id % ARC_MSG_CACHE_SLOTS];
+    return c->json && c->id == id ? c : NULL;
+}
+
+/* Call once per query that renders messages, after its first step (so
+ * inside its read snapshot): drop the cache if another connection has
+ * committed since it was last valid. */
+static void store_cache_sync(Store *s) {
+    int64_t v = store_data_version(s);
+    if (v == s->cache_version) return;
+    store_cache_flush(s);
+    s->cache_version = v;
+}
+
+/* Row emitters: one JSON object per row, fields in PROTOCOL §5 order.
+ *
+ * A message comes from the cache when it can, and goes in when it may. A
+ * list of messages selects only their ids, so a cached one costs SQLite no
+ * more than finding it (stepping the full row took more than half of a
+ * cached page); a row that is not cached is then read by id, in the same
+ * snapshot (the list statement is still open). Rows of M_COLS work too. */
 static void store_emit_message(Store *s, Buf *b, sqlite3_stmt *st) {
+    int64_t id = sqlite3_column_int64(st, 0);
+    const StoreCached *c = store_cache_get(s, id);
+    if (c) {
+        buf_add(b, c->json, c->len);
+        return;
+    }
+    if (sqlite3_column_count(st) == 1) {
+        sqlite3_stmt *row = store_stmt(s, "SELECT " M_COLS " FROM messages WHERE id=?");
+        if (!row) return;
+        sqlite3_bind_int64(row, 1, id);
+        if (sqlite3_step(row) == SQLITE_ROW) store_emit_message(s, b, row);
+        else buf_adds(b, "null");   /* not reachable: same snapshot */
+        sqlite3_reset(row);
+        return;
+    }
+    size_t mark = b->len;
     buf_adds(b, "{\"id\":");
     store_emit_int(b, st, 0);
     buf_adds(b, ",\"ts\":");
@@ -1698,6 +1891,7 @@ static void store_emit_message(Store *s, Buf *b, sqlite3_stmt *st) {
     buf_adds(b, ",\"metadata\":");
     store_emit_json(s, b, store_col(st, 10), "{}");
     buf_addc(b, '}');
+    if (!s->in_tx && !b->err) store_cache_put(s, id, b->p + mark, b->len - mark);
 }
 
 static void store_emit_session(Store *s, Buf *b, sqlite3_stmt *st) {
@@ -1795,6 +1989,7 @@ static int store_emit_rows(Store *s, Buf *b, sqlite3_stmt *st, StoreEmit emit) {
     buf_addc(b, '[');
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (n++) buf_addc(b, ',');
+        else if (emit == store_emit_message) store_cache_sync(s);
         emit(s, b, st);
     }
     buf_addc(b, ']');
@@ -1815,14 +2010,6 @@ static int store_emit_one(Store *s, Buf *b, sqlite3_stmt *st, StoreEmit emit) {
     return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
 
-static int64_t store_data_version(Store *s) {
-    sqlite3_stmt *st = store_stmt(s, "PRAGMA data_version");
-    int64_t v = -1;
-    if (st && sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
-    if (st) sqlite3_reset(st);
-    return v;
-}
-
 static void store_close(Store *s) {
     if (!s->db) return;
     if (s->in_tx) store_commit(s);
@@ -1833,6 +2020,9 @@ static void store_close(Store *s) {
         log_warn("store: close: %s", sqlite3_errmsg(s->db));
     s->db = NULL;
     json_free(&s->scratch);
+    store_cache_flush(s);
+    free(s->cache);
+    s->cache = NULL;
 }
 
 /* Open (creating if needed) the storage file, apply the schema, make the
@@ -1924,7 +2114,7 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     sha256_hex(&h, hex);
     buf_free(&marker);
     snprintf(s->instance_id, sizeof s->instance_id, "mh1-%.20s", hex);
-    s->data_version = store_data_version(s);
+    s->data_version = s->cache_version = store_data_version(s);
     /* Remember which files these are (store_check_files). */
     struct stat fs;
     Buf wal = { 0 };
@@ -2029,13 +2219,18 @@ typedef struct {
     int64_t warned_ms;           /* last EMFILE/poll warning (rate limit) */
     Conn **heap;                 /* min-heap of conns by deadline_ms */
     int n_heap, cap_heap;
-    struct pollfd *pfd;          /* poll() set (no epoll; and the drain) */
-    int cap_pfd;
-    int epfd;                    /* epoll instance (Linux), or -1: poll() */
-    Conn **ready;                /* conns with socket events this turn */
-    int n_ready, cap_ready;
-    int ready_wake, ready_listen, ready_wal;   /* the hub's own fds, too */
-    int listen_ev;               /* epoll: events registered for listen_fd */
+    struct Poller *poller;       /* owned: readiness of all our fds */
+    int wake_slot, listen_slot, wal_slot;   /* their poller handles */
+    unsigned listen_ev, wal_ev;  /* what the listener, the watch are watched for */
+    Conn **touched;              /* conns this turn acted on */
+    int n_touched, cap_touched;
+    struct WaitBucket **wb;      /* waiting conns by channel: hash table */
+    int n_wb, cap_wb;
+    struct WaitBucket *wb_any;   /* owned: those waiting on any channel */
+    int64_t fan_stamp;           /* fan-out passes (WaitBucket.stamp) */
+    int *fan_idx, *fan_tmp;      /* fan-out: the shared answer's matches */
+    int fan_n, cap_fan, fan_keep;
+    Buf fan_resp;                /* ... and its bytes */
     int n_parked;                /* conns parked or streaming */
     int64_t now_ms;
     int64_t next_prune_ms, next_touch_ms, next_dv_ms;
@@ -3013,7 +3208,7 @@ static void hub_list_threads(Hub *h, Req *q, Res *r) {
 /* GET /v1/threads/{thread_id} */
 static void hub_get_thread(Hub *h, Req *q, Res *r) {
     static const char q_msgs[] =
-        "SELECT " M_COLS " FROM messages WHERE thread_id=? ORDER BY id";
+        "SELECT id FROM messages WHERE thread_id=? ORDER BY id";
     static const char q_tasks[] =
         "SELECT " T_COLS " FROM tasks WHERE thread_id=? ORDER BY task_id";
     static const char q_claims[] =
@@ -3324,24 +3519,25 @@ done:
 /* Channel and thread reads (GET /v1/messages) and the visible stream of one
  * agent (GET /v1/events, /v1/stream). Parameters: ?1 channel, ?2 thread,
  * ?3 since_id, ?4 limit, ?5 agent, ?6 exclude_self. Separate statements
- * per shape keep each on its index. */
-static const char q_ch[] = "SELECT " M_COLS " FROM messages WHERE channel=?1"
+ * per shape keep each on its index. Like every list of messages they
+ * select ids only (store_emit_message). */
+static const char q_ch[] = "SELECT id FROM messages WHERE channel=?1"
     " AND to_agent IS NULL AND id>?3 ORDER BY id LIMIT ?4";
-static const char q_th[] = "SELECT " M_COLS " FROM messages WHERE thread_id=?2"
+static const char q_th[] = "SELECT id FROM messages WHERE thread_id=?2"
     " AND to_agent IS NULL AND id>?3 ORDER BY id LIMIT ?4";
-static const char q_thch[] = "SELECT " M_COLS " FROM messages WHERE"
+static const char q_thch[] = "SELECT id FROM messages WHERE"
     " thread_id=?2 AND channel=?1 AND to_agent IS NULL AND id>?3"
     " ORDER BY id LIMIT ?4";
-static const char q_ch_tail[] = "SELECT * FROM (SELECT " M_COLS
+static const char q_ch_tail[] = "SELECT id FROM (SELECT id"
     " FROM messages WHERE channel=?1 AND to_agent IS NULL"
     " ORDER BY id DESC LIMIT ?4) ORDER BY id";
-static const char q_th_tail[] = "SELECT * FROM (SELECT " M_COLS
+static const char q_th_tail[] = "SELECT id FROM (SELECT id"
     " FROM messages WHERE thread_id=?2 AND to_agent IS NULL"
     " ORDER BY id DESC LIMIT ?4) ORDER BY id";
-static const char q_thch_tail[] = "SELECT * FROM (SELECT " M_COLS
+static const char q_thch_tail[] = "SELECT id FROM (SELECT id"
     " FROM messages WHERE thread_id=?2 AND channel=?1 AND to_agent IS NULL"
     " ORDER BY id DESC LIMIT ?4) ORDER BY id";
-static const char q_events[] = "SELECT " M_COLS " FROM messages WHERE id>?3"
+static const char q_events[] = "SELECT id FROM messages WHERE id>?3"
     " AND (to_agent IS NULL OR to_agent=?5)"
     " AND (?1 IS NULL OR channel=?1) AND (?2 IS NULL OR thread_id=?2)"
     " AND (?6=0 OR from_agent!=?5)"
@@ -3473,9 +3669,9 @@ fail:
 
 /* GET /v1/inbox/{agent_id}: direct messages only. */
 static void hub_get_inbox(Hub *h, Req *q, Res *r) {
-    static const char sql[] = "SELECT " M_COLS " FROM messages"
+    static const char sql[] = "SELECT id FROM messages"
         " WHERE to_agent=?1 AND id>?2 ORDER BY id LIMIT ?3";
-    static const char sql_tail[] = "SELECT * FROM (SELECT " M_COLS
+    static const char sql_tail[] = "SELECT id FROM (SELECT id"
         " FROM messages WHERE to_agent=?1 ORDER BY id DESC LIMIT ?3)"
         " ORDER BY id";
     int64_t since;
@@ -6210,29 +6406,51 @@ static void relay_stop(Relay *rl) {
     free(rl);
 }
 
-/* ==== loop: epoll/poll, connections, timers, parking, fan-out ============ */
+/* ==== loop: the poller, connections, timers, parking, fan-out ============= */
 
-/* One thread runs everything. Each turn: wait for events (loop_wait: epoll
- * on Linux, poll() elsewhere); read what arrived; parse and
- * handle complete requests (their writes join one batch transaction);
- * fire timers; COMMIT the batch; wake the parked requests and streams that
- * the committed messages match, from memory; then write. Writing after the
- * commit is what makes an acknowledged write durable, and one commit per
- * turn is what makes durability cheap under load (group commit). */
+/* One thread runs everything. Each turn: wait for readiness; read what
+ * arrived; parse and handle complete requests (their writes join one batch
+ * transaction); fire timers; COMMIT the batch; wake the parked requests and
+ * streams that the committed messages match, from memory; then write.
+ * Writing after the commit is what makes an acknowledged write durable,
+ * and one commit per turn is what makes durability cheap under load (group
+ * commit).
+ *
+ * A turn costs what is active, not what is open: the poller reports ready
+ * descriptors (epoll on Linux), every conn the turn acts on goes on a
+ * "touched" list, and only those are written, rescheduled and re-armed at
+ * its end. Parked requests and streams sit in wait buckets by channel, so a
+ * message wakes only the waiters that can match it.
+ *
+ * The hub never stops serving for want of resources: a connection beyond
+ * --max-conns, or one that arrives while the process is out of descriptors,
+ * is answered 503 and closed (loop_accept_emfile), a failed wait is logged
+ * and retried, and a write that finds the database locked by another
+ * process is retried on later turns instead of blocking the loop
+ * (loop_retry_busy). */
 
 typedef enum {
     CONN_READ,     /* serving requests (and writing their responses) */
     CONN_PARKED,   /* long-poll: waiting for a message or its deadline */
     CONN_STREAM,   /* SSE: writes whenever a matching message commits */
-    CONN_DEAD      /* freed by loop_reap(), never earlier */
+    CONN_DEAD      /* freed at the end of the turn, never earlier */
 } ConnState;
 
+/* The parked requests and streams that wait on one channel (Wait.channel),
+ * or, in Hub.wb_any, on any channel. */
+typedef struct WaitBucket {
+    struct WaitBucket *next;   /* hash chain in Hub.wb */
+    char *channel;             /* owned; NULL for Hub.wb_any */
+    uint32_t hash;
+    Conn *head;                /* linked through Conn.wprev/wnext */
+    int64_t stamp;             /* fan-out pass that last visited it */
+} WaitBucket;
+
 struct Conn {
-    Conn *next;
+    Conn *prev, *next;       /* Hub.conns */
     int fd;
-    int pidx;                /* slot in Hub.pfd this turn, or -1 */
-    int ev_set;              /* epoll: events registered, -1 = not yet */
-    int revents;             /* this turn's events (POLLIN, POLLOUT, ...) */
+    int poll_slot;           /* poll() backend: index in its set, or -1 */
+    unsigned ev;             /* events the poller watches for it now */
     ConnState state;
     Buf in, out;             /* in: unconsumed input; out: out_off sent */
     size_t out_off;
@@ -6245,6 +6463,8 @@ struct Conn {
     int64_t busy_since_ms;   /* first try of the request being retried */
     int64_t park_until_ms;   /* PARKED: when to answer [] */
     Wait wait;               /* PARKED/STREAM filter */
+    WaitBucket *bucket;      /* PARKED/STREAM: the bucket that holds it */
+    Conn *wprev, *wnext;     /* ... and its neighbours there */
     RelayReq *relay;         /* owned: a relayed request (fd is -1) */
     size_t held_from;        /* out offset where uncommitted answers start */
     unsigned keep_alive : 1; /* the current request allows reuse */
@@ -6252,8 +6472,130 @@ struct Conn {
     unsigned peer_closed : 1;/* read returned 0 */
     unsigned held : 1;       /* in Hub.held this turn */
     unsigned behind : 1;     /* STREAM: backlog not yet fully queued */
+    unsigned touched : 1;    /* in Hub.touched */
     unsigned fed : 1;        /* input arrived since the parser asked for more */
 };
+
+/* ---- the poller: epoll where there is one, poll() elsewhere ---- */
+
+/* The loop registers descriptors with a tag (a Conn, or one of its own
+ * fds) and the events it wants: POLLIN and/or POLLOUT, the poll.h bits in
+ * both backends; hang-ups and errors are always reported. With epoll a
+ * wait costs what is ready, not what is open: 10,000 parked long-polls used
+ * to make every turn scan 10,000 descriptors, in the kernel and in arc,
+ * and cut POST throughput by 8x. The poll() backend keeps the hub portable
+ * (the protocol asks only for POSIX); -DARC_POLL selects it on Linux too
+ * (ARC_EPOLL is decided next to the includes). */
+#define POLLER_MAX_EV 1024   /* ready events taken per wait */
+
+typedef struct {
+    void *tag;
+    unsigned revents;
+} PollEv;
+
+typedef struct Poller {
+    PollEv ev[POLLER_MAX_EV];   /* the last wait's results */
+#ifdef ARC_EPOLL
+    int epfd;
+    struct epoll_event raw[POLLER_MAX_EV];
+#else
+    struct pollfd *pfd;         /* owned: one per registered fd */
+    void **tag;                 /* owned: pfd[i]'s tag */
+    int **slot;                 /* owned: where pfd[i]'s index is kept */
+    int n, cap;
+#endif
+} Poller;
+
+static int poller_open(Poller *p) {
+#ifdef ARC_EPOLL
+    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    return p->epfd < 0 ? -1 : 0;
+#else
+    p->pfd = NULL, p->tag = NULL, p->slot = NULL, p->n = p->cap = 0;
+    return 0;
+#endif
+}
+
+static void poller_close(Poller *p) {
+#ifdef ARC_EPOLL
+    close(p->epfd);
+#else
+    free(p->pfd), free(p->tag), free(p->slot);
+#endif
+}
+
+/* Watch fd for `ev` (0: only hang-ups), registering it on first use; *slot
+ * is the caller's registration handle, -1 while unregistered. Returns 0, or
+ * -1 when the kernel cannot watch it (epoll: ENOMEM, or ENOSPC past
+ * max_user_watches); the caller then drops that connection. */
+static int poller_watch(Poller *p, int fd, void *tag, int *slot, unsigned ev) {
+#ifdef ARC_EPOLL
+    struct epoll_event e = { .events = (ev & POLLIN ? EPOLLIN : 0u) |
+                                       (ev & POLLOUT ? EPOLLOUT : 0u),
+                             .data.ptr = tag };
+    int op = *slot < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+    if (epoll_ctl(p->epfd, op, fd, &e)) return -1;
+    *slot = 0;
+#else
+    if (*slot < 0) {
+        if (p->n == p->cap) {
+            p->cap = p->cap ? p->cap * 2 : 64;
+            p->pfd = xrealloc(p->pfd, (size_t)p->cap * sizeof *p->pfd);
+            p->tag = xrealloc(p->tag, (size_t)p->cap * sizeof *p->tag);
+            p->slot = xrealloc(p->slot, (size_t)p->cap * sizeof *p->slot);
+        }
+        *slot = p->n++;
+        p->tag[*slot] = tag;
+        p->slot[*slot] = slot;
+    }
+    p->pfd[*slot] = (struct pollfd){ .fd = fd, .events = (short)ev };
+#endif
+    return 0;
+}
+
+/* Forget fd before it is closed. (epoll forgets a closed descriptor by
+ * itself; arc never duplicates one.) */
+static void poller_forget(Poller *p, int *slot) {
+#ifdef ARC_EPOLL
+    (void)p;
+#else
+    int i = *slot;
+    if (i < 0) return;
+    if (i != --p->n) {
+        p->pfd[i] = p->pfd[p->n];
+        p->tag[i] = p->tag[p->n];
+        p->slot[i] = p->slot[p->n];
+        *p->slot[i] = i;
+    }
+#endif
+    *slot = -1;
+}
+
+/* Wait up to timeout_ms for readiness. Returns how many entries of p->ev
+ * were filled (0 on timeout or EINTR), or -1 with errno when the wait
+ * itself failed (ENOMEM: the caller backs off and waits again). */
+static int poller_wait(Poller *p, int timeout_ms) {
+    int n = 0;
+#ifdef ARC_EPOLL
+    int k = epoll_wait(p->epfd, p->raw, POLLER_MAX_EV, timeout_ms);
+    if (k < 0 && errno != EINTR) return -1;
+    for (int i = 0; i < k; i++) {
+        unsigned e = p->raw[i].events;
+        p->ev[n++] = (PollEv){ p->raw[i].data.ptr,
+                               (e & EPOLLIN ? POLLIN : 0u) | (e & EPOLLOUT ? POLLOUT : 0u) |
+                               (e & EPOLLHUP ? POLLHUP : 0u) | (e & EPOLLERR ? POLLERR : 0u) };
+    }
+#else
+    int k = poll(p->pfd, (nfds_t)p->n, timeout_ms);
+    if (k < 0 && errno != EINTR) return -1;
+    for (int i = 0; i < p->n && k > 0 && n < POLLER_MAX_EV; i++)
+        if (p->pfd[i].revents) {
+            p->ev[n++] = (PollEv){ p->tag[i], (unsigned)p->pfd[i].revents };
+            k--;
+        }
+#endif
+    return n;
+}
 
 /* ---- timer heap: every conn with a deadline, earliest on top ---- */
 
@@ -6316,6 +6658,12 @@ static void heap_set(Hub *h, Conn *c, int64_t deadline) {
     heap_down(h, c->heap_idx);
 }
 
+/* Where c's sendable output ends: answers that wait for this turn's
+ * commit stay queued, and everything behind them waits too. */
+static size_t conn_send_end(const Conn *c) {
+    return c->held && c->held_from < c->out.len ? c->held_from : c->out.len;
+}
+
 /* Derive a conn's deadline from its state (PROTOCOL §4.3 timeouts). A head
  * or body deadline counts from when it started, not from the last byte, so
  * a client trickling bytes cannot stretch it. */
@@ -6343,12 +6691,107 @@ static void conn_schedule(Hub *h, Conn *c) {
     if (d != c->deadline_ms || (d && c->heap_idx < 0)) heap_set(h, c, d);
 }
 
+
 /* ---- connections ---- */
 
+/* Put c on this turn's list of conns to finish (write, reschedule, re-arm,
+ * free) at its end. */
+static void loop_touch(Hub *h, Conn *c) {
+    if (c->touched) return;
+    c->touched = 1;
+    if (h->n_touched == h->cap_touched) {
+        h->cap_touched = h->cap_touched ? h->cap_touched * 2 : 64;
+        h->touched = xrealloc(h->touched, (size_t)h->cap_touched * sizeof *h->touched);
+    }
+    h->touched[h->n_touched++] = c;
+}
+
+/* FNV-1a: channel names to wait buckets. */
+static uint32_t loop_hash(const char *s) {
+    uint32_t x = 2166136261u;
+    for (; *s; s++) x = (x ^ (unsigned char)*s) * 16777619u;
+    return x;
+}
+
+/* The bucket for `channel`, or NULL; `make` creates it. */
+static WaitBucket *loop_bucket(Hub *h, const char *channel, int make) {
+    uint32_t x = loop_hash(channel);
+    if (h->cap_wb) {
+        for (WaitBucket *b = h->wb[x & (h->cap_wb - 1)]; b; b = b->next)
+            if (b->hash == x && !strcmp(b->channel, channel)) return b;
+    }
+    if (!make) return NULL;
+    if (h->n_wb >= h->cap_wb) {   /* grow (and rehash) at load factor 1 */
+        int cap = h->cap_wb ? h->cap_wb * 2 : 16;
+        WaitBucket **t = xrealloc(NULL, (size_t)cap * sizeof *t);
+        memset(t, 0, (size_t)cap * sizeof *t);
+        for (int i = 0; i < h->cap_wb; i++)
+            for (WaitBucket *b = h->wb[i], *next; b; b = next) {
+                next = b->next;
+                b->next = t[b->hash & (uint32_t)(cap - 1)];
+                t[b->hash & (uint32_t)(cap - 1)] = b;
+            }
+        free(h->wb);
+        h->wb = t;
+        h->cap_wb = cap;
+    }
+    WaitBucket *b = xrealloc(NULL, sizeof *b);
+    *b = (WaitBucket){ .channel = xstrndup(channel, strlen(channel)), .hash = x };
+    b->next = h->wb[x & (uint32_t)(h->cap_wb - 1)];
+    h->wb[x & (uint32_t)(h->cap_wb - 1)] = b;
+    h->n_wb++;
+    return b;
+}
+
+/* c starts waiting (PARKED or STREAM, its Wait set): file it by channel. */
+static void loop_wait_add(Hub *h, Conn *c) {
+    WaitBucket *b = c->wait.channel ? loop_bucket(h, c->wait.channel, 1) : h->wb_any;
+    c->bucket = b;
+    c->wprev = NULL;
+    c->wnext = b->head;
+    if (b->head) b->head->wprev = c;
+    b->head = c;
+    h->n_parked++;
+}
+
+/* c stops waiting: unfile it, freeing its bucket once empty. */
+static void loop_wait_del(Hub *h, Conn *c) {
+    WaitBucket *b = c->bucket;
+    if (!b) return;
+    if (c->wprev) c->wprev->wnext = c->wnext;
+    else b->head = c->wnext;
+    if (c->wnext) c->wnext->wprev = c->wprev;
+    c->bucket = NULL;
+    c->wprev = c->wnext = NULL;
+    h->n_parked--;
+    if (b->head || b == h->wb_any) return;
+    WaitBucket **pp = &h->wb[b->hash & (uint32_t)(h->cap_wb - 1)];
+    while (*pp != b) pp = &(*pp)->next;
+    *pp = b->next;
+    free(b->channel);
+    free(b);
+    h->n_wb--;
+}
+
+/* Every waiting conn, in a new array the caller frees (the waits may
+ * change while it is worked through); *n gets the count. */
+static Conn **loop_waiters(Hub *h, int *n) {
+    Conn **all = xrealloc(NULL, (size_t)(h->n_parked + 1) * sizeof *all);
+    int k = 0;
+    for (Conn *c = h->wb_any->head; c; c = c->wnext) all[k++] = c;
+    for (int i = 0; i < h->cap_wb; i++)
+        for (WaitBucket *b = h->wb[i]; b; b = b->next)
+            for (Conn *c = b->head; c; c = c->wnext) all[k++] = c;
+    assert(k == h->n_parked);
+    *n = k;
+    return all;
+}
+
 static void conn_kill(Hub *h, Conn *c) {
-    if (c->state == CONN_PARKED || c->state == CONN_STREAM) h->n_parked--;
+    if (c->state == CONN_PARKED || c->state == CONN_STREAM) loop_wait_del(h, c);
     c->state = CONN_DEAD;
     heap_remove(h, c);
+    loop_touch(h, c);
 }
 
 /* Queue a complete response. The connection closes after it unless the
@@ -6362,10 +6805,12 @@ static void conn_respond(Hub *h, Conn *c, int status, const char *ctype,
         c->close_after = 1;
         return;
     }
-    char hdr[640];
-    snprintf(hdr, sizeof hdr, "X-Arc-Instance: %s\r\n%s", h->store.instance_id,
-             extra ? extra : "");
     if (!c->keep_alive) c->close_after = 1;
+    char hdr[640], *p = hdr;   /* the extra lines are static and short */
+    p = stpcpy(p, "X-Arc-Instance: ");
+    p = stpcpy(p, h->store.instance_id);
+    p = stpcpy(p, "\r\n");
+    if (extra && strlen(extra) < sizeof hdr - (size_t)(p - hdr)) stpcpy(p, extra);
     http_head(&c->out, status, ctype ? ctype : "application/json",
               (long long)body.n, !c->close_after, hdr);
     buf_addstr(&c->out, body);
@@ -6387,7 +6832,10 @@ static void conn_error(Hub *h, Conn *c, int status, const char *msg) {
 
 /* Remember that c's output since `mark` depends on this turn's commit. */
 static void loop_hold(Hub *h, Conn *c, size_t mark) {
-    if (c->held) return;
+    if (c->held) {
+        if (mark < c->held_from) c->held_from = mark;
+        return;
+    }
     c->held = 1;
     c->held_from = mark;
     if (h->n_held == h->cap_held) {
@@ -6397,27 +6845,41 @@ static void loop_hold(Hub *h, Conn *c, size_t mark) {
     h->held[h->n_held++] = c;
 }
 
+/* c's output from `mark` on was made from the database: if this turn's
+ * batch is open, it may show uncommitted writes and waits for the commit. */
+static void loop_depend(Hub *h, Conn *c, size_t mark) {
+    if (h->store.in_tx) loop_hold(h, c, mark);
+}
+
 /* Append one SSE event (PROTOCOL §8.4). */
 static void loop_sse_event(Conn *c, int64_t id, Str json) {
-    buf_addf(&c->out, "id: %lld\ndata: ", (long long)id);
+    buf_adds(&c->out, "id: ");
+    buf_add_i64(&c->out, id);
+    buf_adds(&c->out, "\ndata: ");
     buf_addstr(&c->out, json);
     buf_adds(&c->out, "\n\n");
     if (id > c->wait.since_id) c->wait.since_id = id;
 }
 
-/* Queue the backlog of a stream, at most one query's worth per call; the
- * rest follows as the client drains its output (Conn.behind). Each row is
- * rendered once, straight into its event. */
+/* Queue the backlog of a stream, at most one query's worth (and about
+ * ARC_MAX_OUT / 4 bytes) per call; the rest follows as the client drains
+ * its output (Conn.behind), so a long backlog of large messages never
+ * trips the slow-reader limit by itself. */
 static void loop_stream_fill(Hub *h, Conn *c) {
     sqlite3_stmt *st = hub_wait_stmt(h, &c->wait, 0);
     Buf msg = { 0 };
     int n = 0;
+    loop_depend(h, c, c->out.len);
     c->behind = 0;
     while (st && sqlite3_step(st) == SQLITE_ROW) {
+        if (!n) store_cache_sync(&h->store);
         buf_reset(&msg);
         store_emit_message(&h->store, &msg, st);
         loop_sse_event(c, sqlite3_column_int64(st, 0), buf_str(&msg));
-        n++;
+        if (++n < c->wait.limit && c->out.len - c->out_off > ARC_MAX_OUT / 4) {
+            c->behind = 1;
+            break;
+        }
     }
     if (st) sqlite3_reset(st);
     buf_free(&msg);
@@ -6427,15 +6889,16 @@ static void loop_stream_fill(Hub *h, Conn *c) {
 /* Turn a handler's Res into output, a parked wait, or a stream. */
 static void loop_finish(Hub *h, Conn *c, Res *r) {
     if (r->stream) {
-        buf_addf(&c->out, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        buf_adds(&c->out, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                  "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
-                 "X-Arc-Instance: %s\r\nConnection: close\r\n\r\nretry: 1000\n\n",
-                 h->store.instance_id);
+                 "X-Arc-Instance: ");
+        buf_adds(&c->out, h->store.instance_id);
+        buf_adds(&c->out, "\r\nConnection: close\r\n\r\nretry: 1000\n\n");
         c->state = CONN_STREAM;
         c->wait = r->wait;                 /* hand-off: the conn owns it */
         memset(&r->wait, 0, sizeof r->wait);
         c->close_after = 0;
-        h->n_parked++;
+        loop_wait_add(h, c);
         loop_stream_fill(h, c);
         return;
     }
@@ -6444,7 +6907,7 @@ static void loop_finish(Hub *h, Conn *c, Res *r) {
         c->wait = r->wait;                 /* hand-off: the conn owns it */
         memset(&r->wait, 0, sizeof r->wait);
         c->park_until_ms = h->now_ms + r->wait_ms;
-        h->n_parked++;
+        loop_wait_add(h, c);
         return;
     }
     conn_respond(h, c, r->status, r->ctype, r->extra, buf_str(&r->body));
@@ -6455,7 +6918,8 @@ static void loop_finish(Hub *h, Conn *c, Res *r) {
  * dropped and it is handled again ARC_BUSY_RETRY_MS later, for up to
  * ARC_BUSY_MS, without blocking the loop meanwhile (PROTOCOL §10.2). Only
  * a failed BEGIN sets q->busy, so the request wrote nothing. Returns 1
- * when c is to retry. */
+ * when c is to retry (conn_schedule sets its timer; loop_timers clears
+ * retry_ms when it fires, and c is served again from the touched list). */
 static int loop_retry_busy(Hub *h, Conn *c, const Req *q, const Res *r) {
     if (!q->busy || r->status != 503) {
         c->busy_since_ms = 0;
@@ -6471,7 +6935,8 @@ static int loop_retry_busy(Hub *h, Conn *c, const Req *q, const Res *r) {
 }
 
 /* Parse and handle every complete request in c->in, in order, until one
- * parks, the input runs out, or enough output is queued. */
+ * parks, the input runs out, enough output is queued, or a write must
+ * wait for another process's lock. */
 static void loop_process(Hub *h, Conn *c) {
     /* An incomplete request with no new input is as incomplete as before:
      * re-parsing it every turn is what a thousand slow clients would cost. */
@@ -6506,7 +6971,7 @@ static void loop_process(Hub *h, Conn *c) {
         int known = str_eq(hr.method, "GET") || str_eq(hr.method, "POST") ||
                     str_eq(hr.method, "DELETE");
         if (!known) c->keep_alive = 0;   /* its body, if any, is not ours */
-        if (hub_admit(h, &hr, &r) == 0) {
+        if (hub_admit(h, &hr, &r) == 0) {   /* PROTOCOL §2 */
             hub_handle(h, &q, hr.path, (Str){ c->in.p + n, (size_t)cl }, &r);
             if (loop_retry_busy(h, c, &q, &r)) {   /* keep the input, no answer */
                 req_free(&q);
@@ -6516,18 +6981,22 @@ static void loop_process(Hub *h, Conn *c) {
             }
         }
         loop_finish(h, c, &r);
-        if (h->store.in_tx) loop_hold(h, c, mark);
+        loop_depend(h, c, mark);
         req_free(&q);
         res_free(&r);
         buf_consume(&c->in, (size_t)(n + cl));
         c->req_ms = c->body_ms = 0;
     }
+    /* A waiter with nothing pipelined keeps no input buffer: 10,000 parked
+     * long-polls would otherwise hold 16 KiB each. */
+    if (c->state != CONN_READ && !c->in.len) buf_free(&c->in);
 }
 
-/* Write as much of c->out as the socket takes. */
+/* Write as much of c->out as the socket takes (and may be sent). */
 static void loop_write(Hub *h, Conn *c) {
+    size_t end = conn_send_end(c);
     if (c->relay) {   /* answered: hand the envelope to the relay thread */
-        if (c->state == CONN_READ && c->close_after) {
+        if (c->state == CONN_READ && c->close_after && end == c->out.len) {
             RelayReq *r = c->relay;
             c->relay = NULL;
             r->answer = c->out;        /* hand-off: the request owns it now */
@@ -6537,8 +7006,8 @@ static void loop_write(Hub *h, Conn *c) {
         }
         return;
     }
-    while (c->out_off < c->out.len) {
-        ssize_t w = write(c->fd, c->out.p + c->out_off, c->out.len - c->out_off);
+    while (c->out_off < end) {
+        ssize_t w = write(c->fd, c->out.p + c->out_off, end - c->out_off);
         if (w < 0 && errno == EINTR) continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
         if (w <= 0) {
@@ -6551,6 +7020,7 @@ static void loop_write(Hub *h, Conn *c) {
     if (c->out_off == c->out.len) {
         buf_reset(&c->out);
         c->out_off = 0;
+        c->held_from = 0;   /* all that follows is newer */
         if (c->close_after) {
             conn_kill(h, c);
             return;
@@ -6566,12 +7036,21 @@ static void loop_write(Hub *h, Conn *c) {
     }
 }
 
+/* Send what c may send now (the answer is complete and releasable). */
+static void loop_flush(Hub *h, Conn *c) {
+    if (c->state != CONN_DEAD && (c->relay || c->out_off < conn_send_end(c)))
+        loop_write(h, c);
+}
+
 /* Read everything available. Returns 0, or -1 if the conn died. */
 static int loop_read(Hub *h, Conn *c) {
     size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
     while (c->in.len < cap) {
-        if (buf_reserve(&c->in, 16384)) break;
-        ssize_t n = read(c->fd, c->in.p + c->in.len, 16384);
+        /* Read into all the room there is, at least 16 KiB (a fresh buffer
+         * is exactly that; a parked conn keeps none, see loop_process). */
+        if (c->in.cap - c->in.len < 4096 + 1 && buf_reserve(&c->in, 16383)) break;
+        size_t room = c->in.cap - c->in.len - 1;
+        ssize_t n = read(c->fd, c->in.p + c->in.len, room);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
         if (n <= 0) {
@@ -6582,6 +7061,10 @@ static int loop_read(Hub *h, Conn *c) {
         c->in.p[c->in.len] = 0;
         c->active_ms = h->now_ms;
         c->fed = 1;
+        /* A short read emptied the socket: the poller is level-triggered,
+         * so more input (or the end) is reported again; no read to learn
+         * EAGAIN (one syscall per request saved). */
+        if ((size_t)n < room) break;
     }
     if (c->peer_closed && c->state != CONN_READ) {
         conn_kill(h, c);   /* a waiter that hung up is dropped at once */
@@ -6592,6 +7075,14 @@ static int loop_read(Hub *h, Conn *c) {
 
 /* ---- parked requests and streams ---- */
 
+/* c stops waiting and goes back to serving requests. */
+static void loop_unparked(Hub *h, Conn *c) {
+    loop_wait_del(h, c);
+    wait_free(&c->wait);
+    c->state = CONN_READ;
+    c->active_ms = h->now_ms;   /* the idle clock restarts with the answer */
+}
+
 /* Answer a parked request with `result` (a JSON array) and resume reading
  * any requests it had pipelined behind it. */
 static void loop_unpark(Hub *h, Conn *c, Str result) {
@@ -6599,34 +7090,60 @@ static void loop_unpark(Hub *h, Conn *c, Str result) {
     buf_adds(&b, "{\"ok\":true,\"result\":");
     buf_addstr(&b, result);
     buf_addc(&b, '}');
-    wait_free(&c->wait);
-    c->state = CONN_READ;
-    c->active_ms = h->now_ms;   /* the idle clock restarts with the answer */
-    h->n_parked--;
+    loop_unparked(h, c);
     conn_respond(h, c, 200, NULL, NULL, buf_str(&b));
     buf_free(&b);
 }
 
-/* Wake from this turn's committed batch, without touching SQLite. */
+/* Wake c from this turn's committed batch, without touching SQLite.
+ * Parked requests that match the same messages get the same bytes, so the
+ * answer is built once per distinct match (Hub.fan_*) and then copied: a
+ * post that wakes 10,000 agents builds one response, not 10,000. */
 static void loop_wake_batch(Hub *h, Conn *c) {
-    Buf res = { 0 };
-    int n = 0;
-    for (int i = 0; i < h->n_batch; i++) {
-        NewMsg *m = &h->batch[i];
-        if (!hub_wait_match(&c->wait, m)) continue;
-        if (c->state == CONN_STREAM) {
-            if (!c->behind) loop_sse_event(c, m->id, (Str){ m->json, m->json_len });
-            continue;
+    if (c->state == CONN_STREAM) {
+        if (c->behind) return;
+        for (int i = 0; i < h->n_batch; i++) {
+            NewMsg *m = &h->batch[i];
+            if (hub_wait_match(&c->wait, m))
+                loop_sse_event(c, m->id, (Str){ m->json, m->json_len });
         }
-        if (n >= c->wait.limit) break;
-        buf_adds(&res, n++ ? "," : "[");
+        return;
+    }
+    if (h->cap_fan < h->n_batch) {
+        h->cap_fan = h->n_batch;
+        h->fan_idx = xrealloc(h->fan_idx, (size_t)h->cap_fan * sizeof *h->fan_idx);
+        h->fan_tmp = xrealloc(h->fan_tmp, (size_t)h->cap_fan * sizeof *h->fan_tmp);
+    }
+    int n = 0;
+    for (int i = 0; i < h->n_batch && n < c->wait.limit; i++)
+        if (hub_wait_match(&c->wait, &h->batch[i])) h->fan_tmp[n++] = i;
+    if (!n) return;
+    int shared = !c->relay;   /* a relayed answer has no head: not shared */
+    if (shared && h->fan_n == n && h->fan_keep == c->keep_alive &&
+        !memcmp(h->fan_idx, h->fan_tmp, (size_t)n * sizeof *h->fan_idx)) {
+        loop_unparked(h, c);
+        if (!c->keep_alive) c->close_after = 1;
+        buf_addstr(&c->out, buf_str(&h->fan_resp));
+        return;
+    }
+    Buf res = { 0 };
+    for (int k = 0; k < n; k++) {
+        NewMsg *m = &h->batch[h->fan_tmp[k]];
+        buf_addc(&res, k ? ',' : '[');
         buf_add(&res, m->json, m->json_len);
     }
-    if (n) {
-        buf_addc(&res, ']');
-        loop_unpark(h, c, buf_str(&res));
-    }
+    buf_addc(&res, ']');
+    size_t mark = c->out.len;
+    loop_unpark(h, c, buf_str(&res));
     buf_free(&res);
+    if (!shared) return;
+    int *t = h->fan_idx;   /* remember this answer: its matches, its bytes */
+    h->fan_idx = h->fan_tmp;
+    h->fan_tmp = t;
+    h->fan_n = n;
+    h->fan_keep = c->keep_alive;
+    buf_reset(&h->fan_resp);
+    buf_add(&h->fan_resp, c->out.p + mark, c->out.len - mark);
 }
 
 /* Wake by asking SQLite again: after another process committed. */
@@ -6640,9 +7157,29 @@ static void loop_wake_query(Hub *h, Conn *c) {
     buf_free(&res);
 }
 
-/* After the commit: answer every waiter that something new matches. If
- * another process committed since we last looked, new rows may exist that
- * are not in our batch, so everyone re-queries instead (PROTOCOL §8.2). */
+/* c may have new output from a wake-up (from `mark` on): hold it as its
+ * data requires, and send it at once if it may go. */
+static void loop_woken(Hub *h, Conn *c, size_t mark) {
+    if (c->out.len == mark) return;
+    loop_depend(h, c, mark);
+    loop_touch(h, c);
+    loop_flush(h, c);
+}
+
+/* Wake every waiter in b that the batch may match. */
+static void loop_wake_bucket(Hub *h, WaitBucket *b) {
+    for (Conn *c = b->head, *next; c; c = next) {
+        next = c->wnext;   /* c may leave the bucket */
+        size_t mark = c->out.len;
+        loop_wake_batch(h, c);
+        loop_woken(h, c, mark);
+    }
+}
+
+/* After the commit: answer every waiter that something new matches, each
+ * as soon as its answer is built. If another process committed since we
+ * last looked, rows may exist that are not in our batch, so every waiter
+ * re-queries instead (PROTOCOL §8.2). */
 static void loop_fanout(Hub *h, int check_foreign) {
     int foreign = 0;
     if (check_foreign && h->n_parked) {
@@ -6650,12 +7187,30 @@ static void loop_fanout(Hub *h, int check_foreign) {
         foreign = v != h->store.data_version;
         h->store.data_version = v;
     }
-    if (!foreign && !h->n_batch) return;
-    for (Conn *c = h->conns; c; c = c->next) {
-        if (c->state != CONN_PARKED && c->state != CONN_STREAM) continue;
-        if (foreign) loop_wake_query(h, c);
-        else loop_wake_batch(h, c);
+    if (foreign) {
+        int n;
+        Conn **all = loop_waiters(h, &n);
+        for (int i = 0; i < n; i++) {
+            Conn *c = all[i];
+            if (c->state != CONN_PARKED && c->state != CONN_STREAM) continue;
+            size_t mark = c->out.len;
+            loop_wake_query(h, c);
+            loop_woken(h, c, mark);
+        }
+        free(all);
+        return;
     }
+    if (!h->n_batch || !h->n_parked) return;
+    h->fan_stamp++;
+    h->fan_n = 0;   /* no shared answer yet: batch indices are this turn's */
+    for (int i = 0; i < h->n_batch; i++) {
+        WaitBucket *b = loop_bucket(h, h->batch[i].channel, 0);
+        if (b && b->stamp != h->fan_stamp) {
+            b->stamp = h->fan_stamp;
+            loop_wake_bucket(h, b);
+        }
+    }
+    loop_wake_bucket(h, h->wb_any);
 }
 
 /* ---- timers ---- */
@@ -6678,15 +7233,14 @@ static void task_prune(Hub *h, Req *q, Res *r) { hub_expire_sessions(h, q, r); }
 /* PROTOCOL §9: an agent waiting in a long-poll or stream stays present.
  * One UPDATE per distinct waiting agent per tick bounds the write load. */
 static void task_touch_waiters(Hub *h, Req *q, Res *r) {
-    const char **agents = NULL;
-    int n = 0;
-    for (Conn *c = h->conns; c; c = c->next)
-        if ((c->state == CONN_PARKED || c->state == CONN_STREAM) && c->wait.agent) {
-            agents = xrealloc(agents, (size_t)(n + 1) * sizeof *agents);
-            agents[n++] = c->wait.agent;
-        }
-    if (n) qsort(agents, (size_t)n, sizeof *agents, cstr_cmp);
+    int n, k = 0;
+    Conn **all = loop_waiters(h, &n);
+    const char **agents = xrealloc(NULL, (size_t)(n + 1) * sizeof *agents);
     for (int i = 0; i < n; i++)
+        if (all[i]->wait.agent) agents[k++] = all[i]->wait.agent;
+    free(all);
+    if (k) qsort(agents, (size_t)k, sizeof *agents, cstr_cmp);
+    for (int i = 0; i < k; i++)
         if (i == 0 || strcmp(agents[i], agents[i - 1]))
             hub_touch(h, q, r, str_c(agents[i]));
     free(agents);
@@ -6711,6 +7265,7 @@ static void loop_timers(Hub *h) {
         Conn *c = h->heap[0];
         heap_remove(h, c);
         c->deadline_ms = 0;
+        loop_touch(h, c);
         switch (c->state) {
         case CONN_PARKED:
             loop_unpark(h, c, STR_LIT("[]"));
@@ -6721,7 +7276,7 @@ static void loop_timers(Hub *h) {
             break;
         case CONN_READ:
             if (c->retry_ms)
-                c->retry_ms = 0;   /* loop_process (or the relay) retries */
+                c->retry_ms = 0;   /* loop_serve retries it (loop_settle_touched) */
             else if (c->out_off < c->out.len || (!c->req_ms && !c->body_ms))
                 conn_kill(h, c);   /* stalled reader, or idle keep-alive */
             else if (c->body_ms)
@@ -6746,32 +7301,62 @@ static void loop_timers(Hub *h) {
         loop_hub_task(h, task_shutdown);
 }
 
-/* Commit the turn's batch. If the commit fails, nothing of it happened:
- * replace every held answer with a 503 and forget the batch. */
+/* ---- commit and durability ---- */
+
+/* Take back c's answers from `from` on and answer 503 with `why` instead,
+ * closing after it: what they reported did not happen, or may not last. */
+static void loop_withdraw(Hub *h, Conn *c, size_t from, const char *why) {
+    char msg[300];
+    c->out.len = from;
+    if (c->state == CONN_PARKED || c->state == CONN_STREAM) {
+        loop_wait_del(h, c);
+        wait_free(&c->wait);
+        c->state = CONN_READ;
+    }
+    snprintf(msg, sizeof msg, "storage error: %s", why);
+    conn_error(h, c, 503, msg);
+    loop_touch(h, c);
+}
+
+/* Commit the turn's batch, then send its held answers at once, before any
+ * fan-out: a poster hears back before the agents it woke. If the commit
+ * fails, nothing of it happened: replace every held answer with a 503 and
+ * forget the batch. */
 static void loop_commit(Hub *h) {
-    if (h->store.in_tx && store_commit(&h->store)) {
+    if (!h->store.in_tx) {
+        assert(h->n_held == 0 && h->n_batch == 0);
+    } else if (store_commit(&h->store) == 0) {
+        for (int i = 0; i < h->n_batch; i++)   /* committed: now cacheable */
+            store_cache_put(&h->store, h->batch[i].id, h->batch[i].json,
+                            h->batch[i].json_len);
+    } else {
         const char *why = h->store.err;
         log_warn("commit failed: %s", why);
         for (int i = 0; i < h->n_held; i++) {
             Conn *c = h->held[i];
-            if (c->state == CONN_DEAD) continue;
-            c->out.len = c->held_from;
-            if (c->state == CONN_PARKED || c->state == CONN_STREAM) {
-                h->n_parked--;
-                wait_free(&c->wait);
-                c->state = CONN_READ;
-            }
-            char msg[300];
-            snprintf(msg, sizeof msg, "storage error: %s", why);
-            conn_error(h, c, 503, msg);
+            if (c->state != CONN_DEAD) loop_withdraw(h, c, c->held_from, why);
         }
         hub_batch_truncate(h, 0);
+        store_cache_flush(&h->store);
     }
     for (int i = 0; i < h->n_held; i++) h->held[i]->held = 0;
+    for (int i = 0; i < h->n_held; i++) loop_flush(h, h->held[i]);
     h->n_held = 0;
 }
 
-/* ---- accept, poll set, reap ---- */
+/* ---- accept, the poll set, freeing ---- */
+
+/* Tags for the loop's own descriptors in the poller. */
+static char loop_tag_wake, loop_tag_listen, loop_tag_wal;
+
+/* Add c to Hub.conns. */
+static void loop_link(Hub *h, Conn *c) {
+    c->prev = NULL;
+    c->next = h->conns;
+    if (h->conns) h->conns->prev = c;
+    h->conns = c;
+    h->n_conns++;
+}
 
 /* The fixed answer to a connection beyond the limit: it is sent before the
  * conn exists, so without X-Arc-Instance (PROTOCOL §4.4). */
@@ -6793,8 +7378,8 @@ static void loop_refuse(int fd) {
 /* Out of descriptors (EMFILE/ENFILE). The listener stays readable, so
  * ignoring the error would spin the loop. Instead: give back the spare
  * descriptor, accept the waiting client on it to refuse it with 503, and
- * take the spare again. Without a spare, stop polling the listener for
- * 100 ms. Returns 1 when a client was taken off the queue. */
+ * take the spare again. Without a spare, stop watching the listener for
+ * 100 ms (loop_turn). Returns 1 when a client was taken off the queue. */
 static int loop_accept_emfile(Hub *h, int err) {
     if (h->now_ms - h->warned_ms >= 1000) {   /* at most 1 a second */
         log_warn("accept: %s (%d connections open); refusing new ones",
@@ -6845,17 +7430,19 @@ static void loop_accept(Hub *h) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         Conn *c = xrealloc(NULL, sizeof *c);
-        *c = (Conn){ .fd = fd, .pidx = -1, .ev_set = -1, .heap_idx = -1,
+        *c = (Conn){ .fd = fd, .poll_slot = -1, .heap_idx = -1,
                      .state = CONN_READ, .active_ms = h->now_ms };
-        c->next = h->conns;
-        h->conns = c;
-        h->n_conns++;
+        loop_link(h, c);
         h->n_sockets++;
-        conn_schedule(h, c);
+        c->ev = POLLIN;
+        if (poller_watch(h->poller, fd, c, &c->poll_slot, c->ev))
+            conn_kill(h, c);   /* cannot watch it: freed at the turn's end */
+        else
+            conn_schedule(h, c);
     }
 }
 
-/* poll() or epoll_wait() failed with something other than EINTR: only
+/* The wait for readiness failed with something other than EINTR: only
  * ENOMEM can happen with a well-formed set. Nothing is lost by waiting;
  * the turn goes on with no events, which is harmless. */
 static void loop_poll_failed(Hub *h) {
@@ -6863,101 +7450,73 @@ static void loop_poll_failed(Hub *h) {
         log_warn("poll: %s", strerror(errno));
         h->warned_ms = h->now_ms;
     }
-    for (int i = 0; i < h->cap_pfd; i++) h->pfd[i].revents = 0;
     struct timespec ts = { 0, 10 * 1000000 };
     nanosleep(&ts, NULL);
 }
 
-/* The events a conn waits for: input while its buffer has room and the
- * peer has not closed, output while some is unsent. */
-static int loop_conn_events(Hub *h, const Conn *c) {
+/* Make the poller watch for what c can use now: input while there is room
+ * for it, output while some may be sent. */
+static void loop_watch(Hub *h, Conn *c) {
+    if (c->fd < 0) return;
     size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
-    int ev = 0;
+    unsigned ev = 0;
     if (c->in.len < cap && !c->peer_closed) ev |= POLLIN;
-    if (c->out_off < c->out.len) ev |= POLLOUT;
-    return ev;
+    if (c->out_off < conn_send_end(c)) ev |= POLLOUT;
+    if (ev == c->ev) return;
+    c->ev = ev;
+    if (poller_watch(h->poller, c->fd, c, &c->poll_slot, ev))
+        conn_kill(h, c);   /* ENOMEM: cannot watch it, so drop it */
 }
 
-static void loop_ready(Hub *h, Conn *c, int revents) {
-    if (h->n_ready == h->cap_ready) {
-        h->cap_ready = h->cap_ready ? h->cap_ready * 2 : 64;
-        h->ready = xrealloc(h->ready, (size_t)h->cap_ready * sizeof *h->ready);
+static void loop_free(Hub *h, Conn *c) {
+    if (c->prev) c->prev->next = c->next;
+    else h->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    h->n_conns--;
+    if (c->fd >= 0) {
+        poller_forget(h->poller, &c->poll_slot);
+        close(c->fd);
+        h->n_sockets--;
     }
-    c->revents = revents;
-    h->ready[h->n_ready++] = c;
+    if (c->relay) relay_req_free(c->relay);
+    buf_free(&c->in);
+    buf_free(&c->out);
+    wait_free(&c->wait);
+    free(c);
 }
 
-/* Wait up to timeout ms for socket events and collect them: conns into
- * h->ready (with their revents), the wake pipe, listener and -wal watch
- * into h->ready_*. Linux: epoll, whose cost does not grow with idle
- * connections (poll() over 1,000 slow clients was most of a turn); the
- * interest of a conn is changed only when its events change. Elsewhere:
- * poll() over every conn, the set rebuilt each turn. */
-static void loop_wait(Hub *h, int timeout) {
-    h->n_ready = h->ready_wake = h->ready_listen = h->ready_wal = 0;
-    int listen_ev = h->now_ms >= h->accept_pause_until ? POLLIN : 0;
-#ifdef ARC_EPOLL
-    if (h->epfd >= 0) {
-        struct epoll_event ev[256];
-        if (listen_ev != h->listen_ev) {
-            ev[0] = (struct epoll_event){ .events = (uint32_t)listen_ev,
-                                          .data.ptr = &h->listen_fd };
-            epoll_ctl(h->epfd, EPOLL_CTL_MOD, h->listen_fd, &ev[0]);
-            h->listen_ev = listen_ev;
-        }
-        for (Conn *c = h->conns; c; c = c->next) {
-            if (c->fd < 0 || c->state == CONN_DEAD) continue;
-            int want = loop_conn_events(h, c);
-            if (want == c->ev_set) continue;
-            ev[0] = (struct epoll_event){ .events = (uint32_t)want, .data.ptr = c };
-            if (epoll_ctl(h->epfd, c->ev_set < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD,
-                          c->fd, &ev[0]) == 0)
-                c->ev_set = want;
-            else
-                conn_kill(h, c);   /* ENOMEM: cannot watch it, so drop it */
-        }
-        int n = epoll_wait(h->epfd, ev, (int)(sizeof ev / sizeof *ev), timeout);
-        if (n < 0 && errno != EINTR) loop_poll_failed(h);
-        for (int i = 0; i < n; i++) {
-            void *p = ev[i].data.ptr;
-            int re = (ev[i].events & EPOLLIN ? POLLIN : 0) |
-                     (ev[i].events & EPOLLOUT ? POLLOUT : 0) |
-                     (ev[i].events & EPOLLERR ? POLLERR : 0) |
-                     (ev[i].events & EPOLLHUP ? POLLHUP : 0);
-            if (p == &h->wake_rd) h->ready_wake = 1;
-            else if (p == &h->listen_fd) h->ready_listen = 1;
-            else if (p == &h->wal_watch) h->ready_wal = 1;
-            else loop_ready(h, p, re);
-        }
-        return;
-    }
-#endif
-    int need = h->n_conns + 3;
-    if (need > h->cap_pfd) {
-        h->cap_pfd = need * 2;
-        h->pfd = xrealloc(h->pfd, (size_t)h->cap_pfd * sizeof *h->pfd);
-    }
-    int n = 0;
-    h->pfd[n++] = (struct pollfd){ .fd = h->wake_rd, .events = POLLIN };
-    h->pfd[n++] = (struct pollfd){ .fd = h->listen_fd, .events = (short)listen_ev };
-    h->pfd[n++] = (struct pollfd){ .fd = h->wal_watch, .events = POLLIN };
-    for (Conn *c = h->conns; c; c = c->next) {
-        c->pidx = -1;
-        if (c->fd < 0) continue;   /* relayed: no socket */
-        c->pidx = n;
-        h->pfd[n++] = (struct pollfd){ .fd = c->fd, .events = (short)loop_conn_events(h, c) };
-    }
-    if (poll(h->pfd, (nfds_t)n, timeout) < 0 && errno != EINTR) loop_poll_failed(h);
-    h->ready_wake = (h->pfd[0].revents & POLLIN) != 0;
-    h->ready_listen = (h->pfd[1].revents & POLLIN) != 0;
-    h->ready_wal = (h->pfd[2].revents & POLLIN) != 0;
-    for (Conn *c = h->conns; c; c = c->next)
-        if (c->pidx >= 0 && h->pfd[c->pidx].revents)
-            loop_ready(h, c, h->pfd[c->pidx].revents);
+/* Has c complete requests it has not handled (pipelined behind a park, or
+ * a write whose lock retry is due), with nothing left to send first? A
+ * relayed conn without an answer has its request to handle again. */
+static int conn_pending(const Conn *c) {
+    return c->state == CONN_READ && !c->req_ms && !c->body_ms && !c->retry_ms &&
+           !c->close_after && c->out_off == c->out.len && (c->in.len || c->relay);
 }
 
-static int loop_timeout_ms(Hub *h, int pending) {
-    if (pending || g_stop) return 0;
+/* End of turn for every touched conn: send, free the dead, reschedule,
+ * re-arm. Conns with requests still to handle stay on the list, and the
+ * next turn does not wait for readiness. */
+static void loop_settle_touched(Hub *h) {
+    int k = 0;
+    for (int i = 0; i < h->n_touched; i++) {
+        Conn *c = h->touched[i];
+        loop_flush(h, c);
+        if (c->state != CONN_DEAD) {
+            conn_schedule(h, c);
+            loop_watch(h, c);
+        }
+        if (c->state == CONN_DEAD) {
+            loop_free(h, c);
+            continue;
+        }
+        if (conn_pending(c)) h->touched[k++] = c;
+        else c->touched = 0;
+    }
+    h->n_touched = k;
+}
+
+static int loop_timeout_ms(Hub *h) {
+    if (h->n_touched || g_stop || h->shutdown_now) return 0;
     int64_t t = h->next_prune_ms;
     if (h->n_heap && h->heap[0]->deadline_ms < t) t = h->heap[0]->deadline_ms;
     if (h->n_parked && h->next_touch_ms < t) t = h->next_touch_ms;
@@ -6971,23 +7530,32 @@ static int loop_timeout_ms(Hub *h, int pending) {
     return t < 0 ? 0 : t > 60000 ? 60000 : (int)t;
 }
 
-static void loop_reap(Hub *h) {
-    Conn **pp = &h->conns;
-    while (*pp) {
-        Conn *c = *pp;
-        if (c->state != CONN_DEAD) {
-            pp = &c->next;
-            continue;
-        }
-        *pp = c->next;
-        if (c->fd >= 0) close(c->fd), h->n_sockets--;
-        if (c->relay) relay_req_free(c->relay);
-        buf_free(&c->in);
-        buf_free(&c->out);
-        wait_free(&c->wait);
-        free(c);
-        h->n_conns--;
-    }
+/* Set up the poller over the wake pipe, the listener and the -wal watch. */
+static void loop_open(Hub *h) {
+    h->poller = xrealloc(NULL, sizeof *h->poller);
+    if (poller_open(h->poller)) die("poller: %s", strerror(errno));
+    h->wb_any = xrealloc(NULL, sizeof *h->wb_any);
+    *h->wb_any = (WaitBucket){ 0 };
+    h->wake_slot = h->listen_slot = h->wal_slot = -1;
+    h->listen_ev = POLLIN;
+    h->wal_ev = 0;   /* until someone waits (loop_turn) */
+    if (poller_watch(h->poller, h->wake_rd, &loop_tag_wake, &h->wake_slot, POLLIN) ||
+        poller_watch(h->poller, h->listen_fd, &loop_tag_listen, &h->listen_slot,
+                     POLLIN) ||
+        (h->wal_watch >= 0 &&
+         poller_watch(h->poller, h->wal_watch, &loop_tag_wal, &h->wal_slot, 0)))
+        die("poller: %s", strerror(errno));
+}
+
+static void loop_close(Hub *h) {
+    poller_close(h->poller);
+    free(h->poller);
+    free(h->wb_any);
+    free(h->touched);
+    free(h->wb);   /* every bucket was freed with its last waiter */
+    free(h->fan_idx);
+    free(h->fan_tmp);
+    buf_free(&h->fan_resp);
 }
 
 /* The signal handler's half of the self-pipe. */
@@ -7023,7 +7591,7 @@ static void loop_relay_serve(Hub *h, Conn *c) {
     }
     if (!loop_retry_busy(h, c, &q, &res)) {
         loop_finish(h, c, &res);
-        if (h->store.in_tx) loop_hold(h, c, 0);
+        loop_depend(h, c, 0);
     }
     req_free(&q);
     res_free(&res);
@@ -7033,52 +7601,88 @@ static void loop_relay_serve(Hub *h, Conn *c) {
  * socketless Conn, so parking, group commit and fan-out all apply. */
 static void loop_relay_request(Hub *h, RelayReq *r) {
     Conn *c = xrealloc(NULL, sizeof *c);
-    *c = (Conn){ .fd = -1, .pidx = -1, .ev_set = -1, .heap_idx = -1,
+    *c = (Conn){ .fd = -1, .poll_slot = -1, .heap_idx = -1,
                  .state = CONN_READ, .active_ms = h->now_ms, .relay = r };
-    c->next = h->conns;
-    h->conns = c;
-    h->n_conns++;
+    loop_link(h, c);
+    loop_touch(h, c);
     loop_relay_serve(h, c);
+}
+
+/* Take the requests the relay thread has queued. */
+static void loop_intake(Hub *h) {
+    if (!h->relay) return;
+    for (RelayReq *r = relay_intake(h->relay), *next; r; r = next) {
+        next = r->next;
+        loop_relay_request(h, r);
+    }
+}
+
+/* Handle what c has read: its complete requests, then its hang-up. A
+ * relayed conn without an answer yet is one whose lock retry is due. */
+static void loop_serve(Hub *h, Conn *c) {
+    if (c->state != CONN_READ) return;
+    if (c->relay) {
+        if (!c->close_after && !c->retry_ms) loop_relay_serve(h, c);
+        return;
+    }
+    loop_process(h, c);
+    if (c->peer_closed && c->state == CONN_READ) {
+        if (c->out_off < c->out.len) c->close_after = 1;
+        else conn_kill(h, c);
+    }
+}
+
+/* Act on n ready events: read and serve conns, write what they may send,
+ * accept, drain the wake pipe and take relayed requests. Returns 1 if the
+ * -wal watch fired. */
+static int loop_events(Hub *h, int n) {
+    int wal_touched = 0;
+    for (int i = 0; i < n; i++) {
+        PollEv *e = &h->poller->ev[i];
+        if (e->tag == &loop_tag_wake) {
+            char tmp[64];
+            while (read(h->wake_rd, tmp, sizeof tmp) > 0) {}
+            loop_intake(h);   /* the nudge may be the relay's */
+        } else if (e->tag == &loop_tag_listen) {
+            loop_accept(h);
+        } else if (e->tag == &loop_tag_wal) {
+            char tmp[4096];
+            while (read(h->wal_watch, tmp, sizeof tmp) > 0) {}
+            wal_touched = 1;
+        } else {
+            Conn *c = e->tag;
+            if (c->state == CONN_DEAD) continue;
+            loop_touch(h, c);
+            if (e->revents & (POLLIN | POLLHUP | POLLERR)) {
+                if (loop_read(h, c)) continue;
+            }
+            if (e->revents & POLLOUT) loop_write(h, c);
+            if (c->state != CONN_DEAD) loop_serve(h, c);
+        }
+    }
+    return wal_touched;
 }
 
 /* One turn of the loop. Returns 0 to go on, 1 when the hub should stop. */
 static int loop_turn(Hub *h) {
-    int pending = 0;
-    for (Conn *c = h->conns; c; c = c->next)
-        if (c->state == CONN_READ && !c->req_ms && !c->body_ms && !c->retry_ms &&
-            !c->close_after && c->out_off == c->out.len &&
-            (c->in.len || c->relay))
-            pending = 1;   /* input left over from a park, or a retry due */
-    loop_wait(h, loop_timeout_ms(h, pending));
-    h->now_ms = clock_ms();
     h->store.busy_until_ms = 0;   /* a new turn's budget for lock waits */
-    if (h->ready_wake) {
-        char tmp[64];
-        while (read(h->wake_rd, tmp, sizeof tmp) > 0) {}
+    for (int i = 0; i < h->n_touched; i++)   /* left over from the last turn */
+        loop_serve(h, h->touched[i]);
+    int n = poller_wait(h->poller, loop_timeout_ms(h));
+    h->now_ms = clock_ms();
+    if (n < 0) {
+        loop_poll_failed(h);
+        n = 0;
     }
-    if (h->relay)
-        for (RelayReq *r = relay_intake(h->relay), *next; r; r = next) {
-            next = r->next;
-            loop_relay_request(h, r);
-        }
-    if (h->ready_listen) loop_accept(h);
-    for (int i = 0; i < h->n_ready; i++) {
-        Conn *c = h->ready[i];
-        if (c->state == CONN_DEAD) continue;
-        int re = c->revents;
-        if (re & (POLLIN | POLLHUP | POLLERR)) {
-            if (loop_read(h, c)) continue;
-        }
-        if (re & POLLOUT) loop_write(h, c);
-    }
-    for (Conn *c = h->conns; c; c = c->next) {
-        if (c->state != CONN_READ) continue;
-        if (c->relay && !c->close_after && !c->retry_ms) loop_relay_serve(h, c);
-        loop_process(h, c);
-        if (c->peer_closed && c->state == CONN_READ) {
-            if (c->out_off < c->out.len) c->close_after = 1;
-            else conn_kill(h, c);
-        }
+    int wal_touched = loop_events(h, n);
+    loop_intake(h);
+    /* Requests that arrived while this turn's were handled join its commit
+     * instead of waiting a whole commit for the next: clients answered by
+     * one commit come back at about the same time, and each commit waits
+     * for an fsync (group commit, PROTOCOL §10.2). */
+    for (int pass = 0; pass < ARC_GATHER_PASSES && h->store.in_tx; pass++) {
+        if ((n = poller_wait(h->poller, 0)) <= 0) break;
+        wal_touched |= loop_events(h, n);
     }
     loop_timers(h);
     int had_batch = h->n_batch > 0;
@@ -7090,11 +7694,7 @@ static int loop_turn(Hub *h) {
      * because the writer's frames land (and notify us) before its commit
      * becomes visible after its fsync: a commit is seen at most about twice
      * its fsync time late, with ~10 checks per write. Idle, nothing runs. */
-    int wal_touched = 0;
-    if (h->wal_watch >= 0 && h->ready_wal) {
-        char tmp[4096];
-        while (read(h->wal_watch, tmp, sizeof tmp) > 0) {}
-        wal_touched = 1;
+    if (wal_touched) {
         h->dv_until_ms = h->now_ms + ARC_WAL_WATCH_MS;
         h->dv_step_ms = ARC_WAL_SETTLE_MS;
     }
@@ -7108,13 +7708,31 @@ static int loop_turn(Hub *h) {
         h->dv_step_ms *= 2;
     }
     hub_batch_truncate(h, 0);
-    for (Conn *c = h->conns; c; c = c->next) {
-        if (c->state == CONN_DEAD) continue;
-        if (c->out_off < c->out.len) loop_write(h, c);
-        if (c->state != CONN_DEAD) conn_schedule(h, c);
-    }
-    loop_reap(h);
+    loop_settle_touched(h);
+    /* Out of descriptors without a spare: leave the listener alone for a
+     * moment (loop_accept_emfile), or it would report the same client as
+     * readable on every wait. */
+    unsigned lev = h->now_ms >= h->accept_pause_until ? POLLIN : 0;
+    if (lev != h->listen_ev &&
+        poller_watch(h->poller, h->listen_fd, &loop_tag_listen, &h->listen_slot, lev) == 0)
+        h->listen_ev = lev;
+    /* The -wal watch matters only to waiters; without any, our own commits
+     * would wake the loop once more each (the queue keeps one event). */
+    unsigned wev = h->n_parked ? POLLIN : 0;
+    if (h->wal_watch >= 0 && wev != h->wal_ev &&
+        poller_watch(h->poller, h->wal_watch, &loop_tag_wal, &h->wal_slot, wev) == 0)
+        h->wal_ev = wev;
     return g_stop || h->shutdown_now;
+}
+
+/* Free the dead among the touched conns (shutdown only). */
+static void loop_reap(Hub *h) {
+    for (int i = 0; i < h->n_touched; i++) {
+        Conn *c = h->touched[i];
+        c->touched = 0;
+        if (c->state == CONN_DEAD) loop_free(h, c);
+    }
+    h->n_touched = 0;
 }
 
 /* Stop serving: answer parked long-polls with what they have (nothing),
@@ -7122,8 +7740,8 @@ static int loop_turn(Hub *h) {
  * what is queued for it. */
 static void loop_drain(Hub *h) {
     for (Conn *c = h->conns; c; c = c->next) {
-        if (c->relay && c->retry_ms) {   /* waiting for a lock: give up now */
-            c->retry_ms = 0;
+        if (c->relay && c->state == CONN_READ && !c->close_after) {
+            c->retry_ms = 0;   /* waiting for a lock: give up now */
             conn_respond(h, c, 503, NULL, NULL,
                          STR_LIT("{\"ok\":false,\"error\":\"storage error: "
                                  "database is locked\"}"));
@@ -7134,29 +7752,29 @@ static void loop_drain(Hub *h) {
         if (c->state != CONN_DEAD) c->close_after = 1;
         if (c->state != CONN_DEAD && c->out_off == c->out.len) conn_kill(h, c);
     }
+    struct pollfd *pfd = NULL;
+    Conn **cs = NULL;
     int64_t until = clock_ms() + 1000;
-    if (h->cap_pfd < h->n_conns) {   /* with epoll, poll() was never used */
-        h->cap_pfd = h->n_conns;
-        h->pfd = xrealloc(h->pfd, (size_t)h->cap_pfd * sizeof *h->pfd);
-    }
     while (h->n_conns && clock_ms() < until) {
         loop_reap(h);
+        pfd = xrealloc(pfd, (size_t)(h->n_conns + 1) * sizeof *pfd);
+        cs = xrealloc(cs, (size_t)(h->n_conns + 1) * sizeof *cs);
         int n = 0;
         for (Conn *c = h->conns; c; c = c->next) {
-            c->pidx = n;
-            if (n == h->cap_pfd) break;
-            h->pfd[n++] = (struct pollfd){ .fd = c->fd, .events = POLLOUT };
+            cs[n] = c;
+            pfd[n++] = (struct pollfd){ .fd = c->fd, .events = POLLOUT };
         }
         if (!n) break;
-        if (poll(h->pfd, (nfds_t)n, 100) < 0) {
+        if (poll(pfd, (nfds_t)n, 100) < 0) {
             if (errno == EINTR) continue;   /* a second SIGTERM, say */
             break;
         }
         h->now_ms = clock_ms();
-        for (Conn *c = h->conns; c; c = c->next)
-            if (c->pidx >= 0 && c->pidx < n && h->pfd[c->pidx].revents)
-                loop_write(h, c);
+        for (int i = 0; i < n; i++)
+            if (pfd[i].revents) loop_write(h, cs[i]);
     }
+    free(pfd);
+    free(cs);
     for (Conn *c = h->conns; c; c = c->next) conn_kill(h, c);
     loop_reap(h);
 }
@@ -7446,29 +8064,9 @@ static int serve_watch_wal(const Store *s) {
 #endif
 }
 
-/* Set up epoll (Linux) with the hub's own descriptors; conns join in
- * loop_wait(). Without it h->epfd stays -1 and the loop uses poll(). */
-static void serve_epoll(Hub *h) {
-#ifdef ARC_EPOLL
-    h->epfd = epoll_create1(EPOLL_CLOEXEC);
-    int *fds[] = { &h->wake_rd, &h->listen_fd, &h->wal_watch };
-    for (size_t i = 0; i < sizeof fds / sizeof *fds && h->epfd >= 0; i++) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = fds[i] };
-        if (*fds[i] >= 0 && epoll_ctl(h->epfd, EPOLL_CTL_ADD, *fds[i], &ev)) {
-            close(h->epfd);
-            h->epfd = -1;
-        }
-    }
-    h->listen_ev = POLLIN;
-#else
-    (void)h;
-#endif
-}
-
 static int cmd_serve(int argc, char **argv) {
     Hub *h = xrealloc(NULL, sizeof *h);
     memset(h, 0, sizeof *h);
-    h->epfd = -1;
     char err[ARC_ERRLEN];
     serve_options(argc, argv, &h->cfg);
     HubConfig *cfg = &h->cfg;
@@ -7528,7 +8126,6 @@ static int cmd_serve(int argc, char **argv) {
     h->wake_wr = g_wake_wr = pipefd[1];
     fd_nonblock(h->wake_rd);
     fd_nonblock(h->wake_wr);
-    serve_epoll(h);
     struct sigaction sa = { .sa_handler = loop_on_signal };
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
@@ -7570,6 +8167,7 @@ static int cmd_serve(int argc, char **argv) {
     log_info("listening on %s (storage=%s, journal_mode=%s, instance=%s, "
              "relay=%s)", url, h->store.path, h->store.journal_mode,
              h->store.instance_id, h->relay->root);
+    loop_open(h);
     hub_now(h->started_at);
     h->now_ms = clock_ms();
     h->next_prune_ms = h->now_ms + loop_tick_ms(h);
@@ -7601,13 +8199,11 @@ static int cmd_serve(int argc, char **argv) {
     close(h->wake_wr);
     if (h->wal_watch >= 0) close(h->wal_watch);
     if (h->spare_fd >= 0) close(h->spare_fd);
-    if (h->epfd >= 0) close(h->epfd);
     g_wake_wr = -1;
     hub_batch_truncate(h, 0);
     free(h->batch);
     free(h->heap);
-    free(h->pfd);
-    free(h->ready);
+    loop_close(h);
     free(h->held);
     free(h);
     return 0;

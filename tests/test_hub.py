@@ -9,11 +9,14 @@ import json
 import os
 import re
 import shlex
+import shutil
+import signal
 import threading
 import time
 import unittest
 
-from hubtest import (REF, Hub, HubCase, arc_only, parse_ts, qs, uid, wait_for)
+from hubtest import (REF, Hub, HubCase, arc_only, hub_command, parse_ts, qs, uid,
+                     wait_for)
 
 MESSAGE_FIELDS = {"id", "ts", "from_agent", "to_agent", "channel", "kind", "body",
                   "attachments", "reply_to", "thread_id", "metadata"}
@@ -261,6 +264,74 @@ class RestartTests(HubCase):
         self.assertEqual(rows, [m])
 
 
+@arc_only
+@unittest.skipUnless(shutil.which("strace"), "strace is not installed")
+class DurabilityTests(unittest.TestCase):
+    """Group commit (PROTOCOL §10.2): no answer leaves before the fsync()
+    that makes what it reports durable, and a commit that cannot be synced
+    is a 503 whose writes never happened. strace delays or fails the hub's
+    fsync calls (a SIGKILL test could not show either: killed or not, the
+    kernel keeps the page cache). The traced hub opens a file written by an
+    earlier one, which needs no fsync, so only request commits are hit."""
+
+    DELAY_S = 0.4
+
+    def strace_hub(self, inject):
+        plain = Hub().start()
+        plain.stop_process()
+        hub = Hub(["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fsync",
+                   "-e", "inject=fsync:" + inject] + hub_command())
+        hub.dir = plain.dir
+        hub.start(storage=plain.storage)
+        self.addCleanup(plain.cleanup)
+        self.addCleanup(self.stop_traced, hub)
+        return hub
+
+    def stop_traced(self, hub):
+        # SIGTERM goes to the hub itself (its pidfile names it), not to strace,
+        # which then exits with it.
+        try:
+            with open(os.path.join(hub.dir, ".arc.pid")) as f:
+                os.kill(json.load(f)["pid"], signal.SIGTERM)
+        except (OSError, ValueError, KeyError):
+            pass
+        hub.wait_exit()
+        hub.stop_process()
+
+    def test_answers_wait_for_the_commit_fsync(self):
+        hub = self.strace_hub("delay_exit=%d" % int(self.DELAY_S * 1e6))
+        woken = {}
+
+        def wait():
+            status, _, payload = hub.get("/v1/messages", http_timeout=30,
+                                         channel="general", since_id=0, timeout=20)
+            woken["t"], woken["rows"] = time.monotonic(), payload["result"]
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        t0 = time.monotonic()
+        status, _, payload = hub.post("/v1/messages", {"from_agent": "a", "body": "x"})
+        t_post = time.monotonic() - t0
+        self.assertEqual(status, 201, payload)
+        waiter.join(30)
+        self.assertIn("t", woken, "the long-poll was not answered")
+        self.assertEqual([m["id"] for m in woken["rows"]], [payload["result"]["id"]])
+        # Both answers left only after the (delayed) fsync had returned.
+        self.assertGreaterEqual(t_post, self.DELAY_S)
+        self.assertGreaterEqual(woken["t"] - t0, self.DELAY_S)
+
+    def test_failed_commit_is_503_and_undone(self):
+        hub = self.strace_hub("error=EIO")
+        status, _, payload = hub.post("/v1/messages",
+                                      {"from_agent": "a", "body": "never stored"})
+        self.assertEqual(status, 503, payload)
+        self.assertIn("storage error: disk I/O error", payload["error"])
+        status, _, payload = hub.get("/v1/messages", channel="general")
+        self.assertEqual(status, 200, payload)
+        self.assertNotIn("never stored", [m["body"] for m in payload["result"]])
+        self.assertTrue(hub.alive())
+
+
 # ── posting messages ────────────────────────────────────────────────────
 
 class MessagePostTests(HubCase):
@@ -447,6 +518,58 @@ class MessageLimitTests(HubCase):
 # ── reading messages ────────────────────────────────────────────────────
 
 class MessageReadTests(HubCase):
+
+    def raw_json(self, method, path, body=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.hub.port, timeout=10)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data,
+                         headers={"Content-Type": "application/json"} if data else {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    @arc_only
+    def test_read_renders_exactly_what_post_answered(self):
+        # arc caches rendered messages (PROTOCOL §10.6): a page, read once
+        # from rows and again from the cache, holds the bytes the POST
+        # answered with, escapes and all.
+        ch = self.channel()
+        parent = self.msg(channel=ch, body="parent")
+        body = {"from_agent": "caf\u00e9", "channel": ch, "kind": "task",
+                "body": 'tab\there "quoted" back\\slash \u2603 \U0001F600 \x01',
+                "attachments": [{"type": "json", "content": {"a": [1, 2.5, None]}}],
+                "metadata": {"k": "v", "n": 1}, "thread_id": "th-" + ch,
+                "reply_to": parent["id"]}
+        status, raw = self.raw_json("POST", "/v1/messages", body)
+        self.assertEqual(status, 201, raw)
+        prefix = b'{"ok":true,"result":'
+        self.assertTrue(raw.startswith(prefix) and raw.endswith(b"}"), raw)
+        posted = raw[len(prefix):-1]
+        mid = json.loads(posted)["id"]
+        for _ in range(2):
+            status, page = self.raw_json("GET", qs("/v1/messages", channel=ch))
+            self.assertEqual(status, 200, page)
+            self.assertTrue(page.endswith(b"," + posted + b"]}"), page)
+
+    @arc_only
+    def test_row_changed_by_another_process_is_read_fresh(self):
+        import sqlite3
+        ch = self.channel()
+        m = self.msg(channel=ch, body="before")
+        rows = self.assertOk(self.hub.get("/v1/messages", channel=ch))
+        self.assertEqual(rows[-1]["metadata"], {})
+        db = sqlite3.connect(self.hub.storage, timeout=10)
+        try:
+            db.execute("UPDATE messages SET metadata_json=? WHERE id=?",
+                       ('{"changed":true}', m["id"]))
+            db.commit()
+        finally:
+            db.close()
+        rows = self.assertOk(self.hub.get("/v1/messages", channel=ch))
+        self.assertEqual(rows[-1]["id"], m["id"])
+        self.assertEqual(rows[-1]["metadata"], {"changed": True})
 
     def test_channel_or_thread_required(self):
         err = self.assertErr(self.hub.get("/v1/messages"), 400)

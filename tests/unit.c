@@ -805,6 +805,18 @@ static void test_json_str(void) {
     json_unescape(&j, 0, &d);
     CHECK(d.len == 32 && memcmp(d.p, ctl, 32) == 0);
     buf_free(&d);
+    /* The eight-at-a-time scan: every byte value at every position of a
+     * plain string stops it exactly where a byte-wise scan stops. */
+    char line[24];
+    for (int c = 0; c < 256; c++)
+        for (int at = 0; at < (int)sizeof line; at++) {
+            memset(line, 'a', sizeof line);
+            line[at] = (char)c;
+            size_t want = (c >= 0x20 && c < 0x80 && c != '"' && c != '\\')
+                              ? sizeof line : (size_t)at;
+            CHECKM(json_plain_len(ut_guard(line, sizeof line), sizeof line) == want,
+                   "json_plain_len");
+        }
     buf_reset(&b);
     json_cstr(&b, "x");
     json_strs(&b, STR_LIT("y"));
