@@ -6681,7 +6681,12 @@ static void conn_schedule(Hub *h, Conn *c) {
     switch (c->state) {
     case CONN_DEAD: d = 0; break;
     case CONN_PARKED: d = c->park_until_ms; break;
-    case CONN_STREAM: d = c->active_ms + ARC_HEARTBEAT_MS; break;
+    case CONN_STREAM:
+        /* A stream with sendable output waits for the reader, up to the
+         * idle timeout; one without gets its heartbeat. */
+        d = c->active_ms + (c->out_off < conn_send_end(c) ? h->cfg.idle_ms
+                                                          : ARC_HEARTBEAT_MS);
+        break;
     default:
         if (c->out_off < c->out.len) d = c->active_ms + h->cfg.idle_ms;
         else if (c->body_ms) d = c->body_ms + h->cfg.body_ms;
@@ -7271,8 +7276,17 @@ static void loop_timers(Hub *h) {
             loop_unpark(h, c, STR_LIT("[]"));
             break;
         case CONN_STREAM:
-            buf_adds(&c->out, ": keepalive\n\n");
-            c->active_ms = h->now_ms;
+            if (c->out_off == conn_send_end(c)) {
+                buf_adds(&c->out, ": keepalive\n\n");
+                c->active_ms = h->now_ms;
+            } else if (h->now_ms - c->active_ms >= h->cfg.idle_ms) {
+                /* A stream that is behind queues no more than about
+                 * ARC_MAX_OUT / 4 (loop_stream_fill), so a reader that
+                 * stopped is told by time, not by size (PROTOCOL §8.4). */
+                log_info("dropping a stream that stopped reading (%zu bytes "
+                         "queued)", c->out.len - c->out_off);
+                conn_kill(h, c);
+            }
             break;
         case CONN_READ:
             if (c->retry_ms)
