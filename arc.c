@@ -1801,7 +1801,10 @@ static int64_t store_data_version(Store *s) {
  *    connection changes PRAGMA data_version, which each query reads inside
  *    its own snapshot (store_cache_sync), flushing the cache if it moved;
  *  - memory is bounded: ARC_MSG_CACHE_BYTES in all (flushed when full),
- *    nothing over ARC_MSG_CACHE_ENTRY, nothing allocated before first use. */
+ *    nothing over ARC_MSG_CACHE_ENTRY, nothing allocated before first use;
+ *  - storage removed or replaced under the hub (store_check_files) needs
+ *    nothing here: writes are refused from then on, and reads go on from
+ *    the files still open, which is what the cache holds. */
 static void store_cache_flush(Store *s) {
     if (!s->cache) return;
     for (int i = 0; i < ARC_MSG_CACHE_SLOTS; i++) {
