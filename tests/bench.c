@@ -7,11 +7,12 @@
  *
  * It is compiled together with arc.c (-DARC_NO_MAIN, as tests/unit.c is) to
  * reuse Buf/Str, the JSON reader and the clock helpers. All HTTP traffic
- * runs on one thread over non-blocking sockets multiplexed with poll(), so
- * one process drives thousands of connections. Nothing here is specific to
- * arc: the same measurements run against any hub that speaks Arc v1 (the
- * Python reference included); where a hub closes every connection, a
- * "keep-alive" client simply reconnects, as a real client would.
+ * runs on one thread over non-blocking sockets multiplexed with epoll
+ * (poll() off Linux), so one process drives thousands of connections.
+ * Nothing here is specific to arc: the same measurements run against any
+ * hub that speaks Arc v1 (the Python reference included); where a hub
+ * closes every connection, a "keep-alive" client simply reconnects, as a
+ * real client would.
  *
  *   bench post   --url URL [--conns N] [--seconds S | --count N] [--close]
  *                [--idle N [--batch K]]
@@ -208,14 +209,20 @@ typedef struct HC {
     int64_t t_done;       /* ns: last answer complete */
     int64_t n_done;       /* answers so far */
     int64_t tag;          /* for the modes */
+    int reg_fd;           /* epoll: the fd registered for it, or -1 */
+    short reg_ev;         /* ... and the events asked for */
 } HC;
 
 typedef struct Cl Cl;
 struct Cl {
     HC *c;
     int n;
-    struct pollfd *pfd;
-    int *pmap;
+    struct pollfd *pfd;   /* poll(): one per open conn */
+    int *pmap;            /* ... and its index in c */
+#ifdef ARC_EPOLL
+    int epfd;
+    struct epoll_event *ev;   /* one per conn */
+#endif
     struct sockaddr_in sa;
     char hostport[96];
     /* answer complete (status 0: the connection failed); may send again */
@@ -258,11 +265,16 @@ static void cl_init(Cl *cl, const char *url, int n) {
     cl->c = xrealloc(NULL, (size_t)n * sizeof *cl->c);
     memset(cl->c, 0, (size_t)n * sizeof *cl->c);
     for (int i = 0; i < n; i++) {
-        cl->c[i].fd = -1;
+        cl->c[i].fd = cl->c[i].reg_fd = -1;
         cl->c[i].id = i;
     }
     cl->pfd = xrealloc(NULL, (size_t)n * sizeof *cl->pfd);
     cl->pmap = xrealloc(NULL, (size_t)n * sizeof *cl->pmap);
+#ifdef ARC_EPOLL
+    cl->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (cl->epfd < 0) die("epoll_create1: %s", strerror(errno));
+    cl->ev = xrealloc(NULL, (size_t)n * sizeof *cl->ev);
+#endif
     cl->on_resp = hc_resp_store;
 }
 
@@ -275,7 +287,7 @@ static void hc_close(HC *c, int abort_it) {
         }
         close(c->fd);
     }
-    c->fd = -1;
+    c->fd = c->reg_fd = -1;   /* a closed fd leaves the epoll set */
     c->state = HC_IDLE;
     buf_reset(&c->in);
     buf_reset(&c->out);
@@ -294,6 +306,10 @@ static void cl_free(Cl *cl) {
     free(cl->c);
     free(cl->pfd);
     free(cl->pmap);
+#ifdef ARC_EPOLL
+    close(cl->epfd);
+    free(cl->ev);
+#endif
 }
 
 /* The current request failed: report it and drop the connection. */
@@ -487,8 +503,30 @@ static void hc_read(Cl *cl, HC *c) {
     hc_parse(cl, c, eof, now_ns());
 }
 
-/* One poll() over every open connection, then all the I/O it allows.
- * Returns the number of connections that were polled. */
+/* I/O on one ready connection; `fd` is the one the readiness was for. */
+static void cl_ready(Cl *cl, HC *c, int fd, unsigned re) {
+    if (c->fd != fd) return;   /* replaced meanwhile */
+    if (c->state == HC_CONNECTING) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err) {
+            cl->connect_fail++;
+            hc_fail(cl, c);
+            return;
+        }
+        c->state = HC_OPEN;
+        hc_flush(cl, c);
+        return;
+    }
+    if (re & POLLOUT) hc_flush(cl, c);
+    if (c->fd >= 0 && (re & (POLLIN | POLLHUP | POLLERR))) hc_read(cl, c);
+}
+
+/* Wait for readiness of every open connection, then do all the I/O it
+ * allows. Returns the number of open connections. With epoll (Linux) a
+ * wait costs what is ready, not what is open: a poll() over 10,000 parked
+ * waiters took the client longer than the hub took to answer them all. */
 static int cl_poll(Cl *cl, int timeout_ms) {
     int n = 0;
     for (int i = 0; i < cl->n; i++) {
@@ -496,37 +534,43 @@ static int cl_poll(Cl *cl, int timeout_ms) {
         if (c->fd < 0) continue;
         short ev = c->state == HC_CONNECTING ? POLLOUT : POLLIN;
         if (c->state == HC_OPEN && c->out_off < c->out.len) ev |= POLLOUT;
+#ifdef ARC_EPOLL
+        if (c->reg_fd != c->fd || c->reg_ev != ev) {
+            struct epoll_event e = {
+                .events = (ev & POLLIN ? EPOLLIN : 0u) | (ev & POLLOUT ? EPOLLOUT : 0u),
+                .data.u64 = (uint64_t)(uint32_t)c->fd << 32 | (uint32_t)i };
+            if (epoll_ctl(cl->epfd, c->reg_fd == c->fd ? EPOLL_CTL_MOD : EPOLL_CTL_ADD,
+                          c->fd, &e))
+                die("epoll_ctl: %s", strerror(errno));
+            c->reg_fd = c->fd;
+            c->reg_ev = ev;
+        }
+#else
         cl->pfd[n] = (struct pollfd){ .fd = c->fd, .events = ev };
-        cl->pmap[n++] = i;
+        cl->pmap[n] = i;
+#endif
+        n++;
     }
     if (!n) {
         sleep_ms(timeout_ms);
         return 0;
     }
+#ifdef ARC_EPOLL
+    int r = epoll_wait(cl->epfd, cl->ev, cl->n, timeout_ms);
+    if (r < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
+    for (int k = 0; k < r; k++) {
+        uint32_t e = cl->ev[k].events;
+        cl_ready(cl, &cl->c[(uint32_t)cl->ev[k].data.u64], (int)(cl->ev[k].data.u64 >> 32),
+                 (e & EPOLLIN ? POLLIN : 0u) | (e & EPOLLOUT ? POLLOUT : 0u) |
+                     (e & EPOLLHUP ? POLLHUP : 0u) | (e & EPOLLERR ? POLLERR : 0u));
+    }
+#else
     int r = poll(cl->pfd, (nfds_t)n, timeout_ms);
     if (r < 0 && errno != EINTR) die("poll: %s", strerror(errno));
-    if (r <= 0) return n;
-    for (int k = 0; k < n; k++) {
-        short re = cl->pfd[k].revents;
-        if (!re) continue;
-        HC *c = &cl->c[cl->pmap[k]];
-        if (c->fd != cl->pfd[k].fd) continue;   /* replaced meanwhile */
-        if (c->state == HC_CONNECTING) {
-            int err = 0;
-            socklen_t el = sizeof err;
-            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el);
-            if (err) {
-                cl->connect_fail++;
-                hc_fail(cl, c);
-                continue;
-            }
-            c->state = HC_OPEN;
-            hc_flush(cl, c);
-            continue;
-        }
-        if (re & POLLOUT) hc_flush(cl, c);
-        if (c->fd >= 0 && (re & (POLLIN | POLLHUP | POLLERR))) hc_read(cl, c);
-    }
+    for (int k = 0; k < n && r > 0; k++)   /* r: 0 on timeout, EINTR */
+        if (cl->pfd[k].revents)
+            cl_ready(cl, &cl->c[cl->pmap[k]], cl->pfd[k].fd, (unsigned)cl->pfd[k].revents);
+#endif
     return n;
 }
 

@@ -723,6 +723,94 @@ class TwoHubTests(Case):
         print("\n    foreign post woke the long-poll after %.1f ms" % (woke * 1000))
 
 
+# ── large fan-outs: answers written by the sender threads ───────────────
+
+@arc_only
+class ParallelFanoutTests(Case):
+    """A post that wakes 256 or more waiters has its answers written by
+    sender threads (arc.c, "parallel sends"); every kind of waiter must get
+    exactly what a small fan-out gives it."""
+
+    N = 400   # waiters; ARC_SEND_MIN is 256
+
+    def test_every_kind_of_waiter_answered_once(self):
+        since = self.mark()
+        ch, other = self.channel(), self.channel()
+        kinds = []
+        for i in range(self.N):
+            k = ("events", "messages", "close", "pipelined")[i % 4]
+            path = (qs("/v1/messages", channel=ch, since_id=since, timeout=30) if k == "messages"
+                    else qs("/v1/events", agent_id="p%03d-%s" % (i, ch), since_id=since,
+                            channel=ch, timeout=30))
+            if k == "close":        # answered, then closed by the hub
+                w = self.waiter_raw(http_get(path, [("Connection", "close")]))
+            else:
+                w = self.waiter(path)
+            if k == "pipelined":    # a second request behind the parked one
+                w.sock.sendall(http_get("/v1/hub-info"))
+            kinds.append((k, w))
+        quiet = [self.waiter(qs("/v1/events", agent_id=uid("q%d" % i), since_id=since,
+                                channel=other, timeout=30)) for i in range(20)]
+        gone = [self.waiter(qs("/v1/events", agent_id=uid("g%d" % i), since_id=since,
+                               channel=ch, timeout=30), linger_rst=True) for i in range(20)]
+        streams = [self.stream(agent_id=uid("s%d" % i), channels=ch, since_id=since)
+                   for i in range(10)]
+        self.sync()
+        for w in gone:
+            w.close()             # reset before the post: written to and dropped
+        self.sync()
+        self.assertTrue(all(w.pending() for _, w in kinds))
+        t0 = time.monotonic()
+        m = self.msg(uid("x"), "to many", channel=ch)
+        for k, w in kinds:
+            self.assertEqual(w.result(timeout=10), [m], k)
+            if k == "pipelined":
+                self.assertEqual(result_of(w.reader.read_response())["implementation"], "arc")
+            if k == "close":
+                w.sock.settimeout(5)
+                self.assertEqual(w.sock.recv(1), b"", "the hub kept a Connection: close open")
+        elapsed = max(w.answered for _, w in kinds) - t0
+        for s in streams:
+            self.assertEqual(s.next_event(timeout=10), m)
+        self.assertTrue(all(w.pending() for w in quiet))
+        # the next post on the other channel wakes only those, once
+        m2 = self.msg(uid("x"), "to the few", channel=other)
+        for w in quiet:
+            self.assertEqual(w.result(timeout=10), [m2])
+        for s in streams:
+            with self.assertRaises(socket.timeout):
+                s.next_event(timeout=0.2)
+        self.assertTrue(self.hub.alive())
+        print("\n    %d waiters woken; last answer read %.1f ms after the post"
+              % (self.N, elapsed * 1000))
+
+    def test_foreign_commit_wakes_them_all(self):
+        other = Hub()
+        self.addCleanup(other.stop)
+        other.start(storage=self.hub.storage)
+        since = self.mark()
+        ch = self.channel()
+        waiters = [self.waiter(qs("/v1/events", agent_id="f%03d-%s" % (i, ch), since_id=since,
+                                  channel=ch, timeout=30)) for i in range(300)]
+        self.sync()
+        status, _, payload = other.post("/v1/messages", {"from_agent": "remote", "channel": ch,
+                                                         "body": "via the other hub"})
+        self.assertEqual(status, 201, payload)
+        for w in waiters:
+            self.assertEqual(w.result(timeout=10), [payload["result"]])
+
+    def waiter_raw(self, request):
+        w = Waiter.__new__(Waiter)
+        w.timeout = 75
+        w.sock = connect(self.hub.port, 75)
+        w.sock.sendall(request)
+        w.sent = time.monotonic()
+        w.reader = HTTPReader(w.sock, 75)
+        w.answered = None
+        self.addCleanup(w.close)
+        return w
+
+
 # ── shutdown ────────────────────────────────────────────────────────────
 
 @arc_only
