@@ -67,9 +67,10 @@ asan: arc-asan tests/unit-asan $(FUZZ_TARGETS:%=tests/fuzz-replay-%)
 
 # libFuzzer targets (clang; `make fuzz FUZZ_CC=clang-15` to pick one): one
 # tests/fuzz_NAME.c and one seed corpus tests/fuzz/NAME/ per name in
-# FUZZ_TARGETS (at the top); adding a name is all the rules below need. The limits are shrunk so short inputs reach the overflow
-# paths; the replay build uses the same ones, so a saved input means the
-# same thing to both.
+# FUZZ_TARGETS (at the top); adding a name is all the rules below need.
+# The limits are shrunk so short inputs reach the overflow paths; the
+# replay build uses the same ones, so a saved input means the same thing
+# to both.
 FUZZ_CC = clang
 FUZZ_SECONDS = 20
 FUZZ_LIMITS = -DARC_MAX_URL=256 -DARC_MAX_HEAD=1024 -DARC_MAX_HEADERS=16 \
