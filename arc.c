@@ -7244,10 +7244,10 @@ static void sender_finish(Hub *h) {
     Sender *s = h->sender;
     if (!s->n) return;   /* woke nobody: leave the threads asleep */
     pthread_mutex_lock(&s->mu);
-    if (s->published < s->n) {
-        s->published = s->n;
-        pthread_cond_broadcast(&s->more);
-    }
+    /* A last chunk or less the loop writes itself: waking a thread for it
+     * (a post that wakes one of 9,000 waiters) would only cost. */
+    if (s->n - s->published > ARC_SEND_CHUNK) pthread_cond_broadcast(&s->more);
+    s->published = s->n;
     while (s->next < s->published) sender_take(s);
     while (s->busy) pthread_cond_wait(&s->idle, &s->mu);
     pthread_mutex_unlock(&s->mu);
