@@ -11,6 +11,8 @@ Environment:
             implementation; tests decorated with @arc_only are skipped.
   ARC_KEEP  set to "1" to keep hub temp directories (logs, storage) after
             the tests finish.
+  ARC_REF_PY  the reference's arc.py (default /tmp/ref/arc.py) for the
+            interoperability tests, which skip without it.
 ARC_TOKEN is removed from the environment: a token set by the caller would
 be required by every hub and command the tests start.
 """
@@ -49,6 +51,13 @@ def hub_command():
     if env:
         return shlex.split(env)
     return [os.path.abspath(os.path.join(HERE, "..", "arc"))]
+
+
+def reference_py():
+    """The reference hub's arc.py for the interoperability tests:
+    $ARC_REF_PY, else /tmp/ref/arc.py; None when neither exists."""
+    path = os.environ.get("ARC_REF_PY") or "/tmp/ref/arc.py"
+    return path if os.path.exists(path) else None
 
 
 def free_port():

@@ -8,15 +8,15 @@ import http.client
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
+import sys
 import threading
 import time
 import unittest
 
-from hubtest import (REF, Hub, HubCase, arc_only, hub_command, parse_ts, qs, uid,
-                     wait_for)
+from hubtest import (REF, Hub, HubCase, arc_only, hub_command, parse_ts, qs,
+                     reference_py, uid, wait_for)
 
 MESSAGE_FIELDS = {"id", "ts", "from_agent", "to_agent", "channel", "kind", "body",
                   "attachments", "reply_to", "thread_id", "metadata"}
@@ -1420,15 +1420,23 @@ class SharedStorageTests(HubCase):
             self.assertErr(other.post("/v1/sessions", {"agent_id": agent}), 409)
 
 
-@unittest.skipUnless(os.environ.get("ARC_REF_CMD"), "set ARC_REF_CMD to a command running the reference hub")
+@unittest.skipUnless(reference_py(), "the reference's arc.py is not here (set ARC_REF_PY)")
 class ReferenceStorageTests(HubCase):
     """A storage file written by the reference hub is served by the hub under test."""
+
+    @staticmethod
+    def writer_cmd():
+        return [sys.executable, reference_py()]
+
+    @staticmethod
+    def reader_cmd():
+        return None   # the hub under test
 
     @classmethod
     def setUpClass(cls):
         unittest.TestCase.setUpClass()
         cls.hub = None
-        ref = Hub(cmd=shlex.split(os.environ["ARC_REF_CMD"])).start()
+        ref = Hub(cmd=cls.writer_cmd()).start()
         try:
             cls.ref_info = ref.get("/v1/hub-info")[2]["result"]
             post = lambda path, body: ref.post(path, body)[2]["result"]
@@ -1447,7 +1455,7 @@ class ReferenceStorageTests(HubCase):
             cls.lock = post("/v1/locks", {"agent_id": "ref", "file_path": "compat.c", "ttl_sec": 600})
             cls.ref_storage = ref.storage
             ref.stop_process()
-            cls.hub = Hub().start(storage=ref.storage)
+            cls.hub = Hub(cmd=cls.reader_cmd()).start(storage=ref.storage)
         except BaseException:
             ref.stop()
             raise
@@ -1481,6 +1489,19 @@ class ReferenceStorageTests(HubCase):
         m = self.msg(channel="general", body="after")
         self.assertGreater(m["id"], self.dm["id"])
         self.assertErr(self.hub.post("/v1/sessions", {"agent_id": "compat-agent"}), 409)
+
+
+@arc_only
+class StorageForReferenceTests(ReferenceStorageTests):
+    """... and the other way round: the reference serves what arc wrote."""
+
+    @staticmethod
+    def writer_cmd():
+        return None
+
+    @staticmethod
+    def reader_cmd():
+        return [sys.executable, reference_py()]
 
 
 if __name__ == "__main__":

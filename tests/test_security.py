@@ -28,7 +28,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hubtest import (KEEP, HTTPReader, Hub, HubCase, arc_only, connect, free_port,  # noqa: E402
-                     hub_command, qs, uid, wait_for)
+                     hub_command, qs, reference_py, uid, wait_for)
 from test_realtime import SSE  # noqa: E402
 
 TOKEN = "t0ken-" + "5f3a9c" * 6     # what the token hubs require
@@ -601,8 +601,8 @@ class ReferenceClientTests(HubCase):
             self.assertEqual(r.status, 201)
 
     def test_reference_arc_client(self):
-        path = os.environ.get("ARC_REF_PY") or "/tmp/ref/arc.py"
-        if not os.path.exists(path):
+        path = reference_py()
+        if not path:
             self.skipTest("the reference's arc.py is not here (set ARC_REF_PY)")
         spec = importlib.util.spec_from_file_location("arc_reference", path)
         ref = importlib.util.module_from_spec(spec)

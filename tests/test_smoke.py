@@ -1,5 +1,6 @@
 """The smoke agents: `arc smoke` and `arc smoke-agent` roles in mixed
-transports against a real hub (arc-only: the binary's own subcommands).
+transports against a real hub (arc-only: the binary's own subcommands), and
+the reference's own smoke agents against it when the reference is here.
 
 Run from the repository root:
   ARC=$PWD/arc python3 -m unittest tests.test_smoke -v
@@ -13,11 +14,12 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hubtest import Hub, arc_only, hub_command, uid  # noqa: E402
+from hubtest import Hub, arc_only, hub_command, reference_py, uid  # noqa: E402
 
 
-@arc_only
-class SmokeAgentTests(unittest.TestCase):
+class SmokeCase(unittest.TestCase):
+    """A hub for the class, and smoke roles run against it by cmd()."""
+
     @classmethod
     def setUpClass(cls):
         cls.hub = Hub()
@@ -46,6 +48,10 @@ class SmokeAgentTests(unittest.TestCase):
         outs = [p.communicate(timeout=60) for p in procs]
         for p, (out, err) in zip(procs, outs):
             self.assertEqual(p.returncode, 0, (transports, out, err))
+
+
+@arc_only
+class SmokeAgentTests(SmokeCase):
 
     def test_mixed_transports(self):
         for transports in (("http", "relay", "http"), ("relay", "http", "relay"),
@@ -91,6 +97,27 @@ class SmokeAgentTests(unittest.TestCase):
             self.assertIn(step, lines)
         # smoke-b really went through the relay
         self.assertTrue(os.path.isdir(os.path.join(self.spool, "responses", "smoke-b")))
+
+
+@arc_only
+class ReferenceSmokeAgentTests(SmokeCase):
+    """The reference's own smoke agents (its ArcClient over HTTP, its
+    FileRelayClient over the spool) against this hub, unchanged. Skipped
+    when the reference is not here (set ARC_REF_PY)."""
+
+    @classmethod
+    def setUpClass(cls):
+        if not reference_py():
+            raise unittest.SkipTest("the reference's arc.py is not here (set ARC_REF_PY)")
+        super().setUpClass()
+
+    def cmd(self):
+        return [sys.executable, reference_py()]
+
+    def test_mixed_transports(self):
+        for transports in (("http", "relay", "http"), ("relay", "relay", "relay")):
+            with self.subTest(transports=transports):
+                self.run_mix(transports)
 
 
 if __name__ == "__main__":
