@@ -1230,7 +1230,12 @@ static void arrivals_poll(Arrivals *ar, int timeout_ms) {
         if (r <= 0) break;
         for (char *q = buf; q < buf + r;) {
             struct inotify_event *ev = (struct inotify_event *)(void *)q;
-            if (ev->len && ar->n < 256) {
+            /* The hub's hidden temporaries (closed, then renamed) are not
+             * answers; kept, they filled the table after ~256 round trips
+             * and every later answer went unseen. When full, the oldest
+             * arrival (an answer nobody waits for any more) makes room. */
+            if (ev->len && ev->name[0] != '.') {
+                if (ar->n == 256) memmove(ar->a, ar->a + 1, --ar->n * sizeof *ar->a);
                 ar->a[ar->n].wd = ev->wd;
                 snprintf(ar->a[ar->n].name, sizeof ar->a[ar->n].name, "%s", ev->name);
                 ar->a[ar->n].t = t;
