@@ -1595,12 +1595,6 @@ typedef struct {
 } StoreCached;
 
 typedef struct {
-    dev_t dev;
-    ino_t ino;   /* 0: not known */
-    int fd;      /* O_PATH descriptor (Linux), or -1 */
-} StoreFile;
-
-typedef struct {
     sqlite3 *db;                        /* owned; loop thread only */
     char path[PATH_MAX];                /* absolute, resolved */
     char instance_id[32];               /* "mh1-" + 20 hex, PROTOCOL §10 */
@@ -7244,9 +7238,9 @@ static void sender_finish(Hub *h) {
     Sender *s = h->sender;
     if (!s->n) return;   /* woke nobody: leave the threads asleep */
     pthread_mutex_lock(&s->mu);
-    /* A last chunk or less the loop writes itself: waking a thread for it
-     * (a post that wakes one of 9,000 waiters) would only cost. */
-    if (s->n - s->published > ARC_SEND_CHUNK) pthread_cond_broadcast(&s->more);
+    /* What sender_add() has not published is less than a chunk: the loop
+     * writes it itself (busy threads may take some). Waking a thread for
+     * it, say a post that wakes one of 9,000 waiters, would only cost. */
     s->published = s->n;
     while (s->next < s->published) sender_take(s);
     while (s->busy) pthread_cond_wait(&s->idle, &s->mu);
