@@ -10254,6 +10254,7 @@ static int cmd_smoke(int argc, char **argv) {
     g_smoke_t0 = clock_ms();
     const char *spool = roles[0].client.relay_dir;
     pthread_t th[3];
+    /* b and c copy a's client: all three are set up before any runs. */
     for (int i = 0; i < 3; i++) {
         Smoke *s = &roles[i];
         if (i) {
@@ -10269,8 +10270,9 @@ static int cmd_smoke(int argc, char **argv) {
         s->claim_key = claim;
         s->deadline_ms = g_smoke_t0 + (int64_t)(timeout_s * 1000);
         s->step = smoke_print_step;
-        if (pthread_create(&th[i], NULL, smoke_thread, s)) die("pthread_create");
     }
+    for (int i = 0; i < 3; i++)
+        if (pthread_create(&th[i], NULL, smoke_thread, &roles[i])) die("pthread_create");
     int failed = 0;
     for (int i = 0; i < 3; i++) {
         pthread_join(th[i], NULL);
