@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { sleep, until } from './wait.mjs';
 import { createInterface } from 'node:readline';
 
 const BASE = process.env.ARC_URL;
@@ -24,7 +25,6 @@ mkdirSync(OUT, { recursive: true });
 const stdin = createInterface({ input: process.stdin });
 const stdinLines = stdin[Symbol.asyncIterator]();
 const tag = Math.random().toString(36).slice(2, 8);
-const sleep = ms => new Promise(r => setTimeout(r, ms));
 
 async function api(method, path, body) {
   const r = await fetch(BASE + path, {
@@ -37,15 +37,6 @@ async function post(from, body, extra = {}) {
   const r = await api('POST', '/v1/messages', { from_agent: from, body, ...extra });
   assert.equal(r.ok, true, JSON.stringify(r));
   return r.result;
-}
-async function until(what, fn, ms = 5000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error('timed out: ' + what);
-    await sleep(50);
-  }
 }
 function ok(name) { console.log('ok - ' + name); }
 

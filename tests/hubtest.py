@@ -290,9 +290,13 @@ class Hub:
         self.extra_args = []
         self._logf = None
         self._own_dir = False
+        self._next_port = None   # this start's fixed port, if any
 
     # lifecycle
-    def start(self, extra_args=(), storage=None):
+    def start(self, extra_args=(), storage=None, port=None):
+        """Start on a free port, or on `port` (a restarted hub that clients
+        and pages already know)."""
+        self._next_port = port
         if self.dir is None:
             self.dir = tempfile.mkdtemp(prefix="arc-test-")
             self._own_dir = True
@@ -308,7 +312,7 @@ class Hub:
         raise AssertionError("hub did not start: %s" % last_error)
 
     def _spawn(self):
-        self.port = free_port()
+        self.port = self._next_port or free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         argv = self.cmd + [
             "--host", "127.0.0.1", "--port", str(self.port),
@@ -397,10 +401,13 @@ class Hub:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
-    def restart(self, extra_args=None):
-        """Stop and start again on the same storage (new port)."""
+    def restart(self, extra_args=None, same_port=False):
+        """Stop and start again on the same storage: on a new port, or with
+        same_port on the one it had (clients and pages that know it)."""
+        port = self.port if same_port else None
         self.stop_process()
-        return self.start(self.extra_args if extra_args is None else extra_args, storage=self.storage)
+        return self.start(self.extra_args if extra_args is None else extra_args,
+                          storage=self.storage, port=port)
 
     def _close_log(self):
         if self._logf is not None:

@@ -16,6 +16,7 @@ import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { sleep, until } from './wait.mjs';
 
 const BASE = process.env.ARC_URL;
 const TBASE = process.env.TOKEN_URL;
@@ -30,7 +31,6 @@ const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic',
   '--disable-sync', '--host-resolver-rules=MAP rebind.test 127.0.0.1'];
 mkdirSync(OUT, { recursive: true });
 const tag = 'xo' + Math.random().toString(36).slice(2, 8);
-const sleep = ms => new Promise(r => setTimeout(r, ms));
 function ok(name) { console.log('ok - ' + name); }
 const stdin = createInterface({ input: process.stdin });
 const stdinLines = stdin[Symbol.asyncIterator]();
@@ -53,15 +53,6 @@ async function landed(base, prefix, token) {
   const r = await api(base, 'GET', '/v1/messages?channel=general&tail=1&limit=500', null, token);
   assert.equal(r.ok, true, JSON.stringify(r));
   return r.result.filter(m => m.body.startsWith(prefix)).map(m => m.body);
-}
-async function until(what, fn, ms = 5000) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error('timed out: ' + what);
-    await sleep(50);
-  }
 }
 
 // The attacker's page: a no-cors fetch with a simple content type, a

@@ -85,29 +85,6 @@ def ensure_browser():
     return reason and reason + "; tests/setup-browser.sh could not install it"
 
 
-class SamePortHub(Hub):
-    """A Hub that can come back on the port it had (the page's origin)."""
-
-    keep_port = None
-
-    def _spawn(self):
-        if self.keep_port is None:
-            return super()._spawn()
-        saved = hubtest.free_port
-        hubtest.free_port = lambda: self.keep_port
-        try:
-            return super()._spawn()
-        finally:
-            hubtest.free_port = saved
-
-    def restart_same_port(self):
-        self.keep_port = self.port
-        try:
-            self.restart()
-        finally:
-            self.keep_port = None
-
-
 @arc_only
 class DashboardPageTest(hubtest.HubCase):
     """The page as served, without a browser."""
@@ -143,10 +120,10 @@ class DashboardBrowserTest(unittest.TestCase):
         if reason:
             self.skipTest(reason)
         os.makedirs(OUT, exist_ok=True)
-        hub = SamePortHub().start()
+        hub = Hub().start()
         self.addCleanup(hub.stop)
         rc, log = run_spec(SPEC, dict(ARC_URL=hub.url, OUT_DIR=OUT, CHROMIUM=CHROMIUM),
-                           {"@@restart": lambda: hub.restart_same_port() or "restarted"})
+                           {"@@restart": lambda: hub.restart(same_port=True) and "restarted"})
         with open(os.path.join(OUT, "dashboard.log"), "w") as f:
             f.write(log + "\n")
         self.assertEqual(rc, 0, "dashboard.spec.mjs failed (exit %s):\n%s\nhub log:\n%s"
@@ -166,7 +143,7 @@ class SecurityBrowserTest(unittest.TestCase):
         if reason:
             self.skipTest(reason)
         os.makedirs(OUT, exist_ok=True)
-        plain = SamePortHub().start()
+        plain = Hub().start()
         self.addCleanup(plain.stop)
         token = "dash-" + os.urandom(16).hex()
         net = Hub(token=token).start(["--host", "0.0.0.0", "--allow-remote"])
@@ -175,7 +152,7 @@ class SecurityBrowserTest(unittest.TestCase):
                    CHROMIUM=CHROMIUM)
         rc, log = run_spec(SECURITY_SPEC, env, {
             "@@stop": lambda: plain.stop_process() or "stopped",
-            "@@start": lambda: plain.restart_same_port() or "started"})
+            "@@start": lambda: plain.restart(same_port=True) and "started"})
         with open(os.path.join(OUT, "security.log"), "w") as f:
             f.write(log + "\n")
         self.assertEqual(rc, 0, "security.spec.mjs failed (exit %s):\n%s\nhub logs:\n%s\n%s"

@@ -917,22 +917,6 @@ class McpHeartbeatTest(McpCase):
         self.assertEqual(recoveries, [])
 
 
-class SamePortHub(Hub):
-    """A Hub that can come back on the port it had."""
-
-    keep_port = None
-
-    def _spawn(self):
-        if self.keep_port is None:
-            return super()._spawn()
-        saved = hubtest.free_port
-        hubtest.free_port = lambda: self.keep_port
-        try:
-            return super()._spawn()
-        finally:
-            hubtest.free_port = saved
-
-
 @arc_only
 class McpHubDownTest(McpCase):
     # a short TTL makes the heartbeat (a third of it) retry quickly
@@ -941,7 +925,7 @@ class McpHubDownTest(McpCase):
     @classmethod
     def setUpClass(cls):
         unittest.TestCase.setUpClass()
-        cls.hub = SamePortHub().start(cls.hub_args)
+        cls.hub = Hub().start(cls.hub_args)
 
     def test_hub_down_and_back(self):
         """Hub gone: tool calls give an isError result saying the hub is not
@@ -960,11 +944,7 @@ class McpHubDownTest(McpCase):
         self.assertEqual(len(p.result("tools/list")["tools"]), len(TOOLS))
         self.assertIsNone(p.proc.poll())
 
-        self.hub.keep_port = self.hub.port
-        try:
-            self.hub.start(self.hub.extra_args, storage=self.hub.storage)
-        finally:
-            self.hub.keep_port = None
+        self.hub.start(self.hub.extra_args, storage=self.hub.storage, port=self.hub.port)
         # no tool call: the server must notice and register on its own
         wait_for(lambda: (agents_live(self.hub).get(p.agent) or {}).get("session_id")
                  not in (None, old_session), timeout=20,
