@@ -4,7 +4,7 @@ CFLAGS ?= -O2 -g
 PREFIX ?= /usr/local
 WARN = -std=c11 -pedantic -Wall -Wextra -Werror -Wshadow -Wvla \
        -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Wundef \
-       -Wwrite-strings -Wno-overlength-strings
+       -Wwrite-strings -Wno-overlength-strings -Wconversion -Wsign-conversion
 # SQLite: multi-thread mode (each connection used by one thread at a time),
 # FTS5 for later search, no double-quoted string literals, no extensions.
 SQLDEFS = -DSQLITE_THREADSAFE=2 -DSQLITE_ENABLE_FTS5 -DSQLITE_DQS=0 \

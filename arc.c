@@ -233,6 +233,15 @@ static void *xrealloc(void *p, size_t n) {
     return q;
 }
 
+/* Room for one more element: *cap grows by doubling (from 16) and the
+ * array is reallocated; call it when the count reaches *cap. Returns the
+ * new array. The one growth idiom for every array in arc. */
+static void *vec_grow(void *p, int *cap, size_t elem) {
+    if (*cap > INT_MAX / 2) die("out of memory (array of %d)", *cap);
+    *cap = *cap ? *cap * 2 : 16;
+    return xrealloc(p, (size_t)*cap * elem);
+}
+
 static char *xstrndup(const char *p, size_t n) {
     char *s = xrealloc(NULL, n + 1);
     memcpy(s, p, n);
@@ -606,7 +615,7 @@ ARC_PRINTF(2, 3) static int json_fail(Json *j, const char *fmt, ...) {
 }
 
 static uint32_t json_push(Json *j, JsonType type, size_t off) {
-    if (j->nt == j->cap) {
+    if (j->nt == j->cap) {   /* uint32_t counts: not vec_grow's int */
         j->cap = j->cap ? j->cap * 2 : 16;
         j->t = xrealloc(j->t, j->cap * sizeof *j->t);
     }
@@ -2757,10 +2766,8 @@ static int hub_insert_message(Hub *h, Req *q, Res *r, const MsgIn *m, Buf *out,
     buf_addstr(&j, m->metadata);
     buf_addc(&j, '}');
     if (out) buf_addstr(out, buf_str(&j));
-    if (h->n_batch == h->cap_batch) {
-        h->cap_batch = h->cap_batch ? h->cap_batch * 2 : 16;
-        h->batch = xrealloc(h->batch, (size_t)h->cap_batch * sizeof *h->batch);
-    }
+    if (h->n_batch == h->cap_batch)
+        h->batch = vec_grow(h->batch, &h->cap_batch, sizeof *h->batch);
     NewMsg *nm = &h->batch[h->n_batch++];
     nm->id = *id;
     nm->from = xstrndup(m->from.p, m->from.n);
@@ -6686,10 +6693,8 @@ static void heap_set(Hub *h, Conn *c, int64_t deadline) {
     }
     c->deadline_ms = deadline;
     if (c->heap_idx < 0) {
-        if (h->n_heap == h->cap_heap) {
-            h->cap_heap = h->cap_heap ? h->cap_heap * 2 : 64;
-            h->heap = xrealloc(h->heap, (size_t)h->cap_heap * sizeof *h->heap);
-        }
+        if (h->n_heap == h->cap_heap)
+            h->heap = vec_grow(h->heap, &h->cap_heap, sizeof *h->heap);
         c->heap_idx = h->n_heap++;
         h->heap[c->heap_idx] = c;
     }
@@ -6743,10 +6748,8 @@ static void conn_schedule(Hub *h, Conn *c) {
 static void loop_touch(Hub *h, Conn *c) {
     if (c->touched) return;
     c->touched = 1;
-    if (h->n_touched == h->cap_touched) {
-        h->cap_touched = h->cap_touched ? h->cap_touched * 2 : 64;
-        h->touched = xrealloc(h->touched, (size_t)h->cap_touched * sizeof *h->touched);
-    }
+    if (h->n_touched == h->cap_touched)
+        h->touched = vec_grow(h->touched, &h->cap_touched, sizeof *h->touched);
     h->touched[h->n_touched++] = c;
 }
 
@@ -6761,7 +6764,7 @@ static uint32_t loop_hash(const char *s) {
 static WaitBucket *loop_bucket(Hub *h, const char *channel, int make) {
     uint32_t x = loop_hash(channel);
     if (h->cap_wb) {
-        for (WaitBucket *b = h->wb[x & (h->cap_wb - 1)]; b; b = b->next)
+        for (WaitBucket *b = h->wb[x & (uint32_t)(h->cap_wb - 1)]; b; b = b->next)
             if (b->hash == x && !strcmp(b->channel, channel)) return b;
     }
     if (!make) return NULL;
@@ -6882,10 +6885,8 @@ static void loop_hold(Hub *h, Conn *c, size_t mark) {
     }
     c->held = 1;
     c->held_from = mark;
-    if (h->n_held == h->cap_held) {
-        h->cap_held = h->cap_held ? h->cap_held * 2 : 16;
-        h->held = xrealloc(h->held, (size_t)h->cap_held * sizeof *h->held);
-    }
+    if (h->n_held == h->cap_held)
+        h->held = vec_grow(h->held, &h->cap_held, sizeof *h->held);
     h->held[h->n_held++] = c;
 }
 

@@ -1235,7 +1235,7 @@ static void arrivals_poll(Arrivals *ar, int timeout_ms) {
              * and every later answer went unseen. When full, the oldest
              * arrival (an answer nobody waits for any more) makes room. */
             if (ev->len && ev->name[0] != '.') {
-                if (ar->n == 256) memmove(ar->a, ar->a + 1, --ar->n * sizeof *ar->a);
+                if (ar->n == 256) memmove(ar->a, ar->a + 1, (size_t)--ar->n * sizeof *ar->a);
                 ar->a[ar->n].wd = ev->wd;
                 snprintf(ar->a[ar->n].name, sizeof ar->a[ar->n].name, "%s", ev->name);
                 ar->a[ar->n].t = t;
