@@ -1275,6 +1275,9 @@ typedef struct {
     int n_headers;
     int err_status;                   /* with ARC_BAD: status to answer */
     const char *err_msg;              /* with ARC_BAD: static text */
+    int head_len;                     /* http_frame: the head's bytes, 0
+                                         while it is incomplete */
+    Str body;                         /* http_frame: borrowed, after the head */
 } HttpReq;
 
 static int http_bad(HttpReq *r, int status, const char *msg) {
@@ -1437,6 +1440,23 @@ static int http_parse(const char *p, size_t n, HttpReq *r) {
         return http_bad(r, 411, "Transfer-Encoding (chunked) request bodies "
                                 "are not supported; send Content-Length");
     return (int)head_end;
+}
+
+/* Frame one request, head and body, at p[0..n), the way a connection's
+ * input is read: a Content-Length over max_body is refused before the body
+ * arrives (PROTOCOL §4). Returns the bytes the whole request takes (its
+ * head, parsed into r, then r->body); ARC_AGAIN while it is incomplete,
+ * r->head_len telling whether the head is (0: not yet); or ARC_BAD with
+ * r->err_status and r->err_msg, after which the connection closes. */
+static int64_t http_frame(const char *p, size_t n, int64_t max_body, HttpReq *r) {
+    int head = http_parse(p, n, r);
+    if (head < 0) return head;   /* ARC_AGAIN (head_len 0) or ARC_BAD */
+    int64_t cl = r->content_length < 0 ? 0 : r->content_length;
+    if (cl > max_body) return http_bad(r, 400, "request body exceeds max size");
+    r->head_len = head;
+    if ((uint64_t)cl > n - (size_t)head) return ARC_AGAIN;
+    r->body = (Str){ p + head, (size_t)cl };
+    return head + cl;
 }
 
 static int http_hexval(char c) {
@@ -1805,6 +1825,13 @@ static int store_commit(Store *s) {
     return -1;
 }
 
+/* Is the batch transaction open? Rows read while it is may show writes
+ * that are not committed yet. */
+static int store_in_tx(const Store *s) { return s->in_tx; }
+
+/* A new loop turn: a fresh budget for lock waits (store_on_busy). */
+static void store_turn_begin(Store *s) { s->busy_until_ms = 0; }
+
 /* Emit a stored JSON column, falling back to `dflt` when the stored text is
  * not valid JSON (a foreign writer could have put anything there). */
 static void store_emit_json(Store *s, Buf *b, Str v, const char *dflt) {
@@ -1830,6 +1857,14 @@ static int64_t store_data_version(Store *s) {
     if (st && sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
     if (st) sqlite3_reset(st);
     return v;
+}
+
+/* Did another process commit since the last call (PROTOCOL §8.2)? */
+static int store_foreign_commit(Store *s) {
+    int64_t v = store_data_version(s);
+    int changed = v != s->data_version;
+    s->data_version = v;
+    return changed;
 }
 
 /* ---- rendered messages: a cache of their JSON ---- */
@@ -2242,8 +2277,10 @@ static void wait_free(Wait *w) {
     memset(w, 0, sizeof *w);
 }
 
-typedef struct Conn Conn;   /* loop: one client socket */
-
+/* The model: configuration, storage and what this loop turn wrote. The
+ * event loop (Loop, in the loop section) owns everything about sockets,
+ * timers and waiters and drives the model through hub_turn_*() and the
+ * handlers; the model never calls into the loop. */
 typedef struct {
     HubConfig cfg;
     size_t token_n;              /* strlen(cfg.token) */
@@ -2255,39 +2292,6 @@ typedef struct {
     int64_t shutdown_at_ms;      /* pending shutdown deadline, 0 = none */
     int64_t shutdown_delay_s;
     int shutdown_now;            /* leave the loop at the end of this turn */
-    /* loop state (see the loop section) */
-    int listen_fd, wake_rd, wake_wr;
-    Conn *conns;                 /* all client connections */
-    int n_conns;                 /* conns, relayed ones included */
-    int n_sockets;               /* conns with a socket: cfg.max_conns */
-    int spare_fd;                /* held open to shed load on EMFILE, or -1 */
-    int64_t accept_pause_until;  /* EMFILE back-off without a spare fd */
-    int64_t warned_ms;           /* last EMFILE/poll warning (rate limit) */
-    Conn **heap;                 /* min-heap of conns by deadline_ms */
-    int n_heap, cap_heap;
-    struct Poller *poller;       /* owned: readiness of all our fds */
-    int wake_slot, listen_slot, wal_slot;   /* their poller handles */
-    unsigned listen_ev, wal_ev;  /* what the listener, the watch are watched for */
-    Conn **touched;              /* conns this turn acted on */
-    int n_touched, cap_touched;
-    struct WaitBucket **wb;      /* waiting conns by channel: hash table */
-    int n_wb, cap_wb;
-    struct WaitBucket *wb_any;   /* owned: those waiting on any channel */
-    int64_t fan_stamp;           /* fan-out passes (WaitBucket.stamp) */
-    int *fan_idx, *fan_tmp;      /* fan-out: the shared answer's matches */
-    int fan_n, cap_fan, fan_keep;
-    Buf fan_resp;                /* ... and its bytes */
-    struct Sender *sender;       /* owned: threads for large fan-outs */
-    int sending;                 /* this fan-out's writes go to them */
-    int n_parked;                /* conns parked or streaming */
-    int64_t now_ms;
-    int64_t next_prune_ms, next_touch_ms, next_dv_ms;
-    int wal_watch;               /* inotify on the -wal file, or -1 */
-    int64_t dv_until_ms;         /* re-check data_version until then */
-    int64_t dv_step_ms;          /* the re-check interval, doubling */
-    Conn **held;                 /* conns whose responses await the commit */
-    struct Relay *relay;         /* the spool thread, or NULL */
-    int n_held, cap_held;
 } Hub;
 
 /* One request as the handlers see it. */
@@ -2386,6 +2390,44 @@ static void hub_tx_end(Hub *h, Req *q, int ok) {
     }
     store_exec(&h->store, "RELEASE req");
 }
+
+/* ---- the turn: what the loop asks of the model ---- */
+
+/* The loop reaches the store only through these (and the handlers): a turn
+ * is hub_turn_begin(), requests and timer actions (each a savepoint in the
+ * batch transaction, hub_tx), hub_turn_commit(), the fan-out from
+ * h->batch, hub_turn_end(). */
+static void hub_turn_begin(Hub *h) { store_turn_begin(&h->store); }
+
+/* Is the turn's transaction open? Answers built from the database while it
+ * is may show uncommitted writes, so the loop holds them for the commit. */
+static int hub_turn_open(const Hub *h) { return store_in_tx(&h->store); }
+
+/* Commit the turn's batch. Returns 0, its messages now in the cache; or -1
+ * with the reason in *why (borrowed from the store, valid until its next
+ * call): none of the batch happened, and it is forgotten. */
+static int hub_turn_commit(Hub *h, const char **why) {
+    if (store_commit(&h->store) == 0) {
+        for (int i = 0; i < h->n_batch; i++)
+            store_cache_put(&h->store, h->batch[i].id, h->batch[i].json,
+                            h->batch[i].json_len);
+        return 0;
+    }
+    *why = h->store.err;
+    hub_batch_truncate(h, 0);
+    store_cache_flush(&h->store);
+    return -1;
+}
+
+/* Did another process commit since the last check (PROTOCOL §8.2)? Then
+ * waiters must ask SQLite again: the batch does not hold its rows. */
+static int hub_foreign_commit(Hub *h) { return store_foreign_commit(&h->store); }
+
+/* The turn is over (committed and fanned out): forget its batch. */
+static void hub_turn_end(Hub *h) { hub_batch_truncate(h, 0); }
+
+/* This hub's instance id, for the X-Arc-Instance header (PROTOCOL §4.4). */
+static const char *hub_instance(const Hub *h) { return h->store.instance_id; }
 
 /* ---- request fields, coerced as the reference coerces them ---- */
 
@@ -3639,6 +3681,19 @@ static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
     return st ? store_emit_rows(&h->store, b, st, store_emit_message) : -1;
 }
 
+/* Step st (from hub_wait_stmt) to its next message: its JSON into msg
+ * (reset first), its id into *id; `first` on the first call. Returns 1,
+ * or 0 when there are no more. The loop fills streams with it. */
+static int hub_wait_next(Hub *h, sqlite3_stmt *st, int first, Buf *msg,
+                         int64_t *id) {
+    if (sqlite3_step(st) != SQLITE_ROW) return 0;
+    if (first) store_cache_sync(&h->store);
+    buf_reset(msg);
+    store_emit_message(&h->store, msg, st);
+    *id = sqlite3_column_int64(st, 0);
+    return 1;
+}
+
 /* Answer a read with rows now, or park it when it asked to wait and there
  * is nothing yet (PROTOCOL §8). The Wait moves into r on parking. */
 static void hub_answer_or_park(Hub *h, Res *r, Wait *w, int tail, int64_t wait_ms) {
@@ -4231,6 +4286,22 @@ static void hub_shutdown_cancel(Hub *h, Req *q, Res *r) {
     hub_ok(r, 200);
     buf_adds(&r->body, "{\"status\":\"shutdown_cancelled\"}");
     hub_ok_end(r);
+}
+
+/* The loop asks about a shutdown request through these two, each turn: the
+ * schedule is model state (GET /v1/shutdown reports it), so the handlers
+ * above only record it and never reach into the loop. */
+static int64_t hub_shutdown_at(const Hub *h) { return h->shutdown_at_ms; }
+static int hub_shutdown_now(const Hub *h) { return h->shutdown_now; }
+
+/* The shutdown timer fired (timer_shutdown): tell everyone, then ask the
+ * loop to stop at the end of this turn. */
+static void hub_shutdown_fire(Hub *h, Req *q, Res *r) {
+    hub_notice_general(h, q, r, "Hub is shutting down now.",
+                       "{\"shutdown\":true,\"final\":true}");
+    log_info("executing shutdown");
+    h->shutdown_at_ms = 0;
+    h->shutdown_now = 1;
 }
 
 static int hub_is_loopback(const char *host) {
@@ -5863,6 +5934,8 @@ static void res_free(Res *r) {
 /* One relayed request, owned by whichever side's queue holds it. */
 typedef struct RelayReq {
     struct RelayReq *next;
+    struct Relay *owner;  /* borrowed: the relay that claimed it, which
+                             outlives it and writes its answer */
     char *agent;          /* owned: the agent's directory name */
     char *file_id;        /* owned: the file's stem, names the answer file */
     char *request_id;     /* owned: echoed in the answer */
@@ -6159,6 +6232,7 @@ static void relay_take(Relay *rl, const char *agent, const char *file) {
     if (rename(src, dst)) return;   /* another relay took it, or it is gone */
     RelayReq *r = xrealloc(NULL, sizeof *r);
     memset(r, 0, sizeof *r);
+    r->owner = rl;
     r->agent = xstrndup(agent, strlen(agent));
     r->file_id = xstrndup(file, n - 5);
     char err[ARC_ERRLEN];
@@ -6376,7 +6450,8 @@ static Relay *relay_start(const char *spool, int loop_wake, RelayDispatch dispat
     return rl;
 }
 
-/* Loop side: hand an answered request back to the thread. */
+/* Loop side (or `arc relay`'s forward threads): hand an answered request
+ * back to the thread that writes answer files; rl owns r from here. */
 static void relay_done(Relay *rl, RelayReq *r) {
     pthread_mutex_lock(&rl->mu);
     r->next = rl->to_files;
@@ -6482,18 +6557,20 @@ typedef enum {
     CONN_DEAD      /* freed at the end of the turn, never earlier */
 } ConnState;
 
+typedef struct Conn Conn;
+
 /* The parked requests and streams that wait on one channel (Wait.channel),
- * or, in Hub.wb_any, on any channel. */
+ * or, in Loop.wb_any, on any channel. */
 typedef struct WaitBucket {
-    struct WaitBucket *next;   /* hash chain in Hub.wb */
-    char *channel;             /* owned; NULL for Hub.wb_any */
+    struct WaitBucket *next;   /* hash chain in Loop.wb */
+    char *channel;             /* owned; NULL for Loop.wb_any */
     uint32_t hash;
     Conn *head;                /* linked through Conn.wprev/wnext */
     int64_t stamp;             /* fan-out pass that last visited it */
 } WaitBucket;
 
 struct Conn {
-    Conn *prev, *next;       /* Hub.conns */
+    Conn *prev, *next;       /* Loop.conns */
     int fd;
     int poll_slot;           /* poll() backend: index in its set, or -1 */
     unsigned ev;             /* events the poller watches for it now */
@@ -6501,7 +6578,7 @@ struct Conn {
     Buf in, out;             /* in: unconsumed input; out: out_off sent */
     size_t out_off;
     int64_t deadline_ms;     /* next timer for this conn; 0 = none */
-    int heap_idx;            /* position in Hub.heap, -1 if absent */
+    int heap_idx;            /* position in Loop.heap, -1 if absent */
     int64_t active_ms;       /* last read/write progress */
     int64_t req_ms;          /* first byte of an incomplete head, or 0 */
     int64_t body_ms;         /* end of the head of an incomplete body, or 0 */
@@ -6516,9 +6593,9 @@ struct Conn {
     unsigned keep_alive : 1; /* the current request allows reuse */
     unsigned close_after : 1;/* close once out is drained */
     unsigned peer_closed : 1;/* read returned 0 */
-    unsigned held : 1;       /* in Hub.held this turn */
+    unsigned held : 1;       /* in Loop.held this turn */
     unsigned behind : 1;     /* STREAM: backlog not yet fully queued */
-    unsigned touched : 1;    /* in Hub.touched */
+    unsigned touched : 1;    /* in Loop.touched */
     unsigned fed : 1;        /* input arrived since the parser asked for more */
 };
 
@@ -6643,63 +6720,109 @@ static int poller_wait(Poller *p, int timeout_ms) {
     return n;
 }
 
+/* ---- the Loop: everything the event loop owns ---- */
+
+/* All state of the event loop; the model it serves is behind `hub`. Loop
+ * thread only, except what Sender hands to its threads for a fan-out. */
+typedef struct Loop {
+    Hub *hub;                    /* borrowed: the model, outlives the loop */
+    int64_t now_ms;              /* read once per turn */
+    /* descriptors and the poller */
+    Poller *poller;              /* owned: readiness of all our fds */
+    int listen_fd;               /* owned (serve_start opens it) */
+    int wake_rd, wake_wr;        /* owned: self-pipe (signals, the relay) */
+    int wal_watch;               /* owned: inotify on the -wal file, or -1 */
+    int spare_fd;                /* held open to shed load on EMFILE, or -1 */
+    int wake_slot, listen_slot, wal_slot;   /* their poller handles */
+    unsigned listen_ev, wal_ev;  /* what the listener, the watch are watched for */
+    int64_t accept_pause_until;  /* EMFILE back-off without a spare fd */
+    int64_t warned_ms;           /* last EMFILE/poll warning (rate limit) */
+    /* connections */
+    Conn *conns;                 /* owned: all client connections */
+    int n_conns;                 /* conns, relayed ones included */
+    int n_sockets;               /* conns with a socket: cfg.max_conns */
+    Conn **touched;              /* conns this turn acted on */
+    int n_touched, cap_touched;
+    Conn **held;                 /* conns whose responses await the commit */
+    int n_held, cap_held;
+    struct Relay *relay;         /* owned: the spool thread, or NULL */
+    /* timers */
+    Conn **heap;                 /* min-heap of conns by deadline_ms */
+    int n_heap, cap_heap;
+    int64_t next_prune_ms, next_touch_ms;   /* timer actions (timer_*) */
+    int64_t next_dv_ms;          /* next PRAGMA data_version check */
+    int64_t dv_until_ms;         /* re-check data_version until then */
+    int64_t dv_step_ms;          /* the re-check interval, doubling */
+    /* waiters and fan-out */
+    struct WaitBucket **wb;      /* waiting conns by channel: hash table */
+    int n_wb, cap_wb;
+    struct WaitBucket *wb_any;   /* owned: those waiting on any channel */
+    int n_parked;                /* conns parked or streaming */
+    int64_t fan_stamp;           /* fan-out passes (WaitBucket.stamp) */
+    int *fan_idx, *fan_tmp;      /* fan-out: the shared answer's matches */
+    int fan_n, cap_fan, fan_key; /* ... how many; its conn_share_key() */
+    Buf fan_resp;                /* ... and its bytes */
+    struct Sender *sender;       /* owned: threads for large fan-outs */
+    int sending;                 /* this fan-out's writes go to them */
+} Loop;
+
 /* ---- timer heap: every conn with a deadline, earliest on top ---- */
 
-static void heap_swap(Hub *h, int a, int b) {
-    Conn *t = h->heap[a];
-    h->heap[a] = h->heap[b];
-    h->heap[b] = t;
-    h->heap[a]->heap_idx = a;
-    h->heap[b]->heap_idx = b;
+static void heap_swap(Loop *l, int a, int b) {
+    Conn *t = l->heap[a];
+    l->heap[a] = l->heap[b];
+    l->heap[b] = t;
+    l->heap[a]->heap_idx = a;
+    l->heap[b]->heap_idx = b;
 }
 
-static void heap_up(Hub *h, int i) {
+static void heap_up(Loop *l, int i) {
     while (i > 0) {
         int p = (i - 1) / 2;
-        if (h->heap[p]->deadline_ms <= h->heap[i]->deadline_ms) break;
-        heap_swap(h, p, i);
+        if (l->heap[p]->deadline_ms <= l->heap[i]->deadline_ms) break;
+        heap_swap(l, p, i);
         i = p;
     }
 }
 
-static void heap_down(Hub *h, int i) {
+static void heap_down(Loop *l, int i) {
     for (;;) {
-        int l = 2 * i + 1, r = l + 1, m = i;
-        if (l < h->n_heap && h->heap[l]->deadline_ms < h->heap[m]->deadline_ms) m = l;
-        if (r < h->n_heap && h->heap[r]->deadline_ms < h->heap[m]->deadline_ms) m = r;
+        int lc = 2 * i + 1, rc = lc + 1, m = i;
+        if (lc < l->n_heap && l->heap[lc]->deadline_ms < l->heap[m]->deadline_ms) m = lc;
+        if (rc < l->n_heap && l->heap[rc]->deadline_ms < l->heap[m]->deadline_ms) m = rc;
         if (m == i) break;
-        heap_swap(h, i, m);
+        heap_swap(l, i, m);
         i = m;
     }
 }
 
-static void heap_remove(Hub *h, Conn *c) {
+static void heap_remove(Loop *l, Conn *c) {
     int i = c->heap_idx;
     if (i < 0) return;
     c->heap_idx = -1;
-    if (--h->n_heap == i) return;
-    h->heap[i] = h->heap[h->n_heap];
-    h->heap[i]->heap_idx = i;
-    heap_up(h, i);
-    heap_down(h, h->heap[i]->heap_idx);
+    if (--l->n_heap == i) return;
+    l->heap[i] = l->heap[l->n_heap];
+    l->heap[i]->heap_idx = i;
+    heap_up(l, i);
+    heap_down(l, l->heap[i]->heap_idx);
 }
 
 /* Set (or clear, with 0) a conn's deadline and restore the heap order. */
-static void heap_set(Hub *h, Conn *c, int64_t deadline) {
+static void heap_set(Loop *l, Conn *c, int64_t deadline) {
     if (!deadline) {
-        heap_remove(h, c);
+        heap_remove(l, c);
         c->deadline_ms = 0;
         return;
     }
     c->deadline_ms = deadline;
     if (c->heap_idx < 0) {
-        if (h->n_heap == h->cap_heap)
-            h->heap = vec_grow(h->heap, &h->cap_heap, sizeof *h->heap);
-        c->heap_idx = h->n_heap++;
-        h->heap[c->heap_idx] = c;
+        if (l->n_heap == l->cap_heap)
+            l->heap = vec_grow(l->heap, &l->cap_heap, sizeof *l->heap);
+        c->heap_idx = l->n_heap++;
+        l->heap[c->heap_idx] = c;
     }
-    heap_up(h, c->heap_idx);
-    heap_down(h, c->heap_idx);
+    heap_up(l, c->heap_idx);
+    heap_down(l, c->heap_idx);
 }
 
 /* Where c's sendable output ends: answers that wait for this turn's
@@ -6711,15 +6834,11 @@ static size_t conn_send_end(const Conn *c) {
 /* Derive a conn's deadline from its state (PROTOCOL §4.3 timeouts). A head
  * or body deadline counts from when it started, not from the last byte, so
  * a client trickling bytes cannot stretch it. */
-static void conn_schedule(Hub *h, Conn *c) {
+static void conn_schedule(Loop *l, Conn *c) {
     int64_t d;
     if (c->retry_ms && c->state == CONN_READ) {
         d = c->retry_ms;
-        if (d != c->deadline_ms || c->heap_idx < 0) heap_set(h, c, d);
-        return;
-    }
-    if (c->relay && c->state != CONN_PARKED) {
-        heap_set(h, c, 0);   /* a relayed request has no socket to time out */
+        if (d != c->deadline_ms || c->heap_idx < 0) heap_set(l, c, d);
         return;
     }
     switch (c->state) {
@@ -6728,16 +6847,16 @@ static void conn_schedule(Hub *h, Conn *c) {
     case CONN_STREAM:
         /* A stream with sendable output waits for the reader, up to the
          * idle timeout; one without gets its heartbeat. */
-        d = c->active_ms + (c->out_off < conn_send_end(c) ? h->cfg.idle_ms
+        d = c->active_ms + (c->out_off < conn_send_end(c) ? l->hub->cfg.idle_ms
                                                           : ARC_HEARTBEAT_MS);
         break;
     default:
-        if (c->out_off < c->out.len) d = c->active_ms + h->cfg.idle_ms;
-        else if (c->body_ms) d = c->body_ms + h->cfg.body_ms;
-        else if (c->req_ms) d = c->req_ms + h->cfg.head_ms;
-        else d = c->active_ms + h->cfg.idle_ms;
+        if (c->out_off < c->out.len) d = c->active_ms + l->hub->cfg.idle_ms;
+        else if (c->body_ms) d = c->body_ms + l->hub->cfg.body_ms;
+        else if (c->req_ms) d = c->req_ms + l->hub->cfg.head_ms;
+        else d = c->active_ms + l->hub->cfg.idle_ms;
     }
-    if (d != c->deadline_ms || (d && c->heap_idx < 0)) heap_set(h, c, d);
+    if (d != c->deadline_ms || (d && c->heap_idx < 0)) heap_set(l, c, d);
 }
 
 
@@ -6745,12 +6864,12 @@ static void conn_schedule(Hub *h, Conn *c) {
 
 /* Put c on this turn's list of conns to finish (write, reschedule, re-arm,
  * free) at its end. */
-static void loop_touch(Hub *h, Conn *c) {
+static void loop_touch(Loop *l, Conn *c) {
     if (c->touched) return;
     c->touched = 1;
-    if (h->n_touched == h->cap_touched)
-        h->touched = vec_grow(h->touched, &h->cap_touched, sizeof *h->touched);
-    h->touched[h->n_touched++] = c;
+    if (l->n_touched == l->cap_touched)
+        l->touched = vec_grow(l->touched, &l->cap_touched, sizeof *l->touched);
+    l->touched[l->n_touched++] = c;
 }
 
 /* FNV-1a: channel names to wait buckets. */
@@ -6761,48 +6880,48 @@ static uint32_t loop_hash(const char *s) {
 }
 
 /* The bucket for `channel`, or NULL; `make` creates it. */
-static WaitBucket *loop_bucket(Hub *h, const char *channel, int make) {
+static WaitBucket *loop_bucket(Loop *l, const char *channel, int make) {
     uint32_t x = loop_hash(channel);
-    if (h->cap_wb) {
-        for (WaitBucket *b = h->wb[x & (uint32_t)(h->cap_wb - 1)]; b; b = b->next)
+    if (l->cap_wb) {
+        for (WaitBucket *b = l->wb[x & (uint32_t)(l->cap_wb - 1)]; b; b = b->next)
             if (b->hash == x && !strcmp(b->channel, channel)) return b;
     }
     if (!make) return NULL;
-    if (h->n_wb >= h->cap_wb) {   /* grow (and rehash) at load factor 1 */
-        int cap = h->cap_wb ? h->cap_wb * 2 : 16;
+    if (l->n_wb >= l->cap_wb) {   /* grow (and rehash) at load factor 1 */
+        int cap = l->cap_wb ? l->cap_wb * 2 : 16;
         WaitBucket **t = xrealloc(NULL, (size_t)cap * sizeof *t);
         memset(t, 0, (size_t)cap * sizeof *t);
-        for (int i = 0; i < h->cap_wb; i++)
-            for (WaitBucket *b = h->wb[i], *next; b; b = next) {
+        for (int i = 0; i < l->cap_wb; i++)
+            for (WaitBucket *b = l->wb[i], *next; b; b = next) {
                 next = b->next;
                 b->next = t[b->hash & (uint32_t)(cap - 1)];
                 t[b->hash & (uint32_t)(cap - 1)] = b;
             }
-        free(h->wb);
-        h->wb = t;
-        h->cap_wb = cap;
+        free(l->wb);
+        l->wb = t;
+        l->cap_wb = cap;
     }
     WaitBucket *b = xrealloc(NULL, sizeof *b);
     *b = (WaitBucket){ .channel = xstrndup(channel, strlen(channel)), .hash = x };
-    b->next = h->wb[x & (uint32_t)(h->cap_wb - 1)];
-    h->wb[x & (uint32_t)(h->cap_wb - 1)] = b;
-    h->n_wb++;
+    b->next = l->wb[x & (uint32_t)(l->cap_wb - 1)];
+    l->wb[x & (uint32_t)(l->cap_wb - 1)] = b;
+    l->n_wb++;
     return b;
 }
 
 /* c starts waiting (PARKED or STREAM, its Wait set): file it by channel. */
-static void loop_wait_add(Hub *h, Conn *c) {
-    WaitBucket *b = c->wait.channel ? loop_bucket(h, c->wait.channel, 1) : h->wb_any;
+static void loop_wait_add(Loop *l, Conn *c) {
+    WaitBucket *b = c->wait.channel ? loop_bucket(l, c->wait.channel, 1) : l->wb_any;
     c->bucket = b;
     c->wprev = NULL;
     c->wnext = b->head;
     if (b->head) b->head->wprev = c;
     b->head = c;
-    h->n_parked++;
+    l->n_parked++;
 }
 
 /* c stops waiting: unfile it, freeing its bucket once empty. */
-static void loop_wait_del(Hub *h, Conn *c) {
+static void loop_wait_del(Loop *l, Conn *c) {
     WaitBucket *b = c->bucket;
     if (!b) return;
     if (c->wprev) c->wprev->wnext = c->wnext;
@@ -6810,40 +6929,53 @@ static void loop_wait_del(Hub *h, Conn *c) {
     if (c->wnext) c->wnext->wprev = c->wprev;
     c->bucket = NULL;
     c->wprev = c->wnext = NULL;
-    h->n_parked--;
-    if (b->head || b == h->wb_any) return;
-    WaitBucket **pp = &h->wb[b->hash & (uint32_t)(h->cap_wb - 1)];
+    l->n_parked--;
+    if (b->head || b == l->wb_any) return;
+    WaitBucket **pp = &l->wb[b->hash & (uint32_t)(l->cap_wb - 1)];
     while (*pp != b) pp = &(*pp)->next;
     *pp = b->next;
     free(b->channel);
     free(b);
-    h->n_wb--;
+    l->n_wb--;
 }
 
 /* Every waiting conn, in a new array the caller frees (the waits may
  * change while it is worked through); *n gets the count. */
-static Conn **loop_waiters(Hub *h, int *n) {
-    Conn **all = xrealloc(NULL, (size_t)(h->n_parked + 1) * sizeof *all);
+static Conn **loop_waiters(Loop *l, int *n) {
+    Conn **all = xrealloc(NULL, (size_t)(l->n_parked + 1) * sizeof *all);
     int k = 0;
-    for (Conn *c = h->wb_any->head; c; c = c->wnext) all[k++] = c;
-    for (int i = 0; i < h->cap_wb; i++)
-        for (WaitBucket *b = h->wb[i]; b; b = b->next)
+    for (Conn *c = l->wb_any->head; c; c = c->wnext) all[k++] = c;
+    for (int i = 0; i < l->cap_wb; i++)
+        for (WaitBucket *b = l->wb[i]; b; b = b->next)
             for (Conn *c = b->head; c; c = c->wnext) all[k++] = c;
-    assert(k == h->n_parked);
+    assert(k == l->n_parked);
     *n = k;
     return all;
 }
 
-static void conn_kill(Hub *h, Conn *c) {
-    if (c->state == CONN_PARKED || c->state == CONN_STREAM) loop_wait_del(h, c);
+static void conn_kill(Loop *l, Conn *c) {
+    if (c->state == CONN_PARKED || c->state == CONN_STREAM) loop_wait_del(l, c);
     c->state = CONN_DEAD;
-    heap_remove(h, c);
-    loop_touch(h, c);
+    heap_remove(l, c);
+    loop_touch(l, c);
 }
 
-/* Queue a complete response. The connection closes after it unless the
- * request allowed keep-alive. */
-static void conn_respond(Hub *h, Conn *c, int status, const char *ctype,
+/* ---- output sinks: a socket, or a relayed request's answer ---- */
+
+/* A conn's answers go to one of two sinks. A socket (fd >= 0) gets HTTP
+ * responses. A request the relay thread took from the spool (Conn.relay,
+ * fd -1) gets one answer, status and body without a head, which the relay
+ * thread writes to a file. Only the functions here and the relay's intake
+ * (loop_relay_*) tell the two apart: parsing aside, parking, holding for
+ * the commit, fan-out and timers treat both alike. */
+
+/* Two conns with the same key get the same bytes for the same answer (the
+ * fan-out builds one and copies it): keep-alive or not, or headless. */
+static int conn_share_key(const Conn *c) { return c->relay ? 2 : c->keep_alive; }
+
+/* Queue a complete response. A socket closes after it unless the request
+ * allowed keep-alive; a relayed conn always ends with its one answer. */
+static void conn_respond(Loop *l, Conn *c, int status, const char *ctype,
                          const char *extra, Str body) {
     if (c->relay) {          /* the relay writes the answer file, no head */
         c->relay->status = status;
@@ -6855,7 +6987,7 @@ static void conn_respond(Hub *h, Conn *c, int status, const char *ctype,
     if (!c->keep_alive) c->close_after = 1;
     char hdr[640], *p = hdr;   /* the extra lines are static and short */
     p = stpcpy(p, "X-Arc-Instance: ");
-    p = stpcpy(p, h->store.instance_id);
+    p = stpcpy(p, hub_instance(l->hub));
     p = stpcpy(p, "\r\n");
     if (extra && strlen(extra) < sizeof hdr - (size_t)(p - hdr)) stpcpy(p, extra);
     http_head(&c->out, status, ctype ? ctype : "application/json",
@@ -6863,37 +6995,92 @@ static void conn_respond(Hub *h, Conn *c, int status, const char *ctype,
     buf_addstr(&c->out, body);
 }
 
+/* Queue `bytes`: a 200 answer that conn_respond() made for a conn with the
+ * same conn_share_key(). */
+static void conn_respond_copy(Conn *c, Str bytes) {
+    if (c->relay) {
+        c->relay->status = 200;
+        buf_reset(&c->out);
+        c->close_after = 1;
+    } else if (!c->keep_alive) {
+        c->close_after = 1;
+    }
+    buf_addstr(&c->out, bytes);
+}
+
+/* Send c->out up to `end`: write it to the socket as far as it takes it,
+ * or hand a relayed conn's complete answer to the relay thread (c->out is
+ * then empty, and the conn is closed like a socket that sent its last
+ * response). Returns 1 if anything went, 0 if not, -1 if the connection
+ * failed. Touches only c->fd or c->relay, c->out and c->out_off, so a
+ * sender thread may run it (see "parallel sends"). */
+static int conn_send(Conn *c, size_t end) {
+    if (c->relay) {
+        if (c->state != CONN_READ || !c->close_after || !end || end != c->out.len)
+            return 0;   /* no answer yet, or it waits for the commit */
+        RelayReq *r = c->relay;
+        c->relay = NULL;
+        r->answer = c->out;        /* hand-off: the request owns it now */
+        c->out = (Buf){ 0 };
+        relay_done(r->owner, r);   /* and the relay thread owns the request */
+        return 1;
+    }
+    int wrote = 0;
+    while (c->out_off < end) {
+        ssize_t w = write(c->fd, c->out.p + c->out_off, end - c->out_off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        if (w <= 0) return -1;
+        c->out_off += (size_t)w;
+        wrote = 1;
+    }
+    return wrote;
+}
+
+/* Release c's sink when c is freed: close the socket, or drop a relayed
+ * request that was never answered (the hub is stopping). */
+static void conn_close(Loop *l, Conn *c) {
+    if (c->fd >= 0) {
+        poller_forget(l->poller, &c->poll_slot);
+        close(c->fd);
+        l->n_sockets--;
+    }
+    if (c->relay) relay_req_free(c->relay);
+    c->fd = -1;
+    c->relay = NULL;
+}
+
 /* A framing error: answer with the JSON envelope and close (PROTOCOL §4). */
-static void conn_error(Hub *h, Conn *c, int status, const char *msg) {
+static void conn_error(Loop *l, Conn *c, int status, const char *msg) {
     Buf b = { 0 };
     buf_adds(&b, "{\"ok\":false,\"error\":");
     json_cstr(&b, msg);
     buf_addc(&b, '}');
     c->close_after = 1;
     c->keep_alive = 0;
-    conn_respond(h, c, status, NULL, NULL, buf_str(&b));
+    conn_respond(l, c, status, NULL, NULL, buf_str(&b));
     buf_free(&b);
     buf_reset(&c->in);
     c->req_ms = c->body_ms = 0;
 }
 
 /* Remember that c's output since `mark` depends on this turn's commit. */
-static void loop_hold(Hub *h, Conn *c, size_t mark) {
+static void loop_hold(Loop *l, Conn *c, size_t mark) {
     if (c->held) {
         if (mark < c->held_from) c->held_from = mark;
         return;
     }
     c->held = 1;
     c->held_from = mark;
-    if (h->n_held == h->cap_held)
-        h->held = vec_grow(h->held, &h->cap_held, sizeof *h->held);
-    h->held[h->n_held++] = c;
+    if (l->n_held == l->cap_held)
+        l->held = vec_grow(l->held, &l->cap_held, sizeof *l->held);
+    l->held[l->n_held++] = c;
 }
 
 /* c's output from `mark` on was made from the database: if this turn's
  * batch is open, it may show uncommitted writes and waits for the commit. */
-static void loop_depend(Hub *h, Conn *c, size_t mark) {
-    if (h->store.in_tx) loop_hold(h, c, mark);
+static void loop_depend(Loop *l, Conn *c, size_t mark) {
+    if (hub_turn_open(l->hub)) loop_hold(l, c, mark);
 }
 
 /* Append one SSE event (PROTOCOL §8.4). */
@@ -6910,17 +7097,15 @@ static void loop_sse_event(Conn *c, int64_t id, Str json) {
  * ARC_MAX_OUT / 4 bytes) per call; the rest follows as the client drains
  * its output (Conn.behind), so a long backlog of large messages never
  * trips the slow-reader limit by itself. */
-static void loop_stream_fill(Hub *h, Conn *c) {
-    sqlite3_stmt *st = hub_wait_stmt(h, &c->wait, 0);
+static void loop_stream_fill(Loop *l, Conn *c) {
+    sqlite3_stmt *st = hub_wait_stmt(l->hub, &c->wait, 0);
     Buf msg = { 0 };
     int n = 0;
-    loop_depend(h, c, c->out.len);
+    loop_depend(l, c, c->out.len);
     c->behind = 0;
-    while (st && sqlite3_step(st) == SQLITE_ROW) {
-        if (!n) store_cache_sync(&h->store);
-        buf_reset(&msg);
-        store_emit_message(&h->store, &msg, st);
-        loop_sse_event(c, sqlite3_column_int64(st, 0), buf_str(&msg));
+    int64_t id;
+    while (st && hub_wait_next(l->hub, st, !n, &msg, &id)) {
+        loop_sse_event(c, id, buf_str(&msg));
         if (++n < c->wait.limit && c->out.len - c->out_off > ARC_MAX_OUT / 4) {
             c->behind = 1;
             break;
@@ -6932,30 +7117,30 @@ static void loop_stream_fill(Hub *h, Conn *c) {
 }
 
 /* Turn a handler's Res into output, a parked wait, or a stream. */
-static void loop_finish(Hub *h, Conn *c, Res *r) {
+static void loop_finish(Loop *l, Conn *c, Res *r) {
     if (r->stream) {
         buf_adds(&c->out, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                  "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
                  "X-Arc-Instance: ");
-        buf_adds(&c->out, h->store.instance_id);
+        buf_adds(&c->out, hub_instance(l->hub));
         buf_adds(&c->out, "\r\nConnection: close\r\n\r\nretry: 1000\n\n");
         c->state = CONN_STREAM;
         c->wait = r->wait;                 /* hand-off: the conn owns it */
         memset(&r->wait, 0, sizeof r->wait);
         c->close_after = 0;
-        loop_wait_add(h, c);
-        loop_stream_fill(h, c);
+        loop_wait_add(l, c);
+        loop_stream_fill(l, c);
         return;
     }
     if (r->park) {
         c->state = CONN_PARKED;
         c->wait = r->wait;                 /* hand-off: the conn owns it */
         memset(&r->wait, 0, sizeof r->wait);
-        c->park_until_ms = h->now_ms + r->wait_ms;
-        loop_wait_add(h, c);
+        c->park_until_ms = l->now_ms + r->wait_ms;
+        loop_wait_add(l, c);
         return;
     }
-    conn_respond(h, c, r->status, r->ctype, r->extra, buf_str(&r->body));
+    conn_respond(l, c, r->status, r->ctype, r->extra, buf_str(&r->body));
 }
 
 /* A request whose write found the storage locked by another process (a
@@ -6965,24 +7150,24 @@ static void loop_finish(Hub *h, Conn *c, Res *r) {
  * a failed BEGIN sets q->busy, so the request wrote nothing. Returns 1
  * when c is to retry (conn_schedule sets its timer; loop_timers clears
  * retry_ms when it fires, and c is served again from the touched list). */
-static int loop_retry_busy(Hub *h, Conn *c, const Req *q, const Res *r) {
+static int loop_retry_busy(Loop *l, Conn *c, const Req *q, const Res *r) {
     if (!q->busy || r->status != 503) {
         c->busy_since_ms = 0;
         return 0;
     }
-    if (!c->busy_since_ms) c->busy_since_ms = h->now_ms;
-    if (h->now_ms - c->busy_since_ms >= ARC_BUSY_MS) {
+    if (!c->busy_since_ms) c->busy_since_ms = l->now_ms;
+    if (l->now_ms - c->busy_since_ms >= ARC_BUSY_MS) {
         c->busy_since_ms = 0;   /* waited long enough: answer the 503 */
         return 0;
     }
-    c->retry_ms = h->now_ms + ARC_BUSY_RETRY_MS;
+    c->retry_ms = l->now_ms + ARC_BUSY_RETRY_MS;
     return 1;
 }
 
 /* Parse and handle every complete request in c->in, in order, until one
  * parks, the input runs out, enough output is queued, or a write must
  * wait for another process's lock. */
-static void loop_process(Hub *h, Conn *c) {
+static void loop_process(Loop *l, Conn *c) {
     /* An incomplete request with no new input is as incomplete as before:
      * re-parsing it every turn is what a thousand slow clients would cost. */
     if ((c->req_ms || c->body_ms) && !c->fed) return;
@@ -6990,22 +7175,17 @@ static void loop_process(Hub *h, Conn *c) {
     while (c->state == CONN_READ && !c->close_after && c->in.len &&
            !c->retry_ms && c->out.len - c->out_off < ARC_MAX_OUT / 4) {
         HttpReq hr;
-        int n = http_parse(c->in.p, c->in.len, &hr);
+        int64_t n = http_frame(c->in.p, c->in.len, l->hub->max_request_bytes, &hr);
+        if (n == ARC_AGAIN && !hr.head_len) {
+            if (!c->req_ms) c->req_ms = l->now_ms;
+            break;
+        }
         if (n == ARC_AGAIN) {
-            if (!c->req_ms) c->req_ms = h->now_ms;
+            if (!c->body_ms) c->body_ms = l->now_ms;
             break;
         }
         if (n == ARC_BAD) {
-            conn_error(h, c, hr.err_status, hr.err_msg);
-            break;
-        }
-        int64_t cl = hr.content_length < 0 ? 0 : hr.content_length;
-        if (cl > h->max_request_bytes) {
-            conn_error(h, c, 400, "request body exceeds max size");
-            break;
-        }
-        if ((int64_t)c->in.len < n + cl) {
-            if (!c->body_ms) c->body_ms = h->now_ms;
+            conn_error(l, c, hr.err_status, hr.err_msg);
             break;
         }
         c->keep_alive = hr.keep_alive;
@@ -7016,20 +7196,20 @@ static void loop_process(Hub *h, Conn *c) {
         int known = str_eq(hr.method, "GET") || str_eq(hr.method, "POST") ||
                     str_eq(hr.method, "DELETE");
         if (!known) c->keep_alive = 0;   /* its body, if any, is not ours */
-        if (hub_admit(h, &hr, &r) == 0) {   /* PROTOCOL §2 */
-            hub_handle(h, &q, hr.path, (Str){ c->in.p + n, (size_t)cl }, &r);
-            if (loop_retry_busy(h, c, &q, &r)) {   /* keep the input, no answer */
+        if (hub_admit(l->hub, &hr, &r) == 0) {   /* PROTOCOL §2 */
+            hub_handle(l->hub, &q, hr.path, hr.body, &r);
+            if (loop_retry_busy(l, c, &q, &r)) {   /* keep the input, no answer */
                 req_free(&q);
                 res_free(&r);
                 c->req_ms = c->body_ms = 0;
                 break;
             }
         }
-        loop_finish(h, c, &r);
-        loop_depend(h, c, mark);
+        loop_finish(l, c, &r);
+        loop_depend(l, c, mark);
         req_free(&q);
         res_free(&r);
-        buf_consume(&c->in, (size_t)(n + cl));
+        buf_consume(&c->in, (size_t)n);
         c->req_ms = c->body_ms = 0;
     }
     /* A waiter with nothing pipelined keeps no input buffer: 10,000 parked
@@ -7037,75 +7217,45 @@ static void loop_process(Hub *h, Conn *c) {
     if (c->state != CONN_READ && !c->in.len) buf_free(&c->in);
 }
 
-/* Write c->out up to `end` as far as the socket takes it. Returns 1 if
- * anything was written, 0 if not, -1 if the connection failed. Touches
- * only c->fd, c->out and c->out_off, so a sender thread may run it
- * (see "parallel sends"). */
-static int conn_send(Conn *c, size_t end) {
-    int wrote = 0;
-    while (c->out_off < end) {
-        ssize_t w = write(c->fd, c->out.p + c->out_off, end - c->out_off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-        if (w <= 0) return -1;
-        c->out_off += (size_t)w;
-        wrote = 1;
-    }
-    return wrote;
-}
-
 /* After conn_send() returned rc: close or recycle c's output. */
-static void loop_sent(Hub *h, Conn *c, int rc) {
+static void loop_sent(Loop *l, Conn *c, int rc) {
     if (rc < 0) {
-        conn_kill(h, c);
+        conn_kill(l, c);
         return;
     }
-    if (rc) c->active_ms = h->now_ms;
+    if (rc) c->active_ms = l->now_ms;
     if (c->out_off == c->out.len) {
         buf_reset(&c->out);
         c->out_off = 0;
         c->held_from = 0;   /* all that follows is newer */
         if (c->close_after) {
-            conn_kill(h, c);
+            conn_kill(l, c);
             return;
         }
-        if (c->state == CONN_STREAM && c->behind) loop_stream_fill(h, c);
+        if (c->state == CONN_STREAM && c->behind) loop_stream_fill(l, c);
     } else if (c->state == CONN_STREAM && c->out.len - c->out_off > ARC_MAX_OUT) {
         /* Only a stream grows without a request; a reader that stalls on
          * ordinary responses is bounded by loop_process and the idle
          * timeout (PROTOCOL §4.1). */
         log_info("dropping a client that stopped reading (%zu bytes queued)",
                  c->out.len - c->out_off);
-        conn_kill(h, c);
+        conn_kill(l, c);
     }
 }
 
-/* Write as much of c->out as the socket takes (and may be sent). */
-static void loop_write(Hub *h, Conn *c) {
-    size_t end = conn_send_end(c);
-    if (c->relay) {   /* answered: hand the envelope to the relay thread */
-        if (c->state == CONN_READ && c->close_after && end == c->out.len) {
-            RelayReq *r = c->relay;
-            c->relay = NULL;
-            r->answer = c->out;        /* hand-off: the request owns it now */
-            c->out = (Buf){ 0 };
-            relay_done(h->relay, r);
-            conn_kill(h, c);
-        }
-        return;
-    }
-    loop_sent(h, c, conn_send(c, end));
+/* Send as much of c->out as its sink takes (and may be sent). */
+static void loop_write(Loop *l, Conn *c) {
+    loop_sent(l, c, conn_send(c, conn_send_end(c)));
 }
 
 /* Send what c may send now (the answer is complete and releasable). */
-static void loop_flush(Hub *h, Conn *c) {
-    if (c->state != CONN_DEAD && (c->relay || c->out_off < conn_send_end(c)))
-        loop_write(h, c);
+static void loop_flush(Loop *l, Conn *c) {
+    if (c->state != CONN_DEAD && c->out_off < conn_send_end(c)) loop_write(l, c);
 }
 
 /* Read everything available. Returns 0, or -1 if the conn died. */
-static int loop_read(Hub *h, Conn *c) {
-    size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
+static int loop_read(Loop *l, Conn *c) {
+    size_t cap = (size_t)l->hub->max_request_bytes + 2 * ARC_MAX_HEAD;
     while (c->in.len < cap) {
         /* Read into all the room there is, at least 16 KiB (a fresh buffer
          * is exactly that; a parked conn keeps none, see loop_process). */
@@ -7120,7 +7270,7 @@ static int loop_read(Hub *h, Conn *c) {
         }
         c->in.len += (size_t)n;
         c->in.p[c->in.len] = 0;
-        c->active_ms = h->now_ms;
+        c->active_ms = l->now_ms;
         c->fed = 1;
         /* A short read emptied the socket: the poller is level-triggered,
          * so more input (or the end) is reported again; no read to learn
@@ -7128,7 +7278,7 @@ static int loop_read(Hub *h, Conn *c) {
         if ((size_t)n < room) break;
     }
     if (c->peer_closed && c->state != CONN_READ) {
-        conn_kill(h, c);   /* a waiter that hung up is dropped at once */
+        conn_kill(l, c);   /* a waiter that hung up is dropped at once */
         return -1;
     }
     return 0;
@@ -7194,8 +7344,8 @@ static void *sender_main(void *arg) {
 
 /* The threads, started on first use: 0 if there are none (one CPU, or
  * they could not be made); the loop then writes by itself. */
-static int sender_ready(Hub *h) {
-    Sender *s = h->sender;
+static int sender_ready(Loop *l) {
+    Sender *s = l->sender;
     if (s->tried) return s->n_threads;
     s->tried = 1;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -7207,11 +7357,11 @@ static int sender_ready(Hub *h) {
 }
 
 /* Before a fan-out: 1 if its writes go to the sender threads. */
-static int sender_begin(Hub *h) {
-    Sender *s = h->sender;
-    if (h->n_parked < ARC_SEND_MIN || !sender_ready(h)) return 0;
-    if (s->cap < h->n_parked) {   /* every waiter at most; nothing reads it now */
-        s->cap = h->n_parked;
+static int sender_begin(Loop *l) {
+    Sender *s = l->sender;
+    if (l->n_parked < ARC_SEND_MIN || !sender_ready(l)) return 0;
+    if (s->cap < l->n_parked) {   /* every waiter at most; nothing reads it now */
+        s->cap = l->n_parked;
         s->job = xrealloc(s->job, (size_t)s->cap * sizeof *s->job);
     }
     return 1;
@@ -7226,8 +7376,8 @@ static void sender_publish(Sender *s) {
 }
 
 /* Queue c's output up to `end` for writing. */
-static void sender_add(Hub *h, Conn *c, size_t end) {
-    Sender *s = h->sender;
+static void sender_add(Loop *l, Conn *c, size_t end) {
+    Sender *s = l->sender;
     assert(s->n < s->cap);
     s->job[s->n++] = (SendJob){ c, end, 0 };
     if (s->n - s->published >= ARC_SEND_CHUNK) sender_publish(s);
@@ -7235,8 +7385,8 @@ static void sender_add(Hub *h, Conn *c, size_t end) {
 
 /* After the fan-out: write what is left alongside the threads, wait for
  * them, then settle every conn as loop_write() would have. */
-static void sender_finish(Hub *h) {
-    Sender *s = h->sender;
+static void sender_finish(Loop *l) {
+    Sender *s = l->sender;
     if (!s->n) return;   /* woke nobody: leave the threads asleep */
     pthread_mutex_lock(&s->mu);
     /* What sender_add() has not published is less than a chunk: the loop
@@ -7246,20 +7396,20 @@ static void sender_finish(Hub *h) {
     while (s->next < s->published) sender_take(s);
     while (s->busy) pthread_cond_wait(&s->idle, &s->mu);
     pthread_mutex_unlock(&s->mu);
-    for (int i = 0; i < s->n; i++) loop_sent(h, s->job[i].c, s->job[i].rc);
+    for (int i = 0; i < s->n; i++) loop_sent(l, s->job[i].c, s->job[i].rc);
     s->n = s->published = s->next = 0;
 }
 
-static void sender_open(Hub *h) {
-    h->sender = xrealloc(NULL, sizeof *h->sender);
-    *h->sender = (Sender){ 0 };
-    pthread_mutex_init(&h->sender->mu, NULL);
-    pthread_cond_init(&h->sender->more, NULL);
-    pthread_cond_init(&h->sender->idle, NULL);
+static void sender_open(Loop *l) {
+    l->sender = xrealloc(NULL, sizeof *l->sender);
+    *l->sender = (Sender){ 0 };
+    pthread_mutex_init(&l->sender->mu, NULL);
+    pthread_cond_init(&l->sender->more, NULL);
+    pthread_cond_init(&l->sender->idle, NULL);
 }
 
-static void sender_close(Hub *h) {
-    Sender *s = h->sender;
+static void sender_close(Loop *l) {
+    Sender *s = l->sender;
     pthread_mutex_lock(&s->mu);
     s->stop = 1;
     pthread_cond_broadcast(&s->more);
@@ -7270,186 +7420,181 @@ static void sender_close(Hub *h) {
     pthread_cond_destroy(&s->idle);
     free(s->job);
     free(s);
-    h->sender = NULL;
+    l->sender = NULL;
 }
 
 /* ---- parked requests and streams ---- */
 
 /* c stops waiting and goes back to serving requests. */
-static void loop_unparked(Hub *h, Conn *c) {
-    loop_wait_del(h, c);
+static void loop_unparked(Loop *l, Conn *c) {
+    loop_wait_del(l, c);
     wait_free(&c->wait);
     c->state = CONN_READ;
-    c->active_ms = h->now_ms;   /* the idle clock restarts with the answer */
+    c->active_ms = l->now_ms;   /* the idle clock restarts with the answer */
 }
 
 /* Answer a parked request with `result` (a JSON array) and resume reading
  * any requests it had pipelined behind it. */
-static void loop_unpark(Hub *h, Conn *c, Str result) {
+static void loop_unpark(Loop *l, Conn *c, Str result) {
     Buf b = { 0 };
     buf_adds(&b, "{\"ok\":true,\"result\":");
     buf_addstr(&b, result);
     buf_addc(&b, '}');
-    loop_unparked(h, c);
-    conn_respond(h, c, 200, NULL, NULL, buf_str(&b));
+    loop_unparked(l, c);
+    conn_respond(l, c, 200, NULL, NULL, buf_str(&b));
     buf_free(&b);
 }
 
 /* Wake c from this turn's committed batch, without touching SQLite.
  * Parked requests that match the same messages get the same bytes, so the
- * answer is built once per distinct match (Hub.fan_*) and then copied: a
+ * answer is built once per distinct match (Loop.fan_*) and then copied: a
  * post that wakes 10,000 agents builds one response, not 10,000. */
-static void loop_wake_batch(Hub *h, Conn *c) {
+static void loop_wake_batch(Loop *l, Conn *c) {
     if (c->state == CONN_STREAM) {
         if (c->behind) return;
-        for (int i = 0; i < h->n_batch; i++) {
-            NewMsg *m = &h->batch[i];
+        for (int i = 0; i < l->hub->n_batch; i++) {
+            NewMsg *m = &l->hub->batch[i];
             if (hub_wait_match(&c->wait, m))
                 loop_sse_event(c, m->id, (Str){ m->json, m->json_len });
         }
         return;
     }
-    if (h->cap_fan < h->n_batch) {
-        h->cap_fan = h->n_batch;
-        h->fan_idx = xrealloc(h->fan_idx, (size_t)h->cap_fan * sizeof *h->fan_idx);
-        h->fan_tmp = xrealloc(h->fan_tmp, (size_t)h->cap_fan * sizeof *h->fan_tmp);
+    if (l->cap_fan < l->hub->n_batch) {
+        l->cap_fan = l->hub->n_batch;
+        l->fan_idx = xrealloc(l->fan_idx, (size_t)l->cap_fan * sizeof *l->fan_idx);
+        l->fan_tmp = xrealloc(l->fan_tmp, (size_t)l->cap_fan * sizeof *l->fan_tmp);
     }
     int n = 0;
-    for (int i = 0; i < h->n_batch && n < c->wait.limit; i++)
-        if (hub_wait_match(&c->wait, &h->batch[i])) h->fan_tmp[n++] = i;
+    for (int i = 0; i < l->hub->n_batch && n < c->wait.limit; i++)
+        if (hub_wait_match(&c->wait, &l->hub->batch[i])) l->fan_tmp[n++] = i;
     if (!n) return;
-    int shared = !c->relay;   /* a relayed answer has no head: not shared */
-    if (shared && h->fan_n == n && h->fan_keep == c->keep_alive &&
-        !memcmp(h->fan_idx, h->fan_tmp, (size_t)n * sizeof *h->fan_idx)) {
-        loop_unparked(h, c);
-        if (!c->keep_alive) c->close_after = 1;
-        buf_addstr(&c->out, buf_str(&h->fan_resp));
+    int key = conn_share_key(c);
+    if (l->fan_n == n && l->fan_key == key &&
+        !memcmp(l->fan_idx, l->fan_tmp, (size_t)n * sizeof *l->fan_idx)) {
+        loop_unparked(l, c);
+        conn_respond_copy(c, buf_str(&l->fan_resp));
         return;
     }
     Buf res = { 0 };
     for (int k = 0; k < n; k++) {
-        NewMsg *m = &h->batch[h->fan_tmp[k]];
+        NewMsg *m = &l->hub->batch[l->fan_tmp[k]];
         buf_addc(&res, k ? ',' : '[');
         buf_add(&res, m->json, m->json_len);
     }
     buf_addc(&res, ']');
     size_t mark = c->out.len;
-    loop_unpark(h, c, buf_str(&res));
+    loop_unpark(l, c, buf_str(&res));
     buf_free(&res);
-    if (!shared) return;
-    int *t = h->fan_idx;   /* remember this answer: its matches, its bytes */
-    h->fan_idx = h->fan_tmp;
-    h->fan_tmp = t;
-    h->fan_n = n;
-    h->fan_keep = c->keep_alive;
-    buf_reset(&h->fan_resp);
-    buf_add(&h->fan_resp, c->out.p + mark, c->out.len - mark);
+    int *t = l->fan_idx;   /* remember this answer: its matches, its bytes */
+    l->fan_idx = l->fan_tmp;
+    l->fan_tmp = t;
+    l->fan_n = n;
+    l->fan_key = key;
+    buf_reset(&l->fan_resp);
+    buf_add(&l->fan_resp, c->out.p + mark, c->out.len - mark);
 }
 
 /* Wake by asking SQLite again: after another process committed. */
-static void loop_wake_query(Hub *h, Conn *c) {
+static void loop_wake_query(Loop *l, Conn *c) {
     if (c->state == CONN_STREAM) {
-        if (!c->behind) loop_stream_fill(h, c);
+        if (!c->behind) loop_stream_fill(l, c);
         return;
     }
     Buf res = { 0 };
-    if (hub_wait_query(h, &c->wait, 0, &res) > 0) loop_unpark(h, c, buf_str(&res));
+    if (hub_wait_query(l->hub, &c->wait, 0, &res) > 0) loop_unpark(l, c, buf_str(&res));
     buf_free(&res);
 }
 
 /* c may have new output from a wake-up (from `mark` on): hold it as its
  * data requires, and send it at once if it may go (by a sender thread in
  * a parallel fan-out). */
-static void loop_woken(Hub *h, Conn *c, size_t mark) {
+static void loop_woken(Loop *l, Conn *c, size_t mark) {
     if (c->out.len == mark) return;
-    loop_depend(h, c, mark);
-    loop_touch(h, c);
-    if (h->sending && !c->relay && c->state != CONN_DEAD && c->out_off < conn_send_end(c))
-        sender_add(h, c, conn_send_end(c));
+    loop_depend(l, c, mark);
+    loop_touch(l, c);
+    if (l->sending && c->state != CONN_DEAD && c->out_off < conn_send_end(c))
+        sender_add(l, c, conn_send_end(c));
     else
-        loop_flush(h, c);
+        loop_flush(l, c);
 }
 
 /* Wake every waiter in b that the batch may match. */
-static void loop_wake_bucket(Hub *h, WaitBucket *b) {
+static void loop_wake_bucket(Loop *l, WaitBucket *b) {
     for (Conn *c = b->head, *next; c; c = next) {
         next = c->wnext;   /* c may leave the bucket */
         size_t mark = c->out.len;
-        loop_wake_batch(h, c);
-        loop_woken(h, c, mark);
+        loop_wake_batch(l, c);
+        loop_woken(l, c, mark);
     }
 }
 
 /* Every waiter asks SQLite again (after another process committed). */
-static void loop_wake_all(Hub *h) {
+static void loop_wake_all(Loop *l) {
     int n;
-    Conn **all = loop_waiters(h, &n);
+    Conn **all = loop_waiters(l, &n);
     for (int i = 0; i < n; i++) {
         Conn *c = all[i];
         if (c->state != CONN_PARKED && c->state != CONN_STREAM) continue;
         size_t mark = c->out.len;
-        loop_wake_query(h, c);
-        loop_woken(h, c, mark);
+        loop_wake_query(l, c);
+        loop_woken(l, c, mark);
     }
     free(all);
 }
 
 /* The waiters of the channels this turn's batch wrote to, and those
  * waiting on any channel, from the batch. */
-static void loop_wake_batches(Hub *h) {
-    h->fan_stamp++;
-    h->fan_n = 0;   /* no shared answer yet: batch indices are this turn's */
-    for (int i = 0; i < h->n_batch; i++) {
-        WaitBucket *b = loop_bucket(h, h->batch[i].channel, 0);
-        if (b && b->stamp != h->fan_stamp) {
-            b->stamp = h->fan_stamp;
-            loop_wake_bucket(h, b);
+static void loop_wake_batches(Loop *l) {
+    l->fan_stamp++;
+    l->fan_n = 0;   /* no shared answer yet: batch indices are this turn's */
+    for (int i = 0; i < l->hub->n_batch; i++) {
+        WaitBucket *b = loop_bucket(l, l->hub->batch[i].channel, 0);
+        if (b && b->stamp != l->fan_stamp) {
+            b->stamp = l->fan_stamp;
+            loop_wake_bucket(l, b);
         }
     }
-    loop_wake_bucket(h, h->wb_any);
+    loop_wake_bucket(l, l->wb_any);
 }
 
 /* After the commit: answer every waiter that something new matches, each
  * as soon as its answer is built. If another process committed since we
  * last looked, rows may exist that are not in our batch, so every waiter
  * re-queries instead (PROTOCOL §8.2). */
-static void loop_fanout(Hub *h, int check_foreign) {
+static void loop_fanout(Loop *l, int check_foreign) {
     int foreign = 0;
-    if (check_foreign && h->n_parked) {
-        int64_t v = store_data_version(&h->store);
-        foreign = v != h->store.data_version;
-        h->store.data_version = v;
-    }
-    if (!foreign && (!h->n_batch || !h->n_parked)) return;
-    h->sending = sender_begin(h);
-    if (foreign) loop_wake_all(h);
-    else loop_wake_batches(h);
-    if (h->sending) sender_finish(h);
-    h->sending = 0;
+    if (check_foreign && l->n_parked) foreign = hub_foreign_commit(l->hub);
+    if (!foreign && (!l->hub->n_batch || !l->n_parked)) return;
+    l->sending = sender_begin(l);
+    if (foreign) loop_wake_all(l);
+    else loop_wake_batches(l);
+    if (l->sending) sender_finish(l);
+    l->sending = 0;
 }
 
 /* ---- timers ---- */
 
-/* Run a hub action outside any request (prune tick, presence, shutdown),
- * in the turn's batch transaction under its own savepoint. */
-typedef void (*HubTask)(Hub *, Req *, Res *);
+/* A timer action: model work outside any request (prune tick, presence,
+ * shutdown), run by timer_run() as if it were one. */
+typedef void (*TimerAction)(Loop *, Req *, Res *);
 
-static void loop_hub_task(Hub *h, HubTask fn) {
+/* Run fn in the turn's batch transaction under its own savepoint. */
+static void timer_run(Loop *l, TimerAction fn) {
     Req q = { .method = STR_LIT("TIMER") };
     Res r = { .status = 200 };
-    fn(h, &q, &r);
-    hub_tx_end(h, &q, r.status < 400);
+    fn(l, &q, &r);
+    hub_tx_end(l->hub, &q, r.status < 400);
     req_free(&q);
     res_free(&r);
 }
 
-static void task_prune(Hub *h, Req *q, Res *r) { hub_expire_sessions(h, q, r); }
+static void timer_prune(Loop *l, Req *q, Res *r) { hub_expire_sessions(l->hub, q, r); }
 
 /* PROTOCOL §9: an agent waiting in a long-poll or stream stays present.
  * One UPDATE per distinct waiting agent per tick bounds the write load. */
-static void task_touch_waiters(Hub *h, Req *q, Res *r) {
+static void timer_touch_waiters(Loop *l, Req *q, Res *r) {
     int n, k = 0;
-    Conn **all = loop_waiters(h, &n);
+    Conn **all = loop_waiters(l, &n);
     const char **agents = xrealloc(NULL, (size_t)(n + 1) * sizeof *agents);
     for (int i = 0; i < n; i++)
         if (all[i]->wait.agent) agents[k++] = all[i]->wait.agent;
@@ -7457,115 +7602,105 @@ static void task_touch_waiters(Hub *h, Req *q, Res *r) {
     if (k) qsort(agents, (size_t)k, sizeof *agents, cstr_cmp);
     for (int i = 0; i < k; i++)
         if (i == 0 || strcmp(agents[i], agents[i - 1]))
-            hub_touch(h, q, r, str_c(agents[i]));
+            hub_touch(l->hub, q, r, str_c(agents[i]));
     free(agents);
 }
 
-static void task_shutdown(Hub *h, Req *q, Res *r) {
-    hub_notice_general(h, q, r, "Hub is shutting down now.",
-                       "{\"shutdown\":true,\"final\":true}");
-    log_info("executing shutdown");
-    h->shutdown_at_ms = 0;
-    h->shutdown_now = 1;
-}
+/* POST /v1/shutdown's delay is over (the model asks to stop after it). */
+static void timer_shutdown(Loop *l, Req *q, Res *r) { hub_shutdown_fire(l->hub, q, r); }
 
-static int64_t loop_tick_ms(Hub *h) {
-    int64_t t = h->cfg.presence_ttl_s / 3;
+static int64_t loop_tick_ms(Loop *l) {
+    int64_t t = l->hub->cfg.presence_ttl_s / 3;
     return (t < 1 ? 1 : t) * 1000;
 }
 
 /* Fire due conn deadlines and hub timers. */
-static void loop_timers(Hub *h) {
-    while (h->n_heap && h->heap[0]->deadline_ms <= h->now_ms) {
-        Conn *c = h->heap[0];
-        heap_remove(h, c);
+static void loop_timers(Loop *l) {
+    while (l->n_heap && l->heap[0]->deadline_ms <= l->now_ms) {
+        Conn *c = l->heap[0];
+        heap_remove(l, c);
         c->deadline_ms = 0;
-        loop_touch(h, c);
+        loop_touch(l, c);
         switch (c->state) {
         case CONN_PARKED:
-            loop_unpark(h, c, STR_LIT("[]"));
+            loop_unpark(l, c, STR_LIT("[]"));
             break;
         case CONN_STREAM:
             if (c->out_off == conn_send_end(c)) {
                 buf_adds(&c->out, ": keepalive\n\n");
-                c->active_ms = h->now_ms;
-            } else if (h->now_ms - c->active_ms >= h->cfg.idle_ms) {
+                c->active_ms = l->now_ms;
+            } else if (l->now_ms - c->active_ms >= l->hub->cfg.idle_ms) {
                 /* A stream that is behind queues no more than about
                  * ARC_MAX_OUT / 4 (loop_stream_fill), so a reader that
                  * stopped is told by time, not by size (PROTOCOL §8.4). */
                 log_info("dropping a stream that stopped reading (%zu bytes "
                          "queued)", c->out.len - c->out_off);
-                conn_kill(h, c);
+                conn_kill(l, c);
             }
             break;
         case CONN_READ:
-            if (c->retry_ms)
+            if (c->retry_ms) {
                 c->retry_ms = 0;   /* loop_serve retries it (loop_settle_touched) */
+                c->active_ms = l->now_ms;   /* not idle: the idle clock restarts */
+            }
             else if (c->out_off < c->out.len || (!c->req_ms && !c->body_ms))
-                conn_kill(h, c);   /* stalled reader, or idle keep-alive */
+                conn_kill(l, c);   /* stalled reader, or idle keep-alive */
             else if (c->body_ms)
-                conn_error(h, c, 408, "request body not received in time");
+                conn_error(l, c, 408, "request body not received in time");
             else
-                conn_error(h, c, 408, "request head not received in time");
+                conn_error(l, c, 408, "request head not received in time");
             break;
         default: break;
         }
-        if (c->state != CONN_DEAD) conn_schedule(h, c);
+        if (c->state != CONN_DEAD) conn_schedule(l, c);
     }
-    if (h->now_ms >= h->next_prune_ms) {
-        loop_hub_task(h, task_prune);
-        h->next_prune_ms = h->now_ms + loop_tick_ms(h);
+    if (l->now_ms >= l->next_prune_ms) {
+        timer_run(l, timer_prune);
+        l->next_prune_ms = l->now_ms + loop_tick_ms(l);
     }
-    if (h->now_ms >= h->next_touch_ms) {
-        if (h->n_parked) loop_hub_task(h, task_touch_waiters);
-        int64_t t = loop_tick_ms(h);
-        h->next_touch_ms = h->now_ms + (t > 30000 ? 30000 : t);
+    if (l->now_ms >= l->next_touch_ms) {
+        if (l->n_parked) timer_run(l, timer_touch_waiters);
+        int64_t t = loop_tick_ms(l);
+        l->next_touch_ms = l->now_ms + (t > 30000 ? 30000 : t);
     }
-    if (h->shutdown_at_ms && clock_ms() >= h->shutdown_at_ms)
-        loop_hub_task(h, task_shutdown);
+    int64_t stop_at = hub_shutdown_at(l->hub);
+    if (stop_at && clock_ms() >= stop_at) timer_run(l, timer_shutdown);
 }
 
 /* ---- commit and durability ---- */
 
 /* Take back c's answers from `from` on and answer 503 with `why` instead,
  * closing after it: what they reported did not happen, or may not last. */
-static void loop_withdraw(Hub *h, Conn *c, size_t from, const char *why) {
+static void loop_withdraw(Loop *l, Conn *c, size_t from, const char *why) {
     char msg[300];
     c->out.len = from;
     if (c->state == CONN_PARKED || c->state == CONN_STREAM) {
-        loop_wait_del(h, c);
+        loop_wait_del(l, c);
         wait_free(&c->wait);
         c->state = CONN_READ;
     }
     snprintf(msg, sizeof msg, "storage error: %s", why);
-    conn_error(h, c, 503, msg);
-    loop_touch(h, c);
+    conn_error(l, c, 503, msg);
+    loop_touch(l, c);
 }
 
 /* Commit the turn's batch, then send its held answers at once, before any
  * fan-out: a poster hears back before the agents it woke. If the commit
  * fails, nothing of it happened: replace every held answer with a 503 and
  * forget the batch. */
-static void loop_commit(Hub *h) {
-    if (!h->store.in_tx) {
-        assert(h->n_held == 0 && h->n_batch == 0);
-    } else if (store_commit(&h->store) == 0) {
-        for (int i = 0; i < h->n_batch; i++)   /* committed: now cacheable */
-            store_cache_put(&h->store, h->batch[i].id, h->batch[i].json,
-                            h->batch[i].json_len);
-    } else {
-        const char *why = h->store.err;
+static void loop_commit(Loop *l) {
+    const char *why = NULL;
+    assert(hub_turn_open(l->hub) || (l->n_held == 0 && l->hub->n_batch == 0));
+    if (hub_turn_commit(l->hub, &why)) {
         log_warn("commit failed: %s", why);
-        for (int i = 0; i < h->n_held; i++) {
-            Conn *c = h->held[i];
-            if (c->state != CONN_DEAD) loop_withdraw(h, c, c->held_from, why);
+        for (int i = 0; i < l->n_held; i++) {
+            Conn *c = l->held[i];
+            if (c->state != CONN_DEAD) loop_withdraw(l, c, c->held_from, why);
         }
-        hub_batch_truncate(h, 0);
-        store_cache_flush(&h->store);
     }
-    for (int i = 0; i < h->n_held; i++) h->held[i]->held = 0;
-    for (int i = 0; i < h->n_held; i++) loop_flush(h, h->held[i]);
-    h->n_held = 0;
+    for (int i = 0; i < l->n_held; i++) l->held[i]->held = 0;
+    for (int i = 0; i < l->n_held; i++) loop_flush(l, l->held[i]);
+    l->n_held = 0;
 }
 
 /* ---- accept, the poll set, freeing ---- */
@@ -7573,13 +7708,13 @@ static void loop_commit(Hub *h) {
 /* Tags for the loop's own descriptors in the poller. */
 static char loop_tag_wake, loop_tag_listen, loop_tag_wal;
 
-/* Add c to Hub.conns. */
-static void loop_link(Hub *h, Conn *c) {
+/* Add c to Loop.conns. */
+static void loop_link(Loop *l, Conn *c) {
     c->prev = NULL;
-    c->next = h->conns;
-    if (h->conns) h->conns->prev = c;
-    h->conns = c;
-    h->n_conns++;
+    c->next = l->conns;
+    if (l->conns) l->conns->prev = c;
+    l->conns = c;
+    l->n_conns++;
 }
 
 /* The fixed answer to a connection beyond the limit: it is sent before the
@@ -7604,50 +7739,50 @@ static void loop_refuse(int fd) {
  * descriptor, accept the waiting client on it to refuse it with 503, and
  * take the spare again. Without a spare, stop watching the listener for
  * 100 ms (loop_turn). Returns 1 when a client was taken off the queue. */
-static int loop_accept_emfile(Hub *h, int err) {
-    if (h->now_ms - h->warned_ms >= 1000) {   /* at most 1 a second */
+static int loop_accept_emfile(Loop *l, int err) {
+    if (l->now_ms - l->warned_ms >= 1000) {   /* at most 1 a second */
         log_warn("accept: %s (%d connections open); refusing new ones",
-                 strerror(err), h->n_sockets);
-        h->warned_ms = h->now_ms;
+                 strerror(err), l->n_sockets);
+        l->warned_ms = l->now_ms;
     }
     int taken = 0;
-    if (h->spare_fd >= 0) {
-        close(h->spare_fd);
-        int fd = accept(h->listen_fd, NULL, NULL);
+    if (l->spare_fd >= 0) {
+        close(l->spare_fd);
+        int fd = accept(l->listen_fd, NULL, NULL);
         if (fd >= 0) {
             loop_refuse(fd);
             taken = 1;
         }
-        h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
-    if (!taken) h->accept_pause_until = h->now_ms + 100;
+    if (!taken) l->accept_pause_until = l->now_ms + 100;
     return taken;
 }
 
-static void loop_accept(Hub *h) {
+static void loop_accept(Loop *l) {
     for (;;) {
-        int fd = accept(h->listen_fd, NULL, NULL);
+        int fd = accept(l->listen_fd, NULL, NULL);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
             if (errno == EMFILE || errno == ENFILE) {
-                if (loop_accept_emfile(h, errno)) continue;
+                if (loop_accept_emfile(l, errno)) continue;
             } else if (errno == ENOBUFS || errno == ENOMEM) {
-                h->accept_pause_until = h->now_ms + 100;
+                l->accept_pause_until = l->now_ms + 100;
             }
             return;   /* EAGAIN: the queue is empty */
         }
         fcntl(fd, F_SETFD, FD_CLOEXEC);
-        if (h->n_sockets >= h->cfg.max_conns) {
+        if (l->n_sockets >= l->hub->cfg.max_conns) {
             loop_refuse(fd);
             continue;
         }
         /* The spare was lost (the relay thread took the descriptor while it
          * was free): take it back before anything else, even if that means
          * refusing this client, or the next EMFILE would find none. */
-        if (h->spare_fd < 0 &&
-            (h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+        if (l->spare_fd < 0 &&
+            (l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
             loop_refuse(fd);
-            h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
             continue;
         }
         fd_nonblock(fd);
@@ -7655,24 +7790,24 @@ static void loop_accept(Hub *h) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         Conn *c = xrealloc(NULL, sizeof *c);
         *c = (Conn){ .fd = fd, .poll_slot = -1, .heap_idx = -1,
-                     .state = CONN_READ, .active_ms = h->now_ms };
-        loop_link(h, c);
-        h->n_sockets++;
+                     .state = CONN_READ, .active_ms = l->now_ms };
+        loop_link(l, c);
+        l->n_sockets++;
         c->ev = POLLIN;
-        if (poller_watch(h->poller, fd, c, &c->poll_slot, c->ev))
-            conn_kill(h, c);   /* cannot watch it: freed at the turn's end */
+        if (poller_watch(l->poller, fd, c, &c->poll_slot, c->ev))
+            conn_kill(l, c);   /* cannot watch it: freed at the turn's end */
         else
-            conn_schedule(h, c);
+            conn_schedule(l, c);
     }
 }
 
 /* The wait for readiness failed with something other than EINTR: only
  * ENOMEM can happen with a well-formed set. Nothing is lost by waiting;
  * the turn goes on with no events, which is harmless. */
-static void loop_poll_failed(Hub *h) {
-    if (h->now_ms - h->warned_ms >= 1000) {
+static void loop_poll_failed(Loop *l) {
+    if (l->now_ms - l->warned_ms >= 1000) {
         log_warn("poll: %s", strerror(errno));
-        h->warned_ms = h->now_ms;
+        l->warned_ms = l->now_ms;
     }
     struct timespec ts = { 0, 10 * 1000000 };
     nanosleep(&ts, NULL);
@@ -7680,29 +7815,24 @@ static void loop_poll_failed(Hub *h) {
 
 /* Make the poller watch for what c can use now: input while there is room
  * for it, output while some may be sent. */
-static void loop_watch(Hub *h, Conn *c) {
+static void loop_watch(Loop *l, Conn *c) {
     if (c->fd < 0) return;
-    size_t cap = (size_t)h->max_request_bytes + 2 * ARC_MAX_HEAD;
+    size_t cap = (size_t)l->hub->max_request_bytes + 2 * ARC_MAX_HEAD;
     unsigned ev = 0;
     if (c->in.len < cap && !c->peer_closed) ev |= POLLIN;
     if (c->out_off < conn_send_end(c)) ev |= POLLOUT;
     if (ev == c->ev) return;
     c->ev = ev;
-    if (poller_watch(h->poller, c->fd, c, &c->poll_slot, ev))
-        conn_kill(h, c);   /* ENOMEM: cannot watch it, so drop it */
+    if (poller_watch(l->poller, c->fd, c, &c->poll_slot, ev))
+        conn_kill(l, c);   /* ENOMEM: cannot watch it, so drop it */
 }
 
-static void loop_free(Hub *h, Conn *c) {
+static void loop_free(Loop *l, Conn *c) {
     if (c->prev) c->prev->next = c->next;
-    else h->conns = c->next;
+    else l->conns = c->next;
     if (c->next) c->next->prev = c->prev;
-    h->n_conns--;
-    if (c->fd >= 0) {
-        poller_forget(h->poller, &c->poll_slot);
-        close(c->fd);
-        h->n_sockets--;
-    }
-    if (c->relay) relay_req_free(c->relay);
+    l->n_conns--;
+    conn_close(l, c);
     buf_free(&c->in);
     buf_free(&c->out);
     wait_free(&c->wait);
@@ -7720,68 +7850,93 @@ static int conn_pending(const Conn *c) {
 /* End of turn for every touched conn: send, free the dead, reschedule,
  * re-arm. Conns with requests still to handle stay on the list, and the
  * next turn does not wait for readiness. */
-static void loop_settle_touched(Hub *h) {
+static void loop_settle_touched(Loop *l) {
     int k = 0;
-    for (int i = 0; i < h->n_touched; i++) {
-        Conn *c = h->touched[i];
-        loop_flush(h, c);
+    for (int i = 0; i < l->n_touched; i++) {
+        Conn *c = l->touched[i];
+        loop_flush(l, c);
         if (c->state != CONN_DEAD) {
-            conn_schedule(h, c);
-            loop_watch(h, c);
+            conn_schedule(l, c);
+            loop_watch(l, c);
         }
         if (c->state == CONN_DEAD) {
-            loop_free(h, c);
+            loop_free(l, c);
             continue;
         }
-        if (conn_pending(c)) h->touched[k++] = c;
+        if (conn_pending(c)) l->touched[k++] = c;
         else c->touched = 0;
     }
-    h->n_touched = k;
+    l->n_touched = k;
 }
 
-static int loop_timeout_ms(Hub *h) {
-    if (h->n_touched || g_stop || h->shutdown_now) return 0;
-    int64_t t = h->next_prune_ms;
-    if (h->n_heap && h->heap[0]->deadline_ms < t) t = h->heap[0]->deadline_ms;
-    if (h->n_parked && h->next_touch_ms < t) t = h->next_touch_ms;
-    if (h->n_parked && (h->wal_watch < 0 || h->now_ms < h->dv_until_ms) &&
-        h->next_dv_ms < t)
-        t = h->next_dv_ms;
-    if (h->shutdown_at_ms && h->shutdown_at_ms < t) t = h->shutdown_at_ms;
-    if (h->accept_pause_until > h->now_ms && h->accept_pause_until < t)
-        t = h->accept_pause_until;
-    t -= h->now_ms;
+static int loop_timeout_ms(Loop *l) {
+    if (l->n_touched || g_stop || hub_shutdown_now(l->hub)) return 0;
+    int64_t t = l->next_prune_ms;
+    if (l->n_heap && l->heap[0]->deadline_ms < t) t = l->heap[0]->deadline_ms;
+    if (l->n_parked && l->next_touch_ms < t) t = l->next_touch_ms;
+    if (l->n_parked && (l->wal_watch < 0 || l->now_ms < l->dv_until_ms) &&
+        l->next_dv_ms < t)
+        t = l->next_dv_ms;
+    int64_t stop_at = hub_shutdown_at(l->hub);
+    if (stop_at && stop_at < t) t = stop_at;
+    if (l->accept_pause_until > l->now_ms && l->accept_pause_until < t)
+        t = l->accept_pause_until;
+    t -= l->now_ms;
     return t < 0 ? 0 : t > 60000 ? 60000 : (int)t;
 }
 
-/* Set up the poller over the wake pipe, the listener and the -wal watch. */
-static void loop_open(Hub *h) {
-    h->poller = xrealloc(NULL, sizeof *h->poller);
-    if (poller_open(h->poller)) die("poller: %s", strerror(errno));
-    h->wb_any = xrealloc(NULL, sizeof *h->wb_any);
-    *h->wb_any = (WaitBucket){ 0 };
-    sender_open(h);
-    h->wake_slot = h->listen_slot = h->wal_slot = -1;
-    h->listen_ev = POLLIN;
-    h->wal_ev = 0;   /* until someone waits (loop_turn) */
-    if (poller_watch(h->poller, h->wake_rd, &loop_tag_wake, &h->wake_slot, POLLIN) ||
-        poller_watch(h->poller, h->listen_fd, &loop_tag_listen, &h->listen_slot,
-                     POLLIN) ||
-        (h->wal_watch >= 0 &&
-         poller_watch(h->poller, h->wal_watch, &loop_tag_wal, &h->wal_slot, 0)))
-        die("poller: %s", strerror(errno));
+/* A loop for h with nothing open yet: serve_start() fills in its
+ * descriptors, then loop_open() starts it. */
+static void loop_init(Loop *l, Hub *h) {
+    *l = (Loop){ .hub = h, .listen_fd = -1, .wake_rd = -1, .wake_wr = -1,
+                 .wal_watch = -1, .spare_fd = -1 };
 }
 
-static void loop_close(Hub *h) {
-    sender_close(h);
-    poller_close(h->poller);
-    free(h->poller);
-    free(h->wb_any);
-    free(h->touched);
-    free(h->wb);   /* every bucket was freed with its last waiter */
-    free(h->fan_idx);
-    free(h->fan_tmp);
-    buf_free(&h->fan_resp);
+/* Set up the poller over the wake pipe, the listener and the -wal watch,
+ * and the timers; take the spare descriptor (loop_accept_emfile). */
+static void loop_open(Loop *l) {
+    l->poller = xrealloc(NULL, sizeof *l->poller);
+    if (poller_open(l->poller)) die("poller: %s", strerror(errno));
+    l->wb_any = xrealloc(NULL, sizeof *l->wb_any);
+    *l->wb_any = (WaitBucket){ 0 };
+    sender_open(l);
+    l->wake_slot = l->listen_slot = l->wal_slot = -1;
+    l->listen_ev = POLLIN;
+    l->wal_ev = 0;   /* until someone waits (loop_turn) */
+    if (poller_watch(l->poller, l->wake_rd, &loop_tag_wake, &l->wake_slot, POLLIN) ||
+        poller_watch(l->poller, l->listen_fd, &loop_tag_listen, &l->listen_slot,
+                     POLLIN) ||
+        (l->wal_watch >= 0 &&
+         poller_watch(l->poller, l->wal_watch, &loop_tag_wal, &l->wal_slot, 0)))
+        die("poller: %s", strerror(errno));
+    l->now_ms = clock_ms();
+    l->next_prune_ms = l->now_ms + loop_tick_ms(l);
+    l->next_touch_ms = l->now_ms + loop_tick_ms(l);
+    l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+/* Free everything the loop owns (after loop_drain: no conns are left) and
+ * close its descriptors; safe on a loop that was never opened. */
+static void loop_close(Loop *l) {
+    assert(!l->conns && !l->n_heap && !l->n_parked);
+    if (l->poller) {
+        sender_close(l);
+        poller_close(l->poller);
+    }
+    free(l->poller);
+    free(l->wb_any);
+    free(l->touched);
+    free(l->held);
+    free(l->heap);
+    free(l->wb);   /* every bucket was freed with its last waiter */
+    free(l->fan_idx);
+    free(l->fan_tmp);
+    buf_free(&l->fan_resp);
+    int *fds[] = { &l->listen_fd, &l->wake_rd, &l->wake_wr, &l->wal_watch,
+                   &l->spare_fd };
+    for (size_t i = 0; i < sizeof fds / sizeof *fds; i++)
+        if (*fds[i] >= 0) close(*fds[i]), *fds[i] = -1;
+    l->poller = NULL;
 }
 
 /* The signal handler's half of the self-pipe. */
@@ -7799,25 +7954,25 @@ static void loop_on_signal(int sig) {
 }
 
 /* Handle the relayed request of socketless conn c (again, after a retry). */
-static void loop_relay_serve(Hub *h, Conn *c) {
+static void loop_relay_serve(Loop *l, Conn *c) {
     RelayReq *r = c->relay;
     const char *qm = strchr(r->path, '?');
     Str path = { r->path, qm ? (size_t)(qm - r->path) : strlen(r->path) };
     Req q = { .method = str_c(r->method), .query = str_c(qm ? qm + 1 : "") };
     Res res = { 0 };
-    if (r->body && (int64_t)strlen(r->body) > h->max_request_bytes)
+    if (r->body && (int64_t)strlen(r->body) > l->hub->max_request_bytes)
         hub_fail(&res, 400, "request body exceeds max size");
     else
-        hub_handle(h, &q, path, str_c(r->body ? r->body : ""), &res);
+        hub_handle(l->hub, &q, path, str_c(r->body ? r->body : ""), &res);
     if (res.stream) {
         wait_free(&res.wait);
         res.stream = 0;
         hub_fail(&res, 400, "GET /v1/stream is not available through the relay; "
                  "use /v1/events with a timeout");
     }
-    if (!loop_retry_busy(h, c, &q, &res)) {
-        loop_finish(h, c, &res);
-        loop_depend(h, c, 0);
+    if (!loop_retry_busy(l, c, &q, &res)) {
+        loop_finish(l, c, &res);
+        loop_depend(l, c, 0);
     }
     req_free(&q);
     res_free(&res);
@@ -7825,94 +7980,94 @@ static void loop_relay_serve(Hub *h, Conn *c) {
 
 /* Serve one request from the spool exactly as an HTTP request: through a
  * socketless Conn, so parking, group commit and fan-out all apply. */
-static void loop_relay_request(Hub *h, RelayReq *r) {
+static void loop_relay_request(Loop *l, RelayReq *r) {
     Conn *c = xrealloc(NULL, sizeof *c);
     *c = (Conn){ .fd = -1, .poll_slot = -1, .heap_idx = -1,
-                 .state = CONN_READ, .active_ms = h->now_ms, .relay = r };
-    loop_link(h, c);
-    loop_touch(h, c);
-    loop_relay_serve(h, c);
+                 .state = CONN_READ, .active_ms = l->now_ms, .relay = r };
+    loop_link(l, c);
+    loop_touch(l, c);
+    loop_relay_serve(l, c);
 }
 
 /* Take the requests the relay thread has queued. */
-static void loop_intake(Hub *h) {
-    if (!h->relay) return;
-    for (RelayReq *r = relay_intake(h->relay), *next; r; r = next) {
+static void loop_intake(Loop *l) {
+    if (!l->relay) return;
+    for (RelayReq *r = relay_intake(l->relay), *next; r; r = next) {
         next = r->next;
-        loop_relay_request(h, r);
+        loop_relay_request(l, r);
     }
 }
 
 /* Handle what c has read: its complete requests, then its hang-up. A
  * relayed conn without an answer yet is one whose lock retry is due. */
-static void loop_serve(Hub *h, Conn *c) {
+static void loop_serve(Loop *l, Conn *c) {
     if (c->state != CONN_READ) return;
     if (c->relay) {
-        if (!c->close_after && !c->retry_ms) loop_relay_serve(h, c);
+        if (!c->close_after && !c->retry_ms) loop_relay_serve(l, c);
         return;
     }
-    loop_process(h, c);
+    loop_process(l, c);
     if (c->peer_closed && c->state == CONN_READ) {
         if (c->out_off < c->out.len) c->close_after = 1;
-        else conn_kill(h, c);
+        else conn_kill(l, c);
     }
 }
 
 /* Act on n ready events: read and serve conns, write what they may send,
  * accept, drain the wake pipe and take relayed requests. Returns 1 if the
  * -wal watch fired. */
-static int loop_events(Hub *h, int n) {
+static int loop_events(Loop *l, int n) {
     int wal_touched = 0;
     for (int i = 0; i < n; i++) {
-        PollEv *e = &h->poller->ev[i];
+        PollEv *e = &l->poller->ev[i];
         if (e->tag == &loop_tag_wake) {
             char tmp[64];
-            while (read(h->wake_rd, tmp, sizeof tmp) > 0) {}
-            loop_intake(h);   /* the nudge may be the relay's */
+            while (read(l->wake_rd, tmp, sizeof tmp) > 0) {}
+            loop_intake(l);   /* the nudge may be the relay's */
         } else if (e->tag == &loop_tag_listen) {
-            loop_accept(h);
+            loop_accept(l);
         } else if (e->tag == &loop_tag_wal) {
             char tmp[4096];
-            while (read(h->wal_watch, tmp, sizeof tmp) > 0) {}
+            while (read(l->wal_watch, tmp, sizeof tmp) > 0) {}
             wal_touched = 1;
         } else {
             Conn *c = e->tag;
             if (c->state == CONN_DEAD) continue;
-            loop_touch(h, c);
+            loop_touch(l, c);
             if (e->revents & (POLLIN | POLLHUP | POLLERR)) {
-                if (loop_read(h, c)) continue;
+                if (loop_read(l, c)) continue;
             }
-            if (e->revents & POLLOUT) loop_write(h, c);
-            if (c->state != CONN_DEAD) loop_serve(h, c);
+            if (e->revents & POLLOUT) loop_write(l, c);
+            if (c->state != CONN_DEAD) loop_serve(l, c);
         }
     }
     return wal_touched;
 }
 
 /* One turn of the loop. Returns 0 to go on, 1 when the hub should stop. */
-static int loop_turn(Hub *h) {
-    h->store.busy_until_ms = 0;   /* a new turn's budget for lock waits */
-    for (int i = 0; i < h->n_touched; i++)   /* left over from the last turn */
-        loop_serve(h, h->touched[i]);
-    int n = poller_wait(h->poller, loop_timeout_ms(h));
-    h->now_ms = clock_ms();
+static int loop_turn(Loop *l) {
+    hub_turn_begin(l->hub);   /* a new turn's budget for lock waits */
+    for (int i = 0; i < l->n_touched; i++)   /* left over from the last turn */
+        loop_serve(l, l->touched[i]);
+    int n = poller_wait(l->poller, loop_timeout_ms(l));
+    l->now_ms = clock_ms();
     if (n < 0) {
-        loop_poll_failed(h);
+        loop_poll_failed(l);
         n = 0;
     }
-    int wal_touched = loop_events(h, n);
-    loop_intake(h);
+    int wal_touched = loop_events(l, n);
+    loop_intake(l);
     /* Requests that arrived while this turn's were handled join its commit
      * instead of waiting a whole commit for the next: clients answered by
      * one commit come back at about the same time, and each commit waits
      * for an fsync (group commit, PROTOCOL §10.2). */
-    for (int pass = 0; pass < ARC_GATHER_PASSES && h->store.in_tx; pass++) {
-        if ((n = poller_wait(h->poller, 0)) <= 0) break;
-        wal_touched |= loop_events(h, n);
+    for (int pass = 0; pass < ARC_GATHER_PASSES && hub_turn_open(l->hub); pass++) {
+        if ((n = poller_wait(l->poller, 0)) <= 0) break;
+        wal_touched |= loop_events(l, n);
     }
-    loop_timers(h);
-    int had_batch = h->n_batch > 0;
-    loop_commit(h);
+    loop_timers(l);
+    int had_batch = l->hub->n_batch > 0;
+    loop_commit(l);
     /* Foreign commits (PROTOCOL §8.2). Without inotify: one PRAGMA
      * data_version every ARC_DATA_VERSION_MS while anyone waits. With it: a
      * write to the -wal file starts a short watch, checking after
@@ -7921,72 +8076,70 @@ static int loop_turn(Hub *h) {
      * becomes visible after its fsync: a commit is seen at most about twice
      * its fsync time late, with ~10 checks per write. Idle, nothing runs. */
     if (wal_touched) {
-        h->dv_until_ms = h->now_ms + ARC_WAL_WATCH_MS;
-        h->dv_step_ms = ARC_WAL_SETTLE_MS;
+        l->dv_until_ms = l->now_ms + ARC_WAL_WATCH_MS;
+        l->dv_step_ms = ARC_WAL_SETTLE_MS;
     }
-    int watching = h->wal_watch < 0 || h->now_ms < h->dv_until_ms;
-    int dv_due = h->n_parked && watching && h->now_ms >= h->next_dv_ms;
-    loop_fanout(h, had_batch || dv_due || wal_touched);
-    if (h->wal_watch < 0) {
-        if (dv_due || !h->n_parked) h->next_dv_ms = h->now_ms + ARC_DATA_VERSION_MS;
+    int watching = l->wal_watch < 0 || l->now_ms < l->dv_until_ms;
+    int dv_due = l->n_parked && watching && l->now_ms >= l->next_dv_ms;
+    loop_fanout(l, had_batch || dv_due || wal_touched);
+    if (l->wal_watch < 0) {
+        if (dv_due || !l->n_parked) l->next_dv_ms = l->now_ms + ARC_DATA_VERSION_MS;
     } else if (wal_touched || dv_due) {
-        h->next_dv_ms = h->now_ms + h->dv_step_ms;
-        h->dv_step_ms *= 2;
+        l->next_dv_ms = l->now_ms + l->dv_step_ms;
+        l->dv_step_ms *= 2;
     }
-    hub_batch_truncate(h, 0);
-    loop_settle_touched(h);
+    hub_turn_end(l->hub);
+    loop_settle_touched(l);
     /* Out of descriptors without a spare: leave the listener alone for a
      * moment (loop_accept_emfile), or it would report the same client as
      * readable on every wait. */
-    unsigned lev = h->now_ms >= h->accept_pause_until ? POLLIN : 0;
-    if (lev != h->listen_ev &&
-        poller_watch(h->poller, h->listen_fd, &loop_tag_listen, &h->listen_slot, lev) == 0)
-        h->listen_ev = lev;
+    unsigned lev = l->now_ms >= l->accept_pause_until ? POLLIN : 0;
+    if (lev != l->listen_ev &&
+        poller_watch(l->poller, l->listen_fd, &loop_tag_listen, &l->listen_slot, lev) == 0)
+        l->listen_ev = lev;
     /* The -wal watch matters only to waiters; without any, our own commits
      * would wake the loop once more each (the queue keeps one event). */
-    unsigned wev = h->n_parked ? POLLIN : 0;
-    if (h->wal_watch >= 0 && wev != h->wal_ev &&
-        poller_watch(h->poller, h->wal_watch, &loop_tag_wal, &h->wal_slot, wev) == 0)
-        h->wal_ev = wev;
-    return g_stop || h->shutdown_now;
+    unsigned wev = l->n_parked ? POLLIN : 0;
+    if (l->wal_watch >= 0 && wev != l->wal_ev &&
+        poller_watch(l->poller, l->wal_watch, &loop_tag_wal, &l->wal_slot, wev) == 0)
+        l->wal_ev = wev;
+    return g_stop || hub_shutdown_now(l->hub);
 }
 
 /* Free the dead among the touched conns (shutdown only). */
-static void loop_reap(Hub *h) {
-    for (int i = 0; i < h->n_touched; i++) {
-        Conn *c = h->touched[i];
+static void loop_reap(Loop *l) {
+    for (int i = 0; i < l->n_touched; i++) {
+        Conn *c = l->touched[i];
         c->touched = 0;
-        if (c->state == CONN_DEAD) loop_free(h, c);
+        if (c->state == CONN_DEAD) loop_free(l, c);
     }
-    h->n_touched = 0;
+    l->n_touched = 0;
 }
 
 /* Stop serving: answer parked long-polls with what they have (nothing),
  * end streams, and give every client a short, bounded chance to receive
  * what is queued for it. */
-static void loop_drain(Hub *h) {
-    for (Conn *c = h->conns; c; c = c->next) {
-        if (c->relay && c->state == CONN_READ && !c->close_after) {
+static void loop_drain(Loop *l) {
+    for (Conn *c = l->conns; c; c = c->next) {
+        if (c->state == CONN_READ && c->busy_since_ms && !c->close_after) {
             c->retry_ms = 0;   /* waiting for a lock: give up now */
-            conn_respond(h, c, 503, NULL, NULL,
-                         STR_LIT("{\"ok\":false,\"error\":\"storage error: "
-                                 "database is locked\"}"));
+            conn_error(l, c, 503, "storage error: database is locked");
         }
-        if (c->state == CONN_PARKED) loop_unpark(h, c, STR_LIT("[]"));
-        else if (c->state == CONN_STREAM) conn_kill(h, c);
-        if (c->relay) loop_write(h, c);
+        if (c->state == CONN_PARKED) loop_unpark(l, c, STR_LIT("[]"));
+        else if (c->state == CONN_STREAM) conn_kill(l, c);
+        loop_flush(l, c);
         if (c->state != CONN_DEAD) c->close_after = 1;
-        if (c->state != CONN_DEAD && c->out_off == c->out.len) conn_kill(h, c);
+        if (c->state != CONN_DEAD && c->out_off == c->out.len) conn_kill(l, c);
     }
     struct pollfd *pfd = NULL;
     Conn **cs = NULL;
     int64_t until = clock_ms() + 1000;
-    while (h->n_conns && clock_ms() < until) {
-        loop_reap(h);
-        pfd = xrealloc(pfd, (size_t)(h->n_conns + 1) * sizeof *pfd);
-        cs = xrealloc(cs, (size_t)(h->n_conns + 1) * sizeof *cs);
+    while (l->n_conns && clock_ms() < until) {
+        loop_reap(l);
+        pfd = xrealloc(pfd, (size_t)(l->n_conns + 1) * sizeof *pfd);
+        cs = xrealloc(cs, (size_t)(l->n_conns + 1) * sizeof *cs);
         int n = 0;
-        for (Conn *c = h->conns; c; c = c->next) {
+        for (Conn *c = l->conns; c; c = c->next) {
             cs[n] = c;
             pfd[n++] = (struct pollfd){ .fd = c->fd, .events = POLLOUT };
         }
@@ -7995,17 +8148,25 @@ static void loop_drain(Hub *h) {
             if (errno == EINTR) continue;   /* a second SIGTERM, say */
             break;
         }
-        h->now_ms = clock_ms();
+        l->now_ms = clock_ms();
         for (int i = 0; i < n; i++)
-            if (pfd[i].revents) loop_write(h, cs[i]);
+            if (pfd[i].revents) loop_write(l, cs[i]);
     }
     free(pfd);
     free(cs);
-    for (Conn *c = h->conns; c; c = c->next) conn_kill(h, c);
-    loop_reap(h);
+    for (Conn *c = l->conns; c; c = c->next) conn_kill(l, c);
+    loop_reap(l);
 }
 
-/* ---- serve: options, the listening socket, pidfile, the hub's life ---- */
+/* ==== serve: start, run and stop a hub; its socket, pidfile, options ===== */
+
+/* `arc serve` makes one Hub (the model) and one Loop that serves it, in
+ * three steps. serve_start() checks the options against the network rules,
+ * opens the storage, binds, writes the pidfile and starts the relay thread
+ * and the loop; serve_run() turns the loop until a signal or POST
+ * /v1/shutdown; serve_stop() answers what is in flight and releases all of
+ * it in reverse order. serve_stop() undoes a partial start too, so a
+ * failed step only has to say why. */
 
 /* Match option `name` at argv[*i], as "--name value" or "--name=value".
  * Returns 1 and sets *val (advancing *i past a separate value), 0 if argv[*i]
@@ -8291,37 +8452,36 @@ static int serve_watch_wal(const Store *s) {
 #endif
 }
 
-static int cmd_serve(int argc, char **argv) {
-    Hub *h = xrealloc(NULL, sizeof *h);
-    memset(h, 0, sizeof *h);
-    char err[ARC_ERRLEN];
-    serve_options(argc, argv, &h->cfg);
-    HubConfig *cfg = &h->cfg;
-    if (!cfg->allow_remote && !hub_is_loopback(cfg->host)) {
-        fprintf(stderr, "arc: refusing to listen on %s without --allow-remote "
-                "(network mode; it needs a token too, see arc --help)\n", cfg->host);
-        free(h);
-        return 2;
+/* Write the pidfile: {"pid","port","url"}, mode 0600 even if an older one
+ * was created wider. A failure is not fatal: clients find the hub by its
+ * port too. */
+static void serve_pidfile_write(const char *path, int port, const char *url) {
+    int pfd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FILE *pf = pfd >= 0 && fchmod(pfd, 0600) == 0 ? fdopen(pfd, "w") : NULL;
+    if (pf) {
+        fprintf(pf, "{\"pid\": %d, \"port\": %d, \"url\": \"%s\"}", (int)getpid(),
+                port, url);
+        fclose(pf);
+    } else if (pfd >= 0) {
+        close(pfd);
     }
-    if (!hub_is_loopback(cfg->host) && !cfg->token[0] && !cfg->insecure_no_auth) {
-        fprintf(stderr,
-                "arc: refusing to listen on %s without a token: everyone who can\n"
-                "arc: reach it could read and write every agent's messages.\n"
-                "arc: Set one with --token-file FILE or ARC_TOKEN (clients then\n"
-                "arc: need the same), or add --insecure-no-auth to run without.\n",
-                cfg->host);
-        free(h);
-        return 2;
-    }
-    h->token_n = strlen(cfg->token);   /* cfg->token is NUL-padded (opt_token) */
-    if (cfg->token[0]) {
-        if (strlen(cfg->token) < 16)
-            log_warn("the token is only %zu characters long; use a long random "
-                     "one (openssl rand -hex 32)", strlen(cfg->token));
-    }
-    h->max_request_bytes = cfg->max_body_chars +
-                           cfg->max_attachment_chars * cfg->max_attachments + 65536;
-    /* Every connection is a descriptor: take all the kernel allows. */
+}
+
+/* Remove the pidfile, but only if it is still ours. */
+static void serve_pidfile_remove(const char *path) {
+    char buf[512] = "", mine[64];
+    FILE *pf = fopen(path, "r");
+    if (!pf) return;
+    size_t n = fread(buf, 1, sizeof buf - 1, pf);
+    buf[n] = 0;
+    fclose(pf);
+    snprintf(mine, sizeof mine, "{\"pid\": %d,", (int)getpid());
+    if (!strncmp(buf, mine, strlen(mine))) unlink(path);
+}
+
+/* Every connection is a descriptor: take all the kernel allows, and fit
+ * the default --max-conns under it. */
+static void serve_nofile(HubConfig *cfg) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
@@ -8338,44 +8498,76 @@ static int cmd_serve(int argc, char **argv) {
                      "arc's own files; connections beyond it get 503",
                      (unsigned long long)rl.rlim_cur, cfg->max_conns);
     }
-    if (store_open(&h->store, cfg->storage, ARC_BUSY_MS, cfg->sync_full, err)) {
-        fprintf(stderr, "arc: %s\n", err);
-        free(h);
-        return 1;
+}
+
+/* A running hub: its model, its loop, and what serve_stop() must undo. */
+typedef struct {
+    Hub hub;
+    Loop loop;                     /* loop.hub points at hub */
+    int store_open;                /* hub.store is open */
+    char pidpath[PATH_MAX + 16];   /* the pidfile, "" until it is written */
+} Serve;
+
+/* Refuse a configuration that would expose the hub (PROTOCOL §2.3): a
+ * non-loopback address needs --allow-remote and a token (or the explicit
+ * --insecure-no-auth). Returns 0, or 2 after saying why. */
+static int serve_check_network(const HubConfig *cfg) {
+    if (!cfg->allow_remote && !hub_is_loopback(cfg->host)) {
+        fprintf(stderr, "arc: refusing to listen on %s without --allow-remote "
+                "(network mode; it needs a token too, see arc --help)\n", cfg->host);
+        return 2;
     }
+    if (!hub_is_loopback(cfg->host) && !cfg->token[0] && !cfg->insecure_no_auth) {
+        fprintf(stderr,
+                "arc: refusing to listen on %s without a token: everyone who can\n"
+                "arc: reach it could read and write every agent's messages.\n"
+                "arc: Set one with --token-file FILE or ARC_TOKEN (clients then\n"
+                "arc: need the same), or add --insecure-no-auth to run without.\n",
+                cfg->host);
+        return 2;
+    }
+    return 0;
+}
+
+/* Start serving from the command line: options, storage, listening socket,
+ * wake pipe and signals, pidfile, relay thread, loop. Returns 0, or the
+ * exit status (2: refused configuration, 1: could not start) with what was
+ * set up left for serve_stop(). */
+static int serve_start(Serve *s, int argc, char **argv) {
+    Hub *h = &s->hub;
+    Loop *l = &s->loop;
+    HubConfig *cfg = &h->cfg;
+    char err[ARC_ERRLEN] = "", url[300];
+    int rc, port = 0, pipefd[2];
+    loop_init(l, h);
+    serve_options(argc, argv, cfg);
+    if ((rc = serve_check_network(cfg))) goto done;
+    rc = 1;
+    h->token_n = strlen(cfg->token);   /* cfg->token is NUL-padded (opt_token) */
+    if (cfg->token[0] && h->token_n < 16)
+        log_warn("the token is only %zu characters long; use a long random "
+                 "one (openssl rand -hex 32)", h->token_n);
+    h->max_request_bytes = cfg->max_body_chars +
+                           cfg->max_attachment_chars * cfg->max_attachments + 65536;
+    serve_nofile(cfg);
+    if (store_open(&h->store, cfg->storage, ARC_BUSY_MS, cfg->sync_full, err))
+        goto done;
+    s->store_open = 1;
     h->store.busy_budget_ms = ARC_BUSY_TURN_MS;   /* see loop_retry_busy */
-    int port = 0;
-    h->listen_fd = serve_listen(cfg->host, cfg->port, &port, err);
-    if (h->listen_fd < 0) {
-        fprintf(stderr, "arc: %s\n", err);
-        store_close(&h->store);
-        free(h);
-        return 1;
-    }
-    h->wal_watch = serve_watch_wal(&h->store);
-    int pipefd[2];
+    if ((l->listen_fd = serve_listen(cfg->host, cfg->port, &port, err)) < 0) goto done;
+    l->wal_watch = serve_watch_wal(&h->store);
     if (pipe(pipefd)) die("pipe: %s", strerror(errno));
-    h->wake_rd = pipefd[0];
-    h->wake_wr = g_wake_wr = pipefd[1];
-    fd_nonblock(h->wake_rd);
-    fd_nonblock(h->wake_wr);
+    l->wake_rd = pipefd[0];
+    l->wake_wr = g_wake_wr = pipefd[1];
+    fd_nonblock(l->wake_rd);
+    fd_nonblock(l->wake_wr);
     struct sigaction sa = { .sa_handler = loop_on_signal };
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    char url[300], pidpath[PATH_MAX + 16];
     serve_url(cfg->host, port, url, sizeof url);
-    serve_pidfile_path(&h->store, pidpath, sizeof pidpath);
-    /* 0600 even if an older pidfile was created wider. */
-    int pfd = open(pidpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    FILE *pf = pfd >= 0 && fchmod(pfd, 0600) == 0 ? fdopen(pfd, "w") : NULL;
-    if (pf) {
-        fprintf(pf, "{\"pid\": %d, \"port\": %d, \"url\": \"%s\"}", (int)getpid(),
-                port, url);
-        fclose(pf);
-    } else if (pfd >= 0) {
-        close(pfd);
-    }
+    serve_pidfile_path(&h->store, s->pidpath, sizeof s->pidpath);
+    serve_pidfile_write(s->pidpath, port, url);
     int remote = !hub_is_loopback(cfg->host);
     if (remote && !cfg->token[0])
         log_warn("\n"
@@ -8389,57 +8581,58 @@ static int cmd_serve(int argc, char **argv) {
         log_info("network mode: every request but GET / needs the bearer token; "
                  "plain HTTP is not encrypted, so use it on trusted networks or "
                  "behind TLS");
-    h->relay = relay_start(cfg->spool_dir, h->wake_wr, NULL, NULL, NULL, err);
-    if (!h->relay) {
-        fprintf(stderr, "arc: %s\n", err);
-        unlink(pidpath);
-        store_close(&h->store);
-        free(h);
-        return 1;
-    }
+    if (!(l->relay = relay_start(cfg->spool_dir, l->wake_wr, NULL, NULL, NULL, err)))
+        goto done;
     log_info("listening on %s (storage=%s, journal_mode=%s, instance=%s, "
              "relay=%s)", url, h->store.path, h->store.journal_mode,
-             h->store.instance_id, h->relay->root);
-    loop_open(h);
+             h->store.instance_id, l->relay->root);
     hub_now(h->started_at);
-    h->now_ms = clock_ms();
-    h->next_prune_ms = h->now_ms + loop_tick_ms(h);
-    h->next_touch_ms = h->now_ms + loop_tick_ms(h);
-    h->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    while (!loop_turn(h)) {}
-    log_info("shutting down");
-    /* No request file is claimed from here on; one more turn serves those
-     * already claimed, so none is left unanswered. */
-    relay_halt(h->relay);
-    loop_turn(h);
-    loop_drain(h);
-    relay_stop(h->relay);
-    close(h->listen_fd);
-    store_close(&h->store);
-    /* Remove the pidfile only if it is still ours, and only now that the
-     * storage is closed: `arc stop` takes its removal as the end. */
-    char buf[512] = "";
-    pf = fopen(pidpath, "r");
-    if (pf) {
-        size_t n = fread(buf, 1, sizeof buf - 1, pf);
-        buf[n] = 0;
-        fclose(pf);
-        char mine[64];
-        snprintf(mine, sizeof mine, "{\"pid\": %d,", (int)getpid());
-        if (!strncmp(buf, mine, strlen(mine))) unlink(pidpath);
+    loop_open(l);
+    rc = 0;
+done:
+    if (rc && err[0]) fprintf(stderr, "arc: %s\n", err);
+    return rc;
+}
+
+/* Serve until a signal or POST /v1/shutdown asks to stop. */
+static void serve_run(Serve *s) {
+    while (!loop_turn(&s->loop)) {}
+}
+
+/* Stop serving and release everything serve_start() set up, however far
+ * it got. */
+static void serve_stop(Serve *s) {
+    Loop *l = &s->loop;
+    if (l->poller) {   /* it served */
+        log_info("shutting down");
+        /* No request file is claimed from here on; one more turn serves
+         * those already claimed, so none is left unanswered. */
+        relay_halt(l->relay);
+        loop_turn(l);
+        loop_drain(l);
     }
-    close(h->wake_rd);
-    close(h->wake_wr);
-    if (h->wal_watch >= 0) close(h->wal_watch);
-    if (h->spare_fd >= 0) close(h->spare_fd);
+    relay_stop(l->relay);
+    l->relay = NULL;
+    if (l->listen_fd >= 0) close(l->listen_fd);
+    l->listen_fd = -1;
+    if (s->store_open) store_close(&s->hub.store);
+    /* Only now that the storage is closed: `arc stop` takes the pidfile's
+     * removal as the end. */
+    if (s->pidpath[0]) serve_pidfile_remove(s->pidpath);
     g_wake_wr = -1;
-    hub_batch_truncate(h, 0);
-    free(h->batch);
-    free(h->heap);
-    loop_close(h);
-    free(h->held);
-    free(h);
-    return 0;
+    loop_close(l);
+    hub_batch_truncate(&s->hub, 0);
+    free(s->hub.batch);
+}
+
+static int cmd_serve(int argc, char **argv) {
+    Serve *s = xrealloc(NULL, sizeof *s);
+    memset(s, 0, sizeof *s);
+    int rc = serve_start(s, argc, argv);
+    if (rc == 0) serve_run(s);
+    serve_stop(s);
+    free(s);
+    return rc;
 }
 
 /* ==== cli: HTTP client, lifecycle commands, post/poll/whoami ============= */
@@ -9588,8 +9781,7 @@ done:
  * without holding up anyone else's request. */
 static void *relay_forward_main(void *arg) {
     RelayReq *r = arg;
-    Relay *rl = (Relay *)r->next;   /* smuggled in `next` until queued */
-    r->next = NULL;
+    Relay *rl = r->owner;
     Client c;
     char err[ARC_ERRLEN] = "";
     int status = 0;
@@ -9633,7 +9825,6 @@ static void relay_forward(Relay *rl, RelayReq *r) {
     int busy = rl->n_forwarding >= ARC_RELAY_MAX_FORWARDS;
     if (!busy) rl->n_forwarding++;
     pthread_mutex_unlock(&rl->mu);
-    r->next = (RelayReq *)(void *)rl;
     pthread_t t;
     pthread_attr_t attr;
     pthread_attr_init(&attr);

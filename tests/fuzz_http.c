@@ -6,8 +6,9 @@
  * with the whole input: the same head, or an error the whole input has too.
  * Pipelined heads after the first are parsed in turn. Then the input is fed
  * as a connection's byte stream, whole, one byte at a time and in random
- * chunks, through the loop's framing (fuzz_stream): all three must make the
- * same requests. Query strings have their own target (fuzz_query.c).
+ * chunks, through http_frame(), the framing the loop runs (fuzz_stream):
+ * all three must make the same requests. Query strings have their own
+ * target (fuzz_query.c).
  *
  * Build: make fuzz (clang libFuzzer + ASan/UBSan); replay: make fuzz-replay
  * (any compiler, -DFUZZ_REPLAY, see tests/replay.h). */
@@ -92,16 +93,38 @@ static void fuzz_prefix(const char *s, size_t k, int n, const HttpReq *r) {
 
 /* ---- the loop's framing, fed in chunks ---- */
 
-/* The loop keeps no parser state between reads: after every read it parses
- * what is buffered, and consumes a request once its head and its declared
- * body are all there (loop_process). fuzz_stream() does the same with the
- * input cut into chunks and writes what happens as a transcript: one line
- * per request (method, target, body length, keep-alive, a hash of the
- * body), then either "more" (waiting for input) or the error that ended
- * the connection. However the input is cut, the transcript must be the
- * same, except that a head too long for the limits may be refused as 414
- * or 431 depending on where it was cut (both close the connection). */
+/* The loop keeps no parser state between reads: after every read it frames
+ * what is buffered with http_frame() and consumes a request once its head
+ * and its declared body are all there (loop_process). fuzz_stream() does
+ * the same with the input cut into chunks and writes what happens as a
+ * transcript: one line per request (method, target, body length,
+ * keep-alive, a hash of the body), then either "more" (waiting for input)
+ * or the error that ended the connection. However the input is cut, the
+ * transcript must be the same, except that a head too long for the limits
+ * may be refused as 414 or 431 depending on where it was cut (both close
+ * the connection). */
 #define FUZZ_MAX_BODY 4096   /* stands in for max_request_bytes */
+
+/* Check what http_frame() returned (n, r) for p[0..len). */
+static void fuzz_check_frame(int64_t n, const HttpReq *r, const char *p, size_t len) {
+    if (n == ARC_BAD) {
+        FUZZ_CHECK(r->err_status >= 400 && r->err_msg && r->err_msg[0]);
+        return;
+    }
+    if (n == ARC_AGAIN && !r->head_len) {
+        FUZZ_CHECK(len <= ARC_MAX_HEAD);
+        return;
+    }
+    fuzz_check_req(r, p, len, r->head_len);
+    int64_t cl = r->content_length < 0 ? 0 : r->content_length;
+    FUZZ_CHECK(cl <= FUZZ_MAX_BODY);
+    if (n == ARC_AGAIN) {   /* the head is here, the body not yet */
+        FUZZ_CHECK((uint64_t)r->head_len + (uint64_t)cl > len);
+        return;
+    }
+    FUZZ_CHECK(n == r->head_len + cl && (uint64_t)n <= len);
+    FUZZ_CHECK(r->body.p == p + r->head_len && r->body.n == (size_t)cl);
+}
 
 static uint32_t fuzz_hash(const char *p, size_t n) {
     uint32_t h = 2166136261u;                      /* FNV-1a */
@@ -139,9 +162,9 @@ static int fuzz_stream(const char *s, size_t size, int mode, uint32_t seed,
             char *c = xrealloc(NULL, in.len);
             if (in.len) memcpy(c, in.p, in.len);
             HttpReq r;
-            int n = http_parse(c, in.len, &r);
+            int64_t n = http_frame(c, in.len, FUZZ_MAX_BODY, &r);
+            fuzz_check_frame(n, &r, c, in.len);
             if (n == ARC_AGAIN) {
-                FUZZ_CHECK(in.len <= ARC_MAX_HEAD);
                 free(c);
                 break;
             }
@@ -151,23 +174,11 @@ static int fuzz_stream(const char *s, size_t size, int mode, uint32_t seed,
                 free(c);
                 break;
             }
-            fuzz_check_req(&r, c, in.len, n);
-            int64_t cl = r.content_length < 0 ? 0 : r.content_length;
-            if (cl > FUZZ_MAX_BODY) {
-                buf_adds(t, "error body\n");
-                err = 400;
-                free(c);
-                break;
-            }
-            if (in.len < (size_t)n + (size_t)cl) {
-                free(c);
-                break;
-            }
             buf_addf(t, "%.*s %.*s %lld %d %08x\n", (int)r.method.n, r.method.p,
-                     (int)r.target.n, r.target.p, (long long)cl, r.keep_alive,
-                     (unsigned)fuzz_hash(c + n, (size_t)cl));
+                     (int)r.target.n, r.target.p, (long long)r.body.n, r.keep_alive,
+                     (unsigned)fuzz_hash(r.body.p, r.body.n));
             free(c);
-            buf_consume(&in, (size_t)n + (size_t)cl);
+            buf_consume(&in, (size_t)n);
         }
     }
     if (!err) buf_addf(t, "more %zu\n", in.len);
@@ -203,6 +214,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else {
         fuzz_check_req(&r, s, size, n);
     }
+
+    /* Framing the whole input agrees with parsing its head. */
+    HttpReq fr;
+    int64_t fn = http_frame(s, size, FUZZ_MAX_BODY, &fr);
+    fuzz_check_frame(fn, &fr, s, size);
+    if (n == ARC_BAD || n == ARC_AGAIN) FUZZ_CHECK(fn == n && !fr.head_len);
+    else FUZZ_CHECK(fr.head_len == n || (fn == ARC_BAD && fr.err_status == 400));
 
     /* Two cuts: one anywhere in a short input, one proportional. */
     size_t b0 = size ? data[0] : 0;
