@@ -6766,6 +6766,24 @@ typedef struct Loop {
     int sending;                 /* this fan-out's writes go to them */
 } Loop;
 
+/* ---- invariants, checked in test builds ---- */
+
+/* The timer heap and the wait buckets keep invariants that a slip would
+ * break silently (a deadline that never fires, a waiter never woken).
+ * Checking them is O(n), so they are asserted after every change only
+ * when ARC_CHECK_INVARIANTS is 1: tests/unit.c sets it before it includes
+ * this file; the tuned loop of a normal build never pays for them. */
+#ifndef ARC_CHECK_INVARIANTS
+#define ARC_CHECK_INVARIANTS 0
+#endif
+#if ARC_CHECK_INVARIANTS
+static int heap_valid(const Loop *l);
+static int loop_buckets_valid(const Loop *l);
+#define LOOP_CHECK(x) assert(x)
+#else
+#define LOOP_CHECK(x) ((void)0)
+#endif
+
 /* ---- timer heap: every conn with a deadline, earliest on top ---- */
 
 static void heap_swap(Loop *l, int a, int b) {
@@ -6805,6 +6823,7 @@ static void heap_remove(Loop *l, Conn *c) {
     l->heap[i]->heap_idx = i;
     heap_up(l, i);
     heap_down(l, l->heap[i]->heap_idx);
+    LOOP_CHECK(heap_valid(l));
 }
 
 /* Set (or clear, with 0) a conn's deadline and restore the heap order. */
@@ -6823,6 +6842,7 @@ static void heap_set(Loop *l, Conn *c, int64_t deadline) {
     }
     heap_up(l, c->heap_idx);
     heap_down(l, c->heap_idx);
+    LOOP_CHECK(heap_valid(l));
 }
 
 /* Where c's sendable output ends: answers that wait for this turn's
@@ -6918,6 +6938,7 @@ static void loop_wait_add(Loop *l, Conn *c) {
     if (b->head) b->head->wprev = c;
     b->head = c;
     l->n_parked++;
+    LOOP_CHECK(loop_buckets_valid(l));
 }
 
 /* c stops waiting: unfile it, freeing its bucket once empty. */
@@ -6930,13 +6951,15 @@ static void loop_wait_del(Loop *l, Conn *c) {
     c->bucket = NULL;
     c->wprev = c->wnext = NULL;
     l->n_parked--;
-    if (b->head || b == l->wb_any) return;
-    WaitBucket **pp = &l->wb[b->hash & (uint32_t)(l->cap_wb - 1)];
-    while (*pp != b) pp = &(*pp)->next;
-    *pp = b->next;
-    free(b->channel);
-    free(b);
-    l->n_wb--;
+    if (!b->head && b != l->wb_any) {   /* the last waiter: drop the bucket */
+        WaitBucket **pp = &l->wb[b->hash & (uint32_t)(l->cap_wb - 1)];
+        while (*pp != b) pp = &(*pp)->next;
+        *pp = b->next;
+        free(b->channel);
+        free(b);
+        l->n_wb--;
+    }
+    LOOP_CHECK(loop_buckets_valid(l));
 }
 
 /* Every waiting conn, in a new array the caller frees (the waits may
@@ -6952,6 +6975,45 @@ static Conn **loop_waiters(Loop *l, int *n) {
     *n = k;
     return all;
 }
+
+#if ARC_CHECK_INVARIANTS
+/* Is every heap entry at its heap_idx, with a deadline, and no earlier
+ * than its parent? */
+static int heap_valid(const Loop *l) {
+    for (int i = 0; i < l->n_heap; i++) {
+        const Conn *c = l->heap[i];
+        if (c->heap_idx != i || !c->deadline_ms) return 0;
+        if (i && l->heap[(i - 1) / 2]->deadline_ms > c->deadline_ms) return 0;
+    }
+    return 1;
+}
+
+/* Is every waiter in the bucket of its channel (Loop.wb_any without one),
+ * correctly linked, every bucket but wb_any non-empty and in the slot of
+ * its hash, and are n_parked and n_wb the counts? */
+static int loop_bucket_valid(const WaitBucket *b, int *n) {
+    const Conn *prev = NULL;
+    for (const Conn *c = b->head; c; prev = c, c = c->wnext, ++*n) {
+        if (c->bucket != b || c->wprev != prev) return 0;
+        if (c->state != CONN_PARKED && c->state != CONN_STREAM) return 0;
+        if (!b->channel != !c->wait.channel) return 0;
+        if (b->channel && strcmp(b->channel, c->wait.channel)) return 0;
+    }
+    return 1;
+}
+
+static int loop_buckets_valid(const Loop *l) {
+    int n = 0, n_wb = 0;
+    if (!l->wb_any || l->wb_any->channel || !loop_bucket_valid(l->wb_any, &n)) return 0;
+    for (int i = 0; i < l->cap_wb; i++)
+        for (const WaitBucket *b = l->wb[i]; b; b = b->next, n_wb++) {
+            if (!b->head || !b->channel || b->hash != loop_hash(b->channel)) return 0;
+            if ((b->hash & (uint32_t)(l->cap_wb - 1)) != (uint32_t)i) return 0;
+            if (!loop_bucket_valid(b, &n)) return 0;
+        }
+    return n == l->n_parked && n_wb == l->n_wb;
+}
+#endif
 
 static void conn_kill(Loop *l, Conn *c) {
     if (c->state == CONN_PARKED || c->state == CONN_STREAM) loop_wait_del(l, c);

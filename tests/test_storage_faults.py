@@ -10,7 +10,8 @@
   writes get 503 (they would land in unlinked files), reads go on.
 - Startup on an unwritable path: a clear message and exit status 1.
 - Another process holding the write lock: writes wait for it without
-  blocking the loop (reads are served meanwhile) and get 503 after 5 s.
+  blocking the loop (reads are served meanwhile) and get 503 after 5 s,
+  or at once when the hub is stopped meanwhile.
 """
 
 import http.client
@@ -18,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -25,7 +27,7 @@ import threading
 import time
 import unittest
 
-from hubtest import Hub, arc_only, hub_command
+from hubtest import HTTPReader, Hub, arc_only, connect, hub_command, wait_for
 from test_relay import RelayClient
 
 ROUNDS = int(os.environ.get("ARC_DURABILITY_ROUNDS", "3"))
@@ -369,6 +371,48 @@ class LockedStorageTests(unittest.TestCase):
                                                             "body": "later"})
         self.assertEqual(status, 201, payload)
         self.assertTrue(self.hub.alive())
+
+
+@arc_only
+class LockedShutdownTests(unittest.TestCase):
+    """The hub is stopped while writes wait for another process's lock."""
+
+    def test_waiting_writes_are_answered_503_on_shutdown(self):
+        # An HTTP write and a relayed one both wait for the lock; SIGTERM
+        # answers both (the socket one used to be closed without a word).
+        hub = Hub().start()
+        self.addCleanup(hub.stop)
+        taken, release = threading.Event(), threading.Event()
+        self.addCleanup(release.set)
+
+        def hold():
+            db = sqlite3.connect(hub.storage, isolation_level=None, timeout=5)
+            db.execute("BEGIN IMMEDIATE")
+            taken.set()
+            release.wait(30)
+            db.execute("ROLLBACK")
+            db.close()
+        threading.Thread(target=hold, daemon=True).start()
+        self.assertTrue(taken.wait(10))
+        body = json.dumps({"from_agent": "w", "body": "never"}).encode()
+        sock = connect(hub.port)
+        self.addCleanup(sock.close)
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+                     b"\r\n%s" % (len(body), body))
+        relay = RelayClient(os.path.join(hub.dir, "spool"), "relayed")
+        rid = relay.submit("POST", "/v1/messages", {"from_agent": "r", "body": "never"})
+        wait_for(lambda: not os.path.exists(relay.request_path(rid)),
+                 msg="the relay did not claim the request")
+        self.assertEqual(hub.get("/v1/hub-info")[0], 200)   # reads still go on
+        hub.proc.send_signal(signal.SIGTERM)
+        locked = {"ok": False, "error": "storage error: database is locked"}
+        resp = HTTPReader(sock).read_response()
+        self.assertIsNotNone(resp, "closed without an answer")
+        self.assertEqual((resp.status, resp.json()), (503, locked))
+        answer = relay.wait(rid, timeout=20)
+        self.assertEqual((answer["status"], answer["body"]), (503, locked))
+        self.assertEqual(hub.wait_exit(), 0)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-/* unit -- C unit tests for arc's base, json and http sections.
+/* unit -- C unit tests for arc's base, json and http sections and the
+ * loop's timer heap and wait buckets.
  *
  * The test compiles arc.c in (every function there is static) and is built
  * with -DARC_NO_MAIN -DARC_BUF_MIN=1, so buffers start at one byte and every
@@ -9,6 +10,9 @@
  * Output: one line per failed check (file:line: condition), then exactly
  * "unit: N passed, M failed". The exit status is 1 when M > 0. */
 
+/* Assert the loop's invariants (heap order, wait buckets) after every
+ * change: see "invariants, checked in test builds" in arc.c. */
+#define ARC_CHECK_INVARIANTS 1
 #include "../arc.c"
 
 #include <sys/mman.h>
@@ -1480,6 +1484,185 @@ static void test_relay_envelope(void) {
     relay_req_free(r);
 }
 
+/* ---- http_frame: a request's head and body, as the loop reads them ---- */
+
+/* http_frame() on a guarded copy of s[0..n) with body cap max. */
+static int64_t ut_frame(const char *s, size_t n, int64_t max, HttpReq *r) {
+    return http_frame(ut_guard(s, n), n, max, r);
+}
+
+static void test_http_frame(void) {
+    static const char two[] =
+        "POST /v1/messages HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+        "GET /v1/hub-info HTTP/1.1\r\nHost: h\r\n\r\n";
+    size_t head = strlen("POST /v1/messages HTTP/1.1\r\nHost: h\r\n"
+                         "Content-Length: 5\r\n\r\n");
+    size_t first = head + 5, total = sizeof two - 1;
+    HttpReq r;
+
+    /* Every prefix: the head incomplete (head_len 0), then the body, then
+     * the whole first request, whatever follows it. */
+    int head_again = 1, body_again = 1, whole = 1;
+    for (size_t k = 0; k < head; k++)
+        head_again &= ut_frame(two, k, 100, &r) == ARC_AGAIN && r.head_len == 0;
+    for (size_t k = head; k < first; k++)
+        body_again &= ut_frame(two, k, 100, &r) == ARC_AGAIN &&
+                      r.head_len == (int)head && ut_str_is(r.method, "POST");
+    for (size_t k = first; k <= total; k++) {
+        const char *g = ut_guard(two, k);
+        int64_t n = http_frame(g, k, 100, &r);
+        whole &= n == (int64_t)first && r.head_len == (int)head &&
+                 r.body.p == g + head && r.body.n == 5 &&
+                 memcmp(r.body.p, "hello", 5) == 0;
+    }
+    CHECK(head_again);
+    CHECK(body_again);
+    CHECK(whole);
+
+    /* The pipelined second request, without a body. */
+    int64_t n = ut_frame(two + first, total - first, 100, &r);
+    CHECK(n == (int64_t)(total - first) && ut_str_is(r.method, "GET") && r.body.n == 0);
+
+    /* The body cap: exactly max is fine; one over is refused as soon as
+     * the head is complete, before the body arrives. */
+    CHECK(ut_frame(two, first, 5, &r) == (int64_t)first);
+    CHECK(ut_frame(two, head, 4, &r) == ARC_BAD && r.err_status == 400 &&
+          !strcmp(r.err_msg, "request body exceeds max size"));
+    CHECK(ut_frame(two, head - 1, 4, &r) == ARC_AGAIN && r.head_len == 0);
+
+    /* Head errors come from the parser, with its status. */
+    static const char te[] =
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+    CHECK(ut_frame(te, sizeof te - 1, 100, &r) == ARC_BAD && r.err_status == 411);
+    static const char v2[] = "GET / HTTP/2.0\r\n\r\n";
+    CHECK(ut_frame(v2, sizeof v2 - 1, 100, &r) == ARC_BAD && r.err_status == 505);
+}
+
+/* ---- the loop's timer heap and wait buckets ---- */
+
+/* xorshift32, for reproducible orders. */
+static uint32_t ut_rand(uint32_t *x) {
+    *x ^= *x << 13;
+    *x ^= *x >> 17;
+    *x ^= *x << 5;
+    return *x;
+}
+
+/* n conns, as the loop makes them, not in any heap or bucket. */
+static Conn *ut_conns(int n) {
+    Conn *cs = xrealloc(NULL, (size_t)n * sizeof *cs);
+    for (int i = 0; i < n; i++)
+        cs[i] = (Conn){ .fd = -1, .poll_slot = -1, .heap_idx = -1,
+                        .state = CONN_READ };
+    return cs;
+}
+
+/* Insert, reorder and remove with heap_set() (every call asserts
+ * heap_valid in this build), then pop everything: deadlines come out in
+ * order, and the conns that were cleared do not come out at all. */
+static void test_timer_heap(void) {
+    enum { N = 300 };
+    Loop l;
+    loop_init(&l, NULL);
+    Conn *cs = ut_conns(N);
+    uint32_t x = 12345;
+    for (int i = 0; i < N; i++) heap_set(&l, &cs[i], 1 + ut_rand(&x) % 1000);
+    CHECK(l.n_heap == N && heap_valid(&l));
+    for (int i = 0; i < N; i += 3)   /* reorder: later, earlier, the same */
+        heap_set(&l, &cs[i], i % 2 ? 1 + (int64_t)(ut_rand(&x) % 50) : 2000 + i);
+    heap_set(&l, &cs[7], cs[7].deadline_ms);
+    int cleared = 0;
+    for (int i = 1; i < N; i += 5) {   /* remove, some twice */
+        heap_set(&l, &cs[i], 0);
+        heap_remove(&l, &cs[i]);
+        cleared++;
+    }
+    CHECK(l.n_heap == N - cleared && heap_valid(&l));
+    int64_t top = l.heap[0]->deadline_ms;   /* the check sees a broken order */
+    l.heap[0]->deadline_ms = INT64_MAX;
+    CHECK(!heap_valid(&l));
+    l.heap[0]->deadline_ms = top;
+    int ordered = 1, popped = 0;
+    int64_t last = 0;
+    while (l.n_heap) {
+        Conn *c = l.heap[0];
+        ordered &= c->deadline_ms >= last && (c - cs) % 5 != 1;
+        last = c->deadline_ms;
+        heap_remove(&l, c);
+        ordered &= c->heap_idx == -1;
+        popped++;
+    }
+    CHECK(ordered);
+    CHECK(popped == N - cleared);
+    for (int i = 1; i < N; i += 5) CHECK(cs[i].heap_idx == -1 && cs[i].deadline_ms == 0);
+    free(cs);
+    free(l.heap);
+}
+
+/* File waiters by channel (enough channels to grow and rehash the table),
+ * check where each is, then unfile them in a shuffled order: buckets go
+ * with their last waiter. loop_wait_add/del assert loop_buckets_valid in
+ * this build. */
+static void test_wait_buckets(void) {
+    enum { N = 400, CH = 40 };
+    Loop l;
+    loop_init(&l, NULL);
+    l.wb_any = xrealloc(NULL, sizeof *l.wb_any);
+    *l.wb_any = (WaitBucket){ 0 };
+    Conn *cs = ut_conns(N);
+    char name[32];
+    for (int i = 0; i < N; i++) {
+        cs[i].state = i % 2 ? CONN_PARKED : CONN_STREAM;
+        if (i % CH) {   /* every CH-th waits on any channel */
+            snprintf(name, sizeof name, "ch-%d", i % CH);
+            cs[i].wait.channel = xstrndup(name, strlen(name));
+        }
+        loop_wait_add(&l, &cs[i]);
+    }
+    CHECK(l.n_parked == N && l.n_wb == CH - 1 && l.cap_wb >= CH - 1);
+    CHECK(loop_buckets_valid(&l));
+    int placed = 1;
+    for (int i = 0; i < N; i++) {
+        WaitBucket *b = cs[i].wait.channel ? loop_bucket(&l, cs[i].wait.channel, 0)
+                                           : l.wb_any;
+        placed &= b && cs[i].bucket == b;
+    }
+    CHECK(placed);
+    WaitBucket *b1 = cs[1].bucket;   /* the check sees a misfiled waiter */
+    cs[1].bucket = l.wb_any;
+    CHECK(!loop_buckets_valid(&l));
+    cs[1].bucket = b1;
+    CHECK(loop_bucket(&l, "no-such-channel", 0) == NULL);
+    int n;
+    Conn **all = loop_waiters(&l, &n);
+    CHECK(n == N);
+    free(all);
+
+    int order[N];
+    for (int i = 0; i < N; i++) order[i] = i;
+    uint32_t x = 777;
+    for (int i = N - 1; i > 0; i--) {
+        int j = (int)(ut_rand(&x) % (uint32_t)(i + 1)), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    int emptied = 1;
+    for (int k = 0; k < N; k++) {
+        Conn *c = &cs[order[k]];
+        loop_wait_del(&l, c);
+        emptied &= !c->bucket && !c->wprev && !c->wnext;
+        if (k == N / 2) CHECK(l.n_parked == N - N / 2 - 1 && loop_buckets_valid(&l));
+    }
+    CHECK(emptied);
+    CHECK(l.n_parked == 0 && l.n_wb == 0 && !l.wb_any->head);
+    snprintf(name, sizeof name, "ch-%d", 1);
+    CHECK(loop_bucket(&l, name, 0) == NULL);
+    for (int i = 0; i < N; i++) wait_free(&cs[i].wait);
+    free(cs);
+    free(l.wb);
+    free(l.wb_any);
+}
+
 int main(void) {
     test_buf();
     test_str();
@@ -1503,6 +1686,9 @@ int main(void) {
     test_admit();
     test_query_readers();
     test_relay_envelope();
+    test_http_frame();
+    test_timer_heap();
+    test_wait_buckets();
     ut_guard_free();
     printf("unit: %d passed, %d failed\n", ut_pass, ut_fail);
     return ut_fail > 0;
