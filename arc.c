@@ -14,9 +14,10 @@
  *   hub    sessions, channels, messages, claims, locks, tasks, threads;
  *          access checks (Host, Origin, token), routing, JSON envelopes
  *   relay  the file-spool thread: inotify, claim, hand to the loop, answer
- *   loop   event loop (epoll or poll()), Conn lifecycle, timer heap,
- *          parking in wait buckets, fan-out;
- *          then `serve`: options, listening socket, pidfile, the hub's life
+ *   loop   the Loop: event loop (epoll or poll()), Conn lifecycle and
+ *          output sinks (socket or relay answer), timer heap, parking in
+ *          wait buckets, fan-out
+ *   serve  start / run / stop of a hub: options, listening socket, pidfile
  *   cli    blocking HTTP/relay client, ensure/stop/reset/status,
  *          post/poll/whoami, the standalone relay and relay-gc
  *   smoke  the reference's three smoke roles and `arc smoke`
@@ -2225,7 +2226,7 @@ typedef struct {
     const char *host;              /* listen address */
     int port;
     const char *storage;           /* SQLite file */
-    const char *spool_dir;         /* relay spool (reported only, for now) */
+    const char *spool_dir;         /* the relay spool it serves (§11) */
     int allow_remote;              /* may bind a non-loopback address */
     int insecure_no_auth;          /* ... even without a token */
     char token[ARC_MAX_TOKEN + 1]; /* bearer token; "" = none (§2.4) */
@@ -6476,9 +6477,10 @@ static RelayReq *relay_intake(Relay *rl) {
     return fifo;
 }
 
-/* Stop the thread after it has written every pending answer. */
-/* Stop the thread: no file is claimed after this returns, so whatever it
- * claimed is in the queue for the loop to serve before the hub exits. */
+/* Stop the thread, which first writes the answers already handed back. No
+ * file is claimed after this returns, so whatever it claimed is in the
+ * queue for the loop to serve before the hub exits; relay_stop() writes
+ * those answers. */
 static void relay_halt(Relay *rl) {
     if (!rl || !rl->thread_live) return;
     pthread_mutex_lock(&rl->mu);
@@ -6548,7 +6550,15 @@ static void relay_stop(Relay *rl) {
  * is answered 503 and closed (loop_accept_emfile), a failed wait is logged
  * and retried, and a write that finds the database locked by another
  * process is retried on later turns instead of blocking the loop
- * (loop_retry_busy). */
+ * (loop_retry_busy).
+ *
+ * All of this is the Loop's state; the model is the Hub it points to. The
+ * loop drives the model through the handlers (hub_admit, hub_handle), the
+ * turn (hub_turn_begin/open/commit/end, hub_foreign_commit), the shutdown
+ * schedule (hub_shutdown_at/now) and the timer actions (timer_*), which
+ * run in the batch like requests; the model never calls the loop. A
+ * relayed request is a Conn without a socket: only its intake
+ * (loop_relay_*) and its output sink (conn_respond, conn_send) differ. */
 
 typedef enum {
     CONN_READ,     /* serving requests (and writing their responses) */
@@ -6814,6 +6824,7 @@ static void heap_down(Loop *l, int i) {
     }
 }
 
+/* Take c out of the heap (if it is in it) and restore the order. */
 static void heap_remove(Loop *l, Conn *c) {
     int i = c->heap_idx;
     if (i < 0) return;
@@ -6990,7 +7001,8 @@ static int heap_valid(const Loop *l) {
 
 /* Is every waiter in the bucket of its channel (Loop.wb_any without one),
  * correctly linked, every bucket but wb_any non-empty and in the slot of
- * its hash, and are n_parked and n_wb the counts? */
+ * its hash, and are n_parked and n_wb the counts? One bucket, counting
+ * its waiters into *n: */
 static int loop_bucket_valid(const WaitBucket *b, int *n) {
     const Conn *prev = NULL;
     for (const Conn *c = b->head; c; prev = c, c = c->wnext, ++*n) {
@@ -7002,6 +7014,7 @@ static int loop_bucket_valid(const WaitBucket *b, int *n) {
     return 1;
 }
 
+/* ... over wb_any and every bucket in the table. */
 static int loop_buckets_valid(const Loop *l) {
     int n = 0, n_wb = 0;
     if (!l->wb_any || l->wb_any->channel || !loop_bucket_valid(l->wb_any, &n)) return 0;
@@ -7015,6 +7028,7 @@ static int loop_buckets_valid(const Loop *l) {
 }
 #endif
 
+/* c is done: out of its bucket and the heap, freed at the turn's end. */
 static void conn_kill(Loop *l, Conn *c) {
     if (c->state == CONN_PARKED || c->state == CONN_STREAM) loop_wait_del(l, c);
     c->state = CONN_DEAD;
@@ -7392,6 +7406,7 @@ static void sender_take(Sender *s) {
     if (!--s->busy) pthread_cond_signal(&s->idle);
 }
 
+/* A sender thread: write chunks as they are published, until stop. */
 static void *sender_main(void *arg) {
     Sender *s = arg;
     pthread_mutex_lock(&s->mu);
@@ -7470,6 +7485,7 @@ static void sender_open(Loop *l) {
     pthread_cond_init(&l->sender->idle, NULL);
 }
 
+/* Stop and join the threads, and free the Sender. */
 static void sender_close(Loop *l) {
     Sender *s = l->sender;
     pthread_mutex_lock(&s->mu);
@@ -7821,6 +7837,8 @@ static int loop_accept_emfile(Loop *l, int err) {
     return taken;
 }
 
+/* Accept every waiting client: refuse it with 503 past --max-conns or
+ * without a spare descriptor, else make it a Conn watched for input. */
 static void loop_accept(Loop *l) {
     for (;;) {
         int fd = accept(l->listen_fd, NULL, NULL);
@@ -7889,6 +7907,7 @@ static void loop_watch(Loop *l, Conn *c) {
         conn_kill(l, c);   /* ENOMEM: cannot watch it, so drop it */
 }
 
+/* Unlink and free c, releasing its sink (loop_settle_touched, loop_reap). */
 static void loop_free(Loop *l, Conn *c) {
     if (c->prev) c->prev->next = c->next;
     else l->conns = c->next;
@@ -7931,6 +7950,8 @@ static void loop_settle_touched(Loop *l) {
     l->n_touched = k;
 }
 
+/* How long the poller may wait: until the nearest conn deadline or loop
+ * timer, 0 when work is left over, at most a minute. */
 static int loop_timeout_ms(Loop *l) {
     if (l->n_touched || g_stop || hub_shutdown_now(l->hub)) return 0;
     int64_t t = l->next_prune_ms;
@@ -8004,6 +8025,7 @@ static void loop_close(Loop *l) {
 /* The signal handler's half of the self-pipe. */
 static int g_wake_wr = -1;
 
+/* SIGTERM/SIGINT: ask the loop to stop, and wake it (async-signal-safe). */
 static void loop_on_signal(int sig) {
     (void)sig;
     int saved = errno;
@@ -8687,6 +8709,7 @@ static void serve_stop(Serve *s) {
     free(s->hub.batch);
 }
 
+/* arc serve: start, run until asked to stop, stop. */
 static int cmd_serve(int argc, char **argv) {
     Serve *s = xrealloc(NULL, sizeof *s);
     memset(s, 0, sizeof *s);
