@@ -1805,12 +1805,16 @@ static int store_commit(Store *s) {
     return -1;
 }
 
-/* Emit a stored JSON column, falling back to `dflt` when the stored text is
- * not valid JSON (a foreign writer could have put anything there). */
+/* A stored JSON column, or `dflt` when the stored text is not valid JSON
+ * (a foreign writer could have put anything there). */
+static Str store_json_or(Store *s, Str v, const char *dflt) {
+    if (v.n == 2 && (str_eq(v, "{}") || str_eq(v, "[]"))) return v;
+    if (v.p && v.n && json_parse(&s->scratch, v.p, v.n) == 0) return v;
+    return str_c(dflt);
+}
+
 static void store_emit_json(Store *s, Buf *b, Str v, const char *dflt) {
-    if (v.n == 2 && (str_eq(v, "{}") || str_eq(v, "[]"))) buf_addstr(b, v);
-    else if (v.p && v.n && json_parse(&s->scratch, v.p, v.n) == 0) buf_addstr(b, v);
-    else buf_adds(b, dflt);
+    buf_addstr(b, store_json_or(s, v, dflt));
 }
 
 static void store_emit_text(Buf *b, Str v) {
@@ -1876,11 +1880,16 @@ static void store_cache_put(Store *s, int64_t id, const char *json, size_t len) 
     c->id = id;
     c->len = len;
     s->cache_bytes += len;
+    assert(s->cache_bytes <= ARC_MSG_CACHE_BYTES);
 }
 
 static const StoreCached *store_cache_get(const Store *s, int64_t id) {
     if (!s->cache) return NULL;
     const StoreCached *c = &s->cache[(uint64_t)id % ARC_MSG_CACHE_SLOTS];
+    /* An entry sits in its id's slot and is no larger than an entry may be. */
+    assert(!c->json || ((uint64_t)c->id % ARC_MSG_CACHE_SLOTS ==
+                        (uint64_t)id % ARC_MSG_CACHE_SLOTS &&
+                        c->len <= ARC_MSG_CACHE_ENTRY && c->len <= s->cache_bytes));
     return c->json && c->id == id ? c : NULL;
 }
 
@@ -1892,6 +1901,49 @@ static void store_cache_sync(Store *s) {
     if (v == s->cache_version) return;
     store_cache_flush(s);
     s->cache_version = v;
+}
+
+/* A message as the one renderer takes it: from a stored row, or from a
+ * request at insert time. Str fields with p == NULL are null; attachments
+ * and metadata are valid JSON text (an array, an object). */
+typedef struct {
+    int64_t id;
+    int64_t reply_to;      /* ARC_NO_ID: null */
+    Str ts, from, to, channel, kind, body, thread;
+    Str attachments, metadata;
+} StoreMsg;
+
+/* The one message renderer (PROTOCOL §5 field order). A POST's answer and
+ * the fan-out to waiters are rendered here at insert time, and those bytes
+ * go into the cache after the commit; a GET renders the stored row here. So
+ * the cache stays exact only while both render through this function, from
+ * fields that round-trip through SQLite unchanged (tests/unit.c
+ * test_message_render compares the two). */
+static void store_render_message(Buf *b, const StoreMsg *m) {
+    buf_adds(b, "{\"id\":");
+    buf_add_i64(b, m->id);
+    buf_adds(b, ",\"ts\":");
+    store_emit_text(b, m->ts);
+    buf_adds(b, ",\"from_agent\":");
+    store_emit_text(b, m->from);
+    buf_adds(b, ",\"to_agent\":");
+    store_emit_text(b, m->to);
+    buf_adds(b, ",\"channel\":");
+    store_emit_text(b, m->channel);
+    buf_adds(b, ",\"kind\":");
+    store_emit_text(b, m->kind);
+    buf_adds(b, ",\"body\":");
+    store_emit_text(b, m->body);
+    buf_adds(b, ",\"attachments\":");
+    buf_addstr(b, m->attachments);
+    buf_adds(b, ",\"reply_to\":");
+    if (m->reply_to != ARC_NO_ID) buf_add_i64(b, m->reply_to);
+    else buf_adds(b, "null");
+    buf_adds(b, ",\"thread_id\":");
+    store_emit_text(b, m->thread);
+    buf_adds(b, ",\"metadata\":");
+    buf_addstr(b, m->metadata);
+    buf_addc(b, '}');
 }
 
 /* Row emitters: one JSON object per row, fields in PROTOCOL §5 order.
@@ -1917,30 +1969,21 @@ static void store_emit_message(Store *s, Buf *b, sqlite3_stmt *st) {
         sqlite3_reset(row);
         return;
     }
+    /* A foreign writer's reply_to of INT64_MIN would read as null: the hub
+     * never stores one (PROTOCOL §3 bounds ids). */
+    sqlite3_value *rv = sqlite3_column_value(st, 8);
+    StoreMsg m = {
+        .id = id,
+        .reply_to = sqlite3_value_type(rv) == SQLITE_NULL ? ARC_NO_ID
+                                                          : sqlite3_value_int64(rv),
+        .ts = store_col(st, 1), .from = store_col(st, 2), .to = store_col(st, 3),
+        .channel = store_col(st, 4), .kind = store_col(st, 5),
+        .body = store_col(st, 6), .thread = store_col(st, 9),
+        .attachments = store_json_or(s, store_col(st, 7), "[]"),
+        .metadata = store_json_or(s, store_col(st, 10), "{}"),
+    };
     size_t mark = b->len;
-    buf_adds(b, "{\"id\":");
-    store_emit_int(b, st, 0);
-    buf_adds(b, ",\"ts\":");
-    store_emit_text(b, store_col(st, 1));
-    buf_adds(b, ",\"from_agent\":");
-    store_emit_text(b, store_col(st, 2));
-    buf_adds(b, ",\"to_agent\":");
-    store_emit_text(b, store_col(st, 3));
-    buf_adds(b, ",\"channel\":");
-    store_emit_text(b, store_col(st, 4));
-    buf_adds(b, ",\"kind\":");
-    store_emit_text(b, store_col(st, 5));
-    buf_adds(b, ",\"body\":");
-    store_emit_text(b, store_col(st, 6));
-    buf_adds(b, ",\"attachments\":");
-    store_emit_json(s, b, store_col(st, 7), "[]");
-    buf_adds(b, ",\"reply_to\":");
-    store_emit_int(b, st, 8);
-    buf_adds(b, ",\"thread_id\":");
-    store_emit_text(b, store_col(st, 9));
-    buf_adds(b, ",\"metadata\":");
-    store_emit_json(s, b, store_col(st, 10), "{}");
-    buf_addc(b, '}');
+    store_render_message(b, &m);
     if (!s->in_tx && !b->err) store_cache_put(s, id, b->p + mark, b->len - mark);
 }
 
@@ -2742,29 +2785,13 @@ static int hub_insert_message(Hub *h, Req *q, Res *r, const MsgIn *m, Buf *out,
         hub_fail(r, 500, "message id space exhausted");
         return -1;
     }
+    StoreMsg sm = { .id = *id, .reply_to = m->reply_to, .ts = str_c(now),
+                    .from = m->from, .to = m->to, .channel = m->channel,
+                    .kind = m->kind, .body = m->body.p ? m->body : STR_LIT(""),
+                    .thread = m->thread, .attachments = m->attachments,
+                    .metadata = m->metadata };
     Buf j = { 0 };
-    buf_addf(&j, "{\"id\":%lld,\"ts\":", (long long)*id);
-    json_cstr(&j, now);
-    buf_adds(&j, ",\"from_agent\":");
-    json_strs(&j, m->from);
-    buf_adds(&j, ",\"to_agent\":");
-    store_emit_text(&j, m->to);
-    buf_adds(&j, ",\"channel\":");
-    json_strs(&j, m->channel);
-    buf_adds(&j, ",\"kind\":");
-    json_strs(&j, m->kind);
-    buf_adds(&j, ",\"body\":");
-    json_strs(&j, m->body.p ? m->body : STR_LIT(""));
-    buf_adds(&j, ",\"attachments\":");
-    buf_addstr(&j, m->attachments);
-    buf_adds(&j, ",\"reply_to\":");
-    if (m->reply_to != ARC_NO_ID) buf_addf(&j, "%lld", (long long)m->reply_to);
-    else buf_adds(&j, "null");
-    buf_adds(&j, ",\"thread_id\":");
-    store_emit_text(&j, m->thread);
-    buf_adds(&j, ",\"metadata\":");
-    buf_addstr(&j, m->metadata);
-    buf_addc(&j, '}');
+    store_render_message(&j, &sm);
     if (out) buf_addstr(out, buf_str(&j));
     if (h->n_batch == h->cap_batch)
         h->batch = vec_grow(h->batch, &h->cap_batch, sizeof *h->batch);
@@ -3592,6 +3619,10 @@ static const char q_events[] = "SELECT id FROM messages WHERE id>?3"
 
 /* Does a newly committed message match what w waits for? */
 static int hub_wait_match(const Wait *w, const NewMsg *m) {
+    /* Events and streams are some agent's view; a channel set is a stream's
+     * and replaces the single channel (hub_stream). */
+    assert(w->kind == WAIT_MESSAGES ? !w->n_channels : w->agent != NULL);
+    assert(!(w->channel && w->n_channels));
     if (m->id <= w->since_id) return 0;
     if (w->channel && strcmp(m->channel, w->channel) != 0) return 0;
     if (w->thread && (!m->thread || strcmp(m->thread, w->thread) != 0)) return 0;
