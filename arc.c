@@ -2611,7 +2611,7 @@ static int hub_stale_collect(Hub *h, Str agent, const char *now, int is_lock,
         " AND released_at IS NULL AND julianday(expires_at)>=julianday(?)"
         " ORDER BY locked_at";
     Stale *items = NULL;
-    int n = 0;
+    int n = 0, cap = 0;
     Json mj = { 0 };
     Buf tmp = { 0 };
     sqlite3_stmt *st = store_stmt(&h->store, is_lock ? locks_sql : claims_sql);
@@ -2620,7 +2620,7 @@ static int hub_stale_collect(Hub *h, Str agent, const char *now, int is_lock,
         store_bind_c(st, 2, now);
     }
     while (st && sqlite3_step(st) == SQLITE_ROW) {
-        items = xrealloc(items, (size_t)(n + 1) * sizeof *items);
+        if (n == cap) items = vec_grow(items, &cap, sizeof *items);
         Stale *it = &items[n++];
         Str k = store_col(st, 0), t = store_col(st, 1);
         *it = (Stale){ .key = xstrndup(k.p ? k.p : "", k.n), .task = ARC_NO_ID };
@@ -2708,17 +2708,16 @@ static int hub_expire_sessions(Hub *h, Req *q, Res *r) {
     static const char deact[] =
         "UPDATE sessions SET active=0 WHERE session_id=?";
     int64_t cutoff = clock_wall_us() - h->cfg.presence_ttl_s * 1000000;
-    char **ids = NULL, **agents = NULL;
-    int n = 0;
+    struct { char *id, *agent; } *ex = NULL;   /* owned, and their strings */
+    int n = 0, cap = 0;
     sqlite3_stmt *st = store_stmt(&h->store, find);
     if (!st) return 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
         if (hub_ts_at_least(store_col(st, 2), cutoff)) continue;
-        ids = xrealloc(ids, (size_t)(n + 1) * sizeof *ids);
-        agents = xrealloc(agents, (size_t)(n + 1) * sizeof *agents);
+        if (n == cap) ex = vec_grow(ex, &cap, sizeof *ex);
         Str a = store_col(st, 0), b = store_col(st, 1);
-        ids[n] = xstrndup(a.p ? a.p : "", a.n);
-        agents[n] = xstrndup(b.p ? b.p : "", b.n);
+        ex[n].id = xstrndup(a.p ? a.p : "", a.n);
+        ex[n].agent = xstrndup(b.p ? b.p : "", b.n);
         n++;
     }
     sqlite3_reset(st);
@@ -2726,15 +2725,14 @@ static int hub_expire_sessions(Hub *h, Req *q, Res *r) {
         for (int i = 0; i < n; i++) {
             st = store_stmt(&h->store, deact);
             if (!st) break;
-            store_bind_c(st, 1, ids[i]);
+            store_bind_c(st, 1, ex[i].id);
             store_done(&h->store, st);
-            log_info("session expired: agent=%s session=%s", agents[i], ids[i]);
+            log_info("session expired: agent=%s session=%s", ex[i].agent, ex[i].id);
         }
-        for (int i = 0; i < n; i++) hub_recover(h, q, r, str_c(agents[i]));
+        for (int i = 0; i < n; i++) hub_recover(h, q, r, str_c(ex[i].agent));
     }
-    for (int i = 0; i < n; i++) free(ids[i]), free(agents[i]);
-    free(ids);
-    free(agents);
+    for (int i = 0; i < n; i++) free(ex[i].id), free(ex[i].agent);
+    free(ex);
     return n;
 }
 
@@ -3244,11 +3242,11 @@ static void hub_list_threads(Hub *h, Req *q, Res *r) {
         " SELECT thread_id FROM claims WHERE thread_id IS NOT NULL";
     (void)q;
     ThreadRow *rows = NULL;
-    int n = 0;
+    int n = 0, cap = 0;
     sqlite3_stmt *st = store_stmt(&h->store, sql);
     if (!st) { hub_db_fail(h, r); return; }
     while (sqlite3_step(st) == SQLITE_ROW) {
-        rows = xrealloc(rows, (size_t)(n + 1) * sizeof *rows);
+        if (n == cap) rows = vec_grow(rows, &cap, sizeof *rows);
         Str t = store_col(st, 0);
         rows[n++] = (ThreadRow){ .tid = xstrndup(t.p, t.n) };
     }
@@ -3791,12 +3789,14 @@ static void hub_stream(Hub *h, Req *q, Res *r) {
     w.exclude_self = hub_qbool(q, "exclude_self");
     hub_touch(h, q, r, str_c(w.agent));  /* PROTOCOL §9: streaming is presence */
     if (r->status >= 400) goto fail;
+    int cap = 0;
     for (char *c = chans; c && *c;) {
         char *comma = strchr(c, ',');
         size_t n = comma ? (size_t)(comma - c) : strlen(c);
         Str t = str_trim((Str){ c, n });
         if (t.n) {
-            w.channels = xrealloc(w.channels, (size_t)(w.n_channels + 1) * sizeof *w.channels);
+            if (w.n_channels == cap)
+                w.channels = vec_grow(w.channels, &cap, sizeof *w.channels);
             w.channels[w.n_channels++] = xstrndup(t.p, t.n);
         }
         c = comma ? comma + 1 : c + n;
