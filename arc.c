@@ -1081,10 +1081,7 @@ static void json_str(Buf *b, const char *s, size_t n) {
 static void json_strs(Buf *b, Str s) { json_str(b, s.p, s.n); }
 static void json_cstr(Buf *b, const char *s) { json_str(b, s, strlen(s)); }
 
-/* Mark, for object `obj`, which members survive duplicate-key resolution:
- * keep[m] is 0 for every member whose key appears again later (the last
- * value wins, as in Python). Quadratic, so only for objects of sane size;
- * larger ones are deduplicated by sorting. */
+/* A member's key (decoded if it had escapes) and its index, for sorting. */
 typedef struct {
     Str key;
     uint32_t m;
@@ -1099,6 +1096,12 @@ static int json_keyref_cmp(const void *a, const void *b) {
     return x->m < y->m ? -1 : x->m > y->m;
 }
 
+/* Mark, for object `obj`, which members survive duplicate-key resolution:
+ * keep[m] is 0 for every member whose key appears again later (the last
+ * value wins, as in Python). Returns an owned array of one flag per member.
+ * The keys are always sorted (by bytes, then member index), so equal keys
+ * sit together and all but the last of each run are dropped: O(n log n) for
+ * any size, plus one decode per escaped key. */
 static unsigned char *json_obj_keep(const Json *j, uint32_t obj) {
     uint32_t n = j->t[obj].n;
     unsigned char *keep = xrealloc(NULL, n);
@@ -3635,9 +3638,8 @@ static int hub_wait_match(const Wait *w, const NewMsg *m) {
     return 1;
 }
 
-/* Run w's query and append the matching rows as a JSON array to b; with
- * tail, the newest `limit` rows. Returns the row count, -1 on error. */
-/* The statement for w's query, bound and ready to step; NULL on error. */
+/* The statement for w's query, bound and ready to step (with tail, for the
+ * newest `limit` rows); NULL on error. */
 static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
     const char *sql;
     if (w->kind == WAIT_MESSAGES) {
@@ -3663,6 +3665,8 @@ static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
     return st;
 }
 
+/* Run w's query and append the matching rows as a JSON array to b; with
+ * tail, the newest `limit` rows. Returns the row count, -1 on error. */
 static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
     sqlite3_stmt *st = hub_wait_stmt(h, w, tail);
     return st ? store_emit_rows(&h->store, b, st, store_emit_message) : -1;
@@ -10837,9 +10841,9 @@ static int mcp_arg_wait(McpCtx *x, double dflt, double *out) {
     return 0;
 }
 
-/* One hub request for a tool: 0 with x->res (the hub said ok), else -1 and
- * the failure as the tool's error text. A hub that cannot be reached is
- * re-registered with first, so a call made just after it came back works. */
+/* Is the agent registered with the hub? If not, register now: a hub that
+ * could not be reached is registered with again first, so a call made just
+ * after it came back works. Returns 0, or -1 with the tool's error text. */
 static int mcp_ready(McpCtx *x) {
     char err[ARC_ERRLEN];
     if (mcp_is_registered() || mcp_register(&x->c, err) == 0) return 0;
@@ -10848,6 +10852,8 @@ static int mcp_ready(McpCtx *x) {
                     g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url, err);
 }
 
+/* One hub request for a tool: 0 with x->res (the hub said ok), else -1 and
+ * the failure as the tool's error text. */
 static int mcp_hub(McpCtx *x, const char *method, const char *path, Str body,
                    int64_t timeout_ms) {
     char err[ARC_ERRLEN];
