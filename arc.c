@@ -11777,8 +11777,22 @@ static void mcp_server_info(Buf *b, const char *version) {
     json_cstr(b, mcp_instructions);
 }
 
-static void mcp_initialize(McpBatch *bt, Str id, const Json *j, uint32_t params) {
-    uint32_t pv = params ? json_get(j, params, "protocolVersion") : 0;
+/* One JSON-RPC request or notification, as its method's handler gets it:
+ * id is the request id's JSON text (empty for a notification), version the
+ * protocol version it is answered in (mcp_request_version). All borrowed
+ * for the length of the call. */
+typedef struct {
+    McpBatch *bt;          /* the batch it came in, or NULL */
+    Str id;
+    const Json *j;
+    uint32_t m, params;    /* the message and its params (0: none) */
+    Str msg;               /* the message's text */
+    const char *version;   /* requests only */
+} McpReq;
+
+static void mcp_m_initialize(const McpReq *rq) {
+    const Json *j = rq->j;
+    uint32_t pv = rq->params ? json_get(j, rq->params, "protocolVersion") : 0;
     Buf want = { 0 };
     if (pv && j->t[pv].type == JSON_STR) json_unescape(j, pv, &want);
     /* The stateless revision has no handshake; a client asking for it in
@@ -11789,16 +11803,109 @@ static void mcp_initialize(McpBatch *bt, Str id, const Json *j, uint32_t params)
     snprintf(g_mcp.version, sizeof g_mcp.version, "%s", v);
     pthread_mutex_unlock(&g_mcp.mu);
     Buf b = { 0 };
-    mcp_result_begin(&b, id, v);
+    mcp_result_begin(&b, rq->id, v);
     mcp_member(&b, "protocolVersion");
     json_cstr(&b, v);
     mcp_server_info(&b, v);
-    mcp_result_end(bt, &b);
+    mcp_result_end(rq->bt, &b);
     buf_free(&want);
 }
 
-/* A JSON-RPC message (object token m of j, whose text is msg). Requests get
- * exactly one answer through bt (or directly); notifications none. */
+static void mcp_m_ping(const McpReq *rq) {
+    Buf b = { 0 };
+    mcp_result_begin(&b, rq->id, rq->version);
+    mcp_result_end(rq->bt, &b);
+}
+
+/* server/discover (2026-07-28): answered in the stateless revision always. */
+static void mcp_m_discover(const McpReq *rq) {
+    Buf b = { 0 };
+    mcp_result_begin(&b, rq->id, MCP_V_STATELESS);
+    mcp_member(&b, "supportedVersions");
+    mcp_versions_json(&b);
+    mcp_server_info(&b, MCP_V_STATELESS);
+    mcp_cache_hint(&b, MCP_V_STATELESS);
+    mcp_result_end(rq->bt, &b);
+}
+
+static void mcp_m_tools_list(const McpReq *rq) {
+    Buf b = { 0 };
+    mcp_result_begin(&b, rq->id, rq->version);
+    mcp_member(&b, "tools");
+    mcp_tools_json(&b, rq->version);
+    mcp_cache_hint(&b, rq->version);
+    mcp_result_end(rq->bt, &b);
+}
+
+/* tools/call: check the name and arguments here, so a bad call is answered
+ * at once; a good one runs on its own thread (mcp_call_start). */
+static void mcp_m_tools_call(const McpReq *rq) {
+    const Json *j = rq->j;
+    uint32_t tn = rq->params ? json_get(j, rq->params, "name") : 0;
+    uint32_t args = rq->params ? json_get_val(j, rq->params, "arguments") : 0;
+    Buf tname = { 0 };
+    if (tn && j->t[tn].type == JSON_STR) json_unescape(j, tn, &tname);
+    if (!tn || j->t[tn].type != JSON_STR)
+        mcp_error(rq->bt, rq->id, MCP_BAD_PARAMS, "Invalid params: name (a string) is required",
+                  NULL);
+    else if (!mcp_tool(buf_str(&tname)) || tname.len != strlen(tname.p)) {
+        Buf e = { 0 };
+        buf_adds(&e, "Unknown tool: ");
+        buf_addstr(&e, buf_str(&tname));
+        mcp_error(rq->bt, rq->id, MCP_BAD_PARAMS, e.p, NULL);
+        buf_free(&e);
+    } else if (args && j->t[args].type != JSON_OBJ)
+        mcp_error(rq->bt, rq->id, MCP_BAD_PARAMS, "Invalid params: arguments must be an object",
+                  NULL);
+    else
+        mcp_call_start(rq->bt, rq->id, rq->msg, j, rq->m, rq->version);
+    buf_free(&tname);
+}
+
+/* notifications/cancelled: cancel the call with that requestId. */
+static void mcp_m_cancelled(const McpReq *rq) {
+    uint32_t rid = rq->params ? json_get(rq->j, rq->params, "requestId") : 0;
+    if (!rid) return;
+    Buf r = { 0 };
+    json_write(&r, rq->j, rid);
+    mcp_cancel(buf_str(&r));
+    buf_free(&r);
+}
+
+#define MCP_NOTE 1u   /* a notification: handled, never answered */
+
+/* The methods arc answers, and the notifications it acts on; other
+ * notifications (initialized, progress, roots/list_changed ...) are
+ * ignored, other requests get "Method not found". Nothing waits for
+ * initialize: the stateless revision (2026-07-28) has no handshake, and
+ * older clients are served before it too. */
+typedef struct {
+    const char *name;
+    void (*run)(const McpReq *rq);
+    unsigned flags;        /* MCP_NOTE */
+} McpMethod;
+
+static const McpMethod mcp_methods[] = {
+    { "initialize",              mcp_m_initialize, 0 },
+    { "ping",                    mcp_m_ping,       0 },
+    { "server/discover",         mcp_m_discover,   0 },
+    { "tools/list",              mcp_m_tools_list, 0 },
+    { "tools/call",              mcp_m_tools_call, 0 },
+    { "notifications/cancelled", mcp_m_cancelled,  MCP_NOTE },
+};
+
+/* The entry for a request (note 0) or a notification (note 1), or NULL. A
+ * method name is compared as a C string, up to any NUL in it. */
+static const McpMethod *mcp_method(const char *name, int note) {
+    for (size_t i = 0; i < sizeof mcp_methods / sizeof *mcp_methods; i++)
+        if (!(mcp_methods[i].flags & MCP_NOTE) == !note && !strcmp(mcp_methods[i].name, name))
+            return &mcp_methods[i];
+    return NULL;
+}
+
+/* A JSON-RPC message (object token m of j, whose text is msg): check the
+ * envelope, then run its method from mcp_methods. Requests get exactly one
+ * answer through bt (or directly); notifications none. */
 static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
     uint32_t idt = j->t[m].type == JSON_OBJ ? json_get(j, m, "id") : 0;
     uint32_t method = j->t[m].type == JSON_OBJ ? json_get(j, m, "method") : 0;
@@ -11832,16 +11939,12 @@ static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
             mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: params must be an object", NULL);
         goto done;
     }
+    McpReq rq = { .bt = bt, .id = id, .j = j, .m = m, .params = params, .msg = msg,
+                  .version = version };
+    const McpMethod *mt = mcp_method(buf_cstr(&name), notification);
     if (notification) {
-        uint32_t rid;
-        if (!strcmp(name.p, "notifications/cancelled") && params &&
-            (rid = json_get(j, params, "requestId"))) {
-            Buf r = { 0 };
-            json_write(&r, j, rid);
-            mcp_cancel(buf_str(&r));
-            buf_free(&r);
-        }
-        goto done;   /* initialized, progress, roots/list_changed ...: nothing to do */
+        if (mt) mt->run(&rq);
+        goto done;
     }
     int vrc = mcp_request_version(j, params, version, &bad);
     if (vrc > 0) {
@@ -11861,45 +11964,8 @@ static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
         buf_free(&data);
         goto done;
     }
-    Buf b = { 0 };
-    if (!strcmp(name.p, "initialize")) {
-        mcp_initialize(bt, id, j, params);
-    } else if (!strcmp(name.p, "ping")) {
-        mcp_result_begin(&b, id, version);
-        mcp_result_end(bt, &b);
-    } else if (!strcmp(name.p, "server/discover")) {
-        mcp_result_begin(&b, id, MCP_V_STATELESS);
-        mcp_member(&b, "supportedVersions");
-        mcp_versions_json(&b);
-        mcp_server_info(&b, MCP_V_STATELESS);
-        mcp_cache_hint(&b, MCP_V_STATELESS);
-        mcp_result_end(bt, &b);
-    } else if (!strcmp(name.p, "tools/list")) {
-        mcp_result_begin(&b, id, version);
-        mcp_member(&b, "tools");
-        mcp_tools_json(&b, version);
-        mcp_cache_hint(&b, version);
-        mcp_result_end(bt, &b);
-    } else if (!strcmp(name.p, "tools/call")) {
-        uint32_t tn = params ? json_get(j, params, "name") : 0;
-        uint32_t args = params ? json_get_val(j, params, "arguments") : 0;
-        Buf tname = { 0 };
-        if (tn && j->t[tn].type == JSON_STR) json_unescape(j, tn, &tname);
-        if (!tn || j->t[tn].type != JSON_STR)
-            mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: name (a string) is required",
-                      NULL);
-        else if (!mcp_tool(buf_str(&tname)) || tname.len != strlen(tname.p)) {
-            Buf e = { 0 };
-            buf_adds(&e, "Unknown tool: ");
-            buf_addstr(&e, buf_str(&tname));
-            mcp_error(bt, id, MCP_BAD_PARAMS, e.p, NULL);
-            buf_free(&e);
-        } else if (args && j->t[args].type != JSON_OBJ)
-            mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: arguments must be an object",
-                      NULL);
-        else
-            mcp_call_start(bt, id, msg, j, m, version);
-        buf_free(&tname);
+    if (mt) {
+        mt->run(&rq);
     } else {
         Buf e = { 0 };
         buf_adds(&e, "Method not found: ");
