@@ -679,6 +679,8 @@ static int hex4(const char *p, unsigned *out) {
     return 0;
 }
 
+/* A string token, checked in place (escapes, surrogate pairs, UTF-8) but
+ * not decoded: esc marks one that json_unescape() must decode. */
 static int json_parse_str(Json *j) {
     size_t start = ++j->pos;     /* past the opening quote */
     uint32_t ti = json_push(j, JSON_STR, start);
@@ -724,6 +726,8 @@ static int json_parse_str(Json *j) {
     return json_fail(j, "unterminated string");
 }
 
+/* A number token in JSON's grammar (no leading zeros, no bare '.'); frac
+ * marks a fraction or exponent, so the coercions tell ints from floats. */
 static int json_parse_num(Json *j) {
     const char *s = j->src;
     size_t p = j->pos, n = j->srclen, start = p;
@@ -3190,6 +3194,8 @@ static void hub_emit_opt_id(Buf *b, int64_t v) {
     else buf_addf(b, "%lld", (long long)v);
 }
 
+/* A thread summary (PROTOCOL §7.15): completed once it has tasks and none
+ * is open, open while a claim or lock is live, else waiting. */
 static void hub_emit_thread(Buf *b, Str tid, const ThreadInfo *ti) {
     const char *status = ti->n_tasks > 0 && ti->n_open == 0 ? "completed"
                          : ti->active_claims || ti->active_locks ? "open"
@@ -4303,6 +4309,7 @@ static const char hub_features[] =
     "\"capability_filter\",\"shutdown_control\",\"session_rename\","
     "\"arc:origin_check\"";
 
+/* GET /v1/hub-info (PROTOCOL §7.9): limits, features, storage. */
 static void hub_info(Hub *h, Req *q, Res *r) {
     (void)q;
     Store *s = &h->store;
@@ -11075,6 +11082,8 @@ done:
     return rc;
 }
 
+/* arc_poll_messages: long-poll the agent's events past its cursor for this
+ * channel/thread filter, then move that cursor past what came back. */
 static int mcp_t_poll(McpCtx *x) {
     Buf ch = { 0 }, th = { 0 }, extra = { 0 };
     double wait_s;
@@ -11226,6 +11235,7 @@ static int mcp_t_inbox(McpCtx *x) {
     return 0;
 }
 
+/* arc_read_thread: the thread's summary and its last `limit` messages. */
 static int mcp_t_thread(McpCtx *x) {
     Buf id = { 0 }, path = { 0 };
     int64_t limit = 50;
@@ -11438,6 +11448,8 @@ done:
     return rc;
 }
 
+/* arc_whoami: this server's agent, session, hub and read cursor, with the
+ * hub's bootstrap for the agent. */
 static int mcp_t_whoami(McpCtx *x) {
     Buf path = { 0 };
     buf_adds(&path, "/v1/bootstrap");
