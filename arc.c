@@ -2745,19 +2745,13 @@ static int hub_expire_sessions(Hub *h, Req *q, Res *r) {
 
 /* ---- messages ---- */
 
-/* A message to store, already validated and normalised. Str fields with
- * p == NULL are SQL NULL. */
-typedef struct {
-    Str from, to, channel, kind, body, thread;
-    Str attachments;   /* compact JSON array */
-    Str metadata;      /* compact JSON object */
-    int64_t reply_to;  /* ARC_NO_ID: none */
-} MsgIn;
-
-/* Insert a message and remember it for this turn's wake-ups. On success the
- * message object is appended to out (if non-NULL) and its id stored in *id.
- * Returns 0, or -1 with r failed. */
-static int hub_insert_message(Hub *h, Req *q, Res *r, const MsgIn *m, Buf *out,
+/* Insert a message, already validated and normalised (attachments and
+ * metadata compact JSON; m's id and ts are ignored: the store assigns
+ * them), and remember it for this turn's wake-ups. On success the message
+ * object is appended to out (if non-NULL) and its id stored in *id. The row
+ * and the JSON come from one StoreMsg, so they say the same. Returns 0, or
+ * -1 with r failed. */
+static int hub_insert_message(Hub *h, Req *q, Res *r, const StoreMsg *m, Buf *out,
                               int64_t *id) {
     static const char sql[] =
         "INSERT INTO messages(ts,from_agent,to_agent,channel,kind,body,"
@@ -2766,35 +2760,33 @@ static int hub_insert_message(Hub *h, Req *q, Res *r, const MsgIn *m, Buf *out,
     if (hub_tx(h, q, r)) return -1;
     char now[ISO_LEN];
     hub_now(now);
+    StoreMsg sm = *m;
+    sm.ts = str_c(now);
+    if (!sm.body.p) sm.body = STR_LIT("");   /* the column is NOT NULL */
     sqlite3_stmt *st = store_stmt(&h->store, sql);
     if (!st) {
         hub_db_fail(h, r);
         return -1;
     }
-    store_bind_c(st, 1, now);
-    store_bind(st, 2, m->from);
-    store_bind(st, 3, m->to);
-    store_bind(st, 4, m->channel);
-    store_bind(st, 5, m->kind);
-    store_bind(st, 6, m->body.p ? m->body : STR_LIT(""));
-    store_bind(st, 7, m->attachments);
-    if (m->reply_to != ARC_NO_ID) sqlite3_bind_int64(st, 8, m->reply_to);
-    store_bind(st, 9, m->thread);
-    store_bind(st, 10, m->metadata);
+    store_bind(st, 1, sm.ts);
+    store_bind(st, 2, sm.from);
+    store_bind(st, 3, sm.to);
+    store_bind(st, 4, sm.channel);
+    store_bind(st, 5, sm.kind);
+    store_bind(st, 6, sm.body);
+    store_bind(st, 7, sm.attachments);
+    if (sm.reply_to != ARC_NO_ID) sqlite3_bind_int64(st, 8, sm.reply_to);
+    store_bind(st, 9, sm.thread);
+    store_bind(st, 10, sm.metadata);
     if (store_done(&h->store, st)) {
         hub_db_fail(h, r);
         return -1;
     }
-    *id = sqlite3_last_insert_rowid(h->store.db);
+    *id = sm.id = sqlite3_last_insert_rowid(h->store.db);
     if (*id > ARC_MAX_ID) {   /* PROTOCOL §3: never mint past 2^53-1 */
         hub_fail(r, 500, "message id space exhausted");
         return -1;
     }
-    StoreMsg sm = { .id = *id, .reply_to = m->reply_to, .ts = str_c(now),
-                    .from = m->from, .to = m->to, .channel = m->channel,
-                    .kind = m->kind, .body = m->body.p ? m->body : STR_LIT(""),
-                    .thread = m->thread, .attachments = m->attachments,
-                    .metadata = m->metadata };
     Buf j = { 0 };
     store_render_message(&j, &sm);
     if (out) buf_addstr(out, buf_str(&j));
@@ -2814,7 +2806,7 @@ static int hub_insert_message(Hub *h, Req *q, Res *r, const MsgIn *m, Buf *out,
 /* Post a notice from "system" (rollups, recoveries, shutdown). */
 static int hub_post_system(Hub *h, Req *q, Res *r, Str channel, Str body,
                            int64_t reply_to, Str thread, const char *meta) {
-    MsgIn m = { .from = STR_LIT("system"), .to = { NULL, 0 },
+    StoreMsg m = { .from = STR_LIT("system"), .to = { NULL, 0 },
                 .channel = channel, .kind = STR_LIT("notice"), .body = body,
                 .thread = thread, .attachments = STR_LIT("[]"),
                 .metadata = str_c(meta), .reply_to = reply_to };
@@ -3051,7 +3043,7 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         hub_fail(r, 400, "channel does not exist: %s", buf_cstr(&chan));
         goto done;
     }
-    MsgIn m = {
+    StoreMsg m = {
         .from = buf_str(&from), .to = has_to ? buf_str(&to) : (Str){ NULL, 0 },
         .channel = buf_str(&chan), .kind = buf_str(&kind), .body = buf_str(&body),
         .thread = has_thread ? buf_str(&thread) : (Str){ NULL, 0 },

@@ -1510,7 +1510,7 @@ static void ut_hub_close(Hub *h, const char *dir) {
 
 /* Insert one message in its own request, as a handler would. Returns 0 or
  * -1; the message stays in h->batch with its insert-time JSON. */
-static int ut_insert(Hub *h, const MsgIn *m, int64_t *id) {
+static int ut_insert(Hub *h, const StoreMsg *m, int64_t *id) {
     Req q = { 0 };
     Res r = { 0 };
     int rc = hub_insert_message(h, &q, &r, m, NULL, id);
@@ -1562,7 +1562,7 @@ static void test_message_render(void) {
     for (size_t rp = 0; rp < sizeof replies / sizeof *replies; rp++)
     for (size_t a = 0; a < sizeof atts / sizeof *atts; a++)
     for (size_t mt = 0; mt < sizeof metas / sizeof *metas; mt++) {
-        MsgIn m = { .from = str_c(n % 2 ? "alice" : "\xc3\xa5sa"),
+        StoreMsg m = { .from = str_c(n % 2 ? "alice" : "\xc3\xa5sa"),
                     .to = { tos[t], tos[t] ? strlen(tos[t]) : 0 },
                     .channel = str_c(t ? "direct" : "general"),
                     .kind = str_c(kinds[(size_t)n % 2]),
@@ -1640,7 +1640,7 @@ static void test_message_cache(void) {
     CHECK(s->cache_bytes == 0 && store_cache_get(s, 99) == NULL);
     /* A commit by this connection leaves the cache valid; one by another
      * connection (a second hub, the reference) flushes it at the next sync. */
-    MsgIn m = { .from = STR_LIT("a"), .channel = STR_LIT("general"),
+    StoreMsg m = { .from = STR_LIT("a"), .channel = STR_LIT("general"),
                 .kind = STR_LIT("chat"), .body = STR_LIT("hi"),
                 .attachments = STR_LIT("[]"), .metadata = STR_LIT("{}"),
                 .reply_to = ARC_NO_ID };
@@ -1716,7 +1716,7 @@ static void test_wait_match(void) {
     for (size_t f = 0; f < 3; f++)
     for (size_t t = 0; t < 3; t++)
     for (size_t th = 0; th < 3; th++) {
-        MsgIn m = { .from = str_c(agents[f]), .to = { tos[t], tos[t] ? strlen(tos[t]) : 0 },
+        StoreMsg m = { .from = str_c(agents[f]), .to = { tos[t], tos[t] ? strlen(tos[t]) : 0 },
                     .channel = str_c(chans[c]), .kind = STR_LIT("chat"),
                     .body = STR_LIT("x"),
                     .thread = { threads[th], threads[th] ? strlen(threads[th]) : 0 },
