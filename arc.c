@@ -680,6 +680,8 @@ static int hex4(const char *p, unsigned *out) {
     return 0;
 }
 
+/* A string token, checked in place (escapes, surrogate pairs, UTF-8) but
+ * not decoded: esc marks one that json_unescape() must decode. */
 static int json_parse_str(Json *j) {
     size_t start = ++j->pos;     /* past the opening quote */
     uint32_t ti = json_push(j, JSON_STR, start);
@@ -725,6 +727,8 @@ static int json_parse_str(Json *j) {
     return json_fail(j, "unterminated string");
 }
 
+/* A number token in JSON's grammar (no leading zeros, no bare '.'); frac
+ * marks a fraction or exponent, so the coercions tell ints from floats. */
 static int json_parse_num(Json *j) {
     const char *s = j->src;
     size_t p = j->pos, n = j->srclen, start = p;
@@ -1082,10 +1086,7 @@ static void json_str(Buf *b, const char *s, size_t n) {
 static void json_strs(Buf *b, Str s) { json_str(b, s.p, s.n); }
 static void json_cstr(Buf *b, const char *s) { json_str(b, s, strlen(s)); }
 
-/* Mark, for object `obj`, which members survive duplicate-key resolution:
- * keep[m] is 0 for every member whose key appears again later (the last
- * value wins, as in Python). Quadratic, so only for objects of sane size;
- * larger ones are deduplicated by sorting. */
+/* A member's key (decoded if it had escapes) and its index, for sorting. */
 typedef struct {
     Str key;
     uint32_t m;
@@ -1100,6 +1101,12 @@ static int json_keyref_cmp(const void *a, const void *b) {
     return x->m < y->m ? -1 : x->m > y->m;
 }
 
+/* Mark, for object `obj`, which members survive duplicate-key resolution:
+ * keep[m] is 0 for every member whose key appears again later (the last
+ * value wins, as in Python). Returns an owned array of one flag per member.
+ * The keys are always sorted (by bytes, then member index), so equal keys
+ * sit together and all but the last of each run are dropped: O(n log n) for
+ * any size, plus one decode per escaped key. */
 static unsigned char *json_obj_keep(const Json *j, uint32_t obj) {
     uint32_t n = j->t[obj].n;
     unsigned char *keep = xrealloc(NULL, n);
@@ -1833,12 +1840,17 @@ static int store_in_tx(const Store *s) { return s->in_tx; }
 /* A new loop turn: a fresh budget for lock waits (store_on_busy). */
 static void store_turn_begin(Store *s) { s->busy_until_ms = 0; }
 
-/* Emit a stored JSON column, falling back to `dflt` when the stored text is
- * not valid JSON (a foreign writer could have put anything there). */
+/* A stored JSON column, or `dflt` when the stored text is not valid JSON
+ * (a foreign writer could have put anything there). */
+static Str store_json_or(Store *s, Str v, const char *dflt) {
+    if (v.n == 2 && (str_eq(v, "{}") || str_eq(v, "[]"))) return v;
+    if (v.p && v.n && json_parse(&s->scratch, v.p, v.n) == 0) return v;
+    return str_c(dflt);
+}
+
+/* Emit a stored JSON column, or `dflt` (store_json_or). */
 static void store_emit_json(Store *s, Buf *b, Str v, const char *dflt) {
-    if (v.n == 2 && (str_eq(v, "{}") || str_eq(v, "[]"))) buf_addstr(b, v);
-    else if (v.p && v.n && json_parse(&s->scratch, v.p, v.n) == 0) buf_addstr(b, v);
-    else buf_adds(b, dflt);
+    buf_addstr(b, store_json_or(s, v, dflt));
 }
 
 static void store_emit_text(Buf *b, Str v) {
@@ -1912,11 +1924,16 @@ static void store_cache_put(Store *s, int64_t id, const char *json, size_t len) 
     c->id = id;
     c->len = len;
     s->cache_bytes += len;
+    assert(s->cache_bytes <= ARC_MSG_CACHE_BYTES);
 }
 
 static const StoreCached *store_cache_get(const Store *s, int64_t id) {
     if (!s->cache) return NULL;
     const StoreCached *c = &s->cache[(uint64_t)id % ARC_MSG_CACHE_SLOTS];
+    /* An entry sits in its id's slot and is no larger than an entry may be. */
+    assert(!c->json || ((uint64_t)c->id % ARC_MSG_CACHE_SLOTS ==
+                        (uint64_t)id % ARC_MSG_CACHE_SLOTS &&
+                        c->len <= ARC_MSG_CACHE_ENTRY && c->len <= s->cache_bytes));
     return c->json && c->id == id ? c : NULL;
 }
 
@@ -1928,6 +1945,49 @@ static void store_cache_sync(Store *s) {
     if (v == s->cache_version) return;
     store_cache_flush(s);
     s->cache_version = v;
+}
+
+/* A message as the one renderer takes it: from a stored row, or from a
+ * request at insert time. Str fields with p == NULL are null; attachments
+ * and metadata are valid JSON text (an array, an object). */
+typedef struct {
+    int64_t id;
+    int64_t reply_to;      /* ARC_NO_ID: null */
+    Str ts, from, to, channel, kind, body, thread;
+    Str attachments, metadata;
+} StoreMsg;
+
+/* The one message renderer (PROTOCOL §5 field order). A POST's answer and
+ * the fan-out to waiters are rendered here at insert time, and those bytes
+ * go into the cache after the commit; a GET renders the stored row here. So
+ * the cache stays exact only while both render through this function, from
+ * fields that round-trip through SQLite unchanged (tests/unit.c
+ * test_message_render compares the two). */
+static void store_render_message(Buf *b, const StoreMsg *m) {
+    buf_adds(b, "{\"id\":");
+    buf_add_i64(b, m->id);
+    buf_adds(b, ",\"ts\":");
+    store_emit_text(b, m->ts);
+    buf_adds(b, ",\"from_agent\":");
+    store_emit_text(b, m->from);
+    buf_adds(b, ",\"to_agent\":");
+    store_emit_text(b, m->to);
+    buf_adds(b, ",\"channel\":");
+    store_emit_text(b, m->channel);
+    buf_adds(b, ",\"kind\":");
+    store_emit_text(b, m->kind);
+    buf_adds(b, ",\"body\":");
+    store_emit_text(b, m->body);
+    buf_adds(b, ",\"attachments\":");
+    buf_addstr(b, m->attachments);
+    buf_adds(b, ",\"reply_to\":");
+    if (m->reply_to != ARC_NO_ID) buf_add_i64(b, m->reply_to);
+    else buf_adds(b, "null");
+    buf_adds(b, ",\"thread_id\":");
+    store_emit_text(b, m->thread);
+    buf_adds(b, ",\"metadata\":");
+    buf_addstr(b, m->metadata);
+    buf_addc(b, '}');
 }
 
 /* Row emitters: one JSON object per row, fields in PROTOCOL §5 order.
@@ -1953,30 +2013,21 @@ static void store_emit_message(Store *s, Buf *b, sqlite3_stmt *st) {
         sqlite3_reset(row);
         return;
     }
+    /* A foreign writer's reply_to of INT64_MIN would read as null: the hub
+     * never stores one (PROTOCOL §3 bounds ids). */
+    sqlite3_value *rv = sqlite3_column_value(st, 8);
+    StoreMsg m = {
+        .id = id,
+        .reply_to = sqlite3_value_type(rv) == SQLITE_NULL ? ARC_NO_ID
+                                                          : sqlite3_value_int64(rv),
+        .ts = store_col(st, 1), .from = store_col(st, 2), .to = store_col(st, 3),
+        .channel = store_col(st, 4), .kind = store_col(st, 5),
+        .body = store_col(st, 6), .thread = store_col(st, 9),
+        .attachments = store_json_or(s, store_col(st, 7), "[]"),
+        .metadata = store_json_or(s, store_col(st, 10), "{}"),
+    };
     size_t mark = b->len;
-    buf_adds(b, "{\"id\":");
-    store_emit_int(b, st, 0);
-    buf_adds(b, ",\"ts\":");
-    store_emit_text(b, store_col(st, 1));
-    buf_adds(b, ",\"from_agent\":");
-    store_emit_text(b, store_col(st, 2));
-    buf_adds(b, ",\"to_agent\":");
-    store_emit_text(b, store_col(st, 3));
-    buf_adds(b, ",\"channel\":");
-    store_emit_text(b, store_col(st, 4));
-    buf_adds(b, ",\"kind\":");
-    store_emit_text(b, store_col(st, 5));
-    buf_adds(b, ",\"body\":");
-    store_emit_text(b, store_col(st, 6));
-    buf_adds(b, ",\"attachments\":");
-    store_emit_json(s, b, store_col(st, 7), "[]");
-    buf_adds(b, ",\"reply_to\":");
-    store_emit_int(b, st, 8);
-    buf_adds(b, ",\"thread_id\":");
-    store_emit_text(b, store_col(st, 9));
-    buf_adds(b, ",\"metadata\":");
-    store_emit_json(s, b, store_col(st, 10), "{}");
-    buf_addc(b, '}');
+    store_render_message(b, &m);
     if (!s->in_tx && !b->err) store_cache_put(s, id, b->p + mark, b->len - mark);
 }
 
@@ -2611,7 +2662,7 @@ static int hub_stale_collect(Hub *h, Str agent, const char *now, int is_lock,
         " AND released_at IS NULL AND julianday(expires_at)>=julianday(?)"
         " ORDER BY locked_at";
     Stale *items = NULL;
-    int n = 0;
+    int n = 0, cap = 0;
     Json mj = { 0 };
     Buf tmp = { 0 };
     sqlite3_stmt *st = store_stmt(&h->store, is_lock ? locks_sql : claims_sql);
@@ -2620,7 +2671,7 @@ static int hub_stale_collect(Hub *h, Str agent, const char *now, int is_lock,
         store_bind_c(st, 2, now);
     }
     while (st && sqlite3_step(st) == SQLITE_ROW) {
-        items = xrealloc(items, (size_t)(n + 1) * sizeof *items);
+        if (n == cap) items = vec_grow(items, &cap, sizeof *items);
         Stale *it = &items[n++];
         Str k = store_col(st, 0), t = store_col(st, 1);
         *it = (Stale){ .key = xstrndup(k.p ? k.p : "", k.n), .task = ARC_NO_ID };
@@ -2708,17 +2759,16 @@ static int hub_expire_sessions(Hub *h, Req *q, Res *r) {
     static const char deact[] =
         "UPDATE sessions SET active=0 WHERE session_id=?";
     int64_t cutoff = clock_wall_us() - h->cfg.presence_ttl_s * 1000000;
-    char **ids = NULL, **agents = NULL;
-    int n = 0;
+    struct { char *id, *agent; } *ex = NULL;   /* owned, and their strings */
+    int n = 0, cap = 0;
     sqlite3_stmt *st = store_stmt(&h->store, find);
     if (!st) return 0;
     while (sqlite3_step(st) == SQLITE_ROW) {
         if (hub_ts_at_least(store_col(st, 2), cutoff)) continue;
-        ids = xrealloc(ids, (size_t)(n + 1) * sizeof *ids);
-        agents = xrealloc(agents, (size_t)(n + 1) * sizeof *agents);
+        if (n == cap) ex = vec_grow(ex, &cap, sizeof *ex);
         Str a = store_col(st, 0), b = store_col(st, 1);
-        ids[n] = xstrndup(a.p ? a.p : "", a.n);
-        agents[n] = xstrndup(b.p ? b.p : "", b.n);
+        ex[n].id = xstrndup(a.p ? a.p : "", a.n);
+        ex[n].agent = xstrndup(b.p ? b.p : "", b.n);
         n++;
     }
     sqlite3_reset(st);
@@ -2726,33 +2776,26 @@ static int hub_expire_sessions(Hub *h, Req *q, Res *r) {
         for (int i = 0; i < n; i++) {
             st = store_stmt(&h->store, deact);
             if (!st) break;
-            store_bind_c(st, 1, ids[i]);
+            store_bind_c(st, 1, ex[i].id);
             store_done(&h->store, st);
-            log_info("session expired: agent=%s session=%s", agents[i], ids[i]);
+            log_info("session expired: agent=%s session=%s", ex[i].agent, ex[i].id);
         }
-        for (int i = 0; i < n; i++) hub_recover(h, q, r, str_c(agents[i]));
+        for (int i = 0; i < n; i++) hub_recover(h, q, r, str_c(ex[i].agent));
     }
-    for (int i = 0; i < n; i++) free(ids[i]), free(agents[i]);
-    free(ids);
-    free(agents);
+    for (int i = 0; i < n; i++) free(ex[i].id), free(ex[i].agent);
+    free(ex);
     return n;
 }
 
 /* ---- messages ---- */
 
-/* A message to store, already validated and normalised. Str fields with
- * p == NULL are SQL NULL. */
-typedef struct {
-    Str from, to, channel, kind, body, thread;
-    Str attachments;   /* compact JSON array */
-    Str metadata;      /* compact JSON object */
-    int64_t reply_to;  /* ARC_NO_ID: none */
-} MsgIn;
-
-/* Insert a message and remember it for this turn's wake-ups. On success the
- * message object is appended to out (if non-NULL) and its id stored in *id.
- * Returns 0, or -1 with r failed. */
-static int hub_insert_message(Hub *h, Req *q, Res *r, const MsgIn *m, Buf *out,
+/* Insert a message, already validated and normalised (attachments and
+ * metadata compact JSON; m's id and ts are ignored: the store assigns
+ * them), and remember it for this turn's wake-ups. On success the message
+ * object is appended to out (if non-NULL) and its id stored in *id. The row
+ * and the JSON come from one StoreMsg, so they say the same. Returns 0, or
+ * -1 with r failed. */
+static int hub_insert_message(Hub *h, Req *q, Res *r, const StoreMsg *m, Buf *out,
                               int64_t *id) {
     static const char sql[] =
         "INSERT INTO messages(ts,from_agent,to_agent,channel,kind,body,"
@@ -2761,53 +2804,35 @@ static int hub_insert_message(Hub *h, Req *q, Res *r, const MsgIn *m, Buf *out,
     if (hub_tx(h, q, r)) return -1;
     char now[ISO_LEN];
     hub_now(now);
+    StoreMsg sm = *m;
+    sm.ts = str_c(now);
+    if (!sm.body.p) sm.body = STR_LIT("");   /* the column is NOT NULL */
     sqlite3_stmt *st = store_stmt(&h->store, sql);
     if (!st) {
         hub_db_fail(h, r);
         return -1;
     }
-    store_bind_c(st, 1, now);
-    store_bind(st, 2, m->from);
-    store_bind(st, 3, m->to);
-    store_bind(st, 4, m->channel);
-    store_bind(st, 5, m->kind);
-    store_bind(st, 6, m->body.p ? m->body : STR_LIT(""));
-    store_bind(st, 7, m->attachments);
-    if (m->reply_to != ARC_NO_ID) sqlite3_bind_int64(st, 8, m->reply_to);
-    store_bind(st, 9, m->thread);
-    store_bind(st, 10, m->metadata);
+    store_bind(st, 1, sm.ts);
+    store_bind(st, 2, sm.from);
+    store_bind(st, 3, sm.to);
+    store_bind(st, 4, sm.channel);
+    store_bind(st, 5, sm.kind);
+    store_bind(st, 6, sm.body);
+    store_bind(st, 7, sm.attachments);
+    if (sm.reply_to != ARC_NO_ID) sqlite3_bind_int64(st, 8, sm.reply_to);
+    store_bind(st, 9, sm.thread);
+    store_bind(st, 10, sm.metadata);
     if (store_done(&h->store, st)) {
         hub_db_fail(h, r);
         return -1;
     }
-    *id = sqlite3_last_insert_rowid(h->store.db);
+    *id = sm.id = sqlite3_last_insert_rowid(h->store.db);
     if (*id > ARC_MAX_ID) {   /* PROTOCOL §3: never mint past 2^53-1 */
         hub_fail(r, 500, "message id space exhausted");
         return -1;
     }
     Buf j = { 0 };
-    buf_addf(&j, "{\"id\":%lld,\"ts\":", (long long)*id);
-    json_cstr(&j, now);
-    buf_adds(&j, ",\"from_agent\":");
-    json_strs(&j, m->from);
-    buf_adds(&j, ",\"to_agent\":");
-    store_emit_text(&j, m->to);
-    buf_adds(&j, ",\"channel\":");
-    json_strs(&j, m->channel);
-    buf_adds(&j, ",\"kind\":");
-    json_strs(&j, m->kind);
-    buf_adds(&j, ",\"body\":");
-    json_strs(&j, m->body.p ? m->body : STR_LIT(""));
-    buf_adds(&j, ",\"attachments\":");
-    buf_addstr(&j, m->attachments);
-    buf_adds(&j, ",\"reply_to\":");
-    if (m->reply_to != ARC_NO_ID) buf_addf(&j, "%lld", (long long)m->reply_to);
-    else buf_adds(&j, "null");
-    buf_adds(&j, ",\"thread_id\":");
-    store_emit_text(&j, m->thread);
-    buf_adds(&j, ",\"metadata\":");
-    buf_addstr(&j, m->metadata);
-    buf_addc(&j, '}');
+    store_render_message(&j, &sm);
     if (out) buf_addstr(out, buf_str(&j));
     if (h->n_batch == h->cap_batch)
         h->batch = vec_grow(h->batch, &h->cap_batch, sizeof *h->batch);
@@ -2825,7 +2850,7 @@ static int hub_insert_message(Hub *h, Req *q, Res *r, const MsgIn *m, Buf *out,
 /* Post a notice from "system" (rollups, recoveries, shutdown). */
 static int hub_post_system(Hub *h, Req *q, Res *r, Str channel, Str body,
                            int64_t reply_to, Str thread, const char *meta) {
-    MsgIn m = { .from = STR_LIT("system"), .to = { NULL, 0 },
+    StoreMsg m = { .from = STR_LIT("system"), .to = { NULL, 0 },
                 .channel = channel, .kind = STR_LIT("notice"), .body = body,
                 .thread = thread, .attachments = STR_LIT("[]"),
                 .metadata = str_c(meta), .reply_to = reply_to };
@@ -3062,7 +3087,7 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         hub_fail(r, 400, "channel does not exist: %s", buf_cstr(&chan));
         goto done;
     }
-    MsgIn m = {
+    StoreMsg m = {
         .from = buf_str(&from), .to = has_to ? buf_str(&to) : (Str){ NULL, 0 },
         .channel = buf_str(&chan), .kind = buf_str(&kind), .body = buf_str(&body),
         .thread = has_thread ? buf_str(&thread) : (Str){ NULL, 0 },
@@ -3205,6 +3230,8 @@ static void hub_emit_opt_id(Buf *b, int64_t v) {
     else buf_addf(b, "%lld", (long long)v);
 }
 
+/* A thread summary (PROTOCOL §7.15): completed once it has tasks and none
+ * is open, open while a claim or lock is live, else waiting. */
 static void hub_emit_thread(Buf *b, Str tid, const ThreadInfo *ti) {
     const char *status = ti->n_tasks > 0 && ti->n_open == 0 ? "completed"
                          : ti->active_claims || ti->active_locks ? "open"
@@ -3260,11 +3287,11 @@ static void hub_list_threads(Hub *h, Req *q, Res *r) {
         " SELECT thread_id FROM claims WHERE thread_id IS NOT NULL";
     (void)q;
     ThreadRow *rows = NULL;
-    int n = 0;
+    int n = 0, cap = 0;
     sqlite3_stmt *st = store_stmt(&h->store, sql);
     if (!st) { hub_db_fail(h, r); return; }
     while (sqlite3_step(st) == SQLITE_ROW) {
-        rows = xrealloc(rows, (size_t)(n + 1) * sizeof *rows);
+        if (n == cap) rows = vec_grow(rows, &cap, sizeof *rows);
         Str t = store_col(st, 0);
         rows[n++] = (ThreadRow){ .tid = xstrndup(t.p, t.n) };
     }
@@ -3635,6 +3662,10 @@ static const char q_events[] = "SELECT id FROM messages WHERE id>?3"
 
 /* Does a newly committed message match what w waits for? */
 static int hub_wait_match(const Wait *w, const NewMsg *m) {
+    /* Events and streams are some agent's view; a channel set is a stream's
+     * and replaces the single channel (hub_stream). */
+    assert(w->kind == WAIT_MESSAGES ? !w->n_channels : w->agent != NULL);
+    assert(!(w->channel && w->n_channels));
     if (m->id <= w->since_id) return 0;
     if (w->channel && strcmp(m->channel, w->channel) != 0) return 0;
     if (w->thread && (!m->thread || strcmp(m->thread, w->thread) != 0)) return 0;
@@ -3649,9 +3680,8 @@ static int hub_wait_match(const Wait *w, const NewMsg *m) {
     return 1;
 }
 
-/* Run w's query and append the matching rows as a JSON array to b; with
- * tail, the newest `limit` rows. Returns the row count, -1 on error. */
-/* The statement for w's query, bound and ready to step; NULL on error. */
+/* The statement for w's query, bound and ready to step (with tail, for the
+ * newest `limit` rows); NULL on error. */
 static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
     const char *sql;
     if (w->kind == WAIT_MESSAGES) {
@@ -3677,6 +3707,8 @@ static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
     return st;
 }
 
+/* Run w's query and append the matching rows as a JSON array to b; with
+ * tail, the newest `limit` rows. Returns the row count, -1 on error. */
 static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
     sqlite3_stmt *st = hub_wait_stmt(h, w, tail);
     return st ? store_emit_rows(&h->store, b, st, store_emit_message) : -1;
@@ -3816,12 +3848,14 @@ static void hub_stream(Hub *h, Req *q, Res *r) {
     w.exclude_self = hub_qbool(q, "exclude_self");
     hub_touch(h, q, r, str_c(w.agent));  /* PROTOCOL §9: streaming is presence */
     if (r->status >= 400) goto fail;
+    int cap = 0;
     for (char *c = chans; c && *c;) {
         char *comma = strchr(c, ',');
         size_t n = comma ? (size_t)(comma - c) : strlen(c);
         Str t = str_trim((Str){ c, n });
         if (t.n) {
-            w.channels = xrealloc(w.channels, (size_t)(w.n_channels + 1) * sizeof *w.channels);
+            if (w.n_channels == cap)
+                w.channels = vec_grow(w.channels, &cap, sizeof *w.channels);
             w.channels[w.n_channels++] = xstrndup(t.p, t.n);
         }
         c = comma ? comma + 1 : c + n;
@@ -4340,6 +4374,7 @@ static const char hub_features[] =
     "\"capability_filter\",\"shutdown_control\",\"session_rename\","
     "\"arc:origin_check\"";
 
+/* GET /v1/hub-info (PROTOCOL §7.9): limits, features, storage. */
 static void hub_info(Hub *h, Req *q, Res *r) {
     (void)q;
     Store *s = &h->store;
@@ -11082,9 +11117,9 @@ static int mcp_arg_wait(McpCtx *x, double dflt, double *out) {
     return 0;
 }
 
-/* One hub request for a tool: 0 with x->res (the hub said ok), else -1 and
- * the failure as the tool's error text. A hub that cannot be reached is
- * re-registered with first, so a call made just after it came back works. */
+/* Is the agent registered with the hub? If not, register now: a hub that
+ * could not be reached is registered with again first, so a call made just
+ * after it came back works. Returns 0, or -1 with the tool's error text. */
 static int mcp_ready(McpCtx *x) {
     char err[ARC_ERRLEN];
     if (mcp_is_registered() || mcp_register(&x->c, err) == 0) return 0;
@@ -11093,6 +11128,8 @@ static int mcp_ready(McpCtx *x) {
                     g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url, err);
 }
 
+/* One hub request for a tool: 0 with x->res (the hub said ok), else -1 and
+ * the failure as the tool's error text. */
 static int mcp_hub(McpCtx *x, const char *method, const char *path, Str body,
                    int64_t timeout_ms) {
     char err[ARC_ERRLEN];
@@ -11314,6 +11351,8 @@ done:
     return rc;
 }
 
+/* arc_poll_messages: long-poll the agent's events past its cursor for this
+ * channel/thread filter, then move that cursor past what came back. */
 static int mcp_t_poll(McpCtx *x) {
     Buf ch = { 0 }, th = { 0 }, extra = { 0 };
     double wait_s;
@@ -11465,6 +11504,7 @@ static int mcp_t_inbox(McpCtx *x) {
     return 0;
 }
 
+/* arc_read_thread: the thread's summary and its last `limit` messages. */
 static int mcp_t_thread(McpCtx *x) {
     Buf id = { 0 }, path = { 0 };
     int64_t limit = 50;
@@ -11677,6 +11717,8 @@ done:
     return rc;
 }
 
+/* arc_whoami: this server's agent, session, hub and read cursor, with the
+ * hub's bootstrap for the agent. */
 static int mcp_t_whoami(McpCtx *x) {
     Buf path = { 0 };
     buf_adds(&path, "/v1/bootstrap");
@@ -12016,8 +12058,22 @@ static void mcp_server_info(Buf *b, const char *version) {
     json_cstr(b, mcp_instructions);
 }
 
-static void mcp_initialize(McpBatch *bt, Str id, const Json *j, uint32_t params) {
-    uint32_t pv = params ? json_get(j, params, "protocolVersion") : 0;
+/* One JSON-RPC request or notification, as its method's handler gets it:
+ * id is the request id's JSON text (empty for a notification), version the
+ * protocol version it is answered in (mcp_request_version). All borrowed
+ * for the length of the call. */
+typedef struct {
+    McpBatch *bt;          /* the batch it came in, or NULL */
+    Str id;
+    const Json *j;
+    uint32_t m, params;    /* the message and its params (0: none) */
+    Str msg;               /* the message's text */
+    const char *version;   /* requests only */
+} McpReq;
+
+static void mcp_m_initialize(const McpReq *rq) {
+    const Json *j = rq->j;
+    uint32_t pv = rq->params ? json_get(j, rq->params, "protocolVersion") : 0;
     Buf want = { 0 };
     if (pv && j->t[pv].type == JSON_STR) json_unescape(j, pv, &want);
     /* The stateless revision has no handshake; a client asking for it in
@@ -12028,16 +12084,109 @@ static void mcp_initialize(McpBatch *bt, Str id, const Json *j, uint32_t params)
     snprintf(g_mcp.version, sizeof g_mcp.version, "%s", v);
     pthread_mutex_unlock(&g_mcp.mu);
     Buf b = { 0 };
-    mcp_result_begin(&b, id, v);
+    mcp_result_begin(&b, rq->id, v);
     mcp_member(&b, "protocolVersion");
     json_cstr(&b, v);
     mcp_server_info(&b, v);
-    mcp_result_end(bt, &b);
+    mcp_result_end(rq->bt, &b);
     buf_free(&want);
 }
 
-/* A JSON-RPC message (object token m of j, whose text is msg). Requests get
- * exactly one answer through bt (or directly); notifications none. */
+static void mcp_m_ping(const McpReq *rq) {
+    Buf b = { 0 };
+    mcp_result_begin(&b, rq->id, rq->version);
+    mcp_result_end(rq->bt, &b);
+}
+
+/* server/discover (2026-07-28): answered in the stateless revision always. */
+static void mcp_m_discover(const McpReq *rq) {
+    Buf b = { 0 };
+    mcp_result_begin(&b, rq->id, MCP_V_STATELESS);
+    mcp_member(&b, "supportedVersions");
+    mcp_versions_json(&b);
+    mcp_server_info(&b, MCP_V_STATELESS);
+    mcp_cache_hint(&b, MCP_V_STATELESS);
+    mcp_result_end(rq->bt, &b);
+}
+
+static void mcp_m_tools_list(const McpReq *rq) {
+    Buf b = { 0 };
+    mcp_result_begin(&b, rq->id, rq->version);
+    mcp_member(&b, "tools");
+    mcp_tools_json(&b, rq->version);
+    mcp_cache_hint(&b, rq->version);
+    mcp_result_end(rq->bt, &b);
+}
+
+/* tools/call: check the name and arguments here, so a bad call is answered
+ * at once; a good one runs on its own thread (mcp_call_start). */
+static void mcp_m_tools_call(const McpReq *rq) {
+    const Json *j = rq->j;
+    uint32_t tn = rq->params ? json_get(j, rq->params, "name") : 0;
+    uint32_t args = rq->params ? json_get_val(j, rq->params, "arguments") : 0;
+    Buf tname = { 0 };
+    if (tn && j->t[tn].type == JSON_STR) json_unescape(j, tn, &tname);
+    if (!tn || j->t[tn].type != JSON_STR)
+        mcp_error(rq->bt, rq->id, MCP_BAD_PARAMS, "Invalid params: name (a string) is required",
+                  NULL);
+    else if (!mcp_tool(buf_str(&tname)) || tname.len != strlen(tname.p)) {
+        Buf e = { 0 };
+        buf_adds(&e, "Unknown tool: ");
+        buf_addstr(&e, buf_str(&tname));
+        mcp_error(rq->bt, rq->id, MCP_BAD_PARAMS, e.p, NULL);
+        buf_free(&e);
+    } else if (args && j->t[args].type != JSON_OBJ)
+        mcp_error(rq->bt, rq->id, MCP_BAD_PARAMS, "Invalid params: arguments must be an object",
+                  NULL);
+    else
+        mcp_call_start(rq->bt, rq->id, rq->msg, j, rq->m, rq->version);
+    buf_free(&tname);
+}
+
+/* notifications/cancelled: cancel the call with that requestId. */
+static void mcp_m_cancelled(const McpReq *rq) {
+    uint32_t rid = rq->params ? json_get(rq->j, rq->params, "requestId") : 0;
+    if (!rid) return;
+    Buf r = { 0 };
+    json_write(&r, rq->j, rid);
+    mcp_cancel(buf_str(&r));
+    buf_free(&r);
+}
+
+#define MCP_NOTE 1u   /* a notification: handled, never answered */
+
+/* The methods arc answers, and the notifications it acts on; other
+ * notifications (initialized, progress, roots/list_changed ...) are
+ * ignored, other requests get "Method not found". Nothing waits for
+ * initialize: the stateless revision (2026-07-28) has no handshake, and
+ * older clients are served before it too. */
+typedef struct {
+    const char *name;
+    void (*run)(const McpReq *rq);
+    unsigned flags;        /* MCP_NOTE */
+} McpMethod;
+
+static const McpMethod mcp_methods[] = {
+    { "initialize",              mcp_m_initialize, 0 },
+    { "ping",                    mcp_m_ping,       0 },
+    { "server/discover",         mcp_m_discover,   0 },
+    { "tools/list",              mcp_m_tools_list, 0 },
+    { "tools/call",              mcp_m_tools_call, 0 },
+    { "notifications/cancelled", mcp_m_cancelled,  MCP_NOTE },
+};
+
+/* The entry for a request (note 0) or a notification (note 1), or NULL. A
+ * method name is compared as a C string, up to any NUL in it. */
+static const McpMethod *mcp_method(const char *name, int note) {
+    for (size_t i = 0; i < sizeof mcp_methods / sizeof *mcp_methods; i++)
+        if (!(mcp_methods[i].flags & MCP_NOTE) == !note && !strcmp(mcp_methods[i].name, name))
+            return &mcp_methods[i];
+    return NULL;
+}
+
+/* A JSON-RPC message (object token m of j, whose text is msg): check the
+ * envelope, then run its method from mcp_methods. Requests get exactly one
+ * answer through bt (or directly); notifications none. */
 static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
     uint32_t idt = j->t[m].type == JSON_OBJ ? json_get(j, m, "id") : 0;
     uint32_t method = j->t[m].type == JSON_OBJ ? json_get(j, m, "method") : 0;
@@ -12071,16 +12220,12 @@ static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
             mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: params must be an object", NULL);
         goto done;
     }
+    McpReq rq = { .bt = bt, .id = id, .j = j, .m = m, .params = params, .msg = msg,
+                  .version = version };
+    const McpMethod *mt = mcp_method(buf_cstr(&name), notification);
     if (notification) {
-        uint32_t rid;
-        if (!strcmp(name.p, "notifications/cancelled") && params &&
-            (rid = json_get(j, params, "requestId"))) {
-            Buf r = { 0 };
-            json_write(&r, j, rid);
-            mcp_cancel(buf_str(&r));
-            buf_free(&r);
-        }
-        goto done;   /* initialized, progress, roots/list_changed ...: nothing to do */
+        if (mt) mt->run(&rq);
+        goto done;
     }
     int vrc = mcp_request_version(j, params, version, &bad);
     if (vrc > 0) {
@@ -12100,45 +12245,8 @@ static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
         buf_free(&data);
         goto done;
     }
-    Buf b = { 0 };
-    if (!strcmp(name.p, "initialize")) {
-        mcp_initialize(bt, id, j, params);
-    } else if (!strcmp(name.p, "ping")) {
-        mcp_result_begin(&b, id, version);
-        mcp_result_end(bt, &b);
-    } else if (!strcmp(name.p, "server/discover")) {
-        mcp_result_begin(&b, id, MCP_V_STATELESS);
-        mcp_member(&b, "supportedVersions");
-        mcp_versions_json(&b);
-        mcp_server_info(&b, MCP_V_STATELESS);
-        mcp_cache_hint(&b, MCP_V_STATELESS);
-        mcp_result_end(bt, &b);
-    } else if (!strcmp(name.p, "tools/list")) {
-        mcp_result_begin(&b, id, version);
-        mcp_member(&b, "tools");
-        mcp_tools_json(&b, version);
-        mcp_cache_hint(&b, version);
-        mcp_result_end(bt, &b);
-    } else if (!strcmp(name.p, "tools/call")) {
-        uint32_t tn = params ? json_get(j, params, "name") : 0;
-        uint32_t args = params ? json_get_val(j, params, "arguments") : 0;
-        Buf tname = { 0 };
-        if (tn && j->t[tn].type == JSON_STR) json_unescape(j, tn, &tname);
-        if (!tn || j->t[tn].type != JSON_STR)
-            mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: name (a string) is required",
-                      NULL);
-        else if (!mcp_tool(buf_str(&tname)) || tname.len != strlen(tname.p)) {
-            Buf e = { 0 };
-            buf_adds(&e, "Unknown tool: ");
-            buf_addstr(&e, buf_str(&tname));
-            mcp_error(bt, id, MCP_BAD_PARAMS, e.p, NULL);
-            buf_free(&e);
-        } else if (args && j->t[args].type != JSON_OBJ)
-            mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: arguments must be an object",
-                      NULL);
-        else
-            mcp_call_start(bt, id, msg, j, m, version);
-        buf_free(&tname);
+    if (mt) {
+        mt->run(&rq);
     } else {
         Buf e = { 0 };
         buf_adds(&e, "Method not found: ");

@@ -1,5 +1,5 @@
-/* unit -- C unit tests for arc's base, json and http sections and the
- * loop's timer heap and wait buckets.
+/* unit -- C unit tests for arc's base, json, http, store and hub sections
+ * and the loop's timer heap and wait buckets.
  *
  * The test compiles arc.c in (every function there is static) and is built
  * with -DARC_NO_MAIN -DARC_BUF_MIN=1, so buffers start at one byte and every
@@ -1663,6 +1663,283 @@ static void test_wait_buckets(void) {
     free(l.wb_any);
 }
 
+/* ==== store and hub: the message renderer, its cache, the wait filters == */
+
+/* A hub with only its store open, on a fresh file in a fresh directory. */
+static Hub *ut_hub_open(char dir[64]) {
+    snprintf(dir, 64, "/tmp/arc-unit-XXXXXX");
+    if (!mkdtemp(dir)) die("mkdtemp: %s", strerror(errno));
+    Hub *h = xrealloc(NULL, sizeof *h);
+    memset(h, 0, sizeof *h);
+    char path[96], err[ARC_ERRLEN];
+    snprintf(path, sizeof path, "%s/arc.db", dir);
+    if (store_open(&h->store, path, 1000, 0, err)) die("%s", err);
+    return h;
+}
+
+static void ut_hub_close(Hub *h, const char *dir) {
+    hub_batch_truncate(h, 0);
+    free(h->batch);
+    store_close(&h->store);
+    free(h);
+    static const char *const files[] = { "arc.db", "arc.db-wal", "arc.db-shm" };
+    char path[96];
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+/* Insert one message in its own request, as a handler would. Returns 0 or
+ * -1; the message stays in h->batch with its insert-time JSON. */
+static int ut_insert(Hub *h, const StoreMsg *m, int64_t *id) {
+    Req q = { 0 };
+    Res r = { 0 };
+    int rc = hub_insert_message(h, &q, &r, m, NULL, id);
+    hub_tx_end(h, &q, rc == 0);
+    req_free(&q);
+    res_free(&r);
+    return rc;
+}
+
+/* Message id's JSON as a GET renders it: a list's id-only row, or a full
+ * row of M_COLS. */
+static void ut_render_row(Hub *h, int64_t id, int full, Buf *out) {
+    static const char by_id[] = "SELECT id FROM messages WHERE id=?";
+    static const char by_row[] = "SELECT " M_COLS " FROM messages WHERE id=?";
+    sqlite3_stmt *st = store_stmt(&h->store, full ? by_row : by_id);
+    buf_reset(out);
+    if (!st) return;
+    sqlite3_bind_int64(st, 1, id);
+    CHECK(store_emit_one(&h->store, out, st, store_emit_message) == 1);
+}
+
+/* The insert-time JSON (a POST's answer, the fan-out, then the cache) and
+ * the JSON rendered from the stored row must agree byte for byte, for every
+ * combination of optional fields and awkward text. */
+static void test_message_render(void) {
+    char dir[64];
+    Hub *h = ut_hub_open(dir);
+    static const char *const bodies[] = {
+        NULL, "", "plain", "tab\there \"quoted\" back\\slash \x01\x1f\x7f",
+        "caf\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80 \xe2\x80\xa8 </script>",
+        "line\nbreak\r\n",
+    };
+    static const char *const tos[] = { NULL, "bob", "b\xc3\xb6\"b" };
+    static const char *const threads[] = { NULL, "t-1", "th\xc3\xa9" "ad \"x\"" };
+    static const int64_t replies[] = { ARC_NO_ID, 1, ARC_MAX_ID };
+    static const char *const atts[] = {
+        "[]", "[{\"type\":\"json\",\"content\":{\"a\":[1,2.5,null,true]}}]",
+        "[{\"type\":\"text\",\"content\":\"\\u00e9\\n\\\"\"}]",
+    };
+    static const char *const metas[] = {
+        "{}", "{\"k\":\"v\",\"n\":-1.5e3,\"u\":\"caf\xc3\xa9\",\"z\":{}}",
+    };
+    static const char *const kinds[] = { "chat", "task_request" };
+    int n = 0, bad = 0;
+    Buf row = { 0 };
+    for (size_t b = 0; b < sizeof bodies / sizeof *bodies; b++)
+    for (size_t t = 0; t < sizeof tos / sizeof *tos; t++)
+    for (size_t th = 0; th < sizeof threads / sizeof *threads; th++)
+    for (size_t rp = 0; rp < sizeof replies / sizeof *replies; rp++)
+    for (size_t a = 0; a < sizeof atts / sizeof *atts; a++)
+    for (size_t mt = 0; mt < sizeof metas / sizeof *metas; mt++) {
+        StoreMsg m = { .from = str_c(n % 2 ? "alice" : "\xc3\xa5sa"),
+                    .to = { tos[t], tos[t] ? strlen(tos[t]) : 0 },
+                    .channel = str_c(t ? "direct" : "general"),
+                    .kind = str_c(kinds[(size_t)n % 2]),
+                    .body = { bodies[b], bodies[b] ? strlen(bodies[b]) : 0 },
+                    .thread = { threads[th], threads[th] ? strlen(threads[th]) : 0 },
+                    .attachments = str_c(atts[a]), .metadata = str_c(metas[mt]),
+                    .reply_to = replies[rp] };
+        int64_t id;
+        CHECK(ut_insert(h, &m, &id) == 0);
+        n++;
+    }
+    CHECK(h->n_batch == n && h->store.in_tx);
+    /* Inside the transaction a row renders the same but is not cached: it
+     * is not committed yet. */
+    ut_render_row(h, h->batch[0].id, 0, &row);
+    CHECK(ut_buf_is(&row, h->batch[0].json, h->batch[0].json_len));
+    CHECK(store_cache_get(&h->store, h->batch[0].id) == NULL);
+    CHECK(store_commit(&h->store) == 0);
+    for (int i = 0; i < h->n_batch; i++) {
+        const NewMsg *nm = &h->batch[i];
+        for (int full = 0; full < 2; full++) {
+            store_cache_flush(&h->store);
+            ut_render_row(h, nm->id, full, &row);
+            if (!ut_buf_is(&row, nm->json, nm->json_len) && bad++ < 3)
+                fprintf(stderr, "insert: %s\nrow:    %s\n", nm->json, buf_cstr(&row));
+        }
+        /* The row went into the cache; the cached copy is the same. */
+        CHECK(store_cache_get(&h->store, nm->id) != NULL);
+        ut_render_row(h, nm->id, 0, &row);
+        CHECK(ut_buf_is(&row, nm->json, nm->json_len));
+    }
+    CHECK(bad == 0);
+    /* And the JSON is what a client parses back: the fields in order. */
+    Json j = { 0 };
+    CHECK(json_parse(&j, h->batch[n - 1].json, h->batch[n - 1].json_len) == 0);
+    CHECK(j.t[0].type == JSON_OBJ && j.t[0].n == 11);
+    json_free(&j);
+    buf_free(&row);
+    ut_hub_close(h, dir);
+}
+
+/* The cache of rendered messages: direct-mapped by id, bounded in bytes,
+ * flushed when another connection commits. */
+static void test_message_cache(void) {
+    char dir[64];
+    Hub *h = ut_hub_open(dir);
+    Store *s = &h->store;
+    CHECK(store_cache_get(s, 1) == NULL && s->cache == NULL);  /* lazy */
+    store_cache_put(s, 1, "{\"id\":1}", 8);
+    const StoreCached *c = store_cache_get(s, 1);
+    CHECK(c && c->len == 8 && !memcmp(c->json, "{\"id\":1}", 8) && s->cache_bytes == 8);
+    CHECK(store_cache_get(s, 2) == NULL);                        /* miss */
+    CHECK(store_cache_get(s, 1 + ARC_MSG_CACHE_SLOTS) == NULL);  /* same slot */
+    store_cache_put(s, 1, "{\"id\":1,\"x\":0}", 14);             /* kept */
+    CHECK(store_cache_get(s, 1)->len == 8 && s->cache_bytes == 8);
+    /* A different id in the slot replaces the entry. */
+    store_cache_put(s, 1 + ARC_MSG_CACHE_SLOTS, "{\"id\":4097}", 11);
+    CHECK(store_cache_get(s, 1) == NULL);
+    c = store_cache_get(s, 1 + ARC_MSG_CACHE_SLOTS);
+    CHECK(c && c->len == 11 && s->cache_bytes == 11);
+    /* Too large for an entry: not cached, nothing evicted. */
+    char *big = ut_rep('x', ARC_MSG_CACHE_ENTRY + 1);
+    store_cache_put(s, 2, big, ARC_MSG_CACHE_ENTRY + 1);
+    CHECK(store_cache_get(s, 2) == NULL && s->cache_bytes == 11);
+    /* Full: the next put flushes everything, then goes in. */
+    size_t per = ARC_MSG_CACHE_ENTRY, fit = ARC_MSG_CACHE_BYTES / per;
+    store_cache_flush(s);
+    for (size_t i = 0; i < fit; i++) store_cache_put(s, (int64_t)(100 + i), big, per);
+    CHECK(s->cache_bytes == fit * per && store_cache_get(s, 100) != NULL);
+    store_cache_put(s, 99, big, per);
+    CHECK(s->cache_bytes == per && store_cache_get(s, 99) != NULL);
+    CHECK(store_cache_get(s, 100) == NULL);
+    free(big);
+    store_cache_flush(s);
+    CHECK(s->cache_bytes == 0 && store_cache_get(s, 99) == NULL);
+    /* A commit by this connection leaves the cache valid; one by another
+     * connection (a second hub, the reference) flushes it at the next sync. */
+    StoreMsg m = { .from = STR_LIT("a"), .channel = STR_LIT("general"),
+                .kind = STR_LIT("chat"), .body = STR_LIT("hi"),
+                .attachments = STR_LIT("[]"), .metadata = STR_LIT("{}"),
+                .reply_to = ARC_NO_ID };
+    int64_t id;
+    CHECK(ut_insert(h, &m, &id) == 0 && store_commit(s) == 0);
+    store_cache_sync(s);
+    Buf row = { 0 };
+    ut_render_row(h, id, 0, &row);
+    store_cache_sync(s);
+    CHECK(store_cache_get(s, id) != NULL);
+    sqlite3 *other = NULL;
+    CHECK(sqlite3_open(s->path, &other) == SQLITE_OK);
+    CHECK(sqlite3_exec(other, "UPDATE messages SET body='changed'", NULL, NULL, NULL)
+          == SQLITE_OK);
+    sqlite3_close(other);
+    store_cache_sync(s);
+    CHECK(store_cache_get(s, id) == NULL && s->cache_bytes == 0);
+    ut_render_row(h, id, 0, &row);
+    CHECK(strstr(buf_cstr(&row), "\"body\":\"changed\"") != NULL);
+    buf_free(&row);
+    ut_hub_close(h, dir);
+}
+
+/* The ids w's query returns, in order, into ids[]; returns the count. */
+static int ut_wait_sql(Hub *h, const Wait *w, int64_t *ids, int max) {
+    sqlite3_stmt *st = hub_wait_stmt(h, w, 0);
+    int n = 0;
+    while (st && sqlite3_step(st) == SQLITE_ROW && n < max)
+        ids[n++] = sqlite3_column_int64(st, 0);
+    if (st) sqlite3_reset(st);
+    return n;
+}
+
+/* hub_wait_match decides which new messages wake a parked request or a
+ * stream; the query decides what it then reads. Each filter by hand, then
+ * the two compared over every filter combination. */
+static void test_wait_match(void) {
+    char alice[] = "alice", bob[] = "bob", carol[] = "carol", t1[] = "t1",
+         t2[] = "t2", general[] = "general", direct[] = "direct", dev[] = "dev";
+    NewMsg bc = { .id = 10, .from = alice, .channel = general };
+    NewMsg dm = { .id = 11, .from = alice, .to = bob, .channel = direct };
+    NewMsg tm = { .id = 12, .from = bob, .channel = dev, .thread = t1 };
+    Wait w = { .kind = WAIT_MESSAGES, .channel = general };
+    CHECK(hub_wait_match(&w, &bc) && !hub_wait_match(&w, &tm));
+    w.since_id = 10;                                          /* since_id */
+    CHECK(!hub_wait_match(&w, &bc));
+    w = (Wait){ .kind = WAIT_MESSAGES, .channel = direct };   /* no DMs */
+    CHECK(!hub_wait_match(&w, &dm));
+    w = (Wait){ .kind = WAIT_MESSAGES, .thread = t1 };        /* thread */
+    CHECK(hub_wait_match(&w, &tm) && !hub_wait_match(&w, &bc));
+    w.thread = t2;
+    CHECK(!hub_wait_match(&w, &tm));
+    w = (Wait){ .kind = WAIT_EVENTS, .agent = bob };          /* to/DM */
+    CHECK(hub_wait_match(&w, &dm) && hub_wait_match(&w, &bc) && hub_wait_match(&w, &tm));
+    w.agent = carol;
+    CHECK(!hub_wait_match(&w, &dm) && hub_wait_match(&w, &bc));
+    w = (Wait){ .kind = WAIT_EVENTS, .agent = bob, .exclude_self = 1 };
+    CHECK(!hub_wait_match(&w, &tm) && hub_wait_match(&w, &dm));
+    char *set[] = { dev, general };                           /* channel set */
+    w = (Wait){ .kind = WAIT_STREAM, .agent = bob, .channels = set, .n_channels = 2 };
+    CHECK(hub_wait_match(&w, &bc) && hub_wait_match(&w, &tm) && !hub_wait_match(&w, &dm));
+    w = (Wait){ .kind = WAIT_STREAM, .agent = bob, .channel = dev };
+    CHECK(hub_wait_match(&w, &tm) && !hub_wait_match(&w, &bc));
+
+    /* Agreement with the queries, over messages of every shape. */
+    char dir[64];
+    Hub *h = ut_hub_open(dir);
+    static const char *const chans[] = { "general", "dev", "direct" };
+    static const char *const agents[] = { "alice", "bob", "carol" };
+    static const char *const tos[] = { NULL, "alice", "bob" };
+    static const char *const threads[] = { NULL, "t1", "t2" };
+    for (size_t c = 0; c < 3; c++)
+    for (size_t f = 0; f < 3; f++)
+    for (size_t t = 0; t < 3; t++)
+    for (size_t th = 0; th < 3; th++) {
+        StoreMsg m = { .from = str_c(agents[f]), .to = { tos[t], tos[t] ? strlen(tos[t]) : 0 },
+                    .channel = str_c(chans[c]), .kind = STR_LIT("chat"),
+                    .body = STR_LIT("x"),
+                    .thread = { threads[th], threads[th] ? strlen(threads[th]) : 0 },
+                    .attachments = STR_LIT("[]"), .metadata = STR_LIT("{}"),
+                    .reply_to = ARC_NO_ID };
+        int64_t id;
+        CHECK(ut_insert(h, &m, &id) == 0);
+    }
+    CHECK(store_commit(&h->store) == 0);
+    int64_t sql[128], hit[128], mid = h->batch[h->n_batch / 2].id;
+    static const char *const wchan[] = { NULL, "general", "dev", "direct" };
+    char set_json[] = "[\"dev\",\"direct\"]";
+    char *wset[] = { dev, direct };
+    int cases = 0, agree = 0;
+    for (int kind = WAIT_EVENTS; kind <= WAIT_STREAM; kind++)
+    for (size_t ch = 0; ch < 5; ch++)          /* 4: the channel set */
+    for (size_t th = 0; th < 3; th++)
+    for (size_t a = 0; a < 3; a++)
+    for (int ex = 0; ex < 2; ex++)
+    for (int since = 0; since < 2; since++) {
+        if (kind == WAIT_MESSAGES && (a || ex || ch == 4 || (!th && !ch))) continue;
+        if (kind == WAIT_EVENTS && ch == 4) continue;
+        Wait x = { .kind = (WaitKind)kind, .limit = 500,
+                   .agent = kind == WAIT_MESSAGES ? NULL : (char *)agents[a],
+                   .channel = ch < 4 ? (char *)wchan[ch] : NULL,
+                   .thread = (char *)threads[th], .exclude_self = ex,
+                   .since_id = since ? mid : 0 };
+        if (ch == 4) x.channels = wset, x.n_channels = 2, x.channel_set = set_json;
+        int n = ut_wait_sql(h, &x, sql, 128), k = 0;
+        for (int i = 0; i < h->n_batch && k < 128; i++)
+            if (hub_wait_match(&x, &h->batch[i])) hit[k++] = h->batch[i].id;
+        cases++;
+        if (n == k && !memcmp(sql, hit, (size_t)n * sizeof *sql)) agree++;
+        else fprintf(stderr, "wait kind %d ch %zu th %zu agent %zu ex %d since %d: "
+                     "query %d rows, match %d\n", kind, ch, th, a, ex, since, n, k);
+    }
+    CHECK(cases > 100 && agree == cases);
+    ut_hub_close(h, dir);
+}
+
 int main(void) {
     test_buf();
     test_str();
@@ -1689,6 +1966,9 @@ int main(void) {
     test_http_frame();
     test_timer_heap();
     test_wait_buckets();
+    test_message_render();
+    test_message_cache();
+    test_wait_match();
     ut_guard_free();
     printf("unit: %d passed, %d failed\n", ut_pass, ut_fail);
     return ut_fail > 0;
