@@ -215,6 +215,49 @@ class LifecycleTests(CliCase):
         self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data)
         self.ok_json(self.arc("stop", "--port", port, "--storage", storage))
 
+    def test_ensure_passes_every_serve_option_on(self):
+        """arc ensure rebuilds the hub's argv from the parsed options: all
+        16 --allowed-host names (a fixed-size argv once overflowed here;
+        run with ARC=arc-asan to see it clean) and the rest arrive."""
+        port, sdir, storage = self.state()
+        names = ["h%d.lan" % i for i in range(1, 17)]
+        tf = os.path.join(sdir, "token")
+        with open(tf, "w") as f:
+            f.write("t" * 32 + "\n")
+        os.chmod(tf, 0o600)
+        extra = [a for n in names for a in ("--allowed-host", n)]
+        extra += ["--allow-remote", "--sync=normal", "--max-body-chars", "5000",
+                  "--presence-ttl", "300", "--spool-dir", os.path.join(sdir, "spool"),
+                  "--token-file", tf]
+        proc = self.ensure(port, storage, *extra)
+        out = self.ok_json(proc)
+        self.assertEqual(out["started"], True, out)
+        self.assertNotIn("runtime error", proc.stderr)
+        self.assertNotIn("Sanitizer", proc.stderr)
+        pid = self.read_pidfile(sdir)["pid"]
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = [a.decode() for a in f.read().split(b"\0")]
+        self.assertEqual([argv[i + 1] for i, a in enumerate(argv) if a == "--allowed-host"],
+                         names)
+        for opt, val in (("--sync", "normal"), ("--max-body-chars", "5000"),
+                         ("--presence-ttl", "300"), ("--port", str(port))):
+            self.assertEqual(argv[argv.index(opt) + 1], val, argv)
+        self.assertIn("--allow-remote", argv)
+        self.assertNotIn("t" * 32, " ".join(argv))      # the token goes by environment
+        auth = {"Authorization": "Bearer " + "t" * 32}
+        for host, want in (("h16.lan", 200), ("h1.lan:%d" % port, 200), ("h17.lan", 403)):
+            with self.subTest(host=host):
+                status, _, _ = request(port, "GET", "/v1/channels",
+                                       headers=dict(auth, Host=host))
+                self.assertEqual(status, want)
+        status, _, _ = request(port, "GET", "/v1/channels", headers={"Host": "h16.lan"})
+        self.assertEqual(status, 401)
+        self.ok_json(self.arc("stop", "--port", port, "--storage", storage, "--token-file", tf))
+        with open(os.path.join(sdir, "arc.log")) as f:
+            log = f.read()
+        self.assertNotIn("runtime error", log)
+        self.assertNotIn("Sanitizer", log)
+
     def test_concurrent_ensure_starts_one_hub(self):
         port, sdir, storage = self.state()
         cmd = hub_command() + ["ensure", "--port", str(port), "--storage", storage, "--quiet"]
