@@ -9536,6 +9536,7 @@ static const OptHelp stop_help = {
             "Stop the running hub (SIGTERM) and wait for it to exit.\n", NULL
 };
 
+/* Stop the hub these options name; prints the outcome as JSON. */
 static int cmd_stop(int argc, char **argv) {
     LifeOpts o = { .argv0 = g_argv0 };
     life_options(&stop_help, 0, argc, argv, &o);
@@ -9718,7 +9719,7 @@ static const Opt agent_opts[] = {
 /* post's and poll's: where. */
 static const Opt agent_where_opts[] = {
     { "--channel", OPT_STR, AGENT_OPT(channel), .arg = "C",
-      .help = "channel (post: default general)" },
+      .help = "channel (post: default general; poll: all)" },
     { "--thread-id", OPT_STR, AGENT_OPT(thread), .arg = "T", .help = "thread" },
     { 0 }
 };
@@ -10164,6 +10165,7 @@ static const OptHelp relay_gc_help = {
                 "under requests/) are never deleted.\n", NULL
 };
 
+/* Delete old claimed requests and answers from a spool (relay_gc_dir). */
 static int cmd_relay_gc(int argc, char **argv) {
     RelayGcOpts o = { .spool = ".arc-relay" };
     OptGroup g[] = { { relay_gc_opts, &o, NULL, 0 } };
@@ -10474,26 +10476,31 @@ typedef struct {
 #define SMOKE_OPT(f) offsetof(SmokeOpts, f)
 /* The options smoke-agent and smoke share. */
 static const Opt smoke_opts[] = {
-    { "--role", OPT_STR, SMOKE_OPT(role), .arg = "ROLE",
-      .help = "smoke-a, smoke-b or smoke-c" },
-    { "--transport", OPT_STR, SMOKE_OPT(transport), .arg = "http|relay",
-      .help = "how the role talks to the hub" },
     { "--base-url", OPT_STR, SMOKE_OPT(url), .arg = "URL",
       .help = "hub (default ARC_URL, else http://127.0.0.1:6969)" },
-    { "--relay-dir", OPT_STR, SMOKE_OPT(relay), .arg = "DIR",
-      .help = "the hub's spool (default .arc-relay)" },
     { "--channel", OPT_STR, SMOKE_OPT(channel), .arg = "C",
       .help = "channel (default smoke-room)" },
-    { "--thread-id", OPT_STR, SMOKE_OPT(thread), .arg = "T",
-      .help = "thread (default smoke-relay-001)" },
-    { "--claim-key", OPT_STR, SMOKE_OPT(claim_key), .arg = "K",
-      .help = "claim key (default smoke-claim-001)" },
     { "--timeout-sec", OPT_SECS, SMOKE_OPT(timeout_s), .lo = 0, .hi = 86400,
       .arg = "SEC", .help = "give up after this long (default: smoke-agent\n"
                             "120, smoke 60)", .flags = OPT_ABOVE_LO },
     { "--poll-interval-sec", OPT_SECS, SMOKE_OPT(poll_s), .lo = 0, .hi = 3600,
       .arg = "SEC", .help = "back-off while the channel is missing (default 1)",
       .flags = OPT_ABOVE_LO },
+    { 0 }
+};
+
+/* One role's: smoke-agent uses them; arc smoke accepts them, unused. */
+static const Opt smoke_role_opts[] = {
+    { "--role", OPT_STR, SMOKE_OPT(role), .arg = "ROLE",
+      .help = "smoke-a, smoke-b or smoke-c" },
+    { "--transport", OPT_STR, SMOKE_OPT(transport), .arg = "http|relay",
+      .help = "how the role talks to the hub" },
+    { "--relay-dir", OPT_STR, SMOKE_OPT(relay), .arg = "DIR",
+      .help = "the hub's spool (default .arc-relay)" },
+    { "--thread-id", OPT_STR, SMOKE_OPT(thread), .arg = "T",
+      .help = "thread (default smoke-relay-001)" },
+    { "--claim-key", OPT_STR, SMOKE_OPT(claim_key), .arg = "K",
+      .help = "claim key (default smoke-claim-001)" },
     { 0 }
 };
 
@@ -10524,14 +10531,16 @@ static void smoke_options(int argc, char **argv, Smoke *s, const char **transpor
                     .claim_key = "smoke-claim-001", .timeout_s = *timeout_s,
                     .poll_s = 1 };
     OptGroup g[] = {
+        { smoke_role_opts, &o, NULL, 0 },
         { smoke_opts, &o, NULL, 0 },
         { smoke_token_opts, &o, NULL, 0 },
     };
-    if (hub) {
+    if (hub) {   /* --help: the role options are only named in the usage */
         serve_defaults(hub);
-        g[1] = (OptGroup){ serve_opts, hub, "hub options, as for arc ensure:\n", 0 };
+        g[0].show = OPT_PASS;
+        g[2] = (OptGroup){ serve_opts, hub, "hub options, as for arc ensure:\n", 0 };
     }
-    opt_parse(h, g, 2, argc, argv);
+    opt_parse(h, g, 3, argc, argv);
     if (!hub && o.role) s->role = o.role;   /* arc smoke names its three */
     s->channel = o.channel, s->thread = o.thread, s->claim_key = o.claim_key;
     s->poll_ms = (int64_t)(o.poll_s * 1000);
@@ -10554,6 +10563,7 @@ static void smoke_options(int argc, char **argv, Smoke *s, const char **transpor
     s->client.token = hub ? hub->token : s->token;
 }
 
+/* Run one smoke role in this process; exit 0 when it passed. */
 static int cmd_smoke_agent(int argc, char **argv) {
     Smoke s = { 0 };
     const char *transport = NULL;

@@ -1523,10 +1523,11 @@ static int ut_argv_ok(const OptArgv *a, const Opt *t) {
     return 1;
 }
 
+/* The option tables, the one parser and the serialiser arc ensure uses. */
 static void test_options(void) {
     const Opt *const tables[] = { serve_opts, life_opts, agent_opts,
         agent_where_opts, agent_post_opts, agent_poll_opts, relay_opts,
-        relay_gc_opts, smoke_opts, smoke_token_opts, mcp_opts };
+        relay_gc_opts, smoke_opts, smoke_role_opts, smoke_token_opts, mcp_opts };
     for (size_t i = 0; i < sizeof tables / sizeof *tables; i++)
         CHECK(opt_table_ok(tables[i]));
     static const Opt dup[] = { { "--a", OPT_FLAG, .help = "x" },
