@@ -517,6 +517,43 @@ class HelpTests(CliCase):
                 self.assertEqual(sub.returncode, 0, sub)
                 self.assertIn("usage", sub.stdout)
 
+    def test_option_errors(self):
+        """One parser: every command reports bad options the same way
+        (exit 2, "arc CMD: ..." on stderr, nothing on stdout)."""
+        for args, msg in ((["serve", "--port"], "arc serve: --port needs a value"),
+                          (["serve", "--port=70000"], "from 0 to 65535"),
+                          (["serve", "--sync", "fast"], "--sync must be full or normal"),
+                          (["serve", "--quiet=1"], "--quiet takes no value"),
+                          (["ensure", "--timeout", "0"], "arc ensure: --timeout"),
+                          (["stop", "--bogus"], "arc stop: unknown option --bogus"),
+                          (["post", "--agent", "a", "x", "y"], "unexpected argument y"),
+                          (["poll", "--agent", "a", "--timeout=61"], "from 0 to 60"),
+                          (["relay", "--base-url"], "arc relay: --base-url needs a value"),
+                          (["relay-gc", "--older-than", "5q"], "bad duration 5q"),
+                          (["relay-gc"], "--older-than is required"),
+                          (["mcp", "--no-autostart=1"], "arc mcp: --no-autostart takes"),
+                          (["smoke-agent", "--timeout-sec", "0"], "arc smoke-agent:"),
+                          (["serve"] + ["--allowed-host=h%d" % i for i in range(17)],
+                           "at most 16 times")):
+            with self.subTest(args=args):
+                proc = self.arc(*args)
+                self.assertEqual(proc.returncode, 2, proc)
+                self.assertIn(msg, proc.stderr)
+                self.assertEqual(proc.stdout, "")
+
+    def test_help_names_every_option(self):
+        """--help is printed from the table the parser reads."""
+        for cmd, opts in (("ensure", ["--timeout", "--allowed-host", "--sync", "--quiet",
+                                      "--max-conns", "--token-file"]),
+                          ("stop", ["--host", "--port", "--storage", "--token"]),
+                          ("poll", ["--since-id", "--include-self", "--relay-dir"]),
+                          ("relay-gc", ["--older-than", "--spool-dir"]),
+                          ("mcp", ["--no-autostart", "--capabilities"])):
+            with self.subTest(cmd=cmd):
+                out = self.arc(cmd, "--help").stdout
+                for opt in opts:
+                    self.assertRegex(out, r"(?m)^  %s\b" % opt)
+
     def test_unknown_command(self):
         proc = self.arc("nosuchcmd")
         self.assertEqual(proc.returncode, 2, proc)
