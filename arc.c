@@ -706,6 +706,7 @@ static int opt_token(const char *flag_token, const char *flag_file,
     return 0;
 }
 
+#ifndef NDEBUG   /* the checks below serve assert() and tests/unit.c */
 /* Does this kind of option take a value? */
 static int opt_takes_value(OptKind k) {
     return k != OPT_END && k != OPT_TEXT && k != OPT_FLAG && k != OPT_ARG;
@@ -759,6 +760,7 @@ static int opt_groups_ok(const OptGroup *g, int ng) {
     }
     return tokens <= 1;   /* one token per command */
 }
+#endif
 
 /* Where option o of group g keeps its value. */
 static void *opt_dst(const Opt *o, const OptGroup *g) {
@@ -1000,7 +1002,7 @@ static void opt_argv(OptArgv *a, const Opt *t, const void *src, unsigned flags) 
             continue;
         }
         default:
-            assert(!"opt_table_ok() lets no other kind be passed on");
+            assert(0);   /* opt_table_ok() lets no other kind be passed on */
             continue;
         }
         if (!v) continue;
