@@ -24,7 +24,7 @@
  *   main   command table, arc_main(), main()
  */
 
-/* ==== base: limits, types, log, Str, Buf, clock, sha256 ================== */
+/* ==== base: limits, types, log, Str, Buf, clock, sha256, options ========= */
 
 /* C11 plus POSIX.1-2008 with the XSI bits (realpath). Everything else we use
  * is plain POSIX; nothing here needs _GNU_SOURCE. */
@@ -46,6 +46,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,7 +144,11 @@
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
 #define ARC_MAX_ID 9007199254740991LL /* 2^53 - 1, PROTOCOL §3 */
 #define ARC_NO_ID INT64_MIN       /* "no id" where any int64 is a valid id */
-#define ARC_ERRLEN 512
+#define ARC_ERRLEN 512            /* an error message a caller gets back */
+/* Paths and URLs arc builds itself. A cut one would name another file or
+ * hub, so every snprintf() into these checks for truncation. */
+#define ARC_PATHLEN (PATH_MAX + 16)  /* a directory plus "/.arc.pid" etc. */
+#define ARC_URLLEN 320            /* "http://[" host (<= 255) "]:65535" */
 #define ARC_AGAIN (-2)            /* parser: need more input */
 #define ARC_BAD (-1)              /* parser: malformed input */
 
@@ -568,6 +573,443 @@ static int token_eq(Str given, const char want[ARC_MAX_TOKEN + 1], size_t want_n
         d |= (unsigned)(g ^ w[i]);
     }
     return d == 0;
+}
+
+/* ---- options: one table per command, one parser, one serialiser ---- */
+
+/* A command's options are data: tables of Opt, one per struct they fill
+ * (HubConfig for the serve options, LifeOpts for ensure's --timeout, ...),
+ * combined per command as OptGroups. opt_parse() reads argv against them
+ * ("--port 6969" and "--port=6969" alike), opt_help() prints --help from
+ * them, and opt_argv() turns parsed values back into argv (what `arc
+ * ensure` hands the hub it starts), so the usage text, the parser and the
+ * spawner cannot disagree. String values are borrowed from argv, which
+ * outlives every command. Usage errors exit 2 (STYLE §7). */
+
+static int parse_int_text(Str s, int64_t *out);   /* json: Python's int() */
+
+typedef enum {
+    OPT_END,         /* ends a table */
+    OPT_TEXT,        /* not an option: a line of --help */
+    OPT_FLAG,        /* int, set to 1; takes no value */
+    OPT_STR,         /* const char *, borrowed from argv */
+    OPT_INT,         /* int within [lo, hi] */
+    OPT_I64,         /* int64_t within [lo, hi] */
+    OPT_SECS,        /* double seconds within [lo, hi] (OPT_ABOVE_LO: > lo) */
+    OPT_WORD,        /* int: the value paired with one of `words` */
+    OPT_LIST,        /* const char *[hi], the count an int at off_n */
+    OPT_TOKEN,       /* --token: see opt_token(); off: char[ARC_MAX_TOKEN+1] */
+    OPT_TOKEN_FILE,  /* --token-file: the same, from a file's first line */
+    OPT_IGNORED,     /* takes a value, accepted for compatibility, unused */
+    OPT_ARG          /* const char *: the operand (post's BODY; "-" too) */
+} OptKind;
+
+enum {
+    OPT_PASS = 1,      /* arc ensure (and arc smoke) hand it to a new hub */
+    OPT_WHICH = 2,     /* names the hub: stop/status/reset list only these */
+    OPT_ABOVE_LO = 4   /* OPT_SECS: lo itself is out of range */
+};
+
+typedef struct {
+    const char *word;
+    int value;
+} OptWord;
+
+typedef struct {
+    const char *name;      /* "--port"; NULL for OPT_TEXT and OPT_ARG */
+    OptKind kind;
+    size_t off;            /* the value's offset in the group's struct ... */
+    void *ptr;             /* ... or, when set, its address (a global) */
+    int64_t lo, hi;        /* INT, I64, SECS: the range; LIST: most values */
+    size_t off_n;          /* OPT_LIST: offset of the int count */
+    const OptWord *words;  /* OPT_WORD: the words, ending with { NULL } */
+    int (*ok)(const char *v);  /* STR, LIST: 0 if v is acceptable */
+    const char *bad;       /* ... else "--name <bad>" is the error */
+    const char *arg;       /* the value's name in --help ("N", "FILE") */
+    const char *help;      /* --help text; '\n' continues it, indented */
+    unsigned flags;        /* OPT_PASS, OPT_WHICH, OPT_ABOVE_LO */
+} Opt;
+
+/* One table of a command and the struct it fills. */
+typedef struct {
+    const Opt *opts;       /* ends with OPT_END */
+    void *dst;             /* borrowed: where the offsets point */
+    const char *title;     /* --help: a line before its options, or NULL */
+    unsigned show;         /* --help: 0 all, else only options with a flag */
+} OptGroup;
+
+/* What --help says around the option lines, and the command's name. */
+typedef struct {
+    const char *cmd;       /* "serve": errors read "arc serve: ..." */
+    const char *usage;     /* before the options */
+    const char *footer;    /* after them, or NULL */
+} OptHelp;
+
+/* Growable argv of owned strings, NULL-terminated once non-empty. */
+typedef struct {
+    char **v;
+    int n, cap;
+} OptArgv;
+
+#define OPT_HELP_COL 26    /* "--name ARG" column width in --help */
+
+/* The bearer token a command uses (PROTOCOL §2.4): --token, else the first
+ * line of --token-file, else $ARC_TOKEN; "" when none is set. Both flags at
+ * once, an unreadable or empty file, or a token that is not 1 to
+ * ARC_MAX_TOKEN visible ASCII characters is an error. Every command
+ * resolves its token here (opt_parse_args does it for a table with
+ * OPT_TOKEN). Returns 0 with out filled and NUL-padded to its end (as
+ * token_eq() wants it), or -1 with err. */
+static int opt_token(const char *flag_token, const char *flag_file,
+                     char out[ARC_MAX_TOKEN + 1], char err[ARC_ERRLEN]) {
+    char line[ARC_MAX_TOKEN + 64];
+    const char *what = "--token";
+    Str t = str_c(flag_token);
+    memset(out, 0, ARC_MAX_TOKEN + 1);
+    if (flag_token && flag_file) {
+        snprintf(err, ARC_ERRLEN, "give --token or --token-file, not both");
+        return -1;
+    }
+    if (flag_file) {
+        what = "--token-file";
+        FILE *f = fopen(flag_file, "r");
+        struct stat sb;
+        if (!f) {
+            snprintf(err, ARC_ERRLEN, "--token-file %s: %s", flag_file, strerror(errno));
+            return -1;
+        }
+        if (fstat(fileno(f), &sb) == 0 && (sb.st_mode & 077))
+            fprintf(stderr, "arc: warning: token file %s can be read by other users "
+                    "(chmod 600 it)\n", flag_file);
+        size_t n = fread(line, 1, sizeof line - 1, f);
+        fclose(f);
+        line[n] = 0;
+        t = (Str){ line, strcspn(line, "\n") };
+    } else if (!flag_token) {
+        what = "ARC_TOKEN";
+        t = str_c(getenv("ARC_TOKEN"));
+        if (!t.n) return 0;
+    }
+    t = str_trim(t);
+    if (t.n == 0 || t.n > ARC_MAX_TOKEN) {
+        snprintf(err, ARC_ERRLEN, "%s: the token must be 1 to %d characters", what,
+                 ARC_MAX_TOKEN);
+        return -1;
+    }
+    for (size_t i = 0; i < t.n; i++)
+        if ((unsigned char)t.p[i] <= 0x20 || (unsigned char)t.p[i] >= 0x7f) {
+            snprintf(err, ARC_ERRLEN, "%s: the token may hold only visible ASCII "
+                     "characters (no spaces)", what);
+            return -1;
+        }
+    memcpy(out, t.p, t.n);
+    out[t.n] = 0;
+    return 0;
+}
+
+#ifndef NDEBUG   /* the checks below serve assert() and tests/unit.c */
+/* Does this kind of option take a value? */
+static int opt_takes_value(OptKind k) {
+    return k != OPT_END && k != OPT_TEXT && k != OPT_FLAG && k != OPT_ARG;
+}
+
+/* Is the table well formed (names, ranges, help, what may be passed on)?
+ * For assert() before every parse, and for the unit tests. It walks the
+ * whole table once per entry, so keep tables short (they are). */
+static int opt_table_ok(const Opt *t) {
+    for (const Opt *o = t; o->kind != OPT_END; o++) {
+        if (!o->help) return 0;
+        if (o->kind == OPT_TEXT) {
+            if (o->name || o->flags) return 0;
+            continue;
+        }
+        if (o->kind == OPT_ARG) {
+            if (o->name || !o->arg || o->flags) return 0;
+            continue;
+        }
+        if (!o->name || strncmp(o->name, "--", 2) || strchr(o->name, '=') ||
+            !o->name[2] || !o->arg != !opt_takes_value(o->kind))
+            return 0;
+        for (const Opt *p = t; p < o; p++)
+            if (p->name && !strcmp(p->name, o->name)) return 0;
+        if ((o->kind == OPT_INT || o->kind == OPT_I64 || o->kind == OPT_SECS) &&
+            o->lo > o->hi)
+            return 0;
+        if (o->kind == OPT_INT && (o->lo < INT_MIN || o->hi > INT_MAX)) return 0;
+        if (o->kind == OPT_LIST && (o->hi < 1 || o->off_n == o->off || o->ptr))
+            return 0;
+        if (o->kind == OPT_WORD && (!o->words || !o->words[0].word)) return 0;
+        if ((o->ok != NULL) != (o->bad != NULL)) return 0;
+        if ((o->flags & OPT_PASS) && (o->kind == OPT_TOKEN ||
+            o->kind == OPT_TOKEN_FILE || o->kind == OPT_IGNORED))
+            return 0;   /* a token goes by environment, never argv */
+    }
+    return 1;
+}
+
+/* Are the groups together well formed: each table, and no name twice? */
+static int opt_groups_ok(const OptGroup *g, int ng) {
+    int tokens = 0;
+    for (int i = 0; i < ng; i++) {
+        if (!opt_table_ok(g[i].opts) || !g[i].dst) return 0;
+        for (const Opt *o = g[i].opts; o->kind != OPT_END; o++) {
+            tokens += o->kind == OPT_TOKEN;
+            for (int k = 0; k < i && o->name; k++)
+                for (const Opt *p = g[k].opts; p->kind != OPT_END; p++)
+                    if (p->name && !strcmp(p->name, o->name)) return 0;
+        }
+    }
+    return tokens <= 1;   /* one token per command */
+}
+#endif
+
+/* Where option o of group g keeps its value. */
+static void *opt_dst(const Opt *o, const OptGroup *g) {
+    return o->ptr ? o->ptr : (char *)g->dst + o->off;
+}
+
+/* Store value v of option o at p; the token flags go to tok[0..1].
+ * Returns 0, or -1 with err. */
+static int opt_set(const Opt *o, void *p, const char *v, const char *tok[2],
+                   char err[ARC_ERRLEN]) {
+    int64_t n;
+    switch (o->kind) {
+    case OPT_FLAG:
+        *(int *)p = 1;
+        return 0;
+    case OPT_STR:
+    case OPT_ARG:
+        if (o->ok && o->ok(v)) break;
+        *(const char **)p = v;
+        return 0;
+    case OPT_INT:
+    case OPT_I64:
+        if (parse_int_text(str_c(v), &n) || n < o->lo || n > o->hi) {
+            snprintf(err, ARC_ERRLEN, "%s must be a whole number from %lld to %lld",
+                     o->name, (long long)o->lo, (long long)o->hi);
+            return -1;
+        }
+        if (o->kind == OPT_INT) *(int *)p = (int)n;
+        else *(int64_t *)p = n;
+        return 0;
+    case OPT_SECS: {
+        char *end;
+        double d = strtod(v, &end), lo = (double)o->lo;
+        int above = (o->flags & OPT_ABOVE_LO) != 0;
+        if (end == v || *end || !(d >= lo) || d > (double)o->hi || (above && d == lo)) {
+            snprintf(err, ARC_ERRLEN, "%s must be a number of seconds %s %lld %s "
+                     "%lld", o->name, above ? "above" : "from", (long long)o->lo,
+                     above ? "up to" : "to", (long long)o->hi);
+            return -1;
+        }
+        *(double *)p = d;
+        return 0;
+    }
+    case OPT_WORD: {
+        Buf ws = { 0 };
+        for (const OptWord *w = o->words; w->word; w++) {
+            if (!strcmp(v, w->word)) {
+                *(int *)p = w->value;
+                buf_free(&ws);
+                return 0;
+            }
+            buf_adds(&ws, w == o->words ? "" : w[1].word ? ", " : " or ");
+            buf_adds(&ws, w->word);
+        }
+        snprintf(err, ARC_ERRLEN, "%s must be %s", o->name, buf_cstr(&ws));
+        buf_free(&ws);
+        return -1;
+    }
+    case OPT_LIST: {
+        int *count = (int *)((char *)p - o->off + o->off_n);
+        if (*count >= o->hi || (o->ok && o->ok(v))) {
+            snprintf(err, ARC_ERRLEN, "%s %s, at most %lld times", o->name,
+                     o->bad ? o->bad : "is repeatable", (long long)o->hi);
+            return -1;
+        }
+        ((const char **)p)[(*count)++] = v;
+        return 0;
+    }
+    case OPT_TOKEN:
+    case OPT_TOKEN_FILE:
+        tok[o->kind == OPT_TOKEN_FILE] = v;
+        return 0;
+    case OPT_IGNORED:
+        return 0;
+    case OPT_END:
+    case OPT_TEXT:
+        break;
+    }
+    assert(o->ok);   /* only a failed check gets here */
+    snprintf(err, ARC_ERRLEN, "%s %s", o->name, o->bad);
+    return -1;
+}
+
+/* The option of the groups named `name`, or for an operand (name.p NULL)
+ * the first OPT_ARG still unset; NULL if none. Sets *gi to its group. */
+static const Opt *opt_find(const OptGroup *g, int ng, Str name, int *gi) {
+    for (int i = 0; i < ng; i++)
+        for (const Opt *o = g[i].opts; o->kind != OPT_END; o++) {
+            *gi = i;
+            if (!name.p && o->kind == OPT_ARG && !*(const char **)opt_dst(o, &g[i]))
+                return o;
+            if (name.p && o->name && str_eq(name, o->name)) return o;
+        }
+    return NULL;
+}
+
+/* Parse argv into the groups' structs, which hold their defaults already;
+ * the token, if a table has one, is resolved last (opt_token). Returns 0,
+ * 1 when --help (or -h) was asked for, or -1 with err (a usage error). */
+static int opt_parse_args(const OptHelp *h, const OptGroup *g, int ng, int argc,
+                          char **argv, char err[ARC_ERRLEN]) {
+    assert(opt_groups_ok(g, ng));
+    const char *tok[2] = { NULL, NULL };
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *eq = strchr(a, '='), *v = NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
+        int dashes = a[0] == '-' && a[1] == '-', gi = 0;
+        Str name = dashes ? (Str){ a, eq ? (size_t)(eq - a) : strlen(a) }
+                          : (Str){ NULL, 0 };
+        const Opt *o = dashes || a[0] != '-' || !strcmp(a, "-")
+                           ? opt_find(g, ng, name, &gi) : NULL;
+        if (!o) {
+            snprintf(err, ARC_ERRLEN, "%s %s (see arc %s --help)",
+                     a[0] == '-' ? "unknown option" : "unexpected argument", a,
+                     h->cmd);
+            return -1;
+        }
+        if (o->kind == OPT_ARG) {
+            v = a;
+        } else if (o->kind == OPT_FLAG) {
+            if (eq) {
+                snprintf(err, ARC_ERRLEN, "%s takes no value", o->name);
+                return -1;
+            }
+        } else if (eq) {
+            v = eq + 1;
+        } else if (i + 1 < argc) {
+            v = argv[++i];
+        } else {
+            snprintf(err, ARC_ERRLEN, "%s needs a value", o->name);
+            return -1;
+        }
+        if (opt_set(o, opt_dst(o, &g[gi]), v, tok, err)) return -1;
+    }
+    for (int i = 0; i < ng; i++)
+        for (const Opt *o = g[i].opts; o->kind != OPT_END; o++)
+            if (o->kind == OPT_TOKEN)
+                return opt_token(tok[0], tok[1], opt_dst(o, &g[i]), err);
+    return 0;
+}
+
+/* Print --help: the usage text, each group's options from its table (those
+ * a group shows), the footer. */
+static void opt_help(const OptHelp *h, const OptGroup *g, int ng, FILE *f) {
+    fputs(h->usage, f);
+    for (int i = 0; i < ng; i++) {
+        if (g[i].title) fputs(g[i].title, f);
+        for (const Opt *o = g[i].opts; o->kind != OPT_END; o++) {
+            if (g[i].show && !(o->flags & g[i].show)) continue;
+            if (o->kind == OPT_TEXT) {
+                fprintf(f, "%s\n", o->help);
+                continue;
+            }
+            char col[64];
+            snprintf(col, sizeof col, "%s%s%s", o->name ? o->name : o->arg,
+                     o->name && o->arg ? " " : "", o->name && o->arg ? o->arg : "");
+            fprintf(f, "  %-*s  ", OPT_HELP_COL, col);
+            for (const char *p = o->help; *p; p++) {
+                fputc(*p, f);
+                if (*p == '\n') fprintf(f, "%*s", OPT_HELP_COL + 4, "");
+            }
+            fputc('\n', f);
+        }
+    }
+    if (h->footer) fputs(h->footer, f);
+}
+
+/* A command's parse: opt_parse_args(), then --help printed (exit 0) or the
+ * usage error reported as "arc CMD: ..." (exit 2). */
+static void opt_parse(const OptHelp *h, const OptGroup *g, int ng, int argc,
+                      char **argv) {
+    char err[ARC_ERRLEN];
+    int rc = opt_parse_args(h, g, ng, argc, argv, err);
+    if (rc > 0) {
+        opt_help(h, g, ng, stdout);
+        exit(0);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "arc %s: %s\n", h->cmd, err);
+        exit(2);
+    }
+}
+
+/* Append a copy of s, keeping the array NULL-terminated. */
+static void opt_argv_add(OptArgv *a, const char *s) {
+    if (a->n + 1 >= a->cap) a->v = vec_grow(a->v, &a->cap, sizeof *a->v);
+    a->v[a->n++] = xstrndup(s, strlen(s));
+    a->v[a->n] = NULL;
+}
+
+static void opt_argv_free(OptArgv *a) {
+    for (int i = 0; i < a->n; i++) free(a->v[i]);
+    free(a->v);
+    *a = (OptArgv){ 0 };
+}
+
+/* Append, for every option of the table with one of `flags`, the argv
+ * that opt_parse_args() reads back into the same value: "--name value"
+ * (each value of a list; a flag only when set, a string only when not
+ * NULL). The array grows as needed, so no count of options can overflow
+ * it. */
+static void opt_argv(OptArgv *a, const Opt *t, const void *src, unsigned flags) {
+    char num[40];
+    for (const Opt *o = t; o->kind != OPT_END; o++) {
+        if (!(o->flags & flags)) continue;
+        const void *p = o->ptr ? o->ptr : (const char *)src + o->off;
+        const char *v = NULL;
+        switch (o->kind) {
+        case OPT_FLAG:
+            if (*(const int *)p) opt_argv_add(a, o->name);
+            continue;
+        case OPT_STR:
+            v = *(const char *const *)p;
+            break;
+        case OPT_INT:
+            snprintf(num, sizeof num, "%d", *(const int *)p);
+            v = num;
+            break;
+        case OPT_I64:
+            snprintf(num, sizeof num, "%lld", (long long)*(const int64_t *)p);
+            v = num;
+            break;
+        case OPT_SECS:
+            snprintf(num, sizeof num, "%.17g", *(const double *)p);
+            v = num;
+            break;
+        case OPT_WORD:
+            for (const OptWord *w = o->words; w->word && !v; w++)
+                if (w->value == *(const int *)p) v = w->word;
+            assert(v);   /* the value came from a word */
+            break;
+        case OPT_LIST: {
+            int n = *(const int *)((const char *)src + o->off_n);
+            assert(n >= 0 && n <= o->hi);
+            for (int i = 0; i < n; i++) {
+                opt_argv_add(a, o->name);
+                opt_argv_add(a, ((const char *const *)p)[i]);
+            }
+            continue;
+        }
+        default:
+            assert(0);   /* opt_table_ok() lets no other kind be passed on */
+            continue;
+        }
+        if (!v) continue;
+        opt_argv_add(a, o->name);
+        opt_argv_add(a, v);
+    }
 }
 
 /* ==== json: strict reader, writer into Buf, Python-compatible coercions == */
@@ -8287,126 +8729,97 @@ static void loop_drain(Loop *l) {
  * it in reverse order. serve_stop() undoes a partial start too, so a
  * failed step only has to say why. */
 
-/* Match option `name` at argv[*i], as "--name value" or "--name=value".
- * Returns 1 and sets *val (advancing *i past a separate value), 0 if argv[*i]
- * is another option, or -1 when the value is missing. */
-static int opt_val(int argc, char **argv, int *i, const char *name,
-                   const char **val) {
-    const char *a = argv[*i];
-    size_t n = strlen(name);
-    if (strncmp(a, name, n) != 0) return 0;
-    if (a[n] == '=') {
-        *val = a + n + 1;
-        return 1;
-    }
-    if (a[n] != 0) return 0;
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "arc: %s needs a value\n", name);
-        return -1;
-    }
-    *val = argv[++*i];
-    return 1;
+/* Is v a name for --allowed-host: not empty, no port, no brackets? */
+static int serve_host_name_ok(const char *v) {
+    return *v && !strpbrk(v, ":/[] \t") ? 0 : -1;
 }
 
-/* Parse a whole-number option value within [lo, hi]; exits 2 if invalid. */
-static int64_t opt_int(const char *name, const char *v, int64_t lo, int64_t hi) {
-    int64_t n;
-    if (parse_int_text(str_c(v), &n) || n < lo || n > hi) {
-        fprintf(stderr, "arc: %s must be a whole number from %lld to %lld\n",
-                name, (long long)lo, (long long)hi);
-        exit(2);
-    }
-    return n;
+/* Is v a plausible --host (1 to 255 bytes: a DNS name's limit)? It also
+ * keeps every URL built from it (serve_url) within ARC_URLLEN. */
+static int serve_host_ok(const char *v) {
+    size_t n = strlen(v);
+    return n >= 1 && n <= 255 ? 0 : -1;
 }
 
-/* The bearer token a command uses (PROTOCOL §2.4): --token, else the first
- * line of --token-file, else $ARC_TOKEN; "" when none is set. Both flags at
- * once, an unreadable or empty file, or a token that is not 1 to
- * ARC_MAX_TOKEN visible ASCII characters is an error. Serve, the CLI and
- * any other client command resolve their token here. Returns 0 with out
- * filled and NUL-padded to its end (as token_eq() wants it), or -1 with
- * err. */
-static int opt_token(const char *flag_token, const char *flag_file,
-                     char out[ARC_MAX_TOKEN + 1], char err[ARC_ERRLEN]) {
-    char line[ARC_MAX_TOKEN + 64];
-    const char *what = "--token";
-    Str t = str_c(flag_token);
-    memset(out, 0, ARC_MAX_TOKEN + 1);
-    if (flag_token && flag_file) {
-        snprintf(err, ARC_ERRLEN, "give --token or --token-file, not both");
-        return -1;
-    }
-    if (flag_file) {
-        what = "--token-file";
-        FILE *f = fopen(flag_file, "r");
-        struct stat sb;
-        if (!f) {
-            snprintf(err, ARC_ERRLEN, "--token-file %s: %s", flag_file, strerror(errno));
-            return -1;
-        }
-        if (fstat(fileno(f), &sb) == 0 && (sb.st_mode & 077))
-            fprintf(stderr, "arc: warning: token file %s can be read by other users "
-                    "(chmod 600 it)\n", flag_file);
-        size_t n = fread(line, 1, sizeof line - 1, f);
-        fclose(f);
-        line[n] = 0;
-        t = (Str){ line, strcspn(line, "\n") };
-    } else if (!flag_token) {
-        what = "ARC_TOKEN";
-        t = str_c(getenv("ARC_TOKEN"));
-        if (!t.n) return 0;
-    }
-    t = str_trim(t);
-    if (t.n == 0 || t.n > ARC_MAX_TOKEN) {
-        snprintf(err, ARC_ERRLEN, "%s: the token must be 1 to %d characters", what,
-                 ARC_MAX_TOKEN);
-        return -1;
-    }
-    for (size_t i = 0; i < t.n; i++)
-        if ((unsigned char)t.p[i] <= 0x20 || (unsigned char)t.p[i] >= 0x7f) {
-            snprintf(err, ARC_ERRLEN, "%s: the token may hold only visible ASCII "
-                     "characters (no spaces)", what);
-            return -1;
-        }
-    memcpy(out, t.p, t.n);
-    out[t.n] = 0;
-    return 0;
-}
+static const OptWord serve_sync_words[] = {
+    { "full", 1 }, { "normal", 0 }, { NULL, 0 }
+};
 
-static const char serve_usage[] =
-    "usage: arc [serve] [options]\n"
-    "Run the hub in the foreground.\n"
-    "  --host ADDR                 listen address (default 127.0.0.1)\n"
-    "  --port N                    listen port (default 6969; 0 = any free)\n"
-    "  --storage FILE              SQLite file (default arc.sqlite3)\n"
-    "  --spool-dir DIR             file relay spool (default .arc-relay)\n"
-    "  --token-file FILE           require this bearer token (its first line)\n"
-    "                              on every request but GET /; or ARC_TOKEN\n"
-    "  --token TOKEN               the same (visible in ps: prefer the others)\n"
-    "  --allow-remote              allow a non-loopback --host; needs a token\n"
-    "  --insecure-no-auth          ... or this, to serve the network without one\n"
-    "  --allowed-host NAME         accept Host: NAME besides IP addresses and\n"
-    "                              localhost (repeatable; DNS rebinding guard)\n"
-    "  --quiet                     log only warnings\n"
-    "  --max-body-chars N          message body limit (default 128000)\n"
-    "  --max-attachment-chars N    per-attachment limit (default 256000)\n"
-    "  --max-attachments N         attachments per message (default 32)\n"
-    "  --presence-ttl SEC          idle session expiry (default 120, min 5)\n"
-    "  --sync full|normal          full (default): a write is on disk before\n"
-    "                              it is acknowledged; normal: faster, but the\n"
-    "                              last commits can be lost on power failure\n"
-    "connection limits (PROTOCOL.md 4.3):\n"
-    "  --max-conns N               open client connections (default 16384, or\n"
-    "                              the open-file limit less 64 if lower)\n"
-    "  --idle-timeout-ms N         close an idle keep-alive connection, or one\n"
-    "                              that stopped reading (default 60000)\n"
-    "  --head-timeout-ms N         408 unless a request head is complete this\n"
-    "                              long after its first byte (default 10000)\n"
-    "  --body-timeout-ms N         408 unless a request body is complete this\n"
-    "                              long after its head (default 30000)\n";
+/* The serve options: `arc serve` parses them, `arc ensure` (and smoke)
+ * too, handing those marked OPT_PASS to the hub it starts (life_spawn). */
+#define SERVE_OPT(f) offsetof(HubConfig, f)
+static const Opt serve_opts[] = {
+    { "--host", OPT_STR, SERVE_OPT(host), .arg = "ADDR", .ok = serve_host_ok,
+      .bad = "takes an address or name of 1 to 255 characters",
+      .help = "listen address (default 127.0.0.1)", .flags = OPT_PASS | OPT_WHICH },
+    { "--port", OPT_INT, SERVE_OPT(port), .lo = 0, .hi = 65535, .arg = "N",
+      .help = "listen port (default 6969; 0 = any free)",
+      .flags = OPT_PASS | OPT_WHICH },
+    { "--storage", OPT_STR, SERVE_OPT(storage), .arg = "FILE",
+      .help = "SQLite file (default arc.sqlite3)", .flags = OPT_PASS | OPT_WHICH },
+    { "--spool-dir", OPT_STR, SERVE_OPT(spool_dir), .arg = "DIR",
+      .help = "file relay spool (default .arc-relay)", .flags = OPT_PASS },
+    { "--token-file", OPT_TOKEN_FILE, SERVE_OPT(token), .arg = "FILE",
+      .help = "require this bearer token (its first line)\n"
+              "on every request but GET /; or ARC_TOKEN", .flags = OPT_WHICH },
+    { "--token", OPT_TOKEN, SERVE_OPT(token), .arg = "TOKEN",
+      .help = "the same (visible in ps: prefer the others)", .flags = OPT_WHICH },
+    { "--allow-remote", OPT_FLAG, SERVE_OPT(allow_remote),
+      .help = "allow a non-loopback --host; needs a token", .flags = OPT_PASS },
+    { "--insecure-no-auth", OPT_FLAG, SERVE_OPT(insecure_no_auth),
+      .help = "... or this, to serve the network without one", .flags = OPT_PASS },
+    { "--allowed-host", OPT_LIST, SERVE_OPT(allowed_hosts),
+      .off_n = SERVE_OPT(n_allowed_hosts), .hi = ARC_MAX_ALLOWED_HOSTS,
+      .ok = serve_host_name_ok, .bad = "takes a host name without a port",
+      .arg = "NAME", .help = "accept Host: NAME besides IP addresses and\n"
+                             "localhost (repeatable; DNS rebinding guard)",
+      .flags = OPT_PASS },
+    { "--quiet", OPT_FLAG, .ptr = &g_quiet, .help = "log only warnings",
+      .flags = OPT_PASS },
+    { "--max-body-chars", OPT_I64, SERVE_OPT(max_body_chars), .lo = 1,
+      .hi = 1 << 30, .arg = "N", .help = "message body limit (default 128000)",
+      .flags = OPT_PASS },
+    { "--max-attachment-chars", OPT_I64, SERVE_OPT(max_attachment_chars),
+      .lo = 1, .hi = 1 << 30, .arg = "N",
+      .help = "per-attachment limit (default 256000)", .flags = OPT_PASS },
+    { "--max-attachments", OPT_I64, SERVE_OPT(max_attachments), .lo = 0,
+      .hi = 1000, .arg = "N", .help = "attachments per message (default 32)",
+      .flags = OPT_PASS },
+    { "--presence-ttl", OPT_I64, SERVE_OPT(presence_ttl_s), .lo = 5,
+      .hi = 86400 * 365, .arg = "SEC",
+      .help = "idle session expiry (default 120, min 5)", .flags = OPT_PASS },
+    { "--sync", OPT_WORD, SERVE_OPT(sync_full), .words = serve_sync_words,
+      .arg = "full|normal", .help = "full (default): a write is on disk before\n"
+                                    "it is acknowledged; normal: faster, but the\n"
+                                    "last commits can be lost on power failure",
+      .flags = OPT_PASS },
+    { .kind = OPT_TEXT, .help = "connection limits (PROTOCOL.md 4.3):" },
+    { "--max-conns", OPT_INT, SERVE_OPT(max_conns), .lo = 1, .hi = 1000000,
+      .arg = "N", .help = "open client connections (default 16384, or\n"
+                          "the open-file limit less 64 if lower)",
+      .flags = OPT_PASS },
+    { "--idle-timeout-ms", OPT_I64, SERVE_OPT(idle_ms), .lo = 100,
+      .hi = 86400000, .arg = "N",
+      .help = "close an idle keep-alive connection, or one\n"
+              "that stopped reading (default 60000)", .flags = OPT_PASS },
+    { "--head-timeout-ms", OPT_I64, SERVE_OPT(head_ms), .lo = 100,
+      .hi = 86400000, .arg = "N",
+      .help = "408 unless a request head is complete this\n"
+              "long after its first byte (default 10000)", .flags = OPT_PASS },
+    { "--body-timeout-ms", OPT_I64, SERVE_OPT(body_ms), .lo = 100,
+      .hi = 86400000, .arg = "N",
+      .help = "408 unless a request body is complete this\n"
+              "long after its head (default 30000)", .flags = OPT_PASS },
+    { 0 }
+};
+#undef SERVE_OPT
 
-/* Parse the serve options into cfg. Returns 0, or exits 2 on bad usage. */
-static void serve_options(int argc, char **argv, HubConfig *cfg) {
+static const OptHelp serve_help = {
+    "serve", "usage: arc [serve] [options]\nRun the hub in the foreground.\n", NULL
+};
+
+/* The serve defaults (the token: ARC_TOKEN's, resolved by opt_parse). */
+static void serve_defaults(HubConfig *cfg) {
     *cfg = (HubConfig){ .host = "127.0.0.1", .port = 6969,
                         .storage = "arc.sqlite3", .spool_dir = ".arc-relay",
                         .max_body_chars = 128000, .max_attachment_chars = 256000,
@@ -8414,85 +8827,22 @@ static void serve_options(int argc, char **argv, HubConfig *cfg) {
                         .sync_full = 1, .max_conns = ARC_MAX_CONNS,
                         .idle_ms = ARC_IDLE_MS, .head_ms = ARC_HEAD_MS,
                         .body_ms = ARC_BODY_MS };
-    const char *token = NULL, *token_file = NULL;
-    char err[ARC_ERRLEN];
-    for (int i = 0; i < argc; i++) {
-        const char *v = NULL, *a = argv[i];
-        int rc;
-        if (!strcmp(a, "--allow-remote")) cfg->allow_remote = 1;
-        else if (!strcmp(a, "--insecure-no-auth")) cfg->insecure_no_auth = 1;
-        else if (!strcmp(a, "--quiet")) g_quiet = 1;
-        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(serve_usage, stdout);
-            exit(0);
-        } else if ((rc = opt_val(argc, argv, &i, "--host", &v))) {
-            if (rc < 0) exit(2);
-            cfg->host = v;
-        } else if ((rc = opt_val(argc, argv, &i, "--port", &v))) {
-            if (rc < 0) exit(2);
-            cfg->port = (int)opt_int("--port", v, 0, 65535);
-        } else if ((rc = opt_val(argc, argv, &i, "--storage", &v))) {
-            if (rc < 0) exit(2);
-            cfg->storage = v;
-        } else if ((rc = opt_val(argc, argv, &i, "--spool-dir", &v))) {
-            if (rc < 0) exit(2);
-            cfg->spool_dir = v;
-        } else if ((rc = opt_val(argc, argv, &i, "--max-body-chars", &v))) {
-            if (rc < 0) exit(2);
-            cfg->max_body_chars = opt_int("--max-body-chars", v, 1, 1 << 30);
-        } else if ((rc = opt_val(argc, argv, &i, "--max-attachment-chars", &v))) {
-            if (rc < 0) exit(2);
-            cfg->max_attachment_chars =
-                opt_int("--max-attachment-chars", v, 1, 1 << 30);
-        } else if ((rc = opt_val(argc, argv, &i, "--max-attachments", &v))) {
-            if (rc < 0) exit(2);
-            cfg->max_attachments = opt_int("--max-attachments", v, 0, 1000);
-        } else if ((rc = opt_val(argc, argv, &i, "--presence-ttl", &v))) {
-            if (rc < 0) exit(2);
-            cfg->presence_ttl_s = opt_int("--presence-ttl", v, 5, 86400 * 365);
-        } else if ((rc = opt_val(argc, argv, &i, "--sync", &v))) {
-            if (rc < 0) exit(2);
-            if (strcmp(v, "full") && strcmp(v, "normal")) {
-                fputs("arc: --sync must be full or normal\n", stderr);
-                exit(2);
-            }
-            cfg->sync_full = !strcmp(v, "full");
-        } else if ((rc = opt_val(argc, argv, &i, "--token", &v))) {
-            if (rc < 0) exit(2);
-            token = v;
-        } else if ((rc = opt_val(argc, argv, &i, "--token-file", &v))) {
-            if (rc < 0) exit(2);
-            token_file = v;
-        } else if ((rc = opt_val(argc, argv, &i, "--allowed-host", &v))) {
-            if (rc < 0) exit(2);
-            if (!*v || strpbrk(v, ":/[] \t") ||
-                cfg->n_allowed_hosts == ARC_MAX_ALLOWED_HOSTS) {
-                fprintf(stderr, "arc: --allowed-host takes a host name without a "
-                        "port, at most %d times\n", ARC_MAX_ALLOWED_HOSTS);
-                exit(2);
-            }
-            cfg->allowed_hosts[cfg->n_allowed_hosts++] = v;
-        } else if ((rc = opt_val(argc, argv, &i, "--max-conns", &v))) {
-            if (rc < 0) exit(2);
-            cfg->max_conns = (int)opt_int("--max-conns", v, 1, 1000000);
-        } else if ((rc = opt_val(argc, argv, &i, "--idle-timeout-ms", &v))) {
-            if (rc < 0) exit(2);
-            cfg->idle_ms = opt_int("--idle-timeout-ms", v, 100, 86400000);
-        } else if ((rc = opt_val(argc, argv, &i, "--head-timeout-ms", &v))) {
-            if (rc < 0) exit(2);
-            cfg->head_ms = opt_int("--head-timeout-ms", v, 100, 86400000);
-        } else if ((rc = opt_val(argc, argv, &i, "--body-timeout-ms", &v))) {
-            if (rc < 0) exit(2);
-            cfg->body_ms = opt_int("--body-timeout-ms", v, 100, 86400000);
-        } else {
-            fprintf(stderr, "arc: unknown option %s (see arc --help)\n", a);
-            exit(2);
-        }
-    }
-    if (opt_token(token, token_file, cfg->token, err)) {
-        fprintf(stderr, "arc: %s\n", err);
-        exit(2);
-    }
+}
+
+/* Parse the serve options into cfg; exits 0 after --help, 2 on bad usage. */
+static void serve_options(int argc, char **argv, HubConfig *cfg) {
+    serve_defaults(cfg);
+    OptGroup g[] = { { serve_opts, cfg, NULL, 0 } };
+    opt_parse(&serve_help, g, 1, argc, argv);
+}
+
+/* `arc --help`: after the command list, the serve options (the default
+ * command). */
+static void serve_print_help(void) {
+    HubConfig cfg;
+    serve_defaults(&cfg);
+    OptGroup g[] = { { serve_opts, &cfg, NULL, 0 } };
+    opt_help(&serve_help, g, 1, stdout);
 }
 
 /* Bind and listen on host:port. Returns the fd, or -1 with err filled. */
@@ -9255,44 +9605,37 @@ typedef struct {
 
 static const char *g_argv0 = "arc";
 
-static const char life_usage[] =
-    "usage: arc %s [options]\n"
-    "  --host ADDR --port N --storage FILE   which hub (defaults 127.0.0.1,\n"
-    "                                        6969, arc.sqlite3)\n"
-    "  --token-file FILE | --token TOKEN     the hub's token (or ARC_TOKEN)\n"
-    "%s";
+/* ensure's own option; stop, reset and status accept it too (unused). */
+static const Opt life_opts[] = {
+    { "--timeout", OPT_SECS, offsetof(LifeOpts, timeout_s), .lo = 0, .hi = 86400,
+      .arg = "SEC", .help = "wait this long for a new hub (default 60)",
+      .flags = OPT_ABOVE_LO },
+    { 0 }
+};
 
-/* Parse lifecycle options; serve options pass through to the hub. */
-static void life_options(const char *cmd, const char *extra_help, int argc,
-                         char **argv, LifeOpts *o) {
-    char **pass = xrealloc(NULL, (size_t)(argc + 1) * sizeof *pass);
-    int n = 0;
+/* Parse lifecycle options: life_opts, then the serve options, which
+ * `ensure` hands on to a hub it starts (full) and stop, reset and status
+ * use to find one: their --help lists only those (OPT_WHICH). */
+static void life_options(const OptHelp *h, int full, int argc, char **argv,
+                         LifeOpts *o) {
     o->timeout_s = 60;
-    for (int i = 0; i < argc; i++) {
-        const char *v;
-        int rc;
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            printf(life_usage, cmd, extra_help);
-            exit(0);
-        }
-        if ((rc = opt_val(argc, argv, &i, "--timeout", &v))) {
-            if (rc < 0) exit(2);
-            char *end;
-            o->timeout_s = strtod(v, &end);
-            if (*end || !(o->timeout_s > 0) || o->timeout_s > 86400) {
-                fputs("arc: --timeout must be a number of seconds > 0\n", stderr);
-                exit(2);
-            }
-            continue;
-        }
-        pass[n++] = argv[i];
-    }
-    serve_options(n, pass, &o->hub);
-    free(pass);
+    serve_defaults(&o->hub);
+    unsigned show = full ? 0 : OPT_WHICH;
+    OptGroup g[] = {
+        { life_opts, o, NULL, show },
+        { serve_opts, &o->hub,
+          full ? "and every 'arc serve' option, passed to a hub it starts:\n"
+               : "which hub (the other 'arc ensure' options are accepted, "
+                 "unused):\n", show },
+    };
+    opt_parse(h, g, 2, argc, argv);
 }
 
-static void life_base_url(const HubConfig *cfg, char *out, size_t n) {
-    serve_url(cfg->host, cfg->port, out, n);
+/* The URL of the hub these options name. serve_host_ok() bounds the host,
+ * so it always fits. */
+static void life_base_url(const HubConfig *cfg, char out[ARC_URLLEN]) {
+    assert(strlen(cfg->host) <= 255);
+    serve_url(cfg->host, cfg->port, out, ARC_URLLEN);
 }
 
 /* Print the last lines of a log file on stderr. */
@@ -9314,43 +9657,25 @@ static void life_log_tail(const char *path, int lines) {
 }
 
 /* Start `arc serve` detached: its own session, stdin from /dev/null, output
- * appended to `log`. Returns the child's pid or -1. */
+ * appended to `log`. Its argv is the serve options marked OPT_PASS, written
+ * back from o->hub by opt_argv() (it grows as needed); the token goes by
+ * environment. Returns the child's pid or -1. */
 static pid_t life_spawn(const LifeOpts *o, const char *log) {
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n > 0) exe[n] = 0;
-    else if (!realpath(o->argv0, exe)) snprintf(exe, sizeof exe, "%s", o->argv0);
-    char port[16], mb[24], ma[24], mn[24], ttl[24], mc[24], idle[24], hd[24],
-        bd[24];
-    snprintf(port, sizeof port, "%d", o->hub.port);
-    snprintf(mc, sizeof mc, "%d", o->hub.max_conns);
-    snprintf(idle, sizeof idle, "%lld", (long long)o->hub.idle_ms);
-    snprintf(hd, sizeof hd, "%lld", (long long)o->hub.head_ms);
-    snprintf(bd, sizeof bd, "%lld", (long long)o->hub.body_ms);
-    snprintf(mb, sizeof mb, "%lld", (long long)o->hub.max_body_chars);
-    snprintf(ma, sizeof ma, "%lld", (long long)o->hub.max_attachment_chars);
-    snprintf(mn, sizeof mn, "%lld", (long long)o->hub.max_attachments);
-    snprintf(ttl, sizeof ttl, "%lld", (long long)o->hub.presence_ttl_s);
-    const char *args[26 + 2 * ARC_MAX_ALLOWED_HOSTS] = {
-                             exe, "serve", "--host", o->hub.host, "--port", port,
-                             "--storage", o->hub.storage, "--spool-dir",
-                             o->hub.spool_dir, "--max-body-chars", mb,
-                             "--max-attachment-chars", ma, "--max-attachments",
-                             mn, "--presence-ttl", ttl, "--sync",
-                             o->hub.sync_full ? "full" : "normal",
-                             "--max-conns", mc, "--idle-timeout-ms", idle,
-                             "--head-timeout-ms", hd, "--body-timeout-ms", bd };
-    int k = 28;
-    if (o->hub.allow_remote) args[k++] = "--allow-remote";
-    if (o->hub.insecure_no_auth) args[k++] = "--insecure-no-auth";
-    for (int i = 0; i < o->hub.n_allowed_hosts; i++) {
-        args[k++] = "--allowed-host";
-        args[k++] = o->hub.allowed_hosts[i];
-    }
-    if (g_quiet) args[k++] = "--quiet";
-    args[k] = NULL;
+    else if (!realpath(o->argv0, exe) &&
+             (size_t)snprintf(exe, sizeof exe, "%s", o->argv0) >= sizeof exe)
+        return -1;   /* a cut path would run another program */
+    OptArgv args = { 0 };
+    opt_argv_add(&args, exe);
+    opt_argv_add(&args, "serve");
+    opt_argv(&args, serve_opts, &o->hub, OPT_PASS);
     pid_t pid = fork();
-    if (pid != 0) return pid;
+    if (pid != 0) {
+        opt_argv_free(&args);
+        return pid;
+    }
     setsid();
     /* The token goes by environment, not argv, where every local user
      * could read it (ps). The caller is single-threaded here. */
@@ -9359,17 +9684,28 @@ static pid_t life_spawn(const LifeOpts *o, const char *log) {
     int out = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
     if (in >= 0) dup2(in, 0);
     if (out >= 0) dup2(out, 1), dup2(out, 2);
-    execv(exe, (char *const *)args);
+    execv(exe, args.v);
     fprintf(stderr, "arc: cannot run %s: %s\n", exe, strerror(errno));
     _exit(127);
+}
+
+/* The log file of a hub started for this storage: arc.log beside it (its
+ * directory is created). Returns 0, or -1 if the path does not fit. */
+static int life_log_path(const char *storage, char log[ARC_PATHLEN]) {
+    char dir[PATH_MAX];
+    cli_storage_dir(storage, dir, sizeof dir);
+    mkdir(dir, 0700);
+    return (size_t)snprintf(log, ARC_PATHLEN, "%s/arc.log", dir) < ARC_PATHLEN
+               ? 0 : -1;
 }
 
 /* Serialise concurrent `arc ensure`s for one storage file with a POSIX
  * record lock on a file beside it, so two at once start one hub. */
 static int life_lock(const char *storage) {
-    char dir[PATH_MAX], path[PATH_MAX + 16];
+    char dir[PATH_MAX], path[ARC_PATHLEN];
     cli_storage_dir(storage, dir, sizeof dir);
-    snprintf(path, sizeof path, "%s/.arc.lock", dir);
+    if ((size_t)snprintf(path, sizeof path, "%s/.arc.lock", dir) >= sizeof path)
+        return -1;
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) return -1;
     struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
@@ -9379,10 +9715,11 @@ static int life_lock(const char *storage) {
 
 /* Find the hub for these options: pidfile first (1), then host:port (2);
  * 0 if none answers. ref->refused: it wants another token. */
+_Static_assert(sizeof ((HubRef *)0)->url == ARC_URLLEN, "HubRef.url is a URL");
 static int life_find(const LifeOpts *o, HubRef *ref) {
     if (cli_discover(o->hub.storage, o->hub.token, ref)) return 1;
     memset(ref, 0, sizeof *ref);
-    life_base_url(&o->hub, ref->url, sizeof ref->url);
+    life_base_url(&o->hub, ref->url);
     int probe = cli_probe(ref->url, o->hub.token, 2000);
     ref->refused = probe == PROBE_REFUSED;
     return probe ? 2 : 0;
@@ -9405,42 +9742,42 @@ static void life_print(int running, int started, const char *url, const char *er
 /* Make sure a hub answers for these options, starting one in the
  * background if needed. Returns 0 with its URL in url (*started set when
  * we started it); 1 when a hub runs there but refuses our token; -1 when
- * none could be started. why says what went wrong. Writes nothing to
- * stdout, so the MCP server can use it too. */
-static int life_ensure(const LifeOpts *o, char url[320], int *started,
-                       char why[600], char log[PATH_MAX + 16]) {
-    char base[320];
-    life_base_url(&o->hub, base, sizeof base);
+ * none could be started. why says what went wrong; log names the started
+ * hub's log ("" if none). Writes nothing to stdout, so the MCP server can
+ * use it too. Holds life_lock() while it looks and starts. */
+static int life_ensure(const LifeOpts *o, char url[ARC_URLLEN], int *started,
+                       char why[ARC_ERRLEN], char log[ARC_PATHLEN]) {
+    char base[ARC_URLLEN];
+    life_base_url(&o->hub, base);
     HubRef ref;
-    int lock = -1;
+    int lock = -1, rc = -1;
     *started = 0;
     log[0] = 0;
-    snprintf(url, 320, "%s", base);
+    memcpy(url, base, ARC_URLLEN);
     for (int pass = 0; pass < 2; pass++) {
         /* Whoever held the lock before our second look may have just
          * started it. */
         if (life_find(o, &ref)) {
-            snprintf(url, 320, "%s", ref.url);
-            if (ref.refused) cli_refused_msg(ref.url, o->hub.token, why, 600);
-            if (lock >= 0) close(lock);
-            return ref.refused ? 1 : 0;
+            memcpy(url, ref.url, ARC_URLLEN);
+            if (ref.refused) cli_refused_msg(ref.url, o->hub.token, why, ARC_ERRLEN);
+            rc = ref.refused ? 1 : 0;
+            goto done;
         }
         if (!pass) lock = life_lock(o->hub.storage);
     }
-    char dir[PATH_MAX];
-    cli_storage_dir(o->hub.storage, dir, sizeof dir);
-    mkdir(dir, 0700);
-    snprintf(log, PATH_MAX + 16, "%s/arc.log", dir);
+    if (life_log_path(o->hub.storage, log)) {
+        log[0] = 0;
+        snprintf(why, ARC_ERRLEN, "the storage path is too long");
+        goto done;
+    }
     pid_t pid = life_spawn(o, log);
     if (pid < 0) {
-        snprintf(why, 600, "spawn failed");
-        if (lock >= 0) close(lock);
-        return -1;
+        snprintf(why, ARC_ERRLEN, "spawn failed");
+        goto done;
     }
     *started = 1;
     int64_t deadline = clock_ms() + (int64_t)(o->timeout_s * 1000);
-    int rc = -1;
-    snprintf(why, 600, "timeout");
+    snprintf(why, ARC_ERRLEN, "timeout");
     while (clock_ms() < deadline) {
         if (cli_probe(base, o->hub.token, 1000) == PROBE_OK) {
             rc = 0;
@@ -9448,24 +9785,28 @@ static int life_ensure(const LifeOpts *o, char url[320], int *started,
         }
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
-            snprintf(why, 600, "hub exited with status %d before answering",
+            snprintf(why, ARC_ERRLEN, "hub exited with status %d before answering",
                      WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
             break;
         }
         struct timespec ts = { 0, 10 * 1000000 };
         nanosleep(&ts, NULL);
     }
+done:
     if (lock >= 0) close(lock);
     return rc;
 }
 
+static const OptHelp ensure_help = {
+    "ensure", "usage: arc ensure [options]\n"
+              "Start a hub in the background unless one is already running.\n",
+    NULL
+};
+
 static int cmd_ensure(int argc, char **argv) {
     LifeOpts o = { .argv0 = g_argv0 };
-    life_options("ensure", "  --timeout SEC                         wait this long for a new hub (default 60)\n"
-                 "  and every 'arc serve' option, passed to a started hub\n"
-                 "Start a hub in the background unless one is already running.\n",
-                 argc, argv, &o);
-    char url[320], why[600], log[PATH_MAX + 16];
+    life_options(&ensure_help, 1, argc, argv, &o);
+    char url[ARC_URLLEN], why[ARC_ERRLEN], log[ARC_PATHLEN];
     int started;
     int rc = life_ensure(&o, url, &started, why, log);
     life_print(rc >= 0, started, url, rc ? why : NULL);
@@ -9505,13 +9846,18 @@ static int life_stop(const HubRef *ref, char *err, size_t n) {
     return -1;
 }
 
+static const OptHelp stop_help = {
+    "stop", "usage: arc stop [options]\n"
+            "Stop the running hub (SIGTERM) and wait for it to exit.\n", NULL
+};
+
+/* Stop the hub these options name; prints the outcome as JSON. */
 static int cmd_stop(int argc, char **argv) {
     LifeOpts o = { .argv0 = g_argv0 };
-    life_options("stop", "Stop the running hub (SIGTERM) and wait for it to exit.\n",
-                 argc, argv, &o);
+    life_options(&stop_help, 0, argc, argv, &o);
     HubRef ref;
     int found = life_find(&o, &ref);
-    char err[300];
+    char err[ARC_ERRLEN];
     if (!found) {
         printf("{\n  \"stopped\": false,\n  \"error\": \"no running hub found\"\n}\n");
         fprintf(stderr, "arc: no running hub found\n");
@@ -9536,14 +9882,19 @@ static int cmd_stop(int argc, char **argv) {
     return 0;
 }
 
+static const OptHelp reset_help = {
+    "reset", "usage: arc reset [options]\n"
+             "Stop the hub if it runs, then delete the storage file\n"
+             "with its -wal and -shm files. Everything stored is lost.\n", NULL
+};
+
+/* Stop the hub, then delete its storage files; prints what it removed. */
 static int cmd_reset(int argc, char **argv) {
     LifeOpts o = { .argv0 = g_argv0 };
-    life_options("reset", "Stop the hub if it runs, then delete the storage file\n"
-                 "with its -wal and -shm files. Everything stored is lost.\n",
-                 argc, argv, &o);
+    life_options(&reset_help, 0, argc, argv, &o);
     HubRef ref;
     int found = life_find(&o, &ref);
-    char err[300];
+    char err[ARC_ERRLEN];
     if (found == 2 || (found == 1 && life_stop(&ref, err, sizeof err))) {
         if (found == 2) snprintf(err, sizeof err, "hub is responding but no pidfile "
                                  "found to identify process");
@@ -9556,8 +9907,14 @@ static int cmd_reset(int argc, char **argv) {
     Buf removed = { 0 };
     static const char *const suffix[] = { "", "-wal", "-shm" };
     for (int i = 0; i < 3; i++) {
-        char p[PATH_MAX + 8];
-        snprintf(p, sizeof p, "%s%s", o.hub.storage, suffix[i]);
+        char p[ARC_PATHLEN];
+        if ((size_t)snprintf(p, sizeof p, "%s%s", o.hub.storage, suffix[i]) >=
+            sizeof p) {   /* a cut name would delete another file */
+            fprintf(stderr, "arc: the storage path is too long\n");
+            printf("{\n  \"reset\": false,\n  \"error\": \"failed to remove storage\"\n}\n");
+            buf_free(&removed);
+            return 1;
+        }
         if (unlink(p) == 0) {
             const char *base = strrchr(p, '/');
             buf_adds(&removed, removed.len ? ",\n    " : "\n    ");
@@ -9577,16 +9934,22 @@ static int cmd_reset(int argc, char **argv) {
     return 0;
 }
 
+static const OptHelp status_help = {
+    "status", "usage: arc status [options]\n"
+              "Print whether a hub runs for this storage/port, with its\n"
+              "url, pid, uptime and counts. Exit 0 if running, 1 if not.\n", NULL
+};
+
+/* Is a hub running for these options? Prints it as JSON (PROTOCOL §10's
+ * hub-info fields plus uptime and the agent count). */
 static int cmd_status(int argc, char **argv) {
     LifeOpts o = { .argv0 = g_argv0 };
-    life_options("status", "Print whether a hub runs for this storage/port, with its\n"
-                 "url, pid, uptime and counts. Exit 0 if running, 1 if not.\n",
-                 argc, argv, &o);
+    life_options(&status_help, 0, argc, argv, &o);
     HubRef ref;
     int found = life_find(&o, &ref);
     if (!found) {
         Buf u = { 0 };
-        life_base_url(&o.hub, ref.url, sizeof ref.url);
+        life_base_url(&o.hub, ref.url);
         json_cstr(&u, ref.url);
         printf("{\n  \"running\": false,\n  \"url\": %s\n}\n", u.p);
         buf_free(&u);
@@ -9650,71 +10013,84 @@ typedef struct {
     char token[ARC_MAX_TOKEN + 1];   /* the hub's token, "" = none */
 } AgentOpts;
 
-static const char agent_usage[] =
-    "usage:\n"
-    "  arc post   --agent ID [--channel general] [--to AGENT] [--kind chat]\n"
-    "             [--thread-id T] [--base-url URL] BODY   (BODY - reads stdin)\n"
-    "  arc poll   --agent ID [--channel C] [--thread-id T] [--timeout 30]\n"
-    "             [--since-id N] [--include-self] [--base-url URL]\n"
-    "  arc whoami --agent ID [--base-url URL]\n"
-    "Every command also takes --relay-dir DIR (or ARC_RELAY_DIR) to talk\n"
-    "through a hub's file spool instead of HTTP, for sandboxed agents, and\n"
-    "--token-file FILE or --token TOKEN (or ARC_TOKEN) for a hub that\n"
-    "requires a token (not needed through the relay).\n"
-    "Each registers the agent (replacing its session) and then acts as it.\n"
-    "poll prints one JSON message per line; by default it skips the agent's\n"
-    "own messages. Defaults: ARC_AGENT for --agent, ARC_URL for --base-url\n"
-    "(else http://127.0.0.1:6969). Exit: 0 ok, 1 the hub refused, 2 usage or\n"
-    "no hub.\n";
+#define AGENT_OPT(f) offsetof(AgentOpts, f)
+/* Every agent command's options. */
+static const Opt agent_opts[] = {
+    { "--agent", OPT_STR, AGENT_OPT(agent), .arg = "ID",
+      .help = "act as this agent (default ARC_AGENT)" },
+    { "--base-url", OPT_STR, AGENT_OPT(base_url), .arg = "URL",
+      .help = "hub (default ARC_URL, else http://127.0.0.1:6969)" },
+    { "--relay-dir", OPT_STR, AGENT_OPT(relay_dir), .arg = "DIR",
+      .help = "talk through a hub's file spool instead of\n"
+              "HTTP, for sandboxed agents (or ARC_RELAY_DIR)" },
+    { "--token-file", OPT_TOKEN_FILE, AGENT_OPT(token), .arg = "FILE",
+      .help = "bearer token for a hub that requires one (or\n"
+              "ARC_TOKEN; not needed through the relay)" },
+    { "--token", OPT_TOKEN, AGENT_OPT(token), .arg = "TOKEN",
+      .help = "the same (visible in ps: prefer the others)" },
+    { 0 }
+};
 
+/* post's and poll's: where. */
+static const Opt agent_where_opts[] = {
+    { "--channel", OPT_STR, AGENT_OPT(channel), .arg = "C",
+      .help = "channel (post: default general; poll: all)" },
+    { "--thread-id", OPT_STR, AGENT_OPT(thread), .arg = "T", .help = "thread" },
+    { 0 }
+};
+
+static const Opt agent_post_opts[] = {
+    { "--to", OPT_STR, AGENT_OPT(to), .arg = "AGENT",
+      .help = "a direct message to this agent" },
+    { "--kind", OPT_STR, AGENT_OPT(kind), .arg = "KIND",
+      .help = "message kind (default chat)" },
+    { .kind = OPT_ARG, .off = AGENT_OPT(body), .arg = "BODY",
+      .help = "the message text; - reads it from stdin" },
+    { 0 }
+};
+
+static const Opt agent_poll_opts[] = {
+    { "--timeout", OPT_SECS, AGENT_OPT(timeout_s), .lo = 0, .hi = 60,
+      .arg = "SEC", .help = "wait this long for a message (default 30)" },
+    { "--since-id", OPT_I64, AGENT_OPT(since_id), .lo = 0, .hi = ARC_MAX_ID,
+      .arg = "N", .help = "only messages after this id" },
+    { "--include-self", OPT_FLAG, AGENT_OPT(include_self),
+      .help = "also the agent's own messages" },
+    { 0 }
+};
+#undef AGENT_OPT
+
+#define AGENT_FOOTER                                                        \
+    "Registers the agent (replacing its session), then acts as it.\n"     \
+    "Exit: 0 ok, 1 the hub refused, 2 usage or no hub.\n"
+
+static const OptHelp agent_help[] = {
+    { "post", "usage: arc post --agent ID [options] BODY\n"
+              "Post a message (or a direct message with --to) as agent ID.\n",
+      AGENT_FOOTER },
+    { "poll", "usage: arc poll --agent ID [options]\n"
+              "Wait for messages visible to agent ID; print one JSON message\n"
+              "per line (by default without the agent's own).\n", AGENT_FOOTER },
+    { "whoami", "usage: arc whoami --agent ID [options]\n"
+                "Register agent ID and print its bootstrap.\n", AGENT_FOOTER },
+};
+
+/* Parse post's, poll's or whoami's options into o (defaults: ARC_AGENT,
+ * ARC_URL, ARC_RELAY_DIR); exits 2 on bad usage. */
 static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) {
     *o = (AgentOpts){ .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
                       .relay_dir = getenv("ARC_RELAY_DIR"),
                       .channel = NULL, .kind = "chat", .timeout_s = 30 };
     if (!o->base_url || !*o->base_url) o->base_url = "http://127.0.0.1:6969";
     int is_post = !strcmp(cmd, "post"), is_poll = !strcmp(cmd, "poll");
-    const char *token = NULL, *token_file = NULL;
-    for (int i = 0; i < argc; i++) {
-        const char *v;
-        int rc = 0;
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(agent_usage, stdout);
-            exit(0);
-        }
-        if ((rc = opt_val(argc, argv, &i, "--agent", &v))) o->agent = v;
-        else if ((rc = opt_val(argc, argv, &i, "--base-url", &v))) o->base_url = v;
-        else if ((rc = opt_val(argc, argv, &i, "--relay-dir", &v))) o->relay_dir = v;
-        else if ((rc = opt_val(argc, argv, &i, "--token", &v))) token = v;
-        else if ((rc = opt_val(argc, argv, &i, "--token-file", &v))) token_file = v;
-        else if ((is_post || is_poll) && (rc = opt_val(argc, argv, &i, "--channel", &v))) o->channel = v;
-        else if ((is_post || is_poll) && (rc = opt_val(argc, argv, &i, "--thread-id", &v))) o->thread = v;
-        else if (is_post && (rc = opt_val(argc, argv, &i, "--to", &v))) o->to = v;
-        else if (is_post && (rc = opt_val(argc, argv, &i, "--kind", &v))) o->kind = v;
-        else if (is_poll && (rc = opt_val(argc, argv, &i, "--timeout", &v))) {
-            char *end;
-            o->timeout_s = strtod(v, &end);
-            if (*end || !(o->timeout_s >= 0) || o->timeout_s > 60) {
-                fputs("arc: --timeout must be 0 to 60 seconds\n", stderr);
-                exit(2);
-            }
-        } else if (is_poll && (rc = opt_val(argc, argv, &i, "--since-id", &v)))
-            o->since_id = opt_int("--since-id", v, 0, ARC_MAX_ID);
-        else if (is_poll && !strcmp(a, "--include-self")) o->include_self = 1;
-        else if (is_post && !o->body && (a[0] != '-' || !strcmp(a, "-"))) o->body = a;
-        else {
-            fprintf(stderr, "arc %s: unexpected argument %s (see arc %s --help)\n",
-                    cmd, a, cmd);
-            exit(2);
-        }
-        if (rc < 0) exit(2);
-    }
+    OptGroup g[] = {
+        { agent_opts, o, NULL, 0 },
+        { agent_where_opts, o, NULL, 0 },
+        { is_post ? agent_post_opts : agent_poll_opts, o, NULL, 0 },
+    };
+    const OptHelp *h = &agent_help[is_post ? 0 : is_poll ? 1 : 2];
+    opt_parse(h, g, is_post || is_poll ? 3 : 1, argc, argv);
     if (o->relay_dir && !*o->relay_dir) o->relay_dir = NULL;
-    char err[ARC_ERRLEN];
-    if (opt_token(token, token_file, o->token, err)) {
-        fprintf(stderr, "arc %s: %s\n", cmd, err);
-        exit(2);
-    }
     if (!o->agent || !*o->agent) {
         fprintf(stderr, "arc %s: --agent is required (or set ARC_AGENT)\n", cmd);
         exit(2);
@@ -9963,45 +10339,50 @@ static void relay_forward(Relay *rl, RelayReq *r) {
     pthread_attr_destroy(&attr);
 }
 
-static const char relay_usage[] =
-    "usage: arc relay [--base-url http://127.0.0.1:6969] [--spool-dir .arc-relay]\n"
-    "                 [--token-file FILE | --token TOKEN]\n"
-    "Serve a file spool by forwarding each request to a hub over HTTP, each\n"
-    "in its own thread (at most 256 at once). Only needed when the hub runs\n"
-    "elsewhere: a hub already serves its own --spool-dir. Stop with SIGTERM.\n"
-    "A hub that requires a token gets this one (or ARC_TOKEN) with every\n"
-    "forwarded request: whoever can write the spool acts with it.\n"
-    "(--poll-interval-sec and --request-timeout-sec are accepted for\n"
-    "compatibility and ignored: arc watches the spool with inotify.)\n";
+/* `arc relay`'s options. */
+typedef struct {
+    const char *url, *spool;
+    char token[ARC_MAX_TOKEN + 1];   /* sent with every forwarded request */
+} RelayOpts;
 
+static const Opt relay_opts[] = {
+    { "--base-url", OPT_STR, offsetof(RelayOpts, url), .arg = "URL",
+      .help = "the hub (default ARC_URL, else http://127.0.0.1:6969)" },
+    { "--spool-dir", OPT_STR, offsetof(RelayOpts, spool), .arg = "DIR",
+      .help = "the spool to serve (default .arc-relay)" },
+    { "--token-file", OPT_TOKEN_FILE, offsetof(RelayOpts, token), .arg = "FILE",
+      .help = "the hub's bearer token (or ARC_TOKEN)" },
+    { "--token", OPT_TOKEN, offsetof(RelayOpts, token), .arg = "TOKEN",
+      .help = "the same (visible in ps: prefer the others)" },
+    { "--poll-interval-sec", OPT_IGNORED, .arg = "SEC",
+      .help = "accepted for compatibility and ignored: arc\n"
+              "watches the spool with inotify" },
+    { "--request-timeout-sec", OPT_IGNORED, .arg = "SEC",
+      .help = "the same" },
+    { 0 }
+};
+
+static const OptHelp relay_help = {
+    "relay", "usage: arc relay [options]\n"
+             "Serve a file spool by forwarding each request to a hub over HTTP, each\n"
+             "in its own thread (at most 256 at once). Only needed when the hub runs\n"
+             "elsewhere: a hub already serves its own --spool-dir. Stop with SIGTERM.\n"
+             "A hub that requires a token gets this one (or ARC_TOKEN) with every\n"
+             "forwarded request: whoever can write the spool acts with it.\n",
+    NULL
+};
+
+/* Forward a spool to a hub over HTTP until SIGTERM. */
 static int cmd_relay(int argc, char **argv) {
-    const char *url = getenv("ARC_URL"), *spool = ".arc-relay";
-    const char *token_flag = NULL, *token_file = NULL;
-    char token[ARC_MAX_TOKEN + 1];
-    if (!url || !*url) url = "http://127.0.0.1:6969";
-    for (int i = 0; i < argc; i++) {
-        const char *v;
-        int rc;
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            fputs(relay_usage, stdout);
-            return 0;
-        }
-        if ((rc = opt_val(argc, argv, &i, "--base-url", &v))) url = v;
-        else if ((rc = opt_val(argc, argv, &i, "--spool-dir", &v))) spool = v;
-        else if ((rc = opt_val(argc, argv, &i, "--token", &v))) token_flag = v;
-        else if ((rc = opt_val(argc, argv, &i, "--token-file", &v))) token_file = v;
-        else if ((rc = opt_val(argc, argv, &i, "--poll-interval-sec", &v)) ||
-                 (rc = opt_val(argc, argv, &i, "--request-timeout-sec", &v))) {}
-        else {
-            fprintf(stderr, "arc relay: unknown option %s\n", argv[i]);
-            return 2;
-        }
-        if (rc < 0) return 2;
-    }
+    RelayOpts o = { .url = getenv("ARC_URL"), .spool = ".arc-relay" };
+    if (!o.url || !*o.url) o.url = "http://127.0.0.1:6969";
+    OptGroup g[] = { { relay_opts, &o, NULL, 0 } };
+    opt_parse(&relay_help, g, 1, argc, argv);
+    const char *url = o.url, *spool = o.spool, *token = o.token;
     char err[ARC_ERRLEN];
     Client probe;
-    if (cli_url(&probe, url, err) || opt_token(token_flag, token_file, token, err)) {
-        fprintf(stderr, "arc: %s\n", err);
+    if (cli_url(&probe, url, err)) {
+        fprintf(stderr, "arc relay: %s\n", err);
         return 2;
     }
     int pipefd[2];
@@ -10077,30 +10458,37 @@ static int relay_gc_dir(const char *spool, const char *sub, const char *const *s
     return removed;
 }
 
+/* `arc relay-gc`'s options. */
+typedef struct {
+    const char *spool, *older_than;
+} RelayGcOpts;
+
+static const Opt relay_gc_opts[] = {
+    { "--older-than", OPT_STR, offsetof(RelayGcOpts, older_than),
+      .arg = "DURATION", .help = "required: 3600, 30m, 12h, 7d, ..." },
+    { "--spool-dir", OPT_STR, offsetof(RelayGcOpts, spool), .arg = "DIR",
+      .help = "the spool (default .arc-relay)" },
+    { 0 }
+};
+
+static const OptHelp relay_gc_help = {
+    "relay-gc", "usage: arc relay-gc --older-than DURATION [options]\n"
+                "Delete claimed requests (.work), answers and stray temporary\n"
+                "files older than DURATION. Requests not yet claimed (.json\n"
+                "under requests/) are never deleted.\n", NULL
+};
+
+/* Delete old claimed requests and answers from a spool (relay_gc_dir). */
 static int cmd_relay_gc(int argc, char **argv) {
-    const char *spool = ".arc-relay";
-    int64_t age = -1;
-    for (int i = 0; i < argc; i++) {
-        const char *v;
-        int rc;
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            puts("usage: arc relay-gc --older-than DURATION [--spool-dir .arc-relay]\n"
-                 "Delete claimed requests (.work), answers and stray temporary\n"
-                 "files older than DURATION (e.g. 3600, 30m, 12h, 7d). Requests\n"
-                 "not yet claimed (.json under requests/) are never deleted.");
-            return 0;
-        }
-        if ((rc = opt_val(argc, argv, &i, "--spool-dir", &v))) spool = v;
-        else if ((rc = opt_val(argc, argv, &i, "--older-than", &v))) {
-            if ((age = parse_duration(v)) < 0) {
-                fprintf(stderr, "arc relay-gc: bad duration %s (try 30m, 12h, 7d)\n", v);
-                return 2;
-            }
-        } else {
-            fprintf(stderr, "arc relay-gc: unknown option %s\n", argv[i]);
-            return 2;
-        }
-        if (rc < 0) return 2;
+    RelayGcOpts o = { .spool = ".arc-relay" };
+    OptGroup g[] = { { relay_gc_opts, &o, NULL, 0 } };
+    opt_parse(&relay_gc_help, g, 1, argc, argv);
+    const char *spool = o.spool;
+    int64_t age = o.older_than ? parse_duration(o.older_than) : -1;
+    if (o.older_than && age < 0) {
+        fprintf(stderr, "arc relay-gc: bad duration %s (try 30m, 12h, 7d)\n",
+                o.older_than);
+        return 2;
     }
     if (age < 0) {
         fputs("arc relay-gc: --older-than is required\n", stderr);
@@ -10391,97 +10779,109 @@ done:
     return rc;
 }
 
-static const char smoke_agent_usage[] =
-    "usage: arc smoke-agent --role smoke-a|smoke-b|smoke-c --transport http|relay\n"
-    "       [--base-url URL] [--relay-dir .arc-relay] [--channel smoke-room]\n"
-    "       [--thread-id smoke-relay-001] [--claim-key smoke-claim-001]\n"
-    "       [--timeout-sec 120] [--poll-interval-sec 1]\n"
-    "       [--token-file FILE | --token TOKEN]   (default: ARC_TOKEN)\n"
-    "Run one deterministic smoke role (the reference's). Exit 0 on success;\n"
-    "1 with 'Smoke test failed: ...' otherwise.\n";
+/* What smoke-agent and smoke read from argv. */
+typedef struct {
+    const char *role, *transport, *url, *relay, *channel, *thread, *claim_key;
+    double timeout_s, poll_s;
+    char token[ARC_MAX_TOKEN + 1];   /* smoke-agent's (smoke: the hub's) */
+} SmokeOpts;
 
-/* Parse the options shared by smoke-agent and smoke into s. */
-static int smoke_options(int argc, char **argv, Smoke *s, const char **transport,
-                         double *timeout_s, const char *usage, HubConfig *hub) {
-    const char *url = getenv("ARC_URL");
-    s->channel = "smoke-room", s->thread = "smoke-relay-001";
-    s->claim_key = "smoke-claim-001";
-    s->poll_ms = 1000;
-    const char *relay = ".arc-relay", *token = NULL, *token_file = NULL;
-    char **pass = xrealloc(NULL, (size_t)(argc + 1) * sizeof *pass);
-    int n = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *v;
-        int rc;
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            fputs(usage, stdout);
-            exit(0);
-        }
-        if ((rc = opt_val(argc, argv, &i, "--role", &v))) s->role = v;
-        else if ((rc = opt_val(argc, argv, &i, "--transport", &v))) *transport = v;
-        else if ((rc = opt_val(argc, argv, &i, "--base-url", &v))) url = v;
-        else if ((rc = opt_val(argc, argv, &i, "--relay-dir", &v))) relay = v;
-        else if ((rc = opt_val(argc, argv, &i, "--channel", &v))) s->channel = v;
-        else if ((rc = opt_val(argc, argv, &i, "--thread-id", &v))) s->thread = v;
-        else if ((rc = opt_val(argc, argv, &i, "--claim-key", &v))) s->claim_key = v;
-        else if ((rc = opt_val(argc, argv, &i, "--timeout-sec", &v))) {
-            char *end;
-            *timeout_s = strtod(v, &end);
-            if (*end || !(*timeout_s > 0) || *timeout_s > 86400) {
-                fputs("arc: --timeout-sec must be a positive number\n", stderr);
-                exit(2);
-            }
-        } else if ((rc = opt_val(argc, argv, &i, "--poll-interval-sec", &v))) {
-            char *end;
-            double p = strtod(v, &end);
-            if (*end || !(p > 0) || p > 3600) {
-                fputs("arc: --poll-interval-sec must be a positive number\n", stderr);
-                exit(2);
-            }
-            s->poll_ms = (int64_t)(p * 1000);
-        } else if (hub) {
-            pass[n++] = argv[i];   /* `arc smoke`: hub options, --token too */
-            continue;
-        } else if ((rc = opt_val(argc, argv, &i, "--token", &v))) {
-            token = v;
-        } else if ((rc = opt_val(argc, argv, &i, "--token-file", &v))) {
-            token_file = v;
-        } else {
-            fprintf(stderr, "arc: unknown option %s\n", argv[i]);
-            exit(2);
-        }
-        if (rc < 0) exit(2);
+#define SMOKE_OPT(f) offsetof(SmokeOpts, f)
+/* The options smoke-agent and smoke share. */
+static const Opt smoke_opts[] = {
+    { "--base-url", OPT_STR, SMOKE_OPT(url), .arg = "URL",
+      .help = "hub (default ARC_URL, else http://127.0.0.1:6969)" },
+    { "--channel", OPT_STR, SMOKE_OPT(channel), .arg = "C",
+      .help = "channel (default smoke-room)" },
+    { "--timeout-sec", OPT_SECS, SMOKE_OPT(timeout_s), .lo = 0, .hi = 86400,
+      .arg = "SEC", .help = "give up after this long (default: smoke-agent\n"
+                            "120, smoke 60)", .flags = OPT_ABOVE_LO },
+    { "--poll-interval-sec", OPT_SECS, SMOKE_OPT(poll_s), .lo = 0, .hi = 3600,
+      .arg = "SEC", .help = "back-off while the channel is missing (default 1)",
+      .flags = OPT_ABOVE_LO },
+    { 0 }
+};
+
+/* One role's: smoke-agent uses them; arc smoke accepts them, unused. */
+static const Opt smoke_role_opts[] = {
+    { "--role", OPT_STR, SMOKE_OPT(role), .arg = "ROLE",
+      .help = "smoke-a, smoke-b or smoke-c" },
+    { "--transport", OPT_STR, SMOKE_OPT(transport), .arg = "http|relay",
+      .help = "how the role talks to the hub" },
+    { "--relay-dir", OPT_STR, SMOKE_OPT(relay), .arg = "DIR",
+      .help = "the hub's spool (default .arc-relay)" },
+    { "--thread-id", OPT_STR, SMOKE_OPT(thread), .arg = "T",
+      .help = "thread (default smoke-relay-001)" },
+    { "--claim-key", OPT_STR, SMOKE_OPT(claim_key), .arg = "K",
+      .help = "claim key (default smoke-claim-001)" },
+    { 0 }
+};
+
+/* smoke-agent's token (arc smoke's goes to the hub's, in serve_opts). */
+static const Opt smoke_token_opts[] = {
+    { "--token-file", OPT_TOKEN_FILE, SMOKE_OPT(token), .arg = "FILE",
+      .help = "the hub's bearer token (or ARC_TOKEN)" },
+    { "--token", OPT_TOKEN, SMOKE_OPT(token), .arg = "TOKEN",
+      .help = "the same (visible in ps: prefer the others)" },
+    { 0 }
+};
+#undef SMOKE_OPT
+
+static const OptHelp smoke_agent_help = {
+    "smoke-agent", "usage: arc smoke-agent --role ROLE --transport http|relay "
+                   "[options]\n"
+                   "Run one deterministic smoke role (the reference's). Exit 0 on "
+                   "success;\n1 with 'Smoke test failed: ...' otherwise.\n", NULL
+};
+
+/* Parse the options of smoke-agent (hub NULL) or smoke (the hub to start,
+ * if none runs) into s, *transport and *timeout_s (which holds the
+ * default); exits 2 on bad usage. */
+static void smoke_options(int argc, char **argv, Smoke *s, const char **transport,
+                          double *timeout_s, const OptHelp *h, HubConfig *hub) {
+    SmokeOpts o = { .url = getenv("ARC_URL"), .relay = ".arc-relay",
+                    .channel = "smoke-room", .thread = "smoke-relay-001",
+                    .claim_key = "smoke-claim-001", .timeout_s = *timeout_s,
+                    .poll_s = 1 };
+    OptGroup g[] = {
+        { smoke_role_opts, &o, NULL, 0 },
+        { smoke_opts, &o, NULL, 0 },
+        { smoke_token_opts, &o, NULL, 0 },
+    };
+    if (hub) {   /* --help: the role options are only named in the usage */
+        serve_defaults(hub);
+        g[0].show = OPT_PASS;
+        g[2] = (OptGroup){ serve_opts, hub, "hub options, as for arc ensure:\n", 0 };
     }
-    if (hub) {
-        serve_options(n, pass, hub);
-        if (!url || !*url) url = NULL;
-        relay = hub->spool_dir;
-    }
-    free(pass);
-    char err[ARC_ERRLEN], base[320];
-    if (!hub && opt_token(token, token_file, s->token, err)) {
-        fprintf(stderr, "arc: %s\n", err);
-        exit(2);
-    }
+    opt_parse(h, g, 3, argc, argv);
+    if (!hub && o.role) s->role = o.role;   /* arc smoke names its three */
+    s->channel = o.channel, s->thread = o.thread, s->claim_key = o.claim_key;
+    s->poll_ms = (int64_t)(o.poll_s * 1000);
+    memcpy(s->token, o.token, sizeof s->token);
+    *transport = o.transport;
+    *timeout_s = o.timeout_s;
+    const char *url = o.url, *relay = o.relay;
+    if (hub) relay = hub->spool_dir;
+    char err[ARC_ERRLEN], base[ARC_URLLEN];
     if (!url || !*url) {
         if (hub) serve_url(hub->host, hub->port, base, sizeof base);
         else snprintf(base, sizeof base, "http://127.0.0.1:6969");
         url = base;
     }
     if (cli_url(&s->client, url, err)) {
-        fprintf(stderr, "arc: %s\n", err);
+        fprintf(stderr, "arc %s: %s\n", h->cmd, err);
         exit(2);
     }
     s->client.relay_dir = relay;
     s->client.token = hub ? hub->token : s->token;
-    return 0;
 }
 
+/* Run one smoke role in this process; exit 0 when it passed. */
 static int cmd_smoke_agent(int argc, char **argv) {
     Smoke s = { 0 };
     const char *transport = NULL;
     double timeout_s = 120;
-    smoke_options(argc, argv, &s, &transport, &timeout_s, smoke_agent_usage, NULL);
+    smoke_options(argc, argv, &s, &transport, &timeout_s, &smoke_agent_help, NULL);
     if (!s.role || (strcmp(s.role, "smoke-a") && strcmp(s.role, "smoke-b") &&
                     strcmp(s.role, "smoke-c"))) {
         fputs("arc smoke-agent: --role must be smoke-a, smoke-b or smoke-c\n", stderr);
@@ -10524,22 +10924,28 @@ static void *smoke_thread(void *arg) {
     return NULL;
 }
 
-static const char smoke_usage[] =
-    "usage: arc smoke [--timeout-sec 60] [hub options: --port, --storage, ...]\n"
-    "Check an installation end to end: start a hub if none runs (as arc\n"
-    "ensure would), then run the three smoke roles at once -- smoke-a over\n"
-    "HTTP, smoke-b through the hub's file relay, smoke-c over HTTP -- on a\n"
-    "fresh thread. Prints one line per step and 'smoke: ok in N ms', or\n"
-    "the failing step. Exit 0 ok, 1 failed. A hub that requires a token\n"
-    "gets it from --token-file, --token or ARC_TOKEN, as with arc ensure.\n";
+static const OptHelp smoke_help = {
+    "smoke", "usage: arc smoke [options]\n"
+             "Check an installation end to end: start a hub if none runs (as arc\n"
+             "ensure would), then run the three smoke roles at once -- smoke-a over\n"
+             "HTTP, smoke-b through the hub's file relay, smoke-c over HTTP -- on a\n"
+             "fresh thread. Prints one line per step and 'smoke: ok in N ms', or\n"
+             "the failing step. Exit 0 ok, 1 failed. A hub that requires a token\n"
+             "gets it from --token-file, --token or ARC_TOKEN, as with arc ensure.\n"
+             "(--role, --transport, --relay-dir, --thread-id and --claim-key are\n"
+             "accepted and unused: each role sets its own.)\n",
+    NULL
+};
 
+/* Run the three smoke roles at once against this machine's hub, starting
+ * one if none answers; prints a line per step. */
 static int cmd_smoke(int argc, char **argv) {
     Smoke roles[3] = { { .role = "smoke-a" }, { .role = "smoke-b" },
                        { .role = "smoke-c" } };
     const char *transport = NULL;
     double timeout_s = 60;
     LifeOpts o = { .argv0 = g_argv0, .timeout_s = 30 };
-    smoke_options(argc, argv, &roles[0], &transport, &timeout_s, smoke_usage, &o.hub);
+    smoke_options(argc, argv, &roles[0], &transport, &timeout_s, &smoke_help, &o.hub);
     /* A fresh thread and claim per run, so an earlier run's messages
      * cannot satisfy this one. */
     char thread[64], claim[80];
@@ -10551,11 +10957,9 @@ static int cmd_smoke(int argc, char **argv) {
     if (!cli_probe(roles[0].client.base, o.hub.token, 2000)) {
         printf("smoke: no hub at %s, starting one\n", roles[0].client.base);
         fflush(stdout);
-        char dir[PATH_MAX], log[PATH_MAX + 16];
-        cli_storage_dir(o.hub.storage, dir, sizeof dir);
-        snprintf(log, sizeof log, "%s/arc.log", dir);
+        char log[ARC_PATHLEN];
         g_quiet = 1;
-        pid_t pid = life_spawn(&o, log);
+        pid_t pid = life_log_path(o.hub.storage, log) ? -1 : life_spawn(&o, log);
         int64_t until = clock_ms() + 10000;
         while (pid > 0 && clock_ms() < until &&
                !cli_probe(roles[0].client.base, o.hub.token, 500)) {
@@ -12413,21 +12817,45 @@ static void mcp_read_stdin(void) {
 
 /* ---- arc mcp ---- */
 
-static const char mcp_usage[] =
+/* What `arc mcp` reads from argv. */
+typedef struct {
+    const char *agent, *url, *relay, *display_name, *caps;
+    int no_autostart;
+    char token[ARC_MAX_TOKEN + 1];
+} McpOpts;
+
+#define MCP_OPT(f) offsetof(McpOpts, f)
+static const Opt mcp_opts[] = {
+    { "--agent", OPT_STR, MCP_OPT(agent), .arg = "NAME",
+      .help = "agent id (default ARC_AGENT, else mcp-client)" },
+    { "--base-url", OPT_STR, MCP_OPT(url), .arg = "URL",
+      .help = "hub (default ARC_URL, else http://127.0.0.1:6969)" },
+    { "--relay-dir", OPT_STR, MCP_OPT(relay), .arg = "DIR",
+      .help = "talk through this file spool instead (ARC_RELAY_DIR)" },
+    { "--display-name", OPT_STR, MCP_OPT(display_name), .arg = "TEXT",
+      .help = "shown to other agents (default NAME)" },
+    { "--capabilities", OPT_STR, MCP_OPT(caps), .arg = "A,B",
+      .help = "advertised capabilities" },
+    { "--no-autostart", OPT_FLAG, MCP_OPT(no_autostart),
+      .help = "do not start a hub when none answers at a local URL" },
+    { "--token-file", OPT_TOKEN_FILE, MCP_OPT(token), .arg = "FILE",
+      .help = "bearer token for a hub that requires one (or\n"
+              "ARC_TOKEN); a started hub gets it too" },
+    { "--token", OPT_TOKEN, MCP_OPT(token), .arg = "TOKEN",
+      .help = "the same (visible in ps: prefer the others)" },
+    { 0 }
+};
+#undef MCP_OPT
+
+static const OptHelp mcp_help = {
+    "mcp",
     "usage: arc mcp --agent NAME [options]\n"
     "Serve MCP over stdin/stdout (JSON-RPC, one message per line) as agent NAME,\n"
-    "for a client's .mcp.json: {\"command\": \"arc\", \"args\": [\"mcp\", \"--agent\", \"NAME\"]}.\n"
-    "  --agent NAME          agent id (default ARC_AGENT, else mcp-client)\n"
-    "  --base-url URL        hub (default ARC_URL, else http://127.0.0.1:6969)\n"
-    "  --relay-dir DIR       talk through this file spool instead (ARC_RELAY_DIR)\n"
-    "  --display-name TEXT   shown to other agents (default NAME)\n"
-    "  --capabilities A,B    advertised capabilities\n"
-    "  --no-autostart        do not start a hub when none answers at a local URL\n"
-    "  --token-file FILE     bearer token for a hub that requires one (or\n"
-    "  --token TOKEN         ARC_TOKEN); a started hub gets it too\n"
+    "for a client's .mcp.json: {\"command\": \"arc\", \"args\": [\"mcp\", \"--agent\", \"NAME\"]}.\n",
     "Registers on start (replacing an earlier session of NAME), stays present while\n"
     "it runs, re-registers when the hub comes back, and closes the session at EOF.\n"
-    "Protocol versions: 2024-11-05, 2025-03-26, 2025-06-18, 2025-11-25, 2026-07-28.\n";
+    "Protocol versions: 2024-11-05, 2025-03-26, 2025-06-18, 2025-11-25, 2026-07-28.\n"
+};
 
 /* When the URL is local and nothing answers, start a hub as `arc ensure`
  * would (same storage default, relative to the client's working directory,
@@ -12440,11 +12868,11 @@ static void mcp_autostart(int explicit_url) {
     cli_free(&c);
     if (!local || cli_probe(g_mcp.url, g_mcp.token, 1000)) return;
     LifeOpts o = { .argv0 = g_argv0, .timeout_s = 15 };
-    serve_options(0, NULL, &o.hub);
+    serve_defaults(&o.hub);
     o.hub.host = c.host;
     o.hub.port = c.port;
     memcpy(o.hub.token, g_mcp.token, sizeof o.hub.token);
-    char url[320], why[600], log[PATH_MAX + 16];
+    char url[ARC_URLLEN], why[ARC_ERRLEN], log[ARC_PATHLEN];
     int started;
     if (life_ensure(&o, url, &started, why, log)) {
         mcp_log("could not start a hub at %s: %s%s%s", g_mcp.url, why,
@@ -12493,39 +12921,27 @@ static void mcp_shutdown(pthread_t beat) {
     }
 }
 
+/* Serve MCP on stdin/stdout as one agent until EOF. */
 static int cmd_mcp(int argc, char **argv) {
-    const char *agent = getenv("ARC_AGENT"), *url = getenv("ARC_URL");
-    const char *relay = getenv("ARC_RELAY_DIR");
-    const char *token = NULL, *token_file = NULL;
-    int autostart = 1, explicit_url = url && *url;
-    for (int i = 0; i < argc; i++) {
-        const char *v;
-        int rc = 0;
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            fputs(mcp_usage, stdout);
-            return 0;
-        }
-        if (!strcmp(argv[i], "--no-autostart")) autostart = 0;
-        else if ((rc = opt_val(argc, argv, &i, "--agent", &v))) agent = v;
-        else if ((rc = opt_val(argc, argv, &i, "--base-url", &v))) url = v, explicit_url = 1;
-        else if ((rc = opt_val(argc, argv, &i, "--relay-dir", &v))) relay = v;
-        else if ((rc = opt_val(argc, argv, &i, "--display-name", &v))) g_mcp.display_name = v;
-        else if ((rc = opt_val(argc, argv, &i, "--capabilities", &v))) g_mcp.caps = v;
-        else if ((rc = opt_val(argc, argv, &i, "--token", &v))) token = v;
-        else if ((rc = opt_val(argc, argv, &i, "--token-file", &v))) token_file = v;
-        else {
-            fprintf(stderr, "arc mcp: unexpected argument %s (see arc mcp --help)\n", argv[i]);
-            return 2;
-        }
-        if (rc < 0) return 2;
-    }
-    g_mcp.agent = agent && *agent ? agent : "mcp-client";
-    g_mcp.url = url && *url ? url : "http://127.0.0.1:6969";
-    g_mcp.relay_dir = relay && *relay ? relay : NULL;
+    const char *env_url = getenv("ARC_URL");
+    McpOpts o = { .agent = getenv("ARC_AGENT"), .url = env_url,
+                  .relay = getenv("ARC_RELAY_DIR") };
+    OptGroup g[] = { { mcp_opts, &o, NULL, 0 } };
+    opt_parse(&mcp_help, g, 1, argc, argv);
+    /* A URL from ARC_URL or --base-url is not replaced by the one of a hub
+     * found elsewhere (mcp_autostart). */
+    int autostart = !o.no_autostart;
+    int explicit_url = o.url != env_url || (env_url && *env_url);
+    g_mcp.agent = o.agent && *o.agent ? o.agent : "mcp-client";
+    g_mcp.url = o.url && *o.url ? o.url : "http://127.0.0.1:6969";
+    g_mcp.relay_dir = o.relay && *o.relay ? o.relay : NULL;
+    g_mcp.display_name = o.display_name;
+    g_mcp.caps = o.caps;
+    memcpy(g_mcp.token, o.token, sizeof g_mcp.token);
     g_mcp.cursor = -1;
     Client probe;
     char err[ARC_ERRLEN];
-    if (cli_url(&probe, g_mcp.url, err) || opt_token(token, token_file, g_mcp.token, err)) {
+    if (cli_url(&probe, g_mcp.url, err)) {
         fprintf(stderr, "arc mcp: %s\n", err);
         return 2;
     }
@@ -12602,7 +13018,7 @@ int arc_main(int argc, char **argv) {
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
             cmd_help(0, NULL);
             printf("\n");
-            fputs(serve_usage, stdout);
+            serve_print_help();
             return 0;
         }
         return cmd_serve(argc - 1, argv + 1);

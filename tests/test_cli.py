@@ -215,6 +215,49 @@ class LifecycleTests(CliCase):
         self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data)
         self.ok_json(self.arc("stop", "--port", port, "--storage", storage))
 
+    def test_ensure_passes_every_serve_option_on(self):
+        """arc ensure rebuilds the hub's argv from the parsed options: all
+        16 --allowed-host names (a fixed-size argv once overflowed here;
+        run with ARC=arc-asan to see it clean) and the rest arrive."""
+        port, sdir, storage = self.state()
+        names = ["h%d.lan" % i for i in range(1, 17)]
+        tf = os.path.join(sdir, "token")
+        with open(tf, "w") as f:
+            f.write("t" * 32 + "\n")
+        os.chmod(tf, 0o600)
+        extra = [a for n in names for a in ("--allowed-host", n)]
+        extra += ["--allow-remote", "--sync=normal", "--max-body-chars", "5000",
+                  "--presence-ttl", "300", "--spool-dir", os.path.join(sdir, "spool"),
+                  "--token-file", tf]
+        proc = self.ensure(port, storage, *extra)
+        out = self.ok_json(proc)
+        self.assertEqual(out["started"], True, out)
+        self.assertNotIn("runtime error", proc.stderr)
+        self.assertNotIn("Sanitizer", proc.stderr)
+        pid = self.read_pidfile(sdir)["pid"]
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = [a.decode() for a in f.read().split(b"\0")]
+        self.assertEqual([argv[i + 1] for i, a in enumerate(argv) if a == "--allowed-host"],
+                         names)
+        for opt, val in (("--sync", "normal"), ("--max-body-chars", "5000"),
+                         ("--presence-ttl", "300"), ("--port", str(port))):
+            self.assertEqual(argv[argv.index(opt) + 1], val, argv)
+        self.assertIn("--allow-remote", argv)
+        self.assertNotIn("t" * 32, " ".join(argv))      # the token goes by environment
+        auth = {"Authorization": "Bearer " + "t" * 32}
+        for host, want in (("h16.lan", 200), ("h1.lan:%d" % port, 200), ("h17.lan", 403)):
+            with self.subTest(host=host):
+                status, _, _ = request(port, "GET", "/v1/channels",
+                                       headers=dict(auth, Host=host))
+                self.assertEqual(status, want)
+        status, _, _ = request(port, "GET", "/v1/channels", headers={"Host": "h16.lan"})
+        self.assertEqual(status, 401)
+        self.ok_json(self.arc("stop", "--port", port, "--storage", storage, "--token-file", tf))
+        with open(os.path.join(sdir, "arc.log")) as f:
+            log = f.read()
+        self.assertNotIn("runtime error", log)
+        self.assertNotIn("Sanitizer", log)
+
     def test_concurrent_ensure_starts_one_hub(self):
         port, sdir, storage = self.state()
         cmd = hub_command() + ["ensure", "--port", str(port), "--storage", storage, "--quiet"]
@@ -473,6 +516,43 @@ class HelpTests(CliCase):
                 sub = self.arc(cmd, "--help")
                 self.assertEqual(sub.returncode, 0, sub)
                 self.assertIn("usage", sub.stdout)
+
+    def test_option_errors(self):
+        """One parser: every command reports bad options the same way
+        (exit 2, "arc CMD: ..." on stderr, nothing on stdout)."""
+        for args, msg in ((["serve", "--port"], "arc serve: --port needs a value"),
+                          (["serve", "--port=70000"], "from 0 to 65535"),
+                          (["serve", "--sync", "fast"], "--sync must be full or normal"),
+                          (["serve", "--quiet=1"], "--quiet takes no value"),
+                          (["ensure", "--timeout", "0"], "arc ensure: --timeout"),
+                          (["stop", "--bogus"], "arc stop: unknown option --bogus"),
+                          (["post", "--agent", "a", "x", "y"], "unexpected argument y"),
+                          (["poll", "--agent", "a", "--timeout=61"], "from 0 to 60"),
+                          (["relay", "--base-url"], "arc relay: --base-url needs a value"),
+                          (["relay-gc", "--older-than", "5q"], "bad duration 5q"),
+                          (["relay-gc"], "--older-than is required"),
+                          (["mcp", "--no-autostart=1"], "arc mcp: --no-autostart takes"),
+                          (["smoke-agent", "--timeout-sec", "0"], "arc smoke-agent:"),
+                          (["serve"] + ["--allowed-host=h%d" % i for i in range(17)],
+                           "at most 16 times")):
+            with self.subTest(args=args):
+                proc = self.arc(*args)
+                self.assertEqual(proc.returncode, 2, proc)
+                self.assertIn(msg, proc.stderr)
+                self.assertEqual(proc.stdout, "")
+
+    def test_help_names_every_option(self):
+        """--help is printed from the table the parser reads."""
+        for cmd, opts in (("ensure", ["--timeout", "--allowed-host", "--sync", "--quiet",
+                                      "--max-conns", "--token-file"]),
+                          ("stop", ["--host", "--port", "--storage", "--token"]),
+                          ("poll", ["--since-id", "--include-self", "--relay-dir"]),
+                          ("relay-gc", ["--older-than", "--spool-dir"]),
+                          ("mcp", ["--no-autostart", "--capabilities"])):
+            with self.subTest(cmd=cmd):
+                out = self.arc(cmd, "--help").stdout
+                for opt in opts:
+                    self.assertRegex(out, r"(?m)^  %s\b" % opt)
 
     def test_unknown_command(self):
         proc = self.arc("nosuchcmd")

@@ -1940,6 +1940,191 @@ static void test_wait_match(void) {
     ut_hub_close(h, dir);
 }
 
+/* ---- options: tables, parser, help, serialiser ---- */
+
+/* Do two parsed serve configurations agree, field by field? */
+static int ut_cfg_eq(const HubConfig *a, const HubConfig *b) {
+    if (strcmp(a->host, b->host) || a->port != b->port ||
+        strcmp(a->storage, b->storage) || strcmp(a->spool_dir, b->spool_dir) ||
+        a->allow_remote != b->allow_remote ||
+        a->insecure_no_auth != b->insecure_no_auth ||
+        memcmp(a->token, b->token, sizeof a->token) ||
+        a->n_allowed_hosts != b->n_allowed_hosts ||
+        a->max_body_chars != b->max_body_chars ||
+        a->max_attachment_chars != b->max_attachment_chars ||
+        a->max_attachments != b->max_attachments ||
+        a->presence_ttl_s != b->presence_ttl_s || a->sync_full != b->sync_full ||
+        a->max_conns != b->max_conns || a->idle_ms != b->idle_ms ||
+        a->head_ms != b->head_ms || a->body_ms != b->body_ms)
+        return 0;
+    for (int i = 0; i < a->n_allowed_hosts; i++)
+        if (strcmp(a->allowed_hosts[i], b->allowed_hosts[i])) return 0;
+    return 1;
+}
+
+/* Parse argv (n strings) as the serve options; returns opt_parse_args(). */
+static int ut_serve_parse(HubConfig *cfg, int n, const char **argv,
+                          char err[ARC_ERRLEN]) {
+    serve_defaults(cfg);
+    OptGroup g[] = { { serve_opts, cfg, NULL, 0 } };
+    return opt_parse_args(&serve_help, g, 1, n, (char **)argv, err);
+}
+
+/* Does opt_argv()'s output keep its invariants: NULL-terminated, and made
+ * of known option names, each followed by a value unless a flag? */
+static int ut_argv_ok(const OptArgv *a, const Opt *t) {
+    if (a->n && a->v[a->n] != NULL) return 0;
+    for (int i = 0; i < a->n; i++) {
+        const Opt *o = t;
+        while (o->kind != OPT_END && !(o->name && !strcmp(o->name, a->v[i]))) o++;
+        if (o->kind == OPT_END || !(o->flags & OPT_PASS)) return 0;
+        if (o->kind != OPT_FLAG && ++i >= a->n) return 0;   /* its value */
+    }
+    return 1;
+}
+
+/* The option tables, the one parser and the serialiser arc ensure uses. */
+static void test_options(void) {
+    const Opt *const tables[] = { serve_opts, life_opts, agent_opts,
+        agent_where_opts, agent_post_opts, agent_poll_opts, relay_opts,
+        relay_gc_opts, smoke_opts, smoke_role_opts, smoke_token_opts, mcp_opts };
+    for (size_t i = 0; i < sizeof tables / sizeof *tables; i++)
+        CHECK(opt_table_ok(tables[i]));
+    static const Opt dup[] = { { "--a", OPT_FLAG, .help = "x" },
+                               { "--a", OPT_FLAG, .help = "y" }, { 0 } };
+    static const Opt range[] = { { "--n", OPT_INT, .lo = 2, .hi = 1, .arg = "N",
+                                   .help = "x" }, { 0 } };
+    static const Opt noarg[] = { { "--s", OPT_STR, .help = "x" }, { 0 } };
+    static const Opt passtok[] = { { "--t", OPT_TOKEN, .arg = "T", .help = "x",
+                                     .flags = OPT_PASS }, { 0 } };
+    CHECK(!opt_table_ok(dup));
+    CHECK(!opt_table_ok(range));
+    CHECK(!opt_table_ok(noarg));
+    CHECK(!opt_table_ok(passtok));
+
+    /* Round trip: parse -> serialise -> parse gives the same struct (the
+     * token aside: it goes by environment), and serialising that again
+     * gives the same argv. */
+    unsetenv("ARC_TOKEN");
+    int quiet = g_quiet;
+    char names[ARC_MAX_ALLOWED_HOSTS][24];
+    const char *in[64 + 2 * ARC_MAX_ALLOWED_HOSTS];
+    int n = 0;
+    static const char *const fixed[] = { "--host", "::1", "--port=0",
+        "--storage", "dir/s.db", "--spool-dir=sp ace", "--sync", "normal",
+        "--allow-remote", "--insecure-no-auth", "--max-body-chars=7",
+        "--max-attachment-chars", "9", "--max-attachments", "0",
+        "--presence-ttl", "5", "--max-conns", "3", "--idle-timeout-ms", "100",
+        "--head-timeout-ms", "86400000", "--body-timeout-ms", "2_000",
+        "--token", "secret", "--quiet" };
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) in[n++] = fixed[i];
+    for (int i = 0; i < ARC_MAX_ALLOWED_HOSTS; i++) {
+        snprintf(names[i], sizeof names[i], "h%d.lan", i + 1);
+        in[n++] = i % 2 ? "--allowed-host" : "--allowed-host=";
+        if (i % 2) in[n++] = names[i];
+        else {   /* the --name=value form: its own string */
+            static char eqs[ARC_MAX_ALLOWED_HOSTS][40];
+            snprintf(eqs[i], sizeof eqs[i], "--allowed-host=h%d.lan", i + 1);
+            in[n - 1] = eqs[i];
+        }
+    }
+    HubConfig a, b;
+    char err[ARC_ERRLEN] = "";
+    g_quiet = 0;
+    CHECKM(ut_serve_parse(&a, n, in, err) == 0, err);
+    CHECK(a.port == 0 && !strcmp(a.host, "::1") && a.sync_full == 0);
+    CHECK(a.n_allowed_hosts == ARC_MAX_ALLOWED_HOSTS);
+    CHECK(!strcmp(a.allowed_hosts[ARC_MAX_ALLOWED_HOSTS - 1],
+                  names[ARC_MAX_ALLOWED_HOSTS - 1]));
+    CHECK(a.body_ms == 2000 && a.head_ms == 86400000 && a.max_attachments == 0);
+    CHECK(!strcmp(a.token, "secret") && g_quiet == 1);
+    OptArgv av = { 0 }, av2 = { 0 };
+    opt_argv(&av, serve_opts, &a, OPT_PASS);
+    CHECK(ut_argv_ok(&av, serve_opts));
+    g_quiet = 0;
+    CHECKM(ut_serve_parse(&b, av.n, (const char **)av.v, err) == 0, err);
+    CHECK(b.token[0] == 0);   /* never in argv */
+    memcpy(b.token, a.token, sizeof b.token);
+    CHECK(ut_cfg_eq(&a, &b));
+    CHECK(g_quiet == 1);
+    opt_argv(&av2, serve_opts, &b, OPT_PASS);
+    CHECK(av.n == av2.n);
+    for (int i = 0; i < av.n && i < av2.n; i++) CHECK(!strcmp(av.v[i], av2.v[i]));
+    opt_argv_free(&av2);
+    opt_argv_free(&av);
+    /* The defaults round-trip too (nothing given, nothing lost). */
+    g_quiet = 0;
+    CHECK(ut_serve_parse(&a, 0, NULL, err) == 0);
+    opt_argv(&av, serve_opts, &a, OPT_PASS);
+    CHECK(ut_argv_ok(&av, serve_opts) && av.n > 0);
+    CHECK(ut_serve_parse(&b, av.n, (const char **)av.v, err) == 0);
+    CHECK(ut_cfg_eq(&a, &b));
+    opt_argv_free(&av);
+
+    /* Bad input: each is a usage error with a message; --help is 1. */
+    static const char *const bad[][3] = {
+        { "--port" }, { "--port=" }, { "--port", "65536" }, { "--port", "x" },
+        { "--portx", "1" }, { "--bogus" }, { "stray" }, { "-" }, { "--quiet=1" },
+        { "--sync", "fast" }, { "--allowed-host", "a:1" }, { "--allowed-host", "" },
+        { "--host", "" }, { "--max-attachments", "-1" },
+        { "--token", "a", "--token-file" }, { "--token", "has space" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        int k = 0;
+        while (k < 3 && bad[i][k]) k++;
+        err[0] = 0;
+        CHECKM(ut_serve_parse(&a, k, (const char **)bad[i], err) == -1 && err[0],
+               bad[i][0]);
+    }
+    const char *both[] = { "--token", "a", "--token-file", "/nonexistent" };
+    CHECK(ut_serve_parse(&a, 4, both, err) == -1 && strstr(err, "not both"));
+    in[n++] = "--allowed-host";
+    in[n++] = "one-too-many.lan";
+    CHECK(ut_serve_parse(&a, n, in, err) == -1 && strstr(err, "at most"));
+    const char *help[] = { "--port", "1", "-h" };
+    CHECK(ut_serve_parse(&a, 3, help, err) == 1);
+    g_quiet = quiet;
+
+    /* post: one operand ("-" is one), a second is an error; poll's and
+     * ensure's seconds. */
+    AgentOpts ao = { 0 };
+    OptGroup pg[] = { { agent_opts, &ao, NULL, 0 }, { agent_where_opts, &ao, NULL, 0 },
+                      { agent_post_opts, &ao, NULL, 0 } };
+    const char *post1[] = { "--agent=x", "-", "--to", "y" };
+    CHECK(opt_parse_args(&agent_help[0], pg, 3, 4, (char **)post1, err) == 0);
+    CHECK(ao.body && !strcmp(ao.body, "-") && !strcmp(ao.to, "y"));
+    const char *post2[] = { "body", "again" };
+    ao = (AgentOpts){ 0 };
+    CHECK(opt_parse_args(&agent_help[0], pg, 3, 2, (char **)post2, err) == -1 &&
+          strstr(err, "unexpected argument again"));
+    OptGroup qg[] = { { agent_opts, &ao, NULL, 0 }, { agent_poll_opts, &ao, NULL, 0 } };
+    static const char *const secs[][2] = { { "0", "1" }, { "60", "1" }, { "60.5", "0" },
+                                           { "", "0" }, { "nan", "0" }, { "-1", "0" } };
+    for (size_t i = 0; i < sizeof secs / sizeof *secs; i++) {
+        const char *t[] = { "--timeout", secs[i][0] };
+        CHECKM((opt_parse_args(&agent_help[1], qg, 2, 2, (char **)t, err) == 0) ==
+               (secs[i][1][0] == '1'), secs[i][0]);
+    }
+    LifeOpts lo = { 0 };
+    OptGroup lg[] = { { life_opts, &lo, NULL, 0 } };
+    const char *t0[] = { "--timeout", "0" }, *t1[] = { "--timeout=0.5" };
+    CHECK(opt_parse_args(&ensure_help, lg, 1, 2, (char **)t0, err) == -1);
+    CHECK(opt_parse_args(&ensure_help, lg, 1, 1, (char **)t1, err) == 0 &&
+          lo.timeout_s == 0.5);
+
+    /* --help is printed from the table: every option is in it. */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    serve_defaults(&a);
+    OptGroup sg[] = { { serve_opts, &a, NULL, 0 } };
+    opt_help(&serve_help, sg, 1, f);
+    fclose(f);
+    for (const Opt *o = serve_opts; o->kind != OPT_END; o++)
+        if (o->name) CHECKM(strstr(text, o->name) != NULL, o->name);
+    free(text);
+}
+
 int main(void) {
     test_buf();
     test_str();
@@ -1969,6 +2154,7 @@ int main(void) {
     test_message_render();
     test_message_cache();
     test_wait_match();
+    test_options();
     ut_guard_free();
     printf("unit: %d passed, %d failed\n", ut_pass, ut_fail);
     return ut_fail > 0;
