@@ -17,8 +17,10 @@
  *   loop   event loop (epoll or poll()), Conn lifecycle, timer heap,
  *          parking in wait buckets, fan-out;
  *          then `serve`: options, listening socket, pidfile, the hub's life
- *   cli    blocking HTTP/relay client, ensure/stop/reset/status,
- *          post/poll/whoami, the standalone relay and relay-gc
+ *   client blocking HTTP/relay client (every command's), response limits,
+ *          finding a running hub (pidfile, probe)
+ *   cli    ensure/stop/reset/status, post/poll/whoami, the standalone
+ *          relay and relay-gc
  *   smoke  the reference's three smoke roles and `arc smoke`
  *   main   command table, arc_main(), main()
  */
@@ -8442,13 +8444,19 @@ static int cmd_serve(int argc, char **argv) {
     return 0;
 }
 
-/* ==== cli: HTTP client, lifecycle commands, post/poll/whoami ============= */
+/* ==== client: the blocking HTTP and relay client every command uses ======= */
 
-/* The client side of arc, shared by the lifecycle commands and the agent
- * commands (and, later, MCP and the smoke agents). One blocking HTTP/1.1
- * client with keep-alive and a deadline on every call: a one-shot command
- * has nothing else to do while it waits. Exit codes: 0 ok, 1 the hub said
- * no (its error is printed), 2 usage or no hub to talk to. */
+/* One client for every command that talks to a hub: the CLI, `arc smoke`,
+ * `arc mcp` and the standalone `arc relay`. A Client is one blocking
+ * HTTP/1.1 connection, kept alive between calls, or, with relay_dir set,
+ * the file spool a sandboxed agent must use (PROTOCOL §11); both give the
+ * same answer, a status and a JSON body. Every call has a deadline and can
+ * be cancelled through a file descriptor (MCP's notifications/cancelled),
+ * since a blocking command has nothing else to do while it waits. The hub
+ * is not trusted to be well-behaved: responses are read with
+ * http_parse_response() and bounded (ARC_MAX_HEAD, ARC_CLIENT_MAX_BODY).
+ * Calls are long-polls, never streams: GET /v1/stream is the dashboard's.
+ * Below the calls, finding a running hub: its pidfile, then a probe. */
 
 typedef struct {
     char host[128];
@@ -8463,6 +8471,8 @@ typedef struct {
                             * never sent through the relay (PROTOCOL §2.4) */
 } Client;
 
+/* Set c up for the hub at url ("http://HOST:PORT", HOST may be [v6]); no
+ * connection yet. Every Client starts here. Returns 0, or -1 with err. */
 static int cli_url(Client *c, const char *url, char err[ARC_ERRLEN]) {
     memset(c, 0, sizeof *c);
     c->fd = c->cancel_fd = -1;
@@ -8526,6 +8536,8 @@ static int cli_wait(int fd, short events, int cancel_fd, int64_t deadline_ms) {
     }
 }
 
+/* Open c->fd to the hub, trying each resolved address until one accepts
+ * (non-blocking connect, so the deadline and cancel_fd hold). 0 or -1. */
 static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM },
                     *res = NULL;
@@ -8783,44 +8795,6 @@ static int cli_call(Client *c, const char *method, const char *path, Str body,
     return rc;
 }
 
-/* Write a JSON value the way Python's json.dumps(indent=2) lays it out, so
- * lifecycle output matches the reference's. */
-static void cli_pretty(Buf *b, const Json *j, uint32_t i, int depth) {
-    const JsonTok *t = &j->t[i];
-    if ((t->type != JSON_ARR && t->type != JSON_OBJ) || t->n == 0) {
-        json_write(b, j, i);
-        return;
-    }
-    int obj = t->type == JSON_OBJ;
-    buf_addc(b, obj ? '{' : '[');
-    uint32_t c = i + 1;
-    for (uint32_t m = 0; m < t->n; m++) {
-        buf_adds(b, m ? ",\n" : "\n");
-        for (int k = 0; k <= depth; k++) buf_adds(b, "  ");
-        if (obj) {
-            json_write(b, j, c);
-            buf_adds(b, ": ");
-            c++;
-        }
-        cli_pretty(b, j, c, depth + 1);
-        c = j->t[c].next;
-    }
-    buf_addc(b, '\n');
-    for (int k = 0; k < depth; k++) buf_adds(b, "  ");
-    buf_addc(b, obj ? '}' : ']');
-}
-
-/* Print a JSON text pretty on stdout (or verbatim if it does not parse). */
-static void cli_print_json(Str s) {
-    Json j = { 0 };
-    Buf b = { 0 };
-    if (json_parse(&j, s.p, s.n) == 0) cli_pretty(&b, &j, 0, 0);
-    else buf_addstr(&b, s);
-    printf("%s\n", buf_cstr(&b));
-    buf_free(&b);
-    json_free(&j);
-}
-
 /* ---- finding a running hub ---- */
 
 typedef struct {
@@ -8930,6 +8904,51 @@ static int cli_discover(const char *storage, const char *token, HubRef *ref) {
         }
     }
     return 0;
+}
+
+/* ==== cli: lifecycle commands, post/poll/whoami, relay, relay-gc ========= */
+
+/* The one-shot commands, built on the client above. Output is what the
+ * reference prints (pretty JSON laid out like Python's json.dumps). Exit
+ * codes: 0 ok, 1 the hub said no (its error is printed), 2 usage or no hub
+ * to talk to. */
+
+/* Write a JSON value the way Python's json.dumps(indent=2) lays it out, so
+ * lifecycle output matches the reference's. */
+static void cli_pretty(Buf *b, const Json *j, uint32_t i, int depth) {
+    const JsonTok *t = &j->t[i];
+    if ((t->type != JSON_ARR && t->type != JSON_OBJ) || t->n == 0) {
+        json_write(b, j, i);
+        return;
+    }
+    int obj = t->type == JSON_OBJ;
+    buf_addc(b, obj ? '{' : '[');
+    uint32_t c = i + 1;
+    for (uint32_t m = 0; m < t->n; m++) {
+        buf_adds(b, m ? ",\n" : "\n");
+        for (int k = 0; k <= depth; k++) buf_adds(b, "  ");
+        if (obj) {
+            json_write(b, j, c);
+            buf_adds(b, ": ");
+            c++;
+        }
+        cli_pretty(b, j, c, depth + 1);
+        c = j->t[c].next;
+    }
+    buf_addc(b, '\n');
+    for (int k = 0; k < depth; k++) buf_adds(b, "  ");
+    buf_addc(b, obj ? '}' : ']');
+}
+
+/* Print a JSON text pretty on stdout (or verbatim if it does not parse). */
+static void cli_print_json(Str s) {
+    Json j = { 0 };
+    Buf b = { 0 };
+    if (json_parse(&j, s.p, s.n) == 0) cli_pretty(&b, &j, 0, 0);
+    else buf_addstr(&b, s);
+    printf("%s\n", buf_cstr(&b));
+    buf_free(&b);
+    json_free(&j);
 }
 
 /* ---- lifecycle: ensure, stop, reset, status ---- */
