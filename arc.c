@@ -8,7 +8,8 @@
  * Sections, in order (grep -n '^/\* ==== ' arc.c):
  *   base   limits, core types, die/log, Str, Buf, clock, sha256, options
  *   json   strict RFC 8259 token reader, writer into Buf, coercions
- *   http   incremental request parser, query/path decoding, responses
+ *   http   incremental request parser, query/path decoding, responses,
+ *          the client's response parser
  *   store  schema, prepared statements, group-commit transactions, rows,
  *          the rendered-message cache
  *   hub    sessions, channels, messages, claims, locks, tasks, threads;
@@ -102,6 +103,9 @@
 #endif
 #ifndef ARC_MAX_OUT
 #define ARC_MAX_OUT (4u << 20)    /* unsent bytes per conn before we drop it */
+#endif
+#ifndef ARC_CLIENT_MAX_BODY
+#define ARC_CLIENT_MAX_BODY (256u << 20) /* a response body the client reads */
 #endif
 #ifndef ARC_BUF_MIN
 #define ARC_BUF_MIN 256           /* first allocation of a Buf */
@@ -1533,6 +1537,169 @@ static void http_head(Buf *out, int status, const char *ctype, long long len,
                              : "Connection: close\r\n");
     if (extra) buf_adds(out, extra);
     buf_adds(out, "\r\n");
+}
+
+/* ---- responses, as the client reads them ---- */
+
+/* How a response's body ends (RFC 9112 §6.3). */
+typedef enum {
+    HTTP_BODY_LENGTH,    /* content_length bytes (none for 1xx, 204, 304) */
+    HTTP_BODY_CHUNKED,   /* Transfer-Encoding ending in chunked */
+    HTTP_BODY_CLOSE      /* everything until the server closes (an SSE
+                          * stream, or a head with no framing at all) */
+} HttpBody;
+
+/* A response head, from http_parse_response(). The contract is the request
+ * parser's: no allocation, no state between calls, (p, n) in, bytes
+ * consumed, ARC_AGAIN or ARC_BAD out, heads capped at ARC_MAX_HEAD bytes
+ * and ARC_MAX_HEADERS lines. Stricter than the request side where leniency
+ * buys nothing: no leading blank lines, and Content-Length next to
+ * Transfer-Encoding is refused (response splitting, RFC 9112 §6.3). */
+typedef struct {
+    int minor;                 /* 0 or 1: HTTP/1.minor */
+    int status;                /* 100..599 */
+    Str reason;                /* borrowed from the input; may be empty */
+    Str content_type;          /* borrowed; empty when absent */
+    HttpBody body;
+    int64_t content_length;    /* with HTTP_BODY_LENGTH; -1 otherwise */
+    unsigned close : 1;        /* the connection ends after this response */
+    int n_headers;
+    const char *err_msg;       /* with ARC_BAD: static text */
+} HttpResp;
+
+static int http_resp_bad(HttpResp *r, const char *msg) {
+    r->err_msg = msg;
+    return ARC_BAD;
+}
+
+/* "HTTP/1.x SSS reason" (the reason and the space before it may be
+ * missing). Returns 0 or ARC_BAD. */
+static int http_status_line(Str l, HttpResp *r) {
+    if (l.n < 12 || memcmp(l.p, "HTTP/1.", 7) != 0 || l.p[8] != ' ' ||
+        (l.n > 12 && l.p[12] != ' '))
+        return http_resp_bad(r, "malformed status line");
+    if (l.p[7] != '0' && l.p[7] != '1')
+        return http_resp_bad(r, "HTTP version not supported");
+    r->minor = l.p[7] - '0';
+    for (int i = 9; i < 12; i++) {
+        if (!isdigit((unsigned char)l.p[i]))
+            return http_resp_bad(r, "malformed status code");
+        r->status = r->status * 10 + (l.p[i] - '0');
+    }
+    if (r->status < 100 || r->status > 599)
+        return http_resp_bad(r, "malformed status code");
+    r->reason = l.n > 13 ? (Str){ l.p + 13, l.n - 13 } : (Str){ "", 0 };
+    for (size_t i = 0; i < r->reason.n; i++) {
+        unsigned char c = (unsigned char)r->reason.p[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return http_resp_bad(r, "control character in reason phrase");
+    }
+    return 0;
+}
+
+/* Is the last comma-separated token of v `tok`? (Transfer-Encoding: only
+ * a final chunked frames the body, RFC 9112 §6.3.) */
+static int http_last_token(Str v, const char *tok) {
+    size_t i = v.n;
+    while (i > 0 && v.p[i - 1] != ',') i--;
+    return str_ieq(str_trim((Str){ v.p + i, v.n - i }), tok);
+}
+
+/* One header line of a response. Returns 0 or ARC_BAD. *te, *chunked and
+ * *keep collect Transfer-Encoding and the connection's fate for the
+ * caller; *keep: 1 kept alive, 0 closed by default (HTTP/1.0), -1 closed
+ * by a Connection: close, which no later header undoes. */
+static int http_resp_header(HttpResp *r, Str line, int *te, int *chunked,
+                            int *keep) {
+    if (line.p[0] == ' ' || line.p[0] == '\t')
+        return http_resp_bad(r, "obsolete header line folding");
+    const char *colon = memchr(line.p, ':', line.n);
+    if (!colon || colon == line.p) return http_resp_bad(r, "malformed header line");
+    Str name = { line.p, (size_t)(colon - line.p) };
+    for (size_t i = 0; i < name.n; i++)
+        if (!http_tchar((unsigned char)name.p[i]))
+            return http_resp_bad(r, "malformed header name");
+    Str v = str_trim((Str){ colon + 1, line.n - name.n - 1 });
+    for (size_t i = 0; i < v.n; i++)
+        if (((unsigned char)v.p[i] < 0x20 && v.p[i] != '\t') || v.p[i] == 0x7f)
+            return http_resp_bad(r, "control character in header value");
+    if (str_ieq(name, "content-length")) {
+        int64_t n = 0;
+        if (v.n == 0 || v.n > 15) return http_resp_bad(r, "invalid Content-Length");
+        for (size_t i = 0; i < v.n; i++) {
+            if (!isdigit((unsigned char)v.p[i]))
+                return http_resp_bad(r, "invalid Content-Length");
+            n = n * 10 + (v.p[i] - '0');
+        }
+        if (r->content_length >= 0 && r->content_length != n)
+            return http_resp_bad(r, "conflicting Content-Length headers");
+        r->content_length = n;
+    } else if (str_ieq(name, "transfer-encoding")) {
+        *te = 1;
+        *chunked = http_last_token(v, "chunked");   /* the last one counts */
+    } else if (str_ieq(name, "connection")) {
+        if (http_has_token(v, "close")) *keep = -1;          /* sticky */
+        else if (http_has_token(v, "keep-alive") && *keep == 0) *keep = 1;
+    } else if (str_ieq(name, "content-type")) {
+        r->content_type = v;
+    }
+    return 0;
+}
+
+/* Parse the head of one response at p[0..n) (the client side of
+ * http_parse()). Returns the head's length in bytes (the body, framed as
+ * r->body says, follows), ARC_AGAIN, or ARC_BAD with r->err_msg. A head
+ * is judged once complete, except that bytes which cannot begin a status
+ * line are refused at once: a peer that is not an HTTP hub fails fast. */
+static int http_parse_response(const char *p, size_t n, HttpResp *r) {
+    *r = (HttpResp){ .content_length = -1, .reason = { "", 0 },
+                     .content_type = { "", 0 } };
+    if (n == 0) return ARC_AGAIN;         /* p may be NULL (an empty Buf) */
+    if (memcmp(p, "HTTP/1.", n < 7 ? n : 7) != 0)
+        return http_resp_bad(r, "not an HTTP/1.x response");
+    size_t pos = 0, head_end = 0;
+    int lines = -1;                       /* the status line is not a header */
+    for (;;) {
+        long e = http_eol(p, n, pos);
+        if (e < 0) {
+            if (n > ARC_MAX_HEAD) return http_resp_bad(r, "response head too large");
+            return ARC_AGAIN;
+        }
+        Str h = http_line(p, pos, (size_t)e);
+        pos = (size_t)e + 1;
+        if (pos > ARC_MAX_HEAD) return http_resp_bad(r, "response head too large");
+        if (h.n == 0 && lines >= 0) {
+            head_end = pos;
+            break;
+        }
+        if (++lines > ARC_MAX_HEADERS)
+            return http_resp_bad(r, "too many header lines");
+    }
+    long e = http_eol(p, n, 0);
+    if (http_status_line(http_line(p, 0, (size_t)e), r)) return ARC_BAD;
+    int te = 0, chunked = 0, keep = r->minor == 1;
+    pos = (size_t)e + 1;
+    while (pos < head_end) {
+        e = http_eol(p, n, pos);
+        Str h = http_line(p, pos, (size_t)e);
+        pos = (size_t)e + 1;
+        if (h.n == 0) break;
+        if (http_resp_header(r, h, &te, &chunked, &keep)) return ARC_BAD;
+        r->n_headers++;
+    }
+    if (te && r->content_length >= 0)
+        return http_resp_bad(r, "both Transfer-Encoding and Content-Length");
+    if (r->status < 200 || r->status == 204 || r->status == 304) {
+        r->body = HTTP_BODY_LENGTH;       /* never a body (RFC 9110 §6.4.1) */
+        r->content_length = 0;
+    } else if (te) {
+        r->body = chunked ? HTTP_BODY_CHUNKED : HTTP_BODY_CLOSE;
+        r->content_length = -1;
+    } else {
+        r->body = r->content_length >= 0 ? HTTP_BODY_LENGTH : HTTP_BODY_CLOSE;
+    }
+    r->close = keep <= 0 || r->body == HTTP_BODY_CLOSE;
+    return (int)head_end;
 }
 
 /* ==== store: schema, statements, transactions, row emitters =============== */
@@ -8629,17 +8796,23 @@ static int cli_relay_call(Client *c, const char *method, const char *path,
     for (;;) {
         int fd = open(resp.p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
         if (fd >= 0) {
-            Buf data = { 0 };
+            /* The answer's body is bounded as over HTTP; the envelope
+             * around it gets a little room. */
+            Buf data = { .max = (size_t)ARC_CLIENT_MAX_BODY + 4096 };
             char chunk[16384];
             ssize_t n;
-            while ((n = read(fd, chunk, sizeof chunk)) != 0) {
+            while (!data.err && (n = read(fd, chunk, sizeof chunk)) != 0) {
                 if (n > 0) buf_add(&data, chunk, (size_t)n);
                 else if (errno != EINTR) break;
             }
             close(fd);
             Json j = { 0 };
             uint32_t st, b;
-            if (json_parse(&j, buf_cstr(&data), data.len) == 0 &&
+            if (data.err) {
+                snprintf(err, ARC_ERRLEN, "relay answer %s is larger than "
+                         "ARC_CLIENT_MAX_BODY (%zu bytes)", resp.p,
+                         (size_t)ARC_CLIENT_MAX_BODY);
+            } else if (json_parse(&j, buf_cstr(&data), data.len) == 0 &&
                 (st = json_get(&j, 0, "status")) && (b = json_get(&j, 0, "body")) &&
                 j.t[b].type == JSON_OBJ) {
                 int64_t s64 = 0;
@@ -8690,6 +8863,82 @@ done:
     return rc;
 }
 
+/* Read the response to the request just sent on c->fd: its head through
+ * http_parse_response(), then its body, framed by Content-Length or by
+ * the connection's end and never more than ARC_CLIENT_MAX_BODY bytes.
+ * Interim 1xx heads are skipped. Returns 0 with the status and body, -1
+ * with err, or 1 when the connection was closed before a single byte came
+ * back (a kept-alive connection the hub had dropped: the caller retries). */
+static int client_read_response(Client *c, int64_t deadline, int64_t timeout_ms,
+                                int *status, Buf *out, char err[ARC_ERRLEN]) {
+    HttpResp r;
+    int head = ARC_AGAIN, eof = 0;
+    size_t got = 0;                      /* bytes read for this response */
+    for (;;) {
+        if (head == ARC_AGAIN) head = http_parse_response(c->in.p, c->in.len, &r);
+        if (head == ARC_BAD) {
+            snprintf(err, ARC_ERRLEN, "invalid response from %s: %s", c->base,
+                     r.err_msg);
+            return -1;
+        }
+        if (head > 0 && r.status < 200) {   /* 100 Continue and the like */
+            buf_consume(&c->in, (size_t)head);
+            head = ARC_AGAIN;
+            continue;
+        }
+        if (head > 0 && r.body == HTTP_BODY_CHUNKED) {
+            snprintf(err, ARC_ERRLEN, "%s answered with a chunked body, which "
+                     "arc's client does not read", c->base);
+            return -1;
+        }
+        size_t have = head > 0 ? c->in.len - (size_t)head : 0;
+        if (head > 0 && r.body == HTTP_BODY_LENGTH &&
+            r.content_length <= (int64_t)ARC_CLIENT_MAX_BODY &&
+            have >= (size_t)r.content_length)
+            break;
+        if (head > 0 && (r.content_length > (int64_t)ARC_CLIENT_MAX_BODY ||
+                         have > ARC_CLIENT_MAX_BODY)) {
+            snprintf(err, ARC_ERRLEN, "response from %s is larger than "
+                     "ARC_CLIENT_MAX_BODY (%zu bytes)", c->base,
+                     (size_t)ARC_CLIENT_MAX_BODY);
+            return -1;
+        }
+        if (head > 0 && r.body == HTTP_BODY_CLOSE && eof) break;
+        if (eof) {
+            if (got == 0) return 1;
+            snprintf(err, ARC_ERRLEN, "connection to %s closed mid-response",
+                     c->base);
+            return -1;
+        }
+        if (cli_wait(c->fd, POLLIN, c->cancel_fd, deadline)) {
+            if (clock_ms() < deadline)
+                snprintf(err, ARC_ERRLEN, "cancelled");
+            else
+                snprintf(err, ARC_ERRLEN, "no answer from %s within %lld ms",
+                         c->base, (long long)timeout_ms);
+            return -1;
+        }
+        buf_reserve(&c->in, 65536);      /* c->in has no max: cannot fail */
+        ssize_t n = read(c->fd, c->in.p + c->in.len, 65536);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (n <= 0) {                    /* the end, or a reset: the same */
+            eof = 1;
+            continue;
+        }
+        got += (size_t)n;
+        c->in.len += (size_t)n;
+        c->in.p[c->in.len] = 0;
+    }
+    size_t blen = r.body == HTTP_BODY_LENGTH ? (size_t)r.content_length
+                                             : c->in.len - (size_t)head;
+    *status = r.status;
+    buf_reset(out);
+    buf_add(out, c->in.p + head, blen);
+    if (r.close) cli_close(c);
+    else buf_consume(&c->in, (size_t)head + blen);
+    return 0;
+}
+
 /* Send one request and read its response. Returns 0 with the status and
  * body, or -1 with err (no response). Reuses the kept-alive connection and,
  * if the hub had closed it meanwhile, retries once on a fresh one. */
@@ -8731,65 +8980,18 @@ static int cli_call(Client *c, const char *method, const char *path, Str body,
             if (reused) continue;
             break;
         }
-        /* Read the head, then Content-Length bytes (or to EOF). */
-        long head = -1, clen = -1;
-        int keep = 1, eof = 0;
-        for (;;) {
-            if (head < 0) {
-                char *e = c->in.p ? strstr(c->in.p, "\r\n\r\n") : NULL;
-                if (e) {
-                    head = (long)(e - c->in.p) + 4;
-                    int st = 0;
-                    if (sscanf(c->in.p, "HTTP/1.%*d %d", &st) != 1) break;
-                    *status = st;
-                    for (char *l = strstr(c->in.p, "\r\n"); l && l < e; l = strstr(l + 2, "\r\n")) {
-                        Str line = { l + 2, (size_t)(strcspn(l + 2, "\r")) };
-                        if (line.n > 15 && str_ieq((Str){ line.p, 15 }, "content-length:"))
-                            clen = strtol(line.p + 15, NULL, 10);
-                        if (line.n > 11 && str_ieq((Str){ line.p, 11 }, "connection:") &&
-                            http_has_token((Str){ line.p + 11, line.n - 11 }, "close"))
-                            keep = 0;
-                    }
-                }
-            }
-            if (head >= 0 && clen >= 0 && (long)c->in.len >= head + clen) break;
-            if (eof) break;
-            if (cli_wait(c->fd, POLLIN, c->cancel_fd, deadline)) {
-                if (clock_ms() < deadline)
-                    snprintf(err, ARC_ERRLEN, "cancelled");
-                else
-                    snprintf(err, ARC_ERRLEN, "no answer from %s within %lld ms",
-                             c->base, (long long)timeout_ms);
-                break;
-            }
-            if (buf_reserve(&c->in, 65536)) break;
-            ssize_t n = read(c->fd, c->in.p + c->in.len, 65536);
-            if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-            if (n <= 0) {
-                eof = 1;
-                continue;
-            }
-            c->in.len += (size_t)n;
-            c->in.p[c->in.len] = 0;
+        rc = client_read_response(c, deadline, timeout_ms, status, out, err);
+        if (rc == 0) break;
+        cli_close(c);
+        if (rc == 1 && reused) {         /* the hub closed an idle connection */
+            rc = -1;
+            continue;
         }
-        if (head >= 0 && (clen < 0 ? eof : (long)c->in.len >= head + clen)) {
-            size_t blen = clen >= 0 ? (size_t)clen : c->in.len - (size_t)head;
-            buf_reset(out);
-            buf_add(out, c->in.p + head, blen);
-            rc = 0;
-            if (!keep || clen < 0) cli_close(c);
-            else buf_consume(&c->in, (size_t)head + blen);
-        } else {
-            if (head < 0 && eof && c->in.len == 0 && reused) {
-                cli_close(c);   /* the hub closed an idle connection: retry */
-                continue;
-            }
-            if (!err[0] || eof)
-                snprintf(err, ARC_ERRLEN, "connection to %s closed mid-response",
-                         c->base);
-            cli_close(c);
-            break;
-        }
+        if (rc == 1)
+            snprintf(err, ARC_ERRLEN, "connection to %s closed mid-response",
+                     c->base);
+        rc = -1;
+        break;
     }
     buf_free(&req);
     return rc;
