@@ -8722,7 +8722,8 @@ static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         fd_nonblock(fd);
         int ok = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
-        if (!ok && errno == EINPROGRESS && cli_wait(fd, POLLOUT, c->cancel_fd, deadline_ms) == 0) {
+        if (!ok && errno == EINPROGRESS &&
+            cli_wait(fd, POLLOUT, c->cancel_fd, deadline_ms) == 0) {
             int e = 0;
             socklen_t el = sizeof e;
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el);
@@ -8970,7 +8971,8 @@ static int cli_call(Client *c, const char *method, const char *path, Str body,
             ssize_t w = write(c->fd, req.p + off, req.len - off);
             if (w > 0) { off += (size_t)w; continue; }
             if (w < 0 && errno == EINTR) continue;
-            if (w < 0 && errno == EAGAIN && cli_wait(c->fd, POLLOUT, c->cancel_fd, deadline) == 0)
+            if (w < 0 && errno == EAGAIN &&
+                cli_wait(c->fd, POLLOUT, c->cancel_fd, deadline) == 0)
                 continue;
             break;
         }
@@ -9068,7 +9070,8 @@ static void cli_storage_dir(const char *storage, char *out, size_t n) {
     char cwd[PATH_MAX] = ".";
     if (!getcwd(cwd, sizeof cwd)) snprintf(cwd, sizeof cwd, ".");
     const char *slash = strrchr(storage, '/');
-    if (storage[0] == '/') snprintf(out, n, "%.*s", slash == storage ? 1 : (int)(slash - storage), storage);
+    if (storage[0] == '/')
+        snprintf(out, n, "%.*s", slash == storage ? 1 : (int)(slash - storage), storage);
     else if (slash) snprintf(out, n, "%s/%.*s", cwd, (int)(slash - storage), storage);
     else snprintf(out, n, "%s", cwd);
     char real[PATH_MAX];
