@@ -8640,7 +8640,7 @@ typedef struct {
 
 /* Set c up for the hub at url ("http://HOST:PORT", HOST may be [v6]); no
  * connection yet. Every Client starts here. Returns 0, or -1 with err. */
-static int cli_url(Client *c, const char *url, char err[ARC_ERRLEN]) {
+static int client_url(Client *c, const char *url, char err[ARC_ERRLEN]) {
     memset(c, 0, sizeof *c);
     c->fd = c->cancel_fd = -1;
     const char *p = url;
@@ -8677,20 +8677,20 @@ bad:
     return -1;
 }
 
-static void cli_close(Client *c) {
+static void client_close(Client *c) {
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     buf_reset(&c->in);
 }
 
-static void cli_free(Client *c) {
-    cli_close(c);
+static void client_free(Client *c) {
+    client_close(c);
     buf_free(&c->in);
 }
 
 /* Wait until fd is ready for `events`. -1 when the deadline passes or
  * cancel_fd (if not -1) becomes readable first. */
-static int cli_wait(int fd, short events, int cancel_fd, int64_t deadline_ms) {
+static int client_wait(int fd, short events, int cancel_fd, int64_t deadline_ms) {
     for (;;) {
         int64_t left = deadline_ms - clock_ms();
         if (left <= 0) return -1;
@@ -8705,7 +8705,7 @@ static int cli_wait(int fd, short events, int cancel_fd, int64_t deadline_ms) {
 
 /* Open c->fd to the hub, trying each resolved address until one accepts
  * (non-blocking connect, so the deadline and cancel_fd hold). 0 or -1. */
-static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
+static int client_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM },
                     *res = NULL;
     char ps[16];
@@ -8723,7 +8723,7 @@ static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
         fd_nonblock(fd);
         int ok = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
         if (!ok && errno == EINPROGRESS &&
-            cli_wait(fd, POLLOUT, c->cancel_fd, deadline_ms) == 0) {
+            client_wait(fd, POLLOUT, c->cancel_fd, deadline_ms) == 0) {
             int e = 0;
             socklen_t el = sizeof e;
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el);
@@ -8748,7 +8748,7 @@ static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
  * file atomically, then wait for the answer file. Transport failures use
  * the reference's statuses: 597 the spool could not be written, 598 no
  * answer in time; both return -1 like an unreachable hub. */
-static int cli_relay_call(Client *c, const char *method, const char *path,
+static int client_relay_call(Client *c, const char *method, const char *path,
                           Str body, int64_t timeout_ms, int *status, Buf *out,
                           char err[ARC_ERRLEN]) {
     int64_t deadline = clock_ms() + timeout_ms;
@@ -8911,7 +8911,7 @@ static int client_read_response(Client *c, int64_t deadline, int64_t timeout_ms,
                      c->base);
             return -1;
         }
-        if (cli_wait(c->fd, POLLIN, c->cancel_fd, deadline)) {
+        if (client_wait(c->fd, POLLIN, c->cancel_fd, deadline)) {
             if (clock_ms() < deadline)
                 snprintf(err, ARC_ERRLEN, "cancelled");
             else
@@ -8935,7 +8935,7 @@ static int client_read_response(Client *c, int64_t deadline, int64_t timeout_ms,
     *status = r.status;
     buf_reset(out);
     buf_add(out, c->in.p + head, blen);
-    if (r.close) cli_close(c);
+    if (r.close) client_close(c);
     else buf_consume(&c->in, (size_t)head + blen);
     return 0;
 }
@@ -8943,11 +8943,11 @@ static int client_read_response(Client *c, int64_t deadline, int64_t timeout_ms,
 /* Send one request and read its response. Returns 0 with the status and
  * body, or -1 with err (no response). Reuses the kept-alive connection and,
  * if the hub had closed it meanwhile, retries once on a fresh one. */
-static int cli_call(Client *c, const char *method, const char *path, Str body,
+static int client_call(Client *c, const char *method, const char *path, Str body,
                     int64_t timeout_ms, int *status, Buf *out,
                     char err[ARC_ERRLEN]) {
     if (c->relay_dir)
-        return cli_relay_call(c, method, path, body, timeout_ms, status, out, err);
+        return client_relay_call(c, method, path, body, timeout_ms, status, out, err);
     int64_t deadline = clock_ms() + timeout_ms;
     Buf req = { 0 };
     int v6 = strchr(c->host, ':') != NULL;
@@ -8964,7 +8964,7 @@ static int cli_call(Client *c, const char *method, const char *path, Str body,
     int rc = -1;
     for (int attempt = 0; attempt < 2 && rc < 0; attempt++) {
         int reused = c->fd >= 0;
-        if (!reused && cli_connect(c, deadline, err)) break;
+        if (!reused && client_connect(c, deadline, err)) break;
         buf_reset(&c->in);
         size_t off = 0;
         while (off < req.len) {
@@ -8972,19 +8972,19 @@ static int cli_call(Client *c, const char *method, const char *path, Str body,
             if (w > 0) { off += (size_t)w; continue; }
             if (w < 0 && errno == EINTR) continue;
             if (w < 0 && errno == EAGAIN &&
-                cli_wait(c->fd, POLLOUT, c->cancel_fd, deadline) == 0)
+                client_wait(c->fd, POLLOUT, c->cancel_fd, deadline) == 0)
                 continue;
             break;
         }
         if (off < req.len) {
             snprintf(err, ARC_ERRLEN, "cannot send to %s: %s", c->base, strerror(errno));
-            cli_close(c);
+            client_close(c);
             if (reused) continue;
             break;
         }
         rc = client_read_response(c, deadline, timeout_ms, status, out, err);
         if (rc == 0) break;
-        cli_close(c);
+        client_close(c);
         if (rc == 1 && reused) {         /* the hub closed an idle connection */
             rc = -1;
             continue;
@@ -9011,14 +9011,14 @@ typedef struct {
 /* Does a hub answer at url, given our token (or none)? Returns PROBE_OK,
  * PROBE_REFUSED when a hub answers 401 (it wants another token), or 0. */
 enum { PROBE_OK = 1, PROBE_REFUSED = 2 };
-static int cli_probe(const char *url, const char *token, int64_t timeout_ms) {
+static int client_probe(const char *url, const char *token, int64_t timeout_ms) {
     Client c;
     char err[ARC_ERRLEN] = "";
     Buf body = { 0 };
     int status = 0, ok = 0;
-    if (cli_url(&c, url, err) == 0) {
+    if (client_url(&c, url, err) == 0) {
         c.token = token;
-        if (cli_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, timeout_ms,
+        if (client_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, timeout_ms,
                      &status, &body, err) == 0) {
             if (status == 200 && strstr(buf_cstr(&body), "\"instance_id\""))
                 ok = PROBE_OK;
@@ -9026,20 +9026,20 @@ static int cli_probe(const char *url, const char *token, int64_t timeout_ms) {
                 ok = PROBE_REFUSED;
         }
     }
-    cli_free(&c);
+    client_free(&c);
     buf_free(&body);
     return ok;
 }
 
 /* The message for a hub that refused our token. */
-static void cli_refused_msg(const char *url, const char *token, char *out, size_t n) {
+static void client_refused_msg(const char *url, const char *token, char *out, size_t n) {
     snprintf(out, n, "the hub at %s %s (give it with --token-file, ARC_TOKEN or "
              "--token)", url, token && *token ? "refused the token"
                                               : "requires a token");
 }
 
 /* Read a pidfile; returns 0 if it holds a pid and a url. */
-static int cli_read_pidfile(const char *path, HubRef *ref) {
+static int client_read_pidfile(const char *path, HubRef *ref) {
     FILE *f = fopen(path, "r");
     if (!f) return -1;
     char buf[1024];
@@ -9066,7 +9066,7 @@ static int cli_read_pidfile(const char *path, HubRef *ref) {
 
 /* The directory holding the storage file, made absolute (it need not
  * exist yet). */
-static void cli_storage_dir(const char *storage, char *out, size_t n) {
+static void client_storage_dir(const char *storage, char *out, size_t n) {
     char cwd[PATH_MAX] = ".";
     if (!getcwd(cwd, sizeof cwd)) snprintf(cwd, sizeof cwd, ".");
     const char *slash = strrchr(storage, '/');
@@ -9082,10 +9082,10 @@ static void cli_storage_dir(const char *storage, char *out, size_t n) {
  * then beside the storage file and its parents (as the reference does). A
  * pidfile whose process is gone, or whose URL does not answer as an arc hub,
  * is stale and skipped. Returns 1 with ref filled, or 0. */
-static int cli_discover(const char *storage, const char *token, HubRef *ref) {
+static int client_discover(const char *storage, const char *token, HubRef *ref) {
     char roots[2][PATH_MAX];
     if (!getcwd(roots[0], sizeof roots[0])) snprintf(roots[0], PATH_MAX, "/");
-    cli_storage_dir(storage, roots[1], sizeof roots[1]);
+    client_storage_dir(storage, roots[1], sizeof roots[1]);
     for (int r = 0; r < 2; r++) {
         char dir[PATH_MAX];
         memcpy(dir, roots[r], sizeof dir);
@@ -9093,9 +9093,9 @@ static int cli_discover(const char *storage, const char *token, HubRef *ref) {
             char path[PATH_MAX + 16];
             snprintf(path, sizeof path, "%s/.arc.pid", strcmp(dir, "/") ? dir : "");
             int probe;
-            if (cli_read_pidfile(path, ref) == 0 &&
+            if (client_read_pidfile(path, ref) == 0 &&
                 (kill(ref->pid, 0) == 0 || errno == EPERM) &&
-                (probe = cli_probe(ref->url, token, 2000))) {
+                (probe = client_probe(ref->url, token, 2000))) {
                 ref->refused = probe == PROBE_REFUSED;
                 return 1;
             }
@@ -9279,7 +9279,7 @@ static pid_t life_spawn(const LifeOpts *o, const char *log) {
  * record lock on a file beside it, so two at once start one hub. */
 static int life_lock(const char *storage) {
     char dir[PATH_MAX], path[PATH_MAX + 16];
-    cli_storage_dir(storage, dir, sizeof dir);
+    client_storage_dir(storage, dir, sizeof dir);
     snprintf(path, sizeof path, "%s/.arc.lock", dir);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) return -1;
@@ -9291,10 +9291,10 @@ static int life_lock(const char *storage) {
 /* Find the hub for these options: pidfile first (1), then host:port (2);
  * 0 if none answers. ref->refused: it wants another token. */
 static int life_find(const LifeOpts *o, HubRef *ref) {
-    if (cli_discover(o->hub.storage, o->hub.token, ref)) return 1;
+    if (client_discover(o->hub.storage, o->hub.token, ref)) return 1;
     memset(ref, 0, sizeof *ref);
     life_base_url(&o->hub, ref->url, sizeof ref->url);
-    int probe = cli_probe(ref->url, o->hub.token, 2000);
+    int probe = client_probe(ref->url, o->hub.token, 2000);
     ref->refused = probe == PROBE_REFUSED;
     return probe ? 2 : 0;
 }
@@ -9332,14 +9332,14 @@ static int life_ensure(const LifeOpts *o, char url[320], int *started,
          * started it. */
         if (life_find(o, &ref)) {
             snprintf(url, 320, "%s", ref.url);
-            if (ref.refused) cli_refused_msg(ref.url, o->hub.token, why, 600);
+            if (ref.refused) client_refused_msg(ref.url, o->hub.token, why, 600);
             if (lock >= 0) close(lock);
             return ref.refused ? 1 : 0;
         }
         if (!pass) lock = life_lock(o->hub.storage);
     }
     char dir[PATH_MAX];
-    cli_storage_dir(o->hub.storage, dir, sizeof dir);
+    client_storage_dir(o->hub.storage, dir, sizeof dir);
     mkdir(dir, 0700);
     snprintf(log, PATH_MAX + 16, "%s/arc.log", dir);
     pid_t pid = life_spawn(o, log);
@@ -9353,7 +9353,7 @@ static int life_ensure(const LifeOpts *o, char url[320], int *started,
     int rc = -1;
     snprintf(why, 600, "timeout");
     while (clock_ms() < deadline) {
-        if (cli_probe(base, o->hub.token, 1000) == PROBE_OK) {
+        if (client_probe(base, o->hub.token, 1000) == PROBE_OK) {
             rc = 0;
             break;
         }
@@ -9507,19 +9507,19 @@ static int cmd_status(int argc, char **argv) {
     char err[ARC_ERRLEN] = "";
     Buf info = { 0 }, agents = { 0 }, out = { 0 };
     int st = 0;
-    cli_url(&c, ref.url, err);
+    client_url(&c, ref.url, err);
     c.token = o.hub.token;
     if (!ref.refused) {
-        cli_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, 5000, &st, &info, err);
-        cli_call(&c, "GET", "/v1/agents", (Str){ NULL, 0 }, 5000, &st, &agents, err);
+        client_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, 5000, &st, &info, err);
+        client_call(&c, "GET", "/v1/agents", (Str){ NULL, 0 }, 5000, &st, &agents, err);
     }
-    cli_free(&c);
+    client_free(&c);
     Json ji = { 0 }, ja = { 0 };
     buf_adds(&out, "{\"running\":true,\"url\":");
     json_cstr(&out, ref.url);
     if (ref.pid) buf_addf(&out, ",\"pid\":%d", ref.pid);
     if (ref.refused) {   /* running, but we may not ask it anything */
-        cli_refused_msg(ref.url, o.hub.token, err, sizeof err);
+        client_refused_msg(ref.url, o.hub.token, err, sizeof err);
         fprintf(stderr, "arc: %s\n", err);
         buf_adds(&out, ",\"error\":");
         json_cstr(&out, err);
@@ -9642,7 +9642,7 @@ static int agent_call(Client *c, const char *method, const char *path, Str body,
                       int64_t timeout_ms, Buf *out) {
     char err[ARC_ERRLEN] = "";
     int status = 0;
-    if (cli_call(c, method, path, body, timeout_ms, &status, out, err)) {
+    if (client_call(c, method, path, body, timeout_ms, &status, out, err)) {
         if (c->relay_dir)
             fprintf(stderr, "arc: no answer through the relay at %s (is a hub "
                     "serving --spool-dir %s?): %s\n", c->relay_dir, c->relay_dir, err);
@@ -9688,7 +9688,7 @@ static int agent_start(const char *cmd, int argc, char **argv, AgentOpts *o,
                        Client *c) {
     agent_options(cmd, argc, argv, o);
     char err[ARC_ERRLEN];
-    if (cli_url(c, o->base_url, err)) {
+    if (client_url(c, o->base_url, err)) {
         fprintf(stderr, "arc: %s\n", err);
         return 2;
     }
@@ -9761,7 +9761,7 @@ static int cmd_post(int argc, char **argv) {
     if (!rc) agent_print_result(&out, 0);
 done:
     buf_free(&text), buf_free(&body), buf_free(&out);
-    cli_free(&c);
+    client_free(&c);
     return rc;
 }
 
@@ -9783,7 +9783,7 @@ static int cmd_poll(int argc, char **argv) {
     if (!rc) agent_print_result(&out, 1);
 done:
     buf_free(&path), buf_free(&out);
-    cli_free(&c);
+    client_free(&c);
     return rc;
 }
 
@@ -9799,7 +9799,7 @@ static int cmd_whoami(int argc, char **argv) {
     if (!rc) agent_print_result(&out, 0);
 done:
     buf_free(&path), buf_free(&out);
-    cli_free(&c);
+    client_free(&c);
     return rc;
 }
 
@@ -9820,10 +9820,10 @@ static void *relay_forward_main(void *arg) {
     Buf out = { 0 };
     Json parsed = { 0 };   /* only to check that the answer is JSON */
     /* A long-poll may take 60 s; allow for it plus margin. */
-    int bad_url = cli_url(&c, rl->forward_url, err);
+    int bad_url = client_url(&c, rl->forward_url, err);
     c.token = rl->forward_token;
     if (bad_url ||
-        cli_call(&c, r->method, r->path, r->body ? str_c(r->body) : (Str){ NULL, 0 },
+        client_call(&c, r->method, r->path, r->body ? str_c(r->body) : (Str){ NULL, 0 },
                  75000, &status, &out, err)) {
         status = 599;   /* the reference's "connection error" status */
         buf_reset(&out);
@@ -9842,7 +9842,7 @@ static void *relay_forward_main(void *arg) {
         out = wrapped;
     }
     json_free(&parsed);
-    cli_free(&c);
+    client_free(&c);
     r->status = status;
     r->answer = out;   /* hand-off */
     pthread_mutex_lock(&rl->mu);
@@ -9913,7 +9913,7 @@ static int cmd_relay(int argc, char **argv) {
     }
     char err[ARC_ERRLEN];
     Client probe;
-    if (cli_url(&probe, url, err) || opt_token(token_flag, token_file, token, err)) {
+    if (client_url(&probe, url, err) || opt_token(token_flag, token_file, token, err)) {
         fprintf(stderr, "arc: %s\n", err);
         return 2;
     }
@@ -10057,7 +10057,7 @@ static int smoke_call(Smoke *s, const char *action, const char *method,
                       Json *j) {
     int status = 0;
     char err[ARC_ERRLEN] = "";
-    if (cli_call(&s->client, method, path, body, timeout_ms, &status, out, err)) {
+    if (client_call(&s->client, method, path, body, timeout_ms, &status, out, err)) {
         snprintf(s->err, sizeof s->err, "%s failed: connection error: %.400s", action, err);
         return -1;
     }
@@ -10160,7 +10160,7 @@ static int smoke_wait(Smoke *s, const char *what, int (*pred)(Smoke *)) {
                  (long long)wait_s);
         int status = 0;
         char err[ARC_ERRLEN] = "";
-        int rc = cli_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
+        int rc = client_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
                           wait_s * 1000 + 15000, &status, &out, err);
         Json j = { 0 };
         if (rc == 0 && status == 200 && json_parse(&j, buf_cstr(&out), out.len) == 0) {
@@ -10186,7 +10186,7 @@ static int smoke_wait(Smoke *s, const char *what, int (*pred)(Smoke *)) {
                      (long long)since, (long long)(s->poll_ms / 1000 + 1));
             /* Any wake-up, or the wait running out: look at the thread
              * again (a failure shows up there). */
-            (void)cli_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
+            (void)client_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
                            s->poll_ms + 15000, &status, &out, err);
         } else if (rc) {
             snprintf(s->err, sizeof s->err, "waiting for %s: %.400s", what, err);
@@ -10381,7 +10381,7 @@ static int smoke_options(int argc, char **argv, Smoke *s, const char **transport
         else snprintf(base, sizeof base, "http://127.0.0.1:6969");
         url = base;
     }
-    if (cli_url(&s->client, url, err)) {
+    if (client_url(&s->client, url, err)) {
         fprintf(stderr, "arc: %s\n", err);
         exit(2);
     }
@@ -10410,7 +10410,7 @@ static int cmd_smoke_agent(int argc, char **argv) {
     int rc = smoke_role(&s);
     if (rc) printf("Smoke test failed: %s\n", s.err);
     buf_free(&s.msgs);
-    cli_free(&s.client);
+    client_free(&s.client);
     return rc ? 1 : 0;
 }
 
@@ -10461,17 +10461,17 @@ static int cmd_smoke(int argc, char **argv) {
     snprintf(thread, sizeof thread, "smoke-%02x%02x%02x%02x%02x%02x", r[0], r[1],
              r[2], r[3], r[4], r[5]);
     snprintf(claim, sizeof claim, "%s-claim", thread);
-    if (!cli_probe(roles[0].client.base, o.hub.token, 2000)) {
+    if (!client_probe(roles[0].client.base, o.hub.token, 2000)) {
         printf("smoke: no hub at %s, starting one\n", roles[0].client.base);
         fflush(stdout);
         char dir[PATH_MAX], log[PATH_MAX + 16];
-        cli_storage_dir(o.hub.storage, dir, sizeof dir);
+        client_storage_dir(o.hub.storage, dir, sizeof dir);
         snprintf(log, sizeof log, "%s/arc.log", dir);
         g_quiet = 1;
         pid_t pid = life_spawn(&o, log);
         int64_t until = clock_ms() + 10000;
         while (pid > 0 && clock_ms() < until &&
-               !cli_probe(roles[0].client.base, o.hub.token, 500)) {
+               !client_probe(roles[0].client.base, o.hub.token, 500)) {
             struct timespec ts = { 0, 10 * 1000000 };
             nanosleep(&ts, NULL);
         }
@@ -10503,7 +10503,7 @@ static int cmd_smoke(int argc, char **argv) {
         pthread_join(th[i], NULL);
         failed |= roles[i].err[0] != 0;
         buf_free(&roles[i].msgs);
-        cli_free(&roles[i].client);
+        client_free(&roles[i].client);
     }
     if (failed) {
         printf("smoke: FAILED\n");
@@ -10750,7 +10750,7 @@ static void mcp_versions_json(Buf *b) {
 /* A hub connection for one thread. */
 static int mcp_client(Client *c, int cancel_fd) {
     char err[ARC_ERRLEN];
-    if (cli_url(c, g_mcp.url, err)) return -1;
+    if (client_url(c, g_mcp.url, err)) return -1;
     c->relay_dir = g_mcp.relay_dir;
     c->agent = g_mcp.agent;
     c->token = g_mcp.token;
@@ -10765,7 +10765,7 @@ static int mcp_request(Client *c, const char *method, const char *path, Str body
                        int64_t timeout_ms, Buf *out, Json *j, char err[ARC_ERRLEN]) {
     int status = 0;
     err[0] = 0;
-    if (cli_call(c, method, path, body, timeout_ms, &status, out, err)) return -1;
+    if (client_call(c, method, path, body, timeout_ms, &status, out, err)) return -1;
     if (json_parse(j, buf_cstr(out), out->len) || j->t[0].type != JSON_OBJ) {
         snprintf(err, ARC_ERRLEN, "unexpected answer from the hub (HTTP %d)", status);
         return -1;
@@ -10942,7 +10942,7 @@ static void *mcp_heartbeat_main(void *arg) {
             rc = pthread_cond_timedwait(&g_mcp.cond, &g_mcp.mu, &ts);
     }
     pthread_mutex_unlock(&g_mcp.mu);
-    cli_free(&c);
+    client_free(&c);
     return NULL;
 }
 
@@ -11868,7 +11868,7 @@ static void *mcp_call_main(void *arg) {
     mcp_call_done(call, &x);
     json_free(&x.req);
     json_free(&x.j);
-    cli_free(&x.c);
+    client_free(&x.c);
     buf_free(&x.out), buf_free(&x.text), buf_free(&x.data);
     return NULL;
 }
@@ -12275,10 +12275,10 @@ static const char mcp_usage[] =
 static void mcp_autostart(int explicit_url) {
     Client c;
     char err[ARC_ERRLEN];
-    if (cli_url(&c, g_mcp.url, err)) return;
+    if (client_url(&c, g_mcp.url, err)) return;
     int local = hub_is_loopback(c.host);
-    cli_free(&c);
-    if (!local || cli_probe(g_mcp.url, g_mcp.token, 1000)) return;
+    client_free(&c);
+    if (!local || client_probe(g_mcp.url, g_mcp.token, 1000)) return;
     LifeOpts o = { .argv0 = g_argv0, .timeout_s = 15 };
     serve_options(0, NULL, &o.hub);
     o.hub.host = c.host;
@@ -12327,9 +12327,9 @@ static void mcp_shutdown(pthread_t beat) {
         char err[ARC_ERRLEN];
         buf_adds(&path, "/v1/sessions/");
         cli_pct(&path, sid);
-        cli_call(&c, "DELETE", path.p, (Str){ NULL, 0 }, 800, &status, &out, err);
+        client_call(&c, "DELETE", path.p, (Str){ NULL, 0 }, 800, &status, &out, err);
         buf_free(&path), buf_free(&out);
-        cli_free(&c);
+        client_free(&c);
     }
 }
 
@@ -12365,7 +12365,7 @@ static int cmd_mcp(int argc, char **argv) {
     g_mcp.cursor = -1;
     Client probe;
     char err[ARC_ERRLEN];
-    if (cli_url(&probe, g_mcp.url, err) || opt_token(token, token_file, g_mcp.token, err)) {
+    if (client_url(&probe, g_mcp.url, err) || opt_token(token, token_file, g_mcp.token, err)) {
         fprintf(stderr, "arc mcp: %s\n", err);
         return 2;
     }

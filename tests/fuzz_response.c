@@ -8,7 +8,7 @@
  * holding the whole head finds the same head. Heads that follow (interim
  * 1xx responses, or responses on a kept-alive connection) are parsed in
  * turn. Then the input is what a "hub" sends on one end of a socketpair
- * before closing it, and the real client (cli_call) reads it: it must
+ * before closing it, and the real client (client_call) reads it: it must
  * agree with the parser and stay within ARC_CLIENT_MAX_BODY.
  *
  * Build: make fuzz (clang libFuzzer + ASan/UBSan); replay: make fuzz-replay
@@ -84,14 +84,14 @@ static void fuzz_client(const char *s, size_t size) {
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) return;
     Client c;
     char err[ARC_ERRLEN] = "";
-    cli_url(&c, "http://127.0.0.1:1", err);
+    client_url(&c, "http://127.0.0.1:1", err);
     c.fd = sv[0];
     fd_nonblock(sv[0]);
     int ok = write(sv[1], s, size) == (ssize_t)size;
     shutdown(sv[1], SHUT_WR);
     Buf out = { 0 };
     int status = 0;
-    int rc = ok ? cli_call(&c, "GET", "/", (Str){ NULL, 0 }, 5000, &status, &out,
+    int rc = ok ? client_call(&c, "GET", "/", (Str){ NULL, 0 }, 5000, &status, &out,
                            err) : -2;
     close(sv[1]);
     /* What the parser says the client should have found. */
@@ -117,7 +117,7 @@ static void fuzz_client(const char *s, size_t size) {
             r.content_length <= (int64_t)ARC_CLIENT_MAX_BODY)
             FUZZ_CHECK(size - off - (size_t)n < (size_t)r.content_length);
     }
-    cli_free(&c);
+    client_free(&c);
     buf_free(&out);
 }
 

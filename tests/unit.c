@@ -1338,14 +1338,14 @@ static int ut_client(Client *c, const char *resp, size_t n, int shut,
     int sv[2];
     char e[ARC_ERRLEN];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) die("socketpair: %s", strerror(errno));
-    cli_url(c, "http://127.0.0.1:1", e);   /* port 1: a retry is refused */
+    client_url(c, "http://127.0.0.1:1", e);   /* port 1: a retry is refused */
     c->fd = sv[0];
     fd_nonblock(sv[0]);
     if (n && write(sv[1], resp, n) != (ssize_t)n) die("write: %s", strerror(errno));
     if (shut) shutdown(sv[1], SHUT_WR);
     err[0] = 0;
     *status = 0;
-    int rc = cli_call(c, "GET", "/", (Str){ NULL, 0 }, 200, status, out, err);
+    int rc = client_call(c, "GET", "/", (Str){ NULL, 0 }, 200, status, out, err);
     close(sv[1]);
     return rc;
 }
@@ -1361,69 +1361,69 @@ static void test_client_read(void) {
     int rc = UT_CLIENT(&c, "HTTP/1.1 201 Created\r\nContent-Length: 11\r\n\r\n"
                        "{\"ok\":true}", 0, &st, &out, err);
     CHECK(rc == 0 && st == 201 && BUF_IS(&out, "{\"ok\":true}") && c.fd >= 0);
-    cli_free(&c);
+    client_free(&c);
     /* An interim 100 first; Connection: close closes after the body. */
     rc = UT_CLIENT(&c, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
                    "Connection: close\r\nContent-Length: 2\r\n\r\n{}", 0, &st, &out, err);
     CHECK(rc == 0 && st == 200 && BUF_IS(&out, "{}") && c.fd < 0);
-    cli_free(&c);
+    client_free(&c);
     /* No framing: the body is everything until the close. */
     rc = UT_CLIENT(&c, "HTTP/1.0 200 OK\r\n\r\nuntil the end", 1, &st, &out, err);
     CHECK(rc == 0 && st == 200 && BUF_IS(&out, "until the end") && c.fd < 0);
-    cli_free(&c);
+    client_free(&c);
     /* Bodies past ARC_CLIENT_MAX_BODY (4096 here), declared or not. */
     rc = UT_CLIENT(&c, "HTTP/1.1 200 OK\r\nContent-Length: 4097\r\n\r\n{", 0,
                    &st, &out, err);
     CHECK(rc == -1 && strstr(err, "larger than ARC_CLIENT_MAX_BODY") && c.fd < 0);
-    cli_free(&c);
+    client_free(&c);
     Buf big = { 0 };
     buf_adds(&big, "HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n");
     char *pad = ut_rep('x', 4097);
     buf_add(&big, pad, 4096);
     rc = ut_client(&c, big.p, big.len, 0, &st, &out, err);
     CHECK(rc == 0 && out.len == 4096);
-    cli_free(&c);
+    client_free(&c);
     /* Bytes beyond a complete body do not count against the limit. */
     buf_reset(&big);
     buf_adds(&big, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
     buf_add(&big, pad, 4097);
     rc = ut_client(&c, big.p, big.len, 0, &st, &out, err);
     CHECK(rc == 0 && BUF_IS(&out, "{}"));
-    cli_free(&c);
+    client_free(&c);
     buf_reset(&big);
     buf_adds(&big, "HTTP/1.1 200 OK\r\n\r\n");
     buf_add(&big, pad, 4097);
     rc = ut_client(&c, big.p, big.len, 1, &st, &out, err);
     CHECK(rc == -1 && strstr(err, "larger than ARC_CLIENT_MAX_BODY"));
-    cli_free(&c);
+    client_free(&c);
     free(pad);
     buf_free(&big);
     /* Chunked bodies and malformed heads are refused with a reason. */
     rc = UT_CLIENT(&c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                    "2\r\n{}\r\n0\r\n\r\n", 0, &st, &out, err);
     CHECK(rc == -1 && strstr(err, "chunked") && c.fd < 0);
-    cli_free(&c);
+    client_free(&c);
     rc = UT_CLIENT(&c, "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", 0, &st, &out, err);
     CHECK(rc == -1 && strstr(err, "invalid Content-Length"));
-    cli_free(&c);
+    client_free(&c);
     rc = UT_CLIENT(&c, "SSH-2.0-OpenSSH\r\n", 0, &st, &out, err);
     CHECK(rc == -1 && strstr(err, "not an HTTP/1.x response"));
-    cli_free(&c);
+    client_free(&c);
     /* Cut short: mid-head, mid-body. */
     rc = UT_CLIENT(&c, "HTTP/1.1 200 OK\r\nContent-", 1, &st, &out, err);
     CHECK(rc == -1 && strstr(err, "closed mid-response"));
-    cli_free(&c);
+    client_free(&c);
     rc = UT_CLIENT(&c, "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}", 1, &st, &out, err);
     CHECK(rc == -1 && strstr(err, "closed mid-response"));
-    cli_free(&c);
+    client_free(&c);
     /* Nothing back on a kept-alive connection: retried on a new one. */
     rc = UT_CLIENT(&c, "", 1, &st, &out, err);
     CHECK(rc == -1 && strstr(err, "cannot connect"));
-    cli_free(&c);
+    client_free(&c);
     /* Nothing at all: the deadline. */
     rc = UT_CLIENT(&c, "", 0, &st, &out, err);
     CHECK(rc == -1 && strstr(err, "no answer from"));
-    cli_free(&c);
+    client_free(&c);
     buf_free(&out);
 }
 
