@@ -13,8 +13,9 @@ SQLDEFS = -DSQLITE_THREADSAFE=2 -DSQLITE_ENABLE_FTS5 -DSQLITE_DQS=0 \
 SAN = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
       -fno-sanitize-recover=all
 # libFuzzer targets, tests/fuzz_NAME.c with seeds in tests/fuzz/NAME/:
-# JSON, HTTP framing, query strings, relay envelopes, the MCP stdio framer.
-FUZZ_TARGETS = json http query relay mcp
+# JSON, HTTP framing, query strings, relay envelopes, the MCP stdio framer,
+# the client's response reader.
+FUZZ_TARGETS = json http query relay mcp response
 
 .PHONY: all test test-poll asan tsan clean install uninstall
 
@@ -83,7 +84,7 @@ asan: arc-asan tests/unit-asan $(FUZZ_TARGETS:%=tests/fuzz-replay-%)
 FUZZ_CC = clang
 FUZZ_SECONDS = 20
 FUZZ_LIMITS = -DARC_MAX_URL=256 -DARC_MAX_HEAD=1024 -DARC_MAX_HEADERS=16 \
-              -DARC_JSON_DEPTH=16
+              -DARC_JSON_DEPTH=16 -DARC_CLIENT_MAX_BODY=2048
 FUZZ_FLAGS = -g -O1 -fno-omit-frame-pointer \
              -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 FUZZ_BINS = $(FUZZ_TARGETS:%=tests/fuzz_%) $(FUZZ_TARGETS:%=tests/fuzz-replay-%)

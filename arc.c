@@ -8,7 +8,8 @@
  * Sections, in order (grep -n '^/\* ==== ' arc.c):
  *   base   limits, core types, die/log, Str, Buf, clock, sha256, options
  *   json   strict RFC 8259 token reader, writer into Buf, coercions
- *   http   incremental request parser, query/path decoding, responses
+ *   http   incremental request parser, query/path decoding, responses,
+ *          the client's response parser
  *   store  schema, prepared statements, group-commit transactions, rows,
  *          the rendered-message cache
  *   hub    sessions, channels, messages, claims, locks, tasks, threads;
@@ -18,8 +19,10 @@
  *          output sinks (socket or relay answer), timer heap, parking in
  *          wait buckets, fan-out
  *   serve  start / run / stop of a hub: options, listening socket, pidfile
- *   cli    blocking HTTP/relay client, ensure/stop/reset/status,
- *          post/poll/whoami, the standalone relay and relay-gc
+ *   client blocking HTTP/relay client (every command's), response limits,
+ *          finding a running hub (pidfile, probe)
+ *   cli    ensure/stop/reset/status, post/poll/whoami, the standalone
+ *          relay and relay-gc
  *   smoke  the reference's three smoke roles and `arc smoke`
  *   main   command table, arc_main(), main()
  */
@@ -102,6 +105,9 @@
 #endif
 #ifndef ARC_MAX_OUT
 #define ARC_MAX_OUT (4u << 20)    /* unsent bytes per conn before we drop it */
+#endif
+#ifndef ARC_CLIENT_MAX_BODY
+#define ARC_CLIENT_MAX_BODY (256u << 20) /* a response body the client reads */
 #endif
 #ifndef ARC_BUF_MIN
 #define ARC_BUF_MIN 256           /* first allocation of a Buf */
@@ -2001,6 +2007,169 @@ static void http_head(Buf *out, int status, const char *ctype, long long len,
                              : "Connection: close\r\n");
     if (extra) buf_adds(out, extra);
     buf_adds(out, "\r\n");
+}
+
+/* ---- responses, as the client reads them ---- */
+
+/* How a response's body ends (RFC 9112 §6.3). */
+typedef enum {
+    HTTP_BODY_LENGTH,    /* content_length bytes (none for 1xx, 204, 304) */
+    HTTP_BODY_CHUNKED,   /* Transfer-Encoding ending in chunked */
+    HTTP_BODY_CLOSE      /* everything until the server closes (an SSE
+                          * stream, or a head with no framing at all) */
+} HttpBody;
+
+/* A response head, from http_parse_response(). The contract is the request
+ * parser's: no allocation, no state between calls, (p, n) in, bytes
+ * consumed, ARC_AGAIN or ARC_BAD out, heads capped at ARC_MAX_HEAD bytes
+ * and ARC_MAX_HEADERS lines. Stricter than the request side where leniency
+ * buys nothing: no leading blank lines, and Content-Length next to
+ * Transfer-Encoding is refused (response splitting, RFC 9112 §6.3). */
+typedef struct {
+    int minor;                 /* 0 or 1: HTTP/1.minor */
+    int status;                /* 100..599 */
+    Str reason;                /* borrowed from the input; may be empty */
+    Str content_type;          /* borrowed; empty when absent */
+    HttpBody body;
+    int64_t content_length;    /* with HTTP_BODY_LENGTH; -1 otherwise */
+    unsigned close : 1;        /* the connection ends after this response */
+    int n_headers;
+    const char *err_msg;       /* with ARC_BAD: static text */
+} HttpResp;
+
+static int http_resp_bad(HttpResp *r, const char *msg) {
+    r->err_msg = msg;
+    return ARC_BAD;
+}
+
+/* "HTTP/1.x SSS reason" (the reason and the space before it may be
+ * missing). Returns 0 or ARC_BAD. */
+static int http_status_line(Str l, HttpResp *r) {
+    if (l.n < 12 || memcmp(l.p, "HTTP/1.", 7) != 0 || l.p[8] != ' ' ||
+        (l.n > 12 && l.p[12] != ' '))
+        return http_resp_bad(r, "malformed status line");
+    if (l.p[7] != '0' && l.p[7] != '1')
+        return http_resp_bad(r, "HTTP version not supported");
+    r->minor = l.p[7] - '0';
+    for (int i = 9; i < 12; i++) {
+        if (!isdigit((unsigned char)l.p[i]))
+            return http_resp_bad(r, "malformed status code");
+        r->status = r->status * 10 + (l.p[i] - '0');
+    }
+    if (r->status < 100 || r->status > 599)
+        return http_resp_bad(r, "malformed status code");
+    r->reason = l.n > 13 ? (Str){ l.p + 13, l.n - 13 } : (Str){ "", 0 };
+    for (size_t i = 0; i < r->reason.n; i++) {
+        unsigned char c = (unsigned char)r->reason.p[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return http_resp_bad(r, "control character in reason phrase");
+    }
+    return 0;
+}
+
+/* Is the last comma-separated token of v `tok`? (Transfer-Encoding: only
+ * a final chunked frames the body, RFC 9112 §6.3.) */
+static int http_last_token(Str v, const char *tok) {
+    size_t i = v.n;
+    while (i > 0 && v.p[i - 1] != ',') i--;
+    return str_ieq(str_trim((Str){ v.p + i, v.n - i }), tok);
+}
+
+/* One header line of a response. Returns 0 or ARC_BAD. *te, *chunked and
+ * *keep collect Transfer-Encoding and the connection's fate for the
+ * caller; *keep: 1 kept alive, 0 closed by default (HTTP/1.0), -1 closed
+ * by a Connection: close, which no later header undoes. */
+static int http_resp_header(HttpResp *r, Str line, int *te, int *chunked,
+                            int *keep) {
+    if (line.p[0] == ' ' || line.p[0] == '\t')
+        return http_resp_bad(r, "obsolete header line folding");
+    const char *colon = memchr(line.p, ':', line.n);
+    if (!colon || colon == line.p) return http_resp_bad(r, "malformed header line");
+    Str name = { line.p, (size_t)(colon - line.p) };
+    for (size_t i = 0; i < name.n; i++)
+        if (!http_tchar((unsigned char)name.p[i]))
+            return http_resp_bad(r, "malformed header name");
+    Str v = str_trim((Str){ colon + 1, line.n - name.n - 1 });
+    for (size_t i = 0; i < v.n; i++)
+        if (((unsigned char)v.p[i] < 0x20 && v.p[i] != '\t') || v.p[i] == 0x7f)
+            return http_resp_bad(r, "control character in header value");
+    if (str_ieq(name, "content-length")) {
+        int64_t n = 0;
+        if (v.n == 0 || v.n > 15) return http_resp_bad(r, "invalid Content-Length");
+        for (size_t i = 0; i < v.n; i++) {
+            if (!isdigit((unsigned char)v.p[i]))
+                return http_resp_bad(r, "invalid Content-Length");
+            n = n * 10 + (v.p[i] - '0');
+        }
+        if (r->content_length >= 0 && r->content_length != n)
+            return http_resp_bad(r, "conflicting Content-Length headers");
+        r->content_length = n;
+    } else if (str_ieq(name, "transfer-encoding")) {
+        *te = 1;
+        *chunked = http_last_token(v, "chunked");   /* the last one counts */
+    } else if (str_ieq(name, "connection")) {
+        if (http_has_token(v, "close")) *keep = -1;          /* sticky */
+        else if (http_has_token(v, "keep-alive") && *keep == 0) *keep = 1;
+    } else if (str_ieq(name, "content-type")) {
+        r->content_type = v;
+    }
+    return 0;
+}
+
+/* Parse the head of one response at p[0..n) (the client side of
+ * http_parse()). Returns the head's length in bytes (the body, framed as
+ * r->body says, follows), ARC_AGAIN, or ARC_BAD with r->err_msg. A head
+ * is judged once complete, except that bytes which cannot begin a status
+ * line are refused at once: a peer that is not an HTTP hub fails fast. */
+static int http_parse_response(const char *p, size_t n, HttpResp *r) {
+    *r = (HttpResp){ .content_length = -1, .reason = { "", 0 },
+                     .content_type = { "", 0 } };
+    if (n == 0) return ARC_AGAIN;         /* p may be NULL (an empty Buf) */
+    if (memcmp(p, "HTTP/1.", n < 7 ? n : 7) != 0)
+        return http_resp_bad(r, "not an HTTP/1.x response");
+    size_t pos = 0, head_end = 0;
+    int lines = -1;                       /* the status line is not a header */
+    for (;;) {
+        long e = http_eol(p, n, pos);
+        if (e < 0) {
+            if (n > ARC_MAX_HEAD) return http_resp_bad(r, "response head too large");
+            return ARC_AGAIN;
+        }
+        Str h = http_line(p, pos, (size_t)e);
+        pos = (size_t)e + 1;
+        if (pos > ARC_MAX_HEAD) return http_resp_bad(r, "response head too large");
+        if (h.n == 0 && lines >= 0) {
+            head_end = pos;
+            break;
+        }
+        if (++lines > ARC_MAX_HEADERS)
+            return http_resp_bad(r, "too many header lines");
+    }
+    long e = http_eol(p, n, 0);
+    if (http_status_line(http_line(p, 0, (size_t)e), r)) return ARC_BAD;
+    int te = 0, chunked = 0, keep = r->minor == 1;
+    pos = (size_t)e + 1;
+    while (pos < head_end) {
+        e = http_eol(p, n, pos);
+        Str h = http_line(p, pos, (size_t)e);
+        pos = (size_t)e + 1;
+        if (h.n == 0) break;
+        if (http_resp_header(r, h, &te, &chunked, &keep)) return ARC_BAD;
+        r->n_headers++;
+    }
+    if (te && r->content_length >= 0)
+        return http_resp_bad(r, "both Transfer-Encoding and Content-Length");
+    if (r->status < 200 || r->status == 204 || r->status == 304) {
+        r->body = HTTP_BODY_LENGTH;       /* never a body (RFC 9110 §6.4.1) */
+        r->content_length = 0;
+    } else if (te) {
+        r->body = chunked ? HTTP_BODY_CHUNKED : HTTP_BODY_CLOSE;
+        r->content_length = -1;
+    } else {
+        r->body = r->content_length >= 0 ? HTTP_BODY_LENGTH : HTTP_BODY_CLOSE;
+    }
+    r->close = keep <= 0 || r->body == HTTP_BODY_CLOSE;
+    return (int)head_end;
 }
 
 /* ==== store: schema, statements, transactions, row emitters =============== */
@@ -9105,13 +9274,19 @@ static int cmd_serve(int argc, char **argv) {
     return rc;
 }
 
-/* ==== cli: HTTP client, lifecycle commands, post/poll/whoami ============= */
+/* ==== client: the blocking HTTP and relay client every command uses ======= */
 
-/* The client side of arc, shared by the lifecycle commands and the agent
- * commands (and, later, MCP and the smoke agents). One blocking HTTP/1.1
- * client with keep-alive and a deadline on every call: a one-shot command
- * has nothing else to do while it waits. Exit codes: 0 ok, 1 the hub said
- * no (its error is printed), 2 usage or no hub to talk to. */
+/* One client for every command that talks to a hub: the CLI, `arc smoke`,
+ * `arc mcp` and the standalone `arc relay`. A Client is one blocking
+ * HTTP/1.1 connection, kept alive between calls, or, with relay_dir set,
+ * the file spool a sandboxed agent must use (PROTOCOL §11); both give the
+ * same answer, a status and a JSON body. Every call has a deadline and can
+ * be cancelled through a file descriptor (MCP's notifications/cancelled),
+ * since a blocking command has nothing else to do while it waits. The hub
+ * is not trusted to be well-behaved: responses are read with
+ * http_parse_response() and bounded (ARC_MAX_HEAD, ARC_CLIENT_MAX_BODY).
+ * Calls are long-polls, never streams: GET /v1/stream is the dashboard's.
+ * Below the calls, finding a running hub: its pidfile, then a probe. */
 
 typedef struct {
     char host[128];
@@ -9126,7 +9301,9 @@ typedef struct {
                             * never sent through the relay (PROTOCOL §2.4) */
 } Client;
 
-static int cli_url(Client *c, const char *url, char err[ARC_ERRLEN]) {
+/* Set c up for the hub at url ("http://HOST:PORT", HOST may be [v6]); no
+ * connection yet. Every Client starts here. Returns 0, or -1 with err. */
+static int client_url(Client *c, const char *url, char err[ARC_ERRLEN]) {
     memset(c, 0, sizeof *c);
     c->fd = c->cancel_fd = -1;
     const char *p = url;
@@ -9163,20 +9340,20 @@ bad:
     return -1;
 }
 
-static void cli_close(Client *c) {
+static void client_close(Client *c) {
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     buf_reset(&c->in);
 }
 
-static void cli_free(Client *c) {
-    cli_close(c);
+static void client_free(Client *c) {
+    client_close(c);
     buf_free(&c->in);
 }
 
 /* Wait until fd is ready for `events`. -1 when the deadline passes or
  * cancel_fd (if not -1) becomes readable first. */
-static int cli_wait(int fd, short events, int cancel_fd, int64_t deadline_ms) {
+static int client_wait(int fd, short events, int cancel_fd, int64_t deadline_ms) {
     for (;;) {
         int64_t left = deadline_ms - clock_ms();
         if (left <= 0) return -1;
@@ -9189,7 +9366,9 @@ static int cli_wait(int fd, short events, int cancel_fd, int64_t deadline_ms) {
     }
 }
 
-static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
+/* Open c->fd to the hub, trying each resolved address until one accepts
+ * (non-blocking connect, so the deadline and cancel_fd hold). 0 or -1. */
+static int client_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM },
                     *res = NULL;
     char ps[16];
@@ -9206,7 +9385,8 @@ static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         fd_nonblock(fd);
         int ok = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0;
-        if (!ok && errno == EINPROGRESS && cli_wait(fd, POLLOUT, c->cancel_fd, deadline_ms) == 0) {
+        if (!ok && errno == EINPROGRESS &&
+            client_wait(fd, POLLOUT, c->cancel_fd, deadline_ms) == 0) {
             int e = 0;
             socklen_t el = sizeof e;
             getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el);
@@ -9231,7 +9411,7 @@ static int cli_connect(Client *c, int64_t deadline_ms, char err[ARC_ERRLEN]) {
  * file atomically, then wait for the answer file. Transport failures use
  * the reference's statuses: 597 the spool could not be written, 598 no
  * answer in time; both return -1 like an unreachable hub. */
-static int cli_relay_call(Client *c, const char *method, const char *path,
+static int client_relay_call(Client *c, const char *method, const char *path,
                           Str body, int64_t timeout_ms, int *status, Buf *out,
                           char err[ARC_ERRLEN]) {
     int64_t deadline = clock_ms() + timeout_ms;
@@ -9280,17 +9460,23 @@ static int cli_relay_call(Client *c, const char *method, const char *path,
     for (;;) {
         int fd = open(resp.p, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
         if (fd >= 0) {
-            Buf data = { 0 };
+            /* The answer's body is bounded as over HTTP; the envelope
+             * around it gets a little room. */
+            Buf data = { .max = (size_t)ARC_CLIENT_MAX_BODY + 4096 };
             char chunk[16384];
             ssize_t n;
-            while ((n = read(fd, chunk, sizeof chunk)) != 0) {
+            while (!data.err && (n = read(fd, chunk, sizeof chunk)) != 0) {
                 if (n > 0) buf_add(&data, chunk, (size_t)n);
                 else if (errno != EINTR) break;
             }
             close(fd);
             Json j = { 0 };
             uint32_t st, b;
-            if (json_parse(&j, buf_cstr(&data), data.len) == 0 &&
+            if (data.err) {
+                snprintf(err, ARC_ERRLEN, "relay answer %s is larger than "
+                         "ARC_CLIENT_MAX_BODY (%zu bytes)", resp.p,
+                         (size_t)ARC_CLIENT_MAX_BODY);
+            } else if (json_parse(&j, buf_cstr(&data), data.len) == 0 &&
                 (st = json_get(&j, 0, "status")) && (b = json_get(&j, 0, "body")) &&
                 j.t[b].type == JSON_OBJ) {
                 int64_t s64 = 0;
@@ -9341,14 +9527,90 @@ done:
     return rc;
 }
 
+/* Read the response to the request just sent on c->fd: its head through
+ * http_parse_response(), then its body, framed by Content-Length or by
+ * the connection's end and never more than ARC_CLIENT_MAX_BODY bytes.
+ * Interim 1xx heads are skipped. Returns 0 with the status and body, -1
+ * with err, or 1 when the connection was closed before a single byte came
+ * back (a kept-alive connection the hub had dropped: the caller retries). */
+static int client_read_response(Client *c, int64_t deadline, int64_t timeout_ms,
+                                int *status, Buf *out, char err[ARC_ERRLEN]) {
+    HttpResp r;
+    int head = ARC_AGAIN, eof = 0;
+    size_t got = 0;                      /* bytes read for this response */
+    for (;;) {
+        if (head == ARC_AGAIN) head = http_parse_response(c->in.p, c->in.len, &r);
+        if (head == ARC_BAD) {
+            snprintf(err, ARC_ERRLEN, "invalid response from %s: %s", c->base,
+                     r.err_msg);
+            return -1;
+        }
+        if (head > 0 && r.status < 200) {   /* 100 Continue and the like */
+            buf_consume(&c->in, (size_t)head);
+            head = ARC_AGAIN;
+            continue;
+        }
+        if (head > 0 && r.body == HTTP_BODY_CHUNKED) {
+            snprintf(err, ARC_ERRLEN, "%s answered with a chunked body, which "
+                     "arc's client does not read", c->base);
+            return -1;
+        }
+        size_t have = head > 0 ? c->in.len - (size_t)head : 0;
+        if (head > 0 && r.body == HTTP_BODY_LENGTH &&
+            r.content_length <= (int64_t)ARC_CLIENT_MAX_BODY &&
+            have >= (size_t)r.content_length)
+            break;
+        if (head > 0 && (r.content_length > (int64_t)ARC_CLIENT_MAX_BODY ||
+                         have > ARC_CLIENT_MAX_BODY)) {
+            snprintf(err, ARC_ERRLEN, "response from %s is larger than "
+                     "ARC_CLIENT_MAX_BODY (%zu bytes)", c->base,
+                     (size_t)ARC_CLIENT_MAX_BODY);
+            return -1;
+        }
+        if (head > 0 && r.body == HTTP_BODY_CLOSE && eof) break;
+        if (eof) {
+            if (got == 0) return 1;
+            snprintf(err, ARC_ERRLEN, "connection to %s closed mid-response",
+                     c->base);
+            return -1;
+        }
+        if (client_wait(c->fd, POLLIN, c->cancel_fd, deadline)) {
+            if (clock_ms() < deadline)
+                snprintf(err, ARC_ERRLEN, "cancelled");
+            else
+                snprintf(err, ARC_ERRLEN, "no answer from %s within %lld ms",
+                         c->base, (long long)timeout_ms);
+            return -1;
+        }
+        buf_reserve(&c->in, 65536);      /* c->in has no max: cannot fail */
+        ssize_t n = read(c->fd, c->in.p + c->in.len, 65536);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (n <= 0) {                    /* the end, or a reset: the same */
+            eof = 1;
+            continue;
+        }
+        got += (size_t)n;
+        c->in.len += (size_t)n;
+        c->in.p[c->in.len] = 0;
+    }
+    size_t blen = r.body == HTTP_BODY_LENGTH ? (size_t)r.content_length
+                                             : c->in.len - (size_t)head;
+    *status = r.status;
+    buf_reset(out);
+    buf_add(out, c->in.p + head, blen);
+    if (r.close) client_close(c);
+    else buf_consume(&c->in, (size_t)head + blen);
+    return 0;
+}
+
 /* Send one request and read its response. Returns 0 with the status and
  * body, or -1 with err (no response). Reuses the kept-alive connection and,
  * if the hub had closed it meanwhile, retries once on a fresh one. */
-static int cli_call(Client *c, const char *method, const char *path, Str body,
+static int client_call(Client *c, const char *method, const char *path, Str body,
                     int64_t timeout_ms, int *status, Buf *out,
                     char err[ARC_ERRLEN]) {
     if (c->relay_dir)
-        return cli_relay_call(c, method, path, body, timeout_ms, status, out, err);
+        return client_relay_call(c, method, path, body, timeout_ms, status, out, err);
     int64_t deadline = clock_ms() + timeout_ms;
     Buf req = { 0 };
     int v6 = strchr(c->host, ':') != NULL;
@@ -9365,86 +9627,159 @@ static int cli_call(Client *c, const char *method, const char *path, Str body,
     int rc = -1;
     for (int attempt = 0; attempt < 2 && rc < 0; attempt++) {
         int reused = c->fd >= 0;
-        if (!reused && cli_connect(c, deadline, err)) break;
+        if (!reused && client_connect(c, deadline, err)) break;
         buf_reset(&c->in);
         size_t off = 0;
         while (off < req.len) {
             ssize_t w = write(c->fd, req.p + off, req.len - off);
             if (w > 0) { off += (size_t)w; continue; }
             if (w < 0 && errno == EINTR) continue;
-            if (w < 0 && errno == EAGAIN && cli_wait(c->fd, POLLOUT, c->cancel_fd, deadline) == 0)
+            if (w < 0 && errno == EAGAIN &&
+                client_wait(c->fd, POLLOUT, c->cancel_fd, deadline) == 0)
                 continue;
             break;
         }
         if (off < req.len) {
             snprintf(err, ARC_ERRLEN, "cannot send to %s: %s", c->base, strerror(errno));
-            cli_close(c);
+            client_close(c);
             if (reused) continue;
             break;
         }
-        /* Read the head, then Content-Length bytes (or to EOF). */
-        long head = -1, clen = -1;
-        int keep = 1, eof = 0;
-        for (;;) {
-            if (head < 0) {
-                char *e = c->in.p ? strstr(c->in.p, "\r\n\r\n") : NULL;
-                if (e) {
-                    head = (long)(e - c->in.p) + 4;
-                    int st = 0;
-                    if (sscanf(c->in.p, "HTTP/1.%*d %d", &st) != 1) break;
-                    *status = st;
-                    for (char *l = strstr(c->in.p, "\r\n"); l && l < e; l = strstr(l + 2, "\r\n")) {
-                        Str line = { l + 2, (size_t)(strcspn(l + 2, "\r")) };
-                        if (line.n > 15 && str_ieq((Str){ line.p, 15 }, "content-length:"))
-                            clen = strtol(line.p + 15, NULL, 10);
-                        if (line.n > 11 && str_ieq((Str){ line.p, 11 }, "connection:") &&
-                            http_has_token((Str){ line.p + 11, line.n - 11 }, "close"))
-                            keep = 0;
-                    }
-                }
-            }
-            if (head >= 0 && clen >= 0 && (long)c->in.len >= head + clen) break;
-            if (eof) break;
-            if (cli_wait(c->fd, POLLIN, c->cancel_fd, deadline)) {
-                if (clock_ms() < deadline)
-                    snprintf(err, ARC_ERRLEN, "cancelled");
-                else
-                    snprintf(err, ARC_ERRLEN, "no answer from %s within %lld ms",
-                             c->base, (long long)timeout_ms);
-                break;
-            }
-            if (buf_reserve(&c->in, 65536)) break;
-            ssize_t n = read(c->fd, c->in.p + c->in.len, 65536);
-            if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-            if (n <= 0) {
-                eof = 1;
-                continue;
-            }
-            c->in.len += (size_t)n;
-            c->in.p[c->in.len] = 0;
+        rc = client_read_response(c, deadline, timeout_ms, status, out, err);
+        if (rc == 0) break;
+        client_close(c);
+        if (rc == 1 && reused) {         /* the hub closed an idle connection */
+            rc = -1;
+            continue;
         }
-        if (head >= 0 && (clen < 0 ? eof : (long)c->in.len >= head + clen)) {
-            size_t blen = clen >= 0 ? (size_t)clen : c->in.len - (size_t)head;
-            buf_reset(out);
-            buf_add(out, c->in.p + head, blen);
-            rc = 0;
-            if (!keep || clen < 0) cli_close(c);
-            else buf_consume(&c->in, (size_t)head + blen);
-        } else {
-            if (head < 0 && eof && c->in.len == 0 && reused) {
-                cli_close(c);   /* the hub closed an idle connection: retry */
-                continue;
-            }
-            if (!err[0] || eof)
-                snprintf(err, ARC_ERRLEN, "connection to %s closed mid-response",
-                         c->base);
-            cli_close(c);
-            break;
-        }
+        if (rc == 1)
+            snprintf(err, ARC_ERRLEN, "connection to %s closed mid-response",
+                     c->base);
+        rc = -1;
+        break;
     }
     buf_free(&req);
     return rc;
 }
+
+/* ---- finding a running hub ---- */
+
+typedef struct {
+    int pid;            /* 0 if unknown */
+    char url[320];
+    char path[PATH_MAX + 16];   /* the pidfile */
+    int refused;        /* it answers, but refuses our token (401) */
+} HubRef;
+
+/* Does a hub answer at url, given our token (or none)? Returns PROBE_OK,
+ * PROBE_REFUSED when a hub answers 401 (it wants another token), or 0. */
+enum { PROBE_OK = 1, PROBE_REFUSED = 2 };
+static int client_probe(const char *url, const char *token, int64_t timeout_ms) {
+    Client c;
+    char err[ARC_ERRLEN] = "";
+    Buf body = { 0 };
+    int status = 0, ok = 0;
+    if (client_url(&c, url, err) == 0) {
+        c.token = token;
+        if (client_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, timeout_ms,
+                     &status, &body, err) == 0) {
+            if (status == 200 && strstr(buf_cstr(&body), "\"instance_id\""))
+                ok = PROBE_OK;
+            else if (status == 401 && strstr(buf_cstr(&body), "\"ok\":false"))
+                ok = PROBE_REFUSED;
+        }
+    }
+    client_free(&c);
+    buf_free(&body);
+    return ok;
+}
+
+/* The message for a hub that refused our token. */
+static void client_refused_msg(const char *url, const char *token, char *out, size_t n) {
+    snprintf(out, n, "the hub at %s %s (give it with --token-file, ARC_TOKEN or "
+             "--token)", url, token && *token ? "refused the token"
+                                              : "requires a token");
+}
+
+/* Read a pidfile; returns 0 if it holds a pid and a url. */
+static int client_read_pidfile(const char *path, HubRef *ref) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    Json j = { 0 };
+    int rc = -1;
+    int64_t pid;
+    uint32_t vp, vu;
+    if (json_parse(&j, buf, n) == 0 && (vp = json_get(&j, 0, "pid")) &&
+        (vu = json_get(&j, 0, "url")) && j.t[vu].type == JSON_STR &&
+        json_to_i64(&j, vp, &pid) == 0 && pid > 0 && pid < INT_MAX) {
+        Buf u = { 0 };
+        json_unescape(&j, vu, &u);
+        snprintf(ref->url, sizeof ref->url, "%s", buf_cstr(&u));
+        buf_free(&u);
+        ref->pid = (int)pid;
+        snprintf(ref->path, sizeof ref->path, "%s", path);
+        rc = 0;
+    }
+    json_free(&j);
+    return rc;
+}
+
+/* The directory holding the storage file, made absolute (it need not
+ * exist yet). */
+static void client_storage_dir(const char *storage, char *out, size_t n) {
+    char cwd[PATH_MAX] = ".";
+    if (!getcwd(cwd, sizeof cwd)) snprintf(cwd, sizeof cwd, ".");
+    const char *slash = strrchr(storage, '/');
+    if (storage[0] == '/')
+        snprintf(out, n, "%.*s", slash == storage ? 1 : (int)(slash - storage), storage);
+    else if (slash) snprintf(out, n, "%s/%.*s", cwd, (int)(slash - storage), storage);
+    else snprintf(out, n, "%s", cwd);
+    char real[PATH_MAX];
+    if (realpath(out, real)) snprintf(out, n, "%s", real);
+}
+
+/* Look for a live hub's pidfile in the current directory and its parents,
+ * then beside the storage file and its parents (as the reference does). A
+ * pidfile whose process is gone, or whose URL does not answer as an arc hub,
+ * is stale and skipped. Returns 1 with ref filled, or 0. */
+static int client_discover(const char *storage, const char *token, HubRef *ref) {
+    char roots[2][PATH_MAX];
+    if (!getcwd(roots[0], sizeof roots[0])) snprintf(roots[0], PATH_MAX, "/");
+    client_storage_dir(storage, roots[1], sizeof roots[1]);
+    for (int r = 0; r < 2; r++) {
+        char dir[PATH_MAX];
+        memcpy(dir, roots[r], sizeof dir);
+        for (;;) {
+            char path[PATH_MAX + 16];
+            snprintf(path, sizeof path, "%s/.arc.pid", strcmp(dir, "/") ? dir : "");
+            int probe;
+            if (client_read_pidfile(path, ref) == 0 &&
+                (kill(ref->pid, 0) == 0 || errno == EPERM) &&
+                (probe = client_probe(ref->url, token, 2000))) {
+                ref->refused = probe == PROBE_REFUSED;
+                return 1;
+            }
+            char *slash = strrchr(dir, '/');
+            if (!slash || slash == dir) {
+                if (strcmp(dir, "/") == 0) break;
+                snprintf(dir, sizeof dir, "/");
+                continue;
+            }
+            *slash = 0;
+        }
+    }
+    return 0;
+}
+
+/* ==== cli: lifecycle commands, post/poll/whoami, relay, relay-gc ========= */
+
+/* The one-shot commands, built on the client above. Output is what the
+ * reference prints (pretty JSON laid out like Python's json.dumps). Exit
+ * codes: 0 ok, 1 the hub said no (its error is printed), 2 usage or no hub
+ * to talk to. */
 
 /* Write a JSON value the way Python's json.dumps(indent=2) lays it out, so
  * lifecycle output matches the reference's. */
@@ -9482,117 +9817,6 @@ static void cli_print_json(Str s) {
     printf("%s\n", buf_cstr(&b));
     buf_free(&b);
     json_free(&j);
-}
-
-/* ---- finding a running hub ---- */
-
-typedef struct {
-    int pid;            /* 0 if unknown */
-    char url[320];
-    char path[PATH_MAX + 16];   /* the pidfile */
-    int refused;        /* it answers, but refuses our token (401) */
-} HubRef;
-
-/* Does a hub answer at url, given our token (or none)? Returns PROBE_OK,
- * PROBE_REFUSED when a hub answers 401 (it wants another token), or 0. */
-enum { PROBE_OK = 1, PROBE_REFUSED = 2 };
-static int cli_probe(const char *url, const char *token, int64_t timeout_ms) {
-    Client c;
-    char err[ARC_ERRLEN] = "";
-    Buf body = { 0 };
-    int status = 0, ok = 0;
-    if (cli_url(&c, url, err) == 0) {
-        c.token = token;
-        if (cli_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, timeout_ms,
-                     &status, &body, err) == 0) {
-            if (status == 200 && strstr(buf_cstr(&body), "\"instance_id\""))
-                ok = PROBE_OK;
-            else if (status == 401 && strstr(buf_cstr(&body), "\"ok\":false"))
-                ok = PROBE_REFUSED;
-        }
-    }
-    cli_free(&c);
-    buf_free(&body);
-    return ok;
-}
-
-/* The message for a hub that refused our token. */
-static void cli_refused_msg(const char *url, const char *token, char *out, size_t n) {
-    snprintf(out, n, "the hub at %s %s (give it with --token-file, ARC_TOKEN or "
-             "--token)", url, token && *token ? "refused the token"
-                                              : "requires a token");
-}
-
-/* Read a pidfile; returns 0 if it holds a pid and a url. */
-static int cli_read_pidfile(const char *path, HubRef *ref) {
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    char buf[1024];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    Json j = { 0 };
-    int rc = -1;
-    int64_t pid;
-    uint32_t vp, vu;
-    if (json_parse(&j, buf, n) == 0 && (vp = json_get(&j, 0, "pid")) &&
-        (vu = json_get(&j, 0, "url")) && j.t[vu].type == JSON_STR &&
-        json_to_i64(&j, vp, &pid) == 0 && pid > 0 && pid < INT_MAX) {
-        Buf u = { 0 };
-        json_unescape(&j, vu, &u);
-        snprintf(ref->url, sizeof ref->url, "%s", buf_cstr(&u));
-        buf_free(&u);
-        ref->pid = (int)pid;
-        snprintf(ref->path, sizeof ref->path, "%s", path);
-        rc = 0;
-    }
-    json_free(&j);
-    return rc;
-}
-
-/* The directory holding the storage file, made absolute (it need not
- * exist yet). */
-static void cli_storage_dir(const char *storage, char *out, size_t n) {
-    char cwd[PATH_MAX] = ".";
-    if (!getcwd(cwd, sizeof cwd)) snprintf(cwd, sizeof cwd, ".");
-    const char *slash = strrchr(storage, '/');
-    if (storage[0] == '/') snprintf(out, n, "%.*s", slash == storage ? 1 : (int)(slash - storage), storage);
-    else if (slash) snprintf(out, n, "%s/%.*s", cwd, (int)(slash - storage), storage);
-    else snprintf(out, n, "%s", cwd);
-    char real[PATH_MAX];
-    if (realpath(out, real)) snprintf(out, n, "%s", real);
-}
-
-/* Look for a live hub's pidfile in the current directory and its parents,
- * then beside the storage file and its parents (as the reference does). A
- * pidfile whose process is gone, or whose URL does not answer as an arc hub,
- * is stale and skipped. Returns 1 with ref filled, or 0. */
-static int cli_discover(const char *storage, const char *token, HubRef *ref) {
-    char roots[2][PATH_MAX];
-    if (!getcwd(roots[0], sizeof roots[0])) snprintf(roots[0], PATH_MAX, "/");
-    cli_storage_dir(storage, roots[1], sizeof roots[1]);
-    for (int r = 0; r < 2; r++) {
-        char dir[PATH_MAX];
-        memcpy(dir, roots[r], sizeof dir);
-        for (;;) {
-            char path[PATH_MAX + 16];
-            snprintf(path, sizeof path, "%s/.arc.pid", strcmp(dir, "/") ? dir : "");
-            int probe;
-            if (cli_read_pidfile(path, ref) == 0 &&
-                (kill(ref->pid, 0) == 0 || errno == EPERM) &&
-                (probe = cli_probe(ref->url, token, 2000))) {
-                ref->refused = probe == PROBE_REFUSED;
-                return 1;
-            }
-            char *slash = strrchr(dir, '/');
-            if (!slash || slash == dir) {
-                if (strcmp(dir, "/") == 0) break;
-                snprintf(dir, sizeof dir, "/");
-                continue;
-            }
-            *slash = 0;
-        }
-    }
-    return 0;
 }
 
 /* ---- lifecycle: ensure, stop, reset, status ---- */
@@ -9693,7 +9917,7 @@ static pid_t life_spawn(const LifeOpts *o, const char *log) {
  * directory is created). Returns 0, or -1 if the path does not fit. */
 static int life_log_path(const char *storage, char log[ARC_PATHLEN]) {
     char dir[PATH_MAX];
-    cli_storage_dir(storage, dir, sizeof dir);
+    client_storage_dir(storage, dir, sizeof dir);
     mkdir(dir, 0700);
     return (size_t)snprintf(log, ARC_PATHLEN, "%s/arc.log", dir) < ARC_PATHLEN
                ? 0 : -1;
@@ -9703,7 +9927,7 @@ static int life_log_path(const char *storage, char log[ARC_PATHLEN]) {
  * record lock on a file beside it, so two at once start one hub. */
 static int life_lock(const char *storage) {
     char dir[PATH_MAX], path[ARC_PATHLEN];
-    cli_storage_dir(storage, dir, sizeof dir);
+    client_storage_dir(storage, dir, sizeof dir);
     if ((size_t)snprintf(path, sizeof path, "%s/.arc.lock", dir) >= sizeof path)
         return -1;
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -9717,10 +9941,10 @@ static int life_lock(const char *storage) {
  * 0 if none answers. ref->refused: it wants another token. */
 _Static_assert(sizeof ((HubRef *)0)->url == ARC_URLLEN, "HubRef.url is a URL");
 static int life_find(const LifeOpts *o, HubRef *ref) {
-    if (cli_discover(o->hub.storage, o->hub.token, ref)) return 1;
+    if (client_discover(o->hub.storage, o->hub.token, ref)) return 1;
     memset(ref, 0, sizeof *ref);
     life_base_url(&o->hub, ref->url);
-    int probe = cli_probe(ref->url, o->hub.token, 2000);
+    int probe = client_probe(ref->url, o->hub.token, 2000);
     ref->refused = probe == PROBE_REFUSED;
     return probe ? 2 : 0;
 }
@@ -9759,7 +9983,7 @@ static int life_ensure(const LifeOpts *o, char url[ARC_URLLEN], int *started,
          * started it. */
         if (life_find(o, &ref)) {
             memcpy(url, ref.url, ARC_URLLEN);
-            if (ref.refused) cli_refused_msg(ref.url, o->hub.token, why, ARC_ERRLEN);
+            if (ref.refused) client_refused_msg(ref.url, o->hub.token, why, ARC_ERRLEN);
             rc = ref.refused ? 1 : 0;
             goto done;
         }
@@ -9779,7 +10003,7 @@ static int life_ensure(const LifeOpts *o, char url[ARC_URLLEN], int *started,
     int64_t deadline = clock_ms() + (int64_t)(o->timeout_s * 1000);
     snprintf(why, ARC_ERRLEN, "timeout");
     while (clock_ms() < deadline) {
-        if (cli_probe(base, o->hub.token, 1000) == PROBE_OK) {
+        if (client_probe(base, o->hub.token, 1000) == PROBE_OK) {
             rc = 0;
             break;
         }
@@ -9959,19 +10183,19 @@ static int cmd_status(int argc, char **argv) {
     char err[ARC_ERRLEN] = "";
     Buf info = { 0 }, agents = { 0 }, out = { 0 };
     int st = 0;
-    cli_url(&c, ref.url, err);
+    client_url(&c, ref.url, err);
     c.token = o.hub.token;
     if (!ref.refused) {
-        cli_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, 5000, &st, &info, err);
-        cli_call(&c, "GET", "/v1/agents", (Str){ NULL, 0 }, 5000, &st, &agents, err);
+        client_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, 5000, &st, &info, err);
+        client_call(&c, "GET", "/v1/agents", (Str){ NULL, 0 }, 5000, &st, &agents, err);
     }
-    cli_free(&c);
+    client_free(&c);
     Json ji = { 0 }, ja = { 0 };
     buf_adds(&out, "{\"running\":true,\"url\":");
     json_cstr(&out, ref.url);
     if (ref.pid) buf_addf(&out, ",\"pid\":%d", ref.pid);
     if (ref.refused) {   /* running, but we may not ask it anything */
-        cli_refused_msg(ref.url, o.hub.token, err, sizeof err);
+        client_refused_msg(ref.url, o.hub.token, err, sizeof err);
         fprintf(stderr, "arc: %s\n", err);
         buf_adds(&out, ",\"error\":");
         json_cstr(&out, err);
@@ -10107,7 +10331,7 @@ static int agent_call(Client *c, const char *method, const char *path, Str body,
                       int64_t timeout_ms, Buf *out) {
     char err[ARC_ERRLEN] = "";
     int status = 0;
-    if (cli_call(c, method, path, body, timeout_ms, &status, out, err)) {
+    if (client_call(c, method, path, body, timeout_ms, &status, out, err)) {
         if (c->relay_dir)
             fprintf(stderr, "arc: no answer through the relay at %s (is a hub "
                     "serving --spool-dir %s?): %s\n", c->relay_dir, c->relay_dir, err);
@@ -10153,7 +10377,7 @@ static int agent_start(const char *cmd, int argc, char **argv, AgentOpts *o,
                        Client *c) {
     agent_options(cmd, argc, argv, o);
     char err[ARC_ERRLEN];
-    if (cli_url(c, o->base_url, err)) {
+    if (client_url(c, o->base_url, err)) {
         fprintf(stderr, "arc: %s\n", err);
         return 2;
     }
@@ -10226,7 +10450,7 @@ static int cmd_post(int argc, char **argv) {
     if (!rc) agent_print_result(&out, 0);
 done:
     buf_free(&text), buf_free(&body), buf_free(&out);
-    cli_free(&c);
+    client_free(&c);
     return rc;
 }
 
@@ -10248,7 +10472,7 @@ static int cmd_poll(int argc, char **argv) {
     if (!rc) agent_print_result(&out, 1);
 done:
     buf_free(&path), buf_free(&out);
-    cli_free(&c);
+    client_free(&c);
     return rc;
 }
 
@@ -10264,7 +10488,7 @@ static int cmd_whoami(int argc, char **argv) {
     if (!rc) agent_print_result(&out, 0);
 done:
     buf_free(&path), buf_free(&out);
-    cli_free(&c);
+    client_free(&c);
     return rc;
 }
 
@@ -10284,10 +10508,10 @@ static void *relay_forward_main(void *arg) {
     Buf out = { 0 };
     Json parsed = { 0 };   /* only to check that the answer is JSON */
     /* A long-poll may take 60 s; allow for it plus margin. */
-    int bad_url = cli_url(&c, rl->forward_url, err);
+    int bad_url = client_url(&c, rl->forward_url, err);
     c.token = rl->forward_token;
     if (bad_url ||
-        cli_call(&c, r->method, r->path, r->body ? str_c(r->body) : (Str){ NULL, 0 },
+        client_call(&c, r->method, r->path, r->body ? str_c(r->body) : (Str){ NULL, 0 },
                  75000, &status, &out, err)) {
         status = 599;   /* the reference's "connection error" status */
         buf_reset(&out);
@@ -10306,7 +10530,7 @@ static void *relay_forward_main(void *arg) {
         out = wrapped;
     }
     json_free(&parsed);
-    cli_free(&c);
+    client_free(&c);
     r->status = status;
     r->answer = out;   /* hand-off */
     pthread_mutex_lock(&rl->mu);
@@ -10381,7 +10605,7 @@ static int cmd_relay(int argc, char **argv) {
     const char *url = o.url, *spool = o.spool, *token = o.token;
     char err[ARC_ERRLEN];
     Client probe;
-    if (cli_url(&probe, url, err)) {
+    if (client_url(&probe, url, err)) {
         fprintf(stderr, "arc relay: %s\n", err);
         return 2;
     }
@@ -10532,7 +10756,7 @@ static int smoke_call(Smoke *s, const char *action, const char *method,
                       Json *j) {
     int status = 0;
     char err[ARC_ERRLEN] = "";
-    if (cli_call(&s->client, method, path, body, timeout_ms, &status, out, err)) {
+    if (client_call(&s->client, method, path, body, timeout_ms, &status, out, err)) {
         snprintf(s->err, sizeof s->err, "%s failed: connection error: %.400s", action, err);
         return -1;
     }
@@ -10635,7 +10859,7 @@ static int smoke_wait(Smoke *s, const char *what, int (*pred)(Smoke *)) {
                  (long long)wait_s);
         int status = 0;
         char err[ARC_ERRLEN] = "";
-        int rc = cli_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
+        int rc = client_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
                           wait_s * 1000 + 15000, &status, &out, err);
         Json j = { 0 };
         if (rc == 0 && status == 200 && json_parse(&j, buf_cstr(&out), out.len) == 0) {
@@ -10661,7 +10885,7 @@ static int smoke_wait(Smoke *s, const char *what, int (*pred)(Smoke *)) {
                      (long long)since, (long long)(s->poll_ms / 1000 + 1));
             /* Any wake-up, or the wait running out: look at the thread
              * again (a failure shows up there). */
-            (void)cli_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
+            (void)client_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
                            s->poll_ms + 15000, &status, &out, err);
         } else if (rc) {
             snprintf(s->err, sizeof s->err, "waiting for %s: %.400s", what, err);
@@ -10868,7 +11092,7 @@ static void smoke_options(int argc, char **argv, Smoke *s, const char **transpor
         else snprintf(base, sizeof base, "http://127.0.0.1:6969");
         url = base;
     }
-    if (cli_url(&s->client, url, err)) {
+    if (client_url(&s->client, url, err)) {
         fprintf(stderr, "arc %s: %s\n", h->cmd, err);
         exit(2);
     }
@@ -10897,7 +11121,7 @@ static int cmd_smoke_agent(int argc, char **argv) {
     int rc = smoke_role(&s);
     if (rc) printf("Smoke test failed: %s\n", s.err);
     buf_free(&s.msgs);
-    cli_free(&s.client);
+    client_free(&s.client);
     return rc ? 1 : 0;
 }
 
@@ -10954,7 +11178,7 @@ static int cmd_smoke(int argc, char **argv) {
     snprintf(thread, sizeof thread, "smoke-%02x%02x%02x%02x%02x%02x", r[0], r[1],
              r[2], r[3], r[4], r[5]);
     snprintf(claim, sizeof claim, "%s-claim", thread);
-    if (!cli_probe(roles[0].client.base, o.hub.token, 2000)) {
+    if (!client_probe(roles[0].client.base, o.hub.token, 2000)) {
         printf("smoke: no hub at %s, starting one\n", roles[0].client.base);
         fflush(stdout);
         char log[ARC_PATHLEN];
@@ -10962,7 +11186,7 @@ static int cmd_smoke(int argc, char **argv) {
         pid_t pid = life_log_path(o.hub.storage, log) ? -1 : life_spawn(&o, log);
         int64_t until = clock_ms() + 10000;
         while (pid > 0 && clock_ms() < until &&
-               !cli_probe(roles[0].client.base, o.hub.token, 500)) {
+               !client_probe(roles[0].client.base, o.hub.token, 500)) {
             struct timespec ts = { 0, 10 * 1000000 };
             nanosleep(&ts, NULL);
         }
@@ -10994,7 +11218,7 @@ static int cmd_smoke(int argc, char **argv) {
         pthread_join(th[i], NULL);
         failed |= roles[i].err[0] != 0;
         buf_free(&roles[i].msgs);
-        cli_free(&roles[i].client);
+        client_free(&roles[i].client);
     }
     if (failed) {
         printf("smoke: FAILED\n");
@@ -11241,7 +11465,7 @@ static void mcp_versions_json(Buf *b) {
 /* A hub connection for one thread. */
 static int mcp_client(Client *c, int cancel_fd) {
     char err[ARC_ERRLEN];
-    if (cli_url(c, g_mcp.url, err)) return -1;
+    if (client_url(c, g_mcp.url, err)) return -1;
     c->relay_dir = g_mcp.relay_dir;
     c->agent = g_mcp.agent;
     c->token = g_mcp.token;
@@ -11256,7 +11480,7 @@ static int mcp_request(Client *c, const char *method, const char *path, Str body
                        int64_t timeout_ms, Buf *out, Json *j, char err[ARC_ERRLEN]) {
     int status = 0;
     err[0] = 0;
-    if (cli_call(c, method, path, body, timeout_ms, &status, out, err)) return -1;
+    if (client_call(c, method, path, body, timeout_ms, &status, out, err)) return -1;
     if (json_parse(j, buf_cstr(out), out->len) || j->t[0].type != JSON_OBJ) {
         snprintf(err, ARC_ERRLEN, "unexpected answer from the hub (HTTP %d)", status);
         return -1;
@@ -11433,7 +11657,7 @@ static void *mcp_heartbeat_main(void *arg) {
             rc = pthread_cond_timedwait(&g_mcp.cond, &g_mcp.mu, &ts);
     }
     pthread_mutex_unlock(&g_mcp.mu);
-    cli_free(&c);
+    client_free(&c);
     return NULL;
 }
 
@@ -12366,7 +12590,7 @@ static void *mcp_call_main(void *arg) {
     mcp_call_done(call, &x);
     json_free(&x.req);
     json_free(&x.j);
-    cli_free(&x.c);
+    client_free(&x.c);
     buf_free(&x.out), buf_free(&x.text), buf_free(&x.data);
     return NULL;
 }
@@ -12863,10 +13087,10 @@ static const OptHelp mcp_help = {
 static void mcp_autostart(int explicit_url) {
     Client c;
     char err[ARC_ERRLEN];
-    if (cli_url(&c, g_mcp.url, err)) return;
+    if (client_url(&c, g_mcp.url, err)) return;
     int local = hub_is_loopback(c.host);
-    cli_free(&c);
-    if (!local || cli_probe(g_mcp.url, g_mcp.token, 1000)) return;
+    client_free(&c);
+    if (!local || client_probe(g_mcp.url, g_mcp.token, 1000)) return;
     LifeOpts o = { .argv0 = g_argv0, .timeout_s = 15 };
     serve_defaults(&o.hub);
     o.hub.host = c.host;
@@ -12915,9 +13139,9 @@ static void mcp_shutdown(pthread_t beat) {
         char err[ARC_ERRLEN];
         buf_adds(&path, "/v1/sessions/");
         cli_pct(&path, sid);
-        cli_call(&c, "DELETE", path.p, (Str){ NULL, 0 }, 800, &status, &out, err);
+        client_call(&c, "DELETE", path.p, (Str){ NULL, 0 }, 800, &status, &out, err);
         buf_free(&path), buf_free(&out);
-        cli_free(&c);
+        client_free(&c);
     }
 }
 
@@ -12941,7 +13165,7 @@ static int cmd_mcp(int argc, char **argv) {
     g_mcp.cursor = -1;
     Client probe;
     char err[ARC_ERRLEN];
-    if (cli_url(&probe, g_mcp.url, err)) {
+    if (client_url(&probe, g_mcp.url, err)) {
         fprintf(stderr, "arc mcp: %s\n", err);
         return 2;
     }

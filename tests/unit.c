@@ -13,6 +13,9 @@
 /* Assert the loop's invariants (heap order, wait buckets) after every
  * change: see "invariants, checked in test builds" in arc.c. */
 #define ARC_CHECK_INVARIANTS 1
+
+/* Small enough that a test can pass it (test_client_read). */
+#define ARC_CLIENT_MAX_BODY 4096
 #include "../arc.c"
 
 #include <sys/mman.h>
@@ -1129,6 +1132,306 @@ static void test_http_errors(void) {
     buf_free(&b);
 }
 
+/* ---- responses (the client side) ---- */
+
+static int ut_resp(const char *s, size_t n, HttpResp *r) {
+    const char *g = ut_guard(s, n);
+    return http_parse_response(g, n, r);
+}
+#define RESP(lit, r) ut_resp((lit), sizeof(lit) - 1, (r))
+
+/* Every strict prefix of s[0..n) is ARC_AGAIN, and every longer input
+ * gives the head's length. */
+static int ut_resp_prefixes(const char *s, size_t n, int head) {
+    HttpResp r;
+    int ok = 1;
+    for (size_t k = 0; k < (size_t)head; k++) ok &= ut_resp(s, k, &r) == ARC_AGAIN;
+    for (size_t k = (size_t)head; k <= n; k++) ok &= ut_resp(s, k, &r) == head;
+    return ok;
+}
+
+static void test_http_response_valid(void) {
+    /* What the hub sends (http_head), with a body. */
+    static const char ok[] =
+        "HTTP/1.1 200 OK\r\n"
+        "Content-Type: application/json\r\n"
+        "Content-Length: 11\r\n"
+        "Connection: keep-alive\r\n"
+        "\r\n"
+        "{\"ok\":true}";
+    size_t total = sizeof ok - 1, head = total - 11;
+    HttpResp r;
+    int n = ut_resp(ok, total, &r);
+    CHECK(n == (int)head);
+    CHECK(r.minor == 1 && r.status == 200 && ut_str_is(r.reason, "OK"));
+    CHECK(ut_str_is(r.content_type, "application/json"));
+    CHECK(r.body == HTTP_BODY_LENGTH && r.content_length == 11 && !r.close);
+    CHECK(r.n_headers == 3);
+    CHECK(ut_resp_prefixes(ok, total, n));
+
+    /* Bare LF, HTTP/1.0 (closes unless kept alive), no reason phrase. */
+    static const char lf[] = "HTTP/1.0 404\nContent-Length: 0\n\n";
+    n = RESP(lf, &r);
+    CHECK(n == (int)sizeof lf - 1 && r.minor == 0 && r.status == 404 &&
+          r.reason.n == 0 && r.close && r.content_length == 0);
+    CHECK(ut_resp_prefixes(lf, sizeof lf - 1, n));
+    CHECK(RESP("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n"
+               "Content-Length: 2\r\n\r\n", &r) > 0 && !r.close);
+    CHECK(RESP("HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\n", &r) > 0 &&
+          r.reason.n == 0 && r.status == 200);
+    CHECK(RESP("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+               "Content-Length: 2\r\n\r\n", &r) > 0 && r.close &&
+          r.status == 503 && ut_str_is(r.reason, "Service Unavailable"));
+    /* Connection: close is not undone by a later keep-alive. */
+    CHECK(RESP("HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\n"
+               "Content-Length: 0\r\n\r\n", &r) > 0 && r.close);
+    CHECK(RESP("HTTP/1.1 200 OK\r\nConnection: TE, Close\r\n"
+               "Content-Length: 0\r\n\r\n", &r) > 0 && r.close);
+
+    /* An SSE stream (the hub's /v1/stream head): read until the close,
+     * as it would be without Connection: close too. */
+    static const char sse[] = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                              "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
+                              "X-Arc-Instance: 0f1e\r\nConnection: close\r\n"
+                              "\r\nretry: 1000\n\n";
+    n = RESP(sse, &r);
+    CHECK(n == (int)sizeof sse - 1 - 13 && r.body == HTTP_BODY_CLOSE &&
+          r.close && r.content_length == -1 &&
+          ut_str_is(r.content_type, "text/event-stream"));
+    CHECK(ut_resp_prefixes(sse, sizeof sse - 1, n));
+    CHECK(RESP("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n", &r) > 0 &&
+          r.body == HTTP_BODY_CLOSE && r.close);
+
+    /* Transfer-Encoding: chunked only when it comes last. */
+    CHECK(RESP("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &r) > 0 &&
+          r.body == HTTP_BODY_CHUNKED && !r.close && r.content_length == -1);
+    CHECK(RESP("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, CHUNKED\r\n\r\n", &r) > 0 &&
+          r.body == HTTP_BODY_CHUNKED);
+    CHECK(RESP("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", &r) > 0 &&
+          r.body == HTTP_BODY_CLOSE && r.close);
+
+    /* Heads that never have a body, whatever they say. */
+    CHECK(RESP("HTTP/1.1 204 No Content\r\n\r\n", &r) > 0 &&
+          r.body == HTTP_BODY_LENGTH && r.content_length == 0 && !r.close);
+    CHECK(RESP("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", &r) > 0 &&
+          r.content_length == 0);
+    CHECK(RESP("HTTP/1.1 100 Continue\r\n\r\n", &r) == 25 && r.status == 100 &&
+          r.content_length == 0);
+    CHECK(RESP("HTTP/1.1 599 x\r\n\r\n", &r) > 0 && r.status == 599);
+
+    /* Content-Length: repeated with the same value, leading zeros. */
+    CHECK(RESP("HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 005\r\n\r\n",
+               &r) > 0 && r.content_length == 5);
+    CHECK(RESP("HTTP/1.1 200 OK\r\nContent-Length: 999999999999999\r\n\r\n", &r) > 0 &&
+          r.content_length == 999999999999999LL);
+    /* obs-text in the reason and in values; tabs; empty values. */
+    CHECK(RESP("HTTP/1.1 200 \xc3\x89t\tat\r\nX: \xff\t\r\nY:\r\n\r\n", &r) > 0 &&
+          r.n_headers == 2);
+    /* The head ends at the first blank line; what follows is body. */
+    CHECK(RESP("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n\r\n\r\n", &r) == 38);
+}
+
+static void test_http_response_errors(void) {
+    static const struct {
+        const char *s;
+        size_t n;
+        const char *msg;
+    } bad[] = {
+#define B(s, m) { s, sizeof(s) - 1, m }
+        B("HTTP/2 200 OK\r\n\r\n", "not an HTTP/1.x response"),
+        B("http/1.1 200 OK\r\n\r\n", "not an HTTP/1.x response"),
+        B("\r\nHTTP/1.1 200 OK\r\n\r\n", "not an HTTP/1.x response"),
+        B("<html>", "not an HTTP/1.x response"),
+        B("HTTP/1.1 200OK\r\n\r\n", "malformed status line"),
+        B("HTTP/1.1  200 OK\r\n\r\n", "malformed status line"),
+        B("HTTP/1.1 20\r\n\r\n", "malformed status line"),
+        B("HTTP/1.11 200 OK\r\n\r\n", "malformed status line"),
+        B("HTTP/1.\r\n\r\n", "malformed status line"),
+        B("HTTP/1.2 200 OK\r\n\r\n", "HTTP version not supported"),
+        B("HTTP/1.1 2x0 OK\r\n\r\n", "malformed status code"),
+        B("HTTP/1.1 099 OK\r\n\r\n", "malformed status code"),
+        B("HTTP/1.1 600 OK\r\n\r\n", "malformed status code"),
+        B("HTTP/1.1 -20 OK\r\n\r\n", "malformed status code"),
+        B("HTTP/1.1 200 O\x01K\r\n\r\n", "control character in reason phrase"),
+        B("HTTP/1.1 200 O\rK\r\n\r\n", "control character in reason phrase"),
+        B("HTTP/1.1 200 OK\r\nX\r\n\r\n", "malformed header line"),
+        B("HTTP/1.1 200 OK\r\n: v\r\n\r\n", "malformed header line"),
+        B("HTTP/1.1 200 OK\r\nX Y: v\r\n\r\n", "malformed header name"),
+        B("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", "obsolete header line folding"),
+        B("HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n", "control character in header value"),
+        B("HTTP/1.1 200 OK\r\nX: a\x7f\r\n\r\n", "control character in header value"),
+        B("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "invalid Content-Length"),
+        B("HTTP/1.1 200 OK\r\nContent-Length: 1 2\r\n\r\n", "invalid Content-Length"),
+        B("HTTP/1.1 200 OK\r\nContent-Length:\r\n\r\n", "invalid Content-Length"),
+        B("HTTP/1.1 200 OK\r\nContent-Length: 1234567890123456\r\n\r\n",
+          "invalid Content-Length"),
+        B("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+          "conflicting Content-Length headers"),
+        B("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+          "both Transfer-Encoding and Content-Length"),
+#undef B
+    };
+    HttpResp r;
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char note[64];
+        snprintf(note, sizeof note, "bad response #%zu", i);
+        r.err_msg = NULL;
+        CHECKM(ut_resp(bad[i].s, bad[i].n, &r) == ARC_BAD, note);
+        CHECKM(r.err_msg && strcmp(r.err_msg, bad[i].msg) == 0, note);
+        /* A prefix may ask for more or fail, never succeed. */
+        int never = 1;
+        for (size_t k = 0; k < bad[i].n; k++) never &= ut_resp(bad[i].s, k, &r) < 0;
+        CHECKM(never, note);
+    }
+    /* What cannot begin a status line fails at once. */
+    CHECK(RESP("X", &r) == ARC_BAD);
+    CHECK(RESP("HTTP/1.", &r) == ARC_AGAIN);
+    CHECK(ut_resp(NULL, 0, &r) == ARC_AGAIN);
+    /* A complete status line is judged only with the whole head. */
+    CHECK(RESP("HTTP/1.1 2x0 OK\r\n", &r) == ARC_AGAIN);
+
+    /* The head is limited to ARC_MAX_HEAD bytes: exactly that is fine. */
+    static const char line[] = "HTTP/1.1 200 OK\r\n";
+    size_t fix = strlen(line) + strlen("X: \r\n\r\n");
+    char *pad = ut_rep('b', ARC_MAX_HEAD);
+    Buf b = { 0 };
+    buf_adds(&b, line);
+    buf_adds(&b, "X: ");
+    buf_add(&b, pad, ARC_MAX_HEAD - fix);
+    buf_adds(&b, "\r\n\r\n");
+    CHECK(b.len == ARC_MAX_HEAD && ut_resp(b.p, b.len, &r) == ARC_MAX_HEAD);
+    buf_reset(&b);
+    buf_adds(&b, line);
+    buf_adds(&b, "X: ");
+    buf_add(&b, pad, ARC_MAX_HEAD - fix + 1);
+    buf_adds(&b, "\r\n\r\n");
+    CHECK(ut_resp(b.p, b.len, &r) == ARC_BAD &&
+          strcmp(r.err_msg, "response head too large") == 0);
+    /* A head that never ends fails once it passes the limit. */
+    buf_reset(&b);
+    buf_adds(&b, line);
+    buf_adds(&b, "X: ");
+    buf_add(&b, pad, ARC_MAX_HEAD);
+    CHECK(ut_resp(b.p, ARC_MAX_HEAD, &r) == ARC_AGAIN);
+    CHECK(ut_resp(b.p, ARC_MAX_HEAD + 1, &r) == ARC_BAD);
+    buf_reset(&b);
+    buf_add(&b, "HTTP/1.1 ", 9);
+    buf_add(&b, pad, ARC_MAX_HEAD);
+    CHECK(ut_resp(b.p, b.len, &r) == ARC_BAD &&
+          strcmp(r.err_msg, "response head too large") == 0);
+    free(pad);
+    /* At most ARC_MAX_HEADERS header lines. */
+    for (int extra = 0; extra < 2; extra++) {
+        buf_reset(&b);
+        buf_adds(&b, line);
+        for (int i = 0; i < ARC_MAX_HEADERS + extra; i++) buf_addf(&b, "X-%d: y\r\n", i);
+        buf_adds(&b, "\r\n");
+        int n = ut_resp(b.p, b.len, &r);
+        if (extra) CHECK(n == ARC_BAD && strcmp(r.err_msg, "too many header lines") == 0);
+        else CHECK(n == (int)b.len && r.n_headers == ARC_MAX_HEADERS);
+    }
+    buf_free(&b);
+}
+
+/* ---- the client's reader, over a socketpair ---- */
+
+/* Call GET / on a Client whose connection is one end of a socketpair,
+ * after the "hub" wrote `resp` (then shut its side when `shut`). Returns
+ * client_call's result; *c is left for the caller to look at and free. */
+static int ut_client(Client *c, const char *resp, size_t n, int shut,
+                     int *status, Buf *out, char err[ARC_ERRLEN]) {
+    int sv[2];
+    char e[ARC_ERRLEN];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) die("socketpair: %s", strerror(errno));
+    client_url(c, "http://127.0.0.1:1", e);   /* port 1: a retry is refused */
+    c->fd = sv[0];
+    fd_nonblock(sv[0]);
+    if (n && write(sv[1], resp, n) != (ssize_t)n) die("write: %s", strerror(errno));
+    if (shut) shutdown(sv[1], SHUT_WR);
+    err[0] = 0;
+    *status = 0;
+    int rc = client_call(c, "GET", "/", (Str){ NULL, 0 }, 200, status, out, err);
+    close(sv[1]);
+    return rc;
+}
+#define UT_CLIENT(c, lit, shut, st, out, err) \
+    ut_client((c), (lit), sizeof(lit) - 1, (shut), (st), (out), (err))
+
+static void test_client_read(void) {
+    Client c;
+    Buf out = { 0 };
+    char err[ARC_ERRLEN];
+    int st;
+    /* Content-Length, kept alive: the connection stays open. */
+    int rc = UT_CLIENT(&c, "HTTP/1.1 201 Created\r\nContent-Length: 11\r\n\r\n"
+                       "{\"ok\":true}", 0, &st, &out, err);
+    CHECK(rc == 0 && st == 201 && BUF_IS(&out, "{\"ok\":true}") && c.fd >= 0);
+    client_free(&c);
+    /* An interim 100 first; Connection: close closes after the body. */
+    rc = UT_CLIENT(&c, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+                   "Connection: close\r\nContent-Length: 2\r\n\r\n{}", 0, &st, &out, err);
+    CHECK(rc == 0 && st == 200 && BUF_IS(&out, "{}") && c.fd < 0);
+    client_free(&c);
+    /* No framing: the body is everything until the close. */
+    rc = UT_CLIENT(&c, "HTTP/1.0 200 OK\r\n\r\nuntil the end", 1, &st, &out, err);
+    CHECK(rc == 0 && st == 200 && BUF_IS(&out, "until the end") && c.fd < 0);
+    client_free(&c);
+    /* Bodies past ARC_CLIENT_MAX_BODY (4096 here), declared or not. */
+    rc = UT_CLIENT(&c, "HTTP/1.1 200 OK\r\nContent-Length: 4097\r\n\r\n{", 0,
+                   &st, &out, err);
+    CHECK(rc == -1 && strstr(err, "larger than ARC_CLIENT_MAX_BODY") && c.fd < 0);
+    client_free(&c);
+    Buf big = { 0 };
+    buf_adds(&big, "HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n");
+    char *pad = ut_rep('x', 4097);
+    buf_add(&big, pad, 4096);
+    rc = ut_client(&c, big.p, big.len, 0, &st, &out, err);
+    CHECK(rc == 0 && out.len == 4096);
+    client_free(&c);
+    /* Bytes beyond a complete body do not count against the limit. */
+    buf_reset(&big);
+    buf_adds(&big, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    buf_add(&big, pad, 4097);
+    rc = ut_client(&c, big.p, big.len, 0, &st, &out, err);
+    CHECK(rc == 0 && BUF_IS(&out, "{}"));
+    client_free(&c);
+    buf_reset(&big);
+    buf_adds(&big, "HTTP/1.1 200 OK\r\n\r\n");
+    buf_add(&big, pad, 4097);
+    rc = ut_client(&c, big.p, big.len, 1, &st, &out, err);
+    CHECK(rc == -1 && strstr(err, "larger than ARC_CLIENT_MAX_BODY"));
+    client_free(&c);
+    free(pad);
+    buf_free(&big);
+    /* Chunked bodies and malformed heads are refused with a reason. */
+    rc = UT_CLIENT(&c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   "2\r\n{}\r\n0\r\n\r\n", 0, &st, &out, err);
+    CHECK(rc == -1 && strstr(err, "chunked") && c.fd < 0);
+    client_free(&c);
+    rc = UT_CLIENT(&c, "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", 0, &st, &out, err);
+    CHECK(rc == -1 && strstr(err, "invalid Content-Length"));
+    client_free(&c);
+    rc = UT_CLIENT(&c, "SSH-2.0-OpenSSH\r\n", 0, &st, &out, err);
+    CHECK(rc == -1 && strstr(err, "not an HTTP/1.x response"));
+    client_free(&c);
+    /* Cut short: mid-head, mid-body. */
+    rc = UT_CLIENT(&c, "HTTP/1.1 200 OK\r\nContent-", 1, &st, &out, err);
+    CHECK(rc == -1 && strstr(err, "closed mid-response"));
+    client_free(&c);
+    rc = UT_CLIENT(&c, "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}", 1, &st, &out, err);
+    CHECK(rc == -1 && strstr(err, "closed mid-response"));
+    client_free(&c);
+    /* Nothing back on a kept-alive connection: retried on a new one. */
+    rc = UT_CLIENT(&c, "", 1, &st, &out, err);
+    CHECK(rc == -1 && strstr(err, "cannot connect"));
+    client_free(&c);
+    /* Nothing at all: the deadline. */
+    rc = UT_CLIENT(&c, "", 0, &st, &out, err);
+    CHECK(rc == -1 && strstr(err, "no answer from"));
+    client_free(&c);
+    buf_free(&out);
+}
+
 static void test_http_query(void) {
     Buf o = { 0 };
     CHECK(http_unquote(str_c("%41%zz+%2"), 1, &o) == 0 && BUF_IS(&o, "A%zz %2"));
@@ -2142,6 +2445,9 @@ int main(void) {
     test_json_str();
     test_http_valid();
     test_http_errors();
+    test_http_response_valid();
+    test_http_response_errors();
+    test_client_read();
     test_http_query();
     test_mcp_frame();
     test_mcp_tools();
