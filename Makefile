@@ -17,7 +17,7 @@ SAN = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
 # the client's response reader.
 FUZZ_TARGETS = json http query relay mcp response
 
-.PHONY: all test test-poll asan tsan clean install uninstall
+.PHONY: all test test-poll asan tsan clean install uninstall dash check-map
 
 all: arc
 
@@ -39,11 +39,24 @@ tests/unit-asan: tests/unit.c arc.c sqlite3.o
 	$(CC) $(WARN) -Wno-missing-prototypes $(SAN) -DARC_NO_MAIN \
 	    -DARC_BUF_MIN=1 -o $@ tests/unit.c sqlite3.o -pthread -lm
 
-# make test: the unit tests, the fuzz corpus replay, each libFuzzer target
-# for FUZZ_TEST_SECONDS (tests/setup-fuzz.sh installs clang if it can; the
-# targets are skipped if not), then the integration suite against ./arc and,
-# unit tests included, once more against the sanitizer build (what `make
-# asan` runs alone). TEST_ASAN= leaves the sanitizer half out.
+# make dash: regenerate the dashboard page's array in arc.c (the dash
+# section) from its source, dash/dash.html. arc.c holds the result, so a
+# build needs no Python; make test checks that the two agree.
+dash:
+	python3 dash/gen_dash.py dash/dash.html --splice arc.c
+
+# make check-map: the section map at the top of arc.c names every
+# `/* ==== tag:` banner, in order (make test runs it too).
+check-map:
+	python3 tests/check_map.py arc.c
+
+# make test: the section map check, the unit tests, the fuzz corpus replay,
+# each libFuzzer target for FUZZ_TEST_SECONDS (tests/setup-fuzz.sh installs
+# clang if it can; the targets are skipped if not), then the integration
+# suite against ./arc (test_dashboard.py checks arc.c's page against
+# dash/dash.html) and, unit tests included, once more against the sanitizer
+# build (what `make asan` runs alone). TEST_ASAN= leaves the sanitizer half
+# out.
 FUZZ_TEST_SECONDS = 20
 TEST_ASAN = arc-asan tests/unit-asan
 test: arc tests/unit $(TEST_ASAN) $(FUZZ_TARGETS:%=tests/fuzz-replay-%)

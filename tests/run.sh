@@ -49,6 +49,15 @@ integration_report() {
     count "$line"
 }
 
+# The section map at the top of arc.c names every `/* ==== tag:` banner,
+# in order (STYLE.md section 1).
+echo "== section map"
+if python3 tests/check_map.py arc.c; then
+    pass=$((pass + 1))
+else
+    fail=$((fail + 1))
+fi
+
 unit_stage "$unit" "$out/unit.log"
 # shellcheck disable=SC2086
 [ -n "$asan_unit" ] && unit_stage "$asan_unit" "$out/unit-asan.log" $san_env

@@ -27,6 +27,7 @@ import hubtest  # noqa: E402
 from hubtest import Hub, arc_only  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DASH = os.path.join(HERE, "..", "dash")      # the page's source and generator
 OUT = os.path.join(HERE, "out")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 PLAYWRIGHT = os.path.join(HERE, "node_modules", "playwright-core", "package.json")
@@ -103,14 +104,15 @@ class DashboardPageTest(hubtest.HubCase):
             self.assertNotIn(bad, page)
 
     def test_source_in_sync(self):
-        """arc.c's dash_html is what tests/gen_dash.py makes of tests/dash.html."""
-        src = os.path.join(HERE, "dash.html")
+        """arc.c's dash_html is what dash/gen_dash.py makes of dash/dash.html
+        (`make dash` regenerates it)."""
+        src = os.path.join(DASH, "dash.html")
         if not os.path.exists(src):
-            self.skipTest("tests/dash.html (the page's HTML source) is not in the tree")
-        gen = subprocess.run([sys.executable, os.path.join(HERE, "gen_dash.py"), src,
+            self.skipTest("dash/dash.html (the page's HTML source) is not in the tree")
+        gen = subprocess.run([sys.executable, os.path.join(DASH, "gen_dash.py"), src,
                               "--check", os.path.join(HERE, "..", "arc.c")],
                              capture_output=True, text=True)
-        self.assertEqual(gen.returncode, 0, gen.stderr)
+        self.assertEqual(gen.returncode, 0, gen.stderr + "(run `make dash`)")
 
 
 @arc_only

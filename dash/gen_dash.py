@@ -7,11 +7,11 @@ characters, trigraph-forming "??" and non-ASCII bytes are escaped for C
 (non-ASCII as three-digit octal escapes, which cannot swallow a following
 character). A C line longer than 100 columns is an error.
 
-usage:
-  python3 tests/gen_dash.py dash.html                  print the C definition
-  python3 tests/gen_dash.py dash.html -o dash_html.c   write it to a file
-  python3 tests/gen_dash.py dash.html --splice arc.c   replace the array in arc.c
-  python3 tests/gen_dash.py dash.html --check arc.c    exit 1 unless arc.c has it
+usage (from the repository root; `make dash` runs the --splice line):
+  python3 dash/gen_dash.py dash/dash.html                  print the C definition
+  python3 dash/gen_dash.py dash/dash.html -o dash_html.c   write it to a file
+  python3 dash/gen_dash.py dash/dash.html --splice arc.c   replace the array in arc.c
+  python3 dash/gen_dash.py dash/dash.html --check arc.c    exit 1 unless arc.c has it
 """
 
 import argparse
