@@ -6081,6 +6081,15 @@ static int relay_starved(void) {
     return errno == EMFILE || errno == ENFILE || errno == ENOMEM;
 }
 
+/* Out of descriptors: take nothing for half a scan interval, then scan
+ * everything (whatever was missed meanwhile is found then). Without the
+ * pause an unclaimed file's rename back, itself an event, would be taken
+ * again at once, spinning the thread. */
+static void relay_starve(Relay *rl) {
+    rl->starved_until = clock_ms() + ARC_RELAY_SCAN_MS / 2;
+    if (rl->next_scan > rl->starved_until) rl->next_scan = rl->starved_until;
+}
+
 /* Log that no answer can be written for agent/file_id, escaping both. */
 static void relay_warn_unanswered(const char *agent, const char *file_id,
                                   const char *why) {
@@ -6286,11 +6295,7 @@ static void relay_take(Relay *rl, int afd, const char *agent, const char *file) 
     int rc = relay_parse(afd, work, r, err);
     int rfd = rc == ARC_AGAIN ? -1 : relay_agent_dir(rl, "responses", agent, 1);
     if (rc == ARC_AGAIN || (rfd < 0 && relay_starved())) {
-        /* Unclaim it for a later scan. The rename back is itself an inotify
-         * event: without the pause it would be taken again at once, for
-         * as long as descriptors are short, spinning this thread. */
-        rl->starved_until = clock_ms() + ARC_RELAY_SCAN_MS / 2;
-        if (rl->next_scan > rl->starved_until) rl->next_scan = rl->starved_until;
+        relay_starve(rl);   /* unclaim it for the scan that follows */
         if (renameat(afd, work, afd, file)) {
             Buf a = { 0 }, f = { 0 };
             log_warn("relay: cannot unclaim requests/%s/%s", log_esc(&a, agent),
@@ -6392,11 +6397,15 @@ static int relay_watch(Relay *rl, int afd, const char *agent) {
  * first. reqs_fd is requests/. */
 static void relay_scan_agent(Relay *rl, int reqs_fd, const char *agent) {
     int afd = relay_open_dir(reqs_fd, agent, 0);
-    if (afd < 0) return;   /* gone, or not a directory: not an agent */
+    if (afd < 0) {   /* gone, or not a directory: not an agent */
+        if (relay_starved()) relay_starve(rl);
+        return;
+    }
     if (relay_watch(rl, afd, agent) && rl->inotify_fd >= 0) rl->n_unwatched++;
     int dfd = dup(afd);
     DIR *ad = dfd < 0 ? NULL : fdopendir(dfd);
     if (!ad) {
+        relay_starve(rl);
         if (dfd >= 0) close(dfd);
         close(afd);
         return;
@@ -6425,10 +6434,14 @@ static void relay_scan_agent(Relay *rl, int reqs_fd, const char *agent) {
 static void relay_scan(Relay *rl) {
     rl->n_unwatched = 0;
     int reqs_fd = relay_open_dir(rl->root_fd, "requests", 0);
-    if (reqs_fd < 0) return;
+    if (reqs_fd < 0) {
+        if (relay_starved()) relay_starve(rl);
+        return;
+    }
     int dfd = dup(reqs_fd);
     DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
     if (!d) {
+        relay_starve(rl);
         if (dfd >= 0) close(dfd);
         close(reqs_fd);
         return;
@@ -6567,7 +6580,10 @@ static void relay_events(Relay *rl) {
             }
             if (!ev->len || relay_dot_name(ev->name)) continue;
             if (reqs_fd < 0) reqs_fd = relay_open_dir(rl->root_fd, "requests", 0);
-            if (reqs_fd < 0) break;   /* not a directory now: relay_check */
+            if (reqs_fd < 0) {   /* not a directory now: relay_check */
+                if (relay_starved()) relay_starve(rl);
+                break;
+            }
             if (ev->wd == rl->req_wd) {   /* a new agent directory: just it */
                 if (ev->mask & IN_ISDIR) relay_scan_agent(rl, reqs_fd, ev->name);
                 continue;
@@ -6575,7 +6591,10 @@ static void relay_events(Relay *rl) {
             int i = relay_watch_find(rl, ev->wd);
             if (i < 0) continue;
             int afd = relay_open_dir(reqs_fd, rl->watches[i].name, 0);
-            if (afd < 0) continue;
+            if (afd < 0) {
+                if (relay_starved()) relay_starve(rl);
+                continue;
+            }
             relay_take(rl, afd, rl->watches[i].name, ev->name);
             close(afd);
         }
@@ -6601,8 +6620,10 @@ static void *relay_main(void *arg) {
             next_check = now + ARC_RELAY_SCAN_MS;
         }
         if (now >= rl->next_scan) {
+            rl->next_scan = INT64_MAX;   /* the scan may ask for an earlier one */
             relay_scan(rl);
-            rl->next_scan = relay_next_scan(rl, now);
+            int64_t next = relay_next_scan(rl, now);
+            if (next < rl->next_scan) rl->next_scan = next;
         }
         struct pollfd p[2] = { { .fd = rl->wake_rd, .events = POLLIN },
                                { .fd = rl->inotify_fd, .events = POLLIN } };
