@@ -219,6 +219,25 @@ class SymlinkedSpoolTests(SpoolCase):
         self.assertFalse(os.path.exists(os.path.join(d, "spool", "responses", "victim")))
         self.assertTrue(hub.alive())
 
+    def test_symlinks_present_at_start_are_not_followed(self):
+        """The start-up scan meets a symlinked agent directory and a
+        symlinked request file (a running hub meets them through inotify,
+        test_relay.PathEscapeTests)."""
+        d = self.make_dir()
+        outside, secret = self.outside_with_request()
+        reqs = os.path.join(d, "spool", "requests")
+        os.makedirs(os.path.join(reqs, "victim"))
+        os.symlink(os.path.join(outside, "victim"), os.path.join(reqs, "evil"))
+        os.symlink(os.path.join(outside, "victim", "x.json"),
+                   os.path.join(reqs, "victim", "link.json"))
+        hub = self.start_hub(d)
+        rid, answer = RelayClient(self.spool(hub), "victim").call("GET", "/v1/hub-info")
+        self.assertEqual(answer["status"], 200, answer)
+        self.assertEqual(tree(outside), ["victim/", "victim/x.json"])
+        self.assertTrue(os.path.islink(os.path.join(reqs, "victim", "link.json")))
+        self.assertEqual(sorted(os.listdir(os.path.join(d, "spool", "responses"))), ["victim"])
+        self.assertNotStored(hub, secret)
+
     def test_symlinked_responses_dir_is_not_written(self):
         d = self.make_dir()
         outside = self.make_dir("arc-spool-outside-")
