@@ -363,6 +363,27 @@ static void buf_consume(Buf *b, size_t n) {
 static Str buf_str(const Buf *b) { return (Str){ b->p ? b->p : "", b->len }; }
 static const char *buf_cstr(const Buf *b) { return b->p ? b->p : ""; }
 
+/* Append s to out for a log line and return out's text: control
+ * characters, DEL, C1 controls, bytes that are not UTF-8 and the backslash
+ * itself become \xNN, so a name that came from outside (a spool file, an
+ * agent directory) can neither forge a log line nor send terminal escapes.
+ * Use one Buf per argument: the pointer lives until out changes. */
+static const char *log_esc(Buf *out, const char *s) {
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        size_t n = *p < 0x80 ? 1 : *p >= 0xc2 && *p <= 0xdf ? 2
+                 : *p >= 0xe0 && *p <= 0xef ? 3 : *p >= 0xf0 && *p <= 0xf4 ? 4 : 0;
+        for (size_t i = 1; i < n; i++)
+            if ((p[i] & 0xc0) != 0x80) n = 0;      /* also stops at the NUL */
+        if (n == 2 && p[0] == 0xc2 && p[1] < 0xa0) n = 0;   /* U+0080-U+009F */
+        if (n == 1 && (*p < 0x20 || *p == 0x7f || *p == '\\')) n = 0;
+        if (n) buf_add(out, p, n);
+        else buf_addf(out, "\\x%02x", *p);
+        p += n ? n : 1;
+    }
+    return buf_cstr(out);
+}
+
 static int fd_nonblock(int fd) {
     int fl = fcntl(fd, F_GETFL);
     return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
@@ -5317,20 +5338,46 @@ static void res_free(Res *r) {
  *   requests/<agent>/<id>.json   written by the client (atomically, by rename)
  *   requests/<agent>/<id>.work   the same file once the hub has claimed it
  *   responses/<agent>/<id>.json  the answer, written atomically by the hub
- * One thread watches the spool (inotify on Linux, plus a periodic scan that
- * also catches files written while no hub ran). It only moves bytes: it
- * claims and reads a request, hands it to the loop through a mutex-guarded
- * queue and one byte on the loop's wake pipe, and writes the answer file
- * when the loop hands the response back. The loop serves a relayed request
- * exactly like an HTTP one, parking it if it is a long-poll, so one agent's
- * long wait never delays another's request, and SQLite stays on the loop
- * thread. Nothing is read or written outside the spool: agent directories
- * that are symlinks are ignored, and files are opened with O_NOFOLLOW. */
+ * One thread watches the spool and only moves bytes: it claims and reads a
+ * request, hands it to the loop through a mutex-guarded queue and one byte
+ * on the loop's wake pipe, and writes the answer file when the loop hands
+ * the response back. The loop serves a relayed request exactly like an HTTP
+ * one, parking it if it is a long-poll, so one agent's long wait never
+ * delays another's request, and SQLite stays on the loop thread.
+ *
+ * The spool is hostile ground (STYLE §6b, PROTOCOL §11): any agent can put
+ * symlinks, FIFOs or odd names in it, and swap them while the thread works.
+ * So nothing is done by path below the root: the root is resolved once at
+ * start and held as a descriptor opened O_DIRECTORY|O_NOFOLLOW, and every
+ * open, rename, mkdir and stat below it is an *at() call relative to a
+ * directory descriptor, with O_NOFOLLOW / AT_SYMLINK_NOFOLLOW; requests/,
+ * responses/ and agent directories are opened O_DIRECTORY|O_NOFOLLOW each
+ * time, so a symlink in their place is refused, not followed. Request files
+ * are opened non-blocking and must fstat as regular files (a FIFO would
+ * block the thread). Answers go through a short temporary name, so any
+ * request name that fits NAME_MAX can be answered.
+ *
+ * Watching is incremental (inotify on Linux): requests/ and each agent
+ * directory has a watch; a new agent directory gets its watch and one scan
+ * of its own, so a thousand mkdirs cost a thousand small scans, not a
+ * thousand full ones. The full scan of every agent directory runs at
+ * start, on inotify overflow, when the root or requests/ is replaced,
+ * and as a backstop every ARC_RELAY_RESCAN_MS; only without inotify, or
+ * when a watch could not be added (the kernel's watch limit), does it run
+ * every ARC_RELAY_SCAN_MS as the only way to notice files. Every
+ * ARC_RELAY_SCAN_MS the thread checks, with two stat calls, that the root
+ * path still names the root it holds and which requests/ is watched: an
+ * idle hub costs nothing per agent directory. */
 
 #ifndef ARC_RELAY_SCAN_MS
-#define ARC_RELAY_SCAN_MS 1000    /* full rescan interval (inotify backup) */
+#define ARC_RELAY_SCAN_MS 1000    /* root check; full scan without inotify */
+#endif
+#ifndef ARC_RELAY_RESCAN_MS
+#define ARC_RELAY_RESCAN_MS 60000 /* full scan as a backstop to inotify */
 #endif
 #define ARC_RELAY_MAX_FILE (16u << 20)  /* a request file larger is refused */
+/* Opening a spool directory: never a symlink, never inherited. */
+#define RELAY_DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
 /* One relayed request, owned by whichever side's queue holds it. */
 typedef struct RelayReq {
@@ -5345,6 +5392,12 @@ typedef struct RelayReq {
     int status;           /* the answer, filled by the loop */
     Buf answer;           /* the hub's JSON envelope */
 } RelayReq;
+
+/* An inotify watch on one agent directory of requests/. */
+typedef struct {
+    int wd;
+    char *name;   /* owned: the directory's name under requests/ */
+} RelayWatch;
 
 struct Relay;
 /* Where a claimed request goes: NULL means the hub's own loop; `arc relay`
@@ -5364,13 +5417,22 @@ typedef struct Relay {
     int stop;                  /* shared: leave the thread */
     int loop_wake;             /* the loop's wake pipe (write end) */
     int wake_rd, wake_wr;      /* the relay's own wake pipe */
-    char root[PATH_MAX];       /* the spool directory */
+    char root[PATH_MAX];       /* the spool directory, resolved at start */
+    /* The rest belongs to the relay thread once it runs. */
+    int root_fd;               /* the root, opened O_DIRECTORY|O_NOFOLLOW */
+    dev_t root_dev, req_dev;   /* identity of the root held, and of the */
+    ino_t root_ino, req_ino;   /*   requests/ that req_wd watches */
+    int root_moved, req_bad;   /* warned that the root path or requests/
+                                  no longer names a directory we hold */
     int inotify_fd;            /* -1 without inotify */
-    int req_wd;                /* watch on requests/ */
-    struct { int wd; char name[256]; } *watches;   /* relay thread only */
-    int n_watches;
-    int64_t starved_until;     /* relay thread only: out of descriptors, so
-                                  take nothing until then (the next scan) */
+    int req_wd;                /* watch on requests/, or -1 */
+    RelayWatch *watches;       /* agent directory watches, sorted by wd */
+    int n_watches, cap_watches;
+    int n_unwatched;           /* agent directories the last full scan
+                                  could not watch (watch limit) */
+    int64_t next_scan;         /* the next full scan (clock_ms) */
+    int64_t starved_until;     /* out of descriptors, so take nothing
+                                  until then (a full scan is due then) */
 } Relay;
 
 static void relay_req_free(RelayReq *r) {
@@ -5402,7 +5464,8 @@ static void relay_safe_name(const char *agent, Buf *out) {
     if (out->p[0] == '.') out->p[0] = '_';
 }
 
-/* mkdir -p for the spool's own directories, mode 0700. */
+/* mkdir -p for the spool's own directories, mode 0700. By path: for the
+ * spool root at start and for clients writing into their own spool. */
 static int relay_mkdirs(const char *path) {
     char tmp[PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s", path);
@@ -5420,27 +5483,45 @@ static int relay_dot_name(const char *name) {
     return !strcmp(name, ".") || !strcmp(name, "..");
 }
 
-/* Is `name` a real directory under `parent` (not a symlink)? */
-static int relay_is_dir(const char *parent, const char *name) {
-    Buf p = { 0 };
-    struct stat sb;
-    buf_addf(&p, "%s/%s", parent, name);
-    int yes = lstat(p.p, &sb) == 0 && S_ISDIR(sb.st_mode);
-    buf_free(&p);
-    return yes;
+/* Open the directory `name` under dirfd, never through a symlink; with
+ * `create`, make it (mode 0700) first if missing. Returns the descriptor,
+ * or -1 with errno (ELOOP for a symlink, ENOTDIR for another file). */
+static int relay_open_dir(int dirfd, const char *name, int create) {
+    if (relay_dot_name(name) || strchr(name, '/')) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (create && mkdirat(dirfd, name, 0700) && errno != EEXIST) return -1;
+    int fd;
+    while ((fd = openat(dirfd, name, RELAY_DIR_FLAGS)) < 0 && errno == EINTR) {}
+    return fd;
 }
 
-/* Write `data` to dir/name atomically: a temporary file, then rename. */
-static int relay_write_file(const char *dir, const char *name, Str data) {
-    Buf tmp = { 0 }, dst = { 0 };
-    unsigned char r[6];
+/* Open root/sub/agent (sub is "requests" or "responses") through
+ * descriptors; with `create`, make the missing directories. */
+static int relay_agent_dir(Relay *rl, const char *sub, const char *agent, int create) {
+    int sfd = relay_open_dir(rl->root_fd, sub, create);
+    if (sfd < 0) return -1;
+    int fd = relay_open_dir(sfd, agent, create);
+    int e = errno;
+    close(sfd);
+    errno = e;
+    return fd;
+}
+
+/* Write `data` to dirfd/name atomically: a new temporary file, then
+ * renameat. The temporary name is short and fixed-length, so every name
+ * that fits NAME_MAX can be written; it starts with '.' and ends in .tmp,
+ * so no relay takes it and relay-gc collects it if left behind. */
+static int relay_write_at(int dirfd, const char *name, Str data) {
+    char tmp[32];
+    unsigned char r[8];
     rand_bytes(r, sizeof r);
-    buf_addf(&tmp, "%s/.%s.%02x%02x%02x%02x%02x%02x.tmp", dir, name, r[0], r[1],
-             r[2], r[3], r[4], r[5]);
-    buf_addf(&dst, "%s/%s", dir, name);
-    int rc = -1;
-    int fd = open(tmp.p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) goto done;
+    snprintf(tmp, sizeof tmp, ".arc-%02x%02x%02x%02x%02x%02x%02x%02x.tmp",
+             r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
+    int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                    0600);
+    if (fd < 0) return -1;
     size_t off = 0;
     while (off < data.n) {
         ssize_t w = write(fd, data.p + off, data.n - off);
@@ -5448,27 +5529,63 @@ static int relay_write_file(const char *dir, const char *name, Str data) {
         if (w <= 0) break;
         off += (size_t)w;
     }
-    int ok = off == data.n && close(fd) == 0;
-    if (ok && rename(tmp.p, dst.p) == 0) rc = 0;
-    else unlink(tmp.p);
-done:
-    buf_free(&tmp);
-    buf_free(&dst);
+    int ok = off == data.n;
+    if (close(fd)) ok = 0;
+    if (ok && renameat(dirfd, tmp, dirfd, name) == 0) return 0;
+    int e = errno;
+    unlinkat(dirfd, tmp, 0);
+    errno = e;
+    return -1;
+}
+
+/* Write `data` to dir/name atomically (the client's side, in a spool it
+ * writes as a client: dir is its own path). */
+static int relay_write_file(const char *dir, const char *name, Str data) {
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return -1;
+    int rc = relay_write_at(dfd, name, data);
+    int e = errno;
+    close(dfd);
+    errno = e;
     return rc;
+}
+
+/* Is errno "out of descriptors or memory for now", worth a retry? */
+static int relay_starved(void) {
+    return errno == EMFILE || errno == ENFILE || errno == ENOMEM;
+}
+
+/* Out of descriptors: take nothing for half a scan interval, then scan
+ * everything (whatever was missed meanwhile is found then). Without the
+ * pause an unclaimed file's rename back, itself an event, would be taken
+ * again at once, spinning the thread. */
+static void relay_starve(Relay *rl) {
+    rl->starved_until = clock_ms() + ARC_RELAY_SCAN_MS / 2;
+    if (rl->next_scan > rl->starved_until) rl->next_scan = rl->starved_until;
+}
+
+/* Log that no answer can be written for agent/file_id, escaping both. */
+static void relay_warn_unanswered(const char *agent, const char *file_id,
+                                  const char *why) {
+    Buf a = { 0 }, f = { 0 };
+    log_warn("relay: no answer for requests/%s/%s.json: %s", log_esc(&a, agent),
+             log_esc(&f, file_id), why);
+    buf_free(&a);
+    buf_free(&f);
 }
 
 /* Write the answer file for r: the reference's response envelope. Returns
  * 0 (written, or refused for good), or ARC_AGAIN when the process is out
  * of descriptors: the caller keeps r and tries again later. */
 static int relay_answer(Relay *rl, RelayReq *r, const char *error) {
-    char dir[PATH_MAX + 300], now[ISO_LEN], name[300];
-    snprintf(dir, sizeof dir, "%s/responses/%s", rl->root, r->agent);
-    if (relay_mkdirs(dir) || !relay_is_dir(rl->root, "responses")) {
-        log_warn("relay: cannot create %s", dir);
+    char now[ISO_LEN], name[300];
+    int dfd = relay_agent_dir(rl, "responses", r->agent, 1);
+    if (dfd < 0) {
+        if (relay_starved()) return ARC_AGAIN;
+        relay_warn_unanswered(r->agent, r->file_id, "responses/<agent> is not "
+                              "a directory we can write");
         return 0;
     }
-    struct stat sb;
-    if (lstat(dir, &sb) || !S_ISDIR(sb.st_mode)) return 0;   /* symlink: refuse */
     int rc = 0;
     Buf b = { 0 };
     Json j = { 0 };
@@ -5499,10 +5616,11 @@ static int relay_answer(Relay *rl, RelayReq *r, const char *error) {
     }
     buf_addc(&b, '}');
     snprintf(name, sizeof name, "%s.json", r->file_id);
-    if (relay_write_file(dir, name, buf_str(&b))) {
-        if (errno == EMFILE || errno == ENFILE) rc = ARC_AGAIN;
-        else log_warn("relay: cannot write %s/%s: %s", dir, name, strerror(errno));
+    if (relay_write_at(dfd, name, buf_str(&b))) {
+        if (relay_starved()) rc = ARC_AGAIN;
+        else relay_warn_unanswered(r->agent, r->file_id, strerror(errno));
     }
+    close(dfd);
     json_free(&j);
     buf_free(&b);
     buf_free(&err);
@@ -5583,18 +5701,30 @@ done:
     return rc;
 }
 
-/* Read a claimed request file and check it. Returns 0 with r filled, -1
- * with the reason in err, or ARC_AGAIN when the process is out of
- * descriptors or memory for now (the request is fine; try it later). */
-static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+/* Read a claimed request file, dirfd/name, and check it. Returns 0 with r
+ * filled, -1 with the reason in err, or ARC_AGAIN when the process is out
+ * of descriptors or memory for now (the request is fine; try it later).
+ * Opened non-blocking: a FIFO swapped in must not block the thread. */
+static int relay_parse(int dirfd, const char *name, RelayReq *r, char err[ARC_ERRLEN]) {
+    int fd = openat(dirfd, name, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
-        if (errno == EMFILE || errno == ENFILE || errno == ENOMEM) return ARC_AGAIN;
-        snprintf(err, ARC_ERRLEN, "cannot read request: %s", strerror(errno));
+        if (relay_starved()) return ARC_AGAIN;
+        snprintf(err, ARC_ERRLEN, "invalid relay request: cannot read the file: %s",
+                 errno == ELOOP ? "it is a symbolic link" : strerror(errno));
         return -1;
     }
-    /* One byte over the limit is enough to refuse the file. */
-    Buf data = { .max = ARC_RELAY_MAX_FILE + 1 };
+    struct stat sb;
+    Buf data = { .max = ARC_RELAY_MAX_FILE + 1 };   /* one byte over refuses */
+    int rc = -1;
+    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
+        snprintf(err, ARC_ERRLEN, "invalid relay request: not a regular file");
+        goto done;
+    }
+    if ((uint64_t)sb.st_size > ARC_RELAY_MAX_FILE) {
+        snprintf(err, ARC_ERRLEN, "request file larger than %u bytes",
+                 ARC_RELAY_MAX_FILE);
+        goto done;
+    }
     char chunk[16384];
     ssize_t n = 0;
     while (!data.err) {
@@ -5603,50 +5733,60 @@ static int relay_parse(const char *path, RelayReq *r, char err[ARC_ERRLEN]) {
         if (n <= 0) break;
         buf_add(&data, chunk, (size_t)n);
     }
-    int rc;
     if (n < 0) {
         snprintf(err, ARC_ERRLEN, "cannot read request: %s", strerror(errno));
-        rc = -1;
     } else if (data.err) {
         snprintf(err, ARC_ERRLEN, "request file larger than %u bytes",
                  ARC_RELAY_MAX_FILE);
-        rc = -1;
     } else {
         rc = relay_parse_envelope(buf_str(&data), r, err);
     }
+done:
     close(fd);
     buf_free(&data);
     return rc;
 }
 
-/* Claim one request file (rename .json -> .work) and either queue it for
- * the loop or answer a malformed one with 400 at once. */
-static void relay_take(Relay *rl, const char *agent, const char *file) {
+/* Claim one request file, requests/<agent>/<file> with afd the agent's
+ * directory (rename .json -> .work), and either queue it for the loop or
+ * answer a malformed one with 400 at once. A request whose answer could
+ * not be written (responses/<agent> is not a directory we can open) is
+ * claimed but never executed. */
+static void relay_take(Relay *rl, int afd, const char *agent, const char *file) {
     size_t n = strlen(file);
-    if (n < 6 || strcmp(file + n - 5, ".json") != 0) return;
-    char src[PATH_MAX + 600], dst[PATH_MAX + 600];
-    snprintf(src, sizeof src, "%s/requests/%s/%s", rl->root, agent, file);
-    snprintf(dst, sizeof dst, "%.*s.work", (int)strlen(src) - 5, src);
+    if (n < 6 || n > 255 || strcmp(file + n - 5, ".json") != 0) return;
+    char work[260];
+    snprintf(work, sizeof work, "%.*s.work", (int)(n - 5), file);
     struct stat sb;
     if (clock_ms() < rl->starved_until) return;
-    if (lstat(src, &sb) || !S_ISREG(sb.st_mode)) return;
-    if (rename(src, dst)) return;   /* another relay took it, or it is gone */
+    if (fstatat(afd, file, &sb, AT_SYMLINK_NOFOLLOW) || !S_ISREG(sb.st_mode)) return;
+    if (renameat(afd, file, afd, work)) return;   /* another relay took it */
     RelayReq *r = xrealloc(NULL, sizeof *r);
     memset(r, 0, sizeof *r);
     r->owner = rl;
     r->agent = xstrndup(agent, strlen(agent));
     r->file_id = xstrndup(file, n - 5);
     char err[ARC_ERRLEN];
-    int rc = relay_parse(dst, r, err);
-    if (rc == ARC_AGAIN) {
-        /* Unclaim it for a later scan. The rename back is itself an inotify
-         * event: without the pause it would be taken again at once, for
-         * as long as descriptors are short, spinning this thread. */
-        rl->starved_until = clock_ms() + ARC_RELAY_SCAN_MS / 2;
-        if (rename(dst, src)) log_warn("relay: cannot unclaim %s", dst);
+    int rc = relay_parse(afd, work, r, err);
+    int rfd = rc == ARC_AGAIN ? -1 : relay_agent_dir(rl, "responses", agent, 1);
+    if (rc == ARC_AGAIN || (rfd < 0 && relay_starved())) {
+        relay_starve(rl);   /* unclaim it for the scan that follows */
+        if (renameat(afd, work, afd, file)) {
+            Buf a = { 0 }, f = { 0 };
+            log_warn("relay: cannot unclaim requests/%s/%s", log_esc(&a, agent),
+                     log_esc(&f, work));
+            buf_free(&a), buf_free(&f);
+        }
         relay_req_free(r);
         return;
     }
+    if (rfd < 0) {
+        relay_warn_unanswered(agent, r->file_id, "responses/<agent> is not a "
+                              "directory we can write; not executed");
+        relay_req_free(r);
+        return;
+    }
+    close(rfd);
     if (rc) {
         r->status = 400;
         relay_answer(rl, r, err);
@@ -5665,59 +5805,202 @@ static void relay_take(Relay *rl, const char *agent, const char *file) {
     (void)w;
 }
 
-static void relay_watch(Relay *rl, const char *agent) {
+/* The index of watch wd in rl->watches, or -(insertion point) - 1. */
+static int relay_watch_find(const Relay *rl, int wd) {
+    int lo = 0, hi = rl->n_watches;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (rl->watches[mid].wd == wd) return mid;
+        if (rl->watches[mid].wd < wd) lo = mid + 1;
+        else hi = mid;
+    }
+    return -lo - 1;
+}
+
+/* Add an inotify watch on the directory open as fd, named `path` (for
+ * systems without /proc). Through /proc/self/fd the watch lands on exactly
+ * the directory we hold, whatever the path names by now. Returns the wd or
+ * -1. */
+static int relay_add_watch(Relay *rl, int fd, const char *path, uint32_t mask) {
 #ifdef __linux__
-    if (rl->inotify_fd < 0) return;
-    for (int i = 0; i < rl->n_watches; i++)
-        if (!strcmp(rl->watches[i].name, agent)) return;
-    char p[PATH_MAX + 300];
-    snprintf(p, sizeof p, "%s/requests/%s", rl->root, agent);
-    int wd = inotify_add_watch(rl->inotify_fd, p,
-                               IN_MOVED_TO | IN_CLOSE_WRITE | IN_DONT_FOLLOW |
-                               IN_ONLYDIR);
-    if (wd < 0) return;
-    rl->watches = xrealloc(rl->watches, (size_t)(rl->n_watches + 1) * sizeof *rl->watches);
-    rl->watches[rl->n_watches].wd = wd;
-    snprintf(rl->watches[rl->n_watches].name, 256, "%s", agent);
-    rl->n_watches++;
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    int wd = inotify_add_watch(rl->inotify_fd, proc, mask | IN_ONLYDIR);
+    if (wd < 0 && errno == ENOENT)
+        wd = inotify_add_watch(rl->inotify_fd, path, mask | IN_ONLYDIR | IN_DONT_FOLLOW);
+    return wd;
 #else
-    (void)rl, (void)agent;
+    (void)rl, (void)fd, (void)path, (void)mask;
+    return -1;
 #endif
 }
 
-/* Scan every agent directory for waiting requests, oldest name first. */
+/* Watch the agent directory open as afd (requests/<agent>). A directory
+ * watched already (renamed, or seen again by a full scan) keeps its wd;
+ * only its name is brought up to date. Returns 0, or -1 if no watch. */
+static int relay_watch(Relay *rl, int afd, const char *agent) {
+#ifdef __linux__
+    if (rl->inotify_fd < 0) return -1;
+    Buf path = { 0 };
+    buf_addf(&path, "%s/requests/%s", rl->root, agent);
+    int wd = relay_add_watch(rl, afd, path.p, IN_MOVED_TO | IN_CLOSE_WRITE);
+    buf_free(&path);
+    if (wd < 0) return -1;
+    int i = relay_watch_find(rl, wd);
+    if (i >= 0) {
+        if (strcmp(rl->watches[i].name, agent)) {
+            free(rl->watches[i].name);
+            rl->watches[i].name = xstrndup(agent, strlen(agent));
+        }
+        return 0;
+    }
+    i = -i - 1;
+    if (rl->n_watches == rl->cap_watches)
+        rl->watches = vec_grow(rl->watches, &rl->cap_watches, sizeof *rl->watches);
+    memmove(rl->watches + i + 1, rl->watches + i,
+            (size_t)(rl->n_watches - i) * sizeof *rl->watches);
+    rl->watches[i] = (RelayWatch){ wd, xstrndup(agent, strlen(agent)) };
+    rl->n_watches++;
+    return 0;
+#else
+    (void)rl, (void)afd, (void)agent;
+    return -1;
+#endif
+}
+
+/* Watch requests/<agent> and take every request waiting in it, oldest name
+ * first. reqs_fd is requests/. */
+static void relay_scan_agent(Relay *rl, int reqs_fd, const char *agent) {
+    int afd = relay_open_dir(reqs_fd, agent, 0);
+    if (afd < 0) {   /* gone, or not a directory: not an agent */
+        if (relay_starved()) relay_starve(rl);
+        return;
+    }
+    if (relay_watch(rl, afd, agent) && rl->inotify_fd >= 0) rl->n_unwatched++;
+    int dfd = dup(afd);
+    DIR *ad = dfd < 0 ? NULL : fdopendir(dfd);
+    if (!ad) {
+        relay_starve(rl);
+        if (dfd >= 0) close(dfd);
+        close(afd);
+        return;
+    }
+    char **names = NULL;
+    int n = 0, cap = 0;
+    struct dirent *f;
+    while ((f = readdir(ad))) {
+        size_t len = strlen(f->d_name);
+        if (len < 6 || strcmp(f->d_name + len - 5, ".json")) continue;
+        if (n == cap) names = vec_grow(names, &cap, sizeof *names);
+        names[n++] = xstrndup(f->d_name, len);
+    }
+    closedir(ad);
+    if (n) qsort(names, (size_t)n, sizeof *names, cstr_cmp);
+    for (int i = 0; i < n; i++) {
+        relay_take(rl, afd, agent, names[i]);
+        free(names[i]);
+    }
+    free(names);
+    close(afd);
+}
+
+/* Scan every agent directory: at start, on inotify overflow, when the
+ * root or requests/ changed, and as the backstop (see the design note). */
 static void relay_scan(Relay *rl) {
-    char reqs[PATH_MAX + 16];
-    snprintf(reqs, sizeof reqs, "%s/requests", rl->root);
-    DIR *d = opendir(reqs);
-    if (!d) return;
+    rl->n_unwatched = 0;
+    int reqs_fd = relay_open_dir(rl->root_fd, "requests", 0);
+    if (reqs_fd < 0) {
+        if (relay_starved()) relay_starve(rl);
+        return;
+    }
+    int dfd = dup(reqs_fd);
+    DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
+    if (!d) {
+        relay_starve(rl);
+        if (dfd >= 0) close(dfd);
+        close(reqs_fd);
+        return;
+    }
     struct dirent *e;
     while ((e = readdir(d))) {
         if (relay_dot_name(e->d_name) || strlen(e->d_name) > 255) continue;
-        if (!relay_is_dir(reqs, e->d_name)) continue;
-        relay_watch(rl, e->d_name);
-        char dir[PATH_MAX + 300];
-        snprintf(dir, sizeof dir, "%s/%s", reqs, e->d_name);
-        DIR *ad = opendir(dir);
-        if (!ad) continue;
-        char **names = NULL;
-        int n = 0;
-        struct dirent *f;
-        while ((f = readdir(ad))) {
-            size_t len = strlen(f->d_name);
-            if (len < 6 || strcmp(f->d_name + len - 5, ".json")) continue;
-            names = xrealloc(names, (size_t)(n + 1) * sizeof *names);
-            names[n++] = xstrndup(f->d_name, len);
-        }
-        closedir(ad);
-        if (n) qsort(names, (size_t)n, sizeof *names, cstr_cmp);
-        for (int i = 0; i < n; i++) {
-            relay_take(rl, e->d_name, names[i]);
-            free(names[i]);
-        }
-        free(names);
+#ifdef DT_DIR
+        if (e->d_type != DT_DIR && e->d_type != DT_UNKNOWN) continue;
+#endif
+        relay_scan_agent(rl, reqs_fd, e->d_name);
     }
     closedir(d);
+    close(reqs_fd);
+    if (rl->n_unwatched) {
+        Buf r = { 0 };
+        log_warn("relay: %d agent directories in %s/requests cannot be watched "
+                 "(inotify watch limit?); scanning every %d ms", rl->n_unwatched,
+                 log_esc(&r, rl->root), ARC_RELAY_SCAN_MS);
+        buf_free(&r);
+    }
+}
+
+/* When the next full scan is due after one that ran at `now`. */
+static int64_t relay_next_scan(const Relay *rl, int64_t now) {
+    int polled = rl->inotify_fd < 0 || rl->req_wd < 0 || rl->n_unwatched;
+    return now + (polled ? ARC_RELAY_SCAN_MS : ARC_RELAY_RESCAN_MS);
+}
+
+/* Every ARC_RELAY_SCAN_MS: does the root path still name the root we hold,
+ * and is the requests/ under it the one we watch? A new real directory at
+ * the root path (the spool was removed and made again) is taken over; a
+ * symlink or other file there is refused and the held root kept. A new
+ * requests/ gets a watch. Either change makes a full scan due now. */
+static void relay_check(Relay *rl) {
+    struct stat sb;
+    Buf p = { 0 };
+    if (lstat(rl->root, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        if (sb.st_dev == rl->root_dev && sb.st_ino == rl->root_ino) {
+            rl->root_moved = 0;
+        } else {
+            int fd = open(rl->root, RELAY_DIR_FLAGS);
+            if (fd >= 0 && fstat(fd, &sb) == 0) {
+                close(rl->root_fd);
+                rl->root_fd = fd, fd = -1;
+                rl->root_dev = sb.st_dev, rl->root_ino = sb.st_ino;
+                rl->root_moved = 0;
+                rl->req_ino = 0;
+                rl->next_scan = 0;
+            }
+            if (fd >= 0) close(fd);
+        }
+    } else if (!rl->root_moved) {
+        rl->root_moved = 1;
+        log_warn("relay: %s is no longer the spool directory (a symlink, another "
+                 "file, or gone); nothing is followed there, the directory held "
+                 "since start is still served", log_esc(&p, rl->root));
+    }
+    if (fstatat(rl->root_fd, "requests", &sb, AT_SYMLINK_NOFOLLOW) || !S_ISDIR(sb.st_mode)) {
+        if (!rl->req_bad) {
+            buf_reset(&p);
+            log_warn("relay: %s/requests is not a directory (a symlink?); ignored",
+                     log_esc(&p, rl->root));
+        }
+        rl->req_bad = 1;
+        buf_free(&p);
+        return;
+    }
+    rl->req_bad = 0;
+    buf_free(&p);
+    if (sb.st_dev == rl->req_dev && sb.st_ino == rl->req_ino && rl->req_wd >= 0) return;
+    rl->req_dev = sb.st_dev, rl->req_ino = sb.st_ino;
+    rl->next_scan = 0;
+#ifdef __linux__
+    if (rl->inotify_fd < 0) return;
+    int fd = relay_open_dir(rl->root_fd, "requests", 0);
+    if (fd < 0) return;
+    if (rl->req_wd >= 0) inotify_rm_watch(rl->inotify_fd, rl->req_wd);
+    Buf path = { 0 };
+    buf_addf(&path, "%s/requests", rl->root);
+    rl->req_wd = relay_add_watch(rl, fd, path.p, IN_CREATE | IN_MOVED_TO);
+    buf_free(&path);
+    close(fd);
+#endif
 }
 
 /* Write every answer the loop has handed back. */
@@ -5752,30 +6035,45 @@ static void relay_events(Relay *rl) {
     char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
     ssize_t n;
     while ((n = read(rl->inotify_fd, buf, sizeof buf)) > 0) {
+        int reqs_fd = -1;   /* requests/, opened once per batch when needed */
         for (char *p = buf; p < buf + n;) {
             struct inotify_event *ev = (struct inotify_event *)(void *)p;
             p += sizeof *ev + ev->len;
             if (ev->mask & IN_Q_OVERFLOW) {
-                relay_scan(rl);
+                rl->next_scan = 0;   /* events were lost: scan everything */
                 continue;
             }
             if (ev->mask & IN_IGNORED) {   /* the directory went away */
-                for (int i = 0; i < rl->n_watches; i++)
-                    if (rl->watches[i].wd == ev->wd)
-                        rl->watches[i] = rl->watches[--rl->n_watches];
+                int i = relay_watch_find(rl, ev->wd);
+                if (ev->wd == rl->req_wd) rl->req_wd = -1;   /* relay_check */
+                if (i < 0) continue;
+                free(rl->watches[i].name);
+                memmove(rl->watches + i, rl->watches + i + 1,
+                        (size_t)(rl->n_watches - i - 1) * sizeof *rl->watches);
+                rl->n_watches--;
                 continue;
             }
-            if (!ev->len) continue;
-            if (ev->wd == rl->req_wd) {
-                if ((ev->mask & IN_ISDIR) && !relay_dot_name(ev->name)) relay_scan(rl);
+            if (!ev->len || relay_dot_name(ev->name)) continue;
+            if (reqs_fd < 0) reqs_fd = relay_open_dir(rl->root_fd, "requests", 0);
+            if (reqs_fd < 0) {   /* not a directory now: relay_check */
+                if (relay_starved()) relay_starve(rl);
+                break;
+            }
+            if (ev->wd == rl->req_wd) {   /* a new agent directory: just it */
+                if (ev->mask & IN_ISDIR) relay_scan_agent(rl, reqs_fd, ev->name);
                 continue;
             }
-            for (int i = 0; i < rl->n_watches; i++)
-                if (rl->watches[i].wd == ev->wd) {
-                    relay_take(rl, rl->watches[i].name, ev->name);
-                    break;
-                }
+            int i = relay_watch_find(rl, ev->wd);
+            if (i < 0) continue;
+            int afd = relay_open_dir(reqs_fd, rl->watches[i].name, 0);
+            if (afd < 0) {
+                if (relay_starved()) relay_starve(rl);
+                continue;
+            }
+            relay_take(rl, afd, rl->watches[i].name, ev->name);
+            close(afd);
         }
+        if (reqs_fd >= 0) close(reqs_fd);
     }
 #else
     (void)rl;
@@ -5784,7 +6082,7 @@ static void relay_events(Relay *rl) {
 
 static void *relay_main(void *arg) {
     Relay *rl = arg;
-    int64_t next_scan = 0;
+    int64_t next_check = 0;
     for (;;) {
         pthread_mutex_lock(&rl->mu);
         int stop = rl->stop;
@@ -5792,14 +6090,21 @@ static void *relay_main(void *arg) {
         relay_flush(rl);
         if (stop) break;
         int64_t now = clock_ms();
-        if (now >= next_scan) {
+        if (now >= next_check) {
+            relay_check(rl);
+            next_check = now + ARC_RELAY_SCAN_MS;
+        }
+        if (now >= rl->next_scan) {
+            rl->next_scan = INT64_MAX;   /* the scan may ask for an earlier one */
             relay_scan(rl);
-            next_scan = now + ARC_RELAY_SCAN_MS;
+            int64_t next = relay_next_scan(rl, now);
+            if (next < rl->next_scan) rl->next_scan = next;
         }
         struct pollfd p[2] = { { .fd = rl->wake_rd, .events = POLLIN },
                                { .fd = rl->inotify_fd, .events = POLLIN } };
         int np = rl->inotify_fd >= 0 ? 2 : 1;
-        int64_t wait = next_scan - clock_ms();
+        int64_t until = rl->next_scan < next_check ? rl->next_scan : next_check;
+        int64_t wait = until - clock_ms();
         if (poll(p, (nfds_t)np, wait < 0 ? 0 : (int)wait) < 0 && errno != EINTR) break;
         if (p[0].revents) {
             char tmp[64];
@@ -5810,7 +6115,7 @@ static void *relay_main(void *arg) {
     return NULL;
 }
 
-/* Create the spool directories and start the thread. */
+/* Create the spool directories, open the root and start the thread. */
 static Relay *relay_start(const char *spool, int loop_wake, RelayDispatch dispatch,
                           const char *forward_url, const char *forward_token,
                           char err[ARC_ERRLEN]) {
@@ -5821,28 +6126,35 @@ static Relay *relay_start(const char *spool, int loop_wake, RelayDispatch dispat
     rl->forward_url = forward_url;
     rl->forward_token = forward_token;
     rl->inotify_fd = -1;
-    char reqs[PATH_MAX + 16], resp[PATH_MAX + 16];
-    snprintf(reqs, sizeof reqs, "%s/requests", spool);
-    snprintf(resp, sizeof resp, "%s/responses", spool);
-    if (relay_mkdirs(reqs) || relay_mkdirs(resp) || !realpath(spool, rl->root)) {
+    rl->req_wd = -1;
+    /* The path the user gave is followed once, here; the root is then
+     * held by descriptor (realpath leaves no symlink in rl->root, and
+     * O_NOFOLLOW refuses one swapped in since). */
+    struct stat sb;
+    rl->root_fd = -1;
+    if (relay_mkdirs(spool) || !realpath(spool, rl->root) ||
+        (rl->root_fd = open(rl->root, RELAY_DIR_FLAGS)) < 0 || fstat(rl->root_fd, &sb) ||
+        (mkdirat(rl->root_fd, "requests", 0700) && errno != EEXIST) ||
+        (mkdirat(rl->root_fd, "responses", 0700) && errno != EEXIST)) {
         snprintf(err, ARC_ERRLEN, "cannot create relay spool %s: %s", spool,
                  strerror(errno));
+        if (rl->root_fd >= 0) close(rl->root_fd);
         free(rl);
         return NULL;
     }
+    rl->root_dev = sb.st_dev, rl->root_ino = sb.st_ino;
     int pfd[2];
     if (pipe(pfd)) die("pipe: %s", strerror(errno));
     rl->wake_rd = pfd[0], rl->wake_wr = pfd[1];
     fd_nonblock(rl->wake_rd);
     fd_nonblock(rl->wake_wr);
+    fcntl(rl->wake_rd, F_SETFD, FD_CLOEXEC);
+    fcntl(rl->wake_wr, F_SETFD, FD_CLOEXEC);
 #ifdef __linux__
-    snprintf(reqs, sizeof reqs, "%s/requests", rl->root);
     rl->inotify_fd = inotify_init();
     if (rl->inotify_fd >= 0) {
         fd_nonblock(rl->inotify_fd);
         fcntl(rl->inotify_fd, F_SETFD, FD_CLOEXEC);
-        rl->req_wd = inotify_add_watch(rl->inotify_fd, reqs,
-                                       IN_CREATE | IN_MOVED_TO | IN_ONLYDIR);
     }
 #endif
     pthread_mutex_init(&rl->mu, NULL);
@@ -5923,8 +6235,10 @@ static void relay_stop(Relay *rl) {
         r = next;
     }
     if (rl->inotify_fd >= 0) close(rl->inotify_fd);
+    close(rl->root_fd);
     close(rl->wake_rd), close(rl->wake_wr);
     pthread_mutex_destroy(&rl->mu);
+    for (int i = 0; i < rl->n_watches; i++) free(rl->watches[i].name);
     free(rl->watches);
     free(rl);
 }
@@ -9397,20 +9711,27 @@ static int64_t parse_duration(const char *s) {
     return mul < 0 || n > INT64_MAX / 86400 ? -1 : n * mul;
 }
 
-/* Remove files older than `cutoff` (epoch seconds) from each agent
- * directory under spool/sub whose names end in one of the suffixes. */
-static int relay_gc_dir(const char *spool, const char *sub, const char *const *suffixes,
+/* Remove files older than `cutoff` (epoch seconds) whose names end in one
+ * of the suffixes from each agent directory under root/sub, and agent
+ * directories idle since before the cutoff that end up empty. Through
+ * directory descriptors and never through a link (STYLE §6b): a symlink
+ * in place of sub, an agent directory or a file is left alone, so nothing
+ * outside the spool is deleted. Returns the number of entries removed. */
+static int relay_gc_dir(int root_fd, const char *sub, const char *const *suffixes,
                         time_t cutoff) {
-    Buf root = { 0 };
-    buf_addf(&root, "%s/%s", spool, sub);
     int removed = 0;
-    DIR *d = opendir(root.p);
+    int sfd = relay_open_dir(root_fd, sub, 0);
+    int dfd = sfd < 0 ? -1 : dup(sfd);
+    DIR *d = dfd < 0 ? NULL : fdopendir(dfd);
+    if (!d && dfd >= 0) close(dfd);
     struct dirent *e;
     while (d && (e = readdir(d))) {
-        if (relay_dot_name(e->d_name) || !relay_is_dir(root.p, e->d_name)) continue;
-        Buf dir = { 0 };
-        buf_addf(&dir, "%s/%s", root.p, e->d_name);
-        DIR *ad = opendir(dir.p);
+        int afd = relay_open_dir(sfd, e->d_name, 0);
+        struct stat ast, sb;
+        if (afd < 0) continue;
+        int adup = fstat(afd, &ast) ? -1 : dup(afd);
+        DIR *ad = adup < 0 ? NULL : fdopendir(adup);
+        if (!ad && adup >= 0) close(adup);
         struct dirent *f;
         while (ad && (f = readdir(ad))) {
             size_t n = strlen(f->d_name);
@@ -9419,20 +9740,20 @@ static int relay_gc_dir(const char *spool, const char *sub, const char *const *s
                 size_t k = strlen(suffixes[i]);
                 match |= n > k && !strcmp(f->d_name + n - k, suffixes[i]);
             }
-            if (!match) continue;
-            Buf p = { 0 };
-            struct stat sb;
-            buf_addf(&p, "%s/%s", dir.p, f->d_name);
-            if (lstat(p.p, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_mtime < cutoff &&
-                unlink(p.p) == 0)
+            if (match && fstatat(afd, f->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 &&
+                S_ISREG(sb.st_mode) && sb.st_mtime < cutoff &&
+                unlinkat(afd, f->d_name, 0) == 0)
                 removed++;
-            buf_free(&p);
         }
         if (ad) closedir(ad);
-        buf_free(&dir);
+        close(afd);
+        /* Idle: not changed since the cutoff before this sweep. rmdir
+         * fails on anything left in it, and on a symlink. */
+        if (ad && ast.st_mtime < cutoff && unlinkat(sfd, e->d_name, AT_REMOVEDIR) == 0)
+            removed++;
     }
     if (d) closedir(d);
-    buf_free(&root);
+    if (sfd >= 0) close(sfd);
     return removed;
 }
 
@@ -9475,8 +9796,15 @@ static int cmd_relay_gc(int argc, char **argv) {
     time_t cutoff = time(NULL) - (time_t)age;
     static const char *const req_sfx[] = { ".work", ".tmp", NULL };
     static const char *const resp_sfx[] = { ".json", ".tmp", NULL };
-    int n = relay_gc_dir(spool, "requests", req_sfx, cutoff) +
-            relay_gc_dir(spool, "responses", resp_sfx, cutoff);
+    /* The spool path itself is the user's and followed; nothing under it. */
+    int root_fd = open(spool, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd < 0 && errno != ENOENT) {
+        fprintf(stderr, "arc relay-gc: %s: %s\n", spool, strerror(errno));
+        return 1;
+    }
+    int n = relay_gc_dir(root_fd, "requests", req_sfx, cutoff) +
+            relay_gc_dir(root_fd, "responses", resp_sfx, cutoff);
+    if (root_fd >= 0) close(root_fd);
     printf("{\n  \"removed\": %d\n}\n", n);
     return 0;
 }

@@ -46,7 +46,7 @@ from hubtest import (REF, Hub, HubCase, arc_only, free_port, hub_command, parse_
 
 ANSWER_TIMEOUT = 10.0     # a well-formed relay request must be answered within this
 CLIENT_POLL = 0.005       # our client's polling interval for the answer file
-RELAY_SCAN_WAIT = 1.5     # > arc's 1 s periodic rescan (ARC_RELAY_SCAN_MS)
+RELAY_SCAN_WAIT = 1.5     # > arc's 1 s check of the spool (ARC_RELAY_SCAN_MS)
 ENVELOPE_KEYS = {"request_id", "ok", "status", "body", "completed_at"}
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -463,7 +463,7 @@ class MalformedTests(RelayCase):
             f.write("{}")
         with open(os.path.join(reqs, uid("stray") + ".json"), "w") as f:
             f.write('{"method": "GET", "path": "/v1/hub-info"}')
-        for _ in range(2):   # each in a new directory: each triggers a full scan
+        for _ in range(2):   # each in a new directory
             rid, answer = self.client(uid("after-empty")).call("GET", "/v1/hub-info")
             self.assertAnswer(answer, rid, 200)
         self.assertTrue(self.hub.alive())
@@ -794,8 +794,8 @@ class PathEscapeTests(RelayCase):
 
     def settle(self):
         """Let the relay see the spool: a probe in a NEW agent directory
-        (its creation triggers a full scan) is answered, then one periodic
-        rescan interval passes. The wait is the point of these tests."""
+        (its creation is an event like the trap's) is answered, then one
+        check interval passes. The wait is the point of these tests."""
         rid, answer = self.client(uid("probe")).call("GET", "/v1/hub-info")
         self.assertEqual(answer["status"], 200)
         time.sleep(RELAY_SCAN_WAIT)

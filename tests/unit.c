@@ -2428,6 +2428,26 @@ static void test_options(void) {
     free(text);
 }
 
+/* log_esc: names from outside can neither break a log line nor send
+ * terminal escapes; printable UTF-8 passes through. */
+static void test_log_esc(void) {
+    static const struct { const char *in, *out; } cases[] = {
+        { "plain name.json", "plain name.json" },
+        { "\ntouch PWNED #.json", "\\x0atouch PWNED #.json" },
+        { "a\rb\tc\x1b[31md\x7f", "a\\x0db\\x09c\\x1b[31md\\x7f" },
+        { "back\\slash", "back\\x5cslash" },
+        { "\xc3\xbcn\xc3\xaf" "code \xe2\x82\xac \xf0\x9f\x98\x80",
+          "\xc3\xbcn\xc3\xaf" "code \xe2\x82\xac \xf0\x9f\x98\x80" },
+        { "c1 \xc2\x9b csi", "c1 \\xc2\\x9b csi" },          /* U+009B */
+        { "bad \xff \xc3( \xe2\x82", "bad \\xff \\xc3( \\xe2\\x82" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        Buf b = { 0 };
+        CHECKM(!strcmp(log_esc(&b, cases[i].in), cases[i].out), cases[i].out);
+        buf_free(&b);
+    }
+}
+
 int main(void) {
     test_buf();
     test_str();
@@ -2461,6 +2481,7 @@ int main(void) {
     test_message_cache();
     test_wait_match();
     test_options();
+    test_log_esc();
     ut_guard_free();
     printf("unit: %d passed, %d failed\n", ut_pass, ut_fail);
     return ut_fail > 0;
