@@ -137,6 +137,19 @@
 #endif
 #define ARC_MSG_CACHE_SLOTS 4096  /* ... direct-mapped by message id */
 #define ARC_MSG_CACHE_ENTRY 16384 /* ... larger messages are not cached */
+#ifndef ARC_MAX_STORED_DEPTH
+/* Nesting of a stored JSON value (metadata, an attachment list): an answer
+ * wraps it in at most 5 more levels (envelope, result, thread, list,
+ * message), and arc's own clients parse answers with ARC_JSON_DEPTH. */
+#define ARC_MAX_STORED_DEPTH (ARC_JSON_DEPTH / 2)   /* 64 */
+#endif
+_Static_assert(ARC_MAX_STORED_DEPTH + 5 <= ARC_JSON_DEPTH,
+               "stored values must fit in an answer arc can parse");
+#ifndef ARC_MAX_PAGE_BYTES
+/* A page of messages stops before the row that would take it past this
+ * (the first row always goes in); PROTOCOL §4.3. */
+#define ARC_MAX_PAGE_BYTES (1u << 20)
+#endif
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
@@ -1255,6 +1268,23 @@ static size_t json_pylen(const Json *j, uint32_t i) {
     }
 }
 
+/* Nesting depth of the value at token i: 0 for a scalar, 1 for [] or {},
+ * one more per level inside. The hub bounds what it stores by it
+ * (ARC_MAX_STORED_DEPTH), so that every answer carrying a stored value
+ * stays within ARC_JSON_DEPTH for its readers. */
+static int json_depth(const Json *j, uint32_t i) {
+    uint32_t ends[ARC_JSON_DEPTH + 1];   /* open containers' next indices */
+    int n = 0, max = 0;
+    for (uint32_t k = i; k < j->t[i].next; k++) {
+        while (n && k >= ends[n - 1]) n--;
+        if (j->t[k].type != JSON_ARR && j->t[k].type != JSON_OBJ) continue;
+        assert(n <= ARC_JSON_DEPTH);
+        ends[n++] = j->t[k].next;
+        if (n > max) max = n;
+    }
+    return max;
+}
+
 /* ==== http: request parsing, query decoding, responses ==================== */
 
 /* The parser never allocates and never keeps state between calls: the loop
@@ -2199,6 +2229,7 @@ typedef struct {
     int64_t max_body_chars;        /* message body, in code points */
     int64_t max_attachment_chars;  /* one attachment's JSON-encoded content */
     int64_t max_attachments;       /* per message */
+    int64_t max_metadata_chars;    /* one stored metadata object, encoded */
     int64_t presence_ttl_s;        /* a session idle this long expires */
     int sync_full;                 /* PRAGMA synchronous=FULL (default) */
     int max_conns;                 /* client sockets, ARC_MAX_CONNS */
@@ -2389,6 +2420,36 @@ static void hub_tx_end(Hub *h, Req *q, int ok) {
 
 /* ---- request fields, coerced as the reference coerces them ---- */
 
+/* Identifiers (agents, channels, threads, claim keys, lock paths) may not
+ * hold NUL: SQLite compares all their bytes while C strings and query
+ * filters stop at the first NUL, so `general\0x` would be two names at
+ * once (PROTOCOL §3.6). Returns 0, or -1 with r failed. */
+static int hub_no_nul(Res *r, const char *name, Str v) {
+    if (!v.n || !memchr(v.p, 0, v.n)) return 0;
+    hub_fail(r, 400, "%s must not contain a NUL character", name);
+    return -1;
+}
+
+/* A JSON value the hub stores and echoes (PROTOCOL §4.3): nested at most
+ * ARC_MAX_STORED_DEPTH levels, counting the `outer` levels it will sit in
+ * (an attachment's value sits 2 deep in the stored list), and when
+ * size_max > 0 at most that long JSON-encoded, as Python counts. Returns
+ * 0, or -1 with r failed. */
+static int hub_stored(Res *r, const Json *j, uint32_t v, const char *name,
+                      int outer, int64_t size_max) {
+    if (json_depth(j, v) + outer > ARC_MAX_STORED_DEPTH) {
+        hub_fail(r, 400, "%s nested deeper than %d levels "
+                 "(ARC_MAX_STORED_DEPTH)", name, ARC_MAX_STORED_DEPTH);
+        return -1;
+    }
+    if (size_max > 0 && (int64_t)json_pylen(j, v) > size_max) {
+        hub_fail(r, 400, "%s exceeds max size (max_metadata_chars %lld)", name,
+                 (long long)size_max);
+        return -1;
+    }
+    return 0;
+}
+
 /* String field: absent or null -> 0 (or "NAME is required" when required);
  * present -> its text, trimmed, in out, 1. A required field that trims to
  * nothing is missing too. Returns 1, 0, or -1 with r failed. */
@@ -2401,6 +2462,7 @@ static int hub_str(Req *q, Res *r, const char *name, int required, Buf *out) {
         memmove(out->p, t.p, t.n);
         out->len = t.n;
         out->p[t.n] = 0;
+        if (hub_no_nul(r, name, buf_str(out))) return -1;
         if (t.n || !required) return 1;
     }
     if (!required) return 0;
@@ -2412,18 +2474,28 @@ static int hub_str(Req *q, Res *r, const char *name, int required, Buf *out) {
 static int hub_int(Req *q, Res *r, const char *name, int64_t *out) {
     uint32_t v = q->has_body ? json_get_val(&q->body, 0, name) : 0;
     if (!v) return 0;
-    if (json_to_i64(&q->body, v, out) == 0) return 1;
+    if (json_to_i64(&q->body, v, out) == 0) {
+        if (*out != ARC_NO_ID) return 1;   /* "absent" to the handlers */
+        hub_fail(r, 400, "%s is out of range", name);
+        return -1;
+    }
     hub_fail(r, 400, "%s must be an integer", name);
     return -1;
 }
 
-/* Object field: token index (0 = absent or null), or -1 with r failed. */
-static long hub_obj(Req *q, Res *r, const char *name) {
-    uint32_t v = q->has_body ? json_get_val(&q->body, 0, name) : 0;
-    if (!v) return 0;
-    if (q->body.t[v].type == JSON_OBJ) return (long)v;
-    hub_fail(r, 400, "%s must be a JSON object", name);
-    return -1;
+/* The metadata field of a session, channel, claim or lock into out: its
+ * compact JSON, "{}" when absent or null. Returns 0, or -1 with r failed. */
+static int hub_meta(Hub *h, Req *q, Res *r, Buf *out) {
+    uint32_t v = q->has_body ? json_get_val(&q->body, 0, "metadata") : 0;
+    if (v && q->body.t[v].type != JSON_OBJ) {
+        hub_fail(r, 400, "metadata must be a JSON object");
+        return -1;
+    }
+    if (v && hub_stored(r, &q->body, v, "metadata", 0, h->cfg.max_metadata_chars))
+        return -1;
+    if (v) json_write(out, &q->body, v);
+    else buf_adds(out, "{}");
+    return 0;
 }
 
 /* A ttl_sec field (claims, locks): default 300, at least 5, at most ten
@@ -2451,9 +2523,21 @@ static int hub_qp(Req *q, Res *r, const char *name) {
     return rc;
 }
 
-/* Query parameter copied out (owned), or NULL when absent. */
-static char *hub_qdup(Req *q, Res *r, const char *name, int *err) {
+/* An identifier in the query (agent, channel, thread...) into q->tmp: as
+ * hub_qp, and -1 (r failed) when it holds a NUL (see hub_no_nul). */
+static int hub_qid(Req *q, Res *r, const char *name) {
     int rc = hub_qp(q, r, name);
+    if (rc > 0 && memchr(q->tmp.p, 0, q->tmp.len)) {
+        hub_fail(r, 400, "query parameter %s must not contain a NUL character",
+                 name);
+        return -1;
+    }
+    return rc;
+}
+
+/* Query identifier copied out (owned), or NULL when absent. */
+static char *hub_qdup(Req *q, Res *r, const char *name, int *err) {
+    int rc = hub_qid(q, r, name);
     if (rc < 0) *err = 1;
     return rc > 0 ? xstrndup(q->tmp.p, q->tmp.len) : NULL;
 }
@@ -2835,6 +2919,7 @@ static int hub_attachment(Hub *h, Json *j, uint32_t a, Res *r, Buf *out) {
             hub_fail(r, 400, "attachment type %.*s exceeds max size", (int)t.n, t.p);
             goto done;
         }
+        if (hub_stored(r, j, c, "attachment content", 2, 0)) goto done;
         buf_adds(out, ",\"content\":");
         json_write(out, j, c);
         if (str_eq(t, "code") && (v = json_get_val(j, a, "language"))) {
@@ -2855,6 +2940,7 @@ static int hub_attachment(Hub *h, Json *j, uint32_t a, Res *r, Buf *out) {
         static const char *const opt[] = { "description", "base", "head" };
         for (int i = 0; i < 3; i++)
             if ((v = json_get_val(j, a, opt[i]))) {
+                if (hub_stored(r, j, v, opt[i], 2, 0)) goto done;
                 buf_addf(out, ",\"%s\":", opt[i]);
                 json_write(out, j, v);
             }
@@ -2927,11 +3013,13 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         goto done;
     }
     if (!rc) parent = ARC_NO_ID;
-    if (hub_str(q, r, "from_agent", 0, &from) <= 0 || from.len == 0) {
+    if ((rc = hub_str(q, r, "from_agent", 0, &from)) < 0) goto done;
+    if (rc == 0 || from.len == 0) {
         hub_fail(r, 400, "from_agent is required");
         goto done;
     }
-    has_to = hub_str(q, r, "to_agent", 0, &to) > 0 && to.len > 0;
+    if ((rc = hub_str(q, r, "to_agent", 0, &to)) < 0) goto done;
+    has_to = rc > 0 && to.len > 0;
     v = json_get(j, 0, "channel");
     if (v && json_truthy(j, v)) {
         json_as_text(&chan, j, v);
@@ -2942,6 +3030,7 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         }
         memmove(chan.p, c.p, c.n);
         chan.len = c.n;
+        if (hub_no_nul(r, "channel", c)) goto done;
     } else {
         buf_adds(&chan, has_to ? "direct" : "general");
     }
@@ -2998,6 +3087,7 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
     v = json_get_val(j, 0, "thread_id");
     has_thread = v != 0;
     if (v) json_as_text(&thread, j, v);
+    if (hub_no_nul(r, "thread_id", buf_str(&thread))) goto done;
     v = json_get(j, 0, "metadata");
     int complete = str_eq(buf_str(&kind), "task_result") && reply != ARC_NO_ID &&
                    hub_open_request(h, reply);
@@ -3006,6 +3096,8 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
             hub_fail(r, 400, "metadata must be a JSON object");
             goto done;
         }
+        if (hub_stored(r, j, v, "metadata", 0, h->cfg.max_metadata_chars))
+            goto done;
         json_write_skip(&meta, j, v, complete ? "task_completed" : NULL);
     } else {
         buf_adds(&meta, "{}");
@@ -3314,14 +3406,12 @@ static void hub_create_session(Hub *h, Req *q, Res *r) {
             if (i) buf_addc(&caps, ',');
             buf_reset(&tmp);
             json_as_text(&tmp, j, c);
+            if (hub_no_nul(r, "capabilities", buf_str(&tmp))) goto done;
             json_strs(&caps, buf_str(&tmp));
         }
     }
     buf_addc(&caps, ']');
-    long mo = hub_obj(q, r, "metadata");
-    if (mo < 0) goto done;
-    if (mo) json_write(&meta, j, (uint32_t)mo);
-    else buf_adds(&meta, "{}");
+    if (hub_meta(h, q, r, &meta)) goto done;
     v = json_get_val(j, 0, "replace");
     int replace = v && json_truthy(j, v);
     if (hub_tx(h, q, r)) goto done;
@@ -3474,7 +3564,7 @@ static void hub_bootstrap(Hub *h, Req *q, Res *r) {
     static const char latest[] =
         "SELECT coalesce(max(id),0) FROM messages"
         " WHERE to_agent IS NULL OR to_agent=?";
-    int rc = hub_qp(q, r, "agent_id");
+    int rc = hub_qid(q, r, "agent_id");
     if (rc < 0) return;
     if (rc == 0) { hub_fail(r, 400, "agent_id query parameter is required"); return; }
     char *agent = xstrndup(q->tmp.p, q->tmp.len);
@@ -3526,11 +3616,9 @@ static void hub_list_channels(Hub *h, Req *q, Res *r) {
 static void hub_create_channel(Hub *h, Req *q, Res *r) {
     Buf name = { 0 }, by = { 0 }, meta = { 0 };
     if (hub_str(q, r, "name", 1, &name) < 0) goto done;
-    int has_by = hub_str(q, r, "created_by", 0, &by) > 0;
-    long mo = hub_obj(q, r, "metadata");
-    if (mo < 0) goto done;
-    if (mo) json_write(&meta, &q->body, (uint32_t)mo);
-    else buf_adds(&meta, "{}");
+    int has_by = hub_str(q, r, "created_by", 0, &by);
+    if (has_by < 0) goto done;
+    if (hub_meta(h, q, r, &meta)) goto done;
     int created = 0;
     if (!hub_channel_exists(h, buf_str(&name))) {
         if (hub_tx(h, q, r)) goto done;
@@ -3945,12 +4033,11 @@ static void hub_claim(Hub *h, Req *q, Res *r) {
     if (hub_str(q, r, "owner_agent_id", 1, &owner) < 0) goto done;
     if (hub_str(q, r, "claim_key", 0, &key) < 0) goto done;
     if ((has_task = hub_int(q, r, "task_message_id", &task)) < 0) goto done;
-    int has_thread = hub_str(q, r, "thread_id", 0, &thread) > 0 && thread.len;
+    int has_thread = hub_str(q, r, "thread_id", 0, &thread);
+    if (has_thread < 0) goto done;
+    has_thread = has_thread > 0 && thread.len;
     if (hub_ttl(q, r, &ttl)) goto done;
-    long mo = hub_obj(q, r, "metadata");
-    if (mo < 0) goto done;
-    if (mo) json_write(&meta, &q->body, (uint32_t)mo);
-    else buf_adds(&meta, "{}");
+    if (hub_meta(h, q, r, &meta)) goto done;
     if (!key.len) {
         if (!has_task) {
             hub_fail(r, 400, "claim_key or task_message_id is required");
@@ -3972,10 +4059,7 @@ static void hub_lock(Hub *h, Req *q, Res *r) {
     if (hub_str(q, r, "agent_id", 1, &agent) < 0) goto done;
     if (hub_str(q, r, "file_path", 1, &path) < 0) goto done;
     if (hub_ttl(q, r, &ttl)) goto done;
-    long mo = hub_obj(q, r, "metadata");
-    if (mo < 0) goto done;
-    if (mo) json_write(&meta, &q->body, (uint32_t)mo);
-    else buf_adds(&meta, "{}");
+    if (hub_meta(h, q, r, &meta)) goto done;
     hub_lease_acquire(h, q, r, &lease_lock, buf_str(&path), buf_str(&agent), ttl,
                       buf_str(&meta), (Str){ NULL, 0 }, 0, 0);
 done:
@@ -4279,10 +4363,12 @@ static void hub_info(Hub *h, Req *q, Res *r) {
                 "\"implementation_version\":\"" ARC_VERSION "\","
                 "\"default_channel\":\"general\",");
     buf_addf(b, "\"max_body_chars\":%lld,\"max_attachment_chars\":%lld,"
-             "\"max_attachments\":%lld,\"features\":%s%s],\"message_kinds\":[",
+             "\"max_attachments\":%lld,\"max_metadata_chars\":%lld,"
+             "\"features\":%s%s],\"message_kinds\":[",
              (long long)h->cfg.max_body_chars,
              (long long)h->cfg.max_attachment_chars,
-             (long long)h->cfg.max_attachments, hub_features,
+             (long long)h->cfg.max_attachments,
+             (long long)h->cfg.max_metadata_chars, hub_features,
              h->cfg.token[0] ? ",\"arc:auth\"" : "");
     for (size_t i = 0; i < sizeof hub_kinds / sizeof *hub_kinds; i++)
         buf_addf(b, "%s\"%s\"", i ? "," : "", hub_kinds[i]);
@@ -5805,6 +5891,11 @@ static void hub_handle(Hub *h, Req *q, Str path, Str body, Res *r) {
             rt = &hub_routes[i];
     if (!rt) {
         hub_fail(r, 404, "not found");
+        return;
+    }
+    if (strchr(rt->pattern, '*') && q->arg.len &&         /* see hub_no_nul */
+        memchr(q->arg.p, 0, q->arg.len)) {
+        hub_fail(r, 400, "path parameter must not contain a NUL character");
         return;
     }
     if (str_eq(q->method, "POST")) {
@@ -8111,6 +8202,8 @@ static const char serve_usage[] =
     "  --max-body-chars N          message body limit (default 128000)\n"
     "  --max-attachment-chars N    per-attachment limit (default 256000)\n"
     "  --max-attachments N         attachments per message (default 32)\n"
+    "  --max-metadata-chars N      a stored metadata object, JSON-encoded\n"
+    "                              (default 65536)\n"
     "  --presence-ttl SEC          idle session expiry (default 120, min 5)\n"
     "  --sync full|normal          full (default): a write is on disk before\n"
     "                              it is acknowledged; normal: faster, but the\n"
@@ -8130,7 +8223,8 @@ static void serve_options(int argc, char **argv, HubConfig *cfg) {
     *cfg = (HubConfig){ .host = "127.0.0.1", .port = 6969,
                         .storage = "arc.sqlite3", .spool_dir = ".arc-relay",
                         .max_body_chars = 128000, .max_attachment_chars = 256000,
-                        .max_attachments = 32, .presence_ttl_s = 120,
+                        .max_attachments = 32, .max_metadata_chars = 65536,
+                        .presence_ttl_s = 120,
                         .sync_full = 1, .max_conns = ARC_MAX_CONNS,
                         .idle_ms = ARC_IDLE_MS, .head_ms = ARC_HEAD_MS,
                         .body_ms = ARC_BODY_MS };
@@ -8167,6 +8261,10 @@ static void serve_options(int argc, char **argv, HubConfig *cfg) {
         } else if ((rc = opt_val(argc, argv, &i, "--max-attachments", &v))) {
             if (rc < 0) exit(2);
             cfg->max_attachments = opt_int("--max-attachments", v, 0, 1000);
+        } else if ((rc = opt_val(argc, argv, &i, "--max-metadata-chars", &v))) {
+            if (rc < 0) exit(2);
+            cfg->max_metadata_chars =
+                opt_int("--max-metadata-chars", v, 2, 1 << 30);
         } else if ((rc = opt_val(argc, argv, &i, "--presence-ttl", &v))) {
             if (rc < 0) exit(2);
             cfg->presence_ttl_s = opt_int("--presence-ttl", v, 5, 86400 * 365);
