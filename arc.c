@@ -1301,6 +1301,9 @@ typedef struct {
     unsigned transfer_encoding : 1;   /* body framing we refuse (chunked) */
     unsigned has_host : 1;            /* a Host header was sent ... */
     unsigned dup_host : 1;            /* ... more than once (PROTOCOL §2.2) */
+    unsigned dup_origin : 1;          /* Origin sent more than once (§2.3) */
+    unsigned dup_site : 1;            /* Sec-Fetch-Site sent more than once */
+    unsigned expect_continue : 1;     /* Expect: 100-continue (§4.2) */
     Str host, origin, last_event_id, sec_fetch_site, authorization;
     int n_headers;
     int err_status;                   /* with ARC_BAD: status to answer */
@@ -1382,7 +1385,7 @@ static int http_header(HttpReq *r, Str line) {
             return http_bad(r, 400, "malformed header name");
     Str v = str_trim((Str){ colon + 1, line.n - name.n - 1 });
     for (size_t i = 0; i < v.n; i++)
-        if ((unsigned char)v.p[i] < 0x20 && v.p[i] != '\t')
+        if (((unsigned char)v.p[i] < 0x20 && v.p[i] != '\t') || v.p[i] == 0x7f)
             return http_bad(r, 400, "control character in header value");
     if (str_ieq(name, "content-length")) {
         int64_t n;
@@ -1404,11 +1407,15 @@ static int http_header(HttpReq *r, Str line) {
         r->has_host = 1;
         r->host = v;
     } else if (str_ieq(name, "origin")) {
+        if (r->origin.p) r->dup_origin = 1;   /* which one would count? */
         r->origin = v;
     } else if (str_ieq(name, "last-event-id")) {
         r->last_event_id = v;
     } else if (str_ieq(name, "sec-fetch-site")) {
+        if (r->sec_fetch_site.p) r->dup_site = 1;
         r->sec_fetch_site = v;
+    } else if (str_ieq(name, "expect")) {
+        r->expect_continue = str_ieq(v, "100-continue") != 0;
     } else if (str_ieq(name, "authorization")) {
         r->authorization = v;
     }
@@ -5652,9 +5659,12 @@ static void hub_root(Hub *h, Req *q, Res *r) {
     (void)h, (void)q;
     r->status = 200;
     r->ctype = "text/html; charset=utf-8";
+    /* No other page may frame it (clickjacking): frame-ancestors for
+     * current browsers, X-Frame-Options for older ones (PROTOCOL §2.3). */
     r->extra = "Content-Security-Policy: default-src 'self'; "
                "style-src 'self' 'unsafe-inline'; script-src 'self' "
-               "'unsafe-inline'\r\nX-Content-Type-Options: nosniff\r\n";
+               "'unsafe-inline'; frame-ancestors 'none'\r\n"
+               "X-Frame-Options: DENY\r\nX-Content-Type-Options: nosniff\r\n";
     buf_reset(&r->body);
     buf_add(&r->body, dash_html, sizeof dash_html - 1);
 }
@@ -5760,8 +5770,9 @@ static int hub_request_token(const HttpReq *hr, Buf *tmp, Str *tok) {
 static int hub_admit(Hub *h, const HttpReq *hr, Res *r) {
     Str name;
     int page = str_eq(hr->method, "GET") && str_eq(hr->path, "/");
-    if (hr->dup_host) {
-        hub_fail(r, 400, "multiple Host headers");
+    if (hr->dup_host || hr->dup_origin || hr->dup_site) {
+        hub_fail(r, 400, "multiple %s headers", hr->dup_host ? "Host" :
+                 hr->dup_origin ? "Origin" : "Sec-Fetch-Site");
         return -1;
     }
     if (!hr->has_host && hr->minor == 1) {
@@ -7070,6 +7081,28 @@ static int loop_retry_busy(Hub *h, Conn *c, const Req *q, const Res *r) {
     return 1;
 }
 
+/* A request head with `Expect: 100-continue` whose body has not arrived:
+ * the client waits for "100 Continue" before sending it (curl, for a
+ * second, for bodies over 1 MiB). Called once per request, when its body
+ * is first found incomplete, after the framing checks: if the access
+ * checks pass, say 100 Continue; if not, answer now and close, since the
+ * client may or may not send the body (PROTOCOL §4.2). HTTP/1.0 clients
+ * get no interim answers (RFC 9110 §15.2). Returns 1 if c was answered. */
+static int loop_continue(Hub *h, Conn *c, const HttpReq *hr) {
+    if (!hr->expect_continue || hr->minor == 0 || c->relay) return 0;
+    Res r = { 0 };
+    if (hub_admit(h, hr, &r) == 0) {
+        buf_adds(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+        return 0;
+    }
+    c->keep_alive = 0;
+    conn_respond(h, c, r.status, NULL, r.extra, buf_str(&r.body));
+    res_free(&r);
+    buf_reset(&c->in);
+    c->req_ms = c->body_ms = 0;
+    return 1;
+}
+
 /* Parse and handle every complete request in c->in, in order, until one
  * parks, the input runs out, enough output is queued, or a write must
  * wait for another process's lock. */
@@ -7096,7 +7129,7 @@ static void loop_process(Hub *h, Conn *c) {
             break;
         }
         if ((int64_t)c->in.len < n + cl) {
-            if (!c->body_ms) c->body_ms = h->now_ms;
+            if (!c->body_ms && !loop_continue(h, c, &hr)) c->body_ms = h->now_ms;
             break;
         }
         c->keep_alive = hr.keep_alive;
