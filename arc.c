@@ -3155,6 +3155,57 @@ done:
     buf_free(&out);
 }
 
+/* ---- pages of messages ---- */
+
+/* Step st, a list of message ids, appending the messages to b as a JSON
+ * array that stops before the row that would take it past
+ * ARC_MAX_PAGE_BYTES; the first row always goes in, so a reader paging
+ * with since_id always moves on (PROTOCOL §4.3). *more is set when rows
+ * were left out. With `desc`, st yields the newest first (a tail read):
+ * the newest rows that fit are kept, and emitted oldest first. Returns the
+ * row count, or -1 on a database error. */
+static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) {
+    Buf rows = { 0 };    /* desc: the rows, newest first, back to back */
+    size_t *ends = NULL; /* desc: where each row ends in rows */
+    size_t start = b->len;
+    int n = 0, cap = 0, rc;
+    *more = 0;
+    buf_addc(b, '[');
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (!n) store_cache_sync(&h->store);
+        Buf *out = desc ? &rows : b;
+        size_t mark = out->len;
+        if (n && !desc) buf_addc(b, ',');
+        store_emit_message(&h->store, out, st);
+        size_t used = desc ? 1 + rows.len + (size_t)n : b->len - start;
+        if (n && used > ARC_MAX_PAGE_BYTES) {
+            out->len = mark;     /* the row does not fit: take it back */
+            out->p[mark] = 0;
+            *more = 1;
+            break;
+        }
+        if (desc) {
+            if (n == cap) ends = vec_grow(ends, &cap, sizeof *ends);
+            ends[n] = rows.len;
+        }
+        n++;
+    }
+    for (int i = desc ? n - 1 : -1; i >= 0; i--) {
+        size_t from = i ? ends[i - 1] : 0;
+        if (i != n - 1) buf_addc(b, ',');
+        buf_add(b, rows.p + from, ends[i] - from);
+    }
+    buf_addc(b, ']');
+    sqlite3_reset(st);
+    buf_free(&rows);
+    free(ends);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        log_warn("store: %s", sqlite3_errmsg(h->store.db));
+        return -1;
+    }
+    return n;
+}
+
 /* ---- threads ---- */
 
 /* A thread's summary (PROTOCOL §5.7), gathered with a few aggregate
@@ -3350,10 +3401,11 @@ static void hub_list_threads(Hub *h, Req *q, Res *r) {
     hub_ok_end(r);
 }
 
-/* GET /v1/threads/{thread_id} */
+/* GET /v1/threads/{thread_id}: its messages are a page (ARC_MAX_PAGE_BYTES)
+ * that since_id continues, as in every read of messages (PROTOCOL §7.16). */
 static void hub_get_thread(Hub *h, Req *q, Res *r) {
     static const char q_msgs[] =
-        "SELECT id FROM messages WHERE thread_id=? ORDER BY id";
+        "SELECT id FROM messages WHERE thread_id=?1 AND id>?2 ORDER BY id";
     static const char q_tasks[] =
         "SELECT " T_COLS " FROM tasks WHERE thread_id=? ORDER BY task_id";
     static const char q_claims[] =
@@ -3363,6 +3415,13 @@ static void hub_get_thread(Hub *h, Req *q, Res *r) {
         " ORDER BY locked_at";
     Str tid = buf_str(&q->arg);
     ThreadInfo ti;
+    int64_t since;
+    int more = 0;
+    if (hub_qint(q, r, "since_id", 0, &since)) return;
+    if (since < 0) {
+        hub_fail(r, 400, "since_id must be >= 0");
+        return;
+    }
     int ok = hub_thread_info(h, tid, &ti);
     if (ok <= 0) {
         hub_thread_info_free(&ti);
@@ -3382,10 +3441,13 @@ static void hub_get_thread(Hub *h, Req *q, Res *r) {
         if (!st) { hub_db_fail(h, r); return; }
         store_bind(st, 1, tid);
         buf_addf(&r->body, ",\"%s\":", names[i]);
-        if (store_emit_rows(&h->store, &r->body, st, emits[i]) < 0)
+        if (i == 0) sqlite3_bind_int64(st, 2, since);
+        if ((i == 0 ? hub_emit_page(h, &r->body, st, 0, &more)
+                    : store_emit_rows(&h->store, &r->body, st, emits[i])) < 0)
             { hub_db_fail(h, r); return; }
     }
     buf_addc(&r->body, '}');
+    if (more) buf_adds(&r->body, ",\"more\":true");
     hub_ok_end(r);
 }
 
@@ -3669,15 +3731,13 @@ static const char q_th[] = "SELECT id FROM messages WHERE thread_id=?2"
 static const char q_thch[] = "SELECT id FROM messages WHERE"
     " thread_id=?2 AND channel=?1 AND to_agent IS NULL AND id>?3"
     " ORDER BY id LIMIT ?4";
-static const char q_ch_tail[] = "SELECT id FROM (SELECT id"
-    " FROM messages WHERE channel=?1 AND to_agent IS NULL"
-    " ORDER BY id DESC LIMIT ?4) ORDER BY id";
-static const char q_th_tail[] = "SELECT id FROM (SELECT id"
-    " FROM messages WHERE thread_id=?2 AND to_agent IS NULL"
-    " ORDER BY id DESC LIMIT ?4) ORDER BY id";
-static const char q_thch_tail[] = "SELECT id FROM (SELECT id"
-    " FROM messages WHERE thread_id=?2 AND channel=?1 AND to_agent IS NULL"
-    " ORDER BY id DESC LIMIT ?4) ORDER BY id";
+/* Tail reads select newest first; hub_emit_page turns them around. */
+static const char q_ch_tail[] = "SELECT id FROM messages WHERE channel=?1"
+    " AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
+static const char q_th_tail[] = "SELECT id FROM messages WHERE thread_id=?2"
+    " AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
+static const char q_thch_tail[] = "SELECT id FROM messages WHERE"
+    " thread_id=?2 AND channel=?1 AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
 static const char q_events[] = "SELECT id FROM messages WHERE id>?3"
     " AND (to_agent IS NULL OR to_agent=?5)"
     " AND (?1 IS NULL OR channel=?1) AND (?2 IS NULL OR thread_id=?2)"
@@ -3729,21 +3789,23 @@ static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
     return st;
 }
 
-static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
+static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b, int *more) {
     sqlite3_stmt *st = hub_wait_stmt(h, w, tail);
-    return st ? store_emit_rows(&h->store, b, st, store_emit_message) : -1;
+    return st ? hub_emit_page(h, b, st, tail, more) : -1;
 }
 
 /* Answer a read with rows now, or park it when it asked to wait and there
  * is nothing yet (PROTOCOL §8). The Wait moves into r on parking. */
 static void hub_answer_or_park(Hub *h, Res *r, Wait *w, int tail, int64_t wait_ms) {
+    int more;
     hub_ok(r, 200);
-    int n = hub_wait_query(h, w, tail, &r->body);
+    int n = hub_wait_query(h, w, tail, &r->body, &more);
     if (n < 0) {
         hub_db_fail(h, r);
         wait_free(w);
         return;
     }
+    if (more) buf_adds(&r->body, ",\"more\":true");
     hub_ok_end(r);
     if (n == 0 && wait_ms > 0) {
         r->park = 1;
@@ -3812,11 +3874,10 @@ fail:
 static void hub_get_inbox(Hub *h, Req *q, Res *r) {
     static const char sql[] = "SELECT id FROM messages"
         " WHERE to_agent=?1 AND id>?2 ORDER BY id LIMIT ?3";
-    static const char sql_tail[] = "SELECT id FROM (SELECT id"
-        " FROM messages WHERE to_agent=?1 ORDER BY id DESC LIMIT ?3)"
-        " ORDER BY id";
+    static const char sql_tail[] = "SELECT id FROM messages WHERE to_agent=?1"
+        " ORDER BY id DESC LIMIT ?3";   /* hub_emit_page turns it around */
     int64_t since;
-    int limit;
+    int limit, more;
     if (hub_since_limit(q, r, &since, &limit)) return;
     int tail = hub_qbool(q, "tail") && since <= 0;
     sqlite3_stmt *st = store_stmt(&h->store, tail ? sql_tail : sql);
@@ -3825,10 +3886,12 @@ static void hub_get_inbox(Hub *h, Req *q, Res *r) {
     sqlite3_bind_int64(st, 2, since);
     sqlite3_bind_int(st, 3, limit);
     hub_ok(r, 200);
-    if (store_emit_rows(&h->store, &r->body, st, store_emit_message) < 0)
+    if (hub_emit_page(h, &r->body, st, tail, &more) < 0) {
         hub_db_fail(h, r);
-    else
-        hub_ok_end(r);
+        return;
+    }
+    if (more) buf_adds(&r->body, ",\"more\":true");
+    hub_ok_end(r);
 }
 
 /* GET /v1/stream (PROTOCOL §7.27): validate, then hand the filter to the
@@ -7407,13 +7470,14 @@ static void loop_unparked(Hub *h, Conn *c) {
     c->active_ms = h->now_ms;   /* the idle clock restarts with the answer */
 }
 
-/* Answer a parked request with `result` (a JSON array) and resume reading
- * any requests it had pipelined behind it. */
-static void loop_unpark(Hub *h, Conn *c, Str result) {
+/* Answer a parked request with `result` (a JSON array; `more`: cut by
+ * ARC_MAX_PAGE_BYTES) and resume reading any requests it had pipelined
+ * behind it. */
+static void loop_unpark(Hub *h, Conn *c, Str result, int more) {
     Buf b = { 0 };
     buf_adds(&b, "{\"ok\":true,\"result\":");
     buf_addstr(&b, result);
-    buf_addc(&b, '}');
+    buf_adds(&b, more ? ",\"more\":true}" : "}");
     loop_unparked(h, c);
     conn_respond(h, c, 200, NULL, NULL, buf_str(&b));
     buf_free(&b);
@@ -7438,11 +7502,20 @@ static void loop_wake_batch(Hub *h, Conn *c) {
         h->fan_idx = xrealloc(h->fan_idx, (size_t)h->cap_fan * sizeof *h->fan_idx);
         h->fan_tmp = xrealloc(h->fan_tmp, (size_t)h->cap_fan * sizeof *h->fan_tmp);
     }
-    int n = 0;
-    for (int i = 0; i < h->n_batch && n < c->wait.limit; i++)
-        if (hub_wait_match(&c->wait, &h->batch[i])) h->fan_tmp[n++] = i;
+    int n = 0, more = 0;
+    size_t used = 1;   /* the answer's array so far: as hub_emit_page counts */
+    for (int i = 0; i < h->n_batch && n < c->wait.limit; i++) {
+        if (!hub_wait_match(&c->wait, &h->batch[i])) continue;
+        used += h->batch[i].json_len + (n ? 1 : 0);
+        if (n && used > ARC_MAX_PAGE_BYTES) {
+            more = 1;
+            break;
+        }
+        h->fan_tmp[n++] = i;
+    }
     if (!n) return;
-    int shared = !c->relay;   /* a relayed answer has no head: not shared */
+    /* A relayed answer has no head, a cut one a flag: neither is shared. */
+    int shared = !c->relay && !more;
     if (shared && h->fan_n == n && h->fan_keep == c->keep_alive &&
         !memcmp(h->fan_idx, h->fan_tmp, (size_t)n * sizeof *h->fan_idx)) {
         loop_unparked(h, c);
@@ -7458,7 +7531,7 @@ static void loop_wake_batch(Hub *h, Conn *c) {
     }
     buf_addc(&res, ']');
     size_t mark = c->out.len;
-    loop_unpark(h, c, buf_str(&res));
+    loop_unpark(h, c, buf_str(&res), more);
     buf_free(&res);
     if (!shared) return;
     int *t = h->fan_idx;   /* remember this answer: its matches, its bytes */
@@ -7477,7 +7550,9 @@ static void loop_wake_query(Hub *h, Conn *c) {
         return;
     }
     Buf res = { 0 };
-    if (hub_wait_query(h, &c->wait, 0, &res) > 0) loop_unpark(h, c, buf_str(&res));
+    int more;
+    if (hub_wait_query(h, &c->wait, 0, &res, &more) > 0)
+        loop_unpark(h, c, buf_str(&res), more);
     buf_free(&res);
 }
 
@@ -7607,7 +7682,7 @@ static void loop_timers(Hub *h) {
         loop_touch(h, c);
         switch (c->state) {
         case CONN_PARKED:
-            loop_unpark(h, c, STR_LIT("[]"));
+            loop_unpark(h, c, STR_LIT("[]"), 0);
             break;
         case CONN_STREAM:
             if (c->out_off == conn_send_end(c)) {
@@ -8096,7 +8171,7 @@ static void loop_drain(Hub *h) {
                          STR_LIT("{\"ok\":false,\"error\":\"storage error: "
                                  "database is locked\"}"));
         }
-        if (c->state == CONN_PARKED) loop_unpark(h, c, STR_LIT("[]"));
+        if (c->state == CONN_PARKED) loop_unpark(h, c, STR_LIT("[]"), 0);
         else if (c->state == CONN_STREAM) conn_kill(h, c);
         if (c->relay) loop_write(h, c);
         if (c->state != CONN_DEAD) c->close_after = 1;
