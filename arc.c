@@ -2498,7 +2498,8 @@ static int hub_meta(Hub *h, Req *q, Res *r, Buf *out) {
         hub_fail(r, 400, "metadata must be a JSON object");
         return -1;
     }
-    if (v && hub_stored(r, &q->body, v, "metadata", 0, h->cfg.max_metadata_chars))
+    if (v && hub_stored(r, &q->body, v, "metadata", 0,
+                        h->cfg.max_metadata_chars))
         return -1;
     if (v) json_write(out, &q->body, v);
     else buf_adds(out, "{}");
