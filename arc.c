@@ -151,6 +151,19 @@
 #endif
 #define ARC_MSG_CACHE_SLOTS 4096  /* ... direct-mapped by message id */
 #define ARC_MSG_CACHE_ENTRY 16384 /* ... larger messages are not cached */
+#ifndef ARC_MAX_STORED_DEPTH
+/* Nesting of a stored JSON value (metadata, an attachment list): an answer
+ * wraps it in at most 5 more levels (envelope, result, thread, list,
+ * message), and arc's own clients parse answers with ARC_JSON_DEPTH. */
+#define ARC_MAX_STORED_DEPTH (ARC_JSON_DEPTH / 2)   /* 64 */
+#endif
+_Static_assert(ARC_MAX_STORED_DEPTH + 5 <= ARC_JSON_DEPTH,
+               "stored values must fit in an answer arc can parse");
+#ifndef ARC_MAX_PAGE_BYTES
+/* A page of messages stops before the row that would take it past this
+ * (the first row always goes in); PROTOCOL §4.3. */
+#define ARC_MAX_PAGE_BYTES (1u << 20)
+#endif
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
@@ -1738,6 +1751,23 @@ static size_t json_pylen(const Json *j, uint32_t i) {
     }
 }
 
+/* Nesting depth of the value at token i: 0 for a scalar, 1 for [] or {},
+ * one more per level inside. The hub bounds what it stores by it
+ * (ARC_MAX_STORED_DEPTH), so that every answer carrying a stored value
+ * stays within ARC_JSON_DEPTH for its readers. */
+static int json_depth(const Json *j, uint32_t i) {
+    uint32_t ends[ARC_JSON_DEPTH + 1];   /* open containers' next indices */
+    int n = 0, max = 0;
+    for (uint32_t k = i; k < j->t[i].next; k++) {
+        while (n && k >= ends[n - 1]) n--;
+        if (j->t[k].type != JSON_ARR && j->t[k].type != JSON_OBJ) continue;
+        assert(n <= ARC_JSON_DEPTH);
+        ends[n++] = j->t[k].next;
+        if (n > max) max = n;
+    }
+    return max;
+}
+
 /* ==== http: request parsing, query decoding, responses ==================== */
 
 /* The parser never allocates and never keeps state between calls: the loop
@@ -1754,6 +1784,9 @@ typedef struct {
     unsigned transfer_encoding : 1;   /* body framing we refuse (chunked) */
     unsigned has_host : 1;            /* a Host header was sent ... */
     unsigned dup_host : 1;            /* ... more than once (PROTOCOL §2.2) */
+    unsigned dup_origin : 1;          /* Origin sent more than once (§2.3) */
+    unsigned dup_site : 1;            /* Sec-Fetch-Site sent more than once */
+    unsigned expect_continue : 1;     /* Expect: 100-continue (§4.2) */
     Str host, origin, last_event_id, sec_fetch_site, authorization;
     int n_headers;
     int err_status;                   /* with ARC_BAD: status to answer */
@@ -1838,7 +1871,7 @@ static int http_header(HttpReq *r, Str line) {
             return http_bad(r, 400, "malformed header name");
     Str v = str_trim((Str){ colon + 1, line.n - name.n - 1 });
     for (size_t i = 0; i < v.n; i++)
-        if ((unsigned char)v.p[i] < 0x20 && v.p[i] != '\t')
+        if (((unsigned char)v.p[i] < 0x20 && v.p[i] != '\t') || v.p[i] == 0x7f)
             return http_bad(r, 400, "control character in header value");
     if (str_ieq(name, "content-length")) {
         int64_t n;
@@ -1860,11 +1893,15 @@ static int http_header(HttpReq *r, Str line) {
         r->has_host = 1;
         r->host = v;
     } else if (str_ieq(name, "origin")) {
+        if (r->origin.p) r->dup_origin = 1;   /* which one would count? */
         r->origin = v;
     } else if (str_ieq(name, "last-event-id")) {
         r->last_event_id = v;
     } else if (str_ieq(name, "sec-fetch-site")) {
+        if (r->sec_fetch_site.p) r->dup_site = 1;
         r->sec_fetch_site = v;
+    } else if (str_ieq(name, "expect")) {
+        r->expect_continue = str_ieq(v, "100-continue") != 0;
     } else if (str_ieq(name, "authorization")) {
         r->authorization = v;
     }
@@ -2924,6 +2961,7 @@ typedef struct {
     int64_t max_body_chars;        /* message body, in code points */
     int64_t max_attachment_chars;  /* one attachment's JSON-encoded content */
     int64_t max_attachments;       /* per message */
+    int64_t max_metadata_chars;    /* one stored metadata object, encoded */
     int64_t presence_ttl_s;        /* a session idle this long expires */
     int sync_full;                 /* PRAGMA synchronous=FULL (default) */
     int max_conns;                 /* client sockets, ARC_MAX_CONNS */
@@ -3121,6 +3159,36 @@ static const char *hub_instance(const Hub *h) { return h->store.instance_id; }
 
 /* ---- request fields, coerced as the reference coerces them ---- */
 
+/* Identifiers (agents, channels, threads, claim keys, lock paths) may not
+ * hold NUL: SQLite compares all their bytes while C strings and query
+ * filters stop at the first NUL, so `general\0x` would be two names at
+ * once (PROTOCOL §3.6). Returns 0, or -1 with r failed. */
+static int hub_no_nul(Res *r, const char *name, Str v) {
+    if (!v.n || !memchr(v.p, 0, v.n)) return 0;
+    hub_fail(r, 400, "%s must not contain a NUL character", name);
+    return -1;
+}
+
+/* A JSON value the hub stores and echoes (PROTOCOL §4.3): nested at most
+ * ARC_MAX_STORED_DEPTH levels, counting the `outer` levels it will sit in
+ * (an attachment's value sits 2 deep in the stored list), and when
+ * size_max > 0 at most that long JSON-encoded, as Python counts. Returns
+ * 0, or -1 with r failed. */
+static int hub_stored(Res *r, const Json *j, uint32_t v, const char *name,
+                      int outer, int64_t size_max) {
+    if (json_depth(j, v) + outer > ARC_MAX_STORED_DEPTH) {
+        hub_fail(r, 400, "%s nested deeper than %d levels "
+                 "(ARC_MAX_STORED_DEPTH)", name, ARC_MAX_STORED_DEPTH);
+        return -1;
+    }
+    if (size_max > 0 && (int64_t)json_pylen(j, v) > size_max) {
+        hub_fail(r, 400, "%s exceeds max size (max_metadata_chars %lld)", name,
+                 (long long)size_max);
+        return -1;
+    }
+    return 0;
+}
+
 /* String field: absent or null -> 0 (or "NAME is required" when required);
  * present -> its text, trimmed, in out, 1. A required field that trims to
  * nothing is missing too. Returns 1, 0, or -1 with r failed. */
@@ -3133,6 +3201,7 @@ static int hub_str(Req *q, Res *r, const char *name, int required, Buf *out) {
         memmove(out->p, t.p, t.n);
         out->len = t.n;
         out->p[t.n] = 0;
+        if (hub_no_nul(r, name, buf_str(out))) return -1;
         if (t.n || !required) return 1;
     }
     if (!required) return 0;
@@ -3144,18 +3213,29 @@ static int hub_str(Req *q, Res *r, const char *name, int required, Buf *out) {
 static int hub_int(Req *q, Res *r, const char *name, int64_t *out) {
     uint32_t v = q->has_body ? json_get_val(&q->body, 0, name) : 0;
     if (!v) return 0;
-    if (json_to_i64(&q->body, v, out) == 0) return 1;
+    if (json_to_i64(&q->body, v, out) == 0) {
+        if (*out != ARC_NO_ID) return 1;   /* "absent" to the handlers */
+        hub_fail(r, 400, "%s is out of range", name);
+        return -1;
+    }
     hub_fail(r, 400, "%s must be an integer", name);
     return -1;
 }
 
-/* Object field: token index (0 = absent or null), or -1 with r failed. */
-static long hub_obj(Req *q, Res *r, const char *name) {
-    uint32_t v = q->has_body ? json_get_val(&q->body, 0, name) : 0;
-    if (!v) return 0;
-    if (q->body.t[v].type == JSON_OBJ) return (long)v;
-    hub_fail(r, 400, "%s must be a JSON object", name);
-    return -1;
+/* The metadata field of a session, channel, claim or lock into out: its
+ * compact JSON, "{}" when absent or null. Returns 0, or -1 with r failed. */
+static int hub_meta(Hub *h, Req *q, Res *r, Buf *out) {
+    uint32_t v = q->has_body ? json_get_val(&q->body, 0, "metadata") : 0;
+    if (v && q->body.t[v].type != JSON_OBJ) {
+        hub_fail(r, 400, "metadata must be a JSON object");
+        return -1;
+    }
+    if (v && hub_stored(r, &q->body, v, "metadata", 0,
+                        h->cfg.max_metadata_chars))
+        return -1;
+    if (v) json_write(out, &q->body, v);
+    else buf_adds(out, "{}");
+    return 0;
 }
 
 /* A ttl_sec field (claims, locks): default 300, at least 5, at most ten
@@ -3183,9 +3263,21 @@ static int hub_qp(Req *q, Res *r, const char *name) {
     return rc;
 }
 
-/* Query parameter copied out (owned), or NULL when absent. */
-static char *hub_qdup(Req *q, Res *r, const char *name, int *err) {
+/* An identifier in the query (agent, channel, thread...) into q->tmp: as
+ * hub_qp, and -1 (r failed) when it holds a NUL (see hub_no_nul). */
+static int hub_qid(Req *q, Res *r, const char *name) {
     int rc = hub_qp(q, r, name);
+    if (rc > 0 && memchr(q->tmp.p, 0, q->tmp.len)) {
+        hub_fail(r, 400, "query parameter %s must not contain a NUL character",
+                 name);
+        return -1;
+    }
+    return rc;
+}
+
+/* Query identifier copied out (owned), or NULL when absent. */
+static char *hub_qdup(Req *q, Res *r, const char *name, int *err) {
+    int rc = hub_qid(q, r, name);
     if (rc < 0) *err = 1;
     return rc > 0 ? xstrndup(q->tmp.p, q->tmp.len) : NULL;
 }
@@ -3541,6 +3633,7 @@ static int hub_attachment(Hub *h, Json *j, uint32_t a, Res *r, Buf *out) {
             hub_fail(r, 400, "attachment type %.*s exceeds max size", (int)t.n, t.p);
             goto done;
         }
+        if (hub_stored(r, j, c, "attachment content", 2, 0)) goto done;
         buf_adds(out, ",\"content\":");
         json_write(out, j, c);
         if (str_eq(t, "code") && (v = json_get_val(j, a, "language"))) {
@@ -3561,6 +3654,7 @@ static int hub_attachment(Hub *h, Json *j, uint32_t a, Res *r, Buf *out) {
         static const char *const opt[] = { "description", "base", "head" };
         for (int i = 0; i < 3; i++)
             if ((v = json_get_val(j, a, opt[i]))) {
+                if (hub_stored(r, j, v, opt[i], 2, 0)) goto done;
                 buf_addf(out, ",\"%s\":", opt[i]);
                 json_write(out, j, v);
             }
@@ -3633,11 +3727,13 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         goto done;
     }
     if (!rc) parent = ARC_NO_ID;
-    if (hub_str(q, r, "from_agent", 0, &from) <= 0 || from.len == 0) {
+    if ((rc = hub_str(q, r, "from_agent", 0, &from)) < 0) goto done;
+    if (rc == 0 || from.len == 0) {
         hub_fail(r, 400, "from_agent is required");
         goto done;
     }
-    has_to = hub_str(q, r, "to_agent", 0, &to) > 0 && to.len > 0;
+    if ((rc = hub_str(q, r, "to_agent", 0, &to)) < 0) goto done;
+    has_to = rc > 0 && to.len > 0;
     v = json_get(j, 0, "channel");
     if (v && json_truthy(j, v)) {
         json_as_text(&chan, j, v);
@@ -3648,6 +3744,7 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         }
         memmove(chan.p, c.p, c.n);
         chan.len = c.n;
+        if (hub_no_nul(r, "channel", c)) goto done;
     } else {
         buf_adds(&chan, has_to ? "direct" : "general");
     }
@@ -3704,6 +3801,7 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
     v = json_get_val(j, 0, "thread_id");
     has_thread = v != 0;
     if (v) json_as_text(&thread, j, v);
+    if (hub_no_nul(r, "thread_id", buf_str(&thread))) goto done;
     v = json_get(j, 0, "metadata");
     int complete = str_eq(buf_str(&kind), "task_result") && reply != ARC_NO_ID &&
                    hub_open_request(h, reply);
@@ -3712,6 +3810,8 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
             hub_fail(r, 400, "metadata must be a JSON object");
             goto done;
         }
+        if (hub_stored(r, j, v, "metadata", 0, h->cfg.max_metadata_chars))
+            goto done;
         json_write_skip(&meta, j, v, complete ? "task_completed" : NULL);
     } else {
         buf_adds(&meta, "{}");
@@ -3760,6 +3860,57 @@ done:
     buf_free(&from), buf_free(&to), buf_free(&chan), buf_free(&kind);
     buf_free(&body), buf_free(&thread), buf_free(&atts), buf_free(&meta);
     buf_free(&out);
+}
+
+/* ---- pages of messages ---- */
+
+/* Step st, a list of message ids, appending the messages to b as a JSON
+ * array that stops before the row that would take it past
+ * ARC_MAX_PAGE_BYTES; the first row always goes in, so a reader paging
+ * with since_id always moves on (PROTOCOL §4.3). *more is set when rows
+ * were left out. With `desc`, st yields the newest first (a tail read):
+ * the newest rows that fit are kept, and emitted oldest first. Returns the
+ * row count, or -1 on a database error. */
+static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) {
+    Buf rows = { 0 };    /* desc: the rows, newest first, back to back */
+    size_t *ends = NULL; /* desc: where each row ends in rows */
+    size_t start = b->len;
+    int n = 0, cap = 0, rc;
+    *more = 0;
+    buf_addc(b, '[');
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (!n) store_cache_sync(&h->store);
+        Buf *out = desc ? &rows : b;
+        size_t mark = out->len;
+        if (n && !desc) buf_addc(b, ',');
+        store_emit_message(&h->store, out, st);
+        size_t used = desc ? 1 + rows.len + (size_t)n : b->len - start;
+        if (n && used > ARC_MAX_PAGE_BYTES) {
+            out->len = mark;     /* the row does not fit: take it back */
+            out->p[mark] = 0;
+            *more = 1;
+            break;
+        }
+        if (desc) {
+            if (n == cap) ends = vec_grow(ends, &cap, sizeof *ends);
+            ends[n] = rows.len;
+        }
+        n++;
+    }
+    for (int i = desc ? n - 1 : -1; i >= 0; i--) {
+        size_t from = i ? ends[i - 1] : 0;
+        if (i != n - 1) buf_addc(b, ',');
+        buf_add(b, rows.p + from, ends[i] - from);
+    }
+    buf_addc(b, ']');
+    sqlite3_reset(st);
+    buf_free(&rows);
+    free(ends);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        log_warn("store: %s", sqlite3_errmsg(h->store.db));
+        return -1;
+    }
+    return n;
 }
 
 /* ---- threads ---- */
@@ -3959,10 +4110,11 @@ static void hub_list_threads(Hub *h, Req *q, Res *r) {
     hub_ok_end(r);
 }
 
-/* GET /v1/threads/{thread_id} */
+/* GET /v1/threads/{thread_id}: its messages are a page (ARC_MAX_PAGE_BYTES)
+ * that since_id continues, as in every read of messages (PROTOCOL §7.16). */
 static void hub_get_thread(Hub *h, Req *q, Res *r) {
     static const char q_msgs[] =
-        "SELECT id FROM messages WHERE thread_id=? ORDER BY id";
+        "SELECT id FROM messages WHERE thread_id=?1 AND id>?2 ORDER BY id";
     static const char q_tasks[] =
         "SELECT " T_COLS " FROM tasks WHERE thread_id=? ORDER BY task_id";
     static const char q_claims[] =
@@ -3972,6 +4124,13 @@ static void hub_get_thread(Hub *h, Req *q, Res *r) {
         " ORDER BY locked_at";
     Str tid = buf_str(&q->arg);
     ThreadInfo ti;
+    int64_t since;
+    int more = 0;
+    if (hub_qint(q, r, "since_id", 0, &since)) return;
+    if (since < 0) {
+        hub_fail(r, 400, "since_id must be >= 0");
+        return;
+    }
     int ok = hub_thread_info(h, tid, &ti);
     if (ok <= 0) {
         hub_thread_info_free(&ti);
@@ -3991,10 +4150,13 @@ static void hub_get_thread(Hub *h, Req *q, Res *r) {
         if (!st) { hub_db_fail(h, r); return; }
         store_bind(st, 1, tid);
         buf_addf(&r->body, ",\"%s\":", names[i]);
-        if (store_emit_rows(&h->store, &r->body, st, emits[i]) < 0)
+        if (i == 0) sqlite3_bind_int64(st, 2, since);
+        if ((i == 0 ? hub_emit_page(h, &r->body, st, 0, &more)
+                    : store_emit_rows(&h->store, &r->body, st, emits[i])) < 0)
             { hub_db_fail(h, r); return; }
     }
     buf_addc(&r->body, '}');
+    if (more) buf_adds(&r->body, ",\"more\":true");
     hub_ok_end(r);
 }
 
@@ -4022,14 +4184,12 @@ static void hub_create_session(Hub *h, Req *q, Res *r) {
             if (i) buf_addc(&caps, ',');
             buf_reset(&tmp);
             json_as_text(&tmp, j, c);
+            if (hub_no_nul(r, "capabilities", buf_str(&tmp))) goto done;
             json_strs(&caps, buf_str(&tmp));
         }
     }
     buf_addc(&caps, ']');
-    long mo = hub_obj(q, r, "metadata");
-    if (mo < 0) goto done;
-    if (mo) json_write(&meta, j, (uint32_t)mo);
-    else buf_adds(&meta, "{}");
+    if (hub_meta(h, q, r, &meta)) goto done;
     v = json_get_val(j, 0, "replace");
     int replace = v && json_truthy(j, v);
     if (hub_tx(h, q, r)) goto done;
@@ -4182,7 +4342,7 @@ static void hub_bootstrap(Hub *h, Req *q, Res *r) {
     static const char latest[] =
         "SELECT coalesce(max(id),0) FROM messages"
         " WHERE to_agent IS NULL OR to_agent=?";
-    int rc = hub_qp(q, r, "agent_id");
+    int rc = hub_qid(q, r, "agent_id");
     if (rc < 0) return;
     if (rc == 0) { hub_fail(r, 400, "agent_id query parameter is required"); return; }
     char *agent = xstrndup(q->tmp.p, q->tmp.len);
@@ -4234,11 +4394,9 @@ static void hub_list_channels(Hub *h, Req *q, Res *r) {
 static void hub_create_channel(Hub *h, Req *q, Res *r) {
     Buf name = { 0 }, by = { 0 }, meta = { 0 };
     if (hub_str(q, r, "name", 1, &name) < 0) goto done;
-    int has_by = hub_str(q, r, "created_by", 0, &by) > 0;
-    long mo = hub_obj(q, r, "metadata");
-    if (mo < 0) goto done;
-    if (mo) json_write(&meta, &q->body, (uint32_t)mo);
-    else buf_adds(&meta, "{}");
+    int has_by = hub_str(q, r, "created_by", 0, &by);
+    if (has_by < 0) goto done;
+    if (hub_meta(h, q, r, &meta)) goto done;
     int created = 0;
     if (!hub_channel_exists(h, buf_str(&name))) {
         if (hub_tx(h, q, r)) goto done;
@@ -4282,15 +4440,13 @@ static const char q_th[] = "SELECT id FROM messages WHERE thread_id=?2"
 static const char q_thch[] = "SELECT id FROM messages WHERE"
     " thread_id=?2 AND channel=?1 AND to_agent IS NULL AND id>?3"
     " ORDER BY id LIMIT ?4";
-static const char q_ch_tail[] = "SELECT id FROM (SELECT id"
-    " FROM messages WHERE channel=?1 AND to_agent IS NULL"
-    " ORDER BY id DESC LIMIT ?4) ORDER BY id";
-static const char q_th_tail[] = "SELECT id FROM (SELECT id"
-    " FROM messages WHERE thread_id=?2 AND to_agent IS NULL"
-    " ORDER BY id DESC LIMIT ?4) ORDER BY id";
-static const char q_thch_tail[] = "SELECT id FROM (SELECT id"
-    " FROM messages WHERE thread_id=?2 AND channel=?1 AND to_agent IS NULL"
-    " ORDER BY id DESC LIMIT ?4) ORDER BY id";
+/* Tail reads select newest first; hub_emit_page turns them around. */
+static const char q_ch_tail[] = "SELECT id FROM messages WHERE channel=?1"
+    " AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
+static const char q_th_tail[] = "SELECT id FROM messages WHERE thread_id=?2"
+    " AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
+static const char q_thch_tail[] = "SELECT id FROM messages WHERE"
+    " thread_id=?2 AND channel=?1 AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
 static const char q_events[] = "SELECT id FROM messages WHERE id>?3"
     " AND (to_agent IS NULL OR to_agent=?5)"
     " AND (?1 IS NULL OR channel=?1) AND (?2 IS NULL OR thread_id=?2)"
@@ -4347,9 +4503,9 @@ static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
 
 /* Run w's query and append the matching rows as a JSON array to b; with
  * tail, the newest `limit` rows. Returns the row count, -1 on error. */
-static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b) {
+static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b, int *more) {
     sqlite3_stmt *st = hub_wait_stmt(h, w, tail);
-    return st ? store_emit_rows(&h->store, b, st, store_emit_message) : -1;
+    return st ? hub_emit_page(h, b, st, tail, more) : -1;
 }
 
 /* Step st (from hub_wait_stmt) to its next message: its JSON into msg
@@ -4368,13 +4524,15 @@ static int hub_wait_next(Hub *h, sqlite3_stmt *st, int first, Buf *msg,
 /* Answer a read with rows now, or park it when it asked to wait and there
  * is nothing yet (PROTOCOL §8). The Wait moves into r on parking. */
 static void hub_answer_or_park(Hub *h, Res *r, Wait *w, int tail, int64_t wait_ms) {
+    int more;
     hub_ok(r, 200);
-    int n = hub_wait_query(h, w, tail, &r->body);
+    int n = hub_wait_query(h, w, tail, &r->body, &more);
     if (n < 0) {
         hub_db_fail(h, r);
         wait_free(w);
         return;
     }
+    if (more) buf_adds(&r->body, ",\"more\":true");
     hub_ok_end(r);
     if (n == 0 && wait_ms > 0) {
         r->park = 1;
@@ -4443,11 +4601,10 @@ fail:
 static void hub_get_inbox(Hub *h, Req *q, Res *r) {
     static const char sql[] = "SELECT id FROM messages"
         " WHERE to_agent=?1 AND id>?2 ORDER BY id LIMIT ?3";
-    static const char sql_tail[] = "SELECT id FROM (SELECT id"
-        " FROM messages WHERE to_agent=?1 ORDER BY id DESC LIMIT ?3)"
-        " ORDER BY id";
+    static const char sql_tail[] = "SELECT id FROM messages WHERE to_agent=?1"
+        " ORDER BY id DESC LIMIT ?3";   /* hub_emit_page turns it around */
     int64_t since;
-    int limit;
+    int limit, more;
     if (hub_since_limit(q, r, &since, &limit)) return;
     int tail = hub_qbool(q, "tail") && since <= 0;
     sqlite3_stmt *st = store_stmt(&h->store, tail ? sql_tail : sql);
@@ -4456,10 +4613,12 @@ static void hub_get_inbox(Hub *h, Req *q, Res *r) {
     sqlite3_bind_int64(st, 2, since);
     sqlite3_bind_int(st, 3, limit);
     hub_ok(r, 200);
-    if (store_emit_rows(&h->store, &r->body, st, store_emit_message) < 0)
+    if (hub_emit_page(h, &r->body, st, tail, &more) < 0) {
         hub_db_fail(h, r);
-    else
-        hub_ok_end(r);
+        return;
+    }
+    if (more) buf_adds(&r->body, ",\"more\":true");
+    hub_ok_end(r);
 }
 
 /* GET /v1/stream (PROTOCOL §7.27): validate, then hand the filter to the
@@ -4673,12 +4832,11 @@ static void hub_claim(Hub *h, Req *q, Res *r) {
     if (hub_str(q, r, "owner_agent_id", 1, &owner) < 0) goto done;
     if (hub_str(q, r, "claim_key", 0, &key) < 0) goto done;
     if ((has_task = hub_int(q, r, "task_message_id", &task)) < 0) goto done;
-    int has_thread = hub_str(q, r, "thread_id", 0, &thread) > 0 && thread.len;
+    int has_thread = hub_str(q, r, "thread_id", 0, &thread);
+    if (has_thread < 0) goto done;
+    has_thread = has_thread > 0 && thread.len;
     if (hub_ttl(q, r, &ttl)) goto done;
-    long mo = hub_obj(q, r, "metadata");
-    if (mo < 0) goto done;
-    if (mo) json_write(&meta, &q->body, (uint32_t)mo);
-    else buf_adds(&meta, "{}");
+    if (hub_meta(h, q, r, &meta)) goto done;
     if (!key.len) {
         if (!has_task) {
             hub_fail(r, 400, "claim_key or task_message_id is required");
@@ -4700,10 +4858,7 @@ static void hub_lock(Hub *h, Req *q, Res *r) {
     if (hub_str(q, r, "agent_id", 1, &agent) < 0) goto done;
     if (hub_str(q, r, "file_path", 1, &path) < 0) goto done;
     if (hub_ttl(q, r, &ttl)) goto done;
-    long mo = hub_obj(q, r, "metadata");
-    if (mo < 0) goto done;
-    if (mo) json_write(&meta, &q->body, (uint32_t)mo);
-    else buf_adds(&meta, "{}");
+    if (hub_meta(h, q, r, &meta)) goto done;
     hub_lease_acquire(h, q, r, &lease_lock, buf_str(&path), buf_str(&agent), ttl,
                       buf_str(&meta), (Str){ NULL, 0 }, 0, 0);
 done:
@@ -5024,10 +5179,12 @@ static void hub_info(Hub *h, Req *q, Res *r) {
                 "\"implementation_version\":\"" ARC_VERSION "\","
                 "\"default_channel\":\"general\",");
     buf_addf(b, "\"max_body_chars\":%lld,\"max_attachment_chars\":%lld,"
-             "\"max_attachments\":%lld,\"features\":%s%s],\"message_kinds\":[",
+             "\"max_attachments\":%lld,\"max_metadata_chars\":%lld,"
+             "\"features\":%s%s],\"message_kinds\":[",
              (long long)h->cfg.max_body_chars,
              (long long)h->cfg.max_attachment_chars,
-             (long long)h->cfg.max_attachments, hub_features,
+             (long long)h->cfg.max_attachments,
+             (long long)h->cfg.max_metadata_chars, hub_features,
              h->cfg.token[0] ? ",\"arc:auth\"" : "");
     for (size_t i = 0; i < sizeof hub_kinds / sizeof *hub_kinds; i++)
         buf_addf(b, "%s\"%s\"", i ? "," : "", hub_kinds[i]);
@@ -5059,9 +5216,12 @@ static void hub_root(Hub *h, Req *q, Res *r) {
     (void)h, (void)q;
     r->status = 200;
     r->ctype = "text/html; charset=utf-8";
+    /* No other page may frame it (clickjacking): frame-ancestors for
+     * current browsers, X-Frame-Options for older ones (PROTOCOL §2.3). */
     r->extra = "Content-Security-Policy: default-src 'self'; "
                "style-src 'self' 'unsafe-inline'; script-src 'self' "
-               "'unsafe-inline'\r\nX-Content-Type-Options: nosniff\r\n";
+               "'unsafe-inline'; frame-ancestors 'none'\r\n"
+               "X-Frame-Options: DENY\r\nX-Content-Type-Options: nosniff\r\n";
     buf_reset(&r->body);
     buf_addstr(&r->body, dash_page());
 }
@@ -5167,8 +5327,9 @@ static int hub_request_token(const HttpReq *hr, Buf *tmp, Str *tok) {
 static int hub_admit(Hub *h, const HttpReq *hr, Res *r) {
     Str name;
     int page = str_eq(hr->method, "GET") && str_eq(hr->path, "/");
-    if (hr->dup_host) {
-        hub_fail(r, 400, "multiple Host headers");
+    if (hr->dup_host || hr->dup_origin || hr->dup_site) {
+        hub_fail(r, 400, "multiple %s headers", hr->dup_host ? "Host" :
+                 hr->dup_origin ? "Origin" : "Sec-Fetch-Site");
         return -1;
     }
     if (!hr->has_host && hr->minor == 1) {
@@ -5298,6 +5459,11 @@ static void hub_handle(Hub *h, Req *q, Str path, Str body, Res *r) {
             rt = &hub_routes[i];
     if (!rt) {
         hub_fail(r, 404, "not found");
+        return;
+    }
+    if (strchr(rt->pattern, '*') && q->arg.len &&         /* see hub_no_nul */
+        memchr(q->arg.p, 0, q->arg.len)) {
+        hub_fail(r, 400, "path parameter must not contain a NUL character");
         return;
     }
     if (str_eq(q->method, "POST")) {
@@ -6954,6 +7120,28 @@ static int loop_retry_busy(Loop *l, Conn *c, const Req *q, const Res *r) {
     return 1;
 }
 
+/* A request head with `Expect: 100-continue` whose body has not arrived:
+ * the client waits for "100 Continue" before sending it (curl, for a
+ * second, for bodies over 1 MiB). Called once per request, when its body
+ * is first found incomplete, after the framing checks: if the access
+ * checks pass, say 100 Continue; if not, answer now and close, since the
+ * client may or may not send the body (PROTOCOL §4.2). HTTP/1.0 clients
+ * get no interim answers (RFC 9110 §15.2). Returns 1 if c was answered. */
+static int loop_continue(Loop *l, Conn *c, const HttpReq *hr) {
+    if (!hr->expect_continue || hr->minor == 0 || c->relay) return 0;
+    Res r = { 0 };
+    if (hub_admit(l->hub, hr, &r) == 0) {
+        buf_adds(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+        return 0;
+    }
+    c->keep_alive = 0;
+    conn_respond(l, c, r.status, NULL, r.extra, buf_str(&r.body));
+    res_free(&r);
+    buf_reset(&c->in);
+    c->req_ms = c->body_ms = 0;
+    return 1;
+}
+
 /* Parse and handle every complete request in c->in, in order, until one
  * parks, the input runs out, enough output is queued, or a write must
  * wait for another process's lock. */
@@ -6971,7 +7159,7 @@ static void loop_process(Loop *l, Conn *c) {
             break;
         }
         if (n == ARC_AGAIN) {
-            if (!c->body_ms) c->body_ms = l->now_ms;
+            if (!c->body_ms && !loop_continue(l, c, &hr)) c->body_ms = l->now_ms;
             break;
         }
         if (n == ARC_BAD) {
@@ -7225,13 +7413,14 @@ static void loop_unparked(Loop *l, Conn *c) {
     c->active_ms = l->now_ms;   /* the idle clock restarts with the answer */
 }
 
-/* Answer a parked request with `result` (a JSON array) and resume reading
- * any requests it had pipelined behind it. */
-static void loop_unpark(Loop *l, Conn *c, Str result) {
+/* Answer a parked request with `result` (a JSON array; `more`: cut by
+ * ARC_MAX_PAGE_BYTES) and resume reading any requests it had pipelined
+ * behind it. */
+static void loop_unpark(Loop *l, Conn *c, Str result, int more) {
     Buf b = { 0 };
     buf_adds(&b, "{\"ok\":true,\"result\":");
     buf_addstr(&b, result);
-    buf_addc(&b, '}');
+    buf_adds(&b, more ? ",\"more\":true}" : "}");
     loop_unparked(l, c);
     conn_respond(l, c, 200, NULL, NULL, buf_str(&b));
     buf_free(&b);
@@ -7256,12 +7445,20 @@ static void loop_wake_batch(Loop *l, Conn *c) {
         l->fan_idx = xrealloc(l->fan_idx, (size_t)l->cap_fan * sizeof *l->fan_idx);
         l->fan_tmp = xrealloc(l->fan_tmp, (size_t)l->cap_fan * sizeof *l->fan_tmp);
     }
-    int n = 0;
-    for (int i = 0; i < l->hub->n_batch && n < c->wait.limit; i++)
-        if (hub_wait_match(&c->wait, &l->hub->batch[i])) l->fan_tmp[n++] = i;
+    int n = 0, more = 0;
+    size_t used = 1;   /* the answer's array so far: as hub_emit_page counts */
+    for (int i = 0; i < l->hub->n_batch && n < c->wait.limit; i++) {
+        if (!hub_wait_match(&c->wait, &l->hub->batch[i])) continue;
+        used += l->hub->batch[i].json_len + (n ? 1 : 0);
+        if (n && used > ARC_MAX_PAGE_BYTES) {
+            more = 1;
+            break;
+        }
+        l->fan_tmp[n++] = i;
+    }
     if (!n) return;
     int key = conn_share_key(c);
-    if (l->fan_n == n && l->fan_key == key &&
+    if (!more && l->fan_n == n && l->fan_key == key &&
         !memcmp(l->fan_idx, l->fan_tmp, (size_t)n * sizeof *l->fan_idx)) {
         loop_unparked(l, c);
         conn_respond_copy(c, buf_str(&l->fan_resp));
@@ -7275,8 +7472,9 @@ static void loop_wake_batch(Loop *l, Conn *c) {
     }
     buf_addc(&res, ']');
     size_t mark = c->out.len;
-    loop_unpark(l, c, buf_str(&res));
+    loop_unpark(l, c, buf_str(&res), more);
     buf_free(&res);
+    if (more) return;   /* a cut answer carries a flag: not shared */
     int *t = l->fan_idx;   /* remember this answer: its matches, its bytes */
     l->fan_idx = l->fan_tmp;
     l->fan_tmp = t;
@@ -7293,7 +7491,9 @@ static void loop_wake_query(Loop *l, Conn *c) {
         return;
     }
     Buf res = { 0 };
-    if (hub_wait_query(l->hub, &c->wait, 0, &res) > 0) loop_unpark(l, c, buf_str(&res));
+    int more;
+    if (hub_wait_query(l->hub, &c->wait, 0, &res, &more) > 0)
+        loop_unpark(l, c, buf_str(&res), more);
     buf_free(&res);
 }
 
@@ -7415,7 +7615,7 @@ static void loop_timers(Loop *l) {
         loop_touch(l, c);
         switch (c->state) {
         case CONN_PARKED:
-            loop_unpark(l, c, STR_LIT("[]"));
+            loop_unpark(l, c, STR_LIT("[]"), 0);
             break;
         case CONN_STREAM:
             if (c->out_off == conn_send_end(c)) {
@@ -7923,7 +8123,7 @@ static void loop_drain(Loop *l) {
             c->retry_ms = 0;   /* waiting for a lock: give up now */
             conn_error(l, c, 503, "storage error: database is locked");
         }
-        if (c->state == CONN_PARKED) loop_unpark(l, c, STR_LIT("[]"));
+        if (c->state == CONN_PARKED) loop_unpark(l, c, STR_LIT("[]"), 0);
         else if (c->state == CONN_STREAM) conn_kill(l, c);
         loop_flush(l, c);
         if (c->state != CONN_DEAD) c->close_after = 1;
@@ -8022,6 +8222,10 @@ static const Opt serve_opts[] = {
     { "--max-attachments", OPT_I64, SERVE_OPT(max_attachments), .lo = 0,
       .hi = 1000, .arg = "N", .help = "attachments per message (default 32)",
       .flags = OPT_PASS },
+    { "--max-metadata-chars", OPT_I64, SERVE_OPT(max_metadata_chars), .lo = 2,
+      .hi = 1 << 30, .arg = "N",
+      .help = "a stored metadata object, JSON-encoded\n(default 65536)",
+      .flags = OPT_PASS },
     { "--presence-ttl", OPT_I64, SERVE_OPT(presence_ttl_s), .lo = 5,
       .hi = 86400 * 365, .arg = "SEC",
       .help = "idle session expiry (default 120, min 5)", .flags = OPT_PASS },
@@ -8060,7 +8264,8 @@ static void serve_defaults(HubConfig *cfg) {
     *cfg = (HubConfig){ .host = "127.0.0.1", .port = 6969,
                         .storage = "arc.sqlite3", .spool_dir = ".arc-relay",
                         .max_body_chars = 128000, .max_attachment_chars = 256000,
-                        .max_attachments = 32, .presence_ttl_s = 120,
+                        .max_attachments = 32, .max_metadata_chars = 65536,
+                        .presence_ttl_s = 120,
                         .sync_full = 1, .max_conns = ARC_MAX_CONNS,
                         .idle_ms = ARC_IDLE_MS, .head_ms = ARC_HEAD_MS,
                         .body_ms = ARC_BODY_MS };
@@ -12512,7 +12717,7 @@ static const char dash_html[] =
     "const S = {\n"
     "  nick: 'operator', session: null, skew: 0, instance: '', def: 'general',\n"
     "  channel: '', thread: '', cursor: 0, es: null, esTimer: 0, backoff: 1000, fails: 0,\n"
-    "  live: false, wasDown: false, channels: [], chanSet: new Set(), unread: {},\n"
+    "  live: false, wasDown: false, channels: [], chanSet: new Set(), unread: new Map(),\n"
     "  threads: [], agents: [], agentSet: new Set(), taskBody: new Map(),\n"
     "  tasks: [], claims: [], locks: [], info: null, started: false,\n"
     "};\n"
@@ -12562,7 +12767,7 @@ static const char dash_html[] =
     "  try { j = await r.json(); } catch (e) { j = null; }\n"
     "  if (r.status === 401) askToken();\n"
     "  if (!isObj(j)) return { ok: false, status: r.status, error: 'HTTP ' + r.status };\n"
-    "  return { ok: j.ok === true, status: r.status, result: j.result,\n"
+    "  return { ok: j.ok === true, status: r.status, result: j.result, more: j.more === true,\n"
     "           error: String(j.error || 'HTTP ' + r.status) };\n"
     "}\n"
     "\n"
@@ -12777,7 +12982,7 @@ static const char dash_html[] =
     "    F.last = Number.MAX_SAFE_INTEGER;   /* nothing to append to until a reload */\n"
     "  } else {\n"
     "    appendRows(r.result);\n"
-    "    F.hasOlder = r.result.length >= PAGE;\n"
+    "    F.hasOlder = r.result.length >= PAGE || r.more === true;   /* cut by bytes */\n"
     "  }\n"
     "  F.rows.append(...F.held);\n"
     "  F.held = [];\n"
@@ -12832,7 +13037,7 @@ static const char dash_html[] =
     "      if (!r.ok) throw new Error(r.error);\n"
     "      const part = r.result.filter(m => m.id < hi);\n"
     "      chunk.push(...part);\n"
-    "      if (part.length < r.result.length || r.result.length < PAGE) break;\n"
+    "      if (part.length < r.result.length || (r.result.length < PAGE && !r.more)) break;\n"
     "      since = r.result[r.result.length - 1].id;\n"
     "    }\n"
     "    got = chunk.concat(got);\n"
@@ -12905,7 +13110,7 @@ static const char dash_html[] =
     "function renderChannels() {\n"
     "  const names = S.channels.slice();\n"
     "  if (S.channel && !S.chanSet.has(S.channel)) names.push(S.channel);\n"
-    "  const label = n => '#' + n + (S.unread[n] ? '  (' + S.unread[n] + ')' : '');\n"
+    "  const label = n => '#' + n + (S.unread.get(n) ? '  (' + S.unread.get(n) + ')' : '');\n"
     "  setOptions($('ch'), names.map(n => [n, label(n)]), S.channel);\n"
     "}\n"
     "function renderThreads() {\n"
@@ -12921,7 +13126,7 @@ static const char dash_html[] =
     "  setOptions($('th'), opts, S.thread);\n"
     "}\n"
     "function switchChannel(name) {\n"
-    "  S.channel = name; S.thread = ''; S.unread[name] = 0;\n"
+    "  S.channel = name; S.thread = ''; S.unread.delete(name);\n"
     "  save('arc.channel', name);\n"
     "  renderChannels(); renderThreads(); setTab('feed');\n"
     "  loadView();\n"
@@ -13165,12 +13370,15 @@ static const char dash_html[] =
     "}\n"
     "\n"
     "/* ---- refresh scheduling ---- */\n"
-    "const REFRESH = { agents: loadAgents, work: loadWork, threads: loadThreads,\n"
-    "                  channels: loadChannels, shutdown: loadShutdown, chlist: renderChannels };\n"
-    "const timers = {};\n"
+    "/* Maps, never plain objects, for anything keyed by a name: a channel\n"
+    " * called __proto__ or constructor must not find Object.prototype's. */\n"
+    "const REFRESH = new Map([['agents', loadAgents], ['work', loadWork],\n"
+    "  ['threads', loadThreads], ['channels', loadChannels], ['shutdown', loadShutdown],\n"
+    "  ['chlist', renderChannels]]);\n"
+    "const timers = new Map();\n"
     "function soon(key, ms) {\n"
-    "  if (timers[key]) return;\n"
-    "  timers[key] = setTimeout(() => { timers[key] = 0; REFRESH[key](); }, ms || 300);\n"
+    "  if (timers.get(key)) return;\n"
+    "  timers.set(key, setTimeout(() => { timers.delete(key); REFRESH.get(key)(); }, ms || 300));\n"
     "}\n"
     "function refreshAll() {\n"
     "  loadAgents(); loadWork(); loadChannels(); loadThreads(); loadShutdown();\n"
@@ -13192,7 +13400,7 @@ static const char dash_html[] =
     "  if (dm && m.to_agent === S.nick) addInbox([m], true);\n"
     "  if (inView(m)) queueFeed(m);\n"
     "  else if (!dm && m.channel !== S.channel) {\n"
-    "    S.unread[m.channel] = (S.unread[m.channel] || 0) + 1;\n"
+    "    S.unread.set(m.channel, (S.unread.get(m.channel) || 0) + 1);\n"
     "    soon('chlist', 250);\n"
     "  }\n"
     "  if (m.from_agent === 'system') {\n"

@@ -205,6 +205,26 @@ try {
   await type('/channel general');
   await row(m1.id).waitFor({ timeout: 3000 });
 
+  // 11b. Channels named like JavaScript built-ins are just names: no
+  // prototype's value leaks into their labels or unread counts.
+  const builtins = ['__proto__', 'constructor', 'toString', 'hasOwnProperty'];
+  for (const name of builtins)
+    assert.equal((await api('POST', '/v1/channels', { name })).ok, true, name);
+  await type('/channels');
+  const labels = async () => (await page.locator('#ch option').allTextContents())
+    .filter(t => builtins.some(n => t.startsWith('#' + n)));
+  await until('built-in names listed', async () => (await labels()).length === 4);
+  assert.deepEqual((await labels()).sort(), builtins.map(n => '#' + n).sort());
+  for (const name of builtins) await post('alice', 'to ' + name + ' ' + tag, { channel: name });
+  await until('unread counts shown', async () =>
+    (await labels()).every(t => t.endsWith('  (1)')));
+  assert.deepEqual((await labels()).sort(), builtins.map(n => '#' + n + '  (1)').sort());
+  await type('/channel constructor');
+  await until('unread count cleared', async () => (await labels()).includes('#constructor'));
+  await type('/channel general');
+  await row(m1.id).waitFor({ timeout: 3000 });
+  ok('channels named __proto__, constructor, toString: plain labels and counts');
+
   // 12. Hub restart: the page reconnects and resumes by id.
   phase = 'restart';
   console.log('@@restart');

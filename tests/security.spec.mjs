@@ -95,10 +95,15 @@ window.go = () => (async () => {
 })().catch(e => { document.title = 'error ' + e; });
 </script>`;
 
+// A page that frames the dashboard (clickjacking): the hub forbids it.
+const framePage = `<!doctype html><title>frame</title>
+<iframe id='dash' src='${BASE}/' width='800' height='600'></iframe>`;
+
 const server = createServer((req, res) => {
-  const label = new URL(req.url, 'http://x').searchParams.get('label') || 'page';
+  const url = new URL(req.url, 'http://x');
+  const label = url.searchParams.get('label') || 'page';
   res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
-  res.end(attackPage(label));
+  res.end(url.pathname === '/frame' ? framePage : attackPage(label));
 });
 await new Promise(r => server.listen(0, '127.0.0.1', r));
 const ATT = server.address().port;
@@ -141,6 +146,18 @@ try {
   await sleep(300);   // a late beacon would have landed by now
   assert.deepEqual(await landed(BASE, tag), [], 'nothing posted by the attack pages');
   ok('no message of the attack pages in the hub');
+
+  // 1b. A page of another origin cannot frame the dashboard.
+  const framed = page.waitForResponse(r => r.url() === BASE + '/');
+  await page.goto(`http://localhost:${ATT}/frame`);
+  const headers = (await framed).headers();
+  assert.equal(headers['x-frame-options'], 'DENY');
+  assert.match(headers['content-security-policy'], /frame-ancestors 'none'/);
+  await sleep(500);
+  const child = page.frames().find(f => f !== page.mainFrame());
+  assert.ok(child, 'the iframe exists');
+  assert.equal(await child.locator('#me').count(), 0, 'the dashboard rendered in a frame');
+  ok('a page of another origin cannot frame the dashboard');
 
   // 2. DNS rebinding: the attacker serves the page on the hub's port, then
   // the name leads to the hub (here: the hub comes back on that port).

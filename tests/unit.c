@@ -655,8 +655,15 @@ static void test_json_reader(void) {
             int rc = json_parse(&j, g, b.len);
             CHECK(extra ? rc == -1 : rc == 0);
             if (extra) CHECK(strstr(j.err, "deeper") != NULL);
+            if (!extra) CHECK(json_depth(&j, 0) == ARC_JSON_DEPTH);
         }
     }
+    /* json_depth: what the hub bounds stored values by. */
+    CHECK(ut_json(&j, "7") == 0 && json_depth(&j, 0) == 0);
+    CHECK(ut_json(&j, "{}") == 0 && json_depth(&j, 0) == 1);
+    CHECK(ut_json(&j, "[[1],{\"a\":[{}]},[]]") == 0 && json_depth(&j, 0) == 4);
+    CHECK(json_depth(&j, 1) == 1 && json_depth(&j, j.t[1].next) == 3);
+    CHECK(ut_json(&j, "[{\"a\":{}},{\"b\":[]}]") == 0 && json_depth(&j, 0) == 3);
     /* A deep array with no closing brackets fails on depth or on the end. */
     buf_reset(&b);
     for (int i = 0; i < 100000; i++) buf_addc(&b, '[');
