@@ -2252,6 +2252,7 @@ typedef struct {
     NewMsg *batch;               /* messages written in this turn */
     int n_batch, cap_batch;
     char started_at[ISO_LEN];    /* when this process began serving */
+    char spool_path[PATH_MAX];   /* the relay's spool, absolute; "" = none */
     int64_t shutdown_at_ms;      /* pending shutdown deadline, 0 = none */
     int64_t shutdown_delay_s;
     int shutdown_now;            /* leave the loop at the end of this turn */
@@ -4294,6 +4295,10 @@ static void hub_info(Hub *h, Req *q, Res *r) {
              strcmp(s->journal_mode, "wal") ? "false" : "true",
              h->cfg.allow_remote ? "true" : "false", h->started_at);
     buf_addf(b, ",\"presence_ttl_sec\":%lld", (long long)h->cfg.presence_ttl_s);
+    if (h->spool_path[0]) {   /* `arc smoke` finds the spool it serves here */
+        buf_adds(b, ",\"spool_path\":");
+        json_cstr(b, h->spool_path);
+    }
     sqlite3_stmt *st = store_stmt(s, "SELECT coalesce(max(id),0) FROM messages");
     if (st && sqlite3_step(st) == SQLITE_ROW)
         buf_addf(b, ",\"latest_message_id\":%lld",
@@ -8397,6 +8402,7 @@ static int cmd_serve(int argc, char **argv) {
         free(h);
         return 1;
     }
+    snprintf(h->spool_path, sizeof h->spool_path, "%s", h->relay->root);
     log_info("listening on %s (storage=%s, journal_mode=%s, instance=%s, "
              "relay=%s)", url, h->store.path, h->store.journal_mode,
              h->store.instance_id, h->relay->root);
@@ -9826,6 +9832,14 @@ typedef struct {
     char token[ARC_MAX_TOKEN + 1];   /* smoke-agent: the hub's token */
 } Smoke;
 
+/* How long one call that wants `want_ms` may take: never past the run's
+ * deadline, so --timeout-sec bounds every role, the relay's included.
+ * 0 when the time is up. */
+static int64_t smoke_budget(const Smoke *s, int64_t want_ms) {
+    int64_t left = s->deadline_ms - clock_ms();
+    return left <= 0 ? 0 : left < want_ms ? left : want_ms;
+}
+
 /* One hub call; a hub error or transport failure fails the role. Returns
  * 0 and the parsed envelope in *j (its source is `out`), or -1. */
 static int smoke_call(Smoke *s, const char *action, const char *method,
@@ -9833,8 +9847,19 @@ static int smoke_call(Smoke *s, const char *action, const char *method,
                       Json *j) {
     int status = 0;
     char err[ARC_ERRLEN] = "";
-    if (cli_call(&s->client, method, path, body, timeout_ms, &status, out, err)) {
-        snprintf(s->err, sizeof s->err, "%s failed: connection error: %.400s", action, err);
+    int64_t budget = smoke_budget(s, timeout_ms);
+    if (!budget) {
+        snprintf(s->err, sizeof s->err, "%s failed: timed out", action);
+        return -1;
+    }
+    if (cli_call(&s->client, method, path, body, budget, &status, out, err)) {
+        if (s->client.relay_dir && status == 598)   /* no answer file in time */
+            snprintf(s->err, sizeof s->err, "%s failed: timed out: no hub answered "
+                     "through the relay spool %.300s (is a hub serving it?)", action,
+                     s->client.relay_dir);
+        else
+            snprintf(s->err, sizeof s->err, "%s failed: connection error: %.400s",
+                     action, err);
         return -1;
     }
     uint32_t ok = 0;
@@ -9937,7 +9962,7 @@ static int smoke_wait(Smoke *s, const char *what, int (*pred)(Smoke *)) {
         int status = 0;
         char err[ARC_ERRLEN] = "";
         int rc = cli_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
-                          wait_s * 1000 + 15000, &status, &out, err);
+                          smoke_budget(s, wait_s * 1000 + 15000), &status, &out, err);
         Json j = { 0 };
         if (rc == 0 && status == 200 && json_parse(&j, buf_cstr(&out), out.len) == 0) {
             uint32_t r = json_get(&j, 0, "result");
@@ -9962,9 +9987,11 @@ static int smoke_wait(Smoke *s, const char *what, int (*pred)(Smoke *)) {
                      (long long)since, (long long)(s->poll_ms / 1000 + 1));
             /* Any wake-up, or the wait running out: look at the thread
              * again (a failure shows up there). */
-            (void)cli_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
-                           s->poll_ms + 15000, &status, &out, err);
-        } else if (rc) {
+            int64_t budget = smoke_budget(s, s->poll_ms + 15000);
+            if (budget)
+                (void)cli_call(&s->client, "GET", path.p, (Str){ NULL, 0 }, budget,
+                               &status, &out, err);
+        } else if (rc && clock_ms() < s->deadline_ms) {   /* else: timed out */
             snprintf(s->err, sizeof s->err, "waiting for %s: %.400s", what, err);
             json_free(&j);
             buf_free(&path), buf_free(&out);
@@ -10097,6 +10124,7 @@ static int smoke_options(int argc, char **argv, Smoke *s, const char **transport
     s->claim_key = "smoke-claim-001";
     s->poll_ms = 1000;
     const char *relay = ".arc-relay", *token = NULL, *token_file = NULL;
+    int relay_set = 0;   /* --relay-dir, or --spool-dir for `arc smoke` */
     char **pass = xrealloc(NULL, (size_t)(argc + 1) * sizeof *pass);
     int n = 0;
     for (int i = 0; i < argc; i++) {
@@ -10109,7 +10137,9 @@ static int smoke_options(int argc, char **argv, Smoke *s, const char **transport
         if ((rc = opt_val(argc, argv, &i, "--role", &v))) s->role = v;
         else if ((rc = opt_val(argc, argv, &i, "--transport", &v))) *transport = v;
         else if ((rc = opt_val(argc, argv, &i, "--base-url", &v))) url = v;
-        else if ((rc = opt_val(argc, argv, &i, "--relay-dir", &v))) relay = v;
+        else if ((rc = opt_val(argc, argv, &i, "--relay-dir", &v)) ||
+                 (hub && (rc = opt_val(argc, argv, &i, "--spool-dir", &v))))
+            relay = v, relay_set = 1;
         else if ((rc = opt_val(argc, argv, &i, "--channel", &v))) s->channel = v;
         else if ((rc = opt_val(argc, argv, &i, "--thread-id", &v))) s->thread = v;
         else if ((rc = opt_val(argc, argv, &i, "--claim-key", &v))) s->claim_key = v;
@@ -10144,7 +10174,9 @@ static int smoke_options(int argc, char **argv, Smoke *s, const char **transport
     if (hub) {
         serve_options(n, pass, hub);
         if (!url || !*url) url = NULL;
-        relay = hub->spool_dir;
+        /* Without one given, cmd_smoke asks the hub which spool it serves. */
+        if (relay_set) hub->spool_dir = relay;
+        else relay = NULL;
     }
     free(pass);
     char err[ARC_ERRLEN], base[320];
@@ -10218,9 +10250,38 @@ static const char smoke_usage[] =
     "Check an installation end to end: start a hub if none runs (as arc\n"
     "ensure would), then run the three smoke roles at once -- smoke-a over\n"
     "HTTP, smoke-b through the hub's file relay, smoke-c over HTTP -- on a\n"
-    "fresh thread. Prints one line per step and 'smoke: ok in N ms', or\n"
-    "the failing step. Exit 0 ok, 1 failed. A hub that requires a token\n"
+    "fresh thread. The relay is the spool the hub reports serving, unless\n"
+    "--spool-dir or --relay-dir names one. Prints one line per step and\n"
+    "'smoke: ok in N ms', or the failing step. --timeout-sec bounds the whole\n"
+    "run. Exit 0 ok, 1 failed. A hub that requires a token\n"
     "gets it from --token-file, --token or ARC_TOKEN, as with arc ensure.\n";
+
+/* The spool directory the hub at c reports serving (hub-info's spool_path,
+ * PROTOCOL §7.9) into out; -1 if it does not say (the reference, say). */
+static int smoke_hub_spool(Client *c, int64_t timeout_ms, char *out, size_t n) {
+    Buf body = { 0 };
+    Json j = { 0 };
+    int status = 0, rc = -1;
+    char err[ARC_ERRLEN];
+    uint32_t r, p;
+    if (timeout_ms > 0 &&
+        cli_call(c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, timeout_ms, &status,
+                 &body, err) == 0 &&
+        status == 200 && json_parse(&j, buf_cstr(&body), body.len) == 0 &&
+        (r = json_get(&j, 0, "result")) && (p = json_get(&j, r, "spool_path")) &&
+        j.t[p].type == JSON_STR) {
+        Buf path = { 0 };
+        json_unescape(&j, p, &path);
+        if (path.len && path.len < n && !memchr(path.p, 0, path.len)) {
+            memcpy(out, path.p, path.len + 1);
+            rc = 0;
+        }
+        buf_free(&path);
+    }
+    json_free(&j);
+    buf_free(&body);
+    return rc;
+}
 
 static int cmd_smoke(int argc, char **argv) {
     Smoke roles[3] = { { .role = "smoke-a" }, { .role = "smoke-b" },
@@ -10229,6 +10290,9 @@ static int cmd_smoke(int argc, char **argv) {
     double timeout_s = 60;
     LifeOpts o = { .argv0 = g_argv0, .timeout_s = 30 };
     smoke_options(argc, argv, &roles[0], &transport, &timeout_s, smoke_usage, &o.hub);
+    /* --timeout-sec bounds everything from here: finding or starting the
+     * hub, and every call of every role. */
+    int64_t deadline = clock_ms() + (int64_t)(timeout_s * 1000);
     /* A fresh thread and claim per run, so an earlier run's messages
      * cannot satisfy this one. */
     char thread[64], claim[80];
@@ -10237,7 +10301,8 @@ static int cmd_smoke(int argc, char **argv) {
     snprintf(thread, sizeof thread, "smoke-%02x%02x%02x%02x%02x%02x", r[0], r[1],
              r[2], r[3], r[4], r[5]);
     snprintf(claim, sizeof claim, "%s-claim", thread);
-    if (!cli_probe(roles[0].client.base, o.hub.token, 2000)) {
+    int64_t left = deadline - clock_ms();
+    if (!cli_probe(roles[0].client.base, o.hub.token, left < 2000 ? left : 2000)) {
         printf("smoke: no hub at %s, starting one\n", roles[0].client.base);
         fflush(stdout);
         char dir[PATH_MAX], log[PATH_MAX + 16];
@@ -10246,6 +10311,7 @@ static int cmd_smoke(int argc, char **argv) {
         g_quiet = 1;
         pid_t pid = life_spawn(&o, log);
         int64_t until = clock_ms() + 10000;
+        if (until > deadline) until = deadline;
         while (pid > 0 && clock_ms() < until &&
                !cli_probe(roles[0].client.base, o.hub.token, 500)) {
             struct timespec ts = { 0, 10 * 1000000 };
@@ -10253,7 +10319,15 @@ static int cmd_smoke(int argc, char **argv) {
         }
     }
     g_smoke_t0 = clock_ms();
+    /* smoke-b goes through the spool the hub serves, wherever it was
+     * started; the default only for a hub that does not say. */
+    char served[PATH_MAX];
     const char *spool = roles[0].client.relay_dir;
+    if (!spool) {
+        left = deadline - clock_ms();
+        spool = smoke_hub_spool(&roles[0].client, left < 5000 ? left : 5000, served,
+                                sizeof served) ? o.hub.spool_dir : served;
+    }
     pthread_t th[3];
     /* b and c copy a's client: all three are set up before any runs. */
     for (int i = 0; i < 3; i++) {
@@ -10269,7 +10343,7 @@ static int cmd_smoke(int argc, char **argv) {
         s->channel = roles[0].channel;
         s->thread = thread;
         s->claim_key = claim;
-        s->deadline_ms = g_smoke_t0 + (int64_t)(timeout_s * 1000);
+        s->deadline_ms = deadline;
         s->step = smoke_print_step;
     }
     for (int i = 0; i < 3; i++)
@@ -10282,7 +10356,10 @@ static int cmd_smoke(int argc, char **argv) {
         cli_free(&roles[i].client);
     }
     if (failed) {
-        printf("smoke: FAILED\n");
+        if (clock_ms() >= deadline)
+            printf("smoke: FAILED: timed out after %g s (--timeout-sec)\n", timeout_s);
+        else
+            printf("smoke: FAILED\n");
         return 1;
     }
     printf("smoke: ok in %lld ms\n", (long long)(clock_ms() - g_smoke_t0));
