@@ -12084,19 +12084,61 @@ static void mcp_on_frame_error(const char *why, void *arg) {
     mcp_error(NULL, (Str){ NULL, 0 }, MCP_PARSE, e, NULL);
 }
 
-/* Read stdin until EOF, handling each message as it is framed. */
+/* MCP clients stop a stdio server with a signal as often as with EOF
+ * (Claude Code sends SIGINT, Codex and Gemini CLI SIGTERM, a closed
+ * terminal SIGHUP), so those take EOF's orderly path. The handler only
+ * writes the signal's number into this pipe (async-signal-safe, on whatever
+ * thread it lands); the stdin loop polls the read end. Shared: set up in
+ * cmd_mcp before the handler is installed, never changed after. */
+static int g_mcp_sig[2] = { -1, -1 };
+
+static void mcp_on_signal(int sig) {
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    if (write(g_mcp_sig[1], &b, 1) < 0) {}   /* full pipe: one byte is enough */
+    errno = saved;
+}
+
+/* Route SIGINT, SIGTERM and SIGHUP to mcp_on_signal, even if they were
+ * ignored when we started (a background job's SIGINT): the MCP client that
+ * sends one means it. SA_RESTART: other threads' calls carry on. */
+static void mcp_catch_signals(void) {
+    if (pipe(g_mcp_sig)) {
+        mcp_log("pipe: %s; signals end the process at once", strerror(errno));
+        g_mcp_sig[0] = g_mcp_sig[1] = -1;
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        fcntl(g_mcp_sig[i], F_SETFD, FD_CLOEXEC);
+        fd_nonblock(g_mcp_sig[i]);
+    }
+    struct sigaction sa = { .sa_handler = mcp_on_signal, .sa_flags = SA_RESTART };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
+/* Read stdin until EOF or a stopping signal, handling each message as it
+ * is framed. Input not yet framed when a signal comes is dropped. */
 static void mcp_read_stdin(void) {
     Buf in = { 0 };
     int eof = 0, skipping = 0;
     while (!eof) {
         if (buf_reserve(&in, 65536)) break;
-        ssize_t r = read(0, in.p + in.len, 65536);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0 && errno == EAGAIN) {   /* a client left stdin non-blocking */
-            struct pollfd p = { .fd = 0, .events = POLLIN };
-            poll(&p, 1, -1);
-            continue;
+        /* Wait for either (a client may also leave stdin non-blocking). */
+        struct pollfd p[2] = { { .fd = 0, .events = POLLIN },
+                               { .fd = g_mcp_sig[0], .events = POLLIN } };
+        if (poll(p, 2, -1) < 0 && errno != EINTR) break;
+        unsigned char sig;
+        if (p[1].revents && read(g_mcp_sig[0], &sig, 1) == 1) {
+            mcp_log("%s: closing the session", sig == SIGINT ? "SIGINT" :
+                    sig == SIGTERM ? "SIGTERM" : sig == SIGHUP ? "SIGHUP" : "signal");
+            break;
         }
+        if (!p[0].revents) continue;
+        ssize_t r = read(0, in.p + in.len, 65536);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
         if (r <= 0) eof = 1;
         else in.len += (size_t)r;
         mcp_drain(&in, eof, &skipping, mcp_on_msg, mcp_on_frame_error, NULL);
@@ -12119,7 +12161,8 @@ static const char mcp_usage[] =
     "  --token-file FILE     bearer token for a hub that requires one (or\n"
     "  --token TOKEN         ARC_TOKEN); a started hub gets it too\n"
     "Registers on start (replacing an earlier session of NAME), stays present while\n"
-    "it runs, re-registers when the hub comes back, and closes the session at EOF.\n"
+    "it runs, re-registers when the hub comes back, and closes the session at EOF\n"
+    "or on SIGINT, SIGTERM or SIGHUP (exit status 0).\n"
     "Protocol versions: 2024-11-05, 2025-03-26, 2025-06-18, 2025-11-25, 2026-07-28.\n";
 
 /* When the URL is local and nothing answers, start a hub as `arc ensure`
@@ -12151,9 +12194,9 @@ static void mcp_autostart(int explicit_url) {
     }
 }
 
-/* EOF: give calls just sent half a second to finish and answer, cancel
- * what still waits (clients kill the server 2 s after closing its stdin),
- * close the session. */
+/* EOF or a stopping signal: give calls just sent half a second to finish
+ * and answer, cancel what still waits (clients kill the server 2 s after
+ * closing its stdin), close the session. */
 static void mcp_shutdown(pthread_t beat) {
     pthread_mutex_lock(&g_mcp.mu);
     g_mcp.closing = 1;
@@ -12168,11 +12211,15 @@ static void mcp_shutdown(pthread_t beat) {
     pthread_mutex_lock(&g_mcp.mu);
     ts.tv_sec += 1;
     while (g_mcp.ncalls && pthread_cond_timedwait(&g_mcp.cond, &g_mcp.mu, &ts) != ETIMEDOUT) {}
+    pthread_mutex_unlock(&g_mcp.mu);
+    /* Read the session only once the heartbeat is done: a registration it
+     * was in the middle of is one to close too. */
+    pthread_join(beat, NULL);
+    pthread_mutex_lock(&g_mcp.mu);
     char sid[sizeof g_mcp.session_id];
     memcpy(sid, g_mcp.session_id, sizeof sid);
     int registered = g_mcp.registered;
     pthread_mutex_unlock(&g_mcp.mu);
-    pthread_join(beat, NULL);
     Client c;
     if (registered && sid[0] && mcp_client(&c, -1) == 0) {
         Buf path = { 0 }, out = { 0 };
@@ -12224,6 +12271,7 @@ static int cmd_mcp(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     if (autostart && !g_mcp.relay_dir) mcp_autostart(explicit_url);
+    mcp_catch_signals();   /* after autostart: the hub it starts keeps running */
     mcp_log("serving agent %s through %s", g_mcp.agent,
             g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url);
     /* The heartbeat thread registers at once: stdin is served meanwhile,
@@ -12236,6 +12284,11 @@ static int cmd_mcp(int argc, char **argv) {
     }
     mcp_read_stdin();
     mcp_shutdown(beat);
+    signal(SIGINT, SIG_IGN);   /* the session is closed: a late signal is moot */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    for (int i = 0; i < 2; i++)
+        if (g_mcp_sig[i] >= 0) close(g_mcp_sig[i]);
     return 0;
 }
 

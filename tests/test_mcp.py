@@ -808,6 +808,28 @@ class McpLifecycleTest(McpCase):
                 self.assertNotIn(p.agent, agents_live(self.hub))
                 self.assert_clean_stdout(p)
 
+    def test_signals_end_process_and_session(self):
+        """MCP clients stop a stdio server with a signal, not EOF (Claude Code
+        SIGINT, Codex and Gemini CLI SIGTERM; a closed terminal SIGHUP): each
+        takes EOF's orderly path, with stdin still open and a poll waiting:
+        status 0 at once, and the session is closed, not left live until
+        the presence TTL."""
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with self.subTest(signal=sig.name):
+                p = self.spawn()
+                self.ready(p)
+                self.assertIn(p.agent, agents_live(self.hub))
+                p.send_request("tools/call", {"name": "arc_poll_messages",
+                                              "arguments": {"timeout": 40}})
+                self.assertEqual(p.request("ping")["result"], {})
+                t0 = time.monotonic()
+                p.proc.send_signal(sig)
+                self.assertEqual(p.wait(10), 0, p.stderr_text())
+                self.assertLess(time.monotonic() - t0, 5, p.stderr_text())
+                self.assertTrue(p.stdout_eof.wait(5))
+                self.assertNotIn(p.agent, agents_live(self.hub))
+                self.assert_clean_stdout(p)
+
     def test_stdout_carries_only_jsonrpc(self):
         """A busy session (every kind of answer, a tool error, a parse error,
         a cancelled call, a batch) leaves nothing on stdout but JSON-RPC
