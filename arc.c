@@ -10396,6 +10396,10 @@ static int cmd_smoke(int argc, char **argv) {
 #define MCP_SLICE_MS 5000            /* long-poll slice between progress notes */
 #define MCP_RETRY_MS 2000            /* re-register attempts while the hub is away */
 #define MCP_HUB_MS 15000             /* one ordinary hub request */
+#ifndef MCP_MAX_CURSORS
+#define MCP_MAX_CURSORS 256          /* poll filters that keep a read position */
+#endif
+#define MCP_CURSOR_BUCKETS 512       /* their hash table; a power of two */
 
 #define MCP_V_STATELESS "2026-07-28"
 #define MCP_V_LEGACY "2025-11-25"    /* newest version with a handshake */
@@ -10436,12 +10440,23 @@ struct McpCall {
 /* Where a filtered poll (channel and/or thread) has read up to. Polls with
  * different filters keep separate cursors: the reference moves one cursor
  * for all, so a poll of one thread silently skips the other channels'
- * messages up to that point. */
+ * messages up to that point. A model can invent any number of filters, so
+ * at most MCP_MAX_CURSORS are kept, found by hash; the least recently used
+ * is dropped first, and its filter, polled again, starts over like a new
+ * one: from the unfiltered cursor (docs/MCP.md, "Read positions"). */
 struct McpCursor {
-    McpCursor *next;
-    char *key;            /* channel \x1f thread */
+    McpCursor *newer, *older;  /* McpCursors' recency list */
+    McpCursor *hnext;          /* next in the same hash bucket */
+    uint32_t hash;             /* loop_hash(key) */
+    char *key;                 /* channel \x1f thread (owned) */
     int64_t since;
 };
+
+typedef struct {
+    McpCursor *newest, *oldest;                /* the recency list's ends */
+    McpCursor *bucket[MCP_CURSOR_BUCKETS];     /* chains by hash */
+    int n;                                     /* <= MCP_MAX_CURSORS */
+} McpCursors;
 
 typedef struct {
     /* Set once at start. */
@@ -10454,7 +10469,7 @@ typedef struct {
     int registered;               /* our session was active at last look */
     int warned_replaced;          /* logged that another process took the name */
     int64_t cursor;               /* since_id of unfiltered polls */
-    McpCursor *cursors;
+    McpCursors cursors;           /* ... and of filtered ones */
     char version[16];             /* from initialize; "" before */
     McpCall *calls;
     int ncalls;
@@ -10704,7 +10719,7 @@ static int mcp_register(Client *c, char err[ARC_ERRLEN]) {
     int first = !g_mcp.registered && g_mcp.cursor < 0;
     if (latest >= 0 && (first || latest < g_mcp.cursor)) {
         g_mcp.cursor = latest;
-        for (McpCursor *k = g_mcp.cursors; k; k = k->next)
+        for (McpCursor *k = g_mcp.cursors.newest; k; k = k->older)
             if (k->since > latest) k->since = latest;
     }
     /* Touch well inside the TTL: a third of it, at most every 30 s. */
@@ -11031,22 +11046,77 @@ static int64_t mcp_max_id(const Json *j, uint32_t arr, int64_t since) {
     return since;
 }
 
+/* Take k out of the recency list. */
+static void mcp_cursor_unlink(McpCursors *t, McpCursor *k) {
+    if (k->newer) k->newer->older = k->older;
+    else t->newest = k->older;
+    if (k->older) k->older->newer = k->newer;
+    else t->oldest = k->newer;
+    k->newer = k->older = NULL;
+}
+
+/* Put k at the newest end of the recency list. */
+static void mcp_cursor_push(McpCursors *t, McpCursor *k) {
+    k->older = t->newest;
+    k->newer = NULL;
+    if (t->newest) t->newest->newer = k;
+    else t->oldest = k;
+    t->newest = k;
+}
+
+/* The read position for `key`, now the most recently used. A key not in
+ * the table gets a new one starting at `start`; past MCP_MAX_CURSORS that
+ * reuses the least recently used entry. The pointer is valid until the
+ * next call (the caller holds g_mcp.mu). */
+static int64_t *mcp_cursor_get(McpCursors *t, const char *key, int64_t start) {
+    uint32_t h = loop_hash(key);
+    McpCursor **head = &t->bucket[h & (MCP_CURSOR_BUCKETS - 1)], *k = *head;
+    while (k && (k->hash != h || strcmp(k->key, key))) k = k->hnext;
+    if (k) {
+        mcp_cursor_unlink(t, k);
+        mcp_cursor_push(t, k);
+        return &k->since;
+    }
+    if (t->n < MCP_MAX_CURSORS) {
+        k = xrealloc(NULL, sizeof *k);
+        t->n++;
+    } else {   /* evict the oldest: out of the list and its chain */
+        k = t->oldest;
+        assert(k);
+        mcp_cursor_unlink(t, k);
+        McpCursor **p = &t->bucket[k->hash & (MCP_CURSOR_BUCKETS - 1)];
+        while (*p != k) p = &(*p)->hnext;
+        *p = k->hnext;
+        free(k->key);
+    }
+    assert(t->n <= MCP_MAX_CURSORS);
+    k->key = xstrndup(key, strlen(key));
+    k->hash = h;
+    k->since = start;
+    k->hnext = *head;
+    *head = k;
+    mcp_cursor_push(t, k);
+    return &k->since;
+}
+
+/* Free every cursor; the table is empty (and usable) again. */
+static void mcp_cursors_free(McpCursors *t) {
+    for (McpCursor *k = t->newest, *older; k; k = older) {
+        older = k->older;
+        free(k->key);
+        free(k);
+    }
+    memset(t, 0, sizeof *t);
+}
+
 /* The cursor for a poll filter, created from the unfiltered one. */
 static int64_t *mcp_cursor(const char *channel, const char *thread) {
     if (!*channel && !*thread) return &g_mcp.cursor;
     Buf key = { 0 };
     buf_addf(&key, "%s\x1f%s", channel, thread);
-    McpCursor *k = g_mcp.cursors;
-    while (k && strcmp(k->key, key.p)) k = k->next;
-    if (!k) {
-        k = xrealloc(NULL, sizeof *k);
-        k->key = xstrndup(key.p, key.len);
-        k->since = g_mcp.cursor;
-        k->next = g_mcp.cursors;
-        g_mcp.cursors = k;
-    }
+    int64_t *since = mcp_cursor_get(&g_mcp.cursors, key.p, g_mcp.cursor);
     buf_free(&key);
-    return &k->since;
+    return since;
 }
 
 /* Long-poll GET /v1/events from `since` for up to wait_s seconds, in
@@ -12284,6 +12354,9 @@ static int cmd_mcp(int argc, char **argv) {
     }
     mcp_read_stdin();
     mcp_shutdown(beat);
+    pthread_mutex_lock(&g_mcp.mu);   /* a straggling call may still poll */
+    mcp_cursors_free(&g_mcp.cursors);
+    pthread_mutex_unlock(&g_mcp.mu);
     signal(SIGINT, SIG_IGN);   /* the session is closed: a late signal is moot */
     signal(SIGTERM, SIG_IGN);
     signal(SIGHUP, SIG_IGN);

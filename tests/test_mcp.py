@@ -602,6 +602,33 @@ class McpToolTest(McpCase):
                 self.assertEqual(r["structuredContent"][row][owner], other, r)
                 self.assertIn("held by " + other, tool_text(r))
 
+    def test_poll_filters_past_the_cursor_limit(self):
+        """Each channel/thread filter keeps its own read position, at most
+        MCP_MAX_CURSORS (256) of them: past that the least recently used is
+        dropped, and its filter starts over like a new one, from the
+        unfiltered position (docs/MCP.md): it repeats, never skips."""
+        p = self.spawn()
+        self.ready(p)
+        ch = self.channel()
+
+        def poll(**filt):
+            r = p.call("arc_poll_messages", dict(filt, timeout=0))
+            self.assertNotIn("isError", r, r)
+            return [m["id"] for m in r["structuredContent"]["messages"]]
+
+        m1 = self.post("elsewhere", "first", channel=ch, thread_id="t-first")["id"]
+        self.assertEqual(poll(channel=ch, thread_id="t-first"), [m1])
+        self.assertEqual(poll(channel=ch, thread_id="t-first"), [])   # read up to m1
+        for i in range(300):       # more filters than the table holds
+            self.assertEqual(poll(channel=ch, thread_id="t-%d" % i), [])
+        m2 = self.post("elsewhere", "second", channel=ch, thread_id="t-first")["id"]
+        # Dropped, so from the unfiltered position (registration): m1 again.
+        self.assertEqual(poll(channel=ch, thread_id="t-first"), [m1, m2])
+        self.assertEqual(poll(channel=ch, thread_id="t-first"), [])
+        # The newest filters kept theirs.
+        m3 = self.post("elsewhere", "third", channel=ch, thread_id="t-299")["id"]
+        self.assertEqual(poll(channel=ch, thread_id="t-299"), [m3])
+
     def test_message_text_and_arguments(self):
         """Unicode and multi-line bodies survive both ways; the readable text
         shows each body line indented; numbers given as strings are taken;
