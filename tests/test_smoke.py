@@ -8,6 +8,7 @@ Run from the repository root:
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import hubtest  # noqa: E402
 from hubtest import Hub, arc_only, hub_command, reference_py, uid  # noqa: E402
 
 
@@ -112,6 +114,7 @@ class SmokeSpoolTests(SmokeCase):
                              self.hub.storage, "--timeout-sec", str(timeout_sec)]
         t0 = time.monotonic()
         p = subprocess.run(argv + list(extra), capture_output=True, cwd=cwd, timeout=90)
+        hubtest.check_sanitizer_log(p.stderr.decode(errors="replace"))
         return p, time.monotonic() - t0
 
     def test_hub_info_reports_the_spool_it_serves(self):
@@ -120,6 +123,7 @@ class SmokeSpoolTests(SmokeCase):
 
     def test_smoke_uses_the_running_hubs_spool(self):
         cwd = tempfile.mkdtemp(prefix="arc-smoke-cwd-")
+        self.addCleanup(shutil.rmtree, cwd, True)
         p, _ = self.smoke((), 20, cwd)
         out = p.stdout.decode()
         self.assertEqual(p.returncode, 0, (out, p.stderr))
@@ -129,6 +133,7 @@ class SmokeSpoolTests(SmokeCase):
 
     def test_timeout_bounds_an_unserved_relay(self):
         cwd = tempfile.mkdtemp(prefix="arc-smoke-cwd-")
+        self.addCleanup(shutil.rmtree, cwd, True)
         unserved = os.path.join(cwd, "nobody-serves-this")
         p, elapsed = self.smoke(("--spool-dir", unserved), 2, cwd)
         out = p.stdout.decode()
