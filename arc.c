@@ -3017,6 +3017,7 @@ typedef struct {
     NewMsg *batch;               /* messages written in this turn */
     int n_batch, cap_batch;
     char started_at[ISO_LEN];    /* when this process began serving */
+    char spool_path[PATH_MAX];   /* the relay's spool, absolute; "" = none */
     int64_t shutdown_at_ms;      /* pending shutdown deadline, 0 = none */
     int64_t shutdown_delay_s;
     int shutdown_now;            /* leave the loop at the end of this turn */
@@ -5196,6 +5197,10 @@ static void hub_info(Hub *h, Req *q, Res *r) {
              strcmp(s->journal_mode, "wal") ? "false" : "true",
              h->cfg.allow_remote ? "true" : "false", h->started_at);
     buf_addf(b, ",\"presence_ttl_sec\":%lld", (long long)h->cfg.presence_ttl_s);
+    if (h->spool_path[0]) {   /* `arc smoke` finds the spool it serves here */
+        buf_adds(b, ",\"spool_path\":");
+        json_cstr(b, h->spool_path);
+    }
     sqlite3_stmt *st = store_stmt(s, "SELECT coalesce(max(id),0) FROM messages");
     if (st && sqlite3_step(st) == SQLITE_ROW)
         buf_addf(b, ",\"latest_message_id\":%lld",
@@ -8494,6 +8499,7 @@ static int serve_start(Serve *s, int argc, char **argv) {
                  "behind TLS");
     if (!(l->relay = relay_start(cfg->spool_dir, l->wake_wr, NULL, NULL, NULL, err)))
         goto done;
+    snprintf(h->spool_path, sizeof h->spool_path, "%s", l->relay->root);
     log_info("listening on %s (storage=%s, journal_mode=%s, instance=%s, "
              "relay=%s)", url, h->store.path, h->store.journal_mode,
              h->store.instance_id, l->relay->root);
@@ -10036,6 +10042,14 @@ typedef struct {
     char token[ARC_MAX_TOKEN + 1];   /* smoke-agent: the hub's token */
 } Smoke;
 
+/* How long one call that wants `want_ms` may take: never past the run's
+ * deadline, so --timeout-sec bounds every role, the relay's included.
+ * 0 when the time is up. */
+static int64_t smoke_budget(const Smoke *s, int64_t want_ms) {
+    int64_t left = s->deadline_ms - clock_ms();
+    return left <= 0 ? 0 : left < want_ms ? left : want_ms;
+}
+
 /* One hub call; a hub error or transport failure fails the role. Returns
  * 0 and the parsed envelope in *j (its source is `out`), or -1. */
 static int smoke_call(Smoke *s, const char *action, const char *method,
@@ -10043,8 +10057,19 @@ static int smoke_call(Smoke *s, const char *action, const char *method,
                       Json *j) {
     int status = 0;
     char err[ARC_ERRLEN] = "";
-    if (client_call(&s->client, method, path, body, timeout_ms, &status, out, err)) {
-        snprintf(s->err, sizeof s->err, "%s failed: connection error: %.400s", action, err);
+    int64_t budget = smoke_budget(s, timeout_ms);
+    if (!budget) {
+        snprintf(s->err, sizeof s->err, "%s failed: timed out", action);
+        return -1;
+    }
+    if (client_call(&s->client, method, path, body, budget, &status, out, err)) {
+        if (s->client.relay_dir && status == 598)   /* no answer file in time */
+            snprintf(s->err, sizeof s->err, "%s failed: timed out: no hub answered "
+                     "through the relay spool %.300s (is a hub serving it?)", action,
+                     s->client.relay_dir);
+        else
+            snprintf(s->err, sizeof s->err, "%s failed: connection error: %.400s",
+                     action, err);
         return -1;
     }
     uint32_t ok = 0;
@@ -10147,7 +10172,7 @@ static int smoke_wait(Smoke *s, const char *what, int (*pred)(Smoke *)) {
         int status = 0;
         char err[ARC_ERRLEN] = "";
         int rc = client_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
-                          wait_s * 1000 + 15000, &status, &out, err);
+                          smoke_budget(s, wait_s * 1000 + 15000), &status, &out, err);
         Json j = { 0 };
         if (rc == 0 && status == 200 && json_parse(&j, buf_cstr(&out), out.len) == 0) {
             uint32_t r = json_get(&j, 0, "result");
@@ -10172,9 +10197,11 @@ static int smoke_wait(Smoke *s, const char *what, int (*pred)(Smoke *)) {
                      (long long)since, (long long)(s->poll_ms / 1000 + 1));
             /* Any wake-up, or the wait running out: look at the thread
              * again (a failure shows up there). */
-            (void)client_call(&s->client, "GET", path.p, (Str){ NULL, 0 },
-                           s->poll_ms + 15000, &status, &out, err);
-        } else if (rc) {
+            int64_t budget = smoke_budget(s, s->poll_ms + 15000);
+            if (budget)
+                (void)client_call(&s->client, "GET", path.p, (Str){ NULL, 0 }, budget,
+                               &status, &out, err);
+        } else if (rc && clock_ms() < s->deadline_ms) {   /* else: timed out */
             snprintf(s->err, sizeof s->err, "waiting for %s: %.400s", what, err);
             json_free(&j);
             buf_free(&path), buf_free(&out);
@@ -10350,7 +10377,7 @@ static const OptHelp smoke_agent_help = {
  * default); exits 2 on bad usage. */
 static void smoke_options(int argc, char **argv, Smoke *s, const char **transport,
                           double *timeout_s, const OptHelp *h, HubConfig *hub) {
-    SmokeOpts o = { .url = getenv("ARC_URL"), .relay = ".arc-relay",
+    SmokeOpts o = { .url = getenv("ARC_URL"),
                     .channel = "smoke-room", .thread = "smoke-relay-001",
                     .claim_key = "smoke-claim-001", .timeout_s = *timeout_s,
                     .poll_s = 1 };
@@ -10361,6 +10388,7 @@ static void smoke_options(int argc, char **argv, Smoke *s, const char **transpor
     };
     if (hub) {   /* --help: the role options are only named in the usage */
         serve_defaults(hub);
+        hub->spool_dir = NULL;   /* NULL after parsing: not given */
         g[0].show = OPT_PASS;
         g[2] = (OptGroup){ serve_opts, hub, "hub options, as for arc ensure:\n", 0 };
     }
@@ -10371,8 +10399,14 @@ static void smoke_options(int argc, char **argv, Smoke *s, const char **transpor
     memcpy(s->token, o.token, sizeof s->token);
     *transport = o.transport;
     *timeout_s = o.timeout_s;
-    const char *url = o.url, *relay = o.relay;
-    if (hub) relay = hub->spool_dir;
+    const char *url = o.url, *relay = o.relay ? o.relay : ".arc-relay";
+    /* arc smoke: the spool named with --spool-dir or --relay-dir, else
+     * none yet: cmd_smoke asks the hub which spool it serves (and a hub
+     * it starts gets the default). */
+    if (hub) {
+        relay = hub->spool_dir ? hub->spool_dir : o.relay;
+        if (!hub->spool_dir) hub->spool_dir = o.relay ? o.relay : ".arc-relay";
+    }
     char err[ARC_ERRLEN], base[ARC_URLLEN];
     if (!url || !*url) {
         if (hub) serve_url(hub->host, hub->port, base, sizeof base);
@@ -10440,13 +10474,42 @@ static const OptHelp smoke_help = {
              "Check an installation end to end: start a hub if none runs (as arc\n"
              "ensure would), then run the three smoke roles at once -- smoke-a over\n"
              "HTTP, smoke-b through the hub's file relay, smoke-c over HTTP -- on a\n"
-             "fresh thread. Prints one line per step and 'smoke: ok in N ms', or\n"
-             "the failing step. Exit 0 ok, 1 failed. A hub that requires a token\n"
+             "fresh thread. The relay is the spool the hub reports serving, unless\n"
+             "--spool-dir or --relay-dir names one. Prints one line per step and\n"
+             "'smoke: ok in N ms', or the failing step. --timeout-sec bounds the\n"
+             "whole run. Exit 0 ok, 1 failed. A hub that requires a token\n"
              "gets it from --token-file, --token or ARC_TOKEN, as with arc ensure.\n"
-             "(--role, --transport, --relay-dir, --thread-id and --claim-key are\n"
-             "accepted and unused: each role sets its own.)\n",
+             "(--role, --transport, --thread-id and --claim-key are accepted and\n"
+             "unused: each role sets its own.)\n",
     NULL
 };
+
+/* The spool directory the hub at c reports serving (hub-info's spool_path,
+ * PROTOCOL §7.9) into out; -1 if it does not say (the reference, say). */
+static int smoke_hub_spool(Client *c, int64_t timeout_ms, char *out, size_t n) {
+    Buf body = { 0 };
+    Json j = { 0 };
+    int status = 0, rc = -1;
+    char err[ARC_ERRLEN];
+    uint32_t r, p;
+    if (timeout_ms > 0 &&
+        client_call(c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, timeout_ms, &status,
+                    &body, err) == 0 &&
+        status == 200 && json_parse(&j, buf_cstr(&body), body.len) == 0 &&
+        (r = json_get(&j, 0, "result")) && (p = json_get(&j, r, "spool_path")) &&
+        j.t[p].type == JSON_STR) {
+        Buf path = { 0 };
+        json_unescape(&j, p, &path);
+        if (path.len && path.len < n && !memchr(path.p, 0, path.len)) {
+            memcpy(out, path.p, path.len + 1);
+            rc = 0;
+        }
+        buf_free(&path);
+    }
+    json_free(&j);
+    buf_free(&body);
+    return rc;
+}
 
 /* Run the three smoke roles at once against this machine's hub, starting
  * one if none answers; prints a line per step. */
@@ -10457,6 +10520,9 @@ static int cmd_smoke(int argc, char **argv) {
     double timeout_s = 60;
     LifeOpts o = { .argv0 = g_argv0, .timeout_s = 30 };
     smoke_options(argc, argv, &roles[0], &transport, &timeout_s, &smoke_help, &o.hub);
+    /* --timeout-sec bounds everything from here: finding or starting the
+     * hub, and every call of every role. */
+    int64_t deadline = clock_ms() + (int64_t)(timeout_s * 1000);
     /* A fresh thread and claim per run, so an earlier run's messages
      * cannot satisfy this one. */
     char thread[64], claim[80];
@@ -10465,13 +10531,15 @@ static int cmd_smoke(int argc, char **argv) {
     snprintf(thread, sizeof thread, "smoke-%02x%02x%02x%02x%02x%02x", r[0], r[1],
              r[2], r[3], r[4], r[5]);
     snprintf(claim, sizeof claim, "%s-claim", thread);
-    if (!client_probe(roles[0].client.base, o.hub.token, 2000)) {
+    int64_t left = deadline - clock_ms();
+    if (!client_probe(roles[0].client.base, o.hub.token, left < 2000 ? left : 2000)) {
         printf("smoke: no hub at %s, starting one\n", roles[0].client.base);
         fflush(stdout);
         char log[ARC_PATHLEN];
         g_quiet = 1;
         pid_t pid = life_log_path(o.hub.storage, log) ? -1 : life_spawn(&o, log);
         int64_t until = clock_ms() + 10000;
+        if (until > deadline) until = deadline;
         while (pid > 0 && clock_ms() < until &&
                !client_probe(roles[0].client.base, o.hub.token, 500)) {
             struct timespec ts = { 0, 10 * 1000000 };
@@ -10479,7 +10547,15 @@ static int cmd_smoke(int argc, char **argv) {
         }
     }
     g_smoke_t0 = clock_ms();
+    /* smoke-b goes through the spool the hub serves, wherever it was
+     * started; the default only for a hub that does not say. */
+    char served[PATH_MAX];
     const char *spool = roles[0].client.relay_dir;
+    if (!spool) {
+        left = deadline - clock_ms();
+        spool = smoke_hub_spool(&roles[0].client, left < 5000 ? left : 5000, served,
+                                sizeof served) ? o.hub.spool_dir : served;
+    }
     pthread_t th[3];
     /* b and c copy a's client: all three are set up before any runs. */
     for (int i = 0; i < 3; i++) {
@@ -10495,7 +10571,7 @@ static int cmd_smoke(int argc, char **argv) {
         s->channel = roles[0].channel;
         s->thread = thread;
         s->claim_key = claim;
-        s->deadline_ms = g_smoke_t0 + (int64_t)(timeout_s * 1000);
+        s->deadline_ms = deadline;
         s->step = smoke_print_step;
     }
     for (int i = 0; i < 3; i++)
@@ -10508,7 +10584,10 @@ static int cmd_smoke(int argc, char **argv) {
         client_free(&roles[i].client);
     }
     if (failed) {
-        printf("smoke: FAILED\n");
+        if (clock_ms() >= deadline)
+            printf("smoke: FAILED: timed out after %g s (--timeout-sec)\n", timeout_s);
+        else
+            printf("smoke: FAILED\n");
         return 1;
     }
     printf("smoke: ok in %lld ms\n", (long long)(clock_ms() - g_smoke_t0));
@@ -10545,6 +10624,10 @@ static int cmd_smoke(int argc, char **argv) {
 #define MCP_SLICE_MS 5000            /* long-poll slice between progress notes */
 #define MCP_RETRY_MS 2000            /* re-register attempts while the hub is away */
 #define MCP_HUB_MS 15000             /* one ordinary hub request */
+#ifndef MCP_MAX_CURSORS
+#define MCP_MAX_CURSORS 256          /* poll filters that keep a read position */
+#endif
+#define MCP_CURSOR_BUCKETS 512       /* their hash table; a power of two */
 
 #define MCP_V_STATELESS "2026-07-28"
 #define MCP_V_LEGACY "2025-11-25"    /* newest version with a handshake */
@@ -10585,12 +10668,23 @@ struct McpCall {
 /* Where a filtered poll (channel and/or thread) has read up to. Polls with
  * different filters keep separate cursors: the reference moves one cursor
  * for all, so a poll of one thread silently skips the other channels'
- * messages up to that point. */
+ * messages up to that point. A model can invent any number of filters, so
+ * at most MCP_MAX_CURSORS are kept, found by hash; the least recently used
+ * is dropped first, and its filter, polled again, starts over like a new
+ * one: from the unfiltered cursor (docs/MCP.md, "Read positions"). */
 struct McpCursor {
-    McpCursor *next;
-    char *key;            /* channel \x1f thread */
+    McpCursor *newer, *older;  /* McpCursors' recency list */
+    McpCursor *hnext;          /* next in the same hash bucket */
+    uint32_t hash;             /* loop_hash(key) */
+    char *key;                 /* channel \x1f thread (owned) */
     int64_t since;
 };
+
+typedef struct {
+    McpCursor *newest, *oldest;                /* the recency list's ends */
+    McpCursor *bucket[MCP_CURSOR_BUCKETS];     /* chains by hash */
+    int n;                                     /* <= MCP_MAX_CURSORS */
+} McpCursors;
 
 typedef struct {
     /* Set once at start. */
@@ -10603,7 +10697,7 @@ typedef struct {
     int registered;               /* our session was active at last look */
     int warned_replaced;          /* logged that another process took the name */
     int64_t cursor;               /* since_id of unfiltered polls */
-    McpCursor *cursors;
+    McpCursors cursors;           /* ... and of filtered ones */
     char version[16];             /* from initialize; "" before */
     McpCall *calls;
     int ncalls;
@@ -10853,7 +10947,7 @@ static int mcp_register(Client *c, char err[ARC_ERRLEN]) {
     int first = !g_mcp.registered && g_mcp.cursor < 0;
     if (latest >= 0 && (first || latest < g_mcp.cursor)) {
         g_mcp.cursor = latest;
-        for (McpCursor *k = g_mcp.cursors; k; k = k->next)
+        for (McpCursor *k = g_mcp.cursors.newest; k; k = k->older)
             if (k->since > latest) k->since = latest;
     }
     /* Touch well inside the TTL: a third of it, at most every 30 s. */
@@ -11182,22 +11276,77 @@ static int64_t mcp_max_id(const Json *j, uint32_t arr, int64_t since) {
     return since;
 }
 
+/* Take k out of the recency list. */
+static void mcp_cursor_unlink(McpCursors *t, McpCursor *k) {
+    if (k->newer) k->newer->older = k->older;
+    else t->newest = k->older;
+    if (k->older) k->older->newer = k->newer;
+    else t->oldest = k->newer;
+    k->newer = k->older = NULL;
+}
+
+/* Put k at the newest end of the recency list. */
+static void mcp_cursor_push(McpCursors *t, McpCursor *k) {
+    k->older = t->newest;
+    k->newer = NULL;
+    if (t->newest) t->newest->newer = k;
+    else t->oldest = k;
+    t->newest = k;
+}
+
+/* The read position for `key`, now the most recently used. A key not in
+ * the table gets a new one starting at `start`; past MCP_MAX_CURSORS that
+ * reuses the least recently used entry. The pointer is valid until the
+ * next call (the caller holds g_mcp.mu). */
+static int64_t *mcp_cursor_get(McpCursors *t, const char *key, int64_t start) {
+    uint32_t h = loop_hash(key);
+    McpCursor **head = &t->bucket[h & (MCP_CURSOR_BUCKETS - 1)], *k = *head;
+    while (k && (k->hash != h || strcmp(k->key, key))) k = k->hnext;
+    if (k) {
+        mcp_cursor_unlink(t, k);
+        mcp_cursor_push(t, k);
+        return &k->since;
+    }
+    if (t->n < MCP_MAX_CURSORS) {
+        k = xrealloc(NULL, sizeof *k);
+        t->n++;
+    } else {   /* evict the oldest: out of the list and its chain */
+        k = t->oldest;
+        assert(k);
+        mcp_cursor_unlink(t, k);
+        McpCursor **p = &t->bucket[k->hash & (MCP_CURSOR_BUCKETS - 1)];
+        while (*p != k) p = &(*p)->hnext;
+        *p = k->hnext;
+        free(k->key);
+    }
+    assert(t->n <= MCP_MAX_CURSORS);
+    k->key = xstrndup(key, strlen(key));
+    k->hash = h;
+    k->since = start;
+    k->hnext = *head;
+    *head = k;
+    mcp_cursor_push(t, k);
+    return &k->since;
+}
+
+/* Free every cursor; the table is empty (and usable) again. */
+static void mcp_cursors_free(McpCursors *t) {
+    for (McpCursor *k = t->newest, *older; k; k = older) {
+        older = k->older;
+        free(k->key);
+        free(k);
+    }
+    memset(t, 0, sizeof *t);
+}
+
 /* The cursor for a poll filter, created from the unfiltered one. */
 static int64_t *mcp_cursor(const char *channel, const char *thread) {
     if (!*channel && !*thread) return &g_mcp.cursor;
     Buf key = { 0 };
     buf_addf(&key, "%s\x1f%s", channel, thread);
-    McpCursor *k = g_mcp.cursors;
-    while (k && strcmp(k->key, key.p)) k = k->next;
-    if (!k) {
-        k = xrealloc(NULL, sizeof *k);
-        k->key = xstrndup(key.p, key.len);
-        k->since = g_mcp.cursor;
-        k->next = g_mcp.cursors;
-        g_mcp.cursors = k;
-    }
+    int64_t *since = mcp_cursor_get(&g_mcp.cursors, key.p, g_mcp.cursor);
     buf_free(&key);
-    return &k->since;
+    return since;
 }
 
 /* Long-poll GET /v1/events from `since` for up to wait_s seconds, in
@@ -12306,19 +12455,61 @@ static void mcp_on_frame_error(const char *why, void *arg) {
     mcp_error(NULL, (Str){ NULL, 0 }, MCP_PARSE, e, NULL);
 }
 
-/* Read stdin until EOF, handling each message as it is framed. */
+/* MCP clients stop a stdio server with a signal as often as with EOF
+ * (Claude Code sends SIGINT, Codex and Gemini CLI SIGTERM, a closed
+ * terminal SIGHUP), so those take EOF's orderly path. The handler only
+ * writes the signal's number into this pipe (async-signal-safe, on whatever
+ * thread it lands); the stdin loop polls the read end. Shared: set up in
+ * cmd_mcp before the handler is installed, never changed after. */
+static int g_mcp_sig[2] = { -1, -1 };
+
+static void mcp_on_signal(int sig) {
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    if (write(g_mcp_sig[1], &b, 1) < 0) {}   /* full pipe: one byte is enough */
+    errno = saved;
+}
+
+/* Route SIGINT, SIGTERM and SIGHUP to mcp_on_signal, even if they were
+ * ignored when we started (a background job's SIGINT): the MCP client that
+ * sends one means it. SA_RESTART: other threads' calls carry on. */
+static void mcp_catch_signals(void) {
+    if (pipe(g_mcp_sig)) {
+        mcp_log("pipe: %s; signals end the process at once", strerror(errno));
+        g_mcp_sig[0] = g_mcp_sig[1] = -1;
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        fcntl(g_mcp_sig[i], F_SETFD, FD_CLOEXEC);
+        fd_nonblock(g_mcp_sig[i]);
+    }
+    struct sigaction sa = { .sa_handler = mcp_on_signal, .sa_flags = SA_RESTART };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
+/* Read stdin until EOF or a stopping signal, handling each message as it
+ * is framed. Input not yet framed when a signal comes is dropped. */
 static void mcp_read_stdin(void) {
     Buf in = { 0 };
     int eof = 0, skipping = 0;
     while (!eof) {
         if (buf_reserve(&in, 65536)) break;
-        ssize_t r = read(0, in.p + in.len, 65536);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0 && errno == EAGAIN) {   /* a client left stdin non-blocking */
-            struct pollfd p = { .fd = 0, .events = POLLIN };
-            poll(&p, 1, -1);
-            continue;
+        /* Wait for either (a client may also leave stdin non-blocking). */
+        struct pollfd p[2] = { { .fd = 0, .events = POLLIN },
+                               { .fd = g_mcp_sig[0], .events = POLLIN } };
+        if (poll(p, 2, -1) < 0 && errno != EINTR) break;
+        unsigned char sig;
+        if (p[1].revents && read(g_mcp_sig[0], &sig, 1) == 1) {
+            mcp_log("%s: closing the session", sig == SIGINT ? "SIGINT" :
+                    sig == SIGTERM ? "SIGTERM" : sig == SIGHUP ? "SIGHUP" : "signal");
+            break;
         }
+        if (!p[0].revents) continue;
+        ssize_t r = read(0, in.p + in.len, 65536);
+        if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
         if (r <= 0) eof = 1;
         else in.len += (size_t)r;
         mcp_drain(&in, eof, &skipping, mcp_on_msg, mcp_on_frame_error, NULL);
@@ -12364,7 +12555,8 @@ static const OptHelp mcp_help = {
     "Serve MCP over stdin/stdout (JSON-RPC, one message per line) as agent NAME,\n"
     "for a client's .mcp.json: {\"command\": \"arc\", \"args\": [\"mcp\", \"--agent\", \"NAME\"]}.\n",
     "Registers on start (replacing an earlier session of NAME), stays present while\n"
-    "it runs, re-registers when the hub comes back, and closes the session at EOF.\n"
+    "it runs, re-registers when the hub comes back, and closes the session at EOF\n"
+    "or on SIGINT, SIGTERM or SIGHUP (exit status 0).\n"
     "Protocol versions: 2024-11-05, 2025-03-26, 2025-06-18, 2025-11-25, 2026-07-28.\n"
 };
 
@@ -12397,9 +12589,9 @@ static void mcp_autostart(int explicit_url) {
     }
 }
 
-/* EOF: give calls just sent half a second to finish and answer, cancel
- * what still waits (clients kill the server 2 s after closing its stdin),
- * close the session. */
+/* EOF or a stopping signal: give calls just sent half a second to finish
+ * and answer, cancel what still waits (clients kill the server 2 s after
+ * closing its stdin), close the session. */
 static void mcp_shutdown(pthread_t beat) {
     pthread_mutex_lock(&g_mcp.mu);
     g_mcp.closing = 1;
@@ -12414,11 +12606,15 @@ static void mcp_shutdown(pthread_t beat) {
     pthread_mutex_lock(&g_mcp.mu);
     ts.tv_sec += 1;
     while (g_mcp.ncalls && pthread_cond_timedwait(&g_mcp.cond, &g_mcp.mu, &ts) != ETIMEDOUT) {}
+    pthread_mutex_unlock(&g_mcp.mu);
+    /* Read the session only once the heartbeat is done: a registration it
+     * was in the middle of is one to close too. */
+    pthread_join(beat, NULL);
+    pthread_mutex_lock(&g_mcp.mu);
     char sid[sizeof g_mcp.session_id];
     memcpy(sid, g_mcp.session_id, sizeof sid);
     int registered = g_mcp.registered;
     pthread_mutex_unlock(&g_mcp.mu);
-    pthread_join(beat, NULL);
     Client c;
     if (registered && sid[0] && mcp_client(&c, -1) == 0) {
         Buf path = { 0 }, out = { 0 };
@@ -12458,6 +12654,7 @@ static int cmd_mcp(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     if (autostart && !g_mcp.relay_dir) mcp_autostart(explicit_url);
+    mcp_catch_signals();   /* after autostart: the hub it starts keeps running */
     mcp_log("serving agent %s through %s", g_mcp.agent,
             g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url);
     /* The heartbeat thread registers at once: stdin is served meanwhile,
@@ -12470,6 +12667,14 @@ static int cmd_mcp(int argc, char **argv) {
     }
     mcp_read_stdin();
     mcp_shutdown(beat);
+    pthread_mutex_lock(&g_mcp.mu);   /* a straggling call may still poll */
+    mcp_cursors_free(&g_mcp.cursors);
+    pthread_mutex_unlock(&g_mcp.mu);
+    signal(SIGINT, SIG_IGN);   /* the session is closed: a late signal is moot */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    for (int i = 0; i < 2; i++)
+        if (g_mcp_sig[i] >= 0) close(g_mcp_sig[i]);
     return 0;
 }
 

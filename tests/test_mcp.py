@@ -602,6 +602,33 @@ class McpToolTest(McpCase):
                 self.assertEqual(r["structuredContent"][row][owner], other, r)
                 self.assertIn("held by " + other, tool_text(r))
 
+    def test_poll_filters_past_the_cursor_limit(self):
+        """Each channel/thread filter keeps its own read position, at most
+        MCP_MAX_CURSORS (256) of them: past that the least recently used is
+        dropped, and its filter starts over like a new one, from the
+        unfiltered position (docs/MCP.md): it repeats, never skips."""
+        p = self.spawn()
+        self.ready(p)
+        ch = self.channel()
+
+        def poll(**filt):
+            r = p.call("arc_poll_messages", dict(filt, timeout=0))
+            self.assertNotIn("isError", r, r)
+            return [m["id"] for m in r["structuredContent"]["messages"]]
+
+        m1 = self.post("elsewhere", "first", channel=ch, thread_id="t-first")["id"]
+        self.assertEqual(poll(channel=ch, thread_id="t-first"), [m1])
+        self.assertEqual(poll(channel=ch, thread_id="t-first"), [])   # read up to m1
+        for i in range(300):       # more filters than the table holds
+            self.assertEqual(poll(channel=ch, thread_id="t-%d" % i), [])
+        m2 = self.post("elsewhere", "second", channel=ch, thread_id="t-first")["id"]
+        # Dropped, so from the unfiltered position (registration): m1 again.
+        self.assertEqual(poll(channel=ch, thread_id="t-first"), [m1, m2])
+        self.assertEqual(poll(channel=ch, thread_id="t-first"), [])
+        # The newest filters kept theirs.
+        m3 = self.post("elsewhere", "third", channel=ch, thread_id="t-299")["id"]
+        self.assertEqual(poll(channel=ch, thread_id="t-299"), [m3])
+
     def test_message_text_and_arguments(self):
         """Unicode and multi-line bodies survive both ways; the readable text
         shows each body line indented; numbers given as strings are taken;
@@ -804,6 +831,28 @@ class McpLifecycleTest(McpCase):
                                               "arguments": {"timeout": 40}})
                 p.close_stdin()
                 self.assertEqual(p.wait(10), 0, p.stderr_text())
+                self.assertTrue(p.stdout_eof.wait(5))
+                self.assertNotIn(p.agent, agents_live(self.hub))
+                self.assert_clean_stdout(p)
+
+    def test_signals_end_process_and_session(self):
+        """MCP clients stop a stdio server with a signal, not EOF (Claude Code
+        SIGINT, Codex and Gemini CLI SIGTERM; a closed terminal SIGHUP): each
+        takes EOF's orderly path, with stdin still open and a poll waiting:
+        status 0 at once, and the session is closed, not left live until
+        the presence TTL."""
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with self.subTest(signal=sig.name):
+                p = self.spawn()
+                self.ready(p)
+                self.assertIn(p.agent, agents_live(self.hub))
+                p.send_request("tools/call", {"name": "arc_poll_messages",
+                                              "arguments": {"timeout": 40}})
+                self.assertEqual(p.request("ping")["result"], {})
+                t0 = time.monotonic()
+                p.proc.send_signal(sig)
+                self.assertEqual(p.wait(10), 0, p.stderr_text())
+                self.assertLess(time.monotonic() - t0, 5, p.stderr_text())
                 self.assertTrue(p.stdout_eof.wait(5))
                 self.assertNotIn(p.agent, agents_live(self.hub))
                 self.assert_clean_stdout(p)

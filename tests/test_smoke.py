@@ -8,12 +8,16 @@ Run from the repository root:
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import hubtest  # noqa: E402
 from hubtest import Hub, arc_only, hub_command, reference_py, uid  # noqa: E402
 
 
@@ -97,6 +101,48 @@ class SmokeAgentTests(SmokeCase):
             self.assertIn(step, lines)
         # smoke-b really went through the relay
         self.assertTrue(os.path.isdir(os.path.join(self.spool, "responses", "smoke-b")))
+
+
+@arc_only
+class SmokeSpoolTests(SmokeCase):
+    """`arc smoke` against a running hub finds that hub's spool directory
+    (hub-info's spool_path) instead of assuming ./.arc-relay, and its
+    --timeout-sec bounds the whole run, the relay role included."""
+
+    def smoke(self, extra, timeout_sec, cwd):
+        argv = self.cmd() + ["smoke", "--port", str(self.hub.port), "--storage",
+                             self.hub.storage, "--timeout-sec", str(timeout_sec)]
+        t0 = time.monotonic()
+        p = subprocess.run(argv + list(extra), capture_output=True, cwd=cwd, timeout=90)
+        hubtest.check_sanitizer_log(p.stderr.decode(errors="replace"))
+        return p, time.monotonic() - t0
+
+    def test_hub_info_reports_the_spool_it_serves(self):
+        info = self.hub.get("/v1/hub-info")[2]["result"]
+        self.assertEqual(info["spool_path"], os.path.realpath(self.spool))
+
+    def test_smoke_uses_the_running_hubs_spool(self):
+        cwd = tempfile.mkdtemp(prefix="arc-smoke-cwd-")
+        self.addCleanup(shutil.rmtree, cwd, True)
+        p, _ = self.smoke((), 20, cwd)
+        out = p.stdout.decode()
+        self.assertEqual(p.returncode, 0, (out, p.stderr))
+        self.assertRegex(out.strip().splitlines()[-1], r"^smoke: ok in \d+ ms$")
+        self.assertFalse(os.path.exists(os.path.join(cwd, ".arc-relay")))
+        self.assertTrue(os.path.isdir(os.path.join(self.spool, "responses", "smoke-b")))
+
+    def test_timeout_bounds_an_unserved_relay(self):
+        cwd = tempfile.mkdtemp(prefix="arc-smoke-cwd-")
+        self.addCleanup(shutil.rmtree, cwd, True)
+        unserved = os.path.join(cwd, "nobody-serves-this")
+        p, elapsed = self.smoke(("--spool-dir", unserved), 2, cwd)
+        out = p.stdout.decode()
+        self.assertEqual(p.returncode, 1, (out, p.stderr))
+        self.assertLess(elapsed, 2 + 6, out)     # the timeout, plus start-up slack
+        lines = out.strip().splitlines()
+        self.assertTrue(any(l.startswith("smoke-b: FAILED:") and unserved in l
+                            for l in lines), out)
+        self.assertEqual(lines[-1], "smoke: FAILED: timed out after 2 s (--timeout-sec)")
 
 
 @arc_only

@@ -1609,6 +1609,68 @@ static void test_mcp_tools(void) {
     CHECK(mcp_has("2025-11-25", "2025-06-18") && !mcp_has("2025-03-26", "2025-06-18"));
 }
 
+/* The cursor table's invariants: the recency list runs both ways over
+ * exactly n entries, each in the chain its hash names, and the chains
+ * hold nothing else. */
+static int ut_cursors_ok(const McpCursors *t) {
+    int fwd = 0, back = 0, chained = 0;
+    for (const McpCursor *k = t->newest; k; k = k->older, fwd++) {
+        if (k->older && k->older->newer != k) return 0;
+        if (!k->older && t->oldest != k) return 0;
+        const McpCursor *c = t->bucket[k->hash & (MCP_CURSOR_BUCKETS - 1)];
+        while (c && c != k) c = c->hnext;
+        if (!c || k->hash != loop_hash(k->key)) return 0;
+    }
+    for (const McpCursor *k = t->oldest; k; k = k->newer) back++;
+    for (int b = 0; b < MCP_CURSOR_BUCKETS; b++)
+        for (const McpCursor *c = t->bucket[b]; c; c = c->hnext) chained++;
+    return fwd == t->n && back == t->n && chained == t->n && t->n <= MCP_MAX_CURSORS;
+}
+
+/* arc mcp's read positions per poll filter: bounded, least recently used
+ * dropped first, a dropped filter starting over from the given start. */
+static void test_mcp_cursors(void) {
+    McpCursors t = { 0 };
+    char key[32];
+    const int64_t fresh = -7;   /* the start a new entry gets */
+    for (int i = 0; i < MCP_MAX_CURSORS; i++) {
+        snprintf(key, sizeof key, "c%d\x1f", i);
+        int64_t *p = mcp_cursor_get(&t, key, fresh);
+        CHECK(*p == fresh);
+        *p = i;
+    }
+    CHECK(t.n == MCP_MAX_CURSORS && ut_cursors_ok(&t));
+    for (int i = 0; i < MCP_MAX_CURSORS; i++) {   /* all kept, with their values */
+        snprintf(key, sizeof key, "c%d\x1f", i);
+        CHECK(*mcp_cursor_get(&t, key, fresh) == i);
+    }
+    /* c0 was used longest ago; touch it, and c1 is the one to go. */
+    CHECK(*mcp_cursor_get(&t, "c0\x1f", fresh) == 0);
+    CHECK(*mcp_cursor_get(&t, "new\x1f", fresh) == fresh);
+    CHECK(t.n == MCP_MAX_CURSORS && ut_cursors_ok(&t));
+    CHECK(*mcp_cursor_get(&t, "c0\x1f", fresh) == 0);
+    CHECK(*mcp_cursor_get(&t, "c1\x1f", 99) == 99);   /* dropped: starts over */
+    CHECK(*mcp_cursor_get(&t, "c3\x1f", fresh) == 3);  /* c2 went for c1 */
+    CHECK(*mcp_cursor_get(&t, "c2\x1f", fresh) == fresh);
+    /* Ten times as many filters: the table stays full, never larger, and
+     * keeps exactly the newest. */
+    for (int i = 0; i < 10 * MCP_MAX_CURSORS; i++) {
+        snprintf(key, sizeof key, "x%d\x1fth", i);
+        *mcp_cursor_get(&t, key, fresh) = i;
+        if (t.n > MCP_MAX_CURSORS) break;
+    }
+    CHECK(t.n == MCP_MAX_CURSORS && ut_cursors_ok(&t));
+    for (int i = 10 * MCP_MAX_CURSORS - 1; i >= 9 * MCP_MAX_CURSORS; i--) {
+        snprintf(key, sizeof key, "x%d\x1fth", i);   /* newest first: no evictions */
+        CHECK(*mcp_cursor_get(&t, key, fresh) == i);
+    }
+    CHECK(*mcp_cursor_get(&t, "c0\x1f", fresh) == fresh);
+    mcp_cursors_free(&t);
+    CHECK(t.n == 0 && !t.newest && !t.oldest && ut_cursors_ok(&t));
+    CHECK(*mcp_cursor_get(&t, "again\x1f", 5) == 5 && t.n == 1);
+    mcp_cursors_free(&t);
+}
+
 /* ==== hub: access checks (PROTOCOL §2) ================================= */
 
 /* Parse raw request text and run hub_admit() on it; returns the status it
@@ -2478,6 +2540,7 @@ int main(void) {
     test_http_query();
     test_mcp_frame();
     test_mcp_tools();
+    test_mcp_cursors();
     test_admit();
     test_query_readers();
     test_relay_envelope();
