@@ -522,6 +522,129 @@ static void uuid4(char out[37]) {
     out[o] = 0;
 }
 
+/* ---- files in directories that others may write (STYLE §6b) ---- */
+
+/* The hub's own files (.arc.pid, arc.log, .arc.lock) sit beside the
+ * storage file, which by default is the workspace: a sandboxed agent can
+ * plant anything there. A directory is named by the user, so its path is
+ * followed; the file inside it never is: it is opened relative to the
+ * directory's descriptor with O_NOFOLLOW, without blocking (a FIFO), and
+ * what was opened is checked before a byte is written or trusted. */
+
+/* May a file or directory we found be trusted: ours (a directory may be
+ * root's), and writable by nobody else? Group write passes only for our
+ * own primary group: with the user-private-group convention (umask 002)
+ * every directory a user makes is group-writable, by a group of one. */
+static int fs_trusted(const struct stat *st) {
+    uid_t me = geteuid();
+    if (st->st_uid != me && !(S_ISDIR(st->st_mode) && st->st_uid == 0)) return 0;
+    if (st->st_mode & S_IWOTH) return 0;
+    if ((st->st_mode & S_IWGRP) && st->st_gid != getegid()) return 0;
+    return 1;
+}
+
+/* The directory that holds `path` (a file name; the directory part is
+ * followed as given, "." when there is none), opened for the *at() calls.
+ * Returns the descriptor or -1 with err filled. */
+static int fs_open_parent(const char *path, char err[ARC_ERRLEN]) {
+    const char *slash = strrchr(path, '/');
+    Buf dir = { 0 };
+    if (!slash) buf_addc(&dir, '.');
+    else if (slash == path) buf_addc(&dir, '/');
+    else buf_add(&dir, path, (size_t)(slash - path));
+    int fd = open(dir.p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        snprintf(err, ARC_ERRLEN, "cannot open directory %s: %s", dir.p,
+                 strerror(errno));
+    buf_free(&dir);
+    return fd;
+}
+
+/* Open `name` inside directory `dfd` with `flags` (O_CREAT with mode 0600
+ * allowed), never through a symbolic link, and only if it is a regular
+ * file with one name that is ours: a FIFO, a device, a link to another
+ * file, or a hard link (two names: perhaps ~/.ssh/authorized_keys) is
+ * refused. Returns the descriptor (blocking again) or -1 with err. */
+static int fs_openat(int dfd, const char *name, int flags, char err[ARC_ERRLEN]) {
+    int fd = openat(dfd, name, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+                    0600);
+    if (fd < 0) {
+        /* ENXIO: a FIFO opened for writing with no reader. */
+        snprintf(err, ARC_ERRLEN, "%s: %s", name,
+                 errno == ELOOP ? "is a symbolic link"
+                 : errno == ENXIO ? "is not a regular file" : strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    const char *why = NULL;
+    if (fstat(fd, &st)) why = strerror(errno);
+    else if (!S_ISREG(st.st_mode)) why = "is not a regular file";
+    else if (st.st_nlink != 1) why = "has more than one name (a hard link)";
+    else if (st.st_uid != geteuid()) why = "belongs to another user";
+    if (why) {
+        snprintf(err, ARC_ERRLEN, "%s %s", name, why);
+        close(fd);
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
+/* Replace dir/name with `data`, atomically and without writing through
+ * whatever was there (a planted link is replaced, not followed): a new
+ * file made O_EXCL under a random name, then renameat() over the name. */
+static int fs_replace_at(int dfd, const char *name, Str data,
+                         char err[ARC_ERRLEN]) {
+    unsigned char r[6];
+    rand_bytes(r, sizeof r);
+    char tmp[64];
+    snprintf(tmp, sizeof tmp, ".arc-tmp-%02x%02x%02x%02x%02x%02x", r[0], r[1],
+             r[2], r[3], r[4], r[5]);
+    int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
+                    O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, ARC_ERRLEN, "cannot create %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    int rc = -1;
+    size_t off = 0;
+    while (off < data.n) {
+        ssize_t w = write(fd, data.p + off, data.n - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    if (off < data.n) snprintf(err, ARC_ERRLEN, "cannot write %s: %s", tmp, strerror(errno));
+    else if (renameat(dfd, tmp, dfd, name))
+        snprintf(err, ARC_ERRLEN, "cannot rename %s to %s: %s", tmp, name, strerror(errno));
+    else rc = 0;
+    close(fd);
+    if (rc) unlinkat(dfd, tmp, 0);
+    return rc;
+}
+
+/* Read at most n - 1 bytes of dir/name (opened as fs_openat opens) into
+ * buf, NUL-terminated; the file's stat in *st. Returns the length or -1. */
+static ssize_t fs_read_at(int dfd, const char *name, char *buf, size_t n,
+                          struct stat *st, char err[ARC_ERRLEN]) {
+    int fd = fs_openat(dfd, name, O_RDONLY, err);
+    if (fd < 0) return -1;
+    ssize_t got = 0;
+    if (fstat(fd, st)) got = -1;
+    while (got >= 0 && (size_t)got < n - 1) {
+        ssize_t k = read(fd, buf + got, n - 1 - (size_t)got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) got = -1;
+        if (k <= 0) break;
+        got += k;
+    }
+    close(fd);
+    if (got < 0) snprintf(err, ARC_ERRLEN, "cannot read %s: %s", name, strerror(errno));
+    else buf[got] = 0;
+    return got;
+}
+
 /* SHA-256 (FIPS 180-4), used only for the instance id (PROTOCOL §10). */
 typedef struct {
     uint32_t h[8];
@@ -5196,7 +5319,8 @@ static void hub_info(Hub *h, Req *q, Res *r) {
     buf_addf(b, ",\"wal_mode\":%s,\"allow_remote\":%s,\"started_at\":\"%s\"",
              strcmp(s->journal_mode, "wal") ? "false" : "true",
              h->cfg.allow_remote ? "true" : "false", h->started_at);
-    buf_addf(b, ",\"presence_ttl_sec\":%lld", (long long)h->cfg.presence_ttl_s);
+    buf_addf(b, ",\"presence_ttl_sec\":%lld,\"pid\":%d",
+             (long long)h->cfg.presence_ttl_s, (int)getpid());
     if (h->spool_path[0]) {   /* `arc smoke` finds the spool it serves here */
         buf_adds(b, ",\"spool_path\":");
         json_cstr(b, h->spool_path);
@@ -8337,11 +8461,32 @@ static void serve_url(const char *host, int port, char *out, size_t n) {
     else snprintf(out, n, "http://%s:%d", host, port);
 }
 
-/* The pidfile beside the storage file: {"pid","port","url"}. */
-static void serve_pidfile_path(const Store *s, char *out, size_t n) {
-    const char *slash = strrchr(s->path, '/');
-    int dir = slash ? (int)(slash - s->path) : 0;
-    snprintf(out, n, "%.*s/.arc.pid", dir, s->path);
+/* The pidfile, .arc.pid beside the storage file: {"pid","port","url"} as
+ * the reference writes it. It is written through the storage directory's
+ * descriptor by fs_replace_at, so a planted link is replaced, never
+ * written through (PROTOCOL §2.6). Returns 0 or -1 (logged). */
+static int serve_pidfile_write(int dfd, int port, const char *url) {
+    char err[ARC_ERRLEN];
+    Buf b = { 0 };
+    buf_addf(&b, "{\"pid\": %d, \"port\": %d, \"url\": ", (int)getpid(), port);
+    json_cstr(&b, url);
+    buf_addc(&b, '}');
+    int rc = fs_replace_at(dfd, ".arc.pid", buf_str(&b), err);
+    if (rc) log_warn("cannot write the pidfile: %s", err);
+    buf_free(&b);
+    return rc;
+}
+
+/* Remove the pidfile if it is still ours (a newer hub may have replaced
+ * it), and only once the storage is closed: `arc stop` takes its removal
+ * as the end. */
+static void serve_pidfile_remove(int dfd) {
+    char buf[512], err[ARC_ERRLEN], mine[64];
+    struct stat st;
+    snprintf(mine, sizeof mine, "{\"pid\": %d,", (int)getpid());
+    if (fs_read_at(dfd, ".arc.pid", buf, sizeof buf, &st, err) >= 0 &&
+        !strncmp(buf, mine, strlen(mine)))
+        unlinkat(dfd, ".arc.pid", 0);
 }
 
 /* An inotify descriptor that becomes readable whenever the -wal file is
@@ -8366,33 +8511,6 @@ static int serve_watch_wal(const Store *s) {
     (void)s;
     return -1;
 #endif
-}
-
-/* Write the pidfile: {"pid","port","url"}, mode 0600 even if an older one
- * was created wider. A failure is not fatal: clients find the hub by its
- * port too. */
-static void serve_pidfile_write(const char *path, int port, const char *url) {
-    int pfd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    FILE *pf = pfd >= 0 && fchmod(pfd, 0600) == 0 ? fdopen(pfd, "w") : NULL;
-    if (pf) {
-        fprintf(pf, "{\"pid\": %d, \"port\": %d, \"url\": \"%s\"}", (int)getpid(),
-                port, url);
-        fclose(pf);
-    } else if (pfd >= 0) {
-        close(pfd);
-    }
-}
-
-/* Remove the pidfile, but only if it is still ours. */
-static void serve_pidfile_remove(const char *path) {
-    char buf[512] = "", mine[64];
-    FILE *pf = fopen(path, "r");
-    if (!pf) return;
-    size_t n = fread(buf, 1, sizeof buf - 1, pf);
-    buf[n] = 0;
-    fclose(pf);
-    snprintf(mine, sizeof mine, "{\"pid\": %d,", (int)getpid());
-    if (!strncmp(buf, mine, strlen(mine))) unlink(path);
 }
 
 /* Every connection is a descriptor: take all the kernel allows, and fit
@@ -8421,7 +8539,7 @@ typedef struct {
     Hub hub;
     Loop loop;                     /* loop.hub points at hub */
     int store_open;                /* hub.store is open */
-    char pidpath[PATH_MAX + 16];   /* the pidfile, "" until it is written */
+    int pid_dfd;                   /* the pidfile's directory, or -1 */
 } Serve;
 
 /* Refuse a configuration that would expose the hub (PROTOCOL §2.3): a
@@ -8482,8 +8600,9 @@ static int serve_start(Serve *s, int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     serve_url(cfg->host, port, url, sizeof url);
-    serve_pidfile_path(&h->store, s->pidpath, sizeof s->pidpath);
-    serve_pidfile_write(s->pidpath, port, url);
+    s->pid_dfd = fs_open_parent(h->store.path, err);
+    if (s->pid_dfd < 0) log_warn("no pidfile: %s", err);
+    else serve_pidfile_write(s->pid_dfd, port, url);
     int remote = !hub_is_loopback(cfg->host);
     if (remote && !cfg->token[0])
         log_warn("\n"
@@ -8535,7 +8654,11 @@ static void serve_stop(Serve *s) {
     if (s->store_open) store_close(&s->hub.store);
     /* Only now that the storage is closed: `arc stop` takes the pidfile's
      * removal as the end. */
-    if (s->pidpath[0]) serve_pidfile_remove(s->pidpath);
+    if (s->pid_dfd >= 0) {
+        serve_pidfile_remove(s->pid_dfd);
+        close(s->pid_dfd);
+        s->pid_dfd = -1;
+    }
     g_wake_wr = -1;
     loop_close(l);
     hub_batch_truncate(&s->hub, 0);
@@ -8546,6 +8669,7 @@ static void serve_stop(Serve *s) {
 static int cmd_serve(int argc, char **argv) {
     Serve *s = xrealloc(NULL, sizeof *s);
     memset(s, 0, sizeof *s);
+    s->pid_dfd = -1;
     int rc = serve_start(s, argc, argv);
     if (rc == 0) serve_run(s);
     serve_stop(s);
@@ -8950,10 +9074,27 @@ typedef struct {
     int refused;        /* it answers, but refuses our token (401) */
 } HubRef;
 
-/* Does a hub answer at url, given our token (or none)? Returns PROBE_OK,
- * PROBE_REFUSED when a hub answers 401 (it wants another token), or 0. */
+/* Is body a hub-info answer, from the process pid if pid > 0? An arc hub
+ * reports its pid; the reference reports none, and is taken at its word. */
+static int cli_probe_match(const Buf *body, int pid) {
+    Json j = { 0 };
+    uint32_t res, v;
+    int64_t got;
+    int ok = json_parse(&j, buf_cstr(body), body->len) == 0 &&
+             (res = json_get(&j, 0, "result")) && json_get(&j, res, "instance_id") &&
+             (pid <= 0 || !(v = json_get(&j, res, "pid")) ||
+              (json_to_i64(&j, v, &got) == 0 && got == pid));
+    json_free(&j);
+    return ok;
+}
+
+/* Does a hub answer at url, given our token (or none)? With pid > 0 (from
+ * a pidfile) a hub that reports another pid in hub-info is not the one the
+ * pidfile names. Returns PROBE_OK, PROBE_REFUSED when a hub answers 401 (it
+ * wants another token), or 0. */
 enum { PROBE_OK = 1, PROBE_REFUSED = 2 };
-static int client_probe(const char *url, const char *token, int64_t timeout_ms) {
+static int client_probe(const char *url, const char *token, int pid,
+                     int64_t timeout_ms) {
     Client c;
     char err[ARC_ERRLEN] = "";
     Buf body = { 0 };
@@ -8962,8 +9103,7 @@ static int client_probe(const char *url, const char *token, int64_t timeout_ms) 
         c.token = token;
         if (client_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, timeout_ms,
                      &status, &body, err) == 0) {
-            if (status == 200 && strstr(buf_cstr(&body), "\"instance_id\""))
-                ok = PROBE_OK;
+            if (status == 200 && cli_probe_match(&body, pid)) ok = PROBE_OK;
             else if (status == 401 && strstr(buf_cstr(&body), "\"ok\":false"))
                 ok = PROBE_REFUSED;
         }
@@ -8980,27 +9120,116 @@ static void client_refused_msg(const char *url, const char *token, char *out, si
                                               : "requires a token");
 }
 
-/* Read a pidfile; returns 0 if it holds a pid and a url. */
-static int client_read_pidfile(const char *path, HubRef *ref) {
+/* Is url an http URL on a loopback address (127.0.0.0/8, [::1],
+ * localhost)? A pidfile naming anything else is not obeyed. */
+static int cli_url_loopback(const char *url) {
+    if (strncmp(url, "http://", 7)) return 0;
+    const char *h = url + 7;
+    size_t n = strcspn(h, ":/");
+    if (h[0] == '[') return !strncmp(h, "[::1]", 5) && strchr(":/", h[5]) && h[5];
+    if (str_ieq((Str){ h, n }, "localhost")) return 1;
+    struct in_addr a;
+    char ip[16];
+    if (n >= sizeof ip) return 0;
+    memcpy(ip, h, n);
+    ip[n] = 0;
+    return inet_pton(AF_INET, ip, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
+}
+
+/* Is pid a live process of ours running arc? On Linux its executable is
+ * this very binary, or one named arc* whose first argument is "serve" (a
+ * hub started by another build of arc). Elsewhere only that it is ours and
+ * alive; the hub then has to confirm the pid over HTTP (client_probe). A pid
+ * that is gone, another user's, or another program's is not obeyed: a
+ * planted pidfile must not make `arc stop` signal it. */
+static int cli_pid_is_arc(int pid) {
+    if (pid <= 1 || kill(pid, 0) != 0) return 0;   /* EPERM: not ours */
+#ifdef __linux__
+    char path[64], exe[PATH_MAX];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
     FILE *f = fopen(path, "r");
-    if (!f) return -1;
+    int ours = 0;
+    if (f) {
+        char line[256];
+        unsigned long uid;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "Uid: %*u %lu", &uid) == 1) {
+                ours = uid == (unsigned long)geteuid();
+                break;
+            }
+        fclose(f);
+    }
+    if (!ours) return 0;
+    struct stat a, b;
+    snprintf(path, sizeof path, "/proc/%d/exe", pid);
+    if (stat(path, &a) == 0 && stat("/proc/self/exe", &b) == 0 &&
+        a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+        return 1;
+    ssize_t n = readlink(path, exe, sizeof exe - 1);
+    if (n <= 0) return 0;
+    exe[n] = 0;
+    const char *base = strrchr(exe, '/');
+    base = base ? base + 1 : exe;
+    if (strncmp(base, "arc", 3)) return 0;
+    char args[256] = "";
+    snprintf(path, sizeof path, "/proc/%d/cmdline", pid);
+    f = fopen(path, "r");
+    size_t got = f ? fread(args, 1, sizeof args - 1, f) : 0;
+    if (f) fclose(f);
+    args[got] = 0;
+    size_t first = strlen(args);   /* argv[0], then NUL, then argv[1] */
+    return first + 1 < got && !strcmp(args + first + 1, "serve");
+#else
+    return 1;
+#endif
+}
+
+/* Read and vet the pidfile dir/.arc.pid: obeyed only if the directory and
+ * the file are ours and writable by nobody else (fs_trusted), the file is
+ * a regular one reached without a link, its URL is on loopback and its pid
+ * is an arc process of ours (PROTOCOL §2.6). Returns 0 with ref->pid, url
+ * and path filled; -1 (why in err) otherwise. */
+static int client_read_pidfile(const char *dir, HubRef *ref, char err[ARC_ERRLEN]) {
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        snprintf(err, ARC_ERRLEN, "%.400s: %s", dir, strerror(errno));
+        return -1;
+    }
     char buf[1024];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
+    struct stat dst, fst;
+    ssize_t n = -1;
+    if (fstat(dfd, &dst) || !fs_trusted(&dst))
+        snprintf(err, ARC_ERRLEN, "%.400s is writable by others", dir);
+    else if ((n = fs_read_at(dfd, ".arc.pid", buf, sizeof buf, &fst, err)) >= 0 &&
+             !fs_trusted(&fst)) {
+        snprintf(err, ARC_ERRLEN, "%.400s/.arc.pid is writable by others", dir);
+        n = -1;
+    }
+    close(dfd);
+    if (n < 0) return -1;
     Json j = { 0 };
     int rc = -1;
     int64_t pid;
     uint32_t vp, vu;
-    if (json_parse(&j, buf, n) == 0 && (vp = json_get(&j, 0, "pid")) &&
+    snprintf(err, ARC_ERRLEN, "%.400s/.arc.pid holds no pid and url", dir);
+    if (json_parse(&j, buf, (size_t)n) == 0 && (vp = json_get(&j, 0, "pid")) &&
         (vu = json_get(&j, 0, "url")) && j.t[vu].type == JSON_STR &&
         json_to_i64(&j, vp, &pid) == 0 && pid > 0 && pid < INT_MAX) {
         Buf u = { 0 };
         json_unescape(&j, vu, &u);
-        snprintf(ref->url, sizeof ref->url, "%s", buf_cstr(&u));
-        buf_free(&u);
+        int cut = snprintf(ref->url, sizeof ref->url, "%s", buf_cstr(&u)) >=
+                  (int)sizeof ref->url;
         ref->pid = (int)pid;
-        snprintf(ref->path, sizeof ref->path, "%s", path);
-        rc = 0;
+        snprintf(ref->path, sizeof ref->path, "%s/.arc.pid", dir);
+        if (cut || !cli_url_loopback(ref->url))
+            snprintf(err, ARC_ERRLEN, "%.400s names a URL that is not loopback",
+                     ref->path);
+        else if (!cli_pid_is_arc(ref->pid))
+            snprintf(err, ARC_ERRLEN, "%.400s names pid %d, not an arc process "
+                     "of this user", ref->path, ref->pid);
+        else
+            rc = 0;
+        buf_free(&u);
     }
     json_free(&j);
     return rc;
@@ -9032,12 +9261,10 @@ static int client_discover(const char *storage, const char *token, HubRef *ref) 
         char dir[PATH_MAX];
         memcpy(dir, roots[r], sizeof dir);
         for (;;) {
-            char path[PATH_MAX + 16];
-            snprintf(path, sizeof path, "%s/.arc.pid", strcmp(dir, "/") ? dir : "");
+            char why[ARC_ERRLEN];
             int probe;
-            if (client_read_pidfile(path, ref) == 0 &&
-                (kill(ref->pid, 0) == 0 || errno == EPERM) &&
-                (probe = client_probe(ref->url, token, 2000))) {
+            if (client_read_pidfile(dir, ref, why) == 0 &&
+                (probe = client_probe(ref->url, token, ref->pid, 2000))) {
                 ref->refused = probe == PROBE_REFUSED;
                 return 1;
             }
@@ -9143,8 +9370,15 @@ static void life_base_url(const HubConfig *cfg, char out[ARC_URLLEN]) {
 
 /* Print the last lines of a log file on stderr. */
 static void life_log_tail(const char *path, int lines) {
-    FILE *f = fopen(path, "r");
-    if (!f) return;
+    char err[ARC_ERRLEN];
+    int dfd = fs_open_parent(path, err), fd = -1;
+    const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    if (dfd >= 0) fd = fs_openat(dfd, name, O_RDONLY, err), close(dfd);
+    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
+    if (!f) {
+        if (fd >= 0) close(fd);
+        return;
+    }
     char buf[8192];
     fseek(f, 0, SEEK_END);
     long size = ftell(f);
@@ -9159,23 +9393,43 @@ static void life_log_tail(const char *path, int lines) {
     fprintf(stderr, "--- last lines of %s ---\n%s", path, *p == '\n' ? p + 1 : p);
 }
 
+/* Open the hub's log for appending, as fs_openat allows (the log sits in
+ * the workspace: a planted link must not make the hub append to a file of
+ * the user's choosing). Returns the descriptor or -1 with err. */
+static int life_open_log(const char *log, char err[ARC_ERRLEN]) {
+    int dfd = fs_open_parent(log, err);
+    if (dfd < 0) return -1;
+    const char *slash = strrchr(log, '/');
+    int fd = fs_openat(dfd, slash ? slash + 1 : log, O_WRONLY | O_CREAT | O_APPEND,
+                       err);
+    close(dfd);
+    return fd;
+}
+
 /* Start `arc serve` detached: its own session, stdin from /dev/null, output
- * appended to `log`. Its argv is the serve options marked OPT_PASS, written
- * back from o->hub by opt_argv() (it grows as needed); the token goes by
- * environment. Returns the child's pid or -1. */
-static pid_t life_spawn(const LifeOpts *o, const char *log) {
+ * appended to `log` (opened here, before the fork, so a refusal can be
+ * told). Its argv is the serve options marked OPT_PASS, written back from
+ * o->hub by opt_argv() (it grows as needed); the token goes by
+ * environment. Returns the child's pid, or -1 with why filled. */
+static pid_t life_spawn(const LifeOpts *o, const char *log, char why[ARC_ERRLEN]) {
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n > 0) exe[n] = 0;
     else if (!realpath(o->argv0, exe) &&
-             (size_t)snprintf(exe, sizeof exe, "%s", o->argv0) >= sizeof exe)
+             (size_t)snprintf(exe, sizeof exe, "%s", o->argv0) >= sizeof exe) {
+        snprintf(why, ARC_ERRLEN, "the path of arc itself is too long");
         return -1;   /* a cut path would run another program */
+    }
+    int out = life_open_log(log, why);
+    if (out < 0) return -1;
     OptArgv args = { 0 };
     opt_argv_add(&args, exe);
     opt_argv_add(&args, "serve");
     opt_argv(&args, serve_opts, &o->hub, OPT_PASS);
     pid_t pid = fork();
+    if (pid < 0) snprintf(why, ARC_ERRLEN, "fork: %s", strerror(errno));
     if (pid != 0) {
+        close(out);
         opt_argv_free(&args);
         return pid;
     }
@@ -9184,9 +9438,8 @@ static pid_t life_spawn(const LifeOpts *o, const char *log) {
      * could read it (ps). The caller is single-threaded here. */
     if (o->hub.token[0]) setenv("ARC_TOKEN", o->hub.token, 1);
     int in = open("/dev/null", O_RDONLY);
-    int out = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
     if (in >= 0) dup2(in, 0);
-    if (out >= 0) dup2(out, 1), dup2(out, 2);
+    dup2(out, 1), dup2(out, 2);
     execv(exe, args.v);
     fprintf(stderr, "arc: cannot run %s: %s\n", exe, strerror(errno));
     _exit(127);
@@ -9203,14 +9456,18 @@ static int life_log_path(const char *storage, char log[ARC_PATHLEN]) {
 }
 
 /* Serialise concurrent `arc ensure`s for one storage file with a POSIX
- * record lock on a file beside it, so two at once start one hub. */
-static int life_lock(const char *storage) {
-    char dir[PATH_MAX], path[ARC_PATHLEN];
+ * record lock on .arc.lock beside it, so two at once start one hub.
+ * Returns the locked descriptor; -1 when the directory does not exist yet
+ * (nothing to serialise: ensure makes it); -2 with err when .arc.lock is
+ * not a file of ours (fs_openat): a planted one is not used. */
+static int life_lock(const char *storage, char err[ARC_ERRLEN]) {
+    char dir[PATH_MAX];
     client_storage_dir(storage, dir, sizeof dir);
-    if ((size_t)snprintf(path, sizeof path, "%s/.arc.lock", dir) >= sizeof path)
-        return -1;
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) return -1;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return -1;
+    int fd = fs_openat(dfd, ".arc.lock", O_RDWR | O_CREAT, err);
+    close(dfd);
+    if (fd < 0) return -2;
     struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
     while (fcntl(fd, F_SETLKW, &fl) < 0 && errno == EINTR) {}
     return fd;   /* closing it releases the lock */
@@ -9223,7 +9480,7 @@ static int life_find(const LifeOpts *o, HubRef *ref) {
     if (client_discover(o->hub.storage, o->hub.token, ref)) return 1;
     memset(ref, 0, sizeof *ref);
     life_base_url(&o->hub, ref->url);
-    int probe = client_probe(ref->url, o->hub.token, 2000);
+    int probe = client_probe(ref->url, o->hub.token, 0, 2000);
     ref->refused = probe == PROBE_REFUSED;
     return probe ? 2 : 0;
 }
@@ -9266,23 +9523,29 @@ static int life_ensure(const LifeOpts *o, char url[ARC_URLLEN], int *started,
             rc = ref.refused ? 1 : 0;
             goto done;
         }
-        if (!pass) lock = life_lock(o->hub.storage);
+        if (!pass && (lock = life_lock(o->hub.storage, why)) == -2) {
+            char e[ARC_ERRLEN];
+            snprintf(e, sizeof e, "refusing %.400s", why);
+            memcpy(why, e, ARC_ERRLEN);
+            goto done;
+        }
     }
     if (life_log_path(o->hub.storage, log)) {
         log[0] = 0;
         snprintf(why, ARC_ERRLEN, "the storage path is too long");
         goto done;
     }
-    pid_t pid = life_spawn(o, log);
+    char e[ARC_ERRLEN];
+    pid_t pid = life_spawn(o, log, e);
     if (pid < 0) {
-        snprintf(why, ARC_ERRLEN, "spawn failed");
+        snprintf(why, ARC_ERRLEN, "cannot start a hub: %.400s", e);
         goto done;
     }
     *started = 1;
     int64_t deadline = clock_ms() + (int64_t)(o->timeout_s * 1000);
     snprintf(why, ARC_ERRLEN, "timeout");
     while (clock_ms() < deadline) {
-        if (client_probe(base, o->hub.token, 1000) == PROBE_OK) {
+        if (client_probe(base, o->hub.token, 0, 1000) == PROBE_OK) {
             rc = 0;
             break;
         }
@@ -10532,16 +10795,18 @@ static int cmd_smoke(int argc, char **argv) {
              r[2], r[3], r[4], r[5]);
     snprintf(claim, sizeof claim, "%s-claim", thread);
     int64_t left = deadline - clock_ms();
-    if (!client_probe(roles[0].client.base, o.hub.token, left < 2000 ? left : 2000)) {
+    if (!client_probe(roles[0].client.base, o.hub.token, 0, left < 2000 ? left : 2000)) {
         printf("smoke: no hub at %s, starting one\n", roles[0].client.base);
         fflush(stdout);
         char log[ARC_PATHLEN];
         g_quiet = 1;
-        pid_t pid = life_log_path(o.hub.storage, log) ? -1 : life_spawn(&o, log);
+        char e[ARC_ERRLEN] = "the storage path is too long";
+        pid_t pid = life_log_path(o.hub.storage, log) ? -1 : life_spawn(&o, log, e);
+        if (pid < 0) fprintf(stderr, "smoke: cannot start a hub: %s\n", e);
         int64_t until = clock_ms() + 10000;
         if (until > deadline) until = deadline;
         while (pid > 0 && clock_ms() < until &&
-               !client_probe(roles[0].client.base, o.hub.token, 500)) {
+               !client_probe(roles[0].client.base, o.hub.token, 0, 500)) {
             struct timespec ts = { 0, 10 * 1000000 };
             nanosleep(&ts, NULL);
         }
@@ -12569,7 +12834,7 @@ static void mcp_autostart(int explicit_url) {
     if (client_url(&c, g_mcp.url, err)) return;
     int local = hub_is_loopback(c.host);
     client_free(&c);
-    if (!local || client_probe(g_mcp.url, g_mcp.token, 1000)) return;
+    if (!local || client_probe(g_mcp.url, g_mcp.token, 0, 1000)) return;
     LifeOpts o = { .argv0 = g_argv0, .timeout_s = 15 };
     serve_defaults(&o.hub);
     o.hub.host = c.host;
