@@ -7249,26 +7249,31 @@ static int loop_retry_busy(Loop *l, Conn *c, const Req *q, const Res *r) {
     return 1;
 }
 
-/* A request head with `Expect: 100-continue` whose body has not arrived:
- * the client waits for "100 Continue" before sending it (curl, for a
- * second, for bodies over 1 MiB). Called once per request, when its body
- * is first found incomplete, after the framing checks: if the access
- * checks pass, say 100 Continue; if not, answer now and close, since the
- * client may or may not send the body (PROTOCOL §4.2). HTTP/1.0 clients
- * get no interim answers (RFC 9110 §15.2). Returns 1 if c was answered. */
-static int loop_continue(Loop *l, Conn *c, const HttpReq *hr) {
-    if (!hr->expect_continue || hr->minor == 0 || c->relay) return 0;
+/* A request whose head has arrived but whose body has not: decide now
+ * whether it may be served at all (PROTOCOL §2.5), so that a refused
+ * request is answered at once instead of holding up to the request cap in
+ * memory first (with a token, 48 unauthenticated 8 MiB bodies pinned
+ * ~400 MB). Called once per request, when its body is first found
+ * incomplete, after the framing checks. Admitted: a client that sent
+ * `Expect: 100-continue` waits for "100 Continue" before the body (curl,
+ * for a second, for bodies over 1 MiB), so it gets one; HTTP/1.0 clients
+ * get no interim answers (RFC 9110 §15.2). Refused: the answer now, and
+ * the connection closes, since the client may or may not send the body
+ * (PROTOCOL §4.2). Returns 1 if c was answered. */
+static int loop_admit_early(Loop *l, Conn *c, const HttpReq *hr) {
+    if (c->relay) return 0;   /* the relay is not admitted (§2) */
     Res r = { 0 };
-    if (hub_admit(l->hub, hr, &r) == 0) {
+    int refused = hub_admit(l->hub, hr, &r) != 0;
+    if (!refused && hr->expect_continue && hr->minor == 1)
         buf_adds(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
-        return 0;
+    if (refused) {
+        c->keep_alive = 0;
+        conn_respond(l, c, r.status, NULL, r.extra, buf_str(&r.body));
+        buf_reset(&c->in);
+        c->req_ms = c->body_ms = 0;
     }
-    c->keep_alive = 0;
-    conn_respond(l, c, r.status, NULL, r.extra, buf_str(&r.body));
     res_free(&r);
-    buf_reset(&c->in);
-    c->req_ms = c->body_ms = 0;
-    return 1;
+    return refused;
 }
 
 /* Parse and handle every complete request in c->in, in order, until one
@@ -7288,7 +7293,7 @@ static void loop_process(Loop *l, Conn *c) {
             break;
         }
         if (n == ARC_AGAIN) {
-            if (!c->body_ms && !loop_continue(l, c, &hr)) c->body_ms = l->now_ms;
+            if (!c->body_ms && !loop_admit_early(l, c, &hr)) c->body_ms = l->now_ms;
             break;
         }
         if (n == ARC_BAD) {
@@ -8135,6 +8140,12 @@ static void loop_serve(Loop *l, Conn *c) {
     }
     loop_process(l, c);
     if (c->peer_closed && c->state == CONN_READ) {
+        /* A request cut short by the client's half-close (a body shorter
+         * than its Content-Length) is incomplete: nothing is stored, and
+         * the client, which may still read, is told so. */
+        if ((c->req_ms || c->body_ms) && !c->retry_ms && !c->close_after)
+            conn_error(l, c, 400, "incomplete request: the connection was "
+                       "closed before the request ended");
         if (c->out_off < c->out.len) c->close_after = 1;
         else conn_kill(l, c);
     }

@@ -6,6 +6,7 @@ http.server front end answers framing errors with HTML pages).
 """
 
 import json
+import socket
 import unittest
 import urllib.parse
 
@@ -182,6 +183,37 @@ class ConnectionTests(WireCase):
 # ── request bodies ──────────────────────────────────────────────────────
 
 class BodyTests(WireCase):
+
+    def test_half_close_inside_the_body_is_400_and_stores_nothing(self):
+        """A body shorter than its Content-Length, then the client's
+        half-close: the request is incomplete (PROTOCOL §4.2)."""
+        ch = uid("half")
+        body = json.dumps({"from_agent": "half", "channel": "general",
+                           "body": ch}).encode()
+        sock = connect(self.hub.port)
+        try:
+            sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (len(body) + 50) + body)
+            sock.shutdown(socket.SHUT_WR)
+            resp = HTTPReader(sock, timeout=5).read_response()
+        finally:
+            sock.close()
+        self.assertIn("incomplete", self.assertJsonError(resp, 400))
+        msgs = self.hub.get("/v1/messages", channel="general", limit=500)[2]["result"]
+        self.assertNotIn(ch, [m["body"] for m in msgs])
+        self.assertAlive()
+
+    def test_half_close_inside_the_head_is_400(self):
+        sock = connect(self.hub.port)
+        try:
+            sock.sendall(b"GET /v1/channels HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            resp = HTTPReader(sock, timeout=5).read_response()
+        finally:
+            sock.close()
+        self.assertJsonError(resp, 400)
+        self.assertAlive()
 
     def test_post_without_body_is_empty_object(self):
         resp = self.hub.raw(req("POST", "/v1/sessions", [("Connection", "close")]))
