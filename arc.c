@@ -3632,7 +3632,10 @@ static int hub_expire_sessions(Hub *h, Req *q, Res *r) {
             if (!st) break;
             store_bind_c(st, 1, ex[i].id);
             store_done(&h->store, st);
-            log_info("session expired: agent=%s session=%s", ex[i].agent, ex[i].id);
+            Buf a = { 0 };   /* agent ids are the clients' text: escaped */
+            log_info("session expired: agent=%s session=%s", log_esc(&a, ex[i].agent),
+                     ex[i].id);
+            buf_free(&a);
         }
         for (int i = 0; i < n; i++) hub_recover(h, q, r, str_c(ex[i].agent));
     }
@@ -6525,7 +6528,10 @@ static void relay_stop(Relay *rl) {
     }
     for (RelayReq *r = rl->to_files; r;) {   /* still out of descriptors */
         RelayReq *next = r->next;
-        log_warn("relay: no answer written for %s/%s", r->agent, r->file_id);
+        Buf a = { 0 }, f = { 0 };
+        log_warn("relay: no answer written for %s/%s", log_esc(&a, r->agent),
+                 log_esc(&f, r->file_id));
+        buf_free(&a), buf_free(&f);
         relay_req_free(r);
         r = next;
     }
