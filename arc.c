@@ -12,8 +12,9 @@
  *          the client's response parser
  *   store  schema, prepared statements, group-commit transactions, rows,
  *          the rendered-message cache
- *   hub    sessions, channels, messages, claims, locks, tasks, threads;
- *          access checks (Host, Origin, token), routing, JSON envelopes
+ *   hub    sessions, channels, messages, claims, locks, tasks, threads,
+ *          shared memory (kv); access checks (Host, Origin, token),
+ *          routing, JSON envelopes
  *   relay  the file-spool thread: inotify, claim, hand to the loop, answer
  *   loop   the Loop: event loop (epoll or poll()), Conn lifecycle and
  *          output sinks (socket or relay answer), timer heap, parking in
