@@ -12535,6 +12535,139 @@ static int mcp_t_whoami(McpCtx *x) {
     return 0;
 }
 
+/* ---- arc_kv: the shared memory (PROTOCOL §13) ---- */
+
+/* One tool for the five requests, to keep the tool list short. A failed
+ * compare-and-set is not an error: the answer shows the current row, so
+ * the model can merge and retry; a get of a missing key says so. */
+
+static const char *const mcp_kv_actions[] = { "get", "put", "list", "delete", "history" };
+
+/* "key (type, version N, by A at T): value", the value cut at 300 bytes. */
+static void mcp_kv_line(Buf *t, const Json *j, uint32_t row, int change) {
+    uint32_t v;
+    Buf val = { 0 };
+    if (change) {
+        buf_adds(t, "v");
+        mcp_text_field(t, j, row, "version");
+        buf_adds(t, " ");
+        mcp_text_field(t, j, row, "op");
+    } else {
+        mcp_text_field(t, j, row, "key");
+    }
+    buf_adds(t, " (");
+    mcp_text_field(t, j, row, "type");
+    if (!change) buf_adds(t, ", version "), mcp_text_field(t, j, row, "version");
+    buf_adds(t, ", by ");
+    mcp_text_field(t, j, row, change ? "agent_id" : "updated_by");
+    buf_adds(t, " at ");
+    mcp_text_field(t, j, row, change ? "at" : "updated_at");
+    buf_adds(t, ")");
+    if ((v = json_get(j, row, "value")) && !(change && j->t[v].type == JSON_NULL)) {
+        json_write(&val, j, v);
+        buf_addf(t, ": %.*s%s", val.len > 300 ? 300 : (int)val.len, buf_cstr(&val),
+                 val.len > 300 ? " ..." : "");
+    }
+    buf_free(&val);
+}
+
+static int mcp_t_kv(McpCtx *x) {
+    Buf act = { 0 }, key = { 0 }, path = { 0 }, body = { 0 }, v = { 0 };
+    int rc = -1, a = -1;
+    if (mcp_arg_str(x, "action", &act) < 0) goto done;
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(buf_cstr(&act), mcp_kv_actions[i])) a = i;
+    if (a < 0) {
+        mcp_fail(x, "argument action must be get, put, list, delete or history");
+        goto done;
+    }
+    buf_adds(&path, "/v1/kv");
+    if (a != 2) {
+        if (mcp_arg_need(x, "key", &key) < 0) goto done;
+        buf_addc(&path, '/');
+        cli_pct(&path, key.p);
+    }
+    const char *method = a == 1 ? "PUT" : a == 3 ? "DELETE" : "GET";
+    Str send = { NULL, 0 };
+    int64_t ver = 0;
+    int has_ver = mcp_arg_int(x, "version", &ver);
+    if (has_ver < 0) goto done;
+    if (a == 1) {   /* put: the body */
+        uint32_t val = x->args ? json_get(&x->req, x->args, "value") : 0;
+        if (!val) {
+            mcp_fail(x, "argument value is required to put");
+            goto done;
+        }
+        mcp_body_begin(&body, "agent_id");
+        buf_adds(&body, ",\"value\":");
+        json_write(&body, &x->req, val);
+        if (mcp_body_str(x, &body, "type", NULL)) goto done;
+        if (has_ver) buf_addf(&body, ",\"version\":%lld", (long long)ver);
+        buf_addc(&body, '}');
+        send = buf_str(&body);
+    } else if (a == 3) {
+        agent_qparam(&path, "agent_id", g_mcp.agent);
+        if (has_ver) buf_addf(&path, "&version=%lld", (long long)ver);
+    } else if (a == 2) {
+        static const char *const filters[] = { "prefix", "type" };
+        for (int i = 0; i < 2; i++) {
+            if (mcp_arg_str(x, filters[i], &v) < 0) goto done;
+            if (v.len) agent_qparam(&path, filters[i], v.p);
+        }
+        agent_qparam(&path, "limit", "500");
+    } else if (a == 4) {
+        buf_adds(&path, "/history?limit=500");
+    }
+    if (mcp_hub(x, method, path.p, send, MCP_HUB_MS)) {
+        uint32_t cur = json_get(&x->j, 0, "current");
+        if (x->status == 409 && cur) {   /* lost a compare-and-set */
+            x->failed = 0;
+            buf_reset(&x->text);
+            buf_adds(&x->text, "Not written: the key changed since version ");
+            buf_addf(&x->text, "%lld. Now: ", (long long)ver);
+            if (x->j.t[cur].type == JSON_NULL) buf_adds(&x->text, "no such key (version 0)");
+            else mcp_kv_line(&x->text, &x->j, cur, 0);
+            buf_adds(&x->text, ". Merge and retry with that version.");
+            buf_adds(&x->data, "{\"conflict\":true,\"entry\":");
+            json_write(&x->data, &x->j, cur);
+            buf_addc(&x->data, '}');
+            rc = 0;
+        } else if (x->status == 404 && a == 0) {
+            x->failed = 0;
+            buf_reset(&x->text);
+            buf_addf(&x->text, "No key %s in shared memory.", key.p);
+            buf_adds(&x->data, "{\"entry\":null}");
+            rc = 0;
+        }
+        goto done;
+    }
+    if (a == 2 || a == 4) {
+        uint32_t n = x->j.t[x->res].n, e = x->res + 1;
+        if (a == 2) buf_addf(&x->text, "%u key%s:", n, n == 1 ? "" : "s");
+        else buf_addf(&x->text, "%u write%s of %s:", n, n == 1 ? "" : "s", key.p);
+        for (uint32_t i = 0; i < n; i++, e = x->j.t[e].next) {
+            buf_adds(&x->text, "\n- ");
+            mcp_kv_line(&x->text, &x->j, e, a == 4);
+        }
+        mcp_data_one(x, "entries", x->res);
+    } else {
+        buf_adds(&x->text, a == 1 ? "Stored " : a == 3 ? "Deleted " : "");
+        if (a == 3) {
+            mcp_text_field(&x->text, &x->j, x->res, "key");
+            buf_adds(&x->text, " (now version ");
+            mcp_text_field(&x->text, &x->j, x->res, "version");
+            buf_adds(&x->text, ").");
+        } else {
+            mcp_kv_line(&x->text, &x->j, x->res, 0);
+        }
+        mcp_data_one(x, "entry", x->res);
+    }
+    rc = 0;
+done:
+    buf_free(&act), buf_free(&key), buf_free(&path), buf_free(&body), buf_free(&v);
+    return rc;
+}
+
 /* ---- the tool table ---- */
 
 #define MCP_S(props, req) "{\"type\":\"object\",\"properties\":{" props "},\"required\":[" req "]}"
@@ -12647,6 +12780,20 @@ static const McpTool mcp_tools[] = {
       MCP_S(MCP_STR("agent_id", "") "," MCP_STR("session_id", "") "," MCP_STR("hub", "") ","
             MCP_INT("cursor", "") "," MCP_OBJ("bootstrap"), "\"agent_id\""),
       1, 1, mcp_t_whoami },
+    { "arc_kv", "Shared memory",
+      "Team memory every agent sees: decisions, facts, constraints. get, list (by prefix or "
+      "type) and history read; put writes a value (give the version you read to write only "
+      "if no one changed it since); delete removes a key.",
+      MCP_S("\"action\":{\"type\":\"string\",\"enum\":[\"get\",\"put\",\"list\","
+            "\"delete\",\"history\"]}," MCP_STR("key", "e.g. decisions/database.") ","
+            "\"value\":{\"description\":\"put: any JSON value.\"},"
+            "\"type\":{\"type\":\"string\",\"enum\":[\"decision\",\"fact\","
+            "\"constraint\",\"artifact\",\"note\"]}," MCP_STR("prefix", "list: keys starting so.")
+            "," MCP_INT("version", "put/delete: only if the key is at this version (0: absent)."),
+            "\"action\""),
+      MCP_S("\"entry\":{\"type\":[\"object\",\"null\"]}," MCP_ARR("entries") ","
+            "\"conflict\":{\"type\":\"boolean\"}", ""),
+      0, 0, mcp_t_kv },
 };
 
 static const char mcp_instructions[] =
