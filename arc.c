@@ -10490,6 +10490,138 @@ done:
     return rc;
 }
 
+/* ---- arc kv: the shared memory (PROTOCOL §13) ---- */
+
+/* Unlike post and poll, kv does not register the agent: reads need no
+ * agent at all, and a write names its agent in the request, so running
+ * `arc kv` never replaces the session of an `arc mcp` of the same name. */
+
+typedef struct {
+    const char *action, *key, *value, *type, *prefix, *after;
+    int64_t version;       /* -1: not given */
+    int64_t limit;
+} KvOpts;
+
+#define KV_OPT(f) offsetof(KvOpts, f)
+static const Opt kv_opts[] = {
+    { "--type", OPT_STR, KV_OPT(type), .arg = "TYPE",
+      .help = "put: decision, fact, constraint, artifact or\nnote; list: only this type" },
+    { "--version", OPT_I64, KV_OPT(version), .lo = 0, .hi = ARC_MAX_ID, .arg = "N",
+      .help = "put, del: only if the key is at version N\n(0: only if it does not exist)" },
+    { "--prefix", OPT_STR, KV_OPT(prefix), .arg = "P", .help = "list: keys starting with P" },
+    { "--after", OPT_STR, KV_OPT(after), .arg = "KEY", .help = "list: keys after KEY (paging)" },
+    { "--limit", OPT_I64, KV_OPT(limit), .lo = 1, .hi = ARC_MAX_LIMIT, .arg = "N",
+      .help = "list, history: at most N rows (default 100)" },
+    { .kind = OPT_ARG, .off = KV_OPT(action), .arg = "ACTION",
+      .help = "get, put, list, del or history" },
+    { .kind = OPT_ARG, .off = KV_OPT(key), .arg = "KEY", .help = "the key (not for list)" },
+    { .kind = OPT_ARG, .off = KV_OPT(value), .arg = "VALUE",
+      .help = "put: JSON, else taken as a string; - reads\nstdin" },
+    { 0 }
+};
+#undef KV_OPT
+
+static const OptHelp kv_help = {
+    "kv", "usage: arc kv get|put|list|del|history [KEY] [VALUE] [options]\n"
+          "Read and write the hub's shared memory. put and del need --agent.\n",
+    "Prints the row (get, put), the change (del) or one JSON row per line\n"
+    "(list, history). A lost compare-and-set prints the current row.\n"
+    "Exit: 0 ok, 1 the hub refused (409: the key changed), 2 usage or no hub.\n"
+};
+
+static int cmd_kv(int argc, char **argv) {
+    static const char *const acts[] = { "get", "put", "list", "del", "history" };
+    AgentOpts o = { .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
+                    .relay_dir = getenv("ARC_RELAY_DIR") };
+    KvOpts k = { .version = -1, .limit = 0 };
+    OptGroup g[] = { { agent_opts, &o, NULL, 0 }, { kv_opts, &k, NULL, 0 } };
+    opt_parse(&kv_help, g, 2, argc, argv);
+    if (!o.base_url || !*o.base_url) o.base_url = "http://127.0.0.1:6969";
+    if (o.relay_dir && !*o.relay_dir) o.relay_dir = NULL;
+    int a = -1;
+    for (int i = 0; i < 5 && k.action; i++)
+        if (!strcmp(k.action, acts[i])) a = i;
+    const char *why = a < 0 ? "ACTION must be get, put, list, del or history"
+                    : a != 2 && !k.key ? "KEY is required"
+                    : a == 2 && k.key ? "list takes no KEY (use --prefix)"
+                    : a == 1 && !k.value ? "VALUE is required (use - to read stdin)"
+                    : a != 1 && k.value ? "only put takes a VALUE"
+                    : (a == 1 || a == 3) && (!o.agent || !*o.agent)
+                        ? "--agent is required to write (or set ARC_AGENT)" : NULL;
+    if (why) {
+        fprintf(stderr, "arc kv: %s\n", why);
+        return 2;
+    }
+    Client c;
+    char err[ARC_ERRLEN];
+    if (client_url(&c, o.base_url, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 2;
+    }
+    c.relay_dir = o.relay_dir;
+    c.agent = o.agent;
+    c.token = o.token;
+    Buf path = { 0 }, body = { 0 }, text = { 0 }, out = { 0 };
+    Json j = { 0 };
+    int rc = 2;
+    buf_adds(&path, "/v1/kv");
+    if (a != 2) buf_addc(&path, '/'), cli_pct(&path, k.key);
+    if (a == 1) {
+        if (!strcmp(k.value, "-")) {
+            char chunk[4096];
+            size_t n;
+            while ((n = fread(chunk, 1, sizeof chunk, stdin)) > 0) buf_add(&text, chunk, n);
+            while (text.len && text.p[text.len - 1] == '\n') text.p[--text.len] = 0;
+        } else {
+            buf_adds(&text, k.value);
+        }
+        if (!utf8_valid(buf_cstr(&text), text.len)) {
+            fprintf(stderr, "arc kv: VALUE is not valid UTF-8\n");
+            goto done;
+        }
+        buf_adds(&body, "{\"agent_id\":");
+        json_cstr(&body, o.agent);
+        buf_adds(&body, ",\"value\":");
+        if (text.len && json_parse(&j, text.p, text.len) == 0) json_write(&body, &j, 0);
+        else json_strs(&body, buf_str(&text));
+        if (k.type) buf_adds(&body, ",\"type\":"), json_cstr(&body, k.type);
+        if (k.version >= 0) buf_addf(&body, ",\"version\":%lld", (long long)k.version);
+        buf_addc(&body, '}');
+    } else if (a == 3) {
+        agent_qparam(&path, "agent_id", o.agent);
+        if (k.version >= 0) buf_addf(&path, "&version=%lld", (long long)k.version);
+    } else if (a == 4) {
+        buf_adds(&path, "/history");
+    }
+    if (a == 2 && k.prefix) agent_qparam(&path, "prefix", k.prefix);
+    if (a == 2 && k.type) agent_qparam(&path, "type", k.type);
+    if (a == 2 && k.after) agent_qparam(&path, "after", k.after);
+    if ((a == 2 || a == 4) && k.limit) {
+        char n[24];
+        snprintf(n, sizeof n, "%lld", (long long)k.limit);
+        agent_qparam(&path, "limit", n);
+    }
+    rc = agent_call(&c, a == 1 ? "PUT" : a == 3 ? "DELETE" : "GET", path.p,
+                    a == 1 ? buf_str(&body) : (Str){ NULL, 0 }, 15000, &out);
+    if (!rc) {
+        agent_print_result(&out, a == 2 || a == 4);
+    } else if (rc == 1) {   /* a lost compare-and-set: show what is there */
+        json_free(&j);
+        uint32_t cur;
+        if (out.len && json_parse(&j, out.p, out.len) == 0 &&
+            (cur = json_get(&j, 0, "current"))) {
+            buf_reset(&text);
+            cli_pretty(&text, &j, cur, 0);
+            printf("%s\n", buf_cstr(&text));
+        }
+    }
+done:
+    json_free(&j);
+    buf_free(&path), buf_free(&body), buf_free(&text), buf_free(&out);
+    client_free(&c);
+    return rc;
+}
+
 
 /* ---- arc relay: the standalone spool relay, and relay-gc ---- */
 
@@ -14844,6 +14976,7 @@ static const Cmd cmds[] = {
     { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
+    { "kv", cmd_kv, "shared memory: get, put, list, del, history" },
 };
 
 static int cmd_help(int argc, char **argv) {

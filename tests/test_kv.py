@@ -6,6 +6,7 @@ serving a file that holds the extension's tables."""
 import http.client
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -14,7 +15,8 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hubtest import Hub, HubCase, arc_only, qs, reference_py, uid, wait_for  # noqa: E402
+from hubtest import (Hub, HubCase, arc_only, hub_command, qs, reference_py,  # noqa: E402
+                     uid)
 
 
 def kpath(key, suffix=""):
@@ -300,6 +302,60 @@ class KvLimitTests(KvCase):
         err = self.assertErr(self.put(uid("k"), "123456789"), 400)
         self.assertIn("max_kv_value_chars", err)
         self.assertOk(self.put(uid("k"), [1, 2, 3]), 201)                  # "[1, 2, 3]": 9
+
+
+@arc_only
+class KvCliTests(KvCase):
+    """arc kv get|put|list|del|history against the hub."""
+
+    def kv(self, *args, agent=None, input=None):
+        env = {k: v for k, v in os.environ.items() if k not in ("ARC_URL", "ARC_AGENT")}
+        if agent:
+            env["ARC_AGENT"] = agent
+        return subprocess.run(hub_command() + ["kv"] + [str(a) for a in args] +
+                              ["--base-url", self.hub.url], env=env, input=input,
+                              capture_output=True, text=True, timeout=30)
+
+    def ok(self, proc, code=0):
+        self.assertEqual(proc.returncode, code, (proc.stdout, proc.stderr))
+        return proc.stdout
+
+    def test_commands(self):
+        ns = uid("cli")
+        row = json.loads(self.ok(self.kv("put", ns + "/db", '{"engine": "pg"}', "--type",
+                                         "decision", agent="alice")))
+        self.assertEqual((row["value"], row["version"], row["updated_by"]),
+                         ({"engine": "pg"}, 1, "alice"))
+        # not JSON: a string; - reads stdin
+        row = json.loads(self.ok(self.kv("put", ns + "/s", "hello world", agent="bob")))
+        self.assertEqual(row["value"], "hello world")
+        row = json.loads(self.ok(self.kv("put", ns + "/in", "-", agent="bob", input="[1, 2]\n")))
+        self.assertEqual(row["value"], [1, 2])
+        self.assertEqual(json.loads(self.ok(self.kv("get", ns + "/db")))["type"], "decision")
+        lines = self.ok(self.kv("list", "--prefix", ns + "/")).splitlines()
+        self.assertEqual([json.loads(x)["key"] for x in lines], [ns + "/db", ns + "/in", ns + "/s"])
+        lines = self.ok(self.kv("list", "--prefix", ns + "/", "--type", "decision")).splitlines()
+        self.assertEqual(len(lines), 1)
+        # a lost compare-and-set: exit 1, the error on stderr, the current row on stdout
+        p = self.kv("put", ns + "/db", "x", "--version", "7", agent="carol")
+        self.assertEqual(p.returncode, 1, p)
+        self.assertIn("version mismatch", p.stderr)
+        self.assertEqual(json.loads(p.stdout)["version"], 1)
+        change = json.loads(self.ok(self.kv("del", ns + "/db", "--version", "1", agent="carol")))
+        self.assertEqual((change["op"], change["version"], change["agent_id"]),
+                         ("delete", 2, "carol"))
+        self.assertEqual(self.kv("get", ns + "/db").returncode, 1)
+        hist = [json.loads(x) for x in self.ok(self.kv("history", ns + "/db")).splitlines()]
+        self.assertEqual([(h["version"], h["op"]) for h in hist], [(1, "put"), (2, "delete")])
+
+    def test_usage(self):
+        for args in (("nope",), ("get",), ("put", "k"), ("list", "k"), ("get", "k", "v"),
+                     ("put", "k", "1"), ("del", "k")):
+            with self.subTest(args=args):
+                p = self.kv(*args)
+                self.assertEqual(p.returncode, 2, p)
+                self.assertTrue(p.stderr.startswith("arc kv: "), p.stderr)
+        self.assertIn("usage: arc kv", self.ok(self.kv("--help")))
 
 
 @arc_only
