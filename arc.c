@@ -12935,7 +12935,8 @@ static const char mcp_instructions[] =
     "and arc_dm, ask another agent and wait for the answer with arc_rpc_call, and answer "
     "requests sent to you with arc_task_result. Before working on a shared task, claim it "
     "with arc_claim; before editing a file others may edit, take arc_lock; release both "
-    "when done.";
+    "when done. Record decisions, facts and constraints the team must share with arc_kv, "
+    "and read it before deciding.";
 
 static const McpTool *mcp_tool(Str name) {
     for (size_t i = 0; i < sizeof mcp_tools / sizeof *mcp_tools; i++)
