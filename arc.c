@@ -12,8 +12,9 @@
  *          the client's response parser
  *   store  schema, prepared statements, group-commit transactions, rows,
  *          the rendered-message cache
- *   hub    sessions, channels, messages, claims, locks, tasks, threads;
- *          access checks (Host, Origin, token), routing, JSON envelopes
+ *   hub    sessions, channels, messages, claims, locks, tasks, threads,
+ *          shared memory (kv); access checks (Host, Origin, token),
+ *          routing, JSON envelopes
  *   relay  the file-spool thread: inotify, claim, hand to the loop, answer
  *   loop   the Loop: event loop (epoll or poll()), Conn lifecycle and
  *          output sinks (socket or relay answer), timer heap, parking in
@@ -163,6 +164,9 @@ _Static_assert(ARC_MAX_STORED_DEPTH + 5 <= ARC_JSON_DEPTH,
 /* A page of messages stops before the row that would take it past this
  * (the first row always goes in); PROTOCOL §4.3. */
 #define ARC_MAX_PAGE_BYTES (1u << 20)
+#endif
+#ifndef ARC_MAX_KV_KEY
+#define ARC_MAX_KV_KEY 256        /* a shared-memory key, UTF-8 bytes (§13.1) */
 #endif
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
@@ -2400,6 +2404,21 @@ static const char store_schema[] =
     "CREATE INDEX IF NOT EXISTS ix_t_par ON tasks(parent_task_id);"
     "CREATE INDEX IF NOT EXISTS ix_t_st ON tasks(status);";
 
+/* Shared memory (PROTOCOL §13): arc's own tables beside the reference's,
+ * which never reads them. arc_kv holds one row per key ever written, a
+ * deleted key as a tombstone (deleted 1, value NULL) so that its version
+ * keeps counting; arc_kv_history holds every write, put or delete. */
+static const char store_schema_kv[] =
+    "CREATE TABLE IF NOT EXISTS arc_kv(key TEXT PRIMARY KEY,"
+    " version INTEGER NOT NULL, type TEXT NOT NULL, value_json TEXT,"
+    " deleted INTEGER NOT NULL DEFAULT 0, created_by TEXT NOT NULL,"
+    " created_at TEXT NOT NULL, updated_by TEXT NOT NULL,"
+    " updated_at TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS arc_kv_history(key TEXT NOT NULL,"
+    " version INTEGER NOT NULL, op TEXT NOT NULL, type TEXT NOT NULL,"
+    " value_json TEXT, agent_id TEXT NOT NULL, at TEXT NOT NULL,"
+    " PRIMARY KEY(key, version)) WITHOUT ROWID;";
+
 /* Column lists in the order the row emitters read them. */
 #define M_COLS "id,ts,from_agent,to_agent,channel,kind,body,attachments_json," \
                "reply_to,thread_id,metadata_json"
@@ -2412,6 +2431,9 @@ static const char store_schema[] =
 #define T_COLS "task_id,parent_task_id,channel,thread_id,status,created_at," \
                "completed_at"
 #define CH_COLS "name,created_at,created_by,metadata_json"
+#define KV_COLS "key,value_json,type,version,created_by,created_at," \
+                "updated_by,updated_at"
+#define KVH_COLS "key,version,op,type,value_json,agent_id,at"
 
 #define STORE_MAX_STMTS 192
 
@@ -2915,6 +2937,46 @@ static void store_emit_channel(Store *s, Buf *b, sqlite3_stmt *st) {
     buf_addc(b, '}');
 }
 
+/* A shared-memory row (PROTOCOL §13.2), from KV_COLS. */
+static void store_emit_kv(Store *s, Buf *b, sqlite3_stmt *st) {
+    buf_adds(b, "{\"key\":");
+    store_emit_text(b, store_col(st, 0));
+    buf_adds(b, ",\"value\":");
+    store_emit_json(s, b, store_col(st, 1), "null");
+    buf_adds(b, ",\"type\":");
+    store_emit_text(b, store_col(st, 2));
+    buf_adds(b, ",\"version\":");
+    store_emit_int(b, st, 3);
+    buf_adds(b, ",\"created_by\":");
+    store_emit_text(b, store_col(st, 4));
+    buf_adds(b, ",\"created_at\":");
+    store_emit_text(b, store_col(st, 5));
+    buf_adds(b, ",\"updated_by\":");
+    store_emit_text(b, store_col(st, 6));
+    buf_adds(b, ",\"updated_at\":");
+    store_emit_text(b, store_col(st, 7));
+    buf_addc(b, '}');
+}
+
+/* One write in a key's history (PROTOCOL §13.2), from KVH_COLS. */
+static void store_emit_kv_change(Store *s, Buf *b, sqlite3_stmt *st) {
+    buf_adds(b, "{\"key\":");
+    store_emit_text(b, store_col(st, 0));
+    buf_adds(b, ",\"version\":");
+    store_emit_int(b, st, 1);
+    buf_adds(b, ",\"op\":");
+    store_emit_text(b, store_col(st, 2));
+    buf_adds(b, ",\"type\":");
+    store_emit_text(b, store_col(st, 3));
+    buf_adds(b, ",\"value\":");
+    store_emit_json(s, b, store_col(st, 4), "null");
+    buf_adds(b, ",\"agent_id\":");
+    store_emit_text(b, store_col(st, 5));
+    buf_adds(b, ",\"at\":");
+    store_emit_text(b, store_col(st, 6));
+    buf_addc(b, '}');
+}
+
 typedef void (*StoreEmit)(Store *, Buf *, sqlite3_stmt *);
 
 /* Step st to the end, emitting every row as a JSON array element. Returns
@@ -2999,7 +3061,8 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL;", NULL, NULL, &e) ||
         sqlite3_exec(s->db, sync, NULL, NULL, &e) ||
         sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &e) ||
-        sqlite3_exec(s->db, store_schema, NULL, NULL, &e)) {
+        sqlite3_exec(s->db, store_schema, NULL, NULL, &e) ||
+        sqlite3_exec(s->db, store_schema_kv, NULL, NULL, &e)) {
         snprintf(err, ARC_ERRLEN, "cannot initialise storage %s: %s", path,
                  e ? e : sqlite3_errmsg(s->db));
         sqlite3_free(e);
@@ -3091,6 +3154,7 @@ typedef struct {
     int64_t idle_ms;               /* ARC_IDLE_MS */
     int64_t head_ms;               /* ARC_HEAD_MS */
     int64_t body_ms;               /* ARC_BODY_MS */
+    int64_t max_kv_value_chars;    /* one shared-memory value, encoded */
 } HubConfig;
 
 /* A message committed in this loop turn, kept until the turn ends to answer
@@ -5292,7 +5356,8 @@ static void hub_network(Hub *h, Req *q, Res *r) {
 static const char hub_features[] =
     "[\"sse\",\"relay\",\"long_poll_keepalive\",\"subtask_rollup\",\"rpc_kinds\","
     "\"capability_filter\",\"shutdown_control\",\"session_rename\","
-    "\"arc:origin_check\"";
+    "\"arc:origin_check\""
+    ",\"arc:kv\"";
 
 /* GET /v1/hub-info (PROTOCOL §7.9): limits, features, storage. */
 static void hub_info(Hub *h, Req *q, Res *r) {
@@ -5324,6 +5389,8 @@ static void hub_info(Hub *h, Req *q, Res *r) {
              h->cfg.allow_remote ? "true" : "false", h->started_at);
     buf_addf(b, ",\"presence_ttl_sec\":%lld,\"pid\":%d",
              (long long)h->cfg.presence_ttl_s, (int)getpid());
+    buf_addf(b, ",\"max_kv_value_chars\":%lld,\"max_kv_key_bytes\":%d",
+             (long long)h->cfg.max_kv_value_chars, ARC_MAX_KV_KEY);
     if (h->spool_path[0]) {   /* `arc smoke` finds the spool it serves here */
         buf_adds(b, ",\"spool_path\":");
         json_cstr(b, h->spool_path);
@@ -5356,6 +5423,368 @@ static void hub_root(Hub *h, Req *q, Res *r) {
                "X-Frame-Options: DENY\r\nX-Content-Type-Options: nosniff\r\n";
     buf_reset(&r->body);
     buf_addstr(&r->body, dash_page());
+}
+
+/* ---- shared memory: /v1/kv (arc extension, PROTOCOL §13) ---- */
+
+/* A key/value memory every agent sees: decisions, facts, constraints. Each
+ * key has a version that counts its writes (a delete is a write, and the
+ * tombstone keeps the count, so a compare-and-set made before a delete and
+ * recreate still fails); every write is kept in arc_kv_history with who
+ * and when. Writes run under the request's savepoint after BEGIN
+ * IMMEDIATE, so the version check and the write are one step even against
+ * another hub on the file. Each write also posts a notice (kind notice,
+ * from the writer, in channel ARC_KV_CHANNEL), which wakes long-polls and
+ * streams the way any message does. */
+
+#define ARC_KV_CHANNEL "memory"   /* where change notices are posted */
+
+static const char *const hub_kv_types[] = {
+    "decision", "fact", "constraint", "artifact", "note",
+};
+
+/* Is q->arg (the {key} path segment, decoded) a valid key? 1 to
+ * ARC_MAX_KV_KEY bytes and no control characters (the NUL is refused
+ * earlier, by hub_handle). Returns 0, or -1 with r failed. */
+static int hub_kv_key(Req *q, Res *r) {
+    int ok = q->arg.len >= 1 && q->arg.len <= ARC_MAX_KV_KEY;
+    for (size_t i = 0; ok && i < q->arg.len; i++)
+        if ((unsigned char)q->arg.p[i] < 0x20 || q->arg.p[i] == 0x7f) ok = 0;
+    if (ok) return 0;
+    hub_fail(r, 400, "key must be 1 to %d bytes without control characters "
+             "(ARC_MAX_KV_KEY)", ARC_MAX_KV_KEY);
+    return -1;
+}
+
+/* Is t one of hub_kv_types? Returns 0, or -1 with r failed. */
+static int hub_kv_type_ok(Res *r, Str t) {
+    for (size_t i = 0; i < sizeof hub_kv_types / sizeof *hub_kv_types; i++)
+        if (str_eq(t, hub_kv_types[i])) return 0;
+    hub_fail(r, 400, "type must be decision, fact, constraint, artifact or note");
+    return -1;
+}
+
+/* The state of `key`: returns 1 with its version, whether it is live (not
+ * a tombstone) and its type in *type; 0 when it was never written (version
+ * 0); -1 on a database error. */
+static int hub_kv_state(Hub *h, Str key, int64_t *version, int *live, Buf *type) {
+    sqlite3_stmt *st = store_stmt(&h->store,
+        "SELECT version,deleted,type FROM arc_kv WHERE key=?");
+    if (!st) return -1;
+    store_bind(st, 1, key);
+    *version = 0;
+    *live = 0;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *version = sqlite3_column_int64(st, 0);
+        *live = sqlite3_column_int(st, 1) == 0;
+        buf_reset(type);
+        buf_addstr(type, store_col(st, 2));
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* Append the live row of `key` to b, or null. Returns 1, 0 or -1. */
+static int hub_kv_emit(Hub *h, Buf *b, Str key) {
+    sqlite3_stmt *st = store_stmt(&h->store,
+        "SELECT " KV_COLS " FROM arc_kv WHERE key=? AND deleted=0");
+    if (!st) return -1;
+    store_bind(st, 1, key);
+    return store_emit_one(&h->store, b, st, store_emit_kv);
+}
+
+/* A failed compare-and-set: 409 whose envelope carries the key's live row
+ * (or null) as "current", so the writer can merge and retry. */
+static void hub_kv_conflict(Hub *h, Res *r, Str key, int64_t want, int64_t have) {
+    hub_fail(r, 409, "version mismatch: expected %lld, the key is at %lld",
+             (long long)want, (long long)have);
+    r->body.len--;                           /* reopen the envelope */
+    buf_adds(&r->body, ",\"current\":");
+    if (hub_kv_emit(h, &r->body, key) < 0) { hub_db_fail(h, r); return; }
+    buf_addc(&r->body, '}');
+}
+
+/* Record a write: its history row and the notice that tells waiters. */
+static int hub_kv_record(Hub *h, Req *q, Res *r, Str key, int64_t version,
+                         const char *op, Str type, Str value, Str agent,
+                         const char *now) {
+    sqlite3_stmt *st = store_stmt(&h->store,
+        "INSERT INTO arc_kv_history VALUES(?,?,?,?,?,?,?)");
+    if (!st) return -1;
+    store_bind(st, 1, key);
+    sqlite3_bind_int64(st, 2, version);
+    store_bind_c(st, 3, op);
+    store_bind(st, 4, type);
+    store_bind(st, 5, value);
+    store_bind(st, 6, agent);
+    store_bind_c(st, 7, now);
+    if (store_done(&h->store, st)) return -1;
+    st = store_stmt(&h->store, "INSERT OR IGNORE INTO channels"
+                               " VALUES('" ARC_KV_CHANNEL "',?,'system','{}')");
+    if (!st) return -1;
+    store_bind_c(st, 1, now);
+    if (store_done(&h->store, st)) return -1;
+    Buf body = { 0 }, meta = { 0 };
+    buf_addf(&body, "%s memory key ", str_eq(str_c(op), "put") ? "set" : "deleted");
+    json_strs(&body, key);
+    buf_addf(&body, " (%.*s, version %lld)", (int)type.n, type.p, (long long)version);
+    buf_addf(&meta, "{\"kv\":{\"op\":\"%s\",\"key\":", op);
+    json_strs(&meta, key);
+    buf_addf(&meta, ",\"version\":%lld,\"type\":", (long long)version);
+    json_strs(&meta, type);
+    buf_adds(&meta, "}}");
+    StoreMsg m = { .from = agent, .channel = STR_LIT(ARC_KV_CHANNEL),
+                   .kind = STR_LIT("notice"), .body = buf_str(&body),
+                   .attachments = STR_LIT("[]"), .metadata = buf_str(&meta),
+                   .reply_to = ARC_NO_ID };
+    int64_t id;
+    int rc = hub_insert_message(h, q, r, &m, NULL, &id);
+    buf_free(&body), buf_free(&meta);
+    return rc;
+}
+
+/* PUT /v1/kv/{key} (PROTOCOL §13.3) */
+static void hub_kv_put(Hub *h, Req *q, Res *r) {
+    static const char upsert[] =
+        "INSERT INTO arc_kv VALUES(?1,?2,?3,?4,0,?5,?6,?5,?6)"
+        " ON CONFLICT(key) DO UPDATE SET version=excluded.version,"
+        " type=excluded.type, value_json=excluded.value_json,"
+        " created_by=CASE WHEN deleted THEN excluded.created_by"
+        " ELSE created_by END,"
+        " created_at=CASE WHEN deleted THEN excluded.created_at"
+        " ELSE created_at END,"
+        " deleted=0, updated_by=excluded.updated_by,"
+        " updated_at=excluded.updated_at";
+    Buf agent = { 0 }, type = { 0 }, cur_type = { 0 }, value = { 0 };
+    Json *j = &q->body;
+    int64_t want = 0, have, rc;
+    int live, has_want;
+    Str key = buf_str(&q->arg);
+    if (hub_kv_key(q, r) || hub_str(q, r, "agent_id", 1, &agent) < 0) goto done;
+    uint32_t v = json_get(j, 0, "value");
+    if (!v) {
+        hub_fail(r, 400, "value is required");
+        goto done;
+    }
+    if (hub_stored(r, j, v, "value", 0, 0)) goto done;
+    if ((int64_t)json_pylen(j, v) > h->cfg.max_kv_value_chars) {
+        hub_fail(r, 400, "value exceeds max size (max_kv_value_chars %lld)",
+                 (long long)h->cfg.max_kv_value_chars);
+        goto done;
+    }
+    if ((rc = hub_str(q, r, "type", 0, &type)) < 0) goto done;
+    if (rc && type.len && hub_kv_type_ok(r, buf_str(&type))) goto done;
+    if ((has_want = hub_int(q, r, "version", &want)) < 0) goto done;
+    if (has_want && want < 0) {
+        hub_fail(r, 400, "version must be >= 0");
+        goto done;
+    }
+    json_write(&value, j, v);
+    if (hub_tx(h, q, r)) goto done;
+    if ((rc = hub_kv_state(h, key, &have, &live, &cur_type)) < 0) goto db;
+    if (has_want && want != (live ? have : 0)) {
+        hub_kv_conflict(h, r, key, want, live ? have : 0);
+        goto done;
+    }
+    if (!type.len) buf_adds(&type, live ? buf_cstr(&cur_type) : "note");
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store, upsert);
+    if (!st) goto db;
+    store_bind(st, 1, key);
+    sqlite3_bind_int64(st, 2, have + 1);
+    store_bind(st, 3, buf_str(&type));
+    store_bind(st, 4, buf_str(&value));
+    store_bind(st, 5, buf_str(&agent));
+    store_bind_c(st, 6, now);
+    if (store_done(&h->store, st) ||
+        hub_kv_record(h, q, r, key, have + 1, "put", buf_str(&type),
+                      buf_str(&value), buf_str(&agent), now))
+        goto db;
+    hub_touch(h, q, r, buf_str(&agent));
+    hub_ok(r, live ? 200 : 201);
+    if (hub_kv_emit(h, &r->body, key) < 0) goto db;
+    hub_ok_end(r);
+    goto done;
+db:
+    hub_db_fail(h, r);
+done:
+    buf_free(&agent), buf_free(&type), buf_free(&cur_type), buf_free(&value);
+}
+
+/* GET /v1/kv/{key} */
+static void hub_kv_get(Hub *h, Req *q, Res *r) {
+    if (hub_kv_key(q, r)) return;
+    hub_ok(r, 200);
+    int rc = hub_kv_emit(h, &r->body, buf_str(&q->arg));
+    if (rc < 0) hub_db_fail(h, r);
+    else if (rc == 0) hub_fail(r, 404, "key not found");
+    else hub_ok_end(r);
+}
+
+/* DELETE /v1/kv/{key}?agent_id=A[&version=N] (PROTOCOL §13.6): a DELETE
+ * body is not read (§3.4), so the writer comes in the query. */
+static void hub_kv_delete(Hub *h, Req *q, Res *r) {
+    static const char tomb[] =
+        "UPDATE arc_kv SET version=?2, value_json=NULL, deleted=1,"
+        " updated_by=?3, updated_at=?4 WHERE key=?1";
+    Buf type = { 0 };
+    int err = 0, live;
+    int64_t want = 0, have;
+    Str key = buf_str(&q->arg);
+    if (hub_kv_key(q, r)) return;
+    char *agent = hub_qdup(q, r, "agent_id", &err);
+    if (err) goto done;
+    if (!agent || !*agent) {
+        hub_fail(r, 400, "agent_id query parameter is required");
+        goto done;
+    }
+    int has_want = hub_qp(q, r, "version");
+    if (has_want < 0 || hub_qint(q, r, "version", 0, &want)) goto done;
+    if (hub_tx(h, q, r)) goto done;
+    if (hub_kv_state(h, key, &have, &live, &type) < 0) goto db;
+    if (!live) {
+        hub_fail(r, 404, "key not found");
+        goto done;
+    }
+    if (has_want && want != have) {
+        hub_kv_conflict(h, r, key, want, have);
+        goto done;
+    }
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store, tomb);
+    if (!st) goto db;
+    store_bind(st, 1, key);
+    sqlite3_bind_int64(st, 2, have + 1);
+    store_bind_c(st, 3, agent);
+    store_bind_c(st, 4, now);
+    if (store_done(&h->store, st) ||
+        hub_kv_record(h, q, r, key, have + 1, "delete", buf_str(&type),
+                      (Str){ NULL, 0 }, str_c(agent), now))
+        goto db;
+    hub_touch(h, q, r, str_c(agent));
+    st = store_stmt(&h->store, "SELECT " KVH_COLS " FROM arc_kv_history"
+                               " WHERE key=? AND version=?");
+    if (!st) goto db;
+    store_bind(st, 1, key);
+    sqlite3_bind_int64(st, 2, have + 1);
+    hub_ok(r, 200);
+    if (store_emit_one(&h->store, &r->body, st, store_emit_kv_change) < 0) goto db;
+    hub_ok_end(r);
+    goto done;
+db:
+    hub_db_fail(h, r);
+done:
+    free(agent);
+    buf_free(&type);
+}
+
+/* The `limit` of a list (default 100, at most ARC_MAX_LIMIT). */
+static int hub_kv_limit(Req *q, Res *r, int *limit) {
+    int64_t l;
+    if (hub_qint(q, r, "limit", 100, &l)) return -1;
+    if (l < 1) {
+        hub_fail(r, 400, "limit must be at least 1");
+        return -1;
+    }
+    *limit = l > ARC_MAX_LIMIT ? ARC_MAX_LIMIT : (int)l;
+    return 0;
+}
+
+/* Answer with the rows of st (selected with LIMIT limit + 1) as the
+ * result array: at most `limit` rows, stopping before the row that would
+ * take the page past ARC_MAX_PAGE_BYTES (the first always goes in), and
+ * "more": true when rows were left out (PROTOCOL §13.4). */
+static void hub_kv_page(Hub *h, Res *r, sqlite3_stmt *st, int limit, StoreEmit emit) {
+    int n = 0, more = 0, rc;
+    hub_ok(r, 200);
+    size_t start = r->body.len;
+    buf_addc(&r->body, '[');
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t mark = r->body.len;
+        if (n == limit) {
+            more = 1;
+            break;
+        }
+        if (n) buf_addc(&r->body, ',');
+        emit(&h->store, &r->body, st);
+        if (n && r->body.len - start > ARC_MAX_PAGE_BYTES) {
+            r->body.len = mark;
+            r->body.p[mark] = 0;
+            more = 1;
+            break;
+        }
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        hub_db_fail(h, r);
+        return;
+    }
+    buf_addc(&r->body, ']');
+    if (more) buf_adds(&r->body, ",\"more\":true");
+    hub_ok_end(r);
+}
+
+/* GET /v1/kv?prefix=&type=&after=&limit= (PROTOCOL §13.4): live keys in
+ * key order. The prefix is a range on the primary key: every UTF-8 key
+ * that starts with P lies in [P, P "\xff"), since no UTF-8 byte is 0xff. */
+static void hub_kv_list(Hub *h, Req *q, Res *r) {
+    static const char sql[] = "SELECT " KV_COLS " FROM arc_kv WHERE deleted=0"
+        " AND (?1 IS NULL OR (key>=?1 AND key<?2)) AND (?3 IS NULL OR type=?3)"
+        " AND (?4 IS NULL OR key>?4) ORDER BY key LIMIT ?5";
+    int err = 0, limit;
+    Buf upper = { 0 };
+    char *prefix = hub_qdup(q, r, "prefix", &err);
+    char *type = err ? NULL : hub_qdup(q, r, "type", &err);
+    char *after = err ? NULL : hub_qdup(q, r, "after", &err);
+    if (err || hub_kv_limit(q, r, &limit)) goto done;
+    if (type && hub_kv_type_ok(r, str_c(type))) goto done;
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) { hub_db_fail(h, r); goto done; }
+    if (prefix) {
+        buf_adds(&upper, prefix);
+        buf_addc(&upper, '\xff');
+        store_bind_c(st, 1, prefix);
+        store_bind(st, 2, buf_str(&upper));
+    }
+    store_bind_c(st, 3, type);
+    store_bind_c(st, 4, after);
+    sqlite3_bind_int(st, 5, limit + 1);
+    hub_kv_page(h, r, st, limit, store_emit_kv);
+done:
+    free(prefix), free(type), free(after);
+    buf_free(&upper);
+}
+
+/* GET /v1/kv/{key}/history?since_version=&limit= (PROTOCOL §13.5): every
+ * write of a key, deleted or not, oldest first. */
+static void hub_kv_history(Hub *h, Req *q, Res *r) {
+    static const char sql[] = "SELECT " KVH_COLS " FROM arc_kv_history"
+        " WHERE key=?1 AND version>?2 ORDER BY version LIMIT ?3";
+    int64_t since, have;
+    int limit, live;
+    Buf type = { 0 };
+    Str key = buf_str(&q->arg);
+    if (hub_kv_key(q, r) || hub_qint(q, r, "since_version", 0, &since) ||
+        hub_kv_limit(q, r, &limit))
+        goto done;
+    int ex = hub_kv_state(h, key, &have, &live, &type);
+    if (ex < 0) { hub_db_fail(h, r); goto done; }
+    if (!ex) {
+        hub_fail(r, 404, "key not found");
+        goto done;
+    }
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) { hub_db_fail(h, r); goto done; }
+    store_bind(st, 1, key);
+    sqlite3_bind_int64(st, 2, since);
+    sqlite3_bind_int(st, 3, limit + 1);
+    hub_kv_page(h, r, st, limit, store_emit_kv_change);
+done:
+    buf_free(&type);
 }
 
 /* ---- access: Host, Origin and bearer token (PROTOCOL §2) ---- */
@@ -5547,6 +5976,11 @@ static const Route hub_routes[] = {
     { "POST", "/v1/shutdown", hub_shutdown },
     { "POST", "/v1/shutdown/cancel", hub_shutdown_cancel },
     { "POST", "/v1/network", hub_network },
+    { "GET", "/v1/kv", hub_kv_list },
+    { "GET", "/v1/kv/*", hub_kv_get },
+    { "PUT", "/v1/kv/*", hub_kv_put },
+    { "DELETE", "/v1/kv/*", hub_kv_delete },
+    { "GET", "/v1/kv/*/history", hub_kv_history },
 };
 
 /* Match path against pattern; on a wildcard, decode the segment into arg.
@@ -5579,7 +6013,7 @@ static int hub_route_match(const char *pat, Str path, Buf *arg) {
 static void hub_handle(Hub *h, Req *q, Str path, Str body, Res *r) {
     const Route *rt = NULL;
     int known = str_eq(q->method, "GET") || str_eq(q->method, "POST") ||
-                str_eq(q->method, "DELETE");
+                str_eq(q->method, "DELETE") || str_eq(q->method, "PUT");
     if (!known) {
         hub_fail(r, 501, "method not supported: %.*s", (int)q->method.n,
                  q->method.p);
@@ -5598,7 +6032,7 @@ static void hub_handle(Hub *h, Req *q, Str path, Str body, Res *r) {
         hub_fail(r, 400, "path parameter must not contain a NUL character");
         return;
     }
-    if (str_eq(q->method, "POST")) {
+    if (str_eq(q->method, "POST") || str_eq(q->method, "PUT")) {
         if (!utf8_valid(body.p, body.n)) {
             hub_fail(r, 400, "request body must be valid UTF-8");
             return;
@@ -7312,7 +7746,7 @@ static void loop_process(Loop *l, Conn *c) {
         Res r = { 0 };
         size_t mark = c->out.len;
         int known = str_eq(hr.method, "GET") || str_eq(hr.method, "POST") ||
-                    str_eq(hr.method, "DELETE");
+                    str_eq(hr.method, "DELETE") || str_eq(hr.method, "PUT");
         if (!known) c->keep_alive = 0;   /* its body, if any, is not ours */
         if (hub_admit(l->hub, &hr, &r) == 0) {   /* PROTOCOL §2 */
             hub_handle(l->hub, &q, hr.path, hr.body, &r);
@@ -8372,6 +8806,10 @@ static const Opt serve_opts[] = {
       .hi = 1 << 30, .arg = "N",
       .help = "a stored metadata object, JSON-encoded\n(default 65536)",
       .flags = OPT_PASS },
+    { "--max-kv-value-chars", OPT_I64, SERVE_OPT(max_kv_value_chars), .lo = 1,
+      .hi = 1 << 30, .arg = "N",
+      .help = "a shared-memory value, JSON-encoded\n(default 65536)",
+      .flags = OPT_PASS },
     { "--presence-ttl", OPT_I64, SERVE_OPT(presence_ttl_s), .lo = 5,
       .hi = 86400 * 365, .arg = "SEC",
       .help = "idle session expiry (default 120, min 5)", .flags = OPT_PASS },
@@ -8414,7 +8852,8 @@ static void serve_defaults(HubConfig *cfg) {
                         .presence_ttl_s = 120,
                         .sync_full = 1, .max_conns = ARC_MAX_CONNS,
                         .idle_ms = ARC_IDLE_MS, .head_ms = ARC_HEAD_MS,
-                        .body_ms = ARC_BODY_MS };
+                        .body_ms = ARC_BODY_MS,
+                        .max_kv_value_chars = 65536 };
 }
 
 /* Parse the serve options into cfg; exits 0 after --help, 2 on bad usage. */
@@ -10047,6 +10486,138 @@ static int cmd_whoami(int argc, char **argv) {
     if (!rc) agent_print_result(&out, 0);
 done:
     buf_free(&path), buf_free(&out);
+    client_free(&c);
+    return rc;
+}
+
+/* ---- arc kv: the shared memory (PROTOCOL §13) ---- */
+
+/* Unlike post and poll, kv does not register the agent: reads need no
+ * agent at all, and a write names its agent in the request, so running
+ * `arc kv` never replaces the session of an `arc mcp` of the same name. */
+
+typedef struct {
+    const char *action, *key, *value, *type, *prefix, *after;
+    int64_t version;       /* -1: not given */
+    int64_t limit;
+} KvOpts;
+
+#define KV_OPT(f) offsetof(KvOpts, f)
+static const Opt kv_opts[] = {
+    { "--type", OPT_STR, KV_OPT(type), .arg = "TYPE",
+      .help = "put: decision, fact, constraint, artifact or\nnote; list: only this type" },
+    { "--version", OPT_I64, KV_OPT(version), .lo = 0, .hi = ARC_MAX_ID, .arg = "N",
+      .help = "put, del: only if the key is at version N\n(0: only if it does not exist)" },
+    { "--prefix", OPT_STR, KV_OPT(prefix), .arg = "P", .help = "list: keys starting with P" },
+    { "--after", OPT_STR, KV_OPT(after), .arg = "KEY", .help = "list: keys after KEY (paging)" },
+    { "--limit", OPT_I64, KV_OPT(limit), .lo = 1, .hi = ARC_MAX_LIMIT, .arg = "N",
+      .help = "list, history: at most N rows (default 100)" },
+    { .kind = OPT_ARG, .off = KV_OPT(action), .arg = "ACTION",
+      .help = "get, put, list, del or history" },
+    { .kind = OPT_ARG, .off = KV_OPT(key), .arg = "KEY", .help = "the key (not for list)" },
+    { .kind = OPT_ARG, .off = KV_OPT(value), .arg = "VALUE",
+      .help = "put: JSON, else taken as a string; - reads\nstdin" },
+    { 0 }
+};
+#undef KV_OPT
+
+static const OptHelp kv_help = {
+    "kv", "usage: arc kv get|put|list|del|history [KEY] [VALUE] [options]\n"
+          "Read and write the hub's shared memory. put and del need --agent.\n",
+    "Prints the row (get, put), the change (del) or one JSON row per line\n"
+    "(list, history). A lost compare-and-set prints the current row.\n"
+    "Exit: 0 ok, 1 the hub refused (409: the key changed), 2 usage or no hub.\n"
+};
+
+static int cmd_kv(int argc, char **argv) {
+    static const char *const acts[] = { "get", "put", "list", "del", "history" };
+    AgentOpts o = { .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
+                    .relay_dir = getenv("ARC_RELAY_DIR") };
+    KvOpts k = { .version = -1, .limit = 0 };
+    OptGroup g[] = { { agent_opts, &o, NULL, 0 }, { kv_opts, &k, NULL, 0 } };
+    opt_parse(&kv_help, g, 2, argc, argv);
+    if (!o.base_url || !*o.base_url) o.base_url = "http://127.0.0.1:6969";
+    if (o.relay_dir && !*o.relay_dir) o.relay_dir = NULL;
+    int a = -1;
+    for (int i = 0; i < 5 && k.action; i++)
+        if (!strcmp(k.action, acts[i])) a = i;
+    const char *why = a < 0 ? "ACTION must be get, put, list, del or history"
+                    : a != 2 && !k.key ? "KEY is required"
+                    : a == 2 && k.key ? "list takes no KEY (use --prefix)"
+                    : a == 1 && !k.value ? "VALUE is required (use - to read stdin)"
+                    : a != 1 && k.value ? "only put takes a VALUE"
+                    : (a == 1 || a == 3) && (!o.agent || !*o.agent)
+                        ? "--agent is required to write (or set ARC_AGENT)" : NULL;
+    if (why) {
+        fprintf(stderr, "arc kv: %s\n", why);
+        return 2;
+    }
+    Client c;
+    char err[ARC_ERRLEN];
+    if (client_url(&c, o.base_url, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 2;
+    }
+    c.relay_dir = o.relay_dir;
+    c.agent = o.agent;
+    c.token = o.token;
+    Buf path = { 0 }, body = { 0 }, text = { 0 }, out = { 0 };
+    Json j = { 0 };
+    int rc = 2;
+    buf_adds(&path, "/v1/kv");
+    if (a != 2) buf_addc(&path, '/'), cli_pct(&path, k.key);
+    if (a == 1) {
+        if (!strcmp(k.value, "-")) {
+            char chunk[4096];
+            size_t n;
+            while ((n = fread(chunk, 1, sizeof chunk, stdin)) > 0) buf_add(&text, chunk, n);
+            while (text.len && text.p[text.len - 1] == '\n') text.p[--text.len] = 0;
+        } else {
+            buf_adds(&text, k.value);
+        }
+        if (!utf8_valid(buf_cstr(&text), text.len)) {
+            fprintf(stderr, "arc kv: VALUE is not valid UTF-8\n");
+            goto done;
+        }
+        buf_adds(&body, "{\"agent_id\":");
+        json_cstr(&body, o.agent);
+        buf_adds(&body, ",\"value\":");
+        if (text.len && json_parse(&j, text.p, text.len) == 0) json_write(&body, &j, 0);
+        else json_strs(&body, buf_str(&text));
+        if (k.type) buf_adds(&body, ",\"type\":"), json_cstr(&body, k.type);
+        if (k.version >= 0) buf_addf(&body, ",\"version\":%lld", (long long)k.version);
+        buf_addc(&body, '}');
+    } else if (a == 3) {
+        agent_qparam(&path, "agent_id", o.agent);
+        if (k.version >= 0) buf_addf(&path, "&version=%lld", (long long)k.version);
+    } else if (a == 4) {
+        buf_adds(&path, "/history");
+    }
+    if (a == 2 && k.prefix) agent_qparam(&path, "prefix", k.prefix);
+    if (a == 2 && k.type) agent_qparam(&path, "type", k.type);
+    if (a == 2 && k.after) agent_qparam(&path, "after", k.after);
+    if ((a == 2 || a == 4) && k.limit) {
+        char n[24];
+        snprintf(n, sizeof n, "%lld", (long long)k.limit);
+        agent_qparam(&path, "limit", n);
+    }
+    rc = agent_call(&c, a == 1 ? "PUT" : a == 3 ? "DELETE" : "GET", path.p,
+                    a == 1 ? buf_str(&body) : (Str){ NULL, 0 }, 15000, &out);
+    if (!rc) {
+        agent_print_result(&out, a == 2 || a == 4);
+    } else if (rc == 1) {   /* a lost compare-and-set: show what is there */
+        json_free(&j);
+        uint32_t cur;
+        if (out.len && json_parse(&j, out.p, out.len) == 0 &&
+            (cur = json_get(&j, 0, "current"))) {
+            buf_reset(&text);
+            cli_pretty(&text, &j, cur, 0);
+            printf("%s\n", buf_cstr(&text));
+        }
+    }
+done:
+    json_free(&j);
+    buf_free(&path), buf_free(&body), buf_free(&text), buf_free(&out);
     client_free(&c);
     return rc;
 }
@@ -12096,6 +12667,139 @@ static int mcp_t_whoami(McpCtx *x) {
     return 0;
 }
 
+/* ---- arc_kv: the shared memory (PROTOCOL §13) ---- */
+
+/* One tool for the five requests, to keep the tool list short. A failed
+ * compare-and-set is not an error: the answer shows the current row, so
+ * the model can merge and retry; a get of a missing key says so. */
+
+static const char *const mcp_kv_actions[] = { "get", "put", "list", "delete", "history" };
+
+/* "key (type, version N, by A at T): value", the value cut at 300 bytes. */
+static void mcp_kv_line(Buf *t, const Json *j, uint32_t row, int change) {
+    uint32_t v;
+    Buf val = { 0 };
+    if (change) {
+        buf_adds(t, "v");
+        mcp_text_field(t, j, row, "version");
+        buf_adds(t, " ");
+        mcp_text_field(t, j, row, "op");
+    } else {
+        mcp_text_field(t, j, row, "key");
+    }
+    buf_adds(t, " (");
+    mcp_text_field(t, j, row, "type");
+    if (!change) buf_adds(t, ", version "), mcp_text_field(t, j, row, "version");
+    buf_adds(t, ", by ");
+    mcp_text_field(t, j, row, change ? "agent_id" : "updated_by");
+    buf_adds(t, " at ");
+    mcp_text_field(t, j, row, change ? "at" : "updated_at");
+    buf_adds(t, ")");
+    if ((v = json_get(j, row, "value")) && !(change && j->t[v].type == JSON_NULL)) {
+        json_write(&val, j, v);
+        buf_addf(t, ": %.*s%s", val.len > 300 ? 300 : (int)val.len, buf_cstr(&val),
+                 val.len > 300 ? " ..." : "");
+    }
+    buf_free(&val);
+}
+
+static int mcp_t_kv(McpCtx *x) {
+    Buf act = { 0 }, key = { 0 }, path = { 0 }, body = { 0 }, v = { 0 };
+    int rc = -1, a = -1;
+    if (mcp_arg_str(x, "action", &act) < 0) goto done;
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(buf_cstr(&act), mcp_kv_actions[i])) a = i;
+    if (a < 0) {
+        mcp_fail(x, "argument action must be get, put, list, delete or history");
+        goto done;
+    }
+    buf_adds(&path, "/v1/kv");
+    if (a != 2) {
+        if (mcp_arg_need(x, "key", &key) < 0) goto done;
+        buf_addc(&path, '/');
+        cli_pct(&path, key.p);
+    }
+    const char *method = a == 1 ? "PUT" : a == 3 ? "DELETE" : "GET";
+    Str send = { NULL, 0 };
+    int64_t ver = 0;
+    int has_ver = mcp_arg_int(x, "version", &ver);
+    if (has_ver < 0) goto done;
+    if (a == 1) {   /* put: the body */
+        uint32_t val = x->args ? json_get(&x->req, x->args, "value") : 0;
+        if (!val) {
+            mcp_fail(x, "argument value is required to put");
+            goto done;
+        }
+        mcp_body_begin(&body, "agent_id");
+        buf_adds(&body, ",\"value\":");
+        json_write(&body, &x->req, val);
+        if (mcp_body_str(x, &body, "type", NULL)) goto done;
+        if (has_ver) buf_addf(&body, ",\"version\":%lld", (long long)ver);
+        buf_addc(&body, '}');
+        send = buf_str(&body);
+    } else if (a == 3) {
+        agent_qparam(&path, "agent_id", g_mcp.agent);
+        if (has_ver) buf_addf(&path, "&version=%lld", (long long)ver);
+    } else if (a == 2) {
+        static const char *const filters[] = { "prefix", "type" };
+        for (int i = 0; i < 2; i++) {
+            if (mcp_arg_str(x, filters[i], &v) < 0) goto done;
+            if (v.len) agent_qparam(&path, filters[i], v.p);
+        }
+        agent_qparam(&path, "limit", "500");
+    } else if (a == 4) {
+        buf_adds(&path, "/history?limit=500");
+    }
+    if (mcp_hub(x, method, path.p, send, MCP_HUB_MS)) {
+        uint32_t cur = json_get(&x->j, 0, "current");
+        if (x->status == 409 && cur) {   /* lost a compare-and-set */
+            x->failed = 0;
+            buf_reset(&x->text);
+            buf_adds(&x->text, "Not written: the key changed since version ");
+            buf_addf(&x->text, "%lld. Now: ", (long long)ver);
+            if (x->j.t[cur].type == JSON_NULL) buf_adds(&x->text, "no such key (version 0)");
+            else mcp_kv_line(&x->text, &x->j, cur, 0);
+            buf_adds(&x->text, ". Merge and retry with that version.");
+            buf_adds(&x->data, "{\"conflict\":true,\"entry\":");
+            json_write(&x->data, &x->j, cur);
+            buf_addc(&x->data, '}');
+            rc = 0;
+        } else if (x->status == 404 && a == 0) {
+            x->failed = 0;
+            buf_reset(&x->text);
+            buf_addf(&x->text, "No key %s in shared memory.", key.p);
+            buf_adds(&x->data, "{\"entry\":null}");
+            rc = 0;
+        }
+        goto done;
+    }
+    if (a == 2 || a == 4) {
+        uint32_t n = x->j.t[x->res].n, e = x->res + 1;
+        if (a == 2) buf_addf(&x->text, "%u key%s:", n, n == 1 ? "" : "s");
+        else buf_addf(&x->text, "%u write%s of %s:", n, n == 1 ? "" : "s", key.p);
+        for (uint32_t i = 0; i < n; i++, e = x->j.t[e].next) {
+            buf_adds(&x->text, "\n- ");
+            mcp_kv_line(&x->text, &x->j, e, a == 4);
+        }
+        mcp_data_one(x, "entries", x->res);
+    } else {
+        buf_adds(&x->text, a == 1 ? "Stored " : a == 3 ? "Deleted " : "");
+        if (a == 3) {
+            mcp_text_field(&x->text, &x->j, x->res, "key");
+            buf_adds(&x->text, " (now version ");
+            mcp_text_field(&x->text, &x->j, x->res, "version");
+            buf_adds(&x->text, ").");
+        } else {
+            mcp_kv_line(&x->text, &x->j, x->res, 0);
+        }
+        mcp_data_one(x, "entry", x->res);
+    }
+    rc = 0;
+done:
+    buf_free(&act), buf_free(&key), buf_free(&path), buf_free(&body), buf_free(&v);
+    return rc;
+}
+
 /* ---- the tool table ---- */
 
 #define MCP_S(props, req) "{\"type\":\"object\",\"properties\":{" props "},\"required\":[" req "]}"
@@ -12208,6 +12912,20 @@ static const McpTool mcp_tools[] = {
       MCP_S(MCP_STR("agent_id", "") "," MCP_STR("session_id", "") "," MCP_STR("hub", "") ","
             MCP_INT("cursor", "") "," MCP_OBJ("bootstrap"), "\"agent_id\""),
       1, 1, mcp_t_whoami },
+    { "arc_kv", "Shared memory",
+      "Team memory every agent sees: decisions, facts, constraints. get, list (by prefix or "
+      "type) and history read; put writes a value (give the version you read to write only "
+      "if no one changed it since); delete removes a key.",
+      MCP_S("\"action\":{\"type\":\"string\",\"enum\":[\"get\",\"put\",\"list\","
+            "\"delete\",\"history\"]}," MCP_STR("key", "e.g. decisions/database.") ","
+            "\"value\":{\"description\":\"put: any JSON value.\"},"
+            "\"type\":{\"type\":\"string\",\"enum\":[\"decision\",\"fact\","
+            "\"constraint\",\"artifact\",\"note\"]}," MCP_STR("prefix", "list: keys starting so.")
+            "," MCP_INT("version", "put/delete: only if the key is at this version (0: absent)."),
+            "\"action\""),
+      MCP_S("\"entry\":{\"type\":[\"object\",\"null\"]}," MCP_ARR("entries") ","
+            "\"conflict\":{\"type\":\"boolean\"}", ""),
+      0, 0, mcp_t_kv },
 };
 
 static const char mcp_instructions[] =
@@ -12217,7 +12935,8 @@ static const char mcp_instructions[] =
     "and arc_dm, ask another agent and wait for the answer with arc_rpc_call, and answer "
     "requests sent to you with arc_task_result. Before working on a shared task, claim it "
     "with arc_claim; before editing a file others may edit, take arc_lock; release both "
-    "when done.";
+    "when done. Record decisions, facts and constraints the team must share with arc_kv, "
+    "and read it before deciding.";
 
 static const McpTool *mcp_tool(Str name) {
     for (size_t i = 0; i < sizeof mcp_tools / sizeof *mcp_tools; i++)
@@ -13093,6 +13812,7 @@ static const char dash_html[] =
     "background:var(--pb);color:#a8b8c8;border:1px solid var(--bd)}\n"
     ".you{font-size:10px;color:var(--ac);margin-left:5px}\n"
     ".key{font-weight:600}\n"
+    ".kv .txt{display:block;max-height:4.2em;overflow:hidden}\n"
     ".soon{color:var(--warn)}\n"
     ".none{color:#6b7580;font-size:12px;font-style:italic;padding:2px 8px}\n"
     "#hubinfo{font-size:11px;color:#6b7580;padding:12px 12px 0;overflow-wrap:anywhere}\n"
@@ -13104,6 +13824,7 @@ static const char dash_html[] =
     "body:not([data-tab=agents]) .sec[data-sec=agents]{display:none}\n"
     "body:not([data-tab=inbox]) .sec[data-sec=inbox]{display:none}\n"
     "body:not([data-tab=work]) .sec[data-sec=work]{display:none}\n"
+    "body:not([data-tab=memory]) .sec[data-sec=memory]{display:none}\n"
     ".pick select{max-width:none;width:100%}\n"
     ".pick{flex:1 1 130px}\n"
     "#me{margin-left:0}\n"
@@ -13144,6 +13865,7 @@ static const char dash_html[] =
     "<button type='button' data-tab='agents'>Agents <b id='tabAgents'></b></button>\n"
     "<button type='button' data-tab='inbox'>Inbox <b id='tabInbox'></b></button>\n"
     "<button type='button' data-tab='work'>Work <b id='tabWork'></b></button>\n"
+    "<button type='button' data-tab='memory' id='tabMemBtn' hidden>Memory</button>\n"
     "</nav>\n"
     "<main id='main'>\n"
     "<section id='feedcol'>\n"
@@ -13166,6 +13888,9 @@ static const char dash_html[] =
     "</section>\n"
     "<section class='sec' data-sec='inbox' id='inboxsec'>\n"
     "<h2>Inbox <span id='nInbox' class='n'>0</span></h2><div id='inbox' class='list'></div>\n"
+    "</section>\n"
+    "<section class='sec' data-sec='memory' id='memsec' hidden>\n"
+    "<h2>Memory <span id='nMemory' class='n'>0</span></h2><div id='memory' class='list'></div>\n"
     "</section>\n"
     "<section class='sec' data-sec='work'>\n"
     "<h2>Open tasks <span id='nTasks' class='n'>0</span></h2><div id='tasks' class='list'></div>\n"
@@ -13206,7 +13931,7 @@ static const char dash_html[] =
     "  channel: '', thread: '', cursor: 0, es: null, esTimer: 0, backoff: 1000, fails: 0,\n"
     "  live: false, wasDown: false, channels: [], chanSet: new Set(), unread: new Map(),\n"
     "  threads: [], agents: [], agentSet: new Set(), taskBody: new Map(),\n"
-    "  tasks: [], claims: [], locks: [], info: null, started: false,\n"
+    "  tasks: [], claims: [], locks: [], memory: [], info: null, started: false,\n"
     "};\n"
     "const F = {              /* the feed window: rows first..last of the view */\n"
     "  rows: $('rows'), box: $('feed'), first: 0, last: 0, count: 0, gen: 0,\n"
@@ -13823,6 +14548,35 @@ static const char dash_html[] =
     "  taskBodies();\n"
     "}\n"
     "\n"
+    "/* ---- shared memory (arc:kv, PROTOCOL 13): shown when the hub has it ---- */\n"
+    "function hasKv() { return !!(S.info && Array.isArray(S.info.features) &&\n"
+    "                             S.info.features.includes('arc:kv')); }\n"
+    "function memRow(k) {\n"
+    "  const d = el('div', 'item kv');\n"
+    "  d.append(el('span', 'key mono', k.key + '  '), badge(k.type));\n"
+    "  let v;\n"
+    "  try { v = JSON.stringify(k.value); } catch (e) { v = String(k.value); }\n"
+    "  d.append(el('span', 'txt mono', String(v).slice(0, 300)));\n"
+    "  const meta = el('div', 'meta');\n"
+    "  const by = el('span', '', String(k.updated_by));\n"
+    "  by.style.color = nickColor(String(k.updated_by));\n"
+    "  meta.append(el('span', '', 'v' + k.version), by, el('span', '', clock(k.updated_at)));\n"
+    "  d.append(meta);\n"
+    "  d.title = k.key;\n"
+    "  return d;\n"
+    "}\n"
+    "async function loadMemory() {\n"
+    "  const on = hasKv();\n"
+    "  $('memsec').hidden = !on;\n"
+    "  $('tabMemBtn').hidden = !on;\n"
+    "  if (!on) return;\n"
+    "  const r = await api('GET', '/v1/kv?limit=500');\n"
+    "  if (!r.ok) return;\n"
+    "  S.memory = r.result;\n"
+    "  fill('memory', 'nMemory', S.memory, memRow, 'nothing remembered yet');\n"
+    "  if (r.more) $('nMemory').textContent = S.memory.length + '+';\n"
+    "}\n"
+    "\n"
     "/* ---- shutdown banner ---- */\n"
     "const SD = { deadline: 0, now: false };\n"
     "function renderBanner() {\n"
@@ -13861,7 +14615,7 @@ static const char dash_html[] =
     " * called __proto__ or constructor must not find Object.prototype's. */\n"
     "const REFRESH = new Map([['agents', loadAgents], ['work', loadWork],\n"
     "  ['threads', loadThreads], ['channels', loadChannels], ['shutdown', loadShutdown],\n"
-    "  ['chlist', renderChannels]]);\n"
+    "  ['chlist', renderChannels], ['memory', loadMemory]]);\n"
     "const timers = new Map();\n"
     "function soon(key, ms) {\n"
     "  if (timers.get(key)) return;\n"
@@ -13869,6 +14623,7 @@ static const char dash_html[] =
     "}\n"
     "function refreshAll() {\n"
     "  loadAgents(); loadWork(); loadChannels(); loadThreads(); loadShutdown();\n"
+    "  loadMemory();\n"
     "}\n"
     "\n"
     "/* ---- the event stream ---- */\n"
@@ -13896,6 +14651,7 @@ static const char dash_html[] =
     "    if (md.auto_rollup) soon('work');\n"
     "  } else if (!S.agentSet.has(m.from_agent)) soon('agents');\n"
     "  if (WORK_KINDS.includes(m.kind) || md.task_completed !== undefined) soon('work');\n"
+    "  if (isObj(md.kv)) soon('memory');\n"
     "  if (has(m.thread_id)) soon('threads', 1000);\n"
     "  if (!dm && !S.chanSet.has(m.channel)) soon('channels');\n"
     "}\n"
@@ -14258,6 +15014,7 @@ static const Cmd cmds[] = {
     { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
+    { "kv", cmd_kv, "shared memory: get, put, list, del, history" },
 };
 
 static int cmd_help(int argc, char **argv) {

@@ -133,6 +133,23 @@ try {
   assert.match(await page.locator('#agents .item', { hasText: newbie }).innerText(), /rust/);
   ok(`new agent listed after ${Date.now() - t1} ms, with capabilities`);
 
+  // 7b. A value put in the shared memory (arc:kv) shows in the Memory panel,
+  // and a change to it follows (its notice in channel memory triggers a reload).
+  const memKey = 'decisions/' + tag;
+  let kv = await api('PUT', '/v1/kv/' + encodeURIComponent(memKey),
+                     { agent_id: 'alice', value: { db: 'postgres' }, type: 'decision' });
+  assert.equal(kv.status, 201, JSON.stringify(kv));
+  const memRow = page.locator('#memory .item', { hasText: memKey });
+  await memRow.waitFor({ timeout: 5000 });
+  assert.match(await memRow.innerText(), /postgres/);
+  assert.match(await memRow.innerText(), /decision/);
+  kv = await api('PUT', '/v1/kv/' + encodeURIComponent(memKey),
+                 { agent_id: 'bob', value: { db: 'sqlite' }, version: 1 });
+  assert.equal(kv.status, 200, JSON.stringify(kv));
+  await page.locator('#memory .item', { hasText: 'sqlite' }).waitFor({ timeout: 5000 });
+  assert.match(await memRow.innerText(), /v2/);
+  ok('a value put via /v1/kv shows in the Memory panel, and its update follows');
+
   // 8. Markup in a body is shown as text, never run.
   const evil = '<img src=x onerror=alert(1)>';
   const m4 = await post('mallory', evil, {

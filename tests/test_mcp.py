@@ -52,7 +52,7 @@ META = {  # the per-request envelope of the stateless era
 TOOLS = {
     "arc_post_message", "arc_poll_messages", "arc_dm", "arc_list_agents",
     "arc_create_channel", "arc_rpc_call", "arc_inbox", "arc_read_thread", "arc_claim",
-    "arc_lock", "arc_tasks", "arc_task_result", "arc_whoami",
+    "arc_lock", "arc_tasks", "arc_task_result", "arc_whoami", "arc_kv",
 }
 READ_ONLY = {"arc_poll_messages", "arc_list_agents", "arc_inbox", "arc_read_thread",
              "arc_whoami"}
@@ -601,6 +601,50 @@ class McpToolTest(McpCase):
                 self.assertIs(r["structuredContent"]["acquired"], False, r)
                 self.assertEqual(r["structuredContent"][row][owner], other, r)
                 self.assertIn("held by " + other, tool_text(r))
+
+    def test_kv_tool(self):
+        """arc_kv: put, get, list, history, delete; a lost compare-and-set
+        is reported (conflict, current row), not an error; a missing key
+        reads as null."""
+        p = self.spawn()
+        self.ready(p)
+        key = uid("mem") + "/db"
+
+        def kv(**args):
+            r = p.call("arc_kv", args)
+            self.assertNotIn("isError", r, r)
+            return r
+
+        r = kv(action="put", key=key, value={"engine": "pg"}, type="decision", version=0)
+        e = r["structuredContent"]["entry"]
+        self.assertEqual((e["version"], e["updated_by"], e["type"]), (1, p.agent, "decision"))
+        self.assertIn("Stored " + key, tool_text(r))
+        r = kv(action="get", key=key)
+        self.assertEqual(r["structuredContent"]["entry"]["value"], {"engine": "pg"})
+        self.assertIn('{"engine":"pg"}', tool_text(r))
+        self.assertOk(self.hub.request("PUT", "/v1/kv/" + key.replace("/", "%2F"),
+                                       body={"agent_id": "other", "value": "sqlite"}))
+        r = kv(action="put", key=key, value="mine", version=1)
+        self.assertIs(r["structuredContent"]["conflict"], True, r)
+        self.assertEqual(r["structuredContent"]["entry"]["value"], "sqlite")
+        self.assertIn("Not written", tool_text(r))
+        r = kv(action="list", prefix=key.split("/")[0] + "/")
+        self.assertEqual([x["key"] for x in r["structuredContent"]["entries"]], [key])
+        r = kv(action="history", key=key)
+        self.assertEqual([(h["version"], h["agent_id"]) for h in r["structuredContent"]["entries"]],
+                         [(1, p.agent), (2, "other")])
+        r = kv(action="delete", key=key, version=2)
+        self.assertEqual(r["structuredContent"]["entry"]["op"], "delete")
+        r = kv(action="get", key=key)
+        self.assertIsNone(r["structuredContent"]["entry"])
+        # the other agent's write reached this one's poll as a notice
+        r = p.call("arc_poll_messages", {"channel": "memory", "timeout": 0})
+        kvs = [m["metadata"]["kv"] for m in r["structuredContent"]["messages"]]
+        self.assertEqual([k["version"] for k in kvs if k["key"] == key], [2])
+        for bad in ({"action": "nope", "key": key}, {"action": "get"},
+                    {"action": "put", "key": key}, {"action": "put", "key": key, "value": 1,
+                                                     "type": "opinion"}):
+            self.assertIs(p.call("arc_kv", bad).get("isError"), True, bad)
 
     def test_poll_filters_past_the_cursor_limit(self):
         """Each channel/thread filter keeps its own read position, at most

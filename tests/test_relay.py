@@ -300,7 +300,15 @@ class RoundTripTests(RelayCase):
         # unknown route / method
         step("GET", "/v1/nope")
         if not REF:   # the reference answers 501 with HTML (PROTOCOL §12)
-            step("PUT", "/v1/channels", {})
+            step("PATCH", "/v1/channels", {})
+            # shared memory (arc:kv, PROTOCOL §13), PUT included
+            key = "/v1/kv/" + tag + "%2Fk"
+            step("PUT", key, {"agent_id": a, "value": {"x": [1]}, "type": "fact"})
+            step("PUT", key, {"agent_id": b, "value": 2, "version": 7})   # 409
+            step("GET", key)
+            step("GET", qs("/v1/kv", prefix=tag + "/"))
+            step("DELETE", key + "?agent_id=" + b)
+            step("GET", key + "/history")
         return out
 
     def test_every_endpoint_family_matches_http(self):
