@@ -12128,6 +12128,41 @@ static int mcp_wait_events(McpCtx *x, int64_t since, double wait_s, const char *
  * else an agent does on arc. Few tools, each with a precise description:
  * every schema costs the model context on every turn. */
 
+/* blocked_by (PROTOCOL §13) as metadata.blocked_by: a list of ids, or
+ * one id or "3, 4" (models pass lists either way). Returns 0 or -1. */
+static int mcp_body_blocked_by(McpCtx *x, Buf *b) {
+    uint32_t v = x->args ? json_get_val(&x->req, x->args, "blocked_by") : 0;
+    if (!v) return 0;
+    Buf t = { 0 };
+    int rc = -1, n = 0;
+    uint32_t k = x->req.t[v].type == JSON_ARR ? x->req.t[v].n : 1;
+    uint32_t e = x->req.t[v].type == JSON_ARR ? v + 1 : v;
+    buf_adds(b, ",\"metadata\":{\"blocked_by\":[");
+    for (uint32_t i = 0; i < k; i++, e = x->req.t[e].next) {
+        int type = x->req.t[e].type;
+        if (type != JSON_STR && type != JSON_NUM) goto bad;
+        buf_reset(&t);
+        json_as_text(&t, &x->req, e);
+        for (const char *p = buf_cstr(&t), *q; *p; p = q) {
+            int64_t id;
+            q = p + strcspn(p, ",");
+            Str one = str_trim((Str){ p, (size_t)(q - p) });
+            if (*q) q++;
+            if (!one.n && !*q) break;
+            if (parse_int_text(one, &id)) goto bad;
+            buf_addf(b, "%s%lld", n++ ? "," : "", (long long)id);
+        }
+    }
+    buf_adds(b, "]}");
+    rc = 0;
+    goto done;
+bad:
+    mcp_fail(x, "argument blocked_by must be a list of task ids");
+done:
+    buf_free(&t);
+    return rc;
+}
+
 static int mcp_t_post(McpCtx *x) {
     Buf body = { 0 }, ch = { 0 };
     int rc = -1;
@@ -12137,7 +12172,8 @@ static int mcp_t_post(McpCtx *x) {
     json_strs(&body, buf_str(&ch));
     if (mcp_body_str(x, &body, "body", NULL) || mcp_body_str(x, &body, "kind", NULL) ||
         mcp_body_str(x, &body, "thread_id", NULL) ||
-        mcp_body_str(x, &body, "to_agent", NULL) || mcp_body_int(x, &body, "reply_to"))
+        mcp_body_str(x, &body, "to_agent", NULL) || mcp_body_int(x, &body, "reply_to") ||
+        mcp_body_int(x, &body, "parent_task_id") || mcp_body_blocked_by(x, &body))
         goto done;
     rc = mcp_post(x, &body, "Posted");
 done:
@@ -12445,13 +12481,23 @@ static int mcp_t_tasks(McpCtx *x) {
         buf_addf(&path, "/v1/tasks/%lld/complete", (long long)id);
         if (mcp_hub(x, "POST", path.p, str_c("{}"), MCP_HUB_MS)) goto done;
         uint32_t pc = json_get(&x->j, 0, "parent_completed");
+        uint32_t up = json_get(&x->j, 0, "rolled_up");
         int parent = pc && x->j.t[pc].type == JSON_TRUE;
         buf_addf(&x->text, "Task #%lld is done%s.", (long long)id,
                  parent ? "; that was its parent's last open subtask, so the parent "
                           "is done too" : "");
+        if (up && x->j.t[up].type == JSON_ARR && x->j.t[up].n) {
+            buf_adds(&x->text, " Completed by rollup:");
+            uint32_t e = up + 1;
+            for (uint32_t i = 0; i < x->j.t[up].n; i++, e = x->j.t[e].next)
+                buf_adds(&x->text, " #"), json_as_text(&x->text, &x->j, e);
+            buf_addc(&x->text, '.');
+        }
         buf_adds(&x->data, "{\"tasks\":[");
         json_write(&x->data, &x->j, x->res);
-        buf_addf(&x->data, "],\"parent_completed\":%s}", parent ? "true" : "false");
+        buf_addf(&x->data, "],\"parent_completed\":%s", parent ? "true" : "false");
+        if (up) buf_adds(&x->data, ",\"rolled_up\":"), json_write(&x->data, &x->j, up);
+        buf_addc(&x->data, '}');
         rc = 0;
         goto done;
     }
@@ -12478,6 +12524,20 @@ static int mcp_t_tasks(McpCtx *x) {
             buf_adds(&x->text, ", thread "), json_as_text(&x->text, &x->j, f);
         if ((f = json_get_val(&x->j, t, "parent_task_id")))
             buf_adds(&x->text, ", subtask of #"), json_as_text(&x->text, &x->j, f);
+        uint32_t cl = json_get(&x->j, t, "claimable");
+        if ((f = json_get(&x->j, t, "blocked_by")) && x->j.t[f].type == JSON_ARR &&
+            x->j.t[f].n) {   /* arc:task_deps, PROTOCOL §13 */
+            buf_adds(&x->text, ", waits for");
+            uint32_t e = f + 1;
+            for (uint32_t k = 0; k < x->j.t[f].n; k++, e = x->j.t[e].next)
+                buf_adds(&x->text, k ? ", #" : " #"), json_as_text(&x->text, &x->j, e);
+        }
+        if (cl && x->j.t[cl].type == JSON_FALSE && (f = json_get(&x->j, t, "status"))) {
+            buf_reset(&v);
+            json_as_text(&v, &x->j, f);
+            if (str_eq(buf_str(&v), "open"))
+                buf_adds(&x->text, " (BLOCKED: not claimable yet)");
+        }
     }
     mcp_data_one(x, "tasks", arr);
     rc = 0;
@@ -12586,7 +12646,10 @@ static const McpTool mcp_tools[] = {
             "task_request, task_result, artifact, notice, claim or release.\"}" ","
             MCP_STR("thread_id", "Thread to post in; any string, a new one starts a thread.") ","
             MCP_STR("to_agent", "Make it a direct message to this agent.") ","
-            MCP_INT("reply_to", "Id of the message this one answers."),
+            MCP_INT("reply_to", "Id of the message this one answers.") ","
+            MCP_INT("parent_task_id", "A task: the task it is a subtask of.") ","
+            "\"blocked_by\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"},"
+            "\"description\":\"A task: ids of the tasks it waits for.\"}",
             "\"channel\",\"body\""),
       MCP_S(MCP_OBJ("message"), "\"message\""), 0, 0, mcp_t_post },
     { "arc_poll_messages", "Wait for new messages",
@@ -12648,12 +12711,15 @@ static const McpTool mcp_tools[] = {
       0, 1, mcp_t_lock },
     { "arc_tasks", "List or complete tasks",
       "List tasks (open ones unless status says done), or mark one done with "
-      "complete_task_id.",
+      "complete_task_id. A task that waits for others (blocked_by) cannot be claimed "
+      "until they are done; create one with arc_post_message kind task and blocked_by.",
       MCP_S("\"status\":{\"type\":\"string\",\"enum\":[\"open\",\"done\"],\"default\":\"open\"}"
             "," MCP_STR("channel", "Only this channel.") ","
             MCP_STR("thread_id", "Only this thread.") ","
             MCP_INT("complete_task_id", "Mark this task done instead of listing."), ""),
-      MCP_S(MCP_ARR("tasks") ",\"parent_completed\":{\"type\":\"boolean\"}", "\"tasks\""),
+      MCP_S(MCP_ARR("tasks") ",\"parent_completed\":{\"type\":\"boolean\"}"
+            ",\"rolled_up\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}",
+            "\"tasks\""),
       0, 1, mcp_t_tasks },
     { "arc_task_result", "Answer a task request",
       "Answer a task_request (e.g. from arc_rpc_call) with a task_result; this completes "

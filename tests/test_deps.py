@@ -13,7 +13,8 @@ import sys
 import threading
 import unittest
 
-from hubtest import Hub, HubCase, arc_only, reference_py, uid, wait_for
+from hubtest import Hub, HubCase, arc_only, reference_py, uid
+from test_mcp import McpCase, tool_text
 
 
 def notices(hub, reply_to, key):
@@ -271,6 +272,40 @@ class ForeignRowsTests(HubCase):
         w = self.insert_task("waits", {"blocked_by": [blocker]})
         self.hub.post("/v1/tasks/%d/complete" % blocker, {})
         self.assertEqual(len(notices(self.hub, w, "unblocked")), 1)
+
+
+@arc_only
+class McpDepsTests(McpCase):
+    """arc_post_message creates tasks with blocked_by and parent_task_id;
+    arc_tasks shows what a task waits for and the rollup."""
+
+    def test_mcp_create_list_complete(self):
+        p = self.spawn()
+        self.ready(p)
+        post = lambda **a: p.call("arc_post_message", dict(channel="general", **a))
+        c = post(body="C", kind="task")["structuredContent"]["message"]
+        r = post(body="B", kind="task", blocked_by=[c["id"]])
+        self.assertNotIn("isError", r, r)
+        b = r["structuredContent"]["message"]
+        self.assertEqual(b["metadata"], {"blocked_by": [c["id"]]})
+        sub = post(body="S", kind="task", parent_task_id=b["id"],
+                   blocked_by="%d, %d" % (c["id"], c["id"]))["structuredContent"]["message"]
+        self.assertEqual(sub["metadata"], {"blocked_by": [c["id"], c["id"]]})
+        bad = post(body="X", kind="task", blocked_by=[987654])
+        self.assertIs(bad.get("isError"), True, bad)
+        self.assertIn("unknown tasks: 987654", tool_text(bad))
+        bad = post(body="X", kind="task", blocked_by=["x"])
+        self.assertIs(bad.get("isError"), True, bad)
+        lst = p.call("arc_tasks")
+        text = tool_text(lst)
+        self.assertIn("#%d open in general, waits for #%d (BLOCKED" % (b["id"], c["id"]), text)
+        tasks = {t["task_id"]: t for t in lst["structuredContent"]["tasks"]}
+        self.assertEqual(tasks[b["id"]]["blocked_by"], [c["id"]])
+        self.assertIs(tasks[c["id"]]["claimable"], True)
+        self.assertNotIn("isError", p.call("arc_tasks", {"complete_task_id": c["id"]}))
+        done = p.call("arc_tasks", {"complete_task_id": sub["id"]})
+        self.assertIn("Completed by rollup: #%d." % b["id"], tool_text(done))
+        self.assertEqual(done["structuredContent"]["rolled_up"], [b["id"]])
 
 
 @arc_only
