@@ -10252,6 +10252,9 @@ static int cmd_status(int argc, char **argv) {
 
 typedef struct {
     const char *agent, *base_url, *relay_dir, *channel, *to, *kind, *thread, *body;
+    const char *blocked_by;          /* post: "3,4", metadata.blocked_by */
+    int64_t parent;                  /* post: parent_task_id, 0 = none */
+    const char *status;              /* tasks: open or done */
     double timeout_s;
     int64_t since_id;
     int include_self;
@@ -10289,6 +10292,11 @@ static const Opt agent_post_opts[] = {
       .help = "a direct message to this agent" },
     { "--kind", OPT_STR, AGENT_OPT(kind), .arg = "KIND",
       .help = "message kind (default chat)" },
+    { "--parent", OPT_I64, AGENT_OPT(parent), .lo = 1, .hi = ARC_MAX_ID,
+      .arg = "ID", .help = "a task: the task it is a subtask of" },
+    { "--blocked-by", OPT_STR, AGENT_OPT(blocked_by), .arg = "IDS",
+      .help = "a task: ids of the tasks it waits for,\nseparated by commas "
+              "(PROTOCOL §13)" },
     { .kind = OPT_ARG, .off = AGENT_OPT(body), .arg = "BODY",
       .help = "the message text; - reads it from stdin" },
     { 0 }
@@ -10301,6 +10309,11 @@ static const Opt agent_poll_opts[] = {
       .arg = "N", .help = "only messages after this id" },
     { "--include-self", OPT_FLAG, AGENT_OPT(include_self),
       .help = "also the agent's own messages" },
+    { 0 }
+};
+static const Opt agent_tasks_opts[] = {
+    { "--status", OPT_STR, AGENT_OPT(status), .arg = "S",
+      .help = "open or done (default: both)" },
     { 0 }
 };
 #undef AGENT_OPT
@@ -10318,6 +10331,11 @@ static const OptHelp agent_help[] = {
               "per line (by default without the agent's own).\n", AGENT_FOOTER },
     { "whoami", "usage: arc whoami --agent ID [options]\n"
                 "Register agent ID and print its bootstrap.\n", AGENT_FOOTER },
+    { "tasks", "usage: arc tasks [options]\n"
+               "Print the hub's tasks, one JSON object per line, with what\n"
+               "each waits for (blocked_by) and whether it is claimable.\n",
+      "Registers no agent (--agent only names the relay's spool).\n"
+      "Exit: 0 ok, 1 the hub refused, 2 usage or no hub.\n" },
 };
 
 /* Parse post's, poll's or whoami's options into o (defaults: ARC_AGENT,
@@ -10328,14 +10346,17 @@ static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) 
                       .channel = NULL, .kind = "chat", .timeout_s = 30 };
     if (!o->base_url || !*o->base_url) o->base_url = "http://127.0.0.1:6969";
     int is_post = !strcmp(cmd, "post"), is_poll = !strcmp(cmd, "poll");
+    int is_tasks = !strcmp(cmd, "tasks");
     OptGroup g[] = {
         { agent_opts, o, NULL, 0 },
         { agent_where_opts, o, NULL, 0 },
-        { is_post ? agent_post_opts : agent_poll_opts, o, NULL, 0 },
+        { is_post ? agent_post_opts : is_tasks ? agent_tasks_opts : agent_poll_opts,
+          o, NULL, 0 },
     };
-    const OptHelp *h = &agent_help[is_post ? 0 : is_poll ? 1 : 2];
-    opt_parse(h, g, is_post || is_poll ? 3 : 1, argc, argv);
+    const OptHelp *h = &agent_help[is_post ? 0 : is_poll ? 1 : is_tasks ? 3 : 2];
+    opt_parse(h, g, is_post || is_poll || is_tasks ? 3 : 1, argc, argv);
     if (o->relay_dir && !*o->relay_dir) o->relay_dir = NULL;
+    if (is_tasks && (!o->agent || !*o->agent)) o->agent = "cli";
     if (!o->agent || !*o->agent) {
         fprintf(stderr, "arc %s: --agent is required (or set ARC_AGENT)\n", cmd);
         exit(2);
@@ -10464,6 +10485,23 @@ static int cmd_post(int argc, char **argv) {
     buf_adds(&body, ",\"kind\":");
     json_cstr(&body, o.kind);
     if (o.thread) buf_adds(&body, ",\"thread_id\":"), json_cstr(&body, o.thread);
+    if (o.parent) buf_addf(&body, ",\"parent_task_id\":%lld", (long long)o.parent);
+    if (o.blocked_by) {   /* "3,4" or "3, 4": each one an id */
+        buf_adds(&body, ",\"metadata\":{\"blocked_by\":[");
+        for (const char *p = o.blocked_by, *q; ; p = q + 1) {
+            int64_t id;
+            q = p + strcspn(p, ",");
+            if (parse_int_text(str_trim((Str){ p, (size_t)(q - p) }), &id) || id < 1) {
+                fprintf(stderr, "arc post: --blocked-by takes task ids separated by "
+                        "commas, e.g. 3,4\n");
+                rc = 2;
+                goto done;
+            }
+            buf_addf(&body, "%s%lld", p == o.blocked_by ? "" : ",", (long long)id);
+            if (!*q) break;
+        }
+        buf_adds(&body, "]}");
+    }
     buf_adds(&body, ",\"body\":");
     json_strs(&body, buf_str(&text));
     buf_addc(&body, '}');
@@ -10513,6 +10551,33 @@ done:
     return rc;
 }
 
+/* arc tasks: GET /v1/tasks, one task per line (blocked_by and claimable
+ * come with each, PROTOCOL §13). Registers no session: listing must not
+ * replace the session of an agent that is working. */
+static int cmd_tasks(int argc, char **argv) {
+    AgentOpts o;
+    Client c;
+    char err[ARC_ERRLEN];
+    Buf path = { 0 }, out = { 0 };
+    int rc = 2;
+    agent_options("tasks", argc, argv, &o);
+    if (client_url(&c, o.base_url, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 2;
+    }
+    c.relay_dir = o.relay_dir;
+    c.agent = o.agent;
+    c.token = o.token;
+    buf_adds(&path, "/v1/tasks");
+    if (o.status) agent_qparam(&path, "status", o.status);
+    if (o.channel) agent_qparam(&path, "channel", o.channel);
+    if (o.thread) agent_qparam(&path, "thread_id", o.thread);
+    rc = agent_call(&c, "GET", path.p, (Str){ NULL, 0 }, 15000, &out);
+    if (!rc) agent_print_result(&out, 1);
+    buf_free(&path), buf_free(&out);
+    client_free(&c);
+    return rc;
+}
 
 /* ---- arc relay: the standalone spool relay, and relay-gc ---- */
 
@@ -14786,6 +14851,7 @@ static const Cmd cmds[] = {
     { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
+    { "tasks", cmd_tasks, "list tasks, what each waits for, claimable or not" },
 };
 
 static int cmd_help(int argc, char **argv) {

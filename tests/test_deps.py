@@ -9,11 +9,12 @@ shows blocked_by and claimable; a claim of a blocked task is refused with
 import json
 import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import unittest
 
-from hubtest import Hub, HubCase, arc_only, reference_py, uid
+from hubtest import Hub, HubCase, arc_only, hub_command, reference_py, uid
 from test_mcp import McpCase, tool_text
 
 
@@ -306,6 +307,40 @@ class McpDepsTests(McpCase):
         done = p.call("arc_tasks", {"complete_task_id": sub["id"]})
         self.assertIn("Completed by rollup: #%d." % b["id"], tool_text(done))
         self.assertEqual(done["structuredContent"]["rolled_up"], [b["id"]])
+
+
+@arc_only
+class CliDepsTests(HubCase):
+    """arc post --kind task --parent --blocked-by, and arc tasks."""
+
+    def arc(self, *args):
+        return subprocess.run(hub_command() + list(args), capture_output=True, text=True,
+                              timeout=30, env=dict(os.environ, ARC_URL=self.hub.url))
+
+    def test_post_and_list(self):
+        c = json.loads(self.arc("post", "--agent", "cli-a", "--kind", "task", "C").stdout)
+        p = json.loads(self.arc("post", "--agent", "cli-a", "--kind", "task", "P").stdout)
+        run = self.arc("post", "--agent", "cli-a", "--kind", "task", "--parent", str(p["id"]),
+                       "--blocked-by", "%d, %d" % (c["id"], p["id"]), "B")
+        self.assertEqual(run.returncode, 1, run)   # p is an ancestor: a cycle
+        self.assertIn("forms a cycle", run.stderr)
+        run = self.arc("post", "--agent", "cli-a", "--kind", "task", "--parent", str(p["id"]),
+                       "--blocked-by", "%d," % c["id"], "B")
+        self.assertEqual(run.returncode, 2, run)
+        self.assertIn("--blocked-by takes task ids", run.stderr)
+        b = json.loads(self.arc("post", "--agent", "cli-a", "--kind", "task", "--parent",
+                                str(p["id"]), "--blocked-by", str(c["id"]), "B").stdout)
+        self.assertEqual(b["metadata"], {"blocked_by": [c["id"]]})
+        run = self.arc("tasks", "--status", "open")
+        self.assertEqual(run.returncode, 0, run)
+        rows = {t["task_id"]: t for t in map(json.loads, run.stdout.splitlines())}
+        self.assertEqual(rows[b["id"]]["parent_task_id"], p["id"])
+        self.assertEqual(rows[b["id"]]["blocked_by"], [c["id"]])
+        self.assertIs(rows[b["id"]]["claimable"], False)
+        self.assertIs(rows[c["id"]]["claimable"], True)
+        agents = self.assertOk(self.hub.get("/v1/agents"))
+        self.assertEqual([a for a in agents if a["agent_id"] == "cli"], [])   # none registered
+        self.assertEqual(self.arc("tasks", "--status", "nope").returncode, 1)
 
 
 @arc_only
