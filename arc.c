@@ -3984,16 +3984,21 @@ static int hub_deps_sync(Hub *h, Req *q, Res *r) {
     sqlite3_bind_int64(st, 2, top);
     int found = sqlite3_step(st) == SQLITE_ROW;
     sqlite3_reset(st);
-    if (!found) {
+    /* Nothing to add: the mark moves in memory, and is saved only when
+     * the request writes anyway and the scan was long (so that the next
+     * start does not scan again), never making a read a write. */
+    if (!found && (!q->sp_open || top - mark < 1024)) {
         h->deps_mark = top;
         return 0;
     }
     if (hub_tx(h, q, r)) return -1;
-    if (!(st = store_stmt(&h->store, fill))) goto db;
-    sqlite3_bind_int64(st, 1, mark);
-    sqlite3_bind_int64(st, 2, top);
-    sqlite3_bind_int(st, 3, ARC_MAX_BLOCKERS);
-    if (store_done(&h->store, st)) goto db;
+    if (found) {
+        if (!(st = store_stmt(&h->store, fill))) goto db;
+        sqlite3_bind_int64(st, 1, mark);
+        sqlite3_bind_int64(st, 2, top);
+        sqlite3_bind_int(st, 3, ARC_MAX_BLOCKERS);
+        if (store_done(&h->store, st)) goto db;
+    }
     if (!(st = store_stmt(&h->store, set_mark))) goto db;
     sqlite3_bind_int64(st, 1, top);
     if (store_done(&h->store, st)) goto db;
