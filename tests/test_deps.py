@@ -267,6 +267,24 @@ class ForeignRowsTests(HubCase):
         self.assertOk(self.hub.post("/v1/claims", {"owner_agent_id": "z",
                                                    "task_message_id": w}), 201)
 
+    def test_notice_addressed_to_claimant(self):
+        """A claim the hub did not check (another process wrote it) makes
+        its owner the notice's addressee, before the task's to_agent."""
+        blocker = self.msg(kind="task", body="blocker")["id"]
+        w = self.msg(kind="task", body="w", to_agent="assignee",
+                     metadata={"blocked_by": [blocker]})["id"]
+        db = sqlite3.connect(self.hub.storage, timeout=10)
+        with db:
+            db.execute("INSERT INTO claims VALUES('k-%d',NULL,?,'grabber',"
+                       "'2026-01-01T00:00:00Z','2999-01-01T00:00:00Z',NULL,'{}')" % w, (w,))
+        db.close()
+        self.hub.post("/v1/tasks/%d/complete" % blocker, {})
+        got = [m for m in self.assertOk(self.hub.get("/v1/inbox/grabber")) if m["reply_to"] == w]
+        self.assertEqual(len(got), 1, got)
+        self.assertEqual(got[0]["metadata"]["task_id"], w)
+        self.assertEqual([m for m in self.assertOk(self.hub.get("/v1/inbox/assignee"))
+                          if m["from_agent"] == "system"], [])
+
     def test_raw_insert_seen_by_completion_first(self):
         """The catch-up runs before a completion, not only before a list."""
         blocker = self.msg(kind="task", body="blocker")["id"]
