@@ -168,6 +168,15 @@ _Static_assert(ARC_MAX_STORED_DEPTH + 5 <= ARC_JSON_DEPTH,
 #ifndef ARC_MAX_KV_KEY
 #define ARC_MAX_KV_KEY 256        /* a shared-memory key, UTF-8 bytes (§13.1) */
 #endif
+#ifndef ARC_MAX_BLOCKERS
+#define ARC_MAX_BLOCKERS 64       /* metadata.blocked_by ids per task */
+#endif
+#ifndef ARC_MAX_TASK_DEPTH
+#define ARC_MAX_TASK_DEPTH 256    /* ancestors a rollup or cycle check walks */
+#endif
+#ifndef ARC_MAX_DEP_SCAN
+#define ARC_MAX_DEP_SCAN 4096     /* open tasks one cycle check may visit */
+#endif
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
@@ -2419,6 +2428,18 @@ static const char store_schema_kv[] =
     " value_json TEXT, agent_id TEXT NOT NULL, at TEXT NOT NULL,"
     " PRIMARY KEY(key, version)) WITHOUT ROWID;";
 
+/* Extension tables of arc:task_deps (PROTOCOL §14), in the same file but
+ * never touching the reference's tables: which tasks wait for which, filled
+ * when arc stores a task and caught up from other processes' task messages
+ * (metadata.blocked_by) up to the message id in arc_task_deps_mark. */
+static const char store_schema_deps[] =
+    "CREATE TABLE IF NOT EXISTS arc_task_deps(task_id INTEGER NOT NULL,"
+    " blocker_id INTEGER NOT NULL, PRIMARY KEY(task_id,blocker_id))"
+    " WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS arc_ix_td_blk ON arc_task_deps(blocker_id);"
+    "CREATE TABLE IF NOT EXISTS arc_task_deps_mark(k INTEGER PRIMARY KEY"
+    " CHECK(k=0), scanned_id INTEGER NOT NULL);";
+
 /* Column lists in the order the row emitters read them. */
 #define M_COLS "id,ts,from_agent,to_agent,channel,kind,body,attachments_json," \
                "reply_to,thread_id,metadata_json"
@@ -2925,6 +2946,19 @@ static void store_emit_task(Store *s, Buf *b, sqlite3_stmt *st) {
     buf_addc(b, '}');
 }
 
+/* A task row followed by two arc:task_deps columns (PROTOCOL §14): the
+ * blocker ids as a JSON array (text) and whether it is claimable (0/1). */
+static void store_emit_task_deps(Store *s, Buf *b, sqlite3_stmt *st) {
+    store_emit_task(s, b, st);
+    if (b->len) b->p[--b->len] = 0;   /* reopen the object */
+    Str ids = store_col(st, 7);
+    buf_adds(b, ",\"blocked_by\":");
+    if (ids.p && ids.n) buf_addstr(b, ids);
+    else buf_adds(b, "[]");
+    buf_adds(b, sqlite3_column_int(st, 8) ? ",\"claimable\":true}"
+                                          : ",\"claimable\":false}");
+}
+
 static void store_emit_channel(Store *s, Buf *b, sqlite3_stmt *st) {
     buf_adds(b, "{\"name\":");
     store_emit_text(b, store_col(st, 0));
@@ -3062,7 +3096,8 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         sqlite3_exec(s->db, sync, NULL, NULL, &e) ||
         sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema, NULL, NULL, &e) ||
-        sqlite3_exec(s->db, store_schema_kv, NULL, NULL, &e)) {
+        sqlite3_exec(s->db, store_schema_kv, NULL, NULL, &e) ||
+        sqlite3_exec(s->db, store_schema_deps, NULL, NULL, &e)) {
         snprintf(err, ARC_ERRLEN, "cannot initialise storage %s: %s", path,
                  e ? e : sqlite3_errmsg(s->db));
         sqlite3_free(e);
@@ -3208,6 +3243,8 @@ typedef struct {
     int64_t shutdown_at_ms;      /* pending shutdown deadline, 0 = none */
     int64_t shutdown_delay_s;
     int shutdown_now;            /* leave the loop at the end of this turn */
+    int64_t deps_mark;           /* messages scanned for blocked_by (§14);
+                                    0: ask arc_task_deps_mark */
 } Hub;
 
 /* One request as the handlers see it. */
@@ -3303,6 +3340,7 @@ static void hub_tx_end(Hub *h, Req *q, int ok) {
     if (!ok) {
         store_exec(&h->store, "ROLLBACK TO req");
         hub_batch_truncate(h, q->batch_mark);
+        h->deps_mark = 0;   /* it may have caught up, undone now (§14) */
     }
     store_exec(&h->store, "RELEASE req");
 }
@@ -3331,6 +3369,7 @@ static int hub_turn_commit(Hub *h, const char **why) {
     }
     *why = h->store.err;
     hub_batch_truncate(h, 0);
+    h->deps_mark = 0;   /* a catch-up of task deps went with it (§14) */
     store_cache_flush(&h->store);
     return -1;
 }
@@ -3890,6 +3929,9 @@ static int hub_task_exists(Hub *h, int64_t id) {
     return yes;
 }
 
+/* Mark task `id` done. Returns 1 when it was open (this call completed
+ * it), 0 when it was done already or does not exist, -1 on a database
+ * error. */
 static int hub_complete_task_row(Hub *h, int64_t id) {
     static const char sql[] =
         "UPDATE tasks SET status='done',completed_at=?"
@@ -3900,7 +3942,399 @@ static int hub_complete_task_row(Hub *h, int64_t id) {
     if (!st) return -1;
     store_bind_c(st, 1, now);
     sqlite3_bind_int64(st, 2, id);
-    return store_done(&h->store, st);
+    if (store_done(&h->store, st)) return -1;
+    return sqlite3_changes(h->store.db) > 0;
+}
+
+/* ---- task dependencies (arc:task_deps, PROTOCOL §14) ---- */
+
+/* A task names the tasks it waits for in its message's metadata.blocked_by,
+ * which v1 hubs and clients keep as opaque metadata. The pairs also live in
+ * arc_task_deps, for the question asked when task B completes: who waited
+ * for B? arc fills the table when it stores a task; tasks another process
+ * wrote (the reference hub on a shared file) are caught up from the
+ * messages above a watermark before any answer that uses the table
+ * (hub_deps_sync). blocked_by is fixed at creation and must name existing
+ * tasks, so every pair points to a smaller id and blocked_by alone cannot
+ * form a cycle; what can is the task naming itself, or a task that waits
+ * for an ancestor whose rollup waits for the new task (hub_deps_check). */
+
+/* A growable list of task ids; v owned. */
+typedef struct {
+    int64_t *v;
+    int n, cap;
+} HubIds;
+
+static void hub_ids_push(HubIds *l, int64_t id) {
+    if (l->n == l->cap) l->v = vec_grow(l->v, &l->cap, sizeof *l->v);
+    l->v[l->n++] = id;
+}
+
+static int hub_ids_has(const HubIds *l, int64_t id) {
+    for (int i = 0; i < l->n; i++)
+        if (l->v[i] == id) return 1;
+    return 0;
+}
+
+static void hub_ids_free(HubIds *l) {
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
+/* Append the ids separated by sep ("," in JSON, ", " in prose). */
+static void hub_ids_text(Buf *b, const HubIds *l, const char *sep) {
+    for (int i = 0; i < l->n; i++) {
+        if (i) buf_adds(b, sep);
+        buf_add_i64(b, l->v[i]);
+    }
+}
+
+/* Append column 0 of every row of sql, with ?1 bound to id, to out.
+ * Returns the count appended, or -1 on a database error. */
+static int hub_ids_query(Hub *h, const char *sql, int64_t id, HubIds *out) {
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return -1;
+    sqlite3_bind_int64(st, 1, id);
+    int n = 0, rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        hub_ids_push(out, sqlite3_column_int64(st, 0));
+        n++;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? n : -1;
+}
+
+/* Catch arc_task_deps up with the task messages other processes wrote
+ * since the watermark, keeping only ids below the task's own that name
+ * task messages (so the graph stays acyclic) and at most ARC_MAX_BLOCKERS.
+ * When nothing new names blocked_by it costs two reads and the mark moves
+ * in memory only; otherwise it writes in the request's savepoint. Returns
+ * 0, or -1 with r failed. */
+static int hub_deps_sync(Hub *h, Req *q, Res *r) {
+    static const char get_mark[] =
+        "SELECT scanned_id FROM arc_task_deps_mark WHERE k=0";
+    static const char get_top[] = "SELECT max(id) FROM messages";
+    static const char any[] =
+        "SELECT 1 FROM messages WHERE id>?1 AND id<=?2"
+        " AND kind IN ('task','task_request')"
+        " AND instr(metadata_json,'\"blocked_by\"')>0 LIMIT 1";
+    static const char fill[] =
+        "INSERT OR IGNORE INTO arc_task_deps(task_id,blocker_id)"
+        " SELECT m.id,j.value FROM messages m,json_each(CASE WHEN"
+        " json_valid(m.metadata_json) AND json_type(m.metadata_json,"
+        "'$.blocked_by')='array' THEN m.metadata_json"
+        " ELSE '{\"blocked_by\":[]}' END,'$.blocked_by') j"
+        " WHERE m.id>?1 AND m.id<=?2 AND m.kind IN ('task','task_request')"
+        " AND j.type='integer' AND j.value<m.id AND j.key<?3"
+        " AND EXISTS(SELECT 1 FROM messages b WHERE b.id=j.value"
+        " AND b.kind IN ('task','task_request'))";
+    static const char set_mark[] =
+        "INSERT OR REPLACE INTO arc_task_deps_mark(k,scanned_id) VALUES(0,?)";
+    int64_t mark = h->deps_mark, top = 0;
+    sqlite3_stmt *st;
+    if (!mark && (st = store_stmt(&h->store, get_mark))) {
+        if (sqlite3_step(st) == SQLITE_ROW) mark = sqlite3_column_int64(st, 0);
+        sqlite3_reset(st);
+    }
+    if (!(st = store_stmt(&h->store, get_top))) goto db;
+    if (sqlite3_step(st) == SQLITE_ROW) top = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (top <= mark) {
+        h->deps_mark = mark;
+        return 0;
+    }
+    if (!(st = store_stmt(&h->store, any))) goto db;
+    sqlite3_bind_int64(st, 1, mark);
+    sqlite3_bind_int64(st, 2, top);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    /* Nothing to add: the mark moves in memory, and is saved only when
+     * the request writes anyway and the scan was long (so that the next
+     * start does not scan again), never making a read a write. */
+    if (!found && (!q->sp_open || top - mark < 1024)) {
+        h->deps_mark = top;
+        return 0;
+    }
+    if (hub_tx(h, q, r)) return -1;
+    if (found) {
+        if (!(st = store_stmt(&h->store, fill))) goto db;
+        sqlite3_bind_int64(st, 1, mark);
+        sqlite3_bind_int64(st, 2, top);
+        sqlite3_bind_int(st, 3, ARC_MAX_BLOCKERS);
+        if (store_done(&h->store, st)) goto db;
+    }
+    if (!(st = store_stmt(&h->store, set_mark))) goto db;
+    sqlite3_bind_int64(st, 1, top);
+    if (store_done(&h->store, st)) goto db;
+    h->deps_mark = top;
+    return 0;
+db:
+    hub_db_fail(h, r);
+    return -1;
+}
+
+/* The blockers of task `id` that are not done, ascending, into out (a
+ * blocker without a task row counts as not done). Returns their count, or
+ * -1 on a database error. */
+static int hub_deps_open(Hub *h, int64_t id, HubIds *out) {
+    static const char sql[] =
+        "SELECT d.blocker_id FROM arc_task_deps d WHERE d.task_id=?1 AND NOT"
+        " EXISTS(SELECT 1 FROM tasks b WHERE b.task_id=d.blocker_id"
+        " AND b.status='done') ORDER BY d.blocker_id";
+    return hub_ids_query(h, sql, id, out);
+}
+
+/* metadata.blocked_by of a new task into ids, without repeats; absent or
+ * null names none. `meta` is the metadata object's token, or 0. Returns
+ * 0, or -1 with r failed. */
+static int hub_deps_parse(const Json *j, uint32_t meta, Res *r, HubIds *ids) {
+    uint32_t v = meta ? json_get_val(j, meta, "blocked_by") : 0;
+    if (!v) return 0;
+    if (j->t[v].type != JSON_ARR) goto bad;
+    if (j->t[v].n > ARC_MAX_BLOCKERS) {
+        hub_fail(r, 400, "metadata.blocked_by names more than %d tasks "
+                 "(ARC_MAX_BLOCKERS)", ARC_MAX_BLOCKERS);
+        return -1;
+    }
+    uint32_t e = v + 1;
+    for (uint32_t i = 0; i < j->t[v].n; i++, e = j->t[e].next) {
+        int64_t id;
+        if (j->t[e].type != JSON_NUM || j->t[e].frac || json_to_i64(j, e, &id))
+            goto bad;
+        if (!hub_ids_has(ids, id)) hub_ids_push(ids, id);
+    }
+    return 0;
+bad:
+    hub_fail(r, 400, "metadata.blocked_by must be a list of task ids");
+    return -1;
+}
+
+/* Task `id`'s parent, or ARC_NO_ID. */
+static int64_t hub_task_parent(Hub *h, int64_t id) {
+    sqlite3_stmt *st = store_stmt(&h->store,
+                                  "SELECT parent_task_id FROM tasks WHERE task_id=?");
+    if (!st) return ARC_NO_ID;
+    sqlite3_bind_int64(st, 1, id);
+    int64_t p = ARC_NO_ID;
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+        p = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return p;
+}
+
+static int hub_task_open(Hub *h, int64_t id) {
+    sqlite3_stmt *st = store_stmt(&h->store,
+        "SELECT 1 FROM tasks WHERE task_id=? AND status='open'");
+    if (!st) return 0;
+    sqlite3_bind_int64(st, 1, id);
+    int yes = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    return yes;
+}
+
+/* Refuse blocked_by of the new task `id` (child of `parent`, or ARC_NO_ID)
+ * when it names the task itself, a task that does not exist, or a task
+ * that waits, through blockers or open subtasks, for an ancestor of the
+ * new task: that ancestor's rollup waits for the new task, so neither
+ * could finish. Only open tasks are followed (a done task waits for
+ * nothing), at most ARC_MAX_DEP_SCAN of them. Returns 0, or -1 with r
+ * failed (400). */
+static int hub_deps_check(Hub *h, Res *r, int64_t id, int64_t parent,
+                          const HubIds *ids) {
+    static const char blockers[] =
+        "SELECT blocker_id FROM arc_task_deps WHERE task_id=?1";
+    static const char children[] =
+        "SELECT task_id FROM tasks WHERE parent_task_id=?1";
+    HubIds unknown = { 0 }, anc = { 0 }, seen = { 0 }, from = { 0 }, next = { 0 };
+    Buf b = { 0 };
+    int rc = -1;
+    if (hub_ids_has(ids, id)) {
+        hub_fail(r, 400, "metadata.blocked_by forms a cycle: task %lld would "
+                 "wait for itself", (long long)id);
+        goto done;
+    }
+    for (int i = 0; i < ids->n; i++)
+        if (!hub_task_exists(h, ids->v[i])) hub_ids_push(&unknown, ids->v[i]);
+    if (unknown.n) {
+        hub_ids_text(&b, &unknown, ", ");
+        hub_fail(r, 400, "metadata.blocked_by references unknown tasks: %s",
+                 buf_cstr(&b));
+        goto done;
+    }
+    for (int64_t p = parent; p != ARC_NO_ID && anc.n < ARC_MAX_TASK_DEPTH &&
+                             !hub_ids_has(&anc, p); p = hub_task_parent(h, p))
+        hub_ids_push(&anc, p);
+    for (int i = 0; i < ids->n; i++)
+        hub_ids_push(&seen, ids->v[i]), hub_ids_push(&from, ids->v[i]);
+    for (int i = 0; i < seen.n; i++) {
+        int64_t t = seen.v[i];
+        if (hub_ids_has(&anc, t)) {
+            if (t == from.v[i])
+                hub_fail(r, 400, "metadata.blocked_by forms a cycle: task %lld "
+                         "would wait for task %lld, its ancestor, which waits "
+                         "for its subtasks", (long long)id, (long long)t);
+            else
+                hub_fail(r, 400, "metadata.blocked_by forms a cycle: task %lld "
+                         "would wait for task %lld, which waits for task %lld, "
+                         "an ancestor of task %lld", (long long)id,
+                         (long long)from.v[i], (long long)t, (long long)id);
+            goto done;
+        }
+        if (!hub_task_open(h, t)) continue;
+        next.n = 0;
+        if (hub_ids_query(h, blockers, t, &next) < 0 ||
+            hub_ids_query(h, children, t, &next) < 0) {
+            hub_db_fail(h, r);
+            goto done;
+        }
+        for (int k = 0; k < next.n; k++) {
+            if (hub_ids_has(&seen, next.v[k])) continue;
+            if (seen.n >= ARC_MAX_DEP_SCAN) {
+                hub_fail(r, 400, "metadata.blocked_by: more than %d open tasks "
+                         "to check for cycles (ARC_MAX_DEP_SCAN)", ARC_MAX_DEP_SCAN);
+                goto done;
+            }
+            hub_ids_push(&seen, next.v[k]), hub_ids_push(&from, from.v[i]);
+        }
+    }
+    rc = 0;
+done:
+    hub_ids_free(&unknown), hub_ids_free(&anc), hub_ids_free(&seen);
+    hub_ids_free(&from), hub_ids_free(&next);
+    buf_free(&b);
+    return rc;
+}
+
+/* Store the pairs of a new task, checked by hub_deps_check. */
+static int hub_deps_record(Hub *h, int64_t id, const HubIds *ids) {
+    static const char sql[] = "INSERT OR IGNORE INTO arc_task_deps VALUES(?,?)";
+    for (int i = 0; i < ids->n; i++) {
+        sqlite3_stmt *st = store_stmt(&h->store, sql);
+        if (!st) return -1;
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_int64(st, 2, ids->v[i]);
+        if (store_done(&h->store, st)) return -1;
+    }
+    return 0;
+}
+
+/* If a claim covering task `task` would take a task that still waits,
+ * refuse it: 409 naming the open blockers, also as a top-level
+ * "blocked_by" list. Returns 0 (go on), or -1 with r failed. */
+static int hub_deps_refuse(Hub *h, Req *q, Res *r, int64_t task) {
+    HubIds open = { 0 };
+    Buf b = { 0 };
+    int rc = -1, n;
+    if (hub_deps_sync(h, q, r)) goto done;
+    if ((n = hub_deps_open(h, task, &open)) < 0) {
+        hub_db_fail(h, r);
+        goto done;
+    }
+    if (n == 0) {
+        rc = 0;
+        goto done;
+    }
+    hub_ids_text(&b, &open, ", ");
+    hub_fail(r, 409, "task %lld is blocked by open tasks: %s", (long long)task,
+             buf_cstr(&b));
+    r->body.p[--r->body.len] = 0;   /* add blocked_by to the envelope */
+    buf_adds(&r->body, ",\"blocked_by\":[");
+    hub_ids_text(&r->body, &open, ",");
+    buf_adds(&r->body, "]}");
+done:
+    hub_ids_free(&open);
+    buf_free(&b);
+    return rc;
+}
+
+/* Task `blocker` has just changed from open to done: post one notice for
+ * each open task that waited for it and now waits for nothing, in that
+ * task's channel and thread, replying to it and addressed to its active
+ * claimant, else to the agent the task message was addressed to, else to
+ * everyone (PROTOCOL §14). Only the open -> done change calls this, so a
+ * retried completion posts nothing. Returns 0, or -1 with r failed. */
+static int hub_deps_unblock(Hub *h, Req *q, Res *r, int64_t blocker) {
+    static const char waiting[] =
+        "SELECT d.task_id FROM arc_task_deps d JOIN tasks t"
+        " ON t.task_id=d.task_id WHERE d.blocker_id=?1 AND t.status='open'"
+        " ORDER BY d.task_id";
+    static const char all[] =
+        "SELECT blocker_id FROM arc_task_deps WHERE task_id=?1 ORDER BY blocker_id";
+    static const char about[] =
+        "SELECT t.channel,t.thread_id,m.to_agent,(SELECT c.owner_agent_id"
+        " FROM claims c WHERE c.task_message_id=t.task_id AND"
+        " c.released_at IS NULL AND julianday(c.expires_at)>=julianday(?2)"
+        " ORDER BY c.claimed_at DESC LIMIT 1)"
+        " FROM tasks t LEFT JOIN messages m ON m.id=t.task_id WHERE t.task_id=?1";
+    HubIds w = { 0 };
+    int rc = -1;
+    if (hub_ids_query(h, waiting, blocker, &w) < 0) {
+        hub_db_fail(h, r);
+        goto done;
+    }
+    for (int i = 0; i < w.n; i++) {
+        HubIds ids = { 0 };
+        Buf chan = { 0 }, thread = { 0 }, to = { 0 }, body = { 0 }, meta = { 0 };
+        int has_thread = 0, has_to = 0, bad = 0;
+        int n = hub_deps_open(h, w.v[i], &ids);
+        if (n == 0 && hub_ids_query(h, all, w.v[i], &ids) < 0) n = -1;
+        sqlite3_stmt *st = n == 0 ? store_stmt(&h->store, about) : NULL;
+        if (st) {
+            char now[ISO_LEN];
+            hub_now(now);
+            sqlite3_bind_int64(st, 1, w.v[i]);
+            store_bind_c(st, 2, now);
+            if (sqlite3_step(st) == SQLITE_ROW) {
+                buf_addstr(&chan, store_col(st, 0));
+                has_thread = store_col(st, 1).p != NULL;
+                buf_addstr(&thread, store_col(st, 1));
+                Str who = store_col(st, 3).p ? store_col(st, 3) : store_col(st, 2);
+                has_to = who.p && who.n;
+                buf_addstr(&to, who);
+            }
+            sqlite3_reset(st);
+        }
+        if (n < 0 || (n == 0 && !st)) {
+            hub_db_fail(h, r);
+            bad = 1;
+        } else if (n == 0) {
+            buf_addf(&body, "Task %lld is unblocked: its blockers (",
+                     (long long)w.v[i]);
+            hub_ids_text(&body, &ids, ", ");
+            buf_adds(&body, ") are done, so it can be claimed now.");
+            buf_addf(&meta, "{\"unblocked\":true,\"task_id\":%lld,\"blocked_by\":[",
+                     (long long)w.v[i]);
+            hub_ids_text(&meta, &ids, ",");
+            buf_addf(&meta, "],\"completed_blocker\":%lld}", (long long)blocker);
+            StoreMsg m = { .from = STR_LIT("system"),
+                .to = has_to ? buf_str(&to) : (Str){ NULL, 0 },
+                .channel = chan.len ? buf_str(&chan) : STR_LIT("general"),
+                .kind = STR_LIT("notice"), .body = buf_str(&body),
+                .thread = has_thread ? buf_str(&thread) : (Str){ NULL, 0 },
+                .attachments = STR_LIT("[]"), .metadata = buf_str(&meta),
+                .reply_to = w.v[i] };
+            int64_t mid;
+            bad = hub_insert_message(h, q, r, &m, NULL, &mid) != 0;
+        }
+        hub_ids_free(&ids);
+        buf_free(&chan), buf_free(&thread), buf_free(&to);
+        buf_free(&body), buf_free(&meta);
+        if (bad) goto done;
+    }
+    rc = 0;
+done:
+    hub_ids_free(&w);
+    return rc;
+}
+
+/* Complete task `id` by any path (the endpoint, a task_result) and post
+ * the notices of the tasks that no longer wait. Returns 1 when it was
+ * open, 0 when not, -1 with r failed. */
+static int hub_task_done(Hub *h, Req *q, Res *r, int64_t id) {
+    int ch = hub_complete_task_row(h, id);
+    if (ch < 0) hub_db_fail(h, r);
+    if (ch > 0 && hub_deps_unblock(h, q, r, id)) return -1;
+    return ch;
 }
 
 /* POST /v1/messages (PROTOCOL §7.10). Validation order follows the
@@ -3912,6 +4346,7 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
     int64_t parent = ARC_NO_ID, reply = ARC_NO_ID, id;
     int rc, has_to, has_thread;
     uint32_t v;
+    HubIds deps = { 0 };   /* metadata.blocked_by of a task (§14) */
     if ((rc = hub_int(q, r, "parent_task_id", &parent)) < 0) goto done;
     if (rc && !hub_task_exists(h, parent)) {
         hub_fail(r, 400, "parent_task_id references unknown task");
@@ -4016,6 +4451,13 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         hub_fail(r, 400, "channel does not exist: %s", buf_cstr(&chan));
         goto done;
     }
+    int is_task = str_eq(buf_str(&kind), "task") ||
+                  str_eq(buf_str(&kind), "task_request");
+    v = json_get(j, 0, "metadata");
+    if (is_task && v && j->t[v].type == JSON_OBJ &&
+        hub_deps_parse(j, v, r, &deps))
+        goto done;
+    if ((deps.n || complete) && hub_deps_sync(h, q, r)) goto done;
     StoreMsg m = {
         .from = buf_str(&from), .to = has_to ? buf_str(&to) : (Str){ NULL, 0 },
         .channel = buf_str(&chan), .kind = buf_str(&kind), .body = buf_str(&body),
@@ -4024,7 +4466,7 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         .reply_to = reply,
     };
     if (hub_insert_message(h, q, r, &m, &out, &id)) goto done;
-    if (str_eq(m.kind, "task") || str_eq(m.kind, "task_request")) {
+    if (is_task) {
         static const char sql[] =
             "INSERT OR IGNORE INTO tasks VALUES(?,?,?,?,'open',?,NULL)";
         char now[ISO_LEN];
@@ -4037,8 +4479,10 @@ static void hub_post_message(Hub *h, Req *q, Res *r) {
         store_bind(st, 4, m.thread);
         store_bind_c(st, 5, now);
         if (store_done(&h->store, st)) goto db;
-    } else if (complete && hub_complete_task_row(h, reply)) {
-        goto db;
+        if (deps.n && hub_deps_check(h, r, id, parent, &deps)) goto done;
+        if (deps.n && hub_deps_record(h, id, &deps)) goto db;
+    } else if (complete && hub_task_done(h, q, r, reply) < 0) {
+        goto done;
     }
     hub_touch(h, q, r, m.from);
     hub_ok(r, 201);
@@ -4051,6 +4495,7 @@ done:
     buf_free(&from), buf_free(&to), buf_free(&chan), buf_free(&kind);
     buf_free(&body), buf_free(&thread), buf_free(&atts), buf_free(&meta);
     buf_free(&out);
+    hub_ids_free(&deps);
 }
 
 /* ---- pages of messages ---- */
@@ -5035,6 +5480,7 @@ static void hub_claim(Hub *h, Req *q, Res *r) {
         }
         buf_addf(&key, "task-%lld", (long long)task);
     }
+    if (has_task && hub_deps_refuse(h, q, r, task)) goto done;
     hub_lease_acquire(h, q, r, &lease_claim, buf_str(&key), buf_str(&owner), ttl,
                       buf_str(&meta), has_thread ? buf_str(&thread) : (Str){ NULL, 0 },
                       task, has_task);
@@ -5122,9 +5568,15 @@ static void hub_list_locks(Hub *h, Req *q, Res *r) {
 
 /* ---- tasks ---- */
 
-/* GET /v1/tasks */
+/* GET /v1/tasks, each task with its blocked_by and claimable (§14). */
 static void hub_list_tasks(Hub *h, Req *q, Res *r) {
-    static const char sql[] = "SELECT " T_COLS " FROM tasks WHERE"
+    static const char sql[] = "SELECT " T_COLS ",(SELECT json_group_array("
+        "blocker_id) FROM (SELECT blocker_id FROM arc_task_deps"
+        " WHERE task_id=tasks.task_id ORDER BY blocker_id)),"
+        " status='open' AND NOT EXISTS(SELECT 1 FROM arc_task_deps d"
+        " WHERE d.task_id=tasks.task_id AND NOT EXISTS(SELECT 1 FROM tasks b"
+        " WHERE b.task_id=d.blocker_id AND b.status='done'))"
+        " FROM tasks WHERE"
         " (?1 IS NULL OR parent_task_id=?1) AND (?2 IS NULL OR status=?2) AND"
         " (?3 IS NULL OR channel=?3) AND (?4 IS NULL OR thread_id=?4)"
         " ORDER BY task_id";
@@ -5144,6 +5596,7 @@ static void hub_list_tasks(Hub *h, Req *q, Res *r) {
         hub_fail(r, 400, "status must be 'open' or 'done'");
         goto done;
     }
+    if (hub_deps_sync(h, q, r)) goto done;
     sqlite3_stmt *st = store_stmt(&h->store, sql);
     if (!st) { hub_db_fail(h, r); goto done; }
     if (has_parent) sqlite3_bind_int64(st, 1, parent);
@@ -5151,7 +5604,7 @@ static void hub_list_tasks(Hub *h, Req *q, Res *r) {
     store_bind_c(st, 3, chan);
     store_bind_c(st, 4, thread);
     hub_ok(r, 200);
-    if (store_emit_rows(&h->store, &r->body, st, store_emit_task) < 0)
+    if (store_emit_rows(&h->store, &r->body, st, store_emit_task_deps) < 0)
         hub_db_fail(h, r);
     else
         hub_ok_end(r);
@@ -5159,53 +5612,56 @@ done:
     free(status), free(chan), free(thread);
 }
 
-/* POST /v1/tasks/{id}/complete (PROTOCOL §7.26): completing the last open
- * child completes its parent (one level) and posts a notice. */
+/* POST /v1/tasks/{id}/complete (PROTOCOL §7.26, §14): completing the last
+ * open child completes its parent with a notice, and so on up the tree
+ * (at most ARC_MAX_TASK_DEPTH ancestors); every task this completes posts
+ * the unblock notices of the tasks that waited for it. */
 static void hub_complete_task(Hub *h, Req *q, Res *r) {
     static const char get[] = "SELECT " T_COLS " FROM tasks WHERE task_id=?";
     static const char siblings[] =
         "SELECT count(*),sum(status='done') FROM tasks WHERE parent_task_id=?";
-    int64_t id, parent = -1;
-    if (parse_int_text(buf_str(&q->arg), &id)) {
+    int64_t id, parent = ARC_NO_ID;
+    Buf task = { 0 }, chan = { 0 }, thread = { 0 };
+    HubIds rolled = { 0 };
+    if (parse_int_text(buf_str(&q->arg), &id) || !hub_task_exists(h, id)) {
         hub_fail(r, 404, "task not found");
         return;
     }
-    if (!hub_task_exists(h, id)) {
-        hub_fail(r, 404, "task not found");
-        return;
-    }
-    if (hub_tx(h, q, r) || hub_complete_task_row(h, id)) {
-        hub_db_fail(h, r);
-        return;
-    }
+    if (hub_tx(h, q, r) || hub_deps_sync(h, q, r)) return;
+    if (hub_task_done(h, q, r, id) < 0) return;
     sqlite3_stmt *st = store_stmt(&h->store, get);
-    if (!st) { hub_db_fail(h, r); return; }
+    if (!st) goto db;
     sqlite3_bind_int64(st, 1, id);
-    Buf task = { 0 };
     if (sqlite3_step(st) == SQLITE_ROW) {
         store_emit_task(&h->store, &task, st);
-        parent = hub_col_i64(st, 1);
+        if (sqlite3_column_type(st, 1) != SQLITE_NULL)
+            parent = sqlite3_column_int64(st, 1);
     }
     sqlite3_reset(st);
-    int rolled = 0;
-    if (parent >= 0 && (st = store_stmt(&h->store, siblings))) {
+    /* Up the tree: a parent already done is passed through, so repeating
+     * the call on a child also completes ancestors left open. */
+    for (int depth = 0; parent != ARC_NO_ID && depth < ARC_MAX_TASK_DEPTH;
+         depth++) {
+        int64_t n = 0, done = 0, up = ARC_NO_ID;
+        int open = 0, has_thread = 0;
+        if (!(st = store_stmt(&h->store, siblings))) goto db;
         sqlite3_bind_int64(st, 1, parent);
-        int64_t n = 0, done = 0;
         if (sqlite3_step(st) == SQLITE_ROW)
             n = sqlite3_column_int64(st, 0), done = sqlite3_column_int64(st, 1);
         sqlite3_reset(st);
-        Buf chan = { 0 }, thread = { 0 };
-        int has_thread = 0, open = 0;
-        if (n > 0 && n == done && (st = store_stmt(&h->store, get))) {
-            sqlite3_bind_int64(st, 1, parent);
-            if (sqlite3_step(st) == SQLITE_ROW) {
-                open = str_eq(store_col(st, 4), "open");
-                buf_addstr(&chan, store_col(st, 2));
-                has_thread = store_col(st, 3).p != NULL;
-                buf_addstr(&thread, store_col(st, 3));
-            }
-            sqlite3_reset(st);
+        if (n == 0 || n != done) break;
+        if (!(st = store_stmt(&h->store, get))) goto db;
+        sqlite3_bind_int64(st, 1, parent);
+        buf_reset(&chan), buf_reset(&thread);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            open = str_eq(store_col(st, 4), "open");
+            buf_addstr(&chan, store_col(st, 2));
+            has_thread = store_col(st, 3).p != NULL;
+            buf_addstr(&thread, store_col(st, 3));
+            if (sqlite3_column_type(st, 1) != SQLITE_NULL)
+                up = sqlite3_column_int64(st, 1);
         }
+        sqlite3_reset(st);
         if (open) {
             char body[128], meta[128];
             snprintf(body, sizeof body,
@@ -5214,23 +5670,33 @@ static void hub_complete_task(Hub *h, Req *q, Res *r) {
             snprintf(meta, sizeof meta,
                      "{\"auto_rollup\":true,\"parent_task_id\":%lld}",
                      (long long)parent);
-            if (hub_complete_task_row(h, parent) ||
+            int ch = hub_complete_task_row(h, parent);
+            if (ch < 0 ||
                 hub_post_system(h, q, r, buf_str(&chan), str_c(body), parent,
                                 has_thread ? buf_str(&thread) : (Str){ NULL, 0 },
-                                meta)) {
-                buf_free(&chan), buf_free(&thread), buf_free(&task);
-                hub_db_fail(h, r);
-                return;
-            }
-            rolled = 1;
+                                meta))
+                goto db;
+            hub_ids_push(&rolled, parent);
+            if (ch > 0 && hub_deps_unblock(h, q, r, parent)) goto done;
         }
-        buf_free(&chan), buf_free(&thread);
+        parent = up;
     }
     hub_ok(r, 200);
     buf_addstr(&r->body, buf_str(&task));
-    if (rolled) buf_adds(&r->body, ",\"parent_completed\":true");
+    if (rolled.n && rolled.v[0] == hub_task_parent(h, id))
+        buf_adds(&r->body, ",\"parent_completed\":true");
+    if (rolled.n) {
+        buf_adds(&r->body, ",\"rolled_up\":[");
+        hub_ids_text(&r->body, &rolled, ",");
+        buf_addc(&r->body, ']');
+    }
     hub_ok_end(r);
-    buf_free(&task);
+    goto done;
+db:
+    hub_db_fail(h, r);
+done:
+    buf_free(&task), buf_free(&chan), buf_free(&thread);
+    hub_ids_free(&rolled);
 }
 
 /* ---- admin surface and hub info ---- */
@@ -5357,7 +5823,7 @@ static const char hub_features[] =
     "[\"sse\",\"relay\",\"long_poll_keepalive\",\"subtask_rollup\",\"rpc_kinds\","
     "\"capability_filter\",\"shutdown_control\",\"session_rename\","
     "\"arc:origin_check\""
-    ",\"arc:kv\"";
+    ",\"arc:kv\",\"arc:task_deps\",\"arc:deep_rollup\"";
 
 /* GET /v1/hub-info (PROTOCOL §7.9): limits, features, storage. */
 static void hub_info(Hub *h, Req *q, Res *r) {
@@ -10229,6 +10695,9 @@ static int cmd_status(int argc, char **argv) {
 
 typedef struct {
     const char *agent, *base_url, *relay_dir, *channel, *to, *kind, *thread, *body;
+    const char *blocked_by;          /* post: "3,4", metadata.blocked_by */
+    int64_t parent;                  /* post: parent_task_id, 0 = none */
+    const char *status;              /* tasks: open or done */
     double timeout_s;
     int64_t since_id;
     int include_self;
@@ -10266,6 +10735,11 @@ static const Opt agent_post_opts[] = {
       .help = "a direct message to this agent" },
     { "--kind", OPT_STR, AGENT_OPT(kind), .arg = "KIND",
       .help = "message kind (default chat)" },
+    { "--parent", OPT_I64, AGENT_OPT(parent), .lo = 1, .hi = ARC_MAX_ID,
+      .arg = "ID", .help = "a task: the task it is a subtask of" },
+    { "--blocked-by", OPT_STR, AGENT_OPT(blocked_by), .arg = "IDS",
+      .help = "a task: ids of the tasks it waits for,\nseparated by commas "
+              "(PROTOCOL §14)" },
     { .kind = OPT_ARG, .off = AGENT_OPT(body), .arg = "BODY",
       .help = "the message text; - reads it from stdin" },
     { 0 }
@@ -10278,6 +10752,11 @@ static const Opt agent_poll_opts[] = {
       .arg = "N", .help = "only messages after this id" },
     { "--include-self", OPT_FLAG, AGENT_OPT(include_self),
       .help = "also the agent's own messages" },
+    { 0 }
+};
+static const Opt agent_tasks_opts[] = {
+    { "--status", OPT_STR, AGENT_OPT(status), .arg = "S",
+      .help = "open or done (default: both)" },
     { 0 }
 };
 #undef AGENT_OPT
@@ -10295,6 +10774,11 @@ static const OptHelp agent_help[] = {
               "per line (by default without the agent's own).\n", AGENT_FOOTER },
     { "whoami", "usage: arc whoami --agent ID [options]\n"
                 "Register agent ID and print its bootstrap.\n", AGENT_FOOTER },
+    { "tasks", "usage: arc tasks [options]\n"
+               "Print the hub's tasks, one JSON object per line, with what\n"
+               "each waits for (blocked_by) and whether it is claimable.\n",
+      "Registers no agent (--agent only names the relay's spool).\n"
+      "Exit: 0 ok, 1 the hub refused, 2 usage or no hub.\n" },
 };
 
 /* Parse post's, poll's or whoami's options into o (defaults: ARC_AGENT,
@@ -10305,14 +10789,17 @@ static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) 
                       .channel = NULL, .kind = "chat", .timeout_s = 30 };
     if (!o->base_url || !*o->base_url) o->base_url = "http://127.0.0.1:6969";
     int is_post = !strcmp(cmd, "post"), is_poll = !strcmp(cmd, "poll");
+    int is_tasks = !strcmp(cmd, "tasks");
     OptGroup g[] = {
         { agent_opts, o, NULL, 0 },
         { agent_where_opts, o, NULL, 0 },
-        { is_post ? agent_post_opts : agent_poll_opts, o, NULL, 0 },
+        { is_post ? agent_post_opts : is_tasks ? agent_tasks_opts : agent_poll_opts,
+          o, NULL, 0 },
     };
-    const OptHelp *h = &agent_help[is_post ? 0 : is_poll ? 1 : 2];
-    opt_parse(h, g, is_post || is_poll ? 3 : 1, argc, argv);
+    const OptHelp *h = &agent_help[is_post ? 0 : is_poll ? 1 : is_tasks ? 3 : 2];
+    opt_parse(h, g, is_post || is_poll || is_tasks ? 3 : 1, argc, argv);
     if (o->relay_dir && !*o->relay_dir) o->relay_dir = NULL;
+    if (is_tasks && (!o->agent || !*o->agent)) o->agent = "cli";
     if (!o->agent || !*o->agent) {
         fprintf(stderr, "arc %s: --agent is required (or set ARC_AGENT)\n", cmd);
         exit(2);
@@ -10441,6 +10928,23 @@ static int cmd_post(int argc, char **argv) {
     buf_adds(&body, ",\"kind\":");
     json_cstr(&body, o.kind);
     if (o.thread) buf_adds(&body, ",\"thread_id\":"), json_cstr(&body, o.thread);
+    if (o.parent) buf_addf(&body, ",\"parent_task_id\":%lld", (long long)o.parent);
+    if (o.blocked_by) {   /* "3,4" or "3, 4": each one an id */
+        buf_adds(&body, ",\"metadata\":{\"blocked_by\":[");
+        for (const char *p = o.blocked_by, *q; ; p = q + 1) {
+            int64_t id;
+            q = p + strcspn(p, ",");
+            if (parse_int_text(str_trim((Str){ p, (size_t)(q - p) }), &id) || id < 1) {
+                fprintf(stderr, "arc post: --blocked-by takes task ids separated by "
+                        "commas, e.g. 3,4\n");
+                rc = 2;
+                goto done;
+            }
+            buf_addf(&body, "%s%lld", p == o.blocked_by ? "" : ",", (long long)id);
+            if (!*q) break;
+        }
+        buf_adds(&body, "]}");
+    }
     buf_adds(&body, ",\"body\":");
     json_strs(&body, buf_str(&text));
     buf_addc(&body, '}');
@@ -10622,6 +11126,34 @@ done:
     return rc;
 }
 
+
+/* arc tasks: GET /v1/tasks, one task per line (blocked_by and claimable
+ * come with each, PROTOCOL §14). Registers no session: listing must not
+ * replace the session of an agent that is working. */
+static int cmd_tasks(int argc, char **argv) {
+    AgentOpts o;
+    Client c;
+    char err[ARC_ERRLEN];
+    Buf path = { 0 }, out = { 0 };
+    int rc = 2;
+    agent_options("tasks", argc, argv, &o);
+    if (client_url(&c, o.base_url, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 2;
+    }
+    c.relay_dir = o.relay_dir;
+    c.agent = o.agent;
+    c.token = o.token;
+    buf_adds(&path, "/v1/tasks");
+    if (o.status) agent_qparam(&path, "status", o.status);
+    if (o.channel) agent_qparam(&path, "channel", o.channel);
+    if (o.thread) agent_qparam(&path, "thread_id", o.thread);
+    rc = agent_call(&c, "GET", path.p, (Str){ NULL, 0 }, 15000, &out);
+    if (!rc) agent_print_result(&out, 1);
+    buf_free(&path), buf_free(&out);
+    client_free(&c);
+    return rc;
+}
 
 /* ---- arc relay: the standalone spool relay, and relay-gc ---- */
 
@@ -12237,6 +12769,41 @@ static int mcp_wait_events(McpCtx *x, int64_t since, double wait_s, const char *
  * else an agent does on arc. Few tools, each with a precise description:
  * every schema costs the model context on every turn. */
 
+/* blocked_by (PROTOCOL §14) as metadata.blocked_by: a list of ids, or
+ * one id or "3, 4" (models pass lists either way). Returns 0 or -1. */
+static int mcp_body_blocked_by(McpCtx *x, Buf *b) {
+    uint32_t v = x->args ? json_get_val(&x->req, x->args, "blocked_by") : 0;
+    if (!v) return 0;
+    Buf t = { 0 };
+    int rc = -1, n = 0;
+    uint32_t k = x->req.t[v].type == JSON_ARR ? x->req.t[v].n : 1;
+    uint32_t e = x->req.t[v].type == JSON_ARR ? v + 1 : v;
+    buf_adds(b, ",\"metadata\":{\"blocked_by\":[");
+    for (uint32_t i = 0; i < k; i++, e = x->req.t[e].next) {
+        int type = x->req.t[e].type;
+        if (type != JSON_STR && type != JSON_NUM) goto bad;
+        buf_reset(&t);
+        json_as_text(&t, &x->req, e);
+        for (const char *p = buf_cstr(&t), *q; *p; p = q) {
+            int64_t id;
+            q = p + strcspn(p, ",");
+            Str one = str_trim((Str){ p, (size_t)(q - p) });
+            if (*q) q++;
+            if (!one.n && !*q) break;
+            if (parse_int_text(one, &id)) goto bad;
+            buf_addf(b, "%s%lld", n++ ? "," : "", (long long)id);
+        }
+    }
+    buf_adds(b, "]}");
+    rc = 0;
+    goto done;
+bad:
+    mcp_fail(x, "argument blocked_by must be a list of task ids");
+done:
+    buf_free(&t);
+    return rc;
+}
+
 static int mcp_t_post(McpCtx *x) {
     Buf body = { 0 }, ch = { 0 };
     int rc = -1;
@@ -12246,7 +12813,8 @@ static int mcp_t_post(McpCtx *x) {
     json_strs(&body, buf_str(&ch));
     if (mcp_body_str(x, &body, "body", NULL) || mcp_body_str(x, &body, "kind", NULL) ||
         mcp_body_str(x, &body, "thread_id", NULL) ||
-        mcp_body_str(x, &body, "to_agent", NULL) || mcp_body_int(x, &body, "reply_to"))
+        mcp_body_str(x, &body, "to_agent", NULL) || mcp_body_int(x, &body, "reply_to") ||
+        mcp_body_int(x, &body, "parent_task_id") || mcp_body_blocked_by(x, &body))
         goto done;
     rc = mcp_post(x, &body, "Posted");
 done:
@@ -12554,13 +13122,23 @@ static int mcp_t_tasks(McpCtx *x) {
         buf_addf(&path, "/v1/tasks/%lld/complete", (long long)id);
         if (mcp_hub(x, "POST", path.p, str_c("{}"), MCP_HUB_MS)) goto done;
         uint32_t pc = json_get(&x->j, 0, "parent_completed");
+        uint32_t up = json_get(&x->j, 0, "rolled_up");
         int parent = pc && x->j.t[pc].type == JSON_TRUE;
         buf_addf(&x->text, "Task #%lld is done%s.", (long long)id,
                  parent ? "; that was its parent's last open subtask, so the parent "
                           "is done too" : "");
+        if (up && x->j.t[up].type == JSON_ARR && x->j.t[up].n) {
+            buf_adds(&x->text, " Completed by rollup:");
+            uint32_t e = up + 1;
+            for (uint32_t i = 0; i < x->j.t[up].n; i++, e = x->j.t[e].next)
+                buf_adds(&x->text, " #"), json_as_text(&x->text, &x->j, e);
+            buf_addc(&x->text, '.');
+        }
         buf_adds(&x->data, "{\"tasks\":[");
         json_write(&x->data, &x->j, x->res);
-        buf_addf(&x->data, "],\"parent_completed\":%s}", parent ? "true" : "false");
+        buf_addf(&x->data, "],\"parent_completed\":%s", parent ? "true" : "false");
+        if (up) buf_adds(&x->data, ",\"rolled_up\":"), json_write(&x->data, &x->j, up);
+        buf_addc(&x->data, '}');
         rc = 0;
         goto done;
     }
@@ -12587,6 +13165,20 @@ static int mcp_t_tasks(McpCtx *x) {
             buf_adds(&x->text, ", thread "), json_as_text(&x->text, &x->j, f);
         if ((f = json_get_val(&x->j, t, "parent_task_id")))
             buf_adds(&x->text, ", subtask of #"), json_as_text(&x->text, &x->j, f);
+        uint32_t cl = json_get(&x->j, t, "claimable");
+        if ((f = json_get(&x->j, t, "blocked_by")) && x->j.t[f].type == JSON_ARR &&
+            x->j.t[f].n) {   /* arc:task_deps, PROTOCOL §14 */
+            buf_adds(&x->text, ", waits for");
+            uint32_t e = f + 1;
+            for (uint32_t k = 0; k < x->j.t[f].n; k++, e = x->j.t[e].next)
+                buf_adds(&x->text, k ? ", #" : " #"), json_as_text(&x->text, &x->j, e);
+        }
+        if (cl && x->j.t[cl].type == JSON_FALSE && (f = json_get(&x->j, t, "status"))) {
+            buf_reset(&v);
+            json_as_text(&v, &x->j, f);
+            if (str_eq(buf_str(&v), "open"))
+                buf_adds(&x->text, " (BLOCKED: not claimable yet)");
+        }
     }
     mcp_data_one(x, "tasks", arr);
     rc = 0;
@@ -12828,7 +13420,10 @@ static const McpTool mcp_tools[] = {
             "task_request, task_result, artifact, notice, claim or release.\"}" ","
             MCP_STR("thread_id", "Thread to post in; any string, a new one starts a thread.") ","
             MCP_STR("to_agent", "Make it a direct message to this agent.") ","
-            MCP_INT("reply_to", "Id of the message this one answers."),
+            MCP_INT("reply_to", "Id of the message this one answers.") ","
+            MCP_INT("parent_task_id", "A task: the task it is a subtask of.") ","
+            "\"blocked_by\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"},"
+            "\"description\":\"A task: ids of the tasks it waits for.\"}",
             "\"channel\",\"body\""),
       MCP_S(MCP_OBJ("message"), "\"message\""), 0, 0, mcp_t_post },
     { "arc_poll_messages", "Wait for new messages",
@@ -12890,12 +13485,15 @@ static const McpTool mcp_tools[] = {
       0, 1, mcp_t_lock },
     { "arc_tasks", "List or complete tasks",
       "List tasks (open ones unless status says done), or mark one done with "
-      "complete_task_id.",
+      "complete_task_id. A task that waits for others (blocked_by) cannot be claimed "
+      "until they are done; create one with arc_post_message kind task and blocked_by.",
       MCP_S("\"status\":{\"type\":\"string\",\"enum\":[\"open\",\"done\"],\"default\":\"open\"}"
             "," MCP_STR("channel", "Only this channel.") ","
             MCP_STR("thread_id", "Only this thread.") ","
             MCP_INT("complete_task_id", "Mark this task done instead of listing."), ""),
-      MCP_S(MCP_ARR("tasks") ",\"parent_completed\":{\"type\":\"boolean\"}", "\"tasks\""),
+      MCP_S(MCP_ARR("tasks") ",\"parent_completed\":{\"type\":\"boolean\"}"
+            ",\"rolled_up\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}",
+            "\"tasks\""),
       0, 1, mcp_t_tasks },
     { "arc_task_result", "Answer a task request",
       "Answer a task_request (e.g. from arc_rpc_call) with a task_result; this completes "
@@ -13814,6 +14412,7 @@ static const char dash_html[] =
     ".key{font-weight:600}\n"
     ".kv .txt{display:block;max-height:4.2em;overflow:hidden}\n"
     ".soon{color:var(--warn)}\n"
+    ".item.blocked .key,.item .blk{color:var(--warn)}\n"
     ".none{color:#6b7580;font-size:12px;font-style:italic;padding:2px 8px}\n"
     "#hubinfo{font-size:11px;color:#6b7580;padding:12px 12px 0;overflow-wrap:anywhere}\n"
     "@media (max-width:860px){\n"
@@ -14481,6 +15080,13 @@ static const char dash_html[] =
     "  d.append(el('span', 'key', '#' + t.task_id + ' '),\n"
     "           el('span', '', body === undefined ? '' : body.split(NL)[0].slice(0, 160)));\n"
     "  const meta = el('div', 'meta');\n"
+    "  // arc:task_deps (PROTOCOL \302\24714): an open task that is not claimable waits.\n"
+    "  if (t.claimable === false && Array.isArray(t.blocked_by)) {\n"
+    "    d.classList.add('blocked');\n"
+    "    const open = t.blocked_by.filter(i => S.tasks.some(x => x.task_id === i));\n"
+    "    meta.append(el('span', 'blk', 'blocked: waits for ' +\n"
+    "                   (open.length ? open : t.blocked_by).map(i => '#' + i).join(', ')));\n"
+    "  }\n"
     "  meta.append(el('span', '', '#' + t.channel));\n"
     "  if (has(t.thread_id)) meta.append(el('span', '', 'thread ' + t.thread_id));\n"
     "  if (has(t.parent_task_id))\n"
@@ -14648,7 +15254,7 @@ static const char dash_html[] =
     "  if (m.from_agent === 'system') {\n"
     "    if (md.shutdown || md.shutdown_cancelled) shutdownNotice(m, md);\n"
     "    if (md.recovery) { soon('agents'); soon('work'); }\n"
-    "    if (md.auto_rollup) soon('work');\n"
+    "    if (md.auto_rollup || md.unblocked) soon('work');\n"
     "  } else if (!S.agentSet.has(m.from_agent)) soon('agents');\n"
     "  if (WORK_KINDS.includes(m.kind) || md.task_completed !== undefined) soon('work');\n"
     "  if (isObj(md.kv)) soon('memory');\n"
@@ -15015,6 +15621,7 @@ static const Cmd cmds[] = {
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
     { "kv", cmd_kv, "shared memory: get, put, list, del, history" },
+    { "tasks", cmd_tasks, "list tasks, what each waits for, claimable or not" },
 };
 
 static int cmd_help(int argc, char **argv) {

@@ -275,6 +275,13 @@ try {
   await page.locator('#locks .item', { hasText: 'src/relay.c' }).waitFor({ timeout: 3000 });
   await page.locator('#claims .item', { hasText: 'task-' + task.id }).waitFor({ timeout: 3000 });
   ok('tasks, claims and locks listed');
+  // A task that waits for another is marked blocked (PROTOCOL §13).
+  const after = await post('alice', 'Ship the relay GC', { kind: 'task', thread_id: 'relay-gc',
+                                                           metadata: { blocked_by: [task.id] } });
+  await page.locator('#tasks .item.blocked', { hasText: 'waits for #' + task.id })
+    .waitFor({ timeout: 3000 });
+  assert.equal(await page.locator('#tasks .item.blocked').count(), 1);
+  ok('blocked task marked, #' + after.id);
   await page.selectOption('#th', 'relay-gc');
   await row(task.id).waitFor({ timeout: 2000 });
   assert.match(await page.locator('#viewname').innerText(), /thread relay-gc/);

@@ -1107,7 +1107,8 @@ class TaskTests(HubCase):
         rows = self.assertOk(self.hub.get("/v1/tasks", channel=ch))
         self.assertEqual([x["task_id"] for x in rows], [t["id"], r["id"]])
         row = rows[0]
-        self.assertEqual(set(row), TASK_FIELDS)
+        # arc adds the arc:task_deps fields (PROTOCOL §13).
+        self.assertEqual(set(row), TASK_FIELDS | (set() if REF else {"blocked_by", "claimable"}))
         self.assertIsNone(row["parent_task_id"])
         self.assertEqual(row["channel"], ch)
         self.assertEqual(row["thread_id"], th)
@@ -1180,7 +1181,9 @@ class TaskTests(HubCase):
         self.assertEqual(n["metadata"]["parent_task_id"], parent["id"])
         self.assertTrue(n["body"])
 
-    def test_rollup_one_level_only(self):
+    def test_rollup_one_level_or_every_level(self):
+        """v1 rolls up one level; arc (arc:deep_rollup, PROTOCOL §13)
+        goes on up the tree."""
         ch = self.channel()
         grand = self.msg(channel=ch, kind="task", body="grand")
         parent = self.msg(channel=ch, kind="task", body="parent", parent_task_id=grand["id"])
@@ -1189,10 +1192,12 @@ class TaskTests(HubCase):
         self.assertOk((code, h, p))
         self.assertIs(p.get("parent_completed"), True)
         status = {x["task_id"]: x["status"] for x in self.assertOk(self.hub.get("/v1/tasks", channel=ch))}
-        self.assertEqual(status, {grand["id"]: "open", parent["id"]: "done", child["id"]: "done"})
+        self.assertEqual(status, {grand["id"]: "open" if REF else "done", parent["id"]: "done",
+                                  child["id"]: "done"})
         notices = [m for m in self.assertOk(self.hub.get("/v1/messages", channel=ch))
                    if m["metadata"].get("auto_rollup")]
-        self.assertEqual([n["metadata"]["parent_task_id"] for n in notices], [parent["id"]])
+        self.assertEqual([n["metadata"]["parent_task_id"] for n in notices],
+                         [parent["id"]] if REF else [parent["id"], grand["id"]])
 
 
 # ── RPC ─────────────────────────────────────────────────────────────────

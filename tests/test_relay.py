@@ -200,7 +200,8 @@ def normalise(value, tag, key=None):
     if key in ("session_id", "instance_id") and isinstance(value, str):
         return "<sid>"
     if isinstance(value, int) and not isinstance(value, bool) and key is not None and \
-            (key == "id" or key.endswith("_id") or key == "task_completed"):
+            (key == "id" or key.endswith("_id") or
+             key in ("task_completed", "rolled_up", "blocked_by")):   # ids (§13)
         return "<id>"
     if isinstance(value, str):
         if TS_RE.match(value):
