@@ -165,6 +165,17 @@ _Static_assert(ARC_MAX_STORED_DEPTH + 5 <= ARC_JSON_DEPTH,
 #define ARC_MAX_PAGE_BYTES (1u << 20)
 #endif
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
+/* Full-text search (PROTOCOL §13): results per request, the snippet's
+ * length in tokens (FTS5 allows 1..64), the longest query, and how many
+ * messages one catch-up step indexes (one request, or one loop turn while
+ * behind; ~60 ms at 20k short messages). */
+#define ARC_SEARCH_LIMIT 20       /* default `limit` */
+#define ARC_SEARCH_MAX_LIMIT 100  /* `limit` clamp */
+#define ARC_SEARCH_SNIPPET_TOKENS 16
+#define ARC_SEARCH_MAX_QUERY 1024 /* bytes of `q` */
+#ifndef ARC_SEARCH_CHUNK
+#define ARC_SEARCH_CHUNK 20000
+#endif
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
 #define ARC_MAX_ID 9007199254740991LL /* 2^53 - 1, PROTOCOL §3 */
@@ -2945,6 +2956,122 @@ static int store_emit_one(Store *s, Buf *b, sqlite3_stmt *st, StoreEmit emit) {
     return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
 
+/* ---- full-text search: arc's own index over messages (PROTOCOL §13) ---- */
+
+/* The index lives in tables of arc's own, beside the reference's and never
+ * hooked to them (no triggers, no new columns), so any process may write
+ * messages, the reference hub included, even with a SQLite built without
+ * FTS5: a virtual table whose module is missing is an error only for a
+ * statement that uses it, and nothing but arc names these tables.
+ *
+ *  - arc_search_src, a view: each message's id, body and the text of its
+ *    attachments (content, path, description; the JSON text of non-string
+ *    values). Rows whose attachments_json is not valid JSON index the body.
+ *  - arc_search, FTS5 with the view as external content: it holds only the
+ *    index, not a second copy of the text; snippet() reads the view.
+ *  - arc_search_state: the watermark, the highest message id indexed.
+ *
+ * Messages are indexed lazily, in id order from the watermark
+ * (store_search_catch_up), by a search or by the loop while a search left
+ * a backlog, never by a POST. arc never changes a message's body or
+ * attachments once written and neither does the reference, and ids only
+ * grow (AUTOINCREMENT, one writer at a time), so a row below the
+ * watermark is indexed as it stands. Hubs sharing the file share the
+ * index: the watermark moves inside the write transaction that indexes. */
+static const char store_search_schema[] =
+    "CREATE TABLE IF NOT EXISTS arc_search_state(id INTEGER PRIMARY KEY"
+    " CHECK(id=1), indexed_id INTEGER NOT NULL);"
+    "INSERT OR IGNORE INTO arc_search_state VALUES(1,0);"
+    "CREATE VIEW IF NOT EXISTS arc_search_src AS SELECT id, body,"
+    " CASE WHEN attachments_json='[]' OR NOT json_valid(attachments_json)"
+    " THEN '' ELSE (SELECT group_concat(concat_ws(' ',"
+    " json_extract(value,'$.content'), json_extract(value,'$.path'),"
+    " json_extract(value,'$.description')),' ')"
+    " FROM json_each(attachments_json) WHERE type='object') END AS attach"
+    " FROM messages;"
+    "CREATE VIRTUAL TABLE IF NOT EXISTS arc_search USING fts5(body, attach,"
+    " content='arc_search_src', content_rowid='id',"
+    " tokenize='unicode61 remove_diacritics 2');";
+
+/* The watermark and the newest message id: *indexed < *latest means a
+ * backlog. Returns 0 or -1. */
+static int store_search_state(Store *s, int64_t *indexed, int64_t *latest) {
+    sqlite3_stmt *st = store_stmt(s, "SELECT (SELECT indexed_id FROM"
+        " arc_search_state WHERE id=1), (SELECT coalesce(max(id),0) FROM messages)");
+    if (!st || sqlite3_step(st) != SQLITE_ROW) {
+        if (st) sqlite3_reset(st);
+        return -1;
+    }
+    *indexed = sqlite3_column_int64(st, 0);
+    *latest = sqlite3_column_int64(st, 1);
+    sqlite3_reset(st);
+    return 0;
+}
+
+/* Index the next at most max_rows messages above the watermark and move
+ * it. Must run inside a write transaction (the batch's), so that two hubs
+ * never index a row twice. Returns the rows indexed, or -1 (s->err). */
+static int64_t store_search_catch_up(Store *s, int64_t max_rows) {
+    int64_t from, latest, to = 0, n = -1;
+    assert(s->in_tx);
+    if (store_search_state(s, &from, &latest)) goto done;
+    if (from >= latest) return 0;
+    sqlite3_stmt *st = store_stmt(s, "SELECT max(id), count(*) FROM (SELECT id"
+        " FROM messages WHERE id>?1 ORDER BY id LIMIT ?2)");
+    if (!st) goto done;
+    sqlite3_bind_int64(st, 1, from);
+    sqlite3_bind_int64(st, 2, max_rows);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        to = sqlite3_column_int64(st, 0);
+        n = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    if (n < 0) goto done;
+    st = store_stmt(s, "INSERT INTO arc_search(rowid,body,attach) SELECT id,"
+                       " body, attach FROM arc_search_src WHERE id>?1 AND id<=?2");
+    if (!st) goto fail;
+    sqlite3_bind_int64(st, 1, from);
+    sqlite3_bind_int64(st, 2, to);
+    if (store_done(s, st)) goto fail;
+    st = store_stmt(s, "UPDATE arc_search_state SET indexed_id=? WHERE id=1");
+    if (!st) goto fail;
+    sqlite3_bind_int64(st, 1, to);
+    if (store_done(s, st)) goto fail;
+    goto done;
+fail:
+    n = -1;
+done:
+    if (n < 0) snprintf(s->err, sizeof s->err, "%s", sqlite3_errmsg(s->db));
+    return n;
+}
+
+/* Messages above the watermark: the backlog still to index. */
+static int64_t store_search_backlog(Store *s) {
+    int64_t indexed, latest, n = 0;
+    if (store_search_state(s, &indexed, &latest) || indexed >= latest) return 0;
+    sqlite3_stmt *st = store_stmt(s, "SELECT count(*) FROM messages WHERE id>?");
+    if (!st) return 0;
+    sqlite3_bind_int64(st, 1, indexed);
+    if (sqlite3_step(st) == SQLITE_ROW) n = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return n;
+}
+
+/* Emit message `id` (the cache's copy, or the stored row). */
+static void store_emit_message_id(Store *s, Buf *b, int64_t id) {
+    const StoreCached *c = store_cache_get(s, id);
+    if (c) {
+        buf_add(b, c->json, c->len);
+        return;
+    }
+    sqlite3_stmt *row = store_stmt(s, "SELECT " M_COLS " FROM messages WHERE id=?1");
+    if (!row) return;
+    sqlite3_bind_int64(row, 1, id);
+    if (sqlite3_step(row) == SQLITE_ROW) store_emit_message(s, b, row);
+    else buf_adds(b, "null");   /* not reachable: same snapshot */
+    sqlite3_reset(row);
+}
+
 static void store_close(Store *s) {
     if (!s->db) return;
     if (s->in_tx) store_commit(s);
@@ -2999,7 +3126,8 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL;", NULL, NULL, &e) ||
         sqlite3_exec(s->db, sync, NULL, NULL, &e) ||
         sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &e) ||
-        sqlite3_exec(s->db, store_schema, NULL, NULL, &e)) {
+        sqlite3_exec(s->db, store_schema, NULL, NULL, &e) ||
+        sqlite3_exec(s->db, store_search_schema, NULL, NULL, &e)) {
         snprintf(err, ARC_ERRLEN, "cannot initialise storage %s: %s", path,
                  e ? e : sqlite3_errmsg(s->db));
         sqlite3_free(e);
@@ -3144,6 +3272,7 @@ typedef struct {
     int64_t shutdown_at_ms;      /* pending shutdown deadline, 0 = none */
     int64_t shutdown_delay_s;
     int shutdown_now;            /* leave the loop at the end of this turn */
+    int search_behind;           /* the search index has a backlog (§13) */
 } Hub;
 
 /* One request as the handlers see it. */
@@ -5292,7 +5421,8 @@ static void hub_network(Hub *h, Req *q, Res *r) {
 static const char hub_features[] =
     "[\"sse\",\"relay\",\"long_poll_keepalive\",\"subtask_rollup\",\"rpc_kinds\","
     "\"capability_filter\",\"shutdown_control\",\"session_rename\","
-    "\"arc:origin_check\"";
+    "\"arc:origin_check\""
+    ",\"arc:search\"";
 
 /* GET /v1/hub-info (PROTOCOL §7.9): limits, features, storage. */
 static void hub_info(Hub *h, Req *q, Res *r) {
@@ -5335,6 +5465,169 @@ static void hub_info(Hub *h, Req *q, Res *r) {
     if (st) sqlite3_reset(st);
     buf_addc(b, '}');
     hub_ok_end(r);
+}
+
+/* ---- full-text search (PROTOCOL §13) ---- */
+
+/* Turn the user's text into an FTS5 query that cannot be malformed: each
+ * whitespace-separated word becomes a quoted string ("" for a quote in
+ * it), so FTS5's operators (AND, OR, NOT, NEAR), parentheses, column
+ * filters and carets are plain text to it; a word ending in '*' after at
+ * least one other character is a prefix search. All words must match.
+ * Returns the number of words. */
+static int hub_search_expr(Str text, Buf *out) {
+    int n = 0;
+    for (size_t i = 0; i < text.n;) {
+        while (i < text.n && isspace((unsigned char)text.p[i])) i++;
+        size_t start = i;
+        while (i < text.n && !isspace((unsigned char)text.p[i])) i++;
+        if (i == start) break;
+        Str w = { text.p + start, i - start };
+        int prefix = w.n > 1 && w.p[w.n - 1] == '*';
+        if (prefix) w.n--;
+        buf_adds(out, n++ ? " \"" : "\"");
+        for (size_t k = 0; k < w.n; k++) {
+            if (w.p[k] == '"') buf_addc(out, '"');
+            buf_addc(out, w.p[k]);
+        }
+        buf_adds(out, prefix ? "\"*" : "\"");
+    }
+    return n;
+}
+
+/* Index up to ARC_SEARCH_CHUNK messages above the watermark in q's
+ * savepoint, and note whether a backlog is left for the loop
+ * (hub_search_tick). Returns the backlog, or -1 with r failed. */
+static int64_t hub_search_catch_up(Hub *h, Req *q, Res *r) {
+    int64_t indexed, latest;
+    if (store_search_state(&h->store, &indexed, &latest)) {
+        hub_db_fail(h, r);
+        return -1;
+    }
+    h->search_behind = 0;
+    if (indexed >= latest) return 0;
+    if (hub_tx(h, q, r)) return -1;
+    if (store_search_catch_up(&h->store, ARC_SEARCH_CHUNK) < 0) {
+        hub_fail(r, 503, "storage error: %s", h->store.err);
+        return -1;
+    }
+    int64_t left = store_search_backlog(&h->store);
+    h->search_behind = left > 0;
+    return left;
+}
+
+/* Is part of the search index still to build (a search found more than
+ * one chunk to index)? The loop then indexes a chunk every turn. */
+static int hub_search_behind(const Hub *h) { return h->search_behind; }
+
+/* A timer action: index the next chunk of the backlog. */
+static void hub_search_tick(Hub *h, Req *q, Res *r) { hub_search_catch_up(h, q, r); }
+
+/* The ranked query. ?1 the FTS5 expression, ?2 channel, ?3 from_agent,
+ * ?4 kind (NULL: any), ?5 the reader, ?6 limit, ?7 snippet tokens. A
+ * direct message is seen by its two parties only; without a reader, by no
+ * one (PROTOCOL §13). Snippets mark hits with « » and cuts with an
+ * ellipsis. */
+static const char hub_search_sql[] =
+    "SELECT m.id, snippet(arc_search,-1,'\xc2\xab','\xc2\xbb','\xe2\x80\xa6',?7),"
+    " -bm25(arc_search) FROM arc_search JOIN messages m ON m.id=arc_search.rowid"
+    " WHERE arc_search MATCH ?1 AND (?2 IS NULL OR m.channel=?2)"
+    " AND (?3 IS NULL OR m.from_agent=?3) AND (?4 IS NULL OR m.kind=?4)"
+    " AND (m.to_agent IS NULL OR m.to_agent=?5 OR m.from_agent=?5)"
+    " ORDER BY rank LIMIT ?6";
+
+/* GET /v1/search (PROTOCOL §13) */
+static void hub_search(Hub *h, Req *q, Res *r) {
+    Buf expr = { 0 };
+    char *agent = NULL, *channel = NULL, *from = NULL, *kind = NULL;
+    int err = 0, rc = hub_qp(q, r, "q");
+    if (rc < 0) goto done;
+    if (rc && memchr(q->tmp.p, 0, q->tmp.len)) {
+        hub_fail(r, 400, "query parameter q must not contain a NUL character");
+        goto done;
+    }
+    if (rc && q->tmp.len > ARC_SEARCH_MAX_QUERY) {
+        hub_fail(r, 400, "q is longer than %d bytes", ARC_SEARCH_MAX_QUERY);
+        goto done;
+    }
+    if (!rc || !hub_search_expr(buf_str(&q->tmp), &expr)) {
+        hub_fail(r, 400, "q query parameter is required");
+        goto done;
+    }
+    agent = hub_qdup(q, r, "agent_id", &err);
+    if (!err) channel = hub_qdup(q, r, "channel", &err);
+    if (!err) from = hub_qdup(q, r, "from", &err);
+    if (!err) kind = hub_qdup(q, r, "kind", &err);
+    if (err) goto done;
+    if (channel && !hub_channel_exists(h, str_c(channel))) {
+        hub_fail(r, 404, "channel not found");
+        goto done;
+    }
+    int known = !kind;
+    for (size_t i = 0; kind && i < sizeof hub_kinds / sizeof *hub_kinds; i++)
+        known |= !strcmp(kind, hub_kinds[i]);
+    if (!known) {
+        hub_fail(r, 400, "unsupported kind: %s", kind);
+        goto done;
+    }
+    int64_t limit;
+    if (hub_qint(q, r, "limit", ARC_SEARCH_LIMIT, &limit)) goto done;
+    if (limit < 1) {
+        hub_fail(r, 400, "limit must be at least 1");
+        goto done;
+    }
+    if (limit > ARC_SEARCH_MAX_LIMIT) limit = ARC_SEARCH_MAX_LIMIT;
+    int64_t pending = hub_search_catch_up(h, q, r);
+    if (pending < 0) goto done;
+    sqlite3_stmt *st = store_stmt(&h->store, hub_search_sql);
+    if (!st) {
+        hub_db_fail(h, r);
+        goto done;
+    }
+    store_bind(st, 1, buf_str(&expr));
+    store_bind_c(st, 2, channel);
+    store_bind_c(st, 3, from);
+    store_bind_c(st, 4, kind);
+    store_bind_c(st, 5, agent);
+    sqlite3_bind_int64(st, 6, limit);
+    sqlite3_bind_int(st, 7, ARC_SEARCH_SNIPPET_TOKENS);
+    hub_ok(r, 200);
+    Buf *b = &r->body;
+    size_t start = b->len;
+    int n = 0, more = 0;
+    buf_addc(b, '[');
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (!n) store_cache_sync(&h->store);
+        size_t mark = b->len;
+        buf_adds(b, n ? ",{\"message\":" : "{\"message\":");
+        store_emit_message_id(&h->store, b, sqlite3_column_int64(st, 0));
+        buf_adds(b, ",\"snippet\":");
+        store_emit_text(b, store_col(st, 1));
+        buf_addf(b, ",\"score\":%.6g}", sqlite3_column_double(st, 2));
+        if (n && b->len - start > ARC_MAX_PAGE_BYTES) {
+            b->len = mark;   /* the hit does not fit: leave it out */
+            b->p[mark] = 0;
+            more = 1;
+            break;
+        }
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        /* Quoting leaves FTS5 little to refuse, but what it does refuse
+         * is the query's fault, not the storage's. */
+        const char *msg = sqlite3_errmsg(h->store.db);
+        if (!strncmp(msg, "fts5:", 5)) hub_fail(r, 400, "invalid search query: %s", msg);
+        else hub_db_fail(h, r);
+        goto done;
+    }
+    buf_addc(b, ']');
+    if (more) buf_adds(b, ",\"more\":true");
+    if (pending) buf_addf(b, ",\"pending\":%lld", (long long)pending);
+    hub_ok_end(r);
+done:
+    buf_free(&expr);
+    free(agent), free(channel), free(from), free(kind);
 }
 
 /* ---- the dashboard (PROTOCOL §7.32): GET / ---- */
@@ -5547,6 +5840,7 @@ static const Route hub_routes[] = {
     { "POST", "/v1/shutdown", hub_shutdown },
     { "POST", "/v1/shutdown/cancel", hub_shutdown_cancel },
     { "POST", "/v1/network", hub_network },
+    { "GET", "/v1/search", hub_search },
 };
 
 /* Match path against pattern; on a wildcard, decode the segment into arg.
@@ -7741,6 +8035,10 @@ static void timer_touch_waiters(Loop *l, Req *q, Res *r) {
 /* POST /v1/shutdown's delay is over (the model asks to stop after it). */
 static void timer_shutdown(Loop *l, Req *q, Res *r) { hub_shutdown_fire(l->hub, q, r); }
 
+/* A search left part of the index to build: one chunk per turn, between
+ * the turn's requests, until it is done (PROTOCOL §13). */
+static void timer_search(Loop *l, Req *q, Res *r) { hub_search_tick(l->hub, q, r); }
+
 static int64_t loop_tick_ms(Loop *l) {
     int64_t t = l->hub->cfg.presence_ttl_s / 3;
     return (t < 1 ? 1 : t) * 1000;
@@ -7797,6 +8095,7 @@ static void loop_timers(Loop *l) {
     }
     int64_t stop_at = hub_shutdown_at(l->hub);
     if (stop_at && clock_ms() >= stop_at) timer_run(l, timer_shutdown);
+    if (hub_search_behind(l->hub)) timer_run(l, timer_search);
 }
 
 /* ---- commit and durability ---- */
@@ -8007,7 +8306,9 @@ static void loop_settle_touched(Loop *l) {
 /* How long the poller may wait: until the nearest conn deadline or loop
  * timer, 0 when work is left over, at most a minute. */
 static int loop_timeout_ms(Loop *l) {
-    if (l->n_touched || g_stop || hub_shutdown_now(l->hub)) return 0;
+    if (l->n_touched || g_stop || hub_shutdown_now(l->hub) ||
+        hub_search_behind(l->hub))
+        return 0;
     int64_t t = l->next_prune_ms;
     if (l->n_heap && l->heap[0]->deadline_ms < t) t = l->heap[0]->deadline_ms;
     if (l->n_parked && l->next_touch_ms < t) t = l->next_touch_ms;
