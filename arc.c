@@ -10352,6 +10352,82 @@ done:
     return rc;
 }
 
+/* ---- arc search: full-text search as an agent (PROTOCOL §13) ---- */
+
+typedef struct {
+    AgentOpts a;               /* --agent, --base-url, --relay-dir, tokens */
+    const char *channel, *from, *kind, *query;
+    int limit;
+} SearchOpts;
+
+#define SEARCH_OPT(f) offsetof(SearchOpts, f)
+static const Opt search_opts[] = {
+    { "--channel", OPT_STR, SEARCH_OPT(channel), .arg = "C", .help = "only this channel" },
+    { "--from", OPT_STR, SEARCH_OPT(from), .arg = "AGENT", .help = "only messages by AGENT" },
+    { "--kind", OPT_STR, SEARCH_OPT(kind), .arg = "KIND", .help = "only this message kind" },
+    { "--limit", OPT_INT, SEARCH_OPT(limit), .lo = 1, .hi = ARC_SEARCH_MAX_LIMIT,
+      .arg = "N", .help = "at most N results (default 20, up to 100)" },
+    { .kind = OPT_ARG, .off = SEARCH_OPT(query), .arg = "QUERY",
+      .help = "words that must all occur; word* matches a prefix" },
+    { 0 }
+};
+#undef SEARCH_OPT
+
+/* Search the hub's messages; print one JSON hit ({message, snippet,
+ * score}) per line, best first. Direct messages count only with --agent,
+ * and only the agent's own; the agent is not registered. */
+static int cmd_search(int argc, char **argv) {
+    static const OptHelp help = {
+        "search", "usage: arc search [--agent ID] [options] QUERY\n"
+                  "Full-text search over message bodies and attachments, ranked.\n",
+        "Without --agent (or ARC_AGENT), direct messages are left out.\n"
+        "Exit: 0 ok, 1 the hub refused, 2 usage or no hub.\n" };
+    SearchOpts o = { .a = { .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
+                            .relay_dir = getenv("ARC_RELAY_DIR") },
+                     .limit = ARC_SEARCH_LIMIT };
+    OptGroup g[] = { { agent_opts, &o.a, NULL, 0 }, { search_opts, &o, NULL, 0 } };
+    opt_parse(&help, g, 2, argc, argv);
+    if (!o.a.base_url || !*o.a.base_url) o.a.base_url = "http://127.0.0.1:6969";
+    if (o.a.relay_dir && !*o.a.relay_dir) o.a.relay_dir = NULL;
+    if (!o.query || !*o.query) {
+        fprintf(stderr, "arc search: QUERY is required\n");
+        return 2;
+    }
+    Client c;
+    char err[ARC_ERRLEN];
+    if (client_url(&c, o.a.base_url, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 2;
+    }
+    c.relay_dir = o.a.relay_dir;
+    c.agent = o.a.agent;
+    c.token = o.a.token;
+    Buf path = { 0 }, out = { 0 };
+    buf_adds(&path, "/v1/search");
+    agent_qparam(&path, "q", o.query);
+    buf_addf(&path, "&limit=%d", o.limit);
+    if (o.a.agent && *o.a.agent) agent_qparam(&path, "agent_id", o.a.agent);
+    if (o.channel) agent_qparam(&path, "channel", o.channel);
+    if (o.from) agent_qparam(&path, "from", o.from);
+    if (o.kind) agent_qparam(&path, "kind", o.kind);
+    int rc = agent_call(&c, "GET", path.p, (Str){ NULL, 0 }, 30000, &out);
+    if (!rc) {
+        agent_print_result(&out, 1);
+        Json j = { 0 };
+        uint32_t p;
+        if (json_parse(&j, out.p, out.len) == 0 && (p = json_get(&j, 0, "pending"))) {
+            Buf n = { 0 };
+            json_as_text(&n, &j, p);
+            fprintf(stderr, "arc search: the index is catching up; %s newer messages "
+                    "were not searched yet\n", n.p);
+            buf_free(&n);
+        }
+        json_free(&j);
+    }
+    buf_free(&path), buf_free(&out);
+    client_free(&c);
+    return rc;
+}
 
 /* ---- arc relay: the standalone spool relay, and relay-gc ---- */
 
@@ -14559,6 +14635,7 @@ static const Cmd cmds[] = {
     { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
+    { "search", cmd_search, "full-text search of messages as an agent" },
 };
 
 static int cmd_help(int argc, char **argv) {

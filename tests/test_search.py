@@ -11,6 +11,7 @@ ARC_SQLITE_NOFTS=DIR, DIR holding a libsqlite3.so.0 built without FTS5
 reference runs on that library, as a Python whose SQLite lacks FTS5 would.
 """
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -189,6 +190,35 @@ class SearchTests(HubCase):
         page = self.assertOk(self.hub.get("/v1/messages", channel=ch))
         self.assertEqual(self.search(w)[0]["message"], page[0])
         self.assertEqual(page[0], m)
+
+    def test_cli(self):
+        w = uid("cli").replace("-", "")
+        a, b = uid("a"), uid("b")
+        dm = self.msg(from_agent=a, to_agent=b, channel="direct", body="cli dm %s" % w)
+        pub = self.msg(from_agent=a, body="cli pub %s" % w, kind="notice")
+        env = dict(os.environ)
+        env.pop("ARC_AGENT", None)
+
+        def run(*args):
+            p = subprocess.run(self.hub.cmd + ["search", "--base-url", self.hub.url] +
+                               list(args), env=env, capture_output=True, text=True,
+                               timeout=30)
+            return p.returncode, [json.loads(l) for l in p.stdout.splitlines()], p.stderr
+
+        rc, hits, _ = run(w)
+        self.assertEqual((rc, [h["message"]["id"] for h in hits]), (0, [pub["id"]]))
+        rc, hits, _ = run("--agent", b, "--limit", "5", w)
+        self.assertEqual(rc, 0)
+        self.assertCountEqual([h["message"]["id"] for h in hits], [dm["id"], pub["id"]])
+        rc, hits, _ = run("--agent", b, "--channel", "direct", w)
+        self.assertEqual([h["message"]["id"] for h in hits], [dm["id"]])
+        rc, hits, _ = run("--from", a, "--kind", "notice", w)
+        self.assertEqual([h["message"]["id"] for h in hits], [pub["id"]])
+        rc, _, err = run("--kind", "gossip", w)
+        self.assertEqual(rc, 1)
+        self.assertIn("unsupported kind", err)
+        self.assertEqual(run()[0], 2)
+        self.assertEqual(run("--limit", "0", w)[0], 2)
 
 
 def reference_env():
