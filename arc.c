@@ -12472,6 +12472,61 @@ static int mcp_t_whoami(McpCtx *x) {
     buf_addc(&x->data, '}');
     return 0;
 }
+/* arc_search: full-text search of what this agent may see (PROTOCOL §13):
+ * one line per hit with its snippet; the whole messages in the data. */
+static int mcp_t_search(McpCtx *x) {
+    static const char *const filters[][2] = {
+        { "channel", "channel" }, { "from_agent", "from" }, { "kind", "kind" }
+    };
+    Buf q = { 0 }, v = { 0 }, path = { 0 };
+    int64_t limit = 10;
+    int rc = -1;
+    if (mcp_arg_need(x, "query", &q) < 0 || mcp_arg_int(x, "limit", &limit) < 0) goto done;
+    if (limit < 1 || limit > ARC_SEARCH_MAX_LIMIT) {
+        mcp_fail(x, "argument limit must be 1 to %d", ARC_SEARCH_MAX_LIMIT);
+        goto done;
+    }
+    buf_adds(&path, "/v1/search");
+    agent_qparam(&path, "q", q.p);
+    agent_qparam(&path, "agent_id", g_mcp.agent);
+    buf_addf(&path, "&limit=%lld", (long long)limit);
+    for (size_t i = 0; i < sizeof filters / sizeof *filters; i++) {
+        if (mcp_arg_str(x, filters[i][0], &v) < 0) goto done;
+        if (v.len) agent_qparam(&path, filters[i][1], v.p);
+    }
+    if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
+    uint32_t arr = x->res, n = x->j.t[arr].n, hit = arr + 1;
+    buf_addf(&x->text, "%u result%s for %s, best first:", n, n == 1 ? "" : "s", q.p);
+    for (uint32_t i = 0; i < n; i++, hit = x->j.t[hit].next) {
+        uint32_t m = json_get(&x->j, hit, "message"), f;
+        if (!m || x->j.t[m].type != JSON_OBJ) continue;
+        buf_adds(&x->text, "\n- #");
+        mcp_text_field(&x->text, &x->j, m, "id");
+        buf_adds(&x->text, " [");
+        mcp_text_field(&x->text, &x->j, m, "channel");
+        buf_adds(&x->text, "] ");
+        mcp_text_field(&x->text, &x->j, m, "from_agent");
+        if ((f = json_get_val(&x->j, m, "to_agent")))
+            buf_adds(&x->text, " -> "), json_as_text(&x->text, &x->j, f);
+        buf_adds(&x->text, " (");
+        mcp_text_field(&x->text, &x->j, m, "kind");
+        if ((f = json_get_val(&x->j, m, "thread_id")))
+            buf_adds(&x->text, ", thread "), json_as_text(&x->text, &x->j, f);
+        buf_adds(&x->text, "): ");
+        mcp_text_field(&x->text, &x->j, hit, "snippet");
+    }
+    uint32_t p = json_get(&x->j, 0, "pending");
+    if (p) {
+        buf_adds(&x->text, "\n(The index is catching up: ");
+        json_as_text(&x->text, &x->j, p);
+        buf_adds(&x->text, " newer messages were not searched yet.)");
+    }
+    mcp_data_one(x, "results", arr);
+    rc = 0;
+done:
+    buf_free(&q), buf_free(&v), buf_free(&path);
+    return rc;
+}
 
 /* ---- the tool table ---- */
 
@@ -12585,6 +12640,15 @@ static const McpTool mcp_tools[] = {
       MCP_S(MCP_STR("agent_id", "") "," MCP_STR("session_id", "") "," MCP_STR("hub", "") ","
             MCP_INT("cursor", "") "," MCP_OBJ("bootstrap"), "\"agent_id\""),
       1, 1, mcp_t_whoami },
+    { "arc_search", "Search messages",
+      "Full-text search of the messages you can see (channels and your direct messages), "
+      "best match first, with a snippet of each.",
+      MCP_S(MCP_STR("query", "Words that must all occur; word* matches a prefix.") ","
+            MCP_STR("channel", "Only this channel.") ","
+            MCP_STR("from_agent", "Only messages from this agent.") ","
+            MCP_STR("kind", "Only this kind, e.g. task or artifact.") ","
+            MCP_INT("limit", "At most this many (default 10, up to 100)."), "\"query\""),
+      MCP_S(MCP_ARR("results"), "\"results\""), 1, 1, mcp_t_search },
 };
 
 static const char mcp_instructions[] =
