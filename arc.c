@@ -167,14 +167,15 @@ _Static_assert(ARC_MAX_STORED_DEPTH + 5 <= ARC_JSON_DEPTH,
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
 /* Full-text search (PROTOCOL §13): results per request, the snippet's
  * length in tokens (FTS5 allows 1..64), the longest query, and how many
- * messages one catch-up step indexes (one request, or one loop turn while
- * behind; ~60 ms at 20k short messages). */
+ * messages one catch-up step indexes: one search, or one loop turn while
+ * a backlog is left, holds the loop that long (5,000 messages of 8-24
+ * words took ~50-90 ms here; tests/bench_search.py). */
 #define ARC_SEARCH_LIMIT 20       /* default `limit` */
 #define ARC_SEARCH_MAX_LIMIT 100  /* `limit` clamp */
 #define ARC_SEARCH_SNIPPET_TOKENS 16
 #define ARC_SEARCH_MAX_QUERY 1024 /* bytes of `q` */
 #ifndef ARC_SEARCH_CHUNK
-#define ARC_SEARCH_CHUNK 20000
+#define ARC_SEARCH_CHUNK 5000
 #endif
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */

@@ -162,7 +162,7 @@ class SearchTests(HubCase):
         self.assertEqual(self.search("inside " + w)[0]["message"]["body"], "raw one %s" % w)
 
     def test_backlog_indexed_in_chunks(self):
-        """A backlog bigger than one chunk (ARC_SEARCH_CHUNK, 20000) is
+        """A backlog bigger than one chunk (ARC_SEARCH_CHUNK, 5000) is
         answered at once with "pending", then indexed by the loop."""
         w = uid("bulk").replace("-", "")
         self.search("warm")
@@ -175,7 +175,7 @@ class SearchTests(HubCase):
         db.close()
         env = self.hub.get("/v1/search", q=w)[2]
         self.assertIs(env["ok"], True, env)
-        self.assertEqual(env["pending"], 45000 - 20000)   # one chunk indexed
+        self.assertEqual(env["pending"], 45000 - 5000)   # one chunk indexed
         # Meanwhile the hub serves others.
         self.msg(body="during the backlog")
         found = wait_for(lambda: len(self.search(w)) == 2 and
