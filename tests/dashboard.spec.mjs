@@ -274,9 +274,12 @@ try {
   await post('carol', 'needle' + tag + ' for dave', { to_agent: 'dave' });
   await post('carol', 'needle' + tag + ' in public');
   await page.fill('#q', 'needle' + tag);
-  await page.press('#q', 'Enter');
-  await page.locator('#hits .hit mark', { hasText: 'needle' + tag }).first().waitFor({ timeout: 3000 });
-  await until('two hits', async () => (await page.locator('#hits .hit').count()) === 2);
+  await until('two hits (the hub indexes its history in chunks)', async () => {
+    await page.press('#q', 'Enter');
+    await sleep(200);
+    return (await page.locator('#hits .hit').count()) === 2;
+  });
+  await page.locator('#hits .hit mark', { hasText: 'needle' + tag }).first().waitFor();
   assert.equal(await page.locator('#hits .hit', { hasText: 'for dave' }).count(), 0);
   await page.fill('#q', '"(NEAR');
   await page.press('#q', 'Enter');
