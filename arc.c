@@ -178,6 +178,18 @@ _Static_assert(ARC_MAX_STORED_DEPTH + 5 <= ARC_JSON_DEPTH,
 #define ARC_MAX_DEP_SCAN 4096     /* open tasks one cycle check may visit */
 #endif
 #define ARC_MAX_LIMIT 500         /* PROTOCOL §3: limit clamp */
+/* Full-text search (PROTOCOL §15): results per request, the snippet's
+ * length in tokens (FTS5 allows 1..64), the longest query, and how many
+ * messages one catch-up step indexes: one search, or one loop turn while
+ * a backlog is left, holds the loop that long (5,000 messages of 8-24
+ * words took ~50-90 ms here; tests/bench_search.py). */
+#define ARC_SEARCH_LIMIT 20       /* default `limit` */
+#define ARC_SEARCH_MAX_LIMIT 100  /* `limit` clamp */
+#define ARC_SEARCH_SNIPPET_TOKENS 16
+#define ARC_SEARCH_MAX_QUERY 1024 /* bytes of `q` */
+#ifndef ARC_SEARCH_CHUNK
+#define ARC_SEARCH_CHUNK 5000
+#endif
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
 #define ARC_MAX_ID 9007199254740991LL /* 2^53 - 1, PROTOCOL §3 */
@@ -3041,6 +3053,122 @@ static int store_emit_one(Store *s, Buf *b, sqlite3_stmt *st, StoreEmit emit) {
     return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
 
+/* ---- full-text search: arc's own index over messages (PROTOCOL §15) ---- */
+
+/* The index lives in tables of arc's own, beside the reference's and never
+ * hooked to them (no triggers, no new columns), so any process may write
+ * messages, the reference hub included, even with a SQLite built without
+ * FTS5: a virtual table whose module is missing is an error only for a
+ * statement that uses it, and nothing but arc names these tables.
+ *
+ *  - arc_search_src, a view: each message's id, body and the text of its
+ *    attachments (content, path, description; the JSON text of non-string
+ *    values). Rows whose attachments_json is not valid JSON index the body.
+ *  - arc_search, FTS5 with the view as external content: it holds only the
+ *    index, not a second copy of the text; snippet() reads the view.
+ *  - arc_search_state: the watermark, the highest message id indexed.
+ *
+ * Messages are indexed lazily, in id order from the watermark
+ * (store_search_catch_up), by a search or by the loop while a search left
+ * a backlog, never by a POST. arc never changes a message's body or
+ * attachments once written and neither does the reference, and ids only
+ * grow (AUTOINCREMENT, one writer at a time), so a row below the
+ * watermark is indexed as it stands. Hubs sharing the file share the
+ * index: the watermark moves inside the write transaction that indexes. */
+static const char store_search_schema[] =
+    "CREATE TABLE IF NOT EXISTS arc_search_state(id INTEGER PRIMARY KEY"
+    " CHECK(id=1), indexed_id INTEGER NOT NULL);"
+    "INSERT OR IGNORE INTO arc_search_state VALUES(1,0);"
+    "CREATE VIEW IF NOT EXISTS arc_search_src AS SELECT id, body,"
+    " CASE WHEN attachments_json='[]' OR NOT json_valid(attachments_json)"
+    " THEN '' ELSE (SELECT group_concat(concat_ws(' ',"
+    " json_extract(value,'$.content'), json_extract(value,'$.path'),"
+    " json_extract(value,'$.description')),' ')"
+    " FROM json_each(attachments_json) WHERE type='object') END AS attach"
+    " FROM messages;"
+    "CREATE VIRTUAL TABLE IF NOT EXISTS arc_search USING fts5(body, attach,"
+    " content='arc_search_src', content_rowid='id',"
+    " tokenize='unicode61 remove_diacritics 2');";
+
+/* The watermark and the newest message id: *indexed < *latest means a
+ * backlog. Returns 0 or -1. */
+static int store_search_state(Store *s, int64_t *indexed, int64_t *latest) {
+    sqlite3_stmt *st = store_stmt(s, "SELECT (SELECT indexed_id FROM"
+        " arc_search_state WHERE id=1), (SELECT coalesce(max(id),0) FROM messages)");
+    if (!st || sqlite3_step(st) != SQLITE_ROW) {
+        if (st) sqlite3_reset(st);
+        return -1;
+    }
+    *indexed = sqlite3_column_int64(st, 0);
+    *latest = sqlite3_column_int64(st, 1);
+    sqlite3_reset(st);
+    return 0;
+}
+
+/* Index the next at most max_rows messages above the watermark and move
+ * it. Must run inside a write transaction (the batch's), so that two hubs
+ * never index a row twice. Returns the rows indexed, or -1 (s->err). */
+static int64_t store_search_catch_up(Store *s, int64_t max_rows) {
+    int64_t from, latest, to = 0, n = -1;
+    assert(s->in_tx);
+    if (store_search_state(s, &from, &latest)) goto done;
+    if (from >= latest) return 0;
+    sqlite3_stmt *st = store_stmt(s, "SELECT max(id), count(*) FROM (SELECT id"
+        " FROM messages WHERE id>?1 ORDER BY id LIMIT ?2)");
+    if (!st) goto done;
+    sqlite3_bind_int64(st, 1, from);
+    sqlite3_bind_int64(st, 2, max_rows);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        to = sqlite3_column_int64(st, 0);
+        n = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    if (n < 0) goto done;
+    st = store_stmt(s, "INSERT INTO arc_search(rowid,body,attach) SELECT id,"
+                       " body, attach FROM arc_search_src WHERE id>?1 AND id<=?2");
+    if (!st) goto fail;
+    sqlite3_bind_int64(st, 1, from);
+    sqlite3_bind_int64(st, 2, to);
+    if (store_done(s, st)) goto fail;
+    st = store_stmt(s, "UPDATE arc_search_state SET indexed_id=? WHERE id=1");
+    if (!st) goto fail;
+    sqlite3_bind_int64(st, 1, to);
+    if (store_done(s, st)) goto fail;
+    goto done;
+fail:
+    n = -1;
+done:
+    if (n < 0) snprintf(s->err, sizeof s->err, "%s", sqlite3_errmsg(s->db));
+    return n;
+}
+
+/* Messages above the watermark: the backlog still to index. */
+static int64_t store_search_backlog(Store *s) {
+    int64_t indexed, latest, n = 0;
+    if (store_search_state(s, &indexed, &latest) || indexed >= latest) return 0;
+    sqlite3_stmt *st = store_stmt(s, "SELECT count(*) FROM messages WHERE id>?");
+    if (!st) return 0;
+    sqlite3_bind_int64(st, 1, indexed);
+    if (sqlite3_step(st) == SQLITE_ROW) n = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return n;
+}
+
+/* Emit message `id` (the cache's copy, or the stored row). */
+static void store_emit_message_id(Store *s, Buf *b, int64_t id) {
+    const StoreCached *c = store_cache_get(s, id);
+    if (c) {
+        buf_add(b, c->json, c->len);
+        return;
+    }
+    sqlite3_stmt *row = store_stmt(s, "SELECT " M_COLS " FROM messages WHERE id=?1");
+    if (!row) return;
+    sqlite3_bind_int64(row, 1, id);
+    if (sqlite3_step(row) == SQLITE_ROW) store_emit_message(s, b, row);
+    else buf_adds(b, "null");   /* not reachable: same snapshot */
+    sqlite3_reset(row);
+}
+
 static void store_close(Store *s) {
     if (!s->db) return;
     if (s->in_tx) store_commit(s);
@@ -3097,7 +3225,8 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema_kv, NULL, NULL, &e) ||
-        sqlite3_exec(s->db, store_schema_deps, NULL, NULL, &e)) {
+        sqlite3_exec(s->db, store_schema_deps, NULL, NULL, &e) ||
+        sqlite3_exec(s->db, store_search_schema, NULL, NULL, &e)) {
         snprintf(err, ARC_ERRLEN, "cannot initialise storage %s: %s", path,
                  e ? e : sqlite3_errmsg(s->db));
         sqlite3_free(e);
@@ -3245,6 +3374,7 @@ typedef struct {
     int shutdown_now;            /* leave the loop at the end of this turn */
     int64_t deps_mark;           /* messages scanned for blocked_by (§14);
                                     0: ask arc_task_deps_mark */
+    int search_behind;           /* the search index has a backlog (§15) */
 } Hub;
 
 /* One request as the handlers see it. */
@@ -5823,7 +5953,7 @@ static const char hub_features[] =
     "[\"sse\",\"relay\",\"long_poll_keepalive\",\"subtask_rollup\",\"rpc_kinds\","
     "\"capability_filter\",\"shutdown_control\",\"session_rename\","
     "\"arc:origin_check\""
-    ",\"arc:kv\",\"arc:task_deps\",\"arc:deep_rollup\"";
+    ",\"arc:kv\",\"arc:task_deps\",\"arc:deep_rollup\",\"arc:search\"";
 
 /* GET /v1/hub-info (PROTOCOL §7.9): limits, features, storage. */
 static void hub_info(Hub *h, Req *q, Res *r) {
@@ -5868,6 +5998,176 @@ static void hub_info(Hub *h, Req *q, Res *r) {
     if (st) sqlite3_reset(st);
     buf_addc(b, '}');
     hub_ok_end(r);
+}
+
+/* ---- full-text search (PROTOCOL §15) ---- */
+
+/* Turn the user's text into an FTS5 query that cannot be malformed: each
+ * whitespace-separated word becomes a quoted string ("" for a quote in
+ * it), so FTS5's operators (AND, OR, NOT, NEAR), parentheses, column
+ * filters and carets are plain text to it; a word ending in '*' after at
+ * least one other character is a prefix search. All words must match.
+ * Returns the number of words. */
+static int hub_search_expr(Str text, Buf *out) {
+    int n = 0;
+    for (size_t i = 0; i < text.n;) {
+        while (i < text.n && isspace((unsigned char)text.p[i])) i++;
+        size_t start = i;
+        while (i < text.n && !isspace((unsigned char)text.p[i])) i++;
+        if (i == start) break;
+        Str w = { text.p + start, i - start };
+        int prefix = w.n > 1 && w.p[w.n - 1] == '*';
+        if (prefix) w.n--;
+        buf_adds(out, n++ ? " \"" : "\"");
+        for (size_t k = 0; k < w.n; k++) {
+            if (w.p[k] == '"') buf_addc(out, '"');
+            buf_addc(out, w.p[k]);
+        }
+        buf_adds(out, prefix ? "\"*" : "\"");
+    }
+    return n;
+}
+
+/* Index up to ARC_SEARCH_CHUNK messages above the watermark in q's
+ * savepoint, and note whether a backlog is left for the loop
+ * (hub_search_tick). Returns the backlog (with `count`, how many messages;
+ * else 1), 0 when none is left, or -1 with r failed. Counting scans the
+ * backlog, so the loop's chunks do not: at 1M messages that made the
+ * build quadratic. */
+static int64_t hub_search_catch_up(Hub *h, Req *q, Res *r, int count) {
+    int64_t indexed, latest;
+    if (store_search_state(&h->store, &indexed, &latest)) {
+        hub_db_fail(h, r);
+        return -1;
+    }
+    h->search_behind = 0;
+    if (indexed >= latest) return 0;
+    if (hub_tx(h, q, r)) return -1;
+    if (store_search_catch_up(&h->store, ARC_SEARCH_CHUNK) < 0) {
+        hub_fail(r, 503, "storage error: %s", h->store.err);
+        return -1;
+    }
+    if (store_search_state(&h->store, &indexed, &latest)) {
+        hub_db_fail(h, r);
+        return -1;
+    }
+    h->search_behind = indexed < latest;
+    if (!h->search_behind) return 0;
+    return count ? store_search_backlog(&h->store) : 1;
+}
+
+/* Is part of the search index still to build (a search found more than
+ * one chunk to index)? The loop then indexes a chunk every turn. */
+static int hub_search_behind(const Hub *h) { return h->search_behind; }
+
+/* A timer action: index the next chunk of the backlog. */
+static void hub_search_tick(Hub *h, Req *q, Res *r) { hub_search_catch_up(h, q, r, 0); }
+
+/* The ranked query. ?1 the FTS5 expression, ?2 channel, ?3 from_agent,
+ * ?4 kind (NULL: any), ?5 the reader, ?6 limit, ?7 snippet tokens. A
+ * direct message is seen by its two parties only; without a reader, by no
+ * one (PROTOCOL §15). Snippets mark hits with « » and cuts with an
+ * ellipsis. */
+static const char hub_search_sql[] =
+    "SELECT m.id, snippet(arc_search,-1,'\xc2\xab','\xc2\xbb','\xe2\x80\xa6',?7),"
+    " -bm25(arc_search) FROM arc_search JOIN messages m ON m.id=arc_search.rowid"
+    " WHERE arc_search MATCH ?1 AND (?2 IS NULL OR m.channel=?2)"
+    " AND (?3 IS NULL OR m.from_agent=?3) AND (?4 IS NULL OR m.kind=?4)"
+    " AND (m.to_agent IS NULL OR m.to_agent=?5 OR m.from_agent=?5)"
+    " ORDER BY rank LIMIT ?6";
+
+/* GET /v1/search (PROTOCOL §15) */
+static void hub_search(Hub *h, Req *q, Res *r) {
+    Buf expr = { 0 };
+    char *agent = NULL, *channel = NULL, *from = NULL, *kind = NULL;
+    int err = 0, rc = hub_qp(q, r, "q");
+    if (rc < 0) goto done;
+    if (rc && memchr(q->tmp.p, 0, q->tmp.len)) {
+        hub_fail(r, 400, "query parameter q must not contain a NUL character");
+        goto done;
+    }
+    if (rc && q->tmp.len > ARC_SEARCH_MAX_QUERY) {
+        hub_fail(r, 400, "q is longer than %d bytes", ARC_SEARCH_MAX_QUERY);
+        goto done;
+    }
+    if (!rc || !hub_search_expr(buf_str(&q->tmp), &expr)) {
+        hub_fail(r, 400, "q query parameter is required");
+        goto done;
+    }
+    agent = hub_qdup(q, r, "agent_id", &err);
+    if (!err) channel = hub_qdup(q, r, "channel", &err);
+    if (!err) from = hub_qdup(q, r, "from", &err);
+    if (!err) kind = hub_qdup(q, r, "kind", &err);
+    if (err) goto done;
+    if (channel && !hub_channel_exists(h, str_c(channel))) {
+        hub_fail(r, 404, "channel not found");
+        goto done;
+    }
+    int known = !kind;
+    for (size_t i = 0; kind && i < sizeof hub_kinds / sizeof *hub_kinds; i++)
+        known |= !strcmp(kind, hub_kinds[i]);
+    if (!known) {
+        hub_fail(r, 400, "unsupported kind: %s", kind);
+        goto done;
+    }
+    int64_t limit;
+    if (hub_qint(q, r, "limit", ARC_SEARCH_LIMIT, &limit)) goto done;
+    if (limit < 1) {
+        hub_fail(r, 400, "limit must be at least 1");
+        goto done;
+    }
+    if (limit > ARC_SEARCH_MAX_LIMIT) limit = ARC_SEARCH_MAX_LIMIT;
+    int64_t pending = hub_search_catch_up(h, q, r, 1);
+    if (pending < 0) goto done;
+    sqlite3_stmt *st = store_stmt(&h->store, hub_search_sql);
+    if (!st) {
+        hub_db_fail(h, r);
+        goto done;
+    }
+    store_bind(st, 1, buf_str(&expr));
+    store_bind_c(st, 2, channel);
+    store_bind_c(st, 3, from);
+    store_bind_c(st, 4, kind);
+    store_bind_c(st, 5, agent);
+    sqlite3_bind_int64(st, 6, limit);
+    sqlite3_bind_int(st, 7, ARC_SEARCH_SNIPPET_TOKENS);
+    hub_ok(r, 200);
+    Buf *b = &r->body;
+    size_t start = b->len;
+    int n = 0, more = 0;
+    buf_addc(b, '[');
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (!n) store_cache_sync(&h->store);
+        size_t mark = b->len;
+        buf_adds(b, n ? ",{\"message\":" : "{\"message\":");
+        store_emit_message_id(&h->store, b, sqlite3_column_int64(st, 0));
+        buf_adds(b, ",\"snippet\":");
+        store_emit_text(b, store_col(st, 1));
+        buf_addf(b, ",\"score\":%.6g}", sqlite3_column_double(st, 2));
+        if (n && b->len - start > ARC_MAX_PAGE_BYTES) {
+            b->len = mark;   /* the hit does not fit: leave it out */
+            b->p[mark] = 0;
+            more = 1;
+            break;
+        }
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        /* Quoting leaves FTS5 little to refuse, but what it does refuse
+         * is the query's fault, not the storage's. */
+        const char *msg = sqlite3_errmsg(h->store.db);
+        if (!strncmp(msg, "fts5:", 5)) hub_fail(r, 400, "invalid search query: %s", msg);
+        else hub_db_fail(h, r);
+        goto done;
+    }
+    buf_addc(b, ']');
+    if (more) buf_adds(b, ",\"more\":true");
+    if (pending) buf_addf(b, ",\"pending\":%lld", (long long)pending);
+    hub_ok_end(r);
+done:
+    buf_free(&expr);
+    free(agent), free(channel), free(from), free(kind);
 }
 
 /* ---- the dashboard (PROTOCOL §7.32): GET / ---- */
@@ -6447,6 +6747,7 @@ static const Route hub_routes[] = {
     { "PUT", "/v1/kv/*", hub_kv_put },
     { "DELETE", "/v1/kv/*", hub_kv_delete },
     { "GET", "/v1/kv/*/history", hub_kv_history },
+    { "GET", "/v1/search", hub_search },
 };
 
 /* Match path against pattern; on a wildcard, decode the segment into arg.
@@ -8641,6 +8942,10 @@ static void timer_touch_waiters(Loop *l, Req *q, Res *r) {
 /* POST /v1/shutdown's delay is over (the model asks to stop after it). */
 static void timer_shutdown(Loop *l, Req *q, Res *r) { hub_shutdown_fire(l->hub, q, r); }
 
+/* A search left part of the index to build: one chunk per turn, between
+ * the turn's requests, until it is done (PROTOCOL §15). */
+static void timer_search(Loop *l, Req *q, Res *r) { hub_search_tick(l->hub, q, r); }
+
 static int64_t loop_tick_ms(Loop *l) {
     int64_t t = l->hub->cfg.presence_ttl_s / 3;
     return (t < 1 ? 1 : t) * 1000;
@@ -8697,6 +9002,7 @@ static void loop_timers(Loop *l) {
     }
     int64_t stop_at = hub_shutdown_at(l->hub);
     if (stop_at && clock_ms() >= stop_at) timer_run(l, timer_shutdown);
+    if (hub_search_behind(l->hub)) timer_run(l, timer_search);
 }
 
 /* ---- commit and durability ---- */
@@ -8907,7 +9213,9 @@ static void loop_settle_touched(Loop *l) {
 /* How long the poller may wait: until the nearest conn deadline or loop
  * timer, 0 when work is left over, at most a minute. */
 static int loop_timeout_ms(Loop *l) {
-    if (l->n_touched || g_stop || hub_shutdown_now(l->hub)) return 0;
+    if (l->n_touched || g_stop || hub_shutdown_now(l->hub) ||
+        hub_search_behind(l->hub))
+        return 0;
     int64_t t = l->next_prune_ms;
     if (l->n_heap && l->heap[0]->deadline_ms < t) t = l->heap[0]->deadline_ms;
     if (l->n_parked && l->next_touch_ms < t) t = l->next_touch_ms;
@@ -11155,6 +11463,83 @@ static int cmd_tasks(int argc, char **argv) {
     return rc;
 }
 
+/* ---- arc search: full-text search as an agent (PROTOCOL §15) ---- */
+
+typedef struct {
+    AgentOpts a;               /* --agent, --base-url, --relay-dir, tokens */
+    const char *channel, *from, *kind, *query;
+    int limit;
+} SearchOpts;
+
+#define SEARCH_OPT(f) offsetof(SearchOpts, f)
+static const Opt search_opts[] = {
+    { "--channel", OPT_STR, SEARCH_OPT(channel), .arg = "C", .help = "only this channel" },
+    { "--from", OPT_STR, SEARCH_OPT(from), .arg = "AGENT", .help = "only messages by AGENT" },
+    { "--kind", OPT_STR, SEARCH_OPT(kind), .arg = "KIND", .help = "only this message kind" },
+    { "--limit", OPT_INT, SEARCH_OPT(limit), .lo = 1, .hi = ARC_SEARCH_MAX_LIMIT,
+      .arg = "N", .help = "at most N results (default 20, up to 100)" },
+    { .kind = OPT_ARG, .off = SEARCH_OPT(query), .arg = "QUERY",
+      .help = "words that must all occur; word* matches a prefix" },
+    { 0 }
+};
+#undef SEARCH_OPT
+
+/* Search the hub's messages; print one JSON hit ({message, snippet,
+ * score}) per line, best first. Direct messages count only with --agent,
+ * and only the agent's own; the agent is not registered. */
+static int cmd_search(int argc, char **argv) {
+    static const OptHelp help = {
+        "search", "usage: arc search [--agent ID] [options] QUERY\n"
+                  "Full-text search over message bodies and attachments, ranked.\n",
+        "Without --agent (or ARC_AGENT), direct messages are left out.\n"
+        "Exit: 0 ok, 1 the hub refused, 2 usage or no hub.\n" };
+    SearchOpts o = { .a = { .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
+                            .relay_dir = getenv("ARC_RELAY_DIR") },
+                     .limit = ARC_SEARCH_LIMIT };
+    OptGroup g[] = { { agent_opts, &o.a, NULL, 0 }, { search_opts, &o, NULL, 0 } };
+    opt_parse(&help, g, 2, argc, argv);
+    if (!o.a.base_url || !*o.a.base_url) o.a.base_url = "http://127.0.0.1:6969";
+    if (o.a.relay_dir && !*o.a.relay_dir) o.a.relay_dir = NULL;
+    if (!o.query || !*o.query) {
+        fprintf(stderr, "arc search: QUERY is required\n");
+        return 2;
+    }
+    Client c;
+    char err[ARC_ERRLEN];
+    if (client_url(&c, o.a.base_url, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 2;
+    }
+    c.relay_dir = o.a.relay_dir;
+    c.agent = o.a.agent;
+    c.token = o.a.token;
+    Buf path = { 0 }, out = { 0 };
+    buf_adds(&path, "/v1/search");
+    agent_qparam(&path, "q", o.query);
+    buf_addf(&path, "&limit=%d", o.limit);
+    if (o.a.agent && *o.a.agent) agent_qparam(&path, "agent_id", o.a.agent);
+    if (o.channel) agent_qparam(&path, "channel", o.channel);
+    if (o.from) agent_qparam(&path, "from", o.from);
+    if (o.kind) agent_qparam(&path, "kind", o.kind);
+    int rc = agent_call(&c, "GET", path.p, (Str){ NULL, 0 }, 30000, &out);
+    if (!rc) {
+        agent_print_result(&out, 1);
+        Json j = { 0 };
+        uint32_t p;
+        if (json_parse(&j, out.p, out.len) == 0 && (p = json_get(&j, 0, "pending"))) {
+            Buf n = { 0 };
+            json_as_text(&n, &j, p);
+            fprintf(stderr, "arc search: the index is catching up; %s newer messages "
+                    "were not searched yet\n", n.p);
+            buf_free(&n);
+        }
+        json_free(&j);
+    }
+    buf_free(&path), buf_free(&out);
+    client_free(&c);
+    return rc;
+}
+
 /* ---- arc relay: the standalone spool relay, and relay-gc ---- */
 
 #define ARC_RELAY_MAX_FORWARDS 256   /* concurrent forwards of `arc relay` */
@@ -13258,6 +13643,61 @@ static int mcp_t_whoami(McpCtx *x) {
     buf_addc(&x->data, '}');
     return 0;
 }
+/* arc_search: full-text search of what this agent may see (PROTOCOL §15):
+ * one line per hit with its snippet; the whole messages in the data. */
+static int mcp_t_search(McpCtx *x) {
+    static const char *const filters[][2] = {
+        { "channel", "channel" }, { "from_agent", "from" }, { "kind", "kind" }
+    };
+    Buf q = { 0 }, v = { 0 }, path = { 0 };
+    int64_t limit = 10;
+    int rc = -1;
+    if (mcp_arg_need(x, "query", &q) < 0 || mcp_arg_int(x, "limit", &limit) < 0) goto done;
+    if (limit < 1 || limit > ARC_SEARCH_MAX_LIMIT) {
+        mcp_fail(x, "argument limit must be 1 to %d", ARC_SEARCH_MAX_LIMIT);
+        goto done;
+    }
+    buf_adds(&path, "/v1/search");
+    agent_qparam(&path, "q", q.p);
+    agent_qparam(&path, "agent_id", g_mcp.agent);
+    buf_addf(&path, "&limit=%lld", (long long)limit);
+    for (size_t i = 0; i < sizeof filters / sizeof *filters; i++) {
+        if (mcp_arg_str(x, filters[i][0], &v) < 0) goto done;
+        if (v.len) agent_qparam(&path, filters[i][1], v.p);
+    }
+    if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
+    uint32_t arr = x->res, n = x->j.t[arr].n, hit = arr + 1;
+    buf_addf(&x->text, "%u result%s for %s, best first:", n, n == 1 ? "" : "s", q.p);
+    for (uint32_t i = 0; i < n; i++, hit = x->j.t[hit].next) {
+        uint32_t m = json_get(&x->j, hit, "message"), f;
+        if (!m || x->j.t[m].type != JSON_OBJ) continue;
+        buf_adds(&x->text, "\n- #");
+        mcp_text_field(&x->text, &x->j, m, "id");
+        buf_adds(&x->text, " [");
+        mcp_text_field(&x->text, &x->j, m, "channel");
+        buf_adds(&x->text, "] ");
+        mcp_text_field(&x->text, &x->j, m, "from_agent");
+        if ((f = json_get_val(&x->j, m, "to_agent")))
+            buf_adds(&x->text, " -> "), json_as_text(&x->text, &x->j, f);
+        buf_adds(&x->text, " (");
+        mcp_text_field(&x->text, &x->j, m, "kind");
+        if ((f = json_get_val(&x->j, m, "thread_id")))
+            buf_adds(&x->text, ", thread "), json_as_text(&x->text, &x->j, f);
+        buf_adds(&x->text, "): ");
+        mcp_text_field(&x->text, &x->j, hit, "snippet");
+    }
+    uint32_t p = json_get(&x->j, 0, "pending");
+    if (p) {
+        buf_adds(&x->text, "\n(The index is catching up: ");
+        json_as_text(&x->text, &x->j, p);
+        buf_adds(&x->text, " newer messages were not searched yet.)");
+    }
+    mcp_data_one(x, "results", arr);
+    rc = 0;
+done:
+    buf_free(&q), buf_free(&v), buf_free(&path);
+    return rc;
+}
 
 /* ---- arc_kv: the shared memory (PROTOCOL §13) ---- */
 
@@ -13524,6 +13964,15 @@ static const McpTool mcp_tools[] = {
       MCP_S("\"entry\":{\"type\":[\"object\",\"null\"]}," MCP_ARR("entries") ","
             "\"conflict\":{\"type\":\"boolean\"}", ""),
       0, 0, mcp_t_kv },
+    { "arc_search", "Search messages",
+      "Full-text search of the messages you can see (channels and your direct messages), "
+      "best match first, with a snippet of each.",
+      MCP_S(MCP_STR("query", "Words that must all occur; word* matches a prefix.") ","
+            MCP_STR("channel", "Only this channel.") ","
+            MCP_STR("from_agent", "Only messages from this agent.") ","
+            MCP_STR("kind", "Only this kind, e.g. task or artifact.") ","
+            MCP_INT("limit", "At most this many (default 10, up to 100)."), "\"query\""),
+      MCP_S(MCP_ARR("results"), "\"results\""), 1, 1, mcp_t_search },
 };
 
 static const char mcp_instructions[] =
@@ -14399,6 +14848,10 @@ static const char dash_html[] =
     "cursor:pointer}\n"
     ".item:hover{background:var(--pb)}\n"
     ".item.new{background:#2a2410}\n"
+    "#search{padding:0 6px 6px}\n"
+    "#q{width:100%;box-sizing:border-box;background:var(--bg);border:1px solid var(--pb);\n"
+    "border-radius:5px;padding:4px 6px}\n"
+    ".hit mark{background:#5a4a10;color:inherit}\n"
     ".item .meta{font-size:11px;color:var(--dim)}\n"
     ".item .meta span{margin-right:8px}\n"
     ".item .txt{white-space:pre-wrap;display:block;max-height:4.3em;overflow:hidden}\n"
@@ -14501,6 +14954,12 @@ static const char dash_html[] =
     "<h2>Locks <span id='nLocks' class='n'>0</span></h2><div id='locks' class='list'></div>\n"
     "<div id='hubinfo'></div>\n"
     "</section>\n"
+    "<section class='sec' data-sec='work' id='searchsec'>\n"
+    "<h2>Search <span id='nHits' class='n'></span></h2>\n"
+    "<form id='search' role='search' autocomplete='off'><input id='q' type='search'\n"
+    " aria-label='search messages' placeholder='words in messages and attachments'></form>\n"
+    "<div id='hits' class='list'></div>\n"
+    "</section>\n"
     "</aside>\n"
     "</main>\n"
     "<form id='auth' hidden><div>\n"
@@ -14579,7 +15038,7 @@ static const char dash_html[] =
     "  if (r.status === 401) askToken();\n"
     "  if (!isObj(j)) return { ok: false, status: r.status, error: 'HTTP ' + r.status };\n"
     "  return { ok: j.ok === true, status: r.status, result: j.result, more: j.more === true,\n"
-    "           error: String(j.error || 'HTTP ' + r.status) };\n"
+    "           pending: Number(j.pending) || 0, error: String(j.error || 'HTTP ' + r.status) };\n"
     "}\n"
     "\n"
     "/* ---- time ---- */\n"
@@ -15047,6 +15506,46 @@ static const char dash_html[] =
     "  n.classList.toggle('hot', IN.unread > 0);\n"
     "  $('tabInbox').textContent = IN.unread || '';\n"
     "  showView();\n"
+    "}\n"
+    "/* ---- search (PROTOCOL \302\24715): ranked hits, matches marked \302\253 \302\273 ---- */\n"
+    "/* The snippet as text nodes, the marked words in <mark>. */\n"
+    "function snippetNode(text) {\n"
+    "  const d = el('span', 'txt');\n"
+    "  String(text).split('\\u00ab').forEach((part, i) => {\n"
+    "    const end = i ? part.indexOf('\\u00bb') : -1;\n"
+    "    if (end >= 0) {\n"
+    "      d.append(el('mark', '', part.slice(0, end)));\n"
+    "      part = part.slice(end + 1);\n"
+    "    }\n"
+    "    d.append(document.createTextNode(part));\n"
+    "  });\n"
+    "  return d;\n"
+    "}\n"
+    "function hitRow(h) {\n"
+    "  const m = isObj(h.message) ? h.message : {};\n"
+    "  const d = el('div', 'item hit');\n"
+    "  const meta = el('div', 'meta');\n"
+    "  const f = el('span', '', String(m.from_agent));\n"
+    "  f.style.color = nickColor(String(m.from_agent));\n"
+    "  meta.append(el('span', '', '#' + m.id), f, el('span', '', String(m.channel)));\n"
+    "  if (m.kind && m.kind !== 'chat') meta.append(badge(m.kind));\n"
+    "  d.append(meta, snippetNode(h.snippet || m.body || ''));\n"
+    "  return d;\n"
+    "}\n"
+    "async function runSearch() {\n"
+    "  const q = $('q').value.trim();\n"
+    "  if (!q) { $('hits').replaceChildren(); $('nHits').textContent = ''; return; }\n"
+    "  const r = await api('GET', '/v1/search?limit=50&q=' + encodeURIComponent(q) +\n"
+    "                      (S.nick ? '&agent_id=' + encodeURIComponent(S.nick) : ''));\n"
+    "  if (!r.ok) {\n"
+    "    $('hits').replaceChildren(el('div', 'none', r.error));\n"
+    "    $('nHits').textContent = '';\n"
+    "    return;\n"
+    "  }\n"
+    "  fill('hits', 'nHits', r.result, hitRow, 'nothing found for ' + q);\n"
+    "  if (r.pending)   /* the hub is still indexing older history (PROTOCOL \302\24715.4) */\n"
+    "    $('hits').append(el('div', 'none', r.pending + ' newer messages not indexed yet: ' +\n"
+    "                        'search again in a moment'));\n"
     "}\n"
     "/* Merge messages into the inbox (newest first, 100 kept), by id. */\n"
     "function addInbox(list, fresh) {\n"
@@ -15516,6 +16015,7 @@ static const char dash_html[] =
     "});\n"
     "$('bancancel').addEventListener('click', () => command('/cancel'));\n"
     "$('inboxsec').addEventListener('click', readInbox);\n"
+    "$('search').addEventListener('submit', (ev) => { ev.preventDefault(); runSearch(); });\n"
     "$('inboxsec').addEventListener('mouseenter', readInbox);\n"
     "for (const b of document.querySelectorAll('#tabs button'))\n"
     "  b.addEventListener('click', () => setTab(b.dataset.tab));\n"
@@ -15622,6 +16122,7 @@ static const Cmd cmds[] = {
     { "help", cmd_help, "list the commands" },
     { "kv", cmd_kv, "shared memory: get, put, list, del, history" },
     { "tasks", cmd_tasks, "list tasks, what each waits for, claimable or not" },
+    { "search", cmd_search, "full-text search of messages as an agent" },
 };
 
 static int cmd_help(int argc, char **argv) {

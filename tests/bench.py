@@ -307,6 +307,30 @@ MEASUREMENTS += [
 ]
 
 
+def m_search(n):
+    """tests/bench_search.py on a store of n messages written by another
+    process: the first search, the whole backlog indexed, warm queries."""
+    def run(ctx):
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "bench_search.py"),
+                            "--messages", str(n), "--arc", shlex.join(ctx["cmd"])],
+                           capture_output=True, text=True, timeout=1800)
+        if p.returncode:
+            raise RuntimeError("bench_search.py: " + p.stderr[-2000:])
+        return json.loads(p.stdout)
+    return run
+
+
+MEASUREMENTS += [
+    dict(key="search_100k", runs=1, run=m_search(100000), ref_skip="search is an arc extension",
+         rows=[("search: first answer, 100k unindexed", "ms", lambda r: r["first_search_ms"], None),
+               ("  index 100k written by another process", "s", lambda r: r["index_all_s"], None),
+               ("  rare word", "ms", lambda r: r["rare"]["p50_ms"], None),
+               ("  common word (in most messages)", "ms", lambda r: r["common"]["p50_ms"], None),
+               ("  two words", "ms", lambda r: r["two_words"]["p50_ms"], None),
+               ("  prefix", "ms", lambda r: r["prefix"]["p50_ms"], None),
+               ("  index size", "MB", lambda r: r["size_after_mb"] - r["size_before_mb"], None)]),
+]
+
 def errors_of(raw):
     if "steps" in raw:
         return sum(s.get("failed", 0) for s in raw["steps"])

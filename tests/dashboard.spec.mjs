@@ -292,6 +292,23 @@ try {
   });
   assert.equal(inThread.channel, 'general');
   ok('thread picker shows the thread; typing posts into it');
+  // Search box (PROTOCOL §13): ranked hits with the match marked; the
+  // operator's own DM found, another agent's not.
+  await post('carol', 'needle' + tag + ' for operator', { to_agent: 'operator' });
+  await post('carol', 'needle' + tag + ' for dave', { to_agent: 'dave' });
+  await post('carol', 'needle' + tag + ' in public');
+  await page.fill('#q', 'needle' + tag);
+  await until('two hits (the hub indexes its history in chunks)', async () => {
+    await page.press('#q', 'Enter');
+    await sleep(200);
+    return (await page.locator('#hits .hit').count()) === 2;
+  });
+  await page.locator('#hits .hit mark', { hasText: 'needle' + tag }).first().waitFor();
+  assert.equal(await page.locator('#hits .hit', { hasText: 'for dave' }).count(), 0);
+  await page.fill('#q', '"(NEAR');
+  await page.press('#q', 'Enter');
+  await page.locator('#hits .none').waitFor({ timeout: 3000 });
+  ok('search box: ranked hits, marked matches, DM privacy, odd queries');
   await page.selectOption('#th', '');
   await row(m6.id).waitFor({ timeout: 2000 });
   await sleep(300);

@@ -31,10 +31,10 @@ const CWD = process.env.ARC_MCP_CWD;
 const TOOLS = [
   'arc_post_message', 'arc_poll_messages', 'arc_dm', 'arc_list_agents', 'arc_create_channel',
   'arc_rpc_call', 'arc_inbox', 'arc_read_thread', 'arc_claim', 'arc_lock', 'arc_tasks',
-  'arc_task_result', 'arc_whoami', 'arc_kv',
+  'arc_task_result', 'arc_whoami', 'arc_kv', 'arc_search',
 ].sort();
 const READ_ONLY = new Set(['arc_poll_messages', 'arc_list_agents', 'arc_inbox',
-  'arc_read_thread', 'arc_whoami']);
+  'arc_read_thread', 'arc_whoami', 'arc_search']);
 const CALL = { timeout: 55_000 };       // per call; the server's waits stay under 50 s
 
 const uid = (p) => `${p}-${Math.random().toString(36).slice(2, 10)}`;

@@ -1107,7 +1107,7 @@ class TaskTests(HubCase):
         rows = self.assertOk(self.hub.get("/v1/tasks", channel=ch))
         self.assertEqual([x["task_id"] for x in rows], [t["id"], r["id"]])
         row = rows[0]
-        # arc adds the arc:task_deps fields (PROTOCOL §13).
+        # arc adds the arc:task_deps fields (PROTOCOL §14).
         self.assertEqual(set(row), TASK_FIELDS | (set() if REF else {"blocked_by", "claimable"}))
         self.assertIsNone(row["parent_task_id"])
         self.assertEqual(row["channel"], ch)

@@ -53,9 +53,10 @@ TOOLS = {
     "arc_post_message", "arc_poll_messages", "arc_dm", "arc_list_agents",
     "arc_create_channel", "arc_rpc_call", "arc_inbox", "arc_read_thread", "arc_claim",
     "arc_lock", "arc_tasks", "arc_task_result", "arc_whoami", "arc_kv",
+    "arc_search",
 }
 READ_ONLY = {"arc_poll_messages", "arc_list_agents", "arc_inbox", "arc_read_thread",
-             "arc_whoami"}
+             "arc_whoami", "arc_search"}
 
 
 def mcp_env():
@@ -535,6 +536,28 @@ class McpWireTest(McpCase):
 
 @arc_only
 class McpToolTest(McpCase):
+
+    def test_search(self):
+        """arc_search: the agent's view (its DMs, not others'), snippets in
+        the text, the messages in structuredContent, filters, bad limit."""
+        p = self.spawn()
+        self.ready(p)
+        w = uid("mcps").replace("-", "")
+        pub = self.post("x", "public %s words" % w, kind="notice")
+        dm = self.post("x", "for you %s" % w, channel="direct", to_agent=p.agent)
+        self.post("x", "not for you %s" % w, channel="direct", to_agent="someone-else")
+        r = p.call("arc_search", {"query": w})
+        self.assertNotIn("isError", r, r)
+        got = [h["message"]["id"] for h in r["structuredContent"]["results"]]
+        self.assertCountEqual(got, [pub["id"], dm["id"]])
+        self.assertIn("\u00ab%s\u00bb" % w, r["content"][0]["text"])
+        r = p.call("arc_search", {"query": w, "kind": "notice", "from_agent": "x", "limit": 5})
+        self.assertEqual([h["message"]["id"] for h in r["structuredContent"]["results"]],
+                         [pub["id"]])
+        r = p.call("arc_search", {"query": w, "limit": 0})
+        self.assertIs(r.get("isError"), True, r)
+        r = p.call("arc_search", {})
+        self.assertIs(r.get("isError"), True, r)
 
     def check_tool_schemas(self, tools):
         self.assertEqual({t["name"] for t in tools}, TOOLS)

@@ -201,7 +201,7 @@ def normalise(value, tag, key=None):
         return "<sid>"
     if isinstance(value, int) and not isinstance(value, bool) and key is not None and \
             (key == "id" or key.endswith("_id") or
-             key in ("task_completed", "rolled_up", "blocked_by")):   # ids (§13)
+             key in ("task_completed", "rolled_up", "blocked_by")):   # ids (§14)
         return "<id>"
     if isinstance(value, str):
         if TS_RE.match(value):

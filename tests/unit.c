@@ -2359,7 +2359,8 @@ static int ut_argv_ok(const OptArgv *a, const Opt *t) {
 static void test_options(void) {
     const Opt *const tables[] = { serve_opts, life_opts, agent_opts,
         agent_where_opts, agent_post_opts, agent_poll_opts, relay_opts,
-        relay_gc_opts, smoke_opts, smoke_role_opts, smoke_token_opts, mcp_opts };
+        relay_gc_opts, smoke_opts, smoke_role_opts, smoke_token_opts, mcp_opts,
+        search_opts };
     for (size_t i = 0; i < sizeof tables / sizeof *tables; i++)
         CHECK(opt_table_ok(tables[i]));
     static const Opt dup[] = { { "--a", OPT_FLAG, .help = "x" },
@@ -2517,6 +2518,29 @@ static void test_log_esc(void) {
     }
 }
 
+/* The search query builder (PROTOCOL §13): every word quoted, so nothing
+ * the user types is an FTS5 operator; "word*" a prefix. */
+static void test_search_expr(void) {
+    static const struct { const char *in, *out; int n; } cases[] = {
+        { "fox", "\"fox\"", 1 },
+        { "  quick\tbrown\nfox ", "\"quick\" \"brown\" \"fox\"", 3 },
+        { "a\"b", "\"a\"\"b\"", 1 },
+        { "\"", "\"\"\"\"", 1 },
+        { "fo*", "\"fo\"*", 1 },
+        { "*", "\"*\"", 1 },
+        { "NEAR(a b)", "\"NEAR(a\" \"b)\"", 2 },
+        { "body:x OR y", "\"body:x\" \"OR\" \"y\"", 3 },
+        { " \t\n", "", 0 },
+        { "", "", 0 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        Buf b = { 0 };
+        CHECK(hub_search_expr(str_c(cases[i].in), &b) == cases[i].n);
+        CHECK(!strcmp(b.p ? b.p : "", cases[i].out));
+        buf_free(&b);
+    }
+}
+
 int main(void) {
     test_buf();
     test_str();
@@ -2552,6 +2576,7 @@ int main(void) {
     test_wait_match();
     test_options();
     test_log_esc();
+    test_search_expr();
     ut_guard_free();
     printf("unit: %d passed, %d failed\n", ut_pass, ut_fail);
     return ut_fail > 0;
