@@ -362,6 +362,9 @@ def store(arc_cmd, messages, threads, agents, seed=1, log=None):
     path = os.path.join(CACHE, f"m{messages}-t{threads}-a{agents}-{key}.sqlite3")
     if os.path.exists(path):
         return path
+    for old in os.listdir(CACHE):   # the same parameters, an older schema
+        if old.startswith(f"m{messages}-t{threads}-a{agents}-"):
+            os.unlink(os.path.join(CACHE, old))
     t = time.monotonic()
     part = path + ".part"
     counts = generate(arc_cmd, part, messages, threads, agents, seed)
