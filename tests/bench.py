@@ -7,6 +7,8 @@ usage: python3 tests/bench.py [--only NAME,...] [--list]
         figures and the ratio arc/REF
   BENCH the load generator (default tests/bench, built from tests/bench.c)
   BENCH_TMP  where the temporary hub directories go (default: the system's)
+  BENCH_STORE  messages in the large store (default 1000000; 200000 for a
+        quicker run; 0 skips every large-store measurement)
 
 Every run starts a fresh hub (`CMD --host 127.0.0.1 --port P --storage
 DIR/arc.sqlite3 --spool-dir DIR/spool --quiet`, working directory DIR) on a
@@ -14,6 +16,30 @@ free port and a new temporary directory, runs one `tests/bench` subcommand
 against it and stops it with SIGTERM. Each measurement runs several times;
 the table shows the median and the min-max over those runs. Raw figures go
 to tests/out/bench.json.
+
+The large store (tests/genstore.py: BENCH_STORE messages in 20,000 threads
+from 2,000 agents, with direct messages, tasks, replies, claims and locks)
+is written once per hub schema and cached under tests/out/stores/; every
+hub on it starts on a fresh copy whose sessions, claims and locks are made
+live. On it: POST throughput beside an empty store's (same run, ratio);
+history pages (a random channel and since_id) and tail pages at 16
+connections; the p50 of each of history page, tail page, agents, open
+tasks, bootstrap and thread list requested alone on one connection (each
+request waits up to 120 s; one that does not answer is reported in a note,
+without a figure); the dashboard's first load (the requests dash/dash.html
+makes on load, in its order, one after another: see dash_lines()); and
+process start to the first answer.
+
+Instructions per request (callgrind): each kind (POST, cached page, history
+page, hub-info, long-poll wake) runs under `valgrind --tool=callgrind` on a
+copy of the large store twice: 20 warm-up requests and N more, then again
+with 2N. (total(2N) - total(N)) / N counts everything the hub does for one
+request (parse, handler, commit, answer, loop turns) while start-up,
+warm-up (prepared statements, the message cache), shutdown and the start
+probes cancel out; toggle-collect on a handler would miss the commit and
+the I/O. `bench wake` sends a hub-info before each wake, so the wake figure
+has the hub-info figure subtracted. Without valgrind (installed with
+apt-get when running as root) the rows say "skipped: no valgrind".
 
 Hubs that answer on a timer (the reference re-queries long-polls every
 250 ms, streams every 500 ms and scans the relay spool every 250 ms) are
