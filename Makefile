@@ -133,7 +133,8 @@ fuzz-replay: $(FUZZ_TARGETS:%=tests/fuzz-replay-%)
 	    ./tests/fuzz-replay-$$t tests/fuzz/$$t || exit 1; \
 	done
 
-# make bench: the load generator against a fresh ./arc per run; REF="python3
+# make bench: the load generator against a fresh ./arc per run (and on a large
+# generated store: BENCH_STORE=200000 for a quicker run); REF="python3
 # path/to/arc.py" adds the same measurements against another hub. Prints one
 # table; raw figures go to tests/out/bench.json.
 .PHONY: bench

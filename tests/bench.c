@@ -24,6 +24,17 @@
  *       including the connect with --close, to the last byte of the answer).
  *       --idle N first parks N more connections in a long-poll on a channel
  *       nobody posts to, and keeps them open during the run.
+ *       In --path, every "{r:N}" becomes a random integer in [0, N), drawn
+ *       afresh for each request (history pages: since_id={r:1000000}).
+ *   bench seq    --url URL --file F [--runs N] [--seconds S] [--timeout-ms T]
+ *       A fixed sequence of requests, one per line of F ("METHOD PATH
+ *       [BODY]"; blank lines and lines starting with # skipped; {r:N} as
+ *       above), sent one after another on one keep-alive connection; the
+ *       whole sequence again and again until N runs (default 20) or S
+ *       seconds (default 10) have passed, at least once. Reports the
+ *       percentiles of the sequence's time and each line's median. A
+ *       request unanswered after T ms (default 120000) ends the run
+ *       ("timed_out": true; the hub is still busy with it).
  *   bench wake   --url URL [--count N] [--gap-ms G] [--sse]
  *       One waiter parked on GET /v1/events?timeout=30 (or an open
  *       GET /v1/stream with --sse); a second connection posts; the latency
@@ -93,6 +104,25 @@ static double rnd01(void) {
     g_rng ^= g_rng >> 7;
     g_rng ^= g_rng << 17;
     return (double)(g_rng >> 11) / 9007199254740992.0;
+}
+
+/* Copy tmpl into out, replacing every "{r:N}" by a uniform random integer
+ * in [0, N), drawn afresh on every call. Returns out's text. */
+static const char *expand_rand(Buf *out, const char *tmpl) {
+    buf_reset(out);
+    for (const char *p = tmpl; *p;) {
+        if (p[0] == '{' && p[1] == 'r' && p[2] == ':') {
+            char *end;
+            long long n = strtoll(p + 3, &end, 10);
+            if (*end == '}' && n > 0) {
+                buf_addf(out, "%lld", (long long)(rnd01() * (double)n));
+                p = end + 1;
+                continue;
+            }
+        }
+        buf_addc(out, *p++);
+    }
+    return buf_cstr(out);
 }
 
 /* memmem() is a GNU extension; arc.c builds with plain POSIX. */
@@ -656,7 +686,8 @@ static void opts_parse(int argc, char **argv, Opts *o) {
         if (strncmp(a, "--", 2) || i + 1 >= argc) usage_die("bad argument %s", a);
         v = argv[++i];
         if (!strcmp(a, "--url")) o->url = v;
-        else if (!strcmp(a, "--path")) o->path = v;
+        else if (!strcmp(a, "--path") || !strcmp(a, "--file")) o->path = v;
+        else if (!strcmp(a, "--timeout-ms")) o->gap_ms = atof(v);
         else if (!strcmp(a, "--spool")) o->spool = v;
         else if (!strcmp(a, "--dir")) o->dir = v;
         else if (!strcmp(a, "--cwd")) o->cwd = v;
@@ -706,6 +737,7 @@ typedef struct {
     int64_t issued, ok, errors, inflight, retry, last_ns;
     int64_t err_status[6];   /* 0 (connection), 1xx..5xx */
     Samples lat;
+    Buf pbuf;             /* the path with its {r:N} drawn */
 } Load;
 
 static void load_issue(Cl *cl, HC *c) {
@@ -722,7 +754,8 @@ static void load_issue(Cl *cl, HC *c) {
                          c->id, (long long)L->issued);
         hc_send(cl, c, "POST", "/v1/messages", (Str){ body, (size_t)n }, L->close_it);
     } else {
-        hc_send(cl, c, "GET", L->path, (Str){ "", 0 }, L->close_it);
+        hc_send(cl, c, "GET", expand_rand(&L->pbuf, L->path), (Str){ "", 0 },
+                L->close_it);
     }
 }
 
@@ -803,6 +836,98 @@ static int bench_load(Opts *o, int post) {
     samples_json(&b, &L.lat);
     emit(&b);
     free(L.lat.v);
+    buf_free(&L.pbuf);
+    cl_free(&cl);
+    return 0;
+}
+
+/* ==== seq: a fixed sequence of requests, timed as a whole ================= */
+
+typedef struct {
+    char *method, *path, *body;   /* owned */
+    Samples lat;
+    int64_t errors;
+    int status;                   /* the last answer's */
+} SeqStep;
+
+static int bench_seq(Opts *o) {
+    need_url(o);
+    if (!o->path) usage_die("seq needs --file");
+    FILE *f = fopen(o->path, "r");
+    if (!f) die("seq: cannot open %s: %s", o->path, strerror(errno));
+    SeqStep *steps = NULL;
+    int n = 0, cap = 0;
+    char line[8192];
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (!line[0] || line[0] == '#') continue;
+        char *sp = strchr(line, ' ');
+        if (!sp) usage_die("seq: bad line %s", line);
+        *sp = 0;
+        char *path = sp + 1, *body = strchr(path, ' ');
+        if (body) *body++ = 0;
+        if (n == cap) steps = vec_grow(steps, &cap, sizeof *steps);
+        if (!body) body = sp;   /* an empty string */
+        steps[n++] = (SeqStep){ .method = xstrndup(line, strlen(line)),
+                                .path = xstrndup(path, strlen(path)),
+                                .body = xstrndup(body, strlen(body)) };
+    }
+    fclose(f);
+    if (!n) usage_die("seq: %s holds no requests", o->path);
+    int runs = o->runs > 0 ? o->runs : 20;
+    double secs = o->seconds > 0 ? o->seconds : 10;
+    int timeout_ms = o->gap_ms > 0 ? (int)o->gap_ms : 120000;
+    Cl cl;
+    cl_init(&cl, o->url, 1);
+    HC *c = &cl.c[0];
+    Samples total = { 0 };
+    Buf pb = { 0 };
+    int64_t errors = 0;
+    int timed_out = 0, done = 0;
+    int64_t end = now_ns() + (int64_t)(secs * 1e9);
+    while (done < runs && (done == 0 || now_ns() < end) && !timed_out) {
+        int64_t t0 = now_ns();
+        for (int i = 0; i < n; i++) {
+            int64_t s0 = now_ns();
+            int st = hc_call(&cl, c, steps[i].method, expand_rand(&pb, steps[i].path),
+                             str_c(steps[i].body), timeout_ms);
+            int64_t s1 = now_ns();
+            steps[i].status = st;
+            if (st == 0 && (s1 - s0) / 1000000 >= timeout_ms) {
+                timed_out = 1;
+                break;
+            }
+            if (st / 100 != 2) steps[i].errors++, errors++;
+            samples_add(&steps[i].lat, (double)(s1 - s0) / 1e6);
+        }
+        if (timed_out) break;
+        samples_add(&total, (double)(now_ns() - t0) / 1e6);
+        done++;
+    }
+    Buf b = { 0 };
+    buf_addf(&b, "{\"mode\":\"seq\",\"runs\":%d,\"errors\":%lld,\"timed_out\":%s,"
+             "\"timeout_ms\":%d,", done, (long long)errors, timed_out ? "true" : "false",
+             timeout_ms);
+    samples_json(&b, &total);
+    buf_adds(&b, ",\"steps\":[");
+    for (int i = 0; i < n; i++) {
+        Samples *s = &steps[i].lat;
+        qsort(s->v, s->n, sizeof *s->v, dbl_cmp);
+        if (i) buf_addc(&b, ',');
+        buf_adds(&b, "{\"request\":");
+        json_cstr(&b, steps[i].method);
+        buf_adds(&b, ",\"path\":");
+        json_cstr(&b, steps[i].path);
+        buf_addf(&b, ",\"status\":%d,\"errors\":%lld,\"p50_ms\":%.4f,\"max_ms\":%.4f}",
+                 steps[i].status, (long long)steps[i].errors, pct(s, 50),
+                 s->n ? s->v[s->n - 1] : 0);
+        free(steps[i].method), free(steps[i].path), free(steps[i].body), free(s->v);
+    }
+    buf_addc(&b, ']');
+    emit(&b);
+    free(steps);
+    free(total.v);
+    buf_free(&pb);
     cl_free(&cl);
     return 0;
 }
@@ -1503,6 +1628,7 @@ int main(int argc, char **argv) {
     const char *m = argv[1];
     if (!strcmp(m, "post")) return bench_load(&o, 1);
     if (!strcmp(m, "get")) return bench_load(&o, 0);
+    if (!strcmp(m, "seq")) return bench_seq(&o);
     if (!strcmp(m, "wake")) return bench_wake(&o);
     if (!strcmp(m, "fanout")) return bench_fanout(&o);
     if (!strcmp(m, "park")) return bench_park(&o);

@@ -7,6 +7,8 @@ usage: python3 tests/bench.py [--only NAME,...] [--list]
         figures and the ratio arc/REF
   BENCH the load generator (default tests/bench, built from tests/bench.c)
   BENCH_TMP  where the temporary hub directories go (default: the system's)
+  BENCH_STORE  messages in the large store (default 1000000; 200000 for a
+        quicker run; 0 skips every large-store measurement)
 
 Every run starts a fresh hub (`CMD --host 127.0.0.1 --port P --storage
 DIR/arc.sqlite3 --spool-dir DIR/spool --quiet`, working directory DIR) on a
@@ -14,6 +16,30 @@ free port and a new temporary directory, runs one `tests/bench` subcommand
 against it and stops it with SIGTERM. Each measurement runs several times;
 the table shows the median and the min-max over those runs. Raw figures go
 to tests/out/bench.json.
+
+The large store (tests/genstore.py: BENCH_STORE messages in 20,000 threads
+from 2,000 agents, with direct messages, tasks, replies, claims and locks)
+is written once per hub schema and cached under tests/out/stores/; every
+hub on it starts on a fresh copy whose sessions, claims and locks are made
+live. On it: POST throughput beside an empty store's (same run, ratio);
+history pages (a random channel and since_id) and tail pages at 16
+connections; the p50 of each of history page, tail page, agents, open
+tasks, bootstrap and thread list requested alone on one connection (each
+request waits up to 60 s; one that does not answer is reported in a note,
+without a figure, and what would follow it on that hub is not run); the dashboard's first load (the requests dash/dash.html
+makes on load, in its order, one after another: see dash_lines()); and
+process start to the first answer.
+
+Instructions per request (callgrind): each kind (POST, cached page, history
+page, hub-info, long-poll wake) runs under `valgrind --tool=callgrind` on a
+copy of the large store twice: 20 warm-up requests and N more, then again
+with 2N. (total(2N) - total(N)) / N counts everything the hub does for one
+request (parse, handler, commit, answer, loop turns) while start-up,
+warm-up (prepared statements, the message cache), shutdown and the start
+probes cancel out; toggle-collect on a handler would miss the commit and
+the I/O. `bench wake` sends a hub-info before each wake, so the wake figure
+has the hub-info figure subtracted. Without valgrind (installed with
+apt-get when running as root) the rows say "skipped: no valgrind".
 
 Hubs that answer on a timer (the reference re-queries long-polls every
 250 ms, streams every 500 ms and scans the relay spool every 250 ms) are
@@ -33,7 +59,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
+
+import genstore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "out", "bench.json")
@@ -68,7 +97,9 @@ def free_port():
 class Hub:
     """One hub process on a fresh directory (or a copy of a template)."""
 
-    def __init__(self, cmd, template=None):
+    def __init__(self, cmd, template=None, store=None, wrap=(), start_s=30):
+        """store: a generated storage file (genstore), copied and refreshed
+        for this hub; wrap: a command the hub runs under (valgrind)."""
         self.cmd = cmd
         self.dir = tempfile.mkdtemp(prefix="arc-bench-", dir=os.environ.get("BENCH_TMP"))
         self.storage = os.path.join(self.dir, "arc.sqlite3")
@@ -77,18 +108,20 @@ class Hub:
             for name in os.listdir(template):
                 if name.startswith("arc.sqlite3"):
                     shutil.copy(os.path.join(template, name), self.dir)
+        if store:
+            genstore.copy_fresh(store, self.dir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(self.dir, "hub.log"), "wb")
         self.proc = subprocess.Popen(
-            cmd + ["--host", "127.0.0.1", "--port", str(self.port), "--storage",
+            list(wrap) + cmd + ["--host", "127.0.0.1", "--port", str(self.port), "--storage",
                    self.storage, "--spool-dir", self.spool, "--quiet"],
             cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_s
         while True:
             try:
-                with urllib.request.urlopen(self.url + "/v1/hub-info", timeout=2) as r:
+                with urllib.request.urlopen(self.url + "/v1/hub-info", timeout=5) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -96,7 +129,7 @@ class Hub:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"hub did not start: {' '.join(cmd)}")
-            time.sleep(0.02)
+            time.sleep(0.1 if wrap else 0.02)
 
     @property
     def pid(self):
@@ -136,17 +169,18 @@ SLOW = "slow"     # hub kind: answers on timers (REF)
 FAST = "fast"
 
 
-def with_hub(cmd, fn, template=None):
-    hub = Hub(cmd, template)
+def with_hub(cmd, fn, template=None, store=None):
+    hub = Hub(cmd, template, store)
     try:
         return fn(hub)
     finally:
         hub.stop()
 
 
-def m_load(mode, conns, close, secs):
+def m_load(mode, conns, close, secs, path=None):
     def run(ctx):
         extra = ["--close"] if close else []
+        extra += ["--path", path] if path else []
         def go(hub):
             return run_bench([mode, "--url", hub.url, "--conns", conns, "--seconds", secs] + extra)
         return with_hub(ctx["cmd"], go, ctx.get("template") if mode == "get" else None)
@@ -258,6 +292,7 @@ def ge(x):
 
 
 SECS = 2
+HIST10K = "/v1/messages?channel=general&since_id={r:9900}&limit=100"
 MEASUREMENTS = []
 for close in (False, True):
     for conns in (1, 16, 64):
@@ -331,8 +366,273 @@ MEASUREMENTS += [
                ("  index size", "MB", lambda r: r["size_after_mb"] - r["size_before_mb"], None)]),
 ]
 
+# ---- a large store --------------------------------------------------------
+#
+# BENCH_STORE messages (default 1,000,000; 0 skips this part) in 20,000
+# threads from 2,000 agents (fewer below 200,000 messages: N/10, N/100), written by tests/genstore.py (cached under
+# tests/out/stores/); every hub below starts on a fresh copy of it.
+
+STORE_N = int(os.environ.get("BENCH_STORE", "1000000").replace("_", "").replace(",", ""))
+STORE_T = min(20000, max(1, STORE_N // 10))
+STORE_A = min(2000, max(10, STORE_N // 100))
+STORE_C = genstore.channel_count(STORE_T)       # channels ch-0 .. ch-(C-1)
+HISTORY_PATH = f"/v1/messages?channel=ch-{{r:{STORE_C}}}&since_id={{r:{STORE_N}}}&limit=100"
+TAIL_PATH = f"/v1/messages?channel=ch-{{r:{STORE_C}}}&tail=1&limit=100"
+DASH_PAGE = 500     # dash/dash.html's PAGE
+
+
+def run_seq(url, lines, runs, secs, timeout_ms=120000):
+    """`tests/bench seq` over the given request lines."""
+    fd, path = tempfile.mkstemp(prefix="arc-bench-seq-", suffix=".txt",
+                                dir=os.environ.get("BENCH_TMP"))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return run_bench(["seq", "--url", url, "--file", path, "--runs", runs,
+                          "--seconds", secs, "--timeout-ms", timeout_ms],
+                         timeout=timeout_ms / 1000 * (len(lines) + 1) + secs + 60)
+    finally:
+        os.unlink(path)
+
+
+def get_json(url, path):
+    with urllib.request.urlopen(url + path, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def dash_lines(url, nick="operator"):
+    """The requests dash/dash.html's init() makes on a first load, in its
+    order (hub-info, register, bootstrap only when hub-info has no
+    latest_message_id, channels, the view's tail page, the inbox, then
+    refreshAll(): agents, work (tasks, claims, locks, then up to 40 open
+    tasks' messages), channels, threads, shutdown). The page's EventSource
+    is left out (a stream is not a request that ends). The browser overlaps
+    some of these; here they run one after another, so the sum is an upper
+    bound of what the page waits for."""
+    info = get_json(url, "/v1/hub-info")["result"]
+    lines = ["GET /", "GET /v1/hub-info",
+             "POST /v1/sessions " + json.dumps(
+                 {"agent_id": nick, "display_name": nick, "capabilities": ["operator", "human"],
+                  "metadata": {"client": "arc-dashboard"}, "replace": True})]
+    if not isinstance(info.get("latest_message_id"), int):
+        lines.append(f"GET /v1/bootstrap?agent_id={nick}")
+    lines += ["GET /v1/channels", f"GET /v1/messages?channel=general&tail=1&limit={DASH_PAGE}",
+              f"GET /v1/inbox/{nick}?tail=1&limit=100", f"GET /v1/agents?as={nick}",
+              "GET /v1/tasks?status=open", "GET /v1/claims?active_only=1",
+              "GET /v1/locks?active_only=1"]
+    chans = {c["name"] for c in get_json(url, "/v1/channels")["result"]}
+    tasks = get_json(url, "/v1/tasks?status=open")["result"][::-1]
+    for t in [t for t in tasks if t["channel"] in chans][:40]:
+        lines.append(f"GET /v1/messages?channel={urllib.parse.quote(t['channel'])}"
+                     f"&since_id={t['task_id'] - 1}&limit=1")
+    lines += ["GET /v1/channels", "GET /v1/threads", "GET /v1/shutdown"]
+    return lines
+
+
+# (name, request line, runs, seconds). Threads and the dashboard run last:
+# on a slow hub they may outlast the sessions' presence TTL.
+BIG_SEQS = [
+    ("history", f"GET {HISTORY_PATH}", 300, 3),
+    ("tail", f"GET {TAIL_PATH}", 300, 3),
+    ("agents", "GET /v1/agents", 50, 3),
+    ("tasks", "GET /v1/tasks?status=open", 50, 3),
+    ("bootstrap", "GET /v1/bootstrap?agent_id=agent-1", 50, 3),
+    ("threads", "GET /v1/threads", 10, 5),
+]
+
+
+SEQ_TIMEOUT_MS = 60000
+
+
+def m_big_lat(ctx):
+    """One hub on the large store; each request of BIG_SEQS alone on one
+    connection, again and again, then the dashboard's first load. Once a
+    request times out the hub is still busy with it: what would follow is
+    not run (and reported so)."""
+    def go(hub):
+        out, busy = {}, None
+        for name, line, runs, secs in BIG_SEQS + [("dash", None, 10, 10)]:
+            if busy:
+                out[name] = {"skipped": f"not run: {busy} timed out"}
+                continue
+            if ctx["kind"] == SLOW:
+                runs = min(runs, 10)
+            lines = dash_lines(hub.url) if name == "dash" else [line]
+            out[name] = run_seq(hub.url, lines, runs, secs, SEQ_TIMEOUT_MS)
+            if out[name].get("timed_out"):
+                busy = name
+        return out
+    return with_hub(ctx["cmd"], go, store=ctx["store"])
+
+
+def m_big_load(path):
+    def run(ctx):
+        return with_hub(ctx["cmd"], lambda hub: run_bench(
+            ["get", "--url", hub.url, "--conns", 16, "--seconds", SECS, "--path", path]),
+            store=ctx["store"])
+    return run
+
+
+def m_big_post(ctx):
+    """POST at 16 connections on the large store and on an empty one, one
+    after the other in the same run; the ratio is large/empty."""
+    args = ["post", "--conns", 16, "--seconds", SECS]
+    empty = with_hub(ctx["cmd"], lambda hub: run_bench(args + ["--url", hub.url]))
+    big = with_hub(ctx["cmd"], lambda hub: run_bench(args + ["--url", hub.url]),
+                   store=ctx["store"])
+    return dict(empty=empty, big=big, rps=big["rps"], errors=big["errors"] + empty["errors"],
+                ratio=big["rps"] / empty["rps"] if empty["rps"] else None)
+
+
+def m_big_start(ctx):
+    """Process start to the first answer, on (a copy of) the large store;
+    5 starts on the same file."""
+    hub = Hub(ctx["cmd"], store=ctx["store"])
+    hub.stop(keep=True)
+    try:
+        return run_bench(["coldstart", "--runs", 5, "--dir", hub.dir, "--"] + ctx["cmd"] +
+                         ["--host", "127.0.0.1", "--port", "{port}", "--storage",
+                          hub.storage, "--spool-dir", "{dir}/spool", "--quiet"])
+    finally:
+        shutil.rmtree(hub.dir, ignore_errors=True)
+
+
+def seq_ms(name, key="p50_ms"):
+    """Extractor: a BIG_SEQS figure; None when it timed out or never ran."""
+    def fn(r):
+        x = r[name]
+        return None if x.get("timed_out") or not x.get("samples") else x[key]
+    return fn
+
+
+# ---- instruction counts (callgrind) ----------------------------------------
+#
+# Each kind of request runs under `valgrind --tool=callgrind` twice, on a
+# fresh copy of the large store: W warm-up requests then N measured ones,
+# and again with 2N. The difference of the two runs' totals over N is the
+# cost of one request: start-up, the warm-up (statements prepared, cache
+# filled), the start probes and shutdown are the same in both runs and
+# cancel out, and every instruction the hub spends on the request is
+# counted (parsing, handler, commit, writing the answer, the loop's turns),
+# not only a handler's (toggle-collect on one function would miss the
+# commit and the I/O around it).
+
+CG_N = 200
+CG_WARM = 20
+CG_KINDS = [
+    # key, label, bench args (N is appended as --count)
+    ("post", "POST", ["post", "--conns", 1]),
+    ("cached", "cached page",
+     ["get", "--conns", 1, "--path", "/v1/messages?channel=general&limit=100"]),
+    ("history", "history page",
+     ["get", "--conns", 1, "--path", HISTORY_PATH]),
+    ("info", "GET /v1/hub-info", ["get", "--conns", 1, "--path", "/v1/hub-info"]),
+    ("wake", "long-poll wake", ["wake", "--gap-ms", 0]),
+]
+
+
+def ensure_valgrind():
+    """valgrind on PATH, installing it with apt-get when root can; the
+    reason otherwise."""
+    if shutil.which("valgrind"):
+        return None
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        return "no valgrind (and no apt-get as root to install it)"
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(os.path.join(os.path.dirname(OUT), "bench-apt.log"), "ab") as logf:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (["apt-get", "install", "-y", "--no-install-recommends", "valgrind"],
+                    ["apt-get", "update"],
+                    ["apt-get", "install", "-y", "--no-install-recommends", "valgrind"]):
+            r = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            if cmd[1] == "install" and r.returncode == 0:
+                break
+    return None if shutil.which("valgrind") else "no valgrind (apt-get failed)"
+
+
+def callgrind_total(path):
+    with open(path) as f:
+        for line in f:
+            if line.startswith("totals:") or line.startswith("summary:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path}")
+
+
+def callgrind_once(ctx, args, count):
+    d = tempfile.mkdtemp(prefix="arc-bench-cg-", dir=os.environ.get("BENCH_TMP"))
+    out = os.path.join(d, "callgrind.out")
+    try:
+        hub = Hub(ctx["cmd"], store=ctx["store"], start_s=180,
+                  wrap=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
+        try:
+            for n in (CG_WARM, count):
+                run_bench(args + ["--url", hub.url, "--count", n], timeout=900)
+        finally:
+            hub.stop()
+        return callgrind_total(out)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def m_callgrind(ctx):
+    why = ensure_valgrind()
+    if why:
+        return {"skipped": why}
+    out = {}
+    for key, _, args in CG_KINDS:
+        n = CG_N // 2 if key == "wake" else CG_N
+        a = callgrind_once(ctx, args, n)
+        b = callgrind_once(ctx, args, 2 * n)
+        out[key] = (b - a) / n
+    if "wake" in out and "info" in out:   # bench wake probes with a hub-info each time
+        out["wake"] -= out["info"]
+    return out
+
+
+def cg(key):
+    return lambda r: None if r.get("skipped") else r[key]
+
+
+if STORE_N > 0:
+    MEASUREMENTS += [
+        dict(key="get_history_16", runs=3, run=m_load("get", 16, False, SECS, HIST10K),
+             template=True,
+             rows=[("GET history page (of 10,000), 16 conns", "req/s",
+                    lambda r: r["rps"], None)] + lat_rows("  latency")),
+        dict(key="big_post_16", runs=3, ref_runs=1, run=m_big_post, store=True,
+             rows=[("POST keep-alive 16 conns, big store", "req/s", lambda r: r["rps"], None),
+                   ("  big store / empty store", "ratio", lambda r: r["ratio"], ge(0.9))]),
+        dict(key="big_history_16", runs=3, ref_runs=1, run=m_big_load(HISTORY_PATH), store=True,
+             rows=[("GET history page, big store, 16 conns", "req/s", lambda r: r["rps"], None)]
+             + lat_rows("  latency")),
+        dict(key="big_tail_16", runs=3, ref_runs=1, run=m_big_load(TAIL_PATH), store=True,
+             rows=[("GET tail page, big store, 16 conns", "req/s",
+                    lambda r: r["rps"], None)] + lat_rows("  latency")),
+        dict(key="big_lat", runs=2, ref_runs=1, run=m_big_lat, store=True,
+             rows=[("big store: history page p50", "ms", seq_ms("history"), lt(20)),
+                   ("big store: tail page p50", "ms", seq_ms("tail"), lt(20)),
+                   ("big store: GET /v1/agents p50", "ms", seq_ms("agents"), lt(20)),
+                   ("big store: GET /v1/tasks?status=open p50", "ms", seq_ms("tasks"), lt(20)),
+                   ("big store: GET /v1/bootstrap p50", "ms", seq_ms("bootstrap"), lt(20)),
+                   ("big store: GET /v1/threads p50", "ms", seq_ms("threads"), lt(20)),
+                   ("big store: dashboard first load p50", "ms", seq_ms("dash"), lt(20))]),
+        dict(key="big_start", runs=3, ref_runs=1, run=m_big_start, store=True,
+             rows=[("big store: hub start (median of 5)", "ms",
+                    lambda r: r["p50_ms"], lt(50))]),
+        dict(key="callgrind", runs=1, run=m_callgrind, store=True,
+             ref_skip="instruction counts are for arc only",
+             rows=[(f"instr/request: {label}", "instr", cg(key),
+                    lt(250000) if key == "history" else lt(150000) if key == "cached" else None)
+                   for key, label, _ in CG_KINDS]
+             + [("instr/request: arc hook: not implemented", "instr",
+                 lambda r: None, None)]),
+    ]
+
+
 def errors_of(raw):
-    if "steps" in raw:
+    if "history" in raw and isinstance(raw["history"], dict):    # big_lat
+        return sum(v.get("errors", 0) for v in raw.values())
+    if "steps" in raw and raw.get("mode") != "seq":
         return sum(s.get("failed", 0) for s in raw["steps"])
     return raw.get("errors", 0)
 
@@ -389,7 +689,7 @@ def main():
     notes = []
     for h in hubs:
         log(f"== {h['name']}: {' '.join(h['cmd'])}")
-        tmpl = None
+        tmpl = store = None
         for m in MEASUREMENTS:
             if only and m["key"] not in only:
                 continue
@@ -401,10 +701,13 @@ def main():
                 t0 = time.monotonic()
                 tmpl = make_template(h["cmd"])
                 log(f"   template: 10,000 messages posted in {time.monotonic() - t0:.1f} s")
+            if m.get("store") and not store:
+                store = genstore.store(h["cmd"], STORE_N, STORE_T, STORE_A, log=log)
+                log(f"   store: {os.path.relpath(store, os.getcwd())}")
             runs = m.get("ref_runs", m["runs"]) if h["kind"] == SLOW else m["runs"]
             if h["kind"] == SLOW and m.get("ref_note"):
                 notes.append(f"{m['key']}: {m['ref_note']}; arc/REF compares unlike loads.")
-            ctx = dict(cmd=h["cmd"], kind=h["kind"], template=tmpl)
+            ctx = dict(cmd=h["cmd"], kind=h["kind"], template=tmpl, store=store)
             raws = []
             t0 = time.monotonic()
             for _ in range(runs):
@@ -488,6 +791,20 @@ def main():
                 else:
                     continue
                 break
+    for h in hubs:
+        for raw in results[h["name"]].get("big_lat", {}).get("runs", []):
+            for name, x in raw.items():
+                if isinstance(x, dict) and x.get("timed_out"):
+                    notes.append(f"big_lat: {h['name']}'s {name} did not answer within "
+                                 f"{x['timeout_ms'] / 1000:g} s (no figure).")
+                elif isinstance(x, dict) and x.get("skipped"):
+                    notes.append(f"big_lat: {h['name']}'s {name}: {x['skipped']}.")
+        for raw in results[h["name"]].get("callgrind", {}).get("runs", []):
+            if raw.get("skipped"):
+                notes.append(f"callgrind: skipped: {raw['skipped']}.")
+    if STORE_N > 0:
+        notes.append(f"large store: {STORE_N:,} messages, {STORE_T:,} threads, "
+                     f"{STORE_A:,} agents (BENCH_STORE; tests/genstore.py).")
     if has_ref:
         notes.append("REF runs fewer samples for timer-driven paths and pauses a random "
                      "0..period before each timed request (long-poll 300 ms, SSE 600 ms, "
