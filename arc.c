@@ -190,6 +190,12 @@ _Static_assert(ARC_MAX_STORED_DEPTH + 5 <= ARC_JSON_DEPTH,
 #ifndef ARC_SEARCH_CHUNK
 #define ARC_SEARCH_CHUNK 5000
 #endif
+/* The most matches one search ranks: the newest this many of the words,
+ * before filters (PROTOCOL §15.1, "the window"). BM25 scores each, so
+ * this, not the store's size, bounds a search's time on the loop. */
+#ifndef ARC_SEARCH_MAX_CANDIDATES
+#define ARC_SEARCH_MAX_CANDIDATES 2000
+#endif
 #define ARC_MAX_WAIT_S 60         /* PROTOCOL §3: long-poll timeout clamp */
 #define ARC_MAX_TTL_S 315360000   /* ten years: keeps expiry dates printable */
 #define ARC_MAX_ID 9007199254740991LL /* 2^53 - 1, PROTOCOL §3 */
@@ -6063,18 +6069,46 @@ static int hub_search_behind(const Hub *h) { return h->search_behind; }
 /* A timer action: index the next chunk of the backlog. */
 static void hub_search_tick(Hub *h, Req *q, Res *r) { hub_search_catch_up(h, q, r, 0); }
 
-/* The ranked query. ?1 the FTS5 expression, ?2 channel, ?3 from_agent,
- * ?4 kind (NULL: any), ?5 the reader, ?6 limit, ?7 snippet tokens. A
- * direct message is seen by its two parties only; without a reader, by no
- * one (PROTOCOL §15). Snippets mark hits with « » and cuts with an
- * ellipsis. */
+/* The ranked query, over a window: the newest ?9 matches below id ?8
+ * (FTS5 walks the doclist newest first and stops there, so bm25 runs ?9
+ * times at most, whatever the store's size). The first row sums the
+ * window up: how many matches it held and the oldest id in it. Then the
+ * ranked hits: the window's rows that pass ?2 channel, ?3 from_agent, ?4
+ * kind (NULL: any) and privacy for the reader ?5, best first, at most ?6.
+ * A direct message is seen by its two parties only; without a reader, by
+ * no one (PROTOCOL §15.3). */
 static const char hub_search_sql[] =
-    "SELECT m.id, snippet(arc_search,-1,'\xc2\xab','\xc2\xbb','\xe2\x80\xa6',?7),"
-    " -bm25(arc_search) FROM arc_search JOIN messages m ON m.id=arc_search.rowid"
-    " WHERE arc_search MATCH ?1 AND (?2 IS NULL OR m.channel=?2)"
+    "WITH w AS MATERIALIZED (SELECT rowid AS id, -bm25(arc_search) AS score"
+    " FROM arc_search WHERE arc_search MATCH ?1 AND rowid<?8"
+    " ORDER BY rowid DESC LIMIT ?9)"
+    " SELECT count(*), coalesce(min(id),0), 0 FROM w"
+    " UNION ALL SELECT * FROM (SELECT m.id, 0, w.score FROM w"
+    " JOIN messages m ON m.id=w.id WHERE (?2 IS NULL OR m.channel=?2)"
     " AND (?3 IS NULL OR m.from_agent=?3) AND (?4 IS NULL OR m.kind=?4)"
     " AND (m.to_agent IS NULL OR m.to_agent=?5 OR m.from_agent=?5)"
-    " ORDER BY rank LIMIT ?6";
+    " ORDER BY w.score DESC, m.id DESC LIMIT ?6)";
+
+/* One hit's snippet, ?1 the expression, ?2 its id, ?3 tokens: a query of
+ * its own, so that snippet() reads only the rows returned. Hits are marked
+ * with « » and cuts with an ellipsis. */
+static const char hub_search_snippet_sql[] =
+    "SELECT snippet(arc_search,-1,'\xc2\xab','\xc2\xbb','\xe2\x80\xa6',?3)"
+    " FROM arc_search WHERE arc_search MATCH ?1 AND rowid=?2";
+
+/* Append hit id's snippet to b as a JSON string ("" if FTS5 has none).
+ * Returns 0, or the failing SQLite code. */
+static int hub_search_snippet(Hub *h, Buf *b, Str expr, int64_t id) {
+    sqlite3_stmt *st = store_stmt(&h->store, hub_search_snippet_sql);
+    if (!st) return SQLITE_ERROR;
+    store_bind(st, 1, expr);
+    sqlite3_bind_int64(st, 2, id);
+    sqlite3_bind_int(st, 3, ARC_SEARCH_SNIPPET_TOKENS);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) store_emit_text(b, store_col(st, 0));
+    else buf_adds(b, "\"\"");
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : rc;
+}
 
 /* GET /v1/search (PROTOCOL §15) */
 static void hub_search(Hub *h, Req *q, Res *r) {
@@ -6117,6 +6151,12 @@ static void hub_search(Hub *h, Req *q, Res *r) {
         goto done;
     }
     if (limit > ARC_SEARCH_MAX_LIMIT) limit = ARC_SEARCH_MAX_LIMIT;
+    int64_t before;
+    if (hub_qint(q, r, "before", INT64_MAX, &before)) goto done;
+    if (before < 1) {
+        hub_fail(r, 400, "before must be at least 1");
+        goto done;
+    }
     int64_t pending = hub_search_catch_up(h, q, r, 1);
     if (pending < 0) goto done;
     sqlite3_stmt *st = store_stmt(&h->store, hub_search_sql);
@@ -6130,19 +6170,30 @@ static void hub_search(Hub *h, Req *q, Res *r) {
     store_bind_c(st, 4, kind);
     store_bind_c(st, 5, agent);
     sqlite3_bind_int64(st, 6, limit);
-    sqlite3_bind_int(st, 7, ARC_SEARCH_SNIPPET_TOKENS);
+    sqlite3_bind_int64(st, 8, before);
+    sqlite3_bind_int(st, 9, ARC_SEARCH_MAX_CANDIDATES);
     hub_ok(r, 200);
     Buf *b = &r->body;
     size_t start = b->len;
     int n = 0, more = 0;
+    int64_t n_window = 0, oldest = 0;
     buf_addc(b, '[');
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW) {   /* the window's sum */
+        n_window = sqlite3_column_int64(st, 0);
+        oldest = sqlite3_column_int64(st, 1);
+    }
+    while (rc == SQLITE_ROW && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (!n) store_cache_sync(&h->store);
         size_t mark = b->len;
+        int64_t id = sqlite3_column_int64(st, 0);
         buf_adds(b, n ? ",{\"message\":" : "{\"message\":");
-        store_emit_message_id(&h->store, b, sqlite3_column_int64(st, 0));
+        store_emit_message_id(&h->store, b, id);
         buf_adds(b, ",\"snippet\":");
-        store_emit_text(b, store_col(st, 1));
+        int src = hub_search_snippet(h, b, buf_str(&expr), id);
+        if (src) {
+            rc = src;
+            break;
+        }
         buf_addf(b, ",\"score\":%.6g}", sqlite3_column_double(st, 2));
         if (n && b->len - start > ARC_MAX_PAGE_BYTES) {
             b->len = mark;   /* the hit does not fit: leave it out */
@@ -6163,6 +6214,9 @@ static void hub_search(Hub *h, Req *q, Res *r) {
     }
     buf_addc(b, ']');
     if (more) buf_adds(b, ",\"more\":true");
+    /* A full window: older matches may exist (PROTOCOL §15.1). */
+    if (n_window >= ARC_SEARCH_MAX_CANDIDATES)
+        buf_addf(b, ",\"truncated\":true,\"oldest_id\":%lld", (long long)oldest);
     if (pending) buf_addf(b, ",\"pending\":%lld", (long long)pending);
     hub_ok_end(r);
 done:
