@@ -3096,6 +3096,104 @@ static const char store_search_schema[] =
     " content='arc_search_src', content_rowid='id',"
     " tokenize='unicode61 remove_diacritics 2');";
 
+/* arc_rank(arc_search): BM25 as FTS5's bm25() computes it (k1 1.2, b 0.75,
+ * both columns weighted 1), but positive, and with a bounded estimate of
+ * each word's document frequency. bm25() counts every row that holds the
+ * word (xQueryPhrase over its whole doclist: ~20 ms for a common word at
+ * 1M messages, growing with the store); arc_rank stops after
+ * ARC_SEARCH_MAX_CANDIDATES of them, oldest first, and scales the count by
+ * the share of ids they spanned (message ids are dense). The estimate
+ * changes scores, never which rows match. */
+typedef struct {
+    int64_t n;          /* rows seen, at most ARC_SEARCH_MAX_CANDIDATES */
+    int64_t first, last;   /* their lowest and highest rowids */
+} StoreRankCount;
+
+/* xQueryPhrase's callback: count a row; SQLITE_DONE stops the walk. */
+static int store_rank_count(const Fts5ExtensionApi *api, Fts5Context *fts,
+                            void *arg) {
+    StoreRankCount *c = arg;
+    int64_t id = api->xRowid(fts);
+    if (!c->n++) c->first = id;
+    c->last = id;
+    return c->n >= ARC_SEARCH_MAX_CANDIDATES ? SQLITE_DONE : SQLITE_OK;
+}
+
+/* Per query (xSetAuxdata): the average row length and each phrase's IDF. */
+typedef struct {
+    double avgdl;
+    int n_phrase;
+    double idf[];       /* n_phrase of them */
+} StoreRankData;
+
+static void store_rank(const Fts5ExtensionApi *api, Fts5Context *fts,
+                       sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+    (void)argc, (void)argv;
+    StoreRankData *d = api->xGetAuxdata(fts, 0);
+    int rc = SQLITE_OK, n_phrase = api->xPhraseCount(fts);
+    if (!d) {
+        sqlite3_int64 n_row = 0, n_tok = 0;
+        d = sqlite3_malloc64(sizeof *d + (size_t)n_phrase * sizeof(double));
+        if (!d) {
+            sqlite3_result_error_nomem(ctx);
+            return;
+        }
+        d->n_phrase = n_phrase;
+        rc = api->xRowCount(fts, &n_row);
+        if (!rc) rc = api->xColumnTotalSize(fts, -1, &n_tok);
+        d->avgdl = n_row ? (double)n_tok / (double)n_row : 1;
+        for (int i = 0; !rc && i < n_phrase; i++) {
+            StoreRankCount c = { 0, 0, 0 };
+            rc = api->xQueryPhrase(fts, i, &c, store_rank_count);
+            double hits = (double)c.n;
+            if (c.n >= ARC_SEARCH_MAX_CANDIDATES && c.last > c.first)
+                hits *= (double)n_row / (double)(c.last - c.first + 1);
+            if (hits > (double)n_row) hits = (double)n_row;
+            double idf = log(((double)n_row - hits + 0.5) / (hits + 0.5));
+            d->idf[i] = idf > 1e-6 ? idf : 1e-6;   /* as bm25(): never <= 0 */
+        }
+        if (!rc) rc = api->xSetAuxdata(fts, d, sqlite3_free);
+        else sqlite3_free(d);
+        if (rc) {
+            sqlite3_result_error_code(ctx, rc);
+            return;
+        }
+    }
+    int n_inst = 0, dl = 0;
+    rc = api->xInstCount(fts, &n_inst);
+    if (!rc) rc = api->xColumnSize(fts, -1, &dl);
+    double score = 0;
+    for (int i = 0; !rc && i < d->n_phrase; i++) {
+        int f = 0;
+        for (int k = 0; !rc && k < n_inst; k++) {
+            int ph, col, off;
+            rc = api->xInst(fts, k, &ph, &col, &off);
+            f += ph == i;
+        }
+        double k1 = 1.2, b = 0.75;
+        score += d->idf[i] * f * (k1 + 1) /
+                 (f + k1 * (1 - b + b * dl / d->avgdl));
+    }
+    if (rc) sqlite3_result_error_code(ctx, rc);
+    else sqlite3_result_double(ctx, score);
+}
+
+/* Register arc_rank on s's connection. Returns 0 or -1. */
+static int store_search_register(Store *s) {
+    fts5_api *api = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+    if (sqlite3_prepare_v2(s->db, "SELECT fts5(?1)", -1, &st, NULL)) goto done;
+    sqlite3_bind_pointer(st, 1, &api, "fts5_api_ptr", NULL);
+    sqlite3_step(st);
+    if (!api || api->iVersion < 2) goto done;
+    if (api->xCreateFunction(api, "arc_rank", NULL, store_rank, NULL)) goto done;
+    rc = 0;
+done:
+    sqlite3_finalize(st);
+    return rc;
+}
+
 /* The watermark and the newest message id: *indexed < *latest means a
  * backlog. Returns 0 or -1. */
 static int store_search_state(Store *s, int64_t *indexed, int64_t *latest) {
@@ -3232,7 +3330,8 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         sqlite3_exec(s->db, store_schema, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema_kv, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema_deps, NULL, NULL, &e) ||
-        sqlite3_exec(s->db, store_search_schema, NULL, NULL, &e)) {
+        sqlite3_exec(s->db, store_search_schema, NULL, NULL, &e) ||
+        store_search_register(s)) {
         snprintf(err, ARC_ERRLEN, "cannot initialise storage %s: %s", path,
                  e ? e : sqlite3_errmsg(s->db));
         sqlite3_free(e);
@@ -6082,7 +6181,7 @@ static void hub_search_tick(Hub *h, Req *q, Res *r) { hub_search_catch_up(h, q, 
  * doclist, ~4 ms at 100k). ?7 is the snippet's length in tokens; hits are
  * marked with « » and cuts with an ellipsis. */
 static const char hub_search_sql[] =
-    "WITH w AS MATERIALIZED (SELECT rowid AS id, -bm25(arc_search) AS score"
+    "WITH w AS MATERIALIZED (SELECT rowid AS id, arc_rank(arc_search) AS score"
     " FROM arc_search WHERE arc_search MATCH ?1 AND rowid<?8"
     " ORDER BY rowid DESC LIMIT ?9),"
     " h AS MATERIALIZED (SELECT m.id, w.score FROM w JOIN messages m"

@@ -182,6 +182,27 @@ class SearchTests(HubCase):
                          "pending" not in self.hub.get("/v1/search", q=w)[2], timeout=60)
         self.assertTrue(found)
 
+    def test_score_is_bm25(self):
+        """Below ARC_SEARCH_MAX_CANDIDATES rows per word, the score is FTS5's
+        bm25(), sign flipped (arc_rank only bounds the document count)."""
+        a, b = uid("sa").replace("-", ""), uid("sb").replace("-", "")
+        for i in range(6):
+            self.msg(body="%s %s %s" % (a, (b + " ") * (i % 3), words(i * 3)))
+        hits = self.search("%s %s" % (a, b))
+        self.assertEqual(len(hits), 4)
+        db = sqlite3.connect(self.hub.storage, timeout=10)
+        try:
+            ref = dict(db.execute("SELECT rowid, -bm25(arc_search) FROM arc_search"
+                                  " WHERE arc_search MATCH ?", ('"%s" "%s"' % (a, b),)))
+        except sqlite3.OperationalError as e:   # a Python SQLite without FTS5
+            self.skipTest(str(e))
+        finally:
+            db.close()
+        for h in hits:
+            self.assertAlmostEqual(h["score"], ref[h["message"]["id"]], places=4)
+        self.assertEqual([h["message"]["id"] for h in hits],
+                         sorted(ref, key=lambda i: (-ref[i], -i)))
+
     def test_window_of_newest_matches(self):
         """A search ranks only the newest ARC_SEARCH_MAX_CANDIDATES (2000)
         matches, filters applied within them; a full window says
