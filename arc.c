@@ -13831,6 +13831,11 @@ static int mcp_t_search(McpCtx *x) {
         json_as_text(&x->text, &x->j, p);
         buf_adds(&x->text, " newer messages were not searched yet.)");
     }
+    if ((p = json_get(&x->j, 0, "oldest_id"))) {   /* a full window, §15.1 */
+        buf_adds(&x->text, "\n(Only the newest matches were ranked, down to message #");
+        json_as_text(&x->text, &x->j, p);
+        buf_adds(&x->text, "; add words or filters to find older ones.)");
+    }
     mcp_data_one(x, "results", arr);
     rc = 0;
 done:
