@@ -2,6 +2,9 @@
 
 usage: python3 tests/bench_search.py [--messages N] [--arc ./arc] [--keep DIR]
 
+--keep DIR builds the store in DIR once and reuses it on later runs (to
+compare two binaries on one 1M store without building it twice).
+
 Builds a store of N messages written by another process (the way a file
 written by the reference looks to arc: no search index yet): the hub makes
 the schema on an empty file and stops, then this script inserts the rows
@@ -111,17 +114,20 @@ def main():
     ap.add_argument("--messages", type=int, default=100000)
     ap.add_argument("--arc", default=os.environ.get("ARC", os.path.join(ROOT, "arc")))
     ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--keep", help="build the store in DIR and keep it; reuse it if it exists")
     args = ap.parse_args()
     arc = args.arc.split()
-    d = tempfile.mkdtemp(prefix="arc-bench-search-")
+    d = args.keep or tempfile.mkdtemp(prefix="arc-bench-search-")
+    os.makedirs(d, exist_ok=True)
     storage = os.path.join(d, "arc.sqlite3")
     out = {"messages": args.messages}
     try:
-        p, _ = start(arc, storage, d)
-        stop(p)
-        t = time.perf_counter()
-        fill(storage, args.messages)
-        out["fill_s"] = round(time.perf_counter() - t, 2)
+        if not os.path.exists(storage):
+            p, _ = start(arc, storage, d)
+            stop(p)
+            t = time.perf_counter()
+            fill(storage, args.messages)
+            out["fill_s"] = round(time.perf_counter() - t, 2)
         out["size_before_mb"] = round(os.path.getsize(storage) / 1e6, 1)
         p, port = start(arc, storage, d)
         try:
@@ -150,7 +156,8 @@ def main():
             stop(p)
         out["size_after_mb"] = round(os.path.getsize(storage) / 1e6, 1)
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(d, ignore_errors=True)
     print(json.dumps(out))
 
 

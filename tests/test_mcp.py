@@ -559,6 +559,26 @@ class McpToolTest(McpCase):
         r = p.call("arc_search", {})
         self.assertIs(r.get("isError"), True, r)
 
+    def test_search_window_note(self):
+        """A full window (PROTOCOL §15.1) is said in the text, with the
+        oldest id ranked."""
+        import sqlite3
+        p = self.spawn()
+        self.ready(p)
+        w = uid("mcpw").replace("-", "")
+        first = self.post("x", "first %s" % w)
+        self.assertNotIn("newest matches", p.call("arc_search", {"query": w})["content"][0]["text"])
+        db = sqlite3.connect(self.hub.storage, timeout=10)
+        with db:
+            db.executemany("INSERT INTO messages(ts,from_agent,channel,kind,body) "
+                           "VALUES('2026-01-01T00:00:00Z','x','general','chat',?)",
+                           (("%s %d" % (w, i),) for i in range(2000)))
+        db.close()
+        r = p.call("arc_search", {"query": w})
+        self.assertNotIn("isError", r, r)
+        self.assertIn("newest matches were ranked, down to message #%d;" % (first["id"] + 1),
+                      r["content"][0]["text"])
+
     def check_tool_schemas(self, tools):
         self.assertEqual({t["name"] for t in tools}, TOOLS)
         for t in tools:

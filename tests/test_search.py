@@ -182,6 +182,59 @@ class SearchTests(HubCase):
                          "pending" not in self.hub.get("/v1/search", q=w)[2], timeout=60)
         self.assertTrue(found)
 
+    def test_score_is_bm25(self):
+        """Below ARC_SEARCH_MAX_CANDIDATES rows per word, the score is FTS5's
+        bm25(), sign flipped (arc_rank only bounds the document count)."""
+        a, b = uid("sa").replace("-", ""), uid("sb").replace("-", "")
+        for i in range(6):
+            self.msg(body="%s %s %s" % (a, (b + " ") * (i % 3), words(i * 3)))
+        hits = self.search("%s %s" % (a, b))
+        self.assertEqual(len(hits), 4)
+        db = sqlite3.connect(self.hub.storage, timeout=10)
+        try:
+            ref = dict(db.execute("SELECT rowid, -bm25(arc_search) FROM arc_search"
+                                  " WHERE arc_search MATCH ?", ('"%s" "%s"' % (a, b),)))
+        except sqlite3.OperationalError as e:   # a Python SQLite without FTS5
+            self.skipTest(str(e))
+        finally:
+            db.close()
+        for h in hits:
+            self.assertAlmostEqual(h["score"], ref[h["message"]["id"]], places=4)
+        self.assertEqual([h["message"]["id"] for h in hits],
+                         sorted(ref, key=lambda i: (-ref[i], -i)))
+
+    def test_window_of_newest_matches(self):
+        """A search ranks only the newest ARC_SEARCH_MAX_CANDIDATES (2000)
+        matches, filters applied within them; a full window says
+        "truncated" and its oldest id, and before= searches older ones."""
+        w = uid("win").replace("-", "")
+        ch = self.channel()
+        old = self.msg(body="%s %s" % (w, w), channel=ch)   # the best match, but old
+        self.search("warm")
+        db = sqlite3.connect(self.hub.storage, timeout=10)
+        with db:
+            db.executemany("INSERT INTO messages(ts,from_agent,channel,kind,body) "
+                           "VALUES('2026-01-01T00:00:00Z','win','general','chat',?)",
+                           (("%s newer %d %s" % (w, i, words(8)),) for i in range(2000)))
+        db.close()
+        env = self.hub.get("/v1/search", q=w, channel=ch)[2]
+        self.assertIs(env["ok"], True, env)
+        self.assertEqual(env["result"], [])   # outside the window
+        self.assertIs(env["truncated"], True)
+        self.assertEqual(env["oldest_id"], old["id"] + 1)
+        env = self.hub.get("/v1/search", q=w, limit=1)[2]
+        self.assertNotEqual(env["result"][0]["message"]["id"], old["id"])
+        self.assertEqual(env["oldest_id"], old["id"] + 1)
+        env = self.hub.get("/v1/search", q=w, channel=ch, before=env["oldest_id"])[2]
+        self.assertEqual([h["message"]["id"] for h in env["result"]], [old["id"]])
+        self.assertIn("\u00ab%s\u00bb" % w, env["result"][0]["snippet"])
+        self.assertNotIn("truncated", env)
+        self.assertNotIn("oldest_id", env)
+        self.assertEqual(self.ids(w, before=old["id"]), [])
+        self.assertIn("before", self.search(w, 400, before=0))
+        self.assertIn("before", self.search(w, 400, before="x"))
+        self.assertNotIn("truncated", self.hub.get("/v1/search", q="warm")[2])
+
     def test_result_is_the_rendered_message(self):
         """A search result's message is the message GET /v1/messages renders."""
         w = uid("same").replace("-", "")
