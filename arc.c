@@ -2402,8 +2402,7 @@ static const char store_schema[] =
     /* arc's own, beside the reference's tables (PROTOCOL §10.7): indexes
      * the reference's queries ignore, and the thread summary with its
      * watermark. No triggers: the reference writes these tables too. */
-    "CREATE INDEX IF NOT EXISTS ix_arc_m_pub ON messages(channel,id)"
-    " WHERE to_agent IS NULL;"
+    "CREATE INDEX IF NOT EXISTS ix_arc_m_chto ON messages(channel,to_agent,id);"
     "CREATE INDEX IF NOT EXISTS ix_arc_t_th ON tasks(thread_id,parent_task_id,"
     "status,channel);"
     "CREATE INDEX IF NOT EXISTS ix_arc_c_own ON claims(owner_agent_id)"
@@ -4197,9 +4196,9 @@ static int hub_thread_info(Hub *h, Str tid, ThreadInfo *ti) {
     static const char q_tasks[] =
         "SELECT count(*),sum(status='open'),"
         " (SELECT min(task_id) FROM tasks WHERE thread_id=?1 AND"
-        "  parent_task_id IS NULL),"
+        "  +parent_task_id IS NULL),"   /* +: on ix_arc_t_th, not ix_t_par */
         " (SELECT channel FROM tasks WHERE thread_id=?1 AND"
-        "  parent_task_id IS NULL ORDER BY task_id LIMIT 1),"
+        "  +parent_task_id IS NULL ORDER BY task_id LIMIT 1),"
         " (SELECT channel FROM tasks WHERE thread_id=?1 ORDER BY task_id LIMIT 1)"
         " FROM tasks WHERE thread_id=?1";
     static const char q_claims[] =
@@ -4288,7 +4287,7 @@ static void hub_thread_info_free(ThreadInfo *ti) {
 
 static void hub_emit_opt_id(Buf *b, int64_t v) {
     if (v < 0) buf_adds(b, "null");
-    else buf_addf(b, "%lld", (long long)v);
+    else buf_add_i64(b, v);
 }
 
 /* A thread summary (PROTOCOL §7.15): completed once it has tasks and none
@@ -4311,12 +4310,20 @@ static void hub_emit_thread(Buf *b, Str tid, const ThreadInfo *ti) {
     else buf_adds(b, "null");
     buf_adds(b, ",\"latest_artifact_id\":");
     hub_emit_opt_id(b, ti->latest_artifact);
-    buf_addf(b, ",\"message_count\":%lld,\"total_task_count\":%lld,"
-             "\"open_task_count\":%lld,\"active_claim_count\":%lld,"
-             "\"active_lock_count\":%lld,\"status\":\"%s\"}",
-             (long long)ti->n_msgs, (long long)ti->n_tasks,
-             (long long)ti->n_open, (long long)ti->active_claims,
-             (long long)ti->active_locks, status);
+    /* buf_add_i64, not buf_addf: printf was a fifth of a 20,000-thread list */
+    buf_adds(b, ",\"message_count\":");
+    buf_add_i64(b, ti->n_msgs);
+    buf_adds(b, ",\"total_task_count\":");
+    buf_add_i64(b, ti->n_tasks);
+    buf_adds(b, ",\"open_task_count\":");
+    buf_add_i64(b, ti->n_open);
+    buf_adds(b, ",\"active_claim_count\":");
+    buf_add_i64(b, ti->active_claims);
+    buf_adds(b, ",\"active_lock_count\":");
+    buf_add_i64(b, ti->active_locks);
+    buf_adds(b, ",\"status\":\"");
+    buf_adds(b, status);
+    buf_adds(b, "\"}");
 }
 
 /* The thread's derived channel into out; returns 1 if it has one. */
@@ -4360,14 +4367,15 @@ enum { TS_SUM, TS_NEW, TS_TASKS, TS_ROOTS, TS_CLAIMS, TS_LOCKS, TS_N };
 static const char *const hub_thread_src[TS_N] = {
     "SELECT thread_id,n,first_channel,latest_id,latest_ts,latest_artifact"
     " FROM arc_thread_msgs ORDER BY thread_id",
-    "SELECT thread_id,id,channel,kind,ts FROM messages WHERE id>coalesce("
+    /* NOT INDEXED: by rowid from the watermark, never along ix_m_th */
+    "SELECT thread_id,id,channel,kind,ts FROM messages NOT INDEXED WHERE id>coalesce("
     "(SELECT upto FROM arc_folds WHERE name='thread_msgs'),0)"
     " AND thread_id IS NOT NULL ORDER BY thread_id,id",
     /* one min(): the bare channel is that of the lowest task_id */
     "SELECT thread_id,count(*),sum(status='open'),min(task_id),channel"
     " FROM tasks WHERE thread_id IS NOT NULL GROUP BY thread_id ORDER BY thread_id",
     "SELECT thread_id,min(task_id),channel FROM tasks WHERE thread_id IS NOT NULL"
-    " AND parent_task_id IS NULL GROUP BY thread_id ORDER BY thread_id",
+    " AND +parent_task_id IS NULL GROUP BY thread_id ORDER BY thread_id",
     "SELECT thread_id,coalesce(sum(" ACTIVE_AT_2 "),0) FROM claims"
     " WHERE thread_id IS NOT NULL GROUP BY thread_id ORDER BY thread_id",
     "SELECT json_extract(metadata_json,'$.thread_id') AS t,count(*) FROM locks"
@@ -4710,9 +4718,10 @@ done:
 
 /* GET /v1/bootstrap (PROTOCOL §7.13) */
 static void hub_bootstrap(Hub *h, Req *q, Res *r) {
+    /* Two index lookups (ix_m_to): max() over the OR scanned the store. */
     static const char latest[] =
-        "SELECT coalesce(max(id),0) FROM messages"
-        " WHERE to_agent IS NULL OR to_agent=?";
+        "SELECT max(coalesce((SELECT max(id) FROM messages WHERE to_agent IS NULL),0),"
+        " coalesce((SELECT max(id) FROM messages WHERE to_agent=?1),0))";
     int rc = hub_qid(q, r, "agent_id");
     if (rc < 0) return;
     if (rc == 0) { hub_fail(r, 400, "agent_id query parameter is required"); return; }
