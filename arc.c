@@ -147,9 +147,9 @@
 #endif
 #define ARC_BUSY_RETRY_MS 10      /* a write blocked by a lock: next try */
 #ifndef ARC_MSG_CACHE_BYTES
-#define ARC_MSG_CACHE_BYTES (4u << 20)  /* rendered-message cache, in all */
+#define ARC_MSG_CACHE_BYTES (16u << 20) /* rendered-message cache, in all */
 #endif
-#define ARC_MSG_CACHE_SLOTS 4096  /* ... direct-mapped by message id */
+#define ARC_MSG_CACHE_SLOTS 16384 /* ... direct-mapped by message id */
 #define ARC_MSG_CACHE_ENTRY 16384 /* ... larger messages are not cached */
 #ifndef ARC_MAX_STORED_DEPTH
 /* Nesting of a stored JSON value (metadata, an attachment list): an answer
