@@ -87,9 +87,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def make_schema(arc_cmd, path):
+def make_schema(arc_cmd, path, until=None):
     """Start the hub once on a new file at `path` and stop it once it
-    answers: the file then holds the hub's own schema and default channels."""
+    answers (and `until()` is true): the file then holds the hub's own
+    schema and default channels."""
     d = os.path.dirname(os.path.abspath(path))
     port = free_port()
     arc_cmd = [os.path.abspath(a) if i == 0 and os.path.exists(a) else a
@@ -100,17 +101,17 @@ def make_schema(arc_cmd, path):
         cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + (30 if until is None else 600)
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/hub-info",
                                             timeout=2) as r:
-                    if r.status == 200:
+                    if r.status == 200 and (until is None or until()):
                         break
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"hub did not start: {' '.join(arc_cmd)}")
+                raise RuntimeError(f"hub did not start or settle: {' '.join(arc_cmd)}")
             time.sleep(0.02)
     finally:
         if proc.poll() is None:
@@ -341,7 +342,24 @@ def generate(arc_cmd, out, messages, threads, agents, seed=1):
         if os.path.exists(out + suffix):
             os.unlink(out + suffix)
     make_schema(arc_cmd, out)
-    return fill(out, messages, threads, agents, seed)
+    counts = fill(out, messages, threads, agents, seed)
+    make_schema(arc_cmd, out, until=lambda: caught_up(out))
+    return counts
+
+
+def caught_up(path):
+    """Has the hub built what it derives from the rows as it would have had
+    it written them itself? arc folds messages into a thread summary
+    (PROTOCOL §10.7) in the background after start on a foreign file."""
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name='arc_folds'").fetchone():
+            return True
+        return db.execute("SELECT coalesce((SELECT upto FROM arc_folds WHERE"
+                          " name='thread_msgs'),0) >= coalesce((SELECT max(id)"
+                          " FROM messages),0)").fetchone()[0] == 1
+    finally:
+        db.close()
 
 
 def store(arc_cmd, messages, threads, agents, seed=1, log=None):

@@ -1509,5 +1509,148 @@ class StorageForReferenceTests(ReferenceStorageTests):
         return [sys.executable, reference_py()]
 
 
+
+def thread_oracle(storage):
+    """GET /v1/threads computed from the rows themselves (PROTOCOL §5.7,
+    §7.15), as the reference derives it: every message, task, claim and lock."""
+    import sqlite3
+    from datetime import datetime, timezone
+    db = sqlite3.connect(storage)
+    db.row_factory = sqlite3.Row
+    now = datetime.now(timezone.utc)
+    active = lambda r: r["released_at"] is None and parse_ts(r["expires_at"]) >= now
+    tids = [r[0] for r in db.execute(
+        "SELECT thread_id FROM messages WHERE thread_id IS NOT NULL UNION "
+        "SELECT thread_id FROM tasks WHERE thread_id IS NOT NULL UNION "
+        "SELECT thread_id FROM claims WHERE thread_id IS NOT NULL")]
+    locks = list(db.execute("SELECT * FROM locks"))
+    out = []
+    for t in tids:
+        msgs = list(db.execute("SELECT * FROM messages WHERE thread_id=? ORDER BY id", (t,)))
+        tasks = list(db.execute("SELECT * FROM tasks WHERE thread_id=? ORDER BY task_id", (t,)))
+        claims = list(db.execute("SELECT * FROM claims WHERE thread_id=?", (t,)))
+        tl = [l for l in locks if json.loads(l["metadata_json"]).get("thread_id") == t]
+        roots = [x for x in tasks if x["parent_task_id"] is None]
+        n_open = sum(x["status"] == "open" for x in tasks)
+        ac, al = sum(map(active, claims)), sum(map(active, tl))
+        arts = [m["id"] for m in msgs if m["kind"] == "artifact"]
+        out.append({
+            "thread_id": t,
+            "channel": roots[0]["channel"] if roots else msgs[0]["channel"] if msgs
+            else tasks[0]["channel"] if tasks else None,
+            "root_task_id": roots[0]["task_id"] if roots else None,
+            "latest_message_id": msgs[-1]["id"] if msgs else None,
+            "latest_message_ts": msgs[-1]["ts"] if msgs else None,
+            "latest_artifact_id": max(arts) if arts else None,
+            "message_count": len(msgs), "total_task_count": len(tasks),
+            "open_task_count": n_open, "active_claim_count": ac, "active_lock_count": al,
+            "status": "completed" if tasks and not n_open else "open" if ac or al else "waiting"})
+    db.close()
+    out.sort(key=lambda x: (x["latest_message_id"] or -1, x["thread_id"]), reverse=True)
+    return out
+
+
+class ThreadSummaryTests(HubCase):
+    """arc keeps a per-thread summary of messages up to a watermark (PROTOCOL
+    §10.7); the list and a thread's summary stay what the rows say, whoever
+    wrote them: this hub, another hub on the file, or a foreign writer."""
+
+    def foreign_writes(self, tag, first_thread):
+        """Rows in the reference's shape, written behind the hub's back: new
+        messages in known and new threads, a task and its completion, a
+        metadata rewrite, a claim of a thread without messages, a lock."""
+        import sqlite3
+        db = sqlite3.connect(self.hub.storage, timeout=10)
+        ts = "2026-01-02T03:04:05.000000Z"
+        ins = ("INSERT INTO messages(ts,from_agent,to_agent,channel,kind,body,attachments_json,"
+               "reply_to,thread_id,metadata_json) VALUES(?,?,?,?,?,?,'[]',NULL,?,'{}')")
+        db.execute(ins, (ts, "ref", None, "general", "artifact", "a", first_thread))
+        for i in range(5):
+            db.execute(ins, (ts, "ref", None, "general", "chat", "x", "%s-new-%d" % (tag, i % 2)))
+        db.execute(ins, (ts, "ref", "someone", "direct", "chat", "dm", "%s-new-0" % tag))
+        cur = db.execute(ins, (ts, "ref", None, "general", "task", "t", "%s-new-1" % tag))
+        db.commit()   # the reference inserts the task row in a second transaction
+        db.execute("INSERT INTO tasks VALUES(?,NULL,'general',?,'open',?,NULL)",
+                   (cur.lastrowid, "%s-new-1" % tag, ts))
+        db.execute("UPDATE tasks SET status='done',completed_at=? WHERE task_id="
+                   "(SELECT min(task_id) FROM tasks WHERE status='open')", (ts,))
+        db.execute("UPDATE messages SET metadata_json='{\"task_completed\":true}' WHERE id=?",
+                   (cur.lastrowid,))
+        db.execute("INSERT INTO claims VALUES(?,?,NULL,'ref',?,'2999-01-01T00:00:00Z',NULL,'{}')",
+                   ("%s-claim" % tag, "%s-claimonly" % tag, ts))
+        db.execute("INSERT INTO locks VALUES(?,'ref',?,'2999-01-01T00:00:00Z',NULL,?)",
+                   ("%s.c" % tag, ts, json.dumps({"thread_id": first_thread})))
+        db.commit()
+        db.close()
+
+    def check(self, hub=None):
+        hub = hub or self.hub
+        want = thread_oracle(self.hub.storage)
+        got = self.assertOk(hub.get("/v1/threads"))
+        mine = lambda l: [x for x in l if x["thread_id"].startswith(self.tag)]
+        self.assertEqual(mine(got), mine(want))
+        self.assertEqual([x["thread_id"] for x in got], [x["thread_id"] for x in want])
+        for x in mine(want)[:5] + mine(want)[-5:]:
+            one = self.assertOk(hub.get("/v1/threads/" + x["thread_id"]))["thread"]
+            self.assertEqual(one, x)
+
+    def test_many_threads_and_foreign_writes(self):
+        self.tag = tag = uid("sum")
+        ch = [self.channel() for _ in range(3)]
+        for i in range(240):   # 120 threads, a few kinds, a DM in a thread
+            t = "%s-%03d" % (tag, i % 120)
+            kind = "task" if i < 20 else "artifact" if i % 7 == 0 else "chat"
+            self.msg(channel=ch[i % 3], kind=kind, thread_id=t, body="m%d" % i)
+        self.msg(to_agent="x", thread_id="%s-005" % tag, body="dm")
+        self.assertOk(self.hub.post("/v1/claims", {"owner_agent_id": "a", "claim_key": tag + "k",
+                                                   "thread_id": "%s-007" % tag, "ttl_sec": 600}), 201)
+        self.assertOk(self.hub.post("/v1/locks", {"agent_id": "a", "file_path": tag + "f",
+                                                  "metadata": {"thread_id": "%s-008" % tag}}), 201)
+        self.check()
+        # Another process writes: the answers show it at once (the rows
+        # above the watermark), and again once this hub has folded them in.
+        self.foreign_writes(tag + "-f1", "%s-000" % tag)
+        self.check()
+        self.msg(channel=ch[0], thread_id="%s-001" % tag)   # folds the foreign rows too
+        self.check()
+        # A second hub on the file folds its own inserts: nothing twice.
+        with Hub().start(storage=self.hub.storage) as other:
+            for i in range(10):
+                self.assertOk(other.post("/v1/messages", {"from_agent": "b", "channel": ch[1], "body": "b",
+                                                          "thread_id": "%s-%03d" % (tag, i)}), 201)
+                self.msg(channel=ch[2], thread_id="%s-%03d" % (tag, 119 - i))
+            self.foreign_writes(tag + "-f2", "%s-002" % tag)
+            self.check(other)
+            self.check()
+
+    @arc_only
+    def test_summary_rebuilt_for_an_old_file(self):
+        """A file without the summary (written by the reference, or by an
+        older arc) is answered exactly at once and caught up in the
+        background."""
+        import sqlite3
+        self.tag = tag = uid("old")
+        for i in range(50):
+            self.msg(thread_id="%s-%02d" % (tag, i % 17), kind="artifact" if i % 5 else "chat")
+        self.hub.stop_process()
+        db = sqlite3.connect(self.hub.storage)
+        db.execute("DROP TABLE arc_thread_msgs")
+        db.execute("DELETE FROM arc_folds")
+        db.commit()
+        db.close()
+        self.hub.start(storage=self.hub.storage)
+        self.check()
+
+        def caught_up():
+            db = sqlite3.connect(self.hub.storage)
+            try:
+                return db.execute("SELECT (SELECT upto FROM arc_folds)="
+                                  "(SELECT max(id) FROM messages)").fetchone()[0] == 1
+            finally:
+                db.close()
+        wait_for(caught_up, msg="the summary catches up")
+        self.check()
+
+
 if __name__ == "__main__":
     unittest.main()
