@@ -247,10 +247,10 @@ def m_coldstart(ctx):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def m_coldstart_existing(ctx):
-    """The same, but every start opens one existing storage file (written
-    once beforehand by the same hub), as `arc ensure` usually does."""
-    hub = Hub(ctx["cmd"])
+def coldstart_existing(ctx, **hub_args):
+    """5 starts, each opening one existing storage file (written once
+    beforehand by the same hub, or a copy of `store`)."""
+    hub = Hub(ctx["cmd"], **hub_args)
     hub.stop(keep=True)
     try:
         return run_bench(["coldstart", "--runs", 5, "--dir", hub.dir, "--"] + ctx["cmd"] +
@@ -258,6 +258,12 @@ def m_coldstart_existing(ctx):
                           hub.storage, "--spool-dir", "{dir}/spool", "--quiet"])
     finally:
         shutil.rmtree(hub.dir, ignore_errors=True)
+
+
+def m_coldstart_existing(ctx):
+    """The same, but every start opens one existing storage file, as `arc
+    ensure` usually does."""
+    return coldstart_existing(ctx)
 
 
 def m_ensure(ctx):
@@ -487,14 +493,7 @@ def m_big_post(ctx):
 def m_big_start(ctx):
     """Process start to the first answer, on (a copy of) the large store;
     5 starts on the same file."""
-    hub = Hub(ctx["cmd"], store=ctx["store"])
-    hub.stop(keep=True)
-    try:
-        return run_bench(["coldstart", "--runs", 5, "--dir", hub.dir, "--"] + ctx["cmd"] +
-                         ["--host", "127.0.0.1", "--port", "{port}", "--storage",
-                          hub.storage, "--spool-dir", "{dir}/spool", "--quiet"])
-    finally:
-        shutil.rmtree(hub.dir, ignore_errors=True)
+    return coldstart_existing(ctx, store=ctx["store"])
 
 
 def seq_ms(name, key="p50_ms"):
