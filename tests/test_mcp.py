@@ -574,6 +574,9 @@ class McpToolTest(McpCase):
                            "VALUES('2026-01-01T00:00:00Z','x','general','chat',?)",
                            (("%s %d" % (w, i),) for i in range(2000)))
         db.close()
+        # More than one indexing chunk (ARC_SEARCH_CHUNK): wait for the backlog.
+        wait_for(lambda: "pending" not in self.hub.get("/v1/search", q=w)[2], 30,
+                 msg="the search backlog was never indexed")
         r = p.call("arc_search", {"query": w})
         self.assertNotIn("isError", r, r)
         self.assertIn("newest matches were ranked, down to message #%d;" % (first["id"] + 1),
