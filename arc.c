@@ -16576,6 +16576,9 @@ static const Cmd cmds[] = {
     { "post", cmd_post, "post a message (or a DM with --to) as an agent" },
     { "poll", cmd_poll, "wait for messages visible to an agent" },
     { "whoami", cmd_whoami, "register an agent and print its bootstrap" },
+    { "tasks", cmd_tasks, "list tasks, what each waits for, claimable or not" },
+    { "kv", cmd_kv, "shared memory: get, put, list, del, history" },
+    { "search", cmd_search, "full-text search of messages as an agent" },
     { "smoke", cmd_smoke, "check an installation: three agents, HTTP + relay" },
     { "smoke-agent", cmd_smoke_agent, "run one deterministic smoke role" },
     { "mcp", cmd_mcp, "serve MCP tools over stdio as one agent" },
@@ -16583,9 +16586,6 @@ static const Cmd cmds[] = {
     { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
-    { "kv", cmd_kv, "shared memory: get, put, list, del, history" },
-    { "tasks", cmd_tasks, "list tasks, what each waits for, claimable or not" },
-    { "search", cmd_search, "full-text search of messages as an agent" },
 };
 
 static int cmd_help(int argc, char **argv) {
@@ -16594,7 +16594,7 @@ static int cmd_help(int argc, char **argv) {
            "usage: arc [COMMAND] [options]   (no command: serve)\n\n"
            "commands:\n", ARC_VERSION);
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++)
-        printf("  %-10s %s\n", cmds[i].name, cmds[i].help);
+        printf("  %-12s %s\n", cmds[i].name, cmds[i].help);
     printf("\nRun 'arc COMMAND --help' for a command's options.\n");
     return 0;
 }
