@@ -22,6 +22,9 @@
  *   serve  start / run / stop of a hub: options, listening socket, pidfile
  *   client blocking HTTP/relay client (every command's), response limits,
  *          finding a running hub (pidfile, probe)
+ *   setup  `arc setup HARNESS` and `arc doctor`: arc's entries merged into
+ *          each harness's config files (JSON spliced as text, one TOML
+ *          table), backups, exact undo
  *   cli    ensure/stop/reset/status, post/poll/whoami, the standalone
  *          relay and relay-gc
  *   smoke  the reference's three smoke roles and `arc smoke`
@@ -10968,6 +10971,1576 @@ static int client_discover(const char *storage, const char *token, HubRef *ref) 
     return 0;
 }
 
+/* ==== setup: `arc setup HARNESS` and `arc doctor`: wiring agent harnesses == */
+
+/* `arc setup` merges arc into a harness's own config files: an MCP server
+ * entry running `ARC mcp --agent NAME` and, where the harness has hooks,
+ * entries running `ARC hook HARNESS EVENT --agent NAME` (ARC is this
+ * binary's absolute path, from /proc/self/exe, else argv[0] resolved).
+ * What each harness gets, and where it lives, is the table setup_harnesses[]
+ * (docs/SETUP.md cites the source of every fact in it).
+ *
+ * A config file belongs to the user: setup edits it as text, never
+ * re-serialises it. JSON is parsed with the json section's reader, whose
+ * tokens keep byte offsets, and arc's members are spliced in or out at
+ * those offsets, so every other byte (order, spacing, escapes) stays as it
+ * was; a new member takes the indentation of its siblings. A file that is
+ * not strict JSON (comments, trailing commas: JSONC) is refused, never
+ * rewritten. Codex's TOML gets a textual edit of one table,
+ * [mcp_servers.arc]; no other table is touched.
+ *
+ * Every edit is a pure function of (the file's bytes, harness, agent,
+ * ARC), which gives idempotence (a second run finds nothing to change) and
+ * an exact undo: the first change of an existing file keeps its original
+ * bytes in FILE.arc-backup, and --remove restores them when the file is
+ * exactly what setup would make of the backup; otherwise (the user edited
+ * it since) it takes arc's entries out and leaves the rest. A file setup
+ * created is deleted. Files are reached from the project directory (or
+ * $HOME) one component at a time with O_NOFOLLOW and replaced atomically
+ * (fs_openat, fs_replace_at): a symbolic link anywhere on the way is
+ * refused with an error, never followed. */
+
+#define SETUP_MAX_FILE (64u << 20)   /* a config file we will read */
+#define SETUP_AGENT_MAX 64           /* characters of an agent name */
+
+/* Defined in cli, below: the argv[0] arc was started with. A tentative
+ * declaration, so setup can find its own binary when /proc is missing. */
+static const char *g_argv0;
+
+typedef enum { SETUP_PROJECT, SETUP_USER } SetupScope;
+
+/* One change to one file. */
+typedef enum {
+    SE_MCP,        /* JSON: member "arc" of the object at `path` */
+    SE_APPROVE,    /* JSON: "arc" in the string array at `path` */
+    SE_HOOKS,      /* JSON: arc's hook entries in the object at `path` */
+    SE_TOML_MCP,   /* TOML: the table [mcp_servers.arc] */
+    SE_AGENT,      /* whole file: the agent's name, for `arc hook` */
+    SE_PLUGIN      /* whole file: OpenCode's plugin */
+} SetupKind;
+
+/* How an MCP server entry or a hook entry is spelled for a harness. */
+enum {
+    MS_STDIO = 1,  /* {"type":"stdio","command","args"} */
+    MS_PLAIN,      /* {"command","args"} */
+    MS_COPILOT,    /* {"type":"local","command","args","tools":["*"]} */
+    MS_OPENCODE,   /* {"type":"local","command":[...],"enabled":true} */
+    HS_GROUPS,     /* EVENT: [{"matcher"?, "hooks": [{"type":"command",...}]}] */
+    HS_GEMINI,     /* the same, each handler also named, timeouts in ms */
+    HS_FLAT        /* Cursor: EVENT: [{"command", "matcher"?, "timeout"}] */
+};
+
+typedef struct {
+    const char *file[2];   /* per SetupScope, relative to the project or
+                            * $HOME; NULL: not in that scope */
+    SetupKind kind;
+    const char *path;      /* JSON: the object's key ("mcpServers") */
+    int style;             /* MS_* or HS_* */
+} SetupEdit;
+
+/* One hook entry: under JSON key `key`, run `arc hook H EVENT`. */
+typedef struct {
+    const char *key;       /* the harness's event name */
+    const char *event;     /* arc hook's EVENT argument */
+    const char *matcher;   /* or NULL: every tool / every occasion */
+    int timeout;           /* in the harness's unit (s; Gemini: ms); 0: none */
+    int rewake;            /* Claude Code: asyncRewake (runs in background,
+                            * exit 2 wakes the idle session) */
+} SetupHook;
+
+typedef struct {
+    const char *name;      /* `arc setup NAME` */
+    const char *bin;       /* its executable, for doctor; NULL: an editor */
+    const SetupEdit *edits;
+    int n_edits;
+    const SetupHook *hooks;
+    int n_hooks;
+    int user_only;         /* no project file: --scope user is implied */
+    const char *note[2];   /* the human step after setup, per scope */
+} SetupHarness;
+
+static const SetupEdit setup_claude_edits[] = {
+    { { ".mcp.json", ".claude.json" }, SE_MCP, "mcpServers", MS_STDIO },
+    { { ".claude/settings.local.json", NULL }, SE_APPROVE,
+      "enabledMcpjsonServers", 0 },
+    { { ".claude/settings.json", ".claude/settings.json" }, SE_HOOKS, "hooks",
+      HS_GROUPS },
+    { { ".arc/agent-claude", ".arc/agent-claude" }, SE_AGENT, NULL, 0 },
+};
+static const SetupHook setup_claude_hooks[] = {
+    { "SessionStart", "SessionStart", NULL, 10, 0 },
+    { "UserPromptSubmit", "UserPromptSubmit", NULL, 10, 0 },
+    { "PreToolUse", "PreToolUse", "Edit|Write|MultiEdit|NotebookEdit", 10, 0 },
+    { "PostToolUse", "PostToolUse", NULL, 10, 0 },
+    { "Stop", "Stop", NULL, 10, 0 },
+    { "Stop", "wait", NULL, 3600, 1 },
+    { "SessionEnd", "SessionEnd", NULL, 10, 0 },
+};
+static const SetupEdit setup_codex_edits[] = {
+    { { ".codex/config.toml", ".codex/config.toml" }, SE_TOML_MCP, NULL, 0 },
+    { { ".codex/hooks.json", ".codex/hooks.json" }, SE_HOOKS, "hooks",
+      HS_GROUPS },
+    { { ".arc/agent-codex", ".arc/agent-codex" }, SE_AGENT, NULL, 0 },
+};
+static const SetupHook setup_codex_hooks[] = {
+    { "SessionStart", "SessionStart", NULL, 10, 0 },
+    { "UserPromptSubmit", "UserPromptSubmit", NULL, 10, 0 },
+    { "PreToolUse", "PreToolUse", NULL, 10, 0 },
+    { "PostToolUse", "PostToolUse", NULL, 10, 0 },
+    { "Stop", "Stop", NULL, 10, 0 },
+};
+static const SetupEdit setup_gemini_edits[] = {
+    { { ".gemini/settings.json", ".gemini/settings.json" }, SE_MCP,
+      "mcpServers", MS_PLAIN },
+    { { ".gemini/settings.json", ".gemini/settings.json" }, SE_HOOKS, "hooks",
+      HS_GEMINI },
+    { { ".arc/agent-gemini", ".arc/agent-gemini" }, SE_AGENT, NULL, 0 },
+};
+static const SetupHook setup_gemini_hooks[] = {
+    { "SessionStart", "SessionStart", NULL, 10000, 0 },
+    { "BeforeAgent", "BeforeAgent", NULL, 10000, 0 },
+    { "BeforeTool", "BeforeTool", "write_file|replace", 10000, 0 },
+    { "AfterTool", "AfterTool", NULL, 10000, 0 },
+    { "AfterAgent", "AfterAgent", NULL, 10000, 0 },
+    { "SessionEnd", "SessionEnd", NULL, 10000, 0 },
+};
+static const SetupEdit setup_cursor_edits[] = {
+    { { ".cursor/mcp.json", ".cursor/mcp.json" }, SE_MCP, "mcpServers",
+      MS_PLAIN },
+    { { ".cursor/hooks.json", ".cursor/hooks.json" }, SE_HOOKS, "hooks",
+      HS_FLAT },
+    { { ".arc/agent-cursor", ".arc/agent-cursor" }, SE_AGENT, NULL, 0 },
+};
+static const SetupHook setup_cursor_hooks[] = {
+    { "sessionStart", "sessionStart", NULL, 10, 0 },
+    { "beforeSubmitPrompt", "beforeSubmitPrompt", NULL, 10, 0 },
+    { "preToolUse", "preToolUse", NULL, 10, 0 },
+    { "postToolUse", "postToolUse", NULL, 10, 0 },
+    { "stop", "stop", NULL, 10, 0 },
+    { "sessionEnd", "sessionEnd", NULL, 10, 0 },
+};
+static const SetupEdit setup_opencode_edits[] = {
+    { { "opencode.json", ".config/opencode/opencode.json" }, SE_MCP, "mcp",
+      MS_OPENCODE },
+    { { ".opencode/plugins/arc.js", ".config/opencode/plugins/arc.js" },
+      SE_PLUGIN, NULL, 0 },
+    { { ".arc/agent-opencode", ".arc/agent-opencode" }, SE_AGENT, NULL, 0 },
+};
+static const SetupEdit setup_vscode_edits[] = {
+    { { ".vscode/mcp.json",
+#ifdef __APPLE__
+        "Library/Application Support/Code/User/mcp.json"
+#else
+        ".config/Code/User/mcp.json"
+#endif
+      }, SE_MCP, "servers", MS_STDIO },
+};
+static const SetupEdit setup_copilot_edits[] = {
+    { { NULL, ".copilot/mcp-config.json" }, SE_MCP, "mcpServers", MS_COPILOT },
+};
+static const SetupEdit setup_windsurf_edits[] = {
+    { { NULL, ".codeium/windsurf/mcp_config.json" }, SE_MCP, "mcpServers",
+      MS_PLAIN },
+};
+
+#define SETUP_N(a) ((int)(sizeof a / sizeof *a))
+static const SetupHarness setup_harnesses[] = {
+    { "claude", "claude", setup_claude_edits, SETUP_N(setup_claude_edits),
+      setup_claude_hooks, SETUP_N(setup_claude_hooks), 0,
+      { "start `claude` here; `claude mcp list` shows arc (approved in "
+        ".claude/settings.local.json)", "start `claude`; `claude mcp list` "
+        "shows arc" } },
+    { "codex", "codex", setup_codex_edits, SETUP_N(setup_codex_edits),
+      setup_codex_hooks, SETUP_N(setup_codex_hooks), 0,
+      { "Codex reads .codex/ only in a trusted project: run `codex` here and "
+        "trust the folder; then type /hooks and trust arc's hooks (Codex "
+        "skips untrusted hooks silently). Codex before hooks were on by "
+        "default also needs `[features] codex_hooks = true` in "
+        "~/.codex/config.toml",
+        "run `codex`, type /hooks and trust arc's hooks (Codex skips "
+        "untrusted hooks silently)" } },
+    { "gemini", "gemini", setup_gemini_edits, SETUP_N(setup_gemini_edits),
+      setup_gemini_hooks, SETUP_N(setup_gemini_hooks), 0,
+      { "Gemini CLI ignores .gemini/settings.json in an untrusted folder: run "
+        "`gemini` here and trust it; `/mcp` lists arc", "run `gemini`; `/mcp` "
+        "lists arc" } },
+    { "cursor", NULL, setup_cursor_edits, SETUP_N(setup_cursor_edits),
+      setup_cursor_hooks, SETUP_N(setup_cursor_hooks), 0,
+      { "in Cursor: Settings > MCP, enable arc (hooks load on restart)",
+        "in Cursor: Settings > MCP, enable arc (hooks load on restart)" } },
+    { "opencode", "opencode", setup_opencode_edits,
+      SETUP_N(setup_opencode_edits), NULL, 0, 0,
+      { "restart opencode here; `opencode mcp list` shows arc",
+        "restart opencode; `opencode mcp list` shows arc" } },
+    { "vscode", NULL, setup_vscode_edits, SETUP_N(setup_vscode_edits), NULL,
+      0, 0, { "in VS Code: run `MCP: List Servers`, start arc and trust it",
+              "in VS Code: run `MCP: List Servers`, start arc and trust it" } },
+    { "copilot", "copilot", setup_copilot_edits, SETUP_N(setup_copilot_edits),
+      NULL, 0, 1, { NULL, "in `copilot`, `/mcp show` lists arc" } },
+    { "windsurf", NULL, setup_windsurf_edits, SETUP_N(setup_windsurf_edits),
+      NULL, 0, 1, { NULL, "in Windsurf: Cascade > MCP servers, refresh" } },
+};
+
+/* One run of setup, remove or doctor for one harness and scope. */
+typedef struct {
+    const SetupHarness *h;
+    SetupScope scope;
+    int dry, remove;
+    const char *agent;     /* borrowed: argv, or agent_buf */
+    char agent_buf[SETUP_AGENT_MAX + 1];
+    char arc[PATH_MAX];    /* this binary, absolute */
+    Buf arc_sh;            /* arc, quoted for a shell when it needs it */
+    int rootfd;            /* the project directory or $HOME */
+    const char *root;      /* its name, for messages: "." or "~" */
+} SetupCtx;
+
+/* ---- finding ourselves, naming the agent ---- */
+
+/* This binary's absolute path into out: /proc/self/exe where there is one,
+ * else argv[0] made absolute (through $PATH when it has no slash). */
+static int setup_self(char out[PATH_MAX], char err[ARC_ERRLEN]) {
+    ssize_t n = readlink("/proc/self/exe", out, PATH_MAX - 1);
+    if (n > 0) {
+        out[n] = 0;
+        if (out[0] == '/' && !strstr(out, " (deleted)")) return 0;
+    }
+    const char *a0 = g_argv0 ? g_argv0 : "arc";
+    if (strchr(a0, '/')) {
+        if (realpath(a0, out)) return 0;
+    } else {
+        const char *p = getenv("PATH");
+        while (p && *p) {
+            size_t k = strcspn(p, ":");
+            char cand[PATH_MAX];
+            if (k && snprintf(cand, sizeof cand, "%.*s/%s", (int)k, p, a0) <
+                         (int)sizeof cand &&
+                access(cand, X_OK) == 0 && realpath(cand, out))
+                return 0;
+            p += k + (p[k] == ':');
+        }
+    }
+    snprintf(err, ARC_ERRLEN, "cannot find this arc binary's path");
+    return -1;
+}
+
+/* Append s to b quoted for a POSIX shell when it needs quoting. */
+static void setup_shq(Buf *b, const char *s) {
+    if (*s && strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                        "0123456789/._-+=,:@%") == strlen(s)) {
+        buf_adds(b, s);
+        return;
+    }
+    buf_addc(b, '\'');
+    for (; *s; s++)
+        if (*s == '\'') buf_adds(b, "'\\''");
+        else buf_addc(b, *s);
+    buf_addc(b, '\'');
+}
+
+/* Is v a usable agent name: 1 to SETUP_AGENT_MAX of [A-Za-z0-9._-], not
+ * starting with '-' or '.'? (It goes into shell commands unquoted.) */
+static int setup_agent_bad(const char *v) {
+    size_t n = strlen(v);
+    if (!n || n > SETUP_AGENT_MAX || v[0] == '-' || v[0] == '.') return 1;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)v[i]) && !strchr("._-", v[i])) return 1;
+    return 0;
+}
+
+/* The default agent name: HARNESS-BASENAME of the project directory
+ * (project scope) or HARNESS-$USER (user scope: one hub per project, so
+ * the name need only differ between harnesses), squeezed into the
+ * allowed characters. */
+static void setup_default_agent(SetupCtx *x) {
+    char cwd[PATH_MAX] = "";
+    const char *who = NULL;
+    if (x->scope == SETUP_USER) who = getenv("USER");
+    else if (getcwd(cwd, sizeof cwd)) {
+        char *s = strrchr(cwd, '/');
+        who = s && s[1] ? s + 1 : "root";
+    }
+    Buf b = { 0 };
+    buf_adds(&b, x->h->name);
+    buf_addc(&b, '-');
+    for (const char *p = who && *who ? who : "agent"; *p && b.len < SETUP_AGENT_MAX; p++)
+        buf_addc(&b, isalnum((unsigned char)*p) || strchr("._-", *p) ? *p : '-');
+    snprintf(x->agent_buf, sizeof x->agent_buf, "%s", buf_cstr(&b));
+    buf_free(&b);
+    x->agent = x->agent_buf;
+}
+
+/* ---- files: reached without links, read whole, replaced atomically ---- */
+
+/* Open the directory holding rel (a path relative to x->rootfd), one
+ * component at a time with O_NOFOLLOW; with `create`, missing directories
+ * are made (0755; 0700 under $HOME). Sets *base to rel's last component.
+ * Returns the descriptor, -1 with err, or -2 when a directory is missing
+ * and create is 0. */
+static int setup_dir(const SetupCtx *x, const char *rel, int create,
+                     const char **base, char err[ARC_ERRLEN]) {
+    int dfd = dup(x->rootfd);
+    const char *p = rel;
+    const char *slash;
+    while (dfd >= 0 && (slash = strchr(p, '/'))) {
+        char comp[NAME_MAX + 1];
+        snprintf(comp, sizeof comp, "%.*s", (int)(slash - p), p);
+        int fd = openat(dfd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT && create) {
+            if (mkdirat(dfd, comp, x->scope == SETUP_USER ? 0700 : 0755) &&
+                errno != EEXIST) {
+                snprintf(err, ARC_ERRLEN, "cannot create %s/%.*s: %s", x->root,
+                         (int)(slash - rel), rel, strerror(errno));
+                close(dfd);
+                return -1;
+            }
+            fd = openat(dfd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        }
+        int e = errno;
+        close(dfd);
+        if (fd < 0) {
+            if (e == ENOENT) return -2;
+            snprintf(err, ARC_ERRLEN, "%s/%.*s: %s", x->root, (int)(slash - rel),
+                     rel, e == ELOOP || e == ENOTDIR
+                     ? "is a symbolic link or not a directory; arc setup will "
+                       "not follow it (edit the file by hand)" : strerror(e));
+            return -1;
+        }
+        dfd = fd;
+        p = slash + 1;
+    }
+    *base = p;
+    return dfd;
+}
+
+/* Read dir/name whole into out (cleared first). Returns 1 when read, 0
+ * when there is no such file, -1 with err (a link, a FIFO, too big ...).
+ * *mode gets its permission bits. */
+static int setup_read(int dfd, const char *name, Buf *out, mode_t *mode,
+                      char err[ARC_ERRLEN]) {
+    buf_reset(out);
+    struct stat st;
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW)) {
+        if (errno == ENOENT) return 0;
+        snprintf(err, ARC_ERRLEN, "%s: %s", name, strerror(errno));
+        return -1;
+    }
+    if (S_ISLNK(st.st_mode)) {
+        snprintf(err, ARC_ERRLEN, "%s is a symbolic link; arc setup will not "
+                 "follow it (edit the file by hand)", name);
+        return -1;
+    }
+    int fd = fs_openat(dfd, name, O_RDONLY, err);
+    if (fd < 0) return -1;
+    int rc = 1;
+    if (fstat(fd, &st) || (size_t)st.st_size > SETUP_MAX_FILE) {
+        snprintf(err, ARC_ERRLEN, "%s is larger than %u bytes", name,
+                 (unsigned)SETUP_MAX_FILE);
+        rc = -1;
+    }
+    *mode = st.st_mode & 07777;
+    char chunk[8192];
+    for (ssize_t k; rc > 0 && (k = read(fd, chunk, sizeof chunk)) != 0;) {
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 || out->len + (size_t)k > SETUP_MAX_FILE) {
+            snprintf(err, ARC_ERRLEN, "cannot read %s: %s", name,
+                     k < 0 ? strerror(errno) : "too large");
+            rc = -1;
+            break;
+        }
+        buf_add(out, chunk, (size_t)k);
+    }
+    close(fd);
+    return rc;
+}
+
+/* Replace dir/name with data (fs_replace_at), then give it `mode`. */
+static int setup_write(int dfd, const char *name, Str data, mode_t mode,
+                       char err[ARC_ERRLEN]) {
+    if (fs_replace_at(dfd, name, data, err)) return -1;
+    int fd = fs_openat(dfd, name, O_RDONLY, err);
+    if (fd < 0) return -1;
+    if (fchmod(fd, mode)) {
+        snprintf(err, ARC_ERRLEN, "chmod %s: %s", name, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+/* ---- JSON edited as text ---- */
+
+/* First and one-past-last byte of token i's text (strings with quotes). */
+static size_t setup_tbeg(const Json *j, uint32_t i) {
+    return j->t[i].off - (j->t[i].type == JSON_STR);
+}
+static size_t setup_tend(const Json *j, uint32_t i) {
+    return (size_t)j->t[i].off + j->t[i].len + (j->t[i].type == JSON_STR);
+}
+
+/* Replace bytes [a, b) of doc with `with`. */
+static void setup_splice(Buf *doc, size_t a, size_t b, Str with) {
+    Buf o = { 0 };
+    buf_add(&o, doc->p, a);
+    buf_addstr(&o, with);
+    buf_add(&o, doc->p + b, doc->len - b);
+    buf_free(doc);
+    *doc = o;
+}
+
+/* The leading whitespace of the line holding byte pos, into ind. */
+static void setup_line_indent(Str s, size_t pos, Buf *ind) {
+    size_t a = pos;
+    while (a > 0 && s.p[a - 1] != '\n') a--;
+    size_t e = a;
+    while (e < s.n && (s.p[e] == ' ' || s.p[e] == '\t')) e++;
+    buf_reset(ind);
+    buf_add(ind, s.p + a, e - a);
+}
+
+/* The file's indentation unit: the leading whitespace of its first
+ * indented line, else two spaces. */
+static void setup_indent_unit(Str s, Buf *unit) {
+    buf_reset(unit);
+    for (size_t i = 0; i + 1 < s.n; i++)
+        if (s.p[i] == '\n' && (s.p[i + 1] == ' ' || s.p[i + 1] == '\t')) {
+            size_t e = i + 1;
+            while (e < s.n && s.p[e] == s.p[i + 1]) e++;
+            buf_add(unit, s.p + i + 1, e - i - 1);
+            return;
+        }
+    buf_adds(unit, "  ");
+}
+
+/* Append value i of j, pretty-printed as JSON.stringify(v, null, unit)
+ * would, its lines after the first starting with `ind`. */
+static void setup_pretty(Buf *b, const Json *j, uint32_t i, Str ind, Str unit) {
+    const JsonTok *t = &j->t[i];
+    if ((t->type != JSON_OBJ && t->type != JSON_ARR) || !t->n) {
+        json_write(b, j, i);
+        return;
+    }
+    int obj = t->type == JSON_OBJ;
+    Buf in = { 0 };
+    buf_addstr(&in, ind);
+    buf_addstr(&in, unit);
+    buf_adds(b, obj ? "{\n" : "[\n");
+    uint32_t k = i + 1;
+    for (uint32_t m = 0; m < t->n; m++) {
+        buf_addstr(b, buf_str(&in));
+        if (obj) {
+            json_write(b, j, k);
+            buf_adds(b, ": ");
+            k++;
+        }
+        setup_pretty(b, j, k, buf_str(&in), unit);
+        buf_adds(b, m + 1 < t->n ? ",\n" : "\n");
+        k = j->t[k].next;
+    }
+    buf_addstr(b, ind);
+    buf_addc(b, obj ? '}' : ']');
+    buf_free(&in);
+}
+
+/* The compact form of value i: what two values are compared by. */
+static int setup_same(const Json *j, uint32_t i, Str compact) {
+    Buf b = { 0 };
+    json_write(&b, j, i);
+    int same = b.len == compact.n && !memcmp(b.p, compact.p, b.len);
+    buf_free(&b);
+    return same;
+}
+
+/* Render compact JSON text v pretty at indentation ind (of the line the
+ * value starts on) into out. */
+static void setup_render(Buf *out, Str v, Str ind, Str unit) {
+    Json j = { 0 };
+    int rc = json_parse(&j, v.p, v.n);
+    assert(rc == 0);   /* v is ours */
+    (void)rc;
+    setup_pretty(out, &j, 0, ind, unit);
+    json_free(&j);
+}
+
+/* Insert a new last element (arr: the value v) or member (key k: value v)
+ * into container c of j, whose text is doc. Single-line containers stay on
+ * one line; others get the indentation of their first element, and an
+ * empty one opens a line indented one unit past its own. */
+static void setup_insert(Buf *doc, const Json *j, uint32_t c, const char *k,
+                         Str v) {
+    Str s = buf_str(doc);
+    Buf ind = { 0 }, unit = { 0 }, add = { 0 };
+    setup_indent_unit(s, &unit);
+    const JsonTok *t = &j->t[c];
+    size_t at;
+    if (t->n) {
+        uint32_t first = c + 1, last = first, val;
+        for (uint32_t m = 1; m < t->n; m++) last = j->t[k ? last + 1 : last].next;
+        val = k ? last + 1 : last;
+        at = setup_tend(j, val);
+        size_t fb = setup_tbeg(j, first);
+        int oneline = !memchr(s.p + t->off, '\n', fb - t->off);
+        setup_line_indent(s, fb, &ind);
+        buf_adds(&add, oneline ? ", " : ",\n");
+        if (!oneline) buf_addstr(&add, buf_str(&ind));
+    } else {
+        at = t->off + 1;
+        size_t close = t->off + t->len - 1;
+        setup_line_indent(s, t->off, &ind);
+        buf_addstr(&ind, buf_str(&unit));
+        buf_addc(&add, '\n');
+        buf_addstr(&add, buf_str(&ind));
+        /* the whitespace inside an empty container goes */
+        Buf tail = { 0 };
+        setup_line_indent(s, t->off, &tail);
+        setup_splice(doc, at, close, (Str){ "", 0 });
+        s = buf_str(doc);
+        Str kk = str_c(k);
+        if (k) {
+            json_strs(&add, kk);
+            buf_adds(&add, ": ");
+        }
+        setup_render(&add, v, buf_str(&ind), buf_str(&unit));
+        buf_addc(&add, '\n');
+        buf_addstr(&add, buf_str(&tail));
+        setup_splice(doc, at, at, buf_str(&add));
+        buf_free(&tail);
+        goto done;
+    }
+    if (k) {
+        json_cstr(&add, k);
+        buf_adds(&add, ": ");
+    }
+    setup_render(&add, v, buf_str(&ind), buf_str(&unit));
+    setup_splice(doc, at, at, buf_str(&add));
+done:
+    buf_free(&ind), buf_free(&unit), buf_free(&add);
+}
+
+/* Delete element m (of n) of container c: with the comma before it, or
+ * for the first, up to the next one; the last one leaves {} or []. */
+static void setup_delete(Buf *doc, const Json *j, uint32_t c, uint32_t m) {
+    const JsonTok *t = &j->t[c];
+    int obj = t->type == JSON_OBJ;
+    uint32_t prev = 0, cur = c + 1;
+    for (uint32_t i = 0; i < m; i++) prev = cur, cur = j->t[obj ? cur + 1 : cur].next;
+    uint32_t curv = obj ? cur + 1 : cur;
+    if (t->n == 1)
+        setup_splice(doc, t->off + 1, t->off + t->len - 1, (Str){ "", 0 });
+    else if (m > 0)
+        setup_splice(doc, setup_tend(j, obj ? prev + 1 : prev), setup_tend(j, curv),
+                     (Str){ "", 0 });
+    else
+        setup_splice(doc, setup_tbeg(j, cur), setup_tbeg(j, j->t[curv].next),
+                     (Str){ "", 0 });
+}
+
+/* Parse doc into j (freed first); an all-blank doc becomes "{}\n". A doc
+ * that is not a strict JSON object is an error naming the file. */
+static int setup_parse(Buf *doc, Json *j, const char *file, char err[ARC_ERRLEN]) {
+    if (str_trim(buf_str(doc)).n == 0) {
+        buf_reset(doc);
+        buf_adds(doc, "{}\n");
+    }
+    if (json_parse(j, buf_cstr(doc), doc->len)) {
+        snprintf(err, ARC_ERRLEN, "%s is not valid JSON (%.200s); arc setup "
+                 "edits only strict JSON (no comments or trailing commas) and "
+                 "left it untouched", file, j->err);
+        return -1;
+    }
+    if (j->t[0].type != JSON_OBJ) {
+        snprintf(err, ARC_ERRLEN, "%s does not hold a JSON object; left "
+                 "untouched", file);
+        return -1;
+    }
+    return 0;
+}
+
+/* Member index and value token of key k in object o, or 0 (value) when
+ * absent; the last of duplicates, as json_get. */
+static uint32_t setup_member(const Json *j, uint32_t o, const char *k, uint32_t *m) {
+    uint32_t i = o + 1, found = 0;
+    for (uint32_t n = 0; n < j->t[o].n; n++) {
+        if (json_str_is(j, i, str_c(k))) found = i + 1, *m = n;
+        i = j->t[i + 1].next;
+    }
+    return found;
+}
+
+/* The object at root key `path` of doc, made ({}) when missing and
+ * `make`. Returns its token (j parsed over doc), 0 when absent, or -1
+ * when it is not an object. */
+static int64_t setup_obj(Buf *doc, Json *j, const char *path, int make,
+                         const char *file, char err[ARC_ERRLEN]) {
+    uint32_t m, v = setup_member(j, 0, path, &m);
+    if (!v && make) {
+        setup_insert(doc, j, 0, path, STR_LIT("{}"));
+        if (setup_parse(doc, j, file, err)) return -1;
+        v = setup_member(j, 0, path, &m);
+    }
+    if (v && j->t[v].type != JSON_OBJ) {
+        snprintf(err, ARC_ERRLEN, "%s: \"%s\" is not an object; left untouched",
+                 file, path);
+        return -1;
+    }
+    return v;
+}
+
+/* Set member k of object o (j over doc) to compact value v, in place when
+ * it exists and differs; added last otherwise. */
+static void setup_put(Buf *doc, const Json *j, uint32_t o, const char *k, Str v) {
+    uint32_t m, cur = setup_member(j, o, k, &m);
+    if (!cur) {
+        setup_insert(doc, j, o, k, v);
+        return;
+    }
+    if (setup_same(j, cur, v)) return;
+    Buf ind = { 0 }, unit = { 0 }, add = { 0 };
+    setup_line_indent(buf_str(doc), setup_tbeg(j, cur - 1), &ind);
+    setup_indent_unit(buf_str(doc), &unit);
+    setup_render(&add, v, buf_str(&ind), buf_str(&unit));
+    setup_splice(doc, setup_tbeg(j, cur), setup_tend(j, cur), buf_str(&add));
+    buf_free(&ind), buf_free(&unit), buf_free(&add);
+}
+
+/* ---- what arc writes ---- */
+
+/* The MCP server entry, compact, in the harness's spelling. */
+static void setup_mcp_value(const SetupCtx *x, int style, Buf *b) {
+    if (style == MS_OPENCODE) {
+        buf_adds(b, "{\"type\":\"local\",\"command\":[");
+        json_cstr(b, x->arc);
+        buf_adds(b, ",\"mcp\",\"--agent\",");
+        json_cstr(b, x->agent);
+        buf_adds(b, "],\"enabled\":true}");
+        return;
+    }
+    buf_adds(b, style == MS_STDIO ? "{\"type\":\"stdio\"," :
+                style == MS_COPILOT ? "{\"type\":\"local\"," : "{");
+    buf_adds(b, "\"command\":");
+    json_cstr(b, x->arc);
+    buf_adds(b, ",\"args\":[\"mcp\",\"--agent\",");
+    json_cstr(b, x->agent);
+    buf_adds(b, "]");
+    if (style == MS_COPILOT) buf_adds(b, ",\"tools\":[\"*\"]");
+    buf_adds(b, "}");
+}
+
+/* The shell command of hook hk. */
+static void setup_hook_cmd(const SetupCtx *x, const SetupHook *hk, Buf *b) {
+    buf_addstr(b, buf_str(&x->arc_sh));
+    buf_addf(b, " hook %s %s --agent %s", x->h->name, hk->event, x->agent);
+}
+
+/* One hook entry (a matcher group, or Cursor's flat entry), compact. */
+static void setup_hook_value(const SetupCtx *x, const SetupHook *hk, int style,
+                             Buf *b) {
+    Buf cmd = { 0 };
+    setup_hook_cmd(x, hk, &cmd);
+    if (style == HS_FLAT) {
+        buf_adds(b, "{\"command\":");
+        json_strs(b, buf_str(&cmd));
+        if (hk->matcher) buf_adds(b, ",\"matcher\":"), json_cstr(b, hk->matcher);
+        if (hk->timeout) buf_addf(b, ",\"timeout\":%d", hk->timeout);
+        buf_addc(b, '}');
+    } else {
+        buf_addc(b, '{');
+        if (hk->matcher) buf_adds(b, "\"matcher\":"), json_cstr(b, hk->matcher),
+                         buf_addc(b, ',');
+        buf_adds(b, "\"hooks\":[{");
+        if (style == HS_GEMINI) buf_addf(b, "\"name\":\"arc-%s\",", hk->event);
+        buf_adds(b, "\"type\":\"command\",\"command\":");
+        json_strs(b, buf_str(&cmd));
+        if (hk->timeout) buf_addf(b, ",\"timeout\":%d", hk->timeout);
+        if (hk->rewake) buf_adds(b, ",\"asyncRewake\":true");
+        buf_adds(b, "}]}");
+    }
+    buf_free(&cmd);
+}
+
+/* Is shell command s one of arc's hooks for harness h: its first word an
+ * arc binary (basename arc*), then "hook", h? Sets event (the 4th word). */
+static int setup_is_ours(Str s, const char *h, Buf *event) {
+    size_t i = 0;
+    Buf w[4] = { { 0 } };
+    int n = 0;
+    while (n < 4) {
+        while (i < s.n && s.p[i] == ' ') i++;
+        if (i >= s.n) break;
+        if (s.p[i] == '\'') {   /* as setup_shq() quotes */
+            for (i++; i < s.n; i++) {
+                if (s.p[i] != '\'') { buf_addc(&w[n], s.p[i]); continue; }
+                if (i + 3 < s.n && !memcmp(s.p + i, "'\\''", 4)) {
+                    buf_addc(&w[n], '\''), i += 3;
+                    continue;
+                }
+                i++;
+                break;
+            }
+        } else {
+            while (i < s.n && s.p[i] != ' ') buf_addc(&w[n], s.p[i++]);
+        }
+        n++;
+    }
+    const char *base = strrchr(buf_cstr(&w[0]), '/');
+    base = base ? base + 1 : buf_cstr(&w[0]);
+    int ours = n == 4 && !strncmp(base, "arc", 3) &&
+               !strcmp(buf_cstr(&w[1]), "hook") && !strcmp(buf_cstr(&w[2]), h);
+    buf_reset(event);
+    if (ours) buf_addstr(event, buf_str(&w[3]));
+    for (int k = 0; k < 4; k++) buf_free(&w[k]);
+    return ours;
+}
+
+/* Of hook entry e (j), arc's event when one of its commands is arc's (for
+ * a group: any handler), else 0. *mixed: a group that also holds handlers
+ * that are not arc's. */
+static int setup_entry_ours(const SetupCtx *x, const Json *j, uint32_t e,
+                            Buf *event, int *mixed) {
+    *mixed = 0;
+    if (j->t[e].type != JSON_OBJ) return 0;
+    uint32_t c = json_get(j, e, "command");
+    if (c && j->t[c].type == JSON_STR) {
+        Buf s = { 0 };
+        json_unescape(j, c, &s);
+        int ours = setup_is_ours(buf_str(&s), x->h->name, event);
+        buf_free(&s);
+        return ours;
+    }
+    uint32_t hs = json_get(j, e, "hooks");
+    if (!hs || j->t[hs].type != JSON_ARR) return 0;
+    int ours = 0, theirs = 0;
+    Buf ev = { 0 };
+    for (uint32_t k = 0, i = hs + 1; k < j->t[hs].n; k++, i = j->t[i].next) {
+        uint32_t cc = j->t[i].type == JSON_OBJ ? json_get(j, i, "command") : 0;
+        Buf s = { 0 };
+        if (cc && j->t[cc].type == JSON_STR) json_unescape(j, cc, &s);
+        if (cc && setup_is_ours(buf_str(&s), x->h->name, &ev)) {
+            if (!ours) buf_reset(event), buf_addstr(event, buf_str(&ev));
+            ours = 1;
+        } else {
+            theirs = 1;
+        }
+        buf_free(&s);
+    }
+    buf_free(&ev);
+    *mixed = ours && theirs;
+    return ours;
+}
+
+/* Is arc's entry for (key, event) one setup writes? */
+static const SetupHook *setup_wanted(const SetupCtx *x, const char *key,
+                                     Str event) {
+    for (int i = 0; i < x->h->n_hooks; i++)
+        if (!strcmp(x->h->hooks[i].key, key) && str_eq(event, x->h->hooks[i].event))
+            return &x->h->hooks[i];
+    return NULL;
+}
+
+/* Take arc's entries out of hooks object o: whole entries, or from a mixed
+ * group only arc's handlers. With `keep`, entries setup still writes stay.
+ * Repeats until nothing changes (every delete re-parses). Event arrays
+ * left empty go too. */
+static int setup_hooks_strip(const SetupCtx *x, Buf *doc, Json *j, const char *file,
+                             int keep, char err[ARC_ERRLEN]) {
+    for (int again = 1; again;) {
+        again = 0;
+        int64_t o = setup_obj(doc, j, "hooks", 0, file, err);
+        if (o <= 0) return (int)o;
+        Buf ev = { 0 }, key = { 0 };
+        uint32_t i = (uint32_t)o + 1;
+        for (uint32_t m = 0; m < j->t[o].n && !again; m++, i = j->t[i + 1].next) {
+            uint32_t arr = i + 1;
+            if (j->t[arr].type != JSON_ARR) continue;
+            buf_reset(&key);
+            json_unescape(j, i, &key);
+            if (!j->t[arr].n) {
+                /* an event array arc emptied (keep=0) goes; a user's stays */
+                continue;
+            }
+            uint32_t e = arr + 1;
+            for (uint32_t k = 0; k < j->t[arr].n && !again; k++, e = j->t[e].next) {
+                int mixed;
+                if (!setup_entry_ours(x, j, e, &ev, &mixed)) continue;
+                if (keep && !mixed && setup_wanted(x, buf_cstr(&key), buf_str(&ev)))
+                    continue;
+                if (mixed) {   /* delete arc's handlers inside the group */
+                    uint32_t hs = json_get(j, e, "hooks"), h = hs + 1;
+                    for (uint32_t q = 0; q < j->t[hs].n; q++, h = j->t[h].next) {
+                        uint32_t cc = json_get(j, h, "command");
+                        Buf s = { 0 }, e2 = { 0 };
+                        if (cc && j->t[cc].type == JSON_STR) json_unescape(j, cc, &s);
+                        int ours = cc && setup_is_ours(buf_str(&s), x->h->name, &e2);
+                        buf_free(&s), buf_free(&e2);
+                        if (ours) {
+                            setup_delete(doc, j, hs, q);
+                            break;
+                        }
+                    }
+                } else if (j->t[arr].n == 1) {
+                    setup_delete(doc, j, (uint32_t)o, m);   /* the event key */
+                } else {
+                    setup_delete(doc, j, arr, k);
+                }
+                again = 1;
+            }
+        }
+        buf_free(&ev), buf_free(&key);
+        if (again && setup_parse(doc, j, file, err)) return -1;
+    }
+    /* a hooks object arc emptied goes, unless it was there before: we
+     * cannot tell, so an empty one stays (it means the same) */
+    return 0;
+}
+
+/* Add or refresh arc's hook entries: each in place when present, else
+ * appended to its event's array (made when missing). */
+static int setup_hooks_put(const SetupCtx *x, Buf *doc, Json *j, int style,
+                           const char *file, char err[ARC_ERRLEN]) {
+    if (setup_hooks_strip(x, doc, j, file, 1, err)) return -1;
+    if (style == HS_FLAT && !json_get(j, 0, "version")) {
+        setup_insert(doc, j, 0, "version", STR_LIT("1"));
+        if (setup_parse(doc, j, file, err)) return -1;
+    }
+    Buf v = { 0 }, ev = { 0 };
+    int rc = 0;
+    for (int h = 0; h < x->h->n_hooks && !rc; h++) {
+        const SetupHook *hk = &x->h->hooks[h];
+        buf_reset(&v);
+        setup_hook_value(x, hk, style, &v);
+        int64_t o = setup_obj(doc, j, "hooks", 1, file, err);
+        if (o < 0) { rc = -1; break; }
+        uint32_t m, arr = setup_member(j, (uint32_t)o, hk->key, &m);
+        if (arr && j->t[arr].type != JSON_ARR) {
+            snprintf(err, ARC_ERRLEN, "%s: hooks.%s is not an array; left "
+                     "untouched", file, hk->key);
+            rc = -1;
+            break;
+        }
+        if (!arr) {
+            Buf one = { 0 };
+            buf_addc(&one, '[');
+            buf_addstr(&one, buf_str(&v));
+            buf_addc(&one, ']');
+            setup_insert(doc, j, (uint32_t)o, hk->key, buf_str(&one));
+            buf_free(&one);
+        } else {
+            uint32_t e = arr + 1, found = 0;
+            for (uint32_t k = 0; k < j->t[arr].n; k++, e = j->t[e].next) {
+                int mixed;
+                if (setup_entry_ours(x, j, e, &ev, &mixed) &&
+                    str_eq(buf_str(&ev), hk->event)) {
+                    found = e;
+                    break;
+                }
+            }
+            if (!found) {
+                setup_insert(doc, j, arr, NULL, buf_str(&v));
+            } else if (!setup_same(j, found, buf_str(&v))) {
+                Buf ind = { 0 }, unit = { 0 }, add = { 0 };
+                setup_line_indent(buf_str(doc), setup_tbeg(j, found), &ind);
+                setup_indent_unit(buf_str(doc), &unit);
+                setup_render(&add, buf_str(&v), buf_str(&ind), buf_str(&unit));
+                setup_splice(doc, setup_tbeg(j, found), setup_tend(j, found),
+                             buf_str(&add));
+                buf_free(&ind), buf_free(&unit), buf_free(&add);
+            }
+        }
+        rc = setup_parse(doc, j, file, err);
+    }
+    buf_free(&v), buf_free(&ev);
+    return rc;
+}
+
+/* ---- TOML: one table, as text ---- */
+
+/* Where the table [mcp_servers.arc] (with its subtables) sits in s: from
+ * its header line to the end of its last non-blank line. Returns 1 and
+ * [*a, *b), or 0. A definition of mcp_servers.arc in another form (inline,
+ * dotted keys) is an error: arc will not guess how to edit it. */
+static int setup_toml_find(Str s, size_t *a, size_t *b, const char *file,
+                           char err[ARC_ERRLEN]) {
+    int in = 0, found = 0, in_servers = 0;
+    size_t end = 0;
+    for (size_t i = 0; i < s.n;) {
+        size_t e = i;
+        while (e < s.n && s.p[e] != '\n') e++;
+        Str line = str_trim((Str){ s.p + i, e - i });
+        Str key = line;
+        if (line.n && line.p[0] == '[') {
+            /* a header: [name] or [[name]], whitespace inside allowed */
+            Buf nm = { 0 };
+            for (size_t k = 0; k < line.n && line.p[k] != ']' && line.p[k] != '#'; k++)
+                if (line.p[k] != '[' && line.p[k] != ' ' && line.p[k] != '"')
+                    buf_addc(&nm, line.p[k]);
+            Str n = buf_str(&nm);
+            int ours = str_eq(n, "mcp_servers.arc") ||
+                       (n.n > 16 && !memcmp(n.p, "mcp_servers.arc.", 16));
+            in_servers = str_eq(n, "mcp_servers");
+            if (ours && !in && found) {
+                snprintf(err, ARC_ERRLEN, "%s: [mcp_servers.arc] is split in "
+                         "two; arc setup left the file untouched", file);
+                buf_free(&nm);
+                return -1;
+            }
+            if (ours && !in) *a = i, found = 1;
+            in = ours;
+            buf_free(&nm);
+        } else if (line.n && line.p[0] != '#') {
+            size_t k = 0;
+            while (k < key.n && key.p[k] != '=' && key.p[k] != ' ') k++;
+            Str kn = { key.p, k };
+            if ((in_servers && (str_eq(kn, "arc") || (kn.n > 4 &&
+                 !memcmp(kn.p, "arc.", 4)))) ||
+                (kn.n >= 15 && !memcmp(kn.p, "mcp_servers.arc", 15) &&
+                 (kn.n == 15 || kn.p[15] == '.'))) {
+                snprintf(err, ARC_ERRLEN, "%s defines mcp_servers.arc as "
+                         "dotted keys or an inline table; arc setup edits only a "
+                         "[mcp_servers.arc] table and left the file untouched",
+                         file);
+                return -1;
+            }
+        }
+        if (in && line.n) end = e;
+        i = e < s.n ? e + 1 : e;
+    }
+    *b = end;
+    return found;
+}
+
+/* Append s as a TOML basic string. */
+static void setup_toml_str(Buf *b, const char *s) {
+    buf_addc(b, '"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') buf_addc(b, '\\'), buf_addc(b, (char)c);
+        else if (c < 0x20 || c == 0x7f) buf_addf(b, "\\u%04x", c);
+        else buf_addc(b, (char)c);
+    }
+    buf_addc(b, '"');
+}
+
+/* Put (or with `remove`, take out) the [mcp_servers.arc] table. */
+static int setup_toml(const SetupCtx *x, Buf *doc, int remove, const char *file,
+                      char err[ARC_ERRLEN]) {
+    size_t a = 0, b = 0;
+    int found = setup_toml_find(buf_str(doc), &a, &b, file, err);
+    if (found < 0) return -1;
+    if (remove) {
+        if (!found) return 0;
+        /* the table, its newline, and the blank line setup put before it
+         * when it is last */
+        size_t e = b < doc->len && doc->p[b] == '\n' ? b + 1 : b;
+        if (e == doc->len && a >= 2 && doc->p[a - 1] == '\n' && doc->p[a - 2] == '\n')
+            a--;
+        setup_splice(doc, a, e, (Str){ "", 0 });
+        return 0;
+    }
+    Buf t = { 0 };
+    buf_adds(&t, "[mcp_servers.arc]\ncommand = ");
+    setup_toml_str(&t, x->arc);
+    buf_adds(&t, "\nargs = [\"mcp\", \"--agent\", ");
+    setup_toml_str(&t, x->agent);
+    buf_adds(&t, "]");
+    if (found) {
+        setup_splice(doc, a, b, buf_str(&t));
+    } else {
+        if (doc->len && doc->p[doc->len - 1] != '\n') buf_addc(doc, '\n');
+        if (doc->len) buf_addc(doc, '\n');
+        buf_addstr(doc, buf_str(&t));
+        buf_addc(doc, '\n');
+    }
+    buf_free(&t);
+    return 0;
+}
+
+/* ---- whole files arc owns ---- */
+
+#define SETUP_PLUGIN_MARK "// arc setup opencode:"
+
+/* OpenCode's plugin: runs `arc hook opencode EVENT` with the event as JSON
+ * on stdin. `idle` (the session went idle): a non-empty stdout is sent to
+ * the session as a new prompt (client.session.promptAsync). `PreToolUse`:
+ * exit 2 refuses the tool, stderr saying why. Anything else, or no hub,
+ * and the plugin does nothing. */
+static void setup_plugin_text(const SetupCtx *x, Buf *b) {
+    buf_adds(b, SETUP_PLUGIN_MARK " written by `arc setup opencode`; "
+                "`arc setup opencode --remove`\n// deletes it. It runs `arc "
+                "hook opencode EVENT` (docs/SETUP.md).\n"
+                "import { spawnSync } from \"node:child_process\";\n\n"
+                "const ARC = ");
+    json_cstr(b, x->arc);
+    buf_adds(b, ";\nconst AGENT = ");
+    json_cstr(b, x->agent);
+    buf_adds(b, ";\n\n"
+        "function hook(event, input) {\n"
+        "  const r = spawnSync(ARC, [\"hook\", \"opencode\", event, \"--agent\", "
+        "AGENT], {\n"
+        "    input: JSON.stringify(input), encoding: \"utf8\", timeout: 10000,\n"
+        "  });\n"
+        "  return { status: r.status, out: r.stdout || \"\", err: r.stderr || \"\" };\n"
+        "}\n\n"
+        "export const ArcPlugin = async ({ client }) => ({\n"
+        "  event: async ({ event }) => {\n"
+        "    if (event.type !== \"session.idle\") return;\n"
+        "    const id = event.properties.sessionID;\n"
+        "    const r = hook(\"idle\", { session_id: id });\n"
+        "    if (r.status === 0 && r.out.trim())\n"
+        "      await client.session.promptAsync({\n"
+        "        path: { id }, body: { parts: [{ type: \"text\", text: r.out }] },\n"
+        "      });\n"
+        "  },\n"
+        "  \"tool.execute.before\": async (input, output) => {\n"
+        "    const r = hook(\"PreToolUse\", { session_id: input.sessionID,\n"
+        "      tool_name: input.tool, tool_input: output.args });\n"
+        "    if (r.status === 2) throw new Error(r.err.trim() || \"refused by arc\");\n"
+        "  },\n"
+        "});\n");
+}
+
+/* ---- one file: apply, compare, show, write ---- */
+
+/* Apply to doc every edit of the harness aimed at `file` (setup, or with
+ * `remove` the undo). doc empty = the file is absent; an edit that leaves
+ * it empty means "no file". */
+static int setup_apply(const SetupCtx *x, const char *file, Buf *doc, int remove,
+                       char err[ARC_ERRLEN]) {
+    Json j = { 0 };
+    int rc = 0, was_empty = str_trim(buf_str(doc)).n == 0;
+    for (int i = 0; i < x->h->n_edits && !rc; i++) {
+        const SetupEdit *e = &x->h->edits[i];
+        if (!e->file[x->scope] || strcmp(e->file[x->scope], file)) continue;
+        if (e->kind == SE_TOML_MCP) {
+            rc = setup_toml(x, doc, remove, file, err);
+            continue;
+        }
+        if (e->kind == SE_AGENT || e->kind == SE_PLUGIN) {
+            Buf want = { 0 };
+            if (e->kind == SE_AGENT) buf_addf(&want, "%s\n", x->agent);
+            else setup_plugin_text(x, &want);
+            if (e->kind == SE_PLUGIN && doc->len &&
+                strncmp(buf_cstr(doc), SETUP_PLUGIN_MARK, strlen(SETUP_PLUGIN_MARK))) {
+                snprintf(err, ARC_ERRLEN, "%s was not written by arc setup; left "
+                         "untouched", file);
+                rc = -1;
+            } else {
+                buf_reset(doc);
+                if (!remove) buf_addstr(doc, buf_str(&want));
+            }
+            buf_free(&want);
+            continue;
+        }
+        if (remove && was_empty) continue;
+        if (setup_parse(doc, &j, file, err)) { rc = -1; break; }
+        if (e->kind == SE_HOOKS) {
+            rc = remove ? setup_hooks_strip(x, doc, &j, file, 0, err)
+                        : setup_hooks_put(x, doc, &j, e->style, file, err);
+            continue;
+        }
+        uint32_t m;
+        if (e->kind == SE_MCP) {
+            int64_t o = setup_obj(doc, &j, e->path, !remove, file, err);
+            if (o <= 0) { rc = (int)o; continue; }
+            if (remove) {
+                if (setup_member(&j, (uint32_t)o, "arc", &m))
+                    setup_delete(doc, &j, (uint32_t)o, m);
+                continue;
+            }
+            Buf v = { 0 };
+            setup_mcp_value(x, e->style, &v);
+            setup_put(doc, &j, (uint32_t)o, "arc", buf_str(&v));
+            buf_free(&v);
+            continue;
+        }
+        /* SE_APPROVE: "arc" in the string array at root key e->path */
+        uint32_t arr = setup_member(&j, 0, e->path, &m);
+        if (arr && j.t[arr].type != JSON_ARR) {
+            snprintf(err, ARC_ERRLEN, "%s: \"%s\" is not an array; left untouched",
+                     file, e->path);
+            rc = -1;
+            continue;
+        }
+        uint32_t at = 0, el = arr + 1, found = 0;
+        for (uint32_t k = 0; arr && k < j.t[arr].n; k++, el = j.t[el].next)
+            if (json_str_is(&j, el, STR_LIT("arc"))) found = 1, at = k;
+        if (remove && found) setup_delete(doc, &j, arr, at);
+        else if (!remove && !arr) setup_insert(doc, &j, 0, e->path, STR_LIT("[\"arc\"]"));
+        else if (!remove && !found) setup_insert(doc, &j, arr, NULL, STR_LIT("\"arc\""));
+    }
+    json_free(&j);
+    return rc;
+}
+
+/* Print a unified-style diff of a -> b: one hunk, the lines between the
+ * first and the last that differ, with up to 2 lines of context. */
+static void setup_diff(const char *name, Str a, Str b) {
+    size_t pa = 0, la = 1;   /* common prefix, in bytes and lines */
+    for (size_t i = 0; i < a.n && i < b.n && a.p[i] == b.p[i]; i++)
+        if (a.p[i] == '\n') pa = i + 1, la++;
+    size_t sa = a.n, sb = b.n;   /* common suffix: whole lines after pa */
+    while (sa > pa && sb > pa && a.p[sa - 1] == b.p[sb - 1]) sa--, sb--;
+    while (sa < a.n && sa > pa && a.p[sa - 1] != '\n') sa++, sb++;
+    int ctx = 0;
+    size_t c0 = pa;
+    while (c0 > 0 && ctx < 2) {
+        c0--;
+        while (c0 > 0 && a.p[c0 - 1] != '\n') c0--;
+        ctx++, la--;
+    }
+    size_t ea = sa, eb = sb;
+    for (int k = 0; k < 2 && ea < a.n; k++) {
+        while (ea < a.n && a.p[ea] != '\n') ea++;
+        if (ea < a.n) ea++;
+    }
+    eb = sb + (ea - sa);
+    size_t na = 0, nb = 0;
+    for (size_t i = c0; i < ea; i++) na += a.p[i] == '\n';
+    for (size_t i = c0; i < eb; i++) nb += b.p[i] == '\n';
+    printf("--- %s\n+++ %s\n@@ -%zu,%zu +%zu,%zu @@\n", name, name, la, na, la, nb);
+    struct { Str s; size_t from, to; char mark; } part[4] = {
+        { a, c0, pa, ' ' }, { a, pa, sa, '-' }, { b, pa, sb, '+' }, { a, sa, ea, ' ' }
+    };
+    for (int p = 0; p < 4; p++)
+        for (size_t i = part[p].from; i < part[p].to;) {
+            size_t e = i;
+            while (e < part[p].to && part[p].s.p[e] != '\n') e++;
+            printf("%c%.*s\n", part[p].mark, (int)(e - i), part[p].s.p + i);
+            if (e == part[p].to && e > i && part[p].s.p[e - 1] != '\n' &&
+                e == part[p].s.n)
+                printf("\\ No newline at end of file\n");
+            i = e + 1;
+        }
+}
+
+/* Set up (or remove) one file of the harness. Prints one line for it.
+ * Returns 1 when it changed (or would), 0 when not, -1 on error. */
+static int setup_one(const SetupCtx *x, const char *file) {
+    char err[ARC_ERRLEN] = "";
+    const char *base;
+    Buf cur = { 0 }, next = { 0 }, orig = { 0 }, bakname = { 0 };
+    mode_t mode = x->scope == SETUP_USER ? 0600 : 0644, bmode;
+    int rc = -1, dfd = setup_dir(x, file, !x->remove && !x->dry, &base, err);
+    int have = 0, have_bak = 0;
+    const char *what = NULL;
+    if (dfd == -2) {   /* its directory is missing: so is the file */
+        if (x->remove) {
+            printf("  %s: not present\n", file);
+            rc = 0;
+            goto done;
+        }
+        dfd = -1;
+    } else if (dfd < 0) {
+        goto done;
+    }
+    if (dfd >= 0 && (have = setup_read(dfd, base, &cur, &mode, err)) < 0) goto done;
+    buf_addf(&bakname, "%s.arc-backup", base);
+    if (dfd >= 0 && (have_bak = setup_read(dfd, buf_cstr(&bakname), &orig, &bmode,
+                                           err)) < 0)
+        goto done;
+    buf_addstr(&next, buf_str(&cur));
+    if (x->remove) {
+        if (!have) {
+            printf("  %s: not present\n", file);
+            rc = 0;
+            goto done;
+        }
+        /* unchanged since setup: what setup makes of the original */
+        Buf made = { 0 };
+        buf_addstr(&made, buf_str(&orig));
+        int same = setup_apply(x, file, &made, 0, err) == 0 && made.len == cur.len &&
+                   !memcmp(buf_cstr(&made), buf_cstr(&cur), cur.len);
+        buf_free(&made);
+        err[0] = 0;
+        if (same) {
+            buf_reset(&next);
+            buf_addstr(&next, buf_str(&orig));
+            what = have_bak ? "restored the original bytes" : "deleted (setup made it)";
+        } else {
+            if (setup_apply(x, file, &next, 1, err)) goto done;
+            what = "took arc's entries out";
+        }
+    } else if (setup_apply(x, file, &next, 0, err)) {
+        goto done;
+    }
+    int gone = x->remove && !next.len && (!have_bak || what[0] == 'd');
+    if (next.len == cur.len && !memcmp(buf_cstr(&next), buf_cstr(&cur), cur.len) &&
+        !gone) {
+        printf("  %s: unchanged%s\n", file, x->remove ? " (no arc entries)" : "");
+        if (x->remove && have_bak && !x->dry)
+            printf("    (%s kept: the file as it was before the first setup)\n",
+                   buf_cstr(&bakname));
+        rc = 0;
+        goto done;
+    }
+    if (!what) what = have ? "updated" : "created";
+    if (gone && !have_bak) what = "deleted (setup made it)";
+    printf("  %s: %s%s\n", file, x->dry ? "would be " : "", what);
+    if (x->dry) {
+        setup_diff(file, buf_str(&cur), buf_str(&next));
+        rc = 1;
+        goto done;
+    }
+    if (dfd < 0 && (dfd = setup_dir(x, file, 1, &base, err)) < 0) goto done;
+    if (!x->remove && have && !have_bak) {   /* the first change: back up */
+        if (setup_write(dfd, buf_cstr(&bakname), buf_str(&cur), mode, err)) goto done;
+        printf("    backup: %s.arc-backup\n", file);
+    }
+    if (gone) {
+        if (unlinkat(dfd, base, 0)) {
+            snprintf(err, ARC_ERRLEN, "cannot delete %s: %s", file, strerror(errno));
+            goto done;
+        }
+    } else if (setup_write(dfd, base, buf_str(&next), mode, err)) {
+        goto done;
+    }
+    if (x->remove && have_bak && what[0] == 'r') unlinkat(dfd, buf_cstr(&bakname), 0);
+    else if (x->remove && have_bak)
+        printf("    (%s kept: the file as it was before the first setup)\n",
+               buf_cstr(&bakname));
+    rc = 1;
+done:
+    if (rc < 0) fprintf(stderr, "arc setup: %s: %s\n", file, err);
+    if (dfd >= 0) close(dfd);
+    buf_free(&cur), buf_free(&next), buf_free(&orig), buf_free(&bakname);
+    return rc;
+}
+
+/* Open the scope's root: the current directory, or $HOME (absolute). */
+static int setup_root(SetupCtx *x, char err[ARC_ERRLEN]) {
+    const char *home = getenv("HOME");
+    if (x->scope == SETUP_USER && (!home || home[0] != '/')) {
+        snprintf(err, ARC_ERRLEN, "--scope user needs HOME set to an absolute path");
+        return -1;
+    }
+    x->root = x->scope == SETUP_USER ? "~" : ".";
+    x->rootfd = open(x->scope == SETUP_USER ? home : ".",
+                     O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (x->rootfd < 0) {
+        snprintf(err, ARC_ERRLEN, "cannot open %s: %s",
+                 x->scope == SETUP_USER ? home : ".", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* The agent named by arc's MCP entry in JSON text s (the value after
+ * "--agent" in its args, or command for OpenCode) into out; 0 if none. */
+static int setup_entry_agent(Str s, const char *path, char *out, size_t n) {
+    Json j = { 0 };
+    int ok = 0;
+    uint32_t o, a, args;
+    if (json_parse(&j, s.p, s.n) == 0 && (o = json_get(&j, 0, path)) &&
+        (a = json_get(&j, o, "arc")) && j.t[a].type == JSON_OBJ &&
+        (((args = json_get(&j, a, "args")) && j.t[args].type == JSON_ARR) ||
+         ((args = json_get(&j, a, "command")) && j.t[args].type == JSON_ARR))) {
+        int next = 0;
+        for (uint32_t k = 0, i = args + 1; k < j.t[args].n && !ok; k++, i = j.t[i].next) {
+            if (j.t[i].type != JSON_STR) { next = 0; continue; }
+            Buf v = { 0 };
+            json_unescape(&j, i, &v);
+            if (next) snprintf(out, n, "%s", buf_cstr(&v)), ok = !setup_agent_bad(out);
+            next = !strcmp(buf_cstr(&v), "--agent");
+            buf_free(&v);
+        }
+    }
+    json_free(&j);
+    return ok;
+}
+
+/* The agent setup wrote for this harness, from its agent file (or else
+ * its MCP entry), into x->agent; 0 if there is none. */
+static int setup_stored_agent(SetupCtx *x) {
+    for (int i = 0; i < x->h->n_edits; i++) {
+        const SetupEdit *e = &x->h->edits[i];
+        if (e->kind != SE_MCP || !e->file[x->scope]) continue;
+        char err[ARC_ERRLEN];
+        const char *base;
+        Buf b = { 0 };
+        mode_t mode;
+        int dfd = setup_dir(x, e->file[x->scope], 0, &base, err), ok = 0;
+        if (dfd >= 0 && setup_read(dfd, base, &b, &mode, err) > 0)
+            ok = setup_entry_agent(buf_str(&b), e->path, x->agent_buf,
+                                   sizeof x->agent_buf);
+        if (dfd >= 0) close(dfd);
+        buf_free(&b);
+        if (ok) x->agent = x->agent_buf;
+        if (ok) return 1;
+    }
+    for (int i = 0; i < x->h->n_edits; i++) {
+        const SetupEdit *e = &x->h->edits[i];
+        if (e->kind != SE_AGENT || !e->file[x->scope]) continue;
+        char err[ARC_ERRLEN];
+        const char *base;
+        Buf b = { 0 };
+        mode_t mode;
+        int dfd = setup_dir(x, e->file[x->scope], 0, &base, err), ok = 0;
+        if (dfd >= 0 && setup_read(dfd, base, &b, &mode, err) > 0) {
+            Str s = str_trim(buf_str(&b));
+            snprintf(x->agent_buf, sizeof x->agent_buf, "%.*s", (int)s.n, s.p);
+            ok = s.n > 0 && !setup_agent_bad(x->agent_buf);
+        }
+        if (dfd >= 0) close(dfd);
+        buf_free(&b);
+        if (ok) x->agent = x->agent_buf;
+        return ok;
+    }
+    return 0;
+}
+
+static const SetupHarness *setup_find(const char *name) {
+    for (int i = 0; i < SETUP_N(setup_harnesses); i++)
+        if (!strcmp(setup_harnesses[i].name, name)) return &setup_harnesses[i];
+    return NULL;
+}
+
+/* Every file of the harness in this scope, in table order, once each. */
+static int setup_files(const SetupCtx *x, const char *files[8]) {
+    int n = 0;
+    for (int i = 0; i < x->h->n_edits; i++) {
+        const char *f = x->h->edits[i].file[x->scope];
+        int seen = !f;
+        for (int k = 0; k < n && !seen; k++) seen = !strcmp(files[k], f);
+        if (!seen && n < 8) files[n++] = f;
+    }
+    return n;
+}
+
+typedef struct {
+    const char *harness;
+    const char *agent;
+    int scope;
+    int dry, remove;
+} SetupOpts;
+
+static int setup_agent_check(const char *v) { return setup_agent_bad(v); }
+
+static const OptWord setup_scopes[] = {
+    { "project", SETUP_PROJECT }, { "user", SETUP_USER }, { NULL, 0 }
+};
+
+static const Opt setup_opts[] = {
+    { NULL, OPT_ARG, offsetof(SetupOpts, harness), NULL, 0, 0, 0, NULL, NULL,
+      NULL, "HARNESS", "claude, codex, gemini, cursor, opencode, vscode,\n"
+      "copilot or windsurf", 0 },
+    { "--agent", OPT_STR, offsetof(SetupOpts, agent), NULL, 0, 0, 0, NULL,
+      setup_agent_check, "must be 1 to 64 of A-Z a-z 0-9 . _ - (not first . -)",
+      "NAME", "the agent the harness runs as (default: HARNESS-DIR,\n"
+      "DIR the project directory's name; user scope: HARNESS-$USER)", 0 },
+    { "--scope", OPT_WORD, offsetof(SetupOpts, scope), NULL, 0, 0, 0,
+      setup_scopes, NULL, NULL, "WHERE", "project (files in this directory, "
+      "the default) or\nuser (files under $HOME; copilot and windsurf "
+      "have only this)", 0 },
+    { "--dry-run", OPT_FLAG, offsetof(SetupOpts, dry), NULL, 0, 0, 0, NULL, NULL,
+      NULL, NULL, "show what would change, as a diff; write nothing", 0 },
+    { "--remove", OPT_FLAG, offsetof(SetupOpts, remove), NULL, 0, 0, 0, NULL,
+      NULL, NULL, NULL, "undo: take arc's entries out; a file unchanged since\n"
+      "setup gets its original bytes back (or is deleted)", 0 },
+    { NULL, OPT_END, 0, NULL, 0, 0, 0, NULL, NULL, NULL, NULL, NULL, 0 },
+};
+
+static const OptHelp setup_help = {
+    "setup", "usage: arc setup HARNESS [--agent NAME] [--scope project|user] "
+             "[--dry-run] [--remove]\n"
+             "Wire arc into a harness's own config files: an MCP server entry\n"
+             "running `arc mcp --agent NAME` and, for claude, codex, gemini and\n"
+             "cursor, hooks running `arc hook HARNESS EVENT --agent NAME`\n"
+             "(opencode: a plugin file that runs them). Other servers, hooks\n"
+             "and keys are kept byte for byte; the first change of a file keeps\n"
+             "FILE.arc-backup; a second run changes nothing. docs/SETUP.md\n"
+             "lists every file per harness.\n\n",
+    "\nexit status: 0 done (or nothing to do), 1 a file was refused (not\n"
+    "strict JSON, a symbolic link, ...; it is left untouched), 2 usage.\n"
+};
+
+/* Set up, or remove, one harness. */
+static int cmd_setup(int argc, char **argv) {
+    SetupOpts o = { 0 };
+    OptGroup g = { setup_opts, &o, NULL, 0 };
+    opt_parse(&setup_help, &g, 1, argc, argv);
+    SetupCtx x = { 0 };
+    char err[ARC_ERRLEN];
+    if (!o.harness || !(x.h = setup_find(o.harness))) {
+        fprintf(stderr, "arc setup: %s%s (see arc setup --help)\n",
+                o.harness ? "unknown harness " : "name a harness",
+                o.harness ? o.harness : "");
+        return 2;
+    }
+    x.scope = x.h->user_only ? SETUP_USER : (SetupScope)o.scope;
+    x.dry = o.dry, x.remove = o.remove;
+    if (setup_self(x.arc, err) || setup_root(&x, err)) {
+        fprintf(stderr, "arc setup: %s\n", err);
+        return 1;
+    }
+    setup_shq(&x.arc_sh, x.arc);
+    if (o.agent) x.agent = o.agent;
+    else if (!setup_stored_agent(&x)) setup_default_agent(&x);
+    printf("arc setup %s%s: %s scope, agent %s, arc %s%s\n", x.h->name,
+           x.remove ? " --remove" : "", x.scope == SETUP_USER ? "user" : "project",
+           x.agent, x.arc, x.dry ? " (dry run: nothing is written)" : "");
+    const char *files[8];
+    int n = setup_files(&x, files), changed = 0, failed = 0;
+    for (int i = 0; i < n; i++) {
+        int r = setup_one(&x, files[i]);
+        if (r < 0) failed++;
+        else changed += r;
+    }
+    if (!failed && !changed)
+        printf("nothing to change: %s\n", x.remove ? "arc is not set up here"
+                                                    : "arc is already set up");
+    else if (!failed && !x.remove && !x.dry && x.h->note[x.scope])
+        printf("next: %s\n", x.h->note[x.scope]);
+    close(x.rootfd);
+    buf_free(&x.arc_sh);
+    return failed ? 1 : 0;
+}
+
+/* ---- arc doctor ---- */
+
+typedef struct {
+    int problems;
+} SetupDoc;
+
+ARC_PRINTF(3, 4) static void setup_finding(SetupDoc *d, const char *fix,
+                                          const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s ", fix ? "FAIL" : "ok  ");
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    if (fix) printf("     fix: %s\n", fix), d->problems++;
+}
+
+/* Is an executable named `bin` on $PATH? */
+static int setup_on_path(const char *bin) {
+    const char *p = getenv("PATH");
+    while (p && *p) {
+        size_t k = strcspn(p, ":");
+        char cand[PATH_MAX];
+        if (k && snprintf(cand, sizeof cand, "%.*s/%s", (int)k, p, bin) <
+                     (int)sizeof cand && access(cand, X_OK) == 0)
+            return 1;
+        p += k + (p[k] == ':');
+    }
+    return 0;
+}
+
+/* Check one harness in one scope: are arc's entries there, and exactly
+ * what setup writes (same binary, same agent, every hook)? */
+static void setup_doctor_one(SetupDoc *d, SetupCtx *x) {
+    const char *files[8];
+    int n = setup_files(x, files), present = 0, stale = 0, bad = 0;
+    Buf fix = { 0 }, list = { 0 };
+    if (!setup_stored_agent(x)) setup_default_agent(x);
+    buf_addf(&fix, "arc setup %s --agent %s%s", x->h->name, x->agent,
+             x->scope == SETUP_USER && !x->h->user_only ? " --scope user" : "");
+    for (int i = 0; i < n; i++) {
+        char err[ARC_ERRLEN] = "";
+        const char *base;
+        Buf cur = { 0 }, want = { 0 }, none = { 0 };
+        mode_t mode;
+        int dfd = setup_dir(x, files[i], 0, &base, err), have = 0;
+        if (dfd >= 0) have = setup_read(dfd, base, &cur, &mode, err);
+        if (dfd == -1 || have < 0) {
+            printf("FAIL %s: %s\n     fix: repair it by hand, then %s\n",
+                   files[i], err, buf_cstr(&fix));
+            d->problems++, bad = 1;
+        } else if (have > 0) {
+            buf_addstr(&want, buf_str(&cur));
+            buf_addstr(&none, buf_str(&cur));
+            if (setup_apply(x, files[i], &want, 0, err) ||
+                setup_apply(x, files[i], &none, 1, err)) {
+                printf("FAIL %s: %s\n", files[i], err);
+                d->problems++, bad = 1;
+            } else {
+                int mine = none.len != cur.len || memcmp(buf_cstr(&none),
+                                                         buf_cstr(&cur), cur.len);
+                present += mine;
+                if (mine && (want.len != cur.len ||
+                             memcmp(buf_cstr(&want), buf_cstr(&cur), cur.len))) {
+                    stale = 1;
+                    buf_addf(&list, "%s%s", list.len ? ", " : "", files[i]);
+                }
+            }
+        }
+        if (dfd >= 0) close(dfd);
+        buf_free(&cur), buf_free(&want), buf_free(&none);
+    }
+    const char *sc = x->scope == SETUP_USER ? "user" : "project";
+    if (bad) {
+    } else if (!present) {
+        printf("--   %s (%s): not set up (%s)\n", x->h->name, sc, buf_cstr(&fix));
+    } else if (stale) {
+        Buf why = { 0 };
+        buf_addf(&why, "%s (%s): %s differ from what setup writes (arc %s, "
+                 "agent %s): a hook or entry is missing or stale", x->h->name, sc,
+                 buf_cstr(&list), x->arc, x->agent);
+        setup_finding(d, buf_cstr(&fix), "%s", buf_cstr(&why));
+        buf_free(&why);
+    } else {
+        setup_finding(d, NULL, "%s (%s): wired as setup wires it (agent %s)",
+                      x->h->name, sc, x->agent);
+    }
+    buf_free(&fix), buf_free(&list);
+}
+
+static const OptHelp doctor_help = {
+    "doctor", "usage: arc doctor [DIR]\n"
+              "Check a project (DIR, default the current directory): a hub\n"
+              "answers for it, and each harness's config (project files and\n"
+              "yours under $HOME) is wired as `arc setup` would wire it, hooks\n"
+              "included. Each problem comes with the command that fixes it.\n"
+              "Exit 0 when nothing is wrong, 1 otherwise.\n", NULL
+};
+
+static const Opt doctor_opts[] = {
+    { NULL, OPT_ARG, 0, NULL, 0, 0, 0, NULL, NULL, NULL, "DIR",
+      "the project directory (default: .)", 0 },
+    { NULL, OPT_END, 0, NULL, 0, 0, 0, NULL, NULL, NULL, NULL, NULL, 0 },
+};
+
+static int cmd_doctor(int argc, char **argv) {
+    const char *dir = NULL;
+    OptGroup g = { doctor_opts, &dir, NULL, 0 };
+    opt_parse(&doctor_help, &g, 1, argc, argv);
+    char err[ARC_ERRLEN], tok[ARC_MAX_TOKEN + 1];
+    if (dir && chdir(dir)) {
+        fprintf(stderr, "arc doctor: %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    SetupDoc d = { 0 };
+    HubRef ref;
+    if (opt_token(NULL, NULL, tok, err)) tok[0] = 0;
+    if (client_discover("arc.sqlite3", tok, &ref))
+        setup_finding(&d, ref.refused ? "give the hub's token in ARC_TOKEN" : NULL,
+                      "hub %s at %s (pid %d)", ref.refused ? "refuses our token"
+                      : "answers", ref.url, ref.pid);
+    else
+        setup_finding(&d, "arc ensure", "no hub answers for this directory");
+    for (int i = 0; i < SETUP_N(setup_harnesses); i++)
+        for (int s = 0; s < 2; s++) {
+            SetupCtx x = { 0 };
+            x.h = &setup_harnesses[i];
+            x.scope = (SetupScope)s;
+            if (s == SETUP_PROJECT && x.h->user_only) continue;
+            if (setup_self(x.arc, err) || setup_root(&x, err)) {
+                if (s == SETUP_PROJECT) fprintf(stderr, "arc doctor: %s\n", err);
+                continue;
+            }
+            setup_shq(&x.arc_sh, x.arc);
+            setup_doctor_one(&d, &x);
+            close(x.rootfd);
+            buf_free(&x.arc_sh);
+        }
+    for (int i = 0; i < SETUP_N(setup_harnesses); i++)
+        if (setup_harnesses[i].bin)
+            printf("--   %s: %s\n", setup_harnesses[i].bin,
+                   setup_on_path(setup_harnesses[i].bin) ? "on PATH"
+                                                         : "not on PATH");
+    printf("%d problem%s\n", d.problems, d.problems == 1 ? "" : "s");
+    return d.problems ? 1 : 0;
+}
+
 /* ==== cli: lifecycle commands, post/poll/whoami, relay, relay-gc ========= */
 
 /* The one-shot commands, built on the client above. Output is what the
@@ -16586,6 +18159,8 @@ static const Cmd cmds[] = {
     { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
+    { "setup", cmd_setup, "wire arc into a harness: claude, codex, gemini ..." },
+    { "doctor", cmd_doctor, "check a project: hub, each harness's arc wiring" },
 };
 
 static int cmd_help(int argc, char **argv) {
