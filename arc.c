@@ -11191,7 +11191,8 @@ typedef struct {
     char arc[PATH_MAX];    /* this binary, absolute */
     Buf arc_sh;            /* arc, quoted for a shell when it needs it */
     int rootfd;            /* the project directory or $HOME */
-    const char *root;      /* its name, for messages: "." or "~" */
+    const char *root;      /* its name in messages: "" or "~/" */
+    int check;             /* setup_one: compute and report errors only */
 } SetupCtx;
 
 /* ---- finding ourselves, naming the agent ---- */
@@ -11288,7 +11289,7 @@ static int setup_dir(const SetupCtx *x, const char *rel, int create,
         if (fd < 0 && errno == ENOENT && create) {
             if (mkdirat(dfd, comp, x->scope == SETUP_USER ? 0700 : 0755) &&
                 errno != EEXIST) {
-                snprintf(err, ARC_ERRLEN, "cannot create %s/%.*s: %s", x->root,
+                snprintf(err, ARC_ERRLEN, "cannot create %s%.*s: %s", x->root,
                          (int)(slash - rel), rel, strerror(errno));
                 close(dfd);
                 return -1;
@@ -11299,7 +11300,7 @@ static int setup_dir(const SetupCtx *x, const char *rel, int create,
         close(dfd);
         if (fd < 0) {
             if (e == ENOENT) return -2;
-            snprintf(err, ARC_ERRLEN, "%s/%.*s: %s", x->root, (int)(slash - rel),
+            snprintf(err, ARC_ERRLEN, "%s%.*s %s", x->root, (int)(slash - rel),
                      rel, e == ELOOP || e == ENOTDIR
                      ? "is a symbolic link or not a directory; arc setup will "
                        "not follow it (edit the file by hand)" : strerror(e));
@@ -11473,13 +11474,14 @@ static void setup_insert(Buf *doc, const Json *j, uint32_t c, const char *k,
     setup_indent_unit(s, &unit);
     const JsonTok *t = &j->t[c];
     size_t at;
+    int oneline = 0;
     if (t->n) {
         uint32_t first = c + 1, last = first, val;
         for (uint32_t m = 1; m < t->n; m++) last = j->t[k ? last + 1 : last].next;
         val = k ? last + 1 : last;
         at = setup_tend(j, val);
         size_t fb = setup_tbeg(j, first);
-        int oneline = !memchr(s.p + t->off, '\n', fb - t->off);
+        oneline = !memchr(s.p + t->off, '\n', fb - t->off);
         setup_line_indent(s, fb, &ind);
         buf_adds(&add, oneline ? ", " : ",\n");
         if (!oneline) buf_addstr(&add, buf_str(&ind));
@@ -11511,7 +11513,8 @@ static void setup_insert(Buf *doc, const Json *j, uint32_t c, const char *k,
         json_cstr(&add, k);
         buf_adds(&add, ": ");
     }
-    setup_render(&add, v, buf_str(&ind), buf_str(&unit));
+    if (oneline) buf_addstr(&add, v);   /* a one-line container stays one */
+    else setup_render(&add, v, buf_str(&ind), buf_str(&unit));
     setup_splice(doc, at, at, buf_str(&add));
 done:
     buf_free(&ind), buf_free(&unit), buf_free(&add);
@@ -12112,6 +12115,41 @@ static void setup_diff(const char *name, Str a, Str b) {
         }
 }
 
+/* Is JSON value i hollow: an object or array holding nothing but hollow
+ * values (Cursor's "version" member aside, which setup adds to a
+ * hooks.json it makes)? */
+static int setup_hollow(const Json *j, uint32_t i) {
+    const JsonTok *t = &j->t[i];
+    if (t->type != JSON_OBJ && t->type != JSON_ARR) return 0;
+    int obj = t->type == JSON_OBJ;
+    for (uint32_t m = 0, k = i + 1; m < t->n; m++) {
+        uint32_t v = obj ? k + 1 : k;
+        if (!setup_hollow(j, v) &&
+            !(obj && i == 0 && json_str_is(j, k, STR_LIT("version"))))
+            return 0;
+        k = j->t[v].next;
+    }
+    return 1;
+}
+
+/* Does text s hold nothing but arc's entries (what setup would have made
+ * from no file)? Such a file is arc's own: setup keeps no backup of it and
+ * --remove deletes it. */
+static int setup_only_arc(const SetupCtx *x, const char *file, Str s) {
+    Buf b = { 0 };
+    char err[ARC_ERRLEN];
+    buf_addstr(&b, s);
+    int only = 0;
+    if (setup_apply(x, file, &b, 1, err) == 0) {
+        Json j = { 0 };
+        only = str_trim(buf_str(&b)).n == 0 ||
+               (json_parse(&j, buf_cstr(&b), b.len) == 0 && setup_hollow(&j, 0));
+        json_free(&j);
+    }
+    buf_free(&b);
+    return only;
+}
+
 /* Set up (or remove) one file of the harness. Prints one line for it.
  * Returns 1 when it changed (or would), 0 when not, -1 on error. */
 static int setup_one(const SetupCtx *x, const char *file) {
@@ -12119,7 +12157,8 @@ static int setup_one(const SetupCtx *x, const char *file) {
     const char *base;
     Buf cur = { 0 }, next = { 0 }, orig = { 0 }, bakname = { 0 };
     mode_t mode = x->scope == SETUP_USER ? 0600 : 0644, bmode;
-    int rc = -1, dfd = setup_dir(x, file, !x->remove && !x->dry, &base, err);
+    int rc = -1, dfd = setup_dir(x, file, !x->remove && !x->dry && !x->check,
+                                   &base, err);
     int have = 0, have_bak = 0;
     const char *what = NULL;
     if (dfd == -2) {   /* its directory is missing: so is the file */
@@ -12163,12 +12202,16 @@ static int setup_one(const SetupCtx *x, const char *file) {
         goto done;
     }
     int gone = x->remove && !next.len && (!have_bak || what[0] == 'd');
+    if (x->check) {   /* the first pass: nothing printed, nothing written */
+        rc = 0;
+        goto done;
+    }
     if (next.len == cur.len && !memcmp(buf_cstr(&next), buf_cstr(&cur), cur.len) &&
         !gone) {
         printf("  %s: unchanged%s\n", file, x->remove ? " (no arc entries)" : "");
         if (x->remove && have_bak && !x->dry)
-            printf("    (%s kept: the file as it was before the first setup)\n",
-                   buf_cstr(&bakname));
+            printf("    (%s.arc-backup kept: the file as it was before the first "
+               "setup)\n", file);
         rc = 0;
         goto done;
     }
@@ -12181,7 +12224,8 @@ static int setup_one(const SetupCtx *x, const char *file) {
         goto done;
     }
     if (dfd < 0 && (dfd = setup_dir(x, file, 1, &base, err)) < 0) goto done;
-    if (!x->remove && have && !have_bak) {   /* the first change: back up */
+    if (!x->remove && have && !have_bak &&   /* the first change: back up */
+        !setup_only_arc(x, file, buf_str(&cur))) {
         if (setup_write(dfd, buf_cstr(&bakname), buf_str(&cur), mode, err)) goto done;
         printf("    backup: %s.arc-backup\n", file);
     }
@@ -12212,7 +12256,7 @@ static int setup_root(SetupCtx *x, char err[ARC_ERRLEN]) {
         snprintf(err, ARC_ERRLEN, "--scope user needs HOME set to an absolute path");
         return -1;
     }
-    x->root = x->scope == SETUP_USER ? "~" : ".";
+    x->root = x->scope == SETUP_USER ? "~/" : "";
     x->rootfd = open(x->scope == SETUP_USER ? home : ".",
                      O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (x->rootfd < 0) {
@@ -12379,7 +12423,14 @@ static int cmd_setup(int argc, char **argv) {
            x.agent, x.arc, x.dry ? " (dry run: nothing is written)" : "");
     const char *files[8];
     int n = setup_files(&x, files), changed = 0, failed = 0;
-    for (int i = 0; i < n; i++) {
+    /* All or nothing: a file that would be refused stops the whole run
+     * before any file is written. */
+    x.check = 1;
+    for (int i = 0; i < n; i++) failed += setup_one(&x, files[i]) < 0;
+    x.check = 0;
+    if (failed) printf("nothing was written: fix the file%s above, or wire it "
+                       "by hand (docs/SETUP.md)\n", failed > 1 ? "s" : "");
+    for (int i = 0; i < n && !failed; i++) {
         int r = setup_one(&x, files[i]);
         if (r < 0) failed++;
         else changed += r;
