@@ -11961,44 +11961,57 @@ static int setup_toml(const SetupCtx *x, Buf *doc, int remove, const char *file,
 
 #define SETUP_PLUGIN_MARK "// arc setup opencode:"
 
-/* OpenCode's plugin: runs `arc hook opencode EVENT` with the event as JSON
- * on stdin. `idle` (the session went idle): a non-empty stdout is sent to
- * the session as a new prompt (client.session.promptAsync). `PreToolUse`:
- * exit 2 refuses the tool, stderr saying why. Anything else, or no hub,
- * and the plugin does nothing. */
+/* OpenCode's plugin: runs `arc hook opencode EVENT --agent NAME` with the
+ * event as JSON on stdin, never blocking OpenCode's loop (an async child).
+ * `wait`, started whenever the session goes idle, is a long-poll: a
+ * non-empty stdout (exit 0) is sent to the session as a new prompt
+ * (client.session.promptAsync), which wakes it. `PreToolUse`: exit 2
+ * refuses the tool, stderr saying why. No hub, no output: nothing. */
 static void setup_plugin_text(const SetupCtx *x, Buf *b) {
     buf_adds(b, SETUP_PLUGIN_MARK " written by `arc setup opencode`; "
                 "`arc setup opencode --remove`\n// deletes it. It runs `arc "
                 "hook opencode EVENT` (docs/SETUP.md).\n"
-                "import { spawnSync } from \"node:child_process\";\n\n"
+                "import { spawn } from \"node:child_process\";\n\n"
                 "const ARC = ");
     json_cstr(b, x->arc);
     buf_adds(b, ";\nconst AGENT = ");
     json_cstr(b, x->agent);
     buf_adds(b, ";\n\n"
         "function hook(event, input) {\n"
-        "  const r = spawnSync(ARC, [\"hook\", \"opencode\", event, \"--agent\", "
-        "AGENT], {\n"
-        "    input: JSON.stringify(input), encoding: \"utf8\", timeout: 10000,\n"
+        "  return new Promise((resolve) => {\n"
+        "    const c = spawn(ARC, [\"hook\", \"opencode\", event, \"--agent\", "
+        "AGENT]);\n"
+        "    let out = \"\", err = \"\";\n"
+        "    c.stdout.on(\"data\", (d) => (out += d));\n"
+        "    c.stderr.on(\"data\", (d) => (err += d));\n"
+        "    c.on(\"error\", () => resolve({ status: -1, out: \"\", err: \"\" }));\n"
+        "    c.on(\"close\", (status) => resolve({ status, out, err }));\n"
+        "    c.stdin.on(\"error\", () => {});\n"
+        "    c.stdin.end(JSON.stringify(input));\n"
         "  });\n"
-        "  return { status: r.status, out: r.stdout || \"\", err: r.stderr || \"\" };\n"
         "}\n\n"
-        "export const ArcPlugin = async ({ client }) => ({\n"
-        "  event: async ({ event }) => {\n"
-        "    if (event.type !== \"session.idle\") return;\n"
-        "    const id = event.properties.sessionID;\n"
-        "    const r = hook(\"idle\", { session_id: id });\n"
-        "    if (r.status === 0 && r.out.trim())\n"
-        "      await client.session.promptAsync({\n"
-        "        path: { id }, body: { parts: [{ type: \"text\", text: r.out }] },\n"
-        "      });\n"
-        "  },\n"
-        "  \"tool.execute.before\": async (input, output) => {\n"
-        "    const r = hook(\"PreToolUse\", { session_id: input.sessionID,\n"
-        "      tool_name: input.tool, tool_input: output.args });\n"
-        "    if (r.status === 2) throw new Error(r.err.trim() || \"refused by arc\");\n"
-        "  },\n"
-        "});\n");
+        "export const ArcPlugin = async ({ client }) => {\n"
+        "  const waiting = new Set();\n"
+        "  return {\n"
+        "    event: async ({ event }) => {\n"
+        "      if (event.type !== \"session.idle\") return;\n"
+        "      const id = event.properties.sessionID;\n"
+        "      if (waiting.has(id)) return;\n"
+        "      waiting.add(id);\n"
+        "      const r = await hook(\"wait\", { session_id: id });\n"
+        "      waiting.delete(id);\n"
+        "      if (r.status === 0 && r.out.trim())\n"
+        "        await client.session.promptAsync({\n"
+        "          path: { id }, body: { parts: [{ type: \"text\", text: r.out }] },\n"
+        "        });\n"
+        "    },\n"
+        "    \"tool.execute.before\": async (input, output) => {\n"
+        "      const r = await hook(\"PreToolUse\", { session_id: input.sessionID,\n"
+        "        tool_name: input.tool, tool_input: output.args });\n"
+        "      if (r.status === 2) throw new Error(r.err.trim() || \"refused by arc\");\n"
+        "    },\n"
+        "  };\n"
+        "};\n");
 }
 
 /* ---- one file: apply, compare, show, write ---- */
