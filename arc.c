@@ -11281,7 +11281,8 @@ static int setup_dir(const SetupCtx *x, const char *rel, int create,
                      const char **base, char err[ARC_ERRLEN]) {
     int dfd = dup(x->rootfd);
     const char *p = rel;
-    const char *slash;
+    const char *slash = strrchr(rel, '/');
+    *base = slash ? slash + 1 : rel;   /* set on every return */
     while (dfd >= 0 && (slash = strchr(p, '/'))) {
         char comp[NAME_MAX + 1];
         snprintf(comp, sizeof comp, "%.*s", (int)(slash - p), p);
