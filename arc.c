@@ -14919,7 +14919,7 @@ typedef struct {
     Json j;               /* ... parsed */
     uint32_t res;         /* its "result" token */
     int status;           /* its HTTP status */
-    Buf text;             /* the readable result (content[0].text) */
+    Buf text;             /* content[0].text if not data's JSON (mcp_call_done) */
     Buf data;             /* structuredContent, an object */
     int failed;           /* isError */
 } McpCtx;
@@ -15038,52 +15038,13 @@ static int mcp_hub(McpCtx *x, const char *method, const char *path, Str body,
     return 0;
 }
 
-/* Members of a JSON object token, rendered readably for the model. */
-static void mcp_text_field(Buf *t, const Json *j, uint32_t obj, const char *key) {
-    uint32_t v = json_get_val(j, obj, key);
-    if (v) json_as_text(t, j, v);
-    else buf_adds(t, "-");
-}
-
-/* "#12 [general] alice -> bob (task_request, thread t1, reply to #10):"
- * then the body, every line indented. */
-static void mcp_render_msg(Buf *t, const Json *j, uint32_t m) {
-    uint32_t v;
-    buf_adds(t, "#");
-    mcp_text_field(t, j, m, "id");
-    buf_adds(t, " [");
-    mcp_text_field(t, j, m, "channel");
-    buf_adds(t, "] ");
-    mcp_text_field(t, j, m, "from_agent");
-    if ((v = json_get_val(j, m, "to_agent"))) buf_adds(t, " -> "), json_as_text(t, j, v);
-    buf_adds(t, " (");
-    mcp_text_field(t, j, m, "kind");
-    if ((v = json_get_val(j, m, "thread_id"))) buf_adds(t, ", thread "), json_as_text(t, j, v);
-    if ((v = json_get_val(j, m, "reply_to"))) buf_adds(t, ", reply to #"), json_as_text(t, j, v);
-    if ((v = json_get_val(j, m, "attachments")) && j->t[v].type == JSON_ARR && j->t[v].n)
-        buf_addf(t, ", %u attachment%s", j->t[v].n, j->t[v].n == 1 ? "" : "s");
-    buf_adds(t, ", ");
-    mcp_text_field(t, j, m, "ts");
-    buf_adds(t, "):");
-    Buf body = { 0 };
-    if ((v = json_get_val(j, m, "body"))) json_as_text(&body, j, v);
-    for (const char *p = buf_cstr(&body); *p;) {
-        size_t k = strcspn(p, "\n");
-        buf_adds(t, "\n    ");
-        buf_add(t, p, k);
-        p += k + (p[k] == '\n');
-    }
-    buf_free(&body);
-}
-
-/* A list of messages (array token `arr`), newest last. */
-static void mcp_render_msgs(Buf *t, const Json *j, uint32_t arr) {
-    uint32_t m = arr + 1;
-    for (uint32_t i = 0; i < j->t[arr].n; i++, m = j->t[m].next) {
-        buf_addc(t, '\n');
-        mcp_render_msg(t, j, m);
-    }
-}
+/* A tool's result (docs/MCP.md, "Tools") is JSON: structuredContent is
+ * x->data, an object, and content[0].text its compact serialization, so a
+ * client that shows the model only the text shows the same thing. The
+ * reference's tools return its hub result as it is; where that is a list
+ * (arc_poll_messages, arc_list_agents) the text is the list itself, as the
+ * reference's, and structuredContent, which must be an object, holds it
+ * under one key. */
 
 /* structuredContent: {"key": <token>} */
 static void mcp_data_one(McpCtx *x, const char *key, uint32_t tok) {
@@ -15093,6 +15054,20 @@ static void mcp_data_one(McpCtx *x, const char *key, uint32_t tok) {
     buf_addc(&x->data, ':');
     json_write(&x->data, &x->j, tok);
     buf_addc(&x->data, '}');
+}
+
+/* structuredContent: the object token itself. */
+static void mcp_data_obj(McpCtx *x, uint32_t tok) {
+    buf_reset(&x->data);
+    json_write(&x->data, &x->j, tok);
+}
+
+/* A list the reference returns bare: the text is the list, and
+ * structuredContent {"key": <list>}. */
+static void mcp_data_list(McpCtx *x, const char *key, uint32_t arr) {
+    mcp_data_one(x, key, arr);
+    buf_reset(&x->text);
+    json_write(&x->text, &x->j, arr);
 }
 
 /* The "from_agent"/"agent_id"... member that starts most request bodies. */
@@ -15120,14 +15095,12 @@ static int mcp_body_int(McpCtx *x, Buf *b, const char *name) {
     return rc < 0 ? -1 : 0;
 }
 
-/* Post a message built in body (an object missing its closing brace) and
- * report it. */
-static int mcp_post(McpCtx *x, Buf *body, const char *what) {
+/* Post a message built in body (an object missing its closing brace); the
+ * result is the stored message, as the reference's. */
+static int mcp_post(McpCtx *x, Buf *body) {
     buf_addc(body, '}');
     if (mcp_hub(x, "POST", "/v1/messages", buf_str(body), MCP_HUB_MS)) return -1;
-    buf_addf(&x->text, "%s:\n", what);
-    mcp_render_msg(&x->text, &x->j, x->res);
-    mcp_data_one(x, "message", x->res);
+    mcp_data_obj(x, x->res);
     return 0;
 }
 
@@ -15297,7 +15270,7 @@ static int mcp_t_post(McpCtx *x) {
         mcp_body_str(x, &body, "to_agent", NULL) || mcp_body_int(x, &body, "reply_to") ||
         mcp_body_int(x, &body, "parent_task_id") || mcp_body_blocked_by(x, &body))
         goto done;
-    rc = mcp_post(x, &body, "Posted");
+    rc = mcp_post(x, &body);
 done:
     buf_free(&body), buf_free(&ch);
     return rc;
@@ -15311,7 +15284,7 @@ static int mcp_t_dm(McpCtx *x) {
     buf_adds(&body, ",\"channel\":\"direct\",\"kind\":\"chat\",\"to_agent\":");
     json_strs(&body, buf_str(&to));
     if (mcp_body_str(x, &body, "body", NULL)) goto done;
-    rc = mcp_post(x, &body, "Sent");
+    rc = mcp_post(x, &body);
 done:
     buf_free(&body), buf_free(&to);
     return rc;
@@ -15339,13 +15312,7 @@ static int mcp_t_poll(McpCtx *x) {
     int64_t *cur = mcp_cursor(buf_cstr(&ch), buf_cstr(&th));
     if (*cur < next) *cur = next;
     pthread_mutex_unlock(&g_mcp.mu);
-    uint32_t n = x->j.t[x->res].n;
-    if (n) buf_addf(&x->text, "%u new message%s:", n, n == 1 ? "" : "s");
-    else buf_addf(&x->text, "No new messages (waited %.0f s).", wait_s);
-    mcp_render_msgs(&x->text, &x->j, x->res);
-    buf_adds(&x->data, "{\"messages\":");
-    json_write(&x->data, &x->j, x->res);
-    buf_addf(&x->data, ",\"cursor\":%lld}", (long long)next);
+    mcp_data_list(x, "messages", x->res);
     rc = 0;
 done:
     buf_free(&ch), buf_free(&th), buf_free(&extra);
@@ -15354,25 +15321,7 @@ done:
 
 static int mcp_t_agents(McpCtx *x) {
     if (mcp_hub(x, "GET", "/v1/agents", (Str){ NULL, 0 }, MCP_HUB_MS)) return -1;
-    uint32_t arr = x->res, n = x->j.t[arr].n, e = arr + 1;
-    buf_addf(&x->text, "%u live agent%s:", n, n == 1 ? "" : "s");
-    for (uint32_t i = 0; i < n; i++, e = x->j.t[e].next) {
-        uint32_t v;
-        buf_adds(&x->text, "\n- ");
-        mcp_text_field(&x->text, &x->j, e, "agent_id");
-        if ((v = json_get_val(&x->j, e, "display_name"))) {
-            buf_adds(&x->text, " (");
-            json_as_text(&x->text, &x->j, v);
-            buf_adds(&x->text, ")");
-        }
-        if ((v = json_get_val(&x->j, e, "capabilities")) && x->j.t[v].n) {
-            buf_adds(&x->text, " capabilities ");
-            json_write(&x->text, &x->j, v);
-        }
-        buf_adds(&x->text, ", last seen ");
-        mcp_text_field(&x->text, &x->j, e, "last_seen");
-    }
-    mcp_data_one(x, "agents", arr);
+    mcp_data_list(x, "agents", x->res);
     return 0;
 }
 
@@ -15386,12 +15335,7 @@ static int mcp_t_channel(McpCtx *x) {
     json_cstr(&body, g_mcp.agent);
     buf_addc(&body, '}');
     if (mcp_hub(x, "POST", "/v1/channels", buf_str(&body), MCP_HUB_MS)) goto done;
-    buf_adds(&x->text, "Channel ");
-    mcp_text_field(&x->text, &x->j, x->res, "name");
-    buf_adds(&x->text, " is ready (created by ");
-    mcp_text_field(&x->text, &x->j, x->res, "created_by");
-    buf_adds(&x->text, ").");
-    mcp_data_one(x, "channel", x->res);
+    mcp_data_obj(x, x->res);
     rc = 0;
 done:
     buf_free(&name), buf_free(&body);
@@ -15400,9 +15344,10 @@ done:
 
 /* Send a task_request and wait for the task_result that replies to it:
  * long-polls on our own feed (broadcasts and DMs to us), so the answer
- * arrives the moment it is posted; the reference re-queries once a second. */
+ * arrives the moment it is posted; the reference re-queries once a second.
+ * The result is that task_result message, as the reference's. */
 static int mcp_t_rpc(McpCtx *x) {
-    Buf to = { 0 }, body = { 0 }, req = { 0 };
+    Buf to = { 0 }, body = { 0 };
     double wait_s;
     int rc = -1;
     if (mcp_arg_need(x, "to_agent", &to) < 0 || mcp_arg_wait(x, 30, &wait_s)) goto done;
@@ -15414,7 +15359,6 @@ static int mcp_t_rpc(McpCtx *x) {
     if (mcp_hub(x, "POST", "/v1/messages", buf_str(&body), MCP_HUB_MS)) goto done;
     int64_t req_id = 0;
     json_to_i64(&x->j, json_get(&x->j, x->res, "id"), &req_id);
-    json_write(&req, &x->j, x->res);
     int64_t since = req_id, deadline = clock_ms() + (int64_t)(wait_s * 1000);
     for (;;) {
         double left = (double)(deadline - clock_ms()) / 1000.0;
@@ -15426,14 +15370,7 @@ static int mcp_t_rpc(McpCtx *x) {
             int64_t rid;
             if (k && json_str_is(&x->j, k, str_c("task_result")) && r &&
                 json_to_i64(&x->j, r, &rid) == 0 && rid == req_id) {
-                buf_addf(&x->text, "Result of task #%lld from %s:\n", (long long)req_id,
-                         to.p);
-                mcp_render_msg(&x->text, &x->j, m);
-                buf_adds(&x->data, "{\"request\":");
-                buf_addstr(&x->data, buf_str(&req));
-                buf_adds(&x->data, ",\"result\":");
-                json_write(&x->data, &x->j, m);
-                buf_addc(&x->data, '}');
+                mcp_data_obj(x, m);
                 rc = 0;
                 goto done;
             }
@@ -15444,7 +15381,7 @@ static int mcp_t_rpc(McpCtx *x) {
     mcp_fail(x, "no task_result from %s within %.0f s; task #%lld stays open. Its answer "
              "will reach you through arc_poll_messages.", to.p, wait_s, (long long)req_id);
 done:
-    buf_free(&to), buf_free(&body), buf_free(&req);
+    buf_free(&to), buf_free(&body);
     return rc;
 }
 
@@ -15462,15 +15399,12 @@ static int mcp_t_inbox(McpCtx *x) {
     int rc = mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS);
     buf_free(&path);
     if (rc) return -1;
-    uint32_t n = x->j.t[x->res].n;
-    if (n) buf_addf(&x->text, "%u direct message%s to %s:", n, n == 1 ? "" : "s", g_mcp.agent);
-    else buf_addf(&x->text, "No direct messages to %s.", g_mcp.agent);
-    mcp_render_msgs(&x->text, &x->j, x->res);
     mcp_data_one(x, "messages", x->res);
     return 0;
 }
 
-/* arc_read_thread: the thread's summary and its last `limit` messages. */
+/* arc_read_thread: the hub's answer (the thread's summary, messages, tasks,
+ * claims and locks) with only the last `limit` messages. */
 static int mcp_t_thread(McpCtx *x) {
     Buf id = { 0 }, path = { 0 };
     int64_t limit = 50;
@@ -15481,32 +15415,22 @@ static int mcp_t_thread(McpCtx *x) {
     buf_adds(&path, "/v1/threads/");
     cli_pct(&path, id.p);
     if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
-    uint32_t th = json_get(&x->j, x->res, "thread"), msgs = json_get(&x->j, x->res, "messages");
-    buf_addf(&x->text, "Thread %s: status ", id.p);
-    if (th) {
-        mcp_text_field(&x->text, &x->j, th, "status");
-        buf_adds(&x->text, ", channel ");
-        mcp_text_field(&x->text, &x->j, th, "channel");
-        buf_adds(&x->text, ", open tasks ");
-        mcp_text_field(&x->text, &x->j, th, "open_task_count");
-        buf_adds(&x->text, ", active claims ");
-        mcp_text_field(&x->text, &x->j, th, "active_claim_count");
-        buf_adds(&x->text, ", active locks ");
-        mcp_text_field(&x->text, &x->j, th, "active_lock_count");
-    }
-    if (msgs && x->j.t[msgs].type == JSON_ARR) {
-        uint32_t n = x->j.t[msgs].n, m = msgs + 1;
-        buf_addf(&x->text, ".\n%u message%s", n, n == 1 ? "" : "s");
-        if (n > (uint32_t)limit) buf_addf(&x->text, " (the last %lld shown)", (long long)limit);
-        buf_adds(&x->text, ":");
-        for (uint32_t i = 0; i < n; i++, m = x->j.t[m].next) {
-            if (n - i > (uint32_t)limit) continue;
-            buf_addc(&x->text, '\n');
-            mcp_render_msg(&x->text, &x->j, m);
-        }
-    }
+    uint32_t msgs = json_get(&x->j, x->res, "messages");
     buf_reset(&x->data);
-    json_write(&x->data, &x->j, x->res);
+    if (!msgs || x->j.t[msgs].type != JSON_ARR || x->j.t[msgs].n <= (uint64_t)limit) {
+        mcp_data_obj(x, x->res);
+    } else {   /* the rest as it is, then "messages" cut */
+        json_write_skip(&x->data, &x->j, x->res, "messages");
+        x->data.len--;   /* its closing brace */
+        buf_adds(&x->data, x->data.len > 1 ? ",\"messages\":[" : "\"messages\":[");
+        uint32_t n = x->j.t[msgs].n, m = msgs + 1;
+        for (uint32_t i = 0; i < n; i++, m = x->j.t[m].next) {
+            if (n - i > (uint64_t)limit) continue;
+            if (n - i < (uint64_t)limit) buf_addc(&x->data, ',');
+            json_write(&x->data, &x->j, m);
+        }
+        buf_adds(&x->data, "]}");
+    }
     rc = 0;
 done:
     buf_free(&id), buf_free(&path);
@@ -15528,45 +15452,25 @@ static int mcp_arg_action(McpCtx *x) {
 
 /* arc_claim and arc_lock: the same three requests on two kinds of lease. */
 typedef struct {
-    const char *paths[3], *verbs[3];   /* acquire, refresh, release */
-    const char *what, *key, *holder;   /* "Claim", its key and owner fields */
+    const char *paths[3];              /* acquire, refresh, release */
+    const char *key;                   /* the field naming what is leased */
     const char *data;                  /* structuredContent member */
     int claim;                         /* claims name their owner differently
                                         * and take task fields on acquire */
 } McpLease;
 
 static const McpLease mcp_claims = {
-    { "/v1/claims", "/v1/claims/refresh", "/v1/claims/release" },
-    { "acquired", "refreshed", "released" },
-    "Claim", "claim_key", "owner_agent_id", "claim", 1
+    { "/v1/claims", "/v1/claims/refresh", "/v1/claims/release" }, "claim_key", "claim", 1
 };
 static const McpLease mcp_locks = {
-    { "/v1/locks", "/v1/locks/refresh", "/v1/locks/release" },
-    { "locked", "refreshed", "released" },
-    "Lock on", "file_path", "agent_id", "lock", 0
+    { "/v1/locks", "/v1/locks/refresh", "/v1/locks/release" }, "file_path", "lock", 0
 };
 
 /* Report the answer: {"acquired": bool, "<data>": row}. A denial is not an
  * error: the row says who holds it and until when. */
-static void mcp_lease_result(McpCtx *x, const McpLease *l, int act) {
+static void mcp_lease_result(McpCtx *x, const McpLease *l) {
     uint32_t acq = json_get(&x->j, 0, "acquired");   /* in the envelope */
     int granted = !acq || x->j.t[acq].type == JSON_TRUE;
-    buf_addf(&x->text, "%s ", l->what);
-    mcp_text_field(&x->text, &x->j, x->res, l->key);
-    if (!granted) {
-        buf_adds(&x->text, " is held by ");
-        mcp_text_field(&x->text, &x->j, x->res, l->holder);
-        buf_adds(&x->text, " until ");
-        mcp_text_field(&x->text, &x->j, x->res, "expires_at");
-        buf_adds(&x->text, "; not acquired.");
-    } else {
-        buf_addf(&x->text, " %s", l->verbs[act]);
-        if (act != 2) {
-            buf_adds(&x->text, " until ");
-            mcp_text_field(&x->text, &x->j, x->res, "expires_at");
-        }
-        buf_addc(&x->text, '.');
-    }
     buf_reset(&x->data);
     buf_addf(&x->data, "{\"acquired\":%s,\"%s\":", granted ? "true" : "false", l->data);
     json_write(&x->data, &x->j, x->res);
@@ -15584,7 +15488,7 @@ static int mcp_lease(McpCtx *x, const McpLease *l) {
         goto done;
     buf_addc(&body, '}');
     if (mcp_hub(x, "POST", l->paths[act], buf_str(&body), MCP_HUB_MS)) goto done;
-    mcp_lease_result(x, l, act);
+    mcp_lease_result(x, l);
     rc = 0;
 done:
     buf_free(&body);
@@ -15605,16 +15509,6 @@ static int mcp_t_tasks(McpCtx *x) {
         uint32_t pc = json_get(&x->j, 0, "parent_completed");
         uint32_t up = json_get(&x->j, 0, "rolled_up");
         int parent = pc && x->j.t[pc].type == JSON_TRUE;
-        buf_addf(&x->text, "Task #%lld is done%s.", (long long)id,
-                 parent ? "; that was its parent's last open subtask, so the parent "
-                          "is done too" : "");
-        if (up && x->j.t[up].type == JSON_ARR && x->j.t[up].n) {
-            buf_adds(&x->text, " Completed by rollup:");
-            uint32_t e = up + 1;
-            for (uint32_t i = 0; i < x->j.t[up].n; i++, e = x->j.t[e].next)
-                buf_adds(&x->text, " #"), json_as_text(&x->text, &x->j, e);
-            buf_addc(&x->text, '.');
-        }
         buf_adds(&x->data, "{\"tasks\":[");
         json_write(&x->data, &x->j, x->res);
         buf_addf(&x->data, "],\"parent_completed\":%s", parent ? "true" : "false");
@@ -15632,36 +15526,7 @@ static int mcp_t_tasks(McpCtx *x) {
         if (v.len) buf_addf(&path, "&%s=", filters[i]), cli_pct(&path, v.p);
     }
     if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
-    uint32_t arr = x->res, n = x->j.t[arr].n, t = arr + 1;
-    buf_addf(&x->text, "%u task%s:", n, n == 1 ? "" : "s");
-    for (uint32_t i = 0; i < n; i++, t = x->j.t[t].next) {
-        buf_adds(&x->text, "\n- #");
-        mcp_text_field(&x->text, &x->j, t, "task_id");
-        buf_adds(&x->text, " ");
-        mcp_text_field(&x->text, &x->j, t, "status");
-        buf_adds(&x->text, " in ");
-        mcp_text_field(&x->text, &x->j, t, "channel");
-        uint32_t f;
-        if ((f = json_get_val(&x->j, t, "thread_id")))
-            buf_adds(&x->text, ", thread "), json_as_text(&x->text, &x->j, f);
-        if ((f = json_get_val(&x->j, t, "parent_task_id")))
-            buf_adds(&x->text, ", subtask of #"), json_as_text(&x->text, &x->j, f);
-        uint32_t cl = json_get(&x->j, t, "claimable");
-        if ((f = json_get(&x->j, t, "blocked_by")) && x->j.t[f].type == JSON_ARR &&
-            x->j.t[f].n) {   /* arc:task_deps, PROTOCOL §14 */
-            buf_adds(&x->text, ", waits for");
-            uint32_t e = f + 1;
-            for (uint32_t k = 0; k < x->j.t[f].n; k++, e = x->j.t[e].next)
-                buf_adds(&x->text, k ? ", #" : " #"), json_as_text(&x->text, &x->j, e);
-        }
-        if (cl && x->j.t[cl].type == JSON_FALSE && (f = json_get(&x->j, t, "status"))) {
-            buf_reset(&v);
-            json_as_text(&v, &x->j, f);
-            if (str_eq(buf_str(&v), "open"))
-                buf_adds(&x->text, " (BLOCKED: not claimable yet)");
-        }
-    }
-    mcp_data_one(x, "tasks", arr);
+    mcp_data_one(x, "tasks", x->res);
     rc = 0;
 done:
     buf_free(&path), buf_free(&v);
@@ -15701,7 +15566,7 @@ static int mcp_t_result(McpCtx *x) {
     if (to.len) buf_adds(&body, ",\"to_agent\":"), json_strs(&body, buf_str(&to));
     if (thread.len) buf_adds(&body, ",\"thread_id\":"), json_strs(&body, buf_str(&thread));
     if (mcp_body_str(x, &body, "body", NULL)) goto done;
-    rc = mcp_post(x, &body, "Answered");
+    rc = mcp_post(x, &body);
 done:
     buf_free(&body), buf_free(&to), buf_free(&ch), buf_free(&path), buf_free(&thread);
     return rc;
@@ -15721,13 +15586,6 @@ static int mcp_t_whoami(McpCtx *x) {
     char sid[sizeof g_mcp.session_id];
     memcpy(sid, g_mcp.session_id, sizeof sid);
     pthread_mutex_unlock(&g_mcp.mu);
-    uint32_t live = json_get(&x->j, x->res, "live_agents");
-    buf_addf(&x->text, "You are %s (session %s) on the arc hub at %s. Messages up to #%lld "
-             "have been read by arc_poll_messages; the newest you can see is #",
-             g_mcp.agent, sid[0] ? sid : "-", g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url,
-             (long long)cursor);
-    mcp_text_field(&x->text, &x->j, x->res, "latest_visible_id");
-    buf_addf(&x->text, ". Live agents: %u.", live ? x->j.t[live].n : 0);
     buf_adds(&x->data, "{\"agent_id\":");
     json_cstr(&x->data, g_mcp.agent);
     buf_adds(&x->data, ",\"session_id\":");
@@ -15740,7 +15598,7 @@ static int mcp_t_whoami(McpCtx *x) {
     return 0;
 }
 /* arc_search: full-text search of what this agent may see (PROTOCOL §15):
- * one line per hit with its snippet; the whole messages in the data. */
+ * the hits (message and snippet), best first. */
 static int mcp_t_search(McpCtx *x) {
     static const char *const filters[][2] = {
         { "channel", "channel" }, { "from_agent", "from" }, { "kind", "kind" }
@@ -15762,38 +15620,16 @@ static int mcp_t_search(McpCtx *x) {
         if (v.len) agent_qparam(&path, filters[i][1], v.p);
     }
     if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
-    uint32_t arr = x->res, n = x->j.t[arr].n, hit = arr + 1;
-    buf_addf(&x->text, "%u result%s for %s, best first:", n, n == 1 ? "" : "s", q.p);
-    for (uint32_t i = 0; i < n; i++, hit = x->j.t[hit].next) {
-        uint32_t m = json_get(&x->j, hit, "message"), f;
-        if (!m || x->j.t[m].type != JSON_OBJ) continue;
-        buf_adds(&x->text, "\n- #");
-        mcp_text_field(&x->text, &x->j, m, "id");
-        buf_adds(&x->text, " [");
-        mcp_text_field(&x->text, &x->j, m, "channel");
-        buf_adds(&x->text, "] ");
-        mcp_text_field(&x->text, &x->j, m, "from_agent");
-        if ((f = json_get_val(&x->j, m, "to_agent")))
-            buf_adds(&x->text, " -> "), json_as_text(&x->text, &x->j, f);
-        buf_adds(&x->text, " (");
-        mcp_text_field(&x->text, &x->j, m, "kind");
-        if ((f = json_get_val(&x->j, m, "thread_id")))
-            buf_adds(&x->text, ", thread "), json_as_text(&x->text, &x->j, f);
-        buf_adds(&x->text, "): ");
-        mcp_text_field(&x->text, &x->j, hit, "snippet");
+    /* The envelope's notes: a full window (oldest_id, PROTOCOL §15.1) and
+     * an index still catching up (pending). */
+    mcp_data_one(x, "results", x->res);
+    x->data.len--;
+    static const char *const notes[] = { "oldest_id", "pending" };
+    for (size_t i = 0; i < sizeof notes / sizeof *notes; i++) {
+        uint32_t n = json_get(&x->j, 0, notes[i]);
+        if (n) buf_addf(&x->data, ",\"%s\":", notes[i]), json_write(&x->data, &x->j, n);
     }
-    uint32_t p = json_get(&x->j, 0, "pending");
-    if (p) {
-        buf_adds(&x->text, "\n(The index is catching up: ");
-        json_as_text(&x->text, &x->j, p);
-        buf_adds(&x->text, " newer messages were not searched yet.)");
-    }
-    if ((p = json_get(&x->j, 0, "oldest_id"))) {   /* a full window, §15.1 */
-        buf_adds(&x->text, "\n(Only the newest matches were ranked, down to message #");
-        json_as_text(&x->text, &x->j, p);
-        buf_adds(&x->text, "; add words or filters to find older ones.)");
-    }
-    mcp_data_one(x, "results", arr);
+    buf_addc(&x->data, '}');
     rc = 0;
 done:
     buf_free(&q), buf_free(&v), buf_free(&path);
@@ -15807,34 +15643,6 @@ done:
  * the model can merge and retry; a get of a missing key says so. */
 
 static const char *const mcp_kv_actions[] = { "get", "put", "list", "delete", "history" };
-
-/* "key (type, version N, by A at T): value", the value cut at 300 bytes. */
-static void mcp_kv_line(Buf *t, const Json *j, uint32_t row, int change) {
-    uint32_t v;
-    Buf val = { 0 };
-    if (change) {
-        buf_adds(t, "v");
-        mcp_text_field(t, j, row, "version");
-        buf_adds(t, " ");
-        mcp_text_field(t, j, row, "op");
-    } else {
-        mcp_text_field(t, j, row, "key");
-    }
-    buf_adds(t, " (");
-    mcp_text_field(t, j, row, "type");
-    if (!change) buf_adds(t, ", version "), mcp_text_field(t, j, row, "version");
-    buf_adds(t, ", by ");
-    mcp_text_field(t, j, row, change ? "agent_id" : "updated_by");
-    buf_adds(t, " at ");
-    mcp_text_field(t, j, row, change ? "at" : "updated_at");
-    buf_adds(t, ")");
-    if ((v = json_get(j, row, "value")) && !(change && j->t[v].type == JSON_NULL)) {
-        json_write(&val, j, v);
-        buf_addf(t, ": %.*s%s", val.len > 300 ? 300 : (int)val.len, buf_cstr(&val),
-                 val.len > 300 ? " ..." : "");
-    }
-    buf_free(&val);
-}
 
 static int mcp_t_kv(McpCtx *x) {
     Buf act = { 0 }, key = { 0 }, path = { 0 }, body = { 0 }, v = { 0 };
@@ -15888,11 +15696,6 @@ static int mcp_t_kv(McpCtx *x) {
         if (x->status == 409 && cur) {   /* lost a compare-and-set */
             x->failed = 0;
             buf_reset(&x->text);
-            buf_adds(&x->text, "Not written: the key changed since version ");
-            buf_addf(&x->text, "%lld. Now: ", (long long)ver);
-            if (x->j.t[cur].type == JSON_NULL) buf_adds(&x->text, "no such key (version 0)");
-            else mcp_kv_line(&x->text, &x->j, cur, 0);
-            buf_adds(&x->text, ". Merge and retry with that version.");
             buf_adds(&x->data, "{\"conflict\":true,\"entry\":");
             json_write(&x->data, &x->j, cur);
             buf_addc(&x->data, '}');
@@ -15900,33 +15703,12 @@ static int mcp_t_kv(McpCtx *x) {
         } else if (x->status == 404 && a == 0) {
             x->failed = 0;
             buf_reset(&x->text);
-            buf_addf(&x->text, "No key %s in shared memory.", key.p);
             buf_adds(&x->data, "{\"entry\":null}");
             rc = 0;
         }
         goto done;
     }
-    if (a == 2 || a == 4) {
-        uint32_t n = x->j.t[x->res].n, e = x->res + 1;
-        if (a == 2) buf_addf(&x->text, "%u key%s:", n, n == 1 ? "" : "s");
-        else buf_addf(&x->text, "%u write%s of %s:", n, n == 1 ? "" : "s", key.p);
-        for (uint32_t i = 0; i < n; i++, e = x->j.t[e].next) {
-            buf_adds(&x->text, "\n- ");
-            mcp_kv_line(&x->text, &x->j, e, a == 4);
-        }
-        mcp_data_one(x, "entries", x->res);
-    } else {
-        buf_adds(&x->text, a == 1 ? "Stored " : a == 3 ? "Deleted " : "");
-        if (a == 3) {
-            mcp_text_field(&x->text, &x->j, x->res, "key");
-            buf_adds(&x->text, " (now version ");
-            mcp_text_field(&x->text, &x->j, x->res, "version");
-            buf_adds(&x->text, ").");
-        } else {
-            mcp_kv_line(&x->text, &x->j, x->res, 0);
-        }
-        mcp_data_one(x, "entry", x->res);
-    }
+    mcp_data_one(x, a == 2 || a == 4 ? "entries" : "entry", x->res);
     rc = 0;
 done:
     buf_free(&act), buf_free(&key), buf_free(&path), buf_free(&body), buf_free(&v);
@@ -15936,13 +15718,19 @@ done:
 /* ---- the tool table ---- */
 
 #define MCP_S(props, req) "{\"type\":\"object\",\"properties\":{" props "},\"required\":[" req "]}"
+#define MCP_O(props) "{\"type\":\"object\",\"properties\":{" props "}}"   /* none required */
 #define MCP_STR(name, desc) "\"" name "\":{\"type\":\"string\",\"description\":\"" desc "\"}"
 #define MCP_INT(name, desc) "\"" name "\":{\"type\":\"integer\",\"description\":\"" desc "\"}"
-#define MCP_OBJ(name) "\"" name "\":{\"type\":\"object\"}"
+#define MCP_T(name, type) "\"" name "\":{\"type\":\"" type "\"}"
+#define MCP_OBJ(name) MCP_T(name, "object")
 #define MCP_ARR(name) "\"" name "\":{\"type\":\"array\",\"items\":{\"type\":\"object\"}}"
 #define MCP_ACTION "\"action\":{\"type\":\"string\",\"enum\":[\"acquire\",\"refresh\"," \
                    "\"release\"],\"default\":\"acquire\"}"
 #define MCP_TTL MCP_INT("ttl_sec", "Lease length in seconds (default 300, at least 5).")
+/* Output schemas of the results that are one hub row (the reference's
+ * shapes): a message, a channel. */
+#define MCP_MSG_OUT MCP_S(MCP_T("id", "integer"), "\"id\"")
+#define MCP_CHANNEL_OUT MCP_S(MCP_T("name", "string"), "\"name\"")
 
 typedef struct {
     const char *name, *title, *description;
@@ -15954,11 +15742,11 @@ typedef struct {
 static const McpTool mcp_tools[] = {
     { "arc_post_message", "Post a message",
       "Post a message to an arc channel (or, with to_agent, a direct message). Returns the "
-      "stored message with its id.",
+      "stored message.",
       MCP_S(MCP_STR("channel", "Channel name, e.g. general; must exist unless to_agent is set.") ","
             MCP_STR("body", "Message text.") ","
-            "\"kind\":{\"type\":\"string\",\"default\":\"chat\",\"description\":\"chat, task, "
-            "task_request, task_result, artifact, notice, claim or release.\"}" ","
+            "\"kind\":{\"type\":\"string\",\"default\":\"chat\",\"enum\":[\"chat\",\"task\","
+            "\"task_request\",\"task_result\",\"artifact\",\"notice\",\"claim\",\"release\"]}" ","
             MCP_STR("thread_id", "Thread to post in; any string, a new one starts a thread.") ","
             MCP_STR("to_agent", "Make it a direct message to this agent.") ","
             MCP_INT("reply_to", "Id of the message this one answers.") ","
@@ -15966,29 +15754,28 @@ static const McpTool mcp_tools[] = {
             "\"blocked_by\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"},"
             "\"description\":\"A task: ids of the tasks it waits for.\"}",
             "\"channel\",\"body\""),
-      MCP_S(MCP_OBJ("message"), "\"message\""), 0, 0, mcp_t_post },
+      MCP_MSG_OUT, 0, 0, mcp_t_post },
     { "arc_poll_messages", "Wait for new messages",
       "Return messages you have not seen yet (broadcasts and direct messages to you, not "
       "your own), waiting up to timeout seconds for the first one. Each channel/thread "
       "filter keeps its own read position.",
-      MCP_S(MCP_STR("channel", "Only this channel.") ","
+      MCP_O(MCP_STR("channel", "Only this channel.") ","
             "\"timeout\":{\"type\":\"number\",\"default\":5,\"description\":\"Seconds to wait "
             "when nothing is new (0 to 50).\"}" ","
-            MCP_STR("thread_id", "Only this thread."), ""),
-      MCP_S(MCP_ARR("messages") "," MCP_INT("cursor", "Highest id read."), "\"messages\""),
-      1, 0, mcp_t_poll },
+            MCP_STR("thread_id", "Only this thread.")),
+      MCP_S(MCP_ARR("messages"), "\"messages\""), 1, 0, mcp_t_poll },
     { "arc_dm", "Direct message",
       "Send a direct message to another agent.",
       MCP_S(MCP_STR("to_agent", "Recipient agent id.") "," MCP_STR("body", "Message text."),
             "\"to_agent\",\"body\""),
-      MCP_S(MCP_OBJ("message"), "\"message\""), 0, 0, mcp_t_dm },
+      MCP_MSG_OUT, 0, 0, mcp_t_dm },
     { "arc_list_agents", "List live agents",
       "List the agents currently live on the hub, with their capabilities.",
-      MCP_S("", ""), MCP_S(MCP_ARR("agents"), "\"agents\""), 1, 1, mcp_t_agents },
+      MCP_O(""), MCP_S(MCP_ARR("agents"), "\"agents\""), 1, 1, mcp_t_agents },
     { "arc_create_channel", "Create a channel",
       "Create a channel (nothing changes if it exists).",
       MCP_S(MCP_STR("name", "Channel name."), "\"name\""),
-      MCP_S(MCP_OBJ("channel"), "\"channel\""), 0, 1, mcp_t_channel },
+      MCP_CHANNEL_OUT, 0, 1, mcp_t_channel },
     { "arc_rpc_call", "Ask another agent and wait",
       "Send a task_request to another agent and wait for its task_result (answered with "
       "arc_task_result on their side).",
@@ -15996,30 +15783,29 @@ static const McpTool mcp_tools[] = {
             "\"timeout\":{\"type\":\"number\",\"default\":30,\"description\":\"Seconds to "
             "wait for the answer (0 to 50).\"}",
             "\"to_agent\",\"body\""),
-      MCP_S(MCP_OBJ("request") "," MCP_OBJ("result"), "\"request\",\"result\""),
-      0, 0, mcp_t_rpc },
+      MCP_MSG_OUT, 0, 0, mcp_t_rpc },
     { "arc_inbox", "Read direct messages",
       "Direct messages sent to you, read or not: the newest ones, or those after since_id.",
-      MCP_S(MCP_INT("since_id", "Only messages with a larger id.") ","
-            MCP_INT("limit", "At most this many (default 20, up to 500)."), ""),
+      MCP_O(MCP_INT("since_id", "Only messages with a larger id.") ","
+            MCP_INT("limit", "At most this many (default 20, up to 500).")),
       MCP_S(MCP_ARR("messages"), "\"messages\""), 1, 1, mcp_t_inbox },
     { "arc_read_thread", "Read a thread",
       "A thread's status, open tasks, claims and locks, and its messages.",
       MCP_S(MCP_STR("thread_id", "The thread.") ","
-            MCP_INT("limit", "Show at most this many of the latest messages (default 50)."),
+            MCP_INT("limit", "At most this many of the latest messages (default 50)."),
             "\"thread_id\""),
       MCP_S(MCP_OBJ("thread") "," MCP_ARR("messages"), "\"thread\""), 1, 1, mcp_t_thread },
     { "arc_claim", "Claim work",
-      "Claim a piece of work so no one else takes it (acquire), extend your claim (refresh) "
-      "or give it back (release). A claim held by someone else is reported, not taken.",
-      MCP_S(MCP_STR("claim_key", "What you claim, e.g. a task key; default task-<task_message_id>.") ","
+      "Claim work so no one else takes it (acquire), extend the claim (refresh) or give it "
+      "back (release). One held by someone else is reported (acquired false), not taken.",
+      MCP_O(MCP_STR("claim_key", "What you claim, e.g. a task key; default task-<task_message_id>.") ","
             MCP_ACTION "," MCP_INT("task_message_id", "The task message being claimed.") ","
-            MCP_STR("thread_id", "Thread the work belongs to.") "," MCP_TTL, ""),
+            MCP_STR("thread_id", "Thread the work belongs to.") "," MCP_TTL),
       MCP_S("\"acquired\":{\"type\":\"boolean\"}," MCP_OBJ("claim"), "\"acquired\",\"claim\""),
       0, 1, mcp_t_claim },
     { "arc_lock", "Lock a file",
       "Lock a file path before editing it (acquire), extend the lock (refresh) or unlock "
-      "it (release). A lock held by someone else is reported, not taken.",
+      "it (release). One held by someone else is reported (acquired false), not taken.",
       MCP_S(MCP_STR("file_path", "The path, as the team names it.") "," MCP_ACTION ","
             MCP_TTL, "\"file_path\""),
       MCP_S("\"acquired\":{\"type\":\"boolean\"}," MCP_OBJ("lock"), "\"acquired\",\"lock\""),
@@ -16028,10 +15814,10 @@ static const McpTool mcp_tools[] = {
       "List tasks (open ones unless status says done), or mark one done with "
       "complete_task_id. A task that waits for others (blocked_by) cannot be claimed "
       "until they are done; create one with arc_post_message kind task and blocked_by.",
-      MCP_S("\"status\":{\"type\":\"string\",\"enum\":[\"open\",\"done\"],\"default\":\"open\"}"
+      MCP_O("\"status\":{\"type\":\"string\",\"enum\":[\"open\",\"done\"],\"default\":\"open\"}"
             "," MCP_STR("channel", "Only this channel.") ","
             MCP_STR("thread_id", "Only this thread.") ","
-            MCP_INT("complete_task_id", "Mark this task done instead of listing."), ""),
+            MCP_INT("complete_task_id", "Mark this task done instead of listing.")),
       MCP_S(MCP_ARR("tasks") ",\"parent_completed\":{\"type\":\"boolean\"}"
             ",\"rolled_up\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}",
             "\"tasks\""),
@@ -16044,17 +15830,19 @@ static const McpTool mcp_tools[] = {
             MCP_STR("to_agent", "Who to send it to; default: whoever asked you directly.") ","
             MCP_STR("channel", "Channel; default that of the request."),
             "\"task_id\",\"body\""),
-      MCP_S(MCP_OBJ("message"), "\"message\""), 0, 0, mcp_t_result },
+      MCP_MSG_OUT, 0, 0, mcp_t_result },
     { "arc_whoami", "Who am I",
       "Your agent id and session, the hub, and how far you have read.",
-      MCP_S("", ""),
-      MCP_S(MCP_STR("agent_id", "") "," MCP_STR("session_id", "") "," MCP_STR("hub", "") ","
-            MCP_INT("cursor", "") "," MCP_OBJ("bootstrap"), "\"agent_id\""),
+      MCP_O(""),
+      MCP_S(MCP_T("agent_id", "string") "," MCP_T("session_id", "string") ","
+            MCP_T("hub", "string") "," MCP_T("cursor", "integer") "," MCP_OBJ("bootstrap"),
+            "\"agent_id\""),
       1, 1, mcp_t_whoami },
     { "arc_kv", "Shared memory",
       "Team memory every agent sees: decisions, facts, constraints. get, list (by prefix or "
       "type) and history read; put writes a value (give the version you read to write only "
-      "if no one changed it since); delete removes a key.",
+      "if no one changed it since: else conflict true and the current entry); delete "
+      "removes a key.",
       MCP_S("\"action\":{\"type\":\"string\",\"enum\":[\"get\",\"put\",\"list\","
             "\"delete\",\"history\"]}," MCP_STR("key", "e.g. decisions/database.") ","
             "\"value\":{\"description\":\"put: any JSON value.\"},"
@@ -16062,8 +15850,8 @@ static const McpTool mcp_tools[] = {
             "\"constraint\",\"artifact\",\"note\"]}," MCP_STR("prefix", "list: keys starting so.")
             "," MCP_INT("version", "put/delete: only if the key is at this version (0: absent)."),
             "\"action\""),
-      MCP_S("\"entry\":{\"type\":[\"object\",\"null\"]}," MCP_ARR("entries") ","
-            "\"conflict\":{\"type\":\"boolean\"}", ""),
+      MCP_O("\"entry\":{\"type\":[\"object\",\"null\"]}," MCP_ARR("entries") ","
+            "\"conflict\":{\"type\":\"boolean\"}"),
       0, 0, mcp_t_kv },
     { "arc_search", "Search messages",
       "Full-text search of the messages you can see (channels and your direct messages), "
@@ -16073,7 +15861,8 @@ static const McpTool mcp_tools[] = {
             MCP_STR("from_agent", "Only messages from this agent.") ","
             MCP_STR("kind", "Only this kind, e.g. task or artifact.") ","
             MCP_INT("limit", "At most this many (default 10, up to 100)."), "\"query\""),
-      MCP_S(MCP_ARR("results"), "\"results\""), 1, 1, mcp_t_search },
+      MCP_S(MCP_ARR("results") "," MCP_T("oldest_id", "integer") ","
+            MCP_T("pending", "integer"), "\"results\""), 1, 1, mcp_t_search },
 };
 
 static const char mcp_instructions[] =
@@ -16103,11 +15892,16 @@ static void mcp_tools_json(Buf *b, const char *version) {
         json_cstr(b, t->description);
         buf_addf(b, ",\"inputSchema\":%s", t->input);
         if (mcp_has(version, "2025-06-18")) buf_addf(b, ",\"outputSchema\":%s", t->output);
-        if (mcp_has(version, "2025-03-26"))
-            buf_addf(b, ",\"annotations\":{\"title\":\"%s\",\"readOnlyHint\":%s,"
-                     "\"destructiveHint\":false,\"idempotentHint\":%s,"
-                     "\"openWorldHint\":false}", t->title,
-                     t->read_only ? "true" : "false", t->idempotent ? "true" : "false");
+        /* Hints at their spec defaults (readOnlyHint and idempotentHint
+         * false) are left out, and so is the title where the tool has one
+         * of its own: every character is sent to the model. */
+        if (mcp_has(version, "2025-03-26")) {
+            buf_adds(b, ",\"annotations\":{");
+            if (!mcp_has(version, "2025-06-18")) buf_addf(b, "\"title\":\"%s\",", t->title);
+            if (t->read_only) buf_adds(b, "\"readOnlyHint\":true,");
+            if (t->idempotent && !t->read_only) buf_adds(b, "\"idempotentHint\":true,");
+            buf_adds(b, "\"destructiveHint\":false,\"openWorldHint\":false}");
+        }
         buf_addc(b, '}');
     }
     buf_addc(b, ']');
@@ -16134,7 +15928,8 @@ static void mcp_call_done(McpCall *call, McpCtx *x) {
         mcp_result_begin(&b, buf_str(&call->id), call->version);
         mcp_member(&b, "content");
         buf_adds(&b, "[{\"type\":\"text\",\"text\":");
-        json_strs(&b, buf_str(&x->text));
+        /* An error's message, else the result's JSON (mcp_data_obj). */
+        json_strs(&b, buf_str(x->failed || x->text.len ? &x->text : &x->data));
         buf_adds(&b, "}]");
         if (x->failed) {
             mcp_member(&b, "isError");

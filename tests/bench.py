@@ -41,6 +41,11 @@ the I/O. `bench wake` sends a hub-info before each wake, so the wake figure
 has the hub-info figure subtracted. Without valgrind (installed with
 apt-get when running as root) the rows say "skipped: no valgrind".
 
+MCP tools/list chars (not timed): `CMD mcp`'s tools/list in each protocol
+version, as characters of the compact JSON of its `tools` array, with and
+without the outputSchemas: what the tool definitions cost a model's context
+on every turn.
+
 Hubs that answer on a timer (the reference re-queries long-polls every
 250 ms, streams every 500 ms and scans the relay spool every 250 ms) are
 given a random pause of up to one period before each timed request, so the
@@ -274,6 +279,67 @@ def m_ensure(ctx):
     return with_hub(ctx["cmd"], go)
 
 
+MCP_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28")
+
+
+def m_mcp_tools(ctx):
+    """What the tool definitions cost a model: `CMD mcp`'s tools/list in each
+    protocol version, as characters of the compact JSON of the `tools` array
+    (the reference sends it with spaces; re-serialized, both count alike),
+    with and without the outputSchemas. Not timed. The requests go in
+    Content-Length frames, which both servers read; the answers come as lines
+    (arc) or frames (the reference)."""
+    def frame(obj):
+        body = json.dumps(obj).encode()
+        return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    def go(hub):
+        out = {}
+        for v in MCP_VERSIONS:
+            if v == "2026-07-28":   # stateless: no handshake, _meta on the request
+                msgs = [{"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"_meta": {
+                    "io.modelcontextprotocol/protocolVersion": v,
+                    "io.modelcontextprotocol/clientCapabilities": {}}}}]
+            else:
+                msgs = [{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                            "protocolVersion": v, "capabilities": {},
+                            "clientInfo": {"name": "bench", "version": "1"}}},
+                        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}]
+            r = subprocess.run(ctx["cmd"] + ["mcp", "--agent", "bench-mcp", "--base-url", hub.url],
+                               input=b"".join(frame(m) for m in msgs), capture_output=True,
+                               timeout=60, cwd=hub.dir)
+            text = r.stdout.decode()
+            dec, i, tools = json.JSONDecoder(), 0, None
+            while i < len(text):
+                j = text.find("{", i)
+                if j < 0:
+                    break
+                msg, i = dec.raw_decode(text, j)
+                if msg.get("id") == 2:
+                    tools = msg["result"]["tools"]
+            if tools is None:
+                raise RuntimeError(f"no tools/list answer in {v}: {r.stderr.decode()[-300:]}")
+
+            def size(ts):
+                return len(json.dumps(ts, separators=(",", ":"), ensure_ascii=False))
+            out[v] = dict(tools=len(tools), chars=size(tools),
+                          no_output=size([{k: x for k, x in t.items() if k != "outputSchema"}
+                                          for t in tools]))
+        return out
+    return with_hub(ctx["cmd"], go)
+
+
+def mcp_rows():
+    rows = []
+    for v in MCP_VERSIONS:
+        rows.append((f"MCP tools/list chars, {v}", "chars", lambda r, v=v: r[v]["chars"], None))
+        if v >= "2025-06-18":
+            rows.append(("  without outputSchema", "chars",
+                         lambda r, v=v: r[v]["no_output"], None))
+    return rows
+
+
 def step(raw, conns, key):
     for s in raw["steps"]:
         if s["conns"] == conns:
@@ -345,6 +411,7 @@ MEASUREMENTS += [
          rows=[("cold start, existing storage (median of 5)", "ms", lambda r: r["p50_ms"], lt(10))]),
     dict(key="ensure", runs=3, run=m_ensure,
          rows=[("`ensure` on a running hub (median of 20)", "ms", lambda r: r["p50_ms"], lt(20))]),
+    dict(key="mcp_tools", runs=1, run=m_mcp_tools, rows=mcp_rows()),
 ]
 
 

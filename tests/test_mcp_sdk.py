@@ -95,7 +95,7 @@ class McpSdkTest(HubCase):
 
     def test_v1_handshake(self):
         """v1 client: initialize negotiates 2025-11-25; serverInfo, the tools
-        capability, instructions, ping; tools/list gives the 14 tools, each
+        capability, instructions, ping; tools/list gives the 15 tools, each
         with a title, a description, input and output schemas that compile
         (Ajv), and annotations with the right readOnlyHint."""
         self.scenario("v1-handshake")

@@ -1592,7 +1592,7 @@ static void test_mcp_frame(void) {
     free(huge);
 }
 
-/* Every tool's schemas are JSON objects of type object. */
+/* Every tool's schemas are JSON objects of type object; tools/list. */
 static void test_mcp_tools(void) {
     for (size_t i = 0; i < sizeof mcp_tools / sizeof *mcp_tools; i++) {
         const char *s[2] = { mcp_tools[i].input, mcp_tools[i].output };
@@ -1607,6 +1607,18 @@ static void test_mcp_tools(void) {
     }
     CHECK(mcp_tool(str_c("arc_nope")) == NULL);
     CHECK(mcp_has("2025-11-25", "2025-06-18") && !mcp_has("2025-03-26", "2025-06-18"));
+    /* tools/list is JSON in every version, and stays within a budget: all
+     * of it goes to the model on every turn (make bench: "MCP tools/list
+     * chars"). Raise the budget on purpose, not by accident. */
+    for (size_t v = 0; v < sizeof mcp_versions / sizeof *mcp_versions; v++) {
+        Buf b = { 0 };
+        Json j = { 0 };
+        mcp_tools_json(&b, mcp_versions[v]);
+        CHECKM(json_parse(&j, b.p, b.len) == 0 && j.t[0].type == JSON_ARR, mcp_versions[v]);
+        CHECKM(b.len < 11500, mcp_versions[v]);
+        json_free(&j);
+        buf_free(&b);
+    }
 }
 
 /* The cursor table's invariants: the recency list runs both ways over
