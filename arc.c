@@ -2474,6 +2474,28 @@ static const char store_schema_deps[] =
     "CREATE TABLE IF NOT EXISTS arc_task_deps_mark(k INTEGER PRIMARY KEY"
     " CHECK(k=0), scanned_id INTEGER NOT NULL);";
 
+/* Extension tables of arc:delivery (PROTOCOL §16), beside the reference's:
+ * one row per message deliverable into an agent's turns (a DM, a request,
+ * a mention, a reply, a notice about its claims or locks), filled when the
+ * message is stored and caught up from other processes' messages up to
+ * arc_delivery_mark. `via` is NULL while the message is owed and names the
+ * path that surfaced it after; the partial indexes keep a take to the owed
+ * rows and the Stop check to the requests. */
+static const char store_schema_delivery[] =
+    "CREATE TABLE IF NOT EXISTS arc_delivery(agent_id TEXT NOT NULL,"
+    " message_id INTEGER NOT NULL, reason TEXT NOT NULL, via TEXT,"
+    " surfaced_at TEXT, nudges INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY(agent_id,message_id)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS arc_ix_dl_owed ON arc_delivery(agent_id,"
+    "message_id) WHERE via IS NULL;"
+    "CREATE INDEX IF NOT EXISTS arc_ix_dl_req ON arc_delivery(agent_id,"
+    "message_id) WHERE reason='request';"
+    "CREATE TABLE IF NOT EXISTS arc_delivery_mark(k INTEGER PRIMARY KEY"
+    " CHECK(k=0), scanned_id INTEGER NOT NULL);"
+    /* A store that predates the extension owes nothing from before it. */
+    "INSERT OR IGNORE INTO arc_delivery_mark"
+    " SELECT 0,coalesce(max(id),0) FROM messages;";
+
 /* Column lists in the order the row emitters read them. */
 #define M_COLS "id,ts,from_agent,to_agent,channel,kind,body,attachments_json," \
                "reply_to,thread_id,metadata_json"
@@ -3451,6 +3473,7 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         sqlite3_exec(s->db, store_schema, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema_kv, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema_deps, NULL, NULL, &e) ||
+        sqlite3_exec(s->db, store_schema_delivery, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_search_schema, NULL, NULL, &e) ||
         store_search_register(s)) {
         snprintf(err, ARC_ERRLEN, "cannot initialise storage %s: %s", path,
@@ -3570,9 +3593,12 @@ typedef struct {
     int64_t since_id;     /* answer only ids above this */
     int limit;
     int exclude_self;
+    char *via;            /* owned or NULL: events: mark what is answered
+                             surfaced this way (PROTOCOL §16.4) */
 } Wait;
 
 static void wait_free(Wait *w) {
+    free(w->via);
     free(w->agent);
     free(w->channel);
     free(w->thread);
@@ -3581,6 +3607,15 @@ static void wait_free(Wait *w) {
     free(w->channel_set);
     memset(w, 0, sizeof *w);
 }
+
+/* A parked read with `surfaced` that the loop answered (hub_wait_answered):
+ * what it returned, ids in (since, upto] passing its filters, is marked
+ * surfaced at the next transaction (hub_dl_flush, PROTOCOL §16.4). */
+typedef struct {
+    char *agent, *via;          /* owned */
+    char *channel, *thread;     /* owned, or NULL: no such filter */
+    int64_t since, upto;
+} HubSurfaced;
 
 /* The model: configuration, storage and what this loop turn wrote. The
  * event loop (Loop, in the loop section) owns everything about sockets,
@@ -3602,6 +3637,11 @@ typedef struct {
                                     0: ask arc_task_deps_mark */
     int search_behind;           /* the search index has a backlog (§15) */
     int fold_behind;             /* the thread summary lags: fold on (timer_fold) */
+    int64_t dl_mark;             /* messages indexed for delivery (§16);
+                                    0: ask arc_delivery_mark */
+    int64_t dl_saved;            /* the mark as last written to the table */
+    HubSurfaced *dl_later;       /* owned: answered parked reads to mark */
+    int n_dl_later, cap_dl_later;
 } Hub;
 
 /* One request as the handlers see it. */
@@ -3660,6 +3700,10 @@ static void hub_now(char out[ISO_LEN]) { iso_format(clock_wall_us(), out); }
 
 /* Open the batch transaction and this request's savepoint before its first
  * write. Returns 0, or -1 with a 503 in r. */
+/* Defined with the delivery index below; hub_tx runs it before any
+ * request's savepoint, so a request that fails does not undo it. */
+static void hub_dl_flush(Hub *h);
+
 static int hub_tx(Hub *h, Req *q, Res *r) {
     if (q->sp_open) return 0;
     if (store_begin(&h->store)) {
@@ -3667,6 +3711,7 @@ static int hub_tx(Hub *h, Req *q, Res *r) {
         hub_fail(r, 503, "storage error: %s", h->store.err);
         return -1;
     }
+    if (h->n_dl_later) hub_dl_flush(h);
     if (store_exec(&h->store, "SAVEPOINT req")) {
         hub_db_fail(h, r);
         return -1;
@@ -3698,6 +3743,7 @@ static void hub_tx_end(Hub *h, Req *q, int ok) {
         store_exec(&h->store, "ROLLBACK TO req");
         hub_batch_truncate(h, q->batch_mark);
         h->deps_mark = 0;   /* it may have caught up, undone now (§14) */
+        h->dl_mark = h->dl_saved = 0;   /* likewise the delivery index (§16) */
     }
     store_exec(&h->store, "RELEASE req");
 }
@@ -3727,6 +3773,7 @@ static int hub_turn_commit(Hub *h, const char **why) {
     *why = h->store.err;
     hub_batch_truncate(h, 0);
     h->deps_mark = 0;   /* a catch-up of task deps went with it (§14) */
+    h->dl_mark = h->dl_saved = 0;   /* and of the delivery index (§16) */
     store_cache_flush(&h->store);
     return -1;
 }
@@ -4123,6 +4170,485 @@ static void hub_fold_check(Hub *h) { h->fold_behind = store_fold_behind(&h->stor
 
 static int hub_fold_pending(const Hub *h) { return h->fold_behind; }
 
+/* ---- delivery: what is owed to an agent's turns (arc:delivery, §16) ---- */
+
+/* Every message is indexed once, when stored (hub_dl_new) or, written by
+ * another process, when a later request catches up (hub_dl_sync): each
+ * agent it is deliverable to gets a row in arc_delivery, owed (via NULL)
+ * until some path surfaces it. A take is then one range of the partial
+ * index arc_ix_dl_owed, however large the store. */
+
+#define ARC_DL_MAX_MENTIONS 16    /* agents one message can mention */
+#define ARC_DL_CHUNK 4000         /* foreign messages indexed per request */
+#define ARC_DL_MAX_VIA 32         /* bytes of a `via` name */
+
+/* May c continue a mention token (PROTOCOL §16.2)? */
+static int hub_dl_tokc(unsigned char c) {
+    return isalnum(c) || c == '_' || c == '-' || c == '.';
+}
+
+/* Record that message `id` is deliverable to `agent` (first reason wins).
+ * Returns 0 or -1. */
+static int hub_dl_add(Hub *h, Str agent, int64_t id, const char *reason) {
+    static const char sql[] = "INSERT OR IGNORE INTO arc_delivery"
+        "(agent_id,message_id,reason) VALUES(?1,?2,?3)";
+    if (!agent.n || memchr(agent.p, 0, agent.n)) return 0;
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return -1;
+    store_bind(st, 1, agent);
+    sqlite3_bind_int64(st, 2, id);
+    store_bind_c(st, 3, reason);
+    return store_done(&h->store, st);
+}
+
+/* The sender of message `id` into out (reset first); 1 found, 0 not. */
+static int hub_dl_author(Hub *h, int64_t id, Buf *out) {
+    sqlite3_stmt *st = store_stmt(&h->store,
+                                  "SELECT from_agent FROM messages WHERE id=?1");
+    int found = 0;
+    buf_reset(out);
+    if (!st) return 0;
+    sqlite3_bind_int64(st, 1, id);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        buf_addstr(out, store_col(st, 0));
+        found = 1;
+    }
+    sqlite3_reset(st);
+    return found;
+}
+
+/* Index one stored message (PROTOCOL §16.2): who it is deliverable to.
+ * Returns 0 or -1 (a database error). */
+static int hub_dl_index(Hub *h, const StoreMsg *m) {
+    int rc = -1;
+    Buf who = { 0 };
+    Json j = { 0 };
+    Str from = m->from;
+    if (m->to.p) {   /* a DM or request reaches its recipient alone */
+        int self = m->to.n == from.n && !memcmp(m->to.p, from.p, from.n);
+        rc = self ? 0 : hub_dl_add(h, m->to, m->id,
+                                   str_eq(m->kind, "task_request") ? "request" : "dm");
+        goto done;
+    }
+    const char *b = m->body.p ? m->body.p : "";
+    int n_men = 0;
+    for (size_t i = 0; i < m->body.n && n_men < ARC_DL_MAX_MENTIONS; i++) {
+        if (b[i] != '@') continue;
+        if (i && (hub_dl_tokc((unsigned char)b[i - 1]) || b[i - 1] == '@' ||
+                  b[i - 1] == '+'))
+            continue;   /* bob@example.org, @@x: not a mention */
+        size_t k = i + 1;
+        while (k < m->body.n && hub_dl_tokc((unsigned char)b[k])) k++;
+        Str tok = { b + i + 1, k - i - 1 };
+        while (tok.n && tok.p[tok.n - 1] == '.') tok.n--;   /* "@bob." */
+        i = k - 1;
+        if (!tok.n || (tok.n == from.n && !memcmp(tok.p, from.p, from.n))) continue;
+        if (hub_dl_add(h, tok, m->id, "mention")) goto done;
+        n_men++;
+    }
+    if (m->reply_to != ARC_NO_ID && hub_dl_author(h, m->reply_to, &who) &&
+        !str_eq(from, who.p) && hub_dl_add(h, buf_str(&who), m->id, "reply"))
+        goto done;
+    if (str_eq(from, "system") && str_eq(m->kind, "notice") && m->metadata.n &&
+        json_parse(&j, m->metadata.p, m->metadata.n) == 0 &&
+        j.t[0].type == JSON_OBJ) {
+        uint32_t v = json_get(&j, 0, "stale_agent_id");   /* §9.3 */
+        if (v && j.t[v].type == JSON_STR) {
+            buf_reset(&who);
+            json_unescape(&j, v, &who);
+            if (hub_dl_add(h, buf_str(&who), m->id, "notice")) goto done;
+        }
+        int64_t task;   /* §14.4: the unblocked task's author */
+        if ((v = json_get(&j, 0, "unblocked")) && j.t[v].type == JSON_TRUE &&
+            (v = json_get(&j, 0, "task_id")) && json_to_i64(&j, v, &task) == 0 &&
+            hub_dl_author(h, task, &who) &&
+            hub_dl_add(h, buf_str(&who), m->id, "notice"))
+            goto done;
+    }
+    rc = 0;
+done:
+    json_free(&j);
+    buf_free(&who);
+    return rc;
+}
+
+/* The mark as stored (the row exists from store_open on). */
+static int64_t hub_dl_mark(Hub *h) {
+    if (h->dl_mark) return h->dl_mark;
+    sqlite3_stmt *st = store_stmt(&h->store,
+                                  "SELECT scanned_id FROM arc_delivery_mark WHERE k=0");
+    if (st && sqlite3_step(st) == SQLITE_ROW) h->dl_mark = sqlite3_column_int64(st, 0);
+    if (st) sqlite3_reset(st);
+    h->dl_saved = h->dl_mark;
+    return h->dl_mark;
+}
+
+/* Write the mark into the table when it moved far enough (re-indexing is
+ * harmless, INSERT OR IGNORE, so a lagging stored mark only costs a
+ * re-scan after a restart). Inside the request's transaction. */
+static int hub_dl_save(Hub *h, int force) {
+    if (h->dl_mark == h->dl_saved || (!force && h->dl_mark - h->dl_saved < 64))
+        return 0;
+    sqlite3_stmt *st = store_stmt(&h->store,
+                                  "UPDATE arc_delivery_mark SET scanned_id=?1 WHERE k=0");
+    if (!st) return -1;
+    sqlite3_bind_int64(st, 1, h->dl_mark);
+    if (store_done(&h->store, st)) return -1;
+    h->dl_saved = h->dl_mark;
+    return 0;
+}
+
+/* The highest message id (0: none), or -1 on a database error. */
+static int64_t hub_dl_top(Hub *h) {
+    sqlite3_stmt *st = store_stmt(&h->store, "SELECT max(id) FROM messages");
+    int64_t top = -1;
+    if (!st) return -1;
+    if (sqlite3_step(st) == SQLITE_ROW) top = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return top;
+}
+
+/* Index the messages after the mark, up to `top` but at most ARC_DL_CHUNK
+ * of them, inside the open transaction. Returns 0 or -1. */
+static int hub_dl_catch_up(Hub *h, int64_t top) {
+    int64_t mark = hub_dl_mark(h);
+    if (top <= mark) return 0;
+    sqlite3_stmt *st = store_stmt(&h->store, "SELECT " M_COLS " FROM messages"
+                                  " WHERE id>?1 AND id<=?2 ORDER BY id LIMIT ?3");
+    if (!st) return -1;
+    sqlite3_bind_int64(st, 1, mark);
+    sqlite3_bind_int64(st, 2, top);
+    sqlite3_bind_int(st, 3, ARC_DL_CHUNK);
+    int rc, n = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        sqlite3_value *rv = sqlite3_column_value(st, 8);
+        StoreMsg m = {
+            .id = sqlite3_column_int64(st, 0),
+            .reply_to = sqlite3_value_type(rv) == SQLITE_NULL ? ARC_NO_ID
+                                                              : sqlite3_value_int64(rv),
+            .from = store_col(st, 2), .to = store_col(st, 3),
+            .kind = store_col(st, 5), .body = store_col(st, 6),
+            .metadata = store_col(st, 10),
+        };
+        if (hub_dl_index(h, &m)) break;
+        mark = m.id;
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) return -1;   /* a step or hub_dl_index failed */
+    h->dl_mark = n < ARC_DL_CHUNK ? top : mark;
+    return hub_dl_save(h, 1);
+}
+
+/* Index messages other processes stored since the mark (hub_dl_catch_up),
+ * opening the request's transaction only when there are some. Returns 0,
+ * or -1 with r failed. */
+static int hub_dl_sync(Hub *h, Req *q, Res *r) {
+    int64_t top = hub_dl_top(h);
+    if (top < 0) goto db;
+    if (top <= hub_dl_mark(h)) return 0;
+    if (hub_tx(h, q, r)) return -1;
+    if (hub_dl_catch_up(h, top)) goto db;
+    return 0;
+db:
+    hub_db_fail(h, r);
+    return -1;
+}
+
+/* After storing message m (id m->id): index it, first catching up on what
+ * others stored before it. Returns 0, or -1 with r failed. */
+static int hub_dl_new(Hub *h, Req *q, Res *r, const StoreMsg *m) {
+    if (hub_dl_mark(h) != m->id - 1) return hub_dl_sync(h, q, r);
+    if (hub_dl_index(h, m)) {
+        hub_db_fail(h, r);
+        return -1;
+    }
+    h->dl_mark = m->id;
+    if (hub_dl_save(h, 0)) {
+        hub_db_fail(h, r);
+        return -1;
+    }
+    return 0;
+}
+
+/* Mark agent's owed messages with ids in (since, upto] that pass the
+ * channel and thread filters (NULL: none) as surfaced through `via`: what
+ * a read of /v1/events returned (PROTOCOL §16.4). Returns 0 or -1. */
+static int hub_dl_mark_range(Hub *h, const char *agent, const char *via,
+                             int64_t since, int64_t upto, const char *channel,
+                             const char *thread) {
+    static const char sql[] = "UPDATE arc_delivery SET via=?2,surfaced_at=?3"
+        " WHERE agent_id=?1 AND via IS NULL AND message_id>?4 AND message_id<=?5"
+        " AND (?6 IS NULL OR message_id IN (SELECT id FROM messages"
+        " WHERE id>?4 AND id<=?5 AND channel=?6))"
+        " AND (?7 IS NULL OR message_id IN (SELECT id FROM messages"
+        " WHERE id>?4 AND id<=?5 AND thread_id=?7))";
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return -1;
+    store_bind_c(st, 1, agent);
+    store_bind_c(st, 2, via);
+    store_bind_c(st, 3, now);
+    sqlite3_bind_int64(st, 4, since);
+    sqlite3_bind_int64(st, 5, upto);
+    store_bind_c(st, 6, channel);
+    store_bind_c(st, 7, thread);
+    return store_done(&h->store, st);
+}
+
+static void hub_dl_later_free(HubSurfaced *s) {
+    free(s->agent), free(s->via), free(s->channel), free(s->thread);
+}
+
+/* Mark what the loop answered parked reads with (hub_wait_answered), in
+ * the batch transaction hub_tx has just opened: before any other request
+ * of this hub can take the same messages. A failed write loses the marks:
+ * such messages may be surfaced once more (at least once, §16.4). */
+static void hub_dl_flush(Hub *h) {
+    HubSurfaced *list = h->dl_later;   /* taken: nothing re-enters here */
+    int n = h->n_dl_later;
+    h->dl_later = NULL;
+    h->n_dl_later = h->cap_dl_later = 0;
+    int64_t top = hub_dl_top(h);
+    int rc = top < 0 || (top > hub_dl_mark(h) && hub_dl_catch_up(h, top));
+    for (int i = 0; i < n && !rc; i++)
+        rc = hub_dl_mark_range(h, list[i].agent, list[i].via, list[i].since,
+                               list[i].upto, list[i].channel, list[i].thread);
+    if (rc) log_warn("delivery: cannot mark answered reads: %s",
+                     sqlite3_errmsg(h->store.db));
+    for (int i = 0; i < n; i++) hub_dl_later_free(&list[i]);
+    free(list);
+}
+
+/* The loop answered w, a parked read, with messages up to id `upto`: if
+ * it asked for them to be marked surfaced, remember to (hub_dl_flush). */
+static void hub_wait_answered(Hub *h, const Wait *w, int64_t upto) {
+    if (!w->via || w->kind != WAIT_EVENTS) return;
+    if (h->n_dl_later == h->cap_dl_later)
+        h->dl_later = vec_grow(h->dl_later, &h->cap_dl_later, sizeof *h->dl_later);
+    HubSurfaced *s = &h->dl_later[h->n_dl_later++];
+    s->agent = xstrndup(w->agent, strlen(w->agent));
+    s->via = xstrndup(w->via, strlen(w->via));
+    s->channel = w->channel ? xstrndup(w->channel, strlen(w->channel)) : NULL;
+    s->thread = w->thread ? xstrndup(w->thread, strlen(w->thread)) : NULL;
+    s->since = w->since_id;
+    s->upto = upto;
+}
+
+/* The delivery endpoints' agent: the path segment (PROTOCOL §16.3). */
+static Str hub_dl_agent(Req *q) { return buf_str(&q->arg); }
+
+/* Append agent's open task_requests with fewer than max_nudges Stop
+ * continuations (PROTOCOL §16.5) as {"nudges":N,"message":{...}} items;
+ * with `bump`, count one more continuation for each. Returns how many, or
+ * -1 on a database error. */
+static int hub_dl_requests(Hub *h, Str agent, int64_t max_nudges, int bump, Buf *b) {
+    static const char sql[] = "SELECT d.message_id,d.nudges FROM arc_delivery d"
+        " JOIN tasks t ON t.task_id=d.message_id WHERE d.agent_id=?1"
+        " AND d.reason='request' AND t.status='open' AND d.nudges<?2"
+        " ORDER BY d.message_id LIMIT 20";
+    static const char inc[] = "UPDATE arc_delivery SET nudges=nudges+1"
+        " WHERE agent_id=?1 AND message_id=?2";
+    int64_t ids[20], nudges[20];
+    int n = 0, rc;
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return -1;
+    store_bind(st, 1, agent);
+    sqlite3_bind_int64(st, 2, max_nudges);
+    while (n < 20 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        ids[n] = sqlite3_column_int64(st, 0);
+        nudges[n++] = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    buf_addc(b, '[');
+    for (int i = 0; i < n; i++) {
+        if (bump) {
+            if (!(st = store_stmt(&h->store, inc))) return -1;
+            store_bind(st, 1, agent);
+            sqlite3_bind_int64(st, 2, ids[i]);
+            if (store_done(&h->store, st)) return -1;
+        }
+        buf_addf(b, "%s{\"nudges\":%lld,\"message\":", i ? "," : "",
+                 (long long)(nudges[i] + bump));
+        store_emit_message_id(&h->store, b, ids[i]);
+        buf_addc(b, '}');
+    }
+    buf_addc(b, ']');
+    return n;
+}
+
+/* How many messages agent is owed; -1 on a database error. */
+static int64_t hub_dl_owed(Hub *h, Str agent) {
+    sqlite3_stmt *st = store_stmt(&h->store, "SELECT count(*) FROM arc_delivery"
+                                  " WHERE agent_id=?1 AND via IS NULL");
+    int64_t n = -1;
+    if (!st) return -1;
+    store_bind(st, 1, agent);
+    if (sqlite3_step(st) == SQLITE_ROW) n = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return n;
+}
+
+/* Append agent's owed messages, oldest first, as {"reason","message"}
+ * items: at most `limit`, stopping before the one that would take the
+ * items past max_chars bytes (the first always goes in). With `via`,
+ * mark them surfaced. Returns how many, or -1 on a database error. */
+static int hub_dl_items(Hub *h, Str agent, int64_t limit, int64_t max_chars,
+                        const char *via, Buf *b) {
+    static const char sql[] = "SELECT message_id,reason FROM arc_delivery"
+        " WHERE agent_id=?1 AND via IS NULL ORDER BY message_id LIMIT ?2";
+    static const char mark[] = "UPDATE arc_delivery SET via=?3,surfaced_at=?4"
+        " WHERE agent_id=?1 AND message_id=?2";
+    int64_t *ids = NULL;
+    char (*why)[12] = NULL;
+    int n = 0, cap = 0, rc = -1, taken = 0;
+    Buf item = { 0 };
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) goto done;
+    store_bind(st, 1, agent);
+    sqlite3_bind_int64(st, 2, limit);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if (n == cap) {
+            ids = vec_grow(ids, &cap, sizeof *ids);
+            why = xrealloc(why, (size_t)cap * sizeof *why);
+        }
+        ids[n] = sqlite3_column_int64(st, 0);
+        snprintf(why[n++], sizeof *why, "%s", (const char *)sqlite3_column_text(st, 1));
+    }
+    sqlite3_reset(st);
+    store_cache_sync(&h->store);
+    size_t start = b->len;
+    buf_addc(b, '[');
+    for (int i = 0; i < n; i++) {
+        buf_reset(&item);
+        buf_adds(&item, i ? ",{\"reason\":" : "{\"reason\":");
+        json_cstr(&item, why[i]);
+        buf_adds(&item, ",\"message\":");
+        store_emit_message_id(&h->store, &item, ids[i]);
+        buf_addc(&item, '}');
+        if (taken && (int64_t)(b->len - start + item.len + 1) > max_chars) break;
+        if (via) {
+            if (!(st = store_stmt(&h->store, mark))) goto done;
+            store_bind(st, 1, agent);
+            sqlite3_bind_int64(st, 2, ids[i]);
+            store_bind_c(st, 3, via);
+            store_bind_c(st, 4, now);
+            if (store_done(&h->store, st)) goto done;
+        }
+        buf_addstr(b, buf_str(&item));
+        taken++;
+    }
+    buf_addc(b, ']');
+    rc = taken;
+done:
+    free(ids);
+    free(why);
+    buf_free(&item);
+    return rc;
+}
+
+/* POST /v1/delivery/{agent_id}/take (PROTOCOL §16.3): the owed messages,
+ * marked surfaced in the same transaction, and how many more are owed. */
+static void hub_delivery_take(Hub *h, Req *q, Res *r) {
+    Str agent = hub_dl_agent(q);
+    Buf via = { 0 };
+    int64_t limit = 20, max_chars = 65536;
+    int rc = hub_int(q, r, "limit", &limit);
+    if (rc < 0) goto done;
+    if (rc && limit < 1) {
+        hub_fail(r, 400, "limit must be at least 1");
+        goto done;
+    }
+    if (limit > ARC_MAX_LIMIT) limit = ARC_MAX_LIMIT;
+    if ((rc = hub_int(q, r, "max_chars", &max_chars)) < 0) goto done;
+    if (rc && max_chars < 1) {
+        hub_fail(r, 400, "max_chars must be at least 1");
+        goto done;
+    }
+    if ((rc = hub_str(q, r, "via", 0, &via)) < 0) goto done;
+    if (!rc) buf_adds(&via, "take");
+    for (size_t i = 0; i < via.len; i++)
+        if (!islower((unsigned char)via.p[i]) && !isdigit((unsigned char)via.p[i]) &&
+            via.p[i] != '_' && via.p[i] != '-')
+            via.len = ARC_DL_MAX_VIA + 1;
+    if (!via.len || via.len > ARC_DL_MAX_VIA) {
+        hub_fail(r, 400, "via must be 1 to %d characters of a-z, 0-9, _ and -",
+                 ARC_DL_MAX_VIA);
+        goto done;
+    }
+    hub_touch(h, q, r, agent);   /* a hook's call is the agent at work */
+    if (r->status >= 400 || hub_tx(h, q, r) || hub_dl_sync(h, q, r)) goto done;
+    hub_ok(r, 200);
+    buf_adds(&r->body, "{\"agent_id\":");
+    json_strs(&r->body, agent);
+    buf_adds(&r->body, ",\"items\":");
+    int64_t more;
+    if (hub_dl_items(h, agent, limit, max_chars, buf_cstr(&via), &r->body) < 0 ||
+        (more = hub_dl_owed(h, agent)) < 0) {
+        hub_db_fail(h, r);
+        goto done;
+    }
+    buf_addf(&r->body, ",\"more\":%lld}", (long long)more);
+    hub_ok_end(r);
+done:
+    buf_free(&via);
+}
+
+/* GET /v1/delivery/{agent_id}?limit=N (PROTOCOL §16.3): what is owed and
+ * the open requests, marking nothing. */
+static void hub_delivery_peek(Hub *h, Req *q, Res *r) {
+    Str agent = hub_dl_agent(q);
+    int64_t limit, owed;
+    if (hub_qint(q, r, "limit", 20, &limit)) return;
+    if (limit < 0) {
+        hub_fail(r, 400, "limit must be >= 0");
+        return;
+    }
+    if (limit > ARC_MAX_LIMIT) limit = ARC_MAX_LIMIT;
+    if (hub_dl_sync(h, q, r)) return;
+    hub_ok(r, 200);
+    buf_adds(&r->body, "{\"agent_id\":");
+    json_strs(&r->body, agent);
+    if ((owed = hub_dl_owed(h, agent)) < 0) goto db;
+    buf_addf(&r->body, ",\"owed\":%lld,\"items\":", (long long)owed);
+    if (limit && hub_dl_items(h, agent, limit, INT64_MAX, NULL, &r->body) < 0) goto db;
+    if (!limit) buf_adds(&r->body, "[]");
+    buf_adds(&r->body, ",\"requests\":");
+    if (hub_dl_requests(h, agent, INT64_MAX, 0, &r->body) < 0) goto db;
+    buf_addc(&r->body, '}');
+    hub_ok_end(r);
+    return;
+db:
+    hub_db_fail(h, r);
+}
+
+/* POST /v1/delivery/{agent_id}/nudge (PROTOCOL §16.5): the open requests
+ * a Stop hook may still continue the turn for, each counted once more. */
+static void hub_delivery_nudge(Hub *h, Req *q, Res *r) {
+    Str agent = hub_dl_agent(q);
+    int64_t max = 3;
+    int rc = hub_int(q, r, "max", &max);
+    if (rc < 0) return;
+    if (rc && max < 1) {
+        hub_fail(r, 400, "max must be at least 1");
+        return;
+    }
+    if (hub_tx(h, q, r) || hub_dl_sync(h, q, r)) return;
+    hub_ok(r, 200);
+    buf_adds(&r->body, "{\"agent_id\":");
+    json_strs(&r->body, agent);
+    buf_adds(&r->body, ",\"requests\":");
+    if (hub_dl_requests(h, agent, max, 1, &r->body) < 0) {
+        hub_db_fail(h, r);
+        return;
+    }
+    buf_addc(&r->body, '}');
+    hub_ok_end(r);
+}
+
 /* ---- messages ---- */
 
 /* Insert a message, already validated and normalised (attachments and
@@ -4174,6 +4700,7 @@ static int hub_insert_message(Hub *h, Req *q, Res *r, const StoreMsg *m, Buf *ou
         return -1;
     }
     h->fold_behind |= behind;
+    if (hub_dl_new(h, q, r, &sm)) return -1;   /* who it is owed to (§16) */
     Buf j = { 0 };
     store_render_message(&j, &sm);
     if (out) buf_addstr(out, buf_str(&j));
@@ -4890,7 +5417,8 @@ done:
  * were left out. With `desc`, st yields the newest first (a tail read):
  * the newest rows that fit are kept, and emitted oldest first. Returns the
  * row count, or -1 on a database error. */
-static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) {
+static int hub_emit_page_at(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more,
+                            int64_t *last) {
     Buf rows = { 0 };    /* desc: the rows, newest first, back to back */
     size_t *ends = NULL; /* desc: where each row ends in rows */
     size_t start = b->len;
@@ -4914,6 +5442,7 @@ static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) 
             if (n == cap) ends = vec_grow(ends, &cap, sizeof *ends);
             ends[n] = rows.len;
         }
+        if (last && (!n || !desc)) *last = sqlite3_column_int64(st, 0);
         n++;
     }
     for (int i = desc ? n - 1 : -1; i >= 0; i--) {
@@ -4930,6 +5459,12 @@ static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) 
         return -1;
     }
     return n;
+}
+
+/* hub_emit_page_at without the last id (for an ascending page: the id of
+ * its last row; for desc, the newest row's). */
+static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) {
+    return hub_emit_page_at(h, b, st, desc, more, NULL);
 }
 
 /* ---- threads ---- */
@@ -5657,10 +6192,13 @@ static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
 }
 
 /* Run w's query and append the matching rows as a JSON array to b; with
- * tail, the newest `limit` rows. Returns the row count, -1 on error. */
-static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b, int *more) {
+ * tail, the newest `limit` rows; *upto gets the last row's id. Returns the
+ * row count, -1 on error. */
+static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b, int *more,
+                          int64_t *upto) {
     sqlite3_stmt *st = hub_wait_stmt(h, w, tail);
-    return st ? hub_emit_page(h, b, st, tail, more) : -1;
+    *upto = 0;
+    return st ? hub_emit_page_at(h, b, st, tail, more, upto) : -1;
 }
 
 /* Step st (from hub_wait_stmt) to its next message: its JSON into msg
@@ -5680,8 +6218,13 @@ static int hub_wait_next(Hub *h, sqlite3_stmt *st, int first, Buf *msg,
  * is nothing yet (PROTOCOL §8). The Wait moves into r on parking. */
 static void hub_answer_or_park(Hub *h, Res *r, Wait *w, int tail, int64_t wait_ms) {
     int more;
+    int64_t upto;
     hub_ok(r, 200);
-    int n = hub_wait_query(h, w, tail, &r->body, &more);
+    int n = hub_wait_query(h, w, tail, &r->body, &more, &upto);
+    if (n > 0 && w->via &&   /* in the request's transaction (hub_get_events) */
+        hub_dl_mark_range(h, w->agent, w->via, w->since_id, upto, w->channel,
+                          w->thread))
+        n = -1;
     if (n < 0) {
         hub_db_fail(h, r);
         wait_free(w);
@@ -5744,8 +6287,18 @@ static void hub_get_events(Hub *h, Req *q, Res *r) {
     w.exclude_self = hub_qbool(q, "exclude_self");
     if (hub_since_limit(q, r, &w.since_id, &w.limit) || hub_timeout(q, r, &wait_ms))
         goto fail;
+    if (!err) w.via = hub_qdup(q, r, "surfaced", &err);   /* PROTOCOL §16.4 */
+    if (err) goto fail;
+    if (w.via && (!*w.via || strlen(w.via) > ARC_DL_MAX_VIA ||
+                  strspn(w.via, "abcdefghijklmnopqrstuvwxyz0123456789_-") !=
+                  strlen(w.via))) {
+        hub_fail(r, 400, "surfaced must be 1 to %d characters of a-z, 0-9, _ and -",
+                 ARC_DL_MAX_VIA);
+        goto fail;
+    }
     hub_touch(h, q, r, str_c(w.agent));  /* PROTOCOL §9: waiting is presence */
     if (r->status >= 400) goto fail;
+    if (w.via && (hub_tx(h, q, r) || hub_dl_sync(h, q, r))) goto fail;
     hub_answer_or_park(h, r, &w, 0, wait_ms);
     return;
 fail:
@@ -6342,7 +6895,8 @@ static const char hub_features[] =
     "[\"sse\",\"relay\",\"long_poll_keepalive\",\"subtask_rollup\",\"rpc_kinds\","
     "\"capability_filter\",\"shutdown_control\",\"session_rename\","
     "\"arc:origin_check\""
-    ",\"arc:kv\",\"arc:task_deps\",\"arc:deep_rollup\",\"arc:search\"";
+    ",\"arc:kv\",\"arc:task_deps\",\"arc:deep_rollup\",\"arc:search\""
+    ",\"arc:delivery\"";
 
 /* GET /v1/hub-info (PROTOCOL §7.9): limits, features, storage. */
 static void hub_info(Hub *h, Req *q, Res *r) {
@@ -7171,6 +7725,9 @@ static const Route hub_routes[] = {
     { "DELETE", "/v1/kv/*", hub_kv_delete },
     { "GET", "/v1/kv/*/history", hub_kv_history },
     { "GET", "/v1/search", hub_search },
+    { "GET", "/v1/delivery/*", hub_delivery_peek },
+    { "POST", "/v1/delivery/*/take", hub_delivery_take },
+    { "POST", "/v1/delivery/*/nudge", hub_delivery_nudge },
 };
 
 /* Match path against pattern; on a wildcard, decode the segment into arg.
@@ -9245,6 +9802,7 @@ static void loop_wake_batch(Loop *l, Conn *c) {
         l->fan_tmp[n++] = i;
     }
     if (!n) return;
+    hub_wait_answered(l->hub, &c->wait, l->hub->batch[l->fan_tmp[n - 1]].id);
     int key = conn_share_key(c);
     if (!more && l->fan_n == n && l->fan_key == key &&
         !memcmp(l->fan_idx, l->fan_tmp, (size_t)n * sizeof *l->fan_idx)) {
@@ -9280,8 +9838,11 @@ static void loop_wake_query(Loop *l, Conn *c) {
     }
     Buf res = { 0 };
     int more;
-    if (hub_wait_query(l->hub, &c->wait, 0, &res, &more) > 0)
+    int64_t upto;
+    if (hub_wait_query(l->hub, &c->wait, 0, &res, &more, &upto) > 0) {
+        hub_wait_answered(l->hub, &c->wait, upto);
         loop_unpark(l, c, buf_str(&res), more);
+    }
     buf_free(&res);
 }
 
@@ -10351,6 +10912,8 @@ static void serve_stop(Serve *s) {
     loop_close(l);
     hub_batch_truncate(&s->hub, 0);
     free(s->hub.batch);
+    for (int i = 0; i < s->hub.n_dl_later; i++) hub_dl_later_free(&s->hub.dl_later[i]);
+    free(s->hub.dl_later);
 }
 
 /* arc serve: start, run until asked to stop, stop. */
