@@ -12091,7 +12091,8 @@ static const Opt agent_tasks_opts[] = {
 #undef AGENT_OPT
 
 #define AGENT_FOOTER                                                        \
-    "Registers the agent (replacing its session), then acts as it.\n"     \
+    "Registers the agent unless it is live (never replacing a session of\n" \
+    "another process, such as its arc mcp), then acts as it.\n"            \
     "Exit: 0 ok, 1 the hub refused, 2 usage or no hub.\n"
 
 static const OptHelp agent_help[] = {
@@ -12139,13 +12140,12 @@ static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) 
     }
 }
 
-/* Call the hub; on success leave the response body in out and return 0.
- * Otherwise print why and return the exit code (1 hub error, 2 no hub). */
-static int agent_call(Client *c, const char *method, const char *path, Str body,
-                      int64_t timeout_ms, Buf *out) {
-    char err[ARC_ERRLEN] = "";
-    int status = 0;
-    if (client_call(c, method, path, body, timeout_ms, &status, out, err)) {
+/* Judge one call's outcome (client_call failed, or its status and body):
+ * 0 for an ok envelope; otherwise print why and return 1 (the hub said
+ * no) or 2 (no hub). */
+static int agent_answer(Client *c, int failed, int status, const Buf *out,
+                        const char *err) {
+    if (failed) {
         if (c->relay_dir)
             fprintf(stderr, "arc: no answer through the relay at %s (is a hub "
                     "serving --spool-dir %s?): %s\n", c->relay_dir, c->relay_dir, err);
@@ -12171,6 +12171,16 @@ static int agent_call(Client *c, const char *method, const char *path, Str body,
     return rc;
 }
 
+/* Call the hub; on success leave the response body in out and return 0.
+ * Otherwise print why and return the exit code (1 hub error, 2 no hub). */
+static int agent_call(Client *c, const char *method, const char *path, Str body,
+                      int64_t timeout_ms, Buf *out) {
+    char err[ARC_ERRLEN] = "";
+    int status = 0;
+    int failed = client_call(c, method, path, body, timeout_ms, &status, out, err);
+    return agent_answer(c, failed, status, out, err);
+}
+
 /* Append s percent-encoded: fit for a query value or a path segment. */
 static void cli_pct(Buf *b, const char *s) {
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -12186,7 +12196,10 @@ static void agent_qparam(Buf *b, const char *name, const char *value) {
     cli_pct(b, value);
 }
 
-/* Register (replace) and return the client ready for more calls. */
+/* Register the agent unless it is live, and return the client ready for
+ * more calls. A live session belongs to another process (its `arc mcp`,
+ * say): replacing it would cut that process off (issue 18), and acting as
+ * the agent needs no session of one's own, so a 409 is fine here. */
 static int agent_start(const char *cmd, int argc, char **argv, AgentOpts *o,
                        Client *c) {
     agent_options(cmd, argc, argv, o);
@@ -12201,8 +12214,11 @@ static int agent_start(const char *cmd, int argc, char **argv, AgentOpts *o,
     Buf body = { 0 }, out = { 0 };
     buf_adds(&body, "{\"agent_id\":");
     json_cstr(&body, o->agent);
-    buf_adds(&body, ",\"replace\":true}");
-    int rc = agent_call(c, "POST", "/v1/sessions", buf_str(&body), 15000, &out);
+    buf_adds(&body, ",\"replace\":false}");
+    int status = 0, rc = 0;
+    int failed = client_call(c, "POST", "/v1/sessions", buf_str(&body), 15000,
+                             &status, &out, err);
+    if (failed || status != 409) rc = agent_answer(c, failed, status, &out, err);
     buf_free(&body);
     buf_free(&out);
     return rc;
@@ -12295,6 +12311,7 @@ static int cmd_poll(int argc, char **argv) {
     agent_qparam(&path, "agent_id", o.agent);
     buf_adds(&path, "&limit=100");
     buf_addf(&path, "&since_id=%lld&timeout=%g", (long long)o.since_id, o.timeout_s);
+    buf_adds(&path, "&surfaced=poll");   /* a hook will not repeat them (§16.4) */
     if (!o.include_self) buf_adds(&path, "&exclude_self=1");
     if (o.channel) agent_qparam(&path, "channel", o.channel);
     if (o.thread) agent_qparam(&path, "thread_id", o.thread);
@@ -14253,6 +14270,7 @@ static int mcp_t_poll(McpCtx *x) {
         goto done;
     if (ch.len) buf_adds(&extra, "&channel="), cli_pct(&extra, ch.p);
     if (th.len) buf_adds(&extra, "&thread_id="), cli_pct(&extra, th.p);
+    buf_adds(&extra, "&surfaced=mcp");   /* not again through a hook (§16.4) */
     pthread_mutex_lock(&g_mcp.mu);
     int64_t since = *mcp_cursor(buf_cstr(&ch), buf_cstr(&th));
     pthread_mutex_unlock(&g_mcp.mu);
