@@ -12826,6 +12826,607 @@ static int cmd_relay_gc(int argc, char **argv) {
     return 0;
 }
 
+/* ---- arc hook HARNESS EVENT: delivery into an agent's turns (§16) ---- */
+
+/* A harness (Claude Code, Codex, Gemini CLI, Cursor) runs `arc hook HARNESS
+ * EVENT --agent NAME` at points of its agent's turn, with a JSON object on
+ * stdin, and reads the answer in its own contract from stdout and the exit
+ * status. Every event maps to one of a few jobs: a digest at session start,
+ * owed messages into the turn, continuing a turn while a request is
+ * unanswered, refusing an edit of a path another agent locked, closing the
+ * session, and waiting to wake an idle agent. A hook must never break a
+ * turn: with no hub, no identity or bad input it prints nothing and exits
+ * 0, and each call has a short deadline. Hooks act as the agent without a
+ * session of their own: they never register, so they never replace the
+ * agent's `arc mcp` session. */
+
+#define HOOK_CALL_MS 2000          /* one hub call; loopback answers in ~1 ms */
+#define HOOK_MAX_INPUT (1 << 20)   /* stdin bytes read */
+#define HOOK_MAX_CONTEXT 9000      /* additionalContext (Claude caps at 10,000) */
+#define HOOK_MAX_BODY 1500         /* one message's body in a hook's text */
+#define HOOK_MAX_NUDGES 3          /* Stop continuations per open request */
+
+typedef enum {
+    HOOK_NONE, HOOK_START, HOOK_TURN, HOOK_STOP, HOOK_EDIT, HOOK_END, HOOK_WAIT
+} HookJob;
+
+/* Which job each harness's event does, and the name its answer carries. */
+typedef struct {
+    const char *harness, *event;
+    HookJob job;
+} HookEvent;
+
+static const HookEvent hook_events[] = {
+    { "claude", "SessionStart", HOOK_START },
+    { "claude", "UserPromptSubmit", HOOK_TURN },
+    { "claude", "PostToolUse", HOOK_TURN },
+    { "claude", "Stop", HOOK_STOP },
+    { "claude", "SubagentStop", HOOK_NONE },   /* a subagent is not the agent */
+    { "claude", "PreToolUse", HOOK_EDIT },
+    { "claude", "SessionEnd", HOOK_END },
+    { "claude", "wait", HOOK_WAIT },
+    { "codex", "SessionStart", HOOK_START },
+    { "codex", "UserPromptSubmit", HOOK_TURN },
+    { "codex", "PostToolUse", HOOK_TURN },
+    { "codex", "Stop", HOOK_STOP },
+    { "codex", "PreToolUse", HOOK_EDIT },
+    { "gemini", "SessionStart", HOOK_START },
+    { "gemini", "BeforeAgent", HOOK_TURN },
+    { "gemini", "AfterTool", HOOK_TURN },
+    { "gemini", "AfterAgent", HOOK_STOP },
+    { "gemini", "BeforeTool", HOOK_EDIT },
+    { "gemini", "SessionEnd", HOOK_END },
+    { "cursor", "sessionStart", HOOK_START },
+    { "cursor", "stop", HOOK_STOP },
+    { "cursor", "sessionEnd", HOOK_END },
+};
+
+/* The tools that write a file, and the tool_input key naming it. */
+static const struct { const char *tool, *key; } hook_edit_tools[] = {
+    { "Edit", "file_path" }, { "Write", "file_path" }, { "MultiEdit", "file_path" },
+    { "NotebookEdit", "notebook_path" },                 /* Claude Code */
+    { "write_file", "file_path" }, { "replace", "file_path" },   /* Gemini CLI */
+};
+
+typedef struct {
+    const char *harness, *event;   /* borrowed from argv */
+    HookJob job;
+    AgentOpts o;
+    double wait_s;                 /* wait: give up after this long */
+    Client c;
+    Buf in;                        /* stdin */
+    Json j;                        /* ... parsed; t == NULL if it was not */
+    Buf agent;                     /* whose hook this is */
+    Buf root;                      /* the project: where .arc/agent was, or cwd */
+    Buf cwd;                       /* the hook's cwd */
+    Buf out;                       /* the last hub answer ... */
+    Json res;                      /* ... parsed */
+    Buf text;                      /* what the agent is told */
+} Hook;
+
+static const Opt hook_opts[] = {
+    { "--timeout", OPT_SECS, offsetof(Hook, wait_s), .lo = 0, .hi = 3600,
+      .arg = "SEC", .help = "wait: give up after SEC (default 540)" },
+    { .kind = OPT_ARG, .off = offsetof(Hook, harness), .arg = "HARNESS",
+      .help = "claude, codex, gemini or cursor" },
+    { .kind = OPT_ARG, .off = offsetof(Hook, event), .arg = "EVENT",
+      .help = "the harness's hook event (SessionStart, ...), or wait" },
+    { 0 }
+};
+
+static const OptHelp hook_help = {
+    "hook", "usage: arc hook HARNESS EVENT [--agent NAME] [options]\n"
+            "Answer a harness's hook: read its JSON on stdin, print its answer.\n",
+    "The agent: --agent, else ARC_AGENT, else the first line of .arc/agent in\n"
+    "the hook's cwd or a directory above it (arc setup writes it).\n"
+    "Events: claude SessionStart UserPromptSubmit PostToolUse Stop PreToolUse\n"
+    "SessionEnd wait; codex SessionStart UserPromptSubmit PostToolUse Stop;\n"
+    "gemini SessionStart BeforeAgent AfterTool AfterAgent BeforeTool SessionEnd;\n"
+    "cursor sessionStart stop sessionEnd. See PROTOCOL §16.6.\n"
+    "Exit: 0 (also with no hub: a hook never breaks a turn); 2 from wait\n"
+    "when a message woke the agent (Claude Code asyncRewake).\n"
+};
+
+/* A string member of the hook's input into out (reset first); 1 if set. */
+static int hook_in_str(Hook *k, uint32_t obj, const char *key, Buf *out) {
+    buf_reset(out);
+    uint32_t v = k->j.t ? json_get(&k->j, obj, key) : 0;
+    if (!v || k->j.t[v].type != JSON_STR) return 0;
+    json_unescape(&k->j, v, out);
+    return out->len > 0;
+}
+
+/* Read a small file we did not create, safely: a regular file opened
+ * without following a symbolic link, its first line, trimmed, printable.
+ * Returns 1 with out set, 0 otherwise. */
+static int hook_read_line(int dfd, const char *name, Buf *out) {
+    int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat sb;
+    char line[256];                 /* an agent name, and a newline */
+    ssize_t n = -1;
+    if (fd < 0) return 0;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size < (off_t)sizeof line)
+        n = read(fd, line, sizeof line - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    line[n] = 0;
+    Str s = str_trim((Str){ line, strcspn(line, "\n") });
+    for (size_t i = 0; i < s.n; i++)
+        if ((unsigned char)s.p[i] < 0x20 || s.p[i] == 0x7f) return 0;
+    if (!s.n || !utf8_valid(s.p, s.n)) return 0;
+    buf_reset(out);
+    buf_addstr(out, s);
+    return 1;
+}
+
+/* Find .arc/agent in dir or a directory above it: the agent's name into
+ * k->agent (unless given) and the project root into k->root. */
+/* Normalise path p (absolute, or relative to base) lexically into out:
+ * "/a/b", no ".", "..", or repeated slashes. */
+static void hook_path_norm(const char *base, Str p, Buf *out) {
+    Buf all = { 0 };
+    buf_reset(out);
+    if (!p.n || p.p[0] != '/') buf_adds(&all, base), buf_addc(&all, '/');
+    buf_addstr(&all, p);
+    const char *s = buf_cstr(&all), *end = s + all.len;
+    while (s < end) {
+        const char *e = memchr(s, '/', (size_t)(end - s));
+        if (!e) e = end;
+        size_t n = (size_t)(e - s);
+        if (n == 2 && s[0] == '.' && s[1] == '.') {
+            while (out->len && out->p[out->len - 1] != '/') out->len--;
+            if (out->len) out->len--;
+            if (out->p) out->p[out->len] = 0;
+        } else if (n && !(n == 1 && s[0] == '.')) {
+            buf_addc(out, '/');
+            buf_add(out, s, n);
+        }
+        s = e + 1;
+    }
+    if (!out->len) buf_addc(out, '/');
+    buf_free(&all);
+}
+
+static void hook_find_project(Hook *k, const char *dir) {
+    char path[PATH_MAX];
+    Buf norm = { 0 };   /* lexically, as the paths it is compared with */
+    hook_path_norm("/", str_c(dir), &norm);
+    snprintf(path, sizeof path, "%s", buf_cstr(&norm));
+    buf_free(&norm);
+    for (int depth = 0; depth < 64; depth++) {
+        int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int found = 0;
+        if (dfd >= 0) {
+            int arc = openat(dfd, ".arc", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (arc >= 0) {
+                Buf name = { 0 };
+                found = hook_read_line(arc, "agent", &name);
+                if (found && !k->agent.len) buf_addstr(&k->agent, buf_str(&name));
+                buf_free(&name);
+                close(arc);
+            }
+            close(dfd);
+        }
+        if (found) {
+            buf_reset(&k->root);
+            buf_adds(&k->root, path);
+            return;
+        }
+        char *slash = strrchr(path, '/');
+        if (!slash || slash == path) return;
+        *slash = 0;
+    }
+}
+
+/* One hub call; on an ok envelope its result token, else 0 (silently: a
+ * hook's failures must not reach the agent). */
+static uint32_t hook_call(Hook *k, const char *method, const char *path, Str body,
+                          int64_t timeout_ms) {
+    char err[ARC_ERRLEN];
+    int status = 0;
+    json_free(&k->res);
+    buf_reset(&k->out);
+    if (client_call(&k->c, method, path, body, timeout_ms, &status, &k->out, err) ||
+        status >= 400 || json_parse(&k->res, buf_cstr(&k->out), k->out.len)) {
+        json_free(&k->res);
+        return 0;
+    }
+    uint32_t ok = json_get(&k->res, 0, "ok");
+    if (!ok || k->res.t[ok].type != JSON_TRUE) return 0;
+    return json_get(&k->res, 0, "result");
+}
+
+/* Append one message as a line of facts: who, why it is owed, where. */
+static void hook_render_msg(Buf *b, const Json *j, uint32_t m, const char *reason) {
+    Buf t = { 0 };
+    uint32_t v;
+    buf_adds(b, "\n- #");
+    if ((v = json_get(j, m, "id"))) json_as_text(b, j, v);
+    buf_adds(b, " from ");
+    if ((v = json_get(j, m, "from_agent"))) json_as_text(b, j, v);
+    if (reason) buf_addf(b, " (%s", reason);
+    if ((v = json_get(j, m, "kind")) && !json_str_is(j, v, STR_LIT("chat")))
+        buf_adds(b, reason ? ", " : " ("), json_as_text(b, j, v), reason = "";
+    if ((v = json_get(j, m, "to_agent")) && j->t[v].type == JSON_STR) {
+        buf_adds(b, reason ? ", direct" : " (direct");
+        reason = "";
+    } else if ((v = json_get(j, m, "channel"))) {
+        buf_adds(b, reason ? ", in " : " (in ");
+        json_as_text(b, j, v);
+        reason = "";
+    }
+    if ((v = json_get_val(j, m, "reply_to")))
+        buf_adds(b, ", reply to #"), json_as_text(b, j, v);
+    if ((v = json_get_val(j, m, "thread_id")))
+        buf_adds(b, ", thread "), json_as_text(b, j, v);
+    if (reason) buf_addc(b, ')');
+    buf_adds(b, ": ");
+    if ((v = json_get(j, m, "body"))) json_as_text(&t, j, v);
+    if (t.len > HOOK_MAX_BODY) {   /* cut on a UTF-8 boundary */
+        size_t n = HOOK_MAX_BODY;
+        while (n && ((unsigned char)t.p[n] & 0xc0) == 0x80) n--;
+        t.len = n;
+        buf_addstr(b, buf_str(&t));
+        buf_adds(b, " [...]");
+    } else {
+        buf_addstr(b, buf_str(&t));
+    }
+    buf_free(&t);
+}
+
+/* Take the owed messages (PROTOCOL §16.3) into k->text as facts. Returns
+ * how many, 0 also when the hub did not answer. */
+static int hook_take(Hook *k, const char *via, int64_t max_chars) {
+    Buf path = { 0 }, body = { 0 };
+    buf_adds(&path, "/v1/delivery/");
+    cli_pct(&path, k->agent.p);
+    buf_adds(&path, "/take");
+    buf_addf(&body, "{\"limit\":20,\"max_chars\":%lld,\"via\":\"%s\"}",
+             (long long)max_chars, via);
+    uint32_t r = hook_call(k, "POST", path.p, buf_str(&body), HOOK_CALL_MS);
+    buf_free(&path), buf_free(&body);
+    uint32_t items = r ? json_get(&k->res, r, "items") : 0, more;
+    if (!items || k->res.t[items].type != JSON_ARR || !k->res.t[items].n) return 0;
+    int n = (int)k->res.t[items].n;
+    int64_t left = 0;
+    if ((more = json_get(&k->res, r, "more"))) json_to_i64(&k->res, more, &left);
+    buf_addf(&k->text, "arc: %d new message%s for %s:", n, n == 1 ? "" : "s", k->agent.p);
+    Buf why = { 0 };
+    uint32_t e = items + 1;
+    for (int i = 0; i < n; i++, e = k->res.t[e].next) {
+        uint32_t m = json_get(&k->res, e, "message"), w = json_get(&k->res, e, "reason");
+        buf_reset(&why);
+        if (w) json_as_text(&why, &k->res, w);
+        if (m) hook_render_msg(&k->text, &k->res, m, why.len ? why.p : NULL);
+    }
+    buf_free(&why);
+    if (left > 0)
+        buf_addf(&k->text, "\n%lld more owed: they come with the next turn's context, "
+                 "or read them with arc_poll_messages or arc_inbox.", (long long)left);
+    return n;
+}
+
+/* The open requests to the agent into k->text; with `nudge`, those a Stop
+ * may still continue the turn for, counted (PROTOCOL §16.5). Returns how
+ * many. */
+static int hook_requests(Hook *k, int nudge) {
+    Buf path = { 0 }, body = { 0 };
+    buf_adds(&path, "/v1/delivery/");
+    cli_pct(&path, k->agent.p);
+    buf_adds(&path, nudge ? "/nudge" : "?limit=0");
+    buf_addf(&body, "{\"max\":%d}", HOOK_MAX_NUDGES);
+    uint32_t r = hook_call(k, nudge ? "POST" : "GET", path.p,
+                           nudge ? buf_str(&body) : (Str){ NULL, 0 }, HOOK_CALL_MS);
+    buf_free(&path), buf_free(&body);
+    uint32_t reqs = r ? json_get(&k->res, r, "requests") : 0;
+    if (!reqs || k->res.t[reqs].type != JSON_ARR || !k->res.t[reqs].n) return 0;
+    int n = (int)k->res.t[reqs].n;
+    buf_addf(&k->text, "arc: %d request%s to %s %s unanswered (a task_result with "
+             "reply_to the request's id answers it: arc_task_result):",
+             n, n == 1 ? "" : "s", k->agent.p, n == 1 ? "is" : "are");
+    uint32_t e = reqs + 1;
+    for (int i = 0; i < n; i++, e = k->res.t[e].next) {
+        uint32_t m = json_get(&k->res, e, "message"), c = json_get(&k->res, e, "nudges");
+        if (m) hook_render_msg(&k->text, &k->res, m, "request");
+        if (c && nudge) {
+            buf_adds(&k->text, " [reminder ");
+            json_as_text(&k->text, &k->res, c);
+            buf_addf(&k->text, " of %d]", HOOK_MAX_NUDGES);
+        }
+    }
+    return n;
+}
+
+/* A lease row's "PATH (holder, until T)"-style facts for the digest. */
+static void hook_digest_leases(Hook *k, const char *what, const char *path,
+                               const char *key, const char *owner_key) {
+    uint32_t r = hook_call(k, "GET", path, (Str){ NULL, 0 }, HOOK_CALL_MS);
+    if (!r || k->res.t[r].type != JSON_ARR) return;
+    int first = 1;
+    uint32_t e = r + 1;
+    for (uint32_t i = 0; i < k->res.t[r].n; i++, e = k->res.t[e].next) {
+        uint32_t o = json_get(&k->res, e, owner_key), v;
+        if (!o || !json_str_is(&k->res, o, buf_str(&k->agent))) continue;
+        buf_addf(&k->text, first ? "\nYour %s: " : ", ", what);
+        first = 0;
+        if ((v = json_get(&k->res, e, key))) json_as_text(&k->text, &k->res, v);
+        if ((v = json_get(&k->res, e, "expires_at")))
+            buf_adds(&k->text, " until "), json_as_text(&k->text, &k->res, v);
+    }
+}
+
+/* SessionStart: who I am, who is online, what is owed, my leases. */
+static void hook_digest(Hook *k) {
+    buf_addf(&k->text, "arc: you are agent %s on the hub at %s.", k->agent.p,
+             k->o.relay_dir ? k->o.relay_dir : k->c.base);
+    uint32_t r = hook_call(k, "GET", "/v1/agents", (Str){ NULL, 0 }, HOOK_CALL_MS);
+    if (r && k->res.t[r].type == JSON_ARR) {
+        buf_addf(&k->text, "\nOnline (%u):", k->res.t[r].n);
+        uint32_t e = r + 1, v;
+        for (uint32_t i = 0; i < k->res.t[r].n && i < 50; i++, e = k->res.t[e].next)
+            if ((v = json_get(&k->res, e, "agent_id")))
+                buf_adds(&k->text, i ? ", " : " "), json_as_text(&k->text, &k->res, v);
+    }
+    Buf path = { 0 };
+    buf_adds(&path, "/v1/locks?active_only=1");
+    agent_qparam(&path, "agent_id", k->agent.p);
+    hook_digest_leases(k, "locks", path.p, "file_path", "agent_id");
+    hook_digest_leases(k, "claims", "/v1/claims?active_only=1", "claim_key",
+                       "owner_agent_id");
+    buf_free(&path);
+    size_t mark = k->text.len;
+    buf_addc(&k->text, '\n');
+    if (!hook_requests(k, 0)) k->text.len = mark, k->text.p[mark] = 0;
+    mark = k->text.len;
+    buf_addc(&k->text, '\n');
+    int64_t room = HOOK_MAX_CONTEXT - (int64_t)k->text.len - 200;
+    if (room < 1000 || !hook_take(k, "hook", room)) k->text.len = mark, k->text.p[mark] = 0;
+}
+
+/* Is target (normalised) the lock's path, or under it? */
+static int hook_lock_covers(Str lock, Str target) {
+    if (lock.n > target.n || memcmp(lock.p, target.p, lock.n)) return 0;
+    return lock.n == target.n || (lock.n && lock.p[lock.n - 1] == '/') ||
+           target.p[lock.n] == '/';
+}
+
+/* PreToolUse and the like: if the tool writes a file that another agent
+ * holds an active lock on, say who and until when into k->text. Returns
+ * 1 to deny, 0 to let the harness decide. */
+static int hook_edit(Hook *k) {
+    Buf tool = { 0 }, file = { 0 }, target = { 0 }, lp = { 0 }, lock = { 0 };
+    int deny = 0;
+    const char *key = NULL;
+    hook_in_str(k, 0, "tool_name", &tool);
+    for (size_t i = 0; i < sizeof hook_edit_tools / sizeof *hook_edit_tools; i++)
+        if (tool.len && !strcmp(tool.p, hook_edit_tools[i].tool)) key = hook_edit_tools[i].key;
+    uint32_t in = key && k->j.t ? json_get(&k->j, 0, "tool_input") : 0;
+    if (!in || k->j.t[in].type != JSON_OBJ || !hook_in_str(k, in, key, &file)) goto done;
+    hook_path_norm(k->cwd.p, buf_str(&file), &target);
+    uint32_t r = hook_call(k, "GET", "/v1/locks?active_only=1", (Str){ NULL, 0 },
+                           HOOK_CALL_MS);
+    if (!r || k->res.t[r].type != JSON_ARR) goto done;
+    uint32_t e = r + 1;
+    for (uint32_t i = 0; i < k->res.t[r].n && !deny; i++, e = k->res.t[e].next) {
+        uint32_t a = json_get(&k->res, e, "agent_id"), f = json_get(&k->res, e, "file_path");
+        if (!a || !f || json_str_is(&k->res, a, buf_str(&k->agent))) continue;
+        buf_reset(&lp);
+        json_as_text(&lp, &k->res, f);
+        /* A relative lock path names a file of the project (PROTOCOL §16.6). */
+        for (int pass = 0; pass < 2 && !deny; pass++) {
+            const char *base = pass ? k->cwd.p : k->root.p;
+            if (pass && !strcmp(k->root.p, k->cwd.p)) break;
+            hook_path_norm(base, buf_str(&lp), &lock);
+            deny = hook_lock_covers(buf_str(&lock), buf_str(&target));
+        }
+        if (!deny) continue;
+        uint32_t x = json_get(&k->res, e, "expires_at");
+        buf_adds(&k->text, "arc: ");
+        buf_addstr(&k->text, buf_str(&file));
+        buf_adds(&k->text, " is locked by agent ");
+        json_as_text(&k->text, &k->res, a);
+        if (!(lp.len == file.len && !memcmp(lp.p, file.p, lp.len)))
+            buf_adds(&k->text, " (lock on "), buf_addstr(&k->text, buf_str(&lp)),
+                buf_addc(&k->text, ')');
+        if (x) buf_adds(&k->text, " until "), json_as_text(&k->text, &k->res, x);
+        buf_adds(&k->text, "; the edit was not made. The holder can release it, "
+                 "or the lock lapses at its expiry.");
+    }
+done:
+    buf_free(&tool), buf_free(&file), buf_free(&target), buf_free(&lp), buf_free(&lock);
+    return deny;
+}
+
+/* SessionEnd: close the agent's active session, if it has one. */
+static void hook_end(Hook *k) {
+    Buf path = { 0 }, sid = { 0 };
+    buf_adds(&path, "/v1/bootstrap");
+    agent_qparam(&path, "agent_id", k->agent.p);
+    uint32_t r = hook_call(k, "GET", path.p, (Str){ NULL, 0 }, HOOK_CALL_MS);
+    uint32_t s = r ? json_get(&k->res, r, "session") : 0, v;
+    if (s && k->res.t[s].type == JSON_OBJ && (v = json_get(&k->res, s, "session_id"))) {
+        json_as_text(&sid, &k->res, v);
+        buf_reset(&path);
+        buf_adds(&path, "/v1/sessions/");
+        cli_pct(&path, sid.p);
+        hook_call(k, "DELETE", path.p, (Str){ NULL, 0 }, HOOK_CALL_MS);
+    }
+    buf_free(&path), buf_free(&sid);
+}
+
+/* wait: until something is owed (taken into k->text: 1) or wait_s passed
+ * or the hub went away (0). Waits on the agent's events feed, then takes:
+ * channel chatter wakes the long-poll but is not owed, so it waits on. */
+static int hook_wait(Hook *k) {
+    int64_t deadline = clock_ms() + (int64_t)(k->wait_s * 1000), since = -1;
+    for (;;) {
+        if (hook_take(k, "wake", HOOK_MAX_CONTEXT)) return 1;
+        if (since < 0) {
+            uint32_t r = hook_call(k, "GET", "/v1/hub-info", (Str){ NULL, 0 },
+                                   HOOK_CALL_MS), v;
+            if (!r || !(v = json_get(&k->res, r, "latest_message_id")) ||
+                json_to_i64(&k->res, v, &since))
+                return 0;
+        }
+        int64_t left = deadline - clock_ms();
+        if (left <= 0) return 0;
+        if (left > 50000) left = 50000;
+        Buf path = { 0 };
+        buf_adds(&path, "/v1/events");
+        agent_qparam(&path, "agent_id", k->agent.p);
+        buf_addf(&path, "&exclude_self=1&limit=100&since_id=%lld&timeout=%.3f",
+                 (long long)since, (double)left / 1000.0);
+        uint32_t r = hook_call(k, "GET", path.p, (Str){ NULL, 0 }, left + HOOK_CALL_MS);
+        buf_free(&path);
+        if (!r || k->res.t[r].type != JSON_ARR) return 0;
+        uint32_t e = r + 1, v;
+        for (uint32_t i = 0; i < k->res.t[r].n; i++, e = k->res.t[e].next) {
+            int64_t id;
+            if ((v = json_get(&k->res, e, "id")) && json_to_i64(&k->res, v, &id) == 0 &&
+                id > since)
+                since = id;
+        }
+    }
+}
+
+/* Print {"hookSpecificOutput":{"hookEventName":EVENT,"additionalContext":
+ * TEXT}}: the shape Claude Code, Codex and Gemini CLI share. */
+static void hook_print_context(Hook *k, Buf *o) {
+    buf_adds(o, "{\"hookSpecificOutput\":{\"hookEventName\":");
+    json_cstr(o, k->event);
+    buf_adds(o, ",\"additionalContext\":");
+    json_strs(o, buf_str(&k->text));
+    buf_adds(o, "}}");
+}
+
+/* Run the job and write the harness's answer into o; returns the exit
+ * status (2 only from wait, which Claude Code's asyncRewake turns into a
+ * wake-up with stderr as the message). */
+static int hook_run(Hook *k, Buf *o, Buf *err_out) {
+    int cursor = !strcmp(k->harness, "cursor"), gemini = !strcmp(k->harness, "gemini");
+    switch (k->job) {
+    case HOOK_START:
+        hook_digest(k);
+        if (cursor) {
+            buf_adds(o, "{\"additional_context\":");
+            json_strs(o, buf_str(&k->text));
+            buf_addc(o, '}');
+        } else {
+            hook_print_context(k, o);
+        }
+        return 0;
+    case HOOK_TURN:
+        if (hook_take(k, "hook", HOOK_MAX_CONTEXT)) hook_print_context(k, o);
+        return 0;
+    case HOOK_STOP: {
+        /* A harness that continues a turn with a new prompt also hears of
+         * new messages; Claude Code's Stop continues only for requests. */
+        int n = hook_requests(k, 1);
+        if (strcmp(k->harness, "claude")) {
+            size_t mark = k->text.len;
+            if (n) buf_addc(&k->text, '\n');
+            if (hook_take(k, "hook", HOOK_MAX_CONTEXT - (int64_t)k->text.len)) n++;
+            else k->text.len = mark;
+        }
+        if (!n) return 0;
+        if (cursor) buf_adds(o, "{\"followup_message\":");
+        else buf_adds(o, gemini ? "{\"decision\":\"deny\",\"reason\":"
+                                : "{\"decision\":\"block\",\"reason\":");
+        json_strs(o, buf_str(&k->text));
+        buf_addc(o, '}');
+        return 0;
+    }
+    case HOOK_EDIT:
+        if (!hook_edit(k)) return 0;
+        if (gemini) {
+            buf_adds(o, "{\"decision\":\"deny\",\"reason\":");
+        } else {
+            buf_adds(o, "{\"hookSpecificOutput\":{\"hookEventName\":");
+            json_cstr(o, k->event);
+            buf_adds(o, ",\"permissionDecision\":\"deny\",\"permissionDecisionReason\":");
+        }
+        json_strs(o, buf_str(&k->text));
+        buf_adds(o, gemini ? "}" : "}}");
+        return 0;
+    case HOOK_END:
+        hook_end(k);
+        return 0;
+    case HOOK_WAIT:
+        if (!hook_wait(k)) return 0;
+        buf_addstr(err_out, buf_str(&k->text));
+        buf_addc(err_out, '\n');
+        return 2;
+    case HOOK_NONE:
+        break;
+    }
+    return 0;
+}
+
+static int cmd_hook(int argc, char **argv) {
+    Hook k = { .wait_s = 540 };
+    k.o = (AgentOpts){ .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
+                       .relay_dir = getenv("ARC_RELAY_DIR") };
+    OptGroup g[] = { { agent_opts, &k.o, NULL, 0 }, { hook_opts, &k, NULL, 0 } };
+    char err[ARC_ERRLEN];
+    Buf o = { 0 }, e = { 0 };
+    int rc = opt_parse_args(&hook_help, g, 2, argc, argv, err);
+    if (rc > 0) {
+        opt_help(&hook_help, g, 2, stdout);
+        return 0;
+    }
+    if (rc < 0 || !k.harness || !k.event) {   /* 1, not 2: 2 would block the turn */
+        fprintf(stderr, "arc hook: %s\n", rc < 0 ? err : "HARNESS and EVENT are required");
+        return 1;
+    }
+    rc = 0;
+    for (size_t i = 0; i < sizeof hook_events / sizeof *hook_events; i++)
+        if (!strcmp(k.harness, hook_events[i].harness) &&
+            str_ieq(str_c(k.event), hook_events[i].event)) {
+            k.job = hook_events[i].job;
+            k.event = hook_events[i].event;   /* the harness's spelling */
+        }
+    if (k.job == HOOK_NONE) goto done;
+    if (!isatty(STDIN_FILENO)) {
+        char chunk[8192];
+        ssize_t n;
+        while (k.in.len < HOOK_MAX_INPUT &&
+               (n = read(STDIN_FILENO, chunk, sizeof chunk)) != 0) {
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) break;
+            buf_add(&k.in, chunk, (size_t)n);
+        }
+    }
+    if (!k.in.len || json_parse(&k.j, k.in.p, k.in.len) || k.j.t[0].type != JSON_OBJ)
+        json_free(&k.j);
+    if (k.o.agent && *k.o.agent) buf_adds(&k.agent, k.o.agent);
+    char here[PATH_MAX];
+    if (!hook_in_str(&k, 0, "cwd", &k.cwd) || k.cwd.p[0] != '/') {
+        buf_reset(&k.cwd);
+        if (getcwd(here, sizeof here)) buf_adds(&k.cwd, here);
+        else buf_adds(&k.cwd, "/");
+    }
+    const char *proj = getenv("CLAUDE_PROJECT_DIR");
+    if (proj && *proj == '/' && !strcmp(k.harness, "claude")) hook_find_project(&k, proj);
+    if (!k.root.len) hook_find_project(&k, k.cwd.p);
+    if (!k.root.len) buf_adds(&k.root, proj && *proj == '/' ? proj : k.cwd.p);
+    if (!k.agent.len || memchr(k.agent.p, 0, k.agent.len)) goto done;
+    if (!k.o.base_url || !*k.o.base_url) k.o.base_url = "http://127.0.0.1:6969";
+    if (k.o.relay_dir && !*k.o.relay_dir) k.o.relay_dir = NULL;
+    if (client_url(&k.c, k.o.base_url, err)) goto done;
+    k.c.relay_dir = k.o.relay_dir;
+    k.c.agent = k.agent.p;
+    k.c.token = k.o.token;
+    rc = hook_run(&k, &o, &e);
+    client_free(&k.c);
+done:
+    if (o.len) fwrite(o.p, 1, o.len, stdout), fputc('\n', stdout);
+    if (e.len) fwrite(e.p, 1, e.len, stderr);
+    json_free(&k.j), json_free(&k.res);
+    buf_free(&k.in), buf_free(&k.agent), buf_free(&k.root), buf_free(&k.cwd);
+    buf_free(&k.out), buf_free(&k.text), buf_free(&o), buf_free(&e);
+    return rc;
+}
+
 /* ==== smoke: deterministic smoke agents and `arc smoke` =================== */
 
 /* The reference's three roles, step for step, with the same message kinds
@@ -17165,6 +17766,7 @@ static const Cmd cmds[] = {
     { "mcp", cmd_mcp, "serve MCP tools over stdio as one agent" },
     { "relay", cmd_relay, "forward a file spool to a hub over HTTP" },
     { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
+    { "hook", cmd_hook, "answer a harness's hook as an agent (PROTOCOL §16.6)" },
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
 };
