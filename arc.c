@@ -13155,12 +13155,14 @@ static void hook_digest_leases(Hook *k, const char *what, const char *path,
     }
 }
 
-/* SessionStart: who I am, who is online, what is owed, my leases. */
-static void hook_digest(Hook *k) {
+/* SessionStart: who I am, who is online, what is owed, my leases.
+ * Returns 0 when no hub answered (then nothing is said). */
+static int hook_digest(Hook *k) {
+    uint32_t r = hook_call(k, "GET", "/v1/agents", (Str){ NULL, 0 }, HOOK_CALL_MS);
+    if (!r) return 0;
     buf_addf(&k->text, "arc: you are agent %s on the hub at %s.", k->agent.p,
              k->o.relay_dir ? k->o.relay_dir : k->c.base);
-    uint32_t r = hook_call(k, "GET", "/v1/agents", (Str){ NULL, 0 }, HOOK_CALL_MS);
-    if (r && k->res.t[r].type == JSON_ARR) {
+    if (k->res.t[r].type == JSON_ARR) {
         buf_addf(&k->text, "\nOnline (%u):", k->res.t[r].n);
         uint32_t e = r + 1, v;
         for (uint32_t i = 0; i < k->res.t[r].n && i < 50; i++, e = k->res.t[e].next)
@@ -13181,6 +13183,7 @@ static void hook_digest(Hook *k) {
     buf_addc(&k->text, '\n');
     int64_t room = HOOK_MAX_CONTEXT - (int64_t)k->text.len - 200;
     if (room < 1000 || !hook_take(k, "hook", room)) k->text.len = mark, k->text.p[mark] = 0;
+    return 1;
 }
 
 /* Is target (normalised) the lock's path, or under it? */
@@ -13306,7 +13309,7 @@ static int hook_run(Hook *k, Buf *o, Buf *err_out) {
     int cursor = !strcmp(k->harness, "cursor"), gemini = !strcmp(k->harness, "gemini");
     switch (k->job) {
     case HOOK_START:
-        hook_digest(k);
+        if (!hook_digest(k)) return 0;
         if (cursor) {
             buf_adds(o, "{\"additional_context\":");
             json_strs(o, buf_str(&k->text));
