@@ -2477,6 +2477,28 @@ static const char store_schema_deps[] =
     "CREATE TABLE IF NOT EXISTS arc_task_deps_mark(k INTEGER PRIMARY KEY"
     " CHECK(k=0), scanned_id INTEGER NOT NULL);";
 
+/* Extension tables of arc:delivery (PROTOCOL §16), beside the reference's:
+ * one row per message deliverable into an agent's turns (a DM, a request,
+ * a mention, a reply, a notice about its claims or locks), filled when the
+ * message is stored and caught up from other processes' messages up to
+ * arc_delivery_mark. `via` is NULL while the message is owed and names the
+ * path that surfaced it after; the partial indexes keep a take to the owed
+ * rows and the Stop check to the requests. */
+static const char store_schema_delivery[] =
+    "CREATE TABLE IF NOT EXISTS arc_delivery(agent_id TEXT NOT NULL,"
+    " message_id INTEGER NOT NULL, reason TEXT NOT NULL, via TEXT,"
+    " surfaced_at TEXT, nudges INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY(agent_id,message_id)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS arc_ix_dl_owed ON arc_delivery(agent_id,"
+    "message_id) WHERE via IS NULL;"
+    "CREATE INDEX IF NOT EXISTS arc_ix_dl_req ON arc_delivery(agent_id,"
+    "message_id) WHERE reason='request';"
+    "CREATE TABLE IF NOT EXISTS arc_delivery_mark(k INTEGER PRIMARY KEY"
+    " CHECK(k=0), scanned_id INTEGER NOT NULL);"
+    /* A store that predates the extension owes nothing from before it. */
+    "INSERT OR IGNORE INTO arc_delivery_mark"
+    " SELECT 0,coalesce(max(id),0) FROM messages;";
+
 /* Column lists in the order the row emitters read them. */
 #define M_COLS "id,ts,from_agent,to_agent,channel,kind,body,attachments_json," \
                "reply_to,thread_id,metadata_json"
@@ -3454,6 +3476,7 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         sqlite3_exec(s->db, store_schema, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema_kv, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema_deps, NULL, NULL, &e) ||
+        sqlite3_exec(s->db, store_schema_delivery, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_search_schema, NULL, NULL, &e) ||
         store_search_register(s)) {
         snprintf(err, ARC_ERRLEN, "cannot initialise storage %s: %s", path,
@@ -3573,9 +3596,12 @@ typedef struct {
     int64_t since_id;     /* answer only ids above this */
     int limit;
     int exclude_self;
+    char *via;            /* owned or NULL: events: mark what is answered
+                             surfaced this way (PROTOCOL §16.4) */
 } Wait;
 
 static void wait_free(Wait *w) {
+    free(w->via);
     free(w->agent);
     free(w->channel);
     free(w->thread);
@@ -3584,6 +3610,15 @@ static void wait_free(Wait *w) {
     free(w->channel_set);
     memset(w, 0, sizeof *w);
 }
+
+/* A parked read with `surfaced` that the loop answered (hub_wait_answered):
+ * what it returned, ids in (since, upto] passing its filters, is marked
+ * surfaced at the next transaction (hub_dl_flush, PROTOCOL §16.4). */
+typedef struct {
+    char *agent, *via;          /* owned */
+    char *channel, *thread;     /* owned, or NULL: no such filter */
+    int64_t since, upto;
+} HubSurfaced;
 
 /* The model: configuration, storage and what this loop turn wrote. The
  * event loop (Loop, in the loop section) owns everything about sockets,
@@ -3605,6 +3640,11 @@ typedef struct {
                                     0: ask arc_task_deps_mark */
     int search_behind;           /* the search index has a backlog (§15) */
     int fold_behind;             /* the thread summary lags: fold on (timer_fold) */
+    int64_t dl_mark;             /* messages indexed for delivery (§16);
+                                    0: ask arc_delivery_mark */
+    int64_t dl_saved;            /* the mark as last written to the table */
+    HubSurfaced *dl_later;       /* owned: answered parked reads to mark */
+    int n_dl_later, cap_dl_later;
 } Hub;
 
 /* One request as the handlers see it. */
@@ -3663,6 +3703,10 @@ static void hub_now(char out[ISO_LEN]) { iso_format(clock_wall_us(), out); }
 
 /* Open the batch transaction and this request's savepoint before its first
  * write. Returns 0, or -1 with a 503 in r. */
+/* Defined with the delivery index below; hub_tx runs it before any
+ * request's savepoint, so a request that fails does not undo it. */
+static void hub_dl_flush(Hub *h);
+
 static int hub_tx(Hub *h, Req *q, Res *r) {
     if (q->sp_open) return 0;
     if (store_begin(&h->store)) {
@@ -3670,6 +3714,7 @@ static int hub_tx(Hub *h, Req *q, Res *r) {
         hub_fail(r, 503, "storage error: %s", h->store.err);
         return -1;
     }
+    if (h->n_dl_later) hub_dl_flush(h);
     if (store_exec(&h->store, "SAVEPOINT req")) {
         hub_db_fail(h, r);
         return -1;
@@ -3701,6 +3746,7 @@ static void hub_tx_end(Hub *h, Req *q, int ok) {
         store_exec(&h->store, "ROLLBACK TO req");
         hub_batch_truncate(h, q->batch_mark);
         h->deps_mark = 0;   /* it may have caught up, undone now (§14) */
+        h->dl_mark = h->dl_saved = 0;   /* likewise the delivery index (§16) */
     }
     store_exec(&h->store, "RELEASE req");
 }
@@ -3730,6 +3776,7 @@ static int hub_turn_commit(Hub *h, const char **why) {
     *why = h->store.err;
     hub_batch_truncate(h, 0);
     h->deps_mark = 0;   /* a catch-up of task deps went with it (§14) */
+    h->dl_mark = h->dl_saved = 0;   /* and of the delivery index (§16) */
     store_cache_flush(&h->store);
     return -1;
 }
@@ -4126,6 +4173,496 @@ static void hub_fold_check(Hub *h) { h->fold_behind = store_fold_behind(&h->stor
 
 static int hub_fold_pending(const Hub *h) { return h->fold_behind; }
 
+/* ---- delivery: what is owed to an agent's turns (arc:delivery, §16) ---- */
+
+/* Every message is indexed once, when stored (hub_dl_new) or, written by
+ * another process, when a later request catches up (hub_dl_sync): each
+ * agent it is deliverable to gets a row in arc_delivery, owed (via NULL)
+ * until some path surfaces it. A take is then one range of the partial
+ * index arc_ix_dl_owed, however large the store. */
+
+#define ARC_DL_MAX_MENTIONS 16    /* agents one message can mention */
+#define ARC_DL_CHUNK 4000         /* foreign messages indexed per request */
+#define ARC_DL_MAX_VIA 32         /* bytes of a `via` name */
+
+/* May c continue a mention token (PROTOCOL §16.2)? */
+static int hub_dl_tokc(unsigned char c) {
+    return isalnum(c) || c == '_' || c == '-' || c == '.';
+}
+
+/* Record that message `id` is deliverable to `agent` (first reason wins).
+ * Returns 0 or -1. */
+static int hub_dl_add(Hub *h, Str agent, int64_t id, const char *reason) {
+    static const char sql[] = "INSERT OR IGNORE INTO arc_delivery"
+        "(agent_id,message_id,reason) VALUES(?1,?2,?3)";
+    if (!agent.n || memchr(agent.p, 0, agent.n)) return 0;
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return -1;
+    store_bind(st, 1, agent);
+    sqlite3_bind_int64(st, 2, id);
+    store_bind_c(st, 3, reason);
+    return store_done(&h->store, st);
+}
+
+/* The sender of message `id` into out (reset first); 1 found, 0 not. */
+static int hub_dl_author(Hub *h, int64_t id, Buf *out) {
+    sqlite3_stmt *st = store_stmt(&h->store,
+                                  "SELECT from_agent FROM messages WHERE id=?1");
+    int found = 0;
+    buf_reset(out);
+    if (!st) return 0;
+    sqlite3_bind_int64(st, 1, id);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        buf_addstr(out, store_col(st, 0));
+        found = 1;
+    }
+    sqlite3_reset(st);
+    return found;
+}
+
+/* Index one stored message (PROTOCOL §16.2): who it is deliverable to.
+ * Returns 0 or -1 (a database error). */
+static int hub_dl_index(Hub *h, const StoreMsg *m) {
+    int rc = -1;
+    Buf who = { 0 };
+    Json j = { 0 };
+    Str from = m->from;
+    if (m->to.p) {   /* a DM or request reaches its recipient alone */
+        int self = m->to.n == from.n && !memcmp(m->to.p, from.p, from.n);
+        rc = self ? 0 : hub_dl_add(h, m->to, m->id,
+                                   str_eq(m->kind, "task_request") ? "request" : "dm");
+        goto done;
+    }
+    const char *b = m->body.p ? m->body.p : "";
+    int n_men = 0;
+    for (size_t i = 0; i < m->body.n && n_men < ARC_DL_MAX_MENTIONS; i++) {
+        if (b[i] != '@') continue;
+        if (i && (hub_dl_tokc((unsigned char)b[i - 1]) || b[i - 1] == '@' ||
+                  b[i - 1] == '+'))
+            continue;   /* bob@example.org, @@x: not a mention */
+        size_t k = i + 1;
+        while (k < m->body.n && hub_dl_tokc((unsigned char)b[k])) k++;
+        Str tok = { b + i + 1, k - i - 1 };
+        while (tok.n && tok.p[tok.n - 1] == '.') tok.n--;   /* "@bob." */
+        i = k - 1;
+        if (!tok.n || (tok.n == from.n && !memcmp(tok.p, from.p, from.n))) continue;
+        if (hub_dl_add(h, tok, m->id, "mention")) goto done;
+        n_men++;
+    }
+    if (m->reply_to != ARC_NO_ID && hub_dl_author(h, m->reply_to, &who) &&
+        !str_eq(from, who.p) && hub_dl_add(h, buf_str(&who), m->id, "reply"))
+        goto done;
+    if (str_eq(from, "system") && str_eq(m->kind, "notice") && m->metadata.n &&
+        json_parse(&j, m->metadata.p, m->metadata.n) == 0 &&
+        j.t[0].type == JSON_OBJ) {
+        uint32_t v = json_get(&j, 0, "stale_agent_id");   /* §9.3 */
+        if (v && j.t[v].type == JSON_STR) {
+            buf_reset(&who);
+            json_unescape(&j, v, &who);
+            if (hub_dl_add(h, buf_str(&who), m->id, "notice")) goto done;
+        }
+        int64_t task;   /* §14.4: the unblocked task's author */
+        if ((v = json_get(&j, 0, "unblocked")) && j.t[v].type == JSON_TRUE &&
+            (v = json_get(&j, 0, "task_id")) && json_to_i64(&j, v, &task) == 0 &&
+            hub_dl_author(h, task, &who) &&
+            hub_dl_add(h, buf_str(&who), m->id, "notice"))
+            goto done;
+    }
+    rc = 0;
+done:
+    json_free(&j);
+    buf_free(&who);
+    return rc;
+}
+
+/* The mark as stored (the row exists from store_open on). */
+static int64_t hub_dl_mark(Hub *h) {
+    if (h->dl_mark) return h->dl_mark;
+    sqlite3_stmt *st = store_stmt(&h->store,
+                                  "SELECT scanned_id FROM arc_delivery_mark WHERE k=0");
+    if (st && sqlite3_step(st) == SQLITE_ROW) h->dl_mark = sqlite3_column_int64(st, 0);
+    if (st) sqlite3_reset(st);
+    h->dl_saved = h->dl_mark;
+    return h->dl_mark;
+}
+
+/* Write the mark into the table when it moved far enough (re-indexing is
+ * harmless, INSERT OR IGNORE, so a lagging stored mark only costs a
+ * re-scan after a restart). Inside the request's transaction. */
+static int hub_dl_save(Hub *h, int force) {
+    if (h->dl_mark == h->dl_saved || (!force && h->dl_mark - h->dl_saved < 64))
+        return 0;
+    sqlite3_stmt *st = store_stmt(&h->store,
+                                  "UPDATE arc_delivery_mark SET scanned_id=?1 WHERE k=0");
+    if (!st) return -1;
+    sqlite3_bind_int64(st, 1, h->dl_mark);
+    if (store_done(&h->store, st)) return -1;
+    h->dl_saved = h->dl_mark;
+    return 0;
+}
+
+/* The highest message id (0: none), or -1 on a database error. */
+static int64_t hub_dl_top(Hub *h) {
+    sqlite3_stmt *st = store_stmt(&h->store, "SELECT max(id) FROM messages");
+    int64_t top = -1;
+    if (!st) return -1;
+    if (sqlite3_step(st) == SQLITE_ROW) top = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return top;
+}
+
+/* Index the messages after the mark, up to `top` but at most ARC_DL_CHUNK
+ * of them, inside the open transaction. Returns 0 or -1. */
+static int hub_dl_catch_up(Hub *h, int64_t top) {
+    int64_t mark = hub_dl_mark(h);
+    if (top <= mark) return 0;
+    sqlite3_stmt *st = store_stmt(&h->store, "SELECT " M_COLS " FROM messages"
+                                  " WHERE id>?1 AND id<=?2 ORDER BY id LIMIT ?3");
+    if (!st) return -1;
+    sqlite3_bind_int64(st, 1, mark);
+    sqlite3_bind_int64(st, 2, top);
+    sqlite3_bind_int(st, 3, ARC_DL_CHUNK);
+    int rc, n = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        sqlite3_value *rv = sqlite3_column_value(st, 8);
+        StoreMsg m = {
+            .id = sqlite3_column_int64(st, 0),
+            .reply_to = sqlite3_value_type(rv) == SQLITE_NULL ? ARC_NO_ID
+                                                              : sqlite3_value_int64(rv),
+            .from = store_col(st, 2), .to = store_col(st, 3),
+            .kind = store_col(st, 5), .body = store_col(st, 6),
+            .metadata = store_col(st, 10),
+        };
+        if (hub_dl_index(h, &m)) break;
+        mark = m.id;
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) return -1;   /* a step or hub_dl_index failed */
+    h->dl_mark = n < ARC_DL_CHUNK ? top : mark;
+    return hub_dl_save(h, 1);
+}
+
+/* Index messages other processes stored since the mark (hub_dl_catch_up),
+ * opening the request's transaction only when there are some. Returns 0,
+ * or -1 with r failed. */
+static int hub_dl_sync(Hub *h, Req *q, Res *r) {
+    int64_t top = hub_dl_top(h);
+    if (top < 0) goto db;
+    if (top <= hub_dl_mark(h)) return 0;
+    if (hub_tx(h, q, r)) return -1;
+    if (hub_dl_catch_up(h, top)) goto db;
+    return 0;
+db:
+    hub_db_fail(h, r);
+    return -1;
+}
+
+/* After storing message m (id m->id): index it, first catching up on what
+ * others stored before it. Returns 0, or -1 with r failed. */
+static int hub_dl_new(Hub *h, Req *q, Res *r, const StoreMsg *m) {
+    if (hub_dl_mark(h) != m->id - 1) return hub_dl_sync(h, q, r);
+    if (hub_dl_index(h, m)) {
+        hub_db_fail(h, r);
+        return -1;
+    }
+    h->dl_mark = m->id;
+    if (hub_dl_save(h, 0)) {
+        hub_db_fail(h, r);
+        return -1;
+    }
+    return 0;
+}
+
+/* Mark agent's owed messages with ids in (since, upto] that pass the
+ * channel and thread filters (NULL: none) as surfaced through `via`: what
+ * a read of /v1/events returned (PROTOCOL §16.4). Returns 0 or -1. */
+static int hub_dl_mark_range(Hub *h, const char *agent, const char *via,
+                             int64_t since, int64_t upto, const char *channel,
+                             const char *thread) {
+    static const char sql[] = "UPDATE arc_delivery SET via=?2,surfaced_at=?3"
+        " WHERE agent_id=?1 AND via IS NULL AND message_id>?4 AND message_id<=?5"
+        " AND (?6 IS NULL OR message_id IN (SELECT id FROM messages"
+        " WHERE id>?4 AND id<=?5 AND channel=?6))"
+        " AND (?7 IS NULL OR message_id IN (SELECT id FROM messages"
+        " WHERE id>?4 AND id<=?5 AND thread_id=?7))";
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return -1;
+    store_bind_c(st, 1, agent);
+    store_bind_c(st, 2, via);
+    store_bind_c(st, 3, now);
+    sqlite3_bind_int64(st, 4, since);
+    sqlite3_bind_int64(st, 5, upto);
+    store_bind_c(st, 6, channel);
+    store_bind_c(st, 7, thread);
+    return store_done(&h->store, st);
+}
+
+static void hub_dl_later_free(HubSurfaced *s) {
+    free(s->agent), free(s->via), free(s->channel), free(s->thread);
+}
+
+/* Mark what the loop answered parked reads with (hub_wait_answered), in
+ * the batch transaction hub_tx has just opened: before any other request
+ * of this hub can take the same messages. A failed write loses the marks:
+ * such messages may be surfaced once more (at least once, §16.4). */
+static void hub_dl_flush(Hub *h) {
+    HubSurfaced *list = h->dl_later;   /* taken: nothing re-enters here */
+    int n = h->n_dl_later;
+    h->dl_later = NULL;
+    h->n_dl_later = h->cap_dl_later = 0;
+    int64_t top = hub_dl_top(h);
+    int rc = top < 0 || (top > hub_dl_mark(h) && hub_dl_catch_up(h, top));
+    for (int i = 0; i < n && !rc; i++)
+        rc = hub_dl_mark_range(h, list[i].agent, list[i].via, list[i].since,
+                               list[i].upto, list[i].channel, list[i].thread);
+    if (rc) log_warn("delivery: cannot mark answered reads: %s",
+                     sqlite3_errmsg(h->store.db));
+    for (int i = 0; i < n; i++) hub_dl_later_free(&list[i]);
+    free(list);
+}
+
+/* The loop answered w, a parked read, with messages up to id `upto`: if
+ * it asked for them to be marked surfaced, remember to (hub_dl_flush). */
+static void hub_wait_answered(Hub *h, const Wait *w, int64_t upto) {
+    if (!w->via || w->kind != WAIT_EVENTS) return;
+    if (h->n_dl_later == h->cap_dl_later)
+        h->dl_later = vec_grow(h->dl_later, &h->cap_dl_later, sizeof *h->dl_later);
+    HubSurfaced *s = &h->dl_later[h->n_dl_later++];
+    s->agent = xstrndup(w->agent, strlen(w->agent));
+    s->via = xstrndup(w->via, strlen(w->via));
+    s->channel = w->channel ? xstrndup(w->channel, strlen(w->channel)) : NULL;
+    s->thread = w->thread ? xstrndup(w->thread, strlen(w->thread)) : NULL;
+    s->since = w->since_id;
+    s->upto = upto;
+}
+
+/* The delivery endpoints' agent: the path segment (PROTOCOL §16.3). */
+static Str hub_dl_agent(Req *q) { return buf_str(&q->arg); }
+
+/* Append agent's open task_requests with fewer than max_nudges Stop
+ * continuations (PROTOCOL §16.5) as {"nudges":N,"message":{...}} items;
+ * with `bump`, count one more continuation for each. Returns how many, or
+ * -1 on a database error. */
+static int hub_dl_requests(Hub *h, Str agent, int64_t max_nudges, int bump, Buf *b) {
+    static const char sql[] = "SELECT d.message_id,d.nudges FROM arc_delivery d"
+        " JOIN tasks t ON t.task_id=d.message_id WHERE d.agent_id=?1"
+        " AND d.reason='request' AND t.status='open' AND d.nudges<?2"
+        " ORDER BY d.message_id LIMIT 20";
+    static const char inc[] = "UPDATE arc_delivery SET nudges=nudges+1"
+        " WHERE agent_id=?1 AND message_id=?2";
+    int64_t ids[20], nudges[20];
+    int n = 0, rc;
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return -1;
+    store_bind(st, 1, agent);
+    sqlite3_bind_int64(st, 2, max_nudges);
+    while (n < 20 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        ids[n] = sqlite3_column_int64(st, 0);
+        nudges[n++] = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    buf_addc(b, '[');
+    for (int i = 0; i < n; i++) {
+        if (bump) {
+            if (!(st = store_stmt(&h->store, inc))) return -1;
+            store_bind(st, 1, agent);
+            sqlite3_bind_int64(st, 2, ids[i]);
+            if (store_done(&h->store, st)) return -1;
+        }
+        buf_addf(b, "%s{\"nudges\":%lld,\"message\":", i ? "," : "",
+                 (long long)(nudges[i] + bump));
+        store_emit_message_id(&h->store, b, ids[i]);
+        buf_addc(b, '}');
+    }
+    buf_addc(b, ']');
+    return n;
+}
+
+/* How many messages agent is owed; -1 on a database error. */
+static int64_t hub_dl_owed(Hub *h, Str agent) {
+    sqlite3_stmt *st = store_stmt(&h->store, "SELECT count(*) FROM arc_delivery"
+                                  " WHERE agent_id=?1 AND via IS NULL");
+    int64_t n = -1;
+    if (!st) return -1;
+    store_bind(st, 1, agent);
+    if (sqlite3_step(st) == SQLITE_ROW) n = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return n;
+}
+
+/* Append agent's owed messages, oldest first, as {"reason","message"}
+ * items: at most `limit`, stopping before the one that would take the
+ * items past max_chars bytes (the first always goes in). With `via`,
+ * mark them surfaced. Returns how many, or -1 on a database error. */
+static int hub_dl_items(Hub *h, Str agent, int64_t limit, int64_t max_chars,
+                        const char *via, Buf *b) {
+    static const char sql[] = "SELECT message_id,reason FROM arc_delivery"
+        " WHERE agent_id=?1 AND via IS NULL ORDER BY message_id LIMIT ?2";
+    static const char mark[] = "UPDATE arc_delivery SET via=?3,surfaced_at=?4"
+        " WHERE agent_id=?1 AND message_id=?2";
+    int64_t *ids = NULL;
+    char (*why)[12] = NULL;
+    int n = 0, cap = 0, rc = -1, taken = 0;
+    Buf item = { 0 };
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) goto done;
+    store_bind(st, 1, agent);
+    sqlite3_bind_int64(st, 2, limit);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if (n == cap) {
+            ids = vec_grow(ids, &cap, sizeof *ids);
+            why = xrealloc(why, (size_t)cap * sizeof *why);
+        }
+        ids[n] = sqlite3_column_int64(st, 0);
+        snprintf(why[n++], sizeof *why, "%s", (const char *)sqlite3_column_text(st, 1));
+    }
+    sqlite3_reset(st);
+    store_cache_sync(&h->store);
+    size_t start = b->len;
+    buf_addc(b, '[');
+    for (int i = 0; i < n; i++) {
+        buf_reset(&item);
+        buf_adds(&item, i ? ",{\"reason\":" : "{\"reason\":");
+        json_cstr(&item, why[i]);
+        buf_adds(&item, ",\"message\":");
+        store_emit_message_id(&h->store, &item, ids[i]);
+        buf_addc(&item, '}');
+        if (taken && (int64_t)(b->len - start + item.len + 1) > max_chars) break;
+        if (via) {
+            if (!(st = store_stmt(&h->store, mark))) goto done;
+            store_bind(st, 1, agent);
+            sqlite3_bind_int64(st, 2, ids[i]);
+            store_bind_c(st, 3, via);
+            store_bind_c(st, 4, now);
+            if (store_done(&h->store, st)) goto done;
+        }
+        buf_addstr(b, buf_str(&item));
+        taken++;
+    }
+    buf_addc(b, ']');
+    rc = taken;
+done:
+    free(ids);
+    free(why);
+    buf_free(&item);
+    return rc;
+}
+
+/* POST /v1/delivery/{agent_id}/take (PROTOCOL §16.3): the owed messages,
+ * marked surfaced in the same transaction, and how many more are owed. */
+static void hub_delivery_take(Hub *h, Req *q, Res *r) {
+    Str agent = hub_dl_agent(q);
+    Buf via = { 0 };
+    int64_t limit = 20, max_chars = 65536;
+    int rc = hub_int(q, r, "limit", &limit);
+    if (rc < 0) goto done;
+    if (rc && limit < 1) {
+        hub_fail(r, 400, "limit must be at least 1");
+        goto done;
+    }
+    if (limit > ARC_MAX_LIMIT) limit = ARC_MAX_LIMIT;
+    if ((rc = hub_int(q, r, "max_chars", &max_chars)) < 0) goto done;
+    if (rc && max_chars < 1) {
+        hub_fail(r, 400, "max_chars must be at least 1");
+        goto done;
+    }
+    if ((rc = hub_str(q, r, "via", 0, &via)) < 0) goto done;
+    if (!rc) buf_adds(&via, "take");
+    for (size_t i = 0; i < via.len; i++)
+        if (!islower((unsigned char)via.p[i]) && !isdigit((unsigned char)via.p[i]) &&
+            via.p[i] != '_' && via.p[i] != '-')
+            via.len = ARC_DL_MAX_VIA + 1;
+    if (!via.len || via.len > ARC_DL_MAX_VIA) {
+        hub_fail(r, 400, "via must be 1 to %d characters of a-z, 0-9, _ and -",
+                 ARC_DL_MAX_VIA);
+        goto done;
+    }
+    /* Nothing owed and nothing to index: answer from a read, so the hook
+     * on every prompt and tool call costs no write (and no fsync). */
+    int64_t top = hub_dl_top(h);
+    if (top >= 0 && top <= hub_dl_mark(h) && hub_dl_owed(h, agent) == 0) {
+        hub_ok(r, 200);
+        buf_adds(&r->body, "{\"agent_id\":");
+        json_strs(&r->body, agent);
+        buf_adds(&r->body, ",\"items\":[],\"more\":0}");
+        hub_ok_end(r);
+        goto done;
+    }
+    hub_touch(h, q, r, agent);   /* a hook's call is the agent at work */
+    if (r->status >= 400 || hub_tx(h, q, r) || hub_dl_sync(h, q, r)) goto done;
+    hub_ok(r, 200);
+    buf_adds(&r->body, "{\"agent_id\":");
+    json_strs(&r->body, agent);
+    buf_adds(&r->body, ",\"items\":");
+    int64_t more;
+    if (hub_dl_items(h, agent, limit, max_chars, buf_cstr(&via), &r->body) < 0 ||
+        (more = hub_dl_owed(h, agent)) < 0) {
+        hub_db_fail(h, r);
+        goto done;
+    }
+    buf_addf(&r->body, ",\"more\":%lld}", (long long)more);
+    hub_ok_end(r);
+done:
+    buf_free(&via);
+}
+
+/* GET /v1/delivery/{agent_id}?limit=N (PROTOCOL §16.3): what is owed and
+ * the open requests, marking nothing. */
+static void hub_delivery_peek(Hub *h, Req *q, Res *r) {
+    Str agent = hub_dl_agent(q);
+    int64_t limit, owed;
+    if (hub_qint(q, r, "limit", 20, &limit)) return;
+    if (limit < 0) {
+        hub_fail(r, 400, "limit must be >= 0");
+        return;
+    }
+    if (limit > ARC_MAX_LIMIT) limit = ARC_MAX_LIMIT;
+    if (hub_dl_sync(h, q, r)) return;
+    hub_ok(r, 200);
+    buf_adds(&r->body, "{\"agent_id\":");
+    json_strs(&r->body, agent);
+    if ((owed = hub_dl_owed(h, agent)) < 0) goto db;
+    buf_addf(&r->body, ",\"owed\":%lld,\"items\":", (long long)owed);
+    if (limit && hub_dl_items(h, agent, limit, INT64_MAX, NULL, &r->body) < 0) goto db;
+    if (!limit) buf_adds(&r->body, "[]");
+    buf_adds(&r->body, ",\"requests\":");
+    if (hub_dl_requests(h, agent, INT64_MAX, 0, &r->body) < 0) goto db;
+    buf_addc(&r->body, '}');
+    hub_ok_end(r);
+    return;
+db:
+    hub_db_fail(h, r);
+}
+
+/* POST /v1/delivery/{agent_id}/nudge (PROTOCOL §16.5): the open requests
+ * a Stop hook may still continue the turn for, each counted once more. */
+static void hub_delivery_nudge(Hub *h, Req *q, Res *r) {
+    Str agent = hub_dl_agent(q);
+    int64_t max = 3;
+    int rc = hub_int(q, r, "max", &max);
+    if (rc < 0) return;
+    if (rc && max < 1) {
+        hub_fail(r, 400, "max must be at least 1");
+        return;
+    }
+    if (hub_tx(h, q, r) || hub_dl_sync(h, q, r)) return;
+    hub_ok(r, 200);
+    buf_adds(&r->body, "{\"agent_id\":");
+    json_strs(&r->body, agent);
+    buf_adds(&r->body, ",\"requests\":");
+    if (hub_dl_requests(h, agent, max, 1, &r->body) < 0) {
+        hub_db_fail(h, r);
+        return;
+    }
+    buf_addc(&r->body, '}');
+    hub_ok_end(r);
+}
+
 /* ---- messages ---- */
 
 /* Insert a message, already validated and normalised (attachments and
@@ -4177,6 +4714,7 @@ static int hub_insert_message(Hub *h, Req *q, Res *r, const StoreMsg *m, Buf *ou
         return -1;
     }
     h->fold_behind |= behind;
+    if (hub_dl_new(h, q, r, &sm)) return -1;   /* who it is owed to (§16) */
     Buf j = { 0 };
     store_render_message(&j, &sm);
     if (out) buf_addstr(out, buf_str(&j));
@@ -4893,7 +5431,8 @@ done:
  * were left out. With `desc`, st yields the newest first (a tail read):
  * the newest rows that fit are kept, and emitted oldest first. Returns the
  * row count, or -1 on a database error. */
-static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) {
+static int hub_emit_page_at(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more,
+                            int64_t *last) {
     Buf rows = { 0 };    /* desc: the rows, newest first, back to back */
     size_t *ends = NULL; /* desc: where each row ends in rows */
     size_t start = b->len;
@@ -4917,6 +5456,7 @@ static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) 
             if (n == cap) ends = vec_grow(ends, &cap, sizeof *ends);
             ends[n] = rows.len;
         }
+        if (last && (!n || !desc)) *last = sqlite3_column_int64(st, 0);
         n++;
     }
     for (int i = desc ? n - 1 : -1; i >= 0; i--) {
@@ -4933,6 +5473,12 @@ static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) 
         return -1;
     }
     return n;
+}
+
+/* hub_emit_page_at without the last id (for an ascending page: the id of
+ * its last row; for desc, the newest row's). */
+static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) {
+    return hub_emit_page_at(h, b, st, desc, more, NULL);
 }
 
 /* ---- threads ---- */
@@ -5660,10 +6206,13 @@ static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
 }
 
 /* Run w's query and append the matching rows as a JSON array to b; with
- * tail, the newest `limit` rows. Returns the row count, -1 on error. */
-static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b, int *more) {
+ * tail, the newest `limit` rows; *upto gets the last row's id. Returns the
+ * row count, -1 on error. */
+static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b, int *more,
+                          int64_t *upto) {
     sqlite3_stmt *st = hub_wait_stmt(h, w, tail);
-    return st ? hub_emit_page(h, b, st, tail, more) : -1;
+    *upto = 0;
+    return st ? hub_emit_page_at(h, b, st, tail, more, upto) : -1;
 }
 
 /* Step st (from hub_wait_stmt) to its next message: its JSON into msg
@@ -5683,8 +6232,13 @@ static int hub_wait_next(Hub *h, sqlite3_stmt *st, int first, Buf *msg,
  * is nothing yet (PROTOCOL §8). The Wait moves into r on parking. */
 static void hub_answer_or_park(Hub *h, Res *r, Wait *w, int tail, int64_t wait_ms) {
     int more;
+    int64_t upto;
     hub_ok(r, 200);
-    int n = hub_wait_query(h, w, tail, &r->body, &more);
+    int n = hub_wait_query(h, w, tail, &r->body, &more, &upto);
+    if (n > 0 && w->via &&   /* in the request's transaction (hub_get_events) */
+        hub_dl_mark_range(h, w->agent, w->via, w->since_id, upto, w->channel,
+                          w->thread))
+        n = -1;
     if (n < 0) {
         hub_db_fail(h, r);
         wait_free(w);
@@ -5747,8 +6301,18 @@ static void hub_get_events(Hub *h, Req *q, Res *r) {
     w.exclude_self = hub_qbool(q, "exclude_self");
     if (hub_since_limit(q, r, &w.since_id, &w.limit) || hub_timeout(q, r, &wait_ms))
         goto fail;
+    if (!err) w.via = hub_qdup(q, r, "surfaced", &err);   /* PROTOCOL §16.4 */
+    if (err) goto fail;
+    if (w.via && (!*w.via || strlen(w.via) > ARC_DL_MAX_VIA ||
+                  strspn(w.via, "abcdefghijklmnopqrstuvwxyz0123456789_-") !=
+                  strlen(w.via))) {
+        hub_fail(r, 400, "surfaced must be 1 to %d characters of a-z, 0-9, _ and -",
+                 ARC_DL_MAX_VIA);
+        goto fail;
+    }
     hub_touch(h, q, r, str_c(w.agent));  /* PROTOCOL §9: waiting is presence */
     if (r->status >= 400) goto fail;
+    if (w.via && (hub_tx(h, q, r) || hub_dl_sync(h, q, r))) goto fail;
     hub_answer_or_park(h, r, &w, 0, wait_ms);
     return;
 fail:
@@ -6345,7 +6909,8 @@ static const char hub_features[] =
     "[\"sse\",\"relay\",\"long_poll_keepalive\",\"subtask_rollup\",\"rpc_kinds\","
     "\"capability_filter\",\"shutdown_control\",\"session_rename\","
     "\"arc:origin_check\""
-    ",\"arc:kv\",\"arc:task_deps\",\"arc:deep_rollup\",\"arc:search\"";
+    ",\"arc:kv\",\"arc:task_deps\",\"arc:deep_rollup\",\"arc:search\""
+    ",\"arc:delivery\"";
 
 /* GET /v1/hub-info (PROTOCOL §7.9): limits, features, storage. */
 static void hub_info(Hub *h, Req *q, Res *r) {
@@ -7174,6 +7739,9 @@ static const Route hub_routes[] = {
     { "DELETE", "/v1/kv/*", hub_kv_delete },
     { "GET", "/v1/kv/*/history", hub_kv_history },
     { "GET", "/v1/search", hub_search },
+    { "GET", "/v1/delivery/*", hub_delivery_peek },
+    { "POST", "/v1/delivery/*/take", hub_delivery_take },
+    { "POST", "/v1/delivery/*/nudge", hub_delivery_nudge },
 };
 
 /* Match path against pattern; on a wildcard, decode the segment into arg.
@@ -9248,6 +9816,7 @@ static void loop_wake_batch(Loop *l, Conn *c) {
         l->fan_tmp[n++] = i;
     }
     if (!n) return;
+    hub_wait_answered(l->hub, &c->wait, l->hub->batch[l->fan_tmp[n - 1]].id);
     int key = conn_share_key(c);
     if (!more && l->fan_n == n && l->fan_key == key &&
         !memcmp(l->fan_idx, l->fan_tmp, (size_t)n * sizeof *l->fan_idx)) {
@@ -9283,8 +9852,11 @@ static void loop_wake_query(Loop *l, Conn *c) {
     }
     Buf res = { 0 };
     int more;
-    if (hub_wait_query(l->hub, &c->wait, 0, &res, &more) > 0)
+    int64_t upto;
+    if (hub_wait_query(l->hub, &c->wait, 0, &res, &more, &upto) > 0) {
+        hub_wait_answered(l->hub, &c->wait, upto);
         loop_unpark(l, c, buf_str(&res), more);
+    }
     buf_free(&res);
 }
 
@@ -10354,6 +10926,8 @@ static void serve_stop(Serve *s) {
     loop_close(l);
     hub_batch_truncate(&s->hub, 0);
     free(s->hub.batch);
+    for (int i = 0; i < s->hub.n_dl_later; i++) hub_dl_later_free(&s->hub.dl_later[i]);
+    free(s->hub.dl_later);
 }
 
 /* arc serve: start, run until asked to stop, stop. */
@@ -13166,7 +13740,8 @@ static const Opt agent_tasks_opts[] = {
 #undef AGENT_OPT
 
 #define AGENT_FOOTER                                                        \
-    "Registers the agent (replacing its session), then acts as it.\n"     \
+    "Registers the agent unless it is live (never replacing a session of\n" \
+    "another process, such as its arc mcp), then acts as it.\n"            \
     "Exit: 0 ok, 1 the hub refused, 2 usage or no hub.\n"
 
 static const OptHelp agent_help[] = {
@@ -13214,13 +13789,12 @@ static void agent_options(const char *cmd, int argc, char **argv, AgentOpts *o) 
     }
 }
 
-/* Call the hub; on success leave the response body in out and return 0.
- * Otherwise print why and return the exit code (1 hub error, 2 no hub). */
-static int agent_call(Client *c, const char *method, const char *path, Str body,
-                      int64_t timeout_ms, Buf *out) {
-    char err[ARC_ERRLEN] = "";
-    int status = 0;
-    if (client_call(c, method, path, body, timeout_ms, &status, out, err)) {
+/* Judge one call's outcome (client_call failed, or its status and body):
+ * 0 for an ok envelope; otherwise print why and return 1 (the hub said
+ * no) or 2 (no hub). */
+static int agent_answer(Client *c, int failed, int status, const Buf *out,
+                        const char *err) {
+    if (failed) {
         if (c->relay_dir)
             fprintf(stderr, "arc: no answer through the relay at %s (is a hub "
                     "serving --spool-dir %s?): %s\n", c->relay_dir, c->relay_dir, err);
@@ -13246,6 +13820,16 @@ static int agent_call(Client *c, const char *method, const char *path, Str body,
     return rc;
 }
 
+/* Call the hub; on success leave the response body in out and return 0.
+ * Otherwise print why and return the exit code (1 hub error, 2 no hub). */
+static int agent_call(Client *c, const char *method, const char *path, Str body,
+                      int64_t timeout_ms, Buf *out) {
+    char err[ARC_ERRLEN] = "";
+    int status = 0;
+    int failed = client_call(c, method, path, body, timeout_ms, &status, out, err);
+    return agent_answer(c, failed, status, out, err);
+}
+
 /* Append s percent-encoded: fit for a query value or a path segment. */
 static void cli_pct(Buf *b, const char *s) {
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -13261,7 +13845,10 @@ static void agent_qparam(Buf *b, const char *name, const char *value) {
     cli_pct(b, value);
 }
 
-/* Register (replace) and return the client ready for more calls. */
+/* Register the agent unless it is live, and return the client ready for
+ * more calls. A live session belongs to another process (its `arc mcp`,
+ * say): replacing it would cut that process off (issue 18), and acting as
+ * the agent needs no session of one's own, so a 409 is fine here. */
 static int agent_start(const char *cmd, int argc, char **argv, AgentOpts *o,
                        Client *c) {
     agent_options(cmd, argc, argv, o);
@@ -13276,8 +13863,11 @@ static int agent_start(const char *cmd, int argc, char **argv, AgentOpts *o,
     Buf body = { 0 }, out = { 0 };
     buf_adds(&body, "{\"agent_id\":");
     json_cstr(&body, o->agent);
-    buf_adds(&body, ",\"replace\":true}");
-    int rc = agent_call(c, "POST", "/v1/sessions", buf_str(&body), 15000, &out);
+    buf_adds(&body, ",\"replace\":false}");
+    int status = 0, rc = 0;
+    int failed = client_call(c, "POST", "/v1/sessions", buf_str(&body), 15000,
+                             &status, &out, err);
+    if (failed || status != 409) rc = agent_answer(c, failed, status, &out, err);
     buf_free(&body);
     buf_free(&out);
     return rc;
@@ -13370,6 +13960,7 @@ static int cmd_poll(int argc, char **argv) {
     agent_qparam(&path, "agent_id", o.agent);
     buf_adds(&path, "&limit=100");
     buf_addf(&path, "&since_id=%lld&timeout=%g", (long long)o.since_id, o.timeout_s);
+    buf_adds(&path, "&surfaced=poll");   /* a hook will not repeat them (§16.4) */
     if (!o.include_self) buf_adds(&path, "&exclude_self=1");
     if (o.channel) agent_qparam(&path, "channel", o.channel);
     if (o.thread) agent_qparam(&path, "thread_id", o.thread);
@@ -13882,6 +14473,610 @@ static int cmd_relay_gc(int argc, char **argv) {
     if (root_fd >= 0) close(root_fd);
     printf("{\n  \"removed\": %d\n}\n", n);
     return 0;
+}
+
+/* ---- arc hook HARNESS EVENT: delivery into an agent's turns (§16) ---- */
+
+/* A harness (Claude Code, Codex, Gemini CLI, Cursor) runs `arc hook HARNESS
+ * EVENT --agent NAME` at points of its agent's turn, with a JSON object on
+ * stdin, and reads the answer in its own contract from stdout and the exit
+ * status. Every event maps to one of a few jobs: a digest at session start,
+ * owed messages into the turn, continuing a turn while a request is
+ * unanswered, refusing an edit of a path another agent locked, closing the
+ * session, and waiting to wake an idle agent. A hook must never break a
+ * turn: with no hub, no identity or bad input it prints nothing and exits
+ * 0, and each call has a short deadline. Hooks act as the agent without a
+ * session of their own: they never register, so they never replace the
+ * agent's `arc mcp` session. */
+
+#define HOOK_CALL_MS 2000          /* one hub call; loopback answers in ~1 ms */
+#define HOOK_MAX_INPUT (1 << 20)   /* stdin bytes read */
+#define HOOK_MAX_CONTEXT 9000      /* additionalContext (Claude caps at 10,000) */
+#define HOOK_MAX_BODY 1500         /* one message's body in a hook's text */
+#define HOOK_MAX_NUDGES 3          /* Stop continuations per open request */
+
+typedef enum {
+    HOOK_NONE, HOOK_START, HOOK_TURN, HOOK_STOP, HOOK_EDIT, HOOK_END, HOOK_WAIT
+} HookJob;
+
+/* Which job each harness's event does, and the name its answer carries. */
+typedef struct {
+    const char *harness, *event;
+    HookJob job;
+} HookEvent;
+
+static const HookEvent hook_events[] = {
+    { "claude", "SessionStart", HOOK_START },
+    { "claude", "UserPromptSubmit", HOOK_TURN },
+    { "claude", "PostToolUse", HOOK_TURN },
+    { "claude", "Stop", HOOK_STOP },
+    { "claude", "SubagentStop", HOOK_NONE },   /* a subagent is not the agent */
+    { "claude", "PreToolUse", HOOK_EDIT },
+    { "claude", "SessionEnd", HOOK_END },
+    { "claude", "wait", HOOK_WAIT },
+    { "codex", "SessionStart", HOOK_START },
+    { "codex", "UserPromptSubmit", HOOK_TURN },
+    { "codex", "PostToolUse", HOOK_TURN },
+    { "codex", "Stop", HOOK_STOP },
+    { "codex", "PreToolUse", HOOK_EDIT },
+    { "gemini", "SessionStart", HOOK_START },
+    { "gemini", "BeforeAgent", HOOK_TURN },
+    { "gemini", "AfterTool", HOOK_TURN },
+    { "gemini", "AfterAgent", HOOK_STOP },
+    { "gemini", "BeforeTool", HOOK_EDIT },
+    { "gemini", "SessionEnd", HOOK_END },
+    { "cursor", "sessionStart", HOOK_START },
+    { "cursor", "stop", HOOK_STOP },
+    { "cursor", "sessionEnd", HOOK_END },
+};
+
+/* The tools that write a file, and the tool_input key naming it. */
+static const struct { const char *tool, *key; } hook_edit_tools[] = {
+    { "Edit", "file_path" }, { "Write", "file_path" }, { "MultiEdit", "file_path" },
+    { "NotebookEdit", "notebook_path" },                 /* Claude Code */
+    { "write_file", "file_path" }, { "replace", "file_path" },   /* Gemini CLI */
+};
+
+typedef struct {
+    const char *harness, *event;   /* borrowed from argv */
+    HookJob job;
+    AgentOpts o;
+    double wait_s;                 /* wait: give up after this long */
+    Client c;
+    Buf in;                        /* stdin */
+    Json j;                        /* ... parsed; t == NULL if it was not */
+    Buf agent;                     /* whose hook this is */
+    Buf root;                      /* the project: where .arc/agent was, or cwd */
+    Buf cwd;                       /* the hook's cwd */
+    Buf out;                       /* the last hub answer ... */
+    Json res;                      /* ... parsed */
+    Buf text;                      /* what the agent is told */
+} Hook;
+
+static const Opt hook_opts[] = {
+    { "--timeout", OPT_SECS, offsetof(Hook, wait_s), .lo = 0, .hi = 3600,
+      .arg = "SEC", .help = "wait: give up after SEC (default 540)" },
+    { .kind = OPT_ARG, .off = offsetof(Hook, harness), .arg = "HARNESS",
+      .help = "claude, codex, gemini or cursor" },
+    { .kind = OPT_ARG, .off = offsetof(Hook, event), .arg = "EVENT",
+      .help = "the harness's hook event (SessionStart, ...), or wait" },
+    { 0 }
+};
+
+static const OptHelp hook_help = {
+    "hook", "usage: arc hook HARNESS EVENT [--agent NAME] [options]\n"
+            "Answer a harness's hook: read its JSON on stdin, print its answer.\n",
+    "The agent: --agent, else ARC_AGENT, else the first line of .arc/agent in\n"
+    "the hook's cwd or a directory above it (arc setup writes it).\n"
+    "Events: claude SessionStart UserPromptSubmit PostToolUse Stop PreToolUse\n"
+    "SessionEnd wait; codex SessionStart UserPromptSubmit PostToolUse Stop;\n"
+    "gemini SessionStart BeforeAgent AfterTool AfterAgent BeforeTool SessionEnd;\n"
+    "cursor sessionStart stop sessionEnd. See PROTOCOL §16.6.\n"
+    "Exit: 0 (also with no hub: a hook never breaks a turn); 2 from wait\n"
+    "when a message woke the agent (Claude Code asyncRewake).\n"
+};
+
+/* A string member of the hook's input into out (reset first); 1 if set. */
+static int hook_in_str(Hook *k, uint32_t obj, const char *key, Buf *out) {
+    buf_reset(out);
+    uint32_t v = k->j.t ? json_get(&k->j, obj, key) : 0;
+    if (!v || k->j.t[v].type != JSON_STR) return 0;
+    json_unescape(&k->j, v, out);
+    return out->len > 0;
+}
+
+/* Read a small file we did not create, safely: a regular file opened
+ * without following a symbolic link, its first line, trimmed, printable.
+ * Returns 1 with out set, 0 otherwise. */
+static int hook_read_line(int dfd, const char *name, Buf *out) {
+    int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat sb;
+    char line[256];                 /* an agent name, and a newline */
+    ssize_t n = -1;
+    if (fd < 0) return 0;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size < (off_t)sizeof line)
+        n = read(fd, line, sizeof line - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    line[n] = 0;
+    Str s = str_trim((Str){ line, strcspn(line, "\n") });
+    for (size_t i = 0; i < s.n; i++)
+        if ((unsigned char)s.p[i] < 0x20 || s.p[i] == 0x7f) return 0;
+    if (!s.n || !utf8_valid(s.p, s.n)) return 0;
+    buf_reset(out);
+    buf_addstr(out, s);
+    return 1;
+}
+
+/* Find .arc/agent in dir or a directory above it: the agent's name into
+ * k->agent (unless given) and the project root into k->root. */
+/* Normalise path p (absolute, or relative to base) lexically into out:
+ * "/a/b", no ".", "..", or repeated slashes. */
+static void hook_path_norm(const char *base, Str p, Buf *out) {
+    Buf all = { 0 };
+    buf_reset(out);
+    if (!p.n || p.p[0] != '/') buf_adds(&all, base), buf_addc(&all, '/');
+    buf_addstr(&all, p);
+    const char *s = buf_cstr(&all), *end = s + all.len;
+    while (s < end) {
+        const char *e = memchr(s, '/', (size_t)(end - s));
+        if (!e) e = end;
+        size_t n = (size_t)(e - s);
+        if (n == 2 && s[0] == '.' && s[1] == '.') {
+            while (out->len && out->p[out->len - 1] != '/') out->len--;
+            if (out->len) out->len--;
+            if (out->p) out->p[out->len] = 0;
+        } else if (n && !(n == 1 && s[0] == '.')) {
+            buf_addc(out, '/');
+            buf_add(out, s, n);
+        }
+        s = e + 1;
+    }
+    if (!out->len) buf_addc(out, '/');
+    buf_free(&all);
+}
+
+static void hook_find_project(Hook *k, const char *dir) {
+    char path[PATH_MAX];
+    Buf norm = { 0 };   /* lexically, as the paths it is compared with */
+    hook_path_norm("/", str_c(dir), &norm);
+    snprintf(path, sizeof path, "%s", buf_cstr(&norm));
+    buf_free(&norm);
+    for (int depth = 0; depth < 64; depth++) {
+        int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int found = 0;
+        if (dfd >= 0) {
+            int arc = openat(dfd, ".arc", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            if (arc >= 0) {
+                Buf name = { 0 };
+                found = hook_read_line(arc, "agent", &name);
+                if (found && !k->agent.len) buf_addstr(&k->agent, buf_str(&name));
+                buf_free(&name);
+                close(arc);
+            }
+            close(dfd);
+        }
+        if (found) {
+            buf_reset(&k->root);
+            buf_adds(&k->root, path);
+            return;
+        }
+        char *slash = strrchr(path, '/');
+        if (!slash || slash == path) return;
+        *slash = 0;
+    }
+}
+
+/* One hub call; on an ok envelope its result token, else 0 (silently: a
+ * hook's failures must not reach the agent). */
+static uint32_t hook_call(Hook *k, const char *method, const char *path, Str body,
+                          int64_t timeout_ms) {
+    char err[ARC_ERRLEN];
+    int status = 0;
+    json_free(&k->res);
+    buf_reset(&k->out);
+    if (client_call(&k->c, method, path, body, timeout_ms, &status, &k->out, err) ||
+        status >= 400 || json_parse(&k->res, buf_cstr(&k->out), k->out.len)) {
+        json_free(&k->res);
+        return 0;
+    }
+    uint32_t ok = json_get(&k->res, 0, "ok");
+    if (!ok || k->res.t[ok].type != JSON_TRUE) return 0;
+    return json_get(&k->res, 0, "result");
+}
+
+/* Append one message as a line of facts: who, why it is owed, where. */
+static void hook_render_msg(Buf *b, const Json *j, uint32_t m, const char *reason) {
+    Buf t = { 0 };
+    uint32_t v;
+    buf_adds(b, "\n- #");
+    if ((v = json_get(j, m, "id"))) json_as_text(b, j, v);
+    buf_adds(b, " from ");
+    if ((v = json_get(j, m, "from_agent"))) json_as_text(b, j, v);
+    if (reason) buf_addf(b, " (%s", reason);
+    if ((v = json_get(j, m, "kind")) && !json_str_is(j, v, STR_LIT("chat")))
+        buf_adds(b, reason ? ", " : " ("), json_as_text(b, j, v), reason = "";
+    if ((v = json_get(j, m, "to_agent")) && j->t[v].type == JSON_STR) {
+        buf_adds(b, reason ? ", direct" : " (direct");
+        reason = "";
+    } else if ((v = json_get(j, m, "channel"))) {
+        buf_adds(b, reason ? ", in " : " (in ");
+        json_as_text(b, j, v);
+        reason = "";
+    }
+    if ((v = json_get_val(j, m, "reply_to")))
+        buf_adds(b, ", reply to #"), json_as_text(b, j, v);
+    if ((v = json_get_val(j, m, "thread_id")))
+        buf_adds(b, ", thread "), json_as_text(b, j, v);
+    if (reason) buf_addc(b, ')');
+    buf_adds(b, ": ");
+    if ((v = json_get(j, m, "body"))) json_as_text(&t, j, v);
+    if (t.len > HOOK_MAX_BODY) {   /* cut on a UTF-8 boundary */
+        size_t n = HOOK_MAX_BODY;
+        while (n && ((unsigned char)t.p[n] & 0xc0) == 0x80) n--;
+        t.len = n;
+        buf_addstr(b, buf_str(&t));
+        buf_adds(b, " [...]");
+    } else {
+        buf_addstr(b, buf_str(&t));
+    }
+    buf_free(&t);
+}
+
+/* Take the owed messages (PROTOCOL §16.3) into k->text as facts. Returns
+ * how many, 0 also when the hub did not answer. */
+static int hook_take(Hook *k, const char *via, int64_t max_chars) {
+    Buf path = { 0 }, body = { 0 };
+    buf_adds(&path, "/v1/delivery/");
+    cli_pct(&path, k->agent.p);
+    buf_adds(&path, "/take");
+    buf_addf(&body, "{\"limit\":20,\"max_chars\":%lld,\"via\":\"%s\"}",
+             (long long)max_chars, via);
+    uint32_t r = hook_call(k, "POST", path.p, buf_str(&body), HOOK_CALL_MS);
+    buf_free(&path), buf_free(&body);
+    uint32_t items = r ? json_get(&k->res, r, "items") : 0, more;
+    if (!items || k->res.t[items].type != JSON_ARR || !k->res.t[items].n) return 0;
+    int n = (int)k->res.t[items].n;
+    int64_t left = 0;
+    if ((more = json_get(&k->res, r, "more"))) json_to_i64(&k->res, more, &left);
+    buf_addf(&k->text, "arc: %d new message%s for %s:", n, n == 1 ? "" : "s", k->agent.p);
+    Buf why = { 0 };
+    uint32_t e = items + 1;
+    for (int i = 0; i < n; i++, e = k->res.t[e].next) {
+        uint32_t m = json_get(&k->res, e, "message"), w = json_get(&k->res, e, "reason");
+        buf_reset(&why);
+        if (w) json_as_text(&why, &k->res, w);
+        if (m) hook_render_msg(&k->text, &k->res, m, why.len ? why.p : NULL);
+    }
+    buf_free(&why);
+    if (left > 0)
+        buf_addf(&k->text, "\n%lld more owed: they come with the next turn's context, "
+                 "or read them with arc_poll_messages or arc_inbox.", (long long)left);
+    return n;
+}
+
+/* The open requests to the agent into k->text; with `nudge`, those a Stop
+ * may still continue the turn for, counted (PROTOCOL §16.5). Returns how
+ * many. */
+static int hook_requests(Hook *k, int nudge) {
+    Buf path = { 0 }, body = { 0 };
+    buf_adds(&path, "/v1/delivery/");
+    cli_pct(&path, k->agent.p);
+    buf_adds(&path, nudge ? "/nudge" : "?limit=0");
+    buf_addf(&body, "{\"max\":%d}", HOOK_MAX_NUDGES);
+    uint32_t r = hook_call(k, nudge ? "POST" : "GET", path.p,
+                           nudge ? buf_str(&body) : (Str){ NULL, 0 }, HOOK_CALL_MS);
+    buf_free(&path), buf_free(&body);
+    uint32_t reqs = r ? json_get(&k->res, r, "requests") : 0;
+    if (!reqs || k->res.t[reqs].type != JSON_ARR || !k->res.t[reqs].n) return 0;
+    int n = (int)k->res.t[reqs].n;
+    buf_addf(&k->text, "arc: %d request%s to %s %s unanswered (a task_result with "
+             "reply_to the request's id answers it: arc_task_result):",
+             n, n == 1 ? "" : "s", k->agent.p, n == 1 ? "is" : "are");
+    uint32_t e = reqs + 1;
+    for (int i = 0; i < n; i++, e = k->res.t[e].next) {
+        uint32_t m = json_get(&k->res, e, "message"), c = json_get(&k->res, e, "nudges");
+        if (m) hook_render_msg(&k->text, &k->res, m, "request");
+        if (c && nudge) {
+            buf_adds(&k->text, " [reminder ");
+            json_as_text(&k->text, &k->res, c);
+            buf_addf(&k->text, " of %d]", HOOK_MAX_NUDGES);
+        }
+    }
+    return n;
+}
+
+/* A lease row's "PATH (holder, until T)"-style facts for the digest. */
+static void hook_digest_leases(Hook *k, const char *what, const char *path,
+                               const char *key, const char *owner_key) {
+    uint32_t r = hook_call(k, "GET", path, (Str){ NULL, 0 }, HOOK_CALL_MS);
+    if (!r || k->res.t[r].type != JSON_ARR) return;
+    int first = 1;
+    uint32_t e = r + 1;
+    for (uint32_t i = 0; i < k->res.t[r].n; i++, e = k->res.t[e].next) {
+        uint32_t o = json_get(&k->res, e, owner_key), v;
+        if (!o || !json_str_is(&k->res, o, buf_str(&k->agent))) continue;
+        buf_addf(&k->text, first ? "\nYour %s: " : ", ", what);
+        first = 0;
+        if ((v = json_get(&k->res, e, key))) json_as_text(&k->text, &k->res, v);
+        if ((v = json_get(&k->res, e, "expires_at")))
+            buf_adds(&k->text, " until "), json_as_text(&k->text, &k->res, v);
+    }
+}
+
+/* SessionStart: who I am, who is online, what is owed, my leases.
+ * Returns 0 when no hub answered (then nothing is said). */
+static int hook_digest(Hook *k) {
+    uint32_t r = hook_call(k, "GET", "/v1/agents", (Str){ NULL, 0 }, HOOK_CALL_MS);
+    if (!r) return 0;
+    buf_addf(&k->text, "arc: you are agent %s on the hub at %s.", k->agent.p,
+             k->o.relay_dir ? k->o.relay_dir : k->c.base);
+    if (k->res.t[r].type == JSON_ARR) {
+        buf_addf(&k->text, "\nOnline (%u):", k->res.t[r].n);
+        uint32_t e = r + 1, v;
+        for (uint32_t i = 0; i < k->res.t[r].n && i < 50; i++, e = k->res.t[e].next)
+            if ((v = json_get(&k->res, e, "agent_id")))
+                buf_adds(&k->text, i ? ", " : " "), json_as_text(&k->text, &k->res, v);
+    }
+    Buf path = { 0 };
+    buf_adds(&path, "/v1/locks?active_only=1");
+    agent_qparam(&path, "agent_id", k->agent.p);
+    hook_digest_leases(k, "locks", path.p, "file_path", "agent_id");
+    hook_digest_leases(k, "claims", "/v1/claims?active_only=1", "claim_key",
+                       "owner_agent_id");
+    buf_free(&path);
+    size_t mark = k->text.len;
+    buf_addc(&k->text, '\n');
+    if (!hook_requests(k, 0)) k->text.len = mark, k->text.p[mark] = 0;
+    mark = k->text.len;
+    buf_addc(&k->text, '\n');
+    int64_t room = HOOK_MAX_CONTEXT - (int64_t)k->text.len - 200;
+    if (room < 1000 || !hook_take(k, "hook", room)) k->text.len = mark, k->text.p[mark] = 0;
+    return 1;
+}
+
+/* Is target (normalised) the lock's path, or under it? */
+static int hook_lock_covers(Str lock, Str target) {
+    if (lock.n > target.n || memcmp(lock.p, target.p, lock.n)) return 0;
+    return lock.n == target.n || (lock.n && lock.p[lock.n - 1] == '/') ||
+           target.p[lock.n] == '/';
+}
+
+/* PreToolUse and the like: if the tool writes a file that another agent
+ * holds an active lock on, say who and until when into k->text. Returns
+ * 1 to deny, 0 to let the harness decide. */
+static int hook_edit(Hook *k) {
+    Buf tool = { 0 }, file = { 0 }, target = { 0 }, lp = { 0 }, lock = { 0 };
+    int deny = 0;
+    const char *key = NULL;
+    hook_in_str(k, 0, "tool_name", &tool);
+    for (size_t i = 0; i < sizeof hook_edit_tools / sizeof *hook_edit_tools; i++)
+        if (tool.len && !strcmp(tool.p, hook_edit_tools[i].tool)) key = hook_edit_tools[i].key;
+    uint32_t in = key && k->j.t ? json_get(&k->j, 0, "tool_input") : 0;
+    if (!in || k->j.t[in].type != JSON_OBJ || !hook_in_str(k, in, key, &file)) goto done;
+    hook_path_norm(k->cwd.p, buf_str(&file), &target);
+    uint32_t r = hook_call(k, "GET", "/v1/locks?active_only=1", (Str){ NULL, 0 },
+                           HOOK_CALL_MS);
+    if (!r || k->res.t[r].type != JSON_ARR) goto done;
+    uint32_t e = r + 1;
+    for (uint32_t i = 0; i < k->res.t[r].n && !deny; i++, e = k->res.t[e].next) {
+        uint32_t a = json_get(&k->res, e, "agent_id"), f = json_get(&k->res, e, "file_path");
+        if (!a || !f || json_str_is(&k->res, a, buf_str(&k->agent))) continue;
+        buf_reset(&lp);
+        json_as_text(&lp, &k->res, f);
+        /* A relative lock path names a file of the project (PROTOCOL §16.6). */
+        for (int pass = 0; pass < 2 && !deny; pass++) {
+            const char *base = pass ? k->cwd.p : k->root.p;
+            if (pass && !strcmp(k->root.p, k->cwd.p)) break;
+            hook_path_norm(base, buf_str(&lp), &lock);
+            deny = hook_lock_covers(buf_str(&lock), buf_str(&target));
+        }
+        if (!deny) continue;
+        uint32_t x = json_get(&k->res, e, "expires_at");
+        buf_adds(&k->text, "arc: ");
+        buf_addstr(&k->text, buf_str(&file));
+        buf_adds(&k->text, " is locked by agent ");
+        json_as_text(&k->text, &k->res, a);
+        if (!(lp.len == file.len && !memcmp(lp.p, file.p, lp.len)))
+            buf_adds(&k->text, " (lock on "), buf_addstr(&k->text, buf_str(&lp)),
+                buf_addc(&k->text, ')');
+        if (x) buf_adds(&k->text, " until "), json_as_text(&k->text, &k->res, x);
+        buf_adds(&k->text, "; the edit was not made. The holder can release it, "
+                 "or the lock lapses at its expiry.");
+    }
+done:
+    buf_free(&tool), buf_free(&file), buf_free(&target), buf_free(&lp), buf_free(&lock);
+    return deny;
+}
+
+/* SessionEnd: close the agent's active session, if it has one. */
+static void hook_end(Hook *k) {
+    Buf path = { 0 }, sid = { 0 };
+    buf_adds(&path, "/v1/bootstrap");
+    agent_qparam(&path, "agent_id", k->agent.p);
+    uint32_t r = hook_call(k, "GET", path.p, (Str){ NULL, 0 }, HOOK_CALL_MS);
+    uint32_t s = r ? json_get(&k->res, r, "session") : 0, v;
+    if (s && k->res.t[s].type == JSON_OBJ && (v = json_get(&k->res, s, "session_id"))) {
+        json_as_text(&sid, &k->res, v);
+        buf_reset(&path);
+        buf_adds(&path, "/v1/sessions/");
+        cli_pct(&path, sid.p);
+        hook_call(k, "DELETE", path.p, (Str){ NULL, 0 }, HOOK_CALL_MS);
+    }
+    buf_free(&path), buf_free(&sid);
+}
+
+/* wait: until something is owed (taken into k->text: 1) or wait_s passed
+ * or the hub went away (0). Waits on the agent's events feed, then takes:
+ * channel chatter wakes the long-poll but is not owed, so it waits on. */
+static int hook_wait(Hook *k) {
+    int64_t deadline = clock_ms() + (int64_t)(k->wait_s * 1000), since = -1;
+    for (;;) {
+        if (hook_take(k, "wake", HOOK_MAX_CONTEXT)) return 1;
+        if (since < 0) {
+            uint32_t r = hook_call(k, "GET", "/v1/hub-info", (Str){ NULL, 0 },
+                                   HOOK_CALL_MS), v;
+            if (!r || !(v = json_get(&k->res, r, "latest_message_id")) ||
+                json_to_i64(&k->res, v, &since))
+                return 0;
+        }
+        int64_t left = deadline - clock_ms();
+        if (left <= 0) return 0;
+        if (left > 50000) left = 50000;
+        Buf path = { 0 };
+        buf_adds(&path, "/v1/events");
+        agent_qparam(&path, "agent_id", k->agent.p);
+        buf_addf(&path, "&exclude_self=1&limit=100&since_id=%lld&timeout=%.3f",
+                 (long long)since, (double)left / 1000.0);
+        uint32_t r = hook_call(k, "GET", path.p, (Str){ NULL, 0 }, left + HOOK_CALL_MS);
+        buf_free(&path);
+        if (!r || k->res.t[r].type != JSON_ARR) return 0;
+        uint32_t e = r + 1, v;
+        for (uint32_t i = 0; i < k->res.t[r].n; i++, e = k->res.t[e].next) {
+            int64_t id;
+            if ((v = json_get(&k->res, e, "id")) && json_to_i64(&k->res, v, &id) == 0 &&
+                id > since)
+                since = id;
+        }
+    }
+}
+
+/* Print {"hookSpecificOutput":{"hookEventName":EVENT,"additionalContext":
+ * TEXT}}: the shape Claude Code, Codex and Gemini CLI share. */
+static void hook_print_context(Hook *k, Buf *o) {
+    buf_adds(o, "{\"hookSpecificOutput\":{\"hookEventName\":");
+    json_cstr(o, k->event);
+    buf_adds(o, ",\"additionalContext\":");
+    json_strs(o, buf_str(&k->text));
+    buf_adds(o, "}}");
+}
+
+/* Run the job and write the harness's answer into o; returns the exit
+ * status (2 only from wait, which Claude Code's asyncRewake turns into a
+ * wake-up with stderr as the message). */
+static int hook_run(Hook *k, Buf *o, Buf *err_out) {
+    int cursor = !strcmp(k->harness, "cursor"), gemini = !strcmp(k->harness, "gemini");
+    switch (k->job) {
+    case HOOK_START:
+        if (!hook_digest(k)) return 0;
+        if (cursor) {
+            buf_adds(o, "{\"additional_context\":");
+            json_strs(o, buf_str(&k->text));
+            buf_addc(o, '}');
+        } else {
+            hook_print_context(k, o);
+        }
+        return 0;
+    case HOOK_TURN:
+        if (hook_take(k, "hook", HOOK_MAX_CONTEXT)) hook_print_context(k, o);
+        return 0;
+    case HOOK_STOP: {
+        /* A harness that continues a turn with a new prompt also hears of
+         * new messages; Claude Code's Stop continues only for requests. */
+        int n = hook_requests(k, 1);
+        if (strcmp(k->harness, "claude")) {
+            size_t mark = k->text.len;
+            if (n) buf_addc(&k->text, '\n');
+            if (hook_take(k, "hook", HOOK_MAX_CONTEXT - (int64_t)k->text.len)) n++;
+            else k->text.len = mark;
+        }
+        if (!n) return 0;
+        if (cursor) buf_adds(o, "{\"followup_message\":");
+        else buf_adds(o, gemini ? "{\"decision\":\"deny\",\"reason\":"
+                                : "{\"decision\":\"block\",\"reason\":");
+        json_strs(o, buf_str(&k->text));
+        buf_addc(o, '}');
+        return 0;
+    }
+    case HOOK_EDIT:
+        if (!hook_edit(k)) return 0;
+        if (gemini) {
+            buf_adds(o, "{\"decision\":\"deny\",\"reason\":");
+        } else {
+            buf_adds(o, "{\"hookSpecificOutput\":{\"hookEventName\":");
+            json_cstr(o, k->event);
+            buf_adds(o, ",\"permissionDecision\":\"deny\",\"permissionDecisionReason\":");
+        }
+        json_strs(o, buf_str(&k->text));
+        buf_adds(o, gemini ? "}" : "}}");
+        return 0;
+    case HOOK_END:
+        hook_end(k);
+        return 0;
+    case HOOK_WAIT:
+        if (!hook_wait(k)) return 0;
+        buf_addstr(err_out, buf_str(&k->text));
+        buf_addc(err_out, '\n');
+        return 2;
+    case HOOK_NONE:
+        break;
+    }
+    return 0;
+}
+
+static int cmd_hook(int argc, char **argv) {
+    Hook k = { .wait_s = 540 };
+    k.o = (AgentOpts){ .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
+                       .relay_dir = getenv("ARC_RELAY_DIR") };
+    OptGroup g[] = { { agent_opts, &k.o, NULL, 0 }, { hook_opts, &k, NULL, 0 } };
+    char err[ARC_ERRLEN];
+    Buf o = { 0 }, e = { 0 };
+    int rc = opt_parse_args(&hook_help, g, 2, argc, argv, err);
+    if (rc > 0) {
+        opt_help(&hook_help, g, 2, stdout);
+        return 0;
+    }
+    if (rc < 0 || !k.harness || !k.event) {   /* 1, not 2: 2 would block the turn */
+        fprintf(stderr, "arc hook: %s\n", rc < 0 ? err : "HARNESS and EVENT are required");
+        return 1;
+    }
+    rc = 0;
+    for (size_t i = 0; i < sizeof hook_events / sizeof *hook_events; i++)
+        if (!strcmp(k.harness, hook_events[i].harness) &&
+            str_ieq(str_c(k.event), hook_events[i].event)) {
+            k.job = hook_events[i].job;
+            k.event = hook_events[i].event;   /* the harness's spelling */
+        }
+    if (k.job == HOOK_NONE) goto done;
+    if (!isatty(STDIN_FILENO)) {
+        char chunk[8192];
+        ssize_t n;
+        while (k.in.len < HOOK_MAX_INPUT &&
+               (n = read(STDIN_FILENO, chunk, sizeof chunk)) != 0) {
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) break;
+            buf_add(&k.in, chunk, (size_t)n);
+        }
+    }
+    if (!k.in.len || json_parse(&k.j, k.in.p, k.in.len) || k.j.t[0].type != JSON_OBJ)
+        json_free(&k.j);
+    if (k.o.agent && *k.o.agent) buf_adds(&k.agent, k.o.agent);
+    char here[PATH_MAX];
+    if (!hook_in_str(&k, 0, "cwd", &k.cwd) || k.cwd.p[0] != '/') {
+        buf_reset(&k.cwd);
+        if (getcwd(here, sizeof here)) buf_adds(&k.cwd, here);
+        else buf_adds(&k.cwd, "/");
+    }
+    const char *proj = getenv("CLAUDE_PROJECT_DIR");
+    if (proj && *proj == '/' && !strcmp(k.harness, "claude")) hook_find_project(&k, proj);
+    if (!k.root.len) hook_find_project(&k, k.cwd.p);
+    if (!k.root.len) buf_adds(&k.root, proj && *proj == '/' ? proj : k.cwd.p);
+    if (!k.agent.len || memchr(k.agent.p, 0, k.agent.len)) goto done;
+    if (!k.o.base_url || !*k.o.base_url) k.o.base_url = "http://127.0.0.1:6969";
+    if (k.o.relay_dir && !*k.o.relay_dir) k.o.relay_dir = NULL;
+    if (client_url(&k.c, k.o.base_url, err)) goto done;
+    k.c.relay_dir = k.o.relay_dir;
+    k.c.agent = k.agent.p;
+    k.c.token = k.o.token;
+    rc = hook_run(&k, &o, &e);
+    client_free(&k.c);
+done:
+    if (o.len) fwrite(o.p, 1, o.len, stdout), fputc('\n', stdout);
+    if (e.len) fwrite(e.p, 1, e.len, stderr);
+    json_free(&k.j), json_free(&k.res);
+    buf_free(&k.in), buf_free(&k.agent), buf_free(&k.root), buf_free(&k.cwd);
+    buf_free(&k.out), buf_free(&k.text), buf_free(&o), buf_free(&e);
+    return rc;
 }
 
 /* ==== smoke: deterministic smoke agents and `arc smoke` =================== */
@@ -15301,6 +16496,7 @@ static int mcp_t_poll(McpCtx *x) {
         goto done;
     if (ch.len) buf_adds(&extra, "&channel="), cli_pct(&extra, ch.p);
     if (th.len) buf_adds(&extra, "&thread_id="), cli_pct(&extra, th.p);
+    buf_adds(&extra, "&surfaced=mcp");   /* not again through a hook (§16.4) */
     pthread_mutex_lock(&g_mcp.mu);
     int64_t since = *mcp_cursor(buf_cstr(&ch), buf_cstr(&th));
     pthread_mutex_unlock(&g_mcp.mu);
@@ -18017,6 +19213,7 @@ static const Cmd cmds[] = {
     { "mcp", cmd_mcp, "serve MCP tools over stdio as one agent" },
     { "relay", cmd_relay, "forward a file spool to a hub over HTTP" },
     { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
+    { "hook", cmd_hook, "answer a harness's hook as an agent (PROTOCOL §16.6)" },
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
     { "setup", cmd_setup, "wire arc into a harness: claude, codex, gemini ..." },

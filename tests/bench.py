@@ -340,6 +340,16 @@ def mcp_rows():
     return rows
 
 
+def m_hook(ctx):
+    """`arc hook claude UserPromptSubmit` against a running hub, nothing
+    owed: what every prompt and tool call of a hooked agent costs."""
+    def go(hub):
+        return run_bench(["exec", "--runs", 50, "--cwd", hub.dir, "--"] + ctx["cmd"] +
+                         ["hook", "claude", "UserPromptSubmit", "--agent", "bench-hook",
+                          "--base-url", "http://127.0.0.1:%s" % hub.port])
+    return with_hub(ctx["cmd"], go)
+
+
 def step(raw, conns, key):
     for s in raw["steps"]:
         if s["conns"] == conns:
@@ -412,6 +422,9 @@ MEASUREMENTS += [
     dict(key="ensure", runs=3, run=m_ensure,
          rows=[("`ensure` on a running hub (median of 20)", "ms", lambda r: r["p50_ms"], lt(20))]),
     dict(key="mcp_tools", runs=1, run=m_mcp_tools, rows=mcp_rows()),
+    dict(key="hook", runs=3, run=m_hook, ref_skip="arc hook is arc's own command",
+         rows=[("`arc hook claude UserPromptSubmit` (median of 50)", "ms",
+                lambda r: r["p50_ms"], lt(10))]),
 ]
 
 
