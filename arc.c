@@ -2527,6 +2527,9 @@ typedef struct {
     StoreCached *cache;                 /* owned: ARC_MSG_CACHE_SLOTS, or NULL */
     size_t cache_bytes;                 /* JSON bytes the cache holds */
     int64_t cache_version;              /* data_version the cache is valid at */
+    int64_t threads_gen;                /* changes to what a thread list
+                                           reads, by this connection
+                                           (store_update_hook) */
 } Store;
 
 /* A statement for `sql`, reset and with no bindings; NULL on failure (the
@@ -2820,6 +2823,24 @@ static void store_cache_sync(Store *s) {
     if (v == s->cache_version) return;
     store_cache_flush(s);
     s->cache_version = v;
+}
+
+/* Count the row changes this connection makes that a thread list
+ * (PROTOCOL §7.15) depends on: to messages, tasks, claims and locks. The
+ * hub's cached list is valid while the count stands (hub_threads_fresh);
+ * other connections' commits are seen through PRAGMA data_version. A
+ * change rolled back later still counts, which only costs a rebuild. */
+static void store_update_hook(void *arg, int op, const char *db, const char *table,
+                              sqlite3_int64 rowid) {
+    (void)op, (void)db, (void)rowid;
+    Store *s = arg;
+    switch (table[0]) {   /* first letters: not a strcmp per row for others */
+    case 'm': if (!strcmp(table, "messages")) s->threads_gen++; break;
+    case 't': if (!strcmp(table, "tasks")) s->threads_gen++; break;
+    case 'c': if (!strcmp(table, "claims")) s->threads_gen++; break;
+    case 'l': if (!strcmp(table, "locks")) s->threads_gen++; break;
+    default: break;
+    }
 }
 
 /* ---- the thread summary: messages folded per thread ---- */
@@ -3444,9 +3465,13 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     const char *sync = sync_full ? "PRAGMA synchronous=FULL;"
                                  : "PRAGMA synchronous=NORMAL;";
     /* The schema and the default channels go in one transaction: one
-     * fsync instead of one per statement on a new file. */
+     * fsync instead of one per statement on a new file. A page cache of
+     * 32 MiB, not SQLite's 2: a thread list reads ~10 MiB of summary, task
+     * and claim pages (1M messages, 20,000 threads), which then stay in
+     * memory instead of being read from the file again on every list. */
     if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL;", NULL, NULL, &e) ||
         sqlite3_exec(s->db, sync, NULL, NULL, &e) ||
+        sqlite3_exec(s->db, "PRAGMA cache_size=-32768;", NULL, NULL, &e) ||
         sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema_kv, NULL, NULL, &e) ||
@@ -3506,6 +3531,7 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     buf_free(&marker);
     snprintf(s->instance_id, sizeof s->instance_id, "mh1-%.20s", hex);
     s->data_version = s->cache_version = store_data_version(s);
+    sqlite3_update_hook(s->db, store_update_hook, s);
     store_watch_files(s);   /* for store_check_files */
     return 0;
 fail:
@@ -3602,6 +3628,13 @@ typedef struct {
                                     0: ask arc_task_deps_mark */
     int search_behind;           /* the search index has a backlog (§15) */
     int fold_behind;             /* the thread summary lags: fold on (timer_fold) */
+    Buf threads;                 /* the last GET /v1/threads result, JSON */
+    int threads_ok;              /* it is there (hub_threads_fresh) */
+    int64_t threads_gen;         /* Store.threads_gen it was built at */
+    int64_t threads_dv;          /* PRAGMA data_version it was built at */
+    int64_t threads_at_us;       /* built then (wall clock) */
+    int64_t threads_until_us;    /* valid before: the first live claim's
+                                    or lock's expiry, INT64_MAX if none */
 } Hub;
 
 /* One request as the handlers see it. */
@@ -5066,22 +5099,23 @@ static void hub_emit_opt_id(Buf *b, int64_t v) {
 }
 
 /* A thread summary (PROTOCOL §7.15): completed once it has tasks and none
- * is open, open while a claim or lock is live, else waiting. */
-static void hub_emit_thread(Buf *b, Str tid, const ThreadInfo *ti) {
+ * is open, open while a claim or lock is live, else waiting. The numbers
+ * come from ti, the channel (p NULL: none) and latest ts from chan and ts. */
+static void hub_emit_thread_s(Buf *b, Str tid, const ThreadInfo *ti, Str chan, Str ts) {
     const char *status = ti->n_tasks > 0 && ti->n_open == 0 ? "completed"
                          : ti->active_claims || ti->active_locks ? "open"
                                                                  : "waiting";
     buf_adds(b, "{\"thread_id\":");
     json_strs(b, tid);
     buf_adds(b, ",\"channel\":");
-    if (ti->has_channel) json_strs(b, buf_str(&ti->channel));
+    if (chan.p) json_strs(b, chan);
     else buf_adds(b, "null");
     buf_adds(b, ",\"root_task_id\":");
     hub_emit_opt_id(b, ti->root_task);
     buf_adds(b, ",\"latest_message_id\":");
     hub_emit_opt_id(b, ti->n_msgs ? ti->latest_id : -1);
     buf_adds(b, ",\"latest_message_ts\":");
-    if (ti->n_msgs) json_strs(b, buf_str(&ti->latest_ts));
+    if (ti->n_msgs) json_strs(b, ts);
     else buf_adds(b, "null");
     buf_adds(b, ",\"latest_artifact_id\":");
     hub_emit_opt_id(b, ti->latest_artifact);
@@ -5101,6 +5135,11 @@ static void hub_emit_thread(Buf *b, Str tid, const ThreadInfo *ti) {
     buf_adds(b, "\"}");
 }
 
+static void hub_emit_thread(Buf *b, Str tid, const ThreadInfo *ti) {
+    hub_emit_thread_s(b, tid, ti, ti->has_channel ? buf_str(&ti->channel) : (Str){ NULL, 0 },
+                      buf_str(&ti->latest_ts));
+}
+
 /* The thread's derived channel into out; returns 1 if it has one. */
 static int hub_thread_channel(Hub *h, Str thread, Buf *out) {
     ThreadInfo ti;
@@ -5118,11 +5157,15 @@ static int hub_tid_cmp(Str a, Str b) {
     return c ? c : a.n < b.n ? -1 : a.n > b.n;
 }
 
-/* A thread of the list: its summary's JSON in a shared buffer. */
+/* A thread of the list: its numbers, and its strings in a shared buffer. */
 typedef struct {
     int64_t latest;        /* sort key: latest message id, -1 if none */
-    size_t tid, tid_n;     /* the id, in the names buffer */
-    size_t json, json_n;   /* the summary, in the JSON buffer */
+    int64_t n_msgs, latest_artifact, n_tasks, n_open, root_task;
+    int64_t active_claims, active_locks;
+    size_t tid, tid_n;     /* the id, in the strings buffer */
+    size_t chan, chan_n;   /* the channel, there too, if has_channel */
+    size_t ts, ts_n;       /* the latest message's ts, if n_msgs */
+    int has_channel;
 } ThreadRow;
 
 static const char *g_thread_names;   /* loop only: qsort's view of names */
@@ -5136,9 +5179,12 @@ static int hub_thread_row_cmp(const void *a, const void *b) {
 
 /* The list's sources, each in thread_id order, stepped side by side (a
  * merge join) in one read snapshot: the summary and the messages above its
- * watermark (§10.7), tasks, root tasks, claims, active locks. None reads a
- * message below the watermark; tasks and claims are read whole. */
-enum { TS_SUM, TS_NEW, TS_TASKS, TS_ROOTS, TS_CLAIMS, TS_LOCKS, TS_N };
+ * watermark (§10.7), tasks, claims, active locks. None reads a message
+ * below the watermark; tasks and claims are read whole, tasks in one pass
+ * along ix_arc_t_th (counted in C: the root task and the channels are
+ * those of the lowest task ids). Claims and locks also give the earliest
+ * expiry of a live one, until which the list stays valid (Hub.threads). */
+enum { TS_SUM, TS_NEW, TS_TASKS, TS_CLAIMS, TS_LOCKS, TS_N };
 static const char *const hub_thread_src[TS_N] = {
     "SELECT thread_id,n,first_channel,latest_id,latest_ts,latest_artifact"
     " FROM arc_thread_msgs ORDER BY thread_id",
@@ -5146,29 +5192,35 @@ static const char *const hub_thread_src[TS_N] = {
     "SELECT thread_id,id,channel,kind,ts FROM messages NOT INDEXED WHERE id>coalesce("
     "(SELECT upto FROM arc_folds WHERE name='thread_msgs'),0)"
     " AND thread_id IS NOT NULL ORDER BY thread_id,id",
-    /* one min(): the bare channel is that of the lowest task_id */
-    "SELECT thread_id,count(*),sum(status='open'),min(task_id),channel"
-    " FROM tasks WHERE thread_id IS NOT NULL GROUP BY thread_id ORDER BY thread_id",
-    "SELECT thread_id,min(task_id),channel FROM tasks WHERE thread_id IS NOT NULL"
-    " AND +parent_task_id IS NULL GROUP BY thread_id ORDER BY thread_id",
-    "SELECT thread_id,coalesce(sum(" ACTIVE_AT_2 "),0) FROM claims"
+    "SELECT thread_id,task_id,parent_task_id IS NULL,status='open',channel"
+    " FROM tasks WHERE thread_id IS NOT NULL ORDER BY thread_id",
+    "SELECT thread_id,coalesce(sum(" ACTIVE_AT_2 "),0),"
+    " min(CASE WHEN " ACTIVE_AT_2 " THEN julianday(expires_at) END) FROM claims"
     " WHERE thread_id IS NOT NULL GROUP BY thread_id ORDER BY thread_id",
-    "SELECT json_extract(metadata_json,'$.thread_id') AS t,count(*) FROM locks"
+    "SELECT json_extract(metadata_json,'$.thread_id') AS t,count(*),"
+    " min(julianday(expires_at)) FROM locks"
     " WHERE " ACTIVE_AT_2 " AND json_valid(metadata_json) AND"
     " json_type(metadata_json,'$.thread_id')='text' GROUP BY t ORDER BY t",
 };
 
-/* GET /v1/threads (PROTOCOL §7.15) */
-static void hub_list_threads(Hub *h, Req *q, Res *r) {
-    (void)q;
+/* Wall-clock microseconds of a julianday() column, rounded down by a few
+ * ms: SQLite compares julianday()s in whole ms, and a double of that size
+ * is exact to ~50 us. NULL: INT64_MAX. */
+static int64_t hub_jd_us(sqlite3_stmt *st, int i) {
+    if (sqlite3_column_type(st, i) == SQLITE_NULL) return INT64_MAX;
+    double us = (sqlite3_column_double(st, i) - 2440587.5) * 86400e6;
+    return us > 9e18 ? INT64_MAX : us < -9e18 ? INT64_MIN : (int64_t)us - 2000;
+}
+
+/* The thread list, built: the result array of GET /v1/threads into out,
+ * and into *until_us the wall-clock time it stops being exact at (the
+ * first live claim or lock expiring). Reads in the caller's snapshot. */
+static int hub_threads_build(Hub *h, const char *now, Buf *out, int64_t *until_us) {
     sqlite3_stmt *st[TS_N] = { 0 };
     int live[TS_N] = { 0 }, n = 0, cap = 0, failed = 0;
     ThreadRow *rows = NULL;
-    Buf names = { 0 }, json = { 0 }, tid = { 0 }, mchan = { 0 }, tchan = { 0 };
-    ThreadInfo ti = { 0 };
-    char now[ISO_LEN];
-    hub_now(now);
-    int snap = store_read_begin(&h->store);
+    Buf strs = { 0 }, tid = { 0 }, ts = { 0 }, mchan = { 0 }, tchan = { 0 }, rchan = { 0 };
+    *until_us = INT64_MAX;
     for (int i = 0; i < TS_N; i++) {
         if (!(st[i] = store_stmt(&h->store, hub_thread_src[i]))) { failed = 1; goto done; }
         store_bind_c(st[i], 2, now);   /* the claims' and locks' ?2 */
@@ -5183,45 +5235,52 @@ static void hub_list_threads(Hub *h, Req *q, Res *r) {
         buf_reset(&tid);
         buf_addstr(&tid, store_col(st[lo], 0));
         Str t = buf_str(&tid);
-        buf_reset(&ti.latest_ts), buf_reset(&ti.channel), buf_reset(&mchan), buf_reset(&tchan);
-        int64_t root = -1;
-        int known = 0, has_m = 0, has_t = 0;
-        ti.n_msgs = ti.n_tasks = ti.n_open = ti.active_claims = ti.active_locks = 0;
-        ti.latest_id = ti.latest_artifact = -1;
-        ti.has_channel = 0;
+        buf_reset(&ts), buf_reset(&mchan), buf_reset(&tchan), buf_reset(&rchan);
+        ThreadRow row = { .latest_artifact = -1, .root_task = -1 };
+        int64_t latest_id = -1, first_task = -1;
+        int known = 0, has_m = 0;
         for (int i = 0; i < TS_N; i++) {
             while (live[i] && hub_tid_cmp(store_col(st[i], 0), t) == 0) {
                 sqlite3_stmt *s = st[i];
                 switch (i) {
                 case TS_SUM:
-                    ti.n_msgs = sqlite3_column_int64(s, 1);
+                    row.n_msgs = sqlite3_column_int64(s, 1);
                     buf_addstr(&mchan, store_col(s, 2)), has_m = 1;
-                    ti.latest_id = sqlite3_column_int64(s, 3);
-                    buf_addstr(&ti.latest_ts, store_col(s, 4));
-                    ti.latest_artifact = hub_col_i64(s, 5);
+                    latest_id = sqlite3_column_int64(s, 3);
+                    buf_addstr(&ts, store_col(s, 4));
+                    row.latest_artifact = hub_col_i64(s, 5);
                     break;
                 case TS_NEW:   /* in id order, after the summary's rows */
-                    ti.n_msgs++;
+                    row.n_msgs++;
                     if (!has_m) buf_addstr(&mchan, store_col(s, 2)), has_m = 1;
-                    ti.latest_id = sqlite3_column_int64(s, 1);
-                    buf_reset(&ti.latest_ts);
-                    buf_addstr(&ti.latest_ts, store_col(s, 4));
-                    if (str_eq(store_col(s, 3), "artifact")) ti.latest_artifact = ti.latest_id;
+                    latest_id = sqlite3_column_int64(s, 1);
+                    buf_reset(&ts);
+                    buf_addstr(&ts, store_col(s, 4));
+                    if (str_eq(store_col(s, 3), "artifact")) row.latest_artifact = latest_id;
                     break;
-                case TS_TASKS:
-                    ti.n_tasks = sqlite3_column_int64(s, 1);
-                    ti.n_open = sqlite3_column_int64(s, 2);
-                    buf_addstr(&tchan, store_col(s, 4)), has_t = 1;
+                case TS_TASKS: {   /* one task, in no particular id order */
+                    int64_t id = sqlite3_column_int64(s, 1);
+                    row.n_tasks++;
+                    row.n_open += sqlite3_column_int64(s, 3);
+                    if (first_task < 0 || id < first_task) {
+                        first_task = id;
+                        buf_reset(&tchan);
+                        buf_addstr(&tchan, store_col(s, 4));
+                    }
+                    if (sqlite3_column_int64(s, 2) && (row.root_task < 0 || id < row.root_task)) {
+                        row.root_task = id;
+                        buf_reset(&rchan);
+                        buf_addstr(&rchan, store_col(s, 4));
+                    }
                     break;
-                case TS_ROOTS:
-                    root = sqlite3_column_int64(s, 1);
-                    buf_addstr(&ti.channel, store_col(s, 2)), ti.has_channel = 1;
-                    break;
+                }
                 case TS_CLAIMS:
-                    ti.active_claims = sqlite3_column_int64(s, 1);
+                    row.active_claims = sqlite3_column_int64(s, 1);
+                    if (hub_jd_us(s, 2) < *until_us) *until_us = hub_jd_us(s, 2);
                     break;
                 default:
-                    ti.active_locks = sqlite3_column_int64(s, 1);
+                    row.active_locks = sqlite3_column_int64(s, 1);
+                    if (hub_jd_us(s, 2) < *until_us) *until_us = hub_jd_us(s, 2);
                 }
                 if (i != TS_LOCKS) known = 1;
                 int rc = sqlite3_step(s);
@@ -5231,37 +5290,105 @@ static void hub_list_threads(Hub *h, Req *q, Res *r) {
         }
         if (failed) goto done;
         if (!known) continue;   /* locks alone do not make a thread known */
-        ti.root_task = root;
-        if (!ti.has_channel && (has_m || has_t)) {
-            buf_addstr(&ti.channel, buf_str(has_m ? &mchan : &tchan));
-            ti.has_channel = 1;
+        /* The channel: the root task's, else the first message's, else the
+         * first task's (PROTOCOL §7.15). */
+        Buf *chan = row.root_task >= 0 ? &rchan : has_m ? &mchan : first_task >= 0 ? &tchan : NULL;
+        row.latest = row.n_msgs ? latest_id : -1;
+        row.tid = strs.len, row.tid_n = t.n;
+        buf_addstr(&strs, t);
+        if (chan) {
+            row.has_channel = 1;
+            row.chan = strs.len, row.chan_n = chan->len;
+            buf_addstr(&strs, buf_str(chan));
         }
+        row.ts = strs.len, row.ts_n = ts.len;
+        buf_addstr(&strs, buf_str(&ts));
         if (n == cap) rows = vec_grow(rows, &cap, sizeof *rows);
-        rows[n] = (ThreadRow){ .latest = ti.n_msgs ? ti.latest_id : -1,
-                               .tid = names.len, .tid_n = t.n, .json = json.len };
-        buf_addstr(&names, t);
-        hub_emit_thread(&json, t, &ti);
-        rows[n].json_n = json.len - rows[n].json;
-        n++;
+        rows[n++] = row;
     }
-    g_thread_names = names.p;
+    g_thread_names = strs.p;
     if (n) qsort(rows, (size_t)n, sizeof *rows, hub_thread_row_cmp);
-    hub_ok(r, 200);
-    buf_addc(&r->body, '[');
+    /* One pass to size it, so the answer is written without regrowing. */
+    size_t need = 2;
+    for (int i = 0; i < n; i++) need += 300 + 2 * (rows[i].tid_n + rows[i].chan_n);
+    buf_reserve(out, need);
+    buf_addc(out, '[');
     for (int i = 0; i < n; i++) {
-        if (i) buf_addc(&r->body, ',');
-        buf_add(&r->body, json.p + rows[i].json, rows[i].json_n);
+        const ThreadRow *w = &rows[i];
+        ThreadInfo ti = { .n_msgs = w->n_msgs, .latest_id = w->latest,
+                          .latest_artifact = w->latest_artifact, .n_tasks = w->n_tasks,
+                          .n_open = w->n_open, .root_task = w->root_task,
+                          .active_claims = w->active_claims, .active_locks = w->active_locks };
+        if (i) buf_addc(out, ',');
+        hub_emit_thread_s(out, (Str){ strs.p + w->tid, w->tid_n }, &ti,
+                          w->has_channel ? (Str){ strs.p + w->chan, w->chan_n } : (Str){ NULL, 0 },
+                          (Str){ strs.p + w->ts, w->ts_n });
     }
-    buf_addc(&r->body, ']');
-    hub_ok_end(r);
+    buf_addc(out, ']');
 done:
     for (int i = 0; i < TS_N; i++)
         if (st[i]) sqlite3_reset(st[i]);
+    free(rows);
+    buf_free(&strs), buf_free(&tid), buf_free(&ts);
+    buf_free(&mchan), buf_free(&tchan), buf_free(&rchan);
+    return failed ? -1 : 0;
+}
+
+/* Is the cached list (Hub.threads) what a build would give now? It is
+ * while nothing it reads changed: no change to messages, tasks, claims or
+ * locks by this hub (Store.threads_gen, counted as rows change, so even
+ * this turn's uncommitted writes count), no commit by another connection
+ * (PRAGMA data_version, read in the caller's snapshot), and no live claim
+ * or lock expired (until_us); a clock set back rebuilds too. */
+static int hub_threads_fresh(const Hub *h, int64_t dv, int64_t now_us) {
+    return h->threads_ok && h->threads_gen == h->store.threads_gen &&
+           h->threads_dv == dv && now_us >= h->threads_at_us &&
+           now_us < h->threads_until_us;
+}
+
+/* GET /v1/threads (PROTOCOL §7.15): all threads, newest first. Building
+ * the list reads every thread's summary, task and claim (tens of ms on a
+ * store of 20,000 threads), and the dashboard asks for it on every load,
+ * so the last one is kept and served while hub_threads_fresh(). Only a
+ * list read outside a write transaction is kept: it then holds committed
+ * rows only, which no rollback can take back. */
+static void hub_list_threads(Hub *h, Req *q, Res *r) {
+    (void)q;
+    int64_t now_us = clock_wall_us(), until_us;
+    char now[ISO_LEN];
+    iso_format(now_us, now);
+    int snap = store_read_begin(&h->store);
+    int64_t dv = store_data_version(&h->store);   /* opens the snapshot */
+    int failed = 0;
+    if (hub_threads_fresh(h, dv, now_us)) {
+        hub_ok(r, 200);
+        buf_addstr(&r->body, buf_str(&h->threads));
+        hub_ok_end(r);
+        goto done;
+    }
+    h->threads_ok = 0;
+    buf_reset(&h->threads);
+    int64_t gen = h->store.threads_gen;
+    if (hub_threads_build(h, now, &h->threads, &until_us)) {
+        failed = 1;
+        buf_free(&h->threads);
+        goto done;
+    }
+    hub_ok(r, 200);
+    buf_addstr(&r->body, buf_str(&h->threads));
+    hub_ok_end(r);
+    if (store_in_tx(&h->store) || h->store.threads_gen != gen) {
+        buf_free(&h->threads);   /* not kept: may hold uncommitted rows */
+        goto done;
+    }
+    h->threads_ok = 1;
+    h->threads_gen = gen;
+    h->threads_dv = dv;
+    h->threads_at_us = now_us;
+    h->threads_until_us = until_us;
+done:
     store_read_end(&h->store, snap);
     if (failed) hub_db_fail(h, r);
-    free(rows);
-    buf_free(&names), buf_free(&json), buf_free(&tid), buf_free(&mchan), buf_free(&tchan);
-    hub_thread_info_free(&ti);
 }
 
 /* GET /v1/threads/{thread_id}: its messages are a page (ARC_MAX_PAGE_BYTES)
@@ -10351,6 +10478,7 @@ static void serve_stop(Serve *s) {
     loop_close(l);
     hub_batch_truncate(&s->hub, 0);
     free(s->hub.batch);
+    buf_free(&s->hub.threads);
 }
 
 /* arc serve: start, run until asked to stop, stop. */
