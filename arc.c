@@ -4922,16 +4922,18 @@ done:
  * with since_id always moves on (PROTOCOL §4.3). *more is set when rows
  * were left out. With `desc`, st yields the newest first (a tail read):
  * the newest rows that fit are kept, and emitted oldest first. Returns the
- * row count, or -1 on a database error. */
-static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) {
+ * row count, or -1 on a database error. hub_emit_page_from() takes st with
+ * its first step done: rc is what it returned (and if it was a row, the
+ * cache was synced, store_cache_sync). */
+static int hub_emit_page_from(Hub *h, Buf *b, sqlite3_stmt *st, int rc, int desc,
+                              int *more) {
     Buf rows = { 0 };    /* desc: the rows, newest first, back to back */
     size_t *ends = NULL; /* desc: where each row ends in rows */
     size_t start = b->len;
-    int n = 0, cap = 0, rc;
+    int n = 0, cap = 0;
     *more = 0;
     buf_addc(b, '[');
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!n) store_cache_sync(&h->store);
+    for (; rc == SQLITE_ROW; rc = sqlite3_step(st)) {
         Buf *out = desc ? &rows : b;
         size_t mark = out->len;
         if (n && !desc) buf_addc(b, ',');
@@ -4963,6 +4965,12 @@ static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) 
         return -1;
     }
     return n;
+}
+
+static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) {
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) store_cache_sync(&h->store);
+    return hub_emit_page_from(h, b, st, rc, desc, more);
 }
 
 /* ---- threads ---- */
@@ -5715,20 +5723,32 @@ done:
  * ?3 since_id, ?4 limit, ?5 agent, ?6 exclude_self. Separate statements
  * per shape keep each on its index. Like every list of messages they
  * select ids only (store_emit_message). */
-static const char q_ch[] = "SELECT id FROM messages WHERE channel=?1"
-    " AND to_agent IS NULL AND id>?3 ORDER BY id LIMIT ?4";
-static const char q_th[] = "SELECT id FROM messages WHERE thread_id=?2"
-    " AND to_agent IS NULL AND id>?3 ORDER BY id LIMIT ?4";
-static const char q_thch[] = "SELECT id FROM messages WHERE"
-    " thread_id=?2 AND channel=?1 AND to_agent IS NULL AND id>?3"
-    " ORDER BY id LIMIT ?4";
+#define Q_CH " FROM messages WHERE channel=?1 AND to_agent IS NULL AND id>?3" \
+    " ORDER BY id LIMIT ?4"
+#define Q_TH " FROM messages WHERE thread_id=?2 AND to_agent IS NULL AND id>?3" \
+    " ORDER BY id LIMIT ?4"
+#define Q_THCH " FROM messages WHERE thread_id=?2 AND channel=?1" \
+    " AND to_agent IS NULL AND id>?3 ORDER BY id LIMIT ?4"
 /* Tail reads select newest first; hub_emit_page turns them around. */
-static const char q_ch_tail[] = "SELECT id FROM messages WHERE channel=?1"
-    " AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
-static const char q_th_tail[] = "SELECT id FROM messages WHERE thread_id=?2"
-    " AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
-static const char q_thch_tail[] = "SELECT id FROM messages WHERE"
-    " thread_id=?2 AND channel=?1 AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
+#define Q_CH_TAIL " FROM messages WHERE channel=?1 AND to_agent IS NULL" \
+    " ORDER BY id DESC LIMIT ?4"
+#define Q_TH_TAIL " FROM messages WHERE thread_id=?2 AND to_agent IS NULL" \
+    " ORDER BY id DESC LIMIT ?4"
+#define Q_THCH_TAIL " FROM messages WHERE thread_id=?2 AND channel=?1" \
+    " AND to_agent IS NULL ORDER BY id DESC LIMIT ?4"
+/* The shapes of GET /v1/messages: [thread?][channel and thread?][tail?];
+ * each as ids, and as whole rows for a page from history
+ * (hub_wait_query). */
+static const char *const q_msgs[2][2][2] = {
+    { { "SELECT id" Q_CH, "SELECT id" Q_CH_TAIL }, { NULL, NULL } },
+    { { "SELECT id" Q_TH, "SELECT id" Q_TH_TAIL },
+      { "SELECT id" Q_THCH, "SELECT id" Q_THCH_TAIL } },
+};
+static const char *const q_msgs_whole[2][2][2] = {
+    { { "SELECT " M_COLS Q_CH, "SELECT " M_COLS Q_CH_TAIL }, { NULL, NULL } },
+    { { "SELECT " M_COLS Q_TH, "SELECT " M_COLS Q_TH_TAIL },
+      { "SELECT " M_COLS Q_THCH, "SELECT " M_COLS Q_THCH_TAIL } },
+};
 static const char q_events[] = "SELECT id FROM messages WHERE id>?3"
     " AND (to_agent IS NULL OR to_agent=?5)"
     " AND (?1 IS NULL OR channel=?1) AND (?2 IS NULL OR thread_id=?2)"
@@ -5757,17 +5777,13 @@ static int hub_wait_match(const Wait *w, const NewMsg *m) {
 }
 
 /* The statement for w's query, bound and ready to step (with tail, for the
- * newest `limit` rows); NULL on error. */
-static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
-    const char *sql;
-    if (w->kind == WAIT_MESSAGES) {
-        if (w->thread)
-            sql = w->channel ? (tail ? q_thch_tail : q_thch) : (tail ? q_th_tail : q_th);
-        else
-            sql = tail ? q_ch_tail : q_ch;
-    } else {
-        sql = q_events;
-    }
+ * newest `limit` rows), selecting ids, or with `whole` (messages only) the
+ * rows' M_COLS; NULL on error. */
+static sqlite3_stmt *hub_wait_stmt_as(Hub *h, const Wait *w, int tail, int whole) {
+    const char *sql = q_events;
+    if (w->kind == WAIT_MESSAGES)
+        sql = (whole ? q_msgs_whole : q_msgs)[w->thread != NULL]
+                                             [w->thread && w->channel][tail != 0];
     sqlite3_stmt *st = store_stmt(&h->store, sql);
     if (!st) return NULL;
     /* Unused parameter numbers simply fail to bind (SQLITE_RANGE). */
@@ -5783,11 +5799,31 @@ static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
     return st;
 }
 
+static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
+    return hub_wait_stmt_as(h, w, tail, 0);
+}
+
 /* Run w's query and append the matching rows as a JSON array to b; with
- * tail, the newest `limit` rows. Returns the row count, -1 on error. */
+ * tail, the newest `limit` rows. Returns the row count, -1 on error.
+ * Selecting ids and rendering each from the cache is the cheap way for
+ * recent messages; a page from history, though, is all cache misses, and
+ * reading those by id one at a time cost twice what reading the rows
+ * whole does. So a page of messages whose first one is not cached is read
+ * again as whole rows (in the same snapshot when a transaction is open;
+ * otherwise a commit in between can only add newer rows, which a
+ * read a moment later would have seen too). */
 static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b, int *more) {
     sqlite3_stmt *st = hub_wait_stmt(h, w, tail);
-    return st ? hub_emit_page(h, b, st, tail, more) : -1;
+    if (!st) return -1;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) store_cache_sync(&h->store);
+    if (rc == SQLITE_ROW && w->kind == WAIT_MESSAGES &&
+        !store_cache_get(&h->store, sqlite3_column_int64(st, 0))) {
+        sqlite3_reset(st);
+        if (!(st = hub_wait_stmt_as(h, w, tail, 1))) return -1;
+        rc = sqlite3_step(st);
+    }
+    return hub_emit_page_from(h, b, st, rc, tail, more);
 }
 
 /* Step st (from hub_wait_stmt) to its next message: its JSON into msg
@@ -5808,6 +5844,9 @@ static int hub_wait_next(Hub *h, sqlite3_stmt *st, int first, Buf *msg,
 static void hub_answer_or_park(Hub *h, Res *r, Wait *w, int tail, int64_t wait_ms) {
     int more;
     hub_ok(r, 200);
+    /* Room for a page of typical messages (~600 bytes each) up front:
+     * growing 60 kB by doubling was a twentieth of a history page. */
+    buf_reserve(&r->body, (size_t)w->limit * 640);
     int n = hub_wait_query(h, w, tail, &r->body, &more);
     if (n < 0) {
         hub_db_fail(h, r);
