@@ -6255,16 +6255,25 @@ static void hub_list_locks(Hub *h, Req *q, Res *r) {
 
 /* GET /v1/tasks, each task with its blocked_by and claimable (§14). */
 static void hub_list_tasks(Hub *h, Req *q, Res *r) {
-    static const char sql[] = "SELECT " T_COLS ",(SELECT json_group_array("
-        "blocker_id) FROM (SELECT blocker_id FROM arc_task_deps"
-        " WHERE task_id=tasks.task_id ORDER BY blocker_id)),"
-        " status='open' AND NOT EXISTS(SELECT 1 FROM arc_task_deps d"
-        " WHERE d.task_id=tasks.task_id AND NOT EXISTS(SELECT 1 FROM tasks b"
-        " WHERE b.task_id=d.blocker_id AND b.status='done'))"
+#define Q_TASKS "SELECT " T_COLS ",(SELECT json_group_array(" \
+        "blocker_id) FROM (SELECT blocker_id FROM arc_task_deps" \
+        " WHERE task_id=tasks.task_id ORDER BY blocker_id))," \
+        " status='open' AND NOT EXISTS(SELECT 1 FROM arc_task_deps d" \
+        " WHERE d.task_id=tasks.task_id AND NOT EXISTS(SELECT 1 FROM tasks b" \
+        " WHERE b.task_id=d.blocker_id AND b.status='done'))" \
         " FROM tasks WHERE"
-        " (?1 IS NULL OR parent_task_id=?1) AND (?2 IS NULL OR status=?2) AND"
-        " (?3 IS NULL OR channel=?3) AND (?4 IS NULL OR thread_id=?4)"
-        " ORDER BY task_id";
+#define Q_TASKS_WHERE \
+        " (?1 IS NULL OR parent_task_id=?1) AND (?2 IS NULL OR status=?2) AND" \
+        " (?3 IS NULL OR channel=?3) AND (?4 IS NULL OR thread_id=?4)" \
+        " ORDER BY task_id"
+    /* The filters as `?N IS NULL OR ...` alone would scan every task (plans
+     * are fixed at prepare time, QPSG): the most selective filter given
+     * also appears as a plain equality, which puts the query on its index
+     * (ix_arc_t_th, ix_t_par, ix_t_st). */
+    static const char q_all[] = Q_TASKS Q_TASKS_WHERE;
+    static const char q_thread[] = Q_TASKS " thread_id=?4 AND" Q_TASKS_WHERE;
+    static const char q_parent[] = Q_TASKS " parent_task_id=?1 AND" Q_TASKS_WHERE;
+    static const char q_status[] = Q_TASKS " status=?2 AND" Q_TASKS_WHERE;
     int err = 0;
     int64_t parent;
     int has_parent = hub_qp(q, r, "parent_id");
@@ -6282,6 +6291,7 @@ static void hub_list_tasks(Hub *h, Req *q, Res *r) {
         goto done;
     }
     if (hub_deps_sync(h, q, r)) goto done;
+    const char *sql = thread ? q_thread : has_parent ? q_parent : status ? q_status : q_all;
     sqlite3_stmt *st = store_stmt(&h->store, sql);
     if (!st) { hub_db_fail(h, r); goto done; }
     if (has_parent) sqlite3_bind_int64(st, 1, parent);
