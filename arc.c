@@ -2552,6 +2552,9 @@ typedef struct {
     StoreCached *cache;                 /* owned: ARC_MSG_CACHE_SLOTS, or NULL */
     size_t cache_bytes;                 /* JSON bytes the cache holds */
     int64_t cache_version;              /* data_version the cache is valid at */
+    int64_t threads_gen;                /* changes to what a thread list
+                                           reads, by this connection
+                                           (store_update_hook) */
 } Store;
 
 /* A statement for `sql`, reset and with no bindings; NULL on failure (the
@@ -2845,6 +2848,24 @@ static void store_cache_sync(Store *s) {
     if (v == s->cache_version) return;
     store_cache_flush(s);
     s->cache_version = v;
+}
+
+/* Count the row changes this connection makes that a thread list
+ * (PROTOCOL §7.15) depends on: to messages, tasks, claims and locks. The
+ * hub's cached list is valid while the count stands (hub_threads_fresh);
+ * other connections' commits are seen through PRAGMA data_version. A
+ * change rolled back later still counts, which only costs a rebuild. */
+static void store_update_hook(void *arg, int op, const char *db, const char *table,
+                              sqlite3_int64 rowid) {
+    (void)op, (void)db, (void)rowid;
+    Store *s = arg;
+    switch (table[0]) {   /* first letters: not a strcmp per row for others */
+    case 'm': if (!strcmp(table, "messages")) s->threads_gen++; break;
+    case 't': if (!strcmp(table, "tasks")) s->threads_gen++; break;
+    case 'c': if (!strcmp(table, "claims")) s->threads_gen++; break;
+    case 'l': if (!strcmp(table, "locks")) s->threads_gen++; break;
+    default: break;
+    }
 }
 
 /* ---- the thread summary: messages folded per thread ---- */
@@ -3469,9 +3490,13 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     const char *sync = sync_full ? "PRAGMA synchronous=FULL;"
                                  : "PRAGMA synchronous=NORMAL;";
     /* The schema and the default channels go in one transaction: one
-     * fsync instead of one per statement on a new file. */
+     * fsync instead of one per statement on a new file. A page cache of
+     * 32 MiB, not SQLite's 2: a thread list reads ~10 MiB of summary, task
+     * and claim pages (1M messages, 20,000 threads), which then stay in
+     * memory instead of being read from the file again on every list. */
     if (sqlite3_exec(s->db, "PRAGMA journal_mode=WAL;", NULL, NULL, &e) ||
         sqlite3_exec(s->db, sync, NULL, NULL, &e) ||
+        sqlite3_exec(s->db, "PRAGMA cache_size=-32768;", NULL, NULL, &e) ||
         sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema_kv, NULL, NULL, &e) ||
@@ -3532,6 +3557,7 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
     buf_free(&marker);
     snprintf(s->instance_id, sizeof s->instance_id, "mh1-%.20s", hex);
     s->data_version = s->cache_version = store_data_version(s);
+    sqlite3_update_hook(s->db, store_update_hook, s);
     store_watch_files(s);   /* for store_check_files */
     return 0;
 fail:
@@ -3645,6 +3671,13 @@ typedef struct {
     int64_t dl_saved;            /* the mark as last written to the table */
     HubSurfaced *dl_later;       /* owned: answered parked reads to mark */
     int n_dl_later, cap_dl_later;
+    Buf threads;                 /* the last GET /v1/threads result, JSON */
+    int threads_ok;              /* it is there (hub_threads_fresh) */
+    int64_t threads_gen;         /* Store.threads_gen it was built at */
+    int64_t threads_dv;          /* PRAGMA data_version it was built at */
+    int64_t threads_at_us;       /* built then (wall clock) */
+    int64_t threads_until_us;    /* valid before: the first live claim's
+                                    or lock's expiry, INT64_MAX if none */
 } Hub;
 
 /* One request as the handlers see it. */
@@ -5430,17 +5463,19 @@ done:
  * with since_id always moves on (PROTOCOL §4.3). *more is set when rows
  * were left out. With `desc`, st yields the newest first (a tail read):
  * the newest rows that fit are kept, and emitted oldest first. Returns the
- * row count, or -1 on a database error. */
-static int hub_emit_page_at(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more,
-                            int64_t *last) {
+ * row count, or -1 on a database error. hub_emit_page_from() takes st with
+ * its first step done: rc is what it returned (and if it was a row, the
+ * cache was synced, store_cache_sync). *last, if not NULL, gets the id of
+ * an ascending page's last row; for desc, the newest row's. */
+static int hub_emit_page_from(Hub *h, Buf *b, sqlite3_stmt *st, int rc, int desc,
+                              int *more, int64_t *last) {
     Buf rows = { 0 };    /* desc: the rows, newest first, back to back */
     size_t *ends = NULL; /* desc: where each row ends in rows */
     size_t start = b->len;
-    int n = 0, cap = 0, rc;
+    int n = 0, cap = 0;
     *more = 0;
     buf_addc(b, '[');
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (!n) store_cache_sync(&h->store);
+    for (; rc == SQLITE_ROW; rc = sqlite3_step(st)) {
         Buf *out = desc ? &rows : b;
         size_t mark = out->len;
         if (n && !desc) buf_addc(b, ',');
@@ -5475,10 +5510,10 @@ static int hub_emit_page_at(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *mor
     return n;
 }
 
-/* hub_emit_page_at without the last id (for an ascending page: the id of
- * its last row; for desc, the newest row's). */
 static int hub_emit_page(Hub *h, Buf *b, sqlite3_stmt *st, int desc, int *more) {
-    return hub_emit_page_at(h, b, st, desc, more, NULL);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) store_cache_sync(&h->store);
+    return hub_emit_page_from(h, b, st, rc, desc, more, NULL);
 }
 
 /* ---- threads ---- */
@@ -5615,22 +5650,23 @@ static void hub_emit_opt_id(Buf *b, int64_t v) {
 }
 
 /* A thread summary (PROTOCOL §7.15): completed once it has tasks and none
- * is open, open while a claim or lock is live, else waiting. */
-static void hub_emit_thread(Buf *b, Str tid, const ThreadInfo *ti) {
+ * is open, open while a claim or lock is live, else waiting. The numbers
+ * come from ti, the channel (p NULL: none) and latest ts from chan and ts. */
+static void hub_emit_thread_s(Buf *b, Str tid, const ThreadInfo *ti, Str chan, Str ts) {
     const char *status = ti->n_tasks > 0 && ti->n_open == 0 ? "completed"
                          : ti->active_claims || ti->active_locks ? "open"
                                                                  : "waiting";
     buf_adds(b, "{\"thread_id\":");
     json_strs(b, tid);
     buf_adds(b, ",\"channel\":");
-    if (ti->has_channel) json_strs(b, buf_str(&ti->channel));
+    if (chan.p) json_strs(b, chan);
     else buf_adds(b, "null");
     buf_adds(b, ",\"root_task_id\":");
     hub_emit_opt_id(b, ti->root_task);
     buf_adds(b, ",\"latest_message_id\":");
     hub_emit_opt_id(b, ti->n_msgs ? ti->latest_id : -1);
     buf_adds(b, ",\"latest_message_ts\":");
-    if (ti->n_msgs) json_strs(b, buf_str(&ti->latest_ts));
+    if (ti->n_msgs) json_strs(b, ts);
     else buf_adds(b, "null");
     buf_adds(b, ",\"latest_artifact_id\":");
     hub_emit_opt_id(b, ti->latest_artifact);
@@ -5650,6 +5686,11 @@ static void hub_emit_thread(Buf *b, Str tid, const ThreadInfo *ti) {
     buf_adds(b, "\"}");
 }
 
+static void hub_emit_thread(Buf *b, Str tid, const ThreadInfo *ti) {
+    hub_emit_thread_s(b, tid, ti, ti->has_channel ? buf_str(&ti->channel) : (Str){ NULL, 0 },
+                      buf_str(&ti->latest_ts));
+}
+
 /* The thread's derived channel into out; returns 1 if it has one. */
 static int hub_thread_channel(Hub *h, Str thread, Buf *out) {
     ThreadInfo ti;
@@ -5667,11 +5708,15 @@ static int hub_tid_cmp(Str a, Str b) {
     return c ? c : a.n < b.n ? -1 : a.n > b.n;
 }
 
-/* A thread of the list: its summary's JSON in a shared buffer. */
+/* A thread of the list: its numbers, and its strings in a shared buffer. */
 typedef struct {
     int64_t latest;        /* sort key: latest message id, -1 if none */
-    size_t tid, tid_n;     /* the id, in the names buffer */
-    size_t json, json_n;   /* the summary, in the JSON buffer */
+    int64_t n_msgs, latest_artifact, n_tasks, n_open, root_task;
+    int64_t active_claims, active_locks;
+    size_t tid, tid_n;     /* the id, in the strings buffer */
+    size_t chan, chan_n;   /* the channel, there too, if has_channel */
+    size_t ts, ts_n;       /* the latest message's ts, if n_msgs */
+    int has_channel;
 } ThreadRow;
 
 static const char *g_thread_names;   /* loop only: qsort's view of names */
@@ -5685,9 +5730,12 @@ static int hub_thread_row_cmp(const void *a, const void *b) {
 
 /* The list's sources, each in thread_id order, stepped side by side (a
  * merge join) in one read snapshot: the summary and the messages above its
- * watermark (§10.7), tasks, root tasks, claims, active locks. None reads a
- * message below the watermark; tasks and claims are read whole. */
-enum { TS_SUM, TS_NEW, TS_TASKS, TS_ROOTS, TS_CLAIMS, TS_LOCKS, TS_N };
+ * watermark (§10.7), tasks, claims, active locks. None reads a message
+ * below the watermark; tasks and claims are read whole, tasks in one pass
+ * along ix_arc_t_th (counted in C: the root task and the channels are
+ * those of the lowest task ids). Claims and locks also give the earliest
+ * expiry of a live one, until which the list stays valid (Hub.threads). */
+enum { TS_SUM, TS_NEW, TS_TASKS, TS_CLAIMS, TS_LOCKS, TS_N };
 static const char *const hub_thread_src[TS_N] = {
     "SELECT thread_id,n,first_channel,latest_id,latest_ts,latest_artifact"
     " FROM arc_thread_msgs ORDER BY thread_id",
@@ -5695,29 +5743,35 @@ static const char *const hub_thread_src[TS_N] = {
     "SELECT thread_id,id,channel,kind,ts FROM messages NOT INDEXED WHERE id>coalesce("
     "(SELECT upto FROM arc_folds WHERE name='thread_msgs'),0)"
     " AND thread_id IS NOT NULL ORDER BY thread_id,id",
-    /* one min(): the bare channel is that of the lowest task_id */
-    "SELECT thread_id,count(*),sum(status='open'),min(task_id),channel"
-    " FROM tasks WHERE thread_id IS NOT NULL GROUP BY thread_id ORDER BY thread_id",
-    "SELECT thread_id,min(task_id),channel FROM tasks WHERE thread_id IS NOT NULL"
-    " AND +parent_task_id IS NULL GROUP BY thread_id ORDER BY thread_id",
-    "SELECT thread_id,coalesce(sum(" ACTIVE_AT_2 "),0) FROM claims"
+    "SELECT thread_id,task_id,parent_task_id IS NULL,status='open',channel"
+    " FROM tasks WHERE thread_id IS NOT NULL ORDER BY thread_id",
+    "SELECT thread_id,coalesce(sum(" ACTIVE_AT_2 "),0),"
+    " min(CASE WHEN " ACTIVE_AT_2 " THEN julianday(expires_at) END) FROM claims"
     " WHERE thread_id IS NOT NULL GROUP BY thread_id ORDER BY thread_id",
-    "SELECT json_extract(metadata_json,'$.thread_id') AS t,count(*) FROM locks"
+    "SELECT json_extract(metadata_json,'$.thread_id') AS t,count(*),"
+    " min(julianday(expires_at)) FROM locks"
     " WHERE " ACTIVE_AT_2 " AND json_valid(metadata_json) AND"
     " json_type(metadata_json,'$.thread_id')='text' GROUP BY t ORDER BY t",
 };
 
-/* GET /v1/threads (PROTOCOL §7.15) */
-static void hub_list_threads(Hub *h, Req *q, Res *r) {
-    (void)q;
+/* Wall-clock microseconds of a julianday() column, rounded down by a few
+ * ms: SQLite compares julianday()s in whole ms, and a double of that size
+ * is exact to ~50 us. NULL: INT64_MAX. */
+static int64_t hub_jd_us(sqlite3_stmt *st, int i) {
+    if (sqlite3_column_type(st, i) == SQLITE_NULL) return INT64_MAX;
+    double us = (sqlite3_column_double(st, i) - 2440587.5) * 86400e6;
+    return us > 9e18 ? INT64_MAX : us < -9e18 ? INT64_MIN : (int64_t)us - 2000;
+}
+
+/* The thread list, built: the result array of GET /v1/threads into out,
+ * and into *until_us the wall-clock time it stops being exact at (the
+ * first live claim or lock expiring). Reads in the caller's snapshot. */
+static int hub_threads_build(Hub *h, const char *now, Buf *out, int64_t *until_us) {
     sqlite3_stmt *st[TS_N] = { 0 };
     int live[TS_N] = { 0 }, n = 0, cap = 0, failed = 0;
     ThreadRow *rows = NULL;
-    Buf names = { 0 }, json = { 0 }, tid = { 0 }, mchan = { 0 }, tchan = { 0 };
-    ThreadInfo ti = { 0 };
-    char now[ISO_LEN];
-    hub_now(now);
-    int snap = store_read_begin(&h->store);
+    Buf strs = { 0 }, tid = { 0 }, ts = { 0 }, mchan = { 0 }, tchan = { 0 }, rchan = { 0 };
+    *until_us = INT64_MAX;
     for (int i = 0; i < TS_N; i++) {
         if (!(st[i] = store_stmt(&h->store, hub_thread_src[i]))) { failed = 1; goto done; }
         store_bind_c(st[i], 2, now);   /* the claims' and locks' ?2 */
@@ -5732,45 +5786,52 @@ static void hub_list_threads(Hub *h, Req *q, Res *r) {
         buf_reset(&tid);
         buf_addstr(&tid, store_col(st[lo], 0));
         Str t = buf_str(&tid);
-        buf_reset(&ti.latest_ts), buf_reset(&ti.channel), buf_reset(&mchan), buf_reset(&tchan);
-        int64_t root = -1;
-        int known = 0, has_m = 0, has_t = 0;
-        ti.n_msgs = ti.n_tasks = ti.n_open = ti.active_claims = ti.active_locks = 0;
-        ti.latest_id = ti.latest_artifact = -1;
-        ti.has_channel = 0;
+        buf_reset(&ts), buf_reset(&mchan), buf_reset(&tchan), buf_reset(&rchan);
+        ThreadRow row = { .latest_artifact = -1, .root_task = -1 };
+        int64_t latest_id = -1, first_task = -1;
+        int known = 0, has_m = 0;
         for (int i = 0; i < TS_N; i++) {
             while (live[i] && hub_tid_cmp(store_col(st[i], 0), t) == 0) {
                 sqlite3_stmt *s = st[i];
                 switch (i) {
                 case TS_SUM:
-                    ti.n_msgs = sqlite3_column_int64(s, 1);
+                    row.n_msgs = sqlite3_column_int64(s, 1);
                     buf_addstr(&mchan, store_col(s, 2)), has_m = 1;
-                    ti.latest_id = sqlite3_column_int64(s, 3);
-                    buf_addstr(&ti.latest_ts, store_col(s, 4));
-                    ti.latest_artifact = hub_col_i64(s, 5);
+                    latest_id = sqlite3_column_int64(s, 3);
+                    buf_addstr(&ts, store_col(s, 4));
+                    row.latest_artifact = hub_col_i64(s, 5);
                     break;
                 case TS_NEW:   /* in id order, after the summary's rows */
-                    ti.n_msgs++;
+                    row.n_msgs++;
                     if (!has_m) buf_addstr(&mchan, store_col(s, 2)), has_m = 1;
-                    ti.latest_id = sqlite3_column_int64(s, 1);
-                    buf_reset(&ti.latest_ts);
-                    buf_addstr(&ti.latest_ts, store_col(s, 4));
-                    if (str_eq(store_col(s, 3), "artifact")) ti.latest_artifact = ti.latest_id;
+                    latest_id = sqlite3_column_int64(s, 1);
+                    buf_reset(&ts);
+                    buf_addstr(&ts, store_col(s, 4));
+                    if (str_eq(store_col(s, 3), "artifact")) row.latest_artifact = latest_id;
                     break;
-                case TS_TASKS:
-                    ti.n_tasks = sqlite3_column_int64(s, 1);
-                    ti.n_open = sqlite3_column_int64(s, 2);
-                    buf_addstr(&tchan, store_col(s, 4)), has_t = 1;
+                case TS_TASKS: {   /* one task, in no particular id order */
+                    int64_t id = sqlite3_column_int64(s, 1);
+                    row.n_tasks++;
+                    row.n_open += sqlite3_column_int64(s, 3);
+                    if (first_task < 0 || id < first_task) {
+                        first_task = id;
+                        buf_reset(&tchan);
+                        buf_addstr(&tchan, store_col(s, 4));
+                    }
+                    if (sqlite3_column_int64(s, 2) && (row.root_task < 0 || id < row.root_task)) {
+                        row.root_task = id;
+                        buf_reset(&rchan);
+                        buf_addstr(&rchan, store_col(s, 4));
+                    }
                     break;
-                case TS_ROOTS:
-                    root = sqlite3_column_int64(s, 1);
-                    buf_addstr(&ti.channel, store_col(s, 2)), ti.has_channel = 1;
-                    break;
+                }
                 case TS_CLAIMS:
-                    ti.active_claims = sqlite3_column_int64(s, 1);
+                    row.active_claims = sqlite3_column_int64(s, 1);
+                    if (hub_jd_us(s, 2) < *until_us) *until_us = hub_jd_us(s, 2);
                     break;
                 default:
-                    ti.active_locks = sqlite3_column_int64(s, 1);
+                    row.active_locks = sqlite3_column_int64(s, 1);
+                    if (hub_jd_us(s, 2) < *until_us) *until_us = hub_jd_us(s, 2);
                 }
                 if (i != TS_LOCKS) known = 1;
                 int rc = sqlite3_step(s);
@@ -5780,37 +5841,105 @@ static void hub_list_threads(Hub *h, Req *q, Res *r) {
         }
         if (failed) goto done;
         if (!known) continue;   /* locks alone do not make a thread known */
-        ti.root_task = root;
-        if (!ti.has_channel && (has_m || has_t)) {
-            buf_addstr(&ti.channel, buf_str(has_m ? &mchan : &tchan));
-            ti.has_channel = 1;
+        /* The channel: the root task's, else the first message's, else the
+         * first task's (PROTOCOL §7.15). */
+        Buf *chan = row.root_task >= 0 ? &rchan : has_m ? &mchan : first_task >= 0 ? &tchan : NULL;
+        row.latest = row.n_msgs ? latest_id : -1;
+        row.tid = strs.len, row.tid_n = t.n;
+        buf_addstr(&strs, t);
+        if (chan) {
+            row.has_channel = 1;
+            row.chan = strs.len, row.chan_n = chan->len;
+            buf_addstr(&strs, buf_str(chan));
         }
+        row.ts = strs.len, row.ts_n = ts.len;
+        buf_addstr(&strs, buf_str(&ts));
         if (n == cap) rows = vec_grow(rows, &cap, sizeof *rows);
-        rows[n] = (ThreadRow){ .latest = ti.n_msgs ? ti.latest_id : -1,
-                               .tid = names.len, .tid_n = t.n, .json = json.len };
-        buf_addstr(&names, t);
-        hub_emit_thread(&json, t, &ti);
-        rows[n].json_n = json.len - rows[n].json;
-        n++;
+        rows[n++] = row;
     }
-    g_thread_names = names.p;
+    g_thread_names = strs.p;
     if (n) qsort(rows, (size_t)n, sizeof *rows, hub_thread_row_cmp);
-    hub_ok(r, 200);
-    buf_addc(&r->body, '[');
+    /* One pass to size it, so the answer is written without regrowing. */
+    size_t need = 2;
+    for (int i = 0; i < n; i++) need += 300 + 2 * (rows[i].tid_n + rows[i].chan_n);
+    buf_reserve(out, need);
+    buf_addc(out, '[');
     for (int i = 0; i < n; i++) {
-        if (i) buf_addc(&r->body, ',');
-        buf_add(&r->body, json.p + rows[i].json, rows[i].json_n);
+        const ThreadRow *w = &rows[i];
+        ThreadInfo ti = { .n_msgs = w->n_msgs, .latest_id = w->latest,
+                          .latest_artifact = w->latest_artifact, .n_tasks = w->n_tasks,
+                          .n_open = w->n_open, .root_task = w->root_task,
+                          .active_claims = w->active_claims, .active_locks = w->active_locks };
+        if (i) buf_addc(out, ',');
+        hub_emit_thread_s(out, (Str){ strs.p + w->tid, w->tid_n }, &ti,
+                          w->has_channel ? (Str){ strs.p + w->chan, w->chan_n } : (Str){ NULL, 0 },
+                          (Str){ strs.p + w->ts, w->ts_n });
     }
-    buf_addc(&r->body, ']');
-    hub_ok_end(r);
+    buf_addc(out, ']');
 done:
     for (int i = 0; i < TS_N; i++)
         if (st[i]) sqlite3_reset(st[i]);
+    free(rows);
+    buf_free(&strs), buf_free(&tid), buf_free(&ts);
+    buf_free(&mchan), buf_free(&tchan), buf_free(&rchan);
+    return failed ? -1 : 0;
+}
+
+/* Is the cached list (Hub.threads) what a build would give now? It is
+ * while nothing it reads changed: no change to messages, tasks, claims or
+ * locks by this hub (Store.threads_gen, counted as rows change, so even
+ * this turn's uncommitted writes count), no commit by another connection
+ * (PRAGMA data_version, read in the caller's snapshot), and no live claim
+ * or lock expired (until_us); a clock set back rebuilds too. */
+static int hub_threads_fresh(const Hub *h, int64_t dv, int64_t now_us) {
+    return h->threads_ok && h->threads_gen == h->store.threads_gen &&
+           h->threads_dv == dv && now_us >= h->threads_at_us &&
+           now_us < h->threads_until_us;
+}
+
+/* GET /v1/threads (PROTOCOL §7.15): all threads, newest first. Building
+ * the list reads every thread's summary, task and claim (tens of ms on a
+ * store of 20,000 threads), and the dashboard asks for it on every load,
+ * so the last one is kept and served while hub_threads_fresh(). Only a
+ * list read outside a write transaction is kept: it then holds committed
+ * rows only, which no rollback can take back. */
+static void hub_list_threads(Hub *h, Req *q, Res *r) {
+    (void)q;
+    int64_t now_us = clock_wall_us(), until_us;
+    char now[ISO_LEN];
+    iso_format(now_us, now);
+    int snap = store_read_begin(&h->store);
+    int64_t dv = store_data_version(&h->store);   /* opens the snapshot */
+    int failed = 0;
+    if (hub_threads_fresh(h, dv, now_us)) {
+        hub_ok(r, 200);
+        buf_addstr(&r->body, buf_str(&h->threads));
+        hub_ok_end(r);
+        goto done;
+    }
+    h->threads_ok = 0;
+    buf_reset(&h->threads);
+    int64_t gen = h->store.threads_gen;
+    if (hub_threads_build(h, now, &h->threads, &until_us)) {
+        failed = 1;
+        buf_free(&h->threads);
+        goto done;
+    }
+    hub_ok(r, 200);
+    buf_addstr(&r->body, buf_str(&h->threads));
+    hub_ok_end(r);
+    if (store_in_tx(&h->store) || h->store.threads_gen != gen) {
+        buf_free(&h->threads);   /* not kept: may hold uncommitted rows */
+        goto done;
+    }
+    h->threads_ok = 1;
+    h->threads_gen = gen;
+    h->threads_dv = dv;
+    h->threads_at_us = now_us;
+    h->threads_until_us = until_us;
+done:
     store_read_end(&h->store, snap);
     if (failed) hub_db_fail(h, r);
-    free(rows);
-    buf_free(&names), buf_free(&json), buf_free(&tid), buf_free(&mchan), buf_free(&tchan);
-    hub_thread_info_free(&ti);
 }
 
 /* GET /v1/threads/{thread_id}: its messages are a page (ARC_MAX_PAGE_BYTES)
@@ -6137,20 +6266,32 @@ done:
  * ?3 since_id, ?4 limit, ?5 agent, ?6 exclude_self. Separate statements
  * per shape keep each on its index. Like every list of messages they
  * select ids only (store_emit_message). */
-static const char q_ch[] = "SELECT id FROM messages WHERE channel=?1"
-    " AND to_agent IS NULL AND id>?3 ORDER BY id LIMIT ?4";
-static const char q_th[] = "SELECT id FROM messages WHERE thread_id=?2"
-    " AND to_agent IS NULL AND id>?3 ORDER BY id LIMIT ?4";
-static const char q_thch[] = "SELECT id FROM messages WHERE"
-    " thread_id=?2 AND channel=?1 AND to_agent IS NULL AND id>?3"
-    " ORDER BY id LIMIT ?4";
+#define Q_CH " FROM messages WHERE channel=?1 AND to_agent IS NULL AND id>?3" \
+    " ORDER BY id LIMIT ?4"
+#define Q_TH " FROM messages WHERE thread_id=?2 AND to_agent IS NULL AND id>?3" \
+    " ORDER BY id LIMIT ?4"
+#define Q_THCH " FROM messages WHERE thread_id=?2 AND channel=?1" \
+    " AND to_agent IS NULL AND id>?3 ORDER BY id LIMIT ?4"
 /* Tail reads select newest first; hub_emit_page turns them around. */
-static const char q_ch_tail[] = "SELECT id FROM messages WHERE channel=?1"
-    " AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
-static const char q_th_tail[] = "SELECT id FROM messages WHERE thread_id=?2"
-    " AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
-static const char q_thch_tail[] = "SELECT id FROM messages WHERE"
-    " thread_id=?2 AND channel=?1 AND to_agent IS NULL ORDER BY id DESC LIMIT ?4";
+#define Q_CH_TAIL " FROM messages WHERE channel=?1 AND to_agent IS NULL" \
+    " ORDER BY id DESC LIMIT ?4"
+#define Q_TH_TAIL " FROM messages WHERE thread_id=?2 AND to_agent IS NULL" \
+    " ORDER BY id DESC LIMIT ?4"
+#define Q_THCH_TAIL " FROM messages WHERE thread_id=?2 AND channel=?1" \
+    " AND to_agent IS NULL ORDER BY id DESC LIMIT ?4"
+/* The shapes of GET /v1/messages: [thread?][channel and thread?][tail?];
+ * each as ids, and as whole rows for a page from history
+ * (hub_wait_query). */
+static const char *const q_msgs[2][2][2] = {
+    { { "SELECT id" Q_CH, "SELECT id" Q_CH_TAIL }, { NULL, NULL } },
+    { { "SELECT id" Q_TH, "SELECT id" Q_TH_TAIL },
+      { "SELECT id" Q_THCH, "SELECT id" Q_THCH_TAIL } },
+};
+static const char *const q_msgs_whole[2][2][2] = {
+    { { "SELECT " M_COLS Q_CH, "SELECT " M_COLS Q_CH_TAIL }, { NULL, NULL } },
+    { { "SELECT " M_COLS Q_TH, "SELECT " M_COLS Q_TH_TAIL },
+      { "SELECT " M_COLS Q_THCH, "SELECT " M_COLS Q_THCH_TAIL } },
+};
 static const char q_events[] = "SELECT id FROM messages WHERE id>?3"
     " AND (to_agent IS NULL OR to_agent=?5)"
     " AND (?1 IS NULL OR channel=?1) AND (?2 IS NULL OR thread_id=?2)"
@@ -6179,17 +6320,13 @@ static int hub_wait_match(const Wait *w, const NewMsg *m) {
 }
 
 /* The statement for w's query, bound and ready to step (with tail, for the
- * newest `limit` rows); NULL on error. */
-static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
-    const char *sql;
-    if (w->kind == WAIT_MESSAGES) {
-        if (w->thread)
-            sql = w->channel ? (tail ? q_thch_tail : q_thch) : (tail ? q_th_tail : q_th);
-        else
-            sql = tail ? q_ch_tail : q_ch;
-    } else {
-        sql = q_events;
-    }
+ * newest `limit` rows), selecting ids, or with `whole` (messages only) the
+ * rows' M_COLS; NULL on error. */
+static sqlite3_stmt *hub_wait_stmt_as(Hub *h, const Wait *w, int tail, int whole) {
+    const char *sql = q_events;
+    if (w->kind == WAIT_MESSAGES)
+        sql = (whole ? q_msgs_whole : q_msgs)[w->thread != NULL]
+                                             [w->thread && w->channel][tail != 0];
     sqlite3_stmt *st = store_stmt(&h->store, sql);
     if (!st) return NULL;
     /* Unused parameter numbers simply fail to bind (SQLITE_RANGE). */
@@ -6205,14 +6342,34 @@ static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
     return st;
 }
 
+static sqlite3_stmt *hub_wait_stmt(Hub *h, const Wait *w, int tail) {
+    return hub_wait_stmt_as(h, w, tail, 0);
+}
+
 /* Run w's query and append the matching rows as a JSON array to b; with
  * tail, the newest `limit` rows; *upto gets the last row's id. Returns the
- * row count, -1 on error. */
+ * row count, -1 on error.
+ * Selecting ids and rendering each from the cache is the cheap way for
+ * recent messages; a page from history, though, is all cache misses, and
+ * reading those by id one at a time cost twice what reading the rows
+ * whole does. So a page of messages whose first one is not cached is read
+ * again as whole rows (in the same snapshot when a transaction is open;
+ * otherwise a commit in between can only add newer rows, which a
+ * read a moment later would have seen too). */
 static int hub_wait_query(Hub *h, const Wait *w, int tail, Buf *b, int *more,
                           int64_t *upto) {
     sqlite3_stmt *st = hub_wait_stmt(h, w, tail);
     *upto = 0;
-    return st ? hub_emit_page_at(h, b, st, tail, more, upto) : -1;
+    if (!st) return -1;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) store_cache_sync(&h->store);
+    if (rc == SQLITE_ROW && w->kind == WAIT_MESSAGES &&
+        !store_cache_get(&h->store, sqlite3_column_int64(st, 0))) {
+        sqlite3_reset(st);
+        if (!(st = hub_wait_stmt_as(h, w, tail, 1))) return -1;
+        rc = sqlite3_step(st);
+    }
+    return hub_emit_page_from(h, b, st, rc, tail, more, upto);
 }
 
 /* Step st (from hub_wait_stmt) to its next message: its JSON into msg
@@ -6234,6 +6391,9 @@ static void hub_answer_or_park(Hub *h, Res *r, Wait *w, int tail, int64_t wait_m
     int more;
     int64_t upto;
     hub_ok(r, 200);
+    /* Room for a page of typical messages (~600 bytes each) up front:
+     * growing 60 kB by doubling was a twentieth of a history page. */
+    buf_reserve(&r->body, (size_t)w->limit * 640);
     int n = hub_wait_query(h, w, tail, &r->body, &more, &upto);
     if (n > 0 && w->via &&   /* in the request's transaction (hub_get_events) */
         hub_dl_mark_range(h, w->agent, w->via, w->since_id, upto, w->channel,
@@ -6656,16 +6816,25 @@ static void hub_list_locks(Hub *h, Req *q, Res *r) {
 
 /* GET /v1/tasks, each task with its blocked_by and claimable (§14). */
 static void hub_list_tasks(Hub *h, Req *q, Res *r) {
-    static const char sql[] = "SELECT " T_COLS ",(SELECT json_group_array("
-        "blocker_id) FROM (SELECT blocker_id FROM arc_task_deps"
-        " WHERE task_id=tasks.task_id ORDER BY blocker_id)),"
-        " status='open' AND NOT EXISTS(SELECT 1 FROM arc_task_deps d"
-        " WHERE d.task_id=tasks.task_id AND NOT EXISTS(SELECT 1 FROM tasks b"
-        " WHERE b.task_id=d.blocker_id AND b.status='done'))"
+#define Q_TASKS "SELECT " T_COLS ",(SELECT json_group_array(" \
+        "blocker_id) FROM (SELECT blocker_id FROM arc_task_deps" \
+        " WHERE task_id=tasks.task_id ORDER BY blocker_id))," \
+        " status='open' AND NOT EXISTS(SELECT 1 FROM arc_task_deps d" \
+        " WHERE d.task_id=tasks.task_id AND NOT EXISTS(SELECT 1 FROM tasks b" \
+        " WHERE b.task_id=d.blocker_id AND b.status='done'))" \
         " FROM tasks WHERE"
-        " (?1 IS NULL OR parent_task_id=?1) AND (?2 IS NULL OR status=?2) AND"
-        " (?3 IS NULL OR channel=?3) AND (?4 IS NULL OR thread_id=?4)"
-        " ORDER BY task_id";
+#define Q_TASKS_WHERE \
+        " (?1 IS NULL OR parent_task_id=?1) AND (?2 IS NULL OR status=?2) AND" \
+        " (?3 IS NULL OR channel=?3) AND (?4 IS NULL OR thread_id=?4)" \
+        " ORDER BY task_id"
+    /* The filters as `?N IS NULL OR ...` alone would scan every task (plans
+     * are fixed at prepare time, QPSG): the most selective filter given
+     * also appears as a plain equality, which puts the query on its index
+     * (ix_arc_t_th, ix_t_par, ix_t_st). */
+    static const char q_all[] = Q_TASKS Q_TASKS_WHERE;
+    static const char q_thread[] = Q_TASKS " thread_id=?4 AND" Q_TASKS_WHERE;
+    static const char q_parent[] = Q_TASKS " parent_task_id=?1 AND" Q_TASKS_WHERE;
+    static const char q_status[] = Q_TASKS " status=?2 AND" Q_TASKS_WHERE;
     int err = 0;
     int64_t parent;
     int has_parent = hub_qp(q, r, "parent_id");
@@ -6683,6 +6852,7 @@ static void hub_list_tasks(Hub *h, Req *q, Res *r) {
         goto done;
     }
     if (hub_deps_sync(h, q, r)) goto done;
+    const char *sql = thread ? q_thread : has_parent ? q_parent : status ? q_status : q_all;
     sqlite3_stmt *st = store_stmt(&h->store, sql);
     if (!st) { hub_db_fail(h, r); goto done; }
     if (has_parent) sqlite3_bind_int64(st, 1, parent);
@@ -10928,6 +11098,7 @@ static void serve_stop(Serve *s) {
     free(s->hub.batch);
     for (int i = 0; i < s->hub.n_dl_later; i++) hub_dl_later_free(&s->hub.dl_later[i]);
     free(s->hub.dl_later);
+    buf_free(&s->hub.threads);
 }
 
 /* arc serve: start, run until asked to stop, stop. */

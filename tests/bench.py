@@ -24,7 +24,8 @@ hub on it starts on a fresh copy whose sessions, claims and locks are made
 live. On it: POST throughput beside an empty store's (same run, ratio);
 history pages (a random channel and since_id) and tail pages at 16
 connections; the p50 of each of history page, tail page, agents, open
-tasks, bootstrap and thread list requested alone on one connection (each
+tasks, bootstrap, thread list, and a post followed by the thread list
+(which the post makes the hub build anew) requested alone on one connection (each
 request waits up to 60 s; one that does not answer is reported in a note,
 without a figure, and what would follow it on that hub is not run); the dashboard's first load (the requests dash/dash.html
 makes on load, in its order, one after another: see dash_lines()); and
@@ -524,6 +525,11 @@ BIG_SEQS = [
     ("tasks", "GET /v1/tasks?status=open", 50, 3),
     ("bootstrap", "GET /v1/bootstrap?agent_id=agent-1", 50, 3),
     ("threads", "GET /v1/threads", 10, 5),
+    # The hub keeps the last thread list until something it shows changes:
+    # a post first, so that each list is built anew.
+    ("threads_post", ["POST /v1/messages " + json.dumps(
+        {"from_agent": "agent-1", "channel": "general", "thread_id": "bench-thread",
+         "body": "rebuild"}), "GET /v1/threads"], 10, 5),
 ]
 
 
@@ -543,7 +549,8 @@ def m_big_lat(ctx):
                 continue
             if ctx["kind"] == SLOW:
                 runs = min(runs, 10)
-            lines = dash_lines(hub.url) if name == "dash" else [line]
+            lines = dash_lines(hub.url) if name == "dash" else \
+                line if isinstance(line, list) else [line]
             out[name] = run_seq(hub.url, lines, runs, secs, SEQ_TIMEOUT_MS)
             if out[name].get("timed_out"):
                 busy = name
@@ -694,6 +701,8 @@ if STORE_N > 0:
                    ("big store: GET /v1/tasks?status=open p50", "ms", seq_ms("tasks"), lt(20)),
                    ("big store: GET /v1/bootstrap p50", "ms", seq_ms("bootstrap"), lt(20)),
                    ("big store: GET /v1/threads p50", "ms", seq_ms("threads"), lt(20)),
+                   ("big store: POST + GET /v1/threads (list rebuilt) p50", "ms",
+                    seq_ms("threads_post"), None),
                    ("big store: dashboard first load p50", "ms", seq_ms("dash"), lt(20))]),
         dict(key="big_start", runs=3, ref_runs=1, run=m_big_start, store=True,
              rows=[("big store: hub start (median of 5)", "ms",

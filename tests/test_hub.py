@@ -1652,5 +1652,117 @@ class ThreadSummaryTests(HubCase):
         self.check()
 
 
+class ThreadListCacheTests(HubCase):
+    """arc keeps the last thread list and answers from it until something it
+    reads changes (hub_threads_fresh): each change below must show in the
+    very next list, and a lease's expiry with no request at all meanwhile."""
+
+    def listed(self, th):
+        rows = [t for t in self.assertOk(self.hub.get("/v1/threads")) if t["thread_id"] == th]
+        self.assertEqual(len(rows), 1, "thread %s not listed exactly once" % th)
+        return rows[0]
+
+    def test_changes_show_at_once(self):
+        ch, th = self.channel(), uid("lc")
+        root = self.msg(channel=ch, thread_id=th, kind="task", body="root")
+        first = self.listed(th)
+        self.assertEqual(self.listed(th), first)   # the kept list, unchanged
+        self.assertEqual(first["message_count"], 1)
+        self.assertEqual(first["status"], "waiting")
+        reply = self.msg(channel=ch, thread_id=th, body="reply")   # a post
+        s = self.listed(th)
+        self.assertEqual((s["message_count"], s["latest_message_id"]), (2, reply["id"]))
+        other = uid("lc")   # a post in a thread not listed yet
+        self.msg(channel=ch, thread_id=other, body="new")
+        self.assertEqual(self.listed(other)["message_count"], 1)
+        self.assertOk(self.hub.post("/v1/claims", {"owner_agent_id": "w", "claim_key": uid("ck"),
+                                                   "thread_id": th}), 201)   # a claim
+        s = self.listed(th)
+        self.assertEqual((s["active_claim_count"], s["status"]), (1, "open"))
+        path = uid("f")
+        self.assertOk(self.hub.post("/v1/locks", {"agent_id": "w", "file_path": path,
+                                                  "metadata": {"thread_id": th}}), 201)
+        self.assertEqual(self.listed(th)["active_lock_count"], 1)   # a lock
+        self.assertOk(self.hub.post("/v1/locks/release", {"agent_id": "w", "file_path": path}))
+        self.assertEqual(self.listed(th)["active_lock_count"], 0)   # its release
+        self.assertOk(self.hub.post("/v1/tasks/%d/complete" % root["id"]))   # a task completion
+        s = self.listed(th)
+        self.assertEqual((s["open_task_count"], s["status"]), (0, "completed"))
+
+    def test_foreign_commit_shows(self):
+        """Another process's commit (PRAGMA data_version) ends the kept list."""
+        import sqlite3
+        th = uid("lc")
+        self.msg(thread_id=th, body="seed")
+        self.assertEqual(self.listed(th)["active_claim_count"], 0)
+        db = sqlite3.connect(self.hub.storage, timeout=10)
+        db.execute("INSERT INTO claims VALUES(?,?,NULL,'ref',?,'2999-01-01T00:00:00Z',NULL,'{}')",
+                   (uid("ck"), th, "2026-01-02T03:04:05.000000Z"))
+        db.commit()
+        db.close()
+        self.assertEqual(self.listed(th)["active_claim_count"], 1)
+
+    def test_lease_expiry_ends_the_kept_list(self):
+        """Leases that expire with no write in between: the list changes by
+        the clock alone. They are written behind the hub's back, with a
+        lifetime under the API's 5 s minimum, to keep the test short."""
+        import sqlite3
+        from datetime import datetime, timedelta, timezone
+        th = uid("lc")
+        self.msg(thread_id=th, body="seed")
+        now = datetime.now(timezone.utc)
+        iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        db = sqlite3.connect(self.hub.storage, timeout=10)
+        db.execute("INSERT INTO claims VALUES(?,?,NULL,'ref',?,?,NULL,'{}')",
+                   (uid("ck"), th, iso(now), iso(now + timedelta(seconds=1.5))))
+        db.execute("INSERT INTO locks VALUES(?,'ref',?,?,NULL,?)",
+                   (uid("f"), iso(now), iso(now + timedelta(seconds=2.5)),
+                    json.dumps({"thread_id": th})))
+        db.commit()
+        db.close()
+        s = self.listed(th)
+        if (s["active_claim_count"], s["active_lock_count"]) != (1, 1):
+            self.skipTest("the machine took over 1.5 s to answer")
+        self.assertEqual(s["status"], "open")
+        wait_for(lambda: self.listed(th)["active_claim_count"] == 0, timeout=10,
+                 msg="an expired claim still counted")
+        self.assertEqual(self.listed(th)["active_lock_count"], 1)
+        wait_for(lambda: self.listed(th)["active_lock_count"] == 0, timeout=10,
+                 msg="an expired lock still counted")
+        self.assertEqual(self.listed(th)["status"], "waiting")
+
+
+class HistoryPageTests(HubCase):
+    """A page whose messages are not in the hub's rendered-message cache
+    (here: after a restart) is read as whole rows instead of by id
+    (hub_wait_query): the same bytes either way, for every shape of read."""
+
+    def test_pages_after_restart_are_identical(self):
+        ch, th = self.channel(), uid("hp")
+        first = self.msg(channel=ch, body="first")
+        for i in range(30):
+            self.msg(channel=ch, body="m%d \u00e9\"\n" % i, thread_id=th if i % 3 else None,
+                     kind="artifact" if i % 5 == 0 else "chat",
+                     reply_to=first["id"] if i % 4 == 0 else None,
+                     metadata={"i": i, "s": "x"} if i % 2 else None,
+                     attachments=[{"type": "text", "content": "a%d" % i}] if i % 7 == 0 else None)
+        self.msg(to_agent="someone", channel=ch, thread_id=th, body="dm")
+        reads = [dict(channel=ch, limit=10), dict(channel=ch, since_id=first["id"] + 3, limit=7),
+                 dict(channel=ch, tail=1, limit=12), dict(thread_id=th, limit=50),
+                 dict(thread_id=th, channel=ch, tail=1, limit=5),
+                 dict(thread_id=th, channel=ch, since_id=first["id"], limit=500)]
+        def pages():
+            return [self.hub.get("/v1/messages", **r)[2] for r in reads]
+        before = pages()
+        for p in before:
+            self.assertTrue(p["ok"] and p["result"], p)
+        self.hub.restart()
+        self.assertEqual(pages(), before)   # every first row a cache miss
+        self.assertEqual(pages(), before)   # cached now
+        self.hub.restart()   # a cached first row, misses after it
+        self.hub.get("/v1/messages", channel=ch, since_id=first["id"] + 3, limit=1)
+        self.assertEqual(pages(), before)
+
+
 if __name__ == "__main__":
     unittest.main()
