@@ -9,13 +9,18 @@ It speaks just enough of two wire APIs for a coding harness to run a turn:
 - the OpenAI Responses API (Codex, a model_providers entry's base_url):
   POST /v1/responses, streaming (response.created,
   response.output_item.added / .done for a function_call or a message,
-  response.output_text.delta, response.completed), and GET /v1/models.
+  response.output_text.delta, response.completed), and GET /v1/models;
+- the Gemini API (Gemini CLI, GOOGLE_GEMINI_BASE_URL):
+  POST /v1beta/models/MODEL:generateContent and :streamGenerateContent
+  (?alt=sse: one SSE event holding the whole reply), text and functionCall
+  parts.
 
 Replies are scripted. A script is a list of turns; each turn is a list of
 blocks, {"text": "..."} or {"tool": "NAME", "input": {...}}. Which turn a
 request gets is derived from the request itself, so the server keeps no
 conversation state: the number of assistant turns already in it (Anthropic:
-assistant messages; Responses: function_call items). A request past the
+assistant messages; Responses: function_call items; Gemini: model contents
+with a functionCall). A request past the
 end of the script, and a side request that offers no tools (titles, topic
 checks, quota probes), gets a short text reply. A tool NAME is matched
 against the request's tools: an exact name, else the one tool whose name
@@ -205,6 +210,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.do_anthropic(body)
         elif path.endswith("/responses"):
             self.do_responses(body)
+        elif path.endswith(":generateContent") or path.endswith(":streamGenerateContent"):
+            self.do_gemini(body, path.endswith(":streamGenerateContent"))
         else:
             self._json(404, {"error": {"type": "not_found", "message": path}})
 
@@ -336,6 +343,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "output_index": i, "item": it}))
         w(sse("response.completed", {"type": "response.completed",
                                      "sequence_number": next(seq), "response": resp}))
+        self.wfile.flush()
+
+
+    # Gemini API (Gemini CLI, GOOGLE_GEMINI_BASE_URL)
+    def do_gemini(self, body, stream):
+        m = self.server.model
+        offered = [f.get("name") for t in body.get("tools") or [] if isinstance(t, dict)
+                   for f in t.get("functionDeclarations") or [] if isinstance(f, dict)]
+        index = sum(1 for c in body.get("contents") or []
+                    if isinstance(c, dict) and c.get("role") == "model"
+                    and any("functionCall" in p for p in c.get("parts") or []
+                            if isinstance(p, dict)))
+        parts = []
+        for b in m.turn(index, offered):
+            if "tool" in b:
+                parts.append({"functionCall": {"name": b["tool"], "args": b["input"],
+                                               "id": m.next_id("call")}})
+            else:
+                parts.append({"text": b["text"]})
+        resp = {"candidates": [{"content": {"role": "model", "parts": parts},
+                                "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 100, "candidatesTokenCount": 10,
+                                  "totalTokenCount": 110},
+                "modelVersion": "fake", "responseId": m.next_id("resp")}
+        if not stream:
+            self._json(200, resp)
+            return
+        self._stream_start()
+        self.wfile.write(("data: %s\r\n\r\n" % json.dumps(resp)).encode())
         self.wfile.flush()
 
 

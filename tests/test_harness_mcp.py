@@ -6,8 +6,9 @@ tests/setup-clients.sh installs them, make test runs it).
   (`arc mcp --agent NAME`, added with the client's own `mcp add`) and over
   HTTP (the hub's /mcp with an X-Arc-Agent header; skipped until the hub
   advertises MCP over HTTP in GET /v1/hub-info).
-- Claude Code runs a non-interactive turn (`claude -p`) and Codex one
-  (`codex exec`) against tests/fakemodel.py, whose scripted first reply
+- Claude Code (`claude -p`), Codex (`codex exec`) and Gemini CLI
+  (`gemini -p`) each run a non-interactive turn against tests/fakemodel.py
+  (Anthropic Messages, OpenAI Responses, Gemini API), whose scripted first reply
   calls arc_post_message: the message must land in the hub and the tool's
   result must reach the model in the next request.
 
@@ -367,6 +368,47 @@ class CodexTurnTest(TurnCase):
         url = self.http_url()
         agent, channel, body = uid("codex"), self.channel(), uid("hello")
         self.turn({"arc": {"url": url, "headers": {"X-Arc-Agent": agent}}},
+                  agent, channel, body)
+
+
+@arc_only
+class GeminiTurnTest(TurnCase):
+    """Gemini CLI speaks the Gemini API to GOOGLE_GEMINI_BASE_URL, so it
+    runs a turn against the fake model too (`gemini -p`)."""
+    needs = ("gemini",)
+
+    def turn(self, server, agent, channel, body):
+        m = self.model(channel, body)
+        home = self.home()
+        harness.write_gemini_config(home, {"arc": dict(server, trust=True)})
+        r = self.run_client("gemini", [
+            "-p", "Post a greeting to the team channel.", "--output-format", "json",
+            "--model", "gemini-2.5-flash"], home,
+            {"GEMINI_API_KEY": harness.FAKE_KEY, "GOOGLE_GEMINI_BASE_URL": m.url},
+            timeout=TURN_DEADLINE)
+        self.assertEqual(r.code, 0, r)
+        self.assertEqual(json.loads(r.out).get("response"), "Posted.", r)
+        self.landed(channel, agent, body)
+        main = [q["body"] for q in m.snapshot()
+                if ":streamGenerateContent" in q["path"] and isinstance(q["body"], dict)]
+        self.assertEqual(len(main), 2, [q["path"] for q in m.snapshot()])
+        call = [p["functionCall"] for p in main[1]["contents"][-2]["parts"]
+                if "functionCall" in p][0]
+        answer = [p["functionResponse"] for p in main[1]["contents"][-1]["parts"]
+                  if "functionResponse" in p][0]
+        self.assertEqual((call["name"], answer["name"]),
+                         ("mcp_arc_arc_post_message", "mcp_arc_arc_post_message"))
+        self.assertIn(body, json.dumps(answer["response"]))
+
+    def test_stdio_turn(self):
+        agent, channel, body = uid("gemini"), self.channel(), uid("hello")
+        cmd, args = self.stdio_command(agent)
+        self.turn({"command": cmd, "args": args}, agent, channel, body)
+
+    def test_http_turn(self):
+        url = self.http_url()
+        agent, channel, body = uid("gemini"), self.channel(), uid("hello")
+        self.turn({"httpUrl": url, "headers": {"X-Arc-Agent": agent}},
                   agent, channel, body)
 
 
