@@ -39,6 +39,7 @@ import hubtest
 from hubtest import KEEP, Hub, hub_command
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "out")
 CLIENTS = os.path.join(HERE, "clients", "node_modules")
 NODE22_DIR = os.path.join(HERE, "node22", "node_modules")
 NODE22 = os.path.join(NODE22_DIR, "node", "bin", "node")
@@ -359,7 +360,11 @@ def write_codex_config(home, servers, model_url=None):
         else:
             lines.append('command = %s' % toml_str(s["command"]))
             lines.append('args = [%s]' % ", ".join(toml_str(a) for a in s["args"]))
+        # required: wait for the server before the first model request
+        # (else a slow start leaves arc's tools out of it) and fail if it
+        # does not start.
         lines.append('startup_timeout_sec = 20')
+        lines.append('required = true')
     with open(home.path(".codex", "config.toml"), "w") as f:
         f.write("\n".join(lines) + "\n")
 

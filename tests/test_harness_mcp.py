@@ -271,6 +271,15 @@ class TurnCase(ClientCase):
         self.assertEqual(status, 201, payload)
         return name
 
+    def note_tool_defs(self, client, defs):
+        """Record what arc's tool definitions cost in this client's request
+        (issue 17 asks for it per client) in tests/out/mcp-tool-defs.txt."""
+        size = len(json.dumps(defs, separators=(",", ":")))
+        os.makedirs(harness.OUT, exist_ok=True)
+        with open(os.path.join(harness.OUT, "mcp-tool-defs.txt"), "a") as f:
+            f.write("%s %s: %d arc tools, %d characters of JSON\n"
+                    % (client, self.id().rsplit(".", 1)[-1], len(defs), size))
+
     def landed(self, channel, agent, body):
         status, _, payload = self.hub.request("GET", "/v1/messages?channel=" + channel)
         self.assertEqual(status, 200, payload)
@@ -304,6 +313,8 @@ class ClaudeTurnTest(TurnCase):
         self.assertEqual(len(main), 2, [q["path"] for q in m.snapshot()])
         offered = [t["name"] for t in main[0]["tools"]]
         self.assertIn("mcp__arc__arc_post_message", offered)
+        self.note_tool_defs("claude", [t for t in main[0]["tools"]
+                                       if t["name"].startswith("mcp__arc__")])
         use = main[1]["messages"][-2]["content"][-1]
         result = main[1]["messages"][-1]["content"][0]
         self.assertEqual((use["type"], use["name"]),
@@ -351,6 +362,8 @@ class CodexTurnTest(TurnCase):
         main = [q["body"] for q in m.snapshot()
                 if q["path"] == "/v1/responses" and isinstance(q["body"], dict)]
         self.assertEqual(len(main), 2, [q["path"] for q in m.snapshot()])
+        self.note_tool_defs("codex", [t for t in main[0]["tools"]
+                                      if t.get("name") == "mcp__arc"])
         call = [it for it in main[1]["input"] if it.get("type") == "function_call"][-1]
         out = main[1]["input"][-1]
         self.assertEqual((call["name"], call.get("namespace")),
@@ -392,6 +405,9 @@ class GeminiTurnTest(TurnCase):
         main = [q["body"] for q in m.snapshot()
                 if ":streamGenerateContent" in q["path"] and isinstance(q["body"], dict)]
         self.assertEqual(len(main), 2, [q["path"] for q in m.snapshot()])
+        self.note_tool_defs("gemini", [f for t in main[0]["tools"]
+                                       for f in t.get("functionDeclarations") or []
+                                       if f["name"].startswith("mcp_arc_")])
         call = [p["functionCall"] for p in main[1]["contents"][-2]["parts"]
                 if "functionCall" in p][0]
         answer = [p["functionResponse"] for p in main[1]["contents"][-1]["parts"]
