@@ -126,6 +126,8 @@ fi
 
 echo "== browser for the dashboard test"
 sh tests/setup-browser.sh
+echo "== real MCP clients and the conformance suite"
+sh tests/setup-clients.sh
 
 # The two integration runs go side by side: the tests mostly wait (for
 # answers, timeouts, processes), so this halves the stage's wall time. Every
