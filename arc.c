@@ -13893,6 +13893,102 @@ static int cmd_relay_gc(int argc, char **argv) {
     return 0;
 }
 
+/* ---- arc ack, arc receipts, arc unanswered (PROTOCOL §17) ---- */
+
+typedef struct {
+    AgentOpts a;               /* --agent, --base-url, --relay-dir, tokens */
+    const char *id;            /* ack, receipts: the message id */
+    const char *from;          /* unanswered: asked by this agent */
+    int64_t older_than;        /* unanswered: waiting at least this long */
+} ReceiptOpts;
+
+#define RECEIPT_OPT(f) offsetof(ReceiptOpts, f)
+static const Opt receipt_id_opts[] = {
+    { .kind = OPT_ARG, .off = RECEIPT_OPT(id), .arg = "ID", .help = "the message id" },
+    { 0 }
+};
+static const Opt receipt_list_opts[] = {
+    { "--from", OPT_STR, RECEIPT_OPT(from), .arg = "AGENT",
+      .help = "only what AGENT asked (--agent: what it owes)" },
+    { "--older-than", OPT_I64, RECEIPT_OPT(older_than), .lo = 0, .hi = 86400 * 3650,
+      .arg = "SEC", .help = "only what waited at least SEC seconds" },
+    { 0 }
+};
+#undef RECEIPT_OPT
+
+/* arc ack ID --agent A: acknowledge a message as its recipient A and
+ * print A's receipt; arc receipts ID: print every recipient's receipt;
+ * arc unanswered: print what still waits for an answer or an ack, one
+ * JSON item per line, oldest first. None registers the agent. */
+static int cli_receipts(const char *cmd, int argc, char **argv) {
+    static const OptHelp help[] = {
+        { "ack", "usage: arc ack --agent ID [options] MESSAGE_ID\n"
+                 "Acknowledge a message sent to agent ID; print its receipt.\n",
+          "Exit: 0 ok, 1 the hub refused (not a recipient), 2 usage or no hub.\n" },
+        { "receipts", "usage: arc receipts [options] MESSAGE_ID\n"
+                      "Print a message's receipts: per recipient, queued, surfaced\n"
+                      "(and how), read, acked, answered, with times.\n",
+          "Exit: 0 ok, 1 the hub refused (no such message), 2 usage or no hub.\n" },
+        { "unanswered", "usage: arc unanswered [--agent ID] [options]\n"
+                        "Print requests and ack-required messages still waiting,\n"
+                        "one JSON object per line, oldest first; with --agent, only\n"
+                        "those agent ID owes.\n",
+          "Exit: 0 ok, 1 the hub refused, 2 usage or no hub.\n" },
+    };
+    int k = !strcmp(cmd, "ack") ? 0 : !strcmp(cmd, "receipts") ? 1 : 2;
+    ReceiptOpts o = { .a = { .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
+                             .relay_dir = getenv("ARC_RELAY_DIR") } };
+    OptGroup g[] = { { agent_opts, &o.a, NULL, 0 },
+                     { k < 2 ? receipt_id_opts : receipt_list_opts, &o, NULL, 0 } };
+    opt_parse(&help[k], g, 2, argc, argv);
+    if (!o.a.base_url || !*o.a.base_url) o.a.base_url = "http://127.0.0.1:6969";
+    if (o.a.relay_dir && !*o.a.relay_dir) o.a.relay_dir = NULL;
+    if (o.a.agent && !*o.a.agent) o.a.agent = NULL;
+    int64_t id = 0;
+    if (k < 2 && (!o.id || parse_int_text(str_c(o.id), &id) || id < 1)) {
+        fprintf(stderr, "arc %s: MESSAGE_ID must be a message id\n", cmd);
+        return 2;
+    }
+    if (k == 0 && !o.a.agent) {
+        fprintf(stderr, "arc ack: --agent is required (or set ARC_AGENT)\n");
+        return 2;
+    }
+    Client c;
+    char err[ARC_ERRLEN];
+    if (client_url(&c, o.a.base_url, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 2;
+    }
+    c.relay_dir = o.a.relay_dir;
+    c.agent = o.a.agent ? o.a.agent : "cli";   /* the relay's spool name */
+    c.token = o.a.token;
+    Buf path = { 0 }, body = { 0 }, out = { 0 };
+    if (k == 0) {
+        buf_addf(&path, "/v1/messages/%lld/ack", (long long)id);
+        buf_adds(&body, "{\"agent_id\":");
+        json_cstr(&body, o.a.agent);
+        buf_addc(&body, '}');
+    } else if (k == 1) {
+        buf_addf(&path, "/v1/messages/%lld/receipts", (long long)id);
+    } else {
+        buf_addf(&path, "/v1/unanswered?older_than=%lld", (long long)o.older_than);
+        if (o.a.agent) buf_adds(&path, "&agent_id="), cli_pct(&path, o.a.agent);
+        if (o.from) buf_adds(&path, "&from_agent="), cli_pct(&path, o.from);
+    }
+    int rc = agent_call(&c, k == 0 ? "POST" : "GET", path.p,
+                        k == 0 ? buf_str(&body) : (Str){ NULL, 0 }, 15000, &out);
+    if (!rc) agent_print_result(&out, k == 2);
+    buf_free(&path), buf_free(&body), buf_free(&out);
+    client_free(&c);
+    return rc;
+}
+
+static int cmd_ack(int argc, char **argv) { return cli_receipts("ack", argc, argv); }
+static int cmd_receipts(int argc, char **argv) { return cli_receipts("receipts", argc, argv); }
+static int cmd_unanswered(int argc, char **argv) {
+    return cli_receipts("unanswered", argc, argv);
+}
+
 /* ==== smoke: deterministic smoke agents and `arc smoke` =================== */
 
 /* The reference's three roles, step for step, with the same message kinds
@@ -15493,6 +15589,7 @@ static int mcp_t_thread(McpCtx *x) {
     if (limit < 1) limit = 1;
     buf_adds(&path, "/v1/threads/");
     cli_pct(&path, id.p);
+    agent_qparam(&path, "agent_id", g_mcp.agent);   /* we read it (§17.2) */
     if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
     uint32_t th = json_get(&x->j, x->res, "thread"), msgs = json_get(&x->j, x->res, "messages");
     buf_addf(&x->text, "Thread %s: status ", id.p);
@@ -15946,6 +16043,67 @@ done:
     return rc;
 }
 
+/* ---- arc_ack, arc_receipts, arc_unanswered (PROTOCOL §17) ---- */
+
+/* The result as compact JSON text, and as structuredContent under key. */
+static void mcp_rc_answer(McpCtx *x, const char *key) {
+    json_write(&x->text, &x->j, x->res);
+    mcp_data_one(x, key, x->res);
+}
+
+/* The message_id argument (required, at least 1); 0 or -1 (x failed). */
+static int mcp_rc_id(McpCtx *x, int64_t *id) {
+    if (mcp_arg_int(x, "message_id", id) > 0 && *id >= 1) return 0;
+    if (!x->failed) mcp_fail(x, "argument message_id is required");
+    return -1;
+}
+
+static int mcp_t_ack(McpCtx *x) {
+    int64_t id;
+    if (mcp_rc_id(x, &id)) return -1;
+    Buf path = { 0 }, body = { 0 };
+    buf_addf(&path, "/v1/messages/%lld/ack", (long long)id);
+    mcp_body_begin(&body, "agent_id");
+    buf_addc(&body, '}');
+    int rc = mcp_hub(x, "POST", path.p, buf_str(&body), MCP_HUB_MS);
+    buf_free(&path), buf_free(&body);
+    if (!rc) mcp_rc_answer(x, "receipt");
+    return rc;
+}
+
+static int mcp_t_receipts(McpCtx *x) {
+    int64_t id;
+    if (mcp_rc_id(x, &id)) return -1;
+    Buf path = { 0 };
+    buf_addf(&path, "/v1/messages/%lld/receipts", (long long)id);
+    int rc = mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS);
+    buf_free(&path);
+    if (rc) return -1;
+    x->res = json_get(&x->j, x->res, "receipts");
+    if (!x->res) return mcp_fail(x, "arc hub sent no receipts");
+    mcp_rc_answer(x, "receipts");
+    return 0;
+}
+
+/* What this agent owes (default), or with asked, what it is owed. */
+static int mcp_t_unanswered(McpCtx *x) {
+    Buf who = { 0 }, path = { 0 };
+    int rc = mcp_arg_str(x, "side", &who);
+    if (rc < 0) goto done;
+    int asked = str_eq(buf_str(&who), "asked");
+    if (who.len && !asked && !str_eq(buf_str(&who), "owe")) {
+        rc = mcp_fail(x, "argument side must be owe or asked");
+        goto done;
+    }
+    buf_adds(&path, "/v1/unanswered");
+    agent_qparam(&path, asked ? "from_agent" : "agent_id", g_mcp.agent);
+    rc = mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS);
+    if (!rc) mcp_rc_answer(x, "unanswered");
+done:
+    buf_free(&who), buf_free(&path);
+    return rc;
+}
+
 /* ---- the tool table ---- */
 
 #define MCP_S(props, req) "{\"type\":\"object\",\"properties\":{" props "},\"required\":[" req "]}"
@@ -16087,6 +16245,20 @@ static const McpTool mcp_tools[] = {
             MCP_STR("kind", "Only this kind, e.g. task or artifact.") ","
             MCP_INT("limit", "At most this many (default 10, up to 100)."), "\"query\""),
       MCP_S(MCP_ARR("results"), "\"results\""), 1, 1, mcp_t_search },
+    { "arc_ack", "Acknowledge a message",
+      "Tell the sender you got a message sent to you (it may ask: metadata.ack_required).",
+      MCP_S(MCP_INT("message_id", "The message."), "\"message_id\""),
+      MCP_S(MCP_OBJ("receipt"), "\"receipt\""), 0, 1, mcp_t_ack },
+    { "arc_receipts", "Message receipts",
+      "Per recipient of a message: queued, surfaced, read, acked or answered, with times.",
+      MCP_S(MCP_INT("message_id", "The message."), "\"message_id\""),
+      MCP_S(MCP_ARR("receipts"), "\"receipts\""), 1, 1, mcp_t_receipts },
+    { "arc_unanswered", "Unanswered requests",
+      "Requests and ack-required messages still waiting: those you owe, or with side "
+      "asked, those you sent.",
+      MCP_S("\"side\":{\"type\":\"string\",\"enum\":[\"owe\",\"asked\"],"
+            "\"default\":\"owe\"}", ""),
+      MCP_S(MCP_ARR("unanswered"), "\"unanswered\""), 1, 1, mcp_t_unanswered },
 };
 
 static const char mcp_instructions[] =
@@ -18237,6 +18409,9 @@ static const Cmd cmds[] = {
     { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
     { "version", cmd_version, "print the version" },
     { "help", cmd_help, "list the commands" },
+    { "ack", cmd_ack, "acknowledge a message as its recipient" },
+    { "receipts", cmd_receipts, "who got a message: surfaced, read, acked, answered" },
+    { "unanswered", cmd_unanswered, "requests and acks still waiting, oldest first" },
 };
 
 static int cmd_help(int argc, char **argv) {

@@ -53,10 +53,10 @@ TOOLS = {
     "arc_post_message", "arc_poll_messages", "arc_dm", "arc_list_agents",
     "arc_create_channel", "arc_rpc_call", "arc_inbox", "arc_read_thread", "arc_claim",
     "arc_lock", "arc_tasks", "arc_task_result", "arc_whoami", "arc_kv",
-    "arc_search",
+    "arc_search", "arc_ack", "arc_receipts", "arc_unanswered",
 }
 READ_ONLY = {"arc_poll_messages", "arc_list_agents", "arc_inbox", "arc_read_thread",
-             "arc_whoami", "arc_search"}
+             "arc_whoami", "arc_search", "arc_receipts", "arc_unanswered"}
 
 
 def mcp_env():
