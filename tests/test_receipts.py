@@ -195,8 +195,7 @@ class ReceiptLifeTests(ReceiptCase):
         p = McpProc(["--agent", b, "--base-url", self.hub.url, "--no-autostart"])
         try:
             p.initialize()
-            wait_for(lambda: b in {s["agent_id"] for s in
-                                   self.ok(self.hub.get("/v1/agents"))}, msg="bob live")
+            p.call("arc_whoami")   # registered, its read cursor set
             thread = uid("th")
             m = self.send(a, b, "via mcp", kind="task_request", thread_id=thread,
                           metadata={"ack_required": True})
