@@ -5021,7 +5021,7 @@ static void hub_pr_check(Hub *h, Req *q, Res *r) {
     while (sqlite3_step(st) == SQLITE_ROW) {
         int alive = proc_alive((long)sqlite3_column_int64(st, 1),
                                sqlite3_column_int64(st, 2));
-        watched += alive != 0;
+        watched += alive == 1;   /* -1: no /proc here, nothing to watch */
         if (alive) continue;
         if (n == cap) gone = vec_grow(gone, &cap, sizeof *gone);
         Str a = store_col(st, 0);
@@ -5615,9 +5615,11 @@ static void hub_rc_escalate(Hub *h, Req *q, Res *r) {
         if (!seen) ids[n++] = id;
     }
     sqlite3_reset(st);
-    if (n && hub_tx(h, q, r)) return;   /* busy: the next check retries */
     for (int i = 0; i < n; i++)
-        if (hub_rc_escalate_one(h, q, r, ids[i], now)) return;
+        if ((i == 0 && hub_tx(h, q, r)) || hub_rc_escalate_one(h, q, r, ids[i], now)) {
+            h->rc_due_ms = clock_ms() + ARC_PR_CHECK_MS;   /* busy: retry soon */
+            return;
+        }
     if (n == ARC_RC_BATCH) {
         h->rc_due_ms = clock_ms();   /* more are due: the next turn goes on */
         return;
