@@ -519,6 +519,71 @@ static int iso_parse(Str s, int64_t *us) {
     return 0;
 }
 
+/* ---- processes: is a pid still the process it was (PROTOCOL §17.5) ---- */
+
+/* Read /proc/PID/stat: the state (field 3), parent (4) and start time in
+ * clock ticks since boot (22), and the command name (2, which may itself
+ * hold spaces and parentheses: fields are counted after its last ')').
+ * A pid with the same start time is the same process, so a reused pid is
+ * told apart. Returns 0, or -1 with no such process (or no /proc). */
+static int proc_stat(long pid, char *state, long *ppid, int64_t *start,
+                     char comm[16]) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return -1;
+    ssize_t n;
+    do n = read(fd, buf, sizeof buf - 1); while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    char *lp = strchr(buf, '('), *rp = strrchr(buf, ')');
+    if (!lp || !rp || rp < lp) return -1;
+    if (comm) snprintf(comm, 16, "%.*s", (int)(rp - lp - 1), lp + 1);
+    const char *p = rp + 1;
+    for (int field = 3; field <= 22; field++) {
+        while (*p == ' ') p++;
+        if (!*p) return -1;
+        if (field == 3 && state) *state = *p;
+        if (field == 4 && ppid) *ppid = strtol(p, NULL, 10);
+        if (field == 22 && start) *start = strtoll(p, NULL, 10);
+        p += strcspn(p, " ");
+    }
+    return 0;
+}
+
+/* Is pid running and the process that started at `start` (ticks)? A
+ * zombie has ended. Returns 1 yes, 0 no, -1 cannot tell (no /proc). */
+static int proc_alive(long pid, int64_t start) {
+    char state = 0;
+    int64_t st = -1;
+    if (proc_stat(pid, &state, NULL, &st, NULL) == 0)
+        return st == start && state != 'Z' && state != 'X';
+    struct stat sb;
+    return stat("/proc/self/stat", &sb) == 0 ? 0 : -1;
+}
+
+/* The harness an agent's command runs under: the nearest ancestor that is
+ * not a shell or env (hooks run as `sh -c 'arc hook ...'`, and that
+ * shell's pid ends with the command). Its start time goes to *start.
+ * Returns the pid, or 0 when unknown (no /proc). */
+static long proc_harness_pid(int64_t *start) {
+    static const char *const shells[] = { "sh", "bash", "dash", "zsh", "ksh",
+                                          "fish", "busybox", "env" };
+    long pid = (long)getppid();
+    for (int depth = 0; depth < 8 && pid > 1; depth++) {
+        char comm[16];
+        long ppid = 0;
+        int shell = 0;
+        if (proc_stat(pid, NULL, &ppid, start, comm)) return 0;
+        for (size_t i = 0; i < sizeof shells / sizeof *shells; i++)
+            shell |= !strcmp(comm, shells[i]);
+        if (!shell) return pid;
+        pid = ppid;
+    }
+    return 0;
+}
+
 /* /dev/urandom, opened once (arc_main opens it first thing) and kept: a
  * hub out of descriptors must still make session ids and relay file
  * names, and opening it per call then failed fatally. Shared by threads:
@@ -2499,6 +2564,31 @@ static const char store_schema_delivery[] =
     "INSERT OR IGNORE INTO arc_delivery_mark"
     " SELECT 0,coalesce(max(id),0) FROM messages;";
 
+/* Extension tables of arc:receipts (PROTOCOL §17), built on arc:delivery's
+ * record: a receipt's recipients and its queued/surfaced states are the
+ * arc_delivery rows of reasons dm, request and mention, so they are not
+ * kept twice; arc_receipts adds what happens after (read, acked, answered)
+ * in rows written only when one of those happens. arc_waiting holds what
+ * still waits for an answer or an ack, so the unanswered list and the
+ * escalation timer read a small table through an index, never the
+ * messages. arc_presence is each agent's last reported state (§17.5). The
+ * index on arc_delivery(message_id) finds a message's recipients. */
+static const char store_schema_receipts[] =
+    "CREATE TABLE IF NOT EXISTS arc_receipts(message_id INTEGER NOT NULL,"
+    " agent_id TEXT NOT NULL, read_at TEXT, read_via TEXT, acked_at TEXT,"
+    " answered_at TEXT, answered_by INTEGER,"
+    " PRIMARY KEY(message_id,agent_id)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS arc_waiting(message_id INTEGER NOT NULL,"
+    " agent_id TEXT NOT NULL, kind TEXT NOT NULL, since_at TEXT NOT NULL,"
+    " escalated_at TEXT, PRIMARY KEY(message_id,agent_id)) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS arc_ix_wait_due ON arc_waiting(since_at)"
+    " WHERE escalated_at IS NULL;"
+    "CREATE INDEX IF NOT EXISTS arc_ix_wait_ag ON arc_waiting(agent_id,since_at);"
+    "CREATE INDEX IF NOT EXISTS arc_ix_dl_msg ON arc_delivery(message_id);"
+    "CREATE TABLE IF NOT EXISTS arc_presence(agent_id TEXT PRIMARY KEY,"
+    " state TEXT NOT NULL, since_at TEXT NOT NULL, seen_at TEXT NOT NULL,"
+    " pid INTEGER, pid_start INTEGER) WITHOUT ROWID;";
+
 /* Column lists in the order the row emitters read them. */
 #define M_COLS "id,ts,from_agent,to_agent,channel,kind,body,attachments_json," \
                "reply_to,thread_id,metadata_json"
@@ -3502,6 +3592,7 @@ static int store_open(Store *s, const char *path, int64_t busy_ms, int sync_full
         sqlite3_exec(s->db, store_schema_kv, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema_deps, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_schema_delivery, NULL, NULL, &e) ||
+        sqlite3_exec(s->db, store_schema_receipts, NULL, NULL, &e) ||
         sqlite3_exec(s->db, store_search_schema, NULL, NULL, &e) ||
         store_search_register(s)) {
         snprintf(err, ARC_ERRLEN, "cannot initialise storage %s: %s", path,
@@ -3597,6 +3688,8 @@ typedef struct {
     int64_t head_ms;               /* ARC_HEAD_MS */
     int64_t body_ms;               /* ARC_BODY_MS */
     int64_t max_kv_value_chars;    /* one shared-memory value, encoded */
+    int64_t escalate_after_s;      /* unanswered this long: a notice (§17.4) */
+    const char *escalate_channel;  /* ... posted here; borrowed from argv */
 } HubConfig;
 
 /* A message committed in this loop turn, kept until the turn ends to answer
@@ -3678,6 +3771,10 @@ typedef struct {
     int64_t threads_at_us;       /* built then (wall clock) */
     int64_t threads_until_us;    /* valid before: the first live claim's
                                     or lock's expiry, INT64_MAX if none */
+    int64_t rc_due_ms;           /* next unanswered check, clock_ms (§17.4);
+                                    0: at once */
+    int64_t pr_check_ms;         /* next check of agents' pids (§17.5);
+                                    0: no pid to watch */
 } Hub;
 
 /* One request as the handlers see it. */
@@ -4148,6 +4245,9 @@ static void hub_recover(Hub *h, Req *q, Res *r, Str agent) {
     }
 }
 
+/* Presence follows sessions that end (§17.5); defined with receipts. */
+static int hub_pr_gone(Hub *h, const char *session, Str agent);
+
 /* Deactivate sessions idle past the presence TTL and recover their work.
  * Runs on the prune tick and before listing agents. Returns how many. */
 static int hub_expire_sessions(Hub *h, Req *q, Res *r) {
@@ -4175,6 +4275,7 @@ static int hub_expire_sessions(Hub *h, Req *q, Res *r) {
             if (!st) break;
             store_bind_c(st, 1, ex[i].id);
             store_done(&h->store, st);
+            hub_pr_gone(h, NULL, str_c(ex[i].agent));   /* §17.5 */
             Buf a = { 0 };   /* agent ids are the clients' text: escaped */
             log_info("session expired: agent=%s session=%s", log_esc(&a, ex[i].agent),
                      ex[i].id);
@@ -4253,6 +4354,10 @@ static int hub_dl_author(Hub *h, int64_t id, Buf *out) {
     return found;
 }
 
+/* Receipts index every message right after its delivery rows (§17.1);
+ * defined with them below, after the delivery endpoints they read. */
+static int hub_rc_index(Hub *h, const StoreMsg *m);
+
 /* Index one stored message (PROTOCOL §16.2): who it is deliverable to.
  * Returns 0 or -1 (a database error). */
 static int hub_dl_index(Hub *h, const StoreMsg *m) {
@@ -4303,6 +4408,7 @@ static int hub_dl_index(Hub *h, const StoreMsg *m) {
     }
     rc = 0;
 done:
+    if (!rc) rc = hub_rc_index(h, m);   /* receipts, on these rows (§17) */
     json_free(&j);
     buf_free(&who);
     return rc;
@@ -4694,6 +4800,914 @@ static void hub_delivery_nudge(Hub *h, Req *q, Res *r) {
     }
     buf_addc(&r->body, '}');
     hub_ok_end(r);
+}
+
+/* ---- receipts, unanswered requests, presence (arc:receipts, §17) ---- */
+
+/* A receipt is one (message, recipient) pair: an arc_delivery row of reason
+ * dm, request or mention (§16.2), which already says queued (via NULL) or
+ * surfaced (via, surfaced_at); arc_receipts adds read, acked and answered.
+ * What waits for an answer or an ack is in arc_waiting until it comes:
+ * the unanswered list and the escalation timer read that small table. */
+
+#define ARC_RC_REASONS "('dm','request','mention')"   /* who gets receipts */
+#define ARC_RC_BATCH 20         /* messages escalated per check */
+#define ARC_RC_IDLE_MS 60000    /* check again when nothing is waiting */
+#define ARC_PR_CHECK_MS 1000    /* how often watched pids are checked */
+
+/* Defined with the admin surface below; a pid names a process only on the
+ * hub's own machine, i.e. when the hub listens on loopback (§17.5). */
+static int hub_is_loopback(const char *host);
+
+/* An id, or null for 0. */
+static void hub_rc_id(Buf *b, int64_t v) {
+    if (v) buf_add_i64(b, v);
+    else buf_adds(b, "null");
+}
+
+/* Does a message's metadata ask for acks, {"ack_required": true} (§17.1)?
+ * The substring test spares a parse of every other message's metadata. */
+static int hub_rc_ack_wanted(Str meta) {
+    static const char key[] = "\"ack_required\"";
+    int found = 0, yes = 0;
+    for (size_t i = 0; i + sizeof key - 1 <= meta.n && !found; i++)
+        found = !memcmp(meta.p + i, key, sizeof key - 1);
+    Json j = { 0 };
+    if (found && json_parse(&j, meta.p, meta.n) == 0 && j.t[0].type == JSON_OBJ) {
+        uint32_t v = json_get(&j, 0, "ack_required");
+        yes = v && j.t[v].type == JSON_TRUE;
+    }
+    json_free(&j);
+    return yes;
+}
+
+/* Index one stored message for receipts, after hub_dl_index wrote its
+ * delivery rows, in the same transaction (so new messages and those other
+ * processes stored are indexed alike): a reply by a recipient answers its
+ * receipt and ends what waited on it; a task_result ends the request's
+ * wait for everyone; a task_request to an agent, or a message asking for
+ * an ack, starts waiting for each recipient. Returns 0 or -1. */
+static int hub_rc_index(Hub *h, const StoreMsg *m) {
+    static const char answer[] =
+        "INSERT INTO arc_receipts(message_id,agent_id,read_at,read_via,"
+        "answered_at,answered_by) SELECT ?1,?2,?3,'answer',?3,?4"
+        " WHERE EXISTS(SELECT 1 FROM arc_delivery WHERE agent_id=?2"
+        " AND message_id=?1 AND reason IN " ARC_RC_REASONS ")"
+        " ON CONFLICT(message_id,agent_id) DO UPDATE SET"
+        " read_at=coalesce(read_at,excluded.read_at),"
+        " read_via=coalesce(read_via,excluded.read_via),"
+        " answered_at=coalesce(answered_at,excluded.answered_at),"
+        " answered_by=coalesce(answered_by,excluded.answered_by)";
+    static const char unwait[] = "DELETE FROM arc_waiting WHERE message_id=?1"
+        " AND (agent_id=?2 OR (?3 AND kind='request'))";
+    static const char wait[] =
+        "INSERT OR IGNORE INTO arc_waiting(message_id,agent_id,kind,since_at)"
+        " SELECT message_id,agent_id,CASE reason WHEN 'request' THEN 'request'"
+        " ELSE 'ack' END,?2 FROM arc_delivery WHERE message_id=?1"
+        " AND reason IN " ARC_RC_REASONS " AND (?3 OR reason='request')";
+    char now[ISO_LEN];
+    sqlite3_stmt *st;
+    hub_now(now);
+    if (m->reply_to != ARC_NO_ID) {
+        if (!(st = store_stmt(&h->store, answer))) return -1;
+        sqlite3_bind_int64(st, 1, m->reply_to);
+        store_bind(st, 2, m->from);
+        store_bind_c(st, 3, now);
+        sqlite3_bind_int64(st, 4, m->id);
+        if (store_done(&h->store, st)) return -1;
+        if (!(st = store_stmt(&h->store, unwait))) return -1;
+        sqlite3_bind_int64(st, 1, m->reply_to);
+        store_bind(st, 2, m->from);
+        sqlite3_bind_int(st, 3, str_eq(m->kind, "task_result"));
+        if (store_done(&h->store, st)) return -1;
+    }
+    int ack = hub_rc_ack_wanted(m->metadata);
+    if (!ack && !(m->to.p && str_eq(m->kind, "task_request"))) return 0;
+    if (!(st = store_stmt(&h->store, wait))) return -1;
+    sqlite3_bind_int64(st, 1, m->id);
+    store_bind_c(st, 2, now);
+    sqlite3_bind_int(st, 3, ack);
+    if (store_done(&h->store, st)) return -1;
+    int64_t due = clock_ms() + h->cfg.escalate_after_s * 1000;
+    if (h->cfg.escalate_after_s > 0 && sqlite3_changes(h->store.db) &&
+        h->rc_due_ms && due < h->rc_due_ms)
+        h->rc_due_ms = due;   /* the timer wakes for it (hub_rc_next_ms) */
+    return 0;
+}
+
+/* ---- presence ---- */
+
+/* An agent's presence as shown (§17.5). */
+typedef struct {
+    char state[12];          /* working idle waiting present offline */
+    char since[ISO_LEN];     /* when it entered it; "" never heard of */
+    int live;                /* has a session within the presence TTL */
+    int64_t pid;             /* the harness pid watched, 0 none */
+} HubPresence;
+
+/* Fill p for agent: its reported state while it is heard from (a live
+ * session, a watched pid, or a report within the presence TTL), else
+ * "present" with a live session, else offline since it was last heard.
+ * Returns 0 or -1 (database). */
+static int hub_pr_get(Hub *h, Str agent, HubPresence *p) {
+    static const char row_sql[] = "SELECT state,since_at,seen_at,pid"
+        " FROM arc_presence WHERE agent_id=?1";
+    static const char last_sql[] =
+        "SELECT max(last_seen) FROM sessions WHERE agent_id=?1";
+    static const char live_sql[] = "SELECT created_at,last_seen FROM sessions"
+        " WHERE agent_id=?1 AND active=1 ORDER BY created_at DESC LIMIT 1";
+    int64_t cutoff = clock_wall_us() - h->cfg.presence_ttl_s * 1000000;
+    char seen[ISO_LEN] = "", created[ISO_LEN] = "";
+    int row = 0, heard = 0;
+    memset(p, 0, sizeof *p);
+    sqlite3_stmt *st = store_stmt(&h->store, row_sql);
+    if (!st) return -1;
+    store_bind(st, 1, agent);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        Str s = store_col(st, 0), since = store_col(st, 1), at = store_col(st, 2);
+        row = 1;
+        snprintf(p->state, sizeof p->state, "%.*s", (int)s.n, s.p ? s.p : "");
+        snprintf(p->since, sizeof p->since, "%.*s", (int)since.n, since.p ? since.p : "");
+        snprintf(seen, sizeof seen, "%.*s", (int)at.n, at.p ? at.p : "");
+        p->pid = sqlite3_column_int64(st, 3);
+        heard = p->pid || hub_ts_at_least(at, cutoff);
+    }
+    sqlite3_reset(st);
+    if (!(st = store_stmt(&h->store, live_sql))) return -1;
+    store_bind(st, 1, agent);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        Str c = store_col(st, 0);
+        p->live = hub_ts_at_least(store_col(st, 1), cutoff);
+        snprintf(created, sizeof created, "%.*s", (int)c.n, c.p ? c.p : "");
+    }
+    sqlite3_reset(st);
+    int offline = row && !strcmp(p->state, "offline");
+    if (row && !offline && (p->live || heard)) return 0;
+    if (p->live) {
+        snprintf(p->state, sizeof p->state, "present");
+        if (!row || offline) memcpy(p->since, created, sizeof created);
+        return 0;
+    }
+    if (!offline) {   /* not heard from: offline since it last was */
+        if (!(st = store_stmt(&h->store, last_sql))) return -1;
+        store_bind(st, 1, agent);
+        Str last = sqlite3_step(st) == SQLITE_ROW ? store_col(st, 0) : (Str){ NULL, 0 };
+        snprintf(p->since, sizeof p->since, "%.*s", (int)last.n, last.p ? last.p : "");
+        sqlite3_reset(st);
+        if (strcmp(seen, p->since) > 0) memcpy(p->since, seen, sizeof seen);
+    }
+    snprintf(p->state, sizeof p->state, "offline");
+    p->pid = 0;
+    return 0;
+}
+
+static void hub_pr_emit(Buf *b, const HubPresence *p) {
+    buf_adds(b, "\"state\":");
+    json_cstr(b, p->state);
+    buf_adds(b, ",\"state_since\":");
+    if (p->since[0]) json_cstr(b, p->since);
+    else buf_adds(b, "null");
+}
+
+/* Record agent's reported state (keeping since when it is unchanged);
+ * with set_pid, also the harness pid to watch (0: none). Returns 0 or -1. */
+static int hub_pr_set(Hub *h, Str agent, const char *state, int set_pid,
+                      int64_t pid, int64_t pid_start) {
+    static const char sql[] =
+        "INSERT INTO arc_presence(agent_id,state,since_at,seen_at,pid,pid_start)"
+        " VALUES(?1,?2,?3,?3,?4,?5) ON CONFLICT(agent_id) DO UPDATE SET"
+        " since_at=CASE WHEN state=excluded.state THEN since_at"
+        " ELSE excluded.since_at END, state=excluded.state,"
+        " seen_at=excluded.seen_at,"
+        " pid=CASE WHEN ?6 THEN excluded.pid ELSE pid END,"
+        " pid_start=CASE WHEN ?6 THEN excluded.pid_start ELSE pid_start END";
+    char now[ISO_LEN];
+    hub_now(now);
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return -1;
+    store_bind(st, 1, agent);
+    store_bind_c(st, 2, state);
+    store_bind_c(st, 3, now);
+    if (set_pid && pid > 0) {
+        sqlite3_bind_int64(st, 4, pid);
+        sqlite3_bind_int64(st, 5, pid_start);
+        if (!h->pr_check_ms) h->pr_check_ms = clock_ms() + ARC_PR_CHECK_MS;
+    }
+    sqlite3_bind_int(st, 6, set_pid);
+    return store_done(&h->store, st);
+}
+
+/* The harness pid and start time a registration or state report carries
+ * (§17.5): 1 with both, 0 without, -1 with r failed. Ignored (0) when the
+ * hub is not on loopback: a remote client's pid names nothing here. */
+static int hub_pr_pid(Hub *h, Req *q, Res *r, int64_t *pid, int64_t *start) {
+    int a = hub_int(q, r, "pid", pid), b = a < 0 ? -1 : hub_int(q, r, "pid_start", start);
+    if (a < 0 || b < 0) return -1;
+    if (a != b || (a && (*pid < 2 || *pid > INT32_MAX || *start < 0))) {
+        hub_fail(r, 400, "pid and pid_start go together: a process id above 1 and "
+                 "its start time in clock ticks (/proc/PID/stat field 22)");
+        return -1;
+    }
+    return a && hub_is_loopback(h->cfg.host);
+}
+
+/* A session was registered (POST /v1/sessions): the agent is present,
+ * unless its hooks just said what it is doing (`before`: its presence
+ * until now), and its pid (if given) is watched from now on. Returns 0,
+ * or -1 with r failed. */
+static int hub_pr_register(Hub *h, Req *q, Res *r, Str agent, const HubPresence *before) {
+    int64_t pid = 0, start = 0;
+    int rc = hub_pr_pid(h, q, r, &pid, &start);
+    if (rc < 0) return -1;
+    const char *state = strcmp(before->state, "offline") && before->state[0]
+                        ? before->state : "present";
+    if (hub_pr_set(h, agent, state, 1, rc ? pid : 0, start) == 0) return 0;
+    hub_db_fail(h, r);
+    return -1;
+}
+
+/* Agents whose sessions ended (deleted, or expired unless heard from
+ * otherwise within the TTL) are offline from now (§17.5). `session`: the
+ * deleted session's id, or NULL with `agent`. Returns 0 or -1. */
+static int hub_pr_gone(Hub *h, const char *session, Str agent) {
+    static const char by_sid[] = "UPDATE arc_presence SET state='offline',"
+        "since_at=?2,pid=NULL WHERE state<>'offline' AND agent_id=(SELECT agent_id"
+        " FROM sessions WHERE session_id=?1) AND NOT EXISTS(SELECT 1 FROM sessions"
+        " s WHERE s.agent_id=arc_presence.agent_id AND s.active=1)";
+    static const char by_agent[] = "UPDATE arc_presence SET state='offline',"
+        "since_at=?2 WHERE agent_id=?1 AND state<>'offline' AND pid IS NULL"
+        " AND seen_at<?3";
+    char now[ISO_LEN], cutoff[ISO_LEN];
+    hub_now(now);
+    iso_format(clock_wall_us() - h->cfg.presence_ttl_s * 1000000, cutoff);
+    sqlite3_stmt *st = store_stmt(&h->store, session ? by_sid : by_agent);
+    if (!st) return -1;
+    if (session) store_bind_c(st, 1, session);
+    else store_bind(st, 1, agent);
+    store_bind_c(st, 2, now);
+    store_bind_c(st, 3, cutoff);
+    return store_done(&h->store, st);
+}
+
+/* The timer's pid check (§17.5): an agent whose harness process is gone
+ * (or is another process now: its start time differs) is offline at once:
+ * its sessions end and its claims and locks are recovered, as on expiry. */
+static void hub_pr_check(Hub *h, Req *q, Res *r) {
+    static const char sql[] = "SELECT agent_id,pid,pid_start FROM arc_presence"
+        " WHERE pid IS NOT NULL AND state<>'offline'";
+    static const char off[] = "UPDATE arc_presence SET state='offline',"
+        "since_at=?2,pid=NULL WHERE agent_id=?1";
+    static const char end[] =
+        "UPDATE sessions SET active=0 WHERE agent_id=?1 AND active=1";
+    char **gone = NULL;   /* owned, and their strings */
+    int n = 0, cap = 0, watched = 0;
+    h->pr_check_ms = 0;
+    if (!hub_is_loopback(h->cfg.host)) return;
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        int alive = proc_alive((long)sqlite3_column_int64(st, 1),
+                               sqlite3_column_int64(st, 2));
+        watched += alive == 1;   /* -1: no /proc here, nothing to watch */
+        if (alive) continue;
+        if (n == cap) gone = vec_grow(gone, &cap, sizeof *gone);
+        Str a = store_col(st, 0);
+        gone[n++] = xstrndup(a.p ? a.p : "", a.n);
+    }
+    sqlite3_reset(st);
+    if (n && hub_tx(h, q, r) == 0) {
+        char now[ISO_LEN];
+        hub_now(now);
+        for (int i = 0; i < n; i++) {
+            Buf a = { 0 };
+            log_info("agent offline: its process is gone: agent=%s",
+                     log_esc(&a, gone[i]));
+            buf_free(&a);
+            if (!(st = store_stmt(&h->store, off))) break;
+            store_bind_c(st, 1, gone[i]);
+            store_bind_c(st, 2, now);
+            if (store_done(&h->store, st) || !(st = store_stmt(&h->store, end))) break;
+            store_bind_c(st, 1, gone[i]);
+            if (store_done(&h->store, st)) break;
+            if (sqlite3_changes(h->store.db)) hub_recover(h, q, r, str_c(gone[i]));
+        }
+    }
+    for (int i = 0; i < n; i++) free(gone[i]);
+    free(gone);
+    if (watched) h->pr_check_ms = clock_ms() + ARC_PR_CHECK_MS;
+}
+
+/* POST /v1/agents/{agent_id}/state (§17.5): what the agent's harness says
+ * it is doing, from its hooks; "offline" also ends its sessions. */
+static void hub_pr_post(Hub *h, Req *q, Res *r) {
+    static const char *const states[] = { "working", "idle", "waiting", "present",
+                                          "offline" };
+    static const char end[] =
+        "UPDATE sessions SET active=0 WHERE agent_id=?1 AND active=1";
+    Str agent = buf_str(&q->arg);
+    Buf state = { 0 };
+    int64_t pid = 0, start = 0;
+    int ok = 0, has_pid;
+    if (hub_str(q, r, "state", 1, &state) < 0) goto done;
+    for (size_t i = 0; i < sizeof states / sizeof *states; i++)
+        ok |= str_eq(buf_str(&state), states[i]);
+    if (!ok) {
+        hub_fail(r, 400, "state must be working, idle, waiting, present or offline");
+        goto done;
+    }
+    if ((has_pid = hub_pr_pid(h, q, r, &pid, &start)) < 0) goto done;
+    int offline = str_eq(buf_str(&state), "offline");
+    if (hub_tx(h, q, r)) goto done;
+    hub_touch(h, q, r, agent);
+    if (hub_pr_set(h, agent, buf_cstr(&state), has_pid || offline,
+                   offline ? 0 : pid, start))
+        goto db;
+    sqlite3_stmt *st = offline ? store_stmt(&h->store, end) : NULL;
+    if (offline) {
+        if (!st) goto db;
+        store_bind(st, 1, agent);
+        if (store_done(&h->store, st)) goto db;
+    }
+    HubPresence p;
+    if (hub_pr_get(h, agent, &p)) goto db;
+    hub_ok(r, 200);
+    buf_adds(&r->body, "{\"agent_id\":");
+    json_strs(&r->body, agent);
+    buf_addc(&r->body, ',');
+    hub_pr_emit(&r->body, &p);
+    buf_addf(&r->body, ",\"live\":%s,\"pid\":", p.live ? "true" : "false");
+    hub_rc_id(&r->body, p.pid);
+    buf_adds(&r->body, "}");
+    hub_ok_end(r);
+    goto done;
+db:
+    hub_db_fail(h, r);
+done:
+    buf_free(&state);
+}
+
+/* GET /v1/presence[?agent_id=A] (§17.5): every agent the hub has heard
+ * of, live or not, with its state and since when. */
+static void hub_pr_list(Hub *h, Req *q, Res *r) {
+    static const char all[] = "SELECT agent_id FROM arc_presence UNION"
+        " SELECT agent_id FROM sessions WHERE active=1 ORDER BY 1";
+    int err = 0;
+    char *only = hub_qdup(q, r, "agent_id", &err);
+    if (err) return;
+    sqlite3_stmt *st = only ? NULL : store_stmt(&h->store, all);
+    char **ids = NULL;
+    int n = 0, cap = 0;
+    if (only) {
+        ids = vec_grow(ids, &cap, sizeof *ids);
+        ids[n++] = only;   /* hand-off: freed with the list */
+    } else if (!st) {
+        goto db;
+    }
+    while (st && sqlite3_step(st) == SQLITE_ROW) {
+        if (n == cap) ids = vec_grow(ids, &cap, sizeof *ids);
+        Str a = store_col(st, 0);
+        ids[n++] = xstrndup(a.p ? a.p : "", a.n);
+    }
+    if (st) sqlite3_reset(st);
+    hub_ok(r, 200);
+    buf_addc(&r->body, '[');
+    for (int i = 0; i < n; i++) {
+        HubPresence p;
+        if (hub_pr_get(h, str_c(ids[i]), &p)) goto db;
+        buf_adds(&r->body, i ? ",{\"agent_id\":" : "{\"agent_id\":");
+        json_cstr(&r->body, ids[i]);
+        buf_addc(&r->body, ',');
+        hub_pr_emit(&r->body, &p);
+        buf_addf(&r->body, ",\"live\":%s,\"pid\":", p.live ? "true" : "false");
+        hub_rc_id(&r->body, p.pid);
+        buf_addc(&r->body, '}');
+    }
+    buf_addc(&r->body, ']');
+    hub_ok_end(r);
+    goto done;
+db:
+    hub_db_fail(h, r);
+done:
+    for (int i = 0; i < n; i++) free(ids[i]);
+    free(ids);
+}
+
+/* GET /v1/agents?presence=1: each live session with its agent's state
+ * and state_since (§17.5), beside the v1 fields. */
+static int hub_pr_sessions(Hub *h, Buf *b, sqlite3_stmt *st) {
+    Buf row = { 0 };
+    int n = 0, rc;
+    buf_addc(b, '[');
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        HubPresence p;
+        buf_reset(&row);
+        store_emit_session(&h->store, &row, st);
+        Str agent = store_col(st, 1);
+        char *a = xstrndup(agent.p ? agent.p : "", agent.n);
+        row.len--;   /* the closing brace: the state goes in */
+        buf_addc(&row, ',');
+        int bad = hub_pr_get(h, str_c(a), &p);   /* other statements: st stays */
+        free(a);
+        if (bad) break;
+        hub_pr_emit(&row, &p);
+        buf_addc(&row, '}');
+        if (n++) buf_addc(b, ',');
+        buf_addstr(b, buf_str(&row));
+    }
+    buf_addc(b, ']');
+    sqlite3_reset(st);
+    buf_free(&row);
+    return rc == SQLITE_DONE ? n : -1;
+}
+
+/* ---- receipts ---- */
+
+/* A receipt row's columns, for hub_rc_emit. */
+#define RC_COLS "d.message_id,d.agent_id,d.reason,d.via,d.surfaced_at,r.read_at," \
+    "r.read_via,r.acked_at,r.answered_at,r.answered_by,w.kind,w.since_at," \
+    "w.escalated_at,m.ts"
+#define RC_FROM " FROM arc_delivery d JOIN messages m ON m.id=d.message_id" \
+    " LEFT JOIN arc_receipts r ON r.message_id=d.message_id AND" \
+    " r.agent_id=d.agent_id LEFT JOIN arc_waiting w ON" \
+    " w.message_id=d.message_id AND w.agent_id=d.agent_id"
+
+/* One receipt (PROTOCOL §17.2) from a row of RC_COLS: its times, the
+ * furthest state reached, the recipient's presence, and a summary line
+ * ("queued — recipient offline since ..."). Returns 0 or -1. */
+static int hub_rc_emit(Hub *h, Buf *b, sqlite3_stmt *st) {
+    static const char *const names[] = { "surfaced_via", "surfaced_at", "read_at",
+        "read_via", "acked_at", "answered_at" };
+    Str c[14];
+    for (int i = 0; i < 14; i++) c[i] = store_col(st, i);
+    const char *state = c[8].p ? "answered" : c[7].p ? "acked" : c[5].p ? "read"
+                      : c[3].p ? "surfaced" : "queued";
+    char *agent = xstrndup(c[1].p ? c[1].p : "", c[1].n);
+    buf_addf(b, "{\"message_id\":%lld,\"agent_id\":",
+             (long long)sqlite3_column_int64(st, 0));
+    json_strs(b, c[1]);
+    buf_adds(b, ",\"reason\":");
+    store_emit_text(b, c[2]);
+    buf_addf(b, ",\"state\":\"%s\",\"queued_at\":", state);
+    store_emit_text(b, c[13]);
+    for (int i = 0; i < 6; i++) {
+        buf_addf(b, ",\"%s\":", names[i]);
+        store_emit_text(b, c[i + 3]);
+    }
+    int64_t by = sqlite3_column_type(st, 9) == SQLITE_NULL ? -1
+                                                           : sqlite3_column_int64(st, 9);
+    buf_adds(b, ",\"answered_by\":");
+    hub_rc_id(b, by > 0 ? by : 0);
+    buf_adds(b, ",\"waiting\":");
+    store_emit_text(b, c[10]);
+    buf_adds(b, ",\"escalated_at\":");
+    store_emit_text(b, c[12]);
+    Buf sum = { 0 };
+    if (!strcmp(state, "queued")) buf_adds(&sum, "queued");
+    else if (!strcmp(state, "surfaced"))
+        buf_addf(&sum, "surfaced via %.*s at %.*s", (int)c[3].n, c[3].p, (int)c[4].n,
+                 c[4].p ? c[4].p : "");
+    else if (!strcmp(state, "read"))
+        buf_addf(&sum, "read at %.*s", (int)c[5].n, c[5].p);
+    else if (!strcmp(state, "acked"))
+        buf_addf(&sum, "acked at %.*s", (int)c[7].n, c[7].p);
+    else
+        buf_addf(&sum, "answered by #%lld at %.*s", (long long)by, (int)c[8].n, c[8].p);
+    HubPresence p;   /* after the columns: it runs other statements */
+    int rc = hub_pr_get(h, str_c(agent), &p);
+    if (!rc) {
+        buf_adds(b, ",\"recipient\":{");
+        hub_pr_emit(b, &p);
+        buf_addc(b, '}');
+        if (!strcmp(state, "queued") && !strcmp(p.state, "offline")) {
+            if (p.since[0]) buf_addf(&sum, " — recipient offline since %s", p.since);
+            else buf_adds(&sum, " — recipient never seen");
+        }
+    }
+    buf_adds(b, ",\"summary\":");
+    json_strs(b, buf_str(&sum));
+    buf_addc(b, '}');
+    buf_free(&sum);
+    free(agent);
+    return rc;
+}
+
+/* Emit the receipts st yields (RC_COLS rows) as a JSON array. Rows are
+ * taken out first: hub_rc_emit runs other statements. Returns the count,
+ * or -1 on a database error. */
+static int hub_rc_emit_all(Hub *h, Buf *b, sqlite3_stmt *st) {
+    typedef struct { int64_t id; char *agent; } Key;
+    static const char one[] = "SELECT " RC_COLS RC_FROM
+        " WHERE d.message_id=?1 AND d.agent_id=?2";
+    Key *keys = NULL;
+    int n = 0, cap = 0, out = 0, rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) keys = vec_grow(keys, &cap, sizeof *keys);
+        Str a = store_col(st, 1);
+        keys[n].id = sqlite3_column_int64(st, 0);
+        keys[n++].agent = xstrndup(a.p ? a.p : "", a.n);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) out = -1;
+    buf_addc(b, '[');
+    for (int i = 0; i < n && out >= 0; i++) {
+        sqlite3_stmt *s1 = store_stmt(&h->store, one);
+        if (!s1) { out = -1; break; }
+        sqlite3_bind_int64(s1, 1, keys[i].id);
+        store_bind_c(s1, 2, keys[i].agent);
+        if (sqlite3_step(s1) != SQLITE_ROW) { sqlite3_reset(s1); continue; }
+        if (out) buf_addc(b, ',');
+        int bad = hub_rc_emit(h, b, s1);   /* it reads s1 first, then queries */
+        sqlite3_reset(s1);
+        out = bad ? -1 : out + 1;
+    }
+    buf_addc(b, ']');
+    for (int i = 0; i < n; i++) free(keys[i].agent);
+    free(keys);
+    return out;
+}
+
+/* The message id in the path of /v1/messages/{id}/...; 0, or -1 with r
+ * failed (404) when no such message exists. */
+static int hub_rc_message(Hub *h, Req *q, Res *r, int64_t *id) {
+    sqlite3_stmt *st;
+    if (parse_int_text(buf_str(&q->arg), id) || *id < 1 ||
+        !(st = store_stmt(&h->store, "SELECT 1 FROM messages WHERE id=?1"))) {
+        hub_fail(r, 404, "message not found");
+        return -1;
+    }
+    sqlite3_bind_int64(st, 1, *id);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    if (found) return 0;
+    hub_fail(r, 404, "message not found");
+    return -1;
+}
+
+/* GET /v1/messages/{id}/receipts (PROTOCOL §17.2). */
+static void hub_rc_receipts(Hub *h, Req *q, Res *r) {
+    static const char sql[] = "SELECT " RC_COLS RC_FROM " WHERE d.message_id=?1"
+        " AND d.reason IN " ARC_RC_REASONS " ORDER BY d.agent_id";
+    int64_t id;
+    if (hub_rc_message(h, q, r, &id) || hub_dl_sync(h, q, r)) return;
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) { hub_db_fail(h, r); return; }
+    sqlite3_bind_int64(st, 1, id);
+    hub_ok(r, 200);
+    buf_addf(&r->body, "{\"message_id\":%lld,\"receipts\":", (long long)id);
+    if (hub_rc_emit_all(h, &r->body, st) < 0) { hub_db_fail(h, r); return; }
+    buf_addc(&r->body, '}');
+    hub_ok_end(r);
+}
+
+/* POST /v1/messages/{id}/ack {"agent_id": A} (PROTOCOL §17.3): A, a
+ * recipient, acknowledges the message (and so has read it); idempotent:
+ * the first ack's time stays. Answers A's receipt. */
+static void hub_rc_ack(Hub *h, Req *q, Res *r) {
+    static const char is_rcpt[] = "SELECT 1 FROM arc_delivery WHERE agent_id=?1"
+        " AND message_id=?2 AND reason IN " ARC_RC_REASONS;
+    static const char ack[] =
+        "INSERT INTO arc_receipts(message_id,agent_id,read_at,read_via,acked_at)"
+        " VALUES(?2,?1,?3,'ack',?3) ON CONFLICT(message_id,agent_id) DO UPDATE SET"
+        " read_at=coalesce(read_at,excluded.read_at),"
+        " read_via=coalesce(read_via,excluded.read_via),"
+        " acked_at=coalesce(acked_at,excluded.acked_at)";
+    static const char unwait[] = "DELETE FROM arc_waiting WHERE agent_id=?1"
+        " AND message_id=?2 AND kind='ack'";
+    static const char one[] = "SELECT " RC_COLS RC_FROM
+        " WHERE d.agent_id=?1 AND d.message_id=?2";
+    Buf agent = { 0 };
+    int64_t id;
+    char now[ISO_LEN];
+    sqlite3_stmt *st;
+    if (hub_str(q, r, "agent_id", 1, &agent) < 0 || hub_rc_message(h, q, r, &id) ||
+        hub_tx(h, q, r) || hub_dl_sync(h, q, r))
+        goto done;
+    if (!(st = store_stmt(&h->store, is_rcpt))) goto db;
+    store_bind(st, 1, buf_str(&agent));
+    sqlite3_bind_int64(st, 2, id);
+    int rcpt = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_reset(st);
+    if (!rcpt) {
+        hub_fail(r, 409, "%s is not a recipient of message %lld (only a DM's "
+                 "to_agent, a request's addressee or a mentioned agent acks)",
+                 buf_cstr(&agent), (long long)id);
+        goto done;
+    }
+    hub_now(now);
+    static const char *const steps[] = { ack, unwait };
+    for (int i = 0; i < 2; i++) {
+        if (!(st = store_stmt(&h->store, steps[i]))) goto db;
+        store_bind(st, 1, buf_str(&agent));
+        sqlite3_bind_int64(st, 2, id);
+        if (i == 0) store_bind_c(st, 3, now);
+        if (store_done(&h->store, st)) goto db;
+    }
+    hub_touch(h, q, r, buf_str(&agent));
+    if (!(st = store_stmt(&h->store, one))) goto db;
+    store_bind(st, 1, buf_str(&agent));
+    sqlite3_bind_int64(st, 2, id);
+    if (sqlite3_step(st) != SQLITE_ROW) { sqlite3_reset(st); goto db; }
+    hub_ok(r, 200);
+    int bad = hub_rc_emit(h, &r->body, st);
+    sqlite3_reset(st);
+    if (bad) goto db;
+    hub_ok_end(r);
+    goto done;
+db:
+    hub_db_fail(h, r);
+done:
+    buf_free(&agent);
+}
+
+/* Reads that mark receipts read (PROTOCOL §17.2): the inbox of A (its
+ * own view, so the reader is A) ascending or its tail, and a thread read
+ * with agent_id=A. Each selects the unread receipts of A among the `n`
+ * messages the read returned: the same query the read ran, limited to n. */
+#define RC_UNREAD(ids) "SELECT d.message_id FROM arc_delivery d WHERE" \
+    " d.agent_id=?1 AND d.reason IN " ARC_RC_REASONS " AND d.message_id IN" \
+    " (" ids ") AND NOT EXISTS(SELECT 1 FROM arc_receipts x WHERE" \
+    " x.message_id=d.message_id AND x.agent_id=?1 AND x.read_at IS NOT NULL)"
+enum { RC_READ_INBOX, RC_READ_INBOX_TAIL, RC_READ_THREAD };
+static const char *const hub_rc_unread_sql[] = {
+    RC_UNREAD("SELECT id FROM messages WHERE to_agent=?1 AND id>?2 ORDER BY id"
+              " LIMIT ?3"),
+    RC_UNREAD("SELECT id FROM messages WHERE to_agent=?1 ORDER BY id DESC LIMIT ?3"),
+    RC_UNREAD("SELECT id FROM messages WHERE thread_id=?4 AND id>?2 ORDER BY id"
+              " LIMIT ?3"),
+};
+
+/* After a read that returned n messages: mark agent's unread receipts
+ * among them read, through `via`. Best effort: a failure is logged and
+ * the read answered all the same. */
+static void hub_rc_read(Hub *h, Req *q, int which, Str agent, Str thread,
+                        int64_t since, int n) {
+    static const char mark[] =
+        "INSERT INTO arc_receipts(message_id,agent_id,read_at,read_via)"
+        " VALUES(?1,?2,?3,?4) ON CONFLICT(message_id,agent_id) DO UPDATE SET"
+        " read_at=excluded.read_at,read_via=excluded.read_via"
+        " WHERE read_at IS NULL";
+    int64_t *ids = NULL;
+    int k = 0, cap = 0;
+    Res scratch = { 0 };   /* a failure here must not fail the read */
+    if (n <= 0 || !agent.n) return;
+    sqlite3_stmt *st = store_stmt(&h->store, hub_rc_unread_sql[which]);
+    if (!st) goto done;
+    store_bind(st, 1, agent);
+    sqlite3_bind_int64(st, 2, since);
+    sqlite3_bind_int(st, 3, n);
+    store_bind(st, 4, thread);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if (k == cap) ids = vec_grow(ids, &cap, sizeof *ids);
+        ids[k++] = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_reset(st);
+    if (!k || hub_tx(h, q, &scratch)) goto done;
+    char now[ISO_LEN];
+    hub_now(now);
+    for (int i = 0; i < k; i++) {
+        if (!(st = store_stmt(&h->store, mark))) break;
+        sqlite3_bind_int64(st, 1, ids[i]);
+        store_bind(st, 2, agent);
+        store_bind_c(st, 3, now);
+        store_bind_c(st, 4, which == RC_READ_THREAD ? "thread" : "inbox");
+        if (store_done(&h->store, st)) break;
+    }
+done:
+    free(ids);
+    buf_free(&scratch.body);
+}
+
+/* ---- unanswered: what still waits, and its escalation (§17.4) ---- */
+
+/* GET /v1/unanswered[?agent_id=A][&from_agent=F][&older_than=SEC][&limit=N]:
+ * requests and ack-required messages still waiting, oldest first; A: the
+ * agent that owes the answer, F: the one who asked. */
+static void hub_rc_unanswered(Hub *h, Req *q, Res *r) {
+    static const char sql[] = "SELECT w.message_id,w.agent_id,w.kind,w.since_at,"
+        "w.escalated_at,m.from_agent FROM arc_waiting w JOIN messages m"
+        " ON m.id=w.message_id WHERE (?1 IS NULL OR w.agent_id=?1)"
+        " AND (?2 IS NULL OR m.from_agent=?2) AND w.since_at<=?3"
+        " AND (w.kind<>'request' OR EXISTS(SELECT 1 FROM tasks t"
+        " WHERE t.task_id=w.message_id AND t.status='open'))"
+        " ORDER BY w.since_at,w.message_id,w.agent_id LIMIT ?4";
+    int err = 0;
+    int64_t older = 0, limit = 100;
+    char *agent = hub_qdup(q, r, "agent_id", &err);
+    char *from = err ? NULL : hub_qdup(q, r, "from_agent", &err);
+    if (err || hub_qint(q, r, "older_than", 0, &older) ||
+        hub_qint(q, r, "limit", 100, &limit))
+        goto done;
+    if (older < 0 || limit < 1) {
+        hub_fail(r, 400, "older_than must be >= 0 and limit at least 1");
+        goto done;
+    }
+    if (limit > ARC_MAX_LIMIT) limit = ARC_MAX_LIMIT;
+    if (older > 86400LL * 3650) older = 86400LL * 3650;
+    if (hub_dl_sync(h, q, r)) goto done;
+    char cutoff[ISO_LEN];
+    int64_t now_us = clock_wall_us();
+    iso_format(now_us - older * 1000000, cutoff);
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) goto db;
+    store_bind_c(st, 1, agent);
+    store_bind_c(st, 2, from);
+    store_bind_c(st, 3, cutoff);
+    sqlite3_bind_int64(st, 4, limit);
+    typedef struct { int64_t id; char *agent, *kind, *since, *esc, *from; } Item;
+    Item *it = NULL;
+    int n = 0, cap = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        if (n == cap) it = vec_grow(it, &cap, sizeof *it);
+        char **f[] = { &it[n].agent, &it[n].kind, &it[n].since, &it[n].esc, &it[n].from };
+        it[n].id = sqlite3_column_int64(st, 0);
+        for (int i = 0; i < 5; i++) {
+            Str v = store_col(st, i + 1);
+            *f[i] = v.p ? xstrndup(v.p, v.n) : NULL;
+        }
+        n++;
+    }
+    sqlite3_reset(st);
+    hub_ok(r, 200);
+    buf_addc(&r->body, '[');
+    for (int i = 0; i < n; i++) {
+        int64_t at = 0;
+        iso_parse(str_c(it[i].since), &at);
+        buf_addf(&r->body, "%s{\"message_id\":%lld,\"agent_id\":", i ? "," : "",
+                 (long long)it[i].id);
+        json_cstr(&r->body, it[i].agent);
+        buf_adds(&r->body, ",\"from_agent\":");
+        store_emit_text(&r->body, str_c(it[i].from));
+        buf_adds(&r->body, ",\"waiting\":");
+        json_cstr(&r->body, it[i].kind);
+        buf_adds(&r->body, ",\"since\":");
+        json_cstr(&r->body, it[i].since);
+        buf_addf(&r->body, ",\"age_sec\":%lld,\"escalated_at\":",
+                 (long long)((now_us - at) / 1000000));
+        store_emit_text(&r->body, str_c(it[i].esc));
+        buf_adds(&r->body, ",\"message\":");
+        store_emit_message_id(&h->store, &r->body, it[i].id);
+        buf_addc(&r->body, '}');
+    }
+    buf_addc(&r->body, ']');
+    hub_ok_end(r);
+    for (int i = 0; i < n; i++)
+        free(it[i].agent), free(it[i].kind), free(it[i].since), free(it[i].esc),
+            free(it[i].from);
+    free(it);
+    goto done;
+db:
+    hub_db_fail(h, r);
+done:
+    free(agent);
+    free(from);
+}
+
+/* Post the one escalation notice of message id (§17.4): to the escalation
+ * channel, replying to the message (so its author is told, §16.2), naming
+ * and mentioning every recipient it still waits for. Requests whose task
+ * is no longer open stop waiting instead. Returns 0 or -1 (r failed). */
+static int hub_rc_escalate_one(Hub *h, Req *q, Res *r, int64_t id, const char *now) {
+    static const char closed[] = "DELETE FROM arc_waiting WHERE message_id=?1"
+        " AND kind='request' AND NOT EXISTS(SELECT 1 FROM tasks"
+        " WHERE task_id=?1 AND status='open')";
+    static const char who[] = "SELECT w.agent_id,w.kind,w.since_at,m.from_agent,"
+        "m.kind FROM arc_waiting w JOIN messages m ON m.id=w.message_id"
+        " WHERE w.message_id=?1 AND w.escalated_at IS NULL ORDER BY w.agent_id";
+    static const char done_sql[] = "UPDATE arc_waiting SET escalated_at=?2"
+        " WHERE message_id=?1 AND escalated_at IS NULL";
+    static const char chan[] = "INSERT OR IGNORE INTO channels VALUES(?1,?2,'system','{}')";
+    Buf names = { 0 }, list = { 0 }, from = { 0 }, kind = { 0 }, since = { 0 };
+    Buf body = { 0 }, meta = { 0 };
+    int rc = -1, n = 0, ack = 0;
+    sqlite3_stmt *st = store_stmt(&h->store, closed);
+    if (!st) goto done;
+    sqlite3_bind_int64(st, 1, id);
+    if (store_done(&h->store, st) || !(st = store_stmt(&h->store, who))) goto done;
+    sqlite3_bind_int64(st, 1, id);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        Str a = store_col(st, 0);
+        buf_adds(&names, n ? ", @" : "@");
+        buf_addstr(&names, a);
+        buf_addc(&list, n ? ',' : '[');
+        json_strs(&list, a);
+        if (!n++) {
+            ack = str_eq(store_col(st, 1), "ack");
+            buf_addstr(&since, store_col(st, 2));
+            buf_addstr(&from, store_col(st, 3));
+            buf_addstr(&kind, store_col(st, 4));
+        }
+    }
+    sqlite3_reset(st);
+    if (!n) { rc = 0; goto done; }
+    buf_addc(&list, ']');
+    if (!(st = store_stmt(&h->store, done_sql))) goto done;
+    sqlite3_bind_int64(st, 1, id);
+    store_bind_c(st, 2, now);
+    if (store_done(&h->store, st)) goto done;
+    if (!sqlite3_changes(h->store.db)) { rc = 0; goto done; }   /* another hub did */
+    if (!(st = store_stmt(&h->store, chan))) goto done;
+    store_bind_c(st, 1, h->cfg.escalate_channel);
+    store_bind_c(st, 2, now);
+    if (store_done(&h->store, st)) goto done;
+    int64_t after = h->cfg.escalate_after_s;
+    buf_addf(&body, "Unanswered after %lld %s: %s ", (long long)(after >= 120 ? after / 60 : after),
+             after >= 120 ? "min" : "s", buf_cstr(&names));
+    buf_addf(&body, "%s not %s %s's %s #%lld.", n == 1 ? "has" : "have",
+             ack ? "acknowledged" : "answered", buf_cstr(&from), buf_cstr(&kind),
+             (long long)id);
+    buf_addf(&meta, "{\"escalation\":true,\"message_id\":%lld,\"from_agent\":",
+             (long long)id);
+    json_strs(&meta, buf_str(&from));
+    buf_adds(&meta, ",\"waiting_on\":");
+    buf_addstr(&meta, buf_str(&list));
+    buf_addf(&meta, ",\"waiting\":\"%s\",\"since\":", ack ? "ack" : "request");
+    json_strs(&meta, buf_str(&since));
+    buf_addc(&meta, '}');
+    rc = hub_post_system(h, q, r, str_c(h->cfg.escalate_channel), buf_str(&body), id,
+                         (Str){ NULL, 0 }, buf_cstr(&meta));
+done:
+    if (rc && r->status < 400) hub_db_fail(h, r);
+    buf_free(&names), buf_free(&list), buf_free(&from), buf_free(&kind);
+    buf_free(&since), buf_free(&body), buf_free(&meta);
+    return rc;
+}
+
+/* The escalation check (§17.4): post one notice for each message that
+ * waited escalate_after seconds, a batch at a time, then set the next
+ * check for when the oldest wait still unescalated comes due. */
+static void hub_rc_escalate(Hub *h, Req *q, Res *r) {
+    static const char due_sql[] = "SELECT message_id FROM arc_waiting"
+        " WHERE escalated_at IS NULL AND since_at<=?1 ORDER BY since_at LIMIT ?2";
+    static const char next_sql[] =
+        "SELECT min(since_at) FROM arc_waiting WHERE escalated_at IS NULL";
+    int64_t after = h->cfg.escalate_after_s, ids[ARC_RC_BATCH];
+    int n = 0;
+    h->rc_due_ms = clock_ms() + ARC_RC_IDLE_MS;
+    if (after <= 0) {
+        h->rc_due_ms = INT64_MAX;
+        return;
+    }
+    char now[ISO_LEN], cutoff[ISO_LEN];
+    int64_t wall = clock_wall_us();
+    iso_format(wall, now);
+    iso_format(wall - after * 1000000, cutoff);
+    sqlite3_stmt *st = store_stmt(&h->store, due_sql);
+    if (!st) return;
+    store_bind_c(st, 1, cutoff);
+    sqlite3_bind_int(st, 2, ARC_RC_BATCH);
+    while (n < ARC_RC_BATCH && sqlite3_step(st) == SQLITE_ROW) {
+        int64_t id = sqlite3_column_int64(st, 0);
+        int seen = 0;
+        for (int i = 0; i < n; i++) seen |= ids[i] == id;
+        if (!seen) ids[n++] = id;
+    }
+    sqlite3_reset(st);
+    for (int i = 0; i < n; i++)
+        if ((i == 0 && hub_tx(h, q, r)) || hub_rc_escalate_one(h, q, r, ids[i], now)) {
+            h->rc_due_ms = clock_ms() + ARC_PR_CHECK_MS;   /* busy: retry soon */
+            return;
+        }
+    if (n == ARC_RC_BATCH) {
+        h->rc_due_ms = clock_ms();   /* more are due: the next turn goes on */
+        return;
+    }
+    if (!(st = store_stmt(&h->store, next_sql))) return;
+    int64_t oldest;
+    if (sqlite3_step(st) == SQLITE_ROW && iso_parse(store_col(st, 0), &oldest) == 0) {
+        int64_t wait_ms = (oldest + after * 1000000 - wall) / 1000 + 1;
+        if (wait_ms < ARC_RC_IDLE_MS) h->rc_due_ms = clock_ms() + (wait_ms > 0 ? wait_ms : 0);
+    }
+    sqlite3_reset(st);
+}
+
+/* The receipts timer's work, whichever part is due: the pid check and
+ * the escalation check. */
+static void hub_rc_tick(Hub *h, Req *q, Res *r) {
+    int64_t now = clock_ms();
+    if (h->pr_check_ms && now >= h->pr_check_ms) hub_pr_check(h, q, r);
+    if (r->status < 400 && now >= h->rc_due_ms) hub_rc_escalate(h, q, r);
+}
+
+/* When the receipts timer runs next (clock_ms): the loop asks. */
+static int64_t hub_rc_next_ms(const Hub *h) {
+    int64_t t = h->rc_due_ms;
+    if (h->pr_check_ms && h->pr_check_ms < t) t = h->pr_check_ms;
+    return t;
+}
+
+/* The digest a registration asked for (?digest=1, PROTOCOL §17.6): when
+ * the agent was last heard (null: it was live, or never seen) and what it
+ * is owed, oldest first, marking nothing. Appended to b as a member. */
+static int hub_rc_digest(Hub *h, Buf *b, Str agent, const HubPresence *away) {
+    int64_t owed = hub_dl_owed(h, agent);
+    if (owed < 0) return -1;
+    buf_adds(b, ",\"digest\":{\"away_since\":");
+    if (!strcmp(away->state, "offline") && away->since[0]) json_cstr(b, away->since);
+    else buf_adds(b, "null");
+    buf_addf(b, ",\"owed\":%lld,\"items\":", (long long)owed);
+    if (hub_dl_items(h, agent, 50, 65536, NULL, b) < 0) return -1;
+    buf_addc(b, '}');
+    return 0;
 }
 
 /* ---- messages ---- */
@@ -5957,7 +6971,7 @@ static void hub_get_thread(Hub *h, Req *q, Res *r) {
     Str tid = buf_str(&q->arg);
     ThreadInfo ti;
     int64_t since;
-    int more = 0;
+    int more = 0, n_msgs = 0;
     if (hub_qint(q, r, "since_id", 0, &since)) return;
     if (since < 0) {
         hub_fail(r, 400, "since_id must be >= 0");
@@ -5983,13 +6997,18 @@ static void hub_get_thread(Hub *h, Req *q, Res *r) {
         store_bind(st, 1, tid);
         buf_addf(&r->body, ",\"%s\":", names[i]);
         if (i == 0) sqlite3_bind_int64(st, 2, since);
-        if ((i == 0 ? hub_emit_page(h, &r->body, st, 0, &more)
-                    : store_emit_rows(&h->store, &r->body, st, emits[i])) < 0)
-            { hub_db_fail(h, r); return; }
+        int n = i == 0 ? hub_emit_page(h, &r->body, st, 0, &more)
+                       : store_emit_rows(&h->store, &r->body, st, emits[i]);
+        if (n < 0) { hub_db_fail(h, r); return; }
+        if (i == 0) n_msgs = n;
     }
     buf_addc(&r->body, '}');
     if (more) buf_adds(&r->body, ",\"more\":true");
     hub_ok_end(r);
+    Buf who = { 0 };   /* ?agent_id=A: A read these (§17.2) */
+    if (http_query_get(q->query, "agent_id", &who) > 0 && !memchr(who.p, 0, who.len))
+        hub_rc_read(h, q, RC_READ_THREAD, buf_str(&who), tid, since, n_msgs);
+    buf_free(&who);
 }
 
 /* ---- sessions, agents, channels ---- */
@@ -6024,6 +7043,9 @@ static void hub_create_session(Hub *h, Req *q, Res *r) {
     if (hub_meta(h, q, r, &meta)) goto done;
     v = json_get_val(j, 0, "replace");
     int replace = v && json_truthy(j, v);
+    int digest = hub_qbool(q, "digest");   /* PROTOCOL §17.6 */
+    HubPresence before;
+    if (hub_pr_get(h, buf_str(&agent), &before)) goto db;
     if (hub_tx(h, q, r)) goto done;
     sqlite3_stmt *st = store_stmt(&h->store, hub_active_session_sql);
     if (!st) goto db;
@@ -6059,6 +7081,9 @@ static void hub_create_session(Hub *h, Req *q, Res *r) {
     store_bind_c(st, 6, now);
     store_bind_c(st, 7, now);
     if (store_done(&h->store, st)) goto db;
+    if (hub_pr_register(h, q, r, buf_str(&agent), &before) ||
+        (digest && hub_dl_sync(h, q, r)))
+        goto done;
     hub_ok(r, 201);
     Buf *b = &r->body;
     buf_adds(b, "{\"session_id\":");
@@ -6075,7 +7100,9 @@ static void hub_create_session(Hub *h, Req *q, Res *r) {
     json_cstr(b, now);
     buf_adds(b, ",\"last_seen\":");
     json_cstr(b, now);
-    buf_adds(b, ",\"active\":true}");
+    buf_adds(b, ",\"active\":true");
+    if (digest && hub_rc_digest(h, b, buf_str(&agent), &before)) goto db;
+    buf_addc(b, '}');
     hub_ok_end(r);
     goto done;
 db:
@@ -6133,6 +7160,10 @@ static void hub_delete_session(Hub *h, Req *q, Res *r) {
         hub_fail(r, 404, "session not found");
         return;
     }
+    if (hub_pr_gone(h, buf_cstr(&q->arg), (Str){ NULL, 0 })) {   /* §17.5 */
+        hub_db_fail(h, r);
+        return;
+    }
     hub_ok(r, 200);
     buf_adds(&r->body, "{\"session_id\":");
     json_strs(&r->body, buf_str(&q->arg));
@@ -6160,7 +7191,9 @@ static void hub_list_agents(Hub *h, Req *q, Res *r) {
     if (!st) { hub_db_fail(h, r); goto done; }
     if (cap) store_bind_c(st, 1, cap);
     hub_ok(r, 200);
-    if (store_emit_rows(&h->store, &r->body, st, store_emit_session) < 0)
+    if ((hub_qbool(q, "presence")   /* PROTOCOL §17.5: state, state_since */
+             ? hub_pr_sessions(h, &r->body, st)
+             : store_emit_rows(&h->store, &r->body, st, store_emit_session)) < 0)
         hub_db_fail(h, r);
     else
         hub_ok_end(r);
@@ -6495,12 +7528,16 @@ static void hub_get_inbox(Hub *h, Req *q, Res *r) {
     sqlite3_bind_int64(st, 2, since);
     sqlite3_bind_int(st, 3, limit);
     hub_ok(r, 200);
-    if (hub_emit_page(h, &r->body, st, tail, &more) < 0) {
+    int n = hub_emit_page(h, &r->body, st, tail, &more);
+    if (n < 0) {
         hub_db_fail(h, r);
         return;
     }
     if (more) buf_adds(&r->body, ",\"more\":true");
     hub_ok_end(r);
+    /* The inbox is its agent's own view: reading it is reading (§17.2). */
+    hub_rc_read(h, q, tail ? RC_READ_INBOX_TAIL : RC_READ_INBOX, buf_str(&q->arg),
+                (Str){ NULL, 0 }, since, n);
 }
 
 /* GET /v1/stream (PROTOCOL §7.27): validate, then hand the filter to the
@@ -7080,7 +8117,8 @@ static const char hub_features[] =
     "\"capability_filter\",\"shutdown_control\",\"session_rename\","
     "\"arc:origin_check\""
     ",\"arc:kv\",\"arc:task_deps\",\"arc:deep_rollup\",\"arc:search\""
-    ",\"arc:delivery\"";
+    ",\"arc:delivery\""
+    ",\"arc:receipts\",\"arc:presence\"";
 
 /* GET /v1/hub-info (PROTOCOL §7.9): limits, features, storage. */
 static void hub_info(Hub *h, Req *q, Res *r) {
@@ -7912,6 +8950,11 @@ static const Route hub_routes[] = {
     { "GET", "/v1/delivery/*", hub_delivery_peek },
     { "POST", "/v1/delivery/*/take", hub_delivery_take },
     { "POST", "/v1/delivery/*/nudge", hub_delivery_nudge },
+    { "POST", "/v1/messages/#/ack", hub_rc_ack },
+    { "GET", "/v1/messages/#/receipts", hub_rc_receipts },
+    { "GET", "/v1/unanswered", hub_rc_unanswered },
+    { "POST", "/v1/agents/*/state", hub_pr_post },
+    { "GET", "/v1/presence", hub_pr_list },
 };
 
 /* Match path against pattern; on a wildcard, decode the segment into arg.
@@ -10142,6 +11185,10 @@ static void timer_shutdown(Loop *l, Req *q, Res *r) { hub_shutdown_fire(l->hub, 
  * the turn's requests, until it is done (PROTOCOL §15). */
 static void timer_search(Loop *l, Req *q, Res *r) { hub_search_tick(l->hub, q, r); }
 
+/* Unanswered messages past their age, agents whose process is gone: the
+ * model keeps when each is due (hub_rc_next_ms, PROTOCOL §17.4-§17.5). */
+static void timer_receipts(Loop *l, Req *q, Res *r) { hub_rc_tick(l->hub, q, r); }
+
 static int64_t loop_tick_ms(Loop *l) {
     int64_t t = l->hub->cfg.presence_ttl_s / 3;
     return (t < 1 ? 1 : t) * 1000;
@@ -10201,6 +11248,7 @@ static void loop_timers(Loop *l) {
     int64_t stop_at = hub_shutdown_at(l->hub);
     if (stop_at && clock_ms() >= stop_at) timer_run(l, timer_shutdown);
     if (hub_search_behind(l->hub)) timer_run(l, timer_search);
+    if (clock_ms() >= hub_rc_next_ms(l->hub)) timer_run(l, timer_receipts);
 }
 
 /* ---- commit and durability ---- */
@@ -10423,6 +11471,7 @@ static int loop_timeout_ms(Loop *l) {
         t = l->next_dv_ms;
     int64_t stop_at = hub_shutdown_at(l->hub);
     if (stop_at && stop_at < t) t = stop_at;
+    if (hub_rc_next_ms(l->hub) < t) t = hub_rc_next_ms(l->hub);   /* §17.4 */
     if (l->accept_pause_until > l->now_ms && l->accept_pause_until < t)
         t = l->accept_pause_until;
     t -= l->now_ms;
@@ -10731,6 +11780,15 @@ static int serve_host_ok(const char *v) {
     return n >= 1 && n <= 255 ? 0 : -1;
 }
 
+/* Is v a plausible --escalate-channel: 1 to 100 bytes, no control
+ * characters (a channel a client could also name)? */
+static int serve_channel_ok(const char *v) {
+    size_t n = strlen(v);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) return -1;
+    return n >= 1 && n <= 100 ? 0 : -1;
+}
+
 static const OptWord serve_sync_words[] = {
     { "full", 1 }, { "normal", 0 }, { NULL, 0 }
 };
@@ -10808,6 +11866,15 @@ static const Opt serve_opts[] = {
       .hi = 86400000, .arg = "N",
       .help = "408 unless a request body is complete this\n"
               "long after its head (default 30000)", .flags = OPT_PASS },
+    { .kind = OPT_TEXT, .help = "receipts (PROTOCOL.md 17):" },
+    { "--escalate-after", OPT_I64, SERVE_OPT(escalate_after_s), .lo = 0,
+      .hi = 86400 * 365, .arg = "SEC",
+      .help = "a request or ack-required message unanswered\n"
+              "this long gets one notice (default 600; 0 never)",
+      .flags = OPT_PASS },
+    { "--escalate-channel", OPT_STR, SERVE_OPT(escalate_channel), .arg = "C",
+      .ok = serve_channel_ok, .bad = "takes a channel name of 1 to 100 characters",
+      .help = "where those notices go (default general)", .flags = OPT_PASS },
     { 0 }
 };
 #undef SERVE_OPT
@@ -10826,7 +11893,8 @@ static void serve_defaults(HubConfig *cfg) {
                         .sync_full = 1, .max_conns = ARC_MAX_CONNS,
                         .idle_ms = ARC_IDLE_MS, .head_ms = ARC_HEAD_MS,
                         .body_ms = ARC_BODY_MS,
-                        .max_kv_value_chars = 65536 };
+                        .max_kv_value_chars = 65536,
+                        .escalate_after_s = 600, .escalate_channel = "general" };
 }
 
 /* Parse the serve options into cfg; exits 0 after --help, 2 on bad usage. */
@@ -11018,6 +12086,7 @@ static int serve_start(Serve *s, int argc, char **argv) {
     s->store_open = 1;
     h->store.busy_budget_ms = ARC_BUSY_TURN_MS;   /* see loop_retry_busy */
     h->fold_behind = store_fold_behind(&h->store);   /* caught up by timer_fold */
+    h->pr_check_ms = 1;   /* pids recorded before a restart: check them once */
     if ((l->listen_fd = serve_listen(cfg->host, cfg->port, &port, err)) < 0) goto done;
     l->wal_watch = serve_watch_wal(&h->store);
     if (pipe(pipefd)) die("pipe: %s", strerror(errno));
@@ -15250,6 +16319,102 @@ done:
     return rc;
 }
 
+/* ---- arc ack, arc receipts, arc unanswered (PROTOCOL §17) ---- */
+
+typedef struct {
+    AgentOpts a;               /* --agent, --base-url, --relay-dir, tokens */
+    const char *id;            /* ack, receipts: the message id */
+    const char *from;          /* unanswered: asked by this agent */
+    int64_t older_than;        /* unanswered: waiting at least this long */
+} ReceiptOpts;
+
+#define RECEIPT_OPT(f) offsetof(ReceiptOpts, f)
+static const Opt receipt_id_opts[] = {
+    { .kind = OPT_ARG, .off = RECEIPT_OPT(id), .arg = "ID", .help = "the message id" },
+    { 0 }
+};
+static const Opt receipt_list_opts[] = {
+    { "--from", OPT_STR, RECEIPT_OPT(from), .arg = "AGENT",
+      .help = "only what AGENT asked (--agent: what it owes)" },
+    { "--older-than", OPT_I64, RECEIPT_OPT(older_than), .lo = 0, .hi = 86400 * 3650,
+      .arg = "SEC", .help = "only what waited at least SEC seconds" },
+    { 0 }
+};
+#undef RECEIPT_OPT
+
+/* arc ack ID --agent A: acknowledge a message as its recipient A and
+ * print A's receipt; arc receipts ID: print every recipient's receipt;
+ * arc unanswered: print what still waits for an answer or an ack, one
+ * JSON item per line, oldest first. None registers the agent. */
+static int cli_receipts(const char *cmd, int argc, char **argv) {
+    static const OptHelp help[] = {
+        { "ack", "usage: arc ack --agent ID [options] MESSAGE_ID\n"
+                 "Acknowledge a message sent to agent ID; print its receipt.\n",
+          "Exit: 0 ok, 1 the hub refused (not a recipient), 2 usage or no hub.\n" },
+        { "receipts", "usage: arc receipts [options] MESSAGE_ID\n"
+                      "Print a message's receipts: per recipient, queued, surfaced\n"
+                      "(and how), read, acked, answered, with times.\n",
+          "Exit: 0 ok, 1 the hub refused (no such message), 2 usage or no hub.\n" },
+        { "unanswered", "usage: arc unanswered [--agent ID] [options]\n"
+                        "Print requests and ack-required messages still waiting,\n"
+                        "one JSON object per line, oldest first; with --agent, only\n"
+                        "those agent ID owes.\n",
+          "Exit: 0 ok, 1 the hub refused, 2 usage or no hub.\n" },
+    };
+    int k = !strcmp(cmd, "ack") ? 0 : !strcmp(cmd, "receipts") ? 1 : 2;
+    ReceiptOpts o = { .a = { .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
+                             .relay_dir = getenv("ARC_RELAY_DIR") } };
+    OptGroup g[] = { { agent_opts, &o.a, NULL, 0 },
+                     { k < 2 ? receipt_id_opts : receipt_list_opts, &o, NULL, 0 } };
+    opt_parse(&help[k], g, 2, argc, argv);
+    if (!o.a.base_url || !*o.a.base_url) o.a.base_url = "http://127.0.0.1:6969";
+    if (o.a.relay_dir && !*o.a.relay_dir) o.a.relay_dir = NULL;
+    if (o.a.agent && !*o.a.agent) o.a.agent = NULL;
+    int64_t id = 0;
+    if (k < 2 && (!o.id || parse_int_text(str_c(o.id), &id) || id < 1)) {
+        fprintf(stderr, "arc %s: MESSAGE_ID must be a message id\n", cmd);
+        return 2;
+    }
+    if (k == 0 && !o.a.agent) {
+        fprintf(stderr, "arc ack: --agent is required (or set ARC_AGENT)\n");
+        return 2;
+    }
+    Client c;
+    char err[ARC_ERRLEN];
+    if (client_url(&c, o.a.base_url, err)) {
+        fprintf(stderr, "arc: %s\n", err);
+        return 2;
+    }
+    c.relay_dir = o.a.relay_dir;
+    c.agent = o.a.agent ? o.a.agent : "cli";   /* the relay's spool name */
+    c.token = o.a.token;
+    Buf path = { 0 }, body = { 0 }, out = { 0 };
+    if (k == 0) {
+        buf_addf(&path, "/v1/messages/%lld/ack", (long long)id);
+        buf_adds(&body, "{\"agent_id\":");
+        json_cstr(&body, o.a.agent);
+        buf_addc(&body, '}');
+    } else if (k == 1) {
+        buf_addf(&path, "/v1/messages/%lld/receipts", (long long)id);
+    } else {
+        buf_addf(&path, "/v1/unanswered?older_than=%lld", (long long)o.older_than);
+        if (o.a.agent) buf_adds(&path, "&agent_id="), cli_pct(&path, o.a.agent);
+        if (o.from) buf_adds(&path, "&from_agent="), cli_pct(&path, o.from);
+    }
+    int rc = agent_call(&c, k == 0 ? "POST" : "GET", path.p,
+                        k == 0 ? buf_str(&body) : (Str){ NULL, 0 }, 15000, &out);
+    if (!rc) agent_print_result(&out, k == 2);
+    buf_free(&path), buf_free(&body), buf_free(&out);
+    client_free(&c);
+    return rc;
+}
+
+static int cmd_ack(int argc, char **argv) { return cli_receipts("ack", argc, argv); }
+static int cmd_receipts(int argc, char **argv) { return cli_receipts("receipts", argc, argv); }
+static int cmd_unanswered(int argc, char **argv) {
+    return cli_receipts("unanswered", argc, argv);
+}
+
 /* ==== smoke: deterministic smoke agents and `arc smoke` =================== */
 
 /* The reference's three roles, step for step, with the same message kinds
@@ -16146,6 +17311,9 @@ static int mcp_register(Client *c, char err[ARC_ERRLEN]) {
         }
         buf_addc(&body, ']');
     }
+    int64_t pstart = 0;   /* the harness: offline the moment it ends (§17.5) */
+    long hpid = proc_harness_pid(&pstart);
+    if (hpid) buf_addf(&body, ",\"pid\":%ld,\"pid_start\":%lld", hpid, (long long)pstart);
     buf_addc(&body, '}');
     int st = mcp_request(c, "POST", "/v1/sessions", buf_str(&body), MCP_HUB_MS,
                          &out, &j, err);
@@ -16781,6 +17949,7 @@ static int mcp_t_thread(McpCtx *x) {
     if (limit < 1) limit = 1;
     buf_adds(&path, "/v1/threads/");
     cli_pct(&path, id.p);
+    agent_qparam(&path, "agent_id", g_mcp.agent);   /* we read it (§17.2) */
     if (mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS)) goto done;
     uint32_t msgs = json_get(&x->j, x->res, "messages");
     buf_reset(&x->data);
@@ -17082,6 +18251,66 @@ done:
     return rc;
 }
 
+/* ---- arc_ack, arc_receipts, arc_unanswered (PROTOCOL §17) ---- */
+
+/* The result as compact JSON text, and as structuredContent under key. */
+static void mcp_rc_answer(McpCtx *x, const char *key) {
+    mcp_data_one(x, key, x->res);   /* the text is this JSON (mcp_call_done) */
+}
+
+/* The message_id argument (required, at least 1); 0 or -1 (x failed). */
+static int mcp_rc_id(McpCtx *x, int64_t *id) {
+    if (mcp_arg_int(x, "message_id", id) > 0 && *id >= 1) return 0;
+    if (!x->failed) mcp_fail(x, "argument message_id is required");
+    return -1;
+}
+
+static int mcp_t_ack(McpCtx *x) {
+    int64_t id;
+    if (mcp_rc_id(x, &id)) return -1;
+    Buf path = { 0 }, body = { 0 };
+    buf_addf(&path, "/v1/messages/%lld/ack", (long long)id);
+    mcp_body_begin(&body, "agent_id");
+    buf_addc(&body, '}');
+    int rc = mcp_hub(x, "POST", path.p, buf_str(&body), MCP_HUB_MS);
+    buf_free(&path), buf_free(&body);
+    if (!rc) mcp_rc_answer(x, "receipt");
+    return rc;
+}
+
+static int mcp_t_receipts(McpCtx *x) {
+    int64_t id;
+    if (mcp_rc_id(x, &id)) return -1;
+    Buf path = { 0 };
+    buf_addf(&path, "/v1/messages/%lld/receipts", (long long)id);
+    int rc = mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS);
+    buf_free(&path);
+    if (rc) return -1;
+    x->res = json_get(&x->j, x->res, "receipts");
+    if (!x->res) return mcp_fail(x, "arc hub sent no receipts");
+    mcp_rc_answer(x, "receipts");
+    return 0;
+}
+
+/* What this agent owes (default), or with asked, what it is owed. */
+static int mcp_t_unanswered(McpCtx *x) {
+    Buf who = { 0 }, path = { 0 };
+    int rc = mcp_arg_str(x, "side", &who);
+    if (rc < 0) goto done;
+    int asked = str_eq(buf_str(&who), "asked");
+    if (who.len && !asked && !str_eq(buf_str(&who), "owe")) {
+        rc = mcp_fail(x, "argument side must be owe or asked");
+        goto done;
+    }
+    buf_adds(&path, "/v1/unanswered");
+    agent_qparam(&path, asked ? "from_agent" : "agent_id", g_mcp.agent);
+    rc = mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS);
+    if (!rc) mcp_rc_answer(x, "unanswered");
+done:
+    buf_free(&who), buf_free(&path);
+    return rc;
+}
+
 /* ---- the tool table ---- */
 
 #define MCP_S(props, req) "{\"type\":\"object\",\"properties\":{" props "},\"required\":[" req "]}"
@@ -17230,6 +18459,20 @@ static const McpTool mcp_tools[] = {
             MCP_INT("limit", "At most this many (default 10, up to 100)."), "\"query\""),
       MCP_S(MCP_ARR("results") "," MCP_T("oldest_id", "integer") ","
             MCP_T("pending", "integer"), "\"results\""), 1, 1, mcp_t_search },
+    { "arc_ack", "Acknowledge a message",
+      "Tell the sender you got a message sent to you (it may ask: metadata.ack_required).",
+      MCP_S(MCP_INT("message_id", "The message."), "\"message_id\""),
+      MCP_S(MCP_OBJ("receipt"), "\"receipt\""), 0, 1, mcp_t_ack },
+    { "arc_receipts", "Message receipts",
+      "Per recipient of a message: queued, surfaced, read, acked or answered, with times.",
+      MCP_S(MCP_INT("message_id", "The message."), "\"message_id\""),
+      MCP_S(MCP_ARR("receipts"), "\"receipts\""), 1, 1, mcp_t_receipts },
+    { "arc_unanswered", "Unanswered requests",
+      "Requests and ack-required messages still waiting: those you owe, or with side "
+      "asked, those you sent.",
+      MCP_S("\"side\":{\"type\":\"string\",\"enum\":[\"owe\",\"asked\"],"
+            "\"default\":\"owe\"}", ""),
+      MCP_S(MCP_ARR("unanswered"), "\"unanswered\""), 1, 1, mcp_t_unanswered },
 };
 
 static const char mcp_instructions[] =
@@ -18130,6 +19373,9 @@ static const char dash_html[] =
     ".soon{color:var(--warn)}\n"
     ".item.blocked .key,.item .blk{color:var(--warn)}\n"
     ".none{color:#6b7580;font-size:12px;font-style:italic;padding:2px 8px}\n"
+    ".tick{color:var(--dim);font-size:11px;margin-right:5px;cursor:help}\n"
+    ".tick.ans{color:var(--ok)}\n"
+    ".tick.wait{color:var(--warn)}\n"
     "#hubinfo{font-size:11px;color:#6b7580;padding:12px 12px 0;overflow-wrap:anywhere}\n"
     "@media (max-width:860px){\n"
     "#tabs{display:flex}\n"
@@ -18209,6 +19455,9 @@ static const char dash_html[] =
     "</section>\n"
     "<section class='sec' data-sec='work'>\n"
     "<h2>Open tasks <span id='nTasks' class='n'>0</span></h2><div id='tasks' class='list'></div>\n"
+    "</section>\n"
+    "<section class='sec' data-sec='work' id='unansec' hidden>\n"
+    "<h2>Unanswered <span id='nUnans' class='n'>0</span></h2><div id='unans' class='list'></div>\n"
     "</section>\n"
     "<section class='sec' data-sec='work'>\n"
     "<h2>Claims <span id='nClaims' class='n'>0</span></h2><div id='claims' class='list'></div>\n"
@@ -18419,6 +19668,13 @@ static const char dash_html[] =
     "    row.append(c);\n"
     "  }\n"
     "  if (has(m.reply_to)) row.append(el('span', 're', 're #' + m.reply_to));\n"
+    "  const asks = has(m.to_agent) || m.kind === 'task_request';\n"
+    "  if (from !== 'system' && asks && hasReceipts()) {\n"
+    "    const k = el('span', 'tick', '\\u2026');   /* filled by loadTicks */\n"
+    "    k.dataset.rid = m.id;\n"
+    "    row.append(k);\n"
+    "    soon('ticks', 500);\n"
+    "  }\n"
     "  if (has(md.task_completed))\n"
     "    row.append(el('span', 're', 'completes #' + md.task_completed));\n"
     "  const body = typeof m.body === 'string' ? m.body : has(m.body) ? attText(m.body) : '';\n"
@@ -18723,6 +19979,11 @@ static const char dash_html[] =
     "  d.append(dot, el('span', 'key', name));\n"
     "  if (name !== a.agent_id) d.append(el('span', 'meta', '  ' + a.agent_id));\n"
     "  if (a.agent_id === S.nick) d.append(el('span', 'you', 'you'));\n"
+    "  if (a.state) {   /* arc:presence (PROTOCOL 17.5): what its hooks report */\n"
+    "    const st = el('span', 'meta', '  ' + a.state);\n"
+    "    if (a.state_since) st.title = a.state + ' since ' + a.state_since;\n"
+    "    d.append(st);\n"
+    "  }\n"
     "  const meta = el('div', 'meta');\n"
     "  const seen = el('span');\n"
     "  ago(seen, a.last_seen);\n"
@@ -18738,7 +19999,7 @@ static const char dash_html[] =
     "  return d;\n"
     "}\n"
     "async function loadAgents() {\n"
-    "  const r = await api('GET', '/v1/agents?as=' + enc(S.nick));\n"
+    "  const r = await api('GET', '/v1/agents?presence=1&as=' + enc(S.nick));\n"
     "  if (!r.ok) return;\n"
     "  S.agents = r.result;\n"
     "  S.agentSet = new Set(r.result.map(a => a.agent_id));\n"
@@ -18916,6 +20177,48 @@ static const char dash_html[] =
     "  taskBodies();\n"
     "}\n"
     "\n"
+    "/* ---- receipts (arc:receipts, PROTOCOL 17): ticks, the unanswered queue ---- */\n"
+    "function hasReceipts() { return !!(S.info && Array.isArray(S.info.features) &&\n"
+    "                                   S.info.features.includes('arc:receipts')); }\n"
+    "const TICK = { queued: '\\u2026', surfaced: '\\u2713', read: '\\u2713\\u2713',\n"
+    "  acked: '\\u2713\\u2713 ack', answered: '\\u21a9 answered' };\n"
+    "const RANK = ['queued', 'surfaced', 'read', 'acked', 'answered'];\n"
+    "/* A sent DM's or request's tick: the least advanced of its receipts. */\n"
+    "async function tickOf(k) {\n"
+    "  const r = await api('GET', '/v1/messages/' + k.dataset.rid + '/receipts');\n"
+    "  if (!r.ok || !Array.isArray(r.result.receipts) || !r.result.receipts.length) return;\n"
+    "  const rs = r.result.receipts;\n"
+    "  let low = RANK.length - 1;\n"
+    "  for (const x of rs) low = Math.min(low, Math.max(0, RANK.indexOf(x.state)));\n"
+    "  k.textContent = TICK[RANK[low]];\n"
+    "  k.className = 'tick' + (low === 4 ? ' ans' : rs.some(x => x.escalated_at) ? ' wait' : '');\n"
+    "  k.title = rs.map(x => x.agent_id + ': ' + x.summary).join(NL);\n"
+    "}\n"
+    "async function loadTicks() {\n"
+    "  const ks = Array.from(document.querySelectorAll('.tick[data-rid]')).slice(-40);\n"
+    "  await Promise.all(ks.map(tickOf));\n"
+    "}\n"
+    "function unansRow(u) {\n"
+    "  const m = isObj(u.message) ? u.message : {};\n"
+    "  const d = el('div', 'item');\n"
+    "  d.append(el('span', 'key', '#' + u.message_id + '  '), badge(u.waiting));\n"
+    "  const meta = el('div', 'meta');\n"
+    "  const who = el('span', '', String(u.agent_id));\n"
+    "  who.style.color = nickColor(String(u.agent_id));\n"
+    "  meta.append(who, el('span', '', 'owes ' + u.from_agent),\n"
+    "              el('span', '', 'waiting ' + dur(u.age_sec)));\n"
+    "  if (u.escalated_at) meta.append(el('span', 'soon', 'escalated'));\n"
+    "  d.append(el('span', 'txt', String(m.body || '').slice(0, 200)), meta);\n"
+    "  return d;\n"
+    "}\n"
+    "async function loadUnanswered() {\n"
+    "  const on = hasReceipts();\n"
+    "  $('unansec').hidden = !on;\n"
+    "  if (!on) return;\n"
+    "  const r = await api('GET', '/v1/unanswered?limit=100');\n"
+    "  if (r.ok) fill('unans', 'nUnans', r.result, unansRow, 'nothing waits for an answer');\n"
+    "}\n"
+    "\n"
     "/* ---- shared memory (arc:kv, PROTOCOL 13): shown when the hub has it ---- */\n"
     "function hasKv() { return !!(S.info && Array.isArray(S.info.features) &&\n"
     "                             S.info.features.includes('arc:kv')); }\n"
@@ -18983,7 +20286,8 @@ static const char dash_html[] =
     " * called __proto__ or constructor must not find Object.prototype's. */\n"
     "const REFRESH = new Map([['agents', loadAgents], ['work', loadWork],\n"
     "  ['threads', loadThreads], ['channels', loadChannels], ['shutdown', loadShutdown],\n"
-    "  ['chlist', renderChannels], ['memory', loadMemory]]);\n"
+    "  ['chlist', renderChannels], ['memory', loadMemory], ['ticks', loadTicks],\n"
+    "  ['unanswered', loadUnanswered]]);\n"
     "const timers = new Map();\n"
     "function soon(key, ms) {\n"
     "  if (timers.get(key)) return;\n"
@@ -18991,7 +20295,7 @@ static const char dash_html[] =
     "}\n"
     "function refreshAll() {\n"
     "  loadAgents(); loadWork(); loadChannels(); loadThreads(); loadShutdown();\n"
-    "  loadMemory();\n"
+    "  loadMemory(); loadUnanswered(); loadTicks();\n"
     "}\n"
     "\n"
     "/* ---- the event stream ---- */\n"
@@ -19020,6 +20324,7 @@ static const char dash_html[] =
     "  } else if (!S.agentSet.has(m.from_agent)) soon('agents');\n"
     "  if (WORK_KINDS.includes(m.kind) || md.task_completed !== undefined) soon('work');\n"
     "  if (isObj(md.kv)) soon('memory');\n"
+    "  if (hasReceipts()) { soon('unanswered', 500); soon('ticks', 500); }\n"
     "  if (has(m.thread_id)) soon('threads', 1000);\n"
     "  if (!dm && !S.chanSet.has(m.channel)) soon('channels');\n"
     "}\n"
@@ -19389,6 +20694,9 @@ static const Cmd cmds[] = {
     { "help", cmd_help, "list the commands" },
     { "setup", cmd_setup, "wire arc into a harness: claude, codex, gemini ..." },
     { "doctor", cmd_doctor, "check a project: hub, each harness's arc wiring" },
+    { "ack", cmd_ack, "acknowledge a message as its recipient" },
+    { "receipts", cmd_receipts, "who got a message: surfaced, read, acked, answered" },
+    { "unanswered", cmd_unanswered, "requests and acks still waiting, oldest first" },
 };
 
 static int cmd_help(int argc, char **argv) {

@@ -32,9 +32,10 @@ const TOOLS = [
   'arc_post_message', 'arc_poll_messages', 'arc_dm', 'arc_list_agents', 'arc_create_channel',
   'arc_rpc_call', 'arc_inbox', 'arc_read_thread', 'arc_claim', 'arc_lock', 'arc_tasks',
   'arc_task_result', 'arc_whoami', 'arc_kv', 'arc_search',
+  'arc_ack', 'arc_receipts', 'arc_unanswered',
 ].sort();
 const READ_ONLY = new Set(['arc_poll_messages', 'arc_list_agents', 'arc_inbox',
-  'arc_read_thread', 'arc_whoami', 'arc_search']);
+  'arc_read_thread', 'arc_whoami', 'arc_search', 'arc_receipts', 'arc_unanswered']);
 const CALL = { timeout: 55_000 };       // per call; the server's waits stay under 50 s
 
 const uid = (p) => `${p}-${Math.random().toString(36).slice(2, 10)}`;
@@ -304,6 +305,16 @@ scenarios['v1-tools'] = async () => {
   assert.deepEqual([s.kind, s.reply_to, s.to_agent, s.body], ['task_result', req.id, P, '42']);
   const done = await hub('GET', '/v1/tasks?status=done');
   assert.ok(done.some((t) => t.task_id === req.id));
+
+  // receipts (PROTOCOL 17): A answered P's request; P asks A for an ack
+  s = ok(await call(c, 'arc_receipts', { message_id: req.id }));
+  assert.deepEqual(s.receipts.map((x) => [x.agent_id, x.state]), [[A, 'answered']]);
+  const ask = await post(P, { to_agent: A, body: 'ack me', metadata: { ack_required: true } });
+  s = ok(await call(c, 'arc_unanswered'));
+  assert.deepEqual(s.unanswered.map((u) => u.message_id), [ask.id]);
+  s = ok(await call(c, 'arc_ack', { message_id: ask.id }));
+  assert.equal(s.receipt.state, 'acked');
+  assert.deepEqual(ok(await call(c, 'arc_unanswered', { side: 'asked' })).unanswered, []);
 
   // arc_rpc_call: P answers the request as soon as it sees it; the result is
   // that task_result message, as the reference's

@@ -53,10 +53,10 @@ TOOLS = {
     "arc_post_message", "arc_poll_messages", "arc_dm", "arc_list_agents",
     "arc_create_channel", "arc_rpc_call", "arc_inbox", "arc_read_thread", "arc_claim",
     "arc_lock", "arc_tasks", "arc_task_result", "arc_whoami", "arc_kv",
-    "arc_search",
+    "arc_search", "arc_ack", "arc_receipts", "arc_unanswered",
 }
 READ_ONLY = {"arc_poll_messages", "arc_list_agents", "arc_inbox", "arc_read_thread",
-             "arc_whoami", "arc_search"}
+             "arc_whoami", "arc_search", "arc_receipts", "arc_unanswered"}
 # Tools whose result is a list, as the reference's are: the text is the list,
 # and structuredContent (which must be an object) holds it under this key.
 LIST_RESULTS = {"arc_poll_messages": "messages", "arc_list_agents": "agents"}
@@ -671,6 +671,12 @@ class McpToolTest(McpCase):
         call("arc_kv", {"action": "put", "key": key, "value": 2, "version": 0})   # conflict
         call("arc_kv", {"action": "history", "key": key})
         call("arc_search", {"query": "news"})
+        ask = self.post(peer, "ack?", channel="direct", to_agent=p.agent,
+                        metadata={"ack_required": True})
+        self.assertIn(ask["id"], [u["message_id"] for u in call("arc_unanswered")["unanswered"]])
+        self.assertEqual(call("arc_ack", {"message_id": ask["id"]})["receipt"]["state"], "acked")
+        self.assertEqual([r["state"] for r in
+                          call("arc_receipts", {"message_id": ask["id"]})["receipts"]], ["acked"])
         self.assertEqual(seen, TOOLS)
 
         # 2024-11-05: no structuredContent, the same JSON in the text

@@ -1615,7 +1615,7 @@ static void test_mcp_tools(void) {
         Json j = { 0 };
         mcp_tools_json(&b, mcp_versions[v]);
         CHECKM(json_parse(&j, b.p, b.len) == 0 && j.t[0].type == JSON_ARR, mcp_versions[v]);
-        CHECKM(b.len < 11500, mcp_versions[v]);
+        CHECKM(b.len < 12500, mcp_versions[v]);   /* 18 tools: 12,269 */
         json_free(&j);
         buf_free(&b);
     }
