@@ -12899,7 +12899,8 @@ static const SetupEdit setup_codex_edits[] = {
 static const SetupHook setup_codex_hooks[] = {
     { "SessionStart", "SessionStart", NULL, 10, 0 },
     { "UserPromptSubmit", "UserPromptSubmit", NULL, 10, 0 },
-    { "PreToolUse", "PreToolUse", NULL, 10, 0 },
+    /* apply_patch, Codex's file edits: tool_input.command is the patch */
+    { "PreToolUse", "PreToolUse", "apply_patch", 10, 0 },
     { "PostToolUse", "PostToolUse", NULL, 10, 0 },
     { "Stop", "Stop", NULL, 10, 0 },
 };
@@ -12925,10 +12926,11 @@ static const SetupEdit setup_cursor_edits[] = {
       HS_FLAT },
     { { ".arc/agent-cursor", ".arc/agent-cursor" }, SE_AGENT, NULL, 0 },
 };
+/* No beforeSubmitPrompt: Cursor lets it only block the prompt (continue,
+ * user_message), not add context, so it has nothing to carry. */
 static const SetupHook setup_cursor_hooks[] = {
     { "sessionStart", "sessionStart", NULL, 10, 0 },
-    { "beforeSubmitPrompt", "beforeSubmitPrompt", NULL, 10, 0 },
-    { "preToolUse", "preToolUse", NULL, 10, 0 },
+    { "preToolUse", "preToolUse", "Write|StrReplace|Edit|MultiEdit|Delete", 10, 0 },
     { "postToolUse", "postToolUse", NULL, 10, 0 },
     { "stop", "stop", NULL, 10, 0 },
     { "sessionEnd", "sessionEnd", NULL, 10, 0 },
@@ -13777,11 +13779,14 @@ static int setup_toml(const SetupCtx *x, Buf *doc, int remove, const char *file,
 #define SETUP_PLUGIN_MARK "// arc setup opencode:"
 
 /* OpenCode's plugin: runs `arc hook opencode EVENT --agent NAME` with the
- * event as JSON on stdin, never blocking OpenCode's loop (an async child).
- * `wait`, started whenever the session goes idle, is a long-poll: a
- * non-empty stdout (exit 0) is sent to the session as a new prompt
- * (client.session.promptAsync), which wakes it. `PreToolUse`: exit 2
- * refuses the tool, stderr saying why. No hub, no output: nothing. */
+ * event as JSON on stdin (cwd: OpenCode's directory), never blocking
+ * OpenCode's loop (an async child). `wait`, started in the background
+ * whenever a session goes idle, is a long-poll: a non-empty stdout (exit 0) is sent to the
+ * session as a new prompt (client.session.promptAsync), which wakes it.
+ * `PreToolUse` (tool.execute.before): exit 2 refuses the tool, stderr
+ * saying why. `PostToolUse` (tool.execute.after): a non-empty stdout is
+ * appended to the tool's output, which the model reads next. No hub, no
+ * output: nothing. */
 static void setup_plugin_text(const SetupCtx *x, Buf *b) {
     buf_adds(b, SETUP_PLUGIN_MARK " written by `arc setup opencode`; "
                 "`arc setup opencode --remove`\n// deletes it. It runs `arc "
@@ -13805,25 +13810,33 @@ static void setup_plugin_text(const SetupCtx *x, Buf *b) {
         "    c.stdin.end(JSON.stringify(input));\n"
         "  });\n"
         "}\n\n"
-        "export const ArcPlugin = async ({ client }) => {\n"
+        "export const ArcPlugin = async ({ client, directory }) => {\n"
         "  const waiting = new Set();\n"
+        "  const tool = (input, args) => ({ session_id: input.sessionID, cwd: directory,\n"
+        "    tool_name: input.tool, tool_input: args });\n"
         "  return {\n"
         "    event: async ({ event }) => {\n"
         "      if (event.type !== \"session.idle\") return;\n"
         "      const id = event.properties.sessionID;\n"
         "      if (waiting.has(id)) return;\n"
         "      waiting.add(id);\n"
-        "      const r = await hook(\"wait\", { session_id: id });\n"
-        "      waiting.delete(id);\n"
-        "      if (r.status === 0 && r.out.trim())\n"
-        "        await client.session.promptAsync({\n"
-        "          path: { id }, body: { parts: [{ type: \"text\", text: r.out }] },\n"
-        "        });\n"
+        "      // in the background: OpenCode's event bus must not wait on it\n"
+        "      hook(\"wait\", { session_id: id, cwd: directory }).then(async (r) => {\n"
+        "        waiting.delete(id);\n"
+        "        if (r.status === 0 && r.out.trim())\n"
+        "          await client.session.promptAsync({\n"
+        "            path: { id }, body: { parts: [{ type: \"text\", text: r.out }] },\n"
+        "          });\n"
+        "      }).catch(() => waiting.delete(id));\n"
         "    },\n"
         "    \"tool.execute.before\": async (input, output) => {\n"
-        "      const r = await hook(\"PreToolUse\", { session_id: input.sessionID,\n"
-        "        tool_name: input.tool, tool_input: output.args });\n"
+        "      const r = await hook(\"PreToolUse\", tool(input, output.args));\n"
         "      if (r.status === 2) throw new Error(r.err.trim() || \"refused by arc\");\n"
+        "    },\n"
+        "    \"tool.execute.after\": async (input, output) => {\n"
+        "      const r = await hook(\"PostToolUse\", tool(input, {}));\n"
+        "      if (r.status === 0 && r.out.trim() && typeof output.output === \"string\")\n"
+        "        output.output += \"\\n\\n\" + r.out;\n"
         "    },\n"
         "  };\n"
         "};\n");
@@ -15766,16 +15779,33 @@ static const HookEvent hook_events[] = {
     { "gemini", "BeforeTool", HOOK_EDIT },
     { "gemini", "SessionEnd", HOOK_END },
     { "cursor", "sessionStart", HOOK_START },
+    { "cursor", "postToolUse", HOOK_TURN },
+    { "cursor", "preToolUse", HOOK_EDIT },
     { "cursor", "stop", HOOK_STOP },
     { "cursor", "sessionEnd", HOOK_END },
+    /* OpenCode: run by the plugin `arc setup opencode` writes */
+    { "opencode", "PostToolUse", HOOK_TURN },
+    { "opencode", "PreToolUse", HOOK_EDIT },
+    { "opencode", "wait", HOOK_WAIT },
 };
 
-/* The tools that write a file, and the tool_input key naming it. */
-static const struct { const char *tool, *key; } hook_edit_tools[] = {
-    { "Edit", "file_path" }, { "Write", "file_path" }, { "MultiEdit", "file_path" },
-    { "NotebookEdit", "notebook_path" },                 /* Claude Code */
-    { "write_file", "file_path" }, { "replace", "file_path" },   /* Gemini CLI */
+/* The tools that write files, and where their tool_input names them:
+ * `keys`, the members tried in turn (space-separated), hold a path, or
+ * with `patch` the text of a patch whose file headers name them. */
+static const struct {
+    const char *tool, *keys;
+    int patch;
+} hook_edit_tools[] = {
+    { "Edit", "file_path", 0 }, { "Write", "file_path path", 0 },  /* Claude */
+    { "MultiEdit", "file_path", 0 }, { "NotebookEdit", "notebook_path", 0 },
+    { "write_file", "file_path", 0 }, { "replace", "file_path", 0 },   /* Gemini */
+    { "apply_patch", "command input patch", 1 },                     /* Codex */
+    { "StrReplace", "file_path path", 0 },                           /* Cursor */
+    { "Delete", "file_path path", 0 },
+    { "edit", "filePath", 0 }, { "write", "filePath", 0 },           /* OpenCode */
+    { "multiedit", "filePath", 0 }, { "patch", "patchText", 1 },
 };
+#define HOOK_MAX_TARGETS 64        /* files of one patch checked for locks */
 
 typedef struct {
     const char *harness, *event;   /* borrowed from argv */
@@ -15797,7 +15827,7 @@ static const Opt hook_opts[] = {
     { "--timeout", OPT_SECS, offsetof(Hook, wait_s), .lo = 0, .hi = 3600,
       .arg = "SEC", .help = "wait: give up after SEC (default 540)" },
     { .kind = OPT_ARG, .off = offsetof(Hook, harness), .arg = "HARNESS",
-      .help = "claude, codex, gemini or cursor" },
+      .help = "claude, codex, gemini, cursor or opencode" },
     { .kind = OPT_ARG, .off = offsetof(Hook, event), .arg = "EVENT",
       .help = "the harness's hook event (SessionStart, ...), or wait" },
     { 0 }
@@ -15806,14 +15836,18 @@ static const Opt hook_opts[] = {
 static const OptHelp hook_help = {
     "hook", "usage: arc hook HARNESS EVENT [--agent NAME] [options]\n"
             "Answer a harness's hook: read its JSON on stdin, print its answer.\n",
-    "The agent: --agent, else ARC_AGENT, else the first line of .arc/agent in\n"
-    "the hook's cwd or a directory above it (arc setup writes it).\n"
+    "The agent: --agent, else ARC_AGENT, else the first line of\n"
+    ".arc/agent-HARNESS or .arc/agent in the hook's cwd or the nearest\n"
+    "directory above it, else ~/.arc/agent-HARNESS (arc setup writes them).\n"
     "Events: claude SessionStart UserPromptSubmit PostToolUse Stop PreToolUse\n"
-    "SessionEnd wait; codex SessionStart UserPromptSubmit PostToolUse Stop;\n"
-    "gemini SessionStart BeforeAgent AfterTool AfterAgent BeforeTool SessionEnd;\n"
-    "cursor sessionStart stop sessionEnd. See PROTOCOL §16.6.\n"
-    "Exit: 0 (also with no hub: a hook never breaks a turn); 2 from wait\n"
-    "when a message woke the agent (Claude Code asyncRewake).\n"
+    "SessionEnd wait; codex SessionStart UserPromptSubmit PostToolUse Stop\n"
+    "PreToolUse; gemini SessionStart BeforeAgent AfterTool AfterAgent\n"
+    "BeforeTool SessionEnd; cursor sessionStart postToolUse preToolUse stop\n"
+    "sessionEnd; opencode PostToolUse PreToolUse wait (its plugin). See\n"
+    "PROTOCOL §16.6.\n"
+    "Exit: 0 (also with no hub: a hook never breaks a turn); 2 from claude\n"
+    "wait when a message woke the agent (asyncRewake), and from opencode\n"
+    "PreToolUse when a lock refuses the edit (stderr says why).\n"
 };
 
 /* A string member of the hook's input into out (reset first); 1 if set. */
@@ -15825,31 +15859,33 @@ static int hook_in_str(Hook *k, uint32_t obj, const char *key, Buf *out) {
     return out->len > 0;
 }
 
-/* Read a small file we did not create, safely: a regular file opened
- * without following a symbolic link, its first line, trimmed, printable.
- * Returns 1 with out set, 0 otherwise. */
-static int hook_read_line(int dfd, const char *name, Buf *out) {
-    int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+/* Read an agent file we did not create (the workspace may be hostile):
+ * `name` in directory dfd, through fs_openat (no symbolic link, a regular
+ * file with one name, ours), under 256 bytes; its first line, trimmed,
+ * must be an agent name as setup writes them (setup_agent_bad). Returns 1
+ * with out set, 0 otherwise. */
+static int hook_read_agent(int dfd, const char *name, Buf *out) {
+    char err[ARC_ERRLEN], line[256];
     struct stat sb;
-    char line[256];                 /* an agent name, and a newline */
     ssize_t n = -1;
+    int fd = fs_openat(dfd, name, O_RDONLY, err);
     if (fd < 0) return 0;
-    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size < (off_t)sizeof line)
-        n = read(fd, line, sizeof line - 1);
+    if (fstat(fd, &sb) == 0 && sb.st_size < (off_t)sizeof line)
+        while ((n = read(fd, line, sizeof line - 1)) < 0 && errno == EINTR) {}
     close(fd);
     if (n <= 0) return 0;
     line[n] = 0;
     Str s = str_trim((Str){ line, strcspn(line, "\n") });
-    for (size_t i = 0; i < s.n; i++)
-        if ((unsigned char)s.p[i] < 0x20 || s.p[i] == 0x7f) return 0;
-    if (!s.n || !utf8_valid(s.p, s.n)) return 0;
+    char name_buf[SETUP_AGENT_MAX + 1];
+    if (!s.n || s.n > SETUP_AGENT_MAX) return 0;
+    memcpy(name_buf, s.p, s.n);
+    name_buf[s.n] = 0;
+    if (setup_agent_bad(name_buf)) return 0;
     buf_reset(out);
     buf_addstr(out, s);
     return 1;
 }
 
-/* Find .arc/agent in dir or a directory above it: the agent's name into
- * k->agent (unless given) and the project root into k->root. */
 /* Normalise path p (absolute, or relative to base) lexically into out:
  * "/a/b", no ".", "..", or repeated slashes. */
 static void hook_path_norm(const char *base, Str p, Buf *out) {
@@ -15876,35 +15912,74 @@ static void hook_path_norm(const char *base, Str p, Buf *out) {
     buf_free(&all);
 }
 
+/* The agent file in directory dfd's .arc: agent-HARNESS (what `arc setup
+ * HARNESS` writes), else agent (one name for every harness). Returns 1
+ * with the name in out. */
+static int hook_agent_file(Hook *k, int dfd, Buf *out) {
+    int arc = openat(dfd, ".arc", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (arc < 0) return 0;
+    char per[64];
+    snprintf(per, sizeof per, "agent-%s", k->harness);
+    int found = hook_read_agent(arc, per, out) || hook_read_agent(arc, "agent", out);
+    close(arc);
+    return found;
+}
+
+/* Find the agent file (hook_agent_file) in dir or the nearest directory
+ * above it: the agent's name into k->agent (unless given) and that
+ * directory, the project root, into k->root. $HOME is skipped: its
+ * .arc/agent-HARNESS is setup's user scope, not a project (hook_identity
+ * reads it last). */
 static void hook_find_project(Hook *k, const char *dir) {
     char path[PATH_MAX];
-    Buf norm = { 0 };   /* lexically, as the paths it is compared with */
+    Buf norm = { 0 }, home = { 0 };   /* lexically, as the paths compared */
+    const char *h = getenv("HOME");
     hook_path_norm("/", str_c(dir), &norm);
+    if (h && *h == '/') hook_path_norm("/", str_c(h), &home);
     snprintf(path, sizeof path, "%s", buf_cstr(&norm));
     buf_free(&norm);
     for (int depth = 0; depth < 64; depth++) {
-        int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int dfd = home.len && !strcmp(path, home.p) ? -1
+                  : open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         int found = 0;
         if (dfd >= 0) {
-            int arc = openat(dfd, ".arc", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (arc >= 0) {
-                Buf name = { 0 };
-                found = hook_read_line(arc, "agent", &name);
-                if (found && !k->agent.len) buf_addstr(&k->agent, buf_str(&name));
-                buf_free(&name);
-                close(arc);
-            }
+            Buf name = { 0 };
+            found = hook_agent_file(k, dfd, &name);
+            if (found && !k->agent.len) buf_addstr(&k->agent, buf_str(&name));
+            buf_free(&name);
             close(dfd);
         }
         if (found) {
             buf_reset(&k->root);
             buf_adds(&k->root, path);
-            return;
+            break;
         }
         char *slash = strrchr(path, '/');
-        if (!slash || slash == path) return;
+        if (!slash || slash == path) break;
         *slash = 0;
     }
+    buf_free(&home);
+}
+
+/* Who the hook acts for, and the project root (PROTOCOL §16.6): --agent or
+ * ARC_AGENT (already in k->agent), else the agent file found from
+ * CLAUDE_PROJECT_DIR (Claude Code) or the hook's cwd upwards, else
+ * ~/.arc/agent-HARNESS; the root is the directory holding the file found,
+ * else CLAUDE_PROJECT_DIR, else cwd. */
+static void hook_identity(Hook *k) {
+    const char *proj = getenv("CLAUDE_PROJECT_DIR"), *home = getenv("HOME");
+    if (proj && *proj != '/') proj = NULL;
+    if (proj && !strcmp(k->harness, "claude")) hook_find_project(k, proj);
+    if (!k->root.len) hook_find_project(k, k->cwd.p);
+    if (!k->root.len) buf_adds(&k->root, proj ? proj : k->cwd.p);
+    if (k->agent.len || !home || *home != '/') return;
+    int dfd = open(home, O_RDONLY | O_DIRECTORY | O_CLOEXEC), arc;
+    if (dfd < 0) return;
+    arc = openat(dfd, ".arc", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    char per[64];
+    snprintf(per, sizeof per, "agent-%s", k->harness);
+    if (arc >= 0) hook_read_agent(arc, per, &k->agent), close(arc);
+    close(dfd);
 }
 
 /* One hub call; on an ok envelope its result token, else 0 (silently: a
@@ -16082,50 +16157,102 @@ static int hook_lock_covers(Str lock, Str target) {
            target.p[lock.n] == '/';
 }
 
+/* The files a patch writes, from its headers ("*** Add File: P", "***
+ * Update File: P", "*** Delete File: P", "*** Move to: P"; leading
+ * whitespace allowed, as Codex reads them), each NUL-terminated into out.
+ * Returns how many (at most HOOK_MAX_TARGETS). */
+static int hook_patch_files(Str patch, Buf *out) {
+    static const char *const heads[] = {
+        "*** Add File: ", "*** Update File: ", "*** Delete File: ", "*** Move to: "
+    };
+    int n = 0;
+    for (size_t i = 0; i < patch.n && n < HOOK_MAX_TARGETS;) {
+        size_t e = i;
+        while (e < patch.n && patch.p[e] != '\n') e++;
+        Str line = str_trim((Str){ patch.p + i, e - i });
+        for (size_t h = 0; h < sizeof heads / sizeof *heads; h++) {
+            size_t k = strlen(heads[h]);
+            if (line.n <= k || memcmp(line.p, heads[h], k)) continue;
+            Str f = str_trim((Str){ line.p + k, line.n - k });
+            if (f.n && !memchr(f.p, 0, f.n)) buf_addstr(out, f), buf_addc(out, 0), n++;
+            break;
+        }
+        i = e + 1;
+    }
+    return n;
+}
+
+/* The files the hook's tool call would write (hook_edit_tools), each
+ * NUL-terminated into out. Returns how many. */
+static int hook_edit_targets(Hook *k, Buf *out) {
+    Buf tool = { 0 }, v = { 0 };
+    int n = 0;
+    hook_in_str(k, 0, "tool_name", &tool);
+    uint32_t in = k->j.t ? json_get(&k->j, 0, "tool_input") : 0;
+    for (size_t i = 0; tool.len && in && k->j.t[in].type == JSON_OBJ &&
+                       i < sizeof hook_edit_tools / sizeof *hook_edit_tools; i++) {
+        if (strcmp(tool.p, hook_edit_tools[i].tool)) continue;
+        for (const char *key = hook_edit_tools[i].keys; *key && !n;) {
+            size_t kn = strcspn(key, " ");
+            char kb[32];
+            snprintf(kb, sizeof kb, "%.*s", (int)kn, key);
+            key += kn + (key[kn] == ' ');
+            if (!hook_in_str(k, in, kb, &v) || memchr(v.p, 0, v.len)) continue;
+            if (hook_edit_tools[i].patch) {
+                n = hook_patch_files(buf_str(&v), out);
+            } else {
+                buf_addstr(out, buf_str(&v)), buf_addc(out, 0);
+                n = 1;
+            }
+        }
+        break;
+    }
+    buf_free(&tool), buf_free(&v);
+    return n;
+}
+
 /* PreToolUse and the like: if the tool writes a file that another agent
  * holds an active lock on, say who and until when into k->text. Returns
  * 1 to deny, 0 to let the harness decide. */
 static int hook_edit(Hook *k) {
-    Buf tool = { 0 }, file = { 0 }, target = { 0 }, lp = { 0 }, lock = { 0 };
-    int deny = 0;
-    const char *key = NULL;
-    hook_in_str(k, 0, "tool_name", &tool);
-    for (size_t i = 0; i < sizeof hook_edit_tools / sizeof *hook_edit_tools; i++)
-        if (tool.len && !strcmp(tool.p, hook_edit_tools[i].tool)) key = hook_edit_tools[i].key;
-    uint32_t in = key && k->j.t ? json_get(&k->j, 0, "tool_input") : 0;
-    if (!in || k->j.t[in].type != JSON_OBJ || !hook_in_str(k, in, key, &file)) goto done;
-    hook_path_norm(k->cwd.p, buf_str(&file), &target);
-    uint32_t r = hook_call(k, "GET", "/v1/locks?active_only=1", (Str){ NULL, 0 },
-                           HOOK_CALL_MS);
+    Buf files = { 0 }, target = { 0 }, lp = { 0 }, lock = { 0 };
+    int deny = 0, n = hook_edit_targets(k, &files);
+    uint32_t r = n ? hook_call(k, "GET", "/v1/locks?active_only=1", (Str){ NULL, 0 },
+                               HOOK_CALL_MS) : 0;
     if (!r || k->res.t[r].type != JSON_ARR) goto done;
-    uint32_t e = r + 1;
-    for (uint32_t i = 0; i < k->res.t[r].n && !deny; i++, e = k->res.t[e].next) {
-        uint32_t a = json_get(&k->res, e, "agent_id"), f = json_get(&k->res, e, "file_path");
-        if (!a || !f || json_str_is(&k->res, a, buf_str(&k->agent))) continue;
-        buf_reset(&lp);
-        json_as_text(&lp, &k->res, f);
-        /* A relative lock path names a file of the project (PROTOCOL §16.6). */
-        for (int pass = 0; pass < 2 && !deny; pass++) {
-            const char *base = pass ? k->cwd.p : k->root.p;
-            if (pass && !strcmp(k->root.p, k->cwd.p)) break;
-            hook_path_norm(base, buf_str(&lp), &lock);
-            deny = hook_lock_covers(buf_str(&lock), buf_str(&target));
+    const char *file = files.p;
+    for (int f = 0; f < n && !deny; f++, file += strlen(file) + 1) {
+        hook_path_norm(k->cwd.p, str_c(file), &target);
+        uint32_t e = r + 1;
+        for (uint32_t i = 0; i < k->res.t[r].n && !deny; i++, e = k->res.t[e].next) {
+            uint32_t a = json_get(&k->res, e, "agent_id");
+            uint32_t fp = json_get(&k->res, e, "file_path");
+            if (!a || !fp || json_str_is(&k->res, a, buf_str(&k->agent))) continue;
+            buf_reset(&lp);
+            json_as_text(&lp, &k->res, fp);
+            /* A relative lock path names a file of the project (§16.6). */
+            for (int pass = 0; pass < 2 && !deny; pass++) {
+                const char *base = pass ? k->cwd.p : k->root.p;
+                if (pass && !strcmp(k->root.p, k->cwd.p)) break;
+                hook_path_norm(base, buf_str(&lp), &lock);
+                deny = hook_lock_covers(buf_str(&lock), buf_str(&target));
+            }
+            if (!deny) continue;
+            uint32_t x = json_get(&k->res, e, "expires_at");
+            buf_adds(&k->text, "arc: ");
+            buf_adds(&k->text, file);
+            buf_adds(&k->text, " is locked by agent ");
+            json_as_text(&k->text, &k->res, a);
+            if (strcmp(buf_cstr(&lp), file))
+                buf_adds(&k->text, " (lock on "), buf_addstr(&k->text, buf_str(&lp)),
+                    buf_addc(&k->text, ')');
+            if (x) buf_adds(&k->text, " until "), json_as_text(&k->text, &k->res, x);
+            buf_adds(&k->text, "; the edit was not made. The holder can release it, "
+                     "or the lock lapses at its expiry.");
         }
-        if (!deny) continue;
-        uint32_t x = json_get(&k->res, e, "expires_at");
-        buf_adds(&k->text, "arc: ");
-        buf_addstr(&k->text, buf_str(&file));
-        buf_adds(&k->text, " is locked by agent ");
-        json_as_text(&k->text, &k->res, a);
-        if (!(lp.len == file.len && !memcmp(lp.p, file.p, lp.len)))
-            buf_adds(&k->text, " (lock on "), buf_addstr(&k->text, buf_str(&lp)),
-                buf_addc(&k->text, ')');
-        if (x) buf_adds(&k->text, " until "), json_as_text(&k->text, &k->res, x);
-        buf_adds(&k->text, "; the edit was not made. The holder can release it, "
-                 "or the lock lapses at its expiry.");
     }
 done:
-    buf_free(&tool), buf_free(&file), buf_free(&target), buf_free(&lp), buf_free(&lock);
+    buf_free(&files), buf_free(&target), buf_free(&lp), buf_free(&lock);
     return deny;
 }
 
@@ -16191,11 +16318,13 @@ static void hook_print_context(Hook *k, Buf *o) {
     buf_adds(o, "}}");
 }
 
-/* Run the job and write the harness's answer into o; returns the exit
- * status (2 only from wait, which Claude Code's asyncRewake turns into a
- * wake-up with stderr as the message). */
+/* Run the job and write the harness's answer into o (stdout) or err_out
+ * (stderr); returns the exit status. 2 comes from Claude Code's wait
+ * (asyncRewake turns it into a wake-up with stderr as the message) and
+ * from OpenCode's PreToolUse (its plugin refuses the tool with stderr). */
 static int hook_run(Hook *k, Buf *o, Buf *err_out) {
     int cursor = !strcmp(k->harness, "cursor"), gemini = !strcmp(k->harness, "gemini");
+    int opencode = !strcmp(k->harness, "opencode");
     switch (k->job) {
     case HOOK_START:
         if (!hook_digest(k)) return 0;
@@ -16208,7 +16337,16 @@ static int hook_run(Hook *k, Buf *o, Buf *err_out) {
         }
         return 0;
     case HOOK_TURN:
-        if (hook_take(k, "hook", HOOK_MAX_CONTEXT)) hook_print_context(k, o);
+        if (!hook_take(k, "hook", HOOK_MAX_CONTEXT)) return 0;
+        if (opencode) {   /* the plugin appends it to the tool's output */
+            buf_addstr(o, buf_str(&k->text));
+        } else if (cursor) {
+            buf_adds(o, "{\"additional_context\":");
+            json_strs(o, buf_str(&k->text));
+            buf_addc(o, '}');
+        } else {
+            hook_print_context(k, o);
+        }
         return 0;
     case HOOK_STOP: {
         /* A harness that continues a turn with a new prompt also hears of
@@ -16230,7 +16368,16 @@ static int hook_run(Hook *k, Buf *o, Buf *err_out) {
     }
     case HOOK_EDIT:
         if (!hook_edit(k)) return 0;
-        if (gemini) {
+        if (opencode) {
+            buf_addstr(err_out, buf_str(&k->text));
+            buf_addc(err_out, '\n');
+            return 2;
+        }
+        if (cursor) {   /* agent_message goes to the model, user_message to the user */
+            buf_adds(o, "{\"permission\":\"deny\",\"user_message\":");
+            json_strs(o, buf_str(&k->text));
+            buf_adds(o, ",\"agent_message\":");
+        } else if (gemini) {
             buf_adds(o, "{\"decision\":\"deny\",\"reason\":");
         } else {
             buf_adds(o, "{\"hookSpecificOutput\":{\"hookEventName\":");
@@ -16238,13 +16385,17 @@ static int hook_run(Hook *k, Buf *o, Buf *err_out) {
             buf_adds(o, ",\"permissionDecision\":\"deny\",\"permissionDecisionReason\":");
         }
         json_strs(o, buf_str(&k->text));
-        buf_adds(o, gemini ? "}" : "}}");
+        buf_adds(o, cursor || gemini ? "}" : "}}");
         return 0;
     case HOOK_END:
         hook_end(k);
         return 0;
     case HOOK_WAIT:
         if (!hook_wait(k)) return 0;
+        if (opencode) {   /* the plugin sends stdout as the next prompt */
+            buf_addstr(o, buf_str(&k->text));
+            return 0;
+        }
         buf_addstr(err_out, buf_str(&k->text));
         buf_addc(err_out, '\n');
         return 2;
@@ -16292,15 +16443,21 @@ static int cmd_hook(int argc, char **argv) {
         json_free(&k.j);
     if (k.o.agent && *k.o.agent) buf_adds(&k.agent, k.o.agent);
     char here[PATH_MAX];
+    /* The hook's directory: its cwd member, else (Cursor) the first of its
+     * workspace_roots, else the directory it was started in. */
+    uint32_t roots = k.j.t ? json_get(&k.j, 0, "workspace_roots") : 0;
     if (!hook_in_str(&k, 0, "cwd", &k.cwd) || k.cwd.p[0] != '/') {
         buf_reset(&k.cwd);
-        if (getcwd(here, sizeof here)) buf_adds(&k.cwd, here);
-        else buf_adds(&k.cwd, "/");
+        if (roots && k.j.t[roots].type == JSON_ARR && k.j.t[roots].n &&
+            k.j.t[roots + 1].type == JSON_STR)
+            json_unescape(&k.j, roots + 1, &k.cwd);
+        if (!k.cwd.len || k.cwd.p[0] != '/' || memchr(k.cwd.p, 0, k.cwd.len)) {
+            buf_reset(&k.cwd);
+            if (getcwd(here, sizeof here)) buf_adds(&k.cwd, here);
+            else buf_adds(&k.cwd, "/");
+        }
     }
-    const char *proj = getenv("CLAUDE_PROJECT_DIR");
-    if (proj && *proj == '/' && !strcmp(k.harness, "claude")) hook_find_project(&k, proj);
-    if (!k.root.len) hook_find_project(&k, k.cwd.p);
-    if (!k.root.len) buf_adds(&k.root, proj && *proj == '/' ? proj : k.cwd.p);
+    hook_identity(&k);
     if (!k.agent.len || memchr(k.agent.p, 0, k.agent.len)) goto done;
     if (!k.o.base_url || !*k.o.base_url) k.o.base_url = "http://127.0.0.1:6969";
     if (k.o.relay_dir && !*k.o.relay_dir) k.o.relay_dir = NULL;
@@ -20684,19 +20841,19 @@ static const Cmd cmds[] = {
     { "tasks", cmd_tasks, "list tasks, what each waits for, claimable or not" },
     { "kv", cmd_kv, "shared memory: get, put, list, del, history" },
     { "search", cmd_search, "full-text search of messages as an agent" },
+    { "ack", cmd_ack, "acknowledge a message as its recipient" },
+    { "receipts", cmd_receipts, "who got a message: surfaced, read, acked, answered" },
+    { "unanswered", cmd_unanswered, "requests and acks still waiting, oldest first" },
     { "smoke", cmd_smoke, "check an installation: three agents, HTTP + relay" },
     { "smoke-agent", cmd_smoke_agent, "run one deterministic smoke role" },
     { "mcp", cmd_mcp, "serve MCP tools over stdio as one agent" },
     { "relay", cmd_relay, "forward a file spool to a hub over HTTP" },
     { "relay-gc", cmd_relay_gc, "delete old answered files from a spool" },
     { "hook", cmd_hook, "answer a harness's hook as an agent (PROTOCOL §16.6)" },
-    { "version", cmd_version, "print the version" },
-    { "help", cmd_help, "list the commands" },
     { "setup", cmd_setup, "wire arc into a harness: claude, codex, gemini ..." },
     { "doctor", cmd_doctor, "check a project: hub, each harness's arc wiring" },
-    { "ack", cmd_ack, "acknowledge a message as its recipient" },
-    { "receipts", cmd_receipts, "who got a message: surfaced, read, acked, answered" },
-    { "unanswered", cmd_unanswered, "requests and acks still waiting, oldest first" },
+    { "version", cmd_version, "print the version" },
+    { "help", cmd_help, "list the commands" },
 };
 
 static int cmd_help(int argc, char **argv) {

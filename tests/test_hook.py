@@ -6,6 +6,7 @@ calls never replace the agent's live `arc mcp` session."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -129,6 +130,75 @@ class HookTests(HubCase):
                      {"cwd": tempfile.gettempdir(), "prompt": "x"})
         self.assertEqual((p.returncode, p.stdout), (0, ""))
 
+    def test_identity_files_per_harness_and_home(self):
+        """PROTOCOL §16.6: .arc/agent-HARNESS, then .arc/agent, from cwd up,
+        then ~/.arc/agent-HARNESS (what `arc setup` writes per scope)."""
+        home = tempfile.mkdtemp(prefix="arc-home-")
+        proj = os.path.join(self.dir, "p")
+        sub = os.path.join(proj, "src")
+        os.makedirs(sub)
+        os.makedirs(os.path.join(proj, ".arc"))
+        os.makedirs(os.path.join(home, ".arc"))
+        per, shared, user = uid("per"), uid("shared"), uid("user")
+        for path, name in ((os.path.join(proj, ".arc", "agent-claude"), per),
+                           (os.path.join(proj, ".arc", "agent"), shared),
+                           (os.path.join(home, ".arc", "agent-claude"), user),
+                           (os.path.join(home, ".arc", "agent-codex"), user)):
+            with open(path, "w") as f:
+                f.write(name + "\n")
+
+        def who(harness, cwd):
+            """The agent the hook acted as: the DM it surfaced."""
+            ids = {}
+            for a in (per, shared, user):
+                ids[a] = self.msg(from_agent="bob", to_agent=a, body="to " + a)["id"]
+            ev = {"gemini": "BeforeAgent", "cursor": "postToolUse"}.get(
+                harness, "UserPromptSubmit")
+            p = subprocess.run(hub_command() + ["hook", harness, ev],
+                               input=json.dumps({"cwd": cwd, "prompt": "x"}),
+                               capture_output=True, text=True, timeout=20,
+                               env=hook_env({"ARC_URL": self.hub.url, "HOME": home}))
+            self.assertEqual(p.returncode, 0, p)
+            for a in (per, shared, user):   # leave nothing owed behind
+                self.hub.post("/v1/delivery/%s/take" % a, {"limit": 100})
+            return [a for a in ids if "#%d " % ids[a] in p.stdout]
+        self.assertEqual(who("claude", sub), [per])       # per harness first
+        self.assertEqual(who("gemini", sub), [shared])    # then the shared file
+        self.assertEqual(who("codex", tempfile.gettempdir()), [user])   # then ~
+        self.assertEqual(who("cursor", tempfile.gettempdir()), [])      # none
+
+    def test_identity_file_hostile(self):
+        """An agent file that is a link, a FIFO, a hard link, too big or not
+        a name is not read (and a FIFO does not hang the hook)."""
+        arc_dir = os.path.join(self.dir, ".arc")
+        os.makedirs(arc_dir)
+        f = os.path.join(arc_dir, "agent-claude")
+        other = os.path.join(self.dir, "elsewhere")
+        with open(other, "w") as fh:
+            fh.write(self.agent + "\n")
+        dm = self.msg(from_agent="bob", to_agent=self.agent, body="not for a link")
+
+        def put(text):
+            with open(f, "w") as fh:
+                fh.write(text)
+        cases = [("symlink", lambda: os.symlink(other, f)),
+                 ("fifo", lambda: os.mkfifo(f)),
+                 ("hardlink", lambda: os.link(other, f)),
+                 ("big", lambda: put(self.agent + "\n" + "#" * 400)),
+                 ("not a name", lambda: put("bob smith\n")),
+                 ("dot", lambda: put("..\n"))]
+        for name, make in cases:
+            with self.subTest(name):
+                make()
+                p = run_hook(self.hub.url, "claude", "UserPromptSubmit",
+                             {"cwd": self.dir, "prompt": "x"}, timeout=10)
+                self.assertEqual((p.returncode, p.stdout), (0, ""), p)
+                os.unlink(f)
+        with open(f, "w") as fh:   # and the real thing works
+            fh.write(self.agent + "\n")
+        p = run_hook(self.hub.url, "claude", "UserPromptSubmit", {"cwd": self.dir})
+        self.assertIn("#%d " % dm["id"], p.stdout)
+
     def test_stop_continues_for_open_request_bounded(self):
         req = self.msg(from_agent="bob", to_agent=self.agent, kind="task_request",
                        body="ship it")
@@ -183,6 +253,28 @@ class HookTests(HubCase):
             agent=None))
         self.assertEqual(o["decision"], "deny")
         self.assertIn(holder, o["reason"])
+
+    def test_codex_patch_headers(self):
+        """Codex's apply_patch names its files in tool_input.command: every
+        Add/Update/Delete/Move-to header is checked, indented ones too."""
+        holder, rel = uid("holder"), "lib/%s.c" % uid("held")
+        self.assertOk(self.hub.post("/v1/locks", {"agent_id": holder,
+                                                  "file_path": rel}), 201)
+        for patch in ("*** Begin Patch\n*** Update File: a.c\n*** Move to: %s\n"
+                      "*** End Patch\n" % rel,
+                      "*** Begin Patch\n  *** Delete File: %s\n*** End Patch" % rel,
+                      "*** Begin Patch\n*** Add File: x\n+1\n*** Update File: %s/%s\n"
+                      % (self.dir, rel)):
+            o = self.out(self.hook("codex", "PreToolUse", self.base(
+                "PreToolUse", tool_name="apply_patch", tool_input={"command": patch})))
+            h = o["hookSpecificOutput"]
+            self.assertEqual(h["permissionDecision"], "deny", patch)
+            self.assertIn("locked by agent %s" % holder, h["permissionDecisionReason"])
+        for tool, inp in (("apply_patch", {"command": "*** Update File: other.c\n"}),
+                          ("apply_patch", {"command": "+++ %s\n" % rel}),
+                          ("Bash", {"command": "*** Update File: %s\n" % rel})):
+            self.assertIsNone(self.out(self.hook("codex", "PreToolUse", self.base(
+                "PreToolUse", tool_name=tool, tool_input=inp))))
 
     def test_session_end_closes(self):
         s = self.assertOk(self.hub.post("/v1/sessions", {"agent_id": self.agent}), 201)
@@ -242,6 +334,285 @@ class HookTests(HubCase):
                                       ("claude", "UserPromptSubmit", "not json")):
             p = run_hook(self.hub.url, harness, event, stdin, agent=self.agent)
             self.assertEqual((p.returncode, p.stdout), (0, ""), p)
+
+
+# What each harness documents on a hook's stdin, per event (the fields a
+# hook reads, plus enough of the rest to look like the real thing). {proj}
+# stands for the project directory, {locked} for a file another agent holds
+# a lock on. Every event `arc setup` registers must have a sample here.
+_CLAUDE = {"session_id": "s1", "transcript_path": "/tmp/t.jsonl", "cwd": "{proj}",
+           "permission_mode": "default"}
+_CODEX = {"session_id": "s1", "transcript_path": None, "cwd": "{proj}",
+          "model": "gpt-5", "turn_id": "t1"}
+_GEMINI = {"session_id": "s1", "transcript_path": "/tmp/t.json", "cwd": "{proj}",
+           "timestamp": "2026-01-01T00:00:00Z"}
+_CURSOR = {"conversation_id": "c1", "generation_id": "g1", "model": "auto",
+           "cursor_version": "2.0.77", "workspace_roots": ["{proj}"],
+           "user_email": None}
+_PATCH = ("*** Begin Patch\n*** Add File: notes.txt\n+hi\n"
+          "*** Update File: {lockrel}\n@@\n-a\n+b\n*** End Patch\n")
+HOOK_SAMPLES = {
+    "claude": {
+        "SessionStart": dict(_CLAUDE, source="startup"),
+        "UserPromptSubmit": dict(_CLAUDE, prompt="go on"),
+        "PreToolUse": dict(_CLAUDE, tool_name="Edit", tool_use_id="u1", tool_input={
+            "file_path": "{locked}", "old_string": "a", "new_string": "b"}),
+        "PostToolUse": dict(_CLAUDE, tool_name="Bash", tool_input={"command": "ls"},
+                            tool_response={"stdout": "", "stderr": ""}),
+        "Stop": dict(_CLAUDE, stop_hook_active=False),
+        "wait": dict(_CLAUDE, stop_hook_active=False),
+        "SessionEnd": dict(_CLAUDE, reason="exit"),
+    },
+    "codex": {
+        "SessionStart": dict(_CODEX, source="startup"),
+        "UserPromptSubmit": dict(_CODEX, prompt="go on"),
+        "PreToolUse": dict(_CODEX, tool_name="apply_patch", tool_use_id="u1",
+                           tool_input={"command": _PATCH}),
+        "PostToolUse": dict(_CODEX, tool_name="Bash", tool_use_id="u2",
+                            tool_input={"command": "ls"}, tool_response="ok"),
+        "Stop": dict(_CODEX, stop_hook_active=False, last_assistant_message="done"),
+    },
+    "gemini": {
+        "SessionStart": dict(_GEMINI, source="startup"),
+        "BeforeAgent": dict(_GEMINI, prompt="go on"),
+        "BeforeTool": dict(_GEMINI, tool_name="write_file", tool_input={
+            "file_path": "{locked}", "content": "x"}),
+        "AfterTool": dict(_GEMINI, tool_name="run_shell_command",
+                          tool_input={"command": "ls"},
+                          tool_response={"llmContent": "ok", "returnDisplay": "ok"}),
+        "AfterAgent": dict(_GEMINI, prompt="go on", prompt_response="done",
+                           stop_hook_active=False),
+        "SessionEnd": dict(_GEMINI, reason="exit"),
+    },
+    "cursor": {
+        "sessionStart": dict(_CURSOR, session_id="s1", is_background_agent=False,
+                             composer_mode="agent"),
+        "preToolUse": dict(_CURSOR, tool_name="Write", tool_use_id="u1",
+                           tool_input={"file_path": "{locked}", "content": "x"}),
+        "postToolUse": dict(_CURSOR, tool_name="Shell", tool_use_id="u2",
+                            tool_input={"command": "ls"}, tool_output="ok"),
+        "stop": dict(_CURSOR, status="completed", loop_count=0),
+        "sessionEnd": dict(_CURSOR, session_id="s1", reason="completed"),
+    },
+    # what the plugin setup writes passes (see setup_plugin_text)
+    "opencode": {
+        "PreToolUse": {"session_id": "s1", "cwd": "{proj}", "tool_name": "edit",
+                       "tool_input": {"filePath": "{locked}", "oldString": "a",
+                                      "newString": "b"}},
+        "PostToolUse": {"session_id": "s1", "cwd": "{proj}", "tool_name": "bash",
+                        "tool_input": {}},
+        "wait": {"session_id": "s1", "cwd": "{proj}"},
+    },
+}
+# The job each event does (PROTOCOL §16.6).
+HOOK_JOBS = {
+    "SessionStart": "start", "sessionStart": "start",
+    "UserPromptSubmit": "turn", "PostToolUse": "turn", "BeforeAgent": "turn",
+    "AfterTool": "turn", "postToolUse": "turn",
+    "Stop": "stop", "AfterAgent": "stop", "stop": "stop",
+    "PreToolUse": "edit", "BeforeTool": "edit", "preToolUse": "edit",
+    "SessionEnd": "end", "sessionEnd": "end", "wait": "wait",
+}
+
+
+def _fill(v, proj, rel):
+    """The sample v with {proj}, {locked} (proj/rel) and {lockrel} filled."""
+    if isinstance(v, str):
+        return v.replace("{proj}", proj).replace("{locked}", os.path.join(proj, rel)) \
+            .replace("{lockrel}", rel)
+    if isinstance(v, dict):
+        return {k: _fill(x, proj, rel) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_fill(x, proj, rel) for x in v]
+    return v
+
+
+def setup_hook_commands(harness, proj):
+    """(event key, event word of the command, matcher, argv or shell command)
+    of every hook `arc setup HARNESS` wrote under proj."""
+    out = []
+    if harness == "opencode":
+        with open(os.path.join(proj, ".opencode", "plugins", "arc.js")) as f:
+            js = f.read()
+        arc = json.loads(re.search(r"^const ARC = (.*);$", js, re.M).group(1))
+        agent = json.loads(re.search(r"^const AGENT = (.*);$", js, re.M).group(1))
+        for ev in re.findall(r'\bhook\("([A-Za-z]+)"', js):
+            out.append((ev, ev, None, [arc, "hook", "opencode", ev, "--agent", agent]))
+        return out
+    f = {"claude": ".claude/settings.json", "codex": ".codex/hooks.json",
+         "gemini": ".gemini/settings.json", "cursor": ".cursor/hooks.json"}[harness]
+    with open(os.path.join(proj, f)) as fh:
+        hooks = json.load(fh)["hooks"]
+    for key, entries in hooks.items():
+        for e in entries:
+            for h in e.get("hooks", [e]):
+                words = h["command"].split()
+                out.append((key, words[3], e.get("matcher"), h["command"]))
+    return out
+
+
+@arc_only
+class SetupWiringTests(HubCase):
+    """Every hook `arc setup HARNESS` writes is one `arc hook` answers: each
+    registered command is run as written, fed its harness's documented
+    stdin, and its answer checked against that harness's contract."""
+
+    def wired(self, harness):
+        tmp = tempfile.mkdtemp(prefix="arc-wire-")
+        proj, home = os.path.join(tmp, "proj"), os.path.join(tmp, "home")
+        os.makedirs(os.path.join(proj, "src"))
+        os.makedirs(home)
+        agent = uid(harness)
+        env = hook_env({"HOME": home, "ARC_URL": self.hub.url})
+        p = subprocess.run(hub_command() + ["setup", harness, "--agent", agent],
+                           cwd=proj, env=env, capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p)
+        return proj, env, agent
+
+    def run_cmd(self, cmd, stdin, proj, env):
+        return subprocess.run(cmd, shell=isinstance(cmd, str), input=json.dumps(stdin),
+                              capture_output=True, text=True, timeout=30, cwd=proj, env=env)
+
+    def check(self, harness, key, job, p, agent, holder, body):
+        where = "%s %s: %r" % (harness, key, p)
+        if job == "edit" and harness == "opencode":
+            self.assertEqual(p.returncode, 2, where)
+            self.assertIn("locked by agent %s" % holder, p.stderr)
+            return
+        if job == "wait" and harness == "claude":   # asyncRewake: exit 2, stderr
+            self.assertEqual((p.returncode, p.stdout), (2, ""), where)
+            self.assertIn(body, p.stderr)
+            return
+        self.assertEqual(p.returncode, 0, where)
+        if job == "end":
+            self.assertEqual(p.stdout, "", where)
+            return
+        if harness == "opencode":   # plain text, the plugin passes it on
+            self.assertIn(body, p.stdout, where)
+            return
+        o = json.loads(p.stdout)
+        if harness == "cursor":
+            field = {"start": "additional_context", "turn": "additional_context",
+                     "stop": "followup_message", "edit": "agent_message"}[job]
+            text = o[field]
+            if job == "edit":
+                self.assertEqual(o["permission"], "deny", where)
+                self.assertIn(holder, o["user_message"])
+        elif job in ("start", "turn"):
+            h = o["hookSpecificOutput"]
+            self.assertEqual(h["hookEventName"], key, where)
+            text = h["additionalContext"]
+        elif job == "stop":
+            self.assertEqual(o["decision"], "deny" if harness == "gemini" else "block",
+                             where)
+            text = o["reason"]
+        elif harness == "gemini":   # edit
+            self.assertEqual(o["decision"], "deny", where)
+            text = o["reason"]
+        else:
+            h = o["hookSpecificOutput"]
+            self.assertEqual((h["hookEventName"], h["permissionDecision"]),
+                             (key, "deny"), where)
+            text = h["permissionDecisionReason"]
+        if job == "edit":
+            self.assertIn("locked by agent %s" % holder, text, where)
+            self.assertIn(" until 20", text, where)
+        elif job == "start":
+            self.assertIn("you are agent %s" % agent, text, where)
+        else:
+            self.assertIn(body, text, where)
+
+    def test_every_registered_event_answers(self):
+        for harness in ("claude", "codex", "gemini", "cursor", "opencode"):
+            proj, env, agent = self.wired(harness)
+            holder, rel = uid("holder"), "src/%s.c" % uid("locked")
+            self.assertOk(self.hub.post("/v1/locks", {"agent_id": holder,
+                                                      "file_path": rel}), 201)
+            cmds = setup_hook_commands(harness, proj)
+            self.assertEqual(sorted({c[1] for c in cmds}), sorted(HOOK_SAMPLES[harness]),
+                             harness)
+            for key, event, matcher, cmd in cmds:
+                with self.subTest(harness=harness, event=event):
+                    job = HOOK_JOBS[event]
+                    stdin = _fill(HOOK_SAMPLES[harness][event], proj, rel)
+                    stdin["hook_event_name"] = key
+                    if matcher and "tool_name" in stdin:   # the harness would run it
+                        self.assertRegex(stdin["tool_name"], "^(%s)$" % matcher)
+                    body = "for %s at %s %s" % (agent, event, uid("m"))
+                    kind = "task_request" if job == "stop" else "chat"
+                    self.assertOk(self.hub.post("/v1/messages", {
+                        "from_agent": "bob", "to_agent": agent, "kind": kind,
+                        "body": body}), 201)
+                    if job == "end":
+                        s = self.assertOk(self.hub.post("/v1/sessions",
+                                                        {"agent_id": agent}), 201)
+                    p = self.run_cmd(cmd, stdin, proj, env)
+                    self.check(harness, key, job, p, agent, holder, body)
+                    if job == "end":
+                        live = [a["session_id"] for a in
+                                self.assertOk(self.hub.get("/v1/agents"))]
+                        self.assertNotIn(s["session_id"], live)
+                    if job == "edit":   # the same edit elsewhere passes
+                        free = _fill(HOOK_SAMPLES[harness][event], proj, "src/free.c")
+                        free["hook_event_name"] = key
+                        p = self.run_cmd(cmd, free, proj, env)
+                        self.assertEqual((p.returncode, p.stdout), (0, ""), p)
+                    # take what the event left owed, so the next starts clean
+                    self.hub.post("/v1/delivery/%s/take" % agent, {"limit": 100})
+
+    @unittest.skipUnless(shutil.which("node"), "needs node")
+    def test_opencode_plugin_drives_the_hook(self):
+        """The plugin file itself, under Node with a stand-in OpenCode client:
+        tool.execute.before refuses a locked edit, tool.execute.after carries
+        owed messages, session.idle wakes the session with promptAsync."""
+        proj, env, agent = self.wired("opencode")
+        holder, rel = uid("holder"), "src/%s.c" % uid("locked")
+        self.assertOk(self.hub.post("/v1/locks", {"agent_id": holder,
+                                                  "file_path": rel}), 201)
+        d1, d2 = uid("after-tool"), uid("wake")
+        plugin = os.path.join(proj, "plugin.mjs")
+        shutil.copy(os.path.join(proj, ".opencode", "plugins", "arc.js"), plugin)
+        driver = os.path.join(proj, "drive.mjs")
+        with open(driver, "w") as f:
+            f.write("""
+import { ArcPlugin } from "./plugin.mjs";
+const [dir, url, agent, d2, rel] = process.argv.slice(2);
+const prompts = [];
+const client = { session: { promptAsync: async (a) => { prompts.push(a); } } };
+const hooks = await ArcPlugin({ client, directory: dir });
+const res = {};
+try {
+  await hooks["tool.execute.before"]({ tool: "edit", sessionID: "s1", callID: "c1" },
+    { args: { filePath: dir + "/" + rel, oldString: "a", newString: "b" } });
+  res.before = "allowed";
+} catch (e) { res.before = String(e.message); }
+await hooks["tool.execute.before"]({ tool: "edit", sessionID: "s1", callID: "c2" },
+  { args: { filePath: dir + "/src/free.c" } });
+const out = { title: "", output: "file list", metadata: {} };
+await hooks["tool.execute.after"]({ tool: "bash", sessionID: "s1", callID: "c3" }, out);
+res.after = out.output;
+await hooks.event({ event: { type: "session.idle", properties: { sessionID: "s1" } } });
+await fetch(url + "/v1/messages", { method: "POST",
+  headers: { "content-type": "application/json" },
+  body: JSON.stringify({ from_agent: "bob", to_agent: agent, body: d2 }) });
+for (let i = 0; i < 200 && !prompts.length; i++) await new Promise((r) => setTimeout(r, 50));
+res.prompts = prompts;
+console.log(JSON.stringify(res));
+process.exit(0);
+""")
+        self.assertOk(self.hub.post("/v1/messages", {"from_agent": "bob", "to_agent": agent,
+                                                     "body": d1}), 201)
+        p = subprocess.run(["node", driver, proj, self.hub.url, agent, d2, rel], cwd=proj,
+                           env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p)
+        res = json.loads(p.stdout)
+        self.assertIn("locked by agent %s" % holder, res["before"])
+        self.assertTrue(res["after"].startswith("file list\n\n"), res)
+        self.assertIn(d1, res["after"])
+        self.assertEqual(len(res["prompts"]), 1, res)
+        pr = res["prompts"][0]
+        self.assertEqual(pr["path"], {"id": "s1"})
+        self.assertIn(d2, pr["body"]["parts"][0]["text"])
 
 
 @arc_only

@@ -12,6 +12,7 @@ Each golden case also checks: a second run changes nothing and says so;
 --dry-run writes nothing; --remove gives back exactly the `in/` tree.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -206,6 +207,25 @@ class Merge(SetupBase):
         # every file setup made
         self.arc("setup", "gemini", "--remove", ok=True)
         self.assertEqual(tree(self.proj), {})
+
+    def test_dropped_event_goes_on_rerun(self):
+        """An event setup no longer writes (Cursor's beforeSubmitPrompt,
+        which can only block a prompt) is taken out by the next run, and
+        doctor calls the old wiring stale until then."""
+        self.arc("setup", "cursor", "--agent", "c1", ok=True)
+        doc = json.loads(self.read(".cursor/hooks.json"))
+        self.assertNotIn("beforeSubmitPrompt", doc["hooks"])
+        cmd = doc["hooks"]["stop"][0]["command"].replace(" stop ", " beforeSubmitPrompt ")
+        doc["hooks"]["beforeSubmitPrompt"] = [
+            {"command": "./mine.sh"}, {"command": cmd, "timeout": 10}]
+        self.write(".cursor/hooks.json", json.dumps(doc, indent=2) + "\n")
+        p = self.arc("doctor", ok=False)
+        self.assertIn("cursor (project): .cursor/hooks.json differ", p.stdout)
+        self.arc("setup", "cursor", "--agent", "c1", ok=True)
+        doc = json.loads(self.read(".cursor/hooks.json"))
+        self.assertEqual(doc["hooks"]["beforeSubmitPrompt"], [{"command": "./mine.sh"}])
+        p = self.arc("doctor")
+        self.assertIn("cursor (project): wired as setup wires it", p.stdout)
 
     def test_default_agent_name(self):
         p = self.arc("setup", "codex", "--dry-run", ok=True)

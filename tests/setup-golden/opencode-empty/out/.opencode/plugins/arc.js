@@ -18,25 +18,33 @@ function hook(event, input) {
   });
 }
 
-export const ArcPlugin = async ({ client }) => {
+export const ArcPlugin = async ({ client, directory }) => {
   const waiting = new Set();
+  const tool = (input, args) => ({ session_id: input.sessionID, cwd: directory,
+    tool_name: input.tool, tool_input: args });
   return {
     event: async ({ event }) => {
       if (event.type !== "session.idle") return;
       const id = event.properties.sessionID;
       if (waiting.has(id)) return;
       waiting.add(id);
-      const r = await hook("wait", { session_id: id });
-      waiting.delete(id);
-      if (r.status === 0 && r.out.trim())
-        await client.session.promptAsync({
-          path: { id }, body: { parts: [{ type: "text", text: r.out }] },
-        });
+      // in the background: OpenCode's event bus must not wait on it
+      hook("wait", { session_id: id, cwd: directory }).then(async (r) => {
+        waiting.delete(id);
+        if (r.status === 0 && r.out.trim())
+          await client.session.promptAsync({
+            path: { id }, body: { parts: [{ type: "text", text: r.out }] },
+          });
+      }).catch(() => waiting.delete(id));
     },
     "tool.execute.before": async (input, output) => {
-      const r = await hook("PreToolUse", { session_id: input.sessionID,
-        tool_name: input.tool, tool_input: output.args });
+      const r = await hook("PreToolUse", tool(input, output.args));
       if (r.status === 2) throw new Error(r.err.trim() || "refused by arc");
+    },
+    "tool.execute.after": async (input, output) => {
+      const r = await hook("PostToolUse", tool(input, {}));
+      if (r.status === 0 && r.out.trim() && typeof output.output === "string")
+        output.output += "\n\n" + r.out;
     },
   };
 };
