@@ -8937,14 +8937,16 @@ static void loop_finish(Loop *l, Conn *c, Res *r) {
     if (!r->raw) conn_respond(l, c, r->status, r->ctype, r->extra, buf_str(&r->body));
 }
 
-/* End the parked /mcp calls that notifications/cancelled or DELETE /mcp
- * cancelled: their connections close without an answer (a relayed one is
- * dropped unanswered; its client gave up on it). */
+static void loop_mcp_again(Loop *l, Conn *c);
+
+/* The parked /mcp calls that notifications/cancelled or DELETE /mcp
+ * cancelled run once more, now, to end their HTTP answers without a
+ * JSON-RPC one (202, or the end of an SSE stream). */
 static void loop_mcp_cancels(Loop *l) {
     uint64_t id;
     while ((id = mcp_hub_cancelled(l->hub)))
         for (Conn *c = l->conns; c; c = c->next)
-            if (c->mcp_call == id && c->state != CONN_DEAD) conn_kill(l, c);
+            if (c->mcp_call == id && c->state == CONN_PARKED) loop_mcp_again(l, c);
 }
 
 /* A request whose write found the storage locked by another process (a
@@ -13058,6 +13060,7 @@ struct McpRun {
     int64_t slice_end_ms;    /* the current wait's slice (progress notes) */
     double wait_s;           /* the wait asked for: progress's total */
     int sse;                 /* the answer is an SSE stream, its head sent */
+    int cancelled;           /* ended unanswered: its run says so and goes */
 };
 
 /* Hub.mcp: everything /mcp keeps between requests. Loop thread only. */
@@ -14558,16 +14561,23 @@ static void mcp_run_tool(const McpReq *rq, const McpTool *tool) {
     buf_free(&x.out), buf_free(&x.text), buf_free(&x.data);
 }
 
+/* A call ended from outside: loop_mcp_cancels runs it once more. */
+static void mcp_cancel_push(McpHub *mh, uint64_t serial) {
+    if (mh->n_cancel == mh->cap_cancel)
+        mh->cancel = vec_grow(mh->cancel, &mh->cap_cancel, sizeof *mh->cancel);
+    mh->cancel[mh->n_cancel++] = serial;
+}
+
 /* notifications/cancelled in the hub: end the call of io's state with
- * this id; its connection closes unanswered (loop_mcp_cancels). */
+ * this id. Its request runs once more (loop_mcp_cancels) to end its HTTP
+ * answer without a JSON-RPC one (hub_mcp). */
 static void mcp_hub_cancel(McpIo *io, Str id) {
     McpHub *mh = io->h->mcp;
     for (McpRun *run = mh->runs; run; run = run->next) {
-        if (run->st != io->st || !str_eq(id, buf_cstr(&run->id))) continue;
-        if (mh->n_cancel == mh->cap_cancel)
-            mh->cancel = vec_grow(mh->cancel, &mh->cap_cancel, sizeof *mh->cancel);
-        mh->cancel[mh->n_cancel++] = run->serial;
-        mcp_run_drop(mh, run);
+        if (run->st != io->st || run->cancelled || !str_eq(id, buf_cstr(&run->id)))
+            continue;
+        mcp_cancel_push(mh, run->serial);
+        run->cancelled = 1;
         return;
     }
 }
@@ -14837,25 +14847,14 @@ static void mcp_state_free(McpState *st) {
     free(st);
 }
 
-/* A call ended from outside (its state ended): loop_mcp_cancels closes
- * its connection. */
-static void mcp_cancel_push(McpHub *mh, uint64_t serial) {
-    if (mh->n_cancel == mh->cap_cancel)
-        mh->cancel = vec_grow(mh->cancel, &mh->cap_cancel, sizeof *mh->cancel);
-    mh->cancel[mh->n_cancel++] = serial;
-}
-
-/* End st: its parked calls are cancelled, then it is freed. */
+/* End st: its parked calls are cancelled (and no longer st's), then it
+ * is freed. */
 static void mcp_state_drop(McpHub *mh, McpState *st) {
-    for (McpRun **pp = &mh->runs; *pp;) {
-        McpRun *run = *pp;
-        if (run->st != st) {
-            pp = &run->next;
-            continue;
-        }
-        *pp = run->next;
-        mcp_cancel_push(mh, run->serial);
-        mcp_run_free(run);
+    for (McpRun *run = mh->runs; run; run = run->next) {
+        if (run->st != st) continue;
+        run->st = NULL;
+        if (!run->cancelled) mcp_cancel_push(mh, run->serial);
+        run->cancelled = 1;
     }
     for (McpState **pp = &mh->states; *pp; pp = &(*pp)->next)
         if (*pp == st) {
@@ -15093,6 +15092,19 @@ static void hub_mcp(Hub *h, Req *q, Res *r) {
     Json j = { 0 };
     McpState *st = NULL;
     mcp_hub_sweep(h, now);
+    if (q->mcp_call) {   /* a parked call runs again: ended meanwhile? */
+        McpRun *run = mh->runs;
+        while (run && run->serial != q->mcp_call) run = run->next;
+        if (!run || run->cancelled) {
+            /* No JSON-RPC answer for a cancelled request: an SSE stream
+             * just ends, a JSON one is 202 with no body. */
+            if (run && run->sse) r->raw = 1;
+            else r->status = 202;
+            if (q->relayed) buf_adds(&r->body, "{}");
+            if (run) mcp_run_drop(mh, run);
+            goto done;
+        }
+    }
     if (str_eq(q->method, "GET")) {   /* the spec allows a server no GET stream */
         mcp_http_fail(r, 405, MCP_INVALID, "GET /mcp: no server-initiated stream; "
                       "POST requests to /mcp (docs/MCP.md)");
