@@ -25,8 +25,8 @@
  *   cli    ensure/stop/reset/status, post/poll/whoami, the standalone
  *          relay and relay-gc
  *   smoke  the reference's three smoke roles and `arc smoke`
- *   mcp    `arc mcp`: an MCP server (JSON-RPC 2.0 on stdin/stdout) for one
- *          agent, its tools turned into hub requests, heartbeat thread
+ *   mcp    the MCP tools and dispatcher, served by the hub at /mcp (sessions,
+ *          parked calls); `arc mcp`, the stdio bridge to it, heartbeat
  *   dash   the embedded dashboard page, generated from dash/dash.html
  *   main   command table, arc_main(), main()
  *
