@@ -28,8 +28,8 @@
  *   cli    ensure/stop/reset/status, post/poll/whoami, the standalone
  *          relay and relay-gc
  *   smoke  the reference's three smoke roles and `arc smoke`
- *   mcp    `arc mcp`: an MCP server (JSON-RPC 2.0 on stdin/stdout) for one
- *          agent, its tools turned into hub requests, heartbeat thread
+ *   mcp    the MCP tools and dispatcher, served by the hub at /mcp (sessions,
+ *          parked calls); `arc mcp`, the stdio bridge to it, heartbeat
  *   dash   the embedded dashboard page, generated from dash/dash.html
  *   main   command table, arc_main(), main()
  *
@@ -2018,6 +2018,9 @@ typedef struct {
     int head_len;                     /* http_frame: the head's bytes, 0
                                          while it is incomplete */
     Str body;                         /* http_frame: borrowed, after the head */
+    /* MCP over HTTP (/mcp, docs/MCP.md): Mcp-Session-Id, MCP-Protocol-Version,
+     * Mcp-Method, Mcp-Name, X-Arc-Agent and Accept; empty when absent. */
+    Str mcp_session, mcp_version, mcp_method, mcp_name, arc_agent, accept;
 } HttpReq;
 
 static int http_bad(HttpReq *r, int status, const char *msg) {
@@ -2128,6 +2131,18 @@ static int http_header(HttpReq *r, Str line) {
         r->expect_continue = str_ieq(v, "100-continue") != 0;
     } else if (str_ieq(name, "authorization")) {
         r->authorization = v;
+    } else if (str_ieq(name, "mcp-session-id")) {
+        r->mcp_session = v;
+    } else if (str_ieq(name, "mcp-protocol-version")) {
+        r->mcp_version = v;
+    } else if (str_ieq(name, "mcp-method")) {
+        r->mcp_method = v;
+    } else if (str_ieq(name, "mcp-name")) {
+        r->mcp_name = v;
+    } else if (str_ieq(name, "x-arc-agent")) {
+        r->arc_agent = v;
+    } else if (str_ieq(name, "accept")) {
+        r->accept = v;
     }
     return 0;
 }
@@ -3775,6 +3790,8 @@ typedef struct {
                                     0: at once */
     int64_t pr_check_ms;         /* next check of agents' pids (§17.5);
                                     0: no pid to watch */
+    struct McpHub *mcp;          /* owned: /mcp sessions and parked calls, or
+                                    NULL until the first /mcp request */
 } Hub;
 
 /* One request as the handlers see it. */
@@ -3789,6 +3806,11 @@ typedef struct {
     int busy;            /* its write found the lock taken: retry later */
     int batch_mark;      /* h->n_batch when the savepoint opened */
     Buf tmp;             /* scratch for query parameters */
+    /* /mcp only (docs/MCP.md): */
+    const HttpReq *hr;   /* borrowed: the HTTP head, NULL when relayed */
+    Str raw_body;        /* the body, unparsed (hub_handle leaves it so) */
+    uint64_t mcp_call;   /* a parked call this request runs again, or 0 */
+    int relayed;         /* it came through the file relay */
 } Req;
 
 typedef struct {
@@ -3800,6 +3822,12 @@ typedef struct {
     int stream;          /* SSE: wait holds the filter */
     int64_t wait_ms;     /* park: how long */
     Wait wait;
+    /* /mcp only (docs/MCP.md): */
+    uint64_t mcp_call;   /* park: the call to run again when the wait ends */
+    int raw;             /* body is bytes for an SSE response already begun
+                          * (with park: sent before parking; else the last,
+                          * and the connection closes) */
+    Buf hdr;             /* owned: header lines behind `extra` */
 } Res;
 
 ARC_PRINTF(3, 4) static void hub_fail(Res *r, int status, const char *fmt, ...) {
@@ -5008,7 +5036,10 @@ static int hub_pr_pid(Hub *h, Req *q, Res *r, int64_t *pid, int64_t *start) {
                  "its start time in clock ticks (/proc/PID/stat field 22)");
         return -1;
     }
-    return a && hub_is_loopback(h->cfg.host);
+    /* A pid from another pid namespace (a sandbox) names some other
+     * process here, or none: watching it would take a live agent offline.
+     * Watch only a process that is alive here with that start time. */
+    return a && hub_is_loopback(h->cfg.host) && proc_alive((long)*pid, *start) == 1;
 }
 
 /* A session was registered (POST /v1/sessions): the agent is present,
@@ -8118,7 +8149,8 @@ static const char hub_features[] =
     "\"arc:origin_check\""
     ",\"arc:kv\",\"arc:task_deps\",\"arc:deep_rollup\",\"arc:search\""
     ",\"arc:delivery\""
-    ",\"arc:receipts\",\"arc:presence\"";
+    ",\"arc:receipts\",\"arc:presence\""
+    ",\"arc:mcp\"";
 
 /* GET /v1/hub-info (PROTOCOL §7.9): limits, features, storage. */
 static void hub_info(Hub *h, Req *q, Res *r) {
@@ -8152,6 +8184,7 @@ static void hub_info(Hub *h, Req *q, Res *r) {
              (long long)h->cfg.presence_ttl_s, (int)getpid());
     buf_addf(b, ",\"max_kv_value_chars\":%lld,\"max_kv_key_bytes\":%d",
              (long long)h->cfg.max_kv_value_chars, ARC_MAX_KV_KEY);
+    buf_adds(b, ",\"mcp_path\":\"/mcp\"");   /* arc:mcp, docs/MCP.md */
     if (h->spool_path[0]) {   /* `arc smoke` finds the spool it serves here */
         buf_adds(b, ",\"spool_path\":");
         json_cstr(b, h->spool_path);
@@ -8910,6 +8943,10 @@ typedef struct {
     HubHandler fn;
 } Route;
 
+/* POST, GET and DELETE /mcp: MCP over HTTP (docs/MCP.md). The tools are
+ * the mcp section's, which comes after the loop and the client. */
+static void hub_mcp(Hub *h, Req *q, Res *r);
+
 static const Route hub_routes[] = {
     { "GET", "/", hub_root },
     { "GET", "/v1/hub-info", hub_info },
@@ -8955,6 +8992,9 @@ static const Route hub_routes[] = {
     { "GET", "/v1/unanswered", hub_rc_unanswered },
     { "POST", "/v1/agents/*/state", hub_pr_post },
     { "GET", "/v1/presence", hub_pr_list },
+    { "POST", "/mcp", hub_mcp },
+    { "GET", "/mcp", hub_mcp },
+    { "DELETE", "/mcp", hub_mcp },
 };
 
 /* Match path against pattern; on a wildcard, decode the segment into arg.
@@ -9006,7 +9046,8 @@ static void hub_handle(Hub *h, Req *q, Str path, Str body, Res *r) {
         hub_fail(r, 400, "path parameter must not contain a NUL character");
         return;
     }
-    if (str_eq(q->method, "POST") || str_eq(q->method, "PUT")) {
+    q->raw_body = body;
+    if ((str_eq(q->method, "POST") || str_eq(q->method, "PUT")) && rt->fn != hub_mcp) {
         if (!utf8_valid(body.p, body.n)) {
             hub_fail(r, 400, "request body must be valid UTF-8");
             return;
@@ -9034,6 +9075,7 @@ static void req_free(Req *q) {
 
 static void res_free(Res *r) {
     buf_free(&r->body);
+    buf_free(&r->hdr);
     wait_free(&r->wait);
 }
 
@@ -10016,6 +10058,13 @@ typedef enum {
 
 typedef struct Conn Conn;
 
+/* /mcp calls that park (docs/MCP.md) are the mcp section's, below the
+ * loop: the loop tells it when a conn holding one goes away, and asks it
+ * which calls notifications/cancelled or DELETE /mcp ended. */
+static void mcp_hub_forget(Hub *h, uint64_t call);
+static uint64_t mcp_hub_cancelled(Hub *h);
+static void mcp_hub_free(Hub *h);   /* serve_stop: the hub's /mcp state */
+
 /* The parked requests and streams that wait on one channel (Wait.channel),
  * or, in Loop.wb_any, on any channel. */
 typedef struct WaitBucket {
@@ -10046,6 +10095,8 @@ struct Conn {
     WaitBucket *bucket;      /* PARKED/STREAM: the bucket that holds it */
     Conn *wprev, *wnext;     /* ... and its neighbours there */
     RelayReq *relay;         /* owned: a relayed request (fd is -1) */
+    uint64_t mcp_call;       /* a parked /mcp call (its request stays in
+                              * `in` or `relay` to run again), or 0 */
     size_t held_from;        /* out offset where uncommitted answers start */
     unsigned keep_alive : 1; /* the current request allows reuse */
     unsigned close_after : 1;/* close once out is drained */
@@ -10641,6 +10692,13 @@ static void loop_stream_fill(Loop *l, Conn *c) {
 
 /* Turn a handler's Res into output, a parked wait, or a stream. */
 static void loop_finish(Loop *l, Conn *c, Res *r) {
+    uint64_t was = c->mcp_call;   /* an /mcp call parks, or ends */
+    c->mcp_call = r->park ? r->mcp_call : 0;
+    if (was && was != c->mcp_call) mcp_hub_forget(l->hub, was);
+    if (r->raw) {   /* an SSE answer to /mcp already begun */
+        buf_addstr(&c->out, buf_str(&r->body));
+        if (!r->park) c->close_after = 1;
+    }
     if (r->stream) {
         buf_adds(&c->out, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                  "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
@@ -10663,7 +10721,19 @@ static void loop_finish(Loop *l, Conn *c, Res *r) {
         loop_wait_add(l, c);
         return;
     }
-    conn_respond(l, c, r->status, r->ctype, r->extra, buf_str(&r->body));
+    if (!r->raw) conn_respond(l, c, r->status, r->ctype, r->extra, buf_str(&r->body));
+}
+
+static void loop_mcp_again(Loop *l, Conn *c);
+
+/* The parked /mcp calls that notifications/cancelled or DELETE /mcp
+ * cancelled run once more, now, to end their HTTP answers without a
+ * JSON-RPC one (202, or the end of an SSE stream). */
+static void loop_mcp_cancels(Loop *l) {
+    uint64_t id;
+    while ((id = mcp_hub_cancelled(l->hub)))
+        for (Conn *c = l->conns; c; c = c->next)
+            if (c->mcp_call == id && c->state == CONN_PARKED) loop_mcp_again(l, c);
 }
 
 /* A request whose write found the storage locked by another process (a
@@ -10740,7 +10810,8 @@ static void loop_process(Loop *l, Conn *c) {
         }
         c->keep_alive = hr.keep_alive;
         Req q = { .method = hr.method, .query = hr.query,
-                  .last_event_id = hr.last_event_id };
+                  .last_event_id = hr.last_event_id, .hr = &hr,
+                  .mcp_call = c->mcp_call };
         Res r = { 0 };
         size_t mark = c->out.len;
         int known = str_eq(hr.method, "GET") || str_eq(hr.method, "POST") ||
@@ -10759,7 +10830,9 @@ static void loop_process(Loop *l, Conn *c) {
         loop_depend(l, c, mark);
         req_free(&q);
         res_free(&r);
-        buf_consume(&c->in, (size_t)n);
+        loop_mcp_cancels(l);
+        /* A parked /mcp call keeps its request: it runs again on waking. */
+        if (!(c->state == CONN_PARKED && c->mcp_call)) buf_consume(&c->in, (size_t)n);
         c->req_ms = c->body_ms = 0;
     }
     /* A waiter with nothing pipelined keeps no input buffer: 10,000 parked
@@ -10998,6 +11071,15 @@ static void loop_unpark(Loop *l, Conn *c, Str result, int more) {
     buf_free(&b);
 }
 
+/* A parked /mcp call's wait is over (a match, its deadline, another
+ * process's commit): it goes back to serving, and its request, which it
+ * kept (loop_process, loop_relay_serve), runs again from the touched list
+ * (conn_pending). The tool sees what is new, or waits again. */
+static void loop_mcp_again(Loop *l, Conn *c) {
+    loop_unparked(l, c);
+    loop_touch(l, c);
+}
+
 /* Wake c from this turn's committed batch, without touching SQLite.
  * Parked requests that match the same messages get the same bytes, so the
  * answer is built once per distinct match (Loop.fan_*) and then copied: a
@@ -11010,6 +11092,14 @@ static void loop_wake_batch(Loop *l, Conn *c) {
             if (hub_wait_match(&c->wait, m))
                 loop_sse_event(c, m->id, (Str){ m->json, m->json_len });
         }
+        return;
+    }
+    if (c->mcp_call) {
+        for (int i = 0; i < l->hub->n_batch; i++)
+            if (hub_wait_match(&c->wait, &l->hub->batch[i])) {
+                loop_mcp_again(l, c);
+                return;
+            }
         return;
     }
     if (l->cap_fan < l->hub->n_batch) {
@@ -11061,6 +11151,10 @@ static void loop_wake_batch(Loop *l, Conn *c) {
 static void loop_wake_query(Loop *l, Conn *c) {
     if (c->state == CONN_STREAM) {
         if (!c->behind) loop_stream_fill(l, c);
+        return;
+    }
+    if (c->mcp_call) {
+        loop_mcp_again(l, c);
         return;
     }
     Buf res = { 0 };
@@ -11203,7 +11297,8 @@ static void loop_timers(Loop *l) {
         loop_touch(l, c);
         switch (c->state) {
         case CONN_PARKED:
-            loop_unpark(l, c, STR_LIT("[]"), 0);
+            if (c->mcp_call) loop_mcp_again(l, c);
+            else loop_unpark(l, c, STR_LIT("[]"), 0);
             break;
         case CONN_STREAM:
             if (c->out_off == conn_send_end(c)) {
@@ -11419,6 +11514,7 @@ static void loop_free(Loop *l, Conn *c) {
     else l->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     l->n_conns--;
+    if (c->mcp_call) mcp_hub_forget(l->hub, c->mcp_call);
     conn_close(l, c);
     buf_free(&c->in);
     buf_free(&c->out);
@@ -11552,7 +11648,8 @@ static void loop_relay_serve(Loop *l, Conn *c) {
     RelayReq *r = c->relay;
     const char *qm = strchr(r->path, '?');
     Str path = { r->path, qm ? (size_t)(qm - r->path) : strlen(r->path) };
-    Req q = { .method = str_c(r->method), .query = str_c(qm ? qm + 1 : "") };
+    Req q = { .method = str_c(r->method), .query = str_c(qm ? qm + 1 : ""),
+              .relayed = 1, .mcp_call = c->mcp_call };
     Res res = { 0 };
     if (r->body && (int64_t)strlen(r->body) > l->hub->max_request_bytes)
         hub_fail(&res, 400, "request body exceeds max size");
@@ -11570,6 +11667,7 @@ static void loop_relay_serve(Loop *l, Conn *c) {
     }
     req_free(&q);
     res_free(&res);
+    loop_mcp_cancels(l);
 }
 
 /* Serve one request from the spool exactly as an HTTP request: through a
@@ -11725,8 +11823,8 @@ static void loop_drain(Loop *l) {
             c->retry_ms = 0;   /* waiting for a lock: give up now */
             conn_error(l, c, 503, "storage error: database is locked");
         }
-        if (c->state == CONN_PARKED) loop_unpark(l, c, STR_LIT("[]"), 0);
-        else if (c->state == CONN_STREAM) conn_kill(l, c);
+        if (c->state == CONN_PARKED && !c->mcp_call) loop_unpark(l, c, STR_LIT("[]"), 0);
+        else if (c->state == CONN_STREAM || c->state == CONN_PARKED) conn_kill(l, c);
         loop_flush(l, c);
         if (c->state != CONN_DEAD) c->close_after = 1;
         if (c->state != CONN_DEAD && c->out_off == c->out.len) conn_kill(l, c);
@@ -12163,6 +12261,7 @@ static void serve_stop(Serve *s) {
     }
     g_wake_wr = -1;
     loop_close(l);
+    mcp_hub_free(&s->hub);
     hub_batch_truncate(&s->hub, 0);
     free(s->hub.batch);
     for (int i = 0; i < s->hub.n_dl_later; i++) hub_dl_later_free(&s->hub.dl_later[i]);
@@ -17148,22 +17247,28 @@ static int cmd_smoke(int argc, char **argv) {
     return 0;
 }
 
-/* ==== mcp: the MCP stdio server (`arc mcp --agent NAME`) ================= */
+/* ==== mcp: MCP tools in the hub (/mcp); `arc mcp`, its stdio bridge ====== */
 
-/* An MCP client (Claude Code, Codex, Cursor, Gemini CLI, ...) runs
- * `arc mcp --agent NAME` and speaks JSON-RPC 2.0 over its stdin and stdout.
- * The server is one agent: it registers a session, keeps it present with a
- * heartbeat for as long as the process lives (so claims and locks survive
- * a model that thinks for minutes), and turns tool calls into hub requests
- * through the shared Client, over HTTP or the file relay.
- *
- * Threads: the main thread reads stdin, frames and parses messages and
- * answers the quick methods itself; every tools/call runs on a thread of
- * its own with its own hub connection, so a poll waiting 50 s never holds
- * up a ping, a tools/list or another call, and notifications/cancelled can
- * interrupt it (Client.cancel_fd); the heartbeat thread touches the
- * session. Every message goes to stdout as one line under g_mcp.out_mu;
- * nothing else is ever written there. Logs go to stderr.
+/* MCP (JSON-RPC 2.0) for agents, from one implementation of the tools,
+ * served two ways (docs/MCP.md):
+ * - by the hub at /mcp: Streamable HTTP (2025-11-25 and older, with
+ *   initialize and Mcp-Session-Id) and the stateless 2026-07-28 revision.
+ *   The dispatcher and the tools run in the loop thread; a tool calls the
+ *   handlers in-process (hub_handle, as the relay does), so its writes join
+ *   the turn's batch and its answer is held until they commit. A tool that
+ *   waits (a poll, an rpc call) parks its connection like a long-poll; when
+ *   the wait ends the loop runs the request again (Conn.mcp_call), and the
+ *   call's McpRun makes that safe: its writes are replayed, not redone.
+ * - by `arc mcp --agent NAME`, a bridge for clients that start a process:
+ *   it frames stdin, posts each message to the hub's /mcp (over HTTP, or
+ *   through the file relay for sandboxed agents) and writes the answers,
+ *   and SSE progress events, back to stdout as lines. It keeps the agent's
+ *   MCP session with a heartbeat, starts a hub when none runs, opens a new
+ *   session when the hub comes back, and, while no hub can be reached,
+ *   answers with the same dispatcher in-process, every tool failing with
+ *   the reason.
+ * The hub owns the per-agent state (McpState: presence session, negotiated
+ * version, poll cursors), so there is one copy of it for both transports.
  *
  * Both protocol eras are served from one dispatcher. The handshake era
  * (2024-11-05 .. 2025-11-25) negotiates a version with `initialize`; the
@@ -17173,7 +17278,7 @@ static int cmd_smoke(int argc, char **argv) {
  * structuredContent, batches) follow the version of each request. */
 
 #define MCP_MAX_MSG (4 << 20)        /* one JSON-RPC message on stdin */
-#define MCP_MAX_CALLS 64             /* tool calls in flight at once */
+#define MCP_MAX_CALLS 64             /* bridge: tool calls in flight at once */
 #define MCP_MAX_WAIT_S 50            /* waiting tools; clients cut at 60 s */
 #define MCP_SLICE_MS 5000            /* long-poll slice between progress notes */
 #define MCP_RETRY_MS 2000            /* re-register attempts while the hub is away */
@@ -17182,6 +17287,9 @@ static int cmd_smoke(int argc, char **argv) {
 #define MCP_MAX_CURSORS 256          /* poll filters that keep a read position */
 #endif
 #define MCP_CURSOR_BUCKETS 512       /* their hash table; a power of two */
+#ifndef MCP_MAX_STATES
+#define MCP_MAX_STATES 1024          /* hub: MCP sessions and stateless agents */
+#endif
 
 #define MCP_V_STATELESS "2026-07-28"
 #define MCP_V_LEGACY "2025-11-25"    /* newest version with a handshake */
@@ -17196,28 +17304,7 @@ enum {
     MCP_BAD_VERSION = -32022          /* UnsupportedProtocolVersionError */
 };
 
-typedef struct McpBatch McpBatch;
-typedef struct McpCall McpCall;
 typedef struct McpCursor McpCursor;
-
-/* The answers of one JSON-RPC batch, written as one array once the last of
- * them (tool calls finish on their own threads) is in. */
-struct McpBatch {
-    Buf out;
-    int pending;      /* answers still to come, +1 while being dispatched */
-};
-
-/* A tools/call in flight. */
-struct McpCall {
-    McpCall *next;
-    char *msg;            /* the request text (owned; parsed again by the worker) */
-    Buf id;               /* its id, as JSON */
-    Buf progress;         /* _meta.progressToken as JSON, empty if none */
-    char version[16];     /* protocol version the answer is shaped for */
-    int cancel[2];        /* pipe: written to cancel the call's waits */
-    int cancelled;        /* no answer is sent (notifications/cancelled) */
-    McpBatch *batch;
-};
 
 /* Where a filtered poll (channel and/or thread) has read up to. Polls with
  * different filters keep separate cursors: the reference moves one cursor
@@ -17240,30 +17327,101 @@ typedef struct {
     int n;                                     /* <= MCP_MAX_CURSORS */
 } McpCursors;
 
+/* The agent a tool call acts for, as the tools read it. The hub fills it
+ * from the call's McpState before each call and takes the cursor back
+ * after (mcp_run_tool): loop thread only, one call at a time. In the
+ * bridge it names the agent for the tools answered without a hub. */
 typedef struct {
-    /* Set once at start. */
-    const char *agent, *display_name, *caps, *url, *relay_dir;
-    char token[ARC_MAX_TOKEN + 1];   /* the hub's bearer token, "" = none */
-    /* Guarded by mu. */
-    pthread_mutex_t mu;
-    pthread_cond_t cond;          /* a call ended; closing; wake the heartbeat */
-    char session_id[128];
-    int registered;               /* our session was active at last look */
-    int warned_replaced;          /* logged that another process took the name */
+    const char *agent;            /* borrowed: the agent id */
+    const char *url, *relay_dir;  /* borrowed: where the agent's hub is */
+    char session_id[128];         /* its presence session (PROTOCOL §9) */
     int64_t cursor;               /* since_id of unfiltered polls */
-    McpCursors cursors;           /* ... and of filtered ones */
-    char version[16];             /* from initialize; "" before */
-    McpCall *calls;
-    int ncalls;
-    int closing;                  /* stdin reached EOF */
-    int64_t beat_ms;              /* heartbeat interval */
-    pthread_mutex_t reg_mu;       /* one registration at a time */
-    pthread_mutex_t out_mu;       /* stdout */
+    McpCursors *cursors;          /* borrowed: ... and of filtered ones */
+    pthread_mutex_t mu;           /* the tools lock it; never contended */
 } Mcp;
 
-static Mcp g_mcp = { .mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER,
-                     .reg_mu = PTHREAD_MUTEX_INITIALIZER,
-                     .out_mu = PTHREAD_MUTEX_INITIALIZER, .beat_ms = 30000 };
+static Mcp g_mcp = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+/* ---- the hub's state: MCP sessions and parked calls ---- */
+
+typedef struct McpState McpState;
+typedef struct McpRun McpRun;
+
+/* One MCP session (Mcp-Session-Id, from initialize), or one agent's state
+ * for requests without a session (the stateless era, the relay). It holds
+ * what `arc mcp` used to keep in its process. Lapses when unused for the
+ * presence TTL (mcp_hub_sweep). */
+struct McpState {
+    McpState *next;
+    char sid[33];            /* the session id; "" for an agent's own state */
+    char *agent;             /* owned */
+    char *display_name;      /* owned or NULL: for (re-)registering */
+    char *caps;              /* owned or NULL: "a,b" */
+    int64_t pid, pid_start;  /* the harness, from `arc mcp` (§17.5); 0 none */
+    char arc_session[128];   /* its presence session; "" before registering */
+    char version[16];        /* negotiated by initialize; "" before */
+    int64_t cursor;          /* since_id of unfiltered polls, -1 unknown */
+    McpCursors cursors;      /* ... and of filtered ones */
+    int64_t used_ms;         /* last request */
+    int64_t checked_ms;      /* last look at whether arc_session is live */
+};
+
+/* A written request's answer, kept for a re-run (McpRun.writes). */
+typedef struct {
+    int status;
+    char *body;              /* owned */
+    size_t n;
+} McpWrite;
+
+/* A tools/call in the hub, from its first run to its answer. A call that
+ * parks keeps it (in McpHub.runs, named by Conn.mcp_call) so the run after
+ * the wait finds the writes it already made (replayed in order, never
+ * done twice), the wait's start and deadline, and its progress token. */
+struct McpRun {
+    McpRun *next;
+    uint64_t serial;         /* Conn.mcp_call; never 0 */
+    McpState *st;            /* borrowed: its state, which outlives it */
+    Buf id;                  /* the JSON-RPC id, as JSON */
+    Buf progress;            /* _meta.progressToken as JSON, empty if none */
+    McpWrite *writes;        /* owned: its writes' answers, in order */
+    int n_writes, cap_writes;
+    int64_t t0_ms;           /* the first wait began; 0 before */
+    int64_t deadline_ms;     /* ... and ends: no wait of the call goes past */
+    int64_t slice_end_ms;    /* the current wait's slice (progress notes) */
+    double wait_s;           /* the wait asked for: progress's total */
+    int sse;                 /* the answer is an SSE stream, its head sent */
+    int cancelled;           /* ended unanswered: its run says so and goes */
+};
+
+/* Hub.mcp: everything /mcp keeps between requests. Loop thread only. */
+typedef struct McpHub {
+    McpState *states;
+    int n_states;
+    McpRun *runs;
+    uint64_t next_serial;
+    uint64_t *cancel;        /* owned: ended calls for loop_mcp_cancels */
+    int n_cancel, cap_cancel;
+    char url[ARC_URLLEN];    /* this hub, as arc_whoami reports it */
+} McpHub;
+
+/* One message (or batch) on its way through the dispatcher, in the hub
+ * or in the bridge: where its answers go and what its tool calls act on. */
+typedef struct {
+    Hub *h;                  /* NULL: no hub (the bridge answers alone) */
+    const char *offline;     /* with h NULL: why; every tool's error text */
+    McpState *st;            /* hub: whose state */
+    McpRun *run;             /* hub: the parked call run again, or NULL */
+    Req *q;                  /* hub: the /mcp request (busy, relayed) */
+    int sse_ok;              /* hub: the client accepts text/event-stream */
+    char version[16];        /* for requests without _meta; "" = legacy */
+    int negotiated;          /* initialize set version */
+    int batch;               /* answers go into one array; no parking */
+    Buf out;                 /* the answers */
+    Buf notes;               /* hub: notifications to send first (progress) */
+    int parked;              /* a call waits: run is it, wait its filter */
+    Wait wait;
+    int64_t wait_ms;
+} McpIo;
 
 ARC_PRINTF(1, 2) static void mcp_log(const char *fmt, ...) {
     va_list ap;
@@ -17274,49 +17432,19 @@ ARC_PRINTF(1, 2) static void mcp_log(const char *fmt, ...) {
     va_end(ap);
 }
 
-/* ---- output: one message per line ---- */
+/* ---- answers ---- */
 
-static void mcp_write_line(Buf *b) {
-    buf_addc(b, '\n');
-    pthread_mutex_lock(&g_mcp.out_mu);
-    for (size_t off = 0; off < b->len;) {
-        ssize_t w = write(1, b->p + off, b->len - off);
-        if (w > 0) off += (size_t)w;
-        else if (w < 0 && errno == EINTR) continue;
-        else if (w < 0 && errno == EAGAIN) {
-            struct pollfd p = { .fd = 1, .events = POLLOUT };
-            poll(&p, 1, 1000);
-        } else break;   /* the client went away; EOF on stdin follows */
-    }
-    pthread_mutex_unlock(&g_mcp.out_mu);
-}
-
-/* Send one answer, or add it to its batch (and send the batch when it is
- * the last one). `msg` is consumed. */
-static void mcp_emit(McpBatch *bt, Buf *msg) {
-    if (!bt) {
-        if (msg->len) mcp_write_line(msg);   /* a cancelled call says nothing */
-        buf_free(msg);
-        return;
-    }
-    pthread_mutex_lock(&g_mcp.mu);
+/* Add one answer to io->out (into the batch's array when in one). `msg`
+ * is consumed; an empty one (a cancelled call) says nothing. */
+static void mcp_emit(McpIo *io, Buf *msg) {
     if (msg->len) {
-        buf_addc(&bt->out, bt->out.len ? ',' : '[');
-        buf_addstr(&bt->out, buf_str(msg));
+        if (io->batch) buf_addc(&io->out, io->out.len ? ',' : '[');
+        buf_addstr(&io->out, buf_str(msg));
     }
-    int last = --bt->pending == 0;
-    pthread_mutex_unlock(&g_mcp.mu);
     buf_free(msg);
-    if (!last) return;
-    if (bt->out.len) {
-        buf_addc(&bt->out, ']');
-        mcp_write_line(&bt->out);
-    }
-    buf_free(&bt->out);
-    free(bt);
 }
 
-static void mcp_error(McpBatch *bt, Str id, int code, const char *msg,
+static void mcp_error(McpIo *io, Str id, int code, const char *msg,
                       const char *data_json) {
     Buf b = { 0 };
     /* An unknown id is left out rather than null: the SDKs reject null. */
@@ -17326,7 +17454,7 @@ static void mcp_error(McpBatch *bt, Str id, int code, const char *msg,
     json_cstr(&b, msg);
     if (data_json) buf_adds(&b, ",\"data\":"), buf_adds(&b, data_json);
     buf_adds(&b, "}}");
-    mcp_emit(bt, &b);
+    mcp_emit(io, &b);
 }
 
 /* Start a result: {"jsonrpc":"2.0","id":ID,"result":{ ...; the caller adds
@@ -17340,9 +17468,9 @@ static void mcp_result_begin(Buf *b, Str id, const char *version) {
                     "serverInfo\":{\"name\":\"arc\",\"version\":\"" ARC_VERSION "\"}}");
 }
 
-static void mcp_result_end(McpBatch *bt, Buf *b) {
+static void mcp_result_end(McpIo *io, Buf *b) {
     buf_adds(b, "}}");
-    mcp_emit(bt, b);
+    mcp_emit(io, b);
 }
 
 /* Members after mcp_result_begin: a comma unless the object is empty. */
@@ -17362,18 +17490,17 @@ static void mcp_cache_hint(Buf *b, const char *version) {
     buf_adds(b, "\"public\"");
 }
 
-static void mcp_notify_progress(const McpCall *call, double progress, double total,
-                                const char *message) {
-    if (!call->progress.len) return;
-    Buf b = { 0 };
-    buf_adds(&b, "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\","
-                 "\"params\":{\"progressToken\":");
-    buf_addstr(&b, buf_str(&call->progress));
-    buf_addf(&b, ",\"progress\":%.0f,\"total\":%.0f,\"message\":", progress, total);
-    json_cstr(&b, message);
-    buf_adds(&b, "}}");
-    mcp_write_line(&b);
-    buf_free(&b);
+/* A progress notification for a waiting call, as an SSE event into
+ * io->notes (only calls with a token on a stream get them). */
+static void mcp_notify_progress(McpIo *io, const McpRun *run, double progress,
+                                double total, const char *message) {
+    if (!run->progress.len) return;
+    buf_adds(&io->notes, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":"
+                         "\"notifications/progress\",\"params\":{\"progressToken\":");
+    buf_addstr(&io->notes, buf_str(&run->progress));
+    buf_addf(&io->notes, ",\"progress\":%.0f,\"total\":%.0f,\"message\":", progress, total);
+    json_cstr(&io->notes, message);
+    buf_adds(&io->notes, "}}\n\n");
 }
 
 /* Does this protocol version have feature `since` (a version date)? The
@@ -17395,217 +17522,38 @@ static void mcp_versions_json(Buf *b) {
     buf_addc(b, ']');
 }
 
-/* ---- the agent's session: register, heartbeat, re-register ---- */
-
-/* A hub connection for one thread. */
-static int mcp_client(Client *c, int cancel_fd) {
-    char err[ARC_ERRLEN];
-    if (client_url(c, g_mcp.url, err)) return -1;
-    c->relay_dir = g_mcp.relay_dir;
-    c->agent = g_mcp.agent;
-    c->token = g_mcp.token;
-    c->cancel_fd = cancel_fd;
-    return 0;
-}
-
-/* One hub request; the envelope is parsed into *j over *out (which must
- * outlive it). Returns the HTTP status (the hub's refusals included), or -1
- * with err when no answer came. */
-static int mcp_request(Client *c, const char *method, const char *path, Str body,
-                       int64_t timeout_ms, Buf *out, Json *j, char err[ARC_ERRLEN]) {
-    int status = 0;
-    err[0] = 0;
-    if (client_call(c, method, path, body, timeout_ms, &status, out, err)) return -1;
-    if (json_parse(j, buf_cstr(out), out->len) || j->t[0].type != JSON_OBJ) {
-        snprintf(err, ARC_ERRLEN, "unexpected answer from the hub (HTTP %d)", status);
-        return -1;
+/* One request to the hub's handlers, in-process (the loop thread): `path`
+ * may carry a query. The answer's body goes to *out; with `keep`, the Res
+ * itself is handed over too (a wait that parks). A write that found the
+ * storage locked marks `outer` busy, so the loop retries the whole /mcp
+ * request (loop_retry_busy). Returns the HTTP status. */
+static int mcp_local(Hub *h, Req *outer, const char *method, const char *path, Str body,
+                     Buf *out, Res *keep) {
+    const char *qm = strchr(path, '?');
+    Req q = { .method = str_c(method), .query = str_c(qm ? qm + 1 : "") };
+    Res r = { 0 };
+    hub_handle(h, &q, (Str){ path, qm ? (size_t)(qm - path) : strlen(path) }, body, &r);
+    if (q.busy && outer) outer->busy = 1;
+    buf_reset(out);
+    buf_addstr(out, buf_str(&r.body));
+    int status = r.status;
+    if (keep) {
+        *keep = r;   /* hand-off: the caller frees it */
+        r = (Res){ 0 };
     }
+    req_free(&q);
+    res_free(&r);
     return status;
-}
-
-static void mcp_set_registered(int on) {
-    pthread_mutex_lock(&g_mcp.mu);
-    g_mcp.registered = on;
-    pthread_mutex_unlock(&g_mcp.mu);
-}
-
-static int mcp_is_registered(void) {
-    pthread_mutex_lock(&g_mcp.mu);
-    int on = g_mcp.registered;
-    pthread_mutex_unlock(&g_mcp.mu);
-    return on;
-}
-
-/* Register (replacing any earlier session of the agent), learn the hub's
- * presence TTL, and start the unfiltered cursor at the newest message the
- * agent can see, as the reference's quickstart does: a fresh agent should
- * not replay history. On a re-registration the cursor only moves back (a
- * hub that came back on fresh storage has smaller ids). */
-static int mcp_register(Client *c, char err[ARC_ERRLEN]) {
-    pthread_mutex_lock(&g_mcp.reg_mu);
-    if (mcp_is_registered()) {   /* another thread just did it */
-        pthread_mutex_unlock(&g_mcp.reg_mu);
-        return 0;
-    }
-    Buf body = { 0 }, out = { 0 }, path = { 0 };
-    Json j = { 0 };
-    int rc = -1;
-    buf_adds(&body, "{\"agent_id\":");
-    json_cstr(&body, g_mcp.agent);
-    buf_adds(&body, ",\"replace\":true,\"display_name\":");
-    json_cstr(&body, g_mcp.display_name ? g_mcp.display_name : g_mcp.agent);
-    if (g_mcp.caps) {
-        buf_adds(&body, ",\"capabilities\":[");
-        const char *p = g_mcp.caps;
-        for (int n = 0; *p; n++) {
-            size_t k = strcspn(p, ",");
-            Str cap = str_trim((Str){ p, k });
-            if (cap.n) {
-                if (body.p[body.len - 1] != '[') buf_addc(&body, ',');
-                json_strs(&body, cap);
-            }
-            p += k + (p[k] == ',');
-        }
-        buf_addc(&body, ']');
-    }
-    int64_t pstart = 0;   /* the harness: offline the moment it ends (§17.5) */
-    long hpid = proc_harness_pid(&pstart);
-    if (hpid) buf_addf(&body, ",\"pid\":%ld,\"pid_start\":%lld", hpid, (long long)pstart);
-    buf_addc(&body, '}');
-    int st = mcp_request(c, "POST", "/v1/sessions", buf_str(&body), MCP_HUB_MS,
-                         &out, &j, err);
-    uint32_t r, sid;
-    if (st != 201 && st != 200) {
-        if (st > 0) snprintf(err, ARC_ERRLEN, "registration refused (HTTP %d)", st);
-        goto done;
-    }
-    r = json_get(&j, 0, "result");
-    sid = r ? json_get(&j, r, "session_id") : 0;
-    Buf sidb = { 0 };
-    if (sid) json_unescape(&j, sid, &sidb);
-    json_free(&j);
-
-    int64_t ttl = 120, latest = -1;
-    if (mcp_request(c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, MCP_HUB_MS, &out,
-                    &j, err) == 200 && (r = json_get(&j, 0, "result"))) {
-        uint32_t t = json_get(&j, r, "presence_ttl_sec");
-        if (t) json_to_i64(&j, t, &ttl);
-    }
-    json_free(&j);
-    buf_adds(&path, "/v1/bootstrap");
-    agent_qparam(&path, "agent_id", g_mcp.agent);
-    if (mcp_request(c, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS, &out, &j, err) == 200 &&
-        (r = json_get(&j, 0, "result"))) {
-        uint32_t t = json_get(&j, r, "latest_visible_id");
-        if (t) json_to_i64(&j, t, &latest);
-    }
-    pthread_mutex_lock(&g_mcp.mu);
-    snprintf(g_mcp.session_id, sizeof g_mcp.session_id, "%s", buf_cstr(&sidb));
-    int first = !g_mcp.registered && g_mcp.cursor < 0;
-    if (latest >= 0 && (first || latest < g_mcp.cursor)) {
-        g_mcp.cursor = latest;
-        for (McpCursor *k = g_mcp.cursors.newest; k; k = k->older)
-            if (k->since > latest) k->since = latest;
-    }
-    /* Touch well inside the TTL: a third of it, at most every 30 s. */
-    g_mcp.beat_ms = ttl / 3 * 1000;
-    if (g_mcp.beat_ms < 1000) g_mcp.beat_ms = 1000;
-    if (g_mcp.beat_ms > 30000) g_mcp.beat_ms = 30000;
-    g_mcp.registered = 1;
-    g_mcp.warned_replaced = 0;
-    pthread_mutex_unlock(&g_mcp.mu);
-    buf_free(&sidb);
-    rc = 0;
-done:
-    json_free(&j);
-    buf_free(&body), buf_free(&out), buf_free(&path);
-    pthread_mutex_unlock(&g_mcp.reg_mu);
-    return rc;
-}
-
-/* One heartbeat: GET /v1/agents?as=AGENT touches the agent (PROTOCOL §9.1)
- * and lists who is live. If our session is gone (expired while the machine
- * slept, or the hub restarted on other storage), register again. If the
- * agent is live under another session, another process took the name:
- * say so once and do not fight over it. */
-static void mcp_beat(Client *c) {
-    char err[ARC_ERRLEN];
-    if (!mcp_is_registered()) {
-        static int said_down;   /* only this thread reads or writes it */
-        if (mcp_register(c, err) == 0) {
-            mcp_log("registered as %s at %s", g_mcp.agent,
-                    g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url);
-            said_down = 0;
-        } else if (!said_down) {
-            mcp_log("cannot register at %s (%s); retrying every %d s",
-                    g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url, err, MCP_RETRY_MS / 1000);
-            said_down = 1;
-        }
-        return;
-    }
-    Buf path = { 0 }, out = { 0 };
-    Json j = { 0 };
-    buf_adds(&path, "/v1/agents");
-    agent_qparam(&path, "as", g_mcp.agent);
-    int st = mcp_request(c, "GET", path.p, (Str){ NULL, 0 }, MCP_HUB_MS, &out, &j, err);
-    uint32_t r = st == 200 ? json_get(&j, 0, "result") : 0;
-    if (st < 0) {
-        mcp_set_registered(0);   /* the next beat retries, and says so once */
-    } else if (r && j.t[r].type == JSON_ARR) {
-        int ours = 0, taken = 0;
-        pthread_mutex_lock(&g_mcp.mu);
-        uint32_t e = r + 1;
-        for (uint32_t i = 0; i < j.t[r].n; i++, e = j.t[e].next) {
-            uint32_t a = json_get(&j, e, "agent_id"), s = json_get(&j, e, "session_id");
-            if (!a || !json_str_is(&j, a, str_c(g_mcp.agent))) continue;
-            if (s && json_str_is(&j, s, str_c(g_mcp.session_id))) ours = 1;
-            else taken = 1;
-        }
-        int warn = taken && !ours && !g_mcp.warned_replaced;
-        if (warn) g_mcp.warned_replaced = 1;
-        if (!ours && !taken) g_mcp.registered = 0;
-        pthread_mutex_unlock(&g_mcp.mu);
-        if (warn)
-            mcp_log("another process registered agent %s; not taking it back",
-                    g_mcp.agent);
-        if (!ours && !taken && mcp_register(c, err) == 0)
-            mcp_log("session had expired; registered %s again", g_mcp.agent);
-    }
-    json_free(&j);
-    buf_free(&path), buf_free(&out);
-}
-
-static void *mcp_heartbeat_main(void *arg) {
-    (void)arg;
-    Client c;
-    if (mcp_client(&c, -1)) return NULL;
-    pthread_mutex_lock(&g_mcp.mu);
-    while (!g_mcp.closing) {
-        pthread_mutex_unlock(&g_mcp.mu);
-        mcp_beat(&c);
-        pthread_mutex_lock(&g_mcp.mu);
-        int64_t wait = g_mcp.registered ? g_mcp.beat_ms : MCP_RETRY_MS;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += (time_t)(wait / 1000);
-        ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-        int rc = 0;
-        while (!g_mcp.closing && rc != ETIMEDOUT)
-            rc = pthread_cond_timedwait(&g_mcp.cond, &g_mcp.mu, &ts);
-    }
-    pthread_mutex_unlock(&g_mcp.mu);
-    client_free(&c);
-    return NULL;
 }
 
 /* ---- tool calls: arguments, hub requests, readable results ---- */
 
 typedef struct {
-    McpCall *call;
-    Json req;             /* the request, over call->msg */
+    McpIo *io;            /* where the call came from (hub, or none) */
+    McpRun *run;          /* hub: the call across its runs; NULL in the bridge */
+    int n_writes;         /* writes this run made or replayed (run->writes) */
+    Json req;             /* the request */
     uint32_t args;        /* its params.arguments object, 0 if none */
-    Client c;
     Buf out;              /* the last hub answer ... */
     Json j;               /* ... parsed */
     uint32_t res;         /* its "result" token */
@@ -17613,6 +17561,7 @@ typedef struct {
     Buf text;             /* content[0].text if not data's JSON (mcp_call_done) */
     Buf data;             /* structuredContent, an object */
     int failed;           /* isError */
+    int parked;           /* a wait parked the call: no answer yet */
 } McpCtx;
 
 ARC_PRINTF(2, 3) static int mcp_fail(McpCtx *x, const char *fmt, ...) {
@@ -17683,37 +17632,18 @@ static int mcp_arg_wait(McpCtx *x, double dflt, double *out) {
     return 0;
 }
 
-/* Is the agent registered with the hub? If not, register now: a hub that
- * could not be reached is registered with again first, so a call made just
- * after it came back works. Returns 0, or -1 with the tool's error text. */
+/* Can the call reach the hub? In the hub, always; in the bridge (no hub
+ * answered), no: -1 with the bridge's reason as the tool's error text. */
 static int mcp_ready(McpCtx *x) {
-    char err[ARC_ERRLEN];
-    if (mcp_is_registered() || mcp_register(&x->c, err) == 0) return 0;
-    return mcp_fail(x, "arc hub not reachable at %s: %s. Start it with `arc ensure`; "
-                    "this server keeps retrying and re-registers when it is back.",
-                    g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url, err);
+    if (x->io->h) return 0;
+    return mcp_fail(x, "%s", x->io->offline ? x->io->offline : "arc hub not reachable");
 }
 
-/* One hub request for a tool: 0 with x->res (the hub said ok), else -1 and
- * the failure as the tool's error text. */
-static int mcp_hub(McpCtx *x, const char *method, const char *path, Str body,
-                   int64_t timeout_ms) {
-    char err[ARC_ERRLEN];
-    const char *where = g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url;
-    if (mcp_ready(x)) return -1;
-    json_free(&x->j);
-    x->res = 0;
-    x->status = mcp_request(&x->c, method, path, body, timeout_ms, &x->out, &x->j, err);
-    if (x->status < 0) {
-        /* A cancel that lands while connecting fails the connect: that
-         * says nothing about the hub. */
-        pthread_mutex_lock(&g_mcp.mu);
-        int cancelled = x->call->cancelled;
-        pthread_mutex_unlock(&g_mcp.mu);
-        if (cancelled || !strcmp(err, "cancelled")) return mcp_fail(x, "cancelled");
-        mcp_set_registered(0);
-        return mcp_fail(x, "arc hub not reachable at %s: %s", where, err);
-    }
+/* x->out holds a hub answer: parse it into x->j. 0 with x->res (the hub
+ * said ok), else -1 and the failure as the tool's error text. */
+static int mcp_hub_answer(McpCtx *x) {
+    if (json_parse(&x->j, buf_cstr(&x->out), x->out.len) || x->j.t[0].type != JSON_OBJ)
+        return mcp_fail(x, "unexpected answer from the hub (HTTP %d)", x->status);
     uint32_t ok = json_get(&x->j, 0, "ok");
     if (!ok || x->j.t[ok].type != JSON_TRUE) {
         uint32_t e = json_get(&x->j, 0, "error");
@@ -17729,13 +17659,34 @@ static int mcp_hub(McpCtx *x, const char *method, const char *path, Str body,
     return 0;
 }
 
-/* A tool's result (docs/MCP.md, "Tools") is JSON: structuredContent is
- * x->data, an object, and content[0].text its compact serialization, so a
- * client that shows the model only the text shows the same thing. The
- * reference's tools return its hub result as it is; where that is a list
- * (arc_poll_messages, arc_list_agents) the text is the list itself, as the
- * reference's, and structuredContent, which must be an object, holds it
- * under one key. */
+/* One hub request for a tool, in-process: 0 with x->res (the hub said
+ * ok), else -1 and the failure as the tool's error text. A write is done
+ * once per call: a run after a wait gets the first run's answer back. */
+static int mcp_hub(McpCtx *x, const char *method, const char *path, Str body,
+                   int64_t timeout_ms) {
+    (void)timeout_ms;   /* in-process: nothing to wait for */
+    if (mcp_ready(x)) return -1;
+    json_free(&x->j);
+    x->res = 0;
+    McpRun *run = x->run;
+    int write = strcmp(method, "GET") != 0;
+    if (write && run && x->n_writes < run->n_writes) {
+        McpWrite *w = &run->writes[x->n_writes++];
+        buf_reset(&x->out);
+        buf_add(&x->out, w->body, w->n);
+        x->status = w->status;
+    } else {
+        x->status = mcp_local(x->io->h, x->io->q, method, path, body, &x->out, NULL);
+        if (write && run && !x->io->q->busy) {   /* a busy one did nothing */
+            if (run->n_writes == run->cap_writes)
+                run->writes = vec_grow(run->writes, &run->cap_writes, sizeof *run->writes);
+            run->writes[run->n_writes++] = (McpWrite){
+                x->status, xstrndup(buf_cstr(&x->out), x->out.len), x->out.len };
+            x->n_writes++;
+        }
+    }
+    return mcp_hub_answer(x);
+}
 
 /* structuredContent: {"key": <token>} */
 static void mcp_data_one(McpCtx *x, const char *key, uint32_t tok) {
@@ -17874,37 +17825,64 @@ static int64_t *mcp_cursor(const char *channel, const char *thread) {
     if (!*channel && !*thread) return &g_mcp.cursor;
     Buf key = { 0 };
     buf_addf(&key, "%s\x1f%s", channel, thread);
-    int64_t *since = mcp_cursor_get(&g_mcp.cursors, key.p, g_mcp.cursor);
+    int64_t *since = mcp_cursor_get(g_mcp.cursors, key.p, g_mcp.cursor);
     buf_free(&key);
     return since;
 }
 
-/* Long-poll GET /v1/events from `since` for up to wait_s seconds, in
- * slices of MCP_SLICE_MS with a progress notification between slices when
- * the client asked for them. `extra` is appended to the query (filters).
- * Returns 0 with the answer in x (possibly an empty array), or -1. */
+/* Wait for the agent's events (GET /v1/events) from `since`, up to wait_s
+ * seconds from the call's first wait: 0 with the answer in x (possibly an
+ * empty array, once the wait is over), or -1. With nothing yet, the call
+ * parks (x->parked, the filter in io->wait) and is run again when a
+ * matching message commits or the wait, or its slice, ends; with a
+ * progress token on an SSE answer the slices are MCP_SLICE_MS, with a
+ * progress note after each. `extra` is appended to the query (filters).
+ * In a batch nothing parks: the wait is 0. */
 static int mcp_wait_events(McpCtx *x, int64_t since, double wait_s, const char *extra,
                            int exclude_self, const char *what) {
-    int64_t t0 = clock_ms(), deadline = t0 + (int64_t)(wait_s * 1000);
-    for (;;) {
-        int64_t left = deadline - clock_ms();
-        if (left < 0) left = 0;
-        if (x->call->progress.len && left > MCP_SLICE_MS) left = MCP_SLICE_MS;
-        Buf path = { 0 };
-        buf_adds(&path, "/v1/events");
-        agent_qparam(&path, "agent_id", g_mcp.agent);
-        buf_addf(&path, "&since_id=%lld&limit=100&timeout=%.3f%s%s", (long long)since,
-                 (double)left / 1000.0, exclude_self ? "&exclude_self=1" : "", extra);
-        int rc = mcp_hub(x, "GET", path.p, (Str){ NULL, 0 }, left + MCP_HUB_MS);
-        buf_free(&path);
-        if (rc) return -1;
-        if (x->j.t[x->res].type != JSON_ARR) return mcp_fail(x, "arc hub sent no list");
-        if (x->j.t[x->res].n || clock_ms() >= deadline) return 0;
-        char note[128];
-        snprintf(note, sizeof note, "%s (%.0f s of %.0f s)", what,
-                 (double)(clock_ms() - t0) / 1000.0, wait_s);
-        mcp_notify_progress(x->call, (double)(clock_ms() - t0) / 1000.0, wait_s, note);
+    if (mcp_ready(x)) return -1;
+    McpRun *run = x->run;
+    McpIo *io = x->io;
+    int64_t now = clock_ms(), deadline = now + (int64_t)(wait_s * 1000);
+    if (!run->t0_ms) {
+        run->t0_ms = now;
+        run->wait_s = wait_s;
+        run->deadline_ms = deadline;
     }
+    if (deadline > run->deadline_ms) deadline = run->deadline_ms;
+    int64_t left = io->batch || deadline < now ? 0 : deadline - now;
+    int notes = run->progress.len && io->sse_ok;
+    if (notes && left > MCP_SLICE_MS) left = MCP_SLICE_MS;
+    Buf path = { 0 };
+    buf_adds(&path, "/v1/events");
+    agent_qparam(&path, "agent_id", g_mcp.agent);
+    buf_addf(&path, "&since_id=%lld&limit=100&timeout=%.3f%s%s", (long long)since,
+             (double)left / 1000.0, exclude_self ? "&exclude_self=1" : "", extra);
+    Res r = { 0 };
+    json_free(&x->j);
+    x->res = 0;
+    x->status = mcp_local(io->h, io->q, "GET", path.p, (Str){ NULL, 0 }, &x->out, &r);
+    buf_free(&path);
+    if (r.park) {
+        if (notes && run->slice_end_ms && now >= run->slice_end_ms) {
+            char note[128];
+            double took = (double)(now - run->t0_ms) / 1000.0;
+            snprintf(note, sizeof note, "%s (%.0f s of %.0f s)", what, took, run->wait_s);
+            mcp_notify_progress(io, run, took, run->wait_s, note);
+        }
+        run->slice_end_ms = now + left;
+        wait_free(&io->wait);
+        io->wait = r.wait;                  /* hand-off: io owns it now */
+        memset(&r.wait, 0, sizeof r.wait);
+        io->wait_ms = r.wait_ms;
+        x->parked = 1;
+        res_free(&r);
+        return -1;
+    }
+    res_free(&r);
+    if (mcp_hub_answer(x)) return -1;
+    if (x->j.t[x->res].type != JSON_ARR) return mcp_fail(x, "arc hub sent no list");
+    return 0;
 }
 
 /* ---- the tools ---- */
@@ -18674,139 +18652,145 @@ static void mcp_tools_json(Buf *b, const char *version) {
     buf_addc(b, ']');
 }
 
-/* ---- calls in flight ---- */
+/* ---- running a tool call ---- */
 
-static void mcp_call_free(McpCall *call) {
-    free(call->msg);
-    buf_free(&call->id);
-    buf_free(&call->progress);
-    close(call->cancel[0]);
-    close(call->cancel[1]);
-    free(call);
+/* One JSON-RPC request or notification, as its method's handler gets it:
+ * id is the request id's JSON text (empty for a notification), version the
+ * protocol version it is answered in (mcp_request_version). All borrowed
+ * for the length of the call. */
+typedef struct {
+    McpIo *io;             /* where the answer goes, what it acts on */
+    Str id;
+    const Json *j;
+    uint32_t m, params;    /* the message and its params (0: none) */
+    Str msg;               /* the message's text */
+    const char *version;   /* requests only */
+} McpReq;
+
+static void mcp_run_free(McpRun *run) {
+    buf_free(&run->id);
+    buf_free(&run->progress);
+    for (int i = 0; i < run->n_writes; i++) free(run->writes[i].body);
+    free(run->writes);
+    free(run);
 }
 
-/* Answer a finished call (unless it was cancelled) and forget it. */
-static void mcp_call_done(McpCall *call, McpCtx *x) {
-    Buf b = { 0 };
-    pthread_mutex_lock(&g_mcp.mu);
-    int cancelled = call->cancelled;
-    pthread_mutex_unlock(&g_mcp.mu);
-    if (!cancelled) {
-        mcp_result_begin(&b, buf_str(&call->id), call->version);
-        mcp_member(&b, "content");
-        buf_adds(&b, "[{\"type\":\"text\",\"text\":");
-        /* An error's message, else the result's JSON (mcp_data_obj). */
-        json_strs(&b, buf_str(x->failed || x->text.len ? &x->text : &x->data));
-        buf_adds(&b, "}]");
-        if (x->failed) {
-            mcp_member(&b, "isError");
-            buf_adds(&b, "true");
-        } else if (x->data.len && mcp_has(call->version, "2025-06-18")) {
-            mcp_member(&b, "structuredContent");
-            buf_addstr(&b, buf_str(&x->data));
+/* Take run out of McpHub.runs (if it is there) and free it. */
+static void mcp_run_drop(McpHub *mh, McpRun *run) {
+    for (McpRun **pp = &mh->runs; *pp; pp = &(*pp)->next)
+        if (*pp == run) {
+            *pp = run->next;
+            break;
         }
-        buf_adds(&b, "}}");
-    }
-    mcp_emit(call->batch, &b);
-    pthread_mutex_lock(&g_mcp.mu);
-    McpCall **pp = &g_mcp.calls;
-    while (*pp != call) pp = &(*pp)->next;
-    *pp = call->next;
-    g_mcp.ncalls--;
-    pthread_cond_broadcast(&g_mcp.cond);
-    pthread_mutex_unlock(&g_mcp.mu);
-    mcp_call_free(call);
+    mcp_run_free(run);
 }
 
-static void *mcp_call_main(void *arg) {
-    McpCall *call = arg;
-    McpCtx x = { .call = call };
-    /* The dispatcher checked the shape: params.name names a tool and
-     * params.arguments, if present, is an object. */
-    json_parse(&x.req, call->msg, strlen(call->msg));
+/* A tool's result (docs/MCP.md, "Tools") is JSON: structuredContent is
+ * x->data, an object, and content[0].text its compact serialization, so a
+ * client that shows the model only the text shows the same thing. The
+ * reference's tools return its hub result as it is; where that is a list
+ * (arc_poll_messages, arc_list_agents) the text is the list itself, as the
+ * reference's, and structuredContent, which must be an object, holds it
+ * under one key. */
+static void mcp_tool_answer(McpIo *io, Str id, const char *version, McpCtx *x) {
+    Buf b = { 0 };
+    mcp_result_begin(&b, id, version);
+    mcp_member(&b, "content");
+    buf_adds(&b, "[{\"type\":\"text\",\"text\":");
+    /* An error's message, else the result's JSON (mcp_data_obj). */
+    json_strs(&b, buf_str(x->failed || x->text.len ? &x->text : &x->data));
+    buf_adds(&b, "}]");
+    if (x->failed) {
+        mcp_member(&b, "isError");
+        buf_adds(&b, "true");
+    } else if (x->data.len && mcp_has(version, "2025-06-18")) {
+        mcp_member(&b, "structuredContent");
+        buf_addstr(&b, buf_str(&x->data));
+    }
+    mcp_result_end(io, &b);
+}
+
+/* Run a validated tools/call: the message is rq's. In the hub the call
+ * gets an McpRun (io->run when it is run again after a wait) and acts
+ * for io->st's agent through g_mcp; if it parks, io says so and the run
+ * is kept, else it is answered and the run dropped. */
+static void mcp_run_tool(const McpReq *rq, const McpTool *tool) {
+    McpIo *io = rq->io;
+    McpCtx x = { .io = io };
+    McpHub *mh = io->h ? io->h->mcp : NULL;
+    if (mh && io->run) {
+        x.run = io->run;
+    } else if (mh) {
+        x.run = xrealloc(NULL, sizeof *x.run);
+        *x.run = (McpRun){ .serial = ++mh->next_serial, .st = io->st, .next = mh->runs };
+        mh->runs = x.run;
+        buf_addstr(&x.run->id, rq->id);
+        uint32_t meta = json_get(rq->j, rq->params, "_meta");
+        uint32_t tok = meta ? json_get_val(rq->j, meta, "progressToken") : 0;
+        if (tok) json_write(&x.run->progress, rq->j, tok);
+    }
+    /* The dispatcher checked the shape: arguments, if present, is an
+     * object. The tools read the request through x.req. */
+    json_parse(&x.req, rq->msg.p, rq->msg.n);
     uint32_t params = json_get(&x.req, 0, "params");
-    Buf name = { 0 };
-    json_unescape(&x.req, json_get(&x.req, params, "name"), &name);
     x.args = json_get_val(&x.req, params, "arguments");
-    const McpTool *tool = mcp_tool(buf_str(&name));
-    buf_free(&name);
-    if (mcp_client(&x.c, call->cancel[0]))
-        mcp_fail(&x, "invalid hub URL: %s", g_mcp.url);
-    else if (tool->run(&x) && !x.failed)
-        mcp_fail(&x, "%s failed", tool->name);
-    mcp_call_done(call, &x);
+    if (mh) {
+        McpState *st = io->st;
+        g_mcp.agent = st->agent;
+        snprintf(g_mcp.session_id, sizeof g_mcp.session_id, "%s", st->arc_session);
+        g_mcp.cursor = st->cursor;
+        g_mcp.cursors = &st->cursors;
+        g_mcp.relay_dir = io->q->relayed ? io->h->spool_path : NULL;
+        g_mcp.url = mh->url;
+    }
+    if (tool->run(&x) && !x.failed && !x.parked) mcp_fail(&x, "%s failed", tool->name);
+    if (mh) io->st->cursor = g_mcp.cursor;
+    if (x.parked) {
+        io->parked = 1;
+        io->run = x.run;
+    } else {
+        mcp_tool_answer(io, rq->id, rq->version, &x);
+        if (x.run) {
+            if (io->run == x.run) io->run = NULL;
+            mcp_run_drop(mh, x.run);
+        }
+    }
     json_free(&x.req);
     json_free(&x.j);
-    client_free(&x.c);
     buf_free(&x.out), buf_free(&x.text), buf_free(&x.data);
-    return NULL;
 }
 
-/* Start a tools/call on its own thread. The request was validated. */
-static void mcp_call_start(McpBatch *bt, Str id, Str msg, const Json *j, uint32_t m,
-                           const char *version) {
-    pthread_mutex_lock(&g_mcp.mu);
-    int busy = g_mcp.ncalls >= MCP_MAX_CALLS;
-    pthread_mutex_unlock(&g_mcp.mu);
-    if (busy) {
-        mcp_error(bt, id, MCP_INTERNAL, "too many tool calls in flight (at most "
-                  "64); retry when one has finished", NULL);
+/* A call ended from outside: loop_mcp_cancels runs it once more. */
+static void mcp_cancel_push(McpHub *mh, uint64_t serial) {
+    if (mh->n_cancel == mh->cap_cancel)
+        mh->cancel = vec_grow(mh->cancel, &mh->cap_cancel, sizeof *mh->cancel);
+    mh->cancel[mh->n_cancel++] = serial;
+}
+
+/* notifications/cancelled in the hub: end the call of io's state with
+ * this id. Its request runs once more (loop_mcp_cancels) to end its HTTP
+ * answer without a JSON-RPC one (hub_mcp). */
+static void mcp_hub_cancel(McpIo *io, Str id) {
+    McpHub *mh = io->h->mcp;
+    for (McpRun *run = mh->runs; run; run = run->next) {
+        if (run->st != io->st || run->cancelled || !str_eq(id, buf_cstr(&run->id)))
+            continue;
+        mcp_cancel_push(mh, run->serial);
+        run->cancelled = 1;
         return;
     }
-    McpCall *call = xrealloc(NULL, sizeof *call);
-    *call = (McpCall){ .msg = xstrndup(msg.p, msg.n), .batch = bt };
-    buf_addstr(&call->id, id);
-    snprintf(call->version, sizeof call->version, "%s", version);
-    uint32_t params = json_get(j, m, "params"), meta = json_get(j, params, "_meta");
-    uint32_t tok = meta ? json_get_val(j, meta, "progressToken") : 0;
-    if (tok) json_write(&call->progress, j, tok);
-    if (pipe(call->cancel)) {
-        call->cancel[0] = call->cancel[1] = -1;
-    } else {
-        fcntl(call->cancel[0], F_SETFD, FD_CLOEXEC);
-        fcntl(call->cancel[1], F_SETFD, FD_CLOEXEC);
-    }
-    pthread_mutex_lock(&g_mcp.mu);
-    call->next = g_mcp.calls;
-    g_mcp.calls = call;
-    g_mcp.ncalls++;
-    pthread_mutex_unlock(&g_mcp.mu);
-    pthread_t t;
-    pthread_attr_t at;
-    pthread_attr_init(&at);
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&t, &at, mcp_call_main, call)) {
-        McpCtx x = { .call = call };
-        mcp_fail(&x, "cannot start a thread for the call: %s", strerror(errno));
-        mcp_call_done(call, &x);
-        buf_free(&x.text);
-    }
-    pthread_attr_destroy(&at);
-}
-
-/* Cancel calls: the one whose id is `id`, or all of them (id.p NULL). The
- * waiting thread wakes through its pipe; no answer is sent. */
-static void mcp_cancel(Str id) {
-    pthread_mutex_lock(&g_mcp.mu);
-    for (McpCall *c = g_mcp.calls; c; c = c->next) {
-        if (id.p && !str_eq(id, buf_cstr(&c->id))) continue;
-        c->cancelled = 1;
-        if (c->cancel[1] >= 0 && write(c->cancel[1], "x", 1) < 0) {}
-    }
-    pthread_mutex_unlock(&g_mcp.mu);
 }
 
 /* ---- dispatch ---- */
 
 /* The protocol version a request is answered in: its _meta's (stateless
- * era), else the one initialize negotiated, else the newest handshake one.
- * 1: _meta is malformed (a version that is not a string, or no client
- * capabilities object beside it); -1: a version we do not speak (its JSON
- * in bad). */
-static int mcp_request_version(const Json *j, uint32_t params, char out[16], Buf *bad) {
-    pthread_mutex_lock(&g_mcp.mu);
-    snprintf(out, 16, "%s", g_mcp.version[0] ? g_mcp.version : MCP_V_LEGACY);
-    pthread_mutex_unlock(&g_mcp.mu);
+ * era), else io's (negotiated, or the MCP-Protocol-Version header), else
+ * the newest handshake one. 1: _meta is malformed (a version that is not
+ * a string, or no client capabilities object beside it); -1: a version we
+ * do not speak (its JSON in bad). */
+static int mcp_request_version(const McpIo *io, const Json *j, uint32_t params, char out[16],
+                               Buf *bad) {
+    snprintf(out, 16, "%s", io->version[0] ? io->version : MCP_V_LEGACY);
     uint32_t meta = params ? json_get(j, params, "_meta") : 0;
     uint32_t v = meta ? json_get(j, meta, "io.modelcontextprotocol/protocolVersion") : 0;
     if (!v) return 0;
@@ -18833,19 +18817,6 @@ static void mcp_server_info(Buf *b, const char *version) {
     json_cstr(b, mcp_instructions);
 }
 
-/* One JSON-RPC request or notification, as its method's handler gets it:
- * id is the request id's JSON text (empty for a notification), version the
- * protocol version it is answered in (mcp_request_version). All borrowed
- * for the length of the call. */
-typedef struct {
-    McpBatch *bt;          /* the batch it came in, or NULL */
-    Str id;
-    const Json *j;
-    uint32_t m, params;    /* the message and its params (0: none) */
-    Str msg;               /* the message's text */
-    const char *version;   /* requests only */
-} McpReq;
-
 static void mcp_m_initialize(const McpReq *rq) {
     const Json *j = rq->j;
     uint32_t pv = rq->params ? json_get(j, rq->params, "protocolVersion") : 0;
@@ -18855,22 +18826,21 @@ static void mcp_m_initialize(const McpReq *rq) {
      * initialize gets the newest version that has one. */
     const char *v = mcp_known_version(buf_cstr(&want)) && strcmp(want.p, MCP_V_STATELESS)
                         ? want.p : MCP_V_LEGACY;
-    pthread_mutex_lock(&g_mcp.mu);
-    snprintf(g_mcp.version, sizeof g_mcp.version, "%s", v);
-    pthread_mutex_unlock(&g_mcp.mu);
+    snprintf(rq->io->version, sizeof rq->io->version, "%s", v);
+    rq->io->negotiated = 1;
     Buf b = { 0 };
     mcp_result_begin(&b, rq->id, v);
     mcp_member(&b, "protocolVersion");
     json_cstr(&b, v);
     mcp_server_info(&b, v);
-    mcp_result_end(rq->bt, &b);
+    mcp_result_end(rq->io, &b);
     buf_free(&want);
 }
 
 static void mcp_m_ping(const McpReq *rq) {
     Buf b = { 0 };
     mcp_result_begin(&b, rq->id, rq->version);
-    mcp_result_end(rq->bt, &b);
+    mcp_result_end(rq->io, &b);
 }
 
 /* server/discover (2026-07-28): answered in the stateless revision always. */
@@ -18881,7 +18851,7 @@ static void mcp_m_discover(const McpReq *rq) {
     mcp_versions_json(&b);
     mcp_server_info(&b, MCP_V_STATELESS);
     mcp_cache_hint(&b, MCP_V_STATELESS);
-    mcp_result_end(rq->bt, &b);
+    mcp_result_end(rq->io, &b);
 }
 
 static void mcp_m_tools_list(const McpReq *rq) {
@@ -18890,41 +18860,43 @@ static void mcp_m_tools_list(const McpReq *rq) {
     mcp_member(&b, "tools");
     mcp_tools_json(&b, rq->version);
     mcp_cache_hint(&b, rq->version);
-    mcp_result_end(rq->bt, &b);
+    mcp_result_end(rq->io, &b);
 }
 
 /* tools/call: check the name and arguments here, so a bad call is answered
- * at once; a good one runs on its own thread (mcp_call_start). */
+ * at once; a good one runs (mcp_run_tool). */
 static void mcp_m_tools_call(const McpReq *rq) {
     const Json *j = rq->j;
     uint32_t tn = rq->params ? json_get(j, rq->params, "name") : 0;
     uint32_t args = rq->params ? json_get_val(j, rq->params, "arguments") : 0;
     Buf tname = { 0 };
+    const McpTool *tool = NULL;
     if (tn && j->t[tn].type == JSON_STR) json_unescape(j, tn, &tname);
     if (!tn || j->t[tn].type != JSON_STR)
-        mcp_error(rq->bt, rq->id, MCP_BAD_PARAMS, "Invalid params: name (a string) is required",
+        mcp_error(rq->io, rq->id, MCP_BAD_PARAMS, "Invalid params: name (a string) is required",
                   NULL);
-    else if (!mcp_tool(buf_str(&tname)) || tname.len != strlen(tname.p)) {
+    else if (!(tool = mcp_tool(buf_str(&tname))) || tname.len != strlen(tname.p)) {
         Buf e = { 0 };
         buf_adds(&e, "Unknown tool: ");
         buf_addstr(&e, buf_str(&tname));
-        mcp_error(rq->bt, rq->id, MCP_BAD_PARAMS, e.p, NULL);
+        mcp_error(rq->io, rq->id, MCP_BAD_PARAMS, e.p, NULL);
         buf_free(&e);
     } else if (args && j->t[args].type != JSON_OBJ)
-        mcp_error(rq->bt, rq->id, MCP_BAD_PARAMS, "Invalid params: arguments must be an object",
+        mcp_error(rq->io, rq->id, MCP_BAD_PARAMS, "Invalid params: arguments must be an object",
                   NULL);
     else
-        mcp_call_start(rq->bt, rq->id, rq->msg, j, rq->m, rq->version);
+        mcp_run_tool(rq, tool);
     buf_free(&tname);
 }
 
-/* notifications/cancelled: cancel the call with that requestId. */
+/* notifications/cancelled: cancel the call with that requestId (in the
+ * hub; the bridge cancels its own before it forwards this). */
 static void mcp_m_cancelled(const McpReq *rq) {
     uint32_t rid = rq->params ? json_get(rq->j, rq->params, "requestId") : 0;
-    if (!rid) return;
+    if (!rid || !rq->io->h || !rq->io->h->mcp) return;
     Buf r = { 0 };
     json_write(&r, rq->j, rid);
-    mcp_cancel(buf_str(&r));
+    mcp_hub_cancel(rq->io, buf_str(&r));
     buf_free(&r);
 }
 
@@ -18961,8 +18933,8 @@ static const McpMethod *mcp_method(const char *name, int note) {
 
 /* A JSON-RPC message (object token m of j, whose text is msg): check the
  * envelope, then run its method from mcp_methods. Requests get exactly one
- * answer through bt (or directly); notifications none. */
-static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
+ * answer into io (unless their call parks); notifications none. */
+static void mcp_dispatch(McpIo *io, const Json *j, uint32_t m, Str msg) {
     uint32_t idt = j->t[m].type == JSON_OBJ ? json_get(j, m, "id") : 0;
     uint32_t method = j->t[m].type == JSON_OBJ ? json_get(j, m, "method") : 0;
     int notification = j->t[m].type == JSON_OBJ && !idt;
@@ -18970,11 +18942,6 @@ static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
     if (j->t[m].type == JSON_OBJ && !method &&
         (notification || json_get(j, m, "result") || json_get(j, m, "error")))
         return;
-    if (bt && !notification) {
-        pthread_mutex_lock(&g_mcp.mu);
-        bt->pending++;
-        pthread_mutex_unlock(&g_mcp.mu);
-    }
     Buf idb = { 0 }, name = { 0 }, bad = { 0 };
     if (idt && (j->t[idt].type == JSON_STR || j->t[idt].type == JSON_NUM))
         json_write(&idb, j, idt);
@@ -18985,26 +18952,26 @@ static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
     if (j->t[m].type != JSON_OBJ || !jv || !json_str_is(j, jv, str_c("2.0")) ||
         (idt && !idb.len) || !method || j->t[method].type != JSON_STR) {
         if (!notification)
-            mcp_error(bt, id, MCP_INVALID, "Invalid Request: want a JSON-RPC 2.0 object "
+            mcp_error(io, id, MCP_INVALID, "Invalid Request: want a JSON-RPC 2.0 object "
                       "with a string method and a string or number id", NULL);
         goto done;
     }
     json_unescape(j, method, &name);
     if (params && j->t[params].type != JSON_OBJ) {
         if (!notification)
-            mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: params must be an object", NULL);
+            mcp_error(io, id, MCP_BAD_PARAMS, "Invalid params: params must be an object", NULL);
         goto done;
     }
-    McpReq rq = { .bt = bt, .id = id, .j = j, .m = m, .params = params, .msg = msg,
+    McpReq rq = { .io = io, .id = id, .j = j, .m = m, .params = params, .msg = msg,
                   .version = version };
     const McpMethod *mt = mcp_method(buf_cstr(&name), notification);
     if (notification) {
         if (mt) mt->run(&rq);
         goto done;
     }
-    int vrc = mcp_request_version(j, params, version, &bad);
+    int vrc = mcp_request_version(io, j, params, version, &bad);
     if (vrc > 0) {
-        mcp_error(bt, id, MCP_BAD_PARAMS, "Invalid params: _meta needs a string "
+        mcp_error(io, id, MCP_BAD_PARAMS, "Invalid params: _meta needs a string "
                   "io.modelcontextprotocol/protocolVersion and an "
                   "io.modelcontextprotocol/clientCapabilities object", NULL);
         goto done;
@@ -19016,7 +18983,7 @@ static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
         buf_adds(&data, ",\"requested\":");
         buf_addstr(&data, buf_str(&bad));
         buf_addc(&data, '}');
-        mcp_error(bt, id, MCP_BAD_VERSION, "Unsupported protocol version", data.p);
+        mcp_error(io, id, MCP_BAD_VERSION, "Unsupported protocol version", data.p);
         buf_free(&data);
         goto done;
     }
@@ -19026,42 +18993,483 @@ static void mcp_dispatch(McpBatch *bt, const Json *j, uint32_t m, Str msg) {
         Buf e = { 0 };
         buf_adds(&e, "Method not found: ");
         buf_addstr(&e, buf_str(&name));
-        mcp_error(bt, id, MCP_NO_METHOD, e.p, NULL);
+        mcp_error(io, id, MCP_NO_METHOD, e.p, NULL);
         buf_free(&e);
     }
 done:
     buf_free(&idb), buf_free(&name), buf_free(&bad);
 }
 
-/* One framed message: a request, a notification or (where the negotiated
- * version has them, 2025-03-26 only) a batch. */
-static void mcp_handle(Str msg) {
+/* One framed message: a request, a notification or (where the version has
+ * them, 2025-03-26 only) a batch, whose answers become one array. The
+ * answers are in io->out (empty: nothing to answer, or a call parked). */
+static void mcp_handle(McpIo *io, Str msg) {
     Json j = { 0 };
     if (json_parse(&j, msg.p, msg.n)) {
         char e[ARC_ERRLEN + 16];
         snprintf(e, sizeof e, "Parse error: %s", j.err);
-        mcp_error(NULL, (Str){ NULL, 0 }, MCP_PARSE, e, NULL);
+        mcp_error(io, (Str){ NULL, 0 }, MCP_PARSE, e, NULL);
     } else if (j.t[0].type != JSON_ARR) {
-        mcp_dispatch(NULL, &j, 0, msg);
+        mcp_dispatch(io, &j, 0, msg);
+    } else if (strcmp(io->version, "2025-03-26") || j.t[0].n == 0) {
+        mcp_error(io, (Str){ NULL, 0 }, MCP_INVALID, j.t[0].n
+                  ? "Invalid Request: batches exist only in protocol version 2025-03-26"
+                  : "Invalid Request: empty batch", NULL);
     } else {
-        pthread_mutex_lock(&g_mcp.mu);
-        int batches = !strcmp(g_mcp.version, "2025-03-26");
-        pthread_mutex_unlock(&g_mcp.mu);
-        if (!batches || j.t[0].n == 0) {
-            mcp_error(NULL, (Str){ NULL, 0 }, MCP_INVALID, j.t[0].n
-                      ? "Invalid Request: batches exist only in protocol version 2025-03-26"
-                      : "Invalid Request: empty batch", NULL);
-        } else {
-            McpBatch *bt = xrealloc(NULL, sizeof *bt);
-            *bt = (McpBatch){ .pending = 1 };
-            uint32_t e = 1;
-            for (uint32_t i = 0; i < j.t[0].n; i++, e = j.t[e].next)
-                mcp_dispatch(bt, &j, e, (Str){ msg.p + j.t[e].off, j.t[e].len });
-            Buf none = { 0 };
-            mcp_emit(bt, &none);   /* drop the dispatcher's hold */
-        }
+        io->batch = 1;
+        uint32_t e = 1;
+        for (uint32_t i = 0; i < j.t[0].n; i++, e = j.t[e].next)
+            mcp_dispatch(io, &j, e, (Str){ msg.p + j.t[e].off, j.t[e].len });
+        if (io->out.len) buf_addc(&io->out, ']');
     }
     json_free(&j);
+}
+
+/* ---- the hub's /mcp (docs/MCP.md) ---- */
+
+/* Hub.mcp, made on first use. */
+static McpHub *mcp_hub_get(Hub *h) {
+    if (h->mcp) return h->mcp;
+    h->mcp = xrealloc(NULL, sizeof *h->mcp);
+    *h->mcp = (McpHub){ 0 };
+    int v6 = strchr(h->cfg.host, ':') != NULL;
+    snprintf(h->mcp->url, sizeof h->mcp->url, "http://%s%s%s:%d", v6 ? "[" : "",
+             h->cfg.host, v6 ? "]" : "", h->cfg.port);
+    return h->mcp;
+}
+
+static void mcp_state_free(McpState *st) {
+    free(st->agent);
+    free(st->display_name);
+    free(st->caps);
+    mcp_cursors_free(&st->cursors);
+    free(st);
+}
+
+/* End st: its parked calls are cancelled (and no longer st's), then it
+ * is freed. */
+static void mcp_state_drop(McpHub *mh, McpState *st) {
+    for (McpRun *run = mh->runs; run; run = run->next) {
+        if (run->st != st) continue;
+        run->st = NULL;
+        if (!run->cancelled) mcp_cancel_push(mh, run->serial);
+        run->cancelled = 1;
+    }
+    for (McpState **pp = &mh->states; *pp; pp = &(*pp)->next)
+        if (*pp == st) {
+            *pp = st->next;
+            break;
+        }
+    mh->n_states--;
+    mcp_state_free(st);
+}
+
+/* States unused for the presence TTL lapse, as the session of an agent
+ * that stopped polling would (PROTOCOL §9), unless a call of theirs is
+ * parked: waiting is presence. */
+static void mcp_hub_sweep(Hub *h, int64_t now) {
+    McpHub *mh = h->mcp;
+    int64_t ttl = h->cfg.presence_ttl_s * 1000;
+    for (McpState *st = mh->states, *next; st; st = next) {
+        next = st->next;
+        int parked = 0;
+        for (McpRun *run = mh->runs; run && !parked; run = run->next) parked = run->st == st;
+        if (!parked && now - st->used_ms >= ttl) mcp_state_drop(mh, st);
+    }
+}
+
+/* The loop freed a conn that held a parked call: forget the call. */
+static void mcp_hub_forget(Hub *h, uint64_t call) {
+    if (!h->mcp) return;
+    for (McpRun *run = h->mcp->runs; run; run = run->next)
+        if (run->serial == call) {
+            mcp_run_drop(h->mcp, run);
+            return;
+        }
+}
+
+/* The next call to end without an answer, or 0 (loop_mcp_cancels). */
+static uint64_t mcp_hub_cancelled(Hub *h) {
+    if (!h->mcp || !h->mcp->n_cancel) return 0;
+    return h->mcp->cancel[--h->mcp->n_cancel];
+}
+
+static void mcp_hub_free(Hub *h) {
+    McpHub *mh = h->mcp;
+    if (!mh) return;
+    while (mh->runs) mcp_run_drop(mh, mh->runs);
+    for (McpState *st = mh->states, *next; st; st = next) {
+        next = st->next;
+        mcp_state_free(st);
+    }
+    free(mh->cancel);
+    free(mh);
+    h->mcp = NULL;
+}
+
+/* Does the one-parameter query `sql` find a row for `arg`? */
+static int mcp_sql_found(Hub *h, const char *sql, const char *arg) {
+    sqlite3_stmt *s = store_stmt(&h->store, sql);
+    if (!s) return 0;
+    store_bind_c(s, 1, arg);
+    int found = sqlite3_step(s) == SQLITE_ROW;
+    sqlite3_reset(s);
+    return found;
+}
+
+/* Register st's agent (replacing an earlier session of it, as `arc mcp`
+ * always did) and start its cursor at the newest message it can see, as
+ * the reference's quickstart does: a fresh agent should not replay
+ * history. Registering again only moves the cursor back (a hub that
+ * restarted on fresh storage has smaller ids). Returns 0 or -1. */
+static int mcp_state_register(Hub *h, Req *q, McpState *st) {
+    Buf body = { 0 }, out = { 0 }, path = { 0 }, sid = { 0 };
+    Json j = { 0 };
+    uint32_t r, v;
+    int rc = -1;
+    int64_t latest = -1;
+    buf_adds(&body, "{\"agent_id\":");
+    json_cstr(&body, st->agent);
+    buf_adds(&body, ",\"replace\":true,\"display_name\":");
+    json_cstr(&body, st->display_name ? st->display_name : st->agent);
+    if (st->caps) {
+        buf_adds(&body, ",\"capabilities\":[");
+        for (const char *p = st->caps; *p;) {
+            size_t k = strcspn(p, ",");
+            Str cap = str_trim((Str){ p, k });
+            if (cap.n) {
+                if (body.p[body.len - 1] != '[') buf_addc(&body, ',');
+                json_strs(&body, cap);
+            }
+            p += k + (p[k] == ',');
+        }
+        buf_addc(&body, ']');
+    }
+    if (st->pid)
+        buf_addf(&body, ",\"pid\":%lld,\"pid_start\":%lld", (long long)st->pid,
+                 (long long)st->pid_start);
+    buf_addc(&body, '}');
+    int status = mcp_local(h, q, "POST", "/v1/sessions", buf_str(&body), &out, NULL);
+    if ((status != 200 && status != 201) || json_parse(&j, buf_cstr(&out), out.len) ||
+        !(r = json_get(&j, 0, "result")) || !(v = json_get(&j, r, "session_id")))
+        goto done;
+    json_unescape(&j, v, &sid);
+    snprintf(st->arc_session, sizeof st->arc_session, "%s", buf_cstr(&sid));
+    json_free(&j);
+    buf_adds(&path, "/v1/bootstrap");
+    agent_qparam(&path, "agent_id", st->agent);
+    if (mcp_local(h, q, "GET", path.p, (Str){ NULL, 0 }, &out, NULL) == 200 &&
+        json_parse(&j, buf_cstr(&out), out.len) == 0 && (r = json_get(&j, 0, "result")) &&
+        (v = json_get(&j, r, "latest_visible_id")))
+        json_to_i64(&j, v, &latest);
+    if (latest >= 0 && (st->cursor < 0 || latest < st->cursor)) {
+        st->cursor = latest;
+        for (McpCursor *k = st->cursors.newest; k; k = k->older)
+            if (k->since > latest) k->since = latest;
+    }
+    rc = 0;
+done:
+    json_free(&j);
+    buf_free(&body), buf_free(&out), buf_free(&path), buf_free(&sid);
+    return rc;
+}
+
+/* Keep st's agent present (PROTOCOL §9): touch it on every request and,
+ * every third of the presence TTL, make sure its session still is. One
+ * that expired, or a hub that restarted on other storage, gets a new one,
+ * unless another session of the agent is live: another process took the
+ * name, and st does not take it back. */
+static void mcp_state_live(Hub *h, Req *q, McpState *st, int64_t now) {
+    static const char q_mine[] = "SELECT 1 FROM sessions WHERE session_id=? AND active=1";
+    static const char q_any[] = "SELECT 1 FROM sessions WHERE agent_id=? AND active=1";
+    Req tq = { .method = STR_LIT("TOUCH") };
+    Res tr = { .status = 200 };
+    hub_touch(h, &tq, &tr, str_c(st->agent));
+    hub_tx_end(h, &tq, tr.status < 400);
+    if (tq.busy) q->busy = 1;
+    req_free(&tq);
+    res_free(&tr);
+    if (st->arc_session[0] && now - st->checked_ms < h->cfg.presence_ttl_s * 1000 / 3)
+        return;
+    st->checked_ms = now;
+    if (st->arc_session[0] && (mcp_sql_found(h, q_mine, st->arc_session) ||
+                               mcp_sql_found(h, q_any, st->agent)))
+        return;
+    mcp_state_register(h, q, st);
+}
+
+/* A new state for agent (sid "" for the agent's own), or NULL past
+ * MCP_MAX_STATES. */
+static McpState *mcp_state_new(Hub *h, Req *q, const char *agent, int session) {
+    McpHub *mh = h->mcp;
+    if (mh->n_states >= MCP_MAX_STATES) return NULL;
+    McpState *st = xrealloc(NULL, sizeof *st);
+    *st = (McpState){ .agent = xstrndup(agent, strlen(agent)), .cursor = -1,
+                      .next = mh->states };
+    if (session) {
+        unsigned char rnd[16];
+        rand_bytes(rnd, sizeof rnd);
+        for (int i = 0; i < 16; i++) snprintf(st->sid + 2 * i, 3, "%02x", rnd[i]);
+    }
+    Buf v = { 0 };
+    if (http_query_get(q->query, "display_name", &v) > 0 && v.len)
+        st->display_name = xstrndup(v.p, v.len);
+    buf_reset(&v);
+    if (http_query_get(q->query, "capabilities", &v) > 0 && v.len)
+        st->caps = xstrndup(v.p, v.len);
+    buf_reset(&v);
+    if (http_query_get(q->query, "pid", &v) > 0 && v.len) st->pid = strtoll(v.p, NULL, 10);
+    buf_reset(&v);
+    if (http_query_get(q->query, "pid_start", &v) > 0 && v.len)
+        st->pid_start = strtoll(v.p, NULL, 10);
+    if (st->pid < 2 || st->pid > INT32_MAX || st->pid_start < 0) st->pid = st->pid_start = 0;
+    buf_free(&v);
+    mh->states = st;
+    mh->n_states++;
+    return st;
+}
+
+/* The state of session sid, or with sid "" the agent's own. */
+static McpState *mcp_state_find(McpHub *mh, const char *sid, const char *agent) {
+    for (McpState *st = mh->states; st; st = st->next)
+        if (*sid ? !strcmp(st->sid, sid) : !st->sid[0] && !strcmp(st->agent, agent))
+            return st;
+    return NULL;
+}
+
+/* A refusal before any JSON-RPC message is handled: a JSON-RPC error
+ * without an id, in an HTTP error status. */
+static void mcp_http_fail(Res *r, int status, int code, const char *msg) {
+    r->status = status;
+    buf_reset(&r->body);
+    buf_addf(&r->body, "{\"jsonrpc\":\"2.0\",\"error\":{\"code\":%d,\"message\":", code);
+    json_cstr(&r->body, msg);
+    buf_adds(&r->body, "}}");
+}
+
+/* An agent id as X-Arc-Agent or ?agent= gives it: 1 to 128 bytes of
+ * UTF-8, no control characters, no blanks around it. */
+static int mcp_agent_ok(Str a) {
+    if (!a.n || a.n > 128 || !utf8_valid(a.p, a.n) || str_trim(a).n != a.n) return 0;
+    for (size_t i = 0; i < a.n; i++)
+        if ((unsigned char)a.p[i] < 0x20 || a.p[i] == 0x7f) return 0;
+    return 1;
+}
+
+/* Does hay contain needle, ignoring ASCII case? */
+static int mcp_has_ci(Str hay, const char *needle) {
+    size_t n = strlen(needle);
+    for (size_t i = 0; i + n <= hay.n; i++)
+        if (str_ieq((Str){ hay.p + i, n }, needle)) return 1;
+    return 0;
+}
+
+/* What the hub must know of a POST's body before dispatching it: the
+ * first message's method (a string, or empty) and whether it is a request,
+ * is in the stateless era, or names a tool. */
+typedef struct {
+    Buf method, name;     /* method; params.name of a tools/call */
+    int request;          /* some message has an id and a method */
+    int stateless;        /* _meta carries a protocol version, or discover */
+} McpPeek;
+
+static void mcp_peek(const Json *j, McpPeek *pk) {
+    uint32_t n = j->t[0].type == JSON_ARR ? j->t[0].n : 1, m = j->t[0].type == JSON_ARR;
+    for (uint32_t i = 0; i < n; i++, m = j->t[m].next) {
+        if (j->t[m].type != JSON_OBJ) continue;
+        uint32_t meth = json_get(j, m, "method"), params = json_get(j, m, "params");
+        if (meth && json_get(j, m, "id")) pk->request = 1;
+        if (i) continue;
+        if (meth && j->t[meth].type == JSON_STR) json_unescape(j, meth, &pk->method);
+        uint32_t meta = params ? json_get(j, params, "_meta") : 0;
+        uint32_t name = params ? json_get(j, params, "name") : 0;
+        if (name && j->t[name].type == JSON_STR) json_unescape(j, name, &pk->name);
+        pk->stateless = (meta && json_get(j, meta, "io.modelcontextprotocol/protocolVersion")) ||
+                        str_eq(buf_str(&pk->method), "server/discover");
+    }
+}
+
+/* POST, DELETE and GET /mcp: MCP over HTTP (docs/MCP.md). */
+static void hub_mcp(Hub *h, Req *q, Res *r) {
+    McpHub *mh = mcp_hub_get(h);
+    const HttpReq *hr = q->hr;
+    int64_t now = clock_ms();
+    Buf agent = { 0 }, sid = { 0 }, ver = { 0 }, msg = { 0 };
+    McpPeek pk = { 0 };
+    McpIo io = { .h = h, .q = q };
+    Json j = { 0 };
+    McpState *st = NULL;
+    mcp_hub_sweep(h, now);
+    if (q->mcp_call) {   /* a parked call runs again: ended meanwhile? */
+        McpRun *run = mh->runs;
+        while (run && run->serial != q->mcp_call) run = run->next;
+        if (!run || run->cancelled) {
+            /* No JSON-RPC answer for a cancelled request: an SSE stream
+             * just ends, a JSON one is 202 with no body. */
+            if (run && run->sse) r->raw = 1;
+            else r->status = 202;
+            if (q->relayed) buf_adds(&r->body, "{}");
+            if (run) mcp_run_drop(mh, run);
+            goto done;
+        }
+    }
+    if (str_eq(q->method, "GET")) {   /* the spec allows a server no GET stream */
+        mcp_http_fail(r, 405, MCP_INVALID, "GET /mcp: no server-initiated stream; "
+                      "POST requests to /mcp (docs/MCP.md)");
+        r->extra = "Allow: POST, DELETE\r\n";
+        goto done;
+    }
+    if (hr && hr->arc_agent.n) buf_addstr(&agent, hr->arc_agent);
+    else if (http_query_get(q->query, "agent", &agent) <= 0) buf_reset(&agent);
+    if (!agent.len) {
+        mcp_http_fail(r, 400, MCP_INVALID, "which agent? Send an X-Arc-Agent header or "
+                      "?agent=NAME on the URL (docs/MCP.md)");
+        goto done;
+    }
+    if (!mcp_agent_ok(buf_str(&agent))) {
+        mcp_http_fail(r, 400, MCP_INVALID, "invalid agent id: 1 to 128 bytes of UTF-8 "
+                      "without control characters");
+        goto done;
+    }
+    /* Without headers (the relay) the session and version are parameters. */
+    if (hr && hr->mcp_session.n) buf_addstr(&sid, hr->mcp_session);
+    else if (hr || http_query_get(q->query, "session", &sid) <= 0) buf_reset(&sid);
+    if (hr && hr->mcp_version.n) buf_addstr(&ver, hr->mcp_version);
+    else if (hr || http_query_get(q->query, "version", &ver) <= 0) buf_reset(&ver);
+    if (ver.len && (ver.len >= sizeof io.version || !mcp_known_version(ver.p))) {
+        mcp_http_fail(r, 400, MCP_INVALID, "unsupported MCP-Protocol-Version");
+        goto done;
+    }
+    snprintf(io.version, sizeof io.version, "%s", buf_cstr(&ver));
+    if (str_eq(q->method, "DELETE")) {
+        if (hr && !sid.len) {
+            mcp_http_fail(r, 400, MCP_INVALID, "DELETE /mcp needs an Mcp-Session-Id header");
+            goto done;
+        }
+        st = mcp_state_find(mh, buf_cstr(&sid), agent.p);
+        if (!st || strcmp(st->agent, agent.p)) {
+            mcp_http_fail(r, 404, MCP_INVALID, "no such MCP session");
+            goto done;
+        }
+        if (st->arc_session[0]) {   /* the agent leaves, as at the end of arc mcp */
+            Buf path = { 0 };
+            buf_adds(&path, "/v1/sessions/");
+            cli_pct(&path, st->arc_session);
+            mcp_local(h, q, "DELETE", path.p, (Str){ NULL, 0 }, &msg, NULL);
+            buf_free(&path);
+        }
+        mcp_state_drop(mh, st);
+        r->status = 200;
+        buf_adds(&r->body, "{}");
+        goto done;
+    }
+    Str body = q->raw_body;
+    if (!utf8_valid(body.p, body.n) || json_parse(&j, body.p, body.n)) {
+        char e[ARC_ERRLEN + 32];
+        snprintf(e, sizeof e, "Parse error: %s", j.err[0] ? j.err : "invalid UTF-8");
+        mcp_http_fail(r, 400, MCP_PARSE, e);
+        goto done;
+    }
+    mcp_peek(&j, &pk);
+    if (hr && hr->mcp_method.n && !str_eq(hr->mcp_method, buf_cstr(&pk.method))) {
+        mcp_http_fail(r, 400, MCP_INVALID, "the Mcp-Method header does not match the "
+                      "body's method");
+        goto done;
+    }
+    if (hr && hr->mcp_name.n && !str_eq(hr->mcp_name, buf_cstr(&pk.name))) {
+        mcp_http_fail(r, 400, MCP_INVALID, "the Mcp-Name header does not match the "
+                      "body's params.name");
+        goto done;
+    }
+    int init = pk.request && j.t[0].type == JSON_OBJ &&
+               str_eq(buf_str(&pk.method), "initialize");
+    if (init) {
+        st = mcp_state_new(h, q, agent.p, 1);
+    } else if (sid.len) {
+        st = mcp_state_find(mh, sid.p, agent.p);
+        if (!st) {
+            mcp_http_fail(r, 404, MCP_INVALID, "unknown MCP session (it ended, or the hub "
+                          "restarted): initialize again");
+            goto done;
+        }
+        if (strcmp(st->agent, agent.p)) {
+            mcp_http_fail(r, 400, MCP_INVALID, "that MCP session is another agent's");
+            goto done;
+        }
+    } else if (pk.stateless || !hr) {
+        st = mcp_state_find(mh, "", agent.p);
+        if (!st) st = mcp_state_new(h, q, agent.p, 0);
+    } else if (!pk.request) {   /* notifications of no session: nothing to do */
+        r->status = 202;
+        goto done;
+    } else {
+        mcp_http_fail(r, 400, MCP_INVALID, "an Mcp-Session-Id header is required (from "
+                      "initialize), or a 2026-07-28 request with _meta");
+        goto done;
+    }
+    if (!st) {
+        mcp_http_fail(r, 503, MCP_INTERNAL, "too many MCP sessions; end some (DELETE /mcp)");
+        goto done;
+    }
+    st->used_ms = now;
+    mcp_state_live(h, q, st, now);
+    if (!io.version[0]) snprintf(io.version, sizeof io.version, "%s", st->version);
+    io.st = st;
+    io.sse_ok = hr && mcp_has_ci(hr->accept, "text/event-stream");
+    if (q->mcp_call) {   /* this request parked; it runs again */
+        for (McpRun *run = mh->runs; run && !io.run; run = run->next)
+            if (run->serial == q->mcp_call && run->st == st) io.run = run;
+        if (!io.run) {
+            mcp_http_fail(r, 410, MCP_INTERNAL, "the call ended");
+            goto done;
+        }
+    }
+    int streaming = io.run && io.run->sse;
+    mcp_handle(&io, body);
+    if (io.negotiated) snprintf(st->version, sizeof st->version, "%s", io.version);
+    if (q->busy && !io.parked) {   /* a write found the lock taken: retried */
+        hub_fail(r, 503, "storage error: database is locked");
+        goto done;
+    }
+    r->status = 200;
+    if (io.parked) {
+        r->park = 1;
+        r->wait = io.wait;                 /* hand-off: r owns it now */
+        memset(&io.wait, 0, sizeof io.wait);
+        r->wait_ms = io.wait_ms;
+        r->mcp_call = io.run->serial;
+        if (io.run->progress.len && io.sse_ok) {
+            r->raw = 1;
+            if (!io.run->sse) {
+                buf_addf(&r->body, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
+                         "X-Arc-Instance: %s\r\nConnection: close\r\n\r\n", hub_instance(h));
+                io.run->sse = 1;
+            }
+            buf_addstr(&r->body, buf_str(&io.notes));
+        }
+    } else if (streaming) {
+        r->raw = 1;
+        buf_addstr(&r->body, buf_str(&io.notes));
+        buf_adds(&r->body, "event: message\ndata: ");
+        buf_addstr(&r->body, buf_str(&io.out));
+        buf_adds(&r->body, "\n\n");
+    } else if (!io.out.len) {
+        r->status = 202;   /* notifications and responses only */
+        if (q->relayed) buf_adds(&r->body, "{}");
+    } else {
+        buf_addstr(&r->body, buf_str(&io.out));
+    }
+    if (init) {
+        buf_addf(&r->hdr, "Mcp-Session-Id: %s\r\n", st->sid);
+        r->extra = r->hdr.p;
+    }
+done:
+    json_free(&j);
+    wait_free(&io.wait);
+    buf_free(&io.out), buf_free(&io.notes);
+    buf_free(&agent), buf_free(&sid), buf_free(&ver), buf_free(&msg);
+    buf_free(&pk.method), buf_free(&pk.name);
 }
 
 /* ---- framing: newline-delimited, or Content-Length from older clients ---- */
@@ -19154,16 +19562,571 @@ static void mcp_drain(Buf *in, int eof, int *skipping, void (*on_msg)(Str, void 
     }
 }
 
+/* ---- arc mcp: the stdio bridge ---- */
+
+typedef struct McpCall McpCall;
+
+/* A tools/call the bridge posted to the hub and waits on, on its own
+ * thread, so a poll waiting 50 s never holds up a ping or another call,
+ * and notifications/cancelled can interrupt it (Client.cancel_fd). */
+struct McpCall {
+    McpCall *next;
+    char *msg;            /* owned: the message */
+    size_t n;
+    Buf id;               /* its id, as JSON */
+    int cancel[2];        /* pipe: written to give up waiting */
+    int cancelled;        /* nothing is written for it */
+};
+
+/* The bridge process. Threads: the main thread reads stdin and forwards
+ * everything but tools/call itself (quick answers, in order); each
+ * tools/call has a thread; the heartbeat thread keeps the session. */
+typedef struct {
+    /* Set once at start. */
+    const char *agent, *display_name, *caps, *url, *relay_dir;
+    char token[ARC_MAX_TOKEN + 1];   /* the hub's bearer token, "" = none */
+    long pid;                     /* the harness (PROTOCOL §17.5), 0 unknown */
+    int64_t pid_start;            /* ... its start time, /proc/PID/stat */
+    /* Guarded by mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t cond;          /* a call ended; closing; wake the heartbeat */
+    char sid[64];                 /* our MCP session at the hub; the relay has none */
+    int registered;               /* the hub knows our session */
+    char version[16];             /* the client's initialize negotiated; "" before */
+    McpCall *calls;
+    int ncalls;
+    int closing;                  /* stdin reached EOF */
+    int64_t beat_ms;              /* heartbeat interval */
+    pthread_mutex_t reg_mu;       /* one registration at a time */
+    pthread_mutex_t out_mu;       /* stdout */
+} McpBridge;
+
+static McpBridge g_br = { .mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER,
+                          .reg_mu = PTHREAD_MUTEX_INITIALIZER,
+                          .out_mu = PTHREAD_MUTEX_INITIALIZER, .beat_ms = 30000 };
+
+/* Write one message as a line to stdout; nothing else is ever written there. */
+static void mcp_write_line(Str msg) {
+    pthread_mutex_lock(&g_br.out_mu);
+    for (int part = 0; part < 2; part++) {
+        Str s = part ? STR_LIT("\n") : msg;
+        for (size_t off = 0; off < s.n;) {
+            ssize_t w = write(1, s.p + off, s.n - off);
+            if (w > 0) off += (size_t)w;
+            else if (w < 0 && errno == EINTR) continue;
+            else if (w < 0 && errno == EAGAIN) {
+                struct pollfd p = { .fd = 1, .events = POLLOUT };
+                poll(&p, 1, 1000);
+            } else break;   /* the client went away; EOF on stdin follows */
+        }
+    }
+    pthread_mutex_unlock(&g_br.out_mu);
+}
+
+static const char *mcp_where(void) { return g_br.relay_dir ? g_br.relay_dir : g_br.url; }
+
+static void mcp_set_registered(int on) {
+    pthread_mutex_lock(&g_br.mu);
+    g_br.registered = on;
+    pthread_mutex_unlock(&g_br.mu);
+}
+
+/* Has call been cancelled (NULL: never)? */
+static int mcp_call_cancelled(McpCall *call) {
+    if (!call) return 0;
+    pthread_mutex_lock(&g_br.mu);
+    int c = call->cancelled;
+    pthread_mutex_unlock(&g_br.mu);
+    return c;
+}
+
+/* A hub connection for one thread, cancelled through cancel_fd. */
+static int mcp_client(Client *c, int cancel_fd) {
+    char err[ARC_ERRLEN];
+    if (client_url(c, g_br.url, err)) return -1;
+    c->relay_dir = g_br.relay_dir;
+    c->agent = g_br.agent;
+    c->token = g_br.token;
+    c->cancel_fd = cancel_fd;
+    return 0;
+}
+
+/* Write the messages of an SSE body in p[0..n) (events end with a blank
+ * line) to stdout, unless call was cancelled; returns the bytes used. */
+static size_t mcp_sse_lines(const char *p, size_t n, McpCall *call) {
+    size_t used = 0;
+    for (;;) {
+        const char *end = NULL;
+        for (size_t i = used; i + 1 < n && !end; i++)
+            if (p[i] == '\n' && (p[i + 1] == '\n' || (p[i + 1] == '\r' && i + 2 < n &&
+                                                        p[i + 2] == '\n')))
+                end = p + i + 1;
+        if (!end) return used;
+        for (const char *l = p + used; l < end;) {
+            const char *nl = memchr(l, '\n', (size_t)(end - l));
+            Str line = { l, (size_t)(nl - l) };
+            if (line.n && line.p[line.n - 1] == '\r') line.n--;
+            if (line.n > 5 && !memcmp(line.p, "data:", 5) && !mcp_call_cancelled(call))
+                mcp_write_line(str_trim((Str){ line.p + 5, line.n - 5 }));
+            l = nl + 1;
+        }
+        used = (size_t)(end - p) + (*end == '\r' ? 2 : 1);
+    }
+}
+
+/* POST (or DELETE) one message to the hub's /mcp over HTTP, with the
+ * session's headers. A JSON answer goes to *json; an SSE one is written to
+ * stdout event by event as it comes (*streamed). A new session's id, from
+ * initialize, goes to sid_out. Returns the HTTP status, or -1 with err. */
+static int mcp_http(Client *c, const char *method, const char *path, Str msg, McpCall *call,
+                    Buf *json, int *streamed, char *sid_out, size_t sid_n,
+                    char err[ARC_ERRLEN]) {
+    int64_t deadline = clock_ms() + MCP_MAX_WAIT_S * 1000 + MCP_HUB_MS;
+    Buf req = { 0 };
+    int v6 = strchr(c->host, ':') != NULL, status = -1, head = ARC_AGAIN, eof = 0;
+    size_t used = 0;
+    HttpResp hr;
+    buf_addf(&req, "%s %s HTTP/1.1\r\nHost: %s%s%s:%d\r\nUser-Agent: arc/" ARC_VERSION
+             "\r\nAccept: application/json, text/event-stream\r\nConnection: close\r\n",
+             method, path, v6 ? "[" : "", c->host, v6 ? "]" : "", c->port);
+    if (c->token && c->token[0]) buf_addf(&req, "Authorization: Bearer %s\r\n", c->token);
+    pthread_mutex_lock(&g_br.mu);
+    if (g_br.sid[0]) buf_addf(&req, "Mcp-Session-Id: %s\r\n", g_br.sid);
+    if (g_br.version[0]) buf_addf(&req, "MCP-Protocol-Version: %s\r\n", g_br.version);
+    pthread_mutex_unlock(&g_br.mu);
+    if (msg.p) buf_addf(&req, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
+                        msg.n);
+    buf_adds(&req, "\r\n");
+    if (msg.p) buf_addstr(&req, msg);
+    *streamed = 0;
+    buf_reset(json);
+    client_close(c);
+    if (client_connect(c, deadline, err)) goto done;
+    for (size_t off = 0; off < req.len;) {
+        ssize_t w = write(c->fd, req.p + off, req.len - off);
+        if (w > 0) off += (size_t)w;
+        else if (w < 0 && errno == EINTR) continue;
+        else if (w < 0 && errno == EAGAIN &&
+                 client_wait(c->fd, POLLOUT, c->cancel_fd, deadline) == 0) continue;
+        else {
+            snprintf(err, ARC_ERRLEN, "cannot send to %s", c->base);
+            goto done;
+        }
+    }
+    for (;;) {
+        if (head == ARC_AGAIN) head = http_parse_response(c->in.p, c->in.len, &hr);
+        if (head == ARC_BAD) {
+            snprintf(err, ARC_ERRLEN, "invalid response from %s: %s", c->base, hr.err_msg);
+            goto done;
+        }
+        if (head > 0 && hr.status < 200) {   /* 100 Continue */
+            buf_consume(&c->in, (size_t)head);
+            head = ARC_AGAIN;
+            continue;
+        }
+        if (head > 0) {
+            size_t have = c->in.len - (size_t)head;
+            if (mcp_has_ci(hr.content_type, "text/event-stream")) {
+                *streamed = 1;
+                used += mcp_sse_lines(c->in.p + head + used, have - used, call);
+                if (eof) break;
+            } else if (hr.body == HTTP_BODY_LENGTH && have >= (size_t)hr.content_length) {
+                have = (size_t)hr.content_length;
+                buf_add(json, c->in.p + head, have);
+                break;
+            } else if (hr.body != HTTP_BODY_LENGTH && eof) {
+                buf_add(json, c->in.p + head, have);
+                break;
+            }
+            if (have > ARC_CLIENT_MAX_BODY) {
+                snprintf(err, ARC_ERRLEN, "response from %s is too large", c->base);
+                goto done;
+            }
+        }
+        if (eof) {
+            snprintf(err, ARC_ERRLEN, "connection to %s closed mid-response", c->base);
+            goto done;
+        }
+        if (client_wait(c->fd, POLLIN, c->cancel_fd, deadline)) {
+            snprintf(err, ARC_ERRLEN, clock_ms() < deadline ? "cancelled" : "no answer in time");
+            goto done;
+        }
+        buf_reserve(&c->in, 65536);
+        ssize_t n = read(c->fd, c->in.p + c->in.len, 65536);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (n <= 0) eof = 1;
+        else c->in.len += (size_t)n, c->in.p[c->in.len] = 0;
+    }
+    status = hr.status;
+    if (sid_out) {   /* Mcp-Session-Id among the head's lines */
+        Str h = { c->in.p, (size_t)head };
+        sid_out[0] = 0;
+        for (size_t i = 0; i + 16 < h.n; i++)
+            if (h.p[i] == '\n' && str_ieq((Str){ h.p + i + 1, 15 }, "mcp-session-id:")) {
+                Str v = { h.p + i + 16, 0 };
+                while (v.p + v.n < h.p + h.n && v.p[v.n] != '\r' && v.p[v.n] != '\n') v.n++;
+                v = str_trim(v);
+                snprintf(sid_out, sid_n, "%.*s", (int)v.n, v.p);
+            }
+    }
+done:
+    client_close(c);
+    buf_free(&req);
+    return status;
+}
+
+/* One message to the hub's /mcp, over HTTP or the relay (where the session
+ * and version are query parameters, and answers are JSON). */
+static int mcp_send(Client *c, const char *method, Str msg, McpCall *call, Buf *json,
+                    int *streamed, char *sid_out, size_t sid_n, char err[ARC_ERRLEN]) {
+    Buf path = { 0 };
+    buf_adds(&path, "/mcp");
+    agent_qparam(&path, "agent", g_br.agent);
+    if (g_br.display_name) agent_qparam(&path, "display_name", g_br.display_name);
+    if (g_br.caps) agent_qparam(&path, "capabilities", g_br.caps);
+    if (g_br.pid)   /* the hub watches it: offline the moment it ends */
+        buf_addf(&path, "&pid=%ld&pid_start=%lld", g_br.pid, (long long)g_br.pid_start);
+    int status;
+    if (g_br.relay_dir) {
+        pthread_mutex_lock(&g_br.mu);
+        if (g_br.version[0]) agent_qparam(&path, "version", g_br.version);
+        pthread_mutex_unlock(&g_br.mu);
+        *streamed = 0;
+        if (sid_out) sid_out[0] = 0;
+        err[0] = 0;
+        if (client_relay_call(c, method, path.p, msg, MCP_MAX_WAIT_S * 1000 + MCP_HUB_MS,
+                              &status, json, err))
+            status = -1;
+    } else {
+        status = mcp_http(c, method, path.p, msg, call, json, streamed, sid_out, sid_n, err);
+    }
+    buf_free(&path);
+    return status;
+}
+
+/* Is body a JSON-RPC answer (one message or a batch's array), rather than
+ * a refusal in the hub's {"ok":false} envelope? */
+static int mcp_is_jsonrpc(const Buf *body) {
+    Json j = { 0 };
+    int yes = json_parse(&j, buf_cstr(body), body->len) == 0 &&
+              (j.t[0].type == JSON_ARR || (j.t[0].type == JSON_OBJ && json_get(&j, 0, "jsonrpc")));
+    json_free(&j);
+    return yes;
+}
+
+/* Open our session at the hub: over HTTP an initialize (its answer names
+ * the session), over the relay a ping (the hub keeps the agent's state by
+ * its name). Also learns the presence TTL for the heartbeat. 0 or -1. */
+static int mcp_register(char err[ARC_ERRLEN]) {
+    static const char init[] =
+        "{\"jsonrpc\":\"2.0\",\"id\":\"arc-bridge\",\"method\":\"initialize\",\"params\":"
+        "{\"protocolVersion\":\"" MCP_V_LEGACY "\",\"capabilities\":{},\"clientInfo\":"
+        "{\"name\":\"arc-mcp-bridge\",\"version\":\"" ARC_VERSION "\"}}}";
+    static const char ping[] = "{\"jsonrpc\":\"2.0\",\"id\":\"arc-bridge\",\"method\":\"ping\"}";
+    pthread_mutex_lock(&g_br.reg_mu);
+    Client c;
+    Buf out = { 0 };
+    Json j = { 0 };
+    char sid[64];
+    int rc = -1, streamed, status;
+    pthread_mutex_lock(&g_br.mu);
+    int already = g_br.registered;
+    if (!already) g_br.sid[0] = 0;   /* initialize goes without one */
+    pthread_mutex_unlock(&g_br.mu);
+    if (already) {   /* another thread just did it */
+        pthread_mutex_unlock(&g_br.reg_mu);
+        return 0;
+    }
+    if (mcp_client(&c, -1)) {
+        snprintf(err, ARC_ERRLEN, "invalid hub URL: %s", g_br.url);
+        goto done;
+    }
+    status = mcp_send(&c, "POST", g_br.relay_dir ? str_c(ping) : str_c(init), NULL, &out,
+                      &streamed, sid, sizeof sid, err);
+    if (status != 200 || !mcp_is_jsonrpc(&out)) {
+        if (status > 0) {
+            uint32_t e;
+            Buf m = { 0 };
+            if (json_parse(&j, buf_cstr(&out), out.len) == 0 && j.t[0].type == JSON_OBJ &&
+                (e = json_get(&j, 0, "error"))) {
+                uint32_t mm = j.t[e].type == JSON_OBJ ? json_get(&j, e, "message") : e;
+                if (mm) json_as_text(&m, &j, mm);
+            }
+            snprintf(err, ARC_ERRLEN, "refused (HTTP %d): %s", status,
+                     m.len ? m.p : "no error message");
+            buf_free(&m);
+        }
+        goto done;
+    }
+    int64_t ttl = 120;
+    uint32_t r, t;
+    int hs;
+    json_free(&j);
+    if (client_call(&c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, MCP_HUB_MS, &hs, &out, err) ==
+            0 && hs == 200 && json_parse(&j, buf_cstr(&out), out.len) == 0 &&
+        (r = json_get(&j, 0, "result")) && (t = json_get(&j, r, "presence_ttl_sec")))
+        json_to_i64(&j, t, &ttl);
+    pthread_mutex_lock(&g_br.mu);
+    snprintf(g_br.sid, sizeof g_br.sid, "%s", sid);
+    /* Touch well inside the TTL: a third of it, at most every 30 s. */
+    g_br.beat_ms = ttl / 3 * 1000;
+    if (g_br.beat_ms < 1000) g_br.beat_ms = 1000;
+    if (g_br.beat_ms > 30000) g_br.beat_ms = 30000;
+    g_br.registered = 1;
+    pthread_mutex_unlock(&g_br.mu);
+    rc = 0;
+done:
+    json_free(&j);
+    buf_free(&out);
+    client_free(&c);
+    pthread_mutex_unlock(&g_br.reg_mu);
+    return rc;
+}
+
+/* Answer msg in-process, without the hub (it cannot be reached, or
+ * refuses us): the same dispatcher; tools fail with `offline`. */
+static void mcp_answer_here(Str msg, const char *offline, McpCall *call) {
+    McpIo io = { .offline = offline };
+    pthread_mutex_lock(&g_br.mu);
+    snprintf(io.version, sizeof io.version, "%s", g_br.version);
+    pthread_mutex_unlock(&g_br.mu);
+    mcp_handle(&io, msg);
+    if (io.negotiated) {
+        pthread_mutex_lock(&g_br.mu);
+        snprintf(g_br.version, sizeof g_br.version, "%s", io.version);
+        pthread_mutex_unlock(&g_br.mu);
+    }
+    if (io.out.len && !mcp_call_cancelled(call)) mcp_write_line(buf_str(&io.out));
+    buf_free(&io.out);
+    buf_free(&io.notes);
+}
+
+/* Forward one message to the hub and write its answers; when the hub
+ * cannot be reached, or refuses the bridge (a token), answer here. A
+ * session the hub no longer knows (it restarted) is opened again, once. */
+static void mcp_forward(Str msg, McpCall *call) {
+    char err[ARC_ERRLEN] = "", why[ARC_ERRLEN + 200] = "";
+    Buf out = { 0 };
+    Client c;
+    int status = -1, streamed = 0;
+    if (mcp_client(&c, call ? call->cancel[0] : -1)) {
+        snprintf(why, sizeof why, "invalid hub URL: %s", g_br.url);
+        goto here;
+    }
+    for (int attempt = 0; attempt < 2; attempt++) {
+        pthread_mutex_lock(&g_br.mu);
+        int registered = g_br.registered;
+        pthread_mutex_unlock(&g_br.mu);
+        if (!registered && mcp_register(err)) {
+            status = -1;
+            break;
+        }
+        status = mcp_send(&c, "POST", msg, call, &out, &streamed, NULL, 0, err);
+        if (status == 404 && mcp_is_jsonrpc(&out) && attempt == 0) {
+            mcp_set_registered(0);   /* the hub forgot our session */
+            continue;
+        }
+        break;
+    }
+    if (mcp_call_cancelled(call) || (status < 0 && !strcmp(err, "cancelled"))) goto done;
+    if (status < 0) {
+        mcp_set_registered(0);
+        snprintf(why, sizeof why, "arc hub not reachable at %s: %s. Start it with `arc "
+                 "ensure`; this server keeps retrying and re-registers when it is back.",
+                 mcp_where(), err);
+        goto here;
+    }
+    if (streamed || status == 202) goto done;
+    if (mcp_is_jsonrpc(&out)) {
+        if (out.len) mcp_write_line(buf_str(&out));
+        goto done;
+    }
+    Json j = { 0 };
+    uint32_t e;
+    Buf m = { 0 };
+    if (json_parse(&j, buf_cstr(&out), out.len) == 0 && j.t[0].type == JSON_OBJ &&
+        (e = json_get(&j, 0, "error")))
+        json_as_text(&m, &j, e);
+    snprintf(why, sizeof why, "arc hub refused (HTTP %d): %s", status,
+             m.len ? m.p : "no error message");
+    buf_free(&m);
+    json_free(&j);
+here:
+    mcp_answer_here(msg, why, call);
+done:
+    buf_free(&out);
+    client_free(&c);
+}
+
+/* ---- the heartbeat ---- */
+
+/* One heartbeat: a ping in our session keeps the agent present (the hub
+ * touches it on every request). A hub that lost the session, or came back
+ * after being away, gets a new one. */
+static void mcp_beat(void) {
+    static const char ping[] = "{\"jsonrpc\":\"2.0\",\"id\":\"arc-heartbeat\",\"method\":\"ping\"}";
+    static int said_down;   /* only this thread reads or writes it */
+    char err[ARC_ERRLEN];
+    pthread_mutex_lock(&g_br.mu);
+    int registered = g_br.registered;
+    pthread_mutex_unlock(&g_br.mu);
+    if (!registered) {
+        if (mcp_register(err) == 0) {
+            mcp_log("registered as %s at %s", g_br.agent, mcp_where());
+            said_down = 0;
+        } else if (!said_down) {
+            mcp_log("cannot register at %s (%s); retrying every %d s", mcp_where(), err,
+                    MCP_RETRY_MS / 1000);
+            said_down = 1;
+        }
+        return;
+    }
+    Client c;
+    Buf out = { 0 };
+    int streamed;
+    if (mcp_client(&c, -1)) return;
+    int status = mcp_send(&c, "POST", str_c(ping), NULL, &out, &streamed, NULL, 0, err);
+    if (status < 0 || (status == 404 && mcp_is_jsonrpc(&out))) {
+        mcp_set_registered(0);
+        if (status > 0 && mcp_register(err) == 0)
+            mcp_log("the hub had lost the session; registered %s again", g_br.agent);
+    }
+    buf_free(&out);
+    client_free(&c);
+}
+
+static void *mcp_heartbeat_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&g_br.mu);
+    while (!g_br.closing) {
+        pthread_mutex_unlock(&g_br.mu);
+        mcp_beat();
+        pthread_mutex_lock(&g_br.mu);
+        int64_t wait = g_br.registered ? g_br.beat_ms : MCP_RETRY_MS;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += (time_t)(wait / 1000);
+        ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        int rc = 0;
+        while (!g_br.closing && rc != ETIMEDOUT)
+            rc = pthread_cond_timedwait(&g_br.cond, &g_br.mu, &ts);
+    }
+    pthread_mutex_unlock(&g_br.mu);
+    return NULL;
+}
+
+/* ---- tool calls in flight ---- */
+
+static void mcp_call_free(McpCall *call) {
+    free(call->msg);
+    buf_free(&call->id);
+    if (call->cancel[0] >= 0) close(call->cancel[0]);
+    if (call->cancel[1] >= 0) close(call->cancel[1]);
+    free(call);
+}
+
+static void *mcp_call_main(void *arg) {
+    McpCall *call = arg;
+    mcp_forward((Str){ call->msg, call->n }, call);
+    pthread_mutex_lock(&g_br.mu);
+    McpCall **pp = &g_br.calls;
+    while (*pp != call) pp = &(*pp)->next;
+    *pp = call->next;
+    g_br.ncalls--;
+    pthread_cond_broadcast(&g_br.cond);
+    pthread_mutex_unlock(&g_br.mu);
+    mcp_call_free(call);
+    return NULL;
+}
+
+/* Start a tools/call (whose id, as JSON, is id) on its own thread. */
+static void mcp_call_start(Str msg, Str id) {
+    pthread_mutex_lock(&g_br.mu);
+    int busy = g_br.ncalls >= MCP_MAX_CALLS;
+    pthread_mutex_unlock(&g_br.mu);
+    if (busy) {
+        McpIo io = { 0 };
+        mcp_error(&io, id, MCP_INTERNAL, "too many tool calls in flight (at most "
+                  "64); retry when one has finished", NULL);
+        mcp_write_line(buf_str(&io.out));
+        buf_free(&io.out);
+        return;
+    }
+    McpCall *call = xrealloc(NULL, sizeof *call);
+    *call = (McpCall){ .msg = xstrndup(msg.p, msg.n), .n = msg.n };
+    buf_addstr(&call->id, id);
+    if (pipe(call->cancel)) {
+        call->cancel[0] = call->cancel[1] = -1;
+    } else {
+        fcntl(call->cancel[0], F_SETFD, FD_CLOEXEC);
+        fcntl(call->cancel[1], F_SETFD, FD_CLOEXEC);
+    }
+    pthread_mutex_lock(&g_br.mu);
+    call->next = g_br.calls;
+    g_br.calls = call;
+    g_br.ncalls++;
+    pthread_mutex_unlock(&g_br.mu);
+    pthread_t t;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&t, &at, mcp_call_main, call)) {
+        mcp_log("cannot start a thread for a call: %s", strerror(errno));
+        mcp_call_main(call);   /* then on this one */
+    }
+    pthread_attr_destroy(&at);
+}
+
+/* Cancel calls: the one whose id is `id`, or all of them (id.p NULL). The
+ * waiting thread wakes through its pipe and writes nothing. */
+static void mcp_cancel(Str id) {
+    pthread_mutex_lock(&g_br.mu);
+    for (McpCall *c = g_br.calls; c; c = c->next) {
+        if (id.p && !str_eq(id, buf_cstr(&c->id))) continue;
+        c->cancelled = 1;
+        if (c->cancel[1] >= 0 && write(c->cancel[1], "x", 1) < 0) {}
+    }
+    pthread_mutex_unlock(&g_br.mu);
+}
+
+/* One framed message from stdin. initialize is answered here (the version
+ * it negotiates is sent along with every later request); a tools/call goes
+ * to the hub on a thread; notifications/cancelled cancels our thread for
+ * the call, then goes on to the hub (which ends the call there, even
+ * through the relay); the rest goes to the hub in order. */
 static void mcp_on_msg(Str msg, void *arg) {
     (void)arg;
-    mcp_handle(msg);
+    Json j = { 0 };
+    Buf method = { 0 }, id = { 0 };
+    if (json_parse(&j, msg.p, msg.n) == 0 && j.t[0].type == JSON_OBJ) {
+        uint32_t m = json_get(&j, 0, "method"), i = json_get(&j, 0, "id");
+        if (m && j.t[m].type == JSON_STR) json_unescape(&j, m, &method);
+        if (i && (j.t[i].type == JSON_STR || j.t[i].type == JSON_NUM)) json_write(&id, &j, i);
+        uint32_t p = json_get(&j, 0, "params"), r;
+        if (!i && str_eq(buf_str(&method), "notifications/cancelled") && p &&
+            j.t[p].type == JSON_OBJ && (r = json_get(&j, p, "requestId"))) {
+            Buf rid = { 0 };
+            json_write(&rid, &j, r);
+            mcp_cancel(buf_str(&rid));
+            buf_free(&rid);
+        }
+    }
+    if (id.len && str_eq(buf_str(&method), "initialize")) mcp_answer_here(msg, NULL, NULL);
+    else if (id.len && str_eq(buf_str(&method), "tools/call")) mcp_call_start(msg, buf_str(&id));
+    else mcp_forward(msg, NULL);
+    json_free(&j);
+    buf_free(&method), buf_free(&id);
 }
 
 static void mcp_on_frame_error(const char *why, void *arg) {
     char e[128];
+    McpIo io = { 0 };
     (void)arg;
     snprintf(e, sizeof e, "Parse error: %s", why);
-    mcp_error(NULL, (Str){ NULL, 0 }, MCP_PARSE, e, NULL);
+    mcp_error(&io, (Str){ NULL, 0 }, MCP_PARSE, e, NULL);
+    mcp_write_line(buf_str(&io.out));
+    buf_free(&io.out);
 }
 
 /* MCP clients stop a stdio server with a signal as often as with EOF
@@ -19277,69 +20240,66 @@ static const OptHelp mcp_help = {
 static void mcp_autostart(int explicit_url) {
     Client c;
     char err[ARC_ERRLEN];
-    if (client_url(&c, g_mcp.url, err)) return;
+    if (client_url(&c, g_br.url, err)) return;
     int local = hub_is_loopback(c.host);
     client_free(&c);
-    if (!local || client_probe(g_mcp.url, g_mcp.token, 0, 1000)) return;
+    if (!local || client_probe(g_br.url, g_br.token, 0, 1000)) return;
     LifeOpts o = { .argv0 = g_argv0, .timeout_s = 15 };
     serve_defaults(&o.hub);
     o.hub.host = c.host;
     o.hub.port = c.port;
-    memcpy(o.hub.token, g_mcp.token, sizeof o.hub.token);
+    memcpy(o.hub.token, g_br.token, sizeof o.hub.token);
     char url[ARC_URLLEN], why[ARC_ERRLEN], log[ARC_PATHLEN];
     int started;
     if (life_ensure(&o, url, &started, why, log)) {
-        mcp_log("could not start a hub at %s: %s%s%s", g_mcp.url, why,
+        mcp_log("could not start a hub at %s: %s%s%s", g_br.url, why,
                 log[0] ? "; see " : "", log);
         return;
     }
     if (started) mcp_log("started a hub at %s (log: %s)", url, log);
-    if (strcmp(url, g_mcp.url)) {
-        if (explicit_url) mcp_log("a hub runs at %s, not at --base-url %s", url, g_mcp.url);
-        else g_mcp.url = xstrndup(url, strlen(url));
+    if (strcmp(url, g_br.url)) {
+        if (explicit_url) mcp_log("a hub runs at %s, not at --base-url %s", url, g_br.url);
+        else g_br.url = xstrndup(url, strlen(url));
     }
 }
 
 /* EOF or a stopping signal: give calls just sent half a second to finish
  * and answer, cancel what still waits (clients kill the server 2 s after
- * closing its stdin), close the session. */
+ * closing its stdin; the hub ends a call whose connection closes), and end
+ * the session at the hub (DELETE /mcp), which closes the agent's. */
 static void mcp_shutdown(pthread_t beat) {
-    pthread_mutex_lock(&g_mcp.mu);
-    g_mcp.closing = 1;
-    pthread_cond_broadcast(&g_mcp.cond);
+    pthread_mutex_lock(&g_br.mu);
+    g_br.closing = 1;
+    pthread_cond_broadcast(&g_br.cond);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_nsec += 500 * 1000000L;   /* quick calls just sent still get answers */
     if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-    while (g_mcp.ncalls && pthread_cond_timedwait(&g_mcp.cond, &g_mcp.mu, &ts) != ETIMEDOUT) {}
-    pthread_mutex_unlock(&g_mcp.mu);
+    while (g_br.ncalls && pthread_cond_timedwait(&g_br.cond, &g_br.mu, &ts) != ETIMEDOUT) {}
+    pthread_mutex_unlock(&g_br.mu);
     mcp_cancel((Str){ NULL, 0 });   /* then stop what waits */
-    pthread_mutex_lock(&g_mcp.mu);
+    pthread_mutex_lock(&g_br.mu);
     ts.tv_sec += 1;
-    while (g_mcp.ncalls && pthread_cond_timedwait(&g_mcp.cond, &g_mcp.mu, &ts) != ETIMEDOUT) {}
-    pthread_mutex_unlock(&g_mcp.mu);
-    /* Read the session only once the heartbeat is done: a registration it
-     * was in the middle of is one to close too. */
+    while (g_br.ncalls && pthread_cond_timedwait(&g_br.cond, &g_br.mu, &ts) != ETIMEDOUT) {}
+    pthread_mutex_unlock(&g_br.mu);
+    /* Only once the heartbeat is done: a registration it was in the middle
+     * of is one to end too. */
     pthread_join(beat, NULL);
-    pthread_mutex_lock(&g_mcp.mu);
-    char sid[sizeof g_mcp.session_id];
-    memcpy(sid, g_mcp.session_id, sizeof sid);
-    int registered = g_mcp.registered;
-    pthread_mutex_unlock(&g_mcp.mu);
+    pthread_mutex_lock(&g_br.mu);
+    int registered = g_br.registered;
+    pthread_mutex_unlock(&g_br.mu);
     Client c;
-    if (registered && sid[0] && mcp_client(&c, -1) == 0) {
-        Buf path = { 0 }, out = { 0 };
-        int status;
+    if (registered && mcp_client(&c, -1) == 0) {
+        Buf out = { 0 };
+        int streamed;
         char err[ARC_ERRLEN];
-        buf_adds(&path, "/v1/sessions/");
-        cli_pct(&path, sid);
-        client_call(&c, "DELETE", path.p, (Str){ NULL, 0 }, 800, &status, &out, err);
-        buf_free(&path), buf_free(&out);
+        mcp_send(&c, "DELETE", (Str){ NULL, 0 }, NULL, &out, &streamed, NULL, 0, err);
+        buf_free(&out);
         client_free(&c);
     }
 }
 
-/* Serve MCP on stdin/stdout as one agent until EOF. */
+/* Bridge MCP on stdin/stdout to the hub's /mcp as one agent until EOF. */
 static int cmd_mcp(int argc, char **argv) {
     const char *env_url = getenv("ARC_URL");
     McpOpts o = { .agent = getenv("ARC_AGENT"), .url = env_url,
@@ -19350,27 +20310,30 @@ static int cmd_mcp(int argc, char **argv) {
      * found elsewhere (mcp_autostart). */
     int autostart = !o.no_autostart;
     int explicit_url = o.url != env_url || (env_url && *env_url);
-    g_mcp.agent = o.agent && *o.agent ? o.agent : "mcp-client";
-    g_mcp.url = o.url && *o.url ? o.url : "http://127.0.0.1:6969";
-    g_mcp.relay_dir = o.relay && *o.relay ? o.relay : NULL;
-    g_mcp.display_name = o.display_name;
-    g_mcp.caps = o.caps;
-    memcpy(g_mcp.token, o.token, sizeof g_mcp.token);
-    g_mcp.cursor = -1;
+    g_br.agent = o.agent && *o.agent ? o.agent : "mcp-client";
+    g_br.url = o.url && *o.url ? o.url : "http://127.0.0.1:6969";
+    g_br.relay_dir = o.relay && *o.relay ? o.relay : NULL;
+    g_br.display_name = o.display_name;
+    g_br.caps = o.caps;
+    g_br.pid = proc_harness_pid(&g_br.pid_start);
+    memcpy(g_br.token, o.token, sizeof g_br.token);
     Client probe;
     char err[ARC_ERRLEN];
-    if (client_url(&probe, g_mcp.url, err)) {
+    if (client_url(&probe, g_br.url, err)) {
         fprintf(stderr, "arc mcp: %s\n", err);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    if (autostart && !g_mcp.relay_dir) mcp_autostart(explicit_url);
+    if (autostart && !g_br.relay_dir) mcp_autostart(explicit_url);
+    /* The tools answered here (no hub) name the agent through g_mcp. */
+    g_mcp.agent = g_br.agent;
+    g_mcp.url = g_br.url;
+    g_mcp.relay_dir = g_br.relay_dir;
     mcp_catch_signals();   /* after autostart: the hub it starts keeps running */
-    mcp_log("serving agent %s through %s", g_mcp.agent,
-            g_mcp.relay_dir ? g_mcp.relay_dir : g_mcp.url);
+    mcp_log("serving agent %s through %s", g_br.agent, mcp_where());
     /* The heartbeat thread registers at once: stdin is served meanwhile,
      * so a client's initialize never waits for the hub. */
-    g_mcp.beat_ms = 0;
+    g_br.beat_ms = 0;
     pthread_t beat;
     if (pthread_create(&beat, NULL, mcp_heartbeat_main, NULL)) {
         fprintf(stderr, "arc mcp: cannot start the heartbeat thread\n");
@@ -19378,9 +20341,6 @@ static int cmd_mcp(int argc, char **argv) {
     }
     mcp_read_stdin();
     mcp_shutdown(beat);
-    pthread_mutex_lock(&g_mcp.mu);   /* a straggling call may still poll */
-    mcp_cursors_free(&g_mcp.cursors);
-    pthread_mutex_unlock(&g_mcp.mu);
     signal(SIGINT, SIG_IGN);   /* the session is closed: a late signal is moot */
     signal(SIGTERM, SIG_IGN);
     signal(SIGHUP, SIG_IGN);

@@ -1,4 +1,5 @@
-"""`arc mcp` against the official MCP TypeScript SDK clients (arc-only).
+"""`arc mcp` and the hub's /mcp against the official MCP TypeScript SDK clients
+(arc-only).
 
 tests/mcp_sdk.mjs runs the scenarios with node. It uses two clients:
 - @modelcontextprotocol/sdk 1.32.2 (v1), which speaks the handshake era;
@@ -49,6 +50,7 @@ def missing():
 
 @arc_only
 class McpSdkTest(HubCase):
+    transport = None     # ARC_MCP_TRANSPORT for mcp_sdk.mjs: None = `arc mcp` on stdio
 
     @classmethod
     def setUpClass(cls):
@@ -70,6 +72,8 @@ class McpSdkTest(HubCase):
                if k not in ("ARC_URL", "ARC_AGENT", "ARC_RELAY_DIR")}
         env.update(ARC_CMD=json.dumps(hub_command()), ARC_HUB_URL=self.hub.url,
                    ARC_MCP_LOG=log, ARC_MCP_CWD=work)
+        if self.transport:
+            env["ARC_MCP_TRANSPORT"] = self.transport
         t0 = time.monotonic()
         try:
             proc = subprocess.run(["node", SCRIPT, name], env=env, cwd=HERE,
@@ -142,6 +146,14 @@ class McpSdkTest(HubCase):
     def test_v2_cancel(self):
         """The same as test_v1_cancel with the v2 client in the 2026-07-28 era."""
         self.scenario("v2-cancel")
+
+
+@arc_only
+class McpSdkHttpTest(McpSdkTest):
+    """The same scenarios with the SDKs' Streamable HTTP clients talking to
+    the hub's /mcp directly (X-Arc-Agent names the agent), no `arc mcp`:
+    sessions (v1), the stateless era (v2), SSE progress, cancellation."""
+    transport = "http"
 
 
 if __name__ == "__main__":
