@@ -65,15 +65,34 @@ def report(*lines):
             f.write(ln + "\n")
 
 
+def setUpModule():
+    """Start tests/out/harness-hooks.txt afresh for this run."""
+    os.makedirs(harness.OUT, exist_ok=True)
+    with open(REPORT, "w") as f:
+        f.write("arc hooks with real harnesses (tests/test_harness_hooks.py): %s\n"
+                % ", ".join("%s %s" % kv for kv in sorted(harness.VERSIONS.items())
+                            if kv[0] in ("claude", "codex", "gemini")))
+
+
 class Model(FakeModel):
     """The fake model, calling on_main(n, entry) when it receives its
     n-th main request (one offering tools; 1-based) before it answers:
     that is where a test posts what should arrive "while the turn runs"."""
 
-    def __init__(self, script, on_main=None):
+    def __init__(self, script, on_main=None, sequential=False):
         super().__init__(script)
         self.on_main = on_main
         self.n_main = 0
+        self.sequential = sequential
+
+    def turn(self, index, offered):
+        """sequential: the n-th main request gets script[n-1], whatever
+        the conversation holds (a turn a Stop hook continued has no new
+        function call, which the Responses and Gemini indices count)."""
+        if self.sequential and offered:
+            with self.lock:
+                index = self.n_main - 1
+        return super().turn(index, offered)
 
     def record(self, entry):
         super().record(entry)
@@ -108,7 +127,7 @@ def snippet(text, token):
     block that names a hook or a tool, else the block's first line."""
     head = text[:text.find(token)] if token in text else text
     for ln in head.splitlines():
-        if "hook" in ln.lower() or "tool" in ln.lower():
+        if "hook" in ln.lower():
             return ln.strip()[:90]
     return text.strip().splitlines()[0][:90] if text.strip() else ""
 
@@ -195,8 +214,8 @@ class HooksCase(unittest.TestCase):
         self.assertEqual(status, 200, res)
         return res["result"]
 
-    def model(self, script, on_main=None):
-        m = Model(script, on_main).start(bind=self.ns.call)
+    def model(self, script, on_main=None, sequential=False):
+        m = Model(script, on_main, sequential).start(bind=self.ns.call)
         self.addCleanup(m.close)
         return m
 
@@ -554,6 +573,220 @@ class ClaudeIdleWakeTest(ClaudeCase):
         self.once(tok, "the wake DM", mains)
         self.assertNoneTwice()
         self.assertEqual(self.owed()["owed"], 0)
+
+
+# ── Codex ──────────────────────────────────────────────────────────────
+
+@arc_only
+class CodexHooksTest(HooksCase):
+    """codex exec with the project's .codex/hooks.json from setup. Codex
+    runs a project's hooks only once a human trusted them (/hooks); the
+    tests pass --dangerously-bypass-hook-trust instead, Codex's switch
+    for automation that vetted its hooks."""
+    client = "codex"
+    needs = ("codex",)
+
+    def write_config(self, home):
+        pass                  # needs the model's URL: see run_exec
+
+    def run_exec(self, home, m, prompt="Do the work."):
+        harness.write_codex_config(home, {}, m.url)
+        argv = [harness.BINS["codex"], "exec", "--json", "--skip-git-repo-check",
+                "--dangerously-bypass-hook-trust", prompt]
+        r = harness.run(self.ns, argv, harness.client_env(
+            home, "codex", self.trap_url, {"FAKE_OPENAI_KEY": harness.FAKE_KEY}),
+            home.project, timeout=TURN_DEADLINE)
+        self.assertIsNotNone(r.code, "timed out:\n%r" % r)
+        self.assertEqual(r.code, 0, r)
+        events = [json.loads(ln) for ln in r.out.splitlines() if ln.startswith("{")]
+        items = [e["item"] for e in events if e.get("type") == "item.completed"]
+        self.note("codex exec exit %s after %.1fs; items: %s" % (
+            r.code, r.secs, ", ".join(i.get("type", "?") for i in items)))
+        return items
+
+    def where(self, token, body):
+        out = []
+        for i, it in enumerate(body.get("input") or []):
+            if token not in json.dumps(it):
+                continue
+            if it.get("type") == "message":
+                text = " ".join(c.get("text", "") for c in it.get("content") or [])
+                out.append("item %d (%s message): %s" % (i, it.get("role"),
+                                                        snippet(text, token)))
+            else:
+                out.append("item %d (%s %s)" % (i, it.get("type"), it.get("name") or
+                                                it.get("call_id") or ""))
+        return out
+
+    def test_dm_before_and_during_the_turn_each_once(self):
+        """1, 2: T1 before the turn (SessionStart), T2 and T3 while
+        exec_command runs (PostToolUse); each reaches the model once."""
+        home = self.project()
+        t = {k: uid("tok%d" % k) for k in (1, 2, 3)}
+        self.dm("before the turn " + t[1])
+
+        def on_main(n, _entry):
+            if n in (1, 2):
+                self.dm("while tool %d runs %s" % (n, t[n + 1]))
+
+        script = [[{"tool": "exec_command", "input": {"cmd": "echo one"}}],
+                  [{"tool": "exec_command", "input": {"cmd": "echo two"}}],
+                  [{"text": "All done."}]]
+        m = self.model(script, on_main, sequential=True)
+        self.run_exec(home, m)
+        mains = m.mains()
+        self.assertEqual(len(mains), 3, len(mains))
+        self.assertEqual(self.once(t[1], "T1 (DM before the turn)", mains), 1)
+        self.assertEqual(self.once(t[2], "T2 (DM while exec_command 1 runs)", mains), 2)
+        self.assertEqual(self.once(t[3], "T3 (DM while exec_command 2 runs)", mains), 3)
+        self.assertNoneTwice()
+        self.assertEqual(self.owed()["owed"], 0)
+
+    def test_open_request_keeps_the_turn_going(self):
+        """5: Stop blocks with the open request as reason; the continued
+        turn answers it; then the turn ends."""
+        home = self.project()
+        tok = uid("req")
+        req = self.post("please review " + tok, to_agent=self.agent, kind="task_request")
+        script = [[{"text": "Nothing to do."}],
+                  [{"tool": "arc_task_result", "input": {"task_id": req["id"],
+                                                         "body": "reviewed"}}],
+                  [{"text": "Answered."}]]
+        m = self.model(script, sequential=True)
+        items = self.run_exec(home, m)
+        mains = m.mains()
+        self.note("requests: %d; the request's text in the final one: %s"
+                  % (len(mains), "; ".join(self.where(tok, mains[-1]))))
+        self.assertEqual(len(mains), 3, len(mains))
+        self.assertIn("#%d" % req["id"], json.dumps(mains[1]["input"][-1]))
+        calls = [i for i in items if i.get("type") == "mcp_tool_call"]
+        self.assertEqual([(c["tool"], c["status"]) for c in calls],
+                         [("arc_task_result", "completed")], items)
+        self.assertEqual(self.owed()["requests"], [])
+
+
+# ── Gemini CLI ─────────────────────────────────────────────────────────
+
+@arc_only
+class GeminiHooksTest(HooksCase):
+    """gemini -p with the project's .gemini/settings.json from setup (the
+    user settings turn folder trust off, as trusting the folder would)."""
+    client = "gemini"
+    needs = ("gemini",)
+
+    def write_config(self, home):
+        harness.write_gemini_config(home, {})
+
+    def run_p(self, home, m, prompt="Do the work."):
+        argv = [harness.BINS["gemini"], "-p", prompt, "--output-format", "json",
+                "--model", "gemini-2.5-flash", "--yolo"]
+        r = harness.run(self.ns, argv, harness.client_env(
+            home, "gemini", self.trap_url, {"GEMINI_API_KEY": harness.FAKE_KEY,
+                                            "GOOGLE_GEMINI_BASE_URL": m.url}),
+            home.project, timeout=TURN_DEADLINE)
+        self.assertIsNotNone(r.code, "timed out:\n%r" % r)
+        self.note("gemini -p exit %s after %.1fs" % (r.code, r.secs))
+        self.assertEqual(r.code, 0, r)
+        return json.loads(r.out)
+
+    def where(self, token, body):
+        out = []
+        for i, c in enumerate(body.get("contents") or []):
+            for part in c.get("parts") or []:
+                if token not in json.dumps(part):
+                    continue
+                if "functionResponse" in part:
+                    out.append("content %d, functionResponse of %s"
+                               % (i, part["functionResponse"].get("name")))
+                else:
+                    out.append("content %d (%s text): %s" % (
+                        i, c.get("role"), snippet(part.get("text") or json.dumps(part),
+                                                  token)))
+        return out
+
+    def response(self, body, name):
+        for c in reversed(body.get("contents") or []):
+            for part in c.get("parts") or []:
+                if part.get("functionResponse", {}).get("name") == name:
+                    return part["functionResponse"]
+        self.fail("no functionResponse of %s" % name)
+
+    def test_dm_before_and_during_the_turn_each_once(self):
+        """1, 2: T1 before the turn (SessionStart / BeforeAgent), T2 and T3
+        while run_shell_command runs (AfterTool); each reaches the model
+        once."""
+        home = self.project()
+        t = {k: uid("tok%d" % k) for k in (1, 2, 3)}
+        self.dm("before the turn " + t[1])
+
+        def on_main(n, _entry):
+            if n in (1, 2):
+                self.dm("while tool %d runs %s" % (n, t[n + 1]))
+
+        script = [[{"tool": "run_shell_command", "input": {"command": "echo one"}}],
+                  [{"tool": "run_shell_command", "input": {"command": "echo two"}}],
+                  [{"text": "All done."}]]
+        m = self.model(script, on_main, sequential=True)
+        self.run_p(home, m)
+        mains = m.mains()
+        self.assertEqual(len(mains), 3, len(mains))
+        self.assertEqual(self.once(t[1], "T1 (DM before the turn)", mains), 1)
+        self.assertEqual(self.once(t[2], "T2 (DM while run_shell_command 1 runs)", mains), 2)
+        self.assertEqual(self.once(t[3], "T3 (DM while run_shell_command 2 runs)", mains), 3)
+        self.assertNoneTwice()
+        self.assertEqual(self.owed()["owed"], 0)
+
+    def test_edit_of_locked_path_denied(self):
+        """4: write_file and replace of a file another agent locked are
+        denied (BeforeTool) with the holder's name; the file is unchanged."""
+        home = self.project()
+        holder = uid("holder")
+        rel = "src/locked.txt"
+        path = os.path.join(home.project, rel)
+        os.makedirs(os.path.dirname(path))
+        with open(path, "w") as f:
+            f.write("original\n")
+        status, _, res = self.hub.request("POST", "/v1/locks",
+                                          body={"agent_id": holder, "file_path": rel})
+        self.assertEqual(status, 201, res)
+        script = [[{"tool": "write_file", "input": {"file_path": path,
+                                                    "content": "overwritten\n"}}],
+                  [{"tool": "replace", "input": {"file_path": path, "old_string": "original",
+                                                 "new_string": "changed",
+                                                 "instruction": "change it"}}],
+                  [{"text": "Could not edit."}]]
+        m = self.model(script, sequential=True)
+        self.run_p(home, m)
+        mains = m.mains()
+        self.assertEqual(len(mains), 3, len(mains))
+        for n, tool in ((1, "write_file"), (2, "replace")):
+            text = json.dumps(self.response(mains[n], tool))
+            self.note("%s result: %s" % (tool, text[:200]))
+            self.assertIn("locked by agent %s" % holder, text)
+        with open(path) as f:
+            self.assertEqual(f.read(), "original\n")
+
+    def test_open_request_keeps_the_turn_going(self):
+        """5: AfterAgent denies with the open request as reason (Gemini CLI
+        retries the turn with it); the retry answers it; then it ends."""
+        home = self.project()
+        tok = uid("req")
+        req = self.post("please review " + tok, to_agent=self.agent, kind="task_request")
+        script = [[{"text": "Nothing to do."}],
+                  [{"tool": "arc_task_result", "input": {"task_id": req["id"],
+                                                         "body": "reviewed"}}],
+                  [{"text": "Answered."}]]
+        m = self.model(script, sequential=True)
+        out = self.run_p(home, m)
+        mains = m.mains()
+        self.note("requests: %d; response %r; the request's text in the final one: %s"
+                  % (len(mains), out.get("response"), "; ".join(self.where(tok, mains[-1]))))
+        self.assertEqual(len(mains), 3, len(mains))
+        self.assertIn("#%d" % req["id"], json.dumps(mains[1]["contents"][-1]))
+        answer = json.dumps(self.response(mains[2], "mcp_arc_arc_task_result"))
+        self.assertIn('\\"kind\\":\\"task_result\\"', answer)
+        self.assertIn('\\"reply_to\\":%d' % req["id"], answer)
+        self.assertEqual(self.owed()["requests"], [])
 
 
 if __name__ == "__main__":
