@@ -16489,7 +16489,13 @@ static int hook_run(Hook *k, Buf *o, Buf *err_out) {
     case HOOK_END:
         hook_end(k);
         return 0;
-    case HOOK_WAIT:
+    case HOOK_WAIT: {
+        /* Only an interactive session has an idle to wake. `claude -p` and
+         * the Agent SDKs (CLAUDE_CODE_ENTRYPOINT sdk-cli, sdk-ts, sdk-py)
+         * hold their exit until asyncRewake hooks end, so a wait there
+         * would keep every scripted run alive for --timeout. */
+        const char *entry = getenv("CLAUDE_CODE_ENTRYPOINT");
+        if (entry && !strncmp(entry, "sdk-", 4)) return 0;
         if (!hook_wait(k)) return 0;
         if (opencode) {   /* the plugin sends stdout as the next prompt */
             buf_addstr(o, buf_str(&k->text));
@@ -16498,6 +16504,7 @@ static int hook_run(Hook *k, Buf *o, Buf *err_out) {
         buf_addstr(err_out, buf_str(&k->text));
         buf_addc(err_out, '\n');
         return 2;
+    }
     case HOOK_NONE:
         break;
     }

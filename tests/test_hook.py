@@ -19,18 +19,20 @@ from test_mcp import McpCase
 
 def hook_env(extra=None):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("ARC_URL", "ARC_AGENT", "ARC_RELAY_DIR", "CLAUDE_PROJECT_DIR")}
+           if k not in ("ARC_URL", "ARC_AGENT", "ARC_RELAY_DIR", "CLAUDE_PROJECT_DIR",
+                        "CLAUDE_CODE_ENTRYPOINT")}
     env.update(extra or {})
     return env
 
 
-def run_hook(url, harness, event, stdin, agent=None, cwd=None, timeout=20, args=()):
+def run_hook(url, harness, event, stdin, agent=None, cwd=None, timeout=20, args=(),
+             env=None):
     argv = hub_command() + ["hook", harness, event] + list(args)
     if agent:
         argv += ["--agent", agent]
     return subprocess.run(argv, input=json.dumps(stdin), capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or tempfile.gettempdir(),
-                          env=hook_env({"ARC_URL": url}))
+                          env=hook_env(dict(env or {}, ARC_URL=url)))
 
 
 @arc_only
@@ -302,6 +304,24 @@ class HookTests(HubCase):
         self.assertLess(time.monotonic() - t0, 15)
         p = self.hook("claude", "wait", self.base("SessionStart"), args=["--timeout", "0.2"])
         self.assertEqual((p.returncode, p.stdout, p.stderr), (0, "", ""))
+
+    def test_wait_is_a_no_op_without_a_terminal_session(self):
+        """`claude -p` (CLAUDE_CODE_ENTRYPOINT=sdk-cli) and the Agent SDKs
+        hold their exit until asyncRewake hooks end: wait returns at once
+        there and takes nothing, so what is owed stays owed."""
+        dm = self.msg(from_agent="bob", to_agent=self.agent, body="for later")
+        for entry in ("sdk-cli", "sdk-ts", "sdk-py"):
+            t0 = time.monotonic()
+            p = self.hook("claude", "wait", self.base("Stop"), args=["--timeout", "20"],
+                          env={"CLAUDE_CODE_ENTRYPOINT": entry})
+            self.assertEqual((p.returncode, p.stdout, p.stderr), (0, "", ""))
+            self.assertLess(time.monotonic() - t0, 5)
+        owed = self.assertOk(self.hub.get("/v1/delivery/" + self.agent))
+        self.assertEqual([i["message"]["id"] for i in owed["items"]], [dm["id"]])
+        p = self.hook("claude", "wait", self.base("Stop"), args=["--timeout", "20"],
+                      env={"CLAUDE_CODE_ENTRYPOINT": "cli"})
+        self.assertEqual(p.returncode, 2, p)
+        self.assertIn("#%d from bob" % dm["id"], p.stderr)
 
     def test_other_harnesses(self):
         dm = self.msg(from_agent="bob", to_agent=self.agent, body="for codex")
