@@ -17422,6 +17422,7 @@ typedef struct {
     int sse_ok;              /* hub: the client accepts text/event-stream */
     char version[16];        /* for requests without _meta; "" = legacy */
     int negotiated;          /* initialize set version */
+    int channel;             /* bridge: `arc mcp --channel` (declare claude/channel) */
     int batch;               /* answers go into one array; no parking */
     Buf out;                 /* the answers */
     Buf notes;               /* hub: notifications to send first (progress) */
@@ -18813,15 +18814,35 @@ static int mcp_request_version(const McpIo *io, const Json *j, uint32_t params, 
     return ok ? 0 : -1;
 }
 
-static void mcp_server_info(Buf *b, const char *version) {
+/* What the channel mode adds to the instructions (docs/MCP.md, "Claude Code
+ * channels"). */
+static const char mcp_channel_instructions[] =
+    " Messages owed to you (direct messages, requests, mentions of @you, replies to you) "
+    "also arrive by themselves, each once, as <channel source=\"arc\"> events whose "
+    "attributes say who sent it (from_agent), why you get it (reason) and its message_id; "
+    "answer one with arc_post_message (to_agent, or reply_to the message_id).";
+
+/* capabilities, serverInfo and instructions. `channel`: the bridge's
+ * channel mode, which adds Claude Code's experimental claude/channel. */
+static void mcp_server_info(Buf *b, const char *version, int channel) {
     mcp_member(b, "capabilities");
-    buf_adds(b, "{\"tools\":{\"listChanged\":false}}");
+    buf_adds(b, "{\"tools\":{\"listChanged\":false}");
+    if (channel) buf_adds(b, ",\"experimental\":{\"claude/channel\":{}}");
+    buf_addc(b, '}');
     mcp_member(b, "serverInfo");
     buf_adds(b, "{\"name\":\"arc\",\"version\":\"" ARC_VERSION "\"");
     if (mcp_has(version, "2025-06-18")) buf_adds(b, ",\"title\":\"arc coordination hub\"");
     buf_addc(b, '}');
     mcp_member(b, "instructions");
-    json_cstr(b, mcp_instructions);
+    if (channel) {
+        Buf t = { 0 };
+        buf_adds(&t, mcp_instructions);
+        buf_adds(&t, mcp_channel_instructions);
+        json_strs(b, buf_str(&t));
+        buf_free(&t);
+    } else {
+        json_cstr(b, mcp_instructions);
+    }
 }
 
 static void mcp_m_initialize(const McpReq *rq) {
@@ -18839,7 +18860,7 @@ static void mcp_m_initialize(const McpReq *rq) {
     mcp_result_begin(&b, rq->id, v);
     mcp_member(&b, "protocolVersion");
     json_cstr(&b, v);
-    mcp_server_info(&b, v);
+    mcp_server_info(&b, v, rq->io->channel);
     mcp_result_end(rq->io, &b);
     buf_free(&want);
 }
@@ -18856,7 +18877,7 @@ static void mcp_m_discover(const McpReq *rq) {
     mcp_result_begin(&b, rq->id, MCP_V_STATELESS);
     mcp_member(&b, "supportedVersions");
     mcp_versions_json(&b);
-    mcp_server_info(&b, MCP_V_STATELESS);
+    mcp_server_info(&b, MCP_V_STATELESS, 0);
     mcp_cache_hint(&b, MCP_V_STATELESS);
     mcp_result_end(rq->io, &b);
 }
@@ -19594,6 +19615,8 @@ typedef struct {
     char token[ARC_MAX_TOKEN + 1];   /* the hub's bearer token, "" = none */
     long pid;                     /* the harness (PROTOCOL §17.5), 0 unknown */
     int64_t pid_start;            /* ... its start time, /proc/PID/stat */
+    int channel;                  /* --channel: push owed messages (Claude Code) */
+    int chan_cancel[2];           /* pipe: written at shutdown, ends the push's waits */
     /* Guarded by mu. */
     pthread_mutex_t mu;
     pthread_cond_t cond;          /* a call ended; closing; wake the heartbeat */
@@ -19603,6 +19626,7 @@ typedef struct {
     McpCall *calls;
     int ncalls;
     int closing;                  /* stdin reached EOF */
+    int chan_ready;               /* the client listed tools after initialize */
     int64_t beat_ms;              /* heartbeat interval */
     pthread_mutex_t reg_mu;       /* one registration at a time */
     pthread_mutex_t out_mu;       /* stdout */
@@ -19610,7 +19634,8 @@ typedef struct {
 
 static McpBridge g_br = { .mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER,
                           .reg_mu = PTHREAD_MUTEX_INITIALIZER,
-                          .out_mu = PTHREAD_MUTEX_INITIALIZER, .beat_ms = 30000 };
+                          .out_mu = PTHREAD_MUTEX_INITIALIZER, .beat_ms = 30000,
+                          .chan_cancel = { -1, -1 } };
 
 /* Write one message as a line to stdout; nothing else is ever written there. */
 static void mcp_write_line(Str msg) {
@@ -19893,7 +19918,7 @@ done:
 /* Answer msg in-process, without the hub (it cannot be reached, or
  * refuses us): the same dispatcher; tools fail with `offline`. */
 static void mcp_answer_here(Str msg, const char *offline, McpCall *call) {
-    McpIo io = { .offline = offline };
+    McpIo io = { .offline = offline, .channel = g_br.channel };
     pthread_mutex_lock(&g_br.mu);
     snprintf(io.version, sizeof io.version, "%s", g_br.version);
     pthread_mutex_unlock(&g_br.mu);
@@ -20023,6 +20048,196 @@ static void *mcp_heartbeat_main(void *arg) {
     return NULL;
 }
 
+/* ---- the channel push (Claude Code channels) ---- */
+
+/* `arc mcp --channel` (docs/MCP.md, "Claude Code channels"). The bridge
+ * declares the experimental `claude/channel` capability in initialize, and
+ * a thread of its own takes what is owed to the agent (PROTOCOL §16.3,
+ * via=channel) and writes each message as a notifications/claude/channel
+ * line. Claude Code queues such an event as a prompt of its own, so it
+ * reaches an idle session as well as a busy one. Claude Code listens only
+ * on a connection made with initialize (not the stateless era), which is
+ * why this mode answers server/discover with "Method not found": that
+ * makes it fall back to initialize. A notification it is not listening
+ * for is dropped, while the take has already marked it surfaced, so the
+ * push starts only once the client has listed the tools after initialize
+ * (Claude Code registers its listener after that), plus a grace period.
+ * Between takes the thread waits on the agent's events feed, as `arc hook
+ * claude wait` does (PROTOCOL §16.6): anything new wakes it, and a take
+ * says whether it was owed. */
+
+#define MCP_CHAN_GRACE_MS 1000      /* after the first tools/list, before a push */
+#define MCP_CHAN_WAIT_S 50          /* one long-poll of the events feed */
+#define MCP_CHAN_MAX_CHARS 262144   /* one take's items, as JSON */
+
+/* Wait ms, or until closing; 1 if closing. */
+static int mcp_chan_sleep(int64_t ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    pthread_mutex_lock(&g_br.mu);
+    int rc = 0;
+    while (!g_br.closing && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&g_br.cond, &g_br.mu, &ts);
+    int closing = g_br.closing;
+    pthread_mutex_unlock(&g_br.mu);
+    return closing;
+}
+
+/* One taken item (`{"reason":R,"message":{...}}`) as a channel
+ * notification into b: `content` is the body; `meta` says who sent it, why
+ * it is owed and where. Claude Code drops the whole event unless every meta
+ * value is a string and every key matches [a-zA-Z_][a-zA-Z0-9_]*, so
+ * numbers go as their text and nulls are left out. */
+static void mcp_chan_note(Buf *b, const Json *j, uint32_t item) {
+    static const char *const keys[][2] = {   /* message field, meta key */
+        { "id", "message_id" }, { "from_agent", "from_agent" }, { "kind", "kind" },
+        { "channel", "channel" }, { "thread_id", "thread_id" },
+        { "reply_to", "reply_to" }, { "ts", "ts" },
+    };
+    uint32_t m = json_get(j, item, "message"), r = json_get(j, item, "reason"), v;
+    Buf t = { 0 };
+    if (m && j->t[m].type == JSON_OBJ && (v = json_get_val(j, m, "body")))
+        json_as_text(&t, j, v);
+    buf_adds(b, "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/claude/channel\","
+             "\"params\":{\"content\":");
+    json_strs(b, buf_str(&t));
+    buf_adds(b, ",\"meta\":{\"reason\":");
+    buf_reset(&t);
+    if (r) json_as_text(&t, j, r);
+    json_strs(b, buf_str(&t));
+    for (size_t i = 0; m && i < sizeof keys / sizeof *keys; i++) {
+        if (!(v = json_get_val(j, m, keys[i][0]))) continue;
+        if (!strcmp(keys[i][0], "channel") && json_get_val(j, m, "to_agent")) continue;
+        buf_reset(&t);
+        json_as_text(&t, j, v);
+        buf_addf(b, ",\"%s\":", keys[i][1]);
+        json_strs(b, buf_str(&t));
+    }
+    buf_adds(b, "}}}");
+    buf_free(&t);
+}
+
+/* Take what is owed (via=channel) and push it. Returns how many were
+ * pushed, or -1 when the hub did not answer. *more: still owed after. */
+static int mcp_chan_take(Client *c, int64_t *more) {
+    char err[ARC_ERRLEN];
+    Buf path = { 0 }, out = { 0 }, note = { 0 };
+    Json j = { 0 };
+    int status = 0, n = -1;
+    uint32_t r, items, e;
+    *more = 0;
+    buf_adds(&path, "/v1/delivery/");
+    cli_pct(&path, g_br.agent);
+    buf_adds(&path, "/take");
+    char body[96];
+    snprintf(body, sizeof body, "{\"limit\":20,\"max_chars\":%d,\"via\":\"channel\"}",
+             MCP_CHAN_MAX_CHARS);
+    if (client_call(c, "POST", path.p, str_c(body), MCP_HUB_MS, &status, &out, err) ||
+        status != 200 || json_parse(&j, buf_cstr(&out), out.len) ||
+        !(r = json_get(&j, 0, "result")) || !(items = json_get(&j, r, "items")) ||
+        j.t[items].type != JSON_ARR)
+        goto done;
+    if ((e = json_get(&j, r, "more"))) json_to_i64(&j, e, more);
+    n = (int)j.t[items].n;
+    e = items + 1;
+    for (int i = 0; i < n; i++, e = j.t[e].next) {
+        buf_reset(&note);
+        mcp_chan_note(&note, &j, e);
+        mcp_write_line(buf_str(&note));
+    }
+done:
+    json_free(&j);
+    buf_free(&path), buf_free(&out), buf_free(&note);
+    return n;
+}
+
+/* Long-poll the agent's events feed past *since (at most MCP_CHAN_WAIT_S),
+ * moving *since to the newest id seen. 0, or -1 (no hub; cancelled). */
+static int mcp_chan_wait(Client *c, int64_t *since) {
+    char err[ARC_ERRLEN];
+    Buf path = { 0 }, out = { 0 };
+    Json j = { 0 };
+    int status = 0, rc = -1;
+    uint32_t r, e, v;
+    buf_adds(&path, "/v1/events");
+    agent_qparam(&path, "agent_id", g_br.agent);
+    buf_addf(&path, "&exclude_self=1&limit=100&since_id=%lld&timeout=%d", (long long)*since,
+             MCP_CHAN_WAIT_S);
+    if (client_call(c, "GET", path.p, (Str){ NULL, 0 }, MCP_CHAN_WAIT_S * 1000 + MCP_HUB_MS,
+                    &status, &out, err) ||
+        status != 200 || json_parse(&j, buf_cstr(&out), out.len) ||
+        !(r = json_get(&j, 0, "result")) || j.t[r].type != JSON_ARR)
+        goto done;
+    e = r + 1;
+    for (uint32_t i = 0; i < j.t[r].n; i++, e = j.t[e].next) {
+        int64_t id;
+        if ((v = json_get(&j, e, "id")) && json_to_i64(&j, v, &id) == 0 && id > *since)
+            *since = id;
+    }
+    rc = 0;
+done:
+    json_free(&j);
+    buf_free(&path), buf_free(&out);
+    return rc;
+}
+
+/* The hub's newest message id into *id (the events feed's start). 0/-1. */
+static int mcp_chan_latest(Client *c, int64_t *id) {
+    char err[ARC_ERRLEN];
+    Buf out = { 0 };
+    Json j = { 0 };
+    int status = 0, rc = -1;
+    uint32_t r, v;
+    if (client_call(c, "GET", "/v1/hub-info", (Str){ NULL, 0 }, MCP_HUB_MS, &status, &out,
+                    err) == 0 && status == 200 &&
+        json_parse(&j, buf_cstr(&out), out.len) == 0 && (r = json_get(&j, 0, "result")) &&
+        (v = json_get(&j, r, "latest_message_id")) && json_to_i64(&j, v, id) == 0)
+        rc = 0;
+    json_free(&j);
+    buf_free(&out);
+    return rc;
+}
+
+/* The push thread: waits for the client, then takes, waits, takes ... The
+ * feed's position is read before each take, so a message stored between
+ * the take and the wait has a newer id and ends the wait at once. */
+static void *mcp_chan_main(void *arg) {
+    (void)arg;
+    Client take, feed;   /* take: never cancelled midway, or taken items are lost */
+    int ok = mcp_client(&take, -1) == 0;
+    if (ok && mcp_client(&feed, g_br.chan_cancel[0])) client_free(&take), ok = 0;
+    if (!ok) return NULL;
+    pthread_mutex_lock(&g_br.mu);
+    while (!g_br.closing && !g_br.chan_ready) pthread_cond_wait(&g_br.cond, &g_br.mu);
+    pthread_mutex_unlock(&g_br.mu);
+    int said_down = 0;
+    if (!mcp_chan_sleep(MCP_CHAN_GRACE_MS)) mcp_log("channel: pushing messages owed to %s",
+                                                    g_br.agent);
+    for (int64_t since = -1, more = 0;;) {
+        pthread_mutex_lock(&g_br.mu);
+        int closing = g_br.closing;
+        pthread_mutex_unlock(&g_br.mu);
+        if (closing) break;
+        if (since < 0 && mcp_chan_latest(&feed, &since)) since = -1;
+        int n = since < 0 ? -1 : mcp_chan_take(&take, &more);
+        if (n >= 0 && more > 0) continue;
+        if (n < 0 || mcp_chan_wait(&feed, &since)) {
+            if (mcp_chan_sleep(said_down ? MCP_RETRY_MS : 0)) break;
+            if (!said_down) mcp_log("channel: the hub does not answer; retrying");
+            said_down = 1;
+            since = -1;
+            continue;
+        }
+        said_down = 0;
+    }
+    client_free(&take);
+    client_free(&feed);
+    return NULL;
+}
+
 /* ---- tool calls in flight ---- */
 
 static void mcp_call_free(McpCall *call) {
@@ -20101,7 +20316,9 @@ static void mcp_cancel(Str id) {
  * it negotiates is sent along with every later request); a tools/call goes
  * to the hub on a thread; notifications/cancelled cancels our thread for
  * the call, then goes on to the hub (which ends the call there, even
- * through the relay); the rest goes to the hub in order. */
+ * through the relay); the rest goes to the hub in order. With --channel,
+ * server/discover is refused here and the first tools/list after
+ * initialize starts the push. */
 static void mcp_on_msg(Str msg, void *arg) {
     (void)arg;
     Json j = { 0 };
@@ -20119,9 +20336,29 @@ static void mcp_on_msg(Str msg, void *arg) {
             buf_free(&rid);
         }
     }
-    if (id.len && str_eq(buf_str(&method), "initialize")) mcp_answer_here(msg, NULL, NULL);
-    else if (id.len && str_eq(buf_str(&method), "tools/call")) mcp_call_start(msg, buf_str(&id));
-    else mcp_forward(msg, NULL);
+    if (id.len && str_eq(buf_str(&method), "initialize")) {
+        mcp_answer_here(msg, NULL, NULL);
+    } else if (id.len && str_eq(buf_str(&method), "tools/call")) {
+        mcp_call_start(msg, buf_str(&id));
+    } else if (g_br.channel && id.len && str_eq(buf_str(&method), "server/discover")) {
+        /* Claude Code takes this as "no stateless era here" and connects
+         * with initialize, the only handshake it pushes channels on. */
+        McpIo io = { 0 };
+        mcp_error(&io, buf_str(&id), MCP_NO_METHOD, "Method not found: server/discover "
+                  "(arc mcp --channel speaks the initialize handshake)", NULL);
+        mcp_write_line(buf_str(&io.out));
+        buf_free(&io.out);
+    } else {
+        mcp_forward(msg, NULL);
+        if (g_br.channel && id.len && str_eq(buf_str(&method), "tools/list")) {
+            pthread_mutex_lock(&g_br.mu);   /* the push may start (mcp_chan_main) */
+            if (g_br.version[0] && !g_br.chan_ready) {
+                g_br.chan_ready = 1;
+                pthread_cond_broadcast(&g_br.cond);
+            }
+            pthread_mutex_unlock(&g_br.mu);
+        }
+    }
     json_free(&j);
     buf_free(&method), buf_free(&id);
 }
@@ -20203,7 +20440,7 @@ static void mcp_read_stdin(void) {
 /* What `arc mcp` reads from argv. */
 typedef struct {
     const char *agent, *url, *relay, *display_name, *caps;
-    int no_autostart;
+    int no_autostart, channel;
     char token[ARC_MAX_TOKEN + 1];
 } McpOpts;
 
@@ -20226,6 +20463,10 @@ static const Opt mcp_opts[] = {
               "ARC_TOKEN); a started hub gets it too" },
     { "--token", OPT_TOKEN, MCP_OPT(token), .arg = "TOKEN",
       .help = "the same (visible in ps: prefer the others)" },
+    { "--channel", OPT_FLAG, MCP_OPT(channel),
+      .help = "push messages owed to NAME as Claude Code channel\n"
+              "events (claude --dangerously-load-development-channels\n"
+              "server:arc); answers server/discover with an error" },
     { 0 }
 };
 #undef MCP_OPT
@@ -20274,10 +20515,16 @@ static void mcp_autostart(int explicit_url) {
  * and answer, cancel what still waits (clients kill the server 2 s after
  * closing its stdin; the hub ends a call whose connection closes), and end
  * the session at the hub (DELETE /mcp), which closes the agent's. */
-static void mcp_shutdown(pthread_t beat) {
+static void mcp_shutdown(pthread_t beat, const pthread_t *chan) {
     pthread_mutex_lock(&g_br.mu);
     g_br.closing = 1;
     pthread_cond_broadcast(&g_br.cond);
+    pthread_mutex_unlock(&g_br.mu);
+    if (chan) {   /* the push: its long-poll ends through the pipe */
+        if (write(g_br.chan_cancel[1], "x", 1) < 0) {}
+        pthread_join(*chan, NULL);
+    }
+    pthread_mutex_lock(&g_br.mu);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_nsec += 500 * 1000000L;   /* quick calls just sent still get answers */
@@ -20322,6 +20569,7 @@ static int cmd_mcp(int argc, char **argv) {
     g_br.relay_dir = o.relay && *o.relay ? o.relay : NULL;
     g_br.display_name = o.display_name;
     g_br.caps = o.caps;
+    g_br.channel = o.channel;
     g_br.pid = proc_harness_pid(&g_br.pid_start);
     memcpy(g_br.token, o.token, sizeof g_br.token);
     Client probe;
@@ -20346,13 +20594,24 @@ static int cmd_mcp(int argc, char **argv) {
         fprintf(stderr, "arc mcp: cannot start the heartbeat thread\n");
         return 1;
     }
+    pthread_t chan;
+    int have_chan = 0;
+    if (g_br.channel) {
+        if (pipe(g_br.chan_cancel) == 0) {
+            for (int i = 0; i < 2; i++) fcntl(g_br.chan_cancel[i], F_SETFD, FD_CLOEXEC);
+            have_chan = pthread_create(&chan, NULL, mcp_chan_main, NULL) == 0;
+        }
+        if (!have_chan) mcp_log("cannot start the channel push: %s", strerror(errno));
+    }
     mcp_read_stdin();
-    mcp_shutdown(beat);
+    mcp_shutdown(beat, have_chan ? &chan : NULL);
     signal(SIGINT, SIG_IGN);   /* the session is closed: a late signal is moot */
     signal(SIGTERM, SIG_IGN);
     signal(SIGHUP, SIG_IGN);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         if (g_mcp_sig[i] >= 0) close(g_mcp_sig[i]);
+        if (g_br.chan_cancel[i] >= 0) close(g_br.chan_cancel[i]);
+    }
     return 0;
 }
 
