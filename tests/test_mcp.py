@@ -25,6 +25,7 @@ Run from the repository root:
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -1357,3 +1358,131 @@ class McpTokenTest(McpCase):
         self.assertIn("401", tool_text(r))
         self.assertEqual(p.request("ping")["result"], {})
         self.assert_clean_stdout(p)
+
+
+# ── Claude Code channels: arc mcp --channel ──────────────────────────────
+
+CHANNEL_NOTE = "notifications/claude/channel"
+META_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")   # Claude Code drops others
+
+
+@arc_only
+class McpChannelTest(McpCase):
+    """`arc mcp --channel` (docs/MCP.md, "Claude Code channels"): the
+    experimental claude/channel capability, server/discover refused (so
+    Claude Code connects with initialize), and messages owed to the agent
+    pushed as notifications/claude/channel, each exactly once, marked
+    surfaced via=channel (PROTOCOL §16)."""
+
+    def notes(self, p, want, timeout=ANSWER):
+        """The next `want` channel notifications (deadline-based); other
+        messages are kept for later."""
+        got, deadline = [], time.monotonic() + timeout
+        kept = [m for m in p.pending if m.get("method") != CHANNEL_NOTE]
+        got = [m for m in p.pending if m.get("method") == CHANNEL_NOTE]
+        p.pending = kept
+        while len(got) < want:
+            left = deadline - time.monotonic()
+            try:
+                m = p.q.get(timeout=max(left, 0.001))
+            except queue.Empty:
+                self.fail("%d of %d channel notifications within %.1fs; stderr:\n%s"
+                          % (len(got), want, timeout, p.stderr_text()[-3000:]))
+            if isinstance(m, dict) and m.get("method") == CHANNEL_NOTE:
+                got.append(m)
+            else:
+                p.pending.append(m)
+        return got
+
+    def check_note(self, note):
+        self.assertNotIn("id", note)
+        params = note["params"]
+        self.assertIsInstance(params["content"], str, note)
+        for k, v in params["meta"].items():
+            self.assertRegex(k, META_KEY, note)
+            self.assertIsInstance(v, str, note)   # else Claude Code drops the event
+        return params
+
+    def owed(self, agent):
+        return self.assertOk(self.hub.get("/v1/delivery/%s" % agent))["owed"]
+
+    def receipt(self, msg_id, agent):
+        r = self.assertOk(self.hub.get("/v1/messages/%d/receipts" % msg_id))
+        return [x for x in r["receipts"] if x["agent_id"] == agent][0]
+
+    def test_handshake(self):
+        """initialize declares experimental claude/channel and says so in the
+        instructions; server/discover is Method not found (Claude Code then
+        falls back to initialize); without --channel neither."""
+        p = self.spawn(None, "--channel")
+        a = p.request("server/discover", {"_meta": META})
+        self.assert_error(a, -32601, a.get("id"))
+        r = p.initialize()
+        self.assertEqual(r["capabilities"]["experimental"], {"claude/channel": {}}, r)
+        self.assertIn("tools", r["capabilities"])
+        self.assertIn('<channel source="arc">', r["instructions"])
+        self.assert_clean_stdout(p)
+        q = self.spawn()
+        d = q.result("server/discover", {"_meta": META})
+        self.assertIn(STATELESS, d["supportedVersions"])
+        self.assertNotIn("experimental", d["capabilities"])
+        r = q.initialize()
+        self.assertNotIn("experimental", r["capabilities"])
+        self.assertNotIn("<channel", r["instructions"])
+
+    def test_push_exactly_once(self):
+        """Nothing is pushed before the client has listed the tools; then a
+        DM posted earlier and one posted later arrive once each, with string
+        meta; channel chatter is not pushed, a mention is; each is marked
+        surfaced via=channel, so a hook's take finds nothing."""
+        p = self.spawn(None, "--channel")
+        p.initialize()
+        early = self.post("bob", "before tools/list", channel="direct", to_agent=p.agent)
+        p.assert_silent(1.5)   # not listening yet: Claude Code would drop it
+        self.assertEqual(self.owed(p.agent), 1)
+        p.result("tools/list")
+        first = self.check_note(self.notes(p, 1)[0])
+        self.assertEqual(first["content"], "before tools/list")
+        self.assertEqual(first["meta"]["message_id"], str(early["id"]))
+        self.assertEqual(first["meta"]["from_agent"], "bob")
+        self.assertEqual(first["meta"]["reason"], "dm")
+        self.assertNotIn("channel", first["meta"])   # a DM's channel says nothing
+        dm = self.post("bob", "while idle", channel="direct", to_agent=p.agent)
+        self.post("bob", "chatter for nobody")
+        men = self.post("carol", "look @%s" % p.agent, thread_id="t-chan")
+        got = [self.check_note(n) for n in self.notes(p, 2)]
+        self.assertEqual([(g["meta"]["message_id"], g["meta"]["reason"]) for g in got],
+                         [(str(dm["id"]), "dm"), (str(men["id"]), "mention")])
+        self.assertEqual(got[1]["meta"]["channel"], "general")
+        self.assertEqual(got[1]["meta"]["thread_id"], "t-chan")
+        p.assert_silent(1.5)   # exactly once: nothing more, chatter never
+        self.assertEqual(self.owed(p.agent), 0)
+        for m in (early, dm, men):
+            self.assertEqual(self.receipt(m["id"], p.agent)["surfaced_via"], "channel")
+        take = self.assertOk(self.hub.post("/v1/delivery/%s/take" % p.agent,
+                                           {"via": "hook"}))
+        self.assertEqual(take["items"], [])
+        self.assertEqual(p.request("ping")["result"], {})
+        self.assert_clean_stdout(p)
+
+    def test_without_option_nothing_pushed(self):
+        """Without --channel nothing is pushed and the DM stays owed."""
+        p = self.spawn()
+        p.initialize()
+        p.result("tools/list")
+        self.post("bob", "not pushed", channel="direct", to_agent=p.agent)
+        p.assert_silent(2.5)
+        self.assertEqual(self.owed(p.agent), 1)
+
+    def test_eof_while_waiting(self):
+        """EOF while the push waits on the hub ends the process promptly and
+        closes the session."""
+        p = self.spawn(None, "--channel")
+        self.ready(p)
+        p.result("tools/list")
+        wait_for(lambda: "channel: pushing" in p.stderr_text(), 10,
+                 msg="the push started")   # then it sits in its long-poll
+        p.close_stdin()
+        self.assertEqual(p.wait(5), 0, p.stderr_text())
+        wait_for(lambda: p.agent not in agents_live(self.hub), 10,
+                 msg="session closed at EOF")
