@@ -13108,6 +13108,8 @@ typedef struct {
     int rootfd;            /* the project directory or $HOME */
     const char *root;      /* its name in messages: "" or "~/" */
     int check;             /* setup_one: compute and report errors only */
+    int channel;           /* claude: the entry runs `arc mcp --channel` */
+    int found_channel;     /* setup_stored_agent: the stored entry does */
 } SetupCtx;
 
 /* ---- finding ourselves, naming the agent ---- */
@@ -13540,6 +13542,7 @@ static void setup_mcp_value(const SetupCtx *x, int style, Buf *b) {
     json_cstr(b, x->arc);
     buf_adds(b, ",\"args\":[\"mcp\",\"--agent\",");
     json_cstr(b, x->agent);
+    if (x->channel) buf_adds(b, ",\"--channel\"");   /* docs/MCP.md, channels */
     buf_adds(b, "]");
     if (style == MS_COPILOT) buf_adds(b, ",\"tools\":[\"*\"]");
     buf_adds(b, "}");
@@ -14208,8 +14211,9 @@ static int setup_root(SetupCtx *x, char err[ARC_ERRLEN]) {
 }
 
 /* The agent named by arc's MCP entry in JSON text s (the value after
- * "--agent" in its args, or command for OpenCode) into out; 0 if none. */
-static int setup_entry_agent(Str s, const char *path, char *out, size_t n) {
+ * "--agent" in its args, or command for OpenCode) into out; 0 if none.
+ * *channel: whether the args hold --channel. */
+static int setup_entry_agent(Str s, const char *path, char *out, size_t n, int *channel) {
     Json j = { 0 };
     int ok = 0;
     uint32_t o, a, args;
@@ -14217,13 +14221,16 @@ static int setup_entry_agent(Str s, const char *path, char *out, size_t n) {
         (a = json_get(&j, o, "arc")) && j.t[a].type == JSON_OBJ &&
         (((args = json_get(&j, a, "args")) && j.t[args].type == JSON_ARR) ||
          ((args = json_get(&j, a, "command")) && j.t[args].type == JSON_ARR))) {
-        int next = 0;
-        for (uint32_t k = 0, i = args + 1; k < j.t[args].n && !ok; k++, i = j.t[i].next) {
+        int next = 0, found = 0;
+        *channel = 0;
+        for (uint32_t k = 0, i = args + 1; k < j.t[args].n; k++, i = j.t[i].next) {
             if (j.t[i].type != JSON_STR) { next = 0; continue; }
             Buf v = { 0 };
             json_unescape(&j, i, &v);
-            if (next) snprintf(out, n, "%s", buf_cstr(&v)), ok = !setup_agent_bad(out);
+            if (next && !found)
+                snprintf(out, n, "%s", buf_cstr(&v)), found = 1, ok = !setup_agent_bad(out);
             next = !strcmp(buf_cstr(&v), "--agent");
+            if (!strcmp(buf_cstr(&v), "--channel")) *channel = 1;
             buf_free(&v);
         }
     }
@@ -14244,7 +14251,7 @@ static int setup_stored_agent(SetupCtx *x) {
         int dfd = setup_dir(x, e->file[x->scope], 0, &base, err), ok = 0;
         if (dfd >= 0 && setup_read(dfd, base, &b, &mode, err) > 0)
             ok = setup_entry_agent(buf_str(&b), e->path, x->agent_buf,
-                                   sizeof x->agent_buf);
+                                   sizeof x->agent_buf, &x->found_channel);
         if (dfd >= 0) close(dfd);
         buf_free(&b);
         if (ok) x->agent = x->agent_buf;
@@ -14293,7 +14300,7 @@ typedef struct {
     const char *harness;
     const char *agent;
     int scope;
-    int dry, remove;
+    int dry, remove, channel;
 } SetupOpts;
 
 static int setup_agent_check(const char *v) { return setup_agent_bad(v); }
@@ -14319,6 +14326,9 @@ static const Opt setup_opts[] = {
     { "--remove", OPT_FLAG, offsetof(SetupOpts, remove), NULL, 0, 0, 0, NULL,
       NULL, NULL, NULL, "undo: take arc's entries out; a file unchanged since\n"
       "setup gets its original bytes back (or is deleted)", 0 },
+    { "--channel", OPT_FLAG, offsetof(SetupOpts, channel), NULL, 0, 0, 0, NULL,
+      NULL, NULL, NULL, "claude only: the server runs `arc mcp --channel`, which\n"
+      "pushes messages as Claude Code channel events (docs/MCP.md)", 0 },
     { NULL, OPT_END, 0, NULL, 0, 0, 0, NULL, NULL, NULL, NULL, NULL, 0 },
 };
 
@@ -14349,8 +14359,12 @@ static int cmd_setup(int argc, char **argv) {
                 o.harness ? o.harness : "");
         return 2;
     }
+    if (o.channel && strcmp(x.h->name, "claude")) {
+        fprintf(stderr, "arc setup: --channel is for claude only (Claude Code channels)\n");
+        return 2;
+    }
     x.scope = x.h->user_only ? SETUP_USER : (SetupScope)o.scope;
-    x.dry = o.dry, x.remove = o.remove;
+    x.dry = o.dry, x.remove = o.remove, x.channel = o.channel;
     if (setup_self(x.arc, err) || setup_root(&x, err)) {
         fprintf(stderr, "arc setup: %s\n", err);
         return 1;
@@ -14380,6 +14394,10 @@ static int cmd_setup(int argc, char **argv) {
                                                     : "arc is already set up");
     else if (!failed && !x.remove && !x.dry && x.h->note[x.scope])
         printf("next: %s\n", x.h->note[x.scope]);
+    if (!failed && !x.remove && x.channel)
+        printf("channel: start Claude Code as `claude --dangerously-load-development-"
+               "channels server:arc` (a claude.ai login; docs/MCP.md, \"Claude Code "
+               "channels\")\n");
     close(x.rootfd);
     buf_free(&x.arc_sh);
     return failed ? 1 : 0;
@@ -14423,8 +14441,10 @@ static void setup_doctor_one(SetupDoc *d, SetupCtx *x) {
     int n = setup_files(x, files), present = 0, stale = 0, bad = 0;
     Buf fix = { 0 }, list = { 0 };
     if (!setup_stored_agent(x)) setup_default_agent(x);
-    buf_addf(&fix, "arc setup %s --agent %s%s", x->h->name, x->agent,
-             x->scope == SETUP_USER && !x->h->user_only ? " --scope user" : "");
+    x->channel = x->found_channel;   /* the channel variant is as good */
+    buf_addf(&fix, "arc setup %s --agent %s%s%s", x->h->name, x->agent,
+             x->scope == SETUP_USER && !x->h->user_only ? " --scope user" : "",
+             x->channel ? " --channel" : "");
     for (int i = 0; i < n; i++) {
         char err[ARC_ERRLEN] = "";
         const char *base;

@@ -286,5 +286,30 @@ class Doctor(SetupBase):
                       p.stdout)
 
 
+
+class Channel(SetupBase):
+    """`arc setup claude --channel`: the MCP entry runs `arc mcp --channel`
+    (docs/MCP.md, "Claude Code channels"); doctor takes either variant as
+    setup's; a run without --channel goes back; other harnesses refuse it."""
+
+    def args(self):
+        return json.loads(self.read(".mcp.json"))["mcpServers"]["arc"]["args"]
+
+    def test_channel_variant(self):
+        p = self.arc("setup", "claude", "--agent", "ch", "--channel", ok=True)
+        self.assertIn("--dangerously-load-development-channels server:arc", p.stdout)
+        self.assertEqual(self.args(), ["mcp", "--agent", "ch", "--channel"])
+        p = self.arc("doctor")
+        self.assertIn("claude (project): wired as setup wires it (agent ch)", p.stdout)
+        p = self.arc("setup", "claude", "--agent", "ch", "--channel", ok=True)
+        self.assertIn("nothing to change", p.stdout)
+        # the plain entry back, in place
+        self.arc("setup", "claude", "--agent", "ch", ok=True)
+        self.assertEqual(self.args(), ["mcp", "--agent", "ch"])
+        self.arc("setup", "claude", "--remove", ok=True)
+        self.assertEqual(tree(self.proj), {})
+        self.assertEqual(self.arc("setup", "codex", "--channel").returncode, 2)
+        self.assertEqual(tree(self.proj), {})
+
 if __name__ == "__main__":
     unittest.main()
