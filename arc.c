@@ -15116,7 +15116,7 @@ static const Opt agent_poll_opts[] = {
     { "--timeout", OPT_SECS, AGENT_OPT(timeout_s), .lo = 0, .hi = 60,
       .arg = "SEC", .help = "wait this long for a message (default 30)" },
     { "--since-id", OPT_I64, AGENT_OPT(since_id), .lo = 0, .hi = ARC_MAX_ID,
-      .arg = "N", .help = "only messages after this id" },
+      .arg = "N", .help = "only messages after this id (default: from\nthe first)" },
     { "--include-self", OPT_FLAG, AGENT_OPT(include_self),
       .help = "also the agent's own messages" },
     { 0 }
@@ -15139,7 +15139,8 @@ static const OptHelp agent_help[] = {
       AGENT_FOOTER },
     { "poll", "usage: arc poll --agent ID [options]\n"
               "Wait for messages visible to agent ID; print one JSON message\n"
-              "per line (by default without the agent's own).\n", AGENT_FOOTER },
+              "per line (by default without the agent's own), less those a\n"
+              "hook or an earlier poll already surfaced to it.\n", AGENT_FOOTER },
     { "whoami", "usage: arc whoami --agent ID [options]\n"
                 "Register agent ID and print its bootstrap.\n", AGENT_FOOTER },
     { "tasks", "usage: arc tasks [options]\n"
