@@ -3730,7 +3730,8 @@ typedef struct {
     int64_t since_id;     /* answer only ids above this */
     int limit;
     int exclude_self;
-    char *via;            /* owned or NULL: events: mark what is answered
+    char *via;            /* owned or NULL: events: leave out what was
+                             surfaced to agent, mark what is answered
                              surfaced this way (PROTOCOL §16.4) */
 } Wait;
 
@@ -4604,6 +4605,33 @@ static void hub_wait_answered(Hub *h, const Wait *w, int64_t upto) {
     s->thread = w->thread ? xstrndup(w->thread, strlen(w->thread)) : NULL;
     s->since = w->since_id;
     s->upto = upto;
+}
+
+/* Was m, new this turn, surfaced already to the agent of w, a parked read
+ * with `surfaced` (PROTOCOL §16.4)? By a take or read in the turn that
+ * committed it (its arc_delivery row has a `via`), or by a parked read
+ * answered earlier in this fan-out (a mark hub_dl_flush has still to
+ * write). One primary-key probe; a message not owed to the agent never
+ * was. A database error answers no: at least once, never lost. */
+static int hub_dl_shown(Hub *h, const Wait *w, const NewMsg *m) {
+    static const char sql[] = "SELECT via IS NOT NULL FROM arc_delivery"
+        " WHERE agent_id=?1 AND message_id=?2";
+    assert(w->via && w->kind == WAIT_EVENTS);
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (!st) return 0;
+    store_bind_c(st, 1, w->agent);
+    sqlite3_bind_int64(st, 2, m->id);
+    int rc = sqlite3_step(st), shown = rc == SQLITE_ROW && sqlite3_column_int(st, 0);
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW || shown) return shown;
+    for (int i = 0; i < h->n_dl_later; i++) {
+        const HubSurfaced *s = &h->dl_later[i];
+        if (m->id > s->since && m->id <= s->upto && !strcmp(s->agent, w->agent) &&
+            (!s->channel || !strcmp(s->channel, m->channel)) &&
+            (!s->thread || (m->thread && !strcmp(s->thread, m->thread))))
+            return 1;
+    }
+    return 0;
 }
 
 /* The delivery endpoints' agent: the path segment (PROTOCOL §16.3). */
@@ -7356,12 +7384,18 @@ static const char *const q_msgs_whole[2][2][2] = {
     { { "SELECT " M_COLS Q_TH, "SELECT " M_COLS Q_TH_TAIL },
       { "SELECT " M_COLS Q_THCH, "SELECT " M_COLS Q_THCH_TAIL } },
 };
-static const char q_events[] = "SELECT id FROM messages WHERE id>?3"
-    " AND (to_agent IS NULL OR to_agent=?5)"
-    " AND (?1 IS NULL OR channel=?1) AND (?2 IS NULL OR thread_id=?2)"
-    " AND (?6=0 OR from_agent!=?5)"
+#define Q_EVENTS "SELECT id FROM messages WHERE id>?3" \
+    " AND (to_agent IS NULL OR to_agent=?5)" \
+    " AND (?1 IS NULL OR channel=?1) AND (?2 IS NULL OR thread_id=?2)" \
+    " AND (?6=0 OR from_agent!=?5)" \
     " AND (?7 IS NULL OR channel IN (SELECT value FROM json_each(?7)))"
-    " ORDER BY id LIMIT ?4";
+static const char q_events[] = Q_EVENTS " ORDER BY id LIMIT ?4";
+/* Events read with `surfaced` (PROTOCOL §16.4): less what some path has
+ * surfaced to the agent already, one primary-key probe of arc_delivery
+ * per row. A separate statement keeps v1 reads as they were. */
+static const char q_events_fresh[] = Q_EVENTS " AND NOT EXISTS (SELECT 1"
+    " FROM arc_delivery d WHERE d.agent_id=?5 AND d.message_id=messages.id"
+    " AND d.via IS NOT NULL) ORDER BY id LIMIT ?4";
 
 /* Does a newly committed message match what w waits for? */
 static int hub_wait_match(const Wait *w, const NewMsg *m) {
@@ -7387,7 +7421,7 @@ static int hub_wait_match(const Wait *w, const NewMsg *m) {
  * newest `limit` rows), selecting ids, or with `whole` (messages only) the
  * rows' M_COLS; NULL on error. */
 static sqlite3_stmt *hub_wait_stmt_as(Hub *h, const Wait *w, int tail, int whole) {
-    const char *sql = q_events;
+    const char *sql = w->via ? q_events_fresh : q_events;
     if (w->kind == WAIT_MESSAGES)
         sql = (whole ? q_msgs_whole : q_msgs)[w->thread != NULL]
                                              [w->thread && w->channel][tail != 0];
@@ -11080,7 +11114,8 @@ static void loop_mcp_again(Loop *l, Conn *c) {
     loop_touch(l, c);
 }
 
-/* Wake c from this turn's committed batch, without touching SQLite.
+/* Wake c from this turn's committed batch, without touching SQLite (but
+ * for one probe per match of a read with `surfaced`: hub_dl_shown).
  * Parked requests that match the same messages get the same bytes, so the
  * answer is built once per distinct match (Loop.fan_*) and then copied: a
  * post that wakes 10,000 agents builds one response, not 10,000. */
@@ -11110,7 +11145,9 @@ static void loop_wake_batch(Loop *l, Conn *c) {
     int n = 0, more = 0;
     size_t used = 1;   /* the answer's array so far: as hub_emit_page counts */
     for (int i = 0; i < l->hub->n_batch && n < c->wait.limit; i++) {
-        if (!hub_wait_match(&c->wait, &l->hub->batch[i])) continue;
+        if (!hub_wait_match(&c->wait, &l->hub->batch[i]) ||
+            (c->wait.via && hub_dl_shown(l->hub, &c->wait, &l->hub->batch[i])))
+            continue;
         used += l->hub->batch[i].json_len + (n ? 1 : 0);
         if (n && used > ARC_MAX_PAGE_BYTES) {
             more = 1;
@@ -15099,7 +15136,7 @@ static const Opt agent_poll_opts[] = {
     { "--timeout", OPT_SECS, AGENT_OPT(timeout_s), .lo = 0, .hi = 60,
       .arg = "SEC", .help = "wait this long for a message (default 30)" },
     { "--since-id", OPT_I64, AGENT_OPT(since_id), .lo = 0, .hi = ARC_MAX_ID,
-      .arg = "N", .help = "only messages after this id" },
+      .arg = "N", .help = "only messages after this id (default: from\nthe first)" },
     { "--include-self", OPT_FLAG, AGENT_OPT(include_self),
       .help = "also the agent's own messages" },
     { 0 }
@@ -15122,7 +15159,8 @@ static const OptHelp agent_help[] = {
       AGENT_FOOTER },
     { "poll", "usage: arc poll --agent ID [options]\n"
               "Wait for messages visible to agent ID; print one JSON message\n"
-              "per line (by default without the agent's own).\n", AGENT_FOOTER },
+              "per line (by default without the agent's own), less those a\n"
+              "hook or an earlier poll already surfaced to it.\n", AGENT_FOOTER },
     { "whoami", "usage: arc whoami --agent ID [options]\n"
                 "Register agent ID and print its bootstrap.\n", AGENT_FOOTER },
     { "tasks", "usage: arc tasks [options]\n"

@@ -426,16 +426,25 @@ class AgentCommandTests(CliCase):
         base = ["poll", "--agent", b, "--base-url", self.hub.url, "--timeout", "0"]
         got = self.poll_lines(self.arc(*base, "--since-id", since))
         self.assertEqual(got, [m1, dm, m2])
+        # the DM was surfaced to b by that poll: no read with surfaced
+        # (arc poll's) shows it again (PROTOCOL §16.4); broadcasts are
+        # not b's to be surfaced, so they come again
         got = self.poll_lines(self.arc(*base, "--since-id", since, "--include-self"))
-        self.assertEqual(got, [m1, dm, own, m2])
+        self.assertEqual(got, [m1, own, m2])
         got = self.poll_lines(self.arc(*base, "--since-id", dm["id"]))
         self.assertEqual(got, [m2])
         got = self.poll_lines(self.arc(*base, "--since-id", m2["id"]))
         self.assertEqual(got, [])
-        # without --since-id, polling starts at the beginning
+        # without --since-id, polling starts at the beginning (the
+        # reference's shape), less what was surfaced to b already: the DM
+        # came through the first poll
+        dm2 = self.ok_json(self.post("--agent", a, "--to", b, "for b again"))
         got = self.poll_lines(self.arc(*base))
-        self.assertIn(dm, got)
+        self.assertIn(m1, got)
+        self.assertIn(dm2, got)
+        self.assertNotIn(dm, got)
         self.assertNotIn(own, got)
+        self.assertNotIn(dm2, self.poll_lines(self.arc(*base)))   # exactly once
 
     def test_poll_waits_for_a_message(self):
         b = uid("b")

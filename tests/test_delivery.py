@@ -3,15 +3,29 @@ agent's turns, surfaced exactly once across take, /v1/events?surfaced= and
 parked long-polls; the deliverable set; bad input; the reference still
 serving a file that holds the extension's tables."""
 
+import json
 import sys
 import threading
 import unittest
 
-from hubtest import Hub, HubCase, arc_only, reference_py, uid, wait_for
+from hubtest import (Hub, HubCase, HTTPReader, arc_only, connect, qs, reference_py, uid,
+                     wait_for)
+from test_hook import run_hook
+from test_mcp import McpCase, tool_json
 
 
 def ids(items):
     return [it["message"]["id"] for it in items]
+
+
+def raw_get(path):
+    return ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path).encode()
+
+
+def raw_post(path, body):
+    data = json.dumps(body).encode()
+    return ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Content-Length: %d\r\n\r\n" % (path, len(data))).encode() + data
 
 
 @arc_only
@@ -105,6 +119,91 @@ class DeliveryTests(HubCase):
         self.assertEqual([x["id"] for x in self.assertOk(out["r"])], [m["id"]])
         self.assertEqual(self.take(a)["items"], [])   # not again through a hook
 
+    def events(self, agent, since, **params):
+        got = self.assertOk(self.hub.get("/v1/events", agent_id=agent, since_id=since,
+                                         **params))
+        return [m["id"] for m in got]
+
+    def park(self, agent, since, via, timeout=10):
+        """A long-poll of agent's events with surfaced=via on a socket of its
+        own; parked once this returns (the hub handled it before the round
+        trip that follows it). Returns its reader."""
+        sock = connect(self.hub.port, timeout=timeout + 10)
+        self.addCleanup(sock.close)
+        sock.sendall(raw_get(qs("/v1/events", agent_id=agent, since_id=since,
+                                timeout=timeout, surfaced=via)))
+        self.assertOk(self.hub.get("/v1/hub-info"))
+        return HTTPReader(sock, timeout + 10)
+
+    def answer(self, reader):
+        resp = reader.read_response()
+        self.assertEqual(resp.status, 200, resp)
+        return [m["id"] for m in resp.json()["result"]]
+
+    def test_take_then_poll(self):
+        """What a take surfaced, no read with surfaced returns again (any
+        via); a read without surfaced (v1) returns it as before."""
+        a = uid("a")
+        m = self.msg(from_agent="b", to_agent=a, body="taken")
+        chat = self.msg(from_agent="b", body="chatter")
+        self.assertEqual(ids(self.take(a, via="hook")["items"]), [m["id"]])
+        since = m["id"] - 1
+        for via in ("poll", "mcp", "take"):
+            self.assertEqual(self.events(a, since, surfaced=via), [chat["id"]])
+        self.assertEqual(self.events(a, since, surfaced="poll", channel="direct"), [])
+        self.assertEqual(self.events(a, since), [m["id"], chat["id"]])
+        # a page counts what it returns: the limit is not spent on left-outs
+        self.assertEqual(self.events(a, since, surfaced="poll", limit=1), [chat["id"]])
+
+    def test_poll_then_other_paths(self):
+        """What one read with surfaced returned, a take and reads through
+        any via (its own too) do not return again."""
+        a = uid("a")
+        m = self.msg(from_agent="b", to_agent=a, body="polled")
+        men = self.msg(from_agent="b", body="hi @%s" % a)
+        since = m["id"] - 1
+        self.assertEqual(self.events(a, since, surfaced="mcp"), [m["id"], men["id"]])
+        self.assertEqual(self.take(a)["items"], [])
+        self.assertEqual(self.events(a, since, surfaced="poll"), [])
+        self.assertEqual(self.events(a, since, surfaced="mcp"), [])
+        self.assertEqual(self.events(a, since), [m["id"], men["id"]])
+
+    def test_parked_poll_after_take_in_the_same_turn(self):
+        """A DM stored and taken in one turn (one connection, pipelined)
+        does not also answer a parked read with surfaced: the answer from
+        the turn's batch leaves it out, and the read waits on."""
+        a = uid("a")
+        top = self.assertOk(self.hub.get("/v1/hub-info"))["latest_message_id"]
+        reader = self.park(a, top, "poll")
+        sock = connect(self.hub.port, timeout=20)
+        self.addCleanup(sock.close)
+        sock.sendall(raw_post("/v1/messages", {"from_agent": "b", "to_agent": a,
+                                               "body": "taken in the turn"}) +
+                     raw_post("/v1/delivery/%s/take" % a, {"via": "hook"}))
+        w = HTTPReader(sock, 20)
+        m1 = w.read_response().json()["result"]
+        took = w.read_response().json()["result"]
+        self.assertEqual(ids(took["items"]), [m1["id"]])
+        m2 = self.msg(from_agent="b", to_agent=a, body="after")
+        self.assertEqual(self.answer(reader), [m2["id"]])
+        self.assertEqual(self.take(a)["items"], [])
+
+    def test_two_parked_polls_one_fanout(self):
+        """Two parked reads with surfaced of one agent, woken by one post:
+        one answers with it, the other waits for the next."""
+        a = uid("a")
+        top = self.assertOk(self.hub.get("/v1/hub-info"))["latest_message_id"]
+        r1, r2 = self.park(a, top, "poll"), self.park(a, top, "mcp")
+        m1 = self.msg(from_agent="b", to_agent=a, body="one")
+        chat = self.msg(from_agent="b", body="chatter")   # nobody's: both see it
+        m2 = self.msg(from_agent="b", to_agent=a, body="two")
+        got = sorted([self.answer(r1), self.answer(r2)])
+        self.assertEqual(sum(x.count(m1["id"]) for x in got), 1, got)
+        self.assertIn([m1["id"]], got)
+        rest = got[1] if got[0] == [m1["id"]] else got[0]
+        self.assertTrue(rest in ([chat["id"]], [chat["id"], m2["id"]]), got)
+        self.assertEqual(ids(self.take(a)["items"]), [] if m2["id"] in rest else [m2["id"]])
+
     def test_concurrent_takes_never_double(self):
         a = uid("a")
         sent = [self.msg(from_agent="b", to_agent=a, body="n%d" % i)["id"]
@@ -156,6 +255,36 @@ class DeliveryTests(HubCase):
             self.hub.get("/v1/events", agent_id=a, surfaced="A B"), 400))
         self.assertIn("max must be", self.assertErr(
             self.hub.post("/v1/delivery/%s/nudge" % a, {"max": 0}), 400))
+
+
+@arc_only
+class DeliveryMcpTests(McpCase):
+    """arc_poll_messages (surfaced=mcp, run in the hub) after a hook."""
+
+    def test_mcp_poll_after_hook_take(self):
+        p = self.spawn()
+        self.ready(p)
+        dm = self.post("bob", "for the turn " + uid("t"), channel="direct",
+                       to_agent=p.agent)
+        r = run_hook(self.hub.url, "claude", "PostToolUse", {"cwd": "/"}, agent=p.agent)
+        self.assertIn(dm["body"], r.stdout)
+        got = tool_json(p.call("arc_poll_messages", {"timeout": 0}), "arc_poll_messages")
+        self.assertNotIn(dm["id"], [m["id"] for m in got])
+        # a waiting poll: a DM taken in the turn it is stored is left out
+        # (whether the poll is parked by then or runs after), the next is not
+        call = p.send_request("tools/call", {"name": "arc_poll_messages",
+                                             "arguments": {"timeout": 10}})
+        sock = connect(self.hub.port, timeout=20)
+        self.addCleanup(sock.close)
+        sock.sendall(raw_post("/v1/messages", {"from_agent": "bob", "to_agent": p.agent,
+                                               "body": "taken at once"}) +
+                     raw_post("/v1/delivery/%s/take" % p.agent, {"via": "hook"}))
+        w = HTTPReader(sock, 20)
+        m1 = w.read_response().json()["result"]
+        self.assertEqual(ids(w.read_response().json()["result"]["items"]), [m1["id"]])
+        m2 = self.post("bob", "next", channel="direct", to_agent=p.agent)
+        res = p.answer(call)["result"]
+        self.assertEqual([m["id"] for m in tool_json(res, "arc_poll_messages")], [m2["id"]])
 
 
 @arc_only

@@ -416,13 +416,11 @@ class ClaudeHooksTest(ClaudeCase):
         self.assertNoneTwice()
         self.assertEqual(self.owed()["owed"], 0)
 
-    @unittest.expectedFailure
     def test_polls_do_not_repeat_what_a_hook_showed(self):
-        """3, the other way (fails today: /v1/events with surfaced= marks
-        what it returns but still returns what a hook surfaced, and `arc
-        poll` without --since-id starts from the beginning): T1 (in the
-        SessionStart context) and T2 (in PostToolUse's) must not come back
-        through arc_poll_messages or `arc poll`."""
+        """3, the other way: T1 (in the SessionStart context) and T2 (in
+        PostToolUse's) do not come back through arc_poll_messages or `arc
+        poll` (from the beginning, as it has no --since-id): /v1/events
+        with surfaced= leaves out what was surfaced (PROTOCOL §16.4)."""
         home = self.project()
         t = {k: uid("tok%d" % k) for k in (1, 2)}
         self.dm("before the turn " + t[1])

@@ -78,7 +78,10 @@ class HookTests(HubCase):
             tool_response={}))))
         got = self.assertOk(self.hub.get("/v1/events", agent_id=self.agent,
                                          since_id=dm["id"] - 1, surfaced="poll"))
-        self.assertEqual([m["id"] for m in got][:1], [dm["id"]])   # poll still shows it
+        self.assertEqual([m["body"] for m in got], ["chatter for nobody"])   # §16.4
+        got = self.assertOk(self.hub.get("/v1/events", agent_id=self.agent,
+                                         since_id=dm["id"] - 1))
+        self.assertEqual([m["id"] for m in got][:1], [dm["id"]])   # a v1 read shows it
         m2 = self.msg(from_agent="carol", body="@%s have a look" % self.agent)
         h = self.out(self.hook("claude", "PostToolUse", self.base(
             "PostToolUse", tool_name="Bash", tool_input={}, tool_response={})))
