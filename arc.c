@@ -13077,6 +13077,8 @@ static const SetupHook setup_claude_hooks[] = {
     { "Stop", "Stop", NULL, 10, 0 },
     { "Stop", "wait", NULL, 3600, 1 },
     { "SessionEnd", "SessionEnd", NULL, 10, 0 },
+    /* waiting on a human: hook_notify_waits (not idle_prompt) */
+    { "Notification", "Notification", "permission_prompt|elicitation_dialog", 10, 0 },
 };
 static const SetupEdit setup_codex_edits[] = {
     { { ".codex/config.toml", ".codex/config.toml" }, SE_TOML_MCP, NULL, 0 },
@@ -13106,6 +13108,7 @@ static const SetupHook setup_gemini_hooks[] = {
     { "AfterTool", "AfterTool", NULL, 10000, 0 },
     { "AfterAgent", "AfterAgent", NULL, 10000, 0 },
     { "SessionEnd", "SessionEnd", NULL, 10000, 0 },
+    { "Notification", "Notification", NULL, 10000, 0 },   /* ToolPermission */
 };
 static const SetupEdit setup_cursor_edits[] = {
     { { ".cursor/mcp.json", ".cursor/mcp.json" }, SE_MCP, "mcpServers",
