@@ -4748,6 +4748,21 @@ done:
     return rc;
 }
 
+/* A presence report riding on a delivery call (PROTOCOL §16.3, §17.5), so
+ * a hook says what its agent is doing without a second round trip: parsed
+ * before the call's work, recorded after it. */
+typedef struct {
+    char state[12];      /* "" none */
+    char if_any[12];     /* recorded instead when the call returned something */
+    int has_pid;         /* pid, start: a live process here, to watch */
+    int64_t pid, start;
+} HubPrReport;
+
+/* Defined with presence below, beside the §17.5 route they share. */
+static int hub_pr_report_parse(Hub *h, Req *q, Res *r, HubPrReport *p);
+static int hub_pr_report(Hub *h, Req *q, Res *r, Str agent, const HubPrReport *p,
+                         int any);
+
 /* POST /v1/delivery/{agent_id}/take (PROTOCOL §16.3): the owed messages,
  * marked surfaced in the same transaction, and how many more are owed. */
 static void hub_delivery_take(Hub *h, Req *q, Res *r) {
@@ -4777,10 +4792,13 @@ static void hub_delivery_take(Hub *h, Req *q, Res *r) {
                  ARC_DL_MAX_VIA);
         goto done;
     }
+    HubPrReport pr;
+    if (hub_pr_report_parse(h, q, r, &pr)) goto done;
     /* Nothing owed and nothing to index: answer from a read, so the hook
      * on every prompt and tool call costs no write (and no fsync). */
     int64_t top = hub_dl_top(h);
     if (top >= 0 && top <= hub_dl_mark(h) && hub_dl_owed(h, agent) == 0) {
+        if (hub_pr_report(h, q, r, agent, &pr, 0)) goto done;
         hub_ok(r, 200);
         buf_adds(&r->body, "{\"agent_id\":");
         json_strs(&r->body, agent);
@@ -4795,11 +4813,12 @@ static void hub_delivery_take(Hub *h, Req *q, Res *r) {
     json_strs(&r->body, agent);
     buf_adds(&r->body, ",\"items\":");
     int64_t more;
-    if (hub_dl_items(h, agent, limit, max_chars, buf_cstr(&via), &r->body) < 0 ||
-        (more = hub_dl_owed(h, agent)) < 0) {
+    int n = hub_dl_items(h, agent, limit, max_chars, buf_cstr(&via), &r->body);
+    if (n < 0 || (more = hub_dl_owed(h, agent)) < 0) {
         hub_db_fail(h, r);
         goto done;
     }
+    if (hub_pr_report(h, q, r, agent, &pr, n > 0)) goto done;
     buf_addf(&r->body, ",\"more\":%lld}", (long long)more);
     hub_ok_end(r);
 done:
@@ -4845,15 +4864,19 @@ static void hub_delivery_nudge(Hub *h, Req *q, Res *r) {
         hub_fail(r, 400, "max must be at least 1");
         return;
     }
+    HubPrReport pr;
+    if (hub_pr_report_parse(h, q, r, &pr)) return;
     if (hub_tx(h, q, r) || hub_dl_sync(h, q, r)) return;
     hub_ok(r, 200);
     buf_adds(&r->body, "{\"agent_id\":");
     json_strs(&r->body, agent);
     buf_adds(&r->body, ",\"requests\":");
-    if (hub_dl_requests(h, agent, max, 1, &r->body) < 0) {
+    int n = hub_dl_requests(h, agent, max, 1, &r->body);
+    if (n < 0) {
         hub_db_fail(h, r);
         return;
     }
+    if (hub_pr_report(h, q, r, agent, &pr, n > 0)) return;
     buf_addc(&r->body, '}');
     hub_ok_end(r);
 }
@@ -5068,6 +5091,72 @@ static int hub_pr_pid(Hub *h, Req *q, Res *r, int64_t *pid, int64_t *start) {
      * process here, or none: watching it would take a live agent offline.
      * Watch only a process that is alive here with that start time. */
     return a && hub_is_loopback(h->cfg.host) && proc_alive((long)*pid, *start) == 1;
+}
+
+/* The presence members of a delivery call's body (PROTOCOL §16.3):
+ * "state", "state_if_any" (working, idle, waiting or present), "pid" and
+ * "pid_start" as §17.5's. Returns 0, or -1 with r failed (400). */
+static int hub_pr_report_parse(Hub *h, Req *q, Res *r, HubPrReport *p) {
+    static const char *const states[] = { "working", "idle", "waiting", "present" };
+    static const char *const keys[] = { "state", "state_if_any" };
+    char *dst[] = { p->state, p->if_any };
+    Buf s = { 0 };
+    int rc = 0;
+    memset(p, 0, sizeof *p);
+    for (int i = 0; i < 2 && !rc; i++) {
+        int got = hub_str(q, r, keys[i], 0, &s), ok = 0;
+        if (got <= 0) {
+            rc = got;
+            continue;
+        }
+        for (size_t k = 0; k < sizeof states / sizeof *states; k++)
+            if (str_eq(buf_str(&s), states[k]))
+                ok = 1, snprintf(dst[i], sizeof p->state, "%s", states[k]);
+        if (!ok) {
+            hub_fail(r, 400, "%s must be working, idle, waiting or present", keys[i]);
+            rc = -1;
+        }
+    }
+    if (!rc && (p->has_pid = hub_pr_pid(h, q, r, &p->pid, &p->start)) < 0) rc = -1;
+    buf_free(&s);
+    return rc;
+}
+
+/* Record a delivery call's presence report for agent: its if_any state
+ * when the call returned something (`any`: a Stop hook that continues the
+ * turn), else its state. Best effort, as the marks of a read (§17.2): a
+ * failed write is logged and the call still answers. An unchanged state
+ * and pid heard within a quarter of the presence TTL write nothing, so a
+ * hook on every tool call costs no fsync. Returns 0, or -1 with r failed
+ * when the transaction could not begin (503: a busy store retries). */
+static int hub_pr_report(Hub *h, Req *q, Res *r, Str agent, const HubPrReport *p,
+                         int any) {
+    static const char sql[] = "SELECT state,pid,pid_start,seen_at FROM arc_presence"
+        " WHERE agent_id=?1";
+    const char *state = any && p->if_any[0] ? p->if_any : p->state;
+    int same = 0;
+    if (!state[0]) return 0;
+    sqlite3_stmt *st = store_stmt(&h->store, sql);
+    if (st) {
+        store_bind(st, 1, agent);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            int64_t fresh = clock_wall_us() - h->cfg.presence_ttl_s * 250000;
+            same = str_eq(store_col(st, 0), state) &&
+                   hub_ts_at_least(store_col(st, 3), fresh) &&
+                   (!p->has_pid || (sqlite3_column_int64(st, 1) == p->pid &&
+                                    sqlite3_column_int64(st, 2) == p->start));
+        }
+        sqlite3_reset(st);
+    }
+    if (same) return 0;
+    if (hub_tx(h, q, r)) return -1;
+    if (hub_pr_set(h, agent, state, p->has_pid, p->pid, p->start)) {
+        Buf a = { 0 };
+        log_warn("presence: report for %s: %s", log_esc(&a, agent.p ? agent.p : ""),
+                 sqlite3_errmsg(h->store.db));
+        buf_free(&a);
+    }
+    return 0;
 }
 
 /* A session was registered (POST /v1/sessions): the agent is present,
@@ -13025,6 +13114,8 @@ static const SetupHook setup_claude_hooks[] = {
     { "Stop", "Stop", NULL, 10, 0 },
     { "Stop", "wait", NULL, 3600, 1 },
     { "SessionEnd", "SessionEnd", NULL, 10, 0 },
+    /* waiting on a human: hook_notify_waits (not idle_prompt) */
+    { "Notification", "Notification", "permission_prompt|elicitation_dialog", 10, 0 },
 };
 static const SetupEdit setup_codex_edits[] = {
     { { ".codex/config.toml", ".codex/config.toml" }, SE_TOML_MCP, NULL, 0 },
@@ -13054,6 +13145,7 @@ static const SetupHook setup_gemini_hooks[] = {
     { "AfterTool", "AfterTool", NULL, 10000, 0 },
     { "AfterAgent", "AfterAgent", NULL, 10000, 0 },
     { "SessionEnd", "SessionEnd", NULL, 10000, 0 },
+    { "Notification", "Notification", NULL, 10000, 0 },   /* ToolPermission */
 };
 static const SetupEdit setup_cursor_edits[] = {
     { { ".cursor/mcp.json", ".cursor/mcp.json" }, SE_MCP, "mcpServers",
@@ -15906,44 +15998,60 @@ static int cmd_relay_gc(int argc, char **argv) {
 #define HOOK_MAX_NUDGES 3          /* Stop continuations per open request */
 
 typedef enum {
-    HOOK_NONE, HOOK_START, HOOK_TURN, HOOK_STOP, HOOK_EDIT, HOOK_END, HOOK_WAIT
+    HOOK_NONE, HOOK_START, HOOK_TURN, HOOK_STOP, HOOK_EDIT, HOOK_END, HOOK_WAIT,
+    HOOK_STATE   /* only says what the agent is doing (a prompt waits on a human) */
 } HookJob;
 
-/* Which job each harness's event does, and the name its answer carries. */
+/* Which job each harness's event does, the name its answer carries, and
+ * the agent's presence it reports (PROTOCOL §17.5; NULL: none). A Stop
+ * that continues the turn reports working instead of idle. */
 typedef struct {
     const char *harness, *event;
     HookJob job;
+    const char *state;
 } HookEvent;
 
 static const HookEvent hook_events[] = {
-    { "claude", "SessionStart", HOOK_START },
-    { "claude", "UserPromptSubmit", HOOK_TURN },
-    { "claude", "PostToolUse", HOOK_TURN },
-    { "claude", "Stop", HOOK_STOP },
-    { "claude", "SubagentStop", HOOK_NONE },   /* a subagent is not the agent */
-    { "claude", "PreToolUse", HOOK_EDIT },
-    { "claude", "SessionEnd", HOOK_END },
-    { "claude", "wait", HOOK_WAIT },
-    { "codex", "SessionStart", HOOK_START },
-    { "codex", "UserPromptSubmit", HOOK_TURN },
-    { "codex", "PostToolUse", HOOK_TURN },
-    { "codex", "Stop", HOOK_STOP },
-    { "codex", "PreToolUse", HOOK_EDIT },
-    { "gemini", "SessionStart", HOOK_START },
-    { "gemini", "BeforeAgent", HOOK_TURN },
-    { "gemini", "AfterTool", HOOK_TURN },
-    { "gemini", "AfterAgent", HOOK_STOP },
-    { "gemini", "BeforeTool", HOOK_EDIT },
-    { "gemini", "SessionEnd", HOOK_END },
-    { "cursor", "sessionStart", HOOK_START },
-    { "cursor", "postToolUse", HOOK_TURN },
-    { "cursor", "preToolUse", HOOK_EDIT },
-    { "cursor", "stop", HOOK_STOP },
-    { "cursor", "sessionEnd", HOOK_END },
-    /* OpenCode: run by the plugin `arc setup opencode` writes */
-    { "opencode", "PostToolUse", HOOK_TURN },
-    { "opencode", "PreToolUse", HOOK_EDIT },
-    { "opencode", "wait", HOOK_WAIT },
+    { "claude", "SessionStart", HOOK_START, "idle" },
+    { "claude", "UserPromptSubmit", HOOK_TURN, "working" },
+    { "claude", "PostToolUse", HOOK_TURN, "working" },
+    { "claude", "Stop", HOOK_STOP, "idle" },
+    { "claude", "SubagentStop", HOOK_NONE, NULL },   /* a subagent is not the agent */
+    { "claude", "PreToolUse", HOOK_EDIT, "working" },
+    { "claude", "SessionEnd", HOOK_END, "offline" },
+    { "claude", "wait", HOOK_WAIT, NULL },   /* Stop said idle; it may block */
+    { "codex", "SessionStart", HOOK_START, "idle" },
+    { "codex", "UserPromptSubmit", HOOK_TURN, "working" },
+    { "codex", "PostToolUse", HOOK_TURN, "working" },
+    { "codex", "Stop", HOOK_STOP, "idle" },
+    { "codex", "PreToolUse", HOOK_EDIT, "working" },
+    { "gemini", "SessionStart", HOOK_START, "idle" },
+    { "gemini", "BeforeAgent", HOOK_TURN, "working" },
+    { "gemini", "AfterTool", HOOK_TURN, "working" },
+    { "gemini", "AfterAgent", HOOK_STOP, "idle" },
+    { "gemini", "BeforeTool", HOOK_EDIT, "working" },
+    { "gemini", "SessionEnd", HOOK_END, "offline" },
+    { "cursor", "sessionStart", HOOK_START, "idle" },
+    { "cursor", "postToolUse", HOOK_TURN, "working" },
+    { "cursor", "preToolUse", HOOK_EDIT, "working" },
+    { "cursor", "stop", HOOK_STOP, "idle" },
+    { "cursor", "sessionEnd", HOOK_END, "offline" },
+    /* OpenCode: run by the plugin `arc setup opencode` writes; it waits
+     * whenever a session goes idle */
+    { "opencode", "PostToolUse", HOOK_TURN, "working" },
+    { "opencode", "PreToolUse", HOOK_EDIT, "working" },
+    { "opencode", "wait", HOOK_WAIT, "idle" },
+    /* a permission prompt or a question to the user (notification_type,
+     * hook_notify_waits); Gemini CLI's is a tool permission */
+    { "claude", "Notification", HOOK_STATE, "waiting" },
+    { "gemini", "Notification", HOOK_STATE, "waiting" },
+};
+
+/* The notification types that mean the agent waits on a human. Claude
+ * Code's idle_prompt (a minute after a turn ended) is the idle its Stop
+ * already reported; auth_success is nothing the agent waits on. */
+static const char *const hook_notify_waits[] = {
+    "permission_prompt", "elicitation_dialog", "ToolPermission"
 };
 
 /* The tools that write files, and where their tool_input names them:
@@ -15967,6 +16075,10 @@ static const struct {
 typedef struct {
     const char *harness, *event;   /* borrowed from argv */
     HookJob job;
+    const char *state;             /* the presence the event reports, or NULL */
+    long pid;                      /* the harness's pid (0 unknown, -1 not yet) */
+    int64_t pid_start;             /* ... its start time (clock ticks) */
+    int status;                    /* the last hub call's HTTP status, 0 none */
     AgentOpts o;
     double wait_s;                 /* wait: give up after this long */
     Client c;
@@ -15997,11 +16109,12 @@ static const OptHelp hook_help = {
     ".arc/agent-HARNESS or .arc/agent in the hook's cwd or the nearest\n"
     "directory above it, else ~/.arc/agent-HARNESS (arc setup writes them).\n"
     "Events: claude SessionStart UserPromptSubmit PostToolUse Stop PreToolUse\n"
-    "SessionEnd wait; codex SessionStart UserPromptSubmit PostToolUse Stop\n"
-    "PreToolUse; gemini SessionStart BeforeAgent AfterTool AfterAgent\n"
-    "BeforeTool SessionEnd; cursor sessionStart postToolUse preToolUse stop\n"
-    "sessionEnd; opencode PostToolUse PreToolUse wait (its plugin). See\n"
-    "PROTOCOL §16.6.\n"
+    "SessionEnd Notification wait; codex SessionStart UserPromptSubmit\n"
+    "PostToolUse Stop PreToolUse; gemini SessionStart BeforeAgent AfterTool\n"
+    "AfterAgent BeforeTool SessionEnd Notification; cursor sessionStart\n"
+    "postToolUse preToolUse stop sessionEnd; opencode PostToolUse PreToolUse\n"
+    "wait (its plugin). Each also reports the agent's state (working, idle,\n"
+    "waiting, offline). See PROTOCOL §16.6.\n"
     "Exit: 0 (also with no hub: a hook never breaks a turn); 2 from claude\n"
     "wait when a message woke the agent (asyncRewake), and from opencode\n"
     "PreToolUse when a lock refuses the edit (stderr says why).\n"
@@ -16147,14 +16260,65 @@ static uint32_t hook_call(Hook *k, const char *method, const char *path, Str bod
     int status = 0;
     json_free(&k->res);
     buf_reset(&k->out);
-    if (client_call(&k->c, method, path, body, timeout_ms, &status, &k->out, err) ||
-        status >= 400 || json_parse(&k->res, buf_cstr(&k->out), k->out.len)) {
+    if (client_call(&k->c, method, path, body, timeout_ms, &status, &k->out, err))
+        status = 0;
+    k->status = status;
+    if (!status || status >= 400 || json_parse(&k->res, buf_cstr(&k->out), k->out.len)) {
         json_free(&k->res);
         return 0;
     }
     uint32_t ok = json_get(&k->res, 0, "ok");
     if (!ok || k->res.t[ok].type != JSON_TRUE) return 0;
     return json_get(&k->res, 0, "result");
+}
+
+/* The presence members of a hub call (PROTOCOL §16.3, §17.5), each with a
+ * leading comma: the state to report, the one to report instead when the
+ * call returns something, and the harness's pid (found once). */
+static void hook_pr_members(Hook *k, Buf *b, const char *state, const char *if_any) {
+    if (!state && !if_any) return;
+    if (state) buf_addf(b, ",\"state\":\"%s\"", state);
+    if (if_any) buf_addf(b, ",\"state_if_any\":\"%s\"", if_any);
+    if (k->pid < 0) k->pid = proc_harness_pid(&k->pid_start);
+    if (k->pid > 1)
+        buf_addf(b, ",\"pid\":%ld,\"pid_start\":%lld", k->pid, (long long)k->pid_start);
+}
+
+/* POST {members + presence members} to path. A hub that refuses the call
+ * (4xx) is asked once more without the presence: reporting what the agent
+ * does must never cost it its messages. */
+static uint32_t hook_post_pr(Hook *k, const char *path, const char *members,
+                             const char *state, const char *if_any) {
+    Buf b = { 0 };
+    buf_addc(&b, '{');
+    buf_adds(&b, members);
+    size_t mark = b.len;
+    hook_pr_members(k, &b, state, if_any);
+    int pr = b.len > mark;
+    buf_addc(&b, '}');
+    uint32_t r = hook_call(k, "POST", path, buf_str(&b), HOOK_CALL_MS);
+    if (!r && pr && k->status >= 400 && k->status < 500) {
+        b.len = mark;
+        buf_addc(&b, '}');
+        r = hook_call(k, "POST", path, buf_str(&b), HOOK_CALL_MS);
+    }
+    buf_free(&b);
+    return r;
+}
+
+/* Report the agent's state on its own (POST /v1/agents/A/state, §17.5).
+ * Returns 1 if the hub took it. */
+static int hook_state(Hook *k, const char *state) {
+    Buf path = { 0 }, body = { 0 };
+    buf_adds(&path, "/v1/agents/");
+    cli_pct(&path, k->agent.p);
+    buf_adds(&path, "/state");
+    hook_pr_members(k, &body, state, NULL);
+    body.p[0] = '{';   /* the first member's comma */
+    buf_addc(&body, '}');
+    uint32_t r = hook_call(k, "POST", path.p, buf_str(&body), HOOK_CALL_MS);
+    buf_free(&path), buf_free(&body);
+    return r != 0;
 }
 
 /* Append one message as a line of facts: who, why it is owed, where. */
@@ -16195,16 +16359,18 @@ static void hook_render_msg(Buf *b, const Json *j, uint32_t m, const char *reaso
     buf_free(&t);
 }
 
-/* Take the owed messages (PROTOCOL §16.3) into k->text as facts. Returns
- * how many, 0 also when the hub did not answer. */
-static int hook_take(Hook *k, const char *via, int64_t max_chars) {
+/* Take the owed messages (PROTOCOL §16.3) into k->text as facts,
+ * reporting the agent's state (or if_any when something was taken) in the
+ * same call. Returns how many, 0 also when the hub did not answer. */
+static int hook_take(Hook *k, const char *via, int64_t max_chars, const char *state,
+                     const char *if_any) {
     Buf path = { 0 }, body = { 0 };
     buf_adds(&path, "/v1/delivery/");
     cli_pct(&path, k->agent.p);
     buf_adds(&path, "/take");
-    buf_addf(&body, "{\"limit\":20,\"max_chars\":%lld,\"via\":\"%s\"}",
+    buf_addf(&body, "\"limit\":20,\"max_chars\":%lld,\"via\":\"%s\"",
              (long long)max_chars, via);
-    uint32_t r = hook_call(k, "POST", path.p, buf_str(&body), HOOK_CALL_MS);
+    uint32_t r = hook_post_pr(k, path.p, body.p, state, if_any);
     buf_free(&path), buf_free(&body);
     uint32_t items = r ? json_get(&k->res, r, "items") : 0, more;
     if (!items || k->res.t[items].type != JSON_ARR || !k->res.t[items].n) return 0;
@@ -16228,16 +16394,16 @@ static int hook_take(Hook *k, const char *via, int64_t max_chars) {
 }
 
 /* The open requests to the agent into k->text; with `nudge`, those a Stop
- * may still continue the turn for, counted (PROTOCOL §16.5). Returns how
- * many. */
-static int hook_requests(Hook *k, int nudge) {
+ * may still continue the turn for, counted (PROTOCOL §16.5), reporting
+ * `state` (working when it continues the turn). Returns how many. */
+static int hook_requests(Hook *k, int nudge, const char *state) {
     Buf path = { 0 }, body = { 0 };
     buf_adds(&path, "/v1/delivery/");
     cli_pct(&path, k->agent.p);
     buf_adds(&path, nudge ? "/nudge" : "?limit=0");
-    buf_addf(&body, "{\"max\":%d}", HOOK_MAX_NUDGES);
-    uint32_t r = hook_call(k, nudge ? "POST" : "GET", path.p,
-                           nudge ? buf_str(&body) : (Str){ NULL, 0 }, HOOK_CALL_MS);
+    buf_addf(&body, "\"max\":%d", HOOK_MAX_NUDGES);
+    uint32_t r = nudge ? hook_post_pr(k, path.p, body.p, state, "working")
+                       : hook_call(k, "GET", path.p, (Str){ NULL, 0 }, HOOK_CALL_MS);
     buf_free(&path), buf_free(&body);
     uint32_t reqs = r ? json_get(&k->res, r, "requests") : 0;
     if (!reqs || k->res.t[reqs].type != JSON_ARR || !k->res.t[reqs].n) return 0;
@@ -16290,7 +16456,20 @@ static int hook_digest(Hook *k) {
             if ((v = json_get(&k->res, e, "agent_id")))
                 buf_adds(&k->text, i ? ", " : " "), json_as_text(&k->text, &k->res, v);
     }
+    /* Away since when (§17.6's away_since), asked before this hook says
+     * the agent is back; the messages of its absence are the take below. */
     Buf path = { 0 };
+    buf_adds(&path, "/v1/presence");
+    agent_qparam(&path, "agent_id", k->agent.p);
+    r = hook_call(k, "GET", path.p, (Str){ NULL, 0 }, HOOK_CALL_MS);
+    uint32_t st = r && k->res.t[r].type == JSON_ARR && k->res.t[r].n
+                  ? json_get(&k->res, r + 1, "state") : 0;
+    uint32_t since = st ? json_get(&k->res, r + 1, "state_since") : 0;
+    if (st && json_str_is(&k->res, st, STR_LIT("offline")) && since &&
+        k->res.t[since].type == JSON_STR)
+        buf_adds(&k->text, "\nAway (offline) since "),
+            json_as_text(&k->text, &k->res, since), buf_adds(&k->text, ".");
+    buf_reset(&path);
     buf_adds(&path, "/v1/locks?active_only=1");
     agent_qparam(&path, "agent_id", k->agent.p);
     hook_digest_leases(k, "locks", path.p, "file_path", "agent_id");
@@ -16299,11 +16478,13 @@ static int hook_digest(Hook *k) {
     buf_free(&path);
     size_t mark = k->text.len;
     buf_addc(&k->text, '\n');
-    if (!hook_requests(k, 0)) k->text.len = mark, k->text.p[mark] = 0;
+    if (!hook_requests(k, 0, NULL)) k->text.len = mark, k->text.p[mark] = 0;
     mark = k->text.len;
     buf_addc(&k->text, '\n');
     int64_t room = HOOK_MAX_CONTEXT - (int64_t)k->text.len - 200;
-    if (room < 1000 || !hook_take(k, "hook", room)) k->text.len = mark, k->text.p[mark] = 0;
+    if (room < 1000) hook_state(k, k->state);
+    if (room < 1000 || !hook_take(k, "hook", room, k->state, NULL))
+        k->text.len = mark, k->text.p[mark] = 0;
     return 1;
 }
 
@@ -16435,8 +16616,10 @@ static void hook_end(Hook *k) {
  * channel chatter wakes the long-poll but is not owed, so it waits on. */
 static int hook_wait(Hook *k) {
     int64_t deadline = clock_ms() + (int64_t)(k->wait_s * 1000), since = -1;
-    for (;;) {
-        if (hook_take(k, "wake", HOOK_MAX_CONTEXT)) return 1;
+    /* What it takes wakes the agent: working. OpenCode runs it when a
+     * session goes idle, so its first take reports idle (k->state). */
+    for (const char *state = k->state;; state = NULL) {
+        if (hook_take(k, "wake", HOOK_MAX_CONTEXT, state, "working")) return 1;
         if (since < 0) {
             uint32_t r = hook_call(k, "GET", "/v1/hub-info", (Str){ NULL, 0 },
                                    HOOK_CALL_MS), v;
@@ -16494,7 +16677,7 @@ static int hook_run(Hook *k, Buf *o, Buf *err_out) {
         }
         return 0;
     case HOOK_TURN:
-        if (!hook_take(k, "hook", HOOK_MAX_CONTEXT)) return 0;
+        if (!hook_take(k, "hook", HOOK_MAX_CONTEXT, k->state, NULL)) return 0;
         if (opencode) {   /* the plugin appends it to the tool's output */
             buf_addstr(o, buf_str(&k->text));
         } else if (cursor) {
@@ -16507,12 +16690,16 @@ static int hook_run(Hook *k, Buf *o, Buf *err_out) {
         return 0;
     case HOOK_STOP: {
         /* A harness that continues a turn with a new prompt also hears of
-         * new messages; Claude Code's Stop continues only for requests. */
-        int n = hook_requests(k, 1);
+         * new messages; Claude Code's Stop continues only for requests.
+         * The agent is idle unless the turn goes on (each call reports
+         * working when it returns something). */
+        int n = hook_requests(k, 1, k->state);
         if (strcmp(k->harness, "claude")) {
             size_t mark = k->text.len;
             if (n) buf_addc(&k->text, '\n');
-            if (hook_take(k, "hook", HOOK_MAX_CONTEXT - (int64_t)k->text.len)) n++;
+            if (hook_take(k, "hook", HOOK_MAX_CONTEXT - (int64_t)k->text.len,
+                          n ? NULL : k->state, "working"))
+                n++;
             else k->text.len = mark;
         }
         if (!n) return 0;
@@ -16524,6 +16711,7 @@ static int hook_run(Hook *k, Buf *o, Buf *err_out) {
         return 0;
     }
     case HOOK_EDIT:
+        hook_state(k, k->state);
         if (!hook_edit(k)) return 0;
         if (opencode) {
             buf_addstr(err_out, buf_str(&k->text));
@@ -16544,9 +16732,18 @@ static int hook_run(Hook *k, Buf *o, Buf *err_out) {
         json_strs(o, buf_str(&k->text));
         buf_adds(o, cursor || gemini ? "}" : "}}");
         return 0;
-    case HOOK_END:
-        hook_end(k);
+    case HOOK_END:   /* offline ends its sessions; a hub without §17.5: by hand */
+        if (!hook_state(k, k->state)) hook_end(k);
         return 0;
+    case HOOK_STATE: {   /* a notification: only one that waits on a human */
+        Buf type = { 0 };
+        int waits = !hook_in_str(k, 0, "notification_type", &type);
+        for (size_t i = 0; i < sizeof hook_notify_waits / sizeof *hook_notify_waits; i++)
+            waits |= type.len && !strcmp(type.p, hook_notify_waits[i]);
+        buf_free(&type);
+        if (waits) hook_state(k, k->state);
+        return 0;
+    }
     case HOOK_WAIT: {
         /* Only an interactive session has an idle to wake. `claude -p` and
          * the Agent SDKs (CLAUDE_CODE_ENTRYPOINT sdk-cli, sdk-ts, sdk-py)
@@ -16570,7 +16767,7 @@ static int hook_run(Hook *k, Buf *o, Buf *err_out) {
 }
 
 static int cmd_hook(int argc, char **argv) {
-    Hook k = { .wait_s = 540 };
+    Hook k = { .wait_s = 540, .pid = -1 };
     k.o = (AgentOpts){ .agent = getenv("ARC_AGENT"), .base_url = getenv("ARC_URL"),
                        .relay_dir = getenv("ARC_RELAY_DIR") };
     OptGroup g[] = { { agent_opts, &k.o, NULL, 0 }, { hook_opts, &k, NULL, 0 } };
@@ -16590,6 +16787,7 @@ static int cmd_hook(int argc, char **argv) {
         if (!strcmp(k.harness, hook_events[i].harness) &&
             str_ieq(str_c(k.event), hook_events[i].event)) {
             k.job = hook_events[i].job;
+            k.state = hook_events[i].state;
             k.event = hook_events[i].event;   /* the harness's spelling */
         }
     if (k.job == HOOK_NONE) goto done;

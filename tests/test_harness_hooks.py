@@ -209,6 +209,12 @@ class HooksCase(unittest.TestCase):
     def dm(self, body, **fields):
         return self.post(body, to_agent=self.agent, **fields)
 
+    def presence(self):
+        """The agent's state as the hub shows it (PROTOCOL §17.5)."""
+        status, _, res = self.hub.request("GET", "/v1/presence?agent_id=%s" % self.agent)
+        self.assertEqual(status, 200, res)
+        return res["result"][0] if res["result"] else {}
+
     def owed(self):
         status, _, res = self.hub.request("GET", "/v1/delivery/%s?limit=50" % self.agent)
         self.assertEqual(status, 200, res)
@@ -358,9 +364,12 @@ class ClaudeHooksTest(ClaudeCase):
         t = {k: uid("tok%d" % k) for k in (1, 2, 3)}
         self.dm("before the turn " + t[1])
 
+        states = []
+
         def on_main(n, _entry):
             # Request n is answered with script[n-1]: what is posted now
             # exists while that reply's tool runs.
+            states.append(self.presence())   # after UserPromptSubmit, PostToolUse
             if n in (1, 2):
                 self.dm("while tool %d runs %s" % (n, t[n + 1]))
 
@@ -386,6 +395,12 @@ class ClaudeHooksTest(ClaudeCase):
         self.assertEqual(fired.count("PostToolUse:Bash"), 2, hooks)
         self.assertTrue({"SessionStart:startup", "UserPromptSubmit", "Stop"} <= set(fired),
                         hooks)
+        # the hooks said the agent was working throughout its turn, from
+        # the claude process (its pid watched)
+        self.assertEqual([x.get("state") for x in states], ["working"] * 3, states)
+        self.assertTrue(all(x.get("pid") for x in states), states)
+        self.note("presence at each model request: %s" % ", ".join(
+            "%s (pid %s)" % (x["state"], x["pid"]) for x in states))
 
     def test_hooks_do_not_repeat_what_a_poll_showed(self):
         """3, one way: T1 posted before arc_poll_messages runs is in its
@@ -526,7 +541,9 @@ class ClaudeIdleWakeTest(ClaudeCase):
     def test_idle_session_woken_by_dm(self):
         home = self.project()
         tok = uid("wake")
-        m = self.model([[{"text": "First turn over."}]])
+        states = []
+        m = self.model([[{"text": "First turn over."}]],
+                       lambda n, _e: states.append(self.presence()) if n == 1 else None)
         env = self.env(home, m, {"TERM": "xterm-256color"})
         env.pop("CI", None)            # an interactive session, as a user's
         script = os.path.join(home.root, "claude.sh")
@@ -556,6 +573,16 @@ class ClaudeIdleWakeTest(ClaudeCase):
         while "First turn over." not in pane() and time.monotonic() < deadline:
             time.sleep(0.1)
         self.assertIn("First turn over.", pane())
+        # working in its turn; idle once Stop ran, its claude process watched
+        self.assertEqual(states[0].get("state"), "working", states)
+        deadline = time.monotonic() + 10
+        while self.presence().get("state") != "idle" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        idle = self.presence()
+        self.assertEqual(idle.get("state"), "idle", idle)
+        self.assertEqual(idle.get("pid"), states[0].get("pid"), (idle, states))
+        self.note("presence: %s in the turn, %s after it (pid %s)" % (
+            states[0]["state"], idle["state"], idle["pid"]))
         n_before = len(m.mains())
         t0 = time.monotonic()
         self.dm("wake up " + tok)

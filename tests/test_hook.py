@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.parse
 
 from hubtest import Hub, HubCase, arc_only, free_port, hub_command, uid, wait_for
 from test_mcp import McpCase
@@ -359,6 +360,229 @@ class HookTests(HubCase):
             self.assertEqual((p.returncode, p.stdout), (0, ""), p)
 
 
+class RefusingProxy:
+    """A hub in front of the real one that refuses every presence report
+    (400 for POST .../state and for any body naming a state), as a hub
+    without arc:presence or a stricter one might, and passes the rest."""
+
+    def __init__(self, target):
+        import http.client
+        import http.server
+        tgt = urllib.parse.urlsplit(target)
+        self.refused = 0
+        proxy = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def relay(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                if self.path.split("?")[0].endswith("/state") or b'"state' in body:
+                    proxy.refused += 1
+                    status, data = 400, b'{"ok":false,"error":"no presence here"}'
+                else:
+                    c = http.client.HTTPConnection(tgt.hostname, tgt.port, timeout=30)
+                    c.request(self.command, self.path, body=body or None,
+                              headers={"Content-Type": "application/json"})
+                    r = c.getresponse()
+                    status, data = r.status, r.read()
+                    c.close()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@arc_only
+class PresenceHookTests(HubCase):
+    """Hooks report what the agent is doing (PROTOCOL §17.5, §16.6): each
+    harness's events leave the state GET /v1/presence shows, with the
+    harness's pid (here the test process: the hook's parent) watched."""
+
+    setUp, hook, out, msg, base = (HookTests.setUp, HookTests.hook, HookTests.out,
+                                   HookTests.msg, HookTests.base)
+
+    def presence(self):
+        pr = self.assertOk(self.hub.get("/v1/presence", agent_id=self.agent))
+        return pr[0]
+
+    def run_events(self, harness, steps):
+        for event, stdin, want in steps:
+            with self.subTest(harness=harness, event=event, want=want):
+                p = self.hook(harness, event, stdin,
+                              args=["--timeout", "0.2"] if event == "wait" else ())
+                self.assertEqual(p.returncode, 0, p)
+                got = self.presence()
+                self.assertEqual(got["state"], want, (event, p))
+                self.assertEqual(got["pid"], None if want == "offline" else os.getpid())
+
+    def test_states_of_every_harness(self):
+        S = lambda h, ev: _fill(HOOK_SAMPLES[h][ev], self.dir, "free.c")
+        self.run_events("claude", [
+            ("SessionStart", S("claude", "SessionStart"), "idle"),
+            ("UserPromptSubmit", S("claude", "UserPromptSubmit"), "working"),
+            ("Notification", S("claude", "Notification"), "waiting"),
+            ("PostToolUse", S("claude", "PostToolUse"), "working"),
+            ("Notification", dict(S("claude", "Notification"),
+                                  notification_type="auth_success"), "working"),
+            ("Stop", S("claude", "Stop"), "idle"),
+            ("Notification", dict(S("claude", "Notification"),
+                                  notification_type="idle_prompt"), "idle"),
+            ("Notification", dict(S("claude", "Notification"),
+                                  notification_type="elicitation_dialog"), "waiting"),
+            ("PreToolUse", S("claude", "PreToolUse"), "working"),
+            ("Stop", S("claude", "Stop"), "idle"),
+            ("SessionEnd", S("claude", "SessionEnd"), "offline"),
+        ])
+        self.run_events("codex", [
+            ("SessionStart", S("codex", "SessionStart"), "idle"),
+            ("UserPromptSubmit", S("codex", "UserPromptSubmit"), "working"),
+            ("Stop", S("codex", "Stop"), "idle"),
+            ("PreToolUse", S("codex", "PreToolUse"), "working"),
+            ("Stop", S("codex", "Stop"), "idle"),
+            ("PostToolUse", S("codex", "PostToolUse"), "working"),
+        ])
+        self.run_events("gemini", [
+            ("SessionStart", S("gemini", "SessionStart"), "idle"),
+            ("BeforeAgent", S("gemini", "BeforeAgent"), "working"),
+            ("Notification", S("gemini", "Notification"), "waiting"),
+            ("AfterTool", S("gemini", "AfterTool"), "working"),
+            ("AfterAgent", S("gemini", "AfterAgent"), "idle"),
+            ("BeforeTool", S("gemini", "BeforeTool"), "working"),
+            ("SessionEnd", S("gemini", "SessionEnd"), "offline"),
+        ])
+        self.run_events("cursor", [
+            ("sessionStart", S("cursor", "sessionStart"), "idle"),
+            ("preToolUse", S("cursor", "preToolUse"), "working"),
+            ("stop", S("cursor", "stop"), "idle"),
+            ("postToolUse", S("cursor", "postToolUse"), "working"),
+            ("sessionEnd", S("cursor", "sessionEnd"), "offline"),
+        ])
+        self.run_events("opencode", [
+            ("PreToolUse", S("opencode", "PreToolUse"), "working"),
+            ("wait", S("opencode", "wait"), "idle"),   # runs when a session goes idle
+            ("PostToolUse", S("opencode", "PostToolUse"), "working"),
+        ])
+
+    def test_blocking_stop_leaves_the_agent_working(self):
+        self.hook("claude", "UserPromptSubmit", self.base("UserPromptSubmit", prompt="x"))
+        since = self.presence()["state_since"]
+        self.msg(from_agent="bob", to_agent=self.agent, kind="task_request", body="do it")
+        for i in range(3):   # each Stop continues the turn: still working, since then
+            o = self.out(self.hook("claude", "Stop", self.base("Stop")))
+            self.assertEqual(o["decision"], "block")
+            self.assertEqual(self.presence()["state"], "working")
+            self.assertEqual(self.presence()["state_since"], since)
+        self.assertIsNone(self.out(self.hook("claude", "Stop", self.base("Stop"))))
+        self.assertEqual(self.presence()["state"], "idle")   # reminders spent: it ended
+        # a harness whose Stop also carries new messages: blocked by one, working
+        for harness, event in (("codex", "Stop"), ("gemini", "AfterAgent"),
+                               ("cursor", "stop")):
+            self.hook("codex", "UserPromptSubmit", self.base("UserPromptSubmit"))
+            self.msg(from_agent="bob", to_agent=self.agent, body="news for " + harness)
+            self.assertIn("news for " + harness, self.hook(harness, event, self.base(
+                event, stop_hook_active=False)).stdout)
+            self.assertEqual(self.presence()["state"], "working", harness)
+            self.assertEqual(self.hook(harness, event, self.base(event)).stdout, "")
+            self.assertEqual(self.presence()["state"], "idle", harness)
+
+    def test_session_start_after_an_absence(self):
+        """The digest of §17.6 is what is owed (the take shows it, oldest
+        first) and since when the agent was away: each message once."""
+        self.hook("claude", "SessionStart", self.base("SessionStart"))
+        self.hook("claude", "SessionEnd", self.base("SessionEnd"))
+        gone = self.presence()
+        self.assertEqual(gone["state"], "offline")
+        sent = [self.msg(from_agent="bob", to_agent=self.agent, body="while away %d" % i)
+                for i in range(3)]
+        ctx = self.out(self.hook("claude", "SessionStart", self.base("SessionStart")))[
+            "hookSpecificOutput"]["additionalContext"]
+        self.assertIn("Away (offline) since %s." % gone["state_since"], ctx)
+        self.assertEqual([int(x) for x in re.findall(r"^- #(\d+) ", ctx, re.M)],
+                         [m["id"] for m in sent])
+        self.assertEqual(self.presence()["state"], "idle")
+        self.assertIsNone(self.out(self.hook("claude", "UserPromptSubmit",
+                                             self.base("UserPromptSubmit"))))
+        ctx = self.out(self.hook("claude", "SessionStart", self.base("SessionStart")))[
+            "hookSpecificOutput"]["additionalContext"]
+        self.assertNotIn("Away", ctx)   # it was not away this time
+
+    def test_refused_presence_never_breaks_the_answer(self):
+        proxy = RefusingProxy(self.hub.url)
+        self.addCleanup(proxy.close)
+
+        def hook(harness, event, stdin):
+            stdin = dict(stdin, cwd=self.dir)
+            return run_hook(proxy.url, harness, event, stdin, agent=self.agent)
+        s = self.assertOk(self.hub.post("/v1/sessions", {"agent_id": self.agent}), 201)
+        self.msg(from_agent="bob", to_agent=self.agent, body="first")
+        p = hook("claude", "SessionStart", self.base("SessionStart"))
+        self.assertIn("first", p.stdout)
+        self.msg(from_agent="bob", to_agent=self.agent, body="second")
+        p = hook("claude", "UserPromptSubmit", self.base("UserPromptSubmit"))
+        self.assertIn("second", p.stdout)
+        self.msg(from_agent="bob", to_agent=self.agent, kind="task_request", body="third")
+        p = hook("claude", "Stop", self.base("Stop"))
+        self.assertEqual(json.loads(p.stdout)["decision"], "block")
+        self.msg(from_agent="bob", to_agent=self.agent, body="fourth")
+        p = hook("codex", "Stop", self.base("Stop"))
+        self.assertIn("fourth", p.stdout)
+        p = hook("claude", "Notification", self.base("Notification"))
+        self.assertEqual((p.returncode, p.stdout), (0, ""))
+        p = hook("claude", "SessionEnd", self.base("SessionEnd"))   # closed by hand
+        self.assertEqual((p.returncode, p.stdout), (0, ""))
+        live = [a["session_id"] for a in self.assertOk(self.hub.get("/v1/agents"))]
+        self.assertNotIn(s["session_id"], live)
+        self.assertGreaterEqual(proxy.refused, 6)
+
+    def test_take_and_nudge_carry_the_report(self):
+        take, nudge = ("/v1/delivery/%s/%s" % (self.agent, w) for w in ("take", "nudge"))
+        e = self.assertErr(self.hub.post(take, {"state": "busy"}), 400)
+        self.assertIn("state must be working, idle, waiting or present", str(e))
+        self.assertErr(self.hub.post(take, {"state_if_any": "offline"}), 400)
+        self.assertErr(self.hub.post(take, {"state": "idle", "pid": 0, "pid_start": 1}),
+                       400)
+        self.assertOk(self.hub.post(take, {"state": "working"}))
+        self.assertEqual((self.presence()["state"], self.presence()["pid"]),
+                         ("working", None))
+        self.assertOk(self.hub.post(nudge, {"state": "idle", "state_if_any": "working"}))
+        self.assertEqual(self.presence()["state"], "idle")
+        self.msg(from_agent="bob", to_agent=self.agent, kind="task_request", body="q")
+        got = self.assertOk(self.hub.post(nudge, {"state": "idle",
+                                                  "state_if_any": "working"}))
+        self.assertEqual(len(got["requests"]), 1)
+        self.assertEqual(self.presence()["state"], "working")
+        got = self.assertOk(self.hub.post(take, {"state_if_any": "waiting"}))
+        self.assertEqual(len(got["items"]), 1)
+        self.assertEqual(self.presence()["state"], "waiting")
+        self.assertOk(self.hub.post(take, {"state_if_any": "idle"}))   # nothing: no report
+        self.assertEqual(self.presence()["state"], "waiting")
+        self.assertOk(self.hub.post(take, {"state": "idle", "pid": os.getpid(),
+                                           "pid_start": _start_ticks(os.getpid())}))
+        self.assertEqual((self.presence()["state"], self.presence()["pid"]),
+                         ("idle", os.getpid()))
+
+
+def _start_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
 # What each harness documents on a hook's stdin, per event (the fields a
 # hook reads, plus enough of the rest to look like the real thing). {proj}
 # stands for the project directory, {locked} for a file another agent holds
@@ -385,6 +609,8 @@ HOOK_SAMPLES = {
         "Stop": dict(_CLAUDE, stop_hook_active=False),
         "wait": dict(_CLAUDE, stop_hook_active=False),
         "SessionEnd": dict(_CLAUDE, reason="exit"),
+        "Notification": dict(_CLAUDE, message="Claude needs your permission to use Bash",
+                             notification_type="permission_prompt"),
     },
     "codex": {
         "SessionStart": dict(_CODEX, source="startup"),
@@ -406,6 +632,9 @@ HOOK_SAMPLES = {
         "AfterAgent": dict(_GEMINI, prompt="go on", prompt_response="done",
                            stop_hook_active=False),
         "SessionEnd": dict(_GEMINI, reason="exit"),
+        "Notification": dict(_GEMINI, notification_type="ToolPermission",
+                             message="Tool run_shell_command requires confirmation",
+                             details={"type": "exec", "command": "ls"}),
     },
     "cursor": {
         "sessionStart": dict(_CURSOR, session_id="s1", is_background_agent=False,
@@ -435,6 +664,7 @@ HOOK_JOBS = {
     "Stop": "stop", "AfterAgent": "stop", "stop": "stop",
     "PreToolUse": "edit", "BeforeTool": "edit", "preToolUse": "edit",
     "SessionEnd": "end", "sessionEnd": "end", "wait": "wait",
+    "Notification": "state",
 }
 
 
@@ -507,8 +737,11 @@ class SetupWiringTests(HubCase):
             self.assertIn(body, p.stderr)
             return
         self.assertEqual(p.returncode, 0, where)
-        if job == "end":
+        if job in ("end", "state"):
             self.assertEqual(p.stdout, "", where)
+            if job == "state":   # a prompt waits on a human (PROTOCOL §17.5)
+                pr = self.assertOk(self.hub.get("/v1/presence", agent_id=agent))
+                self.assertEqual(pr[0]["state"], "waiting", where)
             return
         if harness == "opencode":   # plain text, the plugin passes it on
             self.assertIn(body, p.stdout, where)
@@ -563,6 +796,10 @@ class SetupWiringTests(HubCase):
                         self.assertRegex(stdin["tool_name"], "^(%s)$" % matcher)
                     body = "for %s at %s %s" % (agent, event, uid("m"))
                     kind = "task_request" if job == "stop" else "chat"
+                    if job == "state":   # says nothing to the agent: nothing to send
+                        p = self.run_cmd(cmd, stdin, proj, env)
+                        self.check(harness, key, job, p, agent, holder, "")
+                        continue
                     self.assertOk(self.hub.post("/v1/messages", {
                         "from_agent": "bob", "to_agent": agent, "kind": kind,
                         "body": body}), 201)

@@ -201,7 +201,7 @@ class Merge(SetupBase):
         self.arc("setup", "gemini", "--agent", "two", ok=True)
         s = self.read(".gemini/settings.json").decode()
         self.assertNotIn("--agent one", s)
-        self.assertEqual(s.count("--agent two"), 6)
+        self.assertEqual(s.count("--agent two"), 7)   # its 7 hooks
         self.assertEqual(self.read(".arc/agent-gemini"), b"two\n")
         # --remove finds the agent in .arc/agent-gemini and deletes
         # every file setup made
