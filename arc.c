@@ -18841,7 +18841,7 @@ static int mcp_admit(McpIo *io, const McpReq *rq, const char *method, char versi
     uint32_t named = field && rq->params ? json_get(j, rq->params, field) : 0;
     Buf want = { 0 }, name = { 0 }, data = { 0 };
     const char *why = NULL;
-    int code = MCP_HEADER_MISMATCH, rc = -1, mcp_name = 0;
+    int code = MCP_HEADER_MISMATCH, rc = -1, on_name = 0;
     if (v && (j->t[v].type != JSON_STR || !caps || j->t[caps].type != JSON_OBJ ||
               (info && j->t[info].type != JSON_OBJ))) {
         code = MCP_BAD_PARAMS;
@@ -18864,8 +18864,7 @@ static int mcp_admit(McpIo *io, const McpReq *rq, const char *method, char versi
         why = "the Mcp-Method header does not match the body's method";
     } else if (io->headers && v && io->hdr_version.n && !io->hdr_method.n) {
         why = "an Mcp-Method header is required";
-    } else if (!mcp_known_version(buf_cstr(&want)) || want.len >= 16 ||
-               want.len != strlen(want.p)) {
+    } else if (!mcp_known_version(buf_cstr(&want)) || want.len != strlen(buf_cstr(&want))) {
         code = MCP_BAD_VERSION;
         why = "Unsupported protocol version";
         buf_adds(&data, "{\"supported\":");
@@ -18876,18 +18875,18 @@ static int mcp_admit(McpIo *io, const McpReq *rq, const char *method, char versi
     } else if (named && io->hdr_name.n && j->t[named].type == JSON_STR &&
                !str_eq(io->hdr_name, buf_cstr(&name))) {
         why = "the Mcp-Name header does not match the body's params.";
-        mcp_name = 1;
+        on_name = 1;
     } else if (named && j->t[named].type == JSON_STR && io->hdr_method.n && !io->hdr_name.n) {
         why = "an Mcp-Name header is required: the body has params.";
-        mcp_name = 1;
+        on_name = 1;
     }
     if (why) {
         char msg[256];
-        snprintf(msg, sizeof msg, "%s%s", why, mcp_name ? field : "");
+        snprintf(msg, sizeof msg, "%s%s", why, on_name ? field : "");
         mcp_reject(io, rq->id, 400, code, msg, data.len ? data.p : NULL);
         goto done;
     }
-    snprintf(version, 16, "%s", want.p);
+    snprintf(version, 16, "%s", buf_cstr(&want));
     rc = 0;
 done:
     buf_free(&want), buf_free(&name), buf_free(&data);
