@@ -17564,6 +17564,7 @@ static const char *const mcp_versions[] = {
 enum {
     MCP_PARSE = -32700, MCP_INVALID = -32600, MCP_NO_METHOD = -32601,
     MCP_BAD_PARAMS = -32602, MCP_INTERNAL = -32603,
+    MCP_HEADER_MISMATCH = -32020,     /* HTTP headers disagree with the body */
     MCP_BAD_VERSION = -32022          /* UnsupportedProtocolVersionError */
 };
 
@@ -17685,6 +17686,13 @@ typedef struct {
     int parked;              /* a call waits: run is it, wait its filter */
     Wait wait;
     int64_t wait_ms;
+    /* hub: the request's MCP-Protocol-Version (or the relay's ?version=),
+     * Mcp-Method and Mcp-Name, trimmed, empty when absent; borrowed from
+     * the request. Checked against each message's body (mcp_admit). */
+    Str hdr_version, hdr_method, hdr_name;
+    int headers;             /* hub over HTTP: the request has headers */
+    const char *no_call;     /* hub, no state: why a tools/call cannot run */
+    int status;              /* hub: HTTP status an error answer asks; 0 = 200 */
 } McpIo;
 
 ARC_PRINTF(1, 2) static void mcp_log(const char *fmt, ...) {
@@ -17719,6 +17727,15 @@ static void mcp_error(McpIo *io, Str id, int code, const char *msg,
     if (data_json) buf_adds(&b, ",\"data\":"), buf_adds(&b, data_json);
     buf_adds(&b, "}}");
     mcp_emit(io, &b);
+}
+
+/* An error that the stateless revision (2026-07-28) answers over HTTP with
+ * an HTTP error status as well (docs/MCP.md, "Errors"); the bridge and a
+ * batch ignore the status. */
+static void mcp_reject(McpIo *io, Str id, int status, int code, const char *msg,
+                       const char *data_json) {
+    if (!io->batch) io->status = status;
+    mcp_error(io, id, code, msg, data_json);
 }
 
 /* Start a result: {"jsonrpc":"2.0","id":ID,"result":{ ...; the caller adds
@@ -18920,7 +18937,7 @@ static void mcp_tools_json(Buf *b, const char *version) {
 
 /* One JSON-RPC request or notification, as its method's handler gets it:
  * id is the request id's JSON text (empty for a notification), version the
- * protocol version it is answered in (mcp_request_version). All borrowed
+ * protocol version it is answered in (mcp_admit). All borrowed
  * for the length of the call. */
 typedef struct {
     McpIo *io;             /* where the answer goes, what it acts on */
@@ -19047,27 +19064,90 @@ static void mcp_hub_cancel(McpIo *io, Str id) {
 
 /* ---- dispatch ---- */
 
-/* The protocol version a request is answered in: its _meta's (stateless
- * era), else io's (negotiated, or the MCP-Protocol-Version header), else
- * the newest handshake one. 1: _meta is malformed (a version that is not
- * a string, or no client capabilities object beside it); -1: a version we
- * do not speak (its JSON in bad). */
-static int mcp_request_version(const McpIo *io, const Json *j, uint32_t params, char out[16],
-                               Buf *bad) {
-    snprintf(out, 16, "%s", io->version[0] ? io->version : MCP_V_LEGACY);
-    uint32_t meta = params ? json_get(j, params, "_meta") : 0;
-    uint32_t v = meta ? json_get(j, meta, "io.modelcontextprotocol/protocolVersion") : 0;
-    if (!v) return 0;
-    uint32_t caps = json_get(j, meta, "io.modelcontextprotocol/clientCapabilities");
-    if (!caps || j->t[caps].type != JSON_OBJ) return 1;
-    if (j->t[v].type != JSON_STR) return 1;
-    Buf s = { 0 };
-    json_unescape(j, v, &s);
-    int ok = mcp_known_version(buf_cstr(&s));
-    if (ok) snprintf(out, 16, "%s", s.p);
-    else json_write(bad, j, v);
-    buf_free(&s);
-    return ok ? 0 : -1;
+/* The body field Mcp-Name mirrors for a method, or NULL (SEP-2243, and
+ * SEP-2663 for tasks). */
+static const char *mcp_name_field(const char *method) {
+    static const char *const t[][2] = {
+        { "tools/call", "name" }, { "prompts/get", "name" }, { "resources/read", "uri" },
+        { "tasks/get", "taskId" }, { "tasks/update", "taskId" }, { "tasks/cancel", "taskId" },
+    };
+    for (size_t i = 0; i < sizeof t / sizeof *t; i++)
+        if (!strcmp(method, t[i][0])) return t[i][1];
+    return NULL;
+}
+
+#define MCP_META_V "io.modelcontextprotocol/protocolVersion"
+#define MCP_META_CAPS "io.modelcontextprotocol/clientCapabilities"
+
+/* Admit a request (not a notification) to its method: the checks the
+ * stateless revision makes first, in the order of the official SDK
+ * (docs/MCP.md, "Errors"): a _meta that claims a version must be whole
+ * (-32602), and so must _meta be under a 2026-07-28 MCP-Protocol-Version
+ * header; the headers must agree with the body (-32020); the version must
+ * be one we speak (-32022). All answer with HTTP 400. A request is answered
+ * in its _meta's version, else the header's, else io's (negotiated), else
+ * the newest handshake one, which goes to version. Returns 0, or -1 after
+ * answering the request with the error. */
+static int mcp_admit(McpIo *io, const McpReq *rq, const char *method, char version[16]) {
+    const Json *j = rq->j;
+    uint32_t meta = rq->params ? json_get(j, rq->params, "_meta") : 0;
+    uint32_t v = meta ? json_get(j, meta, MCP_META_V) : 0;
+    uint32_t caps = meta ? json_get(j, meta, MCP_META_CAPS) : 0;
+    uint32_t info = meta ? json_get(j, meta, "io.modelcontextprotocol/clientInfo") : 0;
+    const char *field = mcp_name_field(method);
+    uint32_t named = field && rq->params ? json_get(j, rq->params, field) : 0;
+    Buf want = { 0 }, name = { 0 }, data = { 0 };
+    const char *why = NULL;
+    int code = MCP_HEADER_MISMATCH, rc = -1, on_name = 0;
+    if (v && (j->t[v].type != JSON_STR || !caps || j->t[caps].type != JSON_OBJ ||
+              (info && j->t[info].type != JSON_OBJ))) {
+        code = MCP_BAD_PARAMS;
+        why = "Invalid params: _meta needs a string " MCP_META_V " and an " MCP_META_CAPS
+              " object";
+    } else if (!v && str_eq(io->hdr_version, MCP_V_STATELESS)) {
+        code = MCP_BAD_PARAMS;
+        why = "Invalid params: a " MCP_V_STATELESS " request needs _meta with "
+              MCP_META_V " and " MCP_META_CAPS;
+    }
+    if (v && !why) json_unescape(j, v, &want);
+    else if (io->hdr_version.n) buf_addstr(&want, io->hdr_version);
+    else buf_adds(&want, io->version[0] ? io->version : MCP_V_LEGACY);
+    if (named && j->t[named].type == JSON_STR) json_unescape(j, named, &name);
+    if (why) {
+        /* the envelope is answered first */
+    } else if (v && io->hdr_version.n && !str_eq(io->hdr_version, buf_cstr(&want))) {
+        why = "the MCP-Protocol-Version header does not match _meta's " MCP_META_V;
+    } else if (io->hdr_method.n && !str_eq(io->hdr_method, method)) {
+        why = "the Mcp-Method header does not match the body's method";
+    } else if (io->headers && v && io->hdr_version.n && !io->hdr_method.n) {
+        why = "an Mcp-Method header is required";
+    } else if (!mcp_known_version(buf_cstr(&want)) || want.len != strlen(buf_cstr(&want))) {
+        code = MCP_BAD_VERSION;
+        why = "Unsupported protocol version";
+        buf_adds(&data, "{\"supported\":");
+        mcp_versions_json(&data);
+        buf_adds(&data, ",\"requested\":");
+        json_strs(&data, buf_str(&want));
+        buf_addc(&data, '}');
+    } else if (named && io->hdr_name.n && j->t[named].type == JSON_STR &&
+               !str_eq(io->hdr_name, buf_cstr(&name))) {
+        why = "the Mcp-Name header does not match the body's params.";
+        on_name = 1;
+    } else if (named && j->t[named].type == JSON_STR && io->hdr_method.n && !io->hdr_name.n) {
+        why = "an Mcp-Name header is required: the body has params.";
+        on_name = 1;
+    }
+    if (why) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s%s", why, on_name ? field : "");
+        mcp_reject(io, rq->id, 400, code, msg, data.len ? data.p : NULL);
+        goto done;
+    }
+    snprintf(version, 16, "%s", buf_cstr(&want));
+    rc = 0;
+done:
+    buf_free(&want), buf_free(&name), buf_free(&data);
+    return rc;
 }
 
 /* What the channel mode adds to the instructions (docs/MCP.md, "Claude Code
@@ -19156,7 +19236,9 @@ static void mcp_m_tools_call(const McpReq *rq) {
     Buf tname = { 0 };
     const McpTool *tool = NULL;
     if (tn && j->t[tn].type == JSON_STR) json_unescape(j, tn, &tname);
-    if (!tn || j->t[tn].type != JSON_STR)
+    if (rq->io->h && !rq->io->st)   /* the hub answered without an agent */
+        mcp_reject(rq->io, rq->id, 400, MCP_INVALID, rq->io->no_call, NULL);
+    else if (!tn || j->t[tn].type != JSON_STR)
         mcp_error(rq->io, rq->id, MCP_BAD_PARAMS, "Invalid params: name (a string) is required",
                   NULL);
     else if (!(tool = mcp_tool(buf_str(&tname))) || tname.len != strlen(tname.p)) {
@@ -19177,14 +19259,15 @@ static void mcp_m_tools_call(const McpReq *rq) {
  * hub; the bridge cancels its own before it forwards this). */
 static void mcp_m_cancelled(const McpReq *rq) {
     uint32_t rid = rq->params ? json_get(rq->j, rq->params, "requestId") : 0;
-    if (!rid || !rq->io->h || !rq->io->h->mcp) return;
+    if (!rid || !rq->io->h || !rq->io->h->mcp || !rq->io->st) return;
     Buf r = { 0 };
     json_write(&r, rq->j, rid);
     mcp_hub_cancel(rq->io, buf_str(&r));
     buf_free(&r);
 }
 
-#define MCP_NOTE 1u   /* a notification: handled, never answered */
+#define MCP_NOTE 1u        /* a notification: handled, never answered */
+#define MCP_HANDSHAKE 2u   /* not in the stateless revision (2026-07-28) */
 
 /* The methods arc answers, and the notifications it acts on; other
  * notifications (initialized, progress, roots/list_changed ...) are
@@ -19194,12 +19277,12 @@ static void mcp_m_cancelled(const McpReq *rq) {
 typedef struct {
     const char *name;
     void (*run)(const McpReq *rq);
-    unsigned flags;        /* MCP_NOTE */
+    unsigned flags;        /* MCP_NOTE, MCP_HANDSHAKE */
 } McpMethod;
 
 static const McpMethod mcp_methods[] = {
-    { "initialize",              mcp_m_initialize, 0 },
-    { "ping",                    mcp_m_ping,       0 },
+    { "initialize",              mcp_m_initialize, MCP_HANDSHAKE },
+    { "ping",                    mcp_m_ping,       MCP_HANDSHAKE },
     { "server/discover",         mcp_m_discover,   0 },
     { "tools/list",              mcp_m_tools_list, 0 },
     { "tools/call",              mcp_m_tools_call, 0 },
@@ -19226,7 +19309,7 @@ static void mcp_dispatch(McpIo *io, const Json *j, uint32_t m, Str msg) {
     if (j->t[m].type == JSON_OBJ && !method &&
         (notification || json_get(j, m, "result") || json_get(j, m, "error")))
         return;
-    Buf idb = { 0 }, name = { 0 }, bad = { 0 };
+    Buf idb = { 0 }, name = { 0 };
     if (idt && (j->t[idt].type == JSON_STR || j->t[idt].type == JSON_NUM))
         json_write(&idb, j, idt);
     Str id = buf_str(&idb);
@@ -19253,35 +19336,21 @@ static void mcp_dispatch(McpIo *io, const Json *j, uint32_t m, Str msg) {
         if (mt) mt->run(&rq);
         goto done;
     }
-    int vrc = mcp_request_version(io, j, params, version, &bad);
-    if (vrc > 0) {
-        mcp_error(io, id, MCP_BAD_PARAMS, "Invalid params: _meta needs a string "
-                  "io.modelcontextprotocol/protocolVersion and an "
-                  "io.modelcontextprotocol/clientCapabilities object", NULL);
-        goto done;
-    }
-    if (vrc < 0) {
-        Buf data = { 0 };
-        buf_adds(&data, "{\"supported\":");
-        mcp_versions_json(&data);
-        buf_adds(&data, ",\"requested\":");
-        buf_addstr(&data, buf_str(&bad));
-        buf_addc(&data, '}');
-        mcp_error(io, id, MCP_BAD_VERSION, "Unsupported protocol version", data.p);
-        buf_free(&data);
-        goto done;
-    }
+    if (mcp_admit(io, &rq, buf_cstr(&name), version)) goto done;
+    /* The stateless revision removed the handshake's methods. */
+    if (mt && (mt->flags & MCP_HANDSHAKE) && !strcmp(version, MCP_V_STATELESS)) mt = NULL;
     if (mt) {
         mt->run(&rq);
     } else {
         Buf e = { 0 };
         buf_adds(&e, "Method not found: ");
         buf_addstr(&e, buf_str(&name));
-        mcp_error(io, id, MCP_NO_METHOD, e.p, NULL);
+        mcp_reject(io, id, strcmp(version, MCP_V_STATELESS) ? 0 : 404, MCP_NO_METHOD, e.p,
+                   NULL);
         buf_free(&e);
     }
 done:
-    buf_free(&idb), buf_free(&name), buf_free(&bad);
+    buf_free(&idb), buf_free(&name);
 }
 
 /* One framed message: a request, a notification or (where the version has
@@ -19521,12 +19590,15 @@ static McpState *mcp_state_find(McpHub *mh, const char *sid, const char *agent) 
     return NULL;
 }
 
-/* A refusal before any JSON-RPC message is handled: a JSON-RPC error
- * without an id, in an HTTP error status. */
-static void mcp_http_fail(Res *r, int status, int code, const char *msg) {
+/* A refusal before any JSON-RPC message is handled: a JSON-RPC error in
+ * an HTTP error status, with the request's id when it is known. */
+static void mcp_http_fail(Res *r, int status, int code, const char *msg, const Buf *id) {
     r->status = status;
     buf_reset(&r->body);
-    buf_addf(&r->body, "{\"jsonrpc\":\"2.0\",\"error\":{\"code\":%d,\"message\":", code);
+    buf_adds(&r->body, "{\"jsonrpc\":\"2.0\",");
+    if (id && id->len) buf_adds(&r->body, "\"id\":"), buf_addstr(&r->body, buf_str(id)),
+        buf_addc(&r->body, ',');
+    buf_addf(&r->body, "\"error\":{\"code\":%d,\"message\":", code);
     json_cstr(&r->body, msg);
     buf_adds(&r->body, "}}");
 }
@@ -19549,11 +19621,13 @@ static int mcp_has_ci(Str hay, const char *needle) {
 }
 
 /* What the hub must know of a POST's body before dispatching it: the
- * first message's method (a string, or empty) and whether it is a request,
- * is in the stateless era, or names a tool. */
+ * first message's method (a string, or empty) and id, and whether it is a
+ * request, is in the stateless era, or calls a tool. */
 typedef struct {
-    Buf method, name;     /* method; params.name of a tools/call */
+    Buf method;           /* the first message's method */
+    Buf id;               /* ... and its id's JSON, if a string or number */
     int request;          /* some message has an id and a method */
+    int call;             /* some message is a tools/call request */
     int stateless;        /* _meta carries a protocol version, or discover */
 } McpPeek;
 
@@ -19562,25 +19636,30 @@ static void mcp_peek(const Json *j, McpPeek *pk) {
     for (uint32_t i = 0; i < n; i++, m = j->t[m].next) {
         if (j->t[m].type != JSON_OBJ) continue;
         uint32_t meth = json_get(j, m, "method"), params = json_get(j, m, "params");
-        if (meth && json_get(j, m, "id")) pk->request = 1;
+        uint32_t id = json_get(j, m, "id");
+        if (meth && id) pk->request = 1;
+        if (meth && id && json_str_is(j, meth, str_c("tools/call"))) pk->call = 1;
         if (i) continue;
         if (meth && j->t[meth].type == JSON_STR) json_unescape(j, meth, &pk->method);
+        if (id && (j->t[id].type == JSON_STR || j->t[id].type == JSON_NUM))
+            json_write(&pk->id, j, id);
         uint32_t meta = params ? json_get(j, params, "_meta") : 0;
-        uint32_t name = params ? json_get(j, params, "name") : 0;
-        if (name && j->t[name].type == JSON_STR) json_unescape(j, name, &pk->name);
-        pk->stateless = (meta && json_get(j, meta, "io.modelcontextprotocol/protocolVersion")) ||
+        pk->stateless = (meta && json_get(j, meta, MCP_META_V)) ||
                         str_eq(buf_str(&pk->method), "server/discover");
     }
 }
 
-/* POST, DELETE and GET /mcp: MCP over HTTP (docs/MCP.md). */
+/* POST, DELETE and GET /mcp: MCP over HTTP (docs/MCP.md). Only a tool call
+ * acts for an agent: the other requests are answered without one. */
 static void hub_mcp(Hub *h, Req *q, Res *r) {
+    static const char which[] = "which agent? Send an X-Arc-Agent header or ?agent=NAME "
+                                "on the URL (docs/MCP.md)";
     McpHub *mh = mcp_hub_get(h);
     const HttpReq *hr = q->hr;
     int64_t now = clock_ms();
     Buf agent = { 0 }, sid = { 0 }, ver = { 0 }, msg = { 0 };
     McpPeek pk = { 0 };
-    McpIo io = { .h = h, .q = q };
+    McpIo io = { .h = h, .q = q, .headers = hr != NULL };
     Json j = { 0 };
     McpState *st = NULL;
     mcp_hub_sweep(h, now);
@@ -19599,20 +19678,15 @@ static void hub_mcp(Hub *h, Req *q, Res *r) {
     }
     if (str_eq(q->method, "GET")) {   /* the spec allows a server no GET stream */
         mcp_http_fail(r, 405, MCP_INVALID, "GET /mcp: no server-initiated stream; "
-                      "POST requests to /mcp (docs/MCP.md)");
+                      "POST requests to /mcp (docs/MCP.md)", NULL);
         r->extra = "Allow: POST, DELETE\r\n";
         goto done;
     }
     if (hr && hr->arc_agent.n) buf_addstr(&agent, hr->arc_agent);
     else if (http_query_get(q->query, "agent", &agent) <= 0) buf_reset(&agent);
-    if (!agent.len) {
-        mcp_http_fail(r, 400, MCP_INVALID, "which agent? Send an X-Arc-Agent header or "
-                      "?agent=NAME on the URL (docs/MCP.md)");
-        goto done;
-    }
-    if (!mcp_agent_ok(buf_str(&agent))) {
+    if (agent.len && !mcp_agent_ok(buf_str(&agent))) {
         mcp_http_fail(r, 400, MCP_INVALID, "invalid agent id: 1 to 128 bytes of UTF-8 "
-                      "without control characters");
+                      "without control characters", NULL);
         goto done;
     }
     /* Without headers (the relay) the session and version are parameters. */
@@ -19620,19 +19694,24 @@ static void hub_mcp(Hub *h, Req *q, Res *r) {
     else if (hr || http_query_get(q->query, "session", &sid) <= 0) buf_reset(&sid);
     if (hr && hr->mcp_version.n) buf_addstr(&ver, hr->mcp_version);
     else if (hr || http_query_get(q->query, "version", &ver) <= 0) buf_reset(&ver);
-    if (ver.len && (ver.len >= sizeof io.version || !mcp_known_version(ver.p))) {
-        mcp_http_fail(r, 400, MCP_INVALID, "unsupported MCP-Protocol-Version");
-        goto done;
-    }
-    snprintf(io.version, sizeof io.version, "%s", buf_cstr(&ver));
+    /* An unknown version is answered by the dispatcher (-32022, mcp_admit). */
+    io.hdr_version = str_trim(buf_str(&ver));
+    if (hr) io.hdr_method = str_trim(hr->mcp_method), io.hdr_name = str_trim(hr->mcp_name);
+    if (ver.len < sizeof io.version && mcp_known_version(buf_cstr(&ver)))
+        snprintf(io.version, sizeof io.version, "%s", ver.p);
     if (str_eq(q->method, "DELETE")) {
         if (hr && !sid.len) {
-            mcp_http_fail(r, 400, MCP_INVALID, "DELETE /mcp needs an Mcp-Session-Id header");
+            mcp_http_fail(r, 400, MCP_INVALID, "DELETE /mcp needs an Mcp-Session-Id header",
+                          NULL);
+            goto done;
+        }
+        if (!agent.len) {
+            mcp_http_fail(r, 400, MCP_INVALID, which, NULL);
             goto done;
         }
         st = mcp_state_find(mh, buf_cstr(&sid), agent.p);
         if (!st || strcmp(st->agent, agent.p)) {
-            mcp_http_fail(r, 404, MCP_INVALID, "no such MCP session");
+            mcp_http_fail(r, 404, MCP_INVALID, "no such MCP session", NULL);
             goto done;
         }
         if (st->arc_session[0]) {   /* the agent leaves, as at the end of arc mcp */
@@ -19651,66 +19730,64 @@ static void hub_mcp(Hub *h, Req *q, Res *r) {
     if (!utf8_valid(body.p, body.n) || json_parse(&j, body.p, body.n)) {
         char e[ARC_ERRLEN + 32];
         snprintf(e, sizeof e, "Parse error: %s", j.err[0] ? j.err : "invalid UTF-8");
-        mcp_http_fail(r, 400, MCP_PARSE, e);
+        mcp_http_fail(r, 400, MCP_PARSE, e, NULL);
         goto done;
     }
     mcp_peek(&j, &pk);
-    if (hr && hr->mcp_method.n && !str_eq(hr->mcp_method, buf_cstr(&pk.method))) {
-        mcp_http_fail(r, 400, MCP_INVALID, "the Mcp-Method header does not match the "
-                      "body's method");
-        goto done;
-    }
-    if (hr && hr->mcp_name.n && !str_eq(hr->mcp_name, buf_cstr(&pk.name))) {
-        mcp_http_fail(r, 400, MCP_INVALID, "the Mcp-Name header does not match the "
-                      "body's params.name");
-        goto done;
-    }
+    /* initialize opens a session (for an agent), unless it comes in the
+     * stateless revision, which answers it "Method not found". */
     int init = pk.request && j.t[0].type == JSON_OBJ &&
-               str_eq(buf_str(&pk.method), "initialize");
-    if (init) {
+               str_eq(buf_str(&pk.method), "initialize") && !pk.stateless &&
+               !str_eq(io.hdr_version, MCP_V_STATELESS);
+    if (init && agent.len) {
         st = mcp_state_new(h, q, agent.p, 1);
     } else if (sid.len) {
+        if (!agent.len) {
+            mcp_http_fail(r, 400, MCP_INVALID, which, &pk.id);
+            goto done;
+        }
         st = mcp_state_find(mh, sid.p, agent.p);
         if (!st) {
             mcp_http_fail(r, 404, MCP_INVALID, "unknown MCP session (it ended, or the hub "
-                          "restarted): initialize again");
+                          "restarted): initialize again", &pk.id);
             goto done;
         }
         if (strcmp(st->agent, agent.p)) {
-            mcp_http_fail(r, 400, MCP_INVALID, "that MCP session is another agent's");
+            mcp_http_fail(r, 400, MCP_INVALID, "that MCP session is another agent's", &pk.id);
             goto done;
         }
-    } else if (pk.stateless || !hr) {
+    } else if (agent.len && (pk.stateless || !hr)) {
         st = mcp_state_find(mh, "", agent.p);
         if (!st) st = mcp_state_new(h, q, agent.p, 0);
     } else if (!pk.request) {   /* notifications of no session: nothing to do */
         r->status = 202;
         goto done;
-    } else {
-        mcp_http_fail(r, 400, MCP_INVALID, "an Mcp-Session-Id header is required (from "
-                      "initialize), or a 2026-07-28 request with _meta");
+    } else {   /* answered without state; a tools/call is refused, saying why */
+        io.no_call = !agent.len ? which : "an Mcp-Session-Id header is required (from "
+                     "initialize), or a 2026-07-28 request with _meta";
+    }
+    if (st) {
+        st->used_ms = now;
+        mcp_state_live(h, q, st, now);
+        if (!io.version[0]) snprintf(io.version, sizeof io.version, "%s", st->version);
+    } else if (!io.no_call) {   /* mcp_state_new found no room */
+        mcp_http_fail(r, 503, MCP_INTERNAL, "too many MCP sessions; end some (DELETE /mcp)",
+                      &pk.id);
         goto done;
     }
-    if (!st) {
-        mcp_http_fail(r, 503, MCP_INTERNAL, "too many MCP sessions; end some (DELETE /mcp)");
-        goto done;
-    }
-    st->used_ms = now;
-    mcp_state_live(h, q, st, now);
-    if (!io.version[0]) snprintf(io.version, sizeof io.version, "%s", st->version);
     io.st = st;
     io.sse_ok = hr && mcp_has_ci(hr->accept, "text/event-stream");
     if (q->mcp_call) {   /* this request parked; it runs again */
         for (McpRun *run = mh->runs; run && !io.run; run = run->next)
             if (run->serial == q->mcp_call && run->st == st) io.run = run;
         if (!io.run) {
-            mcp_http_fail(r, 410, MCP_INTERNAL, "the call ended");
+            mcp_http_fail(r, 410, MCP_INTERNAL, "the call ended", NULL);
             goto done;
         }
     }
     int streaming = io.run && io.run->sse;
     mcp_handle(&io, body);
-    if (io.negotiated) snprintf(st->version, sizeof st->version, "%s", io.version);
+    if (io.negotiated && st) snprintf(st->version, sizeof st->version, "%s", io.version);
     if (q->busy && !io.parked) {   /* a write found the lock taken: retried */
         hub_fail(r, 503, "storage error: database is locked");
         goto done;
@@ -19742,9 +19819,10 @@ static void hub_mcp(Hub *h, Req *q, Res *r) {
         r->status = 202;   /* notifications and responses only */
         if (q->relayed) buf_adds(&r->body, "{}");
     } else {
+        if (io.status) r->status = io.status;
         buf_addstr(&r->body, buf_str(&io.out));
     }
-    if (init) {
+    if (init && st) {
         buf_addf(&r->hdr, "Mcp-Session-Id: %s\r\n", st->sid);
         r->extra = r->hdr.p;
     }
@@ -19753,7 +19831,7 @@ done:
     wait_free(&io.wait);
     buf_free(&io.out), buf_free(&io.notes);
     buf_free(&agent), buf_free(&sid), buf_free(&ver), buf_free(&msg);
-    buf_free(&pk.method), buf_free(&pk.name);
+    buf_free(&pk.method), buf_free(&pk.id);
 }
 
 /* ---- framing: newline-delimited, or Content-Length from older clients ---- */
@@ -19962,6 +20040,19 @@ static size_t mcp_sse_lines(const char *p, size_t n, McpCall *call) {
     }
 }
 
+/* Does msg name its own protocol version in _meta (the stateless era)?
+ * Then the bridge sends no version of its own with it: the hub would take
+ * a different one for a header that contradicts the body (-32020). */
+static int mcp_claims_version(Str msg) {
+    Json j = { 0 };
+    uint32_t p, meta;
+    int yes = msg.p && json_parse(&j, msg.p, msg.n) == 0 && j.t[0].type == JSON_OBJ &&
+              (p = json_get(&j, 0, "params")) && (meta = json_get(&j, p, "_meta")) &&
+              json_get(&j, meta, MCP_META_V);
+    json_free(&j);
+    return yes;
+}
+
 /* POST (or DELETE) one message to the hub's /mcp over HTTP, with the
  * session's headers. A JSON answer goes to *json; an SSE one is written to
  * stdout event by event as it comes (*streamed). A new session's id, from
@@ -19978,9 +20069,11 @@ static int mcp_http(Client *c, const char *method, const char *path, Str msg, Mc
              "\r\nAccept: application/json, text/event-stream\r\nConnection: close\r\n",
              method, path, v6 ? "[" : "", c->host, v6 ? "]" : "", c->port);
     if (c->token && c->token[0]) buf_addf(&req, "Authorization: Bearer %s\r\n", c->token);
+    int own = mcp_claims_version(msg);
     pthread_mutex_lock(&g_br.mu);
     if (g_br.sid[0]) buf_addf(&req, "Mcp-Session-Id: %s\r\n", g_br.sid);
-    if (g_br.version[0]) buf_addf(&req, "MCP-Protocol-Version: %s\r\n", g_br.version);
+    if (g_br.version[0] && !own)
+        buf_addf(&req, "MCP-Protocol-Version: %s\r\n", g_br.version);
     pthread_mutex_unlock(&g_br.mu);
     if (msg.p) buf_addf(&req, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
                         msg.n);
@@ -20076,8 +20169,9 @@ static int mcp_send(Client *c, const char *method, Str msg, McpCall *call, Buf *
         buf_addf(&path, "&pid=%ld&pid_start=%lld", g_br.pid, (long long)g_br.pid_start);
     int status;
     if (g_br.relay_dir) {
+        int own = mcp_claims_version(msg);
         pthread_mutex_lock(&g_br.mu);
-        if (g_br.version[0]) agent_qparam(&path, "version", g_br.version);
+        if (g_br.version[0] && !own) agent_qparam(&path, "version", g_br.version);
         pthread_mutex_unlock(&g_br.mu);
         *streamed = 0;
         if (sid_out) sid_out[0] = 0;
@@ -20100,6 +20194,21 @@ static int mcp_is_jsonrpc(const Buf *body) {
               (j.t[0].type == JSON_ARR || (j.t[0].type == JSON_OBJ && json_get(&j, 0, "jsonrpc")));
     json_free(&j);
     return yes;
+}
+
+/* A 404 with a JSON-RPC body: the hub lost our session, unless it is a
+ * "Method not found" (the stateless revision answers that with 404). */
+static int mcp_session_lost(int status, const Buf *body) {
+    Json j = { 0 };
+    uint32_t e, c;
+    int64_t code = 0;
+    int lost = status == 404 && mcp_is_jsonrpc(body);
+    if (lost && json_parse(&j, buf_cstr(body), body->len) == 0 && j.t[0].type == JSON_OBJ &&
+        (e = json_get(&j, 0, "error")) && (c = json_get(&j, e, "code")) &&
+        json_to_i64(&j, c, &code) == 0 && code == MCP_NO_METHOD)
+        lost = 0;
+    json_free(&j);
+    return lost;
 }
 
 /* Open our session at the hub: over HTTP an initialize (its answer names
@@ -20210,7 +20319,7 @@ static void mcp_forward(Str msg, McpCall *call) {
             break;
         }
         status = mcp_send(&c, "POST", msg, call, &out, &streamed, NULL, 0, err);
-        if (status == 404 && mcp_is_jsonrpc(&out) && attempt == 0) {
+        if (mcp_session_lost(status, &out) && attempt == 0) {
             mcp_set_registered(0);   /* the hub forgot our session */
             continue;
         }

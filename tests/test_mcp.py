@@ -965,6 +965,28 @@ class McpToolTest(McpCase):
         self.assertEqual({t["name"] for t in legacy["tools"]}, TOOLS)
         self.assert_clean_stdout(p)
 
+    def test_stateless_after_initialize(self):
+        """A client that initialized (the bridge then sends that version to
+        the hub) and then speaks 2026-07-28 is served in the _meta's
+        version, not refused for a contradicting header; the stateless
+        revision's removed methods get -32601 (the hub's HTTP 404 for it
+        is not taken for a lost session: the agent is not registered
+        again)."""
+        p = self.spawn()
+        p.initialize("2025-06-18")
+        self.assertEqual(p.call("arc_whoami")["structuredContent"]["agent_id"], p.agent)
+        before = agents_live(self.hub)[p.agent]["session_id"]
+        d = p.result("server/discover", {"_meta": META})
+        self.assertEqual(d["resultType"], "complete", d)
+        r = p.call("arc_whoami", meta=META)
+        self.assertEqual(r["resultType"], "complete", r)
+        for method in ("ping", "initialize", "no/such"):
+            a = p.request(method, {"_meta": META})
+            self.assert_error(a, -32601, a.get("id"))
+        self.assertEqual(p.request("ping")["result"], {})
+        self.assertEqual(agents_live(self.hub)[p.agent]["session_id"], before)
+        self.assert_clean_stdout(p)
+
 
 # ── concurrency: ping while waiting, cancellation ─────────────────────────
 

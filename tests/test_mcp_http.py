@@ -114,9 +114,10 @@ class McpHttpTest(HubCase):
 
     # the handshake era
     def test_initialize_session_and_headers(self):
-        """initialize returns Mcp-Session-Id and registers the agent; later
-        requests need the session (400 without, 404 for an unknown one) and
-        a known MCP-Protocol-Version (400 otherwise); tools/list works."""
+        """initialize returns Mcp-Session-Id and registers the agent; a tool
+        call needs the session (400 without, 404 for an unknown one), a ping
+        does not; an unknown MCP-Protocol-Version is 400 with -32022 naming
+        the versions we speak; errors carry the request's id."""
         agent = uid("h")
         sid = self.initialize(agent)
         self.assertIn(agent, self.live())
@@ -127,14 +128,22 @@ class McpHttpTest(HubCase):
         self.assertIn("arc_post_message", [t["name"] for t in tools])
         self.assertIn("outputSchema", tools[0])
         r = self.post({"jsonrpc": "2.0", "id": 3, "method": "ping"}, agent=agent)
+        self.assertEqual((r.status, r.json()), (200, {"jsonrpc": "2.0", "id": 3, "result": {}}))
+        r = self.call(agent, None, "arc_whoami", id=31)
         self.assertEqual(r.status, 400, r)
-        self.assertEqual(r.json()["error"]["code"], -32600)
+        self.assertEqual((r.json()["id"], r.json()["error"]["code"]), (31, -32600), r)
+        self.assertIn("Mcp-Session-Id", r.json()["error"]["message"])
         r = self.post({"jsonrpc": "2.0", "id": 3, "method": "ping"}, agent=agent,
                       session="0" * 32)
         self.assertEqual(r.status, 404, r)
+        self.assertEqual(r.json()["id"], 3, r)
         r = self.post({"jsonrpc": "2.0", "id": 3, "method": "ping"}, agent=agent,
                       session=sid, version="1999-01-01")
         self.assertEqual(r.status, 400, r)
+        e = r.json()
+        self.assertEqual((e["id"], e["error"]["code"]), (3, -32022), e)
+        self.assertEqual(e["error"]["data"]["requested"], "1999-01-01", e)
+        self.assertIn(LEGACY, e["error"]["data"]["supported"], e)
         r = self.post({"jsonrpc": "2.0", "id": 4, "method": "ping"}, agent=agent,
                       session=sid, version=LEGACY)
         self.assertEqual(r.json(), {"jsonrpc": "2.0", "id": 4, "result": {}})
@@ -145,11 +154,14 @@ class McpHttpTest(HubCase):
         self.assertEqual((r.status, r.json()["error"]["code"]), (400, -32700), r)
 
     def test_identity_required_and_validated(self):
-        """No X-Arc-Agent and no ?agent=: 400 with a JSON-RPC error saying
-        so; an invalid agent id: 400; ?agent= on the URL works."""
+        """Only a tool call needs an identity: without X-Arc-Agent or
+        ?agent= it is 400 with a JSON-RPC error saying so (and the id);
+        an invalid agent id: 400; ?agent= on the URL works."""
         msg = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": META}}
-        r = self.post(msg)
+        r = self.call(None, None, "arc_whoami", id=5, meta=META, version=STATELESS,
+                      headers={"Mcp-Method": "tools/call", "Mcp-Name": "arc_whoami"})
         self.assertEqual(r.status, 400, r)
+        self.assertEqual((r.json()["id"], r.json()["error"]["code"]), (5, -32600), r)
         self.assertIn("X-Arc-Agent", r.json()["error"]["message"])
         r = self.post(msg, path="/mcp?agent=%20padded%01")
         self.assertEqual(r.status, 400, r)
@@ -174,16 +186,162 @@ class McpHttpTest(HubCase):
                        "params": {"_meta": META}}, agent=agent,
                       headers={"Mcp-Method": "tools/call"})
         self.assertEqual(r.status, 400, r)
+        self.assertEqual((r.json()["id"], r.json()["error"]["code"]), (2, -32020), r)
         self.assertIn("Mcp-Method", r.json()["error"]["message"])
         r = self.call(agent, None, "arc_whoami", meta=META, version=None,
                       headers={"Mcp-Method": "tools/call", "Mcp-Name": "arc_list_agents"})
         self.assertEqual(r.status, 400, r)
+        self.assertEqual((r.json()["id"], r.json()["error"]["code"]), (7, -32020), r)
         r = self.call(agent, None, "arc_whoami", meta=META, version=None,
                       headers={"Mcp-Method": "tools/call", "Mcp-Name": "arc_whoami"})
         self.assertEqual(r.status, 200, r)
         res = r.json()["result"]
         self.assertEqual(res["resultType"], "complete")
         self.assertEqual(res["structuredContent"]["agent_id"], agent)
+
+    def test_no_identity_needed(self):
+        """Requests that act for no agent are answered without one (a
+        generic client's probe): server/discover, tools/list, ping, and
+        initialize, which then opens no session; nobody registers."""
+        before = set(self.live())
+        r = self.post({"jsonrpc": "2.0", "id": 1, "method": "server/discover",
+                       "params": {"_meta": META}}, version=STATELESS,
+                      headers={"Mcp-Method": "server/discover"})
+        self.assertEqual(r.status, 200, r)
+        self.assertIn(STATELESS, r.json()["result"]["supportedVersions"])
+        r = self.post({"jsonrpc": "2.0", "id": 2, "method": "tools/list",
+                       "params": {"_meta": META}}, version=STATELESS,
+                      headers={"Mcp-Method": "tools/list"})
+        self.assertEqual(r.status, 200, r)
+        self.assertIn("arc_whoami", [t["name"] for t in r.json()["result"]["tools"]])
+        r = self.post({"jsonrpc": "2.0", "id": 3, "method": "initialize",
+                       "params": {"protocolVersion": LEGACY, "capabilities": {},
+                                  "clientInfo": {"name": "probe", "version": "1"}}})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["result"]["protocolVersion"], LEGACY)
+        self.assertNotIn("mcp-session-id", r.headers)
+        r = self.post({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}, version=LEGACY)
+        self.assertEqual(r.status, 200, r)
+        self.assertNotIn("resultType", r.json()["result"])
+        r = self.post({"jsonrpc": "2.0", "id": 5, "method": "ping"})
+        self.assertEqual(r.json(), {"jsonrpc": "2.0", "id": 5, "result": {}})
+        r = self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        self.assertEqual((r.status, r.body), (202, b""))
+        r = self.call(None, None, "arc_whoami", id=6, version=LEGACY)
+        self.assertEqual(r.status, 400, r)
+        self.assertEqual((r.json()["id"], r.json()["error"]["code"]), (6, -32600), r)
+        self.assertIn("which agent?", r.json()["error"]["message"])
+        self.assertEqual(set(self.live()), before)
+
+    def stateless(self, method, params=None, id=1, version=STATELESS, meta=META, **kw):
+        """A 2026-07-28 request with its headers, as SEP-2243 clients send it."""
+        params = dict(params or {})
+        if meta is not None:
+            params["_meta"] = meta
+        headers = {"Mcp-Method": method}
+        if "name" in params:
+            headers["Mcp-Name"] = params["name"]
+        headers.update(kw.pop("headers", {}))
+        return self.post({"jsonrpc": "2.0", "id": id, "method": method, "params": params},
+                         version=version, headers=headers, **kw)
+
+    def assert_rpc_error(self, r, status, code, id):
+        self.assertEqual(r.status, status, r)
+        e = r.json()
+        self.assertEqual((e.get("id"), e["error"]["code"]), (id, code), e)
+        return e["error"]
+
+    def test_stateless_meta_required(self):
+        """Under a 2026-07-28 MCP-Protocol-Version header, _meta must carry
+        the protocol version and a clientCapabilities object: else 400 with
+        -32602 and the request's id; clientInfo is optional."""
+        agent = uid("m")
+        self.assert_rpc_error(self.stateless("server/discover", meta=None, id=101),
+                              400, -32602, 101)
+        no_version = {k: v for k, v in META.items() if not k.endswith("protocolVersion")}
+        self.assert_rpc_error(self.stateless("server/discover", meta=no_version, id=102),
+                              400, -32602, 102)
+        no_caps = {k: v for k, v in META.items() if not k.endswith("clientCapabilities")}
+        self.assert_rpc_error(self.stateless("tools/list", meta=no_caps, id=104, agent=agent),
+                              400, -32602, 104)
+        no_info = {k: v for k, v in META.items() if not k.endswith("clientInfo")}
+        r = self.stateless("server/discover", meta=no_info, id=105)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["id"], 105)
+
+    def test_stateless_version_errors(self):
+        """A version we do not speak, in header and _meta alike: 400 with
+        -32022, data naming our versions and echoing the one asked for. A
+        header that contradicts _meta: 400 with -32020 (HeaderMismatch)."""
+        bad = dict(META, **{"io.modelcontextprotocol/protocolVersion": "v999.0.0"})
+        err = self.assert_rpc_error(self.stateless("server/discover", meta=bad, id=301,
+                                                   version="v999.0.0"), 400, -32022, 301)
+        d = self.stateless("server/discover", id=9).json()["result"]
+        self.assertEqual(err["data"]["requested"], "v999.0.0", err)
+        self.assertTrue(err["data"]["supported"], err)
+        self.assertTrue(set(err["data"]["supported"]) <= set(d["supportedVersions"]), err)
+        err = self.assert_rpc_error(self.stateless("server/discover", meta=bad, id=302),
+                                    400, -32020, 302)
+        self.assertIn("MCP-Protocol-Version", err["message"])
+        legacy = dict(META, **{"io.modelcontextprotocol/protocolVersion": LEGACY})
+        self.assert_rpc_error(self.stateless("tools/list", meta=legacy, id=303), 400, -32020,
+                              303)
+
+    def test_stateless_removed_and_unknown_methods(self):
+        """2026-07-28 removed initialize, ping, logging/setLevel and the
+        resource subscriptions: like an unknown method they get HTTP 404
+        with -32601 and the id; initialize opens no session. In the
+        handshake era an unknown method stays in-band (200)."""
+        agent = uid("r")
+        for i, method in enumerate(("initialize", "ping", "logging/setLevel",
+                                    "resources/subscribe", "resources/unsubscribe",
+                                    "unknown/method")):
+            r = self.stateless(method, id=500 + i, agent=agent)
+            self.assert_rpc_error(r, 404, -32601, 500 + i)
+            self.assertNotIn("mcp-session-id", r.headers)
+        sid = self.initialize(agent)
+        r = self.post({"jsonrpc": "2.0", "id": 9, "method": "unknown/method"}, agent=agent,
+                      session=sid, version=LEGACY)
+        self.assert_rpc_error(r, 200, -32601, 9)
+
+    def test_stateless_standard_headers(self):
+        """SEP-2243: Mcp-Method must match the method and be present when
+        MCP-Protocol-Version is; Mcp-Name must match (around blanks) the
+        field the method names (tools/call params.name, resources/read
+        params.uri) and be present when Mcp-Method is; failures are 400
+        with -32020 and the id."""
+        agent = uid("n")
+        call = {"name": "arc_whoami", "arguments": {}}
+        self.assert_rpc_error(self.stateless("tools/list", id=1, agent=agent,
+                                             headers={"Mcp-Method": "prompts/list"}),
+                              400, -32020, 1)
+        r = self.post({"jsonrpc": "2.0", "id": 2, "method": "tools/list",
+                       "params": {"_meta": META}}, agent=agent, version=STATELESS)
+        self.assert_rpc_error(r, 400, -32020, 2)
+        r = self.stateless("tools/call", call, id=3, agent=agent,
+                           headers={"Mcp-Name": "  arc_whoami\t"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["result"]["structuredContent"]["agent_id"], agent)
+        self.assert_rpc_error(self.stateless("tools/call", call, id=4, agent=agent,
+                                             headers={"Mcp-Name": "wrong_tool_name"}),
+                              400, -32020, 4)
+        r = self.post({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                       "params": dict(call, _meta=META)}, agent=agent, version=STATELESS,
+                      headers={"Mcp-Method": "tools/call"})
+        self.assertIn("Mcp-Name", self.assert_rpc_error(r, 400, -32020, 5)["message"])
+        # Mcp-Name mirrors params.uri for resources/read: matching, the
+        # method itself is what is missing.
+        r = self.stateless("resources/read", {"uri": "test://x"}, id=6,
+                           headers={"Mcp-Name": "test://x"})
+        self.assert_rpc_error(r, 404, -32601, 6)
+        r = self.stateless("resources/read", {"uri": "test://x"}, id=7,
+                           headers={"Mcp-Name": "test://y"})
+        self.assert_rpc_error(r, 400, -32020, 7)
+        # Without MCP-Protocol-Version (arc mcp forwarding a client's
+        # _meta) the standard headers are not required.
+        r = self.post({"jsonrpc": "2.0", "id": 8, "method": "tools/list",
+                       "params": {"_meta": META}}, agent=agent)
+        self.assertEqual(r.status, 200, r)
 
     def test_tool_posts_message(self):
         """arc_post_message in the hub: the message lands in /v1/messages,
