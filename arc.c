@@ -17546,6 +17546,8 @@ static int cmd_smoke(int argc, char **argv) {
 #define MCP_SLICE_MS 5000            /* long-poll slice between progress notes */
 #define MCP_RETRY_MS 2000            /* re-register attempts while the hub is away */
 #define MCP_HUB_MS 15000             /* one ordinary hub request */
+#define MCP_REG_WAIT_MS 3000         /* bridge: a client's request waits this long
+                                        for a registration under way */
 #ifndef MCP_MAX_CURSORS
 #define MCP_MAX_CURSORS 256          /* poll filters that keep a read position */
 #endif
@@ -19942,7 +19944,11 @@ struct McpCall {
 
 /* The bridge process. Threads: the main thread reads stdin and forwards
  * everything but tools/call itself (quick answers, in order); each
- * tools/call has a thread; the heartbeat thread keeps the session. */
+ * tools/call has a thread; the heartbeat thread keeps the session, and is
+ * the only one that opens it (mcp_register): the others ask it to and wait
+ * (mcp_await_session), the stdin thread at most MCP_REG_WAIT_MS, so a hub
+ * that is slow to open a session never holds up the client's requests
+ * (they are answered here meanwhile, as while no hub answers). */
 typedef struct {
     /* Set once at start. */
     const char *agent, *display_name, *caps, *url, *relay_dir;
@@ -19956,20 +19962,35 @@ typedef struct {
     pthread_cond_t cond;          /* a call ended; closing; wake the heartbeat */
     char sid[64];                 /* our MCP session at the hub; the relay has none */
     int registered;               /* the hub knows our session */
+    uint64_t gen;                 /* registrations so far: names the session */
+    int want_reg;                 /* a thread waits for a registration */
+    uint64_t n_tries;             /* registration attempts finished */
+    uint64_t slow_try;            /* n_tries + 1 when the attempt under way
+                                     kept the stdin thread waiting in vain */
+    char reg_err[ARC_ERRLEN];     /* why the last attempt failed */
     char version[16];             /* the client's initialize negotiated; "" before */
     McpCall *calls;
     int ncalls;
     int closing;                  /* stdin reached EOF */
     int chan_ready;               /* the client listed tools after initialize */
     int64_t beat_ms;              /* heartbeat interval */
-    pthread_mutex_t reg_mu;       /* one registration at a time */
     pthread_mutex_t out_mu;       /* stdout */
+    int stop[2];                  /* pipe: written at shutdown to cut short
+                                     the heartbeat's request; set up before
+                                     any thread starts, never changed after */
 } McpBridge;
 
 static McpBridge g_br = { .mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER,
-                          .reg_mu = PTHREAD_MUTEX_INITIALIZER,
                           .out_mu = PTHREAD_MUTEX_INITIALIZER, .beat_ms = 30000,
-                          .chan_cancel = { -1, -1 } };
+                          .chan_cancel = { -1, -1 }, .stop = { -1, -1 } };
+
+/* MCP clients stop a stdio server with a signal as often as with EOF
+ * (Claude Code sends SIGINT, Codex and Gemini CLI SIGTERM, a closed
+ * terminal SIGHUP), so those take EOF's orderly path. The handler only
+ * writes the signal's number into this pipe (async-signal-safe, on whatever
+ * thread it lands); the stdin loop polls the read end. Shared: set up in
+ * cmd_mcp before the handler is installed, never changed after. */
+static int g_mcp_sig[2] = { -1, -1 };
 
 /* Write one message as a line to stdout; nothing else is ever written there. */
 static void mcp_write_line(Str msg) {
@@ -19991,9 +20012,16 @@ static void mcp_write_line(Str msg) {
 
 static const char *mcp_where(void) { return g_br.relay_dir ? g_br.relay_dir : g_br.url; }
 
-static void mcp_set_registered(int on) {
+/* The hub lost session `gen` (404), or did not answer in it: the
+ * heartbeat opens a new one. A session opened since stays: threads that
+ * all saw the old one fail open one new session, not one each. */
+static void mcp_session_lost(uint64_t gen) {
     pthread_mutex_lock(&g_br.mu);
-    g_br.registered = on;
+    if (g_br.registered && g_br.gen == gen) {
+        g_br.registered = 0;
+        g_br.want_reg = 1;
+        pthread_cond_broadcast(&g_br.cond);
+    }
     pthread_mutex_unlock(&g_br.mu);
 }
 
@@ -20054,13 +20082,15 @@ static int mcp_claims_version(Str msg) {
 }
 
 /* POST (or DELETE) one message to the hub's /mcp over HTTP, with the
- * session's headers. A JSON answer goes to *json; an SSE one is written to
- * stdout event by event as it comes (*streamed). A new session's id, from
- * initialize, goes to sid_out. Returns the HTTP status, or -1 with err. */
+ * session's headers, waiting at most wait_ms. A JSON answer goes to *json;
+ * an SSE one is written to stdout event by event as it comes (*streamed).
+ * With sid_out the message is an initialize: it goes without a session,
+ * and the new session's id goes to sid_out. Returns the HTTP status, or
+ * -1 with err. */
 static int mcp_http(Client *c, const char *method, const char *path, Str msg, McpCall *call,
-                    Buf *json, int *streamed, char *sid_out, size_t sid_n,
+                    int64_t wait_ms, Buf *json, int *streamed, char *sid_out, size_t sid_n,
                     char err[ARC_ERRLEN]) {
-    int64_t deadline = clock_ms() + MCP_MAX_WAIT_S * 1000 + MCP_HUB_MS;
+    int64_t deadline = clock_ms() + wait_ms;
     Buf req = { 0 };
     int v6 = strchr(c->host, ':') != NULL, status = -1, head = ARC_AGAIN, eof = 0;
     size_t used = 0;
@@ -20071,7 +20101,7 @@ static int mcp_http(Client *c, const char *method, const char *path, Str msg, Mc
     if (c->token && c->token[0]) buf_addf(&req, "Authorization: Bearer %s\r\n", c->token);
     int own = mcp_claims_version(msg);
     pthread_mutex_lock(&g_br.mu);
-    if (g_br.sid[0]) buf_addf(&req, "Mcp-Session-Id: %s\r\n", g_br.sid);
+    if (g_br.sid[0] && !sid_out) buf_addf(&req, "Mcp-Session-Id: %s\r\n", g_br.sid);
     if (g_br.version[0] && !own)
         buf_addf(&req, "MCP-Protocol-Version: %s\r\n", g_br.version);
     pthread_mutex_unlock(&g_br.mu);
@@ -20157,9 +20187,11 @@ done:
 }
 
 /* One message to the hub's /mcp, over HTTP or the relay (where the session
- * and version are query parameters, and answers are JSON). */
-static int mcp_send(Client *c, const char *method, Str msg, McpCall *call, Buf *json,
-                    int *streamed, char *sid_out, size_t sid_n, char err[ARC_ERRLEN]) {
+ * and version are query parameters, and answers are JSON); mcp_http says
+ * the rest. */
+static int mcp_send(Client *c, const char *method, Str msg, McpCall *call, int64_t wait_ms,
+                    Buf *json, int *streamed, char *sid_out, size_t sid_n,
+                    char err[ARC_ERRLEN]) {
     Buf path = { 0 };
     buf_adds(&path, "/mcp");
     agent_qparam(&path, "agent", g_br.agent);
@@ -20176,11 +20208,11 @@ static int mcp_send(Client *c, const char *method, Str msg, McpCall *call, Buf *
         *streamed = 0;
         if (sid_out) sid_out[0] = 0;
         err[0] = 0;
-        if (client_relay_call(c, method, path.p, msg, MCP_MAX_WAIT_S * 1000 + MCP_HUB_MS,
-                              &status, json, err))
+        if (client_relay_call(c, method, path.p, msg, wait_ms, &status, json, err))
             status = -1;
     } else {
-        status = mcp_http(c, method, path.p, msg, call, json, streamed, sid_out, sid_n, err);
+        status = mcp_http(c, method, path.p, msg, call, wait_ms, json, streamed, sid_out,
+                          sid_n, err);
     }
     buf_free(&path);
     return status;
@@ -20198,7 +20230,7 @@ static int mcp_is_jsonrpc(const Buf *body) {
 
 /* A 404 with a JSON-RPC body: the hub lost our session, unless it is a
  * "Method not found" (the stateless revision answers that with 404). */
-static int mcp_session_lost(int status, const Buf *body) {
+static int mcp_hub_forgot(int status, const Buf *body) {
     Json j = { 0 };
     uint32_t e, c;
     int64_t code = 0;
@@ -20213,33 +20245,27 @@ static int mcp_session_lost(int status, const Buf *body) {
 
 /* Open our session at the hub: over HTTP an initialize (its answer names
  * the session), over the relay a ping (the hub keeps the agent's state by
- * its name). Also learns the presence TTL for the heartbeat. 0 or -1. */
+ * its name). Also learns the presence TTL for the heartbeat. Only the
+ * heartbeat thread calls it; shutdown cuts it short through g_br.stop.
+ * Waiters (mcp_await_session) learn the outcome. 0 or -1 with err. */
 static int mcp_register(char err[ARC_ERRLEN]) {
     static const char init[] =
         "{\"jsonrpc\":\"2.0\",\"id\":\"arc-bridge\",\"method\":\"initialize\",\"params\":"
         "{\"protocolVersion\":\"" MCP_V_LEGACY "\",\"capabilities\":{},\"clientInfo\":"
         "{\"name\":\"arc-mcp-bridge\",\"version\":\"" ARC_VERSION "\"}}}";
     static const char ping[] = "{\"jsonrpc\":\"2.0\",\"id\":\"arc-bridge\",\"method\":\"ping\"}";
-    pthread_mutex_lock(&g_br.reg_mu);
     Client c;
     Buf out = { 0 };
     Json j = { 0 };
     char sid[64];
     int rc = -1, streamed, status;
-    pthread_mutex_lock(&g_br.mu);
-    int already = g_br.registered;
-    if (!already) g_br.sid[0] = 0;   /* initialize goes without one */
-    pthread_mutex_unlock(&g_br.mu);
-    if (already) {   /* another thread just did it */
-        pthread_mutex_unlock(&g_br.reg_mu);
-        return 0;
-    }
-    if (mcp_client(&c, -1)) {
+    int64_t ttl = 120;
+    if (mcp_client(&c, g_br.stop[0])) {
         snprintf(err, ARC_ERRLEN, "invalid hub URL: %s", g_br.url);
         goto done;
     }
-    status = mcp_send(&c, "POST", g_br.relay_dir ? str_c(ping) : str_c(init), NULL, &out,
-                      &streamed, sid, sizeof sid, err);
+    status = mcp_send(&c, "POST", g_br.relay_dir ? str_c(ping) : str_c(init), NULL,
+                      MCP_HUB_MS, &out, &streamed, sid, sizeof sid, err);
     if (status != 200 || !mcp_is_jsonrpc(&out)) {
         if (status > 0) {
             uint32_t e;
@@ -20255,7 +20281,6 @@ static int mcp_register(char err[ARC_ERRLEN]) {
         }
         goto done;
     }
-    int64_t ttl = 120;
     uint32_t r, t;
     int hs;
     json_free(&j);
@@ -20263,20 +20288,74 @@ static int mcp_register(char err[ARC_ERRLEN]) {
             0 && hs == 200 && json_parse(&j, buf_cstr(&out), out.len) == 0 &&
         (r = json_get(&j, 0, "result")) && (t = json_get(&j, r, "presence_ttl_sec")))
         json_to_i64(&j, t, &ttl);
-    pthread_mutex_lock(&g_br.mu);
-    snprintf(g_br.sid, sizeof g_br.sid, "%s", sid);
-    /* Touch well inside the TTL: a third of it, at most every 30 s. */
-    g_br.beat_ms = ttl / 3 * 1000;
-    if (g_br.beat_ms < 1000) g_br.beat_ms = 1000;
-    if (g_br.beat_ms > 30000) g_br.beat_ms = 30000;
-    g_br.registered = 1;
-    pthread_mutex_unlock(&g_br.mu);
     rc = 0;
 done:
+    pthread_mutex_lock(&g_br.mu);
+    if (rc == 0) {
+        snprintf(g_br.sid, sizeof g_br.sid, "%s", sid);
+        /* Touch well inside the TTL: a third of it, at most every 30 s. */
+        g_br.beat_ms = ttl / 3 * 1000;
+        if (g_br.beat_ms < 1000) g_br.beat_ms = 1000;
+        if (g_br.beat_ms > 30000) g_br.beat_ms = 30000;
+        g_br.registered = 1;
+        g_br.gen++;
+    } else {
+        snprintf(g_br.reg_err, sizeof g_br.reg_err, "%s", err);
+    }
+    g_br.n_tries++;
+    pthread_cond_broadcast(&g_br.cond);
+    pthread_mutex_unlock(&g_br.mu);
     json_free(&j);
     buf_free(&out);
     client_free(&c);
-    pthread_mutex_unlock(&g_br.reg_mu);
+    return rc;
+}
+
+/* Wait until we have a session at the hub, asking the heartbeat to open
+ * one if need be, for at most wait_ms, while call (NULL: none) is not
+ * cancelled. 0 with the session's generation in *gen, or -1 with err when
+ * an attempt failed meanwhile (the hub is away: answer here), time ran
+ * out, or the bridge is closing. An attempt that already kept the stdin
+ * thread waiting in vain is not waited for again: each of the client's
+ * requests would wait its turn behind it. */
+static int mcp_await_session(McpCall *call, int64_t wait_ms, uint64_t *gen,
+                             char err[ARC_ERRLEN]) {
+    int rc = -1;
+    pthread_mutex_lock(&g_br.mu);
+    uint64_t tries = g_br.n_tries;
+    if (!g_br.registered && !call && g_br.slow_try == tries + 1) {
+        snprintf(err, ARC_ERRLEN, "the hub has not yet opened our session");
+        goto done;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)(wait_ms / 1000);
+    ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    while (!g_br.registered) {
+        if (g_br.closing || (call && call->cancelled)) {
+            snprintf(err, ARC_ERRLEN, "cancelled");
+            goto done;
+        }
+        if (g_br.n_tries != tries) {   /* an attempt ended, and failed */
+            snprintf(err, ARC_ERRLEN, "%s", g_br.reg_err);
+            goto done;
+        }
+        if (!g_br.want_reg) {
+            g_br.want_reg = 1;
+            pthread_cond_broadcast(&g_br.cond);   /* wake the heartbeat */
+        }
+        if (pthread_cond_timedwait(&g_br.cond, &g_br.mu, &ts) == ETIMEDOUT &&
+            !g_br.registered) {
+            if (!call) g_br.slow_try = tries + 1;
+            snprintf(err, ARC_ERRLEN, "the hub has not yet opened our session");
+            goto done;
+        }
+    }
+    *gen = g_br.gen;
+    rc = 0;
+done:
+    pthread_mutex_unlock(&g_br.mu);
     return rc;
 }
 
@@ -20298,43 +20377,56 @@ static void mcp_answer_here(Str msg, const char *offline, McpCall *call) {
     buf_free(&io.notes);
 }
 
+/* Is body a JSON-RPC error without an id: what the hub sends in an HTTP
+ * error status when it refuses a POST before handling its message (an
+ * unknown session, too many sessions)? It answers no request. */
+static int mcp_is_refusal(const Buf *body) {
+    Json j = { 0 };
+    int yes = json_parse(&j, buf_cstr(body), body->len) == 0 && j.t[0].type == JSON_OBJ &&
+              json_get(&j, 0, "error") && !json_get(&j, 0, "id");
+    json_free(&j);
+    return yes;
+}
+
 /* Forward one message to the hub and write its answers; when the hub
- * cannot be reached, or refuses the bridge (a token), answer here. A
- * session the hub no longer knows (it restarted) is opened again, once. */
+ * cannot be reached, or refuses it (a token, an unknown session, no
+ * session yet), answer here, so every request gets an answer with its id.
+ * A session the hub no longer knows (it restarted) is opened again, once.
+ * Only a tools/call (call) may wait at the hub; the stdin thread's
+ * requests stop waiting when a stopping signal comes. */
 static void mcp_forward(Str msg, McpCall *call) {
     char err[ARC_ERRLEN] = "", why[ARC_ERRLEN + 200] = "";
     Buf out = { 0 };
     Client c;
     int status = -1, streamed = 0;
-    if (mcp_client(&c, call ? call->cancel[0] : -1)) {
+    uint64_t gen = 0;
+    int64_t wait_ms = call ? MCP_MAX_WAIT_S * 1000 + MCP_HUB_MS : MCP_HUB_MS;
+    if (mcp_client(&c, call ? call->cancel[0] : g_mcp_sig[0])) {
         snprintf(why, sizeof why, "invalid hub URL: %s", g_br.url);
         goto here;
     }
     for (int attempt = 0; attempt < 2; attempt++) {
-        pthread_mutex_lock(&g_br.mu);
-        int registered = g_br.registered;
-        pthread_mutex_unlock(&g_br.mu);
-        if (!registered && mcp_register(err)) {
-            status = -1;
+        if (mcp_await_session(call, call ? MCP_HUB_MS : MCP_REG_WAIT_MS, &gen, err)) {
+            status = -2;
             break;
         }
-        status = mcp_send(&c, "POST", msg, call, &out, &streamed, NULL, 0, err);
-        if (mcp_session_lost(status, &out) && attempt == 0) {
-            mcp_set_registered(0);   /* the hub forgot our session */
+        status = mcp_send(&c, "POST", msg, call, wait_ms, &out, &streamed, NULL, 0, err);
+        if (mcp_hub_forgot(status, &out) && attempt == 0) {
+            mcp_session_lost(gen);   /* the hub forgot our session */
             continue;
         }
         break;
     }
     if (mcp_call_cancelled(call) || (status < 0 && !strcmp(err, "cancelled"))) goto done;
     if (status < 0) {
-        mcp_set_registered(0);
+        if (status == -1) mcp_session_lost(gen);
         snprintf(why, sizeof why, "arc hub not reachable at %s: %s. Start it with `arc "
                  "ensure`; this server keeps retrying and re-registers when it is back.",
                  mcp_where(), err);
         goto here;
     }
     if (streamed || status == 202) goto done;
-    if (mcp_is_jsonrpc(&out)) {
+    if (mcp_is_jsonrpc(&out) && !(status >= 400 && mcp_is_refusal(&out))) {
         if (out.len) mcp_write_line(buf_str(&out));
         goto done;
     }
@@ -20342,8 +20434,10 @@ static void mcp_forward(Str msg, McpCall *call) {
     uint32_t e;
     Buf m = { 0 };
     if (json_parse(&j, buf_cstr(&out), out.len) == 0 && j.t[0].type == JSON_OBJ &&
-        (e = json_get(&j, 0, "error")))
-        json_as_text(&m, &j, e);
+        (e = json_get(&j, 0, "error"))) {
+        uint32_t mm = j.t[e].type == JSON_OBJ ? json_get(&j, e, "message") : e;
+        if (mm) json_as_text(&m, &j, mm);
+    }
     snprintf(why, sizeof why, "arc hub refused (HTTP %d): %s", status,
              m.len ? m.p : "no error message");
     buf_free(&m);
@@ -20366,12 +20460,14 @@ static void mcp_beat(void) {
     char err[ARC_ERRLEN];
     pthread_mutex_lock(&g_br.mu);
     int registered = g_br.registered;
+    uint64_t gen = g_br.gen;
+    g_br.want_reg = 0;   /* what waits now is served by this beat */
     pthread_mutex_unlock(&g_br.mu);
     if (!registered) {
         if (mcp_register(err) == 0) {
             mcp_log("registered as %s at %s", g_br.agent, mcp_where());
             said_down = 0;
-        } else if (!said_down) {
+        } else if (!said_down && strcmp(err, "cancelled")) {
             mcp_log("cannot register at %s (%s); retrying every %d s", mcp_where(), err,
                     MCP_RETRY_MS / 1000);
             said_down = 1;
@@ -20381,10 +20477,12 @@ static void mcp_beat(void) {
     Client c;
     Buf out = { 0 };
     int streamed;
-    if (mcp_client(&c, -1)) return;
-    int status = mcp_send(&c, "POST", str_c(ping), NULL, &out, &streamed, NULL, 0, err);
-    if (status < 0 || (status == 404 && mcp_is_jsonrpc(&out))) {
-        mcp_set_registered(0);
+    if (mcp_client(&c, g_br.stop[0])) return;
+    int status = mcp_send(&c, "POST", str_c(ping), NULL, MCP_HUB_MS, &out, &streamed, NULL,
+                          0, err);
+    if ((status < 0 && strcmp(err, "cancelled")) ||
+        (status == 404 && mcp_is_refusal(&out))) {
+        mcp_session_lost(gen);
         if (status > 0 && mcp_register(err) == 0)
             mcp_log("the hub had lost the session; registered %s again", g_br.agent);
     }
@@ -20392,6 +20490,8 @@ static void mcp_beat(void) {
     client_free(&c);
 }
 
+/* Beat every beat_ms while registered, retry every MCP_RETRY_MS while
+ * not, and register at once when a thread waits for a session. */
 static void *mcp_heartbeat_main(void *arg) {
     (void)arg;
     pthread_mutex_lock(&g_br.mu);
@@ -20406,7 +20506,7 @@ static void *mcp_heartbeat_main(void *arg) {
         ts.tv_nsec += (long)(wait % 1000) * 1000000L;
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
         int rc = 0;
-        while (!g_br.closing && rc != ETIMEDOUT)
+        while (!g_br.closing && rc != ETIMEDOUT && !(g_br.want_reg && !g_br.registered))
             rc = pthread_cond_timedwait(&g_br.cond, &g_br.mu, &ts);
     }
     pthread_mutex_unlock(&g_br.mu);
@@ -20674,6 +20774,7 @@ static void mcp_cancel(Str id) {
         c->cancelled = 1;
         if (c->cancel[1] >= 0 && write(c->cancel[1], "x", 1) < 0) {}
     }
+    pthread_cond_broadcast(&g_br.cond);   /* one may wait for a session */
     pthread_mutex_unlock(&g_br.mu);
 }
 
@@ -20737,14 +20838,6 @@ static void mcp_on_frame_error(const char *why, void *arg) {
     mcp_write_line(buf_str(&io.out));
     buf_free(&io.out);
 }
-
-/* MCP clients stop a stdio server with a signal as often as with EOF
- * (Claude Code sends SIGINT, Codex and Gemini CLI SIGTERM, a closed
- * terminal SIGHUP), so those take EOF's orderly path. The handler only
- * writes the signal's number into this pipe (async-signal-safe, on whatever
- * thread it lands); the stdin loop polls the read end. Shared: set up in
- * cmd_mcp before the handler is installed, never changed after. */
-static int g_mcp_sig[2] = { -1, -1 };
 
 static void mcp_on_signal(int sig) {
     int saved = errno;
@@ -20902,7 +20995,9 @@ static void mcp_shutdown(pthread_t beat, const pthread_t *chan) {
     while (g_br.ncalls && pthread_cond_timedwait(&g_br.cond, &g_br.mu, &ts) != ETIMEDOUT) {}
     pthread_mutex_unlock(&g_br.mu);
     /* Only once the heartbeat is done: a registration it was in the middle
-     * of is one to end too. */
+     * of is one to end too. One that has not ended by now (the hub does not
+     * answer) is given up. */
+    if (g_br.stop[1] >= 0 && write(g_br.stop[1], "x", 1) < 0) {}
     pthread_join(beat, NULL);
     pthread_mutex_lock(&g_br.mu);
     int registered = g_br.registered;
@@ -20912,7 +21007,8 @@ static void mcp_shutdown(pthread_t beat, const pthread_t *chan) {
         Buf out = { 0 };
         int streamed;
         char err[ARC_ERRLEN];
-        mcp_send(&c, "DELETE", (Str){ NULL, 0 }, NULL, &out, &streamed, NULL, 0, err);
+        /* Briefly: clients kill a server 2 s after closing its stdin. */
+        mcp_send(&c, "DELETE", (Str){ NULL, 0 }, NULL, 2000, &out, &streamed, NULL, 0, err);
         buf_free(&out);
         client_free(&c);
     }
@@ -20954,6 +21050,12 @@ static int cmd_mcp(int argc, char **argv) {
     /* The heartbeat thread registers at once: stdin is served meanwhile,
      * so a client's initialize never waits for the hub. */
     g_br.beat_ms = 0;
+    if (pipe(g_br.stop)) {
+        g_br.stop[0] = g_br.stop[1] = -1;   /* then shutdown waits for the hub */
+    } else {
+        fcntl(g_br.stop[0], F_SETFD, FD_CLOEXEC);
+        fcntl(g_br.stop[1], F_SETFD, FD_CLOEXEC);
+    }
     pthread_t beat;
     if (pthread_create(&beat, NULL, mcp_heartbeat_main, NULL)) {
         fprintf(stderr, "arc mcp: cannot start the heartbeat thread\n");
@@ -20976,6 +21078,7 @@ static int cmd_mcp(int argc, char **argv) {
     for (int i = 0; i < 2; i++) {
         if (g_mcp_sig[i] >= 0) close(g_mcp_sig[i]);
         if (g_br.chan_cancel[i] >= 0) close(g_br.chan_cancel[i]);
+        if (g_br.stop[i] >= 0) close(g_br.stop[i]);
     }
     return 0;
 }

@@ -1508,3 +1508,199 @@ class McpChannelTest(McpCase):
         self.assertEqual(p.wait(5), 0, p.stderr_text())
         wait_for(lambda: p.agent not in agents_live(self.hub), 10,
                  msg="session closed at EOF")
+# ── the bridge against hubs that refuse, forget or stall ─────────────────
+
+class FakeMcpHub:
+    """A stand-in for a hub's /mcp, in a thread, that misbehaves on
+    purpose. Sessions s1, s2, ... come from initialize. forget_before: a
+    request in a session numbered below it gets the hub's 404 refusal (an
+    id-less JSON-RPC error), as from a hub that restarted; forget_all:
+    every request does; stall_init: initialize is never answered (until
+    close). inits counts initializes."""
+
+    def __init__(self):
+        import http.server
+        hub = self
+        self.inits = 0
+        self.forget_before = 0
+        self.forget_all = False
+        self.stall_init = False
+        self.closed = threading.Event()
+        self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def reply(self, status, obj, headers=()):
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path.startswith("/v1/hub-info"):
+                    return self.reply(200, {"ok": True, "result": {"presence_ttl_sec": 120}})
+                self.reply(404, {"ok": False, "error": "not found"})
+
+            def do_DELETE(self):
+                self.reply(200, {})
+
+            def do_POST(self):
+                msg = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if msg.get("method") == "initialize":
+                    if hub.stall_init:
+                        hub.closed.wait(60)
+                        return
+                    with hub.lock:
+                        hub.inits += 1
+                        sid = "s%d" % hub.inits
+                    return self.reply(200, {"jsonrpc": "2.0", "id": msg["id"], "result": {
+                        "protocolVersion": "2025-11-25", "capabilities": {},
+                        "serverInfo": {"name": "fake", "version": "1"}}},
+                        [("Mcp-Session-Id", sid)])
+                sid = self.headers.get("Mcp-Session-Id") or ""
+                n = int(sid[1:]) if sid[1:].isdigit() else 0
+                if hub.forget_all or n < hub.forget_before:
+                    return self.reply(404, {"jsonrpc": "2.0", "error": {
+                        "code": -32600, "message": "unknown MCP session"}})
+                if "id" not in msg:
+                    self.send_response(202)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if msg.get("method") == "tools/call":
+                    time.sleep(0.05)   # calls overlap
+                    result = {"content": [{"type": "text", "text": "{}"}],
+                              "structuredContent": {}}
+                else:
+                    result = {}
+                self.reply(200, {"jsonrpc": "2.0", "id": msg["id"], "result": result})
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.closed.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@arc_only
+class McpBridgeTest(McpCase):
+    """Every request the client sends is answered, with its id, however
+    the hub behaves (refuses, forgets the session, does not answer), and
+    EOF ends the bridge at once."""
+
+    def fake(self):
+        f = FakeMcpHub()
+        self.addCleanup(f.close)
+        return f
+
+    def spawn_at(self, url):
+        p = McpProc(["--agent", uid("br"), "--base-url", url, "--no-autostart"])
+        self.addCleanup(p.cleanup)
+        return p
+
+    def test_refusal_is_answered_with_the_id(self):
+        """A hub that refuses every request in our session (404 with an
+        id-less error, twice: the re-opened session too): the bridge
+        answers each request itself, with its id; no id-less line."""
+        f = self.fake()
+        f.forget_all = True
+        p = self.spawn_at(f.url)
+        p.initialize()
+        self.assertEqual(len(p.result("tools/list")["tools"]), len(TOOLS))
+        self.assertEqual(p.request("ping")["result"], {})
+        r = p.call("arc_whoami")
+        self.assertIs(r.get("isError"), True, r)
+        self.assertIn("unknown MCP session", tool_text(r))
+        self.assert_clean_stdout(p)
+        self.assertTrue(all(b'"id"' in ln for ln in p.lines()), p.lines())
+
+    def test_stalled_registration_does_not_hold_requests(self):
+        """A hub that takes the connection but never answers initialize:
+        tools/list and ping are answered here within seconds (not after the
+        65 s a call may wait), and EOF ends the bridge at once."""
+        f = self.fake()
+        f.stall_init = True
+        p = self.spawn_at(f.url)
+        t0 = time.monotonic()
+        p.initialize()
+        self.assertEqual(len(p.result("tools/list", timeout=10)["tools"]), len(TOOLS))
+        self.assertEqual(p.request("ping", timeout=10)["result"], {})
+        self.assertLess(time.monotonic() - t0, 8)
+        t0 = time.monotonic()
+        p.close_stdin()
+        self.assertEqual(p.wait(10), 0, p.stderr_text())
+        self.assertLess(time.monotonic() - t0, 3)
+        self.assert_clean_stdout(p)
+
+    def test_lost_session_reopened_once(self):
+        """The hub forgets the session (it restarted) while several calls
+        and a tools/list go at once: each is answered by the hub in a new
+        session, and the bridge opens exactly one, not one per thread."""
+        f = self.fake()
+        p = self.spawn_at(f.url)
+        p.initialize()
+        self.assertEqual(p.request("ping")["result"], {})
+        wait_for(lambda: f.inits == 1, timeout=10, msg="no session opened")
+        f.forget_before = 2
+        ids = [p.send_request("tools/call", {"name": "arc_whoami", "arguments": {}})
+               for _ in range(8)]
+        ids.append(p.send_request("tools/list"))
+        for i in ids:
+            a = p.answer(i)
+            self.assertIn("result", a, a)
+            self.assertNotIn("isError", a["result"], a)
+        self.assertEqual(f.inits, 2)
+        self.assert_clean_stdout(p)
+
+    def test_startup_stress(self):
+        """For a few seconds, bridges start and at once get initialize,
+        notifications/initialized, tools/list and a call (written one by
+        one or in one write, as lines or with Content-Length), as Codex
+        does: each is answered in time, and EOF ends each with status 0."""
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                           "clientInfo": {"name": "stress", "version": "1"}}}
+        rest = [{"jsonrpc": "2.0", "method": "notifications/initialized"},
+                {"jsonrpc": "2.0", "id": 1, "method": "tools/list",
+                 "params": {"_meta": {"progressToken": 0}}},
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                 "params": {"name": "arc_whoami", "arguments": {}}}]
+
+        def frame(m, cl):
+            b = json.dumps(m).encode()
+            return b"Content-Length: %d\r\n\r\n%s" % (len(b), b) if cl else b + b"\n"
+
+        end, n = time.monotonic() + 4, 0
+        while time.monotonic() < end or n < 4:
+            cl, together = n % 2 == 1, n % 4 >= 2
+            with self.subTest(run=n, content_length=cl, one_write=together):
+                p = self.spawn()
+                if together:
+                    p.send_raw(b"".join(frame(m, cl) for m in [init] + rest))
+                else:
+                    p.send_raw(frame(init, cl))
+                    for m in rest:
+                        p.send_raw(frame(m, cl))
+                self.assertIn("result", p.answer(0))
+                self.assertEqual(len(p.answer(1)["result"]["tools"]), len(TOOLS))
+                r = p.answer(2)["result"]
+                self.assertNotIn("isError", r, r)
+                p.close_stdin()
+                self.assertEqual(p.wait(10), 0, p.stderr_text())
+                self.assert_clean_stdout(p)
+            n += 1
