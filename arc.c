@@ -16616,17 +16616,17 @@ static void hook_end(Hook *k) {
  * channel chatter wakes the long-poll but is not owed, so it waits on. */
 static int hook_wait(Hook *k) {
     int64_t deadline = clock_ms() + (int64_t)(k->wait_s * 1000), since = -1;
+    /* The newest id before the first take: a message stored between the
+     * take and the wait then wakes the wait (taken the other way round,
+     * it would sit owed until the next message came). */
+    uint32_t r0 = hook_call(k, "GET", "/v1/hub-info", (Str){ NULL, 0 }, HOOK_CALL_MS), v0;
+    if (!r0 || !(v0 = json_get(&k->res, r0, "latest_message_id")) ||
+        json_to_i64(&k->res, v0, &since))
+        return 0;
     /* What it takes wakes the agent: working. OpenCode runs it when a
      * session goes idle, so its first take reports idle (k->state). */
     for (const char *state = k->state;; state = NULL) {
         if (hook_take(k, "wake", HOOK_MAX_CONTEXT, state, "working")) return 1;
-        if (since < 0) {
-            uint32_t r = hook_call(k, "GET", "/v1/hub-info", (Str){ NULL, 0 },
-                                   HOOK_CALL_MS), v;
-            if (!r || !(v = json_get(&k->res, r, "latest_message_id")) ||
-                json_to_i64(&k->res, v, &since))
-                return 0;
-        }
         int64_t left = deadline - clock_ms();
         if (left <= 0) return 0;
         if (left > 50000) left = 50000;
