@@ -19553,6 +19553,41 @@ static void mcp_state_live(Hub *h, Req *q, McpState *st, int64_t now) {
     mcp_state_register(h, q, st);
 }
 
+/* Another state of st's agent still in use: a call of its parked, or a
+ * request within half the presence TTL (`arc mcp` beats every third of
+ * it), so one whose process died without ending it does not count for
+ * long. NULL if none. */
+static McpState *mcp_state_heir(Hub *h, McpState *st, int64_t now) {
+    McpHub *mh = h->mcp;
+    for (McpState *o = mh->states; o; o = o->next) {
+        if (o == st || strcmp(o->agent, st->agent)) continue;
+        if (now - o->used_ms < h->cfg.presence_ttl_s * 1000 / 2) return o;
+        for (McpRun *run = mh->runs; run; run = run->next)
+            if (run->st == o) return o;
+    }
+    return NULL;
+}
+
+/* DELETE of st: the agent leaves, as at the end of `arc mcp`: its arc
+ * session ends (PROTOCOL §17.5: offline), unless another state of the
+ * agent is in use (another process: two `arc mcp` overlapping, or an HTTP
+ * client), which keeps it, and ends it in turn when it leaves. */
+static void mcp_state_leave(Hub *h, Req *q, McpState *st, int64_t now) {
+    static const char q_mine[] = "SELECT 1 FROM sessions WHERE session_id=? AND active=1";
+    if (!st->arc_session[0]) return;
+    McpState *heir = mcp_state_heir(h, st, now);
+    if (heir) {
+        if (!(heir->arc_session[0] && mcp_sql_found(h, q_mine, heir->arc_session)))
+            memcpy(heir->arc_session, st->arc_session, sizeof heir->arc_session);
+        return;
+    }
+    Buf path = { 0 }, out = { 0 };
+    buf_adds(&path, "/v1/sessions/");
+    cli_pct(&path, st->arc_session);
+    mcp_local(h, q, "DELETE", path.p, (Str){ NULL, 0 }, &out, NULL);
+    buf_free(&path), buf_free(&out);
+}
+
 /* A new state for agent (sid "" for the agent's own), or NULL past
  * MCP_MAX_STATES. */
 static McpState *mcp_state_new(Hub *h, Req *q, const char *agent, int session) {
@@ -19716,13 +19751,7 @@ static void hub_mcp(Hub *h, Req *q, Res *r) {
             mcp_http_fail(r, 404, MCP_INVALID, "no such MCP session", NULL);
             goto done;
         }
-        if (st->arc_session[0]) {   /* the agent leaves, as at the end of arc mcp */
-            Buf path = { 0 };
-            buf_adds(&path, "/v1/sessions/");
-            cli_pct(&path, st->arc_session);
-            mcp_local(h, q, "DELETE", path.p, (Str){ NULL, 0 }, &msg, NULL);
-            buf_free(&path);
-        }
+        mcp_state_leave(h, q, st, now);
         mcp_state_drop(mh, st);
         r->status = 200;
         buf_adds(&r->body, "{}");
