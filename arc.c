@@ -20995,9 +20995,10 @@ static const OptHelp mcp_help = {
     "usage: arc mcp --agent NAME [options]\n"
     "Serve MCP over stdin/stdout (JSON-RPC, one message per line) as agent NAME,\n"
     "for a client's .mcp.json: {\"command\": \"arc\", \"args\": [\"mcp\", \"--agent\", \"NAME\"]}.\n",
-    "Registers on start (replacing an earlier session of NAME), stays present while\n"
-    "it runs, re-registers when the hub comes back, and closes the session at EOF\n"
-    "or on SIGINT, SIGTERM or SIGHUP (exit status 0).\n"
+    "Registers at the first request other than server/discover (replacing an\n"
+    "earlier session of NAME), stays present while it runs, re-registers when the\n"
+    "hub comes back, and closes the session at EOF or on SIGINT, SIGTERM or SIGHUP\n"
+    "(exit status 0).\n"
     "Protocol versions: 2024-11-05, 2025-03-26, 2025-06-18, 2025-11-25, 2026-07-28.\n"
 };
 
