@@ -19553,6 +19553,41 @@ static void mcp_state_live(Hub *h, Req *q, McpState *st, int64_t now) {
     mcp_state_register(h, q, st);
 }
 
+/* Another state of st's agent still in use: a call of its parked, or a
+ * request within half the presence TTL (`arc mcp` beats every third of
+ * it), so one whose process died without ending it does not count for
+ * long. NULL if none. */
+static McpState *mcp_state_heir(Hub *h, McpState *st, int64_t now) {
+    McpHub *mh = h->mcp;
+    for (McpState *o = mh->states; o; o = o->next) {
+        if (o == st || strcmp(o->agent, st->agent)) continue;
+        if (now - o->used_ms < h->cfg.presence_ttl_s * 1000 / 2) return o;
+        for (McpRun *run = mh->runs; run; run = run->next)
+            if (run->st == o) return o;
+    }
+    return NULL;
+}
+
+/* DELETE of st: the agent leaves, as at the end of `arc mcp`: its arc
+ * session ends (PROTOCOL §17.5: offline), unless another state of the
+ * agent is in use (another process: two `arc mcp` overlapping, or an HTTP
+ * client), which keeps it, and ends it in turn when it leaves. */
+static void mcp_state_leave(Hub *h, Req *q, McpState *st, int64_t now) {
+    static const char q_mine[] = "SELECT 1 FROM sessions WHERE session_id=? AND active=1";
+    if (!st->arc_session[0]) return;
+    McpState *heir = mcp_state_heir(h, st, now);
+    if (heir) {
+        if (!(heir->arc_session[0] && mcp_sql_found(h, q_mine, heir->arc_session)))
+            memcpy(heir->arc_session, st->arc_session, sizeof heir->arc_session);
+        return;
+    }
+    Buf path = { 0 }, out = { 0 };
+    buf_adds(&path, "/v1/sessions/");
+    cli_pct(&path, st->arc_session);
+    mcp_local(h, q, "DELETE", path.p, (Str){ NULL, 0 }, &out, NULL);
+    buf_free(&path), buf_free(&out);
+}
+
 /* A new state for agent (sid "" for the agent's own), or NULL past
  * MCP_MAX_STATES. */
 static McpState *mcp_state_new(Hub *h, Req *q, const char *agent, int session) {
@@ -19716,13 +19751,7 @@ static void hub_mcp(Hub *h, Req *q, Res *r) {
             mcp_http_fail(r, 404, MCP_INVALID, "no such MCP session", NULL);
             goto done;
         }
-        if (st->arc_session[0]) {   /* the agent leaves, as at the end of arc mcp */
-            Buf path = { 0 };
-            buf_adds(&path, "/v1/sessions/");
-            cli_pct(&path, st->arc_session);
-            mcp_local(h, q, "DELETE", path.p, (Str){ NULL, 0 }, &msg, NULL);
-            buf_free(&path);
-        }
+        mcp_state_leave(h, q, st, now);
         mcp_state_drop(mh, st);
         r->status = 200;
         buf_adds(&r->body, "{}");
@@ -19948,7 +19977,11 @@ struct McpCall {
  * the only one that opens it (mcp_register): the others ask it to and wait
  * (mcp_await_session), the stdin thread at most MCP_REG_WAIT_MS, so a hub
  * that is slow to open a session never holds up the client's requests
- * (they are answered here meanwhile, as while no hub answers). */
+ * (they are answered here meanwhile, as while no hub answers). The session
+ * is opened only once the client sends a request other than
+ * server/discover (`wanted`): Claude Code probes a stdio server with a
+ * throwaway copy that sends only that, and registering there would take
+ * the agent's session from the bridge in use (docs/MCP.md). */
 typedef struct {
     /* Set once at start. */
     const char *agent, *display_name, *caps, *url, *relay_dir;
@@ -19962,6 +19995,7 @@ typedef struct {
     pthread_cond_t cond;          /* a call ended; closing; wake the heartbeat */
     char sid[64];                 /* our MCP session at the hub; the relay has none */
     int registered;               /* the hub knows our session */
+    int wanted;                   /* the client is no mere probe: open one */
     uint64_t gen;                 /* registrations so far: names the session */
     int want_reg;                 /* a thread waits for a registration */
     uint64_t n_tries;             /* registration attempts finished */
@@ -20342,7 +20376,7 @@ static int mcp_await_session(McpCall *call, int64_t wait_ms, uint64_t *gen,
             goto done;
         }
         if (!g_br.want_reg) {
-            g_br.want_reg = 1;
+            g_br.want_reg = g_br.wanted = 1;
             pthread_cond_broadcast(&g_br.cond);   /* wake the heartbeat */
         }
         if (pthread_cond_timedwait(&g_br.cond, &g_br.mu, &ts) == ETIMEDOUT &&
@@ -20459,10 +20493,11 @@ static void mcp_beat(void) {
     static int said_down;   /* only this thread reads or writes it */
     char err[ARC_ERRLEN];
     pthread_mutex_lock(&g_br.mu);
-    int registered = g_br.registered;
+    int registered = g_br.registered, wanted = g_br.wanted;
     uint64_t gen = g_br.gen;
     g_br.want_reg = 0;   /* what waits now is served by this beat */
     pthread_mutex_unlock(&g_br.mu);
+    if (!wanted) return;   /* a probe, so far: no session */
     if (!registered) {
         if (mcp_register(err) == 0) {
             mcp_log("registered as %s at %s", g_br.agent, mcp_where());
@@ -20491,7 +20526,8 @@ static void mcp_beat(void) {
 }
 
 /* Beat every beat_ms while registered, retry every MCP_RETRY_MS while
- * not, and register at once when a thread waits for a session. */
+ * not, and register at once when a thread waits for a session. Until the
+ * session is wanted, only wait for that. */
 static void *mcp_heartbeat_main(void *arg) {
     (void)arg;
     pthread_mutex_lock(&g_br.mu);
@@ -20500,6 +20536,7 @@ static void *mcp_heartbeat_main(void *arg) {
         mcp_beat();
         pthread_mutex_lock(&g_br.mu);
         int64_t wait = g_br.registered ? g_br.beat_ms : MCP_RETRY_MS;
+        if (!g_br.wanted) wait = 3600 * 1000;   /* until mcp_want_session */
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_sec += (time_t)(wait / 1000);
@@ -20778,19 +20815,38 @@ static void mcp_cancel(Str id) {
     pthread_mutex_unlock(&g_br.mu);
 }
 
+/* The client sent a request other than server/discover: it is the real
+ * connection, not a probe, so the heartbeat opens our session now (the
+ * agent is present from here on) without anyone waiting for it (want 1).
+ * Returns whether the session is wanted. */
+static int mcp_want_session(int want) {
+    pthread_mutex_lock(&g_br.mu);
+    if (want && !g_br.wanted) {
+        g_br.wanted = g_br.want_reg = 1;
+        pthread_cond_broadcast(&g_br.cond);   /* wake the heartbeat */
+    }
+    int wanted = g_br.wanted;
+    pthread_mutex_unlock(&g_br.mu);
+    return wanted;
+}
+
 /* One framed message from stdin. initialize is answered here (the version
- * it negotiates is sent along with every later request); a tools/call goes
- * to the hub on a thread; notifications/cancelled cancels our thread for
- * the call, then goes on to the hub (which ends the call there, even
- * through the relay); the rest goes to the hub in order. With --channel,
- * server/discover is refused here and the first tools/list after
- * initialize starts the push. */
+ * it negotiates is sent along with every later request), and so are
+ * server/discover, whose answer is the same at every hub, and what does
+ * not parse: a probe that sends only those never opens a session
+ * (McpBridge); nor does a notification before any request. A tools/call goes to the hub on a
+ * thread; notifications/cancelled cancels our thread for the call, then
+ * goes on to the hub (which ends the call there, even through the relay);
+ * the rest goes to the hub in order. With --channel, server/discover is
+ * refused here and the first tools/list after initialize starts the push. */
 static void mcp_on_msg(Str msg, void *arg) {
     (void)arg;
     Json j = { 0 };
     Buf method = { 0 }, id = { 0 };
-    if (json_parse(&j, msg.p, msg.n) == 0 && j.t[0].type == JSON_OBJ) {
+    int note = 0, parsed = json_parse(&j, msg.p, msg.n) == 0;   /* note: a notification */
+    if (parsed && j.t[0].type == JSON_OBJ) {
         uint32_t m = json_get(&j, 0, "method"), i = json_get(&j, 0, "id");
+        note = m && !i;
         if (m && j.t[m].type == JSON_STR) json_unescape(&j, m, &method);
         if (i && (j.t[i].type == JSON_STR || j.t[i].type == JSON_NUM)) json_write(&id, &j, i);
         uint32_t p = json_get(&j, 0, "params"), r;
@@ -20802,11 +20858,16 @@ static void mcp_on_msg(Str msg, void *arg) {
             buf_free(&rid);
         }
     }
-    if (id.len && str_eq(buf_str(&method), "initialize")) {
+    int discover = id.len && str_eq(buf_str(&method), "server/discover");
+    if (!mcp_want_session(parsed && !note && !discover) && note) {
+        /* a notification before any request: no session it could be about */
+    } else if (!parsed || (id.len && str_eq(buf_str(&method), "initialize"))) {
+        mcp_answer_here(msg, NULL, NULL);   /* !parsed: a parse error */
+    } else if (discover && !g_br.channel) {
         mcp_answer_here(msg, NULL, NULL);
     } else if (id.len && str_eq(buf_str(&method), "tools/call")) {
         mcp_call_start(msg, buf_str(&id));
-    } else if (g_br.channel && id.len && str_eq(buf_str(&method), "server/discover")) {
+    } else if (discover) {   /* --channel */
         /* Claude Code takes this as "no stateless era here" and connects
          * with initialize, the only handshake it pushes channels on. */
         McpIo io = { 0 };
@@ -20934,9 +20995,10 @@ static const OptHelp mcp_help = {
     "usage: arc mcp --agent NAME [options]\n"
     "Serve MCP over stdin/stdout (JSON-RPC, one message per line) as agent NAME,\n"
     "for a client's .mcp.json: {\"command\": \"arc\", \"args\": [\"mcp\", \"--agent\", \"NAME\"]}.\n",
-    "Registers on start (replacing an earlier session of NAME), stays present while\n"
-    "it runs, re-registers when the hub comes back, and closes the session at EOF\n"
-    "or on SIGINT, SIGTERM or SIGHUP (exit status 0).\n"
+    "Registers at the first request other than server/discover (replacing an\n"
+    "earlier session of NAME), stays present while it runs, re-registers when the\n"
+    "hub comes back, and closes the session at EOF or on SIGINT, SIGTERM or SIGHUP\n"
+    "(exit status 0).\n"
     "Protocol versions: 2024-11-05, 2025-03-26, 2025-06-18, 2025-11-25, 2026-07-28.\n"
 };
 
@@ -21047,7 +21109,8 @@ static int cmd_mcp(int argc, char **argv) {
     g_mcp.relay_dir = g_br.relay_dir;
     mcp_catch_signals();   /* after autostart: the hub it starts keeps running */
     mcp_log("serving agent %s through %s", g_br.agent, mcp_where());
-    /* The heartbeat thread registers at once: stdin is served meanwhile,
+    /* The heartbeat thread registers at the first request that wants a
+     * session (mcp_want_session): stdin is served meanwhile,
      * so a client's initialize never waits for the hub. */
     g_br.beat_ms = 0;
     if (pipe(g_br.stop)) {

@@ -1704,3 +1704,125 @@ class McpBridgeTest(McpCase):
                 self.assertEqual(p.wait(10), 0, p.stderr_text())
                 self.assert_clean_stdout(p)
             n += 1
+
+
+@arc_only
+class McpProbeTest(McpCase):
+    """Claude Code first starts a throwaway copy of a stdio server that sends
+    only server/discover, then closes it, and starts the real one; two
+    `arc mcp` for one agent also overlap briefly (docs/MCP.md, "Presence").
+    Neither may take the agent's session or presence from the bridge in
+    use."""
+
+    def session_of(self, agent):
+        return agents_live(self.hub)[agent]["session_id"]
+
+    def presence(self, agent):
+        status, _, env = self.hub.get("/v1/presence", agent_id=agent)
+        self.assertEqual(status, 200, env)
+        self.assertEqual(len(env["result"]), 1, env)
+        return env["result"][0]["state"]
+
+    def probe(self, agent, sends=("discover",)):
+        """A throwaway `arc mcp` for agent: what it is sent, then EOF."""
+        q = self.spawn(agent)
+        if "discover" in sends:
+            r = q.result("server/discover", {"_meta": META})
+            self.assertIn(STATELESS, r["supportedVersions"], r)
+        q.close_stdin()
+        self.assertEqual(q.wait(10), 0, q.stderr_text())
+        self.assertNotIn("registered as", q.stderr_text())
+        return q
+
+    def test_discover_probe_leaves_the_session(self):
+        """A probe that sends only server/discover (once or twice: a
+        corrective version) while the real bridge is registered and in use
+        leaves the agent's session and presence as they were."""
+        for era in ("2025-11-25", STATELESS):
+            with self.subTest(era=era):
+                p = self.spawn()
+                if era == STATELESS:
+                    p.result("server/discover", {"_meta": META})
+                    r = p.call("arc_whoami", meta=META)
+                else:
+                    r = self.ready(p)
+                sid = r["structuredContent"]["session_id"]
+                self.assertEqual(self.session_of(p.agent), sid)
+                self.probe(p.agent)
+                q = self.spawn(p.agent)
+                q.request("server/discover", {"_meta": dict(META, **{
+                    "io.modelcontextprotocol/protocolVersion": "2099-01-01"})})
+                q.result("server/discover", {"_meta": META})
+                q.close_stdin()
+                self.assertEqual(q.wait(10), 0, q.stderr_text())
+                self.assertEqual(self.session_of(p.agent), sid)
+                self.assertNotEqual(self.presence(p.agent), "offline")
+                r = p.call("arc_whoami", meta=META if era == STATELESS else None)
+                self.assertEqual(r["structuredContent"]["session_id"], sid, r)
+                p.close_stdin()
+                self.assertEqual(p.wait(10), 0, p.stderr_text())
+                self.assertNotIn(p.agent, agents_live(self.hub))
+
+    def test_silent_process_registers_nobody(self):
+        """A process that is sent nothing, or only server/discover and a
+        notification, registers nobody, neither while it runs nor at exit."""
+        agent = uid("silent")
+        q = self.spawn(agent)
+        wait_for(lambda: "serving agent" in q.stderr_text(), timeout=ANSWER)
+        end = time.monotonic() + 1.5   # asserting that registration does NOT happen
+        while time.monotonic() < end:
+            self.assertNotIn(agent, agents_live(self.hub))
+            time.sleep(0.1)
+        q.close_stdin()
+        self.assertEqual(q.wait(10), 0, q.stderr_text())
+        self.assertNotIn("registered as", q.stderr_text())
+        q = self.spawn(agent)
+        q.result("server/discover", {"_meta": META})
+        q.notify("notifications/initialized")
+        self.assertEqual(q.result("ping"), {})   # a real request: it registers
+        wait_for(lambda: agent in agents_live(self.hub), timeout=ANSWER)
+        q.close_stdin()
+        self.assertEqual(q.wait(10), 0)
+        for sends in ((), ("discover",)):
+            self.probe(agent, sends)
+            self.assertNotIn(agent, agents_live(self.hub))
+            self.assertEqual(self.presence(agent), "offline")
+
+    def test_first_request_registers(self):
+        """The first request other than server/discover registers the agent
+        at once, without waiting for a tool call: initialize (the handshake
+        era), tools/list (the stateless era) or a ping."""
+        cases = (("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "raw-test", "version": "1"}}),
+                 ("tools/list", {"_meta": META}), ("ping", None))
+        for method, params in cases:
+            with self.subTest(method=method):
+                p = self.spawn()
+                p.result("server/discover", {"_meta": META})
+                self.assertNotIn(p.agent, agents_live(self.hub))
+                p.result(method, params)
+                wait_for(lambda: p.agent in agents_live(self.hub), timeout=ANSWER)
+                self.assertEqual(self.presence(p.agent), "present")
+                p.close_stdin()
+                self.assertEqual(p.wait(10), 0)
+                self.assertNotIn(p.agent, agents_live(self.hub))
+
+    def test_overlapping_bridges(self):
+        """A second `arc mcp` for the agent takes its session; when it exits
+        while the first is still in use, the session stays (the first holds
+        it now), and ends when the first exits too."""
+        a = self.spawn()
+        self.ready(a)
+        b = self.spawn(a.agent)
+        sid = self.ready(b)["structuredContent"]["session_id"]
+        wait_for(lambda: self.session_of(a.agent) == sid, timeout=ANSWER)
+        self.assertNotIn("isError", a.call("arc_whoami"))   # a is in use
+        b.close_stdin()
+        self.assertEqual(b.wait(10), 0, b.stderr_text())
+        self.assertEqual(self.session_of(a.agent), sid)
+        self.assertNotEqual(self.presence(a.agent), "offline")
+        self.assertNotIn("isError", a.call("arc_whoami"))
+        a.close_stdin()
+        self.assertEqual(a.wait(10), 0, a.stderr_text())
+        self.assertNotIn(a.agent, agents_live(self.hub))
+        self.assertEqual(self.presence(a.agent), "offline")
