@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 
 import hubtest
 from hubtest import KEEP, Hub, hub_command
@@ -207,6 +208,60 @@ class NsHub(Hub):
 
     def raw(self, *a, **kw):
         return self.ns.call(Hub.raw, self, *a, **kw)
+
+
+class NsCase(unittest.TestCase):
+    """One namespace, proxy trap and NsHub per class, shared by its tests;
+    each test skips when the class cannot run here (why_not()). With
+    check_trap, tearDown asserts that no client of the test tried to reach
+    a host through the trap."""
+
+    needs = ()            # missing() names
+    programs = ()         # other programs the tests run (e.g. tmux)
+    trap = True           # start the proxy trap (trap_url), else trap_url = None
+    check_trap = True
+    hub_port = None       # a fixed port for the hub, else a free one
+
+    @classmethod
+    def why_not(cls):
+        """Why this class's tests cannot run here, or None."""
+        why = missing(*cls.needs)
+        for prog in cls.programs:
+            if not why and not shutil.which(prog):
+                why = "%s is not installed" % prog
+        return why
+
+    @classmethod
+    def setUpClass(cls):
+        cls.reason = cls.why_not()
+        cls.ns = cls.hub = None
+        if cls.reason:
+            return
+        cls.ns = Netns()
+        try:
+            cls.trap_url = cls.ns.start_trap() if cls.trap else None
+            cls.hub = NsHub(cls.ns).start(port=cls.hub_port)
+        except BaseException:
+            cls.ns.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.hub:
+            cls.hub.stop()
+        if cls.ns:
+            cls.ns.close()
+
+    def setUp(self):
+        if self.reason:
+            self.skipTest(self.reason)
+        self.trap_before = len(self.ns.trap_hosts)
+
+    def tearDown(self):
+        if self.reason or not self.check_trap:
+            return
+        tried = self.ns.trap_hosts[self.trap_before:]
+        self.assertEqual(tried, [], "a client tried to reach hosts other than loopback")
 
 
 # ── Client homes, environments and configs ─────────────────────────────

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -60,34 +59,13 @@ def is_main(q):
 
 
 @arc_only
-class ClaudeChannelTest(unittest.TestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        cls.reason = harness.missing("claude")
-        if not cls.reason and not shutil.which("tmux"):
-            cls.reason = "tmux is not installed"
-        cls.ns = cls.hub = None
-        if cls.reason:
-            return
-        cls.ns = harness.Netns()
-        try:
-            cls.trap_url = cls.ns.start_trap()
-            cls.hub = harness.NsHub(cls.ns).start()
-        except BaseException:
-            cls.ns.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.hub:
-            cls.hub.stop()
-        if cls.ns:
-            cls.ns.close()
+class ClaudeChannelTest(harness.NsCase):
+    needs = ("claude",)
+    programs = ("tmux",)
+    check_trap = False
 
     def setUp(self):
-        if self.reason:
-            self.skipTest(self.reason)
+        super().setUp()
         self.agent = uid("chan")
         self.notes = []
 
