@@ -27,6 +27,7 @@ test cannot run.
 import ctypes
 import json
 import os
+import shlex
 import shutil
 import socket
 import socketserver
@@ -354,17 +355,22 @@ def arc_stdio(hub, agent):
                               "--no-autostart"]
 
 
-def write_claude_config(home, servers):
+def write_claude_config(home, servers, interactive=False):
     """Claude Code: user-scope MCP servers in ~/.claude.json (where `claude
     mcp add --scope user` puts them: never settings.json, which it ignores
     for servers) and the quiet settings in ~/.claude/settings.json.
-    servers: name -> {"command","args"} or {"type":"http","url","headers"}."""
+    servers: name -> {"command","args"} or {"type":"http","url","headers"}.
+    interactive: the client run without -p asks once whether to use
+    ANTHROPIC_API_KEY; the answer (yes, for FAKE_KEY) goes where it
+    records it."""
     state = {"hasCompletedOnboarding": True, "numStartups": 1,
              "autoUpdates": False, "bypassPermissionsModeAccepted": True,
              "mcpServers": servers,
              "projects": {home.project: {"hasTrustDialogAccepted": True,
                                          "allowedTools": [],
                                          "hasCompletedProjectOnboarding": True}}}
+    if interactive:
+        state["customApiKeyResponses"] = {"approved": [FAKE_KEY[-20:]], "rejected": []}
     with open(home.path(".claude.json"), "w") as f:
         json.dump(state, f, indent=1)
     settings = {"env": dict(QUIET_ENV["claude"]), "autoUpdates": False,
@@ -478,6 +484,35 @@ def run(ns, argv, env, cwd, timeout=60, stdin=None):
         code = None
     return Ran(list(argv), code, out.decode("utf-8", "replace"),
                err.decode("utf-8", "replace"), time.monotonic() - t0)
+
+
+def tmux_claude(test, ns, home, env, args):
+    """Claude Code run interactively, as a user's: in a tmux pane (150x45)
+    inside the namespace, in home.project, with env (less CI) and args
+    after the model and permission flags; stderr to claude.err in
+    home.root. The tmux server is killed at test's cleanup. Returns
+    pane(), the pane's text now."""
+    env = dict(env)
+    env.pop("CI", None)
+    script = os.path.join(home.root, "claude.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\nexec env -i %s %s --model claude-sonnet-4-5 "
+                "--dangerously-skip-permissions %s 2>%s\n" % (
+                    " ".join(shlex.quote("%s=%s" % kv) for kv in sorted(env.items())),
+                    shlex.quote(BINS["claude"]), " ".join(shlex.quote(a) for a in args),
+                    shlex.quote(os.path.join(home.root, "claude.err"))))
+    os.chmod(script, 0o755)
+    sock = os.path.join(home.root, "tmux.sock")
+    subprocess.run(ns.prefix + ["tmux", "-S", sock, "new-session", "-d", "-x", "150",
+                                "-y", "45", "-c", home.project, script],
+                   check=True, timeout=20)
+    test.addCleanup(subprocess.run, ["tmux", "-S", sock, "kill-server"],
+                    capture_output=True, timeout=20)
+
+    def pane():
+        return subprocess.run(["tmux", "-S", sock, "capture-pane", "-p"],
+                              capture_output=True, text=True, timeout=20).stdout
+    return pane
 
 
 def node22_argv(script, *args):

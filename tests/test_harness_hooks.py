@@ -39,7 +39,6 @@ Run from the repository root:
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 import unittest
@@ -272,16 +271,7 @@ class ClaudeCase(HooksCase):
     needs = ("claude",)
 
     def write_config(self, home):
-        harness.write_claude_config(home, {})
-        # The interactive client asks once whether to use ANTHROPIC_API_KEY;
-        # this is where it records the answer.
-        path = home.path(".claude.json")
-        with open(path) as f:
-            state = json.load(f)
-        state["customApiKeyResponses"] = {"approved": [harness.FAKE_KEY[-20:]],
-                                          "rejected": []}
-        with open(path, "w") as f:
-            json.dump(state, f, indent=1)
+        harness.write_claude_config(home, {}, interactive=True)
 
     def env(self, home, m, extra=None):
         e = {"ANTHROPIC_BASE_URL": m.url, "ANTHROPIC_API_KEY": harness.FAKE_KEY}
@@ -545,27 +535,9 @@ class ClaudeIdleWakeTest(ClaudeCase):
         states = []
         m = self.model([[{"text": "First turn over."}]],
                        lambda n, _e: states.append(self.presence()) if n == 1 else None)
-        env = self.env(home, m, {"TERM": "xterm-256color"})
-        env.pop("CI", None)            # an interactive session, as a user's
-        script = os.path.join(home.root, "claude.sh")
-        with open(script, "w") as f:
-            f.write("#!/bin/sh\nexec env -i %s %s --model claude-sonnet-4-5 "
-                    "--dangerously-skip-permissions 'Do the work.' 2>%s\n" % (
-                        " ".join(shlex.quote("%s=%s" % kv) for kv in sorted(env.items())),
-                        shlex.quote(harness.BINS["claude"]),
-                        shlex.quote(os.path.join(home.root, "claude.err"))))
-        os.chmod(script, 0o755)
-        sock = os.path.join(home.root, "tmux.sock")
-        subprocess.run(self.ns.prefix + ["tmux", "-S", sock, "new-session", "-d", "-x", "150",
-                                         "-y", "45", "-c", home.project, script],
-                       check=True, timeout=20)
-        self.addCleanup(subprocess.run, ["tmux", "-S", sock, "kill-server"],
-                        capture_output=True, timeout=20)
-
-        def pane():
-            return subprocess.run(["tmux", "-S", sock, "capture-pane", "-p"],
-                                  capture_output=True, text=True, timeout=20).stdout
-
+        pane = harness.tmux_claude(self, self.ns, home,
+                                   self.env(home, m, {"TERM": "xterm-256color"}),
+                                   ["Do the work."])
         first = m.wait_for(lambda reqs: [q for q in reqs if is_main(q)], TURN_DEADLINE)
         self.assertTrue(first, "no first request; pane:\n" + pane())
         # The first turn is over once its reply is on screen (Stop hooks,
