@@ -183,6 +183,20 @@ class HooksCase(harness.NsCase):
     def dm(self, body, **fields):
         return self.post(body, to_agent=self.agent, **fields)
 
+    def locked_file(self, home):
+        """src/locked.txt in the project, holding "original\\n", locked by
+        another agent: (that agent, the file's path)."""
+        holder = uid("holder")
+        rel = "src/locked.txt"
+        path = os.path.join(home.project, rel)
+        os.makedirs(os.path.dirname(path))
+        with open(path, "w") as f:
+            f.write("original\n")
+        status, _, res = self.hub.request("POST", "/v1/locks",
+                                          body={"agent_id": holder, "file_path": rel})
+        self.assertEqual(status, 201, res)
+        return holder, path
+
     def open_request(self):
         """A task_request to the agent, and the model's script that finds
         nothing to do, then answers it: (a token in its text, the posted
@@ -324,6 +338,14 @@ class ClaudeCase(HooksCase):
                                                        snippet(text, token)))
         return out
 
+    def poll_steps(self):
+        """Two model replies that poll the agent's messages from the
+        beginning: arc_poll_messages, then `arc poll` through Bash."""
+        return [[{"tool": "arc_poll_messages", "input": {"timeout": 0}}],
+                [{"tool": "Bash", "input": {
+                    "command": self.arc_shell("poll", "--agent", self.agent, "--timeout", "0"),
+                    "description": "poll"}}]]
+
     def tool_result(self, body, tool):
         """The text of the last result of a tool named tool (or ending
         with __tool) in a request."""
@@ -415,13 +437,7 @@ class ClaudeHooksTest(ClaudeCase):
             if n in (1, 2):
                 self.dm("before poll %d %s" % (n, t[n]))
 
-        script = [
-            [{"tool": "arc_poll_messages", "input": {"timeout": 0}}],
-            [{"tool": "Bash", "input": {
-                "command": self.arc_shell("poll", "--agent", self.agent, "--timeout", "0"),
-                "description": "poll"}}],
-            [{"text": "All done."}],
-        ]
+        script = self.poll_steps() + [[{"text": "All done."}]]
         m = self.model(script, on_main)
         res, hooks = self.print_turn(home, m)
         mains = m.mains()
@@ -446,14 +462,8 @@ class ClaudeHooksTest(ClaudeCase):
             if n == 1:
                 self.dm("while Bash runs " + t[2])
 
-        script = [
-            [{"tool": "Bash", "input": {"command": "echo one", "description": "one"}}],
-            [{"tool": "arc_poll_messages", "input": {"timeout": 0}}],
-            [{"tool": "Bash", "input": {
-                "command": self.arc_shell("poll", "--agent", self.agent, "--timeout", "0"),
-                "description": "poll"}}],
-            [{"text": "All done."}],
-        ]
+        script = ([[{"tool": "Bash", "input": {"command": "echo one", "description": "one"}}]]
+                  + self.poll_steps() + [[{"text": "All done."}]])
         m = self.model(script, on_main)
         self.print_turn(home, m)
         mains = m.mains()
@@ -466,15 +476,7 @@ class ClaudeHooksTest(ClaudeCase):
         """4: Edit and Write of a file another agent locked are denied with
         the holder's name; the file keeps its bytes."""
         home = self.project()
-        holder = uid("holder")
-        rel = "src/locked.txt"
-        path = os.path.join(home.project, rel)
-        os.makedirs(os.path.dirname(path))
-        with open(path, "w") as f:
-            f.write("original\n")
-        status, _, res = self.hub.request("POST", "/v1/locks",
-                                          body={"agent_id": holder, "file_path": rel})
-        self.assertEqual(status, 201, res)
+        holder, path = self.locked_file(home)
         script = [
             [{"tool": "Read", "input": {"file_path": path}}],
             [{"tool": "Edit", "input": {"file_path": path, "old_string": "original",
@@ -695,15 +697,7 @@ class GeminiHooksTest(HooksCase):
         """4: write_file and replace of a file another agent locked are
         denied (BeforeTool) with the holder's name; the file is unchanged."""
         home = self.project()
-        holder = uid("holder")
-        rel = "src/locked.txt"
-        path = os.path.join(home.project, rel)
-        os.makedirs(os.path.dirname(path))
-        with open(path, "w") as f:
-            f.write("original\n")
-        status, _, res = self.hub.request("POST", "/v1/locks",
-                                          body={"agent_id": holder, "file_path": rel})
-        self.assertEqual(status, 201, res)
+        holder, path = self.locked_file(home)
         script = [[{"tool": "write_file", "input": {"file_path": path,
                                                     "content": "overwritten\n"}}],
                   [{"tool": "replace", "input": {"file_path": path, "old_string": "original",
