@@ -27,6 +27,7 @@ test cannot run.
 import ctypes
 import json
 import os
+import shlex
 import shutil
 import socket
 import socketserver
@@ -34,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 
 import hubtest
 from hubtest import KEEP, Hub, hub_command
@@ -209,6 +211,60 @@ class NsHub(Hub):
         return self.ns.call(Hub.raw, self, *a, **kw)
 
 
+class NsCase(unittest.TestCase):
+    """One namespace, proxy trap and NsHub per class, shared by its tests;
+    each test skips when the class cannot run here (why_not()). With
+    check_trap, tearDown asserts that no client of the test tried to reach
+    a host through the trap."""
+
+    needs = ()            # missing() names
+    programs = ()         # other programs the tests run (e.g. tmux)
+    trap = True           # start the proxy trap (trap_url), else trap_url = None
+    check_trap = True
+    hub_port = None       # a fixed port for the hub, else a free one
+
+    @classmethod
+    def why_not(cls):
+        """Why this class's tests cannot run here, or None."""
+        why = missing(*cls.needs)
+        for prog in cls.programs:
+            if not why and not shutil.which(prog):
+                why = "%s is not installed" % prog
+        return why
+
+    @classmethod
+    def setUpClass(cls):
+        cls.reason = cls.why_not()
+        cls.ns = cls.hub = None
+        if cls.reason:
+            return
+        cls.ns = Netns()
+        try:
+            cls.trap_url = cls.ns.start_trap() if cls.trap else None
+            cls.hub = NsHub(cls.ns).start(port=cls.hub_port)
+        except BaseException:
+            cls.ns.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.hub:
+            cls.hub.stop()
+        if cls.ns:
+            cls.ns.close()
+
+    def setUp(self):
+        if self.reason:
+            self.skipTest(self.reason)
+        self.trap_before = len(self.ns.trap_hosts)
+
+    def tearDown(self):
+        if self.reason or not self.check_trap:
+            return
+        tried = self.ns.trap_hosts[self.trap_before:]
+        self.assertEqual(tried, [], "a client tried to reach hosts other than loopback")
+
+
 # ── Client homes, environments and configs ─────────────────────────────
 
 class Home:
@@ -299,17 +355,22 @@ def arc_stdio(hub, agent):
                               "--no-autostart"]
 
 
-def write_claude_config(home, servers):
+def write_claude_config(home, servers, interactive=False):
     """Claude Code: user-scope MCP servers in ~/.claude.json (where `claude
     mcp add --scope user` puts them: never settings.json, which it ignores
     for servers) and the quiet settings in ~/.claude/settings.json.
-    servers: name -> {"command","args"} or {"type":"http","url","headers"}."""
+    servers: name -> {"command","args"} or {"type":"http","url","headers"}.
+    interactive: the client run without -p asks once whether to use
+    ANTHROPIC_API_KEY; the answer (yes, for FAKE_KEY) goes where it
+    records it."""
     state = {"hasCompletedOnboarding": True, "numStartups": 1,
              "autoUpdates": False, "bypassPermissionsModeAccepted": True,
              "mcpServers": servers,
              "projects": {home.project: {"hasTrustDialogAccepted": True,
                                          "allowedTools": [],
                                          "hasCompletedProjectOnboarding": True}}}
+    if interactive:
+        state["customApiKeyResponses"] = {"approved": [FAKE_KEY[-20:]], "rejected": []}
     with open(home.path(".claude.json"), "w") as f:
         json.dump(state, f, indent=1)
     settings = {"env": dict(QUIET_ENV["claude"]), "autoUpdates": False,
@@ -423,6 +484,35 @@ def run(ns, argv, env, cwd, timeout=60, stdin=None):
         code = None
     return Ran(list(argv), code, out.decode("utf-8", "replace"),
                err.decode("utf-8", "replace"), time.monotonic() - t0)
+
+
+def tmux_claude(test, ns, home, env, args):
+    """Claude Code run interactively, as a user's: in a tmux pane (150x45)
+    inside the namespace, in home.project, with env (less CI) and args
+    after the model and permission flags; stderr to claude.err in
+    home.root. The tmux server is killed at test's cleanup. Returns
+    pane(), the pane's text now."""
+    env = dict(env)
+    env.pop("CI", None)
+    script = os.path.join(home.root, "claude.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\nexec env -i %s %s --model claude-sonnet-4-5 "
+                "--dangerously-skip-permissions %s 2>%s\n" % (
+                    " ".join(shlex.quote("%s=%s" % kv) for kv in sorted(env.items())),
+                    shlex.quote(BINS["claude"]), " ".join(shlex.quote(a) for a in args),
+                    shlex.quote(os.path.join(home.root, "claude.err"))))
+    os.chmod(script, 0o755)
+    sock = os.path.join(home.root, "tmux.sock")
+    subprocess.run(ns.prefix + ["tmux", "-S", sock, "new-session", "-d", "-x", "150",
+                                "-y", "45", "-c", home.project, script],
+                   check=True, timeout=20)
+    test.addCleanup(subprocess.run, ["tmux", "-S", sock, "kill-server"],
+                    capture_output=True, timeout=20)
+
+    def pane():
+        return subprocess.run(["tmux", "-S", sock, "capture-pane", "-p"],
+                              capture_output=True, text=True, timeout=20).stdout
+    return pane
 
 
 def node22_argv(script, *args):

@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -444,6 +445,18 @@ class Hub:
 
     def raw(self, data, until_close=False, timeout=10):
         return raw(self.port, data, until_close=until_close, timeout=timeout)
+
+
+def hand_over(test, hub, ref=False, extra_args=()):
+    """Stop hub's process and start the next hub on its storage file: the
+    reference's arc.py with ref, else arc with extra_args. The new hub is
+    stopped (its temp dir removed) at test's cleanup; cleanups run last
+    first, so the first hub, whose dir holds the file, goes last when its
+    stop was registered first."""
+    hub.stop_process()
+    nxt = Hub(cmd=[sys.executable, reference_py()] if ref else None)
+    test.addCleanup(nxt.stop)
+    return nxt.start(extra_args, storage=hub.storage)
 
 
 def proc_cpu_seconds(pid):

@@ -98,32 +98,14 @@ def read_results(out_dir):
 
 
 @arc_only
-class ConformanceTest(unittest.TestCase):
+class ConformanceTest(harness.NsCase):
+    needs = ("conformance",)
+    trap = False          # the runner runs without proxy settings
+    check_trap = False
     maxDiff = None
 
-    @classmethod
-    def setUpClass(cls):
-        cls.reason = harness.missing("conformance")
-        cls.ns = cls.hub = None
-        if cls.reason:
-            return
-        cls.ns = harness.Netns()
-        try:
-            cls.hub = harness.NsHub(cls.ns).start()
-        except BaseException:
-            cls.ns.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.hub:
-            cls.hub.stop()
-        if cls.ns:
-            cls.ns.close()
-
     def setUp(self):
-        if self.reason:
-            self.skipTest(self.reason)
+        super().setUp()
         self.home = harness.Home("arc-conformance-")
         self.addCleanup(self.home.cleanup)
 

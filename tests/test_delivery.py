@@ -4,12 +4,11 @@ parked long-polls; the deliverable set; bad input; the reference still
 serving a file that holds the extension's tables."""
 
 import json
-import sys
 import threading
 import unittest
 
-from hubtest import (Hub, HubCase, HTTPReader, arc_only, connect, qs, reference_py, uid,
-                     wait_for)
+from hubtest import (Hub, HubCase, HTTPReader, arc_only, connect, hand_over, qs,
+                     reference_py, uid, wait_for)
 from test_hook import run_hook
 from test_mcp import McpCase, tool_json
 
@@ -310,29 +309,18 @@ class DeliveryForeignTests(unittest.TestCase):
     @unittest.skipUnless(reference_py(), "the reference's arc.py is not here")
     def test_reference_serves_the_file(self):
         hub = Hub().start()
-        ref = None
-        try:
-            a = uid("a")
-            hub.post("/v1/messages", {"from_agent": "b", "to_agent": a, "body": "one"})
-            hub.post("/v1/delivery/%s/take" % a, {})
-            storage = hub.storage
-            hub.stop_process()
-            ref = Hub(cmd=[sys.executable, reference_py()]).start(storage=storage)
-            m = ref.post("/v1/messages", {"from_agent": "b", "body": "hi @%s" % a})
-            self.assertEqual(m[0], 201, m)
-            self.assertEqual(len(ref.get("/v1/messages", channel="general")[2]["result"]), 1)
-            ref.stop_process()
-            hub2 = Hub().start(storage=storage)
-            try:
-                got = hub2.post("/v1/delivery/%s/take" % a, {})[2]["result"]
-                self.assertEqual([(it["reason"], it["message"]["id"]) for it in got["items"]],
-                                 [("mention", m[2]["result"]["id"])])
-            finally:
-                hub2.stop()
-        finally:
-            if ref is not None:
-                ref.stop()
-            hub.stop()
+        self.addCleanup(hub.stop)
+        a = uid("a")
+        hub.post("/v1/messages", {"from_agent": "b", "to_agent": a, "body": "one"})
+        hub.post("/v1/delivery/%s/take" % a, {})
+        ref = hand_over(self, hub, ref=True)
+        m = ref.post("/v1/messages", {"from_agent": "b", "body": "hi @%s" % a})
+        self.assertEqual(m[0], 201, m)
+        self.assertEqual(len(ref.get("/v1/messages", channel="general")[2]["result"]), 1)
+        hub2 = hand_over(self, ref)
+        got = hub2.post("/v1/delivery/%s/take" % a, {})[2]["result"]
+        self.assertEqual([(it["reason"], it["message"]["id"]) for it in got["items"]],
+                         [("mention", m[2]["result"]["id"])])
 
 
 if __name__ == "__main__":

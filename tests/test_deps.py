@@ -10,11 +10,10 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import unittest
 
-from hubtest import Hub, HubCase, arc_only, hub_command, reference_py, uid
+from hubtest import Hub, HubCase, arc_only, hand_over, hub_command, reference_py, uid
 from test_mcp import McpCase, tool_text
 
 
@@ -371,48 +370,32 @@ class ReferenceServesDepsTests(unittest.TestCase):
 
     def test_round_trip(self):
         hub = Hub().start()
-        ref = None
-        try:
-            post = lambda h, body: h.post("/v1/messages", body)[2]["result"]
-            c = post(hub, {"from_agent": "a", "kind": "task", "body": "C"})
-            b = post(hub, {"from_agent": "a", "kind": "task", "body": "B",
-                           "metadata": {"blocked_by": [c["id"]]}})
-            hub.post("/v1/tasks/%d/complete" % c["id"], {})
-            storage = hub.storage
-            hub.stop_process()
-            ref = Hub(cmd=[sys.executable, reference_py()]).start(storage=storage)
-            tasks = ref.get("/v1/tasks")[2]["result"]
-            self.assertEqual([t["task_id"] for t in tasks], [c["id"], b["id"]])
-            self.assertNotIn("blocked_by", tasks[0])
-            msgs = ref.get("/v1/messages", channel="general")[2]["result"]
-            self.assertEqual(msgs[1]["metadata"], {"blocked_by": [c["id"]]})
-            self.assertEqual(msgs[2]["metadata"]["unblocked"], True)
-            a = post(ref, {"from_agent": "r", "kind": "task", "body": "A",
-                           "metadata": {"blocked_by": [b["id"]]}})
-            self.assertEqual(ref.post("/v1/claims", {"owner_agent_id": "r",
-                                                     "task_message_id": c["id"]})[0], 201)
-            ref.stop_process()
-            hub2 = Hub().start(storage=storage)
-            try:
-                ts = {t["task_id"]: t for t in hub2.get("/v1/tasks")[2]["result"]}
-                self.assertEqual(ts[a["id"]]["blocked_by"], [b["id"]])
-                self.assertFalse(ts[a["id"]]["claimable"])
-                self.assertTrue(ts[b["id"]]["claimable"])
-                hub2.post("/v1/tasks/%d/complete" % b["id"], {})
-                self.assertEqual(len(notices(hub2, a["id"], "unblocked")), 1)
-                storage = hub2.storage
-            finally:
-                hub2.stop_process()
-                hub2.stop()
-            ref2 = Hub(cmd=[sys.executable, reference_py()]).start(storage=storage)
-            try:
-                self.assertEqual(len(ref2.get("/v1/tasks")[2]["result"]), 3)
-            finally:
-                ref2.stop()
-        finally:
-            if ref is not None:
-                ref.stop()
-            hub.stop()
+        self.addCleanup(hub.stop)
+        post = lambda h, body: h.post("/v1/messages", body)[2]["result"]
+        c = post(hub, {"from_agent": "a", "kind": "task", "body": "C"})
+        b = post(hub, {"from_agent": "a", "kind": "task", "body": "B",
+                       "metadata": {"blocked_by": [c["id"]]}})
+        hub.post("/v1/tasks/%d/complete" % c["id"], {})
+        ref = hand_over(self, hub, ref=True)
+        tasks = ref.get("/v1/tasks")[2]["result"]
+        self.assertEqual([t["task_id"] for t in tasks], [c["id"], b["id"]])
+        self.assertNotIn("blocked_by", tasks[0])
+        msgs = ref.get("/v1/messages", channel="general")[2]["result"]
+        self.assertEqual(msgs[1]["metadata"], {"blocked_by": [c["id"]]})
+        self.assertEqual(msgs[2]["metadata"]["unblocked"], True)
+        a = post(ref, {"from_agent": "r", "kind": "task", "body": "A",
+                       "metadata": {"blocked_by": [b["id"]]}})
+        self.assertEqual(ref.post("/v1/claims", {"owner_agent_id": "r",
+                                                 "task_message_id": c["id"]})[0], 201)
+        hub2 = hand_over(self, ref)
+        ts = {t["task_id"]: t for t in hub2.get("/v1/tasks")[2]["result"]}
+        self.assertEqual(ts[a["id"]]["blocked_by"], [b["id"]])
+        self.assertFalse(ts[a["id"]]["claimable"])
+        self.assertTrue(ts[b["id"]]["claimable"])
+        hub2.post("/v1/tasks/%d/complete" % b["id"], {})
+        self.assertEqual(len(notices(hub2, a["id"], "unblocked")), 1)
+        ref2 = hand_over(self, hub2, ref=True)
+        self.assertEqual(len(ref2.get("/v1/tasks")[2]["result"]), 3)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ Run from the repository root:
 import json
 import os
 import re
-import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -60,34 +58,13 @@ def is_main(q):
 
 
 @arc_only
-class ClaudeChannelTest(unittest.TestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        cls.reason = harness.missing("claude")
-        if not cls.reason and not shutil.which("tmux"):
-            cls.reason = "tmux is not installed"
-        cls.ns = cls.hub = None
-        if cls.reason:
-            return
-        cls.ns = harness.Netns()
-        try:
-            cls.trap_url = cls.ns.start_trap()
-            cls.hub = harness.NsHub(cls.ns).start()
-        except BaseException:
-            cls.ns.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.hub:
-            cls.hub.stop()
-        if cls.ns:
-            cls.ns.close()
+class ClaudeChannelTest(harness.NsCase):
+    needs = ("claude",)
+    programs = ("tmux",)
+    check_trap = False
 
     def setUp(self):
-        if self.reason:
-            self.skipTest(self.reason)
+        super().setUp()
         self.agent = uid("chan")
         self.notes = []
 
@@ -104,40 +81,18 @@ class ClaudeChannelTest(unittest.TestCase):
         self.addCleanup(home.cleanup)
         cmd, args = harness.arc_stdio(self.hub, self.agent)
         harness.write_claude_config(
-            home, {"arc": {"command": cmd, "args": args + (["--channel"] if channel else [])}})
-        path = home.path(".claude.json")
-        with open(path) as f:
-            state = json.load(f)
-        state["customApiKeyResponses"] = {"approved": [harness.FAKE_KEY[-20:]],
-                                          "rejected": []}
-        with open(path, "w") as f:
-            json.dump(state, f, indent=1)
+            home, {"arc": {"command": cmd, "args": args + (["--channel"] if channel else [])}},
+            interactive=True)
         m = FakeModel([[{"text": "First turn over."}]]).start(bind=self.ns.call)
         self.addCleanup(m.close)
         env = harness.client_env(home, "claude", self.trap_url, {
             "ANTHROPIC_BASE_URL": m.url, "ANTHROPIC_API_KEY": harness.FAKE_KEY,
             "TERM": "xterm-256color"})
-        env.pop("CI", None)            # an interactive session, as a user's
         debug = os.path.join(home.root, "debug.txt")
-        script = os.path.join(home.root, "claude.sh")
-        with open(script, "w") as f:   # the prompt first: the flag takes a list
-            f.write("#!/bin/sh\nexec env -i %s %s --model claude-sonnet-4-5 "
-                    "--dangerously-skip-permissions --debug-file %s 'Do the work.' "
-                    "--dangerously-load-development-channels server:arc 2>%s\n" % (
-                        " ".join(shlex.quote("%s=%s" % kv) for kv in sorted(env.items())),
-                        shlex.quote(harness.BINS["claude"]), shlex.quote(debug),
-                        shlex.quote(os.path.join(home.root, "claude.err"))))
-        os.chmod(script, 0o755)
-        sock = os.path.join(home.root, "tmux.sock")
-        subprocess.run(self.ns.prefix + ["tmux", "-S", sock, "new-session", "-d", "-x", "150",
-                                         "-y", "45", "-c", home.project, script],
-                       check=True, timeout=20)
-        self.addCleanup(subprocess.run, ["tmux", "-S", sock, "kill-server"],
-                        capture_output=True, timeout=20)
-
-        def pane():
-            return subprocess.run(["tmux", "-S", sock, "capture-pane", "-p"],
-                                  capture_output=True, text=True, timeout=20).stdout
+        # the prompt before the channels flag: that flag takes a list
+        pane = harness.tmux_claude(self, self.ns, home, env, [
+            "--debug-file", debug, "Do the work.",
+            "--dangerously-load-development-channels", "server:arc"])
 
         def log():
             try:

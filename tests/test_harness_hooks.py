@@ -39,8 +39,6 @@ Run from the repository root:
 import json
 import os
 import shlex
-import shutil
-import subprocess
 import sys
 import time
 import unittest
@@ -132,39 +130,16 @@ def snippet(text, token):
     return text.strip().splitlines()[0][:90] if text.strip() else ""
 
 
-class HooksCase(unittest.TestCase):
+class HooksCase(harness.NsCase):
     """One namespace, proxy trap and hub (on HUB_PORT) per class; a fresh
     HOME and project per test."""
 
     client = None         # "claude", "codex", "gemini"
-    needs = ()
+    hub_port = HUB_PORT
     maxDiff = None
 
-    @classmethod
-    def setUpClass(cls):
-        cls.reason = harness.missing(*cls.needs)
-        cls.ns = cls.hub = None
-        if cls.reason:
-            return
-        cls.ns = harness.Netns()
-        try:
-            cls.trap_url = cls.ns.start_trap()
-            cls.hub = harness.NsHub(cls.ns).start(port=HUB_PORT)
-        except BaseException:
-            cls.ns.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.hub:
-            cls.hub.stop()
-        if cls.ns:
-            cls.ns.close()
-
     def setUp(self):
-        if self.reason:
-            self.skipTest(self.reason)
-        self.trap_before = len(self.ns.trap_hosts)
+        super().setUp()
         self.agent = uid(self.client)
         self.notes = []
         self.twice = []     # what once() found more than once
@@ -175,8 +150,7 @@ class HooksCase(unittest.TestCase):
         name = self.id().rsplit(".", 1)[-1]
         report("== %s %s (agent %s)" % (self.client, name, self.agent),
                *("   " + n for n in self.notes))
-        tried = self.ns.trap_hosts[self.trap_before:]
-        self.assertEqual(tried, [], "a client tried to reach hosts other than loopback")
+        super().tearDown()
 
     def note(self, text):
         self.notes.append(text)
@@ -208,6 +182,32 @@ class HooksCase(unittest.TestCase):
 
     def dm(self, body, **fields):
         return self.post(body, to_agent=self.agent, **fields)
+
+    def locked_file(self, home):
+        """src/locked.txt in the project, holding "original\\n", locked by
+        another agent: (that agent, the file's path)."""
+        holder = uid("holder")
+        rel = "src/locked.txt"
+        path = os.path.join(home.project, rel)
+        os.makedirs(os.path.dirname(path))
+        with open(path, "w") as f:
+            f.write("original\n")
+        status, _, res = self.hub.request("POST", "/v1/locks",
+                                          body={"agent_id": holder, "file_path": rel})
+        self.assertEqual(status, 201, res)
+        return holder, path
+
+    def open_request(self):
+        """A task_request to the agent, and the model's script that finds
+        nothing to do, then answers it: (a token in its text, the posted
+        request, the script)."""
+        tok = uid("req")
+        req = self.post("please review " + tok, to_agent=self.agent, kind="task_request")
+        script = [[{"text": "Nothing to do."}],
+                  [{"tool": "arc_task_result", "input": {"task_id": req["id"],
+                                                         "body": "reviewed"}}],
+                  [{"text": "Answered."}]]
+        return tok, req, script
 
     def presence(self):
         """The agent's state as the hub shows it (PROTOCOL §17.5)."""
@@ -252,6 +252,31 @@ class HooksCase(unittest.TestCase):
     def assertNoneTwice(self):
         self.assertEqual(self.twice, [])
 
+    def check_dm_before_and_during(self, tool, arg, turn):
+        """1, 2 for a client whose whole turn is one turn(home, model) call:
+        T1 before the turn, T2 and T3 while the shell tool `tool` runs (its
+        command in input[arg]); each reaches the model once."""
+        home = self.project()
+        t = {k: uid("tok%d" % k) for k in (1, 2, 3)}
+        self.dm("before the turn " + t[1])
+
+        def on_main(n, _entry):
+            if n in (1, 2):
+                self.dm("while tool %d runs %s" % (n, t[n + 1]))
+
+        script = [[{"tool": tool, "input": {arg: "echo one"}}],
+                  [{"tool": tool, "input": {arg: "echo two"}}],
+                  [{"text": "All done."}]]
+        m = self.model(script, on_main, sequential=True)
+        turn(home, m)
+        mains = m.mains()
+        self.assertEqual(len(mains), 3, len(mains))
+        self.assertEqual(self.once(t[1], "T1 (DM before the turn)", mains), 1)
+        self.assertEqual(self.once(t[2], "T2 (DM while %s 1 runs)" % tool, mains), 2)
+        self.assertEqual(self.once(t[3], "T3 (DM while %s 2 runs)" % tool, mains), 3)
+        self.assertNoneTwice()
+        self.assertEqual(self.owed()["owed"], 0)
+
 
 # ── Claude Code ────────────────────────────────────────────────────────
 
@@ -260,16 +285,7 @@ class ClaudeCase(HooksCase):
     needs = ("claude",)
 
     def write_config(self, home):
-        harness.write_claude_config(home, {})
-        # The interactive client asks once whether to use ANTHROPIC_API_KEY;
-        # this is where it records the answer.
-        path = home.path(".claude.json")
-        with open(path) as f:
-            state = json.load(f)
-        state["customApiKeyResponses"] = {"approved": [harness.FAKE_KEY[-20:]],
-                                          "rejected": []}
-        with open(path, "w") as f:
-            json.dump(state, f, indent=1)
+        harness.write_claude_config(home, {}, interactive=True)
 
     def env(self, home, m, extra=None):
         e = {"ANTHROPIC_BASE_URL": m.url, "ANTHROPIC_API_KEY": harness.FAKE_KEY}
@@ -321,6 +337,14 @@ class ClaudeCase(HooksCase):
                 out.append("message %d (%s %s): %s" % (i, msg.get("role"), blk.get("type"),
                                                        snippet(text, token)))
         return out
+
+    def poll_steps(self):
+        """Two model replies that poll the agent's messages from the
+        beginning: arc_poll_messages, then `arc poll` through Bash."""
+        return [[{"tool": "arc_poll_messages", "input": {"timeout": 0}}],
+                [{"tool": "Bash", "input": {
+                    "command": self.arc_shell("poll", "--agent", self.agent, "--timeout", "0"),
+                    "description": "poll"}}]]
 
     def tool_result(self, body, tool):
         """The text of the last result of a tool named tool (or ending
@@ -413,13 +437,7 @@ class ClaudeHooksTest(ClaudeCase):
             if n in (1, 2):
                 self.dm("before poll %d %s" % (n, t[n]))
 
-        script = [
-            [{"tool": "arc_poll_messages", "input": {"timeout": 0}}],
-            [{"tool": "Bash", "input": {
-                "command": self.arc_shell("poll", "--agent", self.agent, "--timeout", "0"),
-                "description": "poll"}}],
-            [{"text": "All done."}],
-        ]
+        script = self.poll_steps() + [[{"text": "All done."}]]
         m = self.model(script, on_main)
         res, hooks = self.print_turn(home, m)
         mains = m.mains()
@@ -444,14 +462,8 @@ class ClaudeHooksTest(ClaudeCase):
             if n == 1:
                 self.dm("while Bash runs " + t[2])
 
-        script = [
-            [{"tool": "Bash", "input": {"command": "echo one", "description": "one"}}],
-            [{"tool": "arc_poll_messages", "input": {"timeout": 0}}],
-            [{"tool": "Bash", "input": {
-                "command": self.arc_shell("poll", "--agent", self.agent, "--timeout", "0"),
-                "description": "poll"}}],
-            [{"text": "All done."}],
-        ]
+        script = ([[{"tool": "Bash", "input": {"command": "echo one", "description": "one"}}]]
+                  + self.poll_steps() + [[{"text": "All done."}]])
         m = self.model(script, on_main)
         self.print_turn(home, m)
         mains = m.mains()
@@ -464,15 +476,7 @@ class ClaudeHooksTest(ClaudeCase):
         """4: Edit and Write of a file another agent locked are denied with
         the holder's name; the file keeps its bytes."""
         home = self.project()
-        holder = uid("holder")
-        rel = "src/locked.txt"
-        path = os.path.join(home.project, rel)
-        os.makedirs(os.path.dirname(path))
-        with open(path, "w") as f:
-            f.write("original\n")
-        status, _, res = self.hub.request("POST", "/v1/locks",
-                                          body={"agent_id": holder, "file_path": rel})
-        self.assertEqual(status, 201, res)
+        holder, path = self.locked_file(home)
         script = [
             [{"tool": "Read", "input": {"file_path": path}}],
             [{"tool": "Edit", "input": {"file_path": path, "old_string": "original",
@@ -498,13 +502,7 @@ class ClaudeHooksTest(ClaudeCase):
         the continued turn answers it (arc_task_result); Stop then lets
         the turn end."""
         home = self.project()
-        tok = uid("req")
-        req = self.post("please review " + tok, to_agent=self.agent, kind="task_request")
-        script = [
-            [{"text": "Nothing to do."}],
-            [{"tool": "arc_task_result", "input": {"task_id": req["id"], "body": "reviewed"}}],
-            [{"text": "Answered."}],
-        ]
+        tok, req, script = self.open_request()
         m = self.model(script)
         res, hooks = self.print_turn(home, m)
         self.assertEqual(res.get("result"), "Answered.", res)
@@ -531,12 +529,7 @@ class ClaudeIdleWakeTest(ClaudeCase):
     """6: interactive Claude Code under tmux, idle after its first turn,
     woken by a DM through setup's asyncRewake `wait` hook."""
     needs = ("claude",)
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        if not cls.reason and not shutil.which("tmux"):
-            cls.reason = "tmux is not installed"
+    programs = ("tmux",)
 
     def test_idle_session_woken_by_dm(self):
         home = self.project()
@@ -544,27 +537,9 @@ class ClaudeIdleWakeTest(ClaudeCase):
         states = []
         m = self.model([[{"text": "First turn over."}]],
                        lambda n, _e: states.append(self.presence()) if n == 1 else None)
-        env = self.env(home, m, {"TERM": "xterm-256color"})
-        env.pop("CI", None)            # an interactive session, as a user's
-        script = os.path.join(home.root, "claude.sh")
-        with open(script, "w") as f:
-            f.write("#!/bin/sh\nexec env -i %s %s --model claude-sonnet-4-5 "
-                    "--dangerously-skip-permissions 'Do the work.' 2>%s\n" % (
-                        " ".join(shlex.quote("%s=%s" % kv) for kv in sorted(env.items())),
-                        shlex.quote(harness.BINS["claude"]),
-                        shlex.quote(os.path.join(home.root, "claude.err"))))
-        os.chmod(script, 0o755)
-        sock = os.path.join(home.root, "tmux.sock")
-        subprocess.run(self.ns.prefix + ["tmux", "-S", sock, "new-session", "-d", "-x", "150",
-                                         "-y", "45", "-c", home.project, script],
-                       check=True, timeout=20)
-        self.addCleanup(subprocess.run, ["tmux", "-S", sock, "kill-server"],
-                        capture_output=True, timeout=20)
-
-        def pane():
-            return subprocess.run(["tmux", "-S", sock, "capture-pane", "-p"],
-                                  capture_output=True, text=True, timeout=20).stdout
-
+        pane = harness.tmux_claude(self, self.ns, home,
+                                   self.env(home, m, {"TERM": "xterm-256color"}),
+                                   ["Do the work."])
         first = m.wait_for(lambda reqs: [q for q in reqs if is_main(q)], TURN_DEADLINE)
         self.assertTrue(first, "no first request; pane:\n" + pane())
         # The first turn is over once its reply is on screen (Stop hooks,
@@ -646,37 +621,13 @@ class CodexHooksTest(HooksCase):
     def test_dm_before_and_during_the_turn_each_once(self):
         """1, 2: T1 before the turn (SessionStart), T2 and T3 while
         exec_command runs (PostToolUse); each reaches the model once."""
-        home = self.project()
-        t = {k: uid("tok%d" % k) for k in (1, 2, 3)}
-        self.dm("before the turn " + t[1])
-
-        def on_main(n, _entry):
-            if n in (1, 2):
-                self.dm("while tool %d runs %s" % (n, t[n + 1]))
-
-        script = [[{"tool": "exec_command", "input": {"cmd": "echo one"}}],
-                  [{"tool": "exec_command", "input": {"cmd": "echo two"}}],
-                  [{"text": "All done."}]]
-        m = self.model(script, on_main, sequential=True)
-        self.run_exec(home, m)
-        mains = m.mains()
-        self.assertEqual(len(mains), 3, len(mains))
-        self.assertEqual(self.once(t[1], "T1 (DM before the turn)", mains), 1)
-        self.assertEqual(self.once(t[2], "T2 (DM while exec_command 1 runs)", mains), 2)
-        self.assertEqual(self.once(t[3], "T3 (DM while exec_command 2 runs)", mains), 3)
-        self.assertNoneTwice()
-        self.assertEqual(self.owed()["owed"], 0)
+        self.check_dm_before_and_during("exec_command", "cmd", self.run_exec)
 
     def test_open_request_keeps_the_turn_going(self):
         """5: Stop blocks with the open request as reason; the continued
         turn answers it; then the turn ends."""
         home = self.project()
-        tok = uid("req")
-        req = self.post("please review " + tok, to_agent=self.agent, kind="task_request")
-        script = [[{"text": "Nothing to do."}],
-                  [{"tool": "arc_task_result", "input": {"task_id": req["id"],
-                                                         "body": "reviewed"}}],
-                  [{"text": "Answered."}]]
+        tok, req, script = self.open_request()
         m = self.model(script, sequential=True)
         items = self.run_exec(home, m)
         mains = m.mains()
@@ -740,40 +691,13 @@ class GeminiHooksTest(HooksCase):
         """1, 2: T1 before the turn (SessionStart / BeforeAgent), T2 and T3
         while run_shell_command runs (AfterTool); each reaches the model
         once."""
-        home = self.project()
-        t = {k: uid("tok%d" % k) for k in (1, 2, 3)}
-        self.dm("before the turn " + t[1])
-
-        def on_main(n, _entry):
-            if n in (1, 2):
-                self.dm("while tool %d runs %s" % (n, t[n + 1]))
-
-        script = [[{"tool": "run_shell_command", "input": {"command": "echo one"}}],
-                  [{"tool": "run_shell_command", "input": {"command": "echo two"}}],
-                  [{"text": "All done."}]]
-        m = self.model(script, on_main, sequential=True)
-        self.run_p(home, m)
-        mains = m.mains()
-        self.assertEqual(len(mains), 3, len(mains))
-        self.assertEqual(self.once(t[1], "T1 (DM before the turn)", mains), 1)
-        self.assertEqual(self.once(t[2], "T2 (DM while run_shell_command 1 runs)", mains), 2)
-        self.assertEqual(self.once(t[3], "T3 (DM while run_shell_command 2 runs)", mains), 3)
-        self.assertNoneTwice()
-        self.assertEqual(self.owed()["owed"], 0)
+        self.check_dm_before_and_during("run_shell_command", "command", self.run_p)
 
     def test_edit_of_locked_path_denied(self):
         """4: write_file and replace of a file another agent locked are
         denied (BeforeTool) with the holder's name; the file is unchanged."""
         home = self.project()
-        holder = uid("holder")
-        rel = "src/locked.txt"
-        path = os.path.join(home.project, rel)
-        os.makedirs(os.path.dirname(path))
-        with open(path, "w") as f:
-            f.write("original\n")
-        status, _, res = self.hub.request("POST", "/v1/locks",
-                                          body={"agent_id": holder, "file_path": rel})
-        self.assertEqual(status, 201, res)
+        holder, path = self.locked_file(home)
         script = [[{"tool": "write_file", "input": {"file_path": path,
                                                     "content": "overwritten\n"}}],
                   [{"tool": "replace", "input": {"file_path": path, "old_string": "original",
@@ -795,12 +719,7 @@ class GeminiHooksTest(HooksCase):
         """5: AfterAgent denies with the open request as reason (Gemini CLI
         retries the turn with it); the retry answers it; then it ends."""
         home = self.project()
-        tok = uid("req")
-        req = self.post("please review " + tok, to_agent=self.agent, kind="task_request")
-        script = [[{"text": "Nothing to do."}],
-                  [{"tool": "arc_task_result", "input": {"task_id": req["id"],
-                                                         "body": "reviewed"}}],
-                  [{"text": "Answered."}]]
+        tok, req, script = self.open_request()
         m = self.model(script, sequential=True)
         out = self.run_p(home, m)
         mains = m.mains()

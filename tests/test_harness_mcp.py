@@ -51,43 +51,10 @@ def hub_mcp_path(hub):
     return None
 
 
-class ClientCase(unittest.TestCase):
+class ClientCase(harness.NsCase):
     """One namespace, proxy trap and hub per class; a fresh HOME per test."""
 
-    needs = ()            # harness.missing() names
     maxDiff = None
-
-    @classmethod
-    def setUpClass(cls):
-        cls.reason = harness.missing(*cls.needs)
-        cls.ns = cls.hub = None
-        if cls.reason:
-            return
-        cls.ns = harness.Netns()
-        try:
-            cls.trap_url = cls.ns.start_trap()
-            cls.hub = harness.NsHub(cls.ns).start()
-        except BaseException:
-            cls.ns.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.hub:
-            cls.hub.stop()
-        if cls.ns:
-            cls.ns.close()
-
-    def setUp(self):
-        if self.reason:
-            self.skipTest(self.reason)
-        self.trap_before = len(self.ns.trap_hosts)
-
-    def tearDown(self):
-        if self.reason:
-            return
-        tried = self.ns.trap_hosts[self.trap_before:]
-        self.assertEqual(tried, [], "a client tried to reach hosts other than loopback")
 
     # helpers
     def home(self):

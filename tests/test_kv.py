@@ -15,8 +15,8 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hubtest import (Hub, HubCase, arc_only, hub_command, qs, reference_py,  # noqa: E402
-                     uid)
+from hubtest import (Hub, HubCase, arc_only, hand_over, hub_command, qs,  # noqa: E402
+                     reference_py, uid)
 
 
 def kpath(key, suffix=""):
@@ -366,42 +366,34 @@ class KvReferenceTests(unittest.TestCase):
 
     def test_reference_serves_the_file(self):
         arc = Hub().start()
-        ref = again = None
-        try:
-            p = lambda key, body: arc.request("PUT", kpath(key), body=body)
-            self.assertEqual(p("team/db", {"agent_id": "a", "value": "pg", "type": "decision"})[0], 201)
-            self.assertEqual(p("team/db", {"agent_id": "b", "value": "sqlite"})[0], 200)
-            self.assertEqual(arc.request("DELETE", qs(kpath("team/db"), agent_id="c"))[0], 200)
-            self.assertEqual(p("team/style", {"agent_id": "a", "value": {"indent": 4}})[0], 201)
-            before = arc.get("/v1/messages", channel="general")[2]["result"]
-            storage = arc.storage
-            arc.stop_process()
-            ref = Hub(cmd=[sys.executable, reference_py()]).start(storage=storage)
-            code, _, env = ref.get("/v1/messages", channel="memory")
-            self.assertEqual(code, 200, env)
-            self.assertEqual([m["metadata"]["kv"]["version"] for m in env["result"]], [1, 2, 3, 1])
-            self.assertEqual(ref.get("/v1/messages", channel="general")[2]["result"], before)
-            code, _, env = ref.post("/v1/messages", {"from_agent": "ref", "body": "after kv"})
-            self.assertEqual(code, 201, env)
-            after_id = env["result"]["id"]
-            code, _, env = ref.post("/v1/sessions", {"agent_id": "ref-agent"})
-            self.assertEqual(code, 201, env)
-            ref.stop_process()
-            again = Hub().start(storage=storage)
-            got = again.request("GET", kpath("team/style"))[2]
-            self.assertEqual(got["result"]["value"], {"indent": 4})
-            self.assertEqual(again.request("GET", kpath("team/db"))[0], 404)
-            hist = again.get(kpath("team/db", "/history"))[2]["result"]
-            self.assertEqual([h["version"] for h in hist], [1, 2, 3])
-            code, _, env = again.request("PUT", kpath("team/db"),
-                                         body={"agent_id": "d", "value": 1, "version": 0})
-            self.assertEqual((code, env["result"]["version"]), (201, 4), env)
-            notes = again.get("/v1/messages", channel="memory")[2]["result"]
-            self.assertGreater(notes[-1]["id"], after_id)
-        finally:
-            for h in (arc, ref, again):
-                if h is not None:
-                    h.stop()
+        self.addCleanup(arc.stop)
+        p = lambda key, body: arc.request("PUT", kpath(key), body=body)
+        self.assertEqual(p("team/db", {"agent_id": "a", "value": "pg", "type": "decision"})[0], 201)
+        self.assertEqual(p("team/db", {"agent_id": "b", "value": "sqlite"})[0], 200)
+        self.assertEqual(arc.request("DELETE", qs(kpath("team/db"), agent_id="c"))[0], 200)
+        self.assertEqual(p("team/style", {"agent_id": "a", "value": {"indent": 4}})[0], 201)
+        before = arc.get("/v1/messages", channel="general")[2]["result"]
+        ref = hand_over(self, arc, ref=True)
+        code, _, env = ref.get("/v1/messages", channel="memory")
+        self.assertEqual(code, 200, env)
+        self.assertEqual([m["metadata"]["kv"]["version"] for m in env["result"]], [1, 2, 3, 1])
+        self.assertEqual(ref.get("/v1/messages", channel="general")[2]["result"], before)
+        code, _, env = ref.post("/v1/messages", {"from_agent": "ref", "body": "after kv"})
+        self.assertEqual(code, 201, env)
+        after_id = env["result"]["id"]
+        code, _, env = ref.post("/v1/sessions", {"agent_id": "ref-agent"})
+        self.assertEqual(code, 201, env)
+        again = hand_over(self, ref)
+        got = again.request("GET", kpath("team/style"))[2]
+        self.assertEqual(got["result"]["value"], {"indent": 4})
+        self.assertEqual(again.request("GET", kpath("team/db"))[0], 404)
+        hist = again.get(kpath("team/db", "/history"))[2]["result"]
+        self.assertEqual([h["version"] for h in hist], [1, 2, 3])
+        code, _, env = again.request("PUT", kpath("team/db"),
+                                     body={"agent_id": "d", "value": 1, "version": 0})
+        self.assertEqual((code, env["result"]["version"]), (201, 4), env)
+        notes = again.get("/v1/messages", channel="memory")[2]["result"]
+        self.assertGreater(notes[-1]["id"], after_id)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hubtest import Hub, HubCase, arc_only, hub_command, reference_py, uid, wait_for  # noqa: E402
+from hubtest import (Hub, HubCase, arc_only, hand_over, hub_command, reference_py,  # noqa: E402
+                     uid, wait_for)
 from test_mcp import McpProc, tool_text  # noqa: E402
 
 V1_SESSION_KEYS = {"session_id", "agent_id", "display_name", "capabilities", "metadata",
@@ -408,38 +409,30 @@ class ReceiptsReferenceTests(unittest.TestCase):
 
     def test_reference_serves_a_file_with_receipts(self):
         arc = Hub().start(["--escalate-after", "3600"])
-        ref = again = None
-        try:
-            post = lambda h, m: h.post("/v1/messages", m)
-            req = post(arc, {"from_agent": "a", "to_agent": "b", "kind": "task_request",
-                             "body": "q", "metadata": {"ack_required": True}})[2]["result"]
-            arc.post("/v1/messages/%d/ack" % req["id"], {"agent_id": "b"})
-            arc.post("/v1/agents/b/state", {"state": "working"})
-            before = arc.get("/v1/messages", channel="direct")[2]["result"]
-            storage = arc.storage
-            arc.stop_process()
-            ref = Hub(cmd=[sys.executable, reference_py()]).start(storage=storage)
-            code, _, env = ref.get("/v1/messages", channel="direct")
-            self.assertEqual(code, 200, env)
-            self.assertEqual(env["result"], before)
-            code, _, env = post(ref, {"from_agent": "b", "to_agent": "a", "kind": "task_result",
-                                      "reply_to": req["id"], "body": "answer"})
-            self.assertEqual(code, 201, env)
-            res_id = env["result"]["id"]
-            self.assertEqual(ref.post("/v1/sessions", {"agent_id": "c"})[0], 201)
-            ref.stop_process()
-            again = Hub().start(["--escalate-after", "3600"], storage=storage)
-            got = again.get("/v1/messages/%d/receipts" % req["id"])[2]["result"]["receipts"]
-            self.assertEqual(len(got), 1)
-            r = got[0]
-            self.assertIsNotNone(r["acked_at"])
-            # the reference's task_result answers it once arc indexes it
-            self.assertEqual((r["state"], r["answered_by"]), ("answered", res_id))
-            self.assertEqual(again.get("/v1/unanswered")[2]["result"], [])
-        finally:
-            for h in (arc, ref, again):
-                if h is not None:
-                    h.stop()
+        self.addCleanup(arc.stop)
+        post = lambda h, m: h.post("/v1/messages", m)
+        req = post(arc, {"from_agent": "a", "to_agent": "b", "kind": "task_request",
+                         "body": "q", "metadata": {"ack_required": True}})[2]["result"]
+        arc.post("/v1/messages/%d/ack" % req["id"], {"agent_id": "b"})
+        arc.post("/v1/agents/b/state", {"state": "working"})
+        before = arc.get("/v1/messages", channel="direct")[2]["result"]
+        ref = hand_over(self, arc, ref=True)
+        code, _, env = ref.get("/v1/messages", channel="direct")
+        self.assertEqual(code, 200, env)
+        self.assertEqual(env["result"], before)
+        code, _, env = post(ref, {"from_agent": "b", "to_agent": "a", "kind": "task_result",
+                                  "reply_to": req["id"], "body": "answer"})
+        self.assertEqual(code, 201, env)
+        res_id = env["result"]["id"]
+        self.assertEqual(ref.post("/v1/sessions", {"agent_id": "c"})[0], 201)
+        again = hand_over(self, ref, extra_args=["--escalate-after", "3600"])
+        got = again.get("/v1/messages/%d/receipts" % req["id"])[2]["result"]["receipts"]
+        self.assertEqual(len(got), 1)
+        r = got[0]
+        self.assertIsNotNone(r["acked_at"])
+        # the reference's task_result answers it once arc indexes it
+        self.assertEqual((r["state"], r["answered_by"]), ("answered", res_id))
+        self.assertEqual(again.get("/v1/unanswered")[2]["result"], [])
 
 
 if __name__ == "__main__":
